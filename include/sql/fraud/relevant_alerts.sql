@@ -1,0 +1,13 @@
+-- Alerts qualified "relevant" are kept while their fraud case is open (closed_at NULL)
+-- and archived with it once it is closed.
+SELECT fa.id,
+       fc.closed_at AS clock,
+       EXISTS (SELECT 1 FROM retention.active_holds AS h
+               WHERE (h.table_name, h.record_id) IN (('fraud_alerts', fa.id),
+                                                     ('fraud_cases', fc.id),
+                                                     ('contracts', fa.contract_id))) AS held,
+       NULL::text AS waiting_for
+FROM app.fraud_alerts AS fa
+JOIN app.fraud_cases AS fc ON fc.id = fa.fraud_case_id
+WHERE fa.status = 'relevant'
+  AND fc.closed_at < %(cutoff)s
