@@ -1,0 +1,191 @@
+"""S3 side of the archive: keys, verified uploads, locks, version-aware deletes.
+
+Everything that talks to the S3 API lives here, so the engine reads as the protocol of
+DESIGN.md §4 and a reviewer can check the S3 guarantees (checksum sent, read back, SSE on
+every object, Object Lock on the probative tier) in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from retention.policy import Storage
+
+SSE = "AES256"
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
+_S3_THREADS = 8
+
+
+class ArchiveStorageError(RuntimeError):
+    """The archive storage failed or could not be verified; nothing was deleted."""
+
+
+def safe_key_part(text: str) -> str:
+    """Airflow run ids hold ':' and '+': keep keys to a portable character set."""
+    return _UNSAFE_KEY_CHARS.sub("_", text).strip("_")
+
+
+def object_key(prefix: str, purpose: str, table: str, purge_month: str, run_id: str, batch: int) -> str:
+    """``<tier>/<purpose>/<table>/purge_month=YYYY-MM/<run>/<batch>.parquet`` (deterministic)."""
+    return f"{prefix}/{purpose}/{table}/purge_month={purge_month}/{safe_key_part(run_id)}/{batch:06d}.parquet"
+
+
+def document_archive_key(parquet_key: str, source_key: str) -> str:
+    """Archive copy of a file named by a row: beside the row's batch object."""
+    return f"{parquet_key.removesuffix('.parquet')}.documents/{source_key}"
+
+
+@dataclass(frozen=True)
+class VerifiedObject:
+    key: str
+    version_id: str | None
+    size: int
+    sha256_hex: str
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ArchiveStore:
+    """The archive and documents buckets behind one boto3 S3 client."""
+
+    def __init__(self, client, storage: Storage):
+        self.client = client
+        self.storage = storage
+        self._lock_supported: bool | None = None
+
+    @property
+    def archive_bucket(self) -> str:
+        return self.storage.archive_bucket
+
+    @property
+    def documents_bucket(self) -> str:
+        return self.storage.documents_bucket
+
+    def preflight(self) -> None:
+        """Fail fast, before any row is touched, when S3 cannot be reached."""
+        for bucket in (self.archive_bucket, self.documents_bucket):
+            try:
+                self.client.head_bucket(Bucket=bucket)
+            except Exception as exc:  # botocore raises several unrelated classes
+                raise ArchiveStorageError(
+                    f"S3 bucket {bucket!r} is not reachable at {self.client.meta.endpoint_url}: {_describe(exc)}"
+                ) from exc
+
+    def lock_supported(self) -> bool:
+        """Object Lock needs a bucket created with it; an S3 server may not offer it."""
+        if self._lock_supported is None:
+            try:
+                conf = self.client.get_object_lock_configuration(Bucket=self.archive_bucket)
+                self._lock_supported = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+            except Exception:
+                self._lock_supported = False
+        return self._lock_supported
+
+    def put_verified(self, key: str, body: bytes, storage_class: str, expected_rows: int, count_rows) -> VerifiedObject:
+        """Upload with a SHA-256 checksum, then read the object back and verify it.
+
+        S3 checks the checksum on upload; some S3-compatible servers don't, so the object is
+        also read back: size, SHA-256 of the bytes and the row count must all match.
+        """
+        digest = hashlib.sha256(body).digest()
+        try:
+            put = self.client.put_object(
+                Bucket=self.archive_bucket, Key=key, Body=body, StorageClass=storage_class,
+                ServerSideEncryption=SSE, ChecksumSHA256=base64.b64encode(digest).decode(),
+            )
+            got = self.client.get_object(Bucket=self.archive_bucket, Key=key, VersionId=put["VersionId"]) if put.get(
+                "VersionId"
+            ) else self.client.get_object(Bucket=self.archive_bucket, Key=key)
+            data = got["Body"].read()
+        except Exception as exc:
+            raise ArchiveStorageError(f"upload of s3://{self.archive_bucket}/{key} failed: {_describe(exc)}") from exc
+        problems = []
+        if len(data) != len(body) or got.get("ContentLength", len(data)) != len(body):
+            problems.append(f"size {len(data)} != {len(body)}")
+        if hashlib.sha256(data).digest() != digest:
+            problems.append("SHA-256 of the stored bytes differs from the uploaded bytes")
+        if got.get("ServerSideEncryption") not in (SSE, "aws:kms", "aws:kms:dsse"):
+            problems.append(f"server-side encryption is {got.get('ServerSideEncryption')!r}")
+        if not problems:
+            rows = count_rows(data)
+            if rows != expected_rows:
+                problems.append(f"row count {rows} != {expected_rows}")
+        if problems:
+            raise ArchiveStorageError(f"read-back verification of s3://{self.archive_bucket}/{key} failed: {'; '.join(problems)}")
+        return VerifiedObject(key, put.get("VersionId"), len(body), digest.hex())
+
+    def copy_documents(self, pairs: list[tuple[str, str]], storage_class: str) -> None:
+        """Copy (source key -> archive key) from the documents bucket, verified by size/ETag."""
+
+        def copy(pair: tuple[str, str]) -> None:
+            source, target = pair
+            try:
+                head = self.client.head_object(Bucket=self.documents_bucket, Key=source)
+                self.client.copy_object(
+                    Bucket=self.archive_bucket, Key=target, StorageClass=storage_class, ServerSideEncryption=SSE,
+                    CopySource={"Bucket": self.documents_bucket, "Key": source}, ChecksumAlgorithm="SHA256",
+                )
+                copied = self.client.head_object(Bucket=self.archive_bucket, Key=target)
+            except Exception as exc:
+                raise ArchiveStorageError(f"copy of document {source!r} into the archive failed: {_describe(exc)}") from exc
+            if copied["ContentLength"] != head["ContentLength"] or copied.get("ETag") != head.get("ETag"):
+                raise ArchiveStorageError(f"archive copy of document {source!r} does not match its source")
+
+        self._parallel(copy, pairs)
+
+    def apply_lock(self, keys: Iterable[str], retain_until: dt.datetime) -> None:
+        """COMPLIANCE retention until the purge date: nobody can delete before it."""
+
+        def lock(key: str) -> None:
+            self.client.put_object_retention(
+                Bucket=self.archive_bucket, Key=key,
+                Retention={"Mode": "COMPLIANCE", "RetainUntilDate": retain_until},
+            )
+
+        self._parallel(lock, list(keys))
+
+    def delete_all_versions(self, keys: Iterable[str]) -> None:
+        """Really delete archive objects: every version, not just a delete marker."""
+
+        def delete(key: str) -> None:
+            versions = self.client.list_object_versions(Bucket=self.archive_bucket, Prefix=key)
+            entries = [
+                v for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []) if v["Key"] == key
+            ]
+            if not entries:
+                return
+            for entry in entries:
+                self.client.delete_object(Bucket=self.archive_bucket, Key=key, VersionId=entry["VersionId"])
+
+        self._parallel(delete, list(keys))
+
+    def delete_documents(self, keys: list[str]) -> None:
+        """Delete source documents (1,000 keys a call); a missing key is already gone."""
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            result = self.client.delete_objects(
+                Bucket=self.documents_bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            )
+            errors = [e for e in result.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise ArchiveStorageError(
+                    f"{len(errors)} document deletes failed, first: {errors[0].get('Key')!r} {errors[0].get('Code')}"
+                )
+
+    def _parallel(self, fn, items: list) -> None:
+        if not items:
+            return
+        if len(items) == 1:
+            fn(items[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(_S3_THREADS, len(items))) as pool:
+            for _ in pool.map(fn, items):
+                pass

@@ -1,0 +1,143 @@
+"""Build one retention DAG per purpose of the policy: wiring only, no SQL, S3 or GX here.
+
+Parse-time cost is the policy file (validated here, so a bad file is an import error in the
+UI) and airflow.sdk; everything heavy is imported inside the tasks (retention.tasks).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, dag, task
+
+from retention.policy import Policy, Purpose, default_policy
+
+OWNER = "data-protection"
+START_DATE = dt.datetime(2026, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
+DEFAULT_BATCH_SIZE = 20_000  # rows per transaction and per Parquet object (memory bound)
+
+
+def dag_id_for(purpose: str) -> str:
+    return f"retention_{purpose}"
+
+
+def archive_assets(policy: Policy, purpose_name: str) -> list[Asset]:
+    """Where the purpose's archives go, as Assets (prefixes only, never personal data)."""
+    storage = policy.storage_settings()
+    tiers = sorted({r.tier for r in policy.purpose(purpose_name).rules if r.archived})
+    return [
+        Asset(uri=f"s3://{storage.archive_bucket}/{storage.tiers[t].prefix}/{purpose_name}/",
+              name=f"archive_{t}_{purpose_name}", group="retention-archive")
+        for t in tiers
+    ]
+
+
+def doc_md(purpose_name: str, purpose: Purpose) -> str:
+    """The DAG's documentation, generated from the policy (what the DPO reads in the UI)."""
+    rows = "\n".join(
+        f"| `{r.name}` | `{r.table}` | `{r.clock}` | {r.live} | {r.tier}"
+        f"{' ' + str(r.archive) if r.archive else ''} | {r.gone_after} | {r.description} |"
+        for r in purpose.rules
+    )
+    return f"""# Retention: {purpose.title}
+
+> **Finalité (politique de confidentialité)** : {purpose.purpose_fr}
+>
+> **Base légale** : {purpose.legal_basis_fr} (`{purpose.legal_basis}`)
+>
+> **Durée de conservation** : {purpose.retention_fr}
+
+Each daily run, at its **logical date** D (Europe/Paris calendar): selects the records whose
+clock + live period <= D (SQL in `include/sql/{purpose_name}/`), archives them to S3 (verified
+Parquet, manifest), deletes them from the source in the same transaction as the audit entry,
+and purges archive objects whose archive period has ended. Records under an active legal hold
+are kept and reported; parents whose children are still kept wait and are reported.
+
+| rule | table | clock | live | archive tier | gone after | records |
+|---|---|---|---|---|---|---|
+{rows}
+
+**Params**: `dry_run` (count and report only), `batch_size` (rows per transaction and per
+archive object), `max_delete_fraction` (mass-deletion guard: the run fails before deleting
+anything if a rule would delete a larger share of its table; raise it for one run if intended).
+Backfills use the cutoff of their own logical date.
+"""
+
+
+def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
+    policy = policy or default_policy()
+    purpose = policy.purpose(purpose_name)
+    assets = archive_assets(policy, purpose_name)
+
+    @dag(
+        dag_id=dag_id_for(purpose_name),
+        description=purpose.title,
+        doc_md=doc_md(purpose_name, purpose),
+        schedule=CronTriggerTimetable("0 0 * * *", timezone="Europe/Paris"),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["retention", purpose_name, purpose.legal_basis],
+        default_args={"owner": OWNER, "retries": 2, "retry_delay": dt.timedelta(minutes=5)},
+        params={
+            "dry_run": Param(False, type="boolean", description="Count and report what would happen; change nothing."),
+            "batch_size": Param(DEFAULT_BATCH_SIZE, type="integer", minimum=1, maximum=1_000_000,
+                                description="Rows per transaction and per archive object."),
+            "max_delete_fraction": Param(purpose.max_delete_fraction, type="number", exclusiveMinimum=0, maximum=1,
+                                         description="Mass-deletion guard: largest share of a table one run may delete."),
+        },
+        render_template_as_native_obj=True,
+    )
+    def retention_dag():
+        @task
+        def check_before(**context) -> dict:
+            """Data-quality gate before anything is deleted (Great Expectations, in SQL)."""
+            from retention import tasks
+
+            return tasks.check_before(purpose_name, context)
+
+        @task
+        def plan(**context) -> dict:
+            """Counts per rule at the logical date: due, held, waiting; the mass-deletion guard."""
+            from retention import tasks
+
+            return tasks.plan(purpose_name, context)
+
+        @task(outlets=assets)
+        def archive_and_delete(**context) -> dict:
+            """Archive the due rows to S3 (verified), then delete them with the audit entry."""
+            from retention import tasks
+
+            return tasks.archive_and_delete(purpose_name, context)
+
+        @task
+        def purge_archives(**context) -> dict:
+            """Delete archive objects whose archive period has ended (never under a legal hold)."""
+            from retention import tasks
+
+            return tasks.purge_archives(purpose_name, context)
+
+        @task
+        def check_after(before: dict, archived: dict, **context) -> dict:
+            """Data-quality gate after the run: nothing due left, counts and archives consistent."""
+            from retention import tasks
+
+            return tasks.check_after(purpose_name, context, before, archived)
+
+        @task
+        def report(planned: dict, archived: dict, purged: dict, checked: dict, **context) -> str:
+            """The run's summary (counts per rule, bytes per tier), in the log and as XCom."""
+            from retention import tasks
+
+            return tasks.report(purpose_name, context, planned, archived, purged, checked)
+
+        before = check_before()
+        planned = plan()
+        archived = archive_and_delete()
+        purged = purge_archives()
+        checked = check_after(before, archived)
+        before >> planned >> archived >> purged >> checked
+        report(planned, archived, purged, checked)
+
+    return retention_dag()

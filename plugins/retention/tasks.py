@@ -1,0 +1,152 @@
+"""What each task of a retention DAG does, given the Airflow context.
+
+Imported inside the tasks only (it pulls in the engine: pyarrow, psycopg, boto3). Every return
+value goes to XCom, so it holds counts, keys and ids only, never row contents.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from urllib.parse import quote
+
+from retention.archive_store import ArchiveStore
+from retention.engine import RetentionEngine, RetentionError, RunContext
+from retention.policy import default_policy
+
+log = logging.getLogger(__name__)
+
+SOURCE_CONN_ID = "source_postgres"
+ARCHIVE_CONN_ID = "archive_s3"
+
+
+class MassDeletionError(RetentionError):
+    """A rule would delete a larger share of its table than max_delete_fraction allows."""
+
+
+def source_dsn(conn_id: str = SOURCE_CONN_ID) -> str:
+    """libpq URI of an Airflow Postgres connection (psycopg and ADBC both take it)."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    auth = quote(conn.login or "", safe="")
+    if conn.password:
+        auth += ":" + quote(conn.password, safe="")
+    host = f"{conn.host or '127.0.0.1'}:{conn.port or 5432}"
+    dsn = f"postgresql://{auth}@{host}/{quote(conn.schema or 'postgres', safe='')}"
+    sslmode = (conn.extra_dejson or {}).get("sslmode")
+    return dsn + (f"?sslmode={sslmode}" if sslmode else "")
+
+
+def archive_store() -> ArchiveStore:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    client = S3Hook(aws_conn_id=ARCHIVE_CONN_ID).get_conn()
+    return ArchiveStore(client, default_policy().storage_settings())
+
+
+def engine(purpose: str) -> RetentionEngine:
+    return RetentionEngine(default_policy(), purpose, source_dsn(), archive_store())
+
+
+def run_context(purpose: str, context: dict) -> RunContext:
+    """The run's logical date decides every cutoff (a backfill acts as of its own date)."""
+    logical_date = context.get("logical_date") or context["dag_run"].run_after
+    params = context["params"]
+    return RunContext(
+        purpose=purpose,
+        run_id=context["run_id"],
+        logical_date=dt.datetime.fromtimestamp(logical_date.timestamp(), tz=dt.UTC),
+        batch_size=int(params.get("batch_size", 20_000)),
+        dry_run=bool(params.get("dry_run", False)),
+    )
+
+
+def check_before(purpose: str, context: dict) -> dict:
+    from retention import checks
+
+    ctx = run_context(purpose, context)
+    return checks.run_before_gates(default_policy(), purpose, source_dsn(), ctx,
+                                   float(context["params"]["max_delete_fraction"]))
+
+
+def plan(purpose: str, context: dict) -> dict:
+    ctx = run_context(purpose, context)
+    eng = engine(purpose)
+    outcomes = eng.plan(ctx)
+    sizes = eng.table_sizes([o.table for o in outcomes])
+    max_fraction = float(context["params"]["max_delete_fraction"])
+    deletable_by_table: dict[str, int] = {}
+    for o in outcomes:
+        deletable = o.due - o.held - sum(o.waiting.values())
+        deletable_by_table[o.table] = deletable_by_table.get(o.table, 0) + deletable
+    fractions = {t: (n / sizes[t] if sizes[t] else 0.0) for t, n in deletable_by_table.items()}
+    for o in outcomes:
+        log.info("plan %s: due=%d held=%d waiting=%s (ids held %s, waiting %s)", o.rule, o.due, o.held,
+                 o.waiting, o.held_ids, o.waiting_ids)
+    too_many = {t: f for t, f in fractions.items() if f > max_fraction}
+    if too_many and not ctx.dry_run:
+        details = ", ".join(f"{t}: {deletable_by_table[t]:,} of {sizes[t]:,} rows ({f:.1%})" for t, f in too_many.items())
+        raise MassDeletionError(
+            f"mass-deletion guard: this run would delete more than max_delete_fraction={max_fraction:.1%} of "
+            f"{details}. Nothing was deleted. If this is intended, trigger the run again with a higher "
+            f"max_delete_fraction param."
+        )
+    return {
+        "logical_date": ctx.logical_date.isoformat(),
+        "dry_run": ctx.dry_run,
+        "rules": [o.as_dict() for o in outcomes],
+        "table_rows": sizes,
+        "delete_fraction": {t: round(f, 6) for t, f in fractions.items()},
+    }
+
+
+def archive_and_delete(purpose: str, context: dict) -> dict:
+    ctx = run_context(purpose, context)
+    outcomes = engine(purpose).archive_and_delete(ctx)
+    return {"dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
+
+
+def purge_archives(purpose: str, context: dict) -> dict:
+    ctx = run_context(purpose, context)
+    result = engine(purpose).purge_archives(ctx)
+    log.info("purge: %d objects (%d records) purged, %d kept under legal hold", result["purged_objects"],
+             result["purged_records"], result["held_objects"])
+    return result
+
+
+def check_after(purpose: str, context: dict, before: dict, archived: dict) -> dict:
+    from retention import checks
+
+    ctx = run_context(purpose, context)
+    return checks.run_after_gates(default_policy(), purpose, source_dsn(), archive_store(), ctx, before, archived)
+
+
+def report(purpose: str, context: dict, planned: dict, archived: dict, purged: dict, checked: dict) -> str:
+    """A Markdown summary: counts per rule, bytes per tier. Shown in the log and in XCom."""
+    ctx = run_context(purpose, context)
+    lines = [
+        f"## retention_{purpose}: {'DRY RUN, nothing changed' if ctx.dry_run else 'run summary'}",
+        f"logical date {ctx.logical_date.isoformat()}, run {ctx.run_id}",
+        "",
+        "| rule | table | tier | due | deleted | held | waiting | objects | archive bytes | files |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    bytes_by_tier: dict[str, int] = {}
+    for r in archived["rules"]:
+        waiting = sum(r["waiting"].values())
+        lines.append(
+            f"| {r['rule']} | {r['table']} | {r['tier']} | {r['due']} | {r['deleted']} | {r['held']} | {waiting} "
+            f"| {r['objects']} | {r['archive_bytes']} | {r['documents']} |"
+        )
+        bytes_by_tier[r["tier"]] = bytes_by_tier.get(r["tier"], 0) + r["archive_bytes"]
+    lines += [
+        "",
+        "bytes per tier: " + (", ".join(f"{t}={b}" for t, b in sorted(bytes_by_tier.items()) if t != "none") or "none"),
+        f"archive purge: {purged['purged_objects']} objects ({purged['purged_records']} records) purged, "
+        f"{purged['held_objects']} kept under legal hold",
+        f"quality gates: before {checked.get('before', 'n/a')}, after {checked.get('after', 'n/a')}",
+    ]
+    summary = "\n".join(lines)
+    log.info("%s", summary)
+    return summary

@@ -1,0 +1,146 @@
+"""Test services: a throwaway PostgreSQL cluster and an S3 server (moto) on free loopback ports.
+
+They are started once per test session, before any test module imports Airflow (Airflow reads
+its configuration at import time), and stopped at the end. Nothing is mocked: integration
+tests talk to real PostgreSQL and to the S3 API over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT)]
+
+from tools import devstack  # noqa: E402
+
+_SERVICES: dict = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # never under xdist workers
+        return
+    state = Path(tempfile.mkdtemp(prefix="retention-tests-"))
+    state.chmod(0o755)
+    pg = devstack.Postgres(state / "pg", devstack.free_port(), secrets.token_urlsafe(12))
+    pg.start()
+    pg.ensure_database(devstack.SOURCE_DB)
+    pg.ensure_database("airflow_tests")
+    s3 = devstack.S3Server(devstack.free_port(), state / "moto.log")
+    s3.start()
+    _SERVICES.update(state=state, pg=pg, s3=s3)
+
+    airflow_home = state / "airflow"
+    airflow_home.mkdir()
+    source = {
+        "conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": devstack.PG_SUPERUSER,
+        "password": pg.password, "schema": devstack.SOURCE_DB,
+    }
+    archive = {
+        "conn_type": "aws", "login": devstack.S3_ACCESS_KEY, "password": devstack.S3_SECRET_KEY,
+        "extra": {"endpoint_url": s3.endpoint_url, "region_name": devstack.S3_REGION},
+    }
+    os.environ.update({
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.dsn("airflow_tests").replace("postgresql://", "postgresql+psycopg://"),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state / "airflow-logs"),
+        "AIRFLOW_CONN_SOURCE_POSTGRES": json.dumps(source),
+        "AIRFLOW_CONN_ARCHIVE_S3": json.dumps(archive),
+        "AWS_ACCESS_KEY_ID": devstack.S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": devstack.S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": devstack.S3_REGION,
+        "RETENTION_TEST_SOURCE_DSN": pg.dsn(devstack.SOURCE_DB),
+        "RETENTION_TEST_S3_ENDPOINT": s3.endpoint_url,
+        "NO_PROXY": "127.0.0.1,localhost",
+    })
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _SERVICES:
+        return
+    _SERVICES["s3"].stop()
+    _SERVICES["pg"].stop()
+    shutil.rmtree(_SERVICES["state"], ignore_errors=True)
+    _SERVICES.clear()
+
+
+@pytest.fixture(scope="session")
+def services() -> dict:
+    return _SERVICES
+
+
+@pytest.fixture(scope="session")
+def source_dsn(services) -> str:
+    from retention.schema import apply_schema
+
+    dsn = services["pg"].dsn(devstack.SOURCE_DB)
+    apply_schema(dsn)
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(services) -> str:
+    return services["s3"].endpoint_url
+
+
+@pytest.fixture(scope="session")
+def policy():
+    from retention.policy import default_policy
+
+    return default_policy()
+
+
+@pytest.fixture
+def storage(policy, monkeypatch):
+    """Fresh bucket names for each test, seen by the engine and by DAG tasks (env overrides).
+
+    Fresh buckets rather than emptied ones: objects under COMPLIANCE Object Lock cannot be
+    deleted before their retain-until date, by design."""
+    suffix = secrets.token_hex(4)
+    monkeypatch.setenv("RETENTION_ARCHIVE_BUCKET", f"archive-{suffix}")
+    monkeypatch.setenv("RETENTION_DOCUMENTS_BUCKET", f"documents-{suffix}")
+    return policy.storage_settings()
+
+
+@pytest.fixture
+def s3(s3_endpoint, storage):
+    """A boto3 client on the test S3 server, with this test's two buckets created."""
+    client = devstack.s3_client(s3_endpoint)
+    devstack.ensure_buckets(client, storage.archive_bucket, storage.documents_bucket)
+    return client
+
+
+@pytest.fixture
+def db(source_dsn):
+    """An empty source database (schema applied) for each test; yields a psycopg connection."""
+    import psycopg
+
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname IN ('app', 'retention')"
+        ).fetchall()
+        conn.execute("TRUNCATE " + ", ".join(t[0] for t in tables) + " RESTART IDENTITY CASCADE")
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def airflow_db(services) -> None:
+    """Airflow's metadata database, migrated once per session (dag.test() needs it)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=os.environ.copy(),
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

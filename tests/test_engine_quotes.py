@@ -1,0 +1,60 @@
+"""The engine on the quotes purpose, directly (no Airflow): boundaries, archive content, idempotence."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow.parquet as pq
+import pytest
+
+from retention.archive_store import ArchiveStore
+from retention.engine import RetentionEngine, RunContext
+from tests import factories as f
+
+pytestmark = pytest.mark.integration
+
+
+def make_engine(policy, purpose, dsn, s3, storage):
+    return RetentionEngine(policy, purpose, dsn, ArchiveStore(s3, storage), lock_timeout=2)
+
+
+def test_quotes_boundaries_archive_and_second_run(db, s3, storage, policy, source_dsn):
+    D = f.midnight("2025-02-28")
+    due_feb29 = f.quote(db, issued="2024-02-29")  # + 12 months = 2025-02-28: due on the boundary
+    due_before = f.quote(db, issued="2024-02-27")
+    not_yet = f.quote(db, issued="2024-03-01")
+    contract = f.contract(db)
+    converted = f.quote(db, issued="2020-01-01", contract_id=contract)
+    held = f.quote(db, issued="2020-01-01")
+    f.legal_hold(db, "quotes", held)
+    released = f.quote(db, issued="2020-01-01")
+    f.legal_hold(db, "quotes", released, released=True)
+
+    eng = make_engine(policy, "quotes", source_dsn, s3, storage)
+    ctx = RunContext("quotes", "manual__test1", D, batch_size=2)
+    outcomes = eng.archive_and_delete(ctx)
+    (o,) = outcomes
+    assert (o.due, o.deleted, o.held) == (4, 3, 1)
+    remaining = f.ids(db, "quotes")
+    assert remaining == {not_yet, converted, held}
+
+    rows = db.execute(
+        "SELECT object_key, row_count, record_ids, state, sha256, byte_size FROM retention.archive_manifest ORDER BY id"
+    ).fetchall()
+    archived_ids = sorted(i for r in rows for i in r[2])
+    assert archived_ids == sorted([due_feb29, due_before, released])
+    for key, count, record_ids, state, sha, size in rows:
+        assert state == "committed" and key.startswith("intermediate/quotes/quotes/purge_month=")
+        body = s3.get_object(Bucket=storage.archive_bucket, Key=key)["Body"].read()
+        table = pq.read_table(io.BytesIO(body))
+        assert table.column("id").to_pylist() == record_ids and table.num_rows == count == len(record_ids)
+        assert len(body) == size
+        assert str(table.schema.field("monthly_premium").type) == "decimal128(10, 2)"
+    audit = db.execute(
+        "SELECT action, sum(record_count) FROM retention.audit_log GROUP BY action ORDER BY action"
+    ).fetchall()
+    assert dict(audit) == {"archived_and_deleted": 3, "held": 1}
+
+    again = eng.archive_and_delete(RunContext("quotes", "manual__test2", D))
+    assert again[0].deleted == 0
+    assert f.ids(db, "quotes") == {not_yet, converted, held}

@@ -1,0 +1,564 @@
+"""The local stack without Docker: PostgreSQL, an S3 server (moto) and Airflow 3 on 127.0.0.1.
+
+Used by `make demo` / `make down` and by the tests, so that both start the services the same
+way. Every process it starts is recorded in <state>/pids/<name>.pid and only those are stopped.
+
+    python -m tools.devstack up      # PostgreSQL + S3 + schema + seed + Airflow, prints URL/login
+    python -m tools.devstack down    # stops what `up` started
+    python -m tools.devstack status
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STATE = REPO_ROOT / ".local"
+VENV_BIN = Path(sys.executable).parent
+SOURCE_DB = "insurer"
+AIRFLOW_DB = "airflow"
+PG_SUPERUSER = "postgres"
+S3_REGION = "eu-west-3"  # Paris
+S3_ACCESS_KEY = "demo-access-key"  # moto accepts any key; these never reach AWS
+S3_SECRET_KEY = "demo-secret-key"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(predicate, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    tail = ""
+    if log and log.exists():
+        tail = "\n--- last lines of " + str(log) + " ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+def pg_bindir() -> Path:
+    """The PostgreSQL server binaries: $PG_BINDIR, else the newest /usr/lib/postgresql/*/bin."""
+    candidates = []
+    if os.environ.get("PG_BINDIR"):
+        candidates.append(Path(os.environ["PG_BINDIR"]))
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates += versions
+    if shutil.which("pg_ctl"):
+        candidates.append(Path(shutil.which("pg_ctl")).parent)
+    for path in candidates:
+        if (path / "pg_ctl").is_file() and (path / "initdb").is_file():
+            return path
+    raise StackError("PostgreSQL server binaries not found (initdb, pg_ctl): install them with `apt-get install postgresql`")
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """initdb and pg_ctl refuse to run as root: run them as the `postgres` system user."""
+    if os.geteuid() != 0:
+        return cmd
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise StackError("running as root needs the `postgres` system user (created by `apt-get install postgresql`)") from None
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+def _chown_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class Postgres:
+    """A throwaway cluster listening on 127.0.0.1 only, data under `root`."""
+
+    root: Path
+    port: int
+    password: str
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "pgdata"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "logs" / "postgres.log"
+
+    def dsn(self, database: str = SOURCE_DB, user: str = PG_SUPERUSER, password: str | None = None) -> str:
+        return f"postgresql://{user}:{password or self.password}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        bindir = pg_bindir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "logs").mkdir(exist_ok=True)
+        sock_dir = self.root / "pgsock"
+        sock_dir.mkdir(exist_ok=True)
+        _chown_postgres(sock_dir)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.chmod(0o700)
+            _chown_postgres(self.data_dir)
+            pwfile = self.root / "pgsock" / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            pwfile.chmod(0o600)
+            _chown_postgres(pwfile)
+            try:
+                subprocess.run(
+                    _as_postgres_user([
+                        str(bindir / "initdb"), "-D", str(self.data_dir), "-U", PG_SUPERUSER,
+                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8",
+                    ]),
+                    check=True, capture_output=True, text=True,
+                )
+            except subprocess.CalledProcessError as exc:
+                raise StackError(f"initdb failed: {exc.stderr.strip()}") from exc
+            finally:
+                pwfile.unlink(missing_ok=True)
+        if self.log_file.exists():
+            _chown_postgres(self.log_file)
+        else:
+            self.log_file.touch()
+            _chown_postgres(self.log_file)
+        if self.is_running():
+            return
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sock_dir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c shared_buffers=256MB -c max_connections=200 -c timezone=UTC"
+        )
+        result = subprocess.run(
+            _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-o", options,
+                               "-l", str(self.log_file), "-w", "-t", "60", "start"]),
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise StackError(f"pg_ctl start failed: {result.stdout}{result.stderr}\nsee {self.log_file}")
+
+    def is_running(self) -> bool:
+        bindir = pg_bindir()
+        result = subprocess.run(
+            _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(self.data_dir), "status"]),
+            capture_output=True, text=True,
+        )
+        return result.returncode == 0
+
+    def stop(self) -> None:
+        if not (self.data_dir / "PG_VERSION").exists() or not self.is_running():
+            return
+        subprocess.run(
+            _as_postgres_user([str(pg_bindir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]),
+            capture_output=True, text=True,
+        )
+
+    def ensure_database(self, name: str, owner_password: str | None = None) -> None:
+        """Create database `name` (and a login role of the same name if a password is given)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            if owner_password:
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+                verb = "ALTER" if exists else "CREATE"
+                conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(owner_password)))
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                owner = sql.Identifier(name if owner_password else PG_SUPERUSER)
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), owner))
+
+
+@dataclass
+class S3Server:
+    """moto's server mode on 127.0.0.1: an S3 API with versioning, Object Lock, checksums."""
+
+    port: int
+    log_file: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> subprocess.Popen:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        moto = VENV_BIN / "moto_server"
+        if not moto.exists():
+            raise StackError(f"{moto} not found: install the dev requirements (make venv)")
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_until(lambda: self._healthy(), 60, f"the S3 server on port {self.port}", self.log_file)
+        return self.process
+
+    def _healthy(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise StackError(f"the S3 server exited with {self.process.returncode}; see {self.log_file}")
+        try:
+            urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=1)
+            return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+            if self.process.poll() is None:
+                self.process.kill()
+
+
+def s3_client(endpoint_url: str):
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint_url, region_name=S3_REGION,
+        aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+    )
+
+
+def ensure_buckets(client, archive_bucket: str, documents_bucket: str) -> None:
+    """The archive bucket is versioned with Object Lock (the probative tier's immutability)."""
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    location = {"LocationConstraint": S3_REGION}
+    if archive_bucket not in existing:
+        client.create_bucket(Bucket=archive_bucket, CreateBucketConfiguration=location, ObjectLockEnabledForBucket=True)
+    if documents_bucket not in existing:
+        client.create_bucket(Bucket=documents_bucket, CreateBucketConfiguration=location)
+    for bucket in (archive_bucket, documents_bucket):
+        client.put_bucket_encryption(
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+        )
+
+
+# ---------------------------------------------------------------------------- Airflow
+
+DEMO_USER = "demo"
+AIRFLOW_COMPONENTS = {
+    # name: command after `airflow`. The API server is bound to loopback; the scheduler and the
+    # triggerer don't serve logs (standalone would open log servers on 0.0.0.0:8793/8794).
+    "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{api_port}", "--workers", "1"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+
+
+@dataclass
+class StackConfig:
+    """Everything a stack instance needs; persisted in <state>/stack.json so `up` is re-runnable."""
+
+    state: Path
+    pg_port: int
+    s3_port: int
+    api_port: int
+    pg_password: str
+    airflow_db_password: str
+    demo_password: str
+    jwt_secret: str
+    api_secret_key: str
+    fernet_key: str
+
+    @classmethod
+    def load_or_create(cls, state: Path, pg_port: int | None = None, s3_port: int | None = None,
+                       api_port: int | None = None) -> StackConfig:
+        path = state / "stack.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            data["state"] = state
+            return cls(**data)
+        from cryptography.fernet import Fernet
+
+        config = cls(
+            state=state, pg_port=pg_port or 55433, s3_port=s3_port or 55500, api_port=api_port or 8080,
+            pg_password=secrets.token_urlsafe(16), airflow_db_password=secrets.token_urlsafe(16),
+            demo_password=secrets.token_urlsafe(12), jwt_secret=secrets.token_urlsafe(32),
+            api_secret_key=secrets.token_urlsafe(32), fernet_key=Fernet.generate_key().decode(),
+        )
+        state.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: v for k, v in config.__dict__.items() if k != "state"}, indent=2))
+        path.chmod(0o600)
+        return config
+
+    @property
+    def postgres(self) -> Postgres:
+        return Postgres(self.state, self.pg_port, self.pg_password)
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state / "airflow"
+
+    def airflow_env(self) -> dict[str, str]:
+        home = self.airflow_home
+        env = {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__DEFAULT_TIMEZONE": "Europe/Paris",
+            "AIRFLOW__CORE__FERNET_KEY": self.fernet_key,
+            # 2 cores: few task processes at once.
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+            "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+            "AIRFLOW__API__BASE_URL": self.api_url,
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__SECRET_KEY": self.api_secret_key,
+            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{DEMO_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+                f"postgresql+psycopg://{AIRFLOW_DB}:{self.airflow_db_password}@127.0.0.1:{self.pg_port}/{AIRFLOW_DB}"
+            ),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.state / "logs" / "airflow"),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "0",
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "0",
+            "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
+            "RETENTION_INTERMEDIATE_STORAGE_CLASS": os.environ.get("RETENTION_INTERMEDIATE_STORAGE_CLASS", "STANDARD_IA"),
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+        return env
+
+    def source_dsn(self) -> str:
+        return self.postgres.dsn(SOURCE_DB)
+
+
+def _airflow(config: StackConfig, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
+    env = os.environ | config.airflow_env()
+    result = subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, capture_output=capture, text=True)
+    if check and result.returncode != 0:
+        raise StackError(f"airflow {' '.join(args[:2])} failed:\n{(result.stdout or '')[-2000:]}{(result.stderr or '')[-3000:]}")
+    return result
+
+
+def configure_connections(config: StackConfig) -> None:
+    """The two connections of DESIGN.md §5, stored in the metadata DB so they show in the UI."""
+    pg = config.postgres
+    connections = {
+        "source_postgres": {
+            "conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": PG_SUPERUSER,
+            "password": pg.password, "schema": SOURCE_DB, "description": "Operational database (synthetic demo data)",
+        },
+        "archive_s3": {
+            "conn_type": "aws", "login": S3_ACCESS_KEY, "password": S3_SECRET_KEY,
+            "description": "Archive S3 (local moto server)",
+            "extra": {"endpoint_url": config.s3_endpoint, "region_name": S3_REGION},
+        },
+    }
+    for conn_id, conn in connections.items():
+        _airflow(config, "connections", "delete", conn_id, check=False)
+        _airflow(config, "connections", "add", conn_id, "--conn-json", json.dumps(conn))
+
+
+def _pid_file(config: StackConfig, name: str) -> Path:
+    return config.state / "pids" / f"{name}.pid"
+
+
+def _running_pid(config: StackConfig, name: str) -> int | None:
+    path = _pid_file(config, name)
+    if not path.exists():
+        return None
+    pid = int(path.read_text().strip() or 0)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _spawn(config: StackConfig, name: str, cmd: list[str], env: dict[str, str]) -> int:
+    """Start a long-running process in its own session, log to a file, record its PID."""
+    existing = _running_pid(config, name)
+    if existing:
+        return existing
+    log_path = config.state / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    _pid_file(config, name).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=REPO_ROOT)
+    _pid_file(config, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def up(config: StackConfig, customers: int = 2000, seed: int = 42, reference_date: str | None = None,
+       with_airflow: bool = True) -> None:
+    """Bring the whole stack up, seeded. Safe to re-run: running pieces are left as they are."""
+    import datetime as dt
+
+    state = config.state
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    state.chmod(0o755)  # the postgres system user must reach its data folder inside
+    pg = config.postgres
+    pg.start()
+    pg.ensure_database(SOURCE_DB)
+    pg.ensure_database(AIRFLOW_DB, owner_password=config.airflow_db_password)
+    print(f"PostgreSQL  127.0.0.1:{pg.port}  (source database {SOURCE_DB!r}, Airflow metadata {AIRFLOW_DB!r})")
+
+    if not _running_pid(config, "s3"):
+        moto = VENV_BIN / "moto_server"
+        _spawn(config, "s3", [str(moto), "-H", "127.0.0.1", "-p", str(config.s3_port)], dict(os.environ))
+    wait_until(lambda: S3Server(config.s3_port, state / "logs" / "s3.log")._healthy(), 60, "the S3 server",
+               state / "logs" / "s3.log")
+    sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT)]
+    from retention.policy import default_policy
+    from retention.schema import apply_schema
+
+    storage = default_policy().storage_settings()
+    client = s3_client(config.s3_endpoint)
+    ensure_buckets(client, storage.archive_bucket, storage.documents_bucket)
+    print(f"S3 (moto)   {config.s3_endpoint}  (buckets {storage.archive_bucket}, {storage.documents_bucket})")
+
+    apply_schema(config.source_dsn())
+    from tools.seed import seed_database
+
+    reference = dt.date.fromisoformat(reference_date) if reference_date else dt.date.today()
+    counts = seed_database(config.source_dsn(), customers=customers, seed=seed, reference_date=reference,
+                           s3_client=client, documents_bucket=storage.documents_bucket)
+    print(f"seeded      {sum(counts.values()):,} rows (reference date {reference})")
+    if not with_airflow:
+        return
+
+    home = config.airflow_home
+    home.mkdir(parents=True, exist_ok=True)
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({DEMO_USER: config.demo_password}) + "\n")
+    passwords.chmod(0o600)
+    _airflow(config, "db", "migrate")
+    configure_connections(config)
+    env = os.environ | config.airflow_env()
+    for name, args in AIRFLOW_COMPONENTS.items():
+        cmd = [str(VENV_BIN / "airflow"), *[a.format(api_port=config.api_port) for a in args]]
+        _spawn(config, name, cmd, env)
+    wait_until(lambda: _api_healthy(config), 180, "the Airflow API server", state / "logs" / "api-server.log")
+    env_file = state / "airflow.env"
+    env_file.write_text("".join(f"export {k}={json.dumps(v)}\n" for k, v in config.airflow_env().items()))
+    env_file.chmod(0o600)
+    print(f"Airflow UI  {config.api_url}   login: {DEMO_USER} / {config.demo_password}")
+    print(f"logs        {state / 'logs'}   (airflow CLI: source {env_file})")
+
+
+def _api_healthy(config: StackConfig) -> bool:
+    for name in AIRFLOW_COMPONENTS:
+        if not _running_pid(config, name):
+            raise StackError(f"Airflow {name} exited; see {config.state / 'logs' / (name + '.log')}")
+    try:
+        with urllib.request.urlopen(f"{config.api_url}/api/v2/monitor/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def down(state: Path) -> None:
+    """Stop what `up` recorded (by PID, process group included), then PostgreSQL."""
+    config_path = state / "stack.json"
+    if not config_path.exists():
+        print("nothing to stop")
+        return
+    config = StackConfig.load_or_create(state)
+    for name in [*reversed(list(AIRFLOW_COMPONENTS)), "s3"]:
+        pid = _running_pid(config, name)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _running_pid(config, name):
+                time.sleep(0.2)
+            if _running_pid(config, name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            _pid_file(config, name).unlink(missing_ok=True)
+            print(f"stopped {name} (pid {pid})")
+    config.postgres.stop()
+    print("stopped PostgreSQL")
+
+
+def status(state: Path) -> None:
+    if not (state / "stack.json").exists():
+        print("not started")
+        return
+    config = StackConfig.load_or_create(state)
+    for name in [*AIRFLOW_COMPONENTS, "s3"]:
+        pid = _running_pid(config, name)
+        print(f"{name:14} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    print(f"{'postgres':14} {'running' if config.postgres.is_running() else 'stopped'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Local stack: PostgreSQL + S3 (moto) + Airflow 3 on 127.0.0.1")
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="git-ignored folder for data, logs, PIDs")
+    parser.add_argument("--customers", type=int, default=int(os.environ.get("DEMO_CUSTOMERS", "2000")))
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--reference-date", help="YYYY-MM-DD the synthetic data is built around (default: today)")
+    parser.add_argument("--api-port", type=int, default=8080)
+    parser.add_argument("--pg-port", type=int)
+    parser.add_argument("--s3-port", type=int)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            config = StackConfig.load_or_create(args.state.resolve(), args.pg_port, args.s3_port, args.api_port)
+            up(config, customers=args.customers, seed=args.seed, reference_date=args.reference_date)
+        elif args.command == "down":
+            down(args.state.resolve())
+        else:
+            status(args.state.resolve())
+    except StackError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
