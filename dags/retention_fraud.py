@@ -1,6 +1,6 @@
 """Retention DAG for the `fraud` purpose: Fraud alerts and fraud cases.
 
-The rules, periods and documentation come from include/retention_policy.yaml; the work is done
+An Airflow DAG: the rules, periods and documentation come from include/retention_policy.yaml; the work is done
 by the shared engine in plugins/retention. This file only wires them.
 """
 

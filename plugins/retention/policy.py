@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -133,14 +134,15 @@ class Policy(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        ZoneInfo(value)  # raises for an unknown zone
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
     @field_validator("purposes")
     @classmethod
     def _purpose_names(cls, purposes: dict[str, Purpose]) -> dict[str, Purpose]:
-        import re
-
         for name in purposes:
             if not re.match(IDENTIFIER, name):
                 raise ValueError(f"purpose name {name!r} must match {IDENTIFIER}")

@@ -1,0 +1,85 @@
+"""Calendar arithmetic of periods and cutoffs (pure logic, no services)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from retention.periods import Period, cutoff, due_date
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def at(day: str, hour: int = 0, minute: int = 0) -> dt.datetime:
+    return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(hour, minute), tzinfo=PARIS)
+
+
+@pytest.mark.parametrize(("text", "period"), [
+    ("12 months", Period(months=12)), ("5 years", Period(months=60)), ("1 year", Period(months=12)),
+    ("0 days", Period(days=0)), ("6 months", Period(months=6)), (" 3 years ", Period(months=36)),
+])
+def test_parse(text, period):
+    assert Period.parse(text) == period
+
+
+@pytest.mark.parametrize("text", ["12", "twelve months", "-1 months", "1.5 years", "3 weeks", ""])
+def test_parse_rejects(text):
+    with pytest.raises(ValueError, match="is not a period"):
+        Period.parse(text)
+
+
+def test_month_end_clipping():
+    assert Period(months=12).add_to(dt.date(2024, 2, 29)) == dt.date(2025, 2, 28)
+    assert Period(months=1).add_to(dt.date(2025, 1, 31)) == dt.date(2025, 2, 28)
+    assert Period(months=60).add_to(dt.date(2020, 2, 29)) == dt.date(2025, 2, 28)
+
+
+def test_feb29_is_due_on_feb28_of_the_next_year():
+    twelve = Period(months=12)
+    c = cutoff(at("2025-02-28"), twelve, PARIS)
+    assert at("2024-02-29", 23, 59) < c  # due at the run of 2025-02-28
+    assert not at("2024-03-01") < c      # not yet
+    assert not at("2024-02-29", 12) < cutoff(at("2025-02-27"), twelve, PARIS)  # the day before: not due
+
+
+def test_day_before_on_and_after_boundary():
+    p = Period(months=6)
+    clock = at("2025-03-15", 17, 30)
+    assert due_date(clock, p, PARIS) == at("2025-09-15")
+    assert not clock < cutoff(at("2025-09-14"), p, PARIS)
+    assert clock < cutoff(at("2025-09-15"), p, PARIS)
+    assert clock < cutoff(at("2025-09-16"), p, PARIS)
+
+
+def test_zero_period_never_selects_a_clock_after_the_logical_date():
+    d = at("2026-03-10", 14)
+    c = cutoff(d, Period(days=0), PARIS)
+    assert c == d
+    assert at("2026-03-10", 13) < c and not at("2026-03-10", 15) < c
+
+
+def test_paris_calendar_not_utc():
+    # 23:30 UTC on Jan 31 is already Feb 1 in Paris: its 1-month period ends on Mar 1, not Feb 28.
+    clock = dt.datetime(2025, 1, 31, 23, 30, tzinfo=dt.UTC)
+    assert due_date(clock, Period(months=1), PARIS) == at("2025-03-01")
+
+
+def test_dst_change_keeps_local_midnight():
+    assert cutoff(at("2025-03-31"), Period(days=1), PARIS) == at("2025-03-31")  # DST began on Mar 30
+
+
+def test_inverse_is_exact_over_three_years():
+    """latest_start is the exact inverse of add_to (the cutoff never includes a record too early)."""
+    for period in [Period(months=m) for m in (1, 6, 12, 24, 36, 60, 96)] + [Period(days=0), Period(days=30)]:
+        day = dt.date(2024, 1, 1)
+        while day < dt.date(2027, 1, 1):
+            start = period.latest_start(day)
+            assert period.add_to(start) <= day < period.add_to(start + dt.timedelta(days=1)), (period, day)
+            day += dt.timedelta(days=1)
+
+
+def test_naive_logical_date_is_rejected():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        cutoff(dt.datetime(2025, 1, 1), Period(months=1), PARIS)
