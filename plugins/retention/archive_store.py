@@ -31,9 +31,13 @@ def safe_key_part(text: str) -> str:
     return _UNSAFE_KEY_CHARS.sub("_", text).strip("_")
 
 
-def object_key(prefix: str, purpose: str, table: str, purge_month: str, run_id: str, batch: int) -> str:
-    """``<tier>/<purpose>/<table>/purge_month=YYYY-MM/<run>/<batch>.parquet`` (deterministic)."""
-    return f"{prefix}/{purpose}/{table}/purge_month={purge_month}/{safe_key_part(run_id)}/{batch:06d}.parquet"
+def object_key(prefix: str, purpose: str, table: str, purge_month: str, run_id: str, rule: str, first_id: int) -> str:
+    """``<tier>/<purpose>/<table>/purge_month=YYYY-MM/<run>/<batch>.parquet``, deterministic.
+
+    The batch is named by its rule and its first id: unique within a run even across task
+    retries (a committed batch's ids are gone from the source, so no later batch starts
+    with them) and across rules of one purpose that archive the same table."""
+    return f"{prefix}/{purpose}/{table}/purge_month={purge_month}/{safe_key_part(run_id)}/{rule}-{first_id:012d}.parquet"
 
 
 def document_archive_key(parquet_key: str, source_key: str) -> str:

@@ -215,7 +215,7 @@ class RetentionEngine:
         outcome = self._count_rule(control, rule, ctx.logical_date)
         control.commit()
         self._audit_exceptions(control, rule, ctx, outcome)
-        after_id, batch_no = 0, 0
+        after_id = 0
         while True:
             with control.transaction():
                 locked = self._lock_batch(control, rule, ctx, after_id)
@@ -226,9 +226,8 @@ class RetentionEngine:
                 archived_ids: list[int] = []
                 pending_locks: list[tuple[list[str], dt.datetime]] = []
                 for purge_month, ids, purge_after in groups:
-                    batch_no += 1
                     if rule.archived:
-                        keys = self._archive_group(intents, reader, rule, ctx, ids, purge_month, purge_after, batch_no, outcome)
+                        keys = self._archive_group(intents, reader, rule, ctx, ids, purge_month, purge_after, outcome)
                         pending_locks.append((keys, purge_after))
                     else:
                         self._dispose_unarchived(control, reader, rule, ctx, ids, outcome)
@@ -280,12 +279,12 @@ class RetentionEngine:
             table = cur.fetch_arrow_table()
         return _typed(table)
 
-    def _archive_group(self, intents, reader, rule, ctx, ids, purge_month, purge_after, batch_no, outcome) -> list[str]:
+    def _archive_group(self, intents, reader, rule, ctx, ids, purge_month, purge_after, outcome) -> list[str]:
         tier = self.store.storage.tiers[rule.tier]
         table = self._read_rows(reader, rule, ids)
         if table.column("id").to_pylist() != ids:
             raise RetentionError(f"{rule.table}: read {table.num_rows} rows for {len(ids)} locked ids")
-        key = object_key(tier.prefix, self.purpose_name, rule.table, purge_month, ctx.run_id, batch_no)
+        key = object_key(tier.prefix, self.purpose_name, rule.table, purge_month, ctx.run_id, rule.name, ids[0])
         documents = _document_keys(table)
         doc_pairs = [(src, document_archive_key(key, src)) for _, src in documents]
         body = _parquet_bytes(table)

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+_RESOLUTION = dt.timedelta(microseconds=1)  # of timestamptz
 _PERIOD_RE = re.compile(r"^\s*(\d{1,3})\s+(day|days|month|months|year|years)\s*$")
 
 
@@ -88,10 +89,11 @@ def cutoff(logical_date: dt.datetime, period: Period, tz: ZoneInfo) -> dt.dateti
     """The instant such that ``clock < cutoff`` <=> the record is due at ``logical_date``.
 
     Due means: the clock's Paris date + period <= the logical date's Paris date, and the
-    clock is not after the logical date itself (relevant only for a zero period).
+    clock is not after the logical date itself (which only matters for a zero period:
+    ``clock <= D``, hence D plus PostgreSQL's resolution of one microsecond).
     """
     last_due_day = period.latest_start(local_date(logical_date, tz))
-    return min(local_midnight(last_due_day + dt.timedelta(days=1), tz), logical_date)
+    return min(local_midnight(last_due_day + dt.timedelta(days=1), tz), logical_date + _RESOLUTION)
 
 
 def due_date(clock: dt.datetime, period: Period, tz: ZoneInfo) -> dt.datetime:
