@@ -218,6 +218,7 @@ class RetentionEngine:
         after_id = 0
         while True:
             with control.transaction():
+                self._pending_manifest, self._pending_disposals = [], []  # nothing from a failed batch
                 locked = self._lock_batch(control, rule, ctx, after_id)
                 if not locked:
                     break
