@@ -23,6 +23,8 @@ sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT)]
 
 from tools import devstack  # noqa: E402
 
+pytest.register_assert_rewrite("tests.outcome")
+
 _SERVICES: dict = {}
 
 

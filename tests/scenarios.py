@@ -41,8 +41,9 @@ def _doc(s3, storage, key: str) -> str:
 
 def quotes(conn, s3, storage) -> Scenario:
     s = Scenario("quotes", f.midnight("2025-02-28"))
-    s.delete("quotes", f.quote(conn, issued="2024-02-29"))          # + 12 months = 2025-02-28: on the boundary
-    s.delete("quotes", f.quote(conn, issued="2024-02-27"))          # due the day before
+    feb29 = f.quote(conn, issued="2024-02-29")                      # + 12 months = 2025-02-28: on the boundary
+    day_before = f.quote(conn, issued="2024-02-27")                 # due the day before
+    s.delete("quotes", feb29, day_before)
     s.keep("quotes", f.quote(conn, issued="2024-03-01"))            # due the day after
     s.keep("quotes", f.quote(conn, issued="2020-01-01", contract_id=f.contract(conn)))  # converted
     held = f.quote(conn, issued="2020-01-01")
@@ -52,7 +53,10 @@ def quotes(conn, s3, storage) -> Scenario:
     f.legal_hold(conn, "quotes", released, released=True)
     s.delete("quotes", released)
     prospect = f.prospect(conn, last_contact="2024-01-10")
-    s.delete("quotes", f.quote(conn, issued="2023-06-01", prospect_id=prospect))
+    of_prospect = f.quote(conn, issued="2023-06-01", prospect_id=prospect)
+    s.delete("quotes", of_prospect)
+    # The 2020 quote is past its 12 months of archive too: deleted without being archived.
+    s.archived["quotes"] = {feb29, day_before, of_prospect}
     s.held = {"unconverted_quotes": 1}
     return s
 

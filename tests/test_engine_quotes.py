@@ -27,7 +27,7 @@ def test_quotes_boundaries_archive_and_second_run(db, s3, storage, policy, sourc
     converted = f.quote(db, issued="2020-01-01", contract_id=contract)
     held = f.quote(db, issued="2020-01-01")
     f.legal_hold(db, "quotes", held)
-    released = f.quote(db, issued="2020-01-01")
+    released = f.quote(db, issued="2023-12-01")
     f.legal_hold(db, "quotes", released, released=True)
 
     eng = make_engine(policy, "quotes", source_dsn, s3, storage)
@@ -58,3 +58,14 @@ def test_quotes_boundaries_archive_and_second_run(db, s3, storage, policy, sourc
     again = eng.archive_and_delete(RunContext("quotes", "manual__test2", D))
     assert again[0].deleted == 0
     assert f.ids(db, "quotes") == {not_yet, converted, held}
+
+
+def test_rows_past_their_archive_period_are_deleted_without_archive(db, s3, storage, policy, source_dsn):
+    """A backlog quote issued 2020 is past issued + 24 months at D: nothing to archive it for."""
+    old = f.quote(db, issued="2020-01-01")
+    eng = make_engine(policy, "quotes", source_dsn, s3, storage)
+    (o,) = eng.archive_and_delete(RunContext("quotes", "r", f.midnight("2025-02-28")))
+    assert o.deleted == 1 and o.objects == 0
+    assert f.ids(db, "quotes") == set()
+    assert db.execute("SELECT action, record_ids FROM retention.audit_log").fetchall() == [("deleted", [old])]
+

@@ -88,13 +88,13 @@ def test_s3_unreachable_fails_clearly_and_deletes_nothing(db, storage, policy, s
 
 def test_s3_failing_mid_batch_rolls_the_batch_back(db, s3, storage, policy, source_dsn):
     """The bucket disappears after the preflight: the upload fails, the rows stay."""
-    quote = f.quote(db, issued="2020-01-01")
+    quote = f.quote(db, issued="2024-01-01")
     store = ArchiveStore(s3, storage)
     engine = RetentionEngine(policy, "quotes", source_dsn, store, lock_timeout=1)
     store.preflight = lambda: None  # skip the early check so that the failure happens at upload
     s3.delete_bucket(Bucket=storage.archive_bucket)
     with pytest.raises(ArchiveStorageError, match="upload of s3://"):
-        engine.archive_and_delete(RunContext("quotes", "r", f.midnight("2025-01-01")))
+        engine.archive_and_delete(RunContext("quotes", "r", f.midnight("2025-06-01")))
     assert f.ids(db, "quotes") == {quote}
 
 

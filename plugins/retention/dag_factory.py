@@ -14,7 +14,8 @@ from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, dag, task
 from retention.policy import Policy, Purpose, default_policy
 
 OWNER = "data-protection"
-START_DATE = dt.datetime(2026, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
+# Early enough that a backfill can replay any date of the 10 years of data (catchup is off).
+START_DATE = dt.datetime(2016, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
 DEFAULT_BATCH_SIZE = 20_000  # rows per transaction and per Parquet object (memory bound)
 
 
@@ -27,8 +28,7 @@ def archive_assets(policy: Policy, purpose_name: str) -> list[Asset]:
     storage = policy.storage_settings()
     tiers = sorted({r.tier for r in policy.purpose(purpose_name).rules if r.archived})
     return [
-        Asset(uri=f"s3://{storage.archive_bucket}/{storage.tiers[t].prefix}/{purpose_name}/",
-              name=f"archive_{t}_{purpose_name}", group="retention-archive")
+        Asset(uri=f"s3://{storage.archive_bucket}/{storage.tiers[t].prefix}/{purpose_name}/", group="retention-archive")
         for t in tiers
     ]
 

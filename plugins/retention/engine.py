@@ -227,7 +227,9 @@ class RetentionEngine:
                 archived_ids: list[int] = []
                 pending_locks: list[tuple[list[str], dt.datetime]] = []
                 for purge_month, ids, purge_after in groups:
-                    if rule.archived:
+                    # A backlog row whose archive period is already over at D is not archived
+                    # only to be purged: it is deleted like a row of tier 'none'.
+                    if rule.archived and purge_after > ctx.logical_date:
                         keys = self._archive_group(intents, reader, rule, ctx, ids, purge_month, purge_after, outcome)
                         pending_locks.append((keys, purge_after))
                     else:
@@ -360,11 +362,14 @@ class RetentionEngine:
                     (rule.table, record_id, src, target)
                     for (record_id, src), (_, target) in zip(documents, doc_pairs, strict=True)
                 ]
-            if not rule.archived:
+            archived_ids = {i for _, _, record_ids, _, _ in manifest for i in record_ids}
+            unarchived = [i for i in ids if i not in archived_ids]
+            if unarchived:
                 cur.execute(
                     "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
                     " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, 'deleted', %s, %s)",
-                    (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table, len(ids), ids),
+                    (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table, len(unarchived),
+                     unarchived),
                 )
             if disposals:
                 cur.executemany(

@@ -1,0 +1,694 @@
+"""Data-quality gates before and after a retention run (Great Expectations Core, in SQL).
+
+**Before** anything is deleted, for the tables a purpose's rules read: the columns exist with
+their types, primary keys are unique, clocks are set where a state needs them and never lie in
+the future, enumerated columns hold known values, no card security code is stored in the
+source schema, and the mass-deletion guard holds. **After** the run: nothing due is left, every
+row of the before-snapshot is either still there or deleted by this run, every archive object
+of the run matches its manifest row (bytes re-read from S3), the manifest agrees with the audit
+log, and no archive object is kept past its purge date.
+
+The checks are data: the declarations below plus what the policy says (rule tables, clocks),
+turned into one GX ``ExpectationSuite`` per purpose, phase and table
+(``contracts.before.app.contracts``) and validated on a whole-table batch of a GX Postgres data
+source, with row conditions, so every metric is an SQL aggregate computed by PostgreSQL. pandas
+only sees the ``id`` column of one archive object read back from S3.
+
+Reports hold counts, types, column names and object keys, never row contents. This module and
+GX (a 5 s import) are imported inside the tasks only, never when a DAG file is parsed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from retention.archive_store import ArchiveStore
+from retention.engine import RetentionEngine, RetentionError, RunContext
+from retention.periods import local_date, local_midnight
+from retention.policy import Policy, Purpose
+
+log = logging.getLogger(__name__)
+
+
+class QualityGateError(RetentionError):
+    """A data-quality gate failed; the message names the expectations, tables and counts."""
+
+
+# ---------------------------------------------------------------------------------------
+# The checks, as data. Suites are generated from these declarations and the policy's rules.
+# ---------------------------------------------------------------------------------------
+
+BIGINT, TIMESTAMPTZ, TEXT, BOOLEAN = "BIGINT", "TIMESTAMP WITH TIME ZONE", "TEXT", "BOOLEAN"
+
+# Columns the rule SQL reads on its own table besides `id` and the clock (include/sql/).
+COLUMNS_READ: dict[str, dict[str, str]] = {
+    "quotes": {"contract_id": BIGINT},
+    "claims": {"contract_id": BIGINT},
+    "reimbursements": {"claim_id": BIGINT},
+    "payment_methods": {"contract_id": BIGINT},
+    "prospects": {"customer_id": BIGINT},
+    "pets": {"customer_id": BIGINT},
+    "call_recordings": {"reason": TEXT},
+    "aml_records": {"contract_id": BIGINT},
+    "fraud_alerts": {"contract_id": BIGINT, "fraud_case_id": BIGINT, "status": TEXT},
+    "job_applications": {"hired": BOOLEAN},
+}
+
+# A clock a row must have once it reaches a state: a NULL there would never expire.
+# (table, clock column, state column, states)
+CLOCKS_REQUIRED_BY_STATE: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("contracts", "ended_at", "status", ("ended",)),
+    ("fraud_alerts", "qualified_at", "status", ("not_relevant", "relevant")),
+    ("fraud_cases", "closed_at", "status", ("closed",)),
+)
+
+# Enumerated columns: a value outside these would slip through the rules' filters.
+KNOWN_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("call_recordings", "reason"): ("contracting", "quality", "claims"),
+    ("fraud_alerts", "status"): ("pending", "not_relevant", "relevant"),
+    ("contracts", "status"): ("active", "ended"),
+    ("fraud_cases", "status"): ("open", "closed"),
+}
+
+# The policy promises a card security code (CVV2 / "cryptogramme visuel") is never stored.
+CARD_CODE_COLUMN_NAME = r"(?i)(^|_)(cvv2?|cvc2?|cvn2?|csc|cryptogram\w*|security_?code|card_?code|card_?verification\w*)(_|$)"
+CARD_CODE_VALUE = r"^[0-9]{3,4}$"
+PAYMENT_TABLE = "payment_methods"
+CARD_ROWS = ("kind", ("card",))
+LAST_DIGITS_COLUMNS = ("card_last4", "iban_last4")  # 4 digits on purpose: what the processor shows
+
+# Deletions by other retention runs (another purpose sharing a table, e.g. app.quotes) are
+# looked up in the audit log from this long before the before-snapshot (a batch transaction
+# stamps its audit rows with its start time).
+CONCURRENT_DELETE_SLACK = dt.timedelta(hours=1)
+
+# Counts only: GX never fetches the unexpected values themselves (they may be personal data).
+RESULT_COUNTS = {"result_format": "BASIC", "partial_unexpected_count": 0}
+RESULT_IDENTIFIERS = {"result_format": "BASIC", "partial_unexpected_count": 20}
+MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class Where:
+    """A row condition: only the rows where ``column op value`` are checked."""
+
+    column: str
+    op: str  # "in" or "<="
+    value: object
+
+    def __str__(self) -> str:
+        if self.op == "in":
+            return f"{self.column} in ({', '.join(map(repr, self.value))})"
+        return f"{self.column} {self.op} {self.value}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One GX expectation on one table, as data; built into a GX Expectation when validated."""
+
+    table: str  # schema-qualified, e.g. "app.contracts"
+    expectation: str  # GX Core expectation type, e.g. "expect_column_values_to_be_unique"
+    column: str | None = None
+    params: dict = field(default_factory=dict)
+    where: Where | None = None
+    reported: dict = field(default_factory=dict)  # figures shown with the result (counts only)
+    values_are_identifiers: bool = False  # unexpected values are column names: safe to report
+
+
+def rule_tables(purpose: Purpose) -> list[str]:
+    return list(dict.fromkeys(rule.table for rule in purpose.rules))
+
+
+def purpose_clocks(purpose: Purpose) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(tuple(rule.clock.split(".")) for rule in purpose.rules))
+
+
+def purpose_tables(purpose: Purpose) -> list[str]:
+    """The rules' tables and their clocks' tables (a parent table such as contracts)."""
+    return list(dict.fromkeys(rule_tables(purpose) + [table for table, _ in purpose_clocks(purpose)]))
+
+
+def latest_plausible_clock(logical_date: dt.datetime, tz, now: dt.datetime | None = None) -> dt.datetime:
+    """No clock may lie after this instant: the end of the logical date's day in Paris (a daily
+    run sees the rows written during its day before it starts), or now when that is later (a
+    backfill sees the rows written since its date)."""
+    end_of_day = local_midnight(local_date(logical_date, tz) + dt.timedelta(days=1), tz)
+    return max(end_of_day, now or dt.datetime.now(dt.UTC))
+
+
+def before_checks(policy: Policy, purpose_name: str, clock_limit: dt.datetime,
+                  payment_text_columns: tuple[str, ...] = ()) -> list[Check]:
+    """The before-suite of a purpose, generated from its rules and the declarations above."""
+    purpose = policy.purpose(purpose_name)
+    schema = policy.source_schema
+    tables = purpose_tables(purpose)
+    return (
+        _column_checks(schema, tables, purpose_clocks(purpose))
+        + _key_checks(schema, tables)
+        + _clock_checks(schema, tables, purpose_clocks(purpose), clock_limit)
+        + _known_value_checks(schema, tables)
+        + _card_code_checks(schema, payment_text_columns)
+    )
+
+
+def _column_checks(schema: str, tables: list[str], clocks: list[tuple[str, str]]) -> list[Check]:
+    typed = {table: {"id": BIGINT} | COLUMNS_READ.get(table, {}) for table in tables}
+    for table, column in clocks:
+        typed[table][column] = TIMESTAMPTZ
+    checks = []
+    for table, columns in typed.items():
+        for column, type_ in columns.items():
+            checks += [
+                Check(f"{schema}.{table}", "expect_column_to_exist", column),
+                Check(f"{schema}.{table}", "expect_column_values_to_be_of_type", column, {"type_": type_}),
+            ]
+    return checks
+
+
+def _key_checks(schema: str, tables: list[str]) -> list[Check]:
+    return [Check(f"{schema}.{table}", "expect_column_values_to_be_unique", "id") for table in tables]
+
+
+def _clock_checks(schema: str, tables: list[str], clocks: list[tuple[str, str]], limit: dt.datetime) -> list[Check]:
+    no_future = [
+        Check(f"{schema}.{table}", "expect_column_values_to_be_between", column,
+              {"max_value": limit}, reported={"not_after": limit.isoformat()})
+        for table, column in clocks
+    ]
+    required = [
+        Check(f"{schema}.{table}", "expect_column_values_to_not_be_null", column, where=Where(state, "in", states))
+        for table, column, state, states in CLOCKS_REQUIRED_BY_STATE
+        if table in tables
+    ]
+    return no_future + required
+
+
+def _known_value_checks(schema: str, tables: list[str]) -> list[Check]:
+    return [
+        Check(f"{schema}.{table}", "expect_column_values_to_be_in_set", column, {"value_set": list(values)})
+        for (table, column), values in KNOWN_VALUES.items()
+        if table in tables
+    ]
+
+
+def _card_code_checks(schema: str, payment_text_columns: tuple[str, ...]) -> list[Check]:
+    """No column of the source schema named like a card code; no card row holding a 3-4 digit
+    code in a payment-method column other than the documented last digits."""
+    by_name = Check("information_schema.columns", "expect_column_values_to_not_match_regex", "column_name",
+                    {"regex": CARD_CODE_COLUMN_NAME}, where=Where("table_schema", "in", (schema,)),
+                    values_are_identifiers=True)
+    by_value = [
+        Check(f"{schema}.{PAYMENT_TABLE}", "expect_column_values_to_not_match_regex", column,
+              {"regex": CARD_CODE_VALUE}, where=Where(CARD_ROWS[0], "in", CARD_ROWS[1]))
+        for column in payment_text_columns
+        if column not in LAST_DIGITS_COLUMNS
+    ]
+    return [by_name, *by_value]
+
+
+def row_count_checks(schema: str, table_rows: dict, table_max_id: dict, deleted_by_run: dict,
+                     deleted_elsewhere: dict) -> list[Check]:
+    """After-suite on the source: rows before = rows after + rows deleted, per table, counted
+    on the rows that existed at the before-snapshot (id <= its largest id) so that rows
+    inserted meanwhile don't count. When other retention runs deleted from the same table in
+    the meantime, their deletions widen the lower bound."""
+    checks = []
+    for table, before in table_rows.items():
+        expected = before - deleted_by_run.get(table, 0)
+        elsewhere = deleted_elsewhere.get(table, 0)
+        reported = {"rows_before": before, "deleted_by_run": deleted_by_run.get(table, 0)}
+        where = Where("id", "<=", table_max_id.get(table, 0))
+        if elsewhere:
+            checks.append(Check(f"{schema}.{table}", "expect_table_row_count_to_be_between",
+                                params={"min_value": max(expected - elsewhere, 0), "max_value": expected},
+                                where=where, reported=reported | {"deleted_by_other_runs": elsewhere}))
+        else:
+            checks.append(Check(f"{schema}.{table}", "expect_table_row_count_to_equal", params={"value": expected},
+                                where=where, reported=reported))
+    return checks
+
+
+def archive_object_checks(table: str, row_count: int, record_ids: list[int]) -> list[Check]:
+    """After-suite on one archive object read back (its id column, in memory): the manifest's rows."""
+    return [
+        Check(table, "expect_table_row_count_to_equal", params={"value": row_count}),
+        Check(table, "expect_column_values_to_not_be_null", "id"),
+        Check(table, "expect_column_values_to_be_unique", "id"),
+        Check(table, "expect_column_values_to_be_in_set", "id", {"value_set": record_ids}),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# The gates
+# ---------------------------------------------------------------------------------------
+
+
+def run_before_gates(policy: Policy, purpose: str, dsn: str, ctx: RunContext, max_delete_fraction: float) -> dict:
+    """Validate the source before anything is deleted; raise QualityGateError on a failure."""
+    schema = policy.source_schema
+    tables = rule_tables(policy.purpose(purpose))
+    with _connect(dsn) as conn:
+        payment_columns = _text_columns(conn, schema, PAYMENT_TABLE) if PAYMENT_TABLE in tables else ()
+    checks = before_checks(policy, purpose, latest_plausible_clock(ctx.logical_date, policy.tz), payment_columns)
+    with _gx_sources(dsn) as (_, source):
+        results = _validate_tables(source, f"{purpose}.before", checks)
+    snapshot = {"table_rows": {}, "table_max_id": {}, "checked_at": None}
+    try:
+        with _connect(dsn) as conn:
+            snapshot = _table_snapshot(conn, schema, tables)
+        results += _deletion_share_results(policy, purpose, dsn, ctx, snapshot["table_rows"], max_delete_fraction)
+    except psycopg.Error as exc:
+        results.append(_result("mass_deletion_guard", f"{schema}.*", False, error=_short(exc)))
+    report = _report("before", results) | snapshot | {"max_delete_fraction": max_delete_fraction}
+    _log_summary(f"before-gate of {purpose} at {ctx.logical_date.isoformat()}", results)
+    _raise_on_failures("before", purpose, ctx, results, "nothing was deleted")
+    return report
+
+
+def run_after_gates(policy: Policy, purpose: str, dsn: str, store: ArchiveStore, ctx: RunContext,
+                    before: dict, archived: dict) -> dict:
+    """Validate the source and the archive after the run; raise QualityGateError on a failure."""
+    engine = RetentionEngine(policy, purpose, dsn, store)
+    schema = policy.source_schema
+    dry_run = ctx.dry_run or bool(archived.get("dry_run"))
+    with _connect(dsn) as conn, _gx_sources(dsn) as (context, source):
+        results = _due_left_results(engine, conn, ctx, dry_run)
+        deleted = _deleted_by_table(conn, ctx, purpose)
+        elsewhere = _deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"))
+        counts = row_count_checks(schema, before["table_rows"], before.get("table_max_id", {}), deleted, elsewhere)
+        results += _with_task_figures(_validate_tables(source, f"{purpose}.after", counts), archived)
+        results += _archive_object_results(conn, context, store, ctx, purpose)
+        results.append(_manifest_matches_audit(conn, ctx, purpose))
+        results.append(_kept_beyond_purge(conn, ctx, purpose, dry_run))
+    report = _report("after", results)
+    _log_summary(f"after-gate of {purpose} at {ctx.logical_date.isoformat()}", results)
+    _raise_on_failures("after", purpose, ctx, results,
+                       f"this run's changes are committed: investigate run {ctx.run_id!r} in "
+                       "retention.audit_log and retention.archive_manifest before the next run")
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# Before-gate helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _text_columns(conn, schema: str, table: str) -> tuple[str, ...]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+        " AND data_type IN ('text', 'character varying', 'character') ORDER BY ordinal_position",
+        (schema, table),
+    ).fetchall()
+    return tuple(row[0] for row in rows)
+
+
+def _table_snapshot(conn, schema: str, tables: list[str]) -> dict:
+    """Row count and largest id of each table, all at one instant (one repeatable-read snapshot)."""
+    rows, max_ids = {}, {}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        checked_at = conn.execute("SELECT now()").fetchone()[0]
+        for table in tables:
+            query = sql.SQL("SELECT count(*), coalesce(max(id), 0) FROM {}").format(sql.Identifier(schema, table))
+            rows[table], max_ids[table] = conn.execute(query).fetchone()
+    return {"table_rows": rows, "table_max_id": max_ids, "checked_at": checked_at.isoformat()}
+
+
+def _deletion_share_results(policy: Policy, purpose: str, dsn: str, ctx: RunContext, table_rows: dict,
+                            max_fraction: float) -> list[dict]:
+    """The mass-deletion guard, from the engine's own plan (due - held - waiting per rule,
+    summed per table): the same SQL that selects the rows to delete. On a dry run it is
+    reported, not enforced (nothing will be deleted)."""
+    deletable: Counter = Counter()
+    for outcome in RetentionEngine(policy, purpose, dsn, store=None).plan(ctx):
+        deletable[outcome.table] += outcome.due - outcome.held - sum(outcome.waiting.values())
+    results = []
+    for table, count in deletable.items():
+        rows = table_rows[table]
+        share = count / rows if rows else float(count > 0)
+        qualified = f"{policy.source_schema}.{table}"
+        result = _result("mass_deletion_guard", qualified, share <= max_fraction, would_delete=count,
+                         table_rows=rows, fraction=round(share, 4), max_delete_fraction=max_fraction)
+        if share > max_fraction:
+            result["message"] = (
+                f"this run would delete {_percent(share)} of {qualified} ({count:,} of {rows:,} rows) > "
+                f"max_delete_fraction={_percent(max_fraction)}; raise the max_delete_fraction param for this "
+                "run if intended"
+            )
+        if ctx.dry_run:
+            result["enforced"] = False
+        results.append(result)
+    return results
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.1f}".removesuffix(".0") + "%"
+
+
+# ---------------------------------------------------------------------------------------
+# After-gate helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _due_left_results(engine: RetentionEngine, conn, ctx: RunContext, dry_run: bool) -> list[dict]:
+    """Each rule's SQL at the logical date: no due row that is neither held nor waiting remains."""
+    results = []
+    for rule in engine.purpose.rules:
+        table = f"{engine.schema}.{rule.table}"
+        if dry_run:
+            results.append(_result("no_due_record_remains", table, None, rule=rule.name, skipped="dry run"))
+            continue
+        query = sql.SQL("SELECT count(*) FROM ({rule}) AS due WHERE NOT due.held AND due.waiting_for IS NULL").format(
+            rule=engine.rule_sql(rule))
+        remaining = conn.execute(query, engine.rule_params(rule, ctx.logical_date)).fetchone()[0]
+        results.append(_result("no_due_record_remains", table, remaining == 0, rule=rule.name, remaining=remaining))
+    return results
+
+
+def _deleted_by_table(conn, ctx: RunContext, purpose: str) -> dict[str, int]:
+    """Rows this run deleted, per table, from the audit log: it covers every attempt of a
+    retried task (the task's XCom only covers the last one)."""
+    rows = conn.execute(
+        "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
+        " AND action IN ('archived_and_deleted', 'deleted') GROUP BY 1",
+        (ctx.run_id, purpose),
+    ).fetchall()
+    return {table: int(count) for table, count in rows}
+
+
+def _deleted_by_other_runs(conn, ctx: RunContext, tables: list[str], checked_at: str | None) -> dict[str, int]:
+    if checked_at is None:
+        return {}
+    rows = conn.execute(
+        "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE run_id <> %s AND table_name = ANY(%s)"
+        " AND action IN ('archived_and_deleted', 'deleted') AND at >= %s::timestamptz - %s GROUP BY 1",
+        (ctx.run_id, tables, checked_at, CONCURRENT_DELETE_SLACK),
+    ).fetchall()
+    return {table: int(count) for table, count in rows}
+
+
+def _with_task_figures(results: list[dict], archived: dict) -> list[dict]:
+    """Show beside each table's row count what the archive task reported it deleted."""
+    reported: Counter = Counter()
+    for rule in archived.get("rules", []):
+        reported[rule["table"]] += rule.get("deleted", 0)
+    for result in results:
+        result["observed"]["deleted_reported_by_task"] = reported[result["table"].split(".", 1)[1]]
+    return results
+
+
+@dataclass
+class _ArchiveTable:
+    """What the archive objects of one table, written by this run, showed when read back."""
+
+    objects: int = 0
+    rows: int = 0
+    mismatched: list[str] = field(default_factory=list)  # "<key>: <what differs>", one per object
+    id_results: list[list[dict]] = field(default_factory=list)  # one GX result list per object
+
+
+def _archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext, purpose: str) -> list[dict]:
+    """Every object this run committed: re-read from S3, size / SHA-256 / Parquet rows against
+    the manifest, then its ids validated with GX (in memory, one object at a time)."""
+    manifest = conn.execute(
+        "SELECT table_name, bucket, object_key, sha256, byte_size, row_count, record_ids"
+        " FROM retention.archive_manifest WHERE run_id = %s AND purpose = %s AND state = 'committed' ORDER BY id",
+        (ctx.run_id, purpose),
+    ).fetchall()
+    frames = _frame_batch_definition(context) if manifest else None
+    by_table: dict[str, _ArchiveTable] = defaultdict(_ArchiveTable)
+    for table, bucket, key, sha256, size, row_count, record_ids in manifest:
+        seen = by_table[table]
+        seen.objects += 1
+        seen.rows += row_count
+        ids, problems = _read_back(store.client, bucket, key, sha256, size, row_count)
+        if problems:
+            seen.mismatched.append(f"{key}: {'; '.join(problems)}")
+        if ids is not None:
+            checks = archive_object_checks(f"archive:{table}", row_count, record_ids)
+            seen.id_results.append(_validate_frame(frames, f"{purpose}.after.archive.{table}", checks, ids))
+    results = []
+    for table, seen in by_table.items():
+        results.append(_result("archive_objects_match_manifest", f"archive:{table}", not seen.mismatched,
+                               objects=seen.objects, rows=seen.rows, mismatched_objects=len(seen.mismatched),
+                               mismatches=seen.mismatched[:MAX_LISTED]))
+        results += _merge_object_results(seen.id_results, seen.objects)
+    return results
+
+
+def _read_back(client, bucket: str, key: str, sha256: str | None, size: int | None, row_count: int):
+    """(the object's id column as a DataFrame, or None if unreadable; what differs from the manifest)."""
+    import pyarrow.parquet as pq
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:  # botocore raises several unrelated classes
+        return None, [f"cannot be read back ({type(exc).__name__})"]
+    problems = []
+    if len(body) != size:
+        problems.append(f"{len(body)} bytes, manifest says {size}")
+    if hashlib.sha256(body).hexdigest() != sha256:
+        problems.append("SHA-256 of the stored bytes differs from the manifest")
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(body))
+        ids = parquet.read(columns=["id"]).to_pandas()
+    except Exception as exc:  # pyarrow raises several classes for a damaged file
+        return None, problems + [f"not a readable Parquet file with an id column ({type(exc).__name__})"]
+    if parquet.metadata.num_rows != row_count:
+        problems.append(f"{parquet.metadata.num_rows} Parquet rows, manifest says {row_count}")
+    return ids, problems
+
+
+def _merge_object_results(per_object: list[list[dict]], objects: int) -> list[dict]:
+    """One line per expectation for all the objects of a table: failed objects and counts summed."""
+    merged = []
+    for same_check in zip(*per_object, strict=True):
+        first = same_check[0]
+        failed = sum(result["success"] is False for result in same_check)
+        observed = {"objects": objects, "objects_validated": len(same_check), "failed_objects": failed}
+        for name in ("unexpected_count", "error"):
+            values = [r["observed"][name] for r in same_check if name in r["observed"]]
+            if values:
+                observed[name] = sum(values) if name == "unexpected_count" else values[0]
+        merged.append(_result(first["expectation"], first["table"], failed == 0, column=first.get("column"),
+                              **observed))
+    return merged
+
+
+def _manifest_matches_audit(conn, ctx: RunContext, purpose: str) -> dict:
+    manifest_rows, audit_rows = conn.execute(
+        "SELECT (SELECT coalesce(sum(row_count), 0) FROM retention.archive_manifest"
+        "        WHERE run_id = %(run)s AND purpose = %(purpose)s AND state = 'committed'),"
+        "       (SELECT coalesce(sum(record_count), 0) FROM retention.audit_log"
+        "        WHERE run_id = %(run)s AND purpose = %(purpose)s AND action = 'archived_and_deleted')",
+        {"run": ctx.run_id, "purpose": purpose},
+    ).fetchone()
+    return _result("manifest_total_equals_audit", "retention.archive_manifest", manifest_rows == audit_rows,
+                   manifest_rows=int(manifest_rows), audit_archived_and_deleted=int(audit_rows))
+
+
+def _kept_beyond_purge(conn, ctx: RunContext, purpose: str, dry_run: bool) -> dict:
+    """No committed object of the purpose past its purge date, unless a legal hold keeps it
+    (those are reported). Skipped on a dry run, which purges nothing."""
+    if dry_run:
+        return _result("no_archive_kept_beyond_purge_date", "retention.archive_manifest", None, skipped="dry run")
+    overdue, held, keys = conn.execute(
+        "SELECT count(*) FILTER (WHERE NOT held), count(*) FILTER (WHERE held),"
+        "       (array_agg(object_key ORDER BY purge_after) FILTER (WHERE NOT held))[1:%(n)s]"
+        " FROM (SELECT m.object_key, m.purge_after,"
+        "              EXISTS (SELECT 1 FROM retention.active_holds AS h"
+        "                      WHERE h.table_name = m.table_name AND h.record_id = ANY(m.record_ids)) AS held"
+        "       FROM retention.archive_manifest AS m"
+        "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND m.purge_after <= %(date)s) AS x",
+        {"purpose": purpose, "date": ctx.logical_date, "n": MAX_LISTED},
+    ).fetchone()
+    return _result("no_archive_kept_beyond_purge_date", "retention.archive_manifest", overdue == 0,
+                   overdue_objects=overdue, kept_under_legal_hold=held, overdue_keys=keys or [])
+
+
+# ---------------------------------------------------------------------------------------
+# Great Expectations: an ephemeral context, suites built from Checks, results as counts
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _gx_sources(dsn: str):
+    """An ephemeral GX context (nothing written to disk) with the source database as a
+    Postgres data source; its SQLAlchemy engine is closed on exit."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):  # GX sets the 2nd to INFO
+        logging.getLogger(name).setLevel(logging.WARNING)  # their INFO lines are GX internals
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_postgres("source", connection_string=dsn)
+    try:
+        yield context, source
+    finally:
+        source.get_execution_engine().close()
+
+
+def _frame_batch_definition(context):
+    frames = context.data_sources.add_pandas("archive_objects")
+    return frames.add_dataframe_asset("archive_object").add_batch_definition_whole_dataframe("whole_object")
+
+
+def _validate_tables(source, suite_prefix: str, checks: list[Check]) -> list[dict]:
+    """One suite per table, validated on a whole-table batch: metrics are computed in SQL."""
+    by_table: dict[str, list[Check]] = defaultdict(list)
+    for check in checks:
+        by_table[check.table].append(check)
+    results = []
+    for table, table_checks in by_table.items():
+        schema, name = table.split(".", 1)
+        try:
+            asset = source.add_table_asset(table, table_name=name, schema_name=schema)
+            batch = asset.add_batch_definition_whole_table("whole_table").get_batch()
+        except Exception as exc:  # GX wraps a missing table or a connection error in several classes
+            results += [_result_of(check, None, error=_short(exc)) for check in table_checks]
+            continue
+        results += _validate_batch(batch, f"{suite_prefix}.{table}", table_checks)
+    return results
+
+
+def _validate_frame(batch_definition, suite_name: str, checks: list[Check], frame) -> list[dict]:
+    return _validate_batch(batch_definition.get_batch(batch_parameters={"dataframe": frame}), suite_name, checks)
+
+
+def _validate_batch(batch, suite_name: str, checks: list[Check]) -> list[dict]:
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=suite_name, expectations=[_expectation(c, i) for i, c in enumerate(checks)])
+    result_format = RESULT_IDENTIFIERS if any(c.values_are_identifiers for c in checks) else RESULT_COUNTS
+    validation = batch.validate(suite, result_format=result_format)
+    by_index = {r.expectation_config.meta["check"]: r for r in validation.results}
+    return [_result_of(check, by_index.get(i)) for i, check in enumerate(checks)]
+
+
+def _expectation(check: Check, index: int):
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    expectation_class = getattr(gxe, "".join(word.capitalize() for word in check.expectation.split("_")))
+    kwargs = dict(check.params, meta={"check": index})
+    if check.column:
+        kwargs["column"] = check.column
+    if check.where:
+        column = Column(check.where.column)
+        kwargs["row_condition"] = column.is_in(check.where.value) if check.where.op == "in" else column <= check.where.value
+    return expectation_class(**kwargs)
+
+
+def _result_of(check: Check, validation_result, error: str | None = None) -> dict:
+    """A GX result reduced to counts (and column names where they are what failed)."""
+    raw = (validation_result.result if validation_result else None) or {}
+    observed = {key: raw[key] for key in ("element_count", "unexpected_count", "missing_count") if key in raw}
+    value = raw.get("observed_value")
+    if isinstance(value, (int, float, str)):  # a count or a type name (GX returns a str subclass)
+        observed["observed_value"] = value if isinstance(value, (int, float)) else str(value)
+    if check.values_are_identifiers and raw.get("partial_unexpected_list"):
+        observed["unexpected_values"] = [str(value) for value in raw["partial_unexpected_list"]]
+    error = error or _exception_message(validation_result)
+    if error:
+        observed["error"] = error
+    success = bool(validation_result.success) if validation_result and not error else False
+    return _result(check.expectation, check.table, success, column=check.column,
+                   where=str(check.where) if check.where else None, **observed, **check.reported)
+
+
+def _exception_message(validation_result) -> str | None:
+    info = getattr(validation_result, "exception_info", None) or {}
+    entries = [info] if "raised_exception" in info else list(info.values())
+    messages = [e.get("exception_message") for e in entries if isinstance(e, dict) and e.get("raised_exception")]
+    return _short(messages[0]) if messages else None
+
+
+def _short(error: object, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------
+# Results, summary, failure
+# ---------------------------------------------------------------------------------------
+
+
+def _result(expectation: str, table: str, success: bool | None, *, column: str | None = None,
+            where: str | None = None, rule: str | None = None, **observed) -> dict:
+    """One line of a gate's report; success None = skipped."""
+    result: dict = {"expectation": expectation, "table": table, "success": success}
+    if column:
+        result["column"] = column
+    if rule:
+        result["rule"] = rule
+    if where:
+        result["where"] = where
+    result["observed"] = observed
+    return result
+
+
+def _report(phase: str, results: list[dict]) -> dict:
+    checked = [r for r in results if r["success"] is not None]
+    passed = sum(r["success"] is True for r in checked)
+    return {phase: f"{passed}/{len(checked)} expectations passed", "skipped": len(results) - len(checked),
+            "results": results, "summary": _summary_table(results)}
+
+
+def _label(result: dict) -> str:
+    label = result["expectation"] + (f"({result['column']})" if result.get("column") else "")
+    label += f"[{result['rule']}]" if result.get("rule") else ""
+    return label + (f" where {result['where']}" if result.get("where") else "")
+
+
+def _status(result: dict) -> str:
+    if result["success"] is None:
+        return "skipped"
+    if result["success"]:
+        return "ok"
+    return "FAILED" if result.get("enforced", True) else "reported"
+
+
+def _observed_text(result: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in result["observed"].items())
+
+
+def _summary_table(results: list[dict]) -> str:
+    rows = [("expectation", "table", "success", "observed")]
+    rows += [(_label(r), r["table"], _status(r), _observed_text(r)) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}" for row in rows
+    )
+
+
+def _log_summary(title: str, results: list[dict]) -> None:
+    log.info("%s\n%s", title, _summary_table(results))
+
+
+def _raise_on_failures(phase: str, purpose: str, ctx: RunContext, results: list[dict], consequence: str) -> None:
+    failures = [r for r in results if r["success"] is False and r.get("enforced", True)]
+    if not failures:
+        return
+    lines = [f"  - {_label(r)} on {r['table']}: {r.get('message') or _observed_text(r)}" for r in failures]
+    raise QualityGateError(
+        f"{phase}-gate of purpose {purpose!r} failed at logical date {ctx.logical_date.isoformat()}: "
+        f"{len(failures)} of {sum(r['success'] is not None for r in results)} expectations failed; "
+        f"{consequence}.\n" + "\n".join(lines)
+    )
+
+
+@contextlib.contextmanager
+def _connect(dsn: str):
+    with psycopg.connect(dsn, autocommit=True, application_name="retention:checks") as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        yield conn

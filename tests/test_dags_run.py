@@ -1,0 +1,115 @@
+"""The seven DAGs run with dag.test() at a logical date, through Airflow's own task runner,
+against the real PostgreSQL and S3 servers: the same assertions as the engine tests, plus
+params (dry_run, batch_size), the report, XCom without personal data, and backfills."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests import factories as f
+from tests import scenarios
+from tests.outcome import assert_scenario_outcome, snapshot
+
+pytestmark = pytest.mark.integration
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+PERSONAL_VALUES = ("Camille", "Martin", "example.fr", "+336", "Manon", "Petit", "cus_test", "pm_test", "4242")
+
+
+def load_dag(purpose: str):
+    path = DAGS / f"retention_{purpose}.py"
+    spec = importlib.util.spec_from_file_location(f"dag_{purpose}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+def run_dag(purpose: str, logical_date, **conf):
+    """Crafted scenarios are tiny: most of a table is due, so the mass-deletion guard (tested on
+    its own) is opened unless a test sets it."""
+    conf.setdefault("max_delete_fraction", 1.0)
+    dag = load_dag(purpose)
+    for task in dag.tasks:  # dag.test() would sit out the 5-minute retry delay of a failed task
+        task.retries = 0
+    dag_run = dag.test(logical_date=logical_date, run_conf=conf)
+    return dag_run
+
+
+def task_states(dag_run) -> dict[str, str]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_run.dag_id,
+                                                 TaskInstance.run_id == dag_run.run_id).all()
+        return {ti.task_id: str(ti.state) for ti in tis}
+
+
+def xcoms(dag_run) -> dict[str, object]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.dag_id == dag_run.dag_id,
+                                               XComModel.run_id == dag_run.run_id).all()
+        return {row.task_id: row.value for row in rows}
+
+
+@pytest.mark.parametrize("purpose", list(scenarios.BUILDERS))
+def test_dag_run_enforces_the_schedule(purpose, airflow_db, db, s3, storage, policy):
+    scenario = scenarios.BUILDERS[purpose](db, s3, storage)
+    dag_run = run_dag(purpose, scenario.logical_date, batch_size=2)
+    states = task_states(dag_run)
+    assert set(states.values()) == {"success"}, states
+    assert_scenario_outcome(db, s3, storage, policy, scenario)
+
+    values = xcoms(dag_run)
+    report = values["report"]
+    report_text = report if isinstance(report, str) else json.dumps(report)
+    for rule in policy.purposes[purpose].rules:
+        assert f"| {rule.name} |" in report_text
+    everything = json.dumps(values, default=str)
+    assert not [v for v in PERSONAL_VALUES if v in everything], "XCom must hold counts, keys and ids only"
+
+    before = snapshot(db, purpose)
+    second = run_dag(purpose, scenario.logical_date)
+    assert set(task_states(second).values()) == {"success"}
+    assert snapshot(db, purpose) == before, "a second run is a no-op"
+
+
+def test_dry_run_param_changes_nothing(airflow_db, db, s3, storage, policy):
+    scenario = scenarios.quotes(db, s3, storage)
+    before = snapshot(db, "quotes")
+    dag_run = run_dag("quotes", scenario.logical_date, dry_run=True)
+    assert set(task_states(dag_run).values()) == {"success"}
+    assert snapshot(db, "quotes") == before
+    assert "DRY RUN" in xcoms(dag_run)["report"]
+
+
+def test_backfill_run_uses_its_own_logical_date(airflow_db, db, s3, storage, policy):
+    early = f.quote(db, issued="2023-01-10")
+    late = f.quote(db, issued="2023-06-10")
+    dag_run = run_dag("quotes", f.midnight("2024-02-01"))
+    assert set(task_states(dag_run).values()) == {"success"}
+    assert f.ids(db, "quotes") == {late}
+    assert early not in f.ids(db, "quotes")
+
+
+def test_failed_run_deletes_nothing_when_s3_is_down(airflow_db, db, s3, storage, policy, monkeypatch):
+    import json as _json
+    import os
+
+    quote = f.quote(db, issued="2020-01-01")
+    conn = _json.loads(os.environ["AIRFLOW_CONN_ARCHIVE_S3"])
+    from tools.devstack import free_port
+
+    conn["extra"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"
+    conn["extra"]["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 1}
+    monkeypatch.setenv("AIRFLOW_CONN_ARCHIVE_S3", _json.dumps(conn))
+    dag_run = run_dag("quotes", f.midnight("2025-01-01"))
+    states = task_states(dag_run)
+    assert states["archive_and_delete"] == "failed" or states["check_after"] != "success", states
+    assert f.ids(db, "quotes") == {quote}
