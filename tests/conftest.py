@@ -44,30 +44,40 @@ def pytest_configure(config: pytest.Config) -> None:
     airflow_home = state / "airflow"
     airflow_home.mkdir()
     source = {
-        "conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": devstack.PG_SUPERUSER,
-        "password": pg.password, "schema": devstack.SOURCE_DB,
+        "conn_type": "postgres",
+        "host": "127.0.0.1",
+        "port": pg.port,
+        "login": devstack.PG_SUPERUSER,
+        "password": pg.password,
+        "schema": devstack.SOURCE_DB,
     }
     archive = {
-        "conn_type": "aws", "login": devstack.S3_ACCESS_KEY, "password": devstack.S3_SECRET_KEY,
+        "conn_type": "aws",
+        "login": devstack.S3_ACCESS_KEY,
+        "password": devstack.S3_SECRET_KEY,
         "extra": {"endpoint_url": s3.endpoint_url, "region_name": devstack.S3_REGION},
     }
-    os.environ.update({
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.dsn("airflow_tests").replace("postgresql://", "postgresql+psycopg://"),
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state / "airflow-logs"),
-        "AIRFLOW_CONN_SOURCE_POSTGRES": json.dumps(source),
-        "AIRFLOW_CONN_ARCHIVE_S3": json.dumps(archive),
-        "AWS_ACCESS_KEY_ID": devstack.S3_ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": devstack.S3_SECRET_KEY,
-        "AWS_DEFAULT_REGION": devstack.S3_REGION,
-        "RETENTION_TEST_SOURCE_DSN": pg.dsn(devstack.SOURCE_DB),
-        "RETENTION_TEST_S3_ENDPOINT": s3.endpoint_url,
-        "NO_PROXY": "127.0.0.1,localhost",
-    })
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.dsn("airflow_tests").replace(
+                "postgresql://", "postgresql+psycopg://"
+            ),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state / "airflow-logs"),
+            "AIRFLOW_CONN_SOURCE_POSTGRES": json.dumps(source),
+            "AIRFLOW_CONN_ARCHIVE_S3": json.dumps(archive),
+            "AWS_ACCESS_KEY_ID": devstack.S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": devstack.S3_SECRET_KEY,
+            "AWS_DEFAULT_REGION": devstack.S3_REGION,
+            "RETENTION_TEST_SOURCE_DSN": pg.dsn(devstack.SOURCE_DB),
+            "RETENTION_TEST_S3_ENDPOINT": s3.endpoint_url,
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -142,7 +152,9 @@ def db(source_dsn):
 def airflow_db(services) -> None:
     """Airflow's metadata database, migrated once per session (dag.test() needs it)."""
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=os.environ.copy(),
-        capture_output=True, text=True,
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -44,19 +44,27 @@ def assert_scenario_outcome(conn, s3, storage, policy, scenario: Scenario) -> No
     for table, ids in archived.items():
         assert len(ids) == len(set(ids)), f"{table}: a record is archived twice"
 
-    audit = dict(conn.execute(
-        "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE purpose = %s"
-        " AND action IN ('archived_and_deleted', 'deleted') GROUP BY table_name",
-        (scenario.purpose,),
-    ).fetchall())
+    audit = dict(
+        conn.execute(
+            "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE purpose = %s"
+            " AND action IN ('archived_and_deleted', 'deleted') GROUP BY table_name",
+            (scenario.purpose,),
+        ).fetchall()
+    )
     assert audit == {t: len(ids) for t, ids in scenario.deleted.items()}
 
-    archive_keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=storage.archive_bucket)
-                    for o in page.get("Contents", [])}
+    archive_keys = {
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=storage.archive_bucket)
+        for o in page.get("Contents", [])
+    }
     for key in scenario.archived_files:
         assert any(k.endswith(".documents/" + key) for k in archive_keys), f"{key} was not archived"
-    document_keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=storage.documents_bucket)
-                     for o in page.get("Contents", [])}
+    document_keys = {
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=storage.documents_bucket)
+        for o in page.get("Contents", [])
+    }
     assert not (scenario.deleted_files & document_keys), "files of deleted rows must be gone"
     assert scenario.kept_files <= document_keys, "files of kept rows must stay"
 

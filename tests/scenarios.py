@@ -17,15 +17,15 @@ from tests import factories as f
 class Scenario:
     purpose: str
     logical_date: dt.datetime
-    deleted: dict[str, set[int]] = field(default_factory=dict)   # table -> ids the run must delete
-    kept: dict[str, set[int]] = field(default_factory=dict)      # table -> ids that must remain
+    deleted: dict[str, set[int]] = field(default_factory=dict)  # table -> ids the run must delete
+    kept: dict[str, set[int]] = field(default_factory=dict)  # table -> ids that must remain
     # table -> ids the archive must hold, where a table has both archived and unarchived rules
     archived: dict[str, set[int]] = field(default_factory=dict)
-    archived_files: set[str] = field(default_factory=set)        # documents copied into the archive
-    deleted_files: set[str] = field(default_factory=set)         # documents gone from the documents bucket
+    archived_files: set[str] = field(default_factory=set)  # documents copied into the archive
+    deleted_files: set[str] = field(default_factory=set)  # documents gone from the documents bucket
     kept_files: set[str] = field(default_factory=set)
-    waiting: dict[str, int] = field(default_factory=dict)        # rule -> rows reported as waiting
-    held: dict[str, int] = field(default_factory=dict)           # rule -> rows reported as held
+    waiting: dict[str, int] = field(default_factory=dict)  # rule -> rows reported as waiting
+    held: dict[str, int] = field(default_factory=dict)  # rule -> rows reported as held
 
     def delete(self, table: str, *ids: int) -> None:
         self.deleted.setdefault(table, set()).update(ids)
@@ -41,10 +41,10 @@ def _doc(s3, storage, key: str) -> str:
 
 def quotes(conn, s3, storage) -> Scenario:
     s = Scenario("quotes", f.midnight("2025-02-28"))
-    feb29 = f.quote(conn, issued="2024-02-29")                      # + 12 months = 2025-02-28: on the boundary
-    day_before = f.quote(conn, issued="2024-02-27")                 # due the day before
+    feb29 = f.quote(conn, issued="2024-02-29")  # + 12 months = 2025-02-28: on the boundary
+    day_before = f.quote(conn, issued="2024-02-27")  # due the day before
     s.delete("quotes", feb29, day_before)
-    s.keep("quotes", f.quote(conn, issued="2024-03-01"))            # due the day after
+    s.keep("quotes", f.quote(conn, issued="2024-03-01"))  # due the day after
     s.keep("quotes", f.quote(conn, issued="2020-01-01", contract_id=f.contract(conn)))  # converted
     held = f.quote(conn, issued="2020-01-01")
     f.legal_hold(conn, "quotes", held)
@@ -150,8 +150,10 @@ def call_recordings(conn, s3, storage) -> Scenario:
     f.legal_hold(conn, "call_recordings", held)
     s.keep("call_recordings", held)
     analysis_doc = _doc(s3, storage, "call-analyses/due.pdf")
-    s.delete("call_analyses", f.call_analysis(conn, created="2025-06-01", recording_id=kept_contracting,
-                                              document_key=analysis_doc))
+    s.delete(
+        "call_analyses",
+        f.call_analysis(conn, created="2025-06-01", recording_id=kept_contracting, document_key=analysis_doc),
+    )
     s.deleted_files.add(analysis_doc)
     # Its quality recording is due (6 months) but the analysis has a year: it outlives it.
     s.keep("call_analyses", f.call_analysis(conn, created="2025-12-01", recording_id=quality))
@@ -166,8 +168,8 @@ def aml(conn, s3, storage) -> Scenario:
     s.delete("aml_records", f.aml_record(conn, ended, document_key=doc))
     s.archived_files.add(doc)
     s.deleted_files.add(doc)
-    s.keep("aml_records", f.aml_record(conn, f.contract(conn)))                       # running contract
-    s.keep("aml_records", f.aml_record(conn, f.contract(conn, ended="2026-01-16")))   # ends later
+    s.keep("aml_records", f.aml_record(conn, f.contract(conn)))  # running contract
+    s.keep("aml_records", f.aml_record(conn, f.contract(conn, ended="2026-01-16")))  # ends later
     held = f.aml_record(conn, f.contract(conn, ended="2025-01-01"))
     f.legal_hold(conn, "aml_records", held)
     s.keep("aml_records", held)
@@ -179,23 +181,34 @@ def aml(conn, s3, storage) -> Scenario:
 def fraud(conn, s3, storage) -> Scenario:
     s = Scenario("fraud", f.midnight("2026-06-01"))
     contract = f.contract(conn)
-    s.delete("fraud_alerts", f.fraud_alert(conn, contract, raised="2025-12-01"))      # pending, 6 months
+    s.delete("fraud_alerts", f.fraud_alert(conn, contract, raised="2025-12-01"))  # pending, 6 months
     s.keep("fraud_alerts", f.fraud_alert(conn, contract, raised="2025-12-02"))
-    s.delete("fraud_alerts", f.fraud_alert(conn, contract, raised="2026-05-01", status="not_relevant",
-                                           qualified=f.paris("2026-05-31", 16)))
-    s.delete("fraud_alerts", f.fraud_alert(conn, contract, raised="2026-05-01", status="not_relevant",
-                                           qualified=f.midnight("2026-06-01")))
-    s.keep("fraud_alerts", f.fraud_alert(conn, contract, raised="2026-05-01", status="not_relevant",
-                                         qualified=f.paris("2026-06-01", 10)))       # after the logical date
+    s.delete(
+        "fraud_alerts",
+        f.fraud_alert(conn, contract, raised="2026-05-01", status="not_relevant", qualified=f.paris("2026-05-31", 16)),
+    )
+    s.delete(
+        "fraud_alerts",
+        f.fraud_alert(conn, contract, raised="2026-05-01", status="not_relevant", qualified=f.midnight("2026-06-01")),
+    )
+    s.keep(
+        "fraud_alerts",
+        f.fraud_alert(conn, contract, raised="2026-05-01", status="not_relevant", qualified=f.paris("2026-06-01", 10)),
+    )  # after the logical date
     closed = f.fraud_case(conn, closed="2026-05-20")
-    relevant = f.fraud_alert(conn, contract, raised="2025-01-01", status="relevant", qualified="2025-02-01",
-                             case_id=closed)
+    relevant = f.fraud_alert(
+        conn, contract, raised="2025-01-01", status="relevant", qualified="2025-02-01", case_id=closed
+    )
     s.delete("fraud_alerts", relevant)
     s.archived["fraud_alerts"] = {relevant}  # pending and not-relevant alerts are not archived
     s.delete("fraud_cases", closed)
     open_case = f.fraud_case(conn)
-    s.keep("fraud_alerts", f.fraud_alert(conn, contract, raised="2024-01-01", status="relevant",
-                                         qualified="2024-02-01", case_id=open_case))
+    s.keep(
+        "fraud_alerts",
+        f.fraud_alert(
+            conn, contract, raised="2024-01-01", status="relevant", qualified="2024-02-01", case_id=open_case
+        ),
+    )
     s.keep("fraud_cases", open_case)
     held = f.fraud_alert(conn, contract, raised="2024-01-01")
     f.legal_hold(conn, "fraud_alerts", held)

@@ -13,8 +13,13 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
 EXPECTED_DAG_IDS = {  # DESIGN.md §5
-    "retention_quotes", "retention_contracts", "retention_prospects", "retention_call_recordings",
-    "retention_aml", "retention_fraud", "retention_job_applications",
+    "retention_quotes",
+    "retention_contracts",
+    "retention_prospects",
+    "retention_call_recordings",
+    "retention_aml",
+    "retention_fraud",
+    "retention_job_applications",
 }
 # boto3 is not listed: Airflow's amazon provider imports it to normalise any s3:// Asset URI.
 HEAVY_MODULES = ("pandas", "pyarrow", "great_expectations", "psycopg", "adbc_driver_postgresql")

@@ -43,8 +43,11 @@ def task_states(dag_run) -> dict[str, str]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_run.dag_id,
-                                                 TaskInstance.run_id == dag_run.run_id).all()
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
+            .all()
+        )
         return {ti.task_id: str(ti.state) for ti in tis}
 
 
@@ -53,8 +56,11 @@ def xcoms(dag_run) -> dict[str, object]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = session.query(XComModel).filter(XComModel.dag_id == dag_run.dag_id,
-                                               XComModel.run_id == dag_run.run_id).all()
+        rows = (
+            session.query(XComModel)
+            .filter(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
+            .all()
+        )
         return {row.task_id: row.value for row in rows}
 
 

@@ -6,9 +6,9 @@ import io
 
 import pyarrow.parquet as pq
 import pytest
-
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionEngine, RunContext
+
 from tests import factories as f
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_quotes_boundaries_archive_and_second_run(db, s3, storage, policy, sourc
     ).fetchall()
     archived_ids = sorted(i for r in rows for i in r[2])
     assert archived_ids == sorted([due_feb29, due_before, released])
-    for key, count, record_ids, state, sha, size in rows:
+    for key, count, record_ids, state, _sha, size in rows:
         assert state == "committed" and key.startswith("intermediate/quotes/quotes/purge_month=")
         body = s3.get_object(Bucket=storage.archive_bucket, Key=key)["Body"].read()
         table = pq.read_table(io.BytesIO(body))
@@ -68,4 +68,3 @@ def test_rows_past_their_archive_period_are_deleted_without_archive(db, s3, stor
     assert o.deleted == 1 and o.objects == 0
     assert f.ids(db, "quotes") == set()
     assert db.execute("SELECT action, record_ids FROM retention.audit_log").fetchall() == [("deleted", [old])]
-

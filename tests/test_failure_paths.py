@@ -7,9 +7,9 @@ import threading
 
 import psycopg
 import pytest
-
 from retention.archive_store import ArchiveStorageError, ArchiveStore
 from retention.engine import FAULT_ENV, InjectedFault, PurposeLockedError, RetentionEngine, RunContext
+
 from tests import factories as f
 from tests import scenarios
 from tests.outcome import archived_rows_by_table, assert_scenario_outcome
@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 
 
 def engine_for(policy, purpose, source_dsn, s3, storage, **kw) -> RetentionEngine:
-    return RetentionEngine(policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=kw.pop("lock_timeout", 2))
+    return RetentionEngine(
+        policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=kw.pop("lock_timeout", 2)
+    )
 
 
 def all_versions(s3, bucket: str) -> list[str]:
@@ -50,7 +52,9 @@ def test_crash_between_upload_and_delete_loses_nothing_and_rerun_does_not_duplic
     states = dict(db.execute("SELECT state, count(*) FROM retention.archive_manifest GROUP BY state").fetchall())
     assert states.get("uploading", 0) == 0 and states["abandoned"] == orphans
     # No record twice anywhere in the bucket, old versions included.
-    committed = {r[0] for r in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'committed'")}
+    committed = {
+        r[0] for r in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'committed'")
+    }
     parquet_versions = [k for k in all_versions(s3, storage.archive_bucket) if k.endswith(".parquet")]
     assert sorted(parquet_versions) == sorted(committed)
     actions = dict(db.execute("SELECT action, count(*) FROM retention.audit_log GROUP BY action").fetchall())
@@ -76,8 +80,12 @@ def test_s3_unreachable_fails_clearly_and_deletes_nothing(db, storage, policy, s
 
     from tools.devstack import free_port
 
-    dead = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="eu-west-3",
-                        config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=1))
+    dead = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region_name="eu-west-3",
+        config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
     quote = f.quote(db, issued="2020-01-01")
     engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(dead, storage), lock_timeout=1)
     with pytest.raises(ArchiveStorageError, match="not reachable"):
@@ -108,7 +116,8 @@ def test_second_run_of_a_purpose_stops_on_the_advisory_lock(db, s3, storage, pol
         assert f.ids(db, "quotes") == {quote}
         # Another purpose is not blocked by it.
         engine_for(policy, "job_applications", source_dsn, s3, storage).archive_and_delete(
-            RunContext("job_applications", "r", f.midnight("2025-01-01")))
+            RunContext("job_applications", "r", f.midnight("2025-01-01"))
+        )
     # Once released, the waiting run goes through.
     engine.archive_and_delete(RunContext("quotes", "r", f.midnight("2025-01-01")))
     assert f.ids(db, "quotes") == set()
@@ -149,7 +158,9 @@ def test_recheck_under_lock_drops_rows_no_longer_due(db, s3, storage, policy, so
     engine = engine_for(policy, "quotes", source_dsn, s3, storage)
 
     def lock_everything(conn, rule, ctx, after_id):  # what a stale snapshot could have picked
-        return [r[0] for r in conn.execute("SELECT id FROM app.quotes WHERE id > %s ORDER BY id FOR UPDATE", (after_id,))]
+        return [
+            r[0] for r in conn.execute("SELECT id FROM app.quotes WHERE id > %s ORDER BY id FOR UPDATE", (after_id,))
+        ]
 
     monkeypatch.setattr(engine, "_lock_batch", lock_everything)
     engine.archive_and_delete(RunContext("quotes", "r", D))
@@ -167,14 +178,18 @@ def test_dry_run_changes_nothing(db, s3, storage, policy, source_dsn):
     purge = engine.purge_archives(RunContext("contracts", "dry", scenario.logical_date, dry_run=True))
     assert purge["purged_objects"] == 0
     assert {t: f.ids(db, t) for t in tables} == before
-    assert db.execute("SELECT (SELECT count(*) FROM retention.audit_log) + (SELECT count(*) FROM"
-                      " retention.archive_manifest)").fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT (SELECT count(*) FROM retention.audit_log) + (SELECT count(*) FROM retention.archive_manifest)"
+        ).fetchone()[0]
+        == 0
+    )
     assert all_versions(s3, storage.archive_bucket) == []
 
 
 def test_backfill_at_an_earlier_date_deletes_only_what_was_due_then(db, s3, storage, policy, source_dsn):
-    due_then = f.quote(db, issued="2023-01-10")      # due 2024-01-10
-    due_later = f.quote(db, issued="2023-06-10")     # due 2024-06-10
+    due_then = f.quote(db, issued="2023-01-10")  # due 2024-01-10
+    due_later = f.quote(db, issued="2023-06-10")  # due 2024-06-10
     engine = engine_for(policy, "quotes", source_dsn, s3, storage)
     engine.archive_and_delete(RunContext("quotes", "backfill__2024-02-01", f.midnight("2024-02-01")))
     assert f.ids(db, "quotes") == {due_later}
@@ -186,8 +201,8 @@ def test_backfill_at_an_earlier_date_deletes_only_what_was_due_then(db, s3, stor
 def test_archive_purge_respects_the_purge_date_and_legal_holds(db, s3, storage, policy, source_dsn):
     """Quotes archived 12 months, grouped by purge month: an object goes once all its records'
     archive periods have ended, never while one of them is under a legal hold."""
-    q_feb = [f.quote(db, issued="2023-02-10"), f.quote(db, issued="2023-02-20")]   # purge 2025-02-10 / -20
-    q_mar = f.quote(db, issued="2023-03-05")                                       # purge 2025-03-05
+    q_feb = [f.quote(db, issued="2023-02-10"), f.quote(db, issued="2023-02-20")]  # purge 2025-02-10 / -20
+    q_mar = f.quote(db, issued="2023-03-05")  # purge 2025-03-05
     engine = engine_for(policy, "quotes", source_dsn, s3, storage)
     engine.archive_and_delete(RunContext("quotes", "archive", f.midnight("2024-04-01")))
     manifest = dict(db.execute("SELECT purge_month, object_key FROM retention.archive_manifest").fetchall())
@@ -203,8 +218,11 @@ def test_archive_purge_respects_the_purge_date_and_legal_holds(db, s3, storage, 
     assert manifest["2025-02"] not in keys and manifest["2025-03"] in keys
     states = dict(db.execute("SELECT purge_month, state FROM retention.archive_manifest").fetchall())
     assert states == {"2025-02": "purged", "2025-03": "committed"}
-    audit = dict(db.execute("SELECT action, sum(record_count) FROM retention.audit_log"
-                            " WHERE action LIKE 'object%%' GROUP BY action").fetchall())
+    audit = dict(
+        db.execute(
+            "SELECT action, sum(record_count) FROM retention.audit_log WHERE action LIKE 'object%%' GROUP BY action"
+        ).fetchall()
+    )
     assert audit == {"object_purged": 2, "object_purge_held": 1}
     assert q_feb  # the ids are only named for readability
 
@@ -214,7 +232,8 @@ def test_probative_objects_are_locked_until_their_purge_date(db, s3, storage, po
     engine = engine_for(policy, "aml", source_dsn, s3, storage)
     engine.archive_and_delete(RunContext("aml", "r", scenario.logical_date))
     key, purge_after, locked_until, doc_keys = db.execute(
-        "SELECT object_key, purge_after, locked_until, document_keys FROM retention.archive_manifest").fetchone()
+        "SELECT object_key, purge_after, locked_until, document_keys FROM retention.archive_manifest"
+    ).fetchone()
     assert purge_after == f.midnight("2031-01-14") and locked_until == purge_after
     for k in [key, *doc_keys]:
         head = s3.head_object(Bucket=storage.archive_bucket, Key=k)
@@ -223,3 +242,17 @@ def test_probative_objects_are_locked_until_their_purge_date(db, s3, storage, po
         version = s3.list_object_versions(Bucket=storage.archive_bucket, Prefix=k)["Versions"][0]["VersionId"]
         with pytest.raises(s3.exceptions.ClientError):
             s3.delete_object(Bucket=storage.archive_bucket, Key=k, VersionId=version)
+
+
+def test_a_hold_on_a_customer_keeps_their_contract_file_and_recordings(db, s3, storage, policy, source_dsn):
+    customer = f.customer(db)
+    contract = f.contract(db, customer_id=customer, ended="2025-01-01")
+    claim = f.claim(db, contract)
+    recording = f.call_recording(db, reason="quality", started="2024-01-01", customer_id=customer)
+    f.legal_hold(db, "customers", customer, reason="litigation")
+    D = f.midnight("2025-06-01")
+    for purpose in ("contracts", "call_recordings"):
+        engine_for(policy, purpose, source_dsn, s3, storage).archive_and_delete(RunContext(purpose, "r", D))
+    assert f.ids(db, "contracts") == {contract}
+    assert f.ids(db, "claims") == {claim}
+    assert f.ids(db, "call_recordings") == {recording}

@@ -6,7 +6,6 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
-
 from retention.periods import Period, cutoff, due_date
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -16,10 +15,17 @@ def at(day: str, hour: int = 0, minute: int = 0) -> dt.datetime:
     return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(hour, minute), tzinfo=PARIS)
 
 
-@pytest.mark.parametrize(("text", "period"), [
-    ("12 months", Period(months=12)), ("5 years", Period(months=60)), ("1 year", Period(months=12)),
-    ("0 days", Period(days=0)), ("6 months", Period(months=6)), (" 3 years ", Period(months=36)),
-])
+@pytest.mark.parametrize(
+    ("text", "period"),
+    [
+        ("12 months", Period(months=12)),
+        ("5 years", Period(months=60)),
+        ("1 year", Period(months=12)),
+        ("0 days", Period(days=0)),
+        ("6 months", Period(months=6)),
+        (" 3 years ", Period(months=36)),
+    ],
+)
 def test_parse(text, period):
     assert Period.parse(text) == period
 
@@ -40,7 +46,7 @@ def test_feb29_is_due_on_feb28_of_the_next_year():
     twelve = Period(months=12)
     c = cutoff(at("2025-02-28"), twelve, PARIS)
     assert at("2024-02-29", 23, 59) < c  # due at the run of 2025-02-28
-    assert not at("2024-03-01") < c      # not yet
+    assert not at("2024-03-01") < c  # not yet
     assert not at("2024-02-29", 12) < cutoff(at("2025-02-27"), twelve, PARIS)  # the day before: not due
 
 
@@ -84,3 +90,11 @@ def test_inverse_is_exact_over_three_years():
 def test_naive_logical_date_is_rejected():
     with pytest.raises(ValueError, match="timezone-aware"):
         cutoff(dt.datetime(2025, 1, 1), Period(months=1), PARIS)
+
+
+@pytest.mark.parametrize("period", [Period(days=0), Period(months=1), Period(months=12)])
+@pytest.mark.parametrize("clock", [at("2025-03-15", 10), at("2024-02-29"), at("2025-01-31", 23, 59)])
+def test_due_date_agrees_with_cutoff(period, clock):
+    first = due_date(clock, period, PARIS)
+    assert clock < cutoff(first, period, PARIS)
+    assert not clock < cutoff(first - dt.timedelta(microseconds=1), period, PARIS)

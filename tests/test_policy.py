@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from retention.paths import POLICY_FILE
 from retention.periods import Period
 from retention.policy import PolicyError, load_policy
@@ -43,8 +42,15 @@ def write(tmp_path: Path, data) -> Path:
 
 def test_real_policy_matches_the_design_schedule():
     policy = load_policy()
-    assert set(policy.purposes) == {"quotes", "contracts", "prospects", "call_recordings", "aml", "fraud",
-                                    "job_applications"}
+    assert set(policy.purposes) == {
+        "quotes",
+        "contracts",
+        "prospects",
+        "call_recordings",
+        "aml",
+        "fraud",
+        "job_applications",
+    }
     for (purpose, rule_name), (live, tier, archive) in DESIGN_TABLE.items():
         rule = next(r for r in policy.purposes[purpose].rules if r.name == rule_name)
         assert rule.live == Period.parse(live), rule_name
@@ -60,28 +66,47 @@ def test_quotes_are_gone_after_24_months():
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["purposes"]["quotes"]["rules"][0].update(live="twelve months"),
-         "purpose 'quotes', rule 'unconverted_quotes', field 'live'"),
-        (lambda d: d["purposes"]["aml"]["rules"][0].update(tier="cold"),
-         "purpose 'aml', rule 'aml_records', field 'tier'"),
-        (lambda d: d["purposes"]["quotes"]["rules"][0].update(table="quotes; DROP TABLE x"),
-         "purpose 'quotes', rule 'unconverted_quotes', field 'table'"),
-        (lambda d: d["purposes"]["fraud"]["rules"][0].update(archive="5 years"),
-         "purpose 'fraud', rule 'unqualified_alerts'"),
-        (lambda d: d["purposes"]["contracts"]["rules"][1].pop("archive"),
-         "purpose 'contracts', rule 'claims'"),
-        (lambda d: d["purposes"]["contracts"].update(max_delete_fraction=1.5),
-         "purpose 'contracts', field 'max_delete_fraction'"),
-        (lambda d: d["purposes"]["quotes"].update(retention_days=3),
-         "purpose 'quotes', field 'retention_days'"),
-        (lambda d: d["purposes"]["prospects"].pop("legal_basis_fr"),
-         "purpose 'prospects', field 'legal_basis_fr'"),
+        (
+            lambda d: d["purposes"]["quotes"]["rules"][0].update(live="twelve months"),
+            "purpose 'quotes', rule 'unconverted_quotes', field 'live'",
+        ),
+        (
+            lambda d: d["purposes"]["aml"]["rules"][0].update(tier="cold"),
+            "purpose 'aml', rule 'aml_records', field 'tier'",
+        ),
+        (
+            lambda d: d["purposes"]["quotes"]["rules"][0].update(table="quotes; DROP TABLE x"),
+            "purpose 'quotes', rule 'unconverted_quotes', field 'table'",
+        ),
+        (
+            lambda d: d["purposes"]["fraud"]["rules"][0].update(archive="5 years"),
+            "purpose 'fraud', rule 'unqualified_alerts'",
+        ),
+        (lambda d: d["purposes"]["contracts"]["rules"][1].pop("archive"), "purpose 'contracts', rule 'claims'"),
+        (
+            lambda d: d["purposes"]["contracts"].update(max_delete_fraction=1.5),
+            "purpose 'contracts', field 'max_delete_fraction'",
+        ),
+        (lambda d: d["purposes"]["quotes"].update(retention_days=3), "purpose 'quotes', field 'retention_days'"),
+        (lambda d: d["purposes"]["prospects"].pop("legal_basis_fr"), "purpose 'prospects', field 'legal_basis_fr'"),
         (lambda d: d.update(timezone="Europe/Atlantis"), "field 'timezone'"),
-        (lambda d: d["purposes"]["quotes"]["rules"].append(dict(d["purposes"]["quotes"]["rules"][0])),
-         "purpose 'quotes', field 'rules'"),
+        (
+            lambda d: d["purposes"]["quotes"]["rules"].append(dict(d["purposes"]["quotes"]["rules"][0])),
+            "purpose 'quotes', field 'rules'",
+        ),
     ],
-    ids=["bad-period", "bad-tier", "sql-in-identifier", "archive-on-none", "missing-archive", "fraction-range",
-         "unknown-key", "missing-field", "bad-timezone", "duplicate-rule"],
+    ids=[
+        "bad-period",
+        "bad-tier",
+        "sql-in-identifier",
+        "archive-on-none",
+        "missing-archive",
+        "fraction-range",
+        "unknown-key",
+        "missing-field",
+        "bad-timezone",
+        "duplicate-rule",
+    ],
 )
 def test_broken_policy_is_rejected_naming_file_purpose_and_field(tmp_path, policy_data, mutate, expected):
     data = copy.deepcopy(policy_data)

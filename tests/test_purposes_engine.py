@@ -4,9 +4,9 @@ go, the archive holds exactly them, files follow their rows, and a second run is
 from __future__ import annotations
 
 import pytest
-
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionEngine, RunContext
+
 from tests import scenarios
 from tests.outcome import assert_scenario_outcome, snapshot
 
@@ -19,7 +19,9 @@ def test_purpose_run(purpose, db, s3, storage, policy, source_dsn):
     engine = RetentionEngine(policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
 
     planned = {o.rule: o for o in engine.plan(RunContext(purpose, "plan", scenario.logical_date))}
-    outcomes = {o.rule: o for o in engine.archive_and_delete(RunContext(purpose, "run1", scenario.logical_date, batch_size=2))}
+    outcomes = {
+        o.rule: o for o in engine.archive_and_delete(RunContext(purpose, "run1", scenario.logical_date, batch_size=2))
+    }
 
     assert_scenario_outcome(db, s3, storage, policy, scenario)
     for rule, count in scenario.held.items():

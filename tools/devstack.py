@@ -62,7 +62,9 @@ def wait_until(predicate, timeout: float, what: str, log: Path | None = None) ->
         time.sleep(0.2)
     tail = ""
     if log and log.exists():
-        tail = "\n--- last lines of " + str(log) + " ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        tail = (
+            "\n--- last lines of " + str(log) + " ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        )
     raise StackError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
 
 
@@ -82,7 +84,9 @@ def pg_bindir() -> Path:
     for path in candidates:
         if (path / "pg_ctl").is_file() and (path / "initdb").is_file():
             return path
-    raise StackError("PostgreSQL server binaries not found (initdb, pg_ctl): install them with `apt-get install postgresql`")
+    raise StackError(
+        "PostgreSQL server binaries not found (initdb, pg_ctl): install them with `apt-get install postgresql`"
+    )
 
 
 def _as_postgres_user(cmd: list[str]) -> list[str]:
@@ -92,7 +96,9 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        raise StackError("running as root needs the `postgres` system user (created by `apt-get install postgresql`)") from None
+        raise StackError(
+            "running as root needs the `postgres` system user (created by `apt-get install postgresql`)"
+        ) from None
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
@@ -138,11 +144,23 @@ class Postgres:
             _chown_postgres(pwfile)
             try:
                 subprocess.run(
-                    _as_postgres_user([
-                        str(bindir / "initdb"), "-D", str(self.data_dir), "-U", PG_SUPERUSER,
-                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8",
-                    ]),
-                    check=True, capture_output=True, text=True,
+                    _as_postgres_user(
+                        [
+                            str(bindir / "initdb"),
+                            "-D",
+                            str(self.data_dir),
+                            "-U",
+                            PG_SUPERUSER,
+                            "--auth=scram-sha-256",
+                            f"--pwfile={pwfile}",
+                            "-E",
+                            "UTF8",
+                            "--locale=C.UTF-8",
+                        ]
+                    ),
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 )
             except subprocess.CalledProcessError as exc:
                 raise StackError(f"initdb failed: {exc.stderr.strip()}") from exc
@@ -161,9 +179,23 @@ class Postgres:
             "-c shared_buffers=256MB -c max_connections=200 -c timezone=UTC"
         )
         result = subprocess.run(
-            _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-o", options,
-                               "-l", str(self.log_file), "-w", "-t", "60", "start"]),
-            capture_output=True, text=True,
+            _as_postgres_user(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-o",
+                    options,
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise StackError(f"pg_ctl start failed: {result.stdout}{result.stderr}\nsee {self.log_file}")
@@ -172,7 +204,8 @@ class Postgres:
         bindir = pg_bindir()
         result = subprocess.run(
             _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(self.data_dir), "status"]),
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         return result.returncode == 0
 
@@ -181,7 +214,8 @@ class Postgres:
             return
         subprocess.run(
             _as_postgres_user([str(pg_bindir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]),
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
 
     def ensure_database(self, name: str, owner_password: str | None = None) -> None:
@@ -193,7 +227,11 @@ class Postgres:
             if owner_password:
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
                 verb = "ALTER" if exists else "CREATE"
-                conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(owner_password)))
+                conn.execute(
+                    sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                        sql.Identifier(name), sql.Literal(owner_password)
+                    )
+                )
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 owner = sql.Identifier(name if owner_password else PG_SUPERUSER)
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), owner))
@@ -219,7 +257,9 @@ class S3Server:
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 [str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_until(lambda: self._healthy(), 60, f"the S3 server on port {self.port}", self.log_file)
         return self.process
@@ -248,8 +288,11 @@ def s3_client(endpoint_url: str):
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=endpoint_url, region_name=S3_REGION,
-        aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=S3_REGION,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
     )
 
 
@@ -264,7 +307,9 @@ def ensure_buckets(client, archive_bucket: str, documents_bucket: str) -> None:
     for bucket in (archive_bucket, documents_bucket):
         client.put_bucket_encryption(
             Bucket=bucket,
-            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
         )
 
 
@@ -297,8 +342,9 @@ class StackConfig:
     fernet_key: str
 
     @classmethod
-    def load_or_create(cls, state: Path, pg_port: int | None = None, s3_port: int | None = None,
-                       api_port: int | None = None) -> StackConfig:
+    def load_or_create(
+        cls, state: Path, pg_port: int | None = None, s3_port: int | None = None, api_port: int | None = None
+    ) -> StackConfig:
         path = state / "stack.json"
         if path.exists():
             data = json.loads(path.read_text())
@@ -307,10 +353,16 @@ class StackConfig:
         from cryptography.fernet import Fernet
 
         config = cls(
-            state=state, pg_port=pg_port or 55433, s3_port=s3_port or 55500, api_port=api_port or 8080,
-            pg_password=secrets.token_urlsafe(16), airflow_db_password=secrets.token_urlsafe(16),
-            demo_password=secrets.token_urlsafe(12), jwt_secret=secrets.token_urlsafe(32),
-            api_secret_key=secrets.token_urlsafe(32), fernet_key=Fernet.generate_key().decode(),
+            state=state,
+            pg_port=pg_port or 55433,
+            s3_port=s3_port or 55500,
+            api_port=api_port or 8080,
+            pg_password=secrets.token_urlsafe(16),
+            airflow_db_password=secrets.token_urlsafe(16),
+            demo_password=secrets.token_urlsafe(12),
+            jwt_secret=secrets.token_urlsafe(32),
+            api_secret_key=secrets.token_urlsafe(32),
+            fernet_key=Fernet.generate_key().decode(),
         )
         state.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({k: v for k, v in config.__dict__.items() if k != "state"}, indent=2))
@@ -365,7 +417,9 @@ class StackConfig:
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "0",
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "0",
             "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
-            "RETENTION_INTERMEDIATE_STORAGE_CLASS": os.environ.get("RETENTION_INTERMEDIATE_STORAGE_CLASS", "STANDARD_IA"),
+            "RETENTION_INTERMEDIATE_STORAGE_CLASS": os.environ.get(
+                "RETENTION_INTERMEDIATE_STORAGE_CLASS", "STANDARD_IA"
+            ),
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
             "NO_PROXY": "127.0.0.1,localhost",
         }
@@ -379,7 +433,9 @@ def _airflow(config: StackConfig, *args: str, check: bool = True, capture: bool 
     env = os.environ | config.airflow_env()
     result = subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, capture_output=capture, text=True)
     if check and result.returncode != 0:
-        raise StackError(f"airflow {' '.join(args[:2])} failed:\n{(result.stdout or '')[-2000:]}{(result.stderr or '')[-3000:]}")
+        raise StackError(
+            f"airflow {' '.join(args[:2])} failed:\n{(result.stdout or '')[-2000:]}{(result.stderr or '')[-3000:]}"
+        )
     return result
 
 
@@ -388,11 +444,18 @@ def configure_connections(config: StackConfig) -> None:
     pg = config.postgres
     connections = {
         "source_postgres": {
-            "conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": PG_SUPERUSER,
-            "password": pg.password, "schema": SOURCE_DB, "description": "Operational database (synthetic demo data)",
+            "conn_type": "postgres",
+            "host": "127.0.0.1",
+            "port": pg.port,
+            "login": PG_SUPERUSER,
+            "password": pg.password,
+            "schema": SOURCE_DB,
+            "description": "Operational database (synthetic demo data)",
         },
         "archive_s3": {
-            "conn_type": "aws", "login": S3_ACCESS_KEY, "password": S3_SECRET_KEY,
+            "conn_type": "aws",
+            "login": S3_ACCESS_KEY,
+            "password": S3_SECRET_KEY,
             "description": "Archive S3 (local moto server)",
             "extra": {"endpoint_url": config.s3_endpoint, "region_name": S3_REGION},
         },
@@ -428,14 +491,26 @@ def _spawn(config: StackConfig, name: str, cmd: list[str], env: dict[str, str]) 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _pid_file(config, name).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=REPO_ROOT)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO_ROOT,
+        )
     _pid_file(config, name).write_text(str(proc.pid))
     return proc.pid
 
 
-def up(config: StackConfig, customers: int = 2000, seed: int = 42, reference_date: str | None = None,
-       with_airflow: bool = True) -> None:
+def up(
+    config: StackConfig,
+    customers: int = 2000,
+    seed: int = 42,
+    reference_date: str | None = None,
+    with_airflow: bool = True,
+) -> None:
     """Bring the whole stack up, seeded. Safe to re-run: running pieces are left as they are."""
     import datetime as dt
 
@@ -451,8 +526,12 @@ def up(config: StackConfig, customers: int = 2000, seed: int = 42, reference_dat
     if not _running_pid(config, "s3"):
         moto = VENV_BIN / "moto_server"
         _spawn(config, "s3", [str(moto), "-H", "127.0.0.1", "-p", str(config.s3_port)], dict(os.environ))
-    wait_until(lambda: S3Server(config.s3_port, state / "logs" / "s3.log")._healthy(), 60, "the S3 server",
-               state / "logs" / "s3.log")
+    wait_until(
+        lambda: S3Server(config.s3_port, state / "logs" / "s3.log")._healthy(),
+        60,
+        "the S3 server",
+        state / "logs" / "s3.log",
+    )
     sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT)]
     from retention.policy import default_policy
     from retention.schema import apply_schema
@@ -466,8 +545,14 @@ def up(config: StackConfig, customers: int = 2000, seed: int = 42, reference_dat
     from tools.seed import seed_database
 
     reference = dt.date.fromisoformat(reference_date) if reference_date else dt.date.today()
-    counts = seed_database(config.source_dsn(), customers=customers, seed=seed, reference_date=reference,
-                           s3_client=client, documents_bucket=storage.documents_bucket)
+    counts = seed_database(
+        config.source_dsn(),
+        customers=customers,
+        seed=seed,
+        reference_date=reference,
+        s3_client=client,
+        documents_bucket=storage.documents_bucket,
+    )
     print(f"seeded      {sum(counts.values()):,} rows (reference date {reference})")
     if not with_airflow:
         return

@@ -37,7 +37,9 @@ def object_key(prefix: str, purpose: str, table: str, purge_month: str, run_id: 
     The batch is named by its rule and its first id: unique within a run even across task
     retries (a committed batch's ids are gone from the source, so no later batch starts
     with them) and across rules of one purpose that archive the same table."""
-    return f"{prefix}/{purpose}/{table}/purge_month={purge_month}/{safe_key_part(run_id)}/{rule}-{first_id:012d}.parquet"
+    return (
+        f"{prefix}/{purpose}/{table}/purge_month={purge_month}/{safe_key_part(run_id)}/{rule}-{first_id:012d}.parquet"
+    )
 
 
 def document_archive_key(parquet_key: str, source_key: str) -> str:
@@ -102,12 +104,18 @@ class ArchiveStore:
         digest = hashlib.sha256(body).digest()
         try:
             put = self.client.put_object(
-                Bucket=self.archive_bucket, Key=key, Body=body, StorageClass=storage_class,
-                ServerSideEncryption=SSE, ChecksumSHA256=base64.b64encode(digest).decode(),
+                Bucket=self.archive_bucket,
+                Key=key,
+                Body=body,
+                StorageClass=storage_class,
+                ServerSideEncryption=SSE,
+                ChecksumSHA256=base64.b64encode(digest).decode(),
             )
-            got = self.client.get_object(Bucket=self.archive_bucket, Key=key, VersionId=put["VersionId"]) if put.get(
-                "VersionId"
-            ) else self.client.get_object(Bucket=self.archive_bucket, Key=key)
+            got = (
+                self.client.get_object(Bucket=self.archive_bucket, Key=key, VersionId=put["VersionId"])
+                if put.get("VersionId")
+                else self.client.get_object(Bucket=self.archive_bucket, Key=key)
+            )
             data = got["Body"].read()
         except Exception as exc:
             raise ArchiveStorageError(f"upload of s3://{self.archive_bucket}/{key} failed: {_describe(exc)}") from exc
@@ -123,7 +131,9 @@ class ArchiveStore:
             if rows != expected_rows:
                 problems.append(f"row count {rows} != {expected_rows}")
         if problems:
-            raise ArchiveStorageError(f"read-back verification of s3://{self.archive_bucket}/{key} failed: {'; '.join(problems)}")
+            raise ArchiveStorageError(
+                f"read-back verification of s3://{self.archive_bucket}/{key} failed: {'; '.join(problems)}"
+            )
         return VerifiedObject(key, put.get("VersionId"), len(body), digest.hex())
 
     def copy_documents(self, pairs: list[tuple[str, str]], storage_class: str) -> None:
@@ -134,12 +144,18 @@ class ArchiveStore:
             try:
                 head = self.client.head_object(Bucket=self.documents_bucket, Key=source)
                 self.client.copy_object(
-                    Bucket=self.archive_bucket, Key=target, StorageClass=storage_class, ServerSideEncryption=SSE,
-                    CopySource={"Bucket": self.documents_bucket, "Key": source}, ChecksumAlgorithm="SHA256",
+                    Bucket=self.archive_bucket,
+                    Key=target,
+                    StorageClass=storage_class,
+                    ServerSideEncryption=SSE,
+                    CopySource={"Bucket": self.documents_bucket, "Key": source},
+                    ChecksumAlgorithm="SHA256",
                 )
                 copied = self.client.head_object(Bucket=self.archive_bucket, Key=target)
             except Exception as exc:
-                raise ArchiveStorageError(f"copy of document {source!r} into the archive failed: {_describe(exc)}") from exc
+                raise ArchiveStorageError(
+                    f"copy of document {source!r} into the archive failed: {_describe(exc)}"
+                ) from exc
             if copied["ContentLength"] != head["ContentLength"] or copied.get("ETag") != head.get("ETag"):
                 raise ArchiveStorageError(f"archive copy of document {source!r} does not match its source")
 
@@ -150,7 +166,8 @@ class ArchiveStore:
 
         def lock(key: str) -> None:
             self.client.put_object_retention(
-                Bucket=self.archive_bucket, Key=key,
+                Bucket=self.archive_bucket,
+                Key=key,
                 Retention={"Mode": "COMPLIANCE", "RetainUntilDate": retain_until},
             )
 
@@ -161,9 +178,7 @@ class ArchiveStore:
 
         def delete(key: str) -> None:
             versions = self.client.list_object_versions(Bucket=self.archive_bucket, Prefix=key)
-            entries = [
-                v for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []) if v["Key"] == key
-            ]
+            entries = [v for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []) if v["Key"] == key]
             if not entries:
                 return
             for entry in entries:

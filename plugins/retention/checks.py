@@ -80,7 +80,9 @@ KNOWN_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 # The policy promises a card security code (CVV2 / "cryptogramme visuel") is never stored.
-CARD_CODE_COLUMN_NAME = r"(?i)(^|_)(cvv2?|cvc2?|cvn2?|csc|cryptogram\w*|security_?code|card_?code|card_?verification\w*)(_|$)"
+CARD_CODE_COLUMN_NAME = (
+    r"(?i)(^|_)(cvv2?|cvc2?|cvn2?|csc|cryptogram\w*|security_?code|card_?code|card_?verification\w*)(_|$)"
+)
 CARD_CODE_VALUE = r"^[0-9]{3,4}$"
 PAYMENT_TABLE = "payment_methods"
 CARD_ROWS = ("kind", ("card",))
@@ -145,8 +147,9 @@ def latest_plausible_clock(logical_date: dt.datetime, tz, now: dt.datetime | Non
     return max(end_of_day, now or dt.datetime.now(dt.UTC))
 
 
-def before_checks(policy: Policy, purpose_name: str, clock_limit: dt.datetime,
-                  payment_text_columns: tuple[str, ...] = ()) -> list[Check]:
+def before_checks(
+    policy: Policy, purpose_name: str, clock_limit: dt.datetime, payment_text_columns: tuple[str, ...] = ()
+) -> list[Check]:
     """The before-suite of a purpose, generated from its rules and the declarations above."""
     purpose = policy.purpose(purpose_name)
     schema = policy.source_schema
@@ -180,8 +183,13 @@ def _key_checks(schema: str, tables: list[str]) -> list[Check]:
 
 def _clock_checks(schema: str, tables: list[str], clocks: list[tuple[str, str]], limit: dt.datetime) -> list[Check]:
     no_future = [
-        Check(f"{schema}.{table}", "expect_column_values_to_be_between", column,
-              {"max_value": limit}, reported={"not_after": limit.isoformat()})
+        Check(
+            f"{schema}.{table}",
+            "expect_column_values_to_be_between",
+            column,
+            {"max_value": limit},
+            reported={"not_after": limit.isoformat()},
+        )
         for table, column in clocks
     ]
     required = [
@@ -203,20 +211,31 @@ def _known_value_checks(schema: str, tables: list[str]) -> list[Check]:
 def _card_code_checks(schema: str, payment_text_columns: tuple[str, ...]) -> list[Check]:
     """No column of the source schema named like a card code; no card row holding a 3-4 digit
     code in a payment-method column other than the documented last digits."""
-    by_name = Check("information_schema.columns", "expect_column_values_to_not_match_regex", "column_name",
-                    {"regex": CARD_CODE_COLUMN_NAME}, where=Where("table_schema", "in", (schema,)),
-                    values_are_identifiers=True)
+    by_name = Check(
+        "information_schema.columns",
+        "expect_column_values_to_not_match_regex",
+        "column_name",
+        {"regex": CARD_CODE_COLUMN_NAME},
+        where=Where("table_schema", "in", (schema,)),
+        values_are_identifiers=True,
+    )
     by_value = [
-        Check(f"{schema}.{PAYMENT_TABLE}", "expect_column_values_to_not_match_regex", column,
-              {"regex": CARD_CODE_VALUE}, where=Where(CARD_ROWS[0], "in", CARD_ROWS[1]))
+        Check(
+            f"{schema}.{PAYMENT_TABLE}",
+            "expect_column_values_to_not_match_regex",
+            column,
+            {"regex": CARD_CODE_VALUE},
+            where=Where(CARD_ROWS[0], "in", CARD_ROWS[1]),
+        )
         for column in payment_text_columns
         if column not in LAST_DIGITS_COLUMNS
     ]
     return [by_name, *by_value]
 
 
-def row_count_checks(schema: str, table_rows: dict, table_max_id: dict, deleted_by_run: dict,
-                     deleted_elsewhere: dict) -> list[Check]:
+def row_count_checks(
+    schema: str, table_rows: dict, table_max_id: dict, deleted_by_run: dict, deleted_elsewhere: dict
+) -> list[Check]:
     """After-suite on the source: rows before = rows after + rows deleted, per table, counted
     on the rows that existed at the before-snapshot (id <= its largest id) so that rows
     inserted meanwhile don't count. When other retention runs deleted from the same table in
@@ -228,12 +247,25 @@ def row_count_checks(schema: str, table_rows: dict, table_max_id: dict, deleted_
         reported = {"rows_before": before, "deleted_by_run": deleted_by_run.get(table, 0)}
         where = Where("id", "<=", table_max_id.get(table, 0))
         if elsewhere:
-            checks.append(Check(f"{schema}.{table}", "expect_table_row_count_to_be_between",
-                                params={"min_value": max(expected - elsewhere, 0), "max_value": expected},
-                                where=where, reported=reported | {"deleted_by_other_runs": elsewhere}))
+            checks.append(
+                Check(
+                    f"{schema}.{table}",
+                    "expect_table_row_count_to_be_between",
+                    params={"min_value": max(expected - elsewhere, 0), "max_value": expected},
+                    where=where,
+                    reported=reported | {"deleted_by_other_runs": elsewhere},
+                )
+            )
         else:
-            checks.append(Check(f"{schema}.{table}", "expect_table_row_count_to_equal", params={"value": expected},
-                                where=where, reported=reported))
+            checks.append(
+                Check(
+                    f"{schema}.{table}",
+                    "expect_table_row_count_to_equal",
+                    params={"value": expected},
+                    where=where,
+                    reported=reported,
+                )
+            )
     return checks
 
 
@@ -274,8 +306,9 @@ def run_before_gates(policy: Policy, purpose: str, dsn: str, ctx: RunContext, ma
     return report
 
 
-def run_after_gates(policy: Policy, purpose: str, dsn: str, store: ArchiveStore, ctx: RunContext,
-                    before: dict, archived: dict) -> dict:
+def run_after_gates(
+    policy: Policy, purpose: str, dsn: str, store: ArchiveStore, ctx: RunContext, before: dict, archived: dict
+) -> dict:
     """Validate the source and the archive after the run; raise QualityGateError on a failure."""
     engine = RetentionEngine(policy, purpose, dsn, store)
     schema = policy.source_schema
@@ -291,9 +324,14 @@ def run_after_gates(policy: Policy, purpose: str, dsn: str, store: ArchiveStore,
         results.append(_kept_beyond_purge(conn, ctx, purpose, dry_run))
     report = _report("after", results)
     _log_summary(f"after-gate of {purpose} at {ctx.logical_date.isoformat()}", results)
-    _raise_on_failures("after", purpose, ctx, results,
-                       f"this run's changes are committed: investigate run {ctx.run_id!r} in "
-                       "retention.audit_log and retention.archive_manifest before the next run")
+    _raise_on_failures(
+        "after",
+        purpose,
+        ctx,
+        results,
+        f"this run's changes are committed: investigate run {ctx.run_id!r} in "
+        "retention.audit_log and retention.archive_manifest before the next run",
+    )
     return report
 
 
@@ -323,8 +361,9 @@ def _table_snapshot(conn, schema: str, tables: list[str]) -> dict:
     return {"table_rows": rows, "table_max_id": max_ids, "checked_at": checked_at.isoformat()}
 
 
-def _deletion_share_results(policy: Policy, purpose: str, dsn: str, ctx: RunContext, table_rows: dict,
-                            max_fraction: float) -> list[dict]:
+def _deletion_share_results(
+    policy: Policy, purpose: str, dsn: str, ctx: RunContext, table_rows: dict, max_fraction: float
+) -> list[dict]:
     """The mass-deletion guard, from the engine's own plan (due - held - waiting per rule,
     summed per table): the same SQL that selects the rows to delete. On a dry run it is
     reported, not enforced (nothing will be deleted)."""
@@ -336,8 +375,15 @@ def _deletion_share_results(policy: Policy, purpose: str, dsn: str, ctx: RunCont
         rows = table_rows[table]
         share = count / rows if rows else float(count > 0)
         qualified = f"{policy.source_schema}.{table}"
-        result = _result("mass_deletion_guard", qualified, share <= max_fraction, would_delete=count,
-                         table_rows=rows, fraction=round(share, 4), max_delete_fraction=max_fraction)
+        result = _result(
+            "mass_deletion_guard",
+            qualified,
+            share <= max_fraction,
+            would_delete=count,
+            table_rows=rows,
+            fraction=round(share, 4),
+            max_delete_fraction=max_fraction,
+        )
         if share > max_fraction:
             result["message"] = (
                 f"this run would delete {_percent(share)} of {qualified} ({count:,} of {rows:,} rows) > "
@@ -368,7 +414,8 @@ def _due_left_results(engine: RetentionEngine, conn, ctx: RunContext, dry_run: b
             results.append(_result("no_due_record_remains", table, None, rule=rule.name, skipped="dry run"))
             continue
         query = sql.SQL("SELECT count(*) FROM ({rule}) AS due WHERE NOT due.held AND due.waiting_for IS NULL").format(
-            rule=engine.rule_sql(rule))
+            rule=engine.rule_sql(rule)
+        )
         remaining = conn.execute(query, engine.rule_params(rule, ctx.logical_date)).fetchone()[0]
         results.append(_result("no_due_record_remains", table, remaining == 0, rule=rule.name, remaining=remaining))
     return results
@@ -438,9 +485,17 @@ def _archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext,
             seen.id_results.append(_validate_frame(frames, f"{purpose}.after.archive.{table}", checks, ids))
     results = []
     for table, seen in by_table.items():
-        results.append(_result("archive_objects_match_manifest", f"archive:{table}", not seen.mismatched,
-                               objects=seen.objects, rows=seen.rows, mismatched_objects=len(seen.mismatched),
-                               mismatches=seen.mismatched[:MAX_LISTED]))
+        results.append(
+            _result(
+                "archive_objects_match_manifest",
+                f"archive:{table}",
+                not seen.mismatched,
+                objects=seen.objects,
+                rows=seen.rows,
+                mismatched_objects=len(seen.mismatched),
+                mismatches=seen.mismatched[:MAX_LISTED],
+            )
+        )
         results += _merge_object_results(seen.id_results, seen.objects)
     return results
 
@@ -479,8 +534,9 @@ def _merge_object_results(per_object: list[list[dict]], objects: int) -> list[di
             values = [r["observed"][name] for r in same_check if name in r["observed"]]
             if values:
                 observed[name] = sum(values) if name == "unexpected_count" else values[0]
-        merged.append(_result(first["expectation"], first["table"], failed == 0, column=first.get("column"),
-                              **observed))
+        merged.append(
+            _result(first["expectation"], first["table"], failed == 0, column=first.get("column"), **observed)
+        )
     return merged
 
 
@@ -492,8 +548,13 @@ def _manifest_matches_audit(conn, ctx: RunContext, purpose: str) -> dict:
         "        WHERE run_id = %(run)s AND purpose = %(purpose)s AND action = 'archived_and_deleted')",
         {"run": ctx.run_id, "purpose": purpose},
     ).fetchone()
-    return _result("manifest_total_equals_audit", "retention.archive_manifest", manifest_rows == audit_rows,
-                   manifest_rows=int(manifest_rows), audit_archived_and_deleted=int(audit_rows))
+    return _result(
+        "manifest_total_equals_audit",
+        "retention.archive_manifest",
+        manifest_rows == audit_rows,
+        manifest_rows=int(manifest_rows),
+        audit_archived_and_deleted=int(audit_rows),
+    )
 
 
 def _kept_beyond_purge(conn, ctx: RunContext, purpose: str, dry_run: bool) -> dict:
@@ -511,8 +572,14 @@ def _kept_beyond_purge(conn, ctx: RunContext, purpose: str, dry_run: bool) -> di
         "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND m.purge_after <= %(date)s) AS x",
         {"purpose": purpose, "date": ctx.logical_date, "n": MAX_LISTED},
     ).fetchone()
-    return _result("no_archive_kept_beyond_purge_date", "retention.archive_manifest", overdue == 0,
-                   overdue_objects=overdue, kept_under_legal_hold=held, overdue_keys=keys or [])
+    return _result(
+        "no_archive_kept_beyond_purge_date",
+        "retention.archive_manifest",
+        overdue == 0,
+        overdue_objects=overdue,
+        kept_under_legal_hold=held,
+        overdue_keys=keys or [],
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -585,7 +652,9 @@ def _expectation(check: Check, index: int):
         kwargs["column"] = check.column
     if check.where:
         column = Column(check.where.column)
-        kwargs["row_condition"] = column.is_in(check.where.value) if check.where.op == "in" else column <= check.where.value
+        kwargs["row_condition"] = (
+            column.is_in(check.where.value) if check.where.op == "in" else column <= check.where.value
+        )
     return expectation_class(**kwargs)
 
 
@@ -602,8 +671,15 @@ def _result_of(check: Check, validation_result, error: str | None = None) -> dic
     if error:
         observed["error"] = error
     success = bool(validation_result.success) if validation_result and not error else False
-    return _result(check.expectation, check.table, success, column=check.column,
-                   where=str(check.where) if check.where else None, **observed, **check.reported)
+    return _result(
+        check.expectation,
+        check.table,
+        success,
+        column=check.column,
+        where=str(check.where) if check.where else None,
+        **observed,
+        **check.reported,
+    )
 
 
 def _exception_message(validation_result) -> str | None:
@@ -623,8 +699,16 @@ def _short(error: object, limit: int = 200) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _result(expectation: str, table: str, success: bool | None, *, column: str | None = None,
-            where: str | None = None, rule: str | None = None, **observed) -> dict:
+def _result(
+    expectation: str,
+    table: str,
+    success: bool | None,
+    *,
+    column: str | None = None,
+    where: str | None = None,
+    rule: str | None = None,
+    **observed,
+) -> dict:
     """One line of a gate's report; success None = skipped."""
     result: dict = {"expectation": expectation, "table": table, "success": success}
     if column:
@@ -640,8 +724,12 @@ def _result(expectation: str, table: str, success: bool | None, *, column: str |
 def _report(phase: str, results: list[dict]) -> dict:
     checked = [r for r in results if r["success"] is not None]
     passed = sum(r["success"] is True for r in checked)
-    return {phase: f"{passed}/{len(checked)} expectations passed", "skipped": len(results) - len(checked),
-            "results": results, "summary": _summary_table(results)}
+    return {
+        phase: f"{passed}/{len(checked)} expectations passed",
+        "skipped": len(results) - len(checked),
+        "results": results,
+        "summary": _summary_table(results),
+    }
 
 
 def _label(result: dict) -> str:
@@ -666,9 +754,7 @@ def _summary_table(results: list[dict]) -> str:
     rows = [("expectation", "table", "success", "observed")]
     rows += [(_label(r), r["table"], _status(r), _observed_text(r)) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}" for row in rows
-    )
+    return "\n".join(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}" for row in rows)
 
 
 def _log_summary(title: str, results: list[dict]) -> None:

@@ -82,10 +82,20 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
         default_args={"owner": OWNER, "retries": 2, "retry_delay": dt.timedelta(minutes=5)},
         params={
             "dry_run": Param(False, type="boolean", description="Count and report what would happen; change nothing."),
-            "batch_size": Param(DEFAULT_BATCH_SIZE, type="integer", minimum=1, maximum=1_000_000,
-                                description="Rows per transaction and per archive object."),
-            "max_delete_fraction": Param(purpose.max_delete_fraction, type="number", exclusiveMinimum=0, maximum=1,
-                                         description="Mass-deletion guard: largest share of a table one run may delete."),
+            "batch_size": Param(
+                DEFAULT_BATCH_SIZE,
+                type="integer",
+                minimum=1,
+                maximum=1_000_000,
+                description="Rows per transaction and per archive object.",
+            ),
+            "max_delete_fraction": Param(
+                purpose.max_delete_fraction,
+                type="number",
+                exclusiveMinimum=0,
+                maximum=1,
+                description="Mass-deletion guard: largest share of a table one run may delete.",
+            ),
         },
         render_template_as_native_obj=True,
     )

@@ -99,10 +99,18 @@ class RuleOutcome:
 
     def as_dict(self) -> dict:
         return {
-            "rule": self.rule, "table": self.table, "tier": self.tier, "due": self.due,
-            "deleted": self.deleted, "held": self.held, "waiting": dict(self.waiting),
-            "objects": self.objects, "archive_bytes": self.archive_bytes, "documents": self.documents,
-            "held_ids": self.held_ids[:MAX_IDS_IN_LOG], "waiting_ids": self.waiting_ids[:MAX_IDS_IN_LOG],
+            "rule": self.rule,
+            "table": self.table,
+            "tier": self.tier,
+            "due": self.due,
+            "deleted": self.deleted,
+            "held": self.held,
+            "waiting": dict(self.waiting),
+            "objects": self.objects,
+            "archive_bytes": self.archive_bytes,
+            "documents": self.documents,
+            "held_ids": self.held_ids[:MAX_IDS_IN_LOG],
+            "waiting_ids": self.waiting_ids[:MAX_IDS_IN_LOG],
         }
 
 
@@ -241,8 +249,15 @@ class RetentionEngine:
             self._finish_commit(control, pending_locks)
         log.info(
             "rule %s (%s): due=%d deleted=%d held=%d waiting=%s objects=%d bytes=%d documents=%d",
-            rule.name, rule.table, outcome.due, outcome.deleted, outcome.held, outcome.waiting,
-            outcome.objects, outcome.archive_bytes, outcome.documents,
+            rule.name,
+            rule.table,
+            outcome.due,
+            outcome.deleted,
+            outcome.held,
+            outcome.waiting,
+            outcome.objects,
+            outcome.archive_bytes,
+            outcome.documents,
         )
         return outcome
 
@@ -255,7 +270,9 @@ class RetentionEngine:
         params = self.rule_params(rule, ctx.logical_date) | {"after_id": after_id, "batch_size": ctx.batch_size}
         return [row[0] for row in conn.execute(query, params)]
 
-    def _recheck(self, conn, rule: Rule, ctx: RunContext, locked: list[int]) -> list[tuple[str, list[int], dt.datetime]]:
+    def _recheck(
+        self, conn, rule: Rule, ctx: RunContext, locked: list[int]
+    ) -> list[tuple[str, list[int], dt.datetime]]:
         """Re-run the rule on the locked ids (a new statement sees the latest committed rows):
         a row whose clock moved, or that got a hold, since the batch was picked stays.
         Groups the rows by the month their archive period ends."""
@@ -270,7 +287,10 @@ class RetentionEngine:
             "GROUP BY 1 ORDER BY 1"
         ).format(rule=self.rule_sql(rule))
         params = self.rule_params(rule, ctx.logical_date) | {
-            "tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days, "locked": locked,
+            "tz": self.policy.timezone,
+            "months": gone_after.months,
+            "days": gone_after.days,
+            "locked": locked,
         }
         return [(month, ids, purge_after) for month, ids, purge_after in conn.execute(query, params)]
 
@@ -295,8 +315,21 @@ class RetentionEngine:
             "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
             " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s, %s) RETURNING id",
-            (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table, rule.tier,
-             self.store.archive_bucket, key, purge_month, purge_after, len(ids), ids, [t for _, t in doc_pairs]),
+            (
+                ctx.run_id,
+                ctx.logical_date,
+                self.purpose_name,
+                rule.name,
+                rule.table,
+                rule.tier,
+                self.store.archive_bucket,
+                key,
+                purge_month,
+                purge_after,
+                len(ids),
+                ids,
+                [t for _, t in doc_pairs],
+            ),
         ).fetchone()[0]
         self.store.copy_documents(doc_pairs, tier.storage_class)
         verified = self.store.put_verified(key, body, tier.storage_class, len(ids), _parquet_row_count)
@@ -355,8 +388,17 @@ class RetentionEngine:
                     "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
                     " record_count, byte_count, object_key, record_ids)"
                     " VALUES (%s, %s, %s, %s, %s, 'archived_and_deleted', %s, %s, %s, %s)",
-                    (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table, len(record_ids),
-                     verified.size, verified.key, record_ids),
+                    (
+                        ctx.run_id,
+                        ctx.logical_date,
+                        self.purpose_name,
+                        rule.name,
+                        rule.table,
+                        len(record_ids),
+                        verified.size,
+                        verified.key,
+                        record_ids,
+                    ),
                 )
                 disposals += [
                     (rule.table, record_id, src, target)
@@ -368,15 +410,24 @@ class RetentionEngine:
                 cur.execute(
                     "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
                     " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, 'deleted', %s, %s)",
-                    (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table, len(unarchived),
-                     unarchived),
+                    (
+                        ctx.run_id,
+                        ctx.logical_date,
+                        self.purpose_name,
+                        rule.name,
+                        rule.table,
+                        len(unarchived),
+                        unarchived,
+                    ),
                 )
             if disposals:
                 cur.executemany(
                     "INSERT INTO retention.document_disposals (run_id, purpose, table_name, record_id, bucket,"
                     " source_key, archive_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    [(ctx.run_id, self.purpose_name, table, record_id, self.store.documents_bucket, src, target)
-                     for table, record_id, src, target in disposals],
+                    [
+                        (ctx.run_id, self.purpose_name, table, record_id, self.store.documents_bucket, src, target)
+                        for table, record_id, src, target in disposals
+                    ],
                 )
         outcome.deleted += deleted
 
@@ -391,8 +442,16 @@ class RetentionEngine:
             control.execute(
                 "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
                 " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table,
-                 "held" if held else "waiting", len(ids), ids),
+                (
+                    ctx.run_id,
+                    ctx.logical_date,
+                    self.purpose_name,
+                    rule.name,
+                    rule.table,
+                    "held" if held else "waiting",
+                    len(ids),
+                    ids,
+                ),
             )
         control.commit()
 
@@ -460,7 +519,8 @@ class RetentionEngine:
         ).fetchall()
         control.commit()
         lockable = [
-            ([key, *docs], purge_after) for key, docs, purge_after in unlocked
+            ([key, *docs], purge_after)
+            for key, docs, purge_after in unlocked
             if self.store.storage.tiers[self._tier_of_key(key)].object_lock
         ]
         self._apply_locks(control, lockable)
@@ -572,5 +632,3 @@ def _document_keys(table: pa.Table) -> list[tuple[int, str]]:
         if name.endswith("_key"):
             keys += [(i, k) for i, k in zip(ids, table.column(name).to_pylist(), strict=True) if k]
     return keys
-
-

@@ -97,5 +97,6 @@ def cutoff(logical_date: dt.datetime, period: Period, tz: ZoneInfo) -> dt.dateti
 
 
 def due_date(clock: dt.datetime, period: Period, tz: ZoneInfo) -> dt.datetime:
-    """The first instant at which a record with this clock is due (Paris midnight)."""
-    return local_midnight(period.add_to(local_date(clock, tz)), tz)
+    """The first logical date at which a record with this clock is due, consistent with
+    :func:`cutoff`: Paris midnight of clock's date + period, never before the clock itself."""
+    return max(local_midnight(period.add_to(local_date(clock, tz)), tz), clock)

@@ -177,7 +177,11 @@ def _describe(error: ValidationError, data: dict) -> str:
             if len(rest) >= 2 and rest[0] == "rules" and rest[1].isdigit():
                 rules = (data.get("purposes", {}).get(purpose) or {}).get("rules") or []
                 idx = int(rest[1])
-                rule_name = rules[idx].get("name", f"#{idx + 1}") if idx < len(rules) and isinstance(rules[idx], dict) else f"#{idx + 1}"
+                rule_name = (
+                    rules[idx].get("name", f"#{idx + 1}")
+                    if idx < len(rules) and isinstance(rules[idx], dict)
+                    else f"#{idx + 1}"
+                )
                 field = ".".join(rest[2:]) or "(rule)"
                 where = f"purpose {purpose!r}, rule {rule_name!r}, field {field!r}"
             else:

@@ -1,6 +1,6 @@
 """Apply the operational (`app`) and bookkeeping (`retention`) schemas: one idempotent command.
 
-    python -m retention.schema --dsn postgresql://user@host:port/db
+python -m retention.schema --dsn postgresql://user@host:port/db
 """
 
 from __future__ import annotations

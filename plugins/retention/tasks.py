@@ -66,8 +66,9 @@ def check_before(purpose: str, context: dict) -> dict:
     from retention import checks
 
     ctx = run_context(purpose, context)
-    return checks.run_before_gates(default_policy(), purpose, source_dsn(), ctx,
-                                   float(context["params"]["max_delete_fraction"]))
+    return checks.run_before_gates(
+        default_policy(), purpose, source_dsn(), ctx, float(context["params"]["max_delete_fraction"])
+    )
 
 
 def plan(purpose: str, context: dict) -> dict:
@@ -82,11 +83,20 @@ def plan(purpose: str, context: dict) -> dict:
         deletable_by_table[o.table] = deletable_by_table.get(o.table, 0) + deletable
     fractions = {t: (n / sizes[t] if sizes[t] else 0.0) for t, n in deletable_by_table.items()}
     for o in outcomes:
-        log.info("plan %s: due=%d held=%d waiting=%s (ids held %s, waiting %s)", o.rule, o.due, o.held,
-                 o.waiting, o.held_ids, o.waiting_ids)
+        log.info(
+            "plan %s: due=%d held=%d waiting=%s (ids held %s, waiting %s)",
+            o.rule,
+            o.due,
+            o.held,
+            o.waiting,
+            o.held_ids,
+            o.waiting_ids,
+        )
     too_many = {t: f for t, f in fractions.items() if f > max_fraction}
     if too_many and not ctx.dry_run:
-        details = ", ".join(f"{t}: {deletable_by_table[t]:,} of {sizes[t]:,} rows ({f:.1%})" for t, f in too_many.items())
+        details = ", ".join(
+            f"{t}: {deletable_by_table[t]:,} of {sizes[t]:,} rows ({f:.1%})" for t, f in too_many.items()
+        )
         raise MassDeletionError(
             f"mass-deletion guard: this run would delete more than max_delete_fraction={max_fraction:.1%} of "
             f"{details}. Nothing was deleted. If this is intended, trigger the run again with a higher "
@@ -110,8 +120,12 @@ def archive_and_delete(purpose: str, context: dict) -> dict:
 def purge_archives(purpose: str, context: dict) -> dict:
     ctx = run_context(purpose, context)
     result = engine(purpose).purge_archives(ctx)
-    log.info("purge: %d objects (%d records) purged, %d kept under legal hold", result["purged_objects"],
-             result["purged_records"], result["held_objects"])
+    log.info(
+        "purge: %d objects (%d records) purged, %d kept under legal hold",
+        result["purged_objects"],
+        result["purged_records"],
+        result["held_objects"],
+    )
     return result
 
 

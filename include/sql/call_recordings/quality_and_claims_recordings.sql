@@ -2,7 +2,7 @@
 SELECT r.id,
        r.started_at AS clock,
        EXISTS (SELECT 1 FROM retention.active_holds AS h
-               WHERE h.table_name = 'call_recordings' AND h.record_id = r.id) AS held,
+               WHERE (h.table_name, h.record_id) IN (('call_recordings', r.id), ('customers', r.customer_id))) AS held,
        NULL::text AS waiting_for
 FROM app.call_recordings AS r
 WHERE r.reason IN ('quality', 'claims')

@@ -3,7 +3,8 @@
 SELECT cl.id,
        c.ended_at AS clock,
        EXISTS (SELECT 1 FROM retention.active_holds AS h
-               WHERE (h.table_name, h.record_id) IN (('claims', cl.id), ('contracts', c.id))) AS held,
+               WHERE (h.table_name, h.record_id) IN (('claims', cl.id), ('contracts', c.id),
+                                                     ('customers', c.customer_id))) AS held,
        CASE WHEN EXISTS (SELECT 1 FROM app.reimbursements AS r WHERE r.claim_id = cl.id)
             THEN 'reimbursements' END AS waiting_for
 FROM app.claims AS cl

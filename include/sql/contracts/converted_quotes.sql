@@ -2,7 +2,8 @@
 SELECT q.id,
        c.ended_at AS clock,
        EXISTS (SELECT 1 FROM retention.active_holds AS h
-               WHERE (h.table_name, h.record_id) IN (('quotes', q.id), ('contracts', c.id))) AS held,
+               WHERE (h.table_name, h.record_id) IN (('quotes', q.id), ('contracts', c.id),
+                                                     ('customers', c.customer_id))) AS held,
        NULL::text AS waiting_for
 FROM app.quotes AS q
 JOIN app.contracts AS c ON c.id = q.contract_id

@@ -2,7 +2,8 @@
 SELECT pm.id,
        c.ended_at AS clock,
        EXISTS (SELECT 1 FROM retention.active_holds AS h
-               WHERE (h.table_name, h.record_id) IN (('payment_methods', pm.id), ('contracts', c.id))) AS held,
+               WHERE (h.table_name, h.record_id) IN (('payment_methods', pm.id), ('contracts', c.id),
+                                                     ('customers', c.customer_id))) AS held,
        NULL::text AS waiting_for
 FROM app.payment_methods AS pm
 JOIN app.contracts AS c ON c.id = pm.contract_id

@@ -5,7 +5,8 @@ SELECT r.id,
        EXISTS (SELECT 1 FROM retention.active_holds AS h
                WHERE (h.table_name, h.record_id) IN (('reimbursements', r.id),
                                                      ('claims', cl.id),
-                                                     ('contracts', c.id))) AS held,
+                                                     ('contracts', c.id),
+                                                     ('customers', c.customer_id))) AS held,
        NULL::text AS waiting_for
 FROM app.reimbursements AS r
 JOIN app.claims AS cl ON cl.id = r.claim_id

@@ -11,7 +11,12 @@ CREATE TABLE IF NOT EXISTS retention.legal_holds (
     reason      text        NOT NULL,
     placed_at   timestamptz NOT NULL DEFAULT now(),
     released_at timestamptz,
-    CHECK (released_at IS NULL OR released_at >= placed_at)
+    CHECK (released_at IS NULL OR released_at >= placed_at),
+    -- A typo in a table name would silently hold nothing.
+    CONSTRAINT legal_holds_table_name_check CHECK (table_name IN (
+        'customers', 'prospects', 'pets', 'contracts', 'quotes', 'claims', 'reimbursements',
+        'payment_methods', 'call_recordings', 'call_analyses', 'aml_records', 'fraud_cases',
+        'fraud_alerts', 'job_applications'))
 );
 CREATE INDEX IF NOT EXISTS legal_holds_active_idx
     ON retention.legal_holds (table_name, record_id) WHERE released_at IS NULL;
