@@ -136,11 +136,11 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
             return tasks.check_after(purpose_name, context, before, archived)
 
         @task
-        def report(planned: dict, archived: dict, purged: dict, checked: dict, **context) -> str:
+        def report(planned: dict, archived: dict, purged: dict, before: dict, after: dict, **context) -> str:
             """The run's summary (counts per rule, bytes per tier), in the log and as XCom."""
             from retention import tasks
 
-            return tasks.report(purpose_name, context, planned, archived, purged, checked)
+            return tasks.report(purpose_name, context, planned, archived, purged, before, after)
 
         before = check_before()
         planned = plan()
@@ -148,6 +148,6 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
         purged = purge_archives()
         checked = check_after(before, archived)
         before >> planned >> archived >> purged >> checked
-        report(planned, archived, purged, checked)
+        report(planned, archived, purged, before, checked)
 
     return retention_dag()

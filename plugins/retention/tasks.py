@@ -136,7 +136,7 @@ def check_after(purpose: str, context: dict, before: dict, archived: dict) -> di
     return checks.run_after_gates(default_policy(), purpose, source_dsn(), archive_store(), ctx, before, archived)
 
 
-def report(purpose: str, context: dict, planned: dict, archived: dict, purged: dict, checked: dict) -> str:
+def report(purpose: str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict) -> str:
     """A Markdown summary: counts per rule, bytes per tier. Shown in the log and in XCom."""
     ctx = run_context(purpose, context)
     lines = [
@@ -157,9 +157,11 @@ def report(purpose: str, context: dict, planned: dict, archived: dict, purged: d
     lines += [
         "",
         "bytes per tier: " + (", ".join(f"{t}={b}" for t, b in sorted(bytes_by_tier.items()) if t != "none") or "none"),
+        "share of each table deleted: "
+        + ", ".join(f"{t}={f:.2%}" for t, f in sorted(planned.get("delete_fraction", {}).items())),
         f"archive purge: {purged['purged_objects']} objects ({purged['purged_records']} records) purged, "
         f"{purged['held_objects']} kept under legal hold",
-        f"quality gates: before {checked.get('before', 'n/a')}, after {checked.get('after', 'n/a')}",
+        f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}",
     ]
     summary = "\n".join(lines)
     log.info("%s", summary)
