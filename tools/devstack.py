@@ -417,9 +417,6 @@ class StackConfig:
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "0",
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "0",
             "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
-            "RETENTION_INTERMEDIATE_STORAGE_CLASS": os.environ.get(
-                "RETENTION_INTERMEDIATE_STORAGE_CLASS", "STANDARD_IA"
-            ),
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
             "NO_PROXY": "127.0.0.1,localhost",
         }
@@ -429,8 +426,16 @@ class StackConfig:
         return self.postgres.dsn(SOURCE_DB)
 
 
+def _component_env(config: StackConfig) -> dict[str, str]:
+    """The caller's environment minus any Airflow or AWS setting it carries (a test session's
+    AIRFLOW_CONN_* would otherwise shadow the stack's own connections), plus the stack's.
+    RETENTION_* overrides pass through: the buckets were created with the same ones."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
+    return inherited | config.airflow_env()
+
+
 def _airflow(config: StackConfig, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
-    env = os.environ | config.airflow_env()
+    env = _component_env(config)
     result = subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, capture_output=capture, text=True)
     if check and result.returncode != 0:
         raise StackError(
@@ -564,7 +569,7 @@ def up(
     passwords.chmod(0o600)
     _airflow(config, "db", "migrate")
     configure_connections(config)
-    env = os.environ | config.airflow_env()
+    env = _component_env(config)
     for name, args in AIRFLOW_COMPONENTS.items():
         cmd = [str(VENV_BIN / "airflow"), *[a.format(api_port=config.api_port) for a in args]]
         _spawn(config, name, cmd, env)

@@ -6,12 +6,13 @@ value goes to XCom, so it holds counts, keys and ids only, never row contents.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from urllib.parse import quote
 
 from retention.archive_store import ArchiveStore
-from retention.engine import RetentionEngine, RetentionError, RunContext
+from retention.engine import RetentionEngine, RunContext
 from retention.policy import default_policy
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,16 @@ SOURCE_CONN_ID = "source_postgres"
 ARCHIVE_CONN_ID = "archive_s3"
 
 
-class MassDeletionError(RetentionError):
-    """A rule would delete a larger share of its table than max_delete_fraction allows."""
+@contextlib.contextmanager
+def _no_retry_on(*errors: type[Exception]):
+    """A deterministic failure (a failed quality gate) fails the task at once instead of waiting
+    out its retries; transient ones (S3 down, the purpose lock held) keep their retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except errors as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def source_dsn(conn_id: str = SOURCE_CONN_ID) -> str:
@@ -63,12 +72,14 @@ def run_context(purpose: str, context: dict) -> RunContext:
 
 
 def check_before(purpose: str, context: dict) -> dict:
+    """A failed gate fails the task without retry: the data won't fix itself in 5 minutes."""
     from retention import checks
 
     ctx = run_context(purpose, context)
-    return checks.run_before_gates(
-        default_policy(), purpose, source_dsn(), ctx, float(context["params"]["max_delete_fraction"])
-    )
+    with _no_retry_on(checks.QualityGateError):
+        return checks.run_before_gates(
+            default_policy(), purpose, source_dsn(), ctx, float(context["params"]["max_delete_fraction"])
+        )
 
 
 def plan(purpose: str, context: dict) -> dict:
@@ -76,7 +87,6 @@ def plan(purpose: str, context: dict) -> dict:
     eng = engine(purpose)
     outcomes = eng.plan(ctx)
     sizes = eng.table_sizes([o.table for o in outcomes])
-    max_fraction = float(context["params"]["max_delete_fraction"])
     deletable_by_table: dict[str, int] = {}
     for o in outcomes:
         deletable = o.due - o.held - sum(o.waiting.values())
@@ -91,16 +101,6 @@ def plan(purpose: str, context: dict) -> dict:
             o.waiting,
             o.held_ids,
             o.waiting_ids,
-        )
-    too_many = {t: f for t, f in fractions.items() if f > max_fraction}
-    if too_many and not ctx.dry_run:
-        details = ", ".join(
-            f"{t}: {deletable_by_table[t]:,} of {sizes[t]:,} rows ({f:.1%})" for t, f in too_many.items()
-        )
-        raise MassDeletionError(
-            f"mass-deletion guard: this run would delete more than max_delete_fraction={max_fraction:.1%} of "
-            f"{details}. Nothing was deleted. If this is intended, trigger the run again with a higher "
-            f"max_delete_fraction param."
         )
     return {
         "logical_date": ctx.logical_date.isoformat(),
@@ -133,7 +133,8 @@ def check_after(purpose: str, context: dict, before: dict, archived: dict) -> di
     from retention import checks
 
     ctx = run_context(purpose, context)
-    return checks.run_after_gates(default_policy(), purpose, source_dsn(), archive_store(), ctx, before, archived)
+    with _no_retry_on(checks.QualityGateError):
+        return checks.run_after_gates(default_policy(), purpose, source_dsn(), archive_store(), ctx, before, archived)
 
 
 def report(purpose: str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict) -> str:
