@@ -397,3 +397,21 @@ def test_every_gate_passes_on_the_seeded_data(db, s3, storage, policy, source_ds
         report = after(policy, purpose, source_dsn, s3, storage, ctx(purpose), before, archived)
         n = len(report["results"])
         assert report["after"] == f"{n}/{n} expectations passed", report["summary"]
+
+
+def test_row_count_gate_allows_for_another_purpose_deleting_from_the_same_table(db, s3, storage, policy, source_dsn):
+    """The quotes and contracts DAGs share the run id 'scheduled__<date>' and both delete from
+    app.quotes: the contracts run's converted quotes must not fail the quotes run's row count."""
+    some_quotes(db)
+    contract = f.contract(db, ended="2020-01-01")
+    f.quote(db, issued="2019-06-01", contract_id=contract)
+    run_id = "scheduled__shared"
+    ctx = quotes_ctx(run_id)
+    before = checks.run_before_gates(policy, "quotes", source_dsn, ctx, 1.0)
+    make_engine(policy, "contracts", source_dsn, s3, storage).archive_and_delete(RunContext("contracts", run_id, D))
+    archived = {
+        "dry_run": False,
+        "rules": [o.as_dict() for o in make_engine(policy, "quotes", source_dsn, s3, storage).archive_and_delete(ctx)],
+    }
+    report = after(policy, "quotes", source_dsn, s3, storage, ctx, before, archived)
+    assert report["after"].endswith("expectations passed")

@@ -433,12 +433,16 @@ def _deleted_by_table(conn, ctx: RunContext, purpose: str) -> dict[str, int]:
 
 
 def _deleted_by_other_runs(conn, ctx: RunContext, tables: list[str], checked_at: str | None) -> dict[str, int]:
+    """Rows other runs deleted from these tables since the before-snapshot. A run is its purpose
+    and run id together: the quotes and contracts DAGs share the id 'scheduled__<date>' and both
+    delete from app.quotes."""
     if checked_at is None:
         return {}
     rows = conn.execute(
-        "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE run_id <> %s AND table_name = ANY(%s)"
+        "SELECT table_name, sum(record_count) FROM retention.audit_log"
+        " WHERE NOT (run_id = %s AND purpose = %s) AND table_name = ANY(%s)"
         " AND action IN ('archived_and_deleted', 'deleted') AND at >= %s::timestamptz - %s GROUP BY 1",
-        (ctx.run_id, tables, checked_at, CONCURRENT_DELETE_SLACK),
+        (ctx.run_id, ctx.purpose, tables, checked_at, CONCURRENT_DELETE_SLACK),
     ).fetchall()
     return {table: int(count) for table, count in rows}
 
