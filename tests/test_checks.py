@@ -9,11 +9,9 @@ and one dag.test() shows the same through Airflow. The seeded demo data passes e
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import io
 import json
 import re
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,11 +22,11 @@ from retention.checks import QualityGateError
 from retention.engine import RetentionEngine, RunContext
 
 from tests import factories as f
+from tests.dag_runs import run_dag, task_states
 
 pytestmark = pytest.mark.integration
 
 D = f.midnight("2025-02-28")  # the quotes tests' logical date: issued before 2024-02-29 is due
-DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 
 def all_rows(conn) -> dict[str, list[int]]:
@@ -325,36 +323,13 @@ def test_archive_kept_beyond_its_purge_date_fails_unless_held(db, s3, storage, p
 # ------------------------------------------------------------------------------ through Airflow
 
 
-def load_dag(purpose: str):
-    spec = importlib.util.spec_from_file_location(f"checks_dag_{purpose}", DAGS / f"retention_{purpose}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
-
-
-def task_states(dag_run) -> dict[str, str]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = (
-            session.query(TaskInstance)
-            .filter(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
-            .all()
-        )
-        return {ti.task_id: str(ti.state) for ti in tis}
-
-
 def test_a_failing_gate_fails_its_task_and_the_dag_deletes_nothing(airflow_db, db, s3, storage, policy):
     due = f.contract(db, ended="2025-06-01")
     f.claim(db, due)
     f.contract(db, status="ended")  # no end date
     rows = all_rows(db)
 
-    dag = load_dag("contracts")
-    for task in dag.tasks:
-        task.retries = 0  # a failed gate is not transient: don't wait out retry_delay
-    dag_run = dag.test(logical_date=f.midnight("2026-01-15"), run_conf={"max_delete_fraction": 1.0})
+    dag_run = run_dag("contracts", f.midnight("2026-01-15"))
 
     states = task_states(dag_run)
     assert states["check_before"] == "failed"

@@ -4,64 +4,17 @@ params (dry_run, batch_size), the report, XCom without personal data, and backfi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from tests import factories as f
 from tests import scenarios
+from tests.dag_runs import run_dag, task_states, xcoms
 from tests.outcome import assert_scenario_outcome, snapshot
 
 pytestmark = pytest.mark.integration
-DAGS = Path(__file__).resolve().parents[1] / "dags"
 PERSONAL_VALUES = ("Camille", "Martin", "example.fr", "+336", "Manon", "Petit", "cus_test", "pm_test", "4242")
-
-
-def load_dag(purpose: str):
-    path = DAGS / f"retention_{purpose}.py"
-    spec = importlib.util.spec_from_file_location(f"dag_{purpose}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
-
-
-def run_dag(purpose: str, logical_date, **conf):
-    """Crafted scenarios are tiny: most of a table is due, so the mass-deletion guard (tested on
-    its own) is opened unless a test sets it."""
-    conf.setdefault("max_delete_fraction", 1.0)
-    dag = load_dag(purpose)
-    for task in dag.tasks:  # dag.test() would sit out the 5-minute retry delay of a failed task
-        task.retries = 0
-    dag_run = dag.test(logical_date=logical_date, run_conf=conf)
-    return dag_run
-
-
-def task_states(dag_run) -> dict[str, str]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = (
-            session.query(TaskInstance)
-            .filter(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
-            .all()
-        )
-        return {ti.task_id: str(ti.state) for ti in tis}
-
-
-def xcoms(dag_run) -> dict[str, object]:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(XComModel)
-            .filter(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
-            .all()
-        )
-        return {row.task_id: row.value for row in rows}
 
 
 @pytest.mark.parametrize("purpose", list(scenarios.BUILDERS))
