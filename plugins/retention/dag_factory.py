@@ -11,12 +11,11 @@ from zoneinfo import ZoneInfo
 
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, dag, task
 
-from retention.policy import Policy, Purpose, default_policy
+from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, default_policy
 
 OWNER = "data-protection"
 # Early enough that a backfill can replay any date of the 10 years of data (catchup is off).
 START_DATE = dt.datetime(2016, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
-DEFAULT_BATCH_SIZE = 20_000  # rows per transaction and per Parquet object (memory bound)
 
 
 def dag_id_for(purpose: str) -> str:

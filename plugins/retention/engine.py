@@ -37,11 +37,10 @@ from psycopg import sql
 
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
 from retention.periods import cutoff
-from retention.policy import Policy, Purpose, Rule, rule_sql_path
+from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule, rule_sql_path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 20_000
 FAULT_ENV = "RETENTION_FAULT_INJECTION"  # test-only: 'after_upload' or 'after_commit'
 MAX_IDS_IN_LOG = 20
 

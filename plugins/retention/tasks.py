@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionEngine, RunContext
-from retention.policy import default_policy
+from retention.policy import DEFAULT_BATCH_SIZE, default_policy
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def run_context(purpose: str, context: dict) -> RunContext:
         purpose=purpose,
         run_id=context["run_id"],
         logical_date=dt.datetime.fromtimestamp(logical_date.timestamp(), tz=dt.UTC),
-        batch_size=int(params.get("batch_size", 20_000)),
+        batch_size=int(params.get("batch_size", DEFAULT_BATCH_SIZE)),
         dry_run=bool(params.get("dry_run", False)),
     )
 
