@@ -143,6 +143,9 @@ class RetentionEngine:
     def _connect(self, autocommit: bool = False) -> psycopg.Connection:
         conn = psycopg.connect(self.dsn, autocommit=autocommit, application_name=f"retention:{self.purpose_name}")
         conn.execute("SET TIME ZONE 'UTC'")
+        # Batch statements are short index scans: JIT-compiling them costs ~8 ms each (~250 ms
+        # for a rule's count) and saves nothing.
+        conn.execute("SET jit = off")
         if not autocommit:
             conn.commit()
         return conn
@@ -263,11 +266,11 @@ class RetentionEngine:
     def _lock_batch(self, conn, rule: Rule, ctx: RunContext, after_id: int) -> list[int]:
         query = sql.SQL(
             "SELECT t.id FROM {table} AS t JOIN ({rule}) AS due ON due.id = t.id "
-            "WHERE NOT due.held AND due.waiting_for IS NULL AND due.id > %(after_id)s "
+            "WHERE NOT due.held AND due.waiting_for IS NULL AND t.id > %(after_id)s "
             "ORDER BY t.id LIMIT %(batch_size)s FOR UPDATE OF t SKIP LOCKED"
         ).format(table=self._table(rule), rule=self.rule_sql(rule))
         params = self.rule_params(rule, ctx.logical_date) | {"after_id": after_id, "batch_size": ctx.batch_size}
-        return [row[0] for row in conn.execute(query, params)]
+        return [row[0] for row in conn.execute(query, params).fetchall()]
 
     def _recheck(
         self, conn, rule: Rule, ctx: RunContext, locked: list[int]
@@ -276,28 +279,32 @@ class RetentionEngine:
         a row whose clock moved, or that got a hold, since the batch was picked stays.
         Groups the rows by the month their archive period ends."""
         gone_after = rule.gone_after
+        locked_ids, locked_params = _ids_predicate("due.id", locked)
         query = sql.SQL(
             "SELECT to_char(purge_after AT TIME ZONE %(tz)s, 'YYYY-MM'), array_agg(id ORDER BY id), max(purge_after) "
             "FROM (SELECT due.id, "
             "  ((((due.clock AT TIME ZONE %(tz)s)::date + make_interval(months => %(months)s, days => %(days)s))::date)"
             "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after "
             "  FROM ({rule}) AS due "
-            "  WHERE due.id = ANY(%(locked)s) AND NOT due.held AND due.waiting_for IS NULL) AS x "
+            "  WHERE {locked} AND NOT due.held AND due.waiting_for IS NULL) AS x "
             "GROUP BY 1 ORDER BY 1"
-        ).format(rule=self.rule_sql(rule))
-        params = self.rule_params(rule, ctx.logical_date) | {
-            "tz": self.policy.timezone,
-            "months": gone_after.months,
-            "days": gone_after.days,
-            "locked": locked,
-        }
+        ).format(rule=self.rule_sql(rule), locked=locked_ids)
+        params = (
+            self.rule_params(rule, ctx.logical_date)
+            | locked_params
+            | {
+                "tz": self.policy.timezone,
+                "months": gone_after.months,
+                "days": gone_after.days,
+            }
+        )
         return [(month, ids, purge_after) for month, ids, purge_after in conn.execute(query, params)]
 
     def _read_rows(self, reader, rule: Rule, ids: list[int]) -> pa.Table:
         """The rows as Arrow, typed: NUMERIC as decimal128, other PostgreSQL extensions as text."""
         query = f'SELECT * FROM "{self.schema}"."{rule.table}" WHERE id = ANY($1::text::bigint[]) ORDER BY id'
         with reader.cursor() as cur:
-            cur.execute(query, parameters=("{" + ",".join(map(str, ids)) + "}",))
+            cur.execute(query, parameters=(_id_array(ids),))
             table = cur.fetch_arrow_table()
         return _typed(table)
 
@@ -313,7 +320,7 @@ class RetentionEngine:
         manifest_id = intents.execute(
             "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
             " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s, %s) RETURNING id",
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s::bigint[], %s) RETURNING id",
             (
                 ctx.run_id,
                 ctx.logical_date,
@@ -326,7 +333,7 @@ class RetentionEngine:
                 purge_month,
                 purge_after,
                 len(ids),
-                ids,
+                _id_array(ids),
                 [t for _, t in doc_pairs],
             ),
         ).fetchone()[0]
@@ -344,10 +351,10 @@ class RetentionEngine:
         if not key_columns:
             return
         rows = control.execute(
-            sql.SQL("SELECT id, {cols} FROM {table} WHERE id = ANY(%s)").format(
+            sql.SQL("SELECT id, {cols} FROM {table} WHERE id = ANY(%s::bigint[])").format(
                 cols=sql.SQL(", ").join(map(sql.Identifier, key_columns)), table=self._table(rule)
             ),
-            (ids,),
+            (_id_array(ids),),
         ).fetchall()
         for row in rows:
             for source_key in row[1:]:
@@ -369,8 +376,9 @@ class RetentionEngine:
         disposals, self._pending_disposals = self._pending_disposals, []
         if not ids:
             return
+        where, params = _ids_predicate("id", ids)
         deleted = control.execute(
-            sql.SQL("DELETE FROM {table} WHERE id = ANY(%s)").format(table=self._table(rule)), (ids,)
+            sql.SQL("DELETE FROM {table} WHERE {where}").format(table=self._table(rule), where=where), params
         ).rowcount
         if deleted != len(ids):
             raise RetentionError(f"{rule.table}: deleted {deleted} rows, expected {len(ids)}; rolled back")
@@ -386,7 +394,7 @@ class RetentionEngine:
                 cur.execute(
                     "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
                     " record_count, byte_count, object_key, record_ids)"
-                    " VALUES (%s, %s, %s, %s, %s, 'archived_and_deleted', %s, %s, %s, %s)",
+                    " VALUES (%s, %s, %s, %s, %s, 'archived_and_deleted', %s, %s, %s, %s::bigint[])",
                     (
                         ctx.run_id,
                         ctx.logical_date,
@@ -396,7 +404,7 @@ class RetentionEngine:
                         len(record_ids),
                         verified.size,
                         verified.key,
-                        record_ids,
+                        _id_array(record_ids),
                     ),
                 )
                 disposals += [
@@ -408,7 +416,7 @@ class RetentionEngine:
             if unarchived:
                 cur.execute(
                     "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
-                    " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, 'deleted', %s, %s)",
+                    " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, 'deleted', %s, %s::bigint[])",
                     (
                         ctx.run_id,
                         ctx.logical_date,
@@ -416,7 +424,7 @@ class RetentionEngine:
                         rule.name,
                         rule.table,
                         len(unarchived),
-                        unarchived,
+                        _id_array(unarchived),
                     ),
                 )
             if disposals:
@@ -487,7 +495,8 @@ class RetentionEngine:
             return
         self.store.delete_documents([key for _, key in rows])
         control.execute(
-            "UPDATE retention.document_disposals SET disposed_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],)
+            "UPDATE retention.document_disposals SET disposed_at = now() WHERE id = ANY(%s::bigint[])",
+            (_id_array([r[0] for r in rows]),),
         )
         control.commit()
 
@@ -611,6 +620,27 @@ def _typed(table: pa.Table) -> pa.Table:
         columns.append(column)
         fields.append(fld)
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _id_array(ids: list[int]) -> str:
+    """A bigint[] parameter as one text literal, cast with ``%s::bigint[]`` in the SQL: psycopg
+    dumps a Python list element by element (a regex each), 29 ms for 20,000 ids against 8 ms."""
+    return "{" + ",".join(map(str, ids)) + "}"
+
+
+def _ids_predicate(column: str, ids: list[int]) -> tuple[sql.Composable, dict]:
+    """SQL selecting exactly ``ids`` in ``column``, with the ids bound as one parameter.
+
+    A batch is mostly a dense run of ids: then a range scan with a hashed membership filter (the
+    ``+ 0`` keeps the planner from turning it into one index descent per id) reads it in one pass;
+    sparse ids keep the plain ``= ANY``, whose cost does not grow with the id range."""
+    col = sql.SQL(column)
+    params = {"ids": _id_array(ids), "lo": min(ids), "hi": max(ids)}
+    if params["hi"] - params["lo"] < 2 * len(ids):
+        fragment = sql.SQL("{c} BETWEEN %(lo)s AND %(hi)s AND {c} + 0 = ANY(%(ids)s::bigint[])").format(c=col)
+    else:
+        fragment = sql.SQL("{c} = ANY(%(ids)s::bigint[])").format(c=col)
+    return fragment, params
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -2,8 +2,8 @@
 -- it: AML records (kept by the AML purpose), fraud alerts (fraud purpose), or held children.
 SELECT c.id,
        c.ended_at AS clock,
-       EXISTS (SELECT 1 FROM retention.active_holds AS h
-               WHERE (h.table_name, h.record_id) IN (('contracts', c.id), ('customers', c.customer_id))) AS held,
+       (EXISTS (SELECT 1 FROM retention.active_holds AS h WHERE h.table_name = 'contracts' AND h.record_id = c.id)
+        OR EXISTS (SELECT 1 FROM retention.active_holds AS h WHERE h.table_name = 'customers' AND h.record_id = c.customer_id)) AS held,
        CASE
            WHEN EXISTS (SELECT 1 FROM app.claims AS x WHERE x.contract_id = c.id) THEN 'claims'
            WHEN EXISTS (SELECT 1 FROM app.payment_methods AS x WHERE x.contract_id = c.id) THEN 'payment_methods'

@@ -2,11 +2,10 @@
 -- its contract keeps it.
 SELECT r.id,
        c.ended_at AS clock,
-       EXISTS (SELECT 1 FROM retention.active_holds AS h
-               WHERE (h.table_name, h.record_id) IN (('reimbursements', r.id),
-                                                     ('claims', cl.id),
-                                                     ('contracts', c.id),
-                                                     ('customers', c.customer_id))) AS held,
+       (EXISTS (SELECT 1 FROM retention.active_holds AS h WHERE h.table_name = 'reimbursements' AND h.record_id = r.id)
+        OR EXISTS (SELECT 1 FROM retention.active_holds AS h WHERE h.table_name = 'claims' AND h.record_id = cl.id)
+        OR EXISTS (SELECT 1 FROM retention.active_holds AS h WHERE h.table_name = 'contracts' AND h.record_id = c.id)
+        OR EXISTS (SELECT 1 FROM retention.active_holds AS h WHERE h.table_name = 'customers' AND h.record_id = c.customer_id)) AS held,
        NULL::text AS waiting_for
 FROM app.reimbursements AS r
 JOIN app.claims AS cl ON cl.id = r.claim_id

@@ -1,0 +1,602 @@
+"""Archive-and-delete benchmark (issue 5): the engine against the machine's limit and the pandas peer.
+
+    PYTHONPATH=plugins:. .venv/bin/python -m bench.run [--rows 100000 1000000] [--repeat 3]
+        [--out bench/results/latest.json] [--batch-size N] [--full-run-customers N]
+        [--skip-full-run] [--skip-parse] [--profile] [--candidate NAME=PLUGINS_DIR ...]
+
+Starts its own PostgreSQL and S3 server (moto) on free loopback ports, state in a temporary
+folder, both stopped at the end. For each size N it builds N expired quotes once into a template
+table (bench/data.py); then, for each repeat and each contestant (order rotated per repeat), it
+restores an identical fresh copy, creates fresh buckets and runs the contestant in a process of
+its own (bench/contestants.py), which reports its wall time and peak RSS. After each run it
+checks, from the database and from the archive objects themselves, that exactly the N due rows
+were archived and deleted. It prints one table (medians of the repeats) and writes the same
+figures, the machine and the versions to a JSON file (and the Markdown beside it).
+
+``--candidate NAME=DIR`` (repeatable) adds a contestant NAME: the engine imported from another
+plugins folder, e.g. ``<worktree>/plugins`` of a branch with a proposed engine change (its rule
+SQL comes from that tree's include/), run interleaved with the others under the same noise, so
+a change is measured side by side with the engine it would replace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from retention.policy import DEFAULT_BATCH_SIZE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.json"
+CONTESTANTS = ("limit", "pandas", "engine")
+LOGICAL_DATE = dt.datetime(2026, 3, 1, tzinfo=ZoneInfo("Europe/Paris"))
+# The full run's default size. The generator uploads every document of the dataset to the S3
+# server (moto answers ~390 puts/s on this 2-core machine): 10,000 customers seed in 78 s, 50,000
+# in 357 s (2.9 s for 10,000 without documents), so 1,000,000 would take about two hours. 20,000
+# (about 150 s) is the largest that keeps the whole bench under its 15 minutes.
+FULL_RUN_CUSTOMERS = 20_000
+TARGETS = {"engine_vs_limit": 0.5, "engine_vs_pandas": 3.0, "rss_growth": 1.2, "parse_s": 0.3, "bench_s": 900}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="sizes N (expired rows)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each contestant per size (median reported)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report (a .md is written beside it)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="the engine's batch size")
+    parser.add_argument("--contestants", nargs="+", choices=CONTESTANTS, default=list(CONTESTANTS))
+    parser.add_argument(
+        "--full-run-customers",
+        type=int,
+        default=FULL_RUN_CUSTOMERS,
+        help=f"customers generated (tools/seed.py) for the full daily run of the seven purposes "
+        f"(default {FULL_RUN_CUSTOMERS:,}: see FULL_RUN_CUSTOMERS)",
+    )
+    parser.add_argument("--skip-full-run", action="store_true")
+    parser.add_argument("--skip-parse", action="store_true", help="skip the DAG parse-time measure")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more engine run at the largest size under cProfile, with step timings",
+    )
+    parser.add_argument(
+        "--engine-plugins",
+        type=Path,
+        help="plugins folder the 'engine' contestant imports (default: this repository's); the rule SQL "
+        "of all contestants comes from the include/ beside it",
+    )
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also run the engine from plugins folder DIR as contestant NAME (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    if args.engine_plugins:
+        args.engine_plugins = args.engine_plugins.resolve()
+        if not (args.engine_plugins / "retention" / "engine.py").is_file():
+            parser.error(f"--engine-plugins: {args.engine_plugins} has no retention/engine.py")
+    args.candidates = {}
+    for item in args.candidate:
+        name, _, folder = item.partition("=")
+        plugins = Path(folder).resolve()
+        if not name.isidentifier() or name in (*CONTESTANTS, *args.candidates) or not folder:
+            parser.error(f"--candidate {item!r}: expected a new NAME=DIR")
+        if not (plugins / "retention" / "engine.py").is_file():
+            parser.error(f"--candidate {item!r}: {plugins} has no retention/engine.py")
+        args.candidates[name] = str(plugins)
+    args.contestants = [*args.contestants, *args.candidates]
+    if any(n < 1 for n in args.rows) or args.repeat < 1:
+        parser.error("--rows and --repeat must be positive")
+    return args
+
+
+# ---------------------------------------------------------------------------- children
+
+
+def child_env(spec: dict) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join([spec.get("plugins") or str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
+            "NO_PROXY": "127.0.0.1,localhost",
+            "RETENTION_ARCHIVE_BUCKET": spec["archive_bucket"],
+            "RETENTION_DOCUMENTS_BUCKET": spec["documents_bucket"],
+        }
+    )
+    env.pop("RETENTION_FAULT_INJECTION", None)
+    return env
+
+
+def run_child(spec: dict) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.contestants", json.dumps(spec)],
+        env=child_env(spec),
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"{spec['contestant']} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - started
+    return result
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def verify(stack, spec: dict, result: dict, expected: dict) -> dict:
+    """Exactly the N due ids archived (read from the objects) and deleted (read from the table)."""
+    import psycopg
+    import pyarrow.parquet as pq
+
+    from bench import data
+
+    client = stack.s3_client()
+    bucket, contestant = spec["archive_bucket"], spec["contestant"]
+    if contestant == "limit":
+        body = client.get_object(Bucket=bucket, Key=result["keys"][0])["Body"].read()
+        archived = [int(line[: line.index(b"\t")]) for line in body.splitlines()]
+        archived_rows = len(archived)
+    elif contestant == "pandas":
+        body = client.get_object(Bucket=bucket, Key=result["keys"][0])["Body"].read()
+        parquet = pq.ParquetFile(io.BytesIO(body))
+        archived_rows = parquet.metadata.num_rows
+        archived = parquet.read(columns=["id"]).column("id").to_pylist()
+    else:
+        with psycopg.connect(spec["dsn"]) as conn:
+            manifest = conn.execute(
+                "SELECT object_key, row_count FROM retention.archive_manifest WHERE run_id = %s AND state = 'committed'"
+                " ORDER BY id",
+                (spec["run_id"],),
+            ).fetchall()
+            audited = conn.execute(
+                "SELECT coalesce(sum(record_count), 0) FROM retention.audit_log WHERE run_id = %s"
+                " AND action = 'archived_and_deleted'",
+                (spec["run_id"],),
+            ).fetchone()[0]
+        archived_rows = sum(count for _, count in manifest)
+        archived = []
+        for key, _ in manifest:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            archived += pq.read_table(io.BytesIO(body), columns=["id"]).column("id").to_pylist()
+        if audited != archived_rows:
+            raise BenchError(f"engine: audit log says {audited} rows archived, manifest {archived_rows}")
+    archived.sort()
+    gone, left = data.deleted_ids(spec["dsn"])
+    checks = {
+        "archived_rows": archived_rows,
+        "archived_ids": len(archived),
+        "archived_ids_sha256": data.ids_digest(archived),
+        "deleted_rows": len(gone),
+        "deleted_ids_sha256": data.ids_digest(gone),
+        "rows_left": left,
+        "reported_deleted": result["deleted"],
+    }
+    n = expected["rows"]
+    checks["ok"] = (
+        archived_rows == n
+        and len(archived) == n
+        and len(gone) == n
+        and result["deleted"] == n
+        and checks["archived_ids_sha256"] == expected["ids_sha256"] == checks["deleted_ids_sha256"]
+        and left == expected["total"] - n
+    )
+    return checks
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def machine() -> dict:
+    info = {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        kib = int(next(line for line in meminfo.splitlines() if line.startswith("MemTotal:")).split()[1])
+        info["memory_gib"] = round(kib / 1024 / 1024, 1)
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown"
+        )
+    except (OSError, StopIteration, ValueError):
+        pass
+    return info
+
+
+def versions(dsn: str | None) -> dict:
+    found = {}
+    for dist in (
+        "apache-airflow",
+        "pyarrow",
+        "pandas",
+        "psycopg",
+        "adbc-driver-postgresql",
+        "SQLAlchemy",
+        "boto3",
+        "moto",
+    ):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    if dsn:
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            found["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+    return found
+
+
+def source_state() -> dict:
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    engine_files = ["plugins/retention/engine.py", "plugins/retention/archive_store.py"]
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "engine_changed_since_commit": bool(git("status", "--porcelain", "--", *engine_files)),
+        "engine_sha256": {f: hashlib.sha256((REPO_ROOT / f).read_bytes()).hexdigest()[:16] for f in engine_files},
+    }
+
+
+def summarize(runs: list[dict], sizes: list[int], contestants: list[str]) -> dict:
+    summary: dict = {"by_size": {}, "targets": {}}
+    for n in sizes:
+        row = {}
+        for c in contestants:
+            mine = [r for r in runs if r["rows"] == n and r["contestant"] == c]
+            if not mine:
+                continue
+            wall = statistics.median(r["wall_s"] for r in mine)
+            row[c] = {
+                "rows": n,
+                "runs": len(mine),
+                "median_wall_s": wall,
+                "rows_per_s": n / wall if wall else None,
+                "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in mine),
+                "max_peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
+                "archive_bytes": int(statistics.median(r["archive_bytes"] for r in mine)),
+                "objects": int(statistics.median(r["objects"] for r in mine)),
+                "median_cpu_s": statistics.median(r["cpu_s"] for r in mine),
+                "walls_s": [round(r["wall_s"], 3) for r in mine],
+                "all_checks_ok": all(r["checks"]["ok"] for r in mine),
+            }
+            sources = {json.dumps(r["engine_source"], sort_keys=True) for r in mine if "engine_source" in r}
+            if len(sources) > 1:
+                row[c]["warning"] = f"the engine code changed during the bench: {len(sources)} versions measured"
+            if all("steps" in r for r in mine):
+                row[c]["median_steps_s"] = {k: statistics.median(r["steps"][k] for r in mine) for k in mine[0]["steps"]}
+        ratios = {}
+        for mine in [c for c in contestants if c not in ("limit", "pandas")]:
+            for peer in ("limit", "pandas", "engine"):
+                if mine in row and peer in row and peer != mine:
+                    ratios[f"{mine}_vs_{peer}"] = row[peer]["median_wall_s"] / row[mine]["median_wall_s"]
+        summary["by_size"][str(n)] = {"contestants": row, "throughput_ratios": ratios}
+    largest = summary["by_size"].get(str(max(sizes)), {})
+    targets = summary["targets"]
+    for key in ("engine_vs_limit", "engine_vs_pandas"):
+        if key in largest.get("throughput_ratios", {}):
+            value = largest["throughput_ratios"][key]
+            targets[key] = {
+                "value": value,
+                "target": f">= {TARGETS[key]}",
+                "met": value >= TARGETS[key],
+                "at_rows": max(sizes),
+            }
+    engine_rss = {n: summary["by_size"][str(n)]["contestants"].get("engine", {}).get("max_peak_rss_mb") for n in sizes}
+    if len(sizes) > 1 and all(engine_rss.values()):
+        small, large = min(sizes), max(sizes)
+        value = engine_rss[large] / engine_rss[small]
+        targets["engine_rss_growth"] = {
+            "value": value,
+            "target": f"<= {TARGETS['rss_growth']}",
+            "met": value <= TARGETS["rss_growth"],
+            "sizes": [small, large],
+        }
+    return summary
+
+
+def _fmt_int(value) -> str:
+    return f"{value:,.0f}" if value is not None else "-"
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"Bench of {report['date']} on {m.get('cores')} cores, {m.get('memory_gib')} GiB ({m.get('cpu', '?')}); "
+        f"PostgreSQL {report['versions'].get('postgresql')}, S3 = moto {report['versions'].get('moto')} on loopback; "
+        f"engine batch size {report['config']['batch_size']}; median of {report['config']['repeat']} runs.",
+        "",
+        "| contestant | rows | median wall s | rows/s | peak RSS MiB | archive bytes | objects | CPU s (client) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratio_lines = []
+    for n, size in report["summary"]["by_size"].items():
+        for c, s in size["contestants"].items():
+            lines.append(
+                f"| {c} | {int(n):,} | {s['median_wall_s']:.2f} | {_fmt_int(s['rows_per_s'])} | {s['peak_rss_mb']:.0f} "
+                f"| {s['archive_bytes']:,} | {s['objects']} | {s['median_cpu_s']:.1f} |"
+            )
+        r = size["throughput_ratios"]
+        for mine in [c for c in size["contestants"] if c not in ("limit", "pandas")]:
+            mine_ratios = {k.split("_vs_")[1]: v for k, v in r.items() if k.startswith(mine + "_vs_")}
+            if mine_ratios:
+                ratio_lines.append(
+                    f"- {int(n):,} rows: {mine} throughput = "
+                    + ", ".join(f"{v:.2f} x {peer}" for peer, v in mine_ratios.items())
+                )
+        for c, s in size["contestants"].items():
+            if "warning" in s:
+                ratio_lines.append(f"- WARNING {int(n):,} rows, {c}: {s['warning']}")
+            if "median_steps_s" in s:
+                ratio_lines.append(
+                    f"- {int(n):,} rows: {c} steps (median s): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in s["median_steps_s"].items())
+                )
+    lines += ["", *ratio_lines]
+    targets = report["summary"]["targets"]
+    if targets:
+        lines += [
+            "",
+            "Targets: "
+            + "; ".join(
+                f"{k} {v['value']:.2f} ({v['target']}: {'met' if v['met'] else 'NOT met'})" for k, v in targets.items()
+            ),
+        ]
+    parse = report.get("parse_time")
+    if parse:
+        lines += [
+            "",
+            f"DAG parse time, fresh interpreter per file (interpreter + `import airflow.sdk` baseline "
+            f"{parse['baseline_interpreter_and_airflow_sdk_s']:.2f} s, of which airflow.sdk "
+            f"{parse['airflow_sdk_import_s']:.2f} s):",
+            "",
+            "| DAG file | parse s (after airflow.sdk) | process - baseline s | target < 0.3 s |",
+            "|---|---:|---:|---|",
+        ]
+        for name, f in parse["files"].items():
+            lines.append(
+                f"| {name} | {f['parse_s']:.3f} | {f['process_minus_baseline_s']:.3f} "
+                f"| {'met' if f['parse_s'] < TARGETS['parse_s'] else 'NOT met'} |"
+            )
+        lines += [""] + [f"- import {k}: {v:.3f} s" for k, v in parse["modules"].items()]
+        if parse.get("slowest_file_heaviest_imports_s"):
+            lines.append(
+                f"- heaviest imports of {parse['slowest_file']} beyond the baseline (cumulative s): "
+                + ", ".join(f"{mod} {s:.3f}" for mod, s in parse["slowest_file_heaviest_imports_s"][:6])
+            )
+    full = report.get("full_run")
+    if full:
+        lines.append("")
+        if "skipped" in full:
+            lines.append(f"Full daily run: skipped ({full['skipped']}).")
+        else:
+            lines += [
+                f"Full daily run, {full['customers']:,} customers generated by tools/seed.py "
+                f"({sum(full['seeded_rows'].values()):,} rows, seeded in {full['seed_s']:.0f} s), "
+                f"logical date {full['logical_date']}:",
+                "",
+                "| purpose | wall s | rows deleted | objects | archive bytes | peak RSS MiB |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            for p in full["purposes"]:
+                lines.append(
+                    f"| {p['purpose']} | {p['wall_s']:.1f} | {p['deleted']:,} | {p['objects']} "
+                    f"| {p['archive_bytes']:,} | {p['peak_rss_mb']:.0f} |"
+                )
+            lines.append(f"| **total** | {full['total_s']:.1f} | {full['total_deleted']:,} | | | |")
+    profile = report.get("profile")
+    if profile:
+        lines += [
+            "",
+            f"Engine profile at {profile['rows']:,} rows ({profile['wall_s']:.1f} s under cProfile; "
+            f"{profile['stats_file']}), time per step:",
+            "",
+        ]
+        lines += [
+            f"- {k}: {v['s']:.2f} s in {v['calls']} calls"
+            for k, v in sorted(profile["phases"].items(), key=lambda kv: -kv[1]["s"])
+        ]
+    lines += ["", f"Whole bench: {report['bench_s']:.0f} s (target < {TARGETS['bench_s']} s)."]
+    return "\n".join(lines)
+
+
+def profile_summary(stats_file: Path, top: int = 25) -> str:
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(stats_file), stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    from retention.periods import cutoff
+    from retention.policy import default_policy, rule_sql_path
+    from retention.schema import apply_schema
+
+    from bench import data, full_run, parse_time
+    from bench import stack as bench_stack
+
+    policy = default_policy()
+    rule = policy.purpose("quotes").rules[0]
+    sql_file = rule_sql_path("quotes", rule)
+    if args.engine_plugins:  # the same rule SQL as the engine measured
+        sql_file = args.engine_plugins.parent / sql_file.relative_to(REPO_ROOT)
+    rule_sql = sql_file.read_text(encoding="utf-8").strip().rstrip(";")
+    engine_plugins = str(args.engine_plugins) if args.engine_plugins else None
+    logical_date = LOGICAL_DATE.astimezone(dt.UTC)
+    quotes_cutoff = cutoff(logical_date, rule.live, policy.tz)
+    runs: list[dict] = []
+    datasets: dict = {}
+    report: dict = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": {
+            "rows": args.rows,
+            "repeat": args.repeat,
+            "batch_size": args.batch_size,
+            "contestants": args.contestants,
+            "logical_date": logical_date.isoformat(),
+            "cutoff": quotes_cutoff.isoformat(),
+            "seed": args.seed,
+        },
+        "source": source_state(),
+    }
+    log("starting PostgreSQL and the S3 server")
+    stack = bench_stack.start()
+    try:
+        apply_schema(stack.dsn)
+        report["versions"] = versions(stack.dsn)
+        workdir = stack.root / "work"
+        workdir.mkdir()
+        for n in args.rows:
+            log(f"building {n:,} expired quotes")
+            ds = data.build_template(stack.dsn, n, quotes_cutoff, logical_date, seed=args.seed)
+            count, digest = data.expected_ids_digest(stack.dsn)
+            expected = {"rows": n, "total": ds.total, "ids_sha256": digest}
+            if count != n:
+                raise BenchError(f"template holds {count} due rows, expected {n}")
+            datasets[str(n)] = {
+                "due": ds.due,
+                "held": ds.held,
+                "recent": ds.recent,
+                "total": ds.total,
+                "build_s": round(ds.build_s, 1),
+                "due_ids_sha256": digest,
+            }
+            log(f"built in {ds.build_s:.0f} s ({ds.total:,} rows: {ds.held} held and {ds.recent:,} recent kept)")
+            for repeat in range(args.repeat):
+                order = (
+                    args.contestants[repeat % len(args.contestants) :]
+                    + args.contestants[: repeat % len(args.contestants)]
+                )
+                for contestant in order:
+                    restore_s = data.restore(stack.dsn)
+                    tag = f"{contestant}-{n}-{repeat}".replace("_", "-").lower()  # a valid bucket name
+                    archive, documents = stack.fresh_buckets(tag)
+                    spec = {
+                        "contestant": contestant,
+                        "dsn": stack.dsn,
+                        "s3_endpoint": stack.s3_endpoint,
+                        "kind": "engine" if contestant in args.candidates else contestant,
+                        "plugins": args.candidates.get(contestant, engine_plugins),
+                        "archive_bucket": archive,
+                        "documents_bucket": documents,
+                        "logical_date": logical_date.isoformat(),
+                        "cutoff": quotes_cutoff.isoformat(),
+                        "rule_sql": rule_sql,
+                        "batch_size": args.batch_size,
+                        "workdir": str(workdir),
+                        "run_id": f"bench__{tag}",
+                    }
+                    result = run_child(spec)
+                    result["checks"] = verify(stack, spec, result, expected)
+                    result.update(rows=n, repeat=repeat, restore_s=restore_s)
+                    runs.append(result)
+                    log(
+                        f"{contestant:6} {n:>9,} rows  run {repeat + 1}/{args.repeat}: {result['wall_s']:6.2f} s, "
+                        f"peak RSS {result['peak_rss_mb']:.0f} MiB, {result['archive_bytes']:,} bytes, "
+                        f"checks {'ok' if result['checks']['ok'] else 'FAILED ' + json.dumps(result['checks'])}"
+                    )
+        if args.profile and "engine" in args.contestants:
+            n = max(args.rows)
+            if args.rows[-1] != n:
+                data.build_template(stack.dsn, n, quotes_cutoff, logical_date, seed=args.seed)
+            data.restore(stack.dsn)
+            archive, documents = stack.fresh_buckets("profile")
+            stats_file = args.out.resolve().parent / f"profile-engine-{n}.pstats"
+            stats_file.parent.mkdir(parents=True, exist_ok=True)
+            spec = {
+                "contestant": "engine",
+                "dsn": stack.dsn,
+                "s3_endpoint": stack.s3_endpoint,
+                "archive_bucket": archive,
+                "documents_bucket": documents,
+                "logical_date": logical_date.isoformat(),
+                "cutoff": quotes_cutoff.isoformat(),
+                "rule_sql": rule_sql,
+                "batch_size": args.batch_size,
+                "workdir": str(workdir),
+                "run_id": "bench__profile",
+                "plugins": engine_plugins,
+                "profile": str(stats_file),
+                "phases": True,
+            }
+            log(f"profiling the engine at {n:,} rows")
+            result = run_child(spec)
+            text = profile_summary(stats_file)
+            stats_file.with_suffix(".txt").write_text(text)
+            report["profile"] = {
+                "rows": n,
+                "wall_s": result["wall_s"],
+                "phases": result["phases"],
+                "stats_file": str(stats_file),
+                "summary_file": str(stats_file.with_suffix(".txt")),
+            }
+        if not args.skip_parse:
+            log("measuring DAG parse times")
+            report["parse_time"] = parse_time.measure(stack.root / "airflow-home", repeat=args.repeat)
+        if not args.skip_full_run:
+            report["full_run"] = full_run.run(
+                stack, args.full_run_customers, logical_date, args.batch_size, run_child, log, engine_plugins
+            )
+    finally:
+        log("stopping PostgreSQL and the S3 server")
+        bench_stack.stop(stack)
+    report["datasets"] = datasets
+    report["runs"] = runs
+    report["summary"] = summarize(runs, args.rows, args.contestants)
+    report["bench_s"] = time.perf_counter() - started
+    report["all_checks_ok"] = all(r["checks"]["ok"] for r in runs)
+    text = markdown(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    args.out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return report
+
+
+def cli() -> None:
+    try:
+        report = main()
+    except BenchError as exc:
+        sys.exit(f"bench failed: {exc}")
+    if not report["all_checks_ok"]:
+        sys.exit("bench failed: a contestant did not archive and delete exactly the due rows (see the JSON report)")
+
+
+if __name__ == "__main__":
+    cli()
