@@ -161,21 +161,31 @@ class RetentionEngine:
         return outcomes
 
     def _count_rule(self, conn: psycopg.Connection, rule: Rule, logical_date: dt.datetime) -> RuleOutcome:
+        return self._count_rule_and_exceptions(conn, rule, logical_date)[0]
+
+    def _count_rule_and_exceptions(
+        self, conn: psycopg.Connection, rule: Rule, logical_date: dt.datetime
+    ) -> tuple[RuleOutcome, list[tuple[bool, list[int]]]]:
+        """One pass of the rule: counts per (held, waiting_for), and the ids of the rows kept
+        (held or waiting) for the audit log; the due ids themselves are never aggregated."""
         query = sql.SQL(
             "SELECT due.held, due.waiting_for, count(*), "
-            "(array_agg(due.id ORDER BY due.id))[1:{n}] "
+            "array_agg(due.id ORDER BY due.id) FILTER (WHERE due.held OR due.waiting_for IS NOT NULL) "
             "FROM ({rule}) AS due GROUP BY 1, 2"
-        ).format(rule=self.rule_sql(rule), n=sql.Literal(MAX_IDS_IN_LOG))
+        ).format(rule=self.rule_sql(rule))
         outcome = RuleOutcome(rule.name, rule.table, rule.tier)
+        exceptions = []
         for held, waiting_for, count, ids in conn.execute(query, self.rule_params(rule, logical_date)):
             outcome.due += count
             if held:
                 outcome.held += count
-                outcome.held_ids += ids
+                outcome.held_ids += ids[:MAX_IDS_IN_LOG]
+                exceptions.append((True, ids))
             elif waiting_for:
                 outcome.waiting[waiting_for] = outcome.waiting.get(waiting_for, 0) + count
-                outcome.waiting_ids += ids
-        return outcome
+                outcome.waiting_ids += ids[:MAX_IDS_IN_LOG]
+                exceptions.append((False, ids))
+        return outcome, exceptions
 
     def table_sizes(self, tables: list[str]) -> dict[str, int]:
         with self._connect(autocommit=True) as conn:
@@ -222,9 +232,9 @@ class RetentionEngine:
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def _run_rule(self, control, intents, reader, rule: Rule, ctx: RunContext) -> RuleOutcome:
-        outcome = self._count_rule(control, rule, ctx.logical_date)
+        outcome, exceptions = self._count_rule_and_exceptions(control, rule, ctx.logical_date)
         control.commit()
-        self._audit_exceptions(control, rule, ctx, outcome)
+        self._audit_exceptions(control, rule, ctx, exceptions)
         after_id = 0
         while True:
             with control.transaction():
@@ -438,17 +448,12 @@ class RetentionEngine:
                 )
         outcome.deleted += deleted
 
-    def _audit_exceptions(self, control, rule: Rule, ctx: RunContext, outcome: RuleOutcome) -> None:
+    def _audit_exceptions(self, control, rule: Rule, ctx: RunContext, exceptions: list[tuple[bool, list[int]]]) -> None:
         """Held and waiting rows are kept and reported (ids only) in the audit log."""
-        query = sql.SQL(
-            "SELECT held, waiting_for, array_agg(id ORDER BY id) FROM ({rule}) AS due"
-            " WHERE held OR waiting_for IS NOT NULL GROUP BY 1, 2"
-        ).format(rule=self.rule_sql(rule))
-        rows = control.execute(query, self.rule_params(rule, ctx.logical_date)).fetchall()
-        for held, _waiting_for, ids in rows:
+        for held, ids in exceptions:
             control.execute(
                 "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
-                " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::bigint[])",
                 (
                     ctx.run_id,
                     ctx.logical_date,
@@ -457,7 +462,7 @@ class RetentionEngine:
                     rule.table,
                     "held" if held else "waiting",
                     len(ids),
-                    ids,
+                    _id_array(ids),
                 ),
             )
         control.commit()
