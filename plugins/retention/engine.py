@@ -401,21 +401,15 @@ class RetentionEngine:
                 )
                 if cur.rowcount != 1:
                     raise RetentionError(f"manifest row {manifest_id} is no longer 'uploading'; rolled back")
-                cur.execute(
-                    "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
-                    " record_count, byte_count, object_key, record_ids)"
-                    " VALUES (%s, %s, %s, %s, %s, 'archived_and_deleted', %s, %s, %s, %s::bigint[])",
-                    (
-                        ctx.run_id,
-                        ctx.logical_date,
-                        self.purpose_name,
-                        rule.name,
-                        rule.table,
-                        len(record_ids),
-                        verified.size,
-                        verified.key,
-                        _id_array(record_ids),
-                    ),
+                self._audit(
+                    cur,
+                    ctx,
+                    rule.name,
+                    rule.table,
+                    "archived_and_deleted",
+                    record_ids,
+                    key=verified.key,
+                    byte_count=verified.size,
                 )
                 disposals += [
                     (rule.table, record_id, src, target)
@@ -424,19 +418,7 @@ class RetentionEngine:
             archived_ids = {i for _, _, record_ids, _, _ in manifest for i in record_ids}
             unarchived = [i for i in ids if i not in archived_ids]
             if unarchived:
-                cur.execute(
-                    "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
-                    " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, 'deleted', %s, %s::bigint[])",
-                    (
-                        ctx.run_id,
-                        ctx.logical_date,
-                        self.purpose_name,
-                        rule.name,
-                        rule.table,
-                        len(unarchived),
-                        _id_array(unarchived),
-                    ),
-                )
+                self._audit(cur, ctx, rule.name, rule.table, "deleted", unarchived)
             if disposals:
                 cur.executemany(
                     "INSERT INTO retention.document_disposals (run_id, purpose, table_name, record_id, bucket,"
@@ -451,20 +433,7 @@ class RetentionEngine:
     def _audit_exceptions(self, control, rule: Rule, ctx: RunContext, exceptions: list[tuple[bool, list[int]]]) -> None:
         """Held and waiting rows are kept and reported (ids only) in the audit log."""
         for held, ids in exceptions:
-            control.execute(
-                "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
-                " record_count, record_ids) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::bigint[])",
-                (
-                    ctx.run_id,
-                    ctx.logical_date,
-                    self.purpose_name,
-                    rule.name,
-                    rule.table,
-                    "held" if held else "waiting",
-                    len(ids),
-                    _id_array(ids),
-                ),
-            )
+            self._audit(control, ctx, rule.name, rule.table, "held" if held else "waiting", ids)
         control.commit()
 
     # ------------------------------------------------------------------ after commit / recovery
@@ -519,11 +488,7 @@ class RetentionEngine:
                 control.execute(
                     "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s", (manifest_id,)
                 )
-                control.execute(
-                    "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
-                    " record_count, object_key) VALUES (%s, %s, %s, %s, %s, 'orphan_removed', %s, %s)",
-                    (ctx.run_id, ctx.logical_date, self.purpose_name, rule_name, table, len(record_ids), key),
-                )
+                self._audit(control, ctx, rule_name, table, "orphan_removed", len(record_ids), key=key)
         unlocked = control.execute(
             "SELECT object_key, document_keys, purge_after FROM retention.archive_manifest"
             " WHERE purpose = %s AND state = 'committed' AND locked_until IS NULL AND purge_after > now()"
@@ -573,7 +538,8 @@ class RetentionEngine:
                     report["held_objects"] += 1
                     report["held_keys"].append(key)
                     if not ctx.dry_run:
-                        self._audit(control, ctx, rule_name, table, "object_purge_held", row_count, key)
+                        self._audit(control, ctx, rule_name, table, "object_purge_held", row_count, key=key)
+                        control.commit()
                     continue
                 report["purged_objects"] += 1
                 report["purged_records"] += row_count
@@ -587,20 +553,43 @@ class RetentionEngine:
                         " WHERE id = %s",
                         (ctx.run_id, manifest_id),
                     )
-                    self._audit(control, ctx, rule_name, table, "object_purged", row_count, key, commit=False)
+                    self._audit(control, ctx, rule_name, table, "object_purged", row_count, key=key)
             control.commit()
         report["by_table"] = dict(by_table)
         report["held_keys"] = report["held_keys"][:MAX_IDS_IN_LOG]
         return report
 
-    def _audit(self, control, ctx, rule_name, table, action, count, key, commit: bool = True) -> None:
-        control.execute(
+    def _audit(
+        self,
+        conn,
+        ctx: RunContext,
+        rule_name: str,
+        table: str,
+        action: str,
+        records: int | list[int],
+        *,
+        key: str | None = None,
+        byte_count: int = 0,
+    ) -> None:
+        """One audit row, in the caller's transaction: ``records`` is a count, or the ids themselves."""
+        ids = records if isinstance(records, list) else None
+        conn.execute(
             "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
-            " record_count, object_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (ctx.run_id, ctx.logical_date, self.purpose_name, rule_name, table, action, count, key),
+            " record_count, byte_count, object_key, record_ids)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[])",
+            (
+                ctx.run_id,
+                ctx.logical_date,
+                self.purpose_name,
+                rule_name,
+                table,
+                action,
+                len(ids) if ids is not None else records,
+                byte_count,
+                key,
+                _id_array(ids) if ids is not None else None,
+            ),
         )
-        if commit:
-            control.commit()
 
 
 # ---------------------------------------------------------------------- Arrow / Parquet
