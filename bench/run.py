@@ -481,6 +481,16 @@ def main(argv: list[str] | None = None) -> dict:
         report["versions"] = versions(stack.dsn)
         workdir = stack.root / "work"
         workdir.mkdir()
+        # What every contestant's child process gets; each run adds its own buckets and run id.
+        common_spec = {
+            "dsn": stack.dsn,
+            "s3_endpoint": stack.s3_endpoint,
+            "logical_date": logical_date.isoformat(),
+            "cutoff": quotes_cutoff.isoformat(),
+            "rule_sql": rule_sql,
+            "batch_size": args.batch_size,
+            "workdir": str(workdir),
+        }
         for n in args.rows:
             log(f"building {n:,} expired quotes")
             ds = data.build_template(stack.dsn, n, quotes_cutoff, logical_date, seed=args.seed)
@@ -506,19 +516,12 @@ def main(argv: list[str] | None = None) -> dict:
                     restore_s = data.restore(stack.dsn)
                     tag = f"{contestant}-{n}-{repeat}".replace("_", "-").lower()  # a valid bucket name
                     archive, documents = stack.fresh_buckets(tag)
-                    spec = {
+                    spec = common_spec | {
                         "contestant": contestant,
-                        "dsn": stack.dsn,
-                        "s3_endpoint": stack.s3_endpoint,
                         "kind": "engine" if contestant in args.candidates else contestant,
                         "plugins": args.candidates.get(contestant, engine_plugins),
                         "archive_bucket": archive,
                         "documents_bucket": documents,
-                        "logical_date": logical_date.isoformat(),
-                        "cutoff": quotes_cutoff.isoformat(),
-                        "rule_sql": rule_sql,
-                        "batch_size": args.batch_size,
-                        "workdir": str(workdir),
                         "run_id": f"bench__{tag}",
                     }
                     result = run_child(spec)
@@ -538,17 +541,10 @@ def main(argv: list[str] | None = None) -> dict:
             archive, documents = stack.fresh_buckets("profile")
             stats_file = args.out.resolve().parent / f"profile-engine-{n}.pstats"
             stats_file.parent.mkdir(parents=True, exist_ok=True)
-            spec = {
+            spec = common_spec | {
                 "contestant": "engine",
-                "dsn": stack.dsn,
-                "s3_endpoint": stack.s3_endpoint,
                 "archive_bucket": archive,
                 "documents_bucket": documents,
-                "logical_date": logical_date.isoformat(),
-                "cutoff": quotes_cutoff.isoformat(),
-                "rule_sql": rule_sql,
-                "batch_size": args.batch_size,
-                "workdir": str(workdir),
                 "run_id": "bench__profile",
                 "plugins": engine_plugins,
                 "profile": str(stats_file),
