@@ -43,6 +43,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
     airflow_home = state / "airflow"
     airflow_home.mkdir()
+    # The shipped policy runs every purpose in preview; the tests exercise enforcement, so they
+    # read the same schedule switched to enforce (tests of preview point back at the shipped file).
+    from retention.paths import POLICY_FILE
+
+    enforced_policy = state / "retention_policy.enforce.yaml"
+    enforced_policy.write_text(
+        POLICY_FILE.read_text(encoding="utf-8").replace("mode: preview", "mode: enforce"), encoding="utf-8"
+    )
     source = {
         "conn_type": "postgres",
         "host": "127.0.0.1",
@@ -73,6 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "AWS_ACCESS_KEY_ID": devstack.S3_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": devstack.S3_SECRET_KEY,
             "AWS_DEFAULT_REGION": devstack.S3_REGION,
+            "RETENTION_POLICY_FILE": str(enforced_policy),
             "RETENTION_TEST_SOURCE_DSN": pg.dsn(devstack.SOURCE_DB),
             "RETENTION_TEST_S3_ENDPOINT": s3.endpoint_url,
             "NO_PROXY": "127.0.0.1,localhost",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from retention.policy import default_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
@@ -57,7 +58,8 @@ def test_dag_house_rules(path):
     assert dag.dag_id == path.stem
     assert dag.owner == "data-protection"
     assert {"retention", dag.dag_id.removeprefix("retention_")} <= set(dag.tags)
-    assert len(dag.tags) == 3  # retention, the purpose, the legal basis
+    assert len(dag.tags) == 4  # retention, the purpose, the legal basis, the mode
+    assert f"mode:{default_policy().purpose(dag.dag_id.removeprefix('retention_')).mode}" in dag.tags
     assert dag.doc_md and "Finalité" in dag.doc_md and "Base légale" in dag.doc_md
     assert dag.catchup is False
     assert dag.max_active_runs == 1

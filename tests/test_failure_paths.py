@@ -8,13 +8,30 @@ import threading
 import psycopg
 import pytest
 from retention.archive_store import ArchiveStorageError, ArchiveStore
-from retention.engine import FAULT_ENV, InjectedFault, PurposeLockedError, RetentionEngine, RunContext
+from retention.engine import PurposeLockedError, RetentionEngine, RunContext
 
 from tests import factories as f
 from tests import scenarios
 from tests.outcome import archived_rows_by_table, assert_scenario_outcome
 
 pytestmark = pytest.mark.integration
+
+
+class InjectedFault(RuntimeError):
+    """A crash at a named step of the protocol, injected by monkeypatching the step."""
+
+
+def crash_at(engine, method: str, *, after: bool = False):
+    """Make ``engine.<method>`` crash (before it runs, or after it returned); returns the undo."""
+    original = getattr(engine, method)
+
+    def crashing(*args, **kwargs):
+        if after:
+            original(*args, **kwargs)
+        raise InjectedFault(f"crash {'after' if after else 'before'} {method}")
+
+    setattr(engine, method, crashing)
+    return lambda: delattr(engine, method)
 
 
 def engine_for(policy, purpose, source_dsn, s3, storage, **kw) -> RetentionEngine:
@@ -39,14 +56,14 @@ def test_crash_between_upload_and_delete_loses_nothing_and_rerun_does_not_duplic
     engine = engine_for(policy, purpose, source_dsn, s3, storage)
     ctx = RunContext(purpose, "scheduled__crash", scenario.logical_date, batch_size=1)
 
-    monkeypatch.setenv(FAULT_ENV, "after_upload")
+    undo = crash_at(engine, "_delete_rows")  # uploaded and verified, not yet deleted
     with pytest.raises(InjectedFault):
         engine.archive_and_delete(ctx)
     assert {t: f.ids(db, t) for t in before} == before, "the source must be intact after the crash"
     orphans = db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone()[0]
     assert orphans >= 1 and all_versions(s3, storage.archive_bucket), "the crash happened after an upload"
 
-    monkeypatch.delenv(FAULT_ENV)
+    undo()
     engine.archive_and_delete(ctx)  # the task's retry: same run id
     assert_scenario_outcome(db, s3, storage, policy, scenario)
     states = dict(db.execute("SELECT state, count(*) FROM retention.archive_manifest GROUP BY state").fetchall())
@@ -64,12 +81,12 @@ def test_crash_between_upload_and_delete_loses_nothing_and_rerun_does_not_duplic
 def test_crash_after_commit_finishes_file_disposal_on_the_next_run(db, s3, storage, policy, source_dsn, monkeypatch):
     scenario = scenarios.job_applications(db, s3, storage)
     engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
-    monkeypatch.setenv(FAULT_ENV, "after_commit")
+    undo = crash_at(engine, "_finish_commit")
     with pytest.raises(InjectedFault):
         engine.archive_and_delete(RunContext("job_applications", "r1", scenario.logical_date))
     pending = db.execute("SELECT count(*) FROM retention.document_disposals WHERE disposed_at IS NULL").fetchone()[0]
     assert pending == 1, "the CV of the committed batch is still to be deleted"
-    monkeypatch.delenv(FAULT_ENV)
+    undo()
     engine.archive_and_delete(RunContext("job_applications", "r1", scenario.logical_date))
     assert_scenario_outcome(db, s3, storage, policy, scenario)
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
-from retention.periods import cutoff, local_midnight
-from retention.policy import Rule, default_policy, rule_sql_path
+from retention.periods import local_midnight
+from retention.planner import Planner
+from retention.policy import Rule, default_policy
 from retention.schema import apply_schema
 
 from tools.seed import ENFORCED_UNTIL_DAYS_BEFORE, TABLES, seed_database
@@ -87,9 +88,9 @@ class Selected:
 def select_due(dsn: str, purpose: str, rule: Rule, day: dt.date) -> list[Selected]:
     """What the rule's SQL selects for the run whose logical date is Paris midnight of ``day``."""
     logical_date = local_midnight(day, TZ)
-    params = {"cutoff": cutoff(logical_date, rule.live, TZ), "logical_date": logical_date}
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute(rule_sql_path(purpose, rule).read_text(encoding="utf-8"), params).fetchall()
+        planner = Planner.load(conn, default_policy(), purpose)
+        rows = conn.execute(planner.select(rule), planner.params(logical_date)).fetchall()
     return [Selected(*row) for row in rows]
 
 

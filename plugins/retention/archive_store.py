@@ -136,14 +136,15 @@ class ArchiveStore:
             )
         return VerifiedObject(key, put.get("VersionId"), len(body), digest.hex())
 
-    def copy_documents(self, pairs: list[tuple[str, str]], storage_class: str) -> None:
-        """Copy (source key -> archive key) from the documents bucket, verified by size/ETag."""
+    def copy_documents(self, pairs: list[tuple[str, str]], storage_class: str) -> list[str | None]:
+        """Copy (source key -> archive key) from the documents bucket, verified by size/ETag;
+        returns the version id of each archive copy (what gets locked)."""
 
-        def copy(pair: tuple[str, str]) -> None:
+        def copy(pair: tuple[str, str]) -> str | None:
             source, target = pair
             try:
                 head = self.client.head_object(Bucket=self.documents_bucket, Key=source)
-                self.client.copy_object(
+                result = self.client.copy_object(
                     Bucket=self.archive_bucket,
                     Key=target,
                     StorageClass=storage_class,
@@ -151,27 +152,43 @@ class ArchiveStore:
                     CopySource={"Bucket": self.documents_bucket, "Key": source},
                     ChecksumAlgorithm="SHA256",
                 )
-                copied = self.client.head_object(Bucket=self.archive_bucket, Key=target)
+                version = result.get("VersionId")
+                copied = self.client.head_object(
+                    Bucket=self.archive_bucket, Key=target, **({"VersionId": version} if version else {})
+                )
             except Exception as exc:
                 raise ArchiveStorageError(
                     f"copy of document {source!r} into the archive failed: {_describe(exc)}"
                 ) from exc
             if copied["ContentLength"] != head["ContentLength"] or copied.get("ETag") != head.get("ETag"):
                 raise ArchiveStorageError(f"archive copy of document {source!r} does not match its source")
+            return version
 
-        self._parallel(copy, pairs)
+        return self._parallel(copy, pairs)
 
-    def apply_lock(self, keys: Iterable[str], retain_until: dt.datetime) -> None:
-        """COMPLIANCE retention until the purge date: nobody can delete before it."""
+    def apply_lock(self, versions: Iterable[tuple[str, str | None]], retain_until: dt.datetime) -> None:
+        """COMPLIANCE retention until the purge date on exactly these (key, version id): the
+        versions that were read back and recorded. The key's newest version may be another
+        object written since (an overwrite must not leave the real archive unlocked)."""
 
-        def lock(key: str) -> None:
+        def lock(item: tuple[str, str | None]) -> None:
+            key, version = item
             self.client.put_object_retention(
                 Bucket=self.archive_bucket,
                 Key=key,
+                **({"VersionId": version} if version else {}),
                 Retention={"Mode": "COMPLIANCE", "RetainUntilDate": retain_until},
             )
 
-        self._parallel(lock, list(keys))
+        self._parallel(lock, list(versions))
+
+    def locked_until(self, key: str, version: str | None) -> tuple[str | None, dt.datetime | None]:
+        """(lock mode, retain-until) of one version, read from HEAD (S3 servers differ on
+        GetObjectRetention; HEAD carries both)."""
+        head = self.client.head_object(
+            Bucket=self.archive_bucket, Key=key, **({"VersionId": version} if version else {})
+        )
+        return head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
 
     def delete_all_versions(self, keys: Iterable[str]) -> None:
         """Really delete archive objects: every version, not just a delete marker."""
@@ -199,12 +216,9 @@ class ArchiveStore:
                     f"{len(errors)} document deletes failed, first: {errors[0].get('Key')!r} {errors[0].get('Code')}"
                 )
 
-    def _parallel(self, fn, items: list) -> None:
-        if not items:
-            return
-        if len(items) == 1:
-            fn(items[0])
-            return
+    def _parallel(self, fn, items: list) -> list:
+        """fn over items, 8 at a time; results in order; the first error is raised."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=min(_S3_THREADS, len(items))) as pool:
-            for _ in pool.map(fn, items):
-                pass
+            return list(pool.map(fn, items))

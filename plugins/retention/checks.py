@@ -32,8 +32,10 @@ import psycopg
 from psycopg import sql
 
 from retention.archive_store import ArchiveStore
-from retention.engine import RetentionEngine, RetentionError, RunContext
+from retention.engine import RetentionError, RunContext
+from retention.holds import covered_records_sql, object_covered
 from retention.periods import local_date, local_midnight
+from retention.planner import Planner
 from retention.policy import Policy, Purpose
 
 log = logging.getLogger(__name__)
@@ -310,18 +312,19 @@ def run_after_gates(
     policy: Policy, purpose: str, dsn: str, store: ArchiveStore, ctx: RunContext, before: dict, archived: dict
 ) -> dict:
     """Validate the source and the archive after the run; raise QualityGateError on a failure."""
-    engine = RetentionEngine(policy, purpose, dsn, store)
     schema = policy.source_schema
     dry_run = ctx.dry_run or bool(archived.get("dry_run"))
     with _connect(dsn) as conn, _gx_sources(dsn) as (context, source):
-        results = _due_left_results(engine, conn, ctx, dry_run)
+        results = _due_left_results(Planner.load(conn, policy, purpose), conn, ctx, dry_run)
         deleted = _deleted_by_table(conn, ctx, purpose)
         elsewhere = _deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"))
         counts = row_count_checks(schema, before["table_rows"], before.get("table_max_id", {}), deleted, elsewhere)
         results += _with_task_figures(_validate_tables(source, f"{purpose}.after", counts), archived)
         results += _archive_object_results(conn, context, store, ctx, purpose)
+        if any(store.storage.tiers[r.tier].object_lock for r in policy.purpose(purpose).rules if r.archived):
+            results.append(_probative_versions_locked(conn, store, ctx, purpose))
         results.append(_manifest_matches_audit(conn, ctx, purpose))
-        results.append(_kept_beyond_purge(conn, ctx, purpose, dry_run))
+        results.append(_kept_beyond_purge(conn, policy, ctx, purpose, dry_run))
     report = _report("after", results)
     _log_summary(f"after-gate of {purpose} at {ctx.logical_date.isoformat()}", results)
     _raise_on_failures(
@@ -364,12 +367,14 @@ def _table_snapshot(conn, schema: str, tables: list[str]) -> dict:
 def _deletion_share_results(
     policy: Policy, purpose: str, dsn: str, ctx: RunContext, table_rows: dict, max_fraction: float
 ) -> list[dict]:
-    """The mass-deletion guard, from the engine's own plan (due - held - waiting per rule,
-    summed per table): the same SQL that selects the rows to delete. On a dry run it is
-    reported, not enforced (nothing will be deleted)."""
+    """The mass-deletion guard, from the planner's plan (due - held - waiting per rule, summed
+    per table): the same SQL that selects the rows to delete, projected over the run (a parent
+    whose children go earlier in the run counts). On a dry run it is reported, not enforced
+    (nothing will be deleted)."""
     deletable: Counter = Counter()
-    for outcome in RetentionEngine(policy, purpose, dsn, store=None).plan(ctx):
-        deletable[outcome.table] += outcome.due - outcome.held - sum(outcome.waiting.values())
+    with _connect(dsn) as conn:
+        for outcome in Planner.load(conn, policy, purpose).plan(conn, ctx.logical_date):
+            deletable[outcome.table] += outcome.deletable
     results = []
     for table, count in deletable.items():
         rows = table_rows[table]
@@ -405,18 +410,15 @@ def _percent(fraction: float) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _due_left_results(engine: RetentionEngine, conn, ctx: RunContext, dry_run: bool) -> list[dict]:
+def _due_left_results(planner: Planner, conn, ctx: RunContext, dry_run: bool) -> list[dict]:
     """Each rule's SQL at the logical date: no due row that is neither held nor waiting remains."""
     results = []
-    for rule in engine.purpose.rules:
-        table = f"{engine.schema}.{rule.table}"
+    for rule in planner.purpose.rules:
+        table = f"{planner.schema}.{rule.table}"
         if dry_run:
             results.append(_result("no_due_record_remains", table, None, rule=rule.name, skipped="dry run"))
             continue
-        query = sql.SQL("SELECT count(*) FROM ({rule}) AS due WHERE NOT due.held AND due.waiting_for IS NULL").format(
-            rule=engine.rule_sql(rule)
-        )
-        remaining = conn.execute(query, engine.rule_params(rule, ctx.logical_date)).fetchone()[0]
+        remaining = planner.remaining(conn, rule, ctx.logical_date)
         results.append(_result("no_due_record_remains", table, remaining == 0, rule=rule.name, remaining=remaining))
     return results
 
@@ -471,17 +473,17 @@ def _archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext,
     """Every object this run committed: re-read from S3, size / SHA-256 / Parquet rows against
     the manifest, then its ids validated with GX (in memory, one object at a time)."""
     manifest = conn.execute(
-        "SELECT table_name, bucket, object_key, sha256, byte_size, row_count, record_ids"
+        "SELECT table_name, bucket, object_key, version_id, sha256, byte_size, row_count, record_ids"
         " FROM retention.archive_manifest WHERE run_id = %s AND purpose = %s AND state = 'committed' ORDER BY id",
         (ctx.run_id, purpose),
     ).fetchall()
     frames = _frame_batch_definition(context) if manifest else None
     by_table: dict[str, _ArchiveTable] = defaultdict(_ArchiveTable)
-    for table, bucket, key, sha256, size, row_count, record_ids in manifest:
+    for table, bucket, key, version, sha256, size, row_count, record_ids in manifest:
         seen = by_table[table]
         seen.objects += 1
         seen.rows += row_count
-        ids, problems = _read_back(store.client, bucket, key, sha256, size, row_count)
+        ids, problems = _read_back(store.client, bucket, key, version, sha256, size, row_count)
         if problems:
             seen.mismatched.append(f"{key}: {'; '.join(problems)}")
         if ids is not None:
@@ -504,15 +506,21 @@ def _archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext,
     return results
 
 
-def _read_back(client, bucket: str, key: str, sha256: str | None, size: int | None, row_count: int):
-    """(the object's id column as a DataFrame, or None if unreadable; what differs from the manifest)."""
+def _read_back(
+    client, bucket: str, key: str, version: str | None, sha256: str | None, size: int | None, row_count: int
+):
+    """(the object's id column as a DataFrame, or None if unreadable; what differs from the manifest).
+    The manifest's version is read, not whatever the key points to now."""
     import pyarrow.parquet as pq
 
     try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = client.get_object(Bucket=bucket, Key=key, **({"VersionId": version} if version else {}))["Body"].read()
+        current = client.head_object(Bucket=bucket, Key=key).get("VersionId") if version else None
     except Exception as exc:  # botocore raises several unrelated classes
         return None, [f"cannot be read back ({type(exc).__name__})"]
     problems = []
+    if version and current != version:
+        problems.append("a newer version was written over the key after the archive (the manifest's version is intact)")
     if len(body) != size:
         problems.append(f"{len(body)} bytes, manifest says {size}")
     if hashlib.sha256(body).hexdigest() != sha256:
@@ -544,6 +552,37 @@ def _merge_object_results(per_object: list[list[dict]], objects: int) -> list[di
     return merged
 
 
+def _probative_versions_locked(conn, store: ArchiveStore, ctx: RunContext, purpose: str) -> dict:
+    """Each object of the run in a locked tier: the manifest's version (the one read back) is
+    under COMPLIANCE retention until at least its purge date."""
+    locked_prefixes = [t.prefix + "/" for t in store.storage.tiers.values() if t.object_lock]
+    if not locked_prefixes or not store.lock_supported():
+        return _result("probative_version_locked", "archive:probative", None, skipped="no Object Lock tier")
+    rows = conn.execute(
+        "SELECT object_key, version_id, purge_after FROM retention.archive_manifest"
+        " WHERE run_id = %s AND purpose = %s AND state = 'committed' AND purge_after > now()"
+        " AND split_part(object_key, '/', 1) || '/' = ANY(%s) ORDER BY id",
+        (ctx.run_id, purpose, locked_prefixes),
+    ).fetchall()
+    unlocked = []
+    for key, version, purge_after in rows:
+        try:
+            mode, until = store.locked_until(key, version)
+        except Exception as exc:  # botocore raises several unrelated classes
+            unlocked.append(f"{key}: cannot be read ({type(exc).__name__})")
+            continue
+        if mode != "COMPLIANCE" or until is None or until < purge_after:
+            unlocked.append(f"{key}@{version}: lock {mode or 'none'} until {until}, purge date {purge_after:%Y-%m-%d}")
+    return _result(
+        "probative_version_locked",
+        "archive:probative",
+        not unlocked,
+        objects=len(rows),
+        unlocked_objects=len(unlocked),
+        unlocked=unlocked[:MAX_LISTED],
+    )
+
+
 def _manifest_matches_audit(conn, ctx: RunContext, purpose: str) -> dict:
     manifest_rows, audit_rows = conn.execute(
         "SELECT (SELECT coalesce(sum(row_count), 0) FROM retention.archive_manifest"
@@ -561,17 +600,18 @@ def _manifest_matches_audit(conn, ctx: RunContext, purpose: str) -> dict:
     )
 
 
-def _kept_beyond_purge(conn, ctx: RunContext, purpose: str, dry_run: bool) -> dict:
+def _kept_beyond_purge(conn, policy: Policy, ctx: RunContext, purpose: str, dry_run: bool) -> dict:
     """No committed object of the purpose past its purge date, unless a legal hold keeps it
-    (those are reported). Skipped on a dry run, which purges nothing."""
+    (the purge's own test, retention.holds; those are reported). Skipped on a dry run."""
     if dry_run:
         return _result("no_archive_kept_beyond_purge_date", "retention.archive_manifest", None, skipped="dry run")
-    overdue, held, keys = conn.execute(
-        "SELECT count(*) FILTER (WHERE NOT held), count(*) FILTER (WHERE held),"
-        "       (array_agg(object_key ORDER BY purge_after) FILTER (WHERE NOT held))[1:%(n)s]"
-        " FROM (SELECT m.object_key, m.purge_after,"
-        "              EXISTS (SELECT 1 FROM retention.active_holds AS h"
-        "                      WHERE h.table_name = m.table_name AND h.record_id = ANY(m.record_ids)) AS held"
+    overdue, held, keys, unknown = conn.execute(
+        f"WITH covered AS ({covered_records_sql(policy)})"
+        " SELECT count(*) FILTER (WHERE NOT held), count(*) FILTER (WHERE held),"
+        "       (array_agg(object_key ORDER BY purge_after) FILTER (WHERE NOT held))[1:%(n)s],"
+        "       count(*) FILTER (WHERE NOT held AND owners_unknown)"
+        f" FROM (SELECT m.object_key, m.purge_after, {object_covered('m')} AS held,"
+        "              m.owner_ids IS NULL AS owners_unknown"
         "       FROM retention.archive_manifest AS m"
         "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND m.purge_after <= %(date)s) AS x",
         {"purpose": purpose, "date": ctx.logical_date, "n": MAX_LISTED},
@@ -583,6 +623,7 @@ def _kept_beyond_purge(conn, ctx: RunContext, purpose: str, dry_run: bool) -> di
         overdue_objects=overdue,
         kept_under_legal_hold=held,
         overdue_keys=keys or [],
+        **({"owners_not_recorded": unknown, "fix": "python -m retention.backfill_owners"} if unknown else {}),
     )
 
 

@@ -39,7 +39,16 @@ def doc_md(purpose_name: str, purpose: Purpose) -> str:
         f"{' ' + str(r.archive) if r.archive else ''} | {r.gone_after} | {r.description} |"
         for r in purpose.rules
     )
+    mode = (
+        "**Mode: PREVIEW.** Every run (scheduled, manual, backfill) reports exactly what an enforced run would "
+        "do and changes nothing. Switching to enforce is one line of `include/retention_policy.yaml` "
+        f"(`mode: enforce` under `{purpose_name}`), see the README."
+        if purpose.mode == "preview"
+        else "**Mode: ENFORCE.** Runs archive, delete and purge."
+    )
     return f"""# Retention: {purpose.title}
+
+{mode}
 
 > **Finalité (politique de confidentialité)** : {purpose.purpose_fr}
 >
@@ -60,7 +69,7 @@ are kept and reported; parents whose children are still kept wait and are report
 **Params**: `dry_run` (count and report only), `batch_size` (rows per transaction and per
 archive object), `max_delete_fraction` (mass-deletion guard: the run fails before deleting
 anything if a rule would delete a larger share of its table; raise it for one run if intended).
-Backfills use the cutoff of their own logical date.
+Backfills use the cutoff of their own logical date; a logical date in the future is refused.
 """
 
 
@@ -77,7 +86,7 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        tags=["retention", purpose_name, purpose.legal_basis],
+        tags=["retention", purpose_name, purpose.legal_basis, f"mode:{purpose.mode}"],
         default_args={"owner": OWNER, "retries": 2, "retry_delay": dt.timedelta(minutes=5)},
         params={
             "dry_run": Param(False, type="boolean", description="Count and report what would happen; change nothing."),

@@ -2,8 +2,10 @@
 
 For each rule of a purpose, in policy order (children before parents), in bounded batches:
 
-1. in a transaction, lock the next batch of due rows (``FOR UPDATE SKIP LOCKED``), then
-   re-run the rule's SQL on the locked ids to re-check expiry and legal holds;
+1. in a transaction, take the legal-hold table in SHARE mode (a hold placed meanwhile waits
+   for the commit, or was committed before and is seen), lock the next batch of due rows
+   (``FOR UPDATE SKIP LOCKED``) and the parent rows the rule reads (``FOR SHARE``), then
+   re-run the rule on the locked ids to re-check expiry, holds and waiting children;
 2. read those rows as Arrow (ADBC, binary protocol) and write one Parquet object per purge
    month, recorded first as an 'uploading' intent in the manifest, uploaded with a SHA-256
    checksum; files named by ``*_key`` columns are copied beside it;
@@ -11,7 +13,8 @@ For each rule of a purpose, in policy order (children before parents), in bounde
 4. delete exactly those rows, mark the manifest rows 'committed', write the audit rows and
    the pending file disposals, and commit: all in the one transaction.
 
-After the commit the source files are deleted and the probative objects locked. A crash at
+After the commit the probative objects are locked (the verified versions) and the source
+files are deleted, unless a row still in the source names them. A crash at
 any step leaves the source rows in place; the next run removes the orphan objects of
 'uploading' intents and finishes pending disposals and locks, so nothing is lost or
 archived twice. A per-purpose advisory lock keeps two runs of a purpose apart.
@@ -23,8 +26,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,13 +39,17 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
-from retention.periods import cutoff
-from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule, rule_sql_path
+from retention.holds import covered_records_sql, object_held, owners_of_rows
+from retention.planner import MAX_IDS_IN_LOG, Planner, RuleOutcome
+from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "RETENTION_FAULT_INJECTION"  # test-only: 'after_upload' or 'after_commit'
-MAX_IDS_IN_LOG = 20
+# A run whose logical date is later than now by more than this is refused (clock skew).
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+# How long a batch waits for a row lock (a parent row the application holds) before failing.
+BATCH_LOCK_TIMEOUT = "30s"
+LOCK_HOLDS = "LOCK TABLE retention.legal_holds IN SHARE MODE"
 
 
 class RetentionError(RuntimeError):
@@ -53,64 +60,61 @@ class PurposeLockedError(RetentionError):
     pass
 
 
-class InjectedFault(RuntimeError):
-    """Raised at a named step when RETENTION_FAULT_INJECTION asks for it (tests only)."""
+class FutureLogicalDateError(RetentionError):
+    pass
 
 
-def _fault_point(name: str) -> None:
-    if os.environ.get(FAULT_ENV) == name:
-        raise InjectedFault(f"fault injected at {name!r} ({FAULT_ENV})")
+class CommittedBatchError(RetentionError):
+    """A step after a batch's commit failed: the rows are archived and deleted; the next run
+    finishes the step (locks, file disposals)."""
+
+
+def refuse_future(logical_date: dt.datetime, now: dt.datetime | None = None) -> None:
+    """Airflow takes any logical date (trigger dialog, REST, `dags test`): a run dated in the
+    future would apply future cutoffs, deleting and purging before their time."""
+    now = now or dt.datetime.now(dt.UTC)
+    if logical_date > now + FUTURE_TOLERANCE:
+        raise FutureLogicalDateError(
+            f"logical date {logical_date.isoformat()} is after now ({now.isoformat(timespec='seconds')}): "
+            "a retention run acts as of its logical date, so a future date would delete and purge records "
+            "before their time. Nothing was changed; trigger the run with a logical date in the past."
+        )
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a run is: which purpose, for which logical date, under which run id."""
+    """What a run is: which purpose, for which logical date, under which run id.
+
+    ``dry_run`` is what the run does: the per-run param, or the purpose's preview mode."""
 
     purpose: str
     run_id: str
     logical_date: dt.datetime
     batch_size: int = DEFAULT_BATCH_SIZE
     dry_run: bool = False
+    mode: str = "enforce"
 
     def __post_init__(self) -> None:
         if self.logical_date.tzinfo is None:
             raise ValueError("logical_date must be timezone-aware")
         if not 1 <= self.batch_size <= 1_000_000:
             raise ValueError(f"batch_size must be between 1 and 1,000,000, got {self.batch_size}")
+        if self.mode not in ("preview", "enforce"):
+            raise ValueError(f"mode must be 'preview' or 'enforce', got {self.mode!r}")
 
 
 @dataclass
-class RuleOutcome:
-    """Counts of one rule in one run: what the report and XCom carry (no row contents)."""
+class Batch:
+    """One batch of one rule: what its transaction wrote, and what is left once it commits."""
 
-    rule: str
-    table: str
-    tier: str
-    due: int = 0
-    deleted: int = 0
-    held: int = 0
-    waiting: dict[str, int] = field(default_factory=dict)
-    objects: int = 0
-    archive_bytes: int = 0
-    documents: int = 0
-    held_ids: list[int] = field(default_factory=list)
-    waiting_ids: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {
-            "rule": self.rule,
-            "table": self.table,
-            "tier": self.tier,
-            "due": self.due,
-            "deleted": self.deleted,
-            "held": self.held,
-            "waiting": dict(self.waiting),
-            "objects": self.objects,
-            "archive_bytes": self.archive_bytes,
-            "documents": self.documents,
-            "held_ids": self.held_ids[:MAX_IDS_IN_LOG],
-            "waiting_ids": self.waiting_ids[:MAX_IDS_IN_LOG],
-        }
+    last_id: int
+    ids: list[int] = field(default_factory=list)
+    # (manifest id, verified object, record ids, [(record id, file key)], [(file key, archive key)], [doc version])
+    objects: list[tuple] = field(default_factory=list)
+    # (table, record id, file key, archive key or None): source files deleted after the commit
+    disposals: list[tuple] = field(default_factory=list)
+    # ([(archive key, version id)], retain until): Object Lock on exactly the verified versions
+    locks: list[tuple[list[tuple[str, str | None]], dt.datetime]] = field(default_factory=list)
 
 
 class RetentionEngine:
@@ -125,20 +129,9 @@ class RetentionEngine:
         self.lock_timeout = lock_timeout
         self.tz = policy.tz
         self.schema = policy.source_schema
-        # Filled while a batch is archived, flushed by _delete_rows in the batch's transaction.
-        self._pending_manifest: list = []
-        self._pending_disposals: list = []
+        self._planner: Planner | None = None
 
-    # ------------------------------------------------------------------ SQL helpers
-
-    def rule_sql(self, rule: Rule) -> sql.Composable:
-        return sql.SQL(rule_sql_path(self.purpose_name, rule).read_text(encoding="utf-8").strip().rstrip(";"))
-
-    def rule_params(self, rule: Rule, logical_date: dt.datetime) -> dict:
-        return {"cutoff": cutoff(logical_date, rule.live, self.tz), "logical_date": logical_date}
-
-    def _table(self, rule: Rule) -> sql.Composable:
-        return sql.Identifier(self.schema, rule.table)
+    # ------------------------------------------------------------------ connections, planner
 
     def _connect(self, autocommit: bool = False) -> psycopg.Connection:
         conn = psycopg.connect(self.dsn, autocommit=autocommit, application_name=f"retention:{self.purpose_name}")
@@ -150,42 +143,24 @@ class RetentionEngine:
             conn.commit()
         return conn
 
+    def planner(self, conn: psycopg.Connection) -> Planner:
+        if self._planner is None:
+            self._planner = Planner.load(conn, self.policy, self.purpose_name)
+            if not conn.autocommit:
+                conn.commit()
+        return self._planner
+
+    def previews(self, ctx: RunContext) -> bool:
+        """Nothing changes on a dry run, nor ever while the purpose is in preview mode."""
+        return ctx.dry_run or not self.purpose.enforced
+
     # ------------------------------------------------------------------ plan
 
     def plan(self, ctx: RunContext) -> list[RuleOutcome]:
-        """Counts per rule at the logical date, changing nothing (also the dry run)."""
-        outcomes = []
+        """What a run at the logical date does, per rule, changing nothing (also the preview)."""
+        refuse_future(ctx.logical_date)
         with self._connect(autocommit=True) as conn:
-            for rule in self.purpose.rules:
-                outcomes.append(self._count_rule(conn, rule, ctx.logical_date))
-        return outcomes
-
-    def _count_rule(self, conn: psycopg.Connection, rule: Rule, logical_date: dt.datetime) -> RuleOutcome:
-        return self._count_rule_and_exceptions(conn, rule, logical_date)[0]
-
-    def _count_rule_and_exceptions(
-        self, conn: psycopg.Connection, rule: Rule, logical_date: dt.datetime
-    ) -> tuple[RuleOutcome, list[tuple[bool, list[int]]]]:
-        """One pass of the rule: counts per (held, waiting_for), and the ids of the rows kept
-        (held or waiting) for the audit log; the due ids themselves are never aggregated."""
-        query = sql.SQL(
-            "SELECT due.held, due.waiting_for, count(*), "
-            "array_agg(due.id ORDER BY due.id) FILTER (WHERE due.held OR due.waiting_for IS NOT NULL) "
-            "FROM ({rule}) AS due GROUP BY 1, 2"
-        ).format(rule=self.rule_sql(rule))
-        outcome = RuleOutcome(rule.name, rule.table, rule.tier)
-        exceptions = []
-        for held, waiting_for, count, ids in conn.execute(query, self.rule_params(rule, logical_date)):
-            outcome.due += count
-            if held:
-                outcome.held += count
-                outcome.held_ids += ids[:MAX_IDS_IN_LOG]
-                exceptions.append((True, ids))
-            elif waiting_for:
-                outcome.waiting[waiting_for] = outcome.waiting.get(waiting_for, 0) + count
-                outcome.waiting_ids += ids[:MAX_IDS_IN_LOG]
-                exceptions.append((False, ids))
-        return outcome, exceptions
+            return self.planner(conn).plan(conn, ctx.logical_date)
 
     def table_sizes(self, tables: list[str]) -> dict[str, int]:
         with self._connect(autocommit=True) as conn:
@@ -197,13 +172,15 @@ class RetentionEngine:
     # ------------------------------------------------------------------ archive & delete
 
     def archive_and_delete(self, ctx: RunContext) -> list[RuleOutcome]:
-        """Archive then delete every due row of the purpose (nothing at all on a dry run)."""
-        if ctx.dry_run:
+        """Archive then delete every due row of the purpose (nothing at all in preview)."""
+        refuse_future(ctx.logical_date)
+        if self.previews(ctx):
             return self.plan(ctx)
         self.store.preflight()
         with self._connect() as control, self._connect(autocommit=True) as intents, adbc.connect(self.dsn) as reader:
             self._acquire_purpose_lock(control)
             try:
+                self.planner(control)
                 self.recover(control, ctx)
                 outcomes = [self._run_rule(control, intents, reader, rule, ctx) for rule in self.purpose.rules]
             finally:
@@ -232,35 +209,15 @@ class RetentionEngine:
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def _run_rule(self, control, intents, reader, rule: Rule, ctx: RunContext) -> RuleOutcome:
-        outcome, exceptions = self._count_rule_and_exceptions(control, rule, ctx.logical_date)
+        outcome, exceptions = self._planner.count(control, rule, ctx.logical_date)
         control.commit()
         self._audit_exceptions(control, rule, ctx, exceptions)
         after_id = 0
-        while True:
-            with control.transaction():
-                self._pending_manifest, self._pending_disposals = [], []  # nothing from a failed batch
-                locked = self._lock_batch(control, rule, ctx, after_id)
-                if not locked:
-                    break
-                after_id = locked[-1]
-                groups = self._recheck(control, rule, ctx, locked)
-                archived_ids: list[int] = []
-                pending_locks: list[tuple[list[str], dt.datetime]] = []
-                for purge_month, ids, purge_after in groups:
-                    # A backlog row whose archive period is already over at D is not archived
-                    # only to be purged: it is deleted like a row of tier 'none'.
-                    if rule.archived and purge_after > ctx.logical_date:
-                        keys = self._archive_group(intents, reader, rule, ctx, ids, purge_month, purge_after, outcome)
-                        pending_locks.append((keys, purge_after))
-                    else:
-                        self._dispose_unarchived(control, reader, rule, ctx, ids, outcome)
-                    archived_ids += ids
-                _fault_point("after_upload")
-                self._delete_rows(control, rule, ctx, archived_ids, outcome)
-            _fault_point("after_commit")
-            self._finish_commit(control, pending_locks)
+        while (batch := self._archive_batch(control, intents, reader, rule, ctx, after_id, outcome)) is not None:
+            after_id = batch.last_id
+            self._finish_commit(control, rule, batch, outcome)
         log.info(
-            "rule %s (%s): due=%d deleted=%d held=%d waiting=%s objects=%d bytes=%d documents=%d",
+            "rule %s (%s): due=%d deleted=%d held=%d waiting=%s objects=%d bytes=%d documents=%d kept_shared=%d",
             rule.name,
             rule.table,
             outcome.due,
@@ -270,43 +227,56 @@ class RetentionEngine:
             outcome.objects,
             outcome.archive_bytes,
             outcome.documents,
+            outcome.documents_kept_shared,
         )
         return outcome
 
+    def _archive_batch(self, control, intents, reader, rule, ctx, after_id, outcome) -> Batch | None:
+        """Steps 1-4 of the protocol for the next batch, in one transaction; None when done."""
+        with control.transaction():
+            control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+            # A hold placed from now on waits for this commit; one committed before is seen below.
+            control.execute(LOCK_HOLDS)
+            locked = self._lock_batch(control, rule, ctx, after_id)
+            if not locked:
+                return None
+            batch = Batch(last_id=locked[-1])
+            for purge_month, ids, purge_after in self._recheck(control, rule, ctx, locked):
+                # A backlog row whose archive period is already over at D is not archived
+                # only to be purged: it is deleted like a row of tier 'none'.
+                if rule.archived and purge_after > ctx.logical_date:
+                    self._archive_group(control, intents, reader, rule, ctx, ids, purge_month, purge_after, batch)
+                else:
+                    self._dispose_unarchived(control, rule, ids, batch)
+                batch.ids += ids
+            self._delete_rows(control, rule, ctx, batch, outcome)
+        return batch
+
     def _lock_batch(self, conn, rule: Rule, ctx: RunContext, after_id: int) -> list[int]:
-        query = sql.SQL(
-            "SELECT t.id FROM {table} AS t JOIN ({rule}) AS due ON due.id = t.id "
-            "WHERE NOT due.held AND due.waiting_for IS NULL AND t.id > %(after_id)s "
-            "ORDER BY t.id LIMIT %(batch_size)s FOR UPDATE OF t SKIP LOCKED"
-        ).format(table=self._table(rule), rule=self.rule_sql(rule))
-        params = self.rule_params(rule, ctx.logical_date) | {"after_id": after_id, "batch_size": ctx.batch_size}
-        return [row[0] for row in conn.execute(query, params).fetchall()]
+        params = self._planner.params(ctx.logical_date) | {"after_id": after_id, "batch_size": ctx.batch_size}
+        return [row[0] for row in conn.execute(self._planner.lock_batch_sql(rule), params).fetchall()]
 
     def _recheck(
         self, conn, rule: Rule, ctx: RunContext, locked: list[int]
     ) -> list[tuple[str, list[int], dt.datetime]]:
-        """Re-run the rule on the locked ids (a new statement sees the latest committed rows):
-        a row whose clock moved, or that got a hold, since the batch was picked stays.
-        Groups the rows by the month their archive period ends."""
+        """Re-run the rule on the locked ids, now that the rows, their parents and the holds are
+        locked (a new statement sees the latest committed state): a row whose clock moved, that
+        got a hold or a child since the batch was picked stays. Groups the rest by the month
+        their archive period ends."""
         gone_after = rule.gone_after
         locked_ids, locked_params = _ids_predicate("due.id", locked)
-        query = sql.SQL(
+        query = (
             "SELECT to_char(purge_after AT TIME ZONE %(tz)s, 'YYYY-MM'), array_agg(id ORDER BY id), max(purge_after) "
-            "FROM (SELECT due.id, "
-            "  ((((due.clock AT TIME ZONE %(tz)s)::date + make_interval(months => %(months)s, days => %(days)s))::date)"
+            "FROM (SELECT d.id, "
+            "  ((((d.clock AT TIME ZONE %(tz)s)::date + make_interval(months => %(months)s, days => %(days)s))::date)"
             "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after "
-            "  FROM ({rule}) AS due "
-            "  WHERE {locked} AND NOT due.held AND due.waiting_for IS NULL) AS x "
+            f"  FROM ({self._planner.deletable_select(rule, id_filter=' AND ' + locked_ids)}) AS d) AS x "
             "GROUP BY 1 ORDER BY 1"
-        ).format(rule=self.rule_sql(rule), locked=locked_ids)
+        )
         params = (
-            self.rule_params(rule, ctx.logical_date)
+            self._planner.params(ctx.logical_date)
             | locked_params
-            | {
-                "tz": self.policy.timezone,
-                "months": gone_after.months,
-                "days": gone_after.days,
-            }
+            | {"tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days}
         )
         return [(month, ids, purge_after) for month, ids, purge_after in conn.execute(query, params)]
 
@@ -318,7 +288,7 @@ class RetentionEngine:
             table = cur.fetch_arrow_table()
         return _typed(table)
 
-    def _archive_group(self, intents, reader, rule, ctx, ids, purge_month, purge_after, outcome) -> list[str]:
+    def _archive_group(self, control, intents, reader, rule, ctx, ids, purge_month, purge_after, batch: Batch) -> None:
         tier = self.store.storage.tiers[rule.tier]
         table = self._read_rows(reader, rule, ids)
         if table.column("id").to_pylist() != ids:
@@ -326,11 +296,15 @@ class RetentionEngine:
         key = object_key(tier.prefix, self.purpose_name, rule.table, purge_month, ctx.run_id, rule.name, ids[0])
         documents = _document_keys(table)
         doc_pairs = [(src, document_archive_key(key, src)) for _, src in documents]
+        # Whose rows these are (their contract, its customer...): a hold placed on one of them
+        # after the live rows are gone still keeps this object (retention.holds).
+        owners = owners_of_rows(control, self.policy, rule.table, ids)
         body = _parquet_bytes(table)
         manifest_id = intents.execute(
             "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
-            " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s::bigint[], %s) RETURNING id",
+            " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys, owner_ids)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s::bigint[], %s, %s::jsonb)"
+            " RETURNING id",
             (
                 ctx.run_id,
                 ctx.logical_date,
@@ -345,59 +319,58 @@ class RetentionEngine:
                 len(ids),
                 _id_array(ids),
                 [t for _, t in doc_pairs],
+                json.dumps(owners),
             ),
         ).fetchone()[0]
-        self.store.copy_documents(doc_pairs, tier.storage_class)
+        doc_versions = self.store.copy_documents(doc_pairs, tier.storage_class)
         verified = self.store.put_verified(key, body, tier.storage_class, len(ids), _parquet_row_count)
-        self._pending_manifest.append((manifest_id, verified, ids, documents, doc_pairs))
-        outcome.objects += 1
-        outcome.archive_bytes += verified.size
-        outcome.documents += len(doc_pairs)
-        return [key] + [t for _, t in doc_pairs] if tier.object_lock else []
+        batch.objects.append((manifest_id, verified, ids, documents, doc_pairs, doc_versions))
+        if tier.object_lock:
+            versions = [(key, verified.version_id)] + [
+                (t, v) for (_, t), v in zip(doc_pairs, doc_versions, strict=True)
+            ]
+            batch.locks.append((versions, purge_after))
 
-    def _dispose_unarchived(self, control, reader, rule, ctx, ids, outcome) -> None:
+    def _dispose_unarchived(self, control, rule: Rule, ids: list[int], batch: Batch) -> None:
         """Tier 'none': nothing archived, but the files the rows name go with them."""
-        key_columns = self._key_columns(control, rule)
+        key_columns = self._key_columns(control, rule.table)
         if not key_columns:
             return
         rows = control.execute(
             sql.SQL("SELECT id, {cols} FROM {table} WHERE id = ANY(%s::bigint[])").format(
-                cols=sql.SQL(", ").join(map(sql.Identifier, key_columns)), table=self._table(rule)
+                cols=sql.SQL(", ").join(map(sql.Identifier, key_columns)),
+                table=sql.Identifier(self.schema, rule.table),
             ),
             (_id_array(ids),),
         ).fetchall()
         for row in rows:
-            for source_key in row[1:]:
-                if source_key:
-                    self._pending_disposals.append((rule.table, row[0], source_key, None))
-                    outcome.documents += 1
+            batch.disposals += [(rule.table, row[0], source_key, None) for source_key in row[1:] if source_key]
 
-    def _key_columns(self, conn, rule: Rule) -> list[str]:
+    def _key_columns(self, conn, table: str | None = None) -> list:
+        """The ``*_key`` columns (file keys) of one table, or (table, column) of every table."""
         rows = conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-            "AND column_name LIKE '%%\\_key' ORDER BY ordinal_position",
-            (self.schema, rule.table),
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s"
+            " AND (%s::text IS NULL OR table_name = %s) AND column_name LIKE '%%\\_key'"
+            " ORDER BY table_name, ordinal_position",
+            (self.schema, table, table),
         ).fetchall()
-        return [r[0] for r in rows]
+        return [r[1] for r in rows] if table else [tuple(r) for r in rows]
 
-    def _delete_rows(self, control, rule: Rule, ctx: RunContext, ids: list[int], outcome: RuleOutcome) -> None:
-        """Delete exactly the archived rows and record it, in the batch's transaction."""
-        manifest, self._pending_manifest = self._pending_manifest, []
-        disposals, self._pending_disposals = self._pending_disposals, []
-        if not ids:
+    def _delete_rows(self, control, rule: Rule, ctx: RunContext, batch: Batch, outcome: RuleOutcome) -> None:
+        """Delete exactly the batch's rows and record it, in the batch's transaction."""
+        if not batch.ids:
             return
-        where, params = _ids_predicate("id", ids)
-        deleted = control.execute(
-            sql.SQL("DELETE FROM {table} WHERE {where}").format(table=self._table(rule), where=where), params
-        ).rowcount
-        if deleted != len(ids):
-            raise RetentionError(f"{rule.table}: deleted {deleted} rows, expected {len(ids)}; rolled back")
+        where, params = _ids_predicate("id", batch.ids)
+        deleted = control.execute(f'DELETE FROM "{self.schema}"."{rule.table}" WHERE {where}', params).rowcount
+        if deleted != len(batch.ids):
+            raise RetentionError(f"{rule.table}: deleted {deleted} rows, expected {len(batch.ids)}; rolled back")
         with control.cursor() as cur:
-            for manifest_id, verified, record_ids, documents, doc_pairs in manifest:
+            for manifest_id, verified, record_ids, documents, doc_pairs, doc_versions in batch.objects:
                 cur.execute(
                     "UPDATE retention.archive_manifest SET state = 'committed', byte_size = %s, sha256 = %s,"
-                    " version_id = %s, committed_at = now() WHERE id = %s AND state = 'uploading'",
-                    (verified.size, verified.sha256_hex, verified.version_id, manifest_id),
+                    " version_id = %s, document_version_ids = %s, committed_at = now()"
+                    " WHERE id = %s AND state = 'uploading'",
+                    (verified.size, verified.sha256_hex, verified.version_id, doc_versions, manifest_id),
                 )
                 if cur.rowcount != 1:
                     raise RetentionError(f"manifest row {manifest_id} is no longer 'uploading'; rolled back")
@@ -411,24 +384,27 @@ class RetentionEngine:
                     key=verified.key,
                     byte_count=verified.size,
                 )
-                disposals += [
+                batch.disposals += [
                     (rule.table, record_id, src, target)
                     for (record_id, src), (_, target) in zip(documents, doc_pairs, strict=True)
                 ]
-            archived_ids = {i for _, _, record_ids, _, _ in manifest for i in record_ids}
-            unarchived = [i for i in ids if i not in archived_ids]
+            archived_ids = {i for _, _, record_ids, *_ in batch.objects for i in record_ids}
+            unarchived = [i for i in batch.ids if i not in archived_ids]
             if unarchived:
                 self._audit(cur, ctx, rule.name, rule.table, "deleted", unarchived)
-            if disposals:
+            if batch.disposals:
                 cur.executemany(
                     "INSERT INTO retention.document_disposals (run_id, purpose, table_name, record_id, bucket,"
                     " source_key, archive_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     [
                         (ctx.run_id, self.purpose_name, table, record_id, self.store.documents_bucket, src, target)
-                        for table, record_id, src, target in disposals
+                        for table, record_id, src, target in batch.disposals
                     ],
                 )
         outcome.deleted += deleted
+        outcome.objects += len(batch.objects)
+        outcome.archive_bytes += sum(o[1].size for o in batch.objects)
+        outcome.documents += len(batch.disposals)
 
     def _audit_exceptions(self, control, rule: Rule, ctx: RunContext, exceptions: list[tuple[bool, list[int]]]) -> None:
         """Held and waiting rows are kept and reported (ids only) in the audit log."""
@@ -438,27 +414,44 @@ class RetentionEngine:
 
     # ------------------------------------------------------------------ after commit / recovery
 
-    def _finish_commit(self, control, pending_locks: list[tuple[list[str], dt.datetime]]) -> None:
-        self._apply_locks(control, pending_locks)
-        self._dispose_documents(control)
+    def _finish_commit(self, control, rule: Rule, batch: Batch, outcome: RuleOutcome) -> None:
+        """Lock the probative versions and delete the source files; a failure here is reported
+        as what it is: the batch is committed, and the next run finishes these steps."""
+        step = "applying Object Lock"
+        try:
+            self._apply_locks(control, batch.locks)
+            step = "deleting the source files"
+            outcome.documents_kept_shared += self._dispose_documents(control)
+        except Exception as exc:
+            control.rollback()
+            keys = [o[1].key for o in batch.objects][:3]
+            raise CommittedBatchError(
+                f"{rule.table}: the batch up to id {batch.last_id} is committed ({len(batch.ids)} rows deleted"
+                f"{', archived in ' + ', '.join(keys) if keys else ''}), then {step} failed: "
+                f"{type(exc).__name__}: {str(exc)[:300]}. Nothing is lost; the next run of {self.purpose_name!r} "
+                "applies the pending Object Locks and deletes the pending source files before anything else."
+            ) from exc
 
-    def _apply_locks(self, control, pending: list[tuple[list[str], dt.datetime]]) -> None:
-        """Lock after the commit, so that an orphan of a crashed batch can still be removed."""
+    def _apply_locks(self, control, pending: list[tuple[list[tuple[str, str | None]], dt.datetime]]) -> None:
+        """Lock after the commit, so that an orphan of a crashed batch can still be removed; on
+        the version that was read back and recorded, never on whatever the key points to now."""
         if not pending or not self.store.lock_supported():
             return
         now = dt.datetime.now(dt.UTC)
-        for keys, retain_until in pending:
-            if keys and retain_until > now:
-                self.store.apply_lock(keys, retain_until)
+        for versions, retain_until in pending:
+            if versions and retain_until > now:
+                self.store.apply_lock(versions, retain_until)
                 control.execute(
                     "UPDATE retention.archive_manifest SET locked_until = %s WHERE bucket = %s AND object_key = %s"
                     " AND state = 'committed'",
-                    (retain_until, self.store.archive_bucket, keys[0]),
+                    (retain_until, self.store.archive_bucket, versions[0][0]),
                 )
         control.commit()
 
-    def _dispose_documents(self, control) -> None:
-        """Delete the source files of committed rows (idempotent: finishes a crashed run's too)."""
+    def _dispose_documents(self, control) -> int:
+        """Delete the source files of committed rows (idempotent: finishes a crashed run's too),
+        except a file that a row still in the source names: it is kept (shared with a kept or
+        held row) and recorded as such. Returns the number of files kept that way."""
         rows = control.execute(
             "SELECT id, source_key FROM retention.document_disposals WHERE purpose = %s AND disposed_at IS NULL"
             " AND bucket = %s ORDER BY id",
@@ -466,13 +459,32 @@ class RetentionEngine:
         ).fetchall()
         control.commit()
         if not rows:
-            return
-        self.store.delete_documents([key for _, key in rows])
+            return 0
+        keys = sorted({key for _, key in rows})
+        shared = self._keys_still_named(control, keys)
+        control.commit()
+        self.store.delete_documents([k for k in keys if k not in shared])
         control.execute(
-            "UPDATE retention.document_disposals SET disposed_at = now() WHERE id = ANY(%s::bigint[])",
-            (_id_array([r[0] for r in rows]),),
+            "UPDATE retention.document_disposals SET disposed_at = now(),"
+            " outcome = CASE WHEN source_key = ANY(%s::text[]) THEN 'kept_shared' ELSE 'deleted' END"
+            " WHERE id = ANY(%s::bigint[])",
+            (sorted(shared), _id_array([r[0] for r in rows])),
         )
         control.commit()
+        if shared:
+            log.info("%d source files kept: rows still in the source name them", len(shared))
+        return sum(1 for _, key in rows if key in shared)
+
+    def _keys_still_named(self, conn, keys: list[str]) -> set[str]:
+        """The file keys that some row of the source, in any ``*_key`` column, still names."""
+        columns = self._key_columns(conn)
+        if not columns or not keys:
+            return set()
+        named = " OR ".join(
+            f'EXISTS (SELECT 1 FROM "{self.schema}"."{table}" AS t WHERE t."{column}" = k)' for table, column in columns
+        )
+        rows = conn.execute(f"SELECT k FROM unnest(%s::text[]) AS k WHERE {named}", (keys,)).fetchall()
+        return {r[0] for r in rows}
 
     def recover(self, control, ctx: RunContext) -> dict[str, int]:
         """Finish what a crashed run left: orphan uploads, unlocked objects, source files."""
@@ -490,15 +502,16 @@ class RetentionEngine:
                 )
                 self._audit(control, ctx, rule_name, table, "orphan_removed", len(record_ids), key=key)
         unlocked = control.execute(
-            "SELECT object_key, document_keys, purge_after FROM retention.archive_manifest"
+            "SELECT object_key, version_id, document_keys, document_version_ids, purge_after"
+            " FROM retention.archive_manifest"
             " WHERE purpose = %s AND state = 'committed' AND locked_until IS NULL AND purge_after > now()"
             " AND bucket = %s",
             (self.purpose_name, self.store.archive_bucket),
         ).fetchall()
         control.commit()
         lockable = [
-            ([key, *docs], purge_after)
-            for key, docs, purge_after in unlocked
+            ([(key, version), *zip(docs, doc_versions or [None] * len(docs), strict=True)], purge_after)
+            for key, version, docs, doc_versions, purge_after in unlocked
             if self.store.storage.tiers[self._tier_of_key(key)].object_lock
         ]
         self._apply_locks(control, lockable)
@@ -519,45 +532,77 @@ class RetentionEngine:
     def purge_archives(self, ctx: RunContext) -> dict:
         """Delete archive objects whose archive period has ended at the logical date.
 
-        An object holding a record under an active legal hold is kept and reported."""
-        report = {"purged_objects": 0, "purged_records": 0, "held_objects": 0, "held_keys": [], "by_table": {}}
+        Each object is decided and deleted in its own transaction, holding the legal-hold table
+        in SHARE mode and the manifest row: a hold placed meanwhile either is seen (the object
+        is kept whole and reported) or waits until the object is gone. An object with a
+        covered record among its rows or their owners (retention.holds) is kept."""
+        refuse_future(ctx.logical_date)
+        preview = self.previews(ctx)
+        report = {
+            "purged_objects": 0,
+            "purged_records": 0,
+            "held_objects": 0,
+            "held_keys": [],
+            "owners_not_recorded": 0,
+            "by_table": {},
+        }
+        by_table: Counter = Counter()
         with self._connect() as control:
-            rows = control.execute(
-                "SELECT m.id, m.rule, m.table_name, m.object_key, m.document_keys, m.row_count,"
-                " EXISTS (SELECT 1 FROM retention.active_holds AS h"
-                "         WHERE h.table_name = m.table_name AND h.record_id = ANY(m.record_ids)) AS held"
-                " FROM retention.archive_manifest AS m"
-                " WHERE m.purpose = %s AND m.state = 'committed' AND m.purge_after <= %s AND m.bucket = %s"
-                " ORDER BY m.purge_after, m.id",
-                (self.purpose_name, ctx.logical_date, self.store.archive_bucket),
-            ).fetchall()
-            control.commit()
-            by_table: Counter = Counter()
-            for manifest_id, rule_name, table, key, doc_keys, row_count, held in rows:
-                if held:
-                    report["held_objects"] += 1
-                    report["held_keys"].append(key)
-                    if not ctx.dry_run:
-                        self._audit(control, ctx, rule_name, table, "object_purge_held", row_count, key=key)
-                        control.commit()
-                    continue
-                report["purged_objects"] += 1
-                report["purged_records"] += row_count
-                by_table[table] += row_count
-                if ctx.dry_run:
-                    continue
-                self.store.delete_all_versions([key, *doc_keys])
-                with control.transaction():
-                    control.execute(
-                        "UPDATE retention.archive_manifest SET state = 'purged', purged_at = now(), purge_run_id = %s"
-                        " WHERE id = %s",
-                        (ctx.run_id, manifest_id),
-                    )
-                    self._audit(control, ctx, rule_name, table, "object_purged", row_count, key=key)
-            control.commit()
+            if not preview:
+                self._acquire_purpose_lock(control)  # two purges of a purpose never interleave
+            try:
+                candidates = control.execute(
+                    "SELECT id FROM retention.archive_manifest WHERE purpose = %s AND state = 'committed'"
+                    " AND purge_after <= %s AND bucket = %s ORDER BY purge_after, id",
+                    (self.purpose_name, ctx.logical_date, self.store.archive_bucket),
+                ).fetchall()
+                control.commit()
+                for (manifest_id,) in candidates:
+                    self._purge_one(control, ctx, manifest_id, preview, report, by_table)
+            finally:
+                control.rollback()
+                if not preview:
+                    control.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self._lock_name,))
+                    control.commit()
         report["by_table"] = dict(by_table)
         report["held_keys"] = report["held_keys"][:MAX_IDS_IN_LOG]
         return report
+
+    def _purge_one(self, control, ctx: RunContext, manifest_id: int, preview: bool, report: dict, by_table) -> None:
+        with control.transaction():
+            if not preview:
+                control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+                control.execute(LOCK_HOLDS)
+            row = control.execute(
+                f"WITH covered AS ({covered_records_sql(self.policy)})"
+                " SELECT m.rule, m.table_name, m.object_key, m.document_keys, m.row_count,"
+                f" {object_held('m')} AS held, m.owner_ids IS NULL"
+                " FROM retention.archive_manifest AS m WHERE m.id = %s AND m.state = 'committed'"
+                + ("" if preview else " FOR UPDATE OF m"),
+                (manifest_id,),
+            ).fetchone()
+            if row is None:  # purged meanwhile by another run
+                return
+            rule_name, table, key, doc_keys, row_count, held, owners_unknown = row
+            if held:
+                report["held_objects"] += 1
+                report["owners_not_recorded"] += owners_unknown
+                report["held_keys"].append(key)
+                if not preview:
+                    self._audit(control, ctx, rule_name, table, "object_purge_held", row_count, key=key)
+                return
+            report["purged_objects"] += 1
+            report["purged_records"] += row_count
+            by_table[table] += row_count
+            if preview:
+                return
+            self.store.delete_all_versions([key, *doc_keys])
+            control.execute(
+                "UPDATE retention.archive_manifest SET state = 'purged', purged_at = now(), purge_run_id = %s"
+                " WHERE id = %s",
+                (ctx.run_id, manifest_id),
+            )
+            self._audit(control, ctx, rule_name, table, "object_purged", row_count, key=key)
 
     def _audit(
         self,
@@ -622,19 +667,16 @@ def _id_array(ids: list[int]) -> str:
     return "{" + ",".join(map(str, ids)) + "}"
 
 
-def _ids_predicate(column: str, ids: list[int]) -> tuple[sql.Composable, dict]:
+def _ids_predicate(column: str, ids: list[int]) -> tuple[str, dict]:
     """SQL selecting exactly ``ids`` in ``column``, with the ids bound as one parameter.
 
     A batch is mostly a dense run of ids: then a range scan with a hashed membership filter (the
     ``+ 0`` keeps the planner from turning it into one index descent per id) reads it in one pass;
     sparse ids keep the plain ``= ANY``, whose cost does not grow with the id range."""
-    col = sql.SQL(column)
     params = {"ids": _id_array(ids), "lo": min(ids), "hi": max(ids)}
     if params["hi"] - params["lo"] < 2 * len(ids):
-        fragment = sql.SQL("{c} BETWEEN %(lo)s AND %(hi)s AND {c} + 0 = ANY(%(ids)s::bigint[])").format(c=col)
-    else:
-        fragment = sql.SQL("{c} = ANY(%(ids)s::bigint[])").format(c=col)
-    return fragment, params
+        return f"{column} BETWEEN %(lo)s AND %(hi)s AND {column} + 0 = ANY(%(ids)s::bigint[])", params
+    return f"{column} = ANY(%(ids)s::bigint[])", params
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

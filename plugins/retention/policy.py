@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from retention.paths import POLICY_FILE, SQL_DIR
 from retention.periods import Period
+from retention.rule_sql import RuleFileError, RuleFilter, parse_rule_filter
 
 # Identifiers taken from configuration reach SQL: a strict pattern, checked here once.
 IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
@@ -82,7 +83,22 @@ class Purpose(_Strict):
     legal_basis_fr: str = Field(min_length=1)
     retention_fr: str = Field(min_length=1)
     max_delete_fraction: float = Field(gt=0, le=1)
-    rules: tuple[Rule, ...] = Field(min_length=1)
+    # preview: every run reports exactly what it would do and changes nothing (the default
+    # shipped for every purpose); enforce: runs archive, delete and purge.
+    mode: Literal["preview", "enforce"]
+    rules: tuple[Rule, ...]
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _some_rules(cls, rules: object) -> object:
+        # Checked on the raw list: an error inside one rule must not also read as "no rules".
+        if isinstance(rules, list | tuple) and not rules:
+            raise ValueError("a purpose needs at least one rule")
+        return rules
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode == "enforce"
 
     @field_validator("rules")
     @classmethod
@@ -127,11 +143,40 @@ class Storage(_Strict):
         return Storage.model_validate(data)
 
 
+class LegalHolds(_Strict):
+    """What a hold on a record of each table also covers: ``<child table>.<column>`` entries
+    whose column holds the parent's id, followed transitively (retention.holds)."""
+
+    covers: dict[str, tuple[str, ...]]
+
+    @field_validator("covers")
+    @classmethod
+    def _well_formed(cls, covers: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        column_ref = IDENTIFIER[:-1] + r"\." + IDENTIFIER[1:]
+        edges: dict[str, set[str]] = {}
+        for parent, children in covers.items():
+            if not re.match(IDENTIFIER, parent):
+                raise ValueError(f"table name {parent!r} must match {IDENTIFIER}")
+            for child in children:
+                if not re.match(column_ref, child):
+                    raise ValueError(f"{parent}: {child!r} is not '<table>.<column>'")
+                edges.setdefault(parent, set()).add(child.split(".")[0])
+
+        def reaches(start: str, target: str, seen: frozenset = frozenset()) -> bool:
+            return any(c == target or (c not in seen and reaches(c, target, seen | {c})) for c in edges.get(start, ()))
+
+        cycles = sorted(t for t in edges if reaches(t, t))
+        if cycles:
+            raise ValueError(f"coverage must not loop back on itself; it does through {cycles}")
+        return covers
+
+
 class Policy(_Strict):
     version: Literal[1]
     timezone: str
     source_schema: str = Field(pattern=IDENTIFIER)
     purposes: dict[str, Purpose] = Field(min_length=1)
+    legal_holds: LegalHolds
     storage: Storage
 
     @field_validator("timezone")
@@ -169,6 +214,42 @@ def rule_sql_path(purpose: str, rule: Rule) -> Path:
     return SQL_DIR / purpose / f"{rule.name}.sql"
 
 
+@functools.cache
+def _rule_filter(path: Path, mtime_ns: int, schema: str, table: str, clock: str) -> RuleFilter:
+    return parse_rule_filter(path.read_text(encoding="utf-8"), schema=schema, table=table, clock=clock)
+
+
+def rule_filter(policy: Policy, purpose: str, rule: Rule) -> RuleFilter:
+    """The rule's file, parsed and checked against the rule (include/sql/README.md)."""
+    path = rule_sql_path(purpose, rule)
+    return _rule_filter(path, path.stat().st_mtime_ns, policy.source_schema, rule.table, rule.clock)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's last-one-wins for a repeated key would silently replace a rule or a purpose."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice (first on line {seen[key] + 1}, again on line "
+                    f"{key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def policy_path() -> Path:
+    """The policy file: include/retention_policy.yaml, or RETENTION_POLICY_FILE (another
+    deployment's schedule, or a test's)."""
+    return Path(os.environ.get("RETENTION_POLICY_FILE") or POLICY_FILE)
+
+
 def _describe(error: ValidationError, data: dict) -> str:
     lines = []
     for err in error.errors():
@@ -199,7 +280,7 @@ def load_policy(path: Path | str = POLICY_FILE) -> Policy:
     """Read and validate a policy file; raise PolicyError naming the file, purpose and field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read the retention policy: {exc}") from exc
     except yaml.YAMLError as exc:
@@ -213,15 +294,27 @@ def load_policy(path: Path | str = POLICY_FILE) -> Policy:
     for purpose_name, purpose in policy.purposes.items():
         for rule in purpose.rules:
             sql_file = rule_sql_path(purpose_name, rule)
+            shown = sql_file.relative_to(SQL_DIR.parent.parent)
             if not sql_file.is_file():
                 raise PolicyError(
-                    f"{path}: purpose {purpose_name!r}, rule {rule.name!r}, field 'name': "
-                    f"no SQL file {sql_file.relative_to(SQL_DIR.parent.parent)}"
+                    f"{path}: purpose {purpose_name!r}, rule {rule.name!r}, field 'name': no SQL file {shown}"
                 )
+            try:
+                rule_filter(policy, purpose_name, rule)
+            except RuleFileError as exc:
+                raise PolicyError(
+                    f"{path}: purpose {purpose_name!r}, rule {rule.name!r} (table {rule.table!r}, clock "
+                    f"{rule.clock!r}): {shown} {exc}"
+                ) from None
     return policy
 
 
-@functools.cache
 def default_policy() -> Policy:
-    """The project's policy file, parsed once per process (DAG files share it)."""
-    return load_policy(POLICY_FILE)
+    """The deployment's policy file, parsed once per process and file (DAG files share it)."""
+    path = policy_path()
+    return _cached_policy(path, path.stat().st_mtime_ns if path.exists() else 0)
+
+
+@functools.cache
+def _cached_policy(path: Path, mtime_ns: int) -> Policy:
+    return load_policy(path)

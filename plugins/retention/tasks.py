@@ -12,7 +12,7 @@ import logging
 from urllib.parse import quote
 
 from retention.archive_store import ArchiveStore
-from retention.engine import RetentionEngine, RunContext
+from retention.engine import FutureLogicalDateError, RetentionEngine, RunContext, refuse_future
 from retention.policy import DEFAULT_BATCH_SIZE, default_policy
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,21 @@ def engine(purpose: str) -> RetentionEngine:
 
 
 def run_context(purpose: str, context: dict) -> RunContext:
-    """The run's logical date decides every cutoff (a backfill acts as of its own date)."""
+    """The run's logical date decides every cutoff (a backfill acts as of its own date); a
+    date in the future fails every task at once. In preview mode every run is a dry run."""
     logical_date = context.get("logical_date") or context["dag_run"].run_after
+    logical_date = dt.datetime.fromtimestamp(logical_date.timestamp(), tz=dt.UTC)
+    with _no_retry_on(FutureLogicalDateError):
+        refuse_future(logical_date)
     params = context["params"]
+    mode = default_policy().purpose(purpose).mode
     return RunContext(
         purpose=purpose,
         run_id=context["run_id"],
-        logical_date=dt.datetime.fromtimestamp(logical_date.timestamp(), tz=dt.UTC),
+        logical_date=logical_date,
         batch_size=int(params.get("batch_size", DEFAULT_BATCH_SIZE)),
-        dry_run=bool(params.get("dry_run", False)),
+        dry_run=bool(params.get("dry_run", False)) or mode == "preview",
+        mode=mode,
     )
 
 
@@ -89,8 +95,7 @@ def plan(purpose: str, context: dict) -> dict:
     sizes = eng.table_sizes([o.table for o in outcomes])
     deletable_by_table: dict[str, int] = {}
     for o in outcomes:
-        deletable = o.due - o.held - sum(o.waiting.values())
-        deletable_by_table[o.table] = deletable_by_table.get(o.table, 0) + deletable
+        deletable_by_table[o.table] = deletable_by_table.get(o.table, 0) + o.deletable
     fractions = {t: (n / sizes[t] if sizes[t] else 0.0) for t, n in deletable_by_table.items()}
     for o in outcomes:
         log.info(
@@ -104,6 +109,7 @@ def plan(purpose: str, context: dict) -> dict:
         )
     return {
         "logical_date": ctx.logical_date.isoformat(),
+        "mode": ctx.mode,
         "dry_run": ctx.dry_run,
         "rules": [o.as_dict() for o in outcomes],
         "table_rows": sizes,
@@ -114,7 +120,7 @@ def plan(purpose: str, context: dict) -> dict:
 def archive_and_delete(purpose: str, context: dict) -> dict:
     ctx = run_context(purpose, context)
     outcomes = engine(purpose).archive_and_delete(ctx)
-    return {"dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
+    return {"mode": ctx.mode, "dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
 
 
 def purge_archives(purpose: str, context: dict) -> dict:
@@ -140,19 +146,23 @@ def check_after(purpose: str, context: dict, before: dict, archived: dict) -> di
 def report(purpose: str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict) -> str:
     """A Markdown summary: counts per rule, bytes per tier. Shown in the log and in XCom."""
     ctx = run_context(purpose, context)
+    if ctx.mode == "preview":
+        title = "PREVIEW mode: what an enforced run would do; nothing changed"
+    else:
+        title = "DRY RUN, nothing changed" if ctx.dry_run else "run summary"
     lines = [
-        f"## retention_{purpose}: {'DRY RUN, nothing changed' if ctx.dry_run else 'run summary'}",
-        f"logical date {ctx.logical_date.isoformat()}, run {ctx.run_id}",
+        f"## retention_{purpose}: {title}",
+        f"mode {ctx.mode}, logical date {ctx.logical_date.isoformat()}, run {ctx.run_id}",
         "",
-        "| rule | table | tier | due | deleted | held | waiting | objects | archive bytes | files |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| rule | table | tier | due | deleted | held | waiting | objects | archive bytes | files | files kept (shared) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     bytes_by_tier: dict[str, int] = {}
     for r in archived["rules"]:
         waiting = sum(r["waiting"].values())
         lines.append(
             f"| {r['rule']} | {r['table']} | {r['tier']} | {r['due']} | {r['deleted']} | {r['held']} | {waiting} "
-            f"| {r['objects']} | {r['archive_bytes']} | {r['documents']} |"
+            f"| {r['objects']} | {r['archive_bytes']} | {r['documents']} | {r.get('documents_kept_shared', 0)} |"
         )
         bytes_by_tier[r["tier"]] = bytes_by_tier.get(r["tier"], 0) + r["archive_bytes"]
     lines += [

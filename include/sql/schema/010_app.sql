@@ -213,3 +213,11 @@ CREATE TABLE IF NOT EXISTS app.job_applications (
     cv_key          text
 );
 CREATE INDEX IF NOT EXISTS job_applications_last_contact_at_idx ON app.job_applications (last_contact_at);
+
+-- File keys: a file is deleted only when no row left in the source names it (a shared file
+-- stays); these indexes make that check a lookup per key.
+CREATE INDEX IF NOT EXISTS claims_vet_invoice_key_idx ON app.claims (vet_invoice_key);
+CREATE INDEX IF NOT EXISTS call_recordings_audio_key_idx ON app.call_recordings (audio_key);
+CREATE INDEX IF NOT EXISTS call_analyses_document_key_idx ON app.call_analyses (document_key);
+CREATE INDEX IF NOT EXISTS aml_records_document_key_idx ON app.aml_records (document_key);
+CREATE INDEX IF NOT EXISTS job_applications_cv_key_idx ON app.job_applications (cv_key);

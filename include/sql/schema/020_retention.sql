@@ -59,6 +59,16 @@ CREATE TABLE IF NOT EXISTS retention.archive_manifest (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS archive_manifest_live_key_idx
     ON retention.archive_manifest (bucket, object_key) WHERE state IN ('uploading', 'committed');
+-- Added after the first release (idempotent upgrades of an existing database):
+-- owner_ids: whose rows the object holds, {"<table>": [ids]} over every table a hold on which
+--   covers them (their contract, its customer...), recorded at archive time. NULL for an
+--   object archived before: the purge keeps it (as held) until `python -m retention.backfill_owners`
+--   has filled it in (README, "Legal holds").
+-- document_version_ids: the version of each archive copy in document_keys (what gets locked).
+ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS owner_ids jsonb;
+ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS document_version_ids text[];
+CREATE INDEX IF NOT EXISTS archive_manifest_owner_ids_idx
+    ON retention.archive_manifest USING gin (owner_ids jsonb_path_ops);
 CREATE INDEX IF NOT EXISTS archive_manifest_purpose_state_idx
     ON retention.archive_manifest (purpose, state, purge_after);
 CREATE INDEX IF NOT EXISTS archive_manifest_run_idx ON retention.archive_manifest (run_id);
@@ -78,6 +88,9 @@ CREATE TABLE IF NOT EXISTS retention.document_disposals (
     created_at  timestamptz NOT NULL DEFAULT now(),
     disposed_at timestamptz
 );
+-- 'deleted', or 'kept_shared': a row still in the source names the same file, which stays.
+ALTER TABLE retention.document_disposals ADD COLUMN IF NOT EXISTS outcome text
+    CHECK (outcome IN ('deleted', 'kept_shared'));
 CREATE INDEX IF NOT EXISTS document_disposals_pending_idx
     ON retention.document_disposals (purpose) WHERE disposed_at IS NULL;
 

@@ -1,0 +1,123 @@
+"""What a legal hold covers: the one definition, turned into the SQL that every step uses.
+
+The policy's ``legal_holds.covers`` says, per table, which rows belong to one of its records
+(``contracts: [claims.contract_id, ...]``), transitively: a hold on a customer covers their
+contracts, so their contracts' claims, so those claims' reimbursements. From it come
+
+- ``held_ctes``: for the tables a statement needs, the ids covered by an active hold, as
+  ``held_<table>`` CTEs (the hold itself, plus the rows whose parent is covered, parents
+  first). The rule selects, the batch re-check and the after-gates test ``held_<table>``;
+- ``owners_of_rows``: for a batch about to be archived, the ids of every record it belongs
+  to (its contract, that contract's customer...), stored in the manifest (``owner_ids``) so
+  that a hold placed after the live rows are gone still finds their archive objects;
+- ``object_held``: the purge's test on a manifest row: a covered record among its own ids or
+  its owners' ids (an object whose owners were never recorded counts as held).
+
+Holds are few (hundreds), so each ``held_<table>`` is a small set computed per statement
+through the indexed foreign-key columns, and tested with a hashed lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from retention.policy import Policy
+
+ACTIVE_HOLDS = "retention.active_holds"
+
+
+def parents_of(policy: Policy) -> dict[str, list[tuple[str, str]]]:
+    """child table -> [(parent table, the child's column holding the parent id)]."""
+    parents: dict[str, list[tuple[str, str]]] = {}
+    for parent, children in policy.legal_holds.covers.items():
+        for child in children:
+            table, column = child.split(".")
+            parents.setdefault(table, []).append((parent, column))
+    return parents
+
+
+def ancestors_first(policy: Policy, tables: Iterable[str]) -> list[str]:
+    """``tables`` and every table whose holds reach them, parents before children."""
+    parents = parents_of(policy)
+    order: list[str] = []
+
+    def visit(table: str) -> None:
+        if table in order:
+            return
+        for parent, _ in parents.get(table, []):
+            visit(parent)
+        order.append(table)
+
+    for table in tables:
+        visit(table)
+    return order
+
+
+def held_ctes(policy: Policy, tables: Iterable[str]) -> list[str]:
+    """``held_<t> AS MATERIALIZED (...)`` for ``tables`` and their ancestors, parents first."""
+    parents = parents_of(policy)
+    schema = policy.source_schema
+    ctes = []
+    for table in ancestors_first(policy, tables):
+        parts = [f"SELECT record_id AS id FROM {ACTIVE_HOLDS} WHERE table_name = '{table}'"]
+        parts += [
+            f'SELECT c.id FROM "{schema}"."{table}" AS c WHERE c."{column}" IN (SELECT id FROM held_{parent})'
+            for parent, column in parents.get(table, [])
+        ]
+        ctes.append(f"held_{table} AS MATERIALIZED ({' UNION '.join(parts)})")
+    return ctes
+
+
+def held_test(table: str, alias: str) -> str:
+    """True when the row ``alias`` of ``table`` is covered (needs ``held_ctes`` for the table)."""
+    return f'EXISTS (SELECT 1 FROM held_{table} AS h WHERE h.id = "{alias}".id)'
+
+
+def covered_records_sql(policy: Policy) -> str:
+    """Every (table_name, record_id) covered by an active hold, as far as the live rows show."""
+    tables = sorted(parents_of(policy))
+    ctes = held_ctes(policy, tables)
+    expanded = " UNION ".join(f"SELECT '{t}'::text AS table_name, id AS record_id FROM held_{t}" for t in tables)
+    direct = f"SELECT table_name, record_id FROM {ACTIVE_HOLDS}"
+    return f"WITH {', '.join(ctes)} {direct} UNION {expanded}"
+
+
+def object_covered(manifest_alias: str = "m") -> str:
+    """A manifest row holds a covered record, or a row of a covered owner (needs a ``covered``
+    relation: ``covered_records_sql``)."""
+    m = manifest_alias
+    return (
+        f"EXISTS (SELECT 1 FROM covered AS c WHERE"
+        f" (c.table_name = {m}.table_name AND c.record_id = ANY({m}.record_ids))"
+        f" OR coalesce({m}.owner_ids -> c.table_name @> to_jsonb(c.record_id), false))"
+    )
+
+
+def object_held(manifest_alias: str = "m") -> str:
+    """The purge's test: covered, or archived before owners were recorded (who knows whose
+    rows it holds: kept until `python -m retention.backfill_owners` fills them in)."""
+    return f"({manifest_alias}.owner_ids IS NULL OR {object_covered(manifest_alias)})"
+
+
+def owners_of_rows(conn, policy: Policy, table: str, ids: list[int]) -> dict[str, list[int]]:
+    """The ids of every record the rows belong to, per table, through the live parents
+    (the rows are locked, so are the parents the rule joins). Own table excluded."""
+    parents = parents_of(policy)
+    schema = policy.source_schema
+    owners: dict[str, set[int]] = {}
+    frontier = {table: set(ids)}
+    while frontier:
+        next_frontier: dict[str, set[int]] = {}
+        for child, child_ids in frontier.items():
+            for parent, column in parents.get(child, []):
+                rows = conn.execute(
+                    f'SELECT DISTINCT "{column}" FROM "{schema}"."{child}"'
+                    f' WHERE id = ANY(%s::bigint[]) AND "{column}" IS NOT NULL',
+                    ("{" + ",".join(map(str, child_ids)) + "}",),
+                ).fetchall()
+                found = {r[0] for r in rows} - owners.get(parent, set())
+                if found:
+                    owners.setdefault(parent, set()).update(found)
+                    next_frontier.setdefault(parent, set()).update(found)
+        frontier = next_frontier
+    return {t: sorted(v) for t, v in sorted(owners.items())}

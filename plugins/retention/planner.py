@@ -1,0 +1,212 @@
+"""The read-only planner: the SQL that selects a rule's due rows, and the counts of a plan.
+
+Below both the engine (which locks and deletes what it selects) and the quality gates (which
+count what is left). Every statement is built here from three things, so none can contradict
+the others:
+
+- the policy: the rule's table and clock, the cutoff from its `live` period;
+- the rule file (retention.rule_sql): joins and extra conditions only;
+- legal-hold coverage (retention.holds) for `held`, and the database's own foreign keys for
+  `waiting_for`: a row waits while a row of another table still references it (a delete would
+  fail, or cascade into kept rows), whatever the rule file says.
+
+A plan is *projected*: a parent whose children are deleted by an earlier rule of the same
+run (fraud cases after their alerts) counts as deletable, as it will be when its turn comes.
+The engine's batches use the *live* form, evaluated under lock at that moment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from retention.holds import held_ctes, held_test
+from retention.periods import cutoff
+from retention.policy import Policy, Purpose, Rule, rule_filter
+
+MAX_IDS_IN_LOG = 20
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A foreign key whose rows keep a parent row in place while they exist."""
+
+    schema: str
+    table: str
+    column: str
+
+
+@dataclass
+class RuleOutcome:
+    """Counts of one rule in one run: what the report and XCom carry (no row contents)."""
+
+    rule: str
+    table: str
+    tier: str
+    due: int = 0
+    deleted: int = 0
+    held: int = 0
+    waiting: dict[str, int] = field(default_factory=dict)
+    objects: int = 0
+    archive_bytes: int = 0
+    documents: int = 0
+    documents_kept_shared: int = 0
+    held_ids: list[int] = field(default_factory=list)
+    waiting_ids: list[int] = field(default_factory=list)
+
+    @property
+    def deletable(self) -> int:
+        return self.due - self.held - sum(self.waiting.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "rule": self.rule,
+            "table": self.table,
+            "tier": self.tier,
+            "due": self.due,
+            "deleted": self.deleted,
+            "held": self.held,
+            "waiting": dict(self.waiting),
+            "objects": self.objects,
+            "archive_bytes": self.archive_bytes,
+            "documents": self.documents,
+            "documents_kept_shared": self.documents_kept_shared,
+            "held_ids": self.held_ids[:MAX_IDS_IN_LOG],
+            "waiting_ids": self.waiting_ids[:MAX_IDS_IN_LOG],
+        }
+
+
+_BLOCKERS_SQL = """
+SELECT cn.nspname, child.relname, a.attname
+FROM pg_constraint AS con
+JOIN pg_class AS parent ON parent.oid = con.confrelid
+JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
+JOIN pg_class AS child ON child.oid = con.conrelid
+JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
+JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+WHERE con.contype = 'f' AND pn.nspname = %s AND parent.relname = %s
+  AND con.confdeltype NOT IN ('n', 'd')  -- ON DELETE SET NULL / SET DEFAULT: the child outlives it
+ORDER BY child.relname, a.attname
+"""
+
+
+class Planner:
+    """The statements and counts of one purpose (read-only; build with ``Planner.load``)."""
+
+    def __init__(self, policy: Policy, purpose_name: str, blockers: dict[str, tuple[Blocker, ...]]):
+        self.policy = policy
+        self.purpose_name = purpose_name
+        self.purpose: Purpose = policy.purpose(purpose_name)
+        self.schema = policy.source_schema
+        self.blockers = blockers
+
+    @classmethod
+    def load(cls, conn, policy: Policy, purpose_name: str) -> Planner:
+        """Read the foreign keys that reference the purpose's tables (one catalog query each)."""
+        schema = policy.source_schema
+        tables = {rule.table for rule in policy.purpose(purpose_name).rules}
+        blockers = {
+            table: tuple(Blocker(*row) for row in conn.execute(_BLOCKERS_SQL, (schema, table)).fetchall())
+            for table in sorted(tables)
+        }
+        return cls(policy, purpose_name, blockers)
+
+    # ------------------------------------------------------------------ statements
+
+    def params(self, logical_date: dt.datetime) -> dict:
+        """Bind parameters of every statement of the purpose: each rule's cutoff, the date."""
+        tz = self.policy.tz
+        return {f"cutoff__{r.name}": cutoff(logical_date, r.live, tz) for r in self.purpose.rules} | {
+            "logical_date": logical_date
+        }
+
+    def select(self, rule: Rule, *, projected: bool = False) -> str:
+        """``id, clock, held, waiting_for`` of every row of the rule's table due at the cutoff."""
+        t = rule.table
+        filt = rule_filter(self.policy, self.purpose_name, rule)
+        where = f"{rule.clock} < %(cutoff__{rule.name})s" + (f" AND ({filt.where})" if filt.where else "")
+        return (
+            f"WITH {', '.join(held_ctes(self.policy, [t]))} "
+            f'SELECT "{t}".id AS id, {rule.clock} AS clock, {held_test(t, t)} AS held, '
+            f"{self._waiting(rule, projected)} AS waiting_for "
+            f'FROM "{self.schema}"."{t}" AS "{t}" {filt.joins} WHERE {where}'
+        )
+
+    def _waiting(self, rule: Rule, projected: bool) -> str:
+        blockers = self.blockers.get(rule.table, ())
+        if not blockers:
+            return "NULL::text"
+        cases = []
+        for b in blockers:
+            leaving = ""
+            if projected:  # children that an earlier rule of this run deletes do not count
+                for earlier in self._rules_before(rule):
+                    if earlier.table == b.table and earlier.table != rule.table:
+                        leaving += (
+                            f" AND NOT EXISTS (SELECT 1 FROM ({self.select(earlier, projected=True)}) AS gone"
+                            " WHERE gone.id = blocker.id AND NOT gone.held AND gone.waiting_for IS NULL)"
+                        )
+            cases.append(
+                f'WHEN EXISTS (SELECT 1 FROM "{b.schema}"."{b.table}" AS blocker'
+                f' WHERE blocker."{b.column}" = "{rule.table}".id{leaving}) THEN \'{b.table}\''
+            )
+        return f"CASE {' '.join(cases)} END"
+
+    def _rules_before(self, rule: Rule) -> list[Rule]:
+        rules = list(self.purpose.rules)
+        return rules[: rules.index(rule)]
+
+    def deletable_select(self, rule: Rule, *, id_filter: str = "") -> str:
+        """The rows of the rule that would go now: due, not held, not waiting."""
+        return (
+            f"SELECT due.id, due.clock FROM ({self.select(rule)}) AS due"
+            f" WHERE NOT due.held AND due.waiting_for IS NULL{id_filter}"
+        )
+
+    def lock_batch_sql(self, rule: Rule) -> str:
+        """The next batch of deletable rows, locked (``FOR UPDATE ... SKIP LOCKED``), with the
+        parent rows the rule reads locked ``FOR SHARE``: nobody can set a contract back to
+        running, or change a clock the rule read, until the batch commits."""
+        t = rule.table
+        filt = rule_filter(self.policy, self.purpose_name, rule)
+        parents = [f'"{p}"' for p in filt.joined_tables]
+        share = f" FOR SHARE OF {', '.join(parents)}" if parents else ""
+        return (
+            f'SELECT "{t}".id FROM "{self.schema}"."{t}" AS "{t}" {filt.joins}'
+            f' JOIN ({self.deletable_select(rule)}) AS due ON due.id = "{t}".id'
+            f' WHERE "{t}".id > %(after_id)s ORDER BY "{t}".id LIMIT %(batch_size)s'
+            f' FOR UPDATE OF "{t}" SKIP LOCKED{share}'
+        )
+
+    # ------------------------------------------------------------------ counts
+
+    def count(self, conn, rule: Rule, logical_date: dt.datetime, *, projected: bool = False):
+        """One pass of the rule: its counts, and the ids of the rows kept (held or waiting)
+        for the audit log; the due ids themselves are never aggregated."""
+        query = (
+            "SELECT due.held, due.waiting_for, count(*), "
+            "array_agg(due.id ORDER BY due.id) FILTER (WHERE due.held OR due.waiting_for IS NOT NULL) "
+            f"FROM ({self.select(rule, projected=projected)}) AS due GROUP BY 1, 2"
+        )
+        outcome = RuleOutcome(rule.name, rule.table, rule.tier)
+        exceptions: list[tuple[bool, list[int]]] = []
+        for held, waiting_for, n, ids in conn.execute(query, self.params(logical_date)):
+            outcome.due += n
+            if held:
+                outcome.held += n
+                outcome.held_ids += ids[:MAX_IDS_IN_LOG]
+                exceptions.append((True, ids))
+            elif waiting_for:
+                outcome.waiting[waiting_for] = outcome.waiting.get(waiting_for, 0) + n
+                outcome.waiting_ids += ids[:MAX_IDS_IN_LOG]
+                exceptions.append((False, ids))
+        return outcome, exceptions
+
+    def plan(self, conn, logical_date: dt.datetime) -> list[RuleOutcome]:
+        """What a run at the logical date would do, rule by rule (projected), changing nothing."""
+        return [self.count(conn, rule, logical_date, projected=True)[0] for rule in self.purpose.rules]
+
+    def remaining(self, conn, rule: Rule, logical_date: dt.datetime) -> int:
+        """Rows of the rule that should be gone now and are not (the after-gate)."""
+        query = f"SELECT count(*) FROM ({self.deletable_select(rule)}) AS left_over"
+        return conn.execute(query, self.params(logical_date)).fetchone()[0]
