@@ -1,0 +1,558 @@
+"""Never delete or purge what must be kept: holds that cover what belongs to the held record (in
+the source and in the archive), batches and purges serialized with hold placement and parent
+changes (two real connections interleaving), future logical dates refused, the policy checked
+against its SQL, Object Lock on the verified version, shared files kept, preview mode."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import psycopg
+import pytest
+from retention.archive_store import ArchiveStore
+from retention.engine import CommittedBatchError, FutureLogicalDateError, RetentionEngine, RunContext
+from retention.paths import POLICY_FILE
+from retention.policy import PolicyError, load_policy
+
+from tests import factories as f
+from tests import scenarios
+
+pytestmark = pytest.mark.integration
+
+BLOCKED_FOR = 1.5  # seconds a statement must stay blocked to count as waiting for a lock
+
+
+def engine_for(policy, purpose, source_dsn, s3, storage, **kw) -> RetentionEngine:
+    return RetentionEngine(
+        policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=kw.get("lock_timeout", 5)
+    )
+
+
+def manifest(conn, purpose: str | None = None) -> list[tuple]:
+    return conn.execute(
+        "SELECT table_name, state, object_key FROM retention.archive_manifest"
+        " WHERE %s::text IS NULL OR purpose = %s ORDER BY id",
+        (purpose, purpose),
+    ).fetchall()
+
+
+def audit_actions(conn) -> dict[str, int]:
+    return dict(conn.execute("SELECT action, count(*) FROM retention.audit_log GROUP BY action").fetchall())
+
+
+class Pause:
+    """Stop the engine inside a step (the first time ``method`` returns, or before it runs)
+    until released, so that a second connection can act at exactly that point."""
+
+    def __init__(self, target, method: str, *, before: bool = False):
+        self.reached, self.release = threading.Event(), threading.Event()
+        original = getattr(target, method)
+
+        def paused(*args, **kwargs):
+            if before and not self.reached.is_set():
+                self._stop()
+            result = original(*args, **kwargs)
+            if not before and not self.reached.is_set():
+                self._stop()
+            return result
+
+        setattr(target, method, paused)
+
+    def _stop(self) -> None:
+        self.reached.set()
+        assert self.release.wait(60), "the test never released the paused engine"
+
+
+class InThread:
+    """Run a callable in a thread; remember its result or error."""
+
+    def __init__(self, fn):
+        self.result, self.error, self.done = None, None, threading.Event()
+
+        def run():
+            try:
+                self.result = fn()
+            except BaseException as exc:  # noqa: BLE001 - reported to the test
+                self.error = exc
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 60):
+        assert self.done.wait(timeout), "the thread did not finish"
+        if self.error:
+            raise self.error
+        return self.result
+
+
+def place_hold(dsn: str, table: str, record_id: int) -> InThread:
+    """A data-protection officer places a hold from another connection."""
+
+    def insert():
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO retention.legal_holds (table_name, record_id, reason) VALUES (%s, %s, 'litigation')",
+                (table, record_id),
+            )
+        return time.monotonic()
+
+    return InThread(insert)
+
+
+def run_statement(dsn: str, statement: str, params: tuple) -> InThread:
+    def execute():
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(statement, params)
+        return time.monotonic()
+
+    return InThread(execute)
+
+
+# ----------------------------------------------------------------- 1. what a hold covers
+
+
+def _archived_contract_file(db, ended: str = "2019-01-01"):
+    """A former customer's ended contract with everything under it."""
+    customer = f.customer(db, ended=ended)
+    contract = f.contract(db, customer_id=customer, ended=ended)
+    claim = f.claim(db, contract)
+    f.reimbursement(db, claim)
+    f.quote(db, issued="2015-12-01", contract_id=contract, customer_id=customer)
+    return customer, contract
+
+
+@pytest.mark.parametrize("held_table", ["contracts", "customers"])
+def test_a_hold_placed_after_archiving_keeps_every_object_of_the_contract_file(
+    held_table, db, s3, storage, policy, source_dsn
+):
+    """The hold arrives after the live rows are gone (litigation about a former customer):
+    claims, reimbursements and converted quotes are covered through the manifest's owners."""
+    customer, contract = _archived_contract_file(db)
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-01")))
+    archived = {table for table, state, _ in manifest(db) if state == "committed"}
+    assert archived == {"claims", "reimbursements", "quotes", "contracts"}
+    assert f.ids(db, "contracts") == set(), "the contract exists only in the archive now"
+
+    f.legal_hold(db, held_table, customer if held_table == "customers" else contract)
+    report = engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-01-02")))
+    assert report["purged_objects"] == 0 and report["held_objects"] == 4
+    assert {state for _, state, _ in manifest(db)} == {"committed"}
+    assert audit_actions(db)["object_purge_held"] == 4
+
+    db.execute("UPDATE retention.legal_holds SET released_at = now()")
+    report = engine.purge_archives(RunContext("contracts", "purge2", f.midnight("2024-01-02")))
+    assert report["purged_objects"] == 4
+
+
+def test_an_object_with_one_covered_record_is_kept_whole(db, s3, storage, policy, source_dsn):
+    prospect = f.prospect(db, last_contact="2019-01-01")
+    theirs = f.quote(db, issued="2022-02-01", prospect_id=prospect)
+    others = f.quote(db, issued="2022-02-02")
+    engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("quotes", "archive", f.midnight("2023-03-01")))
+    ((_, _, key),) = manifest(db, "quotes")
+    f.legal_hold(db, "prospects", prospect)
+    report = engine.purge_archives(RunContext("quotes", "purge", f.midnight("2024-03-01")))
+    assert report == report | {"purged_objects": 0, "held_objects": 1, "held_keys": [key]}
+    owners = db.execute("SELECT owner_ids FROM retention.archive_manifest").fetchone()[0]
+    assert owners == {"prospects": [prospect]} and theirs < others
+
+
+def test_a_customers_hold_covers_their_rows_in_every_table(db, s3, storage, policy, source_dsn):
+    """Rows reached only through another record of the customer: a quote made as a prospect,
+    a fraud alert on their contract, the analysis of their call."""
+    customer = f.customer(db)
+    prospect = f.prospect(db, last_contact="2019-01-01", customer_id=customer)
+    quote = f.quote(db, issued="2020-01-01", prospect_id=prospect)
+    contract = f.contract(db, customer_id=customer)
+    alert = f.fraud_alert(db, contract, raised="2020-01-01")
+    recording = f.call_recording(db, reason="quality", started="2020-01-01", customer_id=customer)
+    analysis = f.call_analysis(db, recording_id=recording, created="2020-01-01")
+    f.legal_hold(db, "customers", customer)
+    D = f.midnight("2025-06-01")
+    for purpose in ("quotes", "fraud", "call_recordings"):
+        outcomes = engine_for(policy, purpose, source_dsn, s3, storage).archive_and_delete(RunContext(purpose, "r", D))
+        assert sum(o.deleted for o in outcomes) == 0 and sum(o.held for o in outcomes) >= 1, purpose
+    assert (f.ids(db, "quotes"), f.ids(db, "fraud_alerts")) == ({quote}, {alert})
+    assert (f.ids(db, "call_recordings"), f.ids(db, "call_analyses")) == ({recording}, {analysis})
+
+
+def test_a_hold_on_a_recording_or_a_fraud_case_covers_what_belongs_to_it(db, s3, storage, policy, source_dsn):
+    recording = f.call_recording(db, reason="quality", started="2020-01-01")
+    analysis = f.call_analysis(db, recording_id=recording, created="2020-01-01")
+    case = f.fraud_case(db, closed=None)
+    alert = f.fraud_alert(
+        db, f.contract(db), raised="2019-12-01", status="not_relevant", qualified="2020-01-01", case_id=case
+    )
+    f.legal_hold(db, "call_recordings", recording)
+    f.legal_hold(db, "fraud_cases", case)
+    D = f.midnight("2025-06-01")
+    for purpose in ("call_recordings", "fraud"):
+        engine_for(policy, purpose, source_dsn, s3, storage).archive_and_delete(RunContext(purpose, "r", D))
+    assert f.ids(db, "call_analyses") == {analysis} and f.ids(db, "fraud_alerts") == {alert}
+
+
+# ----------------------------------------------------------------- 2. what is checked is what is deleted
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["_lock_batch", "_recheck", "_archive_group", "_delete_rows"],
+    ids=["after-lock", "after-recheck", "after-upload", "after-delete-before-commit"],
+)
+def test_a_hold_placed_during_a_batch_waits_for_its_commit(step, db, s3, storage, policy, source_dsn):
+    """The hold is either seen by the batch or waits until the batch's commit: never committed
+    while the batch, having checked, goes on to delete (tier none: nothing would remain)."""
+    scenario_row = f.job_application(db, last_contact="2020-01-01", cv_key="cv/a.pdf")
+    f.put_document(s3, storage.documents_bucket, "cv/a.pdf")
+    engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    if step == "_archive_group":  # tier none archives nothing: pause where the files are listed
+        step = "_dispose_unarchived"
+    pause = Pause(engine, step)
+    run = InThread(lambda: engine.archive_and_delete(RunContext("job_applications", "r", f.midnight("2025-01-01"))))
+    assert pause.reached.wait(30)
+    hold = place_hold(source_dsn, "job_applications", scenario_row)
+    assert not hold.done.wait(BLOCKED_FOR), "the hold was committed while the batch was between check and commit"
+    released_at = time.monotonic()
+    pause.release.set()
+    run.join()
+    assert hold.join() >= released_at, "the hold went in after the batch committed"
+
+
+def test_a_hold_committed_before_the_batch_locks_is_seen(db, s3, storage, policy, source_dsn):
+    application = f.job_application(db, last_contact="2020-01-01")
+    engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    pause = Pause(engine, "_audit_exceptions")  # counted, no batch open yet
+    run = InThread(lambda: engine.archive_and_delete(RunContext("job_applications", "r", f.midnight("2025-01-01"))))
+    assert pause.reached.wait(30)
+    place_hold(source_dsn, "job_applications", application).join(10)
+    pause.release.set()
+    (outcome,) = run.join()
+    assert outcome.deleted == 0 and f.ids(db, "job_applications") == {application}
+
+
+def test_a_contract_set_back_to_running_during_its_claims_batch_waits(db, s3, storage, policy, source_dsn):
+    contract = f.contract(db, ended="2025-01-01")
+    f.claim(db, contract)
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    pause = Pause(engine, "_archive_group")  # the claims batch is uploading
+    run = InThread(lambda: engine.archive_and_delete(RunContext("contracts", "r", f.midnight("2025-06-01"))))
+    assert pause.reached.wait(30)
+    revive = run_statement(
+        source_dsn, "UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,)
+    )
+    assert not revive.done.wait(BLOCKED_FOR), "the parent's clock changed under a batch that had checked it"
+    pause.release.set()
+    run.join()
+    revive.join()
+    assert f.ids(db, "contracts") == {contract}, "running again: the contract itself stays"
+
+
+def test_claims_of_a_contract_set_back_to_running_before_the_batch_stay(db, s3, storage, policy, source_dsn):
+    contract = f.contract(db, ended="2025-01-01")
+    claim = f.claim(db, contract)
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    pause = Pause(engine, "_audit_exceptions")
+    run = InThread(lambda: engine.archive_and_delete(RunContext("contracts", "r", f.midnight("2025-06-01"))))
+    assert pause.reached.wait(30)
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    pause.release.set()
+    run.join()
+    assert f.ids(db, "claims") == {claim}
+
+
+def _two_purgeable_quote_objects(db, s3, storage, policy, source_dsn):
+    first = f.quote(db, issued="2021-02-10")
+    second = f.quote(db, issued="2021-03-10")
+    engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("quotes", "archive", f.midnight("2022-04-01")))
+    assert len(manifest(db)) == 2
+    return engine, first, second
+
+
+def test_a_hold_placed_while_the_purge_runs_is_seen_or_waits(db, s3, storage, policy, source_dsn):
+    engine, _, second = _two_purgeable_quote_objects(db, s3, storage, policy, source_dsn)
+    pause = Pause(engine.store, "delete_all_versions", before=True)  # first object decided, not deleted
+    purge = InThread(lambda: engine.purge_archives(RunContext("quotes", "purge", f.midnight("2023-04-01"))))
+    assert pause.reached.wait(30)
+    hold = place_hold(source_dsn, "quotes", second)
+    assert not hold.done.wait(BLOCKED_FOR), "a hold must not slip in between a purge's check and its delete"
+    pause.release.set()
+    report = purge.join()
+    hold.join()
+    assert report["purged_objects"] == 1 and report["held_objects"] == 1
+    assert [state for _, state, _ in manifest(db)] == ["purged", "committed"]
+
+
+def test_a_hold_on_the_owner_placed_during_the_purge_keeps_the_object(db, s3, storage, policy, source_dsn):
+    """Owners recorded at archive time: a hold on the customer, whose quote is archive-only."""
+    customer = f.customer(db)
+    f.quote(db, issued="2021-02-10")
+    f.quote(db, issued="2021-03-10", customer_id=customer)
+    engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("quotes", "archive", f.midnight("2022-04-01")))
+    pause = Pause(engine.store, "delete_all_versions", before=True)
+    purge = InThread(lambda: engine.purge_archives(RunContext("quotes", "purge", f.midnight("2023-04-01"))))
+    assert pause.reached.wait(30)
+    hold = place_hold(source_dsn, "customers", customer)
+    pause.release.set()
+    report = purge.join()
+    hold.join()
+    assert report["held_objects"] == 1 and [s for _, s, _ in manifest(db)] == ["purged", "committed"]
+
+
+def test_two_purges_of_a_purpose_at_once_purge_and_audit_each_object_once(db, s3, storage, policy, source_dsn):
+    engine, *_ = _two_purgeable_quote_objects(db, s3, storage, policy, source_dsn)
+    other = engine_for(policy, "quotes", source_dsn, s3, storage, lock_timeout=30)
+    ctx = RunContext("quotes", "purge", f.midnight("2023-04-01"))
+    pause = Pause(engine.store, "delete_all_versions", before=True)
+    first = InThread(lambda: engine.purge_archives(ctx))
+    assert pause.reached.wait(30)
+    second = InThread(lambda: other.purge_archives(ctx))
+    time.sleep(0.5)
+    pause.release.set()
+    reports = [first.join(), second.join()]
+    assert sum(r["purged_objects"] for r in reports) == 2
+    assert audit_actions(db)["object_purged"] == 2
+
+
+# ----------------------------------------------------------------- 3. future logical dates
+
+
+def test_a_logical_date_in_the_future_is_refused_before_any_change(db, s3, storage, policy, source_dsn):
+    recent = f.quote(db, issued=dt.date.today() - dt.timedelta(days=30))
+    engine, *_ = _two_purgeable_quote_objects(db, s3, storage, policy, source_dsn)
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=340)
+    ctx = RunContext("quotes", "manual__future", future)
+    for step in (engine.plan, engine.archive_and_delete, engine.purge_archives):
+        with pytest.raises(FutureLogicalDateError, match=future.isoformat()[:10]):
+            step(ctx)
+    assert recent in f.ids(db, "quotes")
+    assert {state for _, state, _ in manifest(db)} == {"committed"}
+    # A few minutes of clock skew are tolerated: a run triggered "now" goes through.
+    engine.plan(RunContext("quotes", "manual__now", dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)))
+
+
+def test_a_dag_run_at_a_future_logical_date_fails_before_any_change(airflow_db, db, s3, storage, policy):
+    from tests.dag_runs import run_dag, task_states
+
+    quote = f.quote(db, issued=dt.date.today() - dt.timedelta(days=30))
+    dag_run = run_dag("quotes", dt.datetime.now(dt.UTC) + dt.timedelta(days=340))
+    states = task_states(dag_run)
+    assert states["check_before"] == "failed" and states["archive_and_delete"] != "success", states
+    assert f.ids(db, "quotes") == {quote}
+
+
+# ----------------------------------------------------------------- 4. the policy against its SQL
+
+
+def _policy_variant(tmp_path, old: str, new: str, count: int = 1):
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    assert text.count(old) >= count, old
+    path = tmp_path / "retention_policy.yaml"
+    path.write_text(text.replace(old, new, count), encoding="utf-8")
+    return path
+
+
+def test_a_rule_pointed_at_another_table_is_an_import_error(tmp_path):
+    path = _policy_variant(
+        tmp_path,
+        "        table: quotes\n        clock: quotes.issued_at",
+        "        table: customers\n        clock: quotes.issued_at",
+    )
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    message = str(error.value)
+    assert str(path) in message and "purpose 'quotes', rule 'unconverted_quotes'" in message
+    assert "unconverted_quotes.sql" in message and "quotes.contract_id" in message and "'customers'" in message
+
+
+def test_a_clock_on_a_table_the_rule_does_not_join_is_an_import_error(tmp_path):
+    path = _policy_variant(tmp_path, "clock: quotes.issued_at", "clock: contracts.ended_at")
+    with pytest.raises(PolicyError, match=r"clock 'contracts.ended_at' is on table 'contracts', which is neither"):
+        load_policy(path)
+
+
+def test_sql_in_another_schema_than_the_policys_is_an_import_error(tmp_path):
+    path = _policy_variant(tmp_path, "source_schema: app", "source_schema: insurer")
+    with pytest.raises(PolicyError, match=r"joins app\.\w+, but the policy's source_schema is 'insurer'"):
+        load_policy(path)
+
+
+def test_a_rule_file_that_selects_is_rejected(tmp_path, monkeypatch):
+    from retention import policy as policy_module
+
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "quotes").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "quotes":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    (sql_dir / "quotes" / "unconverted_quotes.sql").write_text("SELECT id FROM app.customers WHERE true\n")
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+    with pytest.raises(PolicyError, match=r"is a whole SELECT"):
+        load_policy(POLICY_FILE)
+
+
+def test_a_duplicated_key_is_rejected_with_its_line_numbers(tmp_path):
+    path = _policy_variant(tmp_path, "        live: 12 months\n", "        live: 12 months\n        live: 1 day\n")
+    with pytest.raises(PolicyError, match=r"found the key 'live' twice \(first on line \d+, again on line \d+\)"):
+        load_policy(path)
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    block = text[text.index("  job_applications:") : text.index("# What a legal hold")]
+    path.write_text(text.replace("# What a legal hold", block + "# What a legal hold", 1), encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"found the key 'job_applications' twice"):
+        load_policy(path)
+
+
+def test_an_error_in_one_rule_field_is_reported_alone(tmp_path):
+    path = _policy_variant(tmp_path, "live: 12 months", "live: twelve months")
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    assert "rule 'unconverted_quotes', field 'live'" in str(error.value)
+    assert "at least 1 item" not in str(error.value) and len(str(error.value).splitlines()) == 2
+
+
+def test_a_purpose_without_mode_is_rejected(tmp_path):
+    path = _policy_variant(tmp_path, "    mode: preview\n", "")
+    with pytest.raises(PolicyError, match=r"purpose 'quotes', field 'mode': Field required"):
+        load_policy(path)
+
+
+def test_a_legal_hold_coverage_that_loops_is_rejected(tmp_path):
+    path = _policy_variant(
+        tmp_path, "    claims: [reimbursements.claim_id]", "    claims: [reimbursements.claim_id, contracts.id]"
+    )
+    with pytest.raises(PolicyError, match=r"must not loop back"):
+        load_policy(path)
+
+
+# ----------------------------------------------------------------- 5. Object Lock on the verified version
+
+
+def test_object_lock_goes_on_the_verified_version_even_if_the_key_is_overwritten(db, s3, storage, policy, source_dsn):
+    from retention import checks
+
+    scenario = scenarios.aml(db, s3, storage)
+    engine = engine_for(policy, "aml", source_dsn, s3, storage)
+    original_put = engine.store.put_verified
+
+    def put_then_overwritten(key, *args, **kwargs):
+        verified = original_put(key, *args, **kwargs)
+        s3.put_object(Bucket=storage.archive_bucket, Key=key, Body=b"not the archive")  # between upload and lock
+        return verified
+
+    engine.store.put_verified = put_then_overwritten
+    ctx = RunContext("aml", "r", scenario.logical_date)
+    engine.archive_and_delete(ctx)
+    key, version = db.execute("SELECT object_key, version_id FROM retention.archive_manifest").fetchone()
+    head = s3.head_object(Bucket=storage.archive_bucket, Key=key, VersionId=version)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    newest = s3.head_object(Bucket=storage.archive_bucket, Key=key)
+    assert newest["VersionId"] != version and "ObjectLockMode" not in newest
+    with psycopg.connect(source_dsn) as conn:
+        result = checks._probative_versions_locked(conn, engine.store, ctx, "aml")
+    assert result["success"] and result["observed"]["objects"] == 1
+
+
+# ----------------------------------------------------------------- 6. shared files
+
+
+def test_a_file_named_by_a_kept_or_held_row_stays(db, s3, storage, policy, source_dsn):
+    shared = "cv/shared.pdf"
+    f.put_document(s3, storage.documents_bucket, shared)
+    due = f.job_application(db, last_contact="2020-01-01", cv_key=shared)
+    held = f.job_application(db, last_contact="2020-01-01", cv_key=shared)
+    recent = f.job_application(db, last_contact="2024-12-01", cv_key=shared)
+    f.legal_hold(db, "job_applications", held)
+    engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    (outcome,) = engine.archive_and_delete(RunContext("job_applications", "r1", f.midnight("2025-01-01")))
+    assert outcome.deleted == 1 and outcome.documents_kept_shared == 1 and due not in f.ids(db, "job_applications")
+    assert s3.head_object(Bucket=storage.documents_bucket, Key=shared)
+    assert db.execute("SELECT outcome FROM retention.document_disposals").fetchall() == [("kept_shared",)]
+
+    db.execute("UPDATE retention.legal_holds SET released_at = now()")
+    db.execute("DELETE FROM app.job_applications WHERE id = %s", (recent,))  # gone by another way
+    engine.archive_and_delete(RunContext("job_applications", "r2", f.midnight("2025-01-01")))
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=storage.documents_bucket, Key=shared)
+
+
+# ----------------------------------------------------------------- 7. preview mode
+
+
+def test_every_purpose_ships_in_preview():
+    shipped = load_policy(POLICY_FILE)
+    assert {name: p.mode for name, p in shipped.purposes.items()} == dict.fromkeys(shipped.purposes, "preview")
+
+
+def test_preview_mode_reports_what_enforce_would_do_and_changes_nothing(db, s3, storage, source_dsn):
+    scenario = scenarios.contracts(db, s3, storage)
+    shipped = load_policy(POLICY_FILE)
+    tables = ["contracts", "claims", "reimbursements", "payment_methods", "quotes"]
+    before = {t: f.ids(db, t) for t in tables}
+    ctx = RunContext("contracts", "scheduled__preview", scenario.logical_date, mode="preview")
+    preview = engine_for(shipped, "contracts", source_dsn, s3, storage)
+    outcomes = preview.archive_and_delete(ctx)
+    purge = preview.purge_archives(ctx)
+    assert {t: f.ids(db, t) for t in tables} == before and purge["purged_objects"] == 0
+    assert db.execute("SELECT count(*) FROM retention.audit_log").fetchone()[0] == 0
+    assert not s3.list_object_versions(Bucket=storage.archive_bucket).get("Versions")
+    expected = {rule: len(ids) for rule, ids in scenario.deleted.items()}
+    would_delete = {o.table: 0 for o in outcomes}
+    for o in outcomes:
+        would_delete[o.table] += o.deletable
+    assert {t: n for t, n in would_delete.items() if n} == expected
+
+
+def test_a_dag_run_in_preview_changes_nothing_and_says_so(airflow_db, db, s3, storage, monkeypatch):
+    from tests.dag_runs import load_dag, run_dag, task_states, xcoms
+
+    monkeypatch.setenv("RETENTION_POLICY_FILE", str(POLICY_FILE))
+    scenario = scenarios.quotes(db, s3, storage)
+    before = f.ids(db, "quotes")
+    assert "mode:preview" in load_dag("quotes").tags
+    dag_run = run_dag("quotes", scenario.logical_date)  # what unpausing starts at once
+    assert set(task_states(dag_run).values()) == {"success"}
+    assert f.ids(db, "quotes") == before
+    report = xcoms(dag_run)["report"]
+    assert "PREVIEW mode" in report and "mode preview" in report
+
+
+# ----------------------------------------------------------------- 8. smaller, same spirit
+
+
+def test_the_plan_counts_parents_that_the_run_deletes_after_their_children(db, s3, storage, policy, source_dsn):
+    scenario = scenarios.fraud(db, s3, storage)
+    engine = engine_for(policy, "fraud", source_dsn, s3, storage)
+    ctx = RunContext("fraud", "r", scenario.logical_date)
+    planned = {o.rule: o.deletable for o in engine.plan(ctx)}
+    done = {o.rule: o.deleted for o in engine.archive_and_delete(ctx)}
+    assert planned == done and planned["closed_fraud_cases"] > 0
+
+
+def test_an_error_after_the_commit_says_the_batch_is_committed(db, s3, storage, policy, source_dsn):
+    application = f.job_application(db, last_contact="2020-01-01", cv_key="cv/b.pdf")
+    f.put_document(s3, storage.documents_bucket, "cv/b.pdf")
+    engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    from botocore.exceptions import EndpointConnectionError
+
+    def s3_gone(keys):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    engine.store.delete_documents = s3_gone
+    ctx = RunContext("job_applications", "r", f.midnight("2025-01-01"))
+    with pytest.raises(CommittedBatchError) as error:
+        engine.archive_and_delete(ctx)
+    message = str(error.value)
+    assert "is committed (1 rows deleted)" in message and "deleting the source files failed" in message
+    assert "the next run of 'job_applications'" in message
+    assert application not in f.ids(db, "job_applications")
+    del engine.store.delete_documents
+    engine.archive_and_delete(ctx)
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=storage.documents_bucket, Key="cv/b.pdf")
