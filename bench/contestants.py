@@ -43,7 +43,7 @@ def run_limit(spec: dict, timer) -> dict:
     client = s3_client(spec["s3_endpoint"])
     path = Path(spec["workdir"]) / "limit.tsv"
     key = f"limit/{spec['run_id']}/quotes.tsv"
-    params = {"cutoff": dt.datetime.fromisoformat(spec["cutoff"])}
+    params = {spec["cutoff_param"]: dt.datetime.fromisoformat(spec["cutoff"])}
     steps = _Steps()
     with timer:
         with psycopg.connect(spec["dsn"]) as conn:
@@ -80,7 +80,9 @@ def run_pandas(spec: dict, timer) -> dict:
     with timer:
         with engine.begin() as conn:
             df = pd.read_sql(
-                selection(spec["rule_sql"]), conn, params={"cutoff": dt.datetime.fromisoformat(spec["cutoff"])}
+                selection(spec["rule_sql"]),
+                conn,
+                params={spec["cutoff_param"]: dt.datetime.fromisoformat(spec["cutoff"])},
             )
             steps("read_sql")
             df.to_parquet(path, index=False)
@@ -103,7 +105,7 @@ def run_engine(spec: dict, timer) -> dict:
     from retention.engine import RetentionEngine, RunContext
     from retention.policy import default_policy
 
-    policy = default_policy()
+    policy = default_policy().with_mode("enforce")  # the shipped preview mode would only count
     storage = policy.storage_settings()  # buckets from RETENTION_*_BUCKET, set by the bench
     assert storage.archive_bucket == spec["archive_bucket"], (storage.archive_bucket, spec["archive_bucket"])
     store = ArchiveStore(s3_client(spec["s3_endpoint"]), storage)
@@ -136,7 +138,7 @@ def run_purpose(spec: dict, timer) -> dict:
     from retention.engine import RetentionEngine, RunContext
     from retention.policy import default_policy
 
-    policy = default_policy()
+    policy = default_policy().with_mode("enforce")
     store = ArchiveStore(s3_client(spec["s3_endpoint"]), policy.storage_settings())
     engine = RetentionEngine(policy, spec["purpose"], spec["dsn"], store)
     ctx = RunContext(
@@ -242,7 +244,6 @@ def _time_phases(engine, store) -> dict:
         setattr(owner, name, timed)
 
     for name in (
-        "_count_rule",
         "_audit_exceptions",
         "recover",
         "_lock_batch",

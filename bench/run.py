@@ -442,8 +442,10 @@ def profile_summary(stats_file: Path, top: int = 25) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
+    import psycopg
     from retention.periods import cutoff
-    from retention.policy import default_policy, rule_sql_path
+    from retention.planner import Planner
+    from retention.policy import default_policy
     from retention.schema import apply_schema
 
     from bench import data, full_run, parse_time
@@ -451,10 +453,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     policy = default_policy()
     rule = policy.purpose("quotes").rules[0]
-    sql_file = rule_sql_path("quotes", rule)
-    if args.engine_plugins:  # the same rule SQL as the engine measured
-        sql_file = args.engine_plugins.parent / sql_file.relative_to(REPO_ROOT)
-    rule_sql = sql_file.read_text(encoding="utf-8").strip().rstrip(";")
     engine_plugins = str(args.engine_plugins) if args.engine_plugins else None
     logical_date = LOGICAL_DATE.astimezone(dt.UTC)
     quotes_cutoff = cutoff(logical_date, rule.live, policy.tz)
@@ -479,6 +477,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         apply_schema(stack.dsn)
         report["versions"] = versions(stack.dsn)
+        with psycopg.connect(stack.dsn) as conn:  # the select the engine runs, for all three
+            rule_sql = Planner.load(conn, policy, "quotes").select(rule)
         workdir = stack.root / "work"
         workdir.mkdir()
         # What every contestant's child process gets; each run adds its own buckets and run id.
@@ -488,6 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
             "logical_date": logical_date.isoformat(),
             "cutoff": quotes_cutoff.isoformat(),
             "rule_sql": rule_sql,
+            "cutoff_param": f"cutoff__{rule.name}",
             "batch_size": args.batch_size,
             "workdir": str(workdir),
         }

@@ -556,3 +556,26 @@ def test_an_error_after_the_commit_says_the_batch_is_committed(db, s3, storage, 
     engine.archive_and_delete(ctx)
     with pytest.raises(s3.exceptions.ClientError):
         s3.head_object(Bucket=storage.documents_bucket, Key="cv/b.pdf")
+
+
+def test_owners_of_objects_archived_before_they_were_recorded_are_backfilled(db, s3, storage, policy, source_dsn):
+    from retention.backfill_owners import backfill_owners
+
+    customer, contract = _archived_contract_file(db)
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-01")))
+    recorded = dict(db.execute("SELECT table_name, owner_ids FROM retention.archive_manifest").fetchall())
+    assert recorded["reimbursements"] == {
+        "claims": recorded["reimbursements"]["claims"],
+        "contracts": [contract],
+        "customers": [customer],
+    }
+    db.execute("UPDATE retention.archive_manifest SET owner_ids = NULL")  # as archived by an older release
+
+    report = engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-01-02")))
+    assert report["purged_objects"] == 0 and report["owners_not_recorded"] == 4, "unknown owners: kept"
+    with psycopg.connect(source_dsn) as conn:
+        assert backfill_owners(conn, s3, policy) == 4
+    assert dict(db.execute("SELECT table_name, owner_ids FROM retention.archive_manifest").fetchall()) == recorded
+    f.legal_hold(db, "customers", customer)
+    assert engine.purge_archives(RunContext("contracts", "purge2", f.midnight("2024-01-02")))["held_objects"] == 4

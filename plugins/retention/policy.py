@@ -209,6 +209,11 @@ class Policy(_Strict):
     def storage_settings(self) -> Storage:
         return self.storage.with_env_overrides(dict(os.environ))
 
+    def with_mode(self, mode: Literal["preview", "enforce"]) -> Policy:
+        """The same schedule with every purpose in ``mode`` (what a benchmark measures)."""
+        purposes = {name: p.model_copy(update={"mode": mode}) for name, p in self.purposes.items()}
+        return self.model_copy(update={"purposes": purposes})
+
 
 def rule_sql_path(purpose: str, rule: Rule) -> Path:
     return SQL_DIR / purpose / f"{rule.name}.sql"
