@@ -366,7 +366,6 @@ class Pause:
     def __init__(self):
         self.reached = threading.Event()
         self.resume = threading.Event()
-        self.committed_at: float | None = None
         self.resumed_at: float | None = None
 
     def release(self) -> None:
@@ -437,10 +436,9 @@ BATCH_STEPS = [
 
 
 def pause_claims_batch(engine, pause: Pause, where, method, when) -> None:
-    """Pause at the step of the first batch of the 'claims' rule; mark its commit time."""
+    """Pause at the step of the first batch of the 'claims' rule."""
     state = {"armed": False, "done": False}
     original_batch = engine._archive_batch
-    original_finish = engine._finish_commit
 
     def archive_batch(control, intents, reader, rule, *args):
         state["armed"] = rule.name == "claims" and not state["done"]
@@ -449,13 +447,7 @@ def pause_claims_batch(engine, pause: Pause, where, method, when) -> None:
             pause.wait_here()
         return original_batch(control, intents, reader, rule, *args)
 
-    def finish_commit(control, rule, batch, outcome):
-        if rule.name == "claims" and pause.committed_at is None and pause.reached.is_set():
-            pause.committed_at = time.monotonic()
-        return original_finish(control, rule, batch, outcome)
-
     engine._archive_batch = archive_batch
-    engine._finish_commit = finish_commit
     if method == "_archive_batch":
         return
     target = engine.store if where == "store" else engine
@@ -510,24 +502,27 @@ def test_legal_hold_placed_at_each_step_of_a_batch(name, where, method, when, in
     assert "error" not in out, out.get("error")
     assert racer.error is None, racer.error
 
-    # Whatever the timing, the held records are kept: in the source when the hold came first,
-    # else in the committed archive of the batch that decided before the hold (never purged).
+    # The invariant follows the order observed: a hold committed while the batch was still open
+    # (it did not wait) must have been seen, its records still in the source; a hold that waited
+    # for the batch's commit came after it: the batch's rows are in its committed archive.
+    hold_first = racer.done_at < pause.resumed_at
     covered = {claims[0]} if target == "claim" else set(claims)
     held = {"claims": covered} | ({"contracts": {contract}} if target == "contract" else {})
-    if inside:
-        assert blocked and lock_wait, f"the hold insert was not blocked by the batch paused {name}"
-        assert racer.done_at > pause.resumed_at, "the hold went through only once the batch could commit"
-        archived_before = {("claims", c) for c in covered}
-        outcome = f"completed; hold insert blocked {racer.done_at - racer.started_at:.1f}s until the batch committed"
-    else:
-        assert not blocked, "a hold placed before the batch must not wait"
-        assert covered <= f.ids(db, "claims"), "the held claims stay"
-        archived_before = set()
-        outcome = "completed; hold committed first and seen by the batch"
     held = {t: held.get(t, set()) | kept.get(t, set()) for t in set(held) | set(kept)}
+    archived_before = set() if hold_first else {("claims", c) for c in covered}
     report = check_invariants(db, s3, storage, policy, "contracts", due, held, D, archived_before=archived_before)
+    if hold_first:
+        outcome = f"completed; hold committed {'first' if not inside else 'INSIDE the batch'} (did not wait)"
+    else:
+        outcome = f"completed; hold insert blocked {racer.done_at - racer.started_at:.1f}s until the batch committed"
     record(f"legal hold on the {target}, placed {name} (claims batch)", report, outcome, "n/a (race, no failure)")
     assert report.ok, report.describe()
+    if inside:
+        assert blocked and lock_wait, f"the hold insert was not blocked by the batch paused {name}"
+        assert not hold_first, "the hold went through only once the batch could commit"
+    else:
+        assert hold_first and not blocked, "a hold placed before the batch must not wait"
+        assert covered <= f.ids(db, "claims"), "the held claims stay"
     if target == "contract":
         assert contract in f.ids(db, "contracts"), "the held contract stays (its rule runs after the hold committed)"
 
@@ -572,14 +567,6 @@ def test_legal_hold_placed_at_each_step_of_the_purge(name, where, method, when, 
         return result
 
     setattr(target_obj, method, step)
-    stepped_purge_one = engine._purge_one
-
-    def purge_one_timed(control, ctx, manifest_id, *args):  # when the first object's transaction ended
-        stepped_purge_one(control, ctx, manifest_id, *args)
-        if manifest_id == first_id and pause.committed_at is None:
-            pause.committed_at = time.monotonic()
-
-    engine._purge_one = purge_one_timed
     thread, out = run_in_thread(lambda: engine.purge_archives(RunContext("contracts", "p1", PURGE_DATE)))
     assert pause.reached.wait(PAUSE_TIMEOUT), out.get("error")
     racer = Racer(
@@ -596,19 +583,15 @@ def test_legal_hold_placed_at_each_step_of_the_purge(name, where, method, when, 
     assert "error" not in out, out.get("error")
     assert racer.error is None, racer.error
 
+    # As for batches: a hold that committed while the purge was paused (did not wait) must keep
+    # every object it covers; one that waited for the object's transaction came after it.
     states = dict(db.execute("SELECT id, state FROM retention.archive_manifest").fetchall())
-    if inside:
-        assert blocked and lock_wait, f"the hold insert was not blocked by the purge paused {name}"
-        assert racer.done_at > pause.resumed_at, "the hold went through only once the object's transaction ended"
-        assert states[first_id] == "purged", "decided before the hold: purged"
-        must_stay = covered_ids - {first_id}
-        outcome = f"completed; hold insert blocked {racer.done_at - racer.started_at:.1f}s until the object's commit"
+    hold_first = racer.done_at < pause.resumed_at
+    must_stay = covered_ids if hold_first else covered_ids - {first_id}
+    if hold_first:
+        outcome = f"completed; hold committed {'first' if not inside else 'INSIDE the object transaction'}: object kept"
     else:
-        assert not blocked
-        must_stay = covered_ids
-        outcome = "completed; hold committed first and seen: object kept"
-    if not inside or target == "owner":
-        assert must_stay, "the hold covers an object the purge must keep"
+        outcome = f"completed; hold insert blocked {racer.done_at - racer.started_at:.1f}s until the object's commit"
     held_records = {(t, i) for mid, t, ids, _, _ in setup["objects"] if mid in must_stay for i in ids}
     held: dict[str, set[int]] = {}
     for t, i in held_records:
@@ -618,6 +601,13 @@ def test_legal_hold_placed_at_each_step_of_the_purge(name, where, method, when, 
     record(f"legal hold on the {target}, placed {name} (purge)", report, outcome, "n/a (race, no failure)")
     assert report.ok, report.describe()
     assert all(states[m] == "committed" for m in must_stay)
+    if inside:
+        assert blocked and lock_wait, f"the hold insert was not blocked by the purge paused {name}"
+        assert not hold_first and states[first_id] == "purged", "decided before the hold: purged"
+    else:
+        assert hold_first and not blocked
+    if hold_first or target == "owner":
+        assert must_stay, "the hold covers an object the purge must keep"
 
 
 # ---------------------------------------------------------------------- 6. parent set back to running
@@ -645,22 +635,23 @@ def test_parent_set_back_to_running_mid_batch(inside, db, s3, storage, policy, s
     assert "error" not in out, out.get("error")
     assert racer.error is None, racer.error
     due = {"contracts": {contract}, "claims": set(claims)}
-    if inside:
-        assert blocked and lock_wait, "the UPDATE of the locked parent must wait for the batch"
-        assert racer.done_at > pause.resumed_at
-        held = {"contracts": {contract}, "claims": {claims[1]}}  # the batch after the UPDATE sees a running contract
-        archived_before = {("claims", claims[0])}
-        held["claims"] |= {claims[0]}
-        outcome = f"completed; UPDATE blocked {racer.done_at - racer.started_at:.1f}s until the batch committed"
-    else:
-        assert not blocked
-        held = {"contracts": {contract}, "claims": set(claims)}
-        archived_before = set()
-        outcome = "completed; UPDATE committed first: claims kept"
-    held = {t: ids | kept.get(t, set()) for t, ids in held.items()}
+    # An UPDATE that went through while the batch was open (did not wait) must have been seen:
+    # both claims stay. One that waited came after the first batch: that claim is archived, the
+    # second batch sees a running contract and keeps its claim.
+    update_first = racer.done_at < pause.resumed_at
+    held = {"contracts": {contract} | kept["contracts"], "claims": set(claims) | kept["claims"]}
+    archived_before = set() if update_first else {("claims", claims[0])}
     report = check_invariants(db, s3, storage, policy, "contracts", due, held, D, archived_before=archived_before)
+    if update_first:
+        outcome = f"completed; UPDATE committed {'first' if not inside else 'INSIDE the batch'}: claims kept"
+    else:
+        outcome = f"completed; UPDATE blocked {racer.done_at - racer.started_at:.1f}s until the batch committed"
     record(f"contract set back to running {'after the batch lock' if inside else 'before the batch lock'}", report, outcome, "n/a (race, no failure)")
     assert report.ok, report.describe()
+    if inside:
+        assert blocked and lock_wait and not update_first, "the UPDATE of the locked parent must wait for the batch"
+    else:
+        assert update_first and not blocked
     assert contract in f.ids(db, "contracts")
 
 
