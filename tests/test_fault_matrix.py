@@ -49,10 +49,11 @@ BLOCK_PROBE = 0.6  # how long a racing statement must stay blocked while the eng
 MATRIX: list[dict] = []
 
 
-def record(fault: str, report, run_state: str, recovered: bool | str) -> None:
+def record(fault: str, report, run_state: str, recovered: bool | str, known_bug: bool = False) -> None:
     MATRIX.append(
         {
-            "fault": fault,
+            "fault": fault + (" **(engine bug, xfail)**" if known_bug else ""),
+            "known_bug": known_bug,
             "lost": len(report.lost | report.held_violations) if report is not None else 0,
             "duplicated": len(report.duplicated) if report is not None else 0,
             "state": run_state,
@@ -183,6 +184,44 @@ def test_kill9_during_purge_after_s3_delete_then_rerun(db, s3, storage, policy, 
     record("kill -9: purge, S3 delete done, before manifest update", report, "killed (SIGKILL) after delete_all_versions", report.ok)
     assert report.ok, report.describe()
     assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state <> 'purged'").fetchone()[0] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: _purge_one deletes the S3 versions inside the manifest row's transaction with no "
+    "'purging' intent; after a crash between the S3 delete and the manifest update, a hold placed before the "
+    "re-run makes the re-run keep the object as 'committed' and audit it 'object_purge_held' although its "
+    "bytes are gone: manifest and bucket disagree and the held records exist nowhere",
+)
+def test_kill9_during_purge_then_hold_before_rerun(db, s3, storage, policy, source_dsn, s3_endpoint):
+    """The purge decided the first object (no hold) and deleted it from S3, then died. A hold on
+    its owner arrives before the re-run. The bytes are gone whatever the re-run does; the re-run
+    must at least record the truth (the object purged, audited once) and keep the other objects."""
+    setup = old_archive(db, s3, storage, policy, source_dsn)
+    first_id, _, _, owners, first_key = setup["objects"][0]
+    proc = run_worker("purge", "contracts", source_dsn, s3_endpoint, storage, PURGE_DATE, "p1", "purge_after_s3_delete", 1)
+    assert proc.returncode == -9, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-2000:]}"
+    customer = owners["customers"][0]
+    f.legal_hold(db, "customers", customer)
+    engine_for(policy, "contracts", source_dsn, s3, storage).purge_archives(RunContext("contracts", "p1", PURGE_DATE))
+    covered = {m[0] for m in setup["objects"] if customer in (m[3] or {}).get("customers", [])} - {first_id}
+    held_records = {(t, i) for mid, t, ids, _, _ in setup["objects"] if mid in covered for i in ids}
+    held: dict[str, set[int]] = {}
+    for t, i in held_records:
+        held.setdefault(t, set()).add(i)
+    report = check_invariants(db, s3, storage, policy, "contracts", setup["by_table"], held, PURGE_DATE, archived_before=held_records)
+    first_state = db.execute("SELECT state FROM retention.archive_manifest WHERE id = %s", (first_id,)).fetchone()[0]
+    gone = {(t, i) for mid, t, ids, _, _ in setup["objects"] if mid == first_id for i in ids}
+    if first_state == "committed":  # the manifest claims an archive that is not in the bucket
+        report.lost |= gone
+    record(
+        "kill -9: purge, S3 delete done; hold on the owner placed before the re-run",
+        report,
+        f"killed (SIGKILL) after delete_all_versions; re-run left the object '{first_state}'",
+        report.ok,
+        known_bug=True,
+    )
+    assert report.ok, report.describe()
 
 
 # ---------------------------------------------------------------------- 2. S3 unreachable (TCP proxy)
@@ -833,4 +872,5 @@ def test_zz_fault_matrix_table(capsys):
     MATRIX_FILE.write_text(f"# Fault and race matrix\n\n{table}\n", encoding="utf-8")
     with capsys.disabled():
         print(f"\n\n{table}\n\n(written to {MATRIX_FILE.relative_to(REPO_ROOT)})")
-    assert all(r["lost"] == 0 and r["duplicated"] == 0 for r in MATRIX), table
+    # Rows of the xfail tests (known engine bugs, see their reasons) are shown, not asserted here.
+    assert all(r["lost"] == 0 and r["duplicated"] == 0 for r in MATRIX if not r.get("known_bug")), table
