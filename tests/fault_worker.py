@@ -8,6 +8,13 @@ OP is ``archive`` (archive_and_delete) or ``purge`` (purge_archives). STEP is on
 ``finally``) the OCCURRENCE-th time it reaches the step. The engine is patched here, in the
 child process, by wrapping its methods: the engine's code reads no test setting.
 Exit status 0 when the call finished without reaching the step.
+
+    python -m tests.fault_worker --serve
+
+imports the engine once, then for each line of arguments (tab-separated) read on stdin forks a
+child that runs that call as above, and answers one line: the child's exit status (-9 when it
+was killed), then the base64 of its output. The imports (pyarrow, ADBC, pandas: seconds on a
+busy machine) are paid once per test session instead of once per fault.
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ def main(argv: list[str]) -> int:
     from retention.archive_store import ArchiveStore
     from retention.engine import RetentionEngine, RunContext
     from retention.policy import default_policy
+
     from tools import devstack
 
     policy = default_policy()
@@ -103,5 +111,39 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def serve() -> int:
+    import base64
+    import tempfile
+
+    import retention.engine  # noqa: F401 - the slow imports, once, before any fork
+
+    import tools.devstack  # noqa: F401
+
+    for line in sys.stdin:
+        args = line.rstrip("\n").split("\t")
+        with tempfile.TemporaryFile() as out:
+            pid = os.fork()
+            if pid == 0:  # the worker: runs the call, dies at the step (or exits)
+                os.dup2(out.fileno(), 1)
+                os.dup2(out.fileno(), 2)
+                code = 1
+                try:
+                    code = main(args)
+                except BaseException:  # noqa: BLE001 - reported through the output
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            out.seek(0)
+            sys.stdout.write(f"{rc} {base64.b64encode(out.read()).decode()}\n")
+            sys.stdout.flush()
+    return 0
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(serve() if sys.argv[1:] == ["--serve"] else main(sys.argv[1:]))

@@ -100,8 +100,8 @@ def check_invariants(
     in_committed: dict[tuple[str, int], int] = Counter()
     in_purged: dict[tuple[str, int], int] = Counter()
     expected_versions: set[tuple[str, str]] = set()
-    for (mid, run_id, table, tier, key, state, row_count, sha, version, record_ids, doc_keys, doc_versions,
-         purge_after, locked_until, purge_run_id) in manifest:  # fmt: skip
+    for (mid, _run_id, table, tier, key, state, row_count, sha, version, record_ids, doc_keys, doc_versions,
+         purge_after, locked_until, _purge_run_id) in manifest:  # fmt: skip
         if state == "uploading":
             report.problems.append(f"manifest row {mid} ({key}) is still 'uploading' after the re-run")
         elif state == "committed":
@@ -125,11 +125,7 @@ def check_invariants(
                 if doc_version is not None and doc_present != [doc_version]:
                     report.problems.append(f"document copy {doc_key}: versions {doc_present} != {doc_version!r}")
                 expected_versions.update((doc_key, v) for v in doc_present)
-            if (
-                storage.tiers[tier].object_lock
-                and purge_after > dt.datetime.now(dt.UTC)
-                and locked_until is None
-            ):
+            if storage.tiers[tier].object_lock and purge_after > dt.datetime.now(dt.UTC) and locked_until is None:
                 report.problems.append(f"committed probative {key} is not under Object Lock")
         elif state == "purged":
             if purge_after > logical_date:
@@ -228,9 +224,15 @@ def assert_invariants(
     due_ids_before: Ids,
     held_ids: Ids,
     logical_date: dt.datetime,
+    *,
+    report_to=None,
     **kw,
 ) -> InvariantReport:
+    """check_invariants, then fail with every problem; ``report_to(report)`` is called first (the
+    fault matrix records the numbers of a run that breaks an invariant too)."""
     report = check_invariants(conn, s3, storage, policy, purpose, due_ids_before, held_ids, logical_date, **kw)
+    if report_to is not None:
+        report_to(report)
     assert report.ok, f"invariants of purpose {purpose!r} broken:\n{report.describe()}"
     return report
 
