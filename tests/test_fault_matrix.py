@@ -43,7 +43,8 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MATRIX_FILE = REPO_ROOT / ".local" / "fault_matrix.md"
 PAUSE_TIMEOUT = 30.0
-BLOCK_PROBE = 0.6  # how long a racing statement must stay blocked while the engine is paused
+BLOCK_PROBE = 0.5  # how long a racing statement must stay blocked while the engine is paused
+OBSERVE_TIMEOUT = 10.0  # how long to wait for a racing statement to finish or to wait on a lock
 
 # One row per fault run: filled by the tests, written by the last one.
 MATRIX: list[dict] = []
@@ -562,6 +563,20 @@ class Racer:
             self.error = exc
         self.done_at = time.monotonic()
 
+    def observe(self, dsn) -> tuple[bool, bool]:
+        """(still blocked, seen waiting on a lock): waits until the statement either finished or
+        is seen waiting on a PostgreSQL lock (then for BLOCK_PROBE more, still blocked), at most
+        OBSERVE_TIMEOUT: a loaded machine may take a while to send it at all."""
+        deadline = time.monotonic() + OBSERVE_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.thread.is_alive():
+                return False, False
+            if self.waiting_on_a_lock(dsn):
+                self.thread.join(BLOCK_PROBE)
+                return self.thread.is_alive(), True
+            time.sleep(0.05)
+        return self.thread.is_alive(), False
+
     def waiting_on_a_lock(self, dsn) -> bool:
         with psycopg.connect(dsn, autocommit=True) as conn:
             return bool(
@@ -645,9 +660,7 @@ def test_legal_hold_placed_at_each_step_of_a_batch(
         "INSERT INTO retention.legal_holds (table_name, record_id, reason) VALUES (%s, %s, 'litigation')",
         (hold_table, hold_id),
     )
-    racer.thread.join(BLOCK_PROBE)
-    blocked = racer.thread.is_alive()
-    lock_wait = blocked and racer.waiting_on_a_lock(source_dsn)
+    blocked, lock_wait = racer.observe(source_dsn)
     pause.release()
     thread.join(PAUSE_TIMEOUT)
     racer.thread.join(PAUSE_TIMEOUT)
@@ -739,9 +752,7 @@ def test_legal_hold_placed_at_each_step_of_the_purge(
         "INSERT INTO retention.legal_holds (table_name, record_id, reason) VALUES (%s, %s, 'litigation')",
         hold,
     )
-    racer.thread.join(BLOCK_PROBE)
-    blocked = racer.thread.is_alive()
-    lock_wait = blocked and racer.waiting_on_a_lock(source_dsn)
+    blocked, lock_wait = racer.observe(source_dsn)
     pause.release()
     thread.join(PAUSE_TIMEOUT)
     racer.thread.join(PAUSE_TIMEOUT)
@@ -802,9 +813,7 @@ def test_parent_set_back_to_running_mid_batch(inside, db, s3, storage, policy, s
     thread, out = run_in_thread(lambda: engine.archive_and_delete(RunContext("contracts", "r1", D, batch_size=1)))
     assert pause.reached.wait(PAUSE_TIMEOUT), out.get("error")
     racer = Racer(source_dsn, "UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
-    racer.thread.join(BLOCK_PROBE)
-    blocked = racer.thread.is_alive()
-    lock_wait = blocked and racer.waiting_on_a_lock(source_dsn)
+    blocked, lock_wait = racer.observe(source_dsn)
     pause.release()
     thread.join(PAUSE_TIMEOUT)
     racer.thread.join(PAUSE_TIMEOUT)
