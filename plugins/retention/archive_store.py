@@ -190,18 +190,39 @@ class ArchiveStore:
         )
         return head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
 
-    def delete_all_versions(self, keys: Iterable[str]) -> None:
-        """Really delete archive objects: every version, not just a delete marker."""
+    def delete_all_versions(self, keys: list[str]) -> None:
+        """Really delete archive objects: every version, not just a delete marker. ``keys[0]``
+        (the Parquet object) goes last, after its document copies: a purge cut short leaves
+        the object in place until its files are gone, so an object still there is whole."""
 
         def delete(key: str) -> None:
             versions = self.client.list_object_versions(Bucket=self.archive_bucket, Prefix=key)
             entries = [v for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []) if v["Key"] == key]
-            if not entries:
-                return
             for entry in entries:
                 self.client.delete_object(Bucket=self.archive_bucket, Key=key, VersionId=entry["VersionId"])
 
-        self._parallel(delete, list(keys))
+        try:
+            self._parallel(delete, list(keys[1:]))
+            if keys:
+                delete(keys[0])
+        except Exception as exc:  # botocore raises several unrelated classes
+            raise ArchiveStorageError(
+                f"deleting s3://{self.archive_bucket}/{keys[0]} and {len(keys) - 1} document copies failed: "
+                f"{_describe(exc)}"
+            ) from exc
+
+    def version_exists(self, key: str, version: str | None) -> bool:
+        """Whether this version of an archive object is still stored."""
+        try:
+            self.client.head_object(Bucket=self.archive_bucket, Key=key, **({"VersionId": version} if version else {}))
+        except Exception as exc:  # botocore raises several unrelated classes
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (404, 400) or "Not Found" in str(exc) or "NoSuchVersion" in str(exc):
+                return False
+            raise ArchiveStorageError(
+                f"cannot tell whether s3://{self.archive_bucket}/{key} exists: {_describe(exc)}"
+            ) from exc
+        return True
 
     def delete_documents(self, keys: list[str]) -> None:
         """Delete source documents (1,000 keys a call); a missing key is already gone."""

@@ -551,14 +551,17 @@ class RetentionEngine:
             if not preview:
                 self._acquire_purpose_lock(control)  # two purges of a purpose never interleave
             try:
+                if not preview:
+                    self._finish_interrupted_purges(control, ctx)
                 candidates = control.execute(
                     "SELECT id FROM retention.archive_manifest WHERE purpose = %s AND state = 'committed'"
                     " AND purge_after <= %s AND bucket = %s ORDER BY purge_after, id",
                     (self.purpose_name, ctx.logical_date, self.store.archive_bucket),
                 ).fetchall()
                 control.commit()
-                for (manifest_id,) in candidates:
-                    self._purge_one(control, ctx, manifest_id, preview, report, by_table)
+                with self._connect(autocommit=True) as intents:
+                    for (manifest_id,) in candidates:
+                        self._purge_one(control, intents, ctx, manifest_id, preview, report, by_table)
             finally:
                 control.rollback()
                 if not preview:
@@ -568,7 +571,9 @@ class RetentionEngine:
         report["held_keys"] = report["held_keys"][:MAX_IDS_IN_LOG]
         return report
 
-    def _purge_one(self, control, ctx: RunContext, manifest_id: int, preview: bool, report: dict, by_table) -> None:
+    def _purge_one(
+        self, control, intents, ctx: RunContext, manifest_id: int, preview: bool, report: dict, by_table
+    ) -> None:
         with control.transaction():
             if not preview:
                 control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
@@ -596,13 +601,44 @@ class RetentionEngine:
             by_table[table] += row_count
             if preview:
                 return
-            self.store.delete_all_versions([key, *doc_keys])
-            control.execute(
-                "UPDATE retention.archive_manifest SET state = 'purged', purged_at = now(), purge_run_id = %s"
-                " WHERE id = %s",
-                (ctx.run_id, manifest_id),
+            # Committed before the irreversible delete: a crash from here on is finished by the
+            # next purge (_finish_interrupted_purges) instead of leaving a 'committed' row whose
+            # bytes are gone.
+            intents.execute(
+                "INSERT INTO retention.purge_intents (manifest_id, run_id) VALUES (%s, %s)"
+                " ON CONFLICT (manifest_id) DO NOTHING",
+                (manifest_id, ctx.run_id),
             )
-            self._audit(control, ctx, rule_name, table, "object_purged", row_count, key=key)
+            self.store.delete_all_versions([key, *doc_keys])
+            self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
+
+    def _mark_purged(self, control, ctx: RunContext, manifest_id, rule_name, table, key, row_count) -> None:
+        control.execute(
+            "UPDATE retention.archive_manifest SET state = 'purged', purged_at = now(), purge_run_id = %s"
+            " WHERE id = %s",
+            (ctx.run_id, manifest_id),
+        )
+        control.execute("DELETE FROM retention.purge_intents WHERE manifest_id = %s", (manifest_id,))
+        self._audit(control, ctx, rule_name, table, "object_purged", row_count, key=key)
+
+    def _finish_interrupted_purges(self, control, ctx: RunContext) -> None:
+        """A purge that died after deciding an object: if the object is gone (it is deleted
+        after its files), record the purge that happened; if it is still there, decide again."""
+        rows = control.execute(
+            "SELECT m.id, m.state, m.rule, m.table_name, m.object_key, m.version_id, m.document_keys, m.row_count"
+            " FROM retention.purge_intents AS p JOIN retention.archive_manifest AS m ON m.id = p.manifest_id"
+            " WHERE m.purpose = %s AND m.bucket = %s ORDER BY m.id",
+            (self.purpose_name, self.store.archive_bucket),
+        ).fetchall()
+        control.commit()
+        for manifest_id, state, rule_name, table, key, version, doc_keys, row_count in rows:
+            with control.transaction():
+                if state == "committed" and not self.store.version_exists(key, version):
+                    self.store.delete_all_versions([key, *doc_keys])  # the copies a crash may have left
+                    self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
+                    log.warning("recorded the purge of %s, interrupted by a previous run", key)
+                else:
+                    control.execute("DELETE FROM retention.purge_intents WHERE manifest_id = %s", (manifest_id,))
 
     def _audit(
         self,

@@ -73,6 +73,17 @@ CREATE INDEX IF NOT EXISTS archive_manifest_purpose_state_idx
     ON retention.archive_manifest (purpose, state, purge_after);
 CREATE INDEX IF NOT EXISTS archive_manifest_run_idx ON retention.archive_manifest (run_id);
 
+-- An archive object being purged: written (and committed) just before its S3 versions are
+-- deleted, removed in the transaction that marks the manifest row 'purged'. One left behind by
+-- a crash is finished by the next purge: if the object's version is gone, the purge happened
+-- (the object is deleted after its files), so it is recorded; if it is still there, the object
+-- is decided afresh (a hold placed meanwhile keeps it).
+CREATE TABLE IF NOT EXISTS retention.purge_intents (
+    manifest_id bigint      PRIMARY KEY REFERENCES retention.archive_manifest (id),
+    run_id      text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- Files named by a *_key column follow their row: archived with it, or deleted when the
 -- rule keeps no archive. The source object is deleted after the row's transaction commits;
 -- a row still without disposed_at is finished by the next run.
