@@ -55,7 +55,10 @@ def marketing(conn, s3, storage) -> Scenario:
     phone = fp.marketing_contact(conn, channel="phone", last_contact="2023-06-01", prospect_id=prospect)
     s.delete("marketing_messages", fp.marketing_message(conn, phone, outcome="no_answer"))
     s.delete("marketing_contacts", phone)
-    s.keep("marketing_contacts", fp.marketing_contact(conn, channel="phone", last_contact="2023-06-02", customer_id=customer))
+    s.keep(
+        "marketing_contacts",
+        fp.marketing_contact(conn, channel="phone", last_contact="2023-06-02", customer_id=customer),
+    )
     # A prospect under legal hold: their phone record and its history stay.
     held_prospect = f.prospect(conn, last_contact="2020-01-01")
     f.legal_hold(conn, "prospects", held_prospect)

@@ -45,7 +45,9 @@ def test_an_objection_outlives_the_former_customer_it_concerns(db, s3, storage, 
     """The prospects purpose deletes a former customer 3 years after the relationship; their
     objection to marketing (received later) stays on the suppression list, unlinked."""
     customer = f.customer(db, ended="2023-05-31", email="Camille.Martin@Example.fr")
-    objection = fp.marketing_objection(db, received="2025-01-10", customer_id=customer, email=" camille.martin@example.FR")
+    objection = fp.marketing_objection(
+        db, received="2025-01-10", customer_id=customer, email=" camille.martin@example.FR"
+    )
     consent = fp.cookie_consent(db, recorded="2026-05-01", customer_id=customer)
     engine = RetentionEngine(policy, "prospects", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
     engine.archive_and_delete(RunContext("prospects", "run", f.midnight("2026-06-01")))
@@ -80,7 +82,9 @@ def test_a_hold_on_a_customer_covers_their_rows_in_every_new_table(db, policy, s
     rows = {
         "vet_consultations": fp.vet_consultation(db, customer),
         "chat_messages": fp.chat_message(db, customer),
-        "marketing_contacts": (contact := fp.marketing_contact(db, channel="email", last_contact="2020-01-01", customer_id=customer)),
+        "marketing_contacts": (
+            contact := fp.marketing_contact(db, channel="email", last_contact="2020-01-01", customer_id=customer)
+        ),
         "marketing_messages": fp.marketing_message(db, contact),
         "information_requests": fp.information_request(db, customer_id=customer),
         "identity_documents": fp.identity_document(db, customer_id=customer),

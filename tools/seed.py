@@ -1773,7 +1773,9 @@ class Generator:
                 for index in range(self.integer(1, 5)):
                     sent_at = started + dt.timedelta(minutes=3 * index)
                     transmitted = sent_at + self.days(0.01, 3)
-                    self.chat_message(customer, sent_at, transmitted if transmitted < self.snapshot else None, conversation)
+                    self.chat_message(
+                        customer, sent_at, transmitted if transmitted < self.snapshot else None, conversation
+                    )
         if since := self._activity_since("vet_consultations", 3, customer):
             for _ in range(self.poisson(self.CONSULTATIONS_PER_CUSTOMER_YEAR * (until - since).days / 365)):
                 requested = self.between(since, until)
@@ -1802,7 +1804,9 @@ class Generator:
             since := self._activity_since("marketing_objections", 0, customer)
         ):
             self.objection(self.between(since, until), email=customer.email, phone=customer.phone, customer=customer)
-        if self.rng.random() < self.COOKIE_CONSENT_SHARE and (since := self._activity_since("cookie_choices", 0, customer)):
+        if self.rng.random() < self.COOKIE_CONSENT_SHARE and (
+            since := self._activity_since("cookie_choices", 0, customer)
+        ):
             self.cookie_consent(self.between(since, until), customer)
 
     def prospect_extras(self, prospect: Prospect) -> None:
@@ -1826,7 +1830,9 @@ class Generator:
             since = self.retention.kept_since("cookie_choices")
             self.cookie_consent(self.between(since, self.snapshot))
             if self.rng.random() < 0.1:
-                received = self.between(self.retention.kept_since("handled_requests") - dt.timedelta(days=10), self.snapshot)
+                received = self.between(
+                    self.retention.kept_since("handled_requests") - dt.timedelta(days=10), self.snapshot
+                )
                 handled = received + self.days(0.01, 10)
                 self.information_request(received, handled if handled < self.snapshot else None)
             self.flush()
