@@ -39,7 +39,10 @@ def pytest_configure(config: pytest.Config) -> None:
     pg.ensure_database("airflow_tests")
     s3 = devstack.S3Server(devstack.free_port(), state / "moto.log")
     s3.start()
-    _SERVICES.update(state=state, pg=pg, s3=s3)
+    from tests.stripe_stub import StripeStub  # the payment processor's API, on loopback
+
+    stripe_stub = StripeStub().start()
+    _SERVICES.update(state=state, pg=pg, s3=s3, stripe=stripe_stub)
 
     airflow_home = state / "airflow"
     airflow_home.mkdir()
@@ -78,6 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state / "airflow-logs"),
             "AIRFLOW_CONN_SOURCE_POSTGRES": json.dumps(source),
             "AIRFLOW_CONN_ARCHIVE_S3": json.dumps(archive),
+            "AIRFLOW_CONN_STRIPE_DEFAULT": json.dumps(stripe_stub.connection()),
             "AWS_ACCESS_KEY_ID": devstack.S3_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": devstack.S3_SECRET_KEY,
             "AWS_DEFAULT_REGION": devstack.S3_REGION,
@@ -92,6 +96,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not _SERVICES:
         return
+    _SERVICES["stripe"].stop()
     _SERVICES["s3"].stop()
     _SERVICES["pg"].stop()
     shutil.rmtree(_SERVICES["state"], ignore_errors=True)
@@ -110,6 +115,13 @@ def source_dsn(services) -> str:
     dsn = services["pg"].dsn(devstack.SOURCE_DB)
     apply_schema(dsn)
     return dsn
+
+
+@pytest.fixture
+def stripe_stub(services):
+    """The stub payment processor (tests/stripe_stub.py), emptied for the test."""
+    services["stripe"].state.reset()
+    return services["stripe"]
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,12 @@ EXPECTED_DAG_IDS = {  # DESIGN.md §5
     "retention_aml",
     "retention_fraud",
     "retention_job_applications",
+    # The rest of the policy's schedule (issue 9).
+    "retention_subscriber_services",
+    "retention_marketing",
+    "retention_information_requests",
+    "retention_rights_requests",
+    "retention_cookie_consents",
 }
 # boto3 is not listed: Airflow's amazon provider imports it to normalise any s3:// Asset URI.
 HEAVY_MODULES = ("pandas", "pyarrow", "great_expectations", "psycopg", "adbc_driver_postgresql")

@@ -26,6 +26,17 @@ DESIGN_TABLE = {  # DESIGN.md §2: (purpose, rule) -> (live, tier, archive)
     ("fraud", "not_relevant_alerts"): ("0 days", "none", None),
     ("fraud", "relevant_alerts"): ("0 months", "probative", "5 years"),
     ("job_applications", "candidates_not_recruited"): ("2 years", "none", None),
+    # DESIGN.md §2, second table: the rest of the policy's schedule (issue 9).
+    ("subscriber_services", "chat_messages"): ("0 months", "probative", "5 years"),
+    ("subscriber_services", "vet_consultations"): ("0 months", "probative", "5 years"),
+    ("marketing", "email_history"): ("3 years", "none", None),
+    ("marketing", "email_contacts"): ("3 years", "none", None),
+    ("marketing", "phone_history"): ("3 years", "none", None),
+    ("marketing", "phone_contacts"): ("3 years", "none", None),
+    ("information_requests", "handled_requests"): ("0 days", "none", None),
+    ("rights_requests", "checked_identity_documents"): ("0 days", "none", None),
+    ("rights_requests", "marketing_objections"): ("3 years", "none", None),
+    ("cookie_consents", "cookie_choices"): ("6 months", "none", None),
 }
 
 
@@ -50,6 +61,11 @@ def test_real_policy_matches_the_design_schedule():
         "aml",
         "fraud",
         "job_applications",
+        "subscriber_services",
+        "marketing",
+        "information_requests",
+        "rights_requests",
+        "cookie_consents",
     }
     for (purpose, rule_name), (live, tier, archive) in DESIGN_TABLE.items():
         rule = next(r for r in policy.purposes[purpose].rules if r.name == rule_name)
@@ -154,3 +170,13 @@ def test_durations_live_only_in_the_policy_file():
         text = path.read_text().lower()
         # The planner adds `<clock> < %(cutoff__<rule>)s`; a rule file only filters.
         assert "interval" not in text and "cutoff" not in text, path
+
+
+def test_processor_erasure_is_on_the_payment_references_only_and_needs_tier_none(tmp_path, policy_data):
+    policy = load_policy()
+    flagged = [(p, r.name) for p, spec in policy.purposes.items() for r in spec.rules if r.erase_at_processor]
+    assert flagged == [("contracts", "payment_references")]
+    rules = policy_data["purposes"]["contracts"]["rules"]
+    next(r for r in rules if r["name"] == "claims")["erase_at_processor"] = "stripe"
+    with pytest.raises(PolicyError, match="erase_at_processor needs tier 'none'"):
+        load_policy(write(tmp_path, policy_data))

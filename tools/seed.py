@@ -46,6 +46,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from retention.periods import cutoff, local_midnight
 from retention.policy import Policy, Rule, default_policy
+from retention.suppression import email_hash, phone_hash
 
 T = TypeVar("T")
 R = TypeVar("R", bound="Row")
@@ -405,10 +406,207 @@ class JobApplication(Row):
                 self.position, self.applied_at, self.last_contact_at, self.hired, self.cv_key)  # fmt: skip
 
 
+# -- the rest of the policy's schedule (issue 9) ------------------------------------------
+
+
+def _id_of(row: Row | None) -> int | None:
+    return row.id if row is not None else None
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class VetConsultation(Row):
+    TABLE = "vet_consultations"
+    COLUMNS = ("id", "customer_id", "pet_id", "service", "channel", "requested_at", "scheduled_at",
+               "video_link", "vet_name", "reason", "transmitted_at")  # fmt: skip
+
+    customer: Customer
+    pet: Pet | None
+    service: str
+    channel: str
+    requested_at: dt.datetime
+    scheduled_at: dt.datetime | None
+    video_link: str | None
+    vet_name: str
+    reason: str
+    transmitted_at: dt.datetime | None
+
+    def parents(self) -> tuple[Row, ...]:
+        return (self.customer, self.pet) if self.pet else (self.customer,)
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.id, self.customer.id, _id_of(self.pet), self.service, self.channel,
+                self.requested_at, self.scheduled_at, self.video_link, self.vet_name, self.reason,
+                self.transmitted_at)  # fmt: skip
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class ChatMessage(Row):
+    TABLE = "chat_messages"
+    COLUMNS = ("id", "customer_id", "conversation_ref", "sender", "sent_at", "body", "transmitted_at")
+
+    customer: Customer
+    conversation_ref: str
+    sender: str
+    sent_at: dt.datetime
+    body: str
+    transmitted_at: dt.datetime | None
+
+    def parents(self) -> tuple[Row, ...]:
+        return (self.customer,)
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.id, self.customer.id, self.conversation_ref, self.sender, self.sent_at, self.body,
+                self.transmitted_at)  # fmt: skip
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class MarketingContact(Row):
+    TABLE = "marketing_contacts"
+    COLUMNS = ("id", "customer_id", "prospect_id", "channel", "address", "opted_in_at", "opted_out_at",
+               "created_at", "last_contact_at")  # fmt: skip
+
+    customer: Customer | None
+    prospect: Prospect | None
+    channel: str
+    address: str
+    opted_in_at: dt.datetime | None
+    opted_out_at: dt.datetime | None
+    created_at: dt.datetime
+    last_contact_at: dt.datetime
+
+    def parents(self) -> tuple[Row, ...]:
+        return tuple(p for p in (self.customer, self.prospect) if p is not None)
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.id, _id_of(self.customer), _id_of(self.prospect), self.channel, self.address,
+                self.opted_in_at, self.opted_out_at, self.created_at, self.last_contact_at)  # fmt: skip
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class MarketingMessage(Row):
+    TABLE = "marketing_messages"
+    COLUMNS = ("id", "marketing_contact_id", "campaign", "sent_at", "outcome")
+
+    contact: MarketingContact
+    campaign: str
+    sent_at: dt.datetime
+    outcome: str
+
+    def parents(self) -> tuple[Row, ...]:
+        return (self.contact,)
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.id, self.contact.id, self.campaign, self.sent_at, self.outcome)
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class InformationRequest(Row):
+    TABLE = "information_requests"
+    COLUMNS = ("id", "customer_id", "prospect_id", "channel", "email", "subject", "message",
+               "received_at", "status", "handled_at", "handled_by")  # fmt: skip
+
+    customer: Customer | None
+    prospect: Prospect | None
+    channel: str
+    email: str | None
+    subject: str
+    message: str
+    received_at: dt.datetime
+    handled_at: dt.datetime | None
+    handled_by: str | None
+
+    @property
+    def status(self) -> str:
+        return "handled" if self.handled_at else "open"
+
+    def parents(self) -> tuple[Row, ...]:
+        return tuple(p for p in (self.customer, self.prospect) if p is not None)
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.id, _id_of(self.customer), _id_of(self.prospect), self.channel, self.email,
+                self.subject, self.message, self.received_at, self.status, self.handled_at,
+                self.handled_by)  # fmt: skip
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class IdentityDocument(Row):
+    TABLE = "identity_documents"
+    COLUMNS = ("id", "customer_id", "prospect_id", "right_exercised", "document_type", "received_at",
+               "status", "checked_at", "document_key")  # fmt: skip
+
+    customer: Customer | None
+    prospect: Prospect | None
+    right_exercised: str
+    document_type: str
+    received_at: dt.datetime
+    status: str
+    checked_at: dt.datetime | None
+    document_key: str | None
+
+    def parents(self) -> tuple[Row, ...]:
+        return tuple(p for p in (self.customer, self.prospect) if p is not None)
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.id, _id_of(self.customer), _id_of(self.prospect), self.right_exercised,
+                self.document_type, self.received_at, self.status, self.checked_at,
+                self.document_key)  # fmt: skip
+
+
+def _kept_id(row: Row | None) -> int | None:
+    """A SET NULL link: the id while the parent is still there."""
+    return row.id if row is not None and row.kept else None
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class MarketingObjection(Row):
+    TABLE = "marketing_objections"
+    COLUMNS = ("id", "customer_id", "prospect_id", "channel", "email_sha256", "phone_sha256", "source",
+               "received_at")  # fmt: skip
+
+    customer: Customer | None
+    prospect: Prospect | None
+    channel: str
+    email_sha256: str | None
+    phone_sha256: str | None
+    source: str
+    received_at: dt.datetime
+
+    # No parents(): ON DELETE SET NULL, the objection outlives the person it concerns.
+    def values(self) -> tuple[Any, ...]:
+        return (self.id, _kept_id(self.customer), _kept_id(self.prospect), self.channel,
+                self.email_sha256, self.phone_sha256, self.source, self.received_at)  # fmt: skip
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class CookieConsent(Row):
+    TABLE = "cookie_consents"
+    COLUMNS = ("id", "visitor_id", "customer_id", "choice", "analytics", "advertising", "social_networks",
+               "personalisation", "recorded_at", "ip_truncated", "user_agent")  # fmt: skip
+
+    visitor_id: str
+    customer: Customer | None
+    choice: str
+    analytics: bool
+    advertising: bool
+    social_networks: bool
+    personalisation: bool
+    recorded_at: dt.datetime
+    ip_truncated: str
+    user_agent: str
+
+    # No parents(): ON DELETE SET NULL, the proof of a choice is about a browser.
+    def values(self) -> tuple[Any, ...]:
+        return (self.id, self.visitor_id, _kept_id(self.customer), self.choice, self.analytics,
+                self.advertising, self.social_networks, self.personalisation, self.recorded_at,
+                self.ip_truncated, self.user_agent)  # fmt: skip
+
+
 # Children before parents (the order the engine deletes in); loading goes the other way.
 ROW_TYPES: tuple[type[Row], ...] = (
     Reimbursement, Claim, PaymentMethod, AmlRecord, FraudAlert, FraudCase, CallAnalysis,
-    CallRecording, Quote, Contract, Pet, Prospect, Customer, JobApplication,
+    CallRecording, Quote, Contract, MarketingMessage, MarketingContact, VetConsultation, ChatMessage,
+    InformationRequest, IdentityDocument, MarketingObjection, CookieConsent, Pet, Prospect, Customer,
+    JobApplication,
 )  # fmt: skip
 DELETE_ORDER = {row_type.TABLE: index for index, row_type in enumerate(ROW_TYPES)}
 TABLES = tuple(row_type.TABLE for row_type in reversed(ROW_TYPES))  # load order
@@ -453,6 +651,22 @@ RULE_CLOCKS: dict[str, RuleClock] = {
     "relevant_alerts": RuleClock("fraud_alerts", lambda a: a.fraud_case.closed_at if a.status == "relevant" else None),
     "closed_fraud_cases": RuleClock("fraud_cases", lambda c: c.closed_at),
     "candidates_not_recruited": RuleClock("job_applications", lambda j: None if j.hired else j.last_contact_at),
+    "chat_messages": RuleClock("chat_messages", lambda m: m.transmitted_at),
+    "vet_consultations": RuleClock("vet_consultations", lambda c: c.transmitted_at),
+    "email_history": RuleClock(
+        "marketing_messages", lambda m: m.contact.last_contact_at if m.contact.channel == "email" else None
+    ),
+    "phone_history": RuleClock(
+        "marketing_messages", lambda m: m.contact.last_contact_at if m.contact.channel == "phone" else None
+    ),
+    "email_contacts": RuleClock("marketing_contacts", lambda c: c.last_contact_at if c.channel == "email" else None),
+    "phone_contacts": RuleClock("marketing_contacts", lambda c: c.last_contact_at if c.channel == "phone" else None),
+    "handled_requests": RuleClock("information_requests", lambda r: r.handled_at),
+    "checked_identity_documents": RuleClock(
+        "identity_documents", lambda d: d.checked_at if d.status in ("verified", "rejected") else None
+    ),
+    "marketing_objections": RuleClock("marketing_objections", lambda o: o.received_at),
+    "cookie_choices": RuleClock("cookie_consents", lambda c: c.recorded_at),
 }
 
 # How to make a record whose clock under the rule is a given instant (see Generator).
@@ -476,6 +690,16 @@ BOUNDARY_BUILDERS: dict[str, Callable[[Generator, dt.datetime], None]] = {
     "relevant_alerts": lambda gen, clock: gen.fraud_case_closed_at(clock),
     "closed_fraud_cases": lambda gen, clock: gen.fraud_case_closed_at(clock),
     "candidates_not_recruited": lambda gen, clock: gen.candidate_last_contacted_at(clock),
+    "chat_messages": lambda gen, clock: gen.chat_transmitted_at(clock),
+    "vet_consultations": lambda gen, clock: gen.consultation_transmitted_at(clock),
+    "email_history": lambda gen, clock: gen.marketing_contacted_at("email", clock),
+    "phone_history": lambda gen, clock: gen.marketing_contacted_at("phone", clock),
+    "email_contacts": lambda gen, clock: gen.marketing_contacted_at("email", clock),
+    "phone_contacts": lambda gen, clock: gen.marketing_contacted_at("phone", clock),
+    "handled_requests": lambda gen, clock: gen.request_handled_at(clock),
+    "checked_identity_documents": lambda gen, clock: gen.identity_checked_at(clock),
+    "marketing_objections": lambda gen, clock: gen.objection_received_at(clock),
+    "cookie_choices": lambda gen, clock: gen.cookie_choice_at(clock),
 }
 
 
@@ -625,6 +849,41 @@ EMAIL_DOMAINS = (
     "gmail.com", "orange.fr", "free.fr", "laposte.net", "sfr.fr", "hotmail.fr", "yahoo.fr",
     "outlook.fr", "wanadoo.fr", "icloud.com",
 )  # fmt: skip
+CHAT_LINES = {
+    "customer": (
+        "Bonjour, mon chien tousse depuis deux jours, dois-je consulter ?",
+        "Ma chatte ne mange plus depuis hier soir.",
+        "Je n'arrive pas à téléverser ma facture sur le site.",
+        "Est-ce que la téléconsultation est comprise dans ma formule ?",
+    ),
+    "support": (
+        "Bonjour, je vous mets en relation avec un vétérinaire partenaire.",
+        "Pouvez-vous préciser l'âge et le poids de votre animal ?",
+        "Votre facture a bien été reçue, merci.",
+    ),
+    "vet": (
+        "Surveillez la température et revenez vers nous si elle dépasse 39,5 °C.",
+        "Je vous conseille de consulter votre vétérinaire sous 24 heures.",
+    ),
+}
+CONSULTATION_REASONS = ("vomissements", "boiterie", "démangeaisons", "diarrhée", "toux", "perte d'appétit", "plaie")
+CAMPAIGNS = ("parrainage-2024", "printemps-chiots", "rentree-chats", "formule-premium", "black-friday", "newsletter")
+EMAIL_OUTCOMES = ("sent", "opened", "clicked", "bounced")
+CALL_OUTCOMES = ("answered", "no_answer", "declined")
+INFORMATION_QUESTIONS = (
+    ("Franchise", "Quelle est la franchise de la formule confort ?"),
+    ("Délai de carence", "Quel est le délai de carence pour une maladie ?"),
+    ("Races couvertes", "Assurez-vous les chiens de catégorie 2 ?"),
+    ("Espace client", "Je n'arrive pas à me connecter à mon espace personnel."),
+    ("Résiliation", "Comment résilier mon contrat à l'échéance ?"),
+)
+RIGHTS = ("access", "erasure", "rectification", "restriction", "portability", "objection")
+USER_AGENTS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) Firefox/125.0",
+    "Mozilla/5.0 (Linux; Android 14) Chrome/124.0 Mobile Safari/537.36",
+)
 ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 LEGAL_HOLD_REASONS = {  # table -> reasons; a few due records of each get a hold
     "customers": ("litigation", "regulator request"),
@@ -635,6 +894,9 @@ LEGAL_HOLD_REASONS = {  # table -> reasons; a few due records of each get a hold
     "call_recordings": ("litigation", "regulator request"),
     "fraud_cases": ("open fraud investigation",),
     "job_applications": ("litigation",),
+    "vet_consultations": ("litigation",),
+    "marketing_contacts": ("regulator request",),
+    "information_requests": ("regulator request",),
 }
 ACTIVE_HOLDS_PER_TABLE = 3
 RELEASED_HOLD_TABLES = ("contracts", "quotes")  # one released hold each: it no longer protects
@@ -704,6 +966,14 @@ class Generator:
     ANALYSED_CALL_SHARE = 0.25
     ALERTS_PER_CONTRACT_YEAR = 0.08
     ALERT_HISTORY_DAYS = 3 * 365  # older alerts are long gone (their cases too)
+    CHATS_PER_CUSTOMER_YEAR = 1.5
+    CONSULTATIONS_PER_CUSTOMER_YEAR = 0.6
+    EMAIL_MARKETING_SHARE = 0.6  # account holders who accepted promotional e-mails
+    PHONE_MARKETING_SHARE = 0.25
+    REQUESTS_PER_CUSTOMER_YEAR = 1.0
+    RIGHTS_REQUEST_SHARE = 0.05
+    OBJECTION_SHARE = 0.08
+    COOKIE_CONSENT_SHARE = 0.6
 
     def __init__(self, *, seed: int, reference_date: dt.date, policy: Policy):
         self.rng = random.Random(seed)
@@ -738,6 +1008,7 @@ class Generator:
         for _ in range(max(1, customers // 20)):
             self.job_application()
             self.flush()
+        self.visitors(customers // 2)
 
     def _family_for(self, rule: Rule, clock: dt.datetime) -> None:
         BOUNDARY_BUILDERS[rule.name](self, clock)
@@ -1175,6 +1446,7 @@ class Generator:
                 quote = self.unconverted_quote(self.between(since, self.snapshot), customer=customer)
                 self.touch(customer, quote.issued_at)
         self.support_calls(customer)
+        self.customer_services(customer, [contract.pet for contract in self._family if isinstance(contract, Contract)])
 
     def support_calls(self, customer: Customer) -> None:
         # Calls old enough for both the recording and its analysis to be gone are not made up.
@@ -1207,6 +1479,7 @@ class Generator:
         )
         for _ in range(self.weighted((0, 1, 2), (30, 50, 20))):
             self.unconverted_quote(self.between(created_at, last_contact), prospect=prospect)
+        self.prospect_extras(prospect)
 
     def job_application(
         self, *, hired: bool | None = None, last_contact_at: dt.datetime | None = None
@@ -1330,6 +1603,267 @@ class Generator:
         for years_ago in (8, 3):
             self.job_application(hired=True, last_contact_at=self.snapshot - dt.timedelta(days=365 * years_ago))
         self.flush(on_purpose=True)
+
+    # -- the rest of the policy's schedule (issue 9) -------------------------------------
+
+    def _activity_since(self, rule_name: str, slack_days: float, customer: Customer) -> dt.datetime | None:
+        """The first instant worth generating activity for under a rule (older rows are gone
+        by E anyway), or None when the customer has no such window."""
+        since = max(customer.created_at, self.retention.kept_since(rule_name) - dt.timedelta(days=slack_days))
+        until = min(customer.relationship_ended_at or self.snapshot, self.snapshot)
+        return since if since < until else None
+
+    def chat_message(
+        self, customer: Customer, sent_at: dt.datetime, transmitted_at: dt.datetime | None, conversation: str
+    ) -> ChatMessage:
+        sender = self.weighted(("customer", "support", "vet"), (50, 35, 15))
+        return self._new(
+            ChatMessage,
+            customer=customer,
+            conversation_ref=conversation,
+            sender=sender,
+            sent_at=sent_at,
+            body=self.pick(CHAT_LINES[sender]),
+            transmitted_at=transmitted_at,
+        )
+
+    def consultation(
+        self, customer: Customer, pet: Pet | None, requested_at: dt.datetime, transmitted_at: dt.datetime | None
+    ) -> VetConsultation:
+        channel = self.weighted(("chat", "phone", "video"), (40, 35, 25))
+        scheduled = requested_at + self.days(0.01, 1)
+        return self._new(
+            VetConsultation,
+            customer=customer,
+            pet=pet,
+            service=self.pick(("tele_advice", "tele_triage")),
+            channel=channel,
+            requested_at=requested_at,
+            scheduled_at=scheduled if channel == "video" else None,
+            video_link=f"https://visio.vetophonie.example/{self.token('', 10)}" if channel == "video" else None,
+            vet_name=f"Dr {self.pick(self.pools.last_names)}",
+            reason=self.pick(CONSULTATION_REASONS),
+            transmitted_at=transmitted_at,
+        )
+
+    def marketing_contact(
+        self,
+        channel: str,
+        last_contact_at: dt.datetime,
+        *,
+        customer: Customer | None = None,
+        prospect: Prospect | None = None,
+        since: dt.datetime | None = None,
+    ) -> MarketingContact:
+        """A contact record with its history: 1-4 messages, the last one at the last contact."""
+        owner = customer or prospect
+        created_at = min(since or last_contact_at - self.days(30, 900), last_contact_at)
+        contact = self._new(
+            MarketingContact,
+            customer=customer,
+            prospect=prospect,
+            channel=channel,
+            address=owner.email if channel == "email" else (owner.phone or self.phone()),
+            opted_in_at=created_at if channel == "email" else None,
+            opted_out_at=None,
+            created_at=created_at,
+            last_contact_at=last_contact_at,
+        )
+        sent = [last_contact_at] + [self.between(created_at, last_contact_at) for _ in range(self.integer(0, 4))]
+        outcomes = EMAIL_OUTCOMES if channel == "email" else CALL_OUTCOMES
+        for sent_at in sorted(sent):
+            self._new(
+                MarketingMessage,
+                contact=contact,
+                campaign=self.pick(CAMPAIGNS),
+                sent_at=sent_at,
+                outcome=self.pick(outcomes),
+            )
+        return contact
+
+    def information_request(
+        self,
+        received_at: dt.datetime,
+        handled_at: dt.datetime | None,
+        *,
+        customer: Customer | None = None,
+        prospect: Prospect | None = None,
+    ) -> InformationRequest:
+        subject, message = self.pick(INFORMATION_QUESTIONS)
+        owner = customer or prospect
+        return self._new(
+            InformationRequest,
+            customer=customer,
+            prospect=prospect,
+            channel="chat" if customer and self.rng.random() < 0.7 else "contact_form",
+            email=owner.email if owner else self.email(*self.person()[1:]),
+            subject=subject,
+            message=message,
+            received_at=received_at,
+            handled_at=handled_at,
+            handled_by=self.pick(self.pools.agents) if handled_at else None,
+        )
+
+    def identity_document(
+        self, received_at: dt.datetime, checked_at: dt.datetime | None, *, customer: Customer | None = None
+    ) -> IdentityDocument:
+        doc_id = self._take_id(IdentityDocument)
+        status = ("verified" if self.rng.random() < 0.9 else "rejected") if checked_at else "pending"
+        return self._add(
+            IdentityDocument(
+                id=doc_id,
+                customer=customer,
+                prospect=None,
+                right_exercised=self.weighted(RIGHTS, (40, 15, 25, 5, 5, 10)),
+                document_type=self.weighted(("id_card", "passport", "residence_permit"), (75, 20, 5)),
+                received_at=received_at,
+                status=status,
+                checked_at=checked_at,
+                document_key=f"identity/{doc_id}.pdf",
+            )
+        )
+
+    def objection(
+        self,
+        received_at: dt.datetime,
+        *,
+        email: str | None,
+        phone: str | None,
+        customer: Customer | None = None,
+        prospect: Prospect | None = None,
+    ) -> MarketingObjection:
+        channel = "all" if email and phone else ("email" if email else "phone")
+        return self._new(
+            MarketingObjection,
+            customer=customer,
+            prospect=prospect,
+            channel=channel,
+            email_sha256=email_hash(email) if email else None,
+            phone_sha256=phone_hash(phone) if phone else None,
+            source=self.weighted(("rights_request", "unsubscribe_link", "phone_call"), (20, 60, 20)),
+            received_at=received_at,
+        )
+
+    def cookie_consent(self, recorded_at: dt.datetime, customer: Customer | None = None) -> CookieConsent:
+        choice = self.weighted(("accepted_all", "refused_all", "customised"), (55, 30, 15))
+        picks = [choice == "accepted_all" or (choice == "customised" and self.rng.random() < 0.5) for _ in range(4)]
+        return self._new(
+            CookieConsent,
+            visitor_id=self.token("ax_", 20),
+            customer=customer,
+            choice=choice,
+            analytics=picks[0],
+            advertising=picks[1],
+            social_networks=picks[2],
+            personalisation=picks[3],
+            recorded_at=recorded_at,
+            ip_truncated=f"{self.integer(2, 223)}.{self.integer(0, 256)}.{self.integer(0, 256)}.0",
+            user_agent=self.pick(USER_AGENTS),
+        )
+
+    def customer_services(self, customer: Customer, pets: list[Pet]) -> None:
+        """What a customer leaves in the tables of the later purposes, only where it can still
+        be in the database at R (each table's own clock; no activity after the relationship)."""
+        until = min(customer.relationship_ended_at or self.snapshot, self.snapshot)
+        # Chat conversations and tele-consultations, transmitted to VETOPHONIE within days.
+        if since := self._activity_since("chat_messages", 5, customer):
+            for _ in range(self.poisson(self.CHATS_PER_CUSTOMER_YEAR * (until - since).days / 365)):
+                started = self.between(since, until)
+                conversation = self.token("conv_", 12)
+                for index in range(self.integer(1, 5)):
+                    sent_at = started + dt.timedelta(minutes=3 * index)
+                    transmitted = sent_at + self.days(0.01, 3)
+                    self.chat_message(
+                        customer, sent_at, transmitted if transmitted < self.snapshot else None, conversation
+                    )
+        if since := self._activity_since("vet_consultations", 3, customer):
+            for _ in range(self.poisson(self.CONSULTATIONS_PER_CUSTOMER_YEAR * (until - since).days / 365)):
+                requested = self.between(since, until)
+                transmitted = requested + self.days(0.02, 2)
+                pet = self.pick(pets) if pets else None
+                self.consultation(customer, pet, requested, transmitted if transmitted < self.snapshot else None)
+        # Promotional e-mails (account holders) and calls, each channel on its own clock.
+        for channel, share in (("email", self.EMAIL_MARKETING_SHARE), ("phone", self.PHONE_MARKETING_SHARE)):
+            if self.rng.random() < share and (since := self._activity_since(f"{channel}_contacts", 0, customer)):
+                last = self.between(since, until)
+                self.marketing_contact(channel, last, customer=customer, since=customer.created_at)
+                self.touch(customer, last)
+        # Questions through the chat or the contact form, handled within days.
+        if since := self._activity_since("handled_requests", 10, customer):
+            for _ in range(self.poisson(self.REQUESTS_PER_CUSTOMER_YEAR * (until - since).days / 365)):
+                received = self.between(since, until)
+                handled = received + self.days(0.01, 10)
+                self.information_request(received, handled if handled < self.snapshot else None, customer=customer)
+        if self.rng.random() < self.RIGHTS_REQUEST_SHARE and (
+            since := self._activity_since("checked_identity_documents", 15, customer)
+        ):
+            received = self.between(since, until)
+            checked = received + self.days(0.5, 15)
+            self.identity_document(received, checked if checked < self.snapshot else None, customer=customer)
+        if self.rng.random() < self.OBJECTION_SHARE and (
+            since := self._activity_since("marketing_objections", 0, customer)
+        ):
+            self.objection(self.between(since, until), email=customer.email, phone=customer.phone, customer=customer)
+        if self.rng.random() < self.COOKIE_CONSENT_SHARE and (
+            since := self._activity_since("cookie_choices", 0, customer)
+        ):
+            self.cookie_consent(self.between(since, until), customer)
+
+    def prospect_extras(self, prospect: Prospect) -> None:
+        """Promotional calls, a question, an objection: a prospect's rows in the later purposes."""
+        if prospect.phone and self.rng.random() < self.PHONE_MARKETING_SHARE:
+            # A promotional call is a contact: the prospect's last contact is the last call.
+            self.marketing_contact("phone", prospect.last_contact_at, prospect=prospect, since=prospect.created_at)
+        since = max(prospect.created_at, self.retention.kept_since("handled_requests") - dt.timedelta(days=10))
+        if self.rng.random() < 0.2 and since < prospect.last_contact_at:
+            received = self.between(since, prospect.last_contact_at)
+            handled = received + self.days(0.01, 10)
+            self.information_request(received, handled if handled < self.snapshot else None, prospect=prospect)
+        since = max(prospect.created_at, self.retention.kept_since("marketing_objections"))
+        if self.rng.random() < self.OBJECTION_SHARE and since < prospect.last_contact_at:
+            received = self.between(since, prospect.last_contact_at)
+            self.objection(received, email=prospect.email, phone=prospect.phone, prospect=prospect)
+
+    def visitors(self, count: int) -> None:
+        """Site visitors who are neither customers nor prospects: cookie choices, a question."""
+        for _ in range(count):
+            since = self.retention.kept_since("cookie_choices")
+            self.cookie_consent(self.between(since, self.snapshot))
+            if self.rng.random() < 0.1:
+                received = self.between(
+                    self.retention.kept_since("handled_requests") - dt.timedelta(days=10), self.snapshot
+                )
+                handled = received + self.days(0.01, 10)
+                self.information_request(received, handled if handled < self.snapshot else None)
+            self.flush()
+
+    # Boundary records: the rule's clock at a chosen instant.
+
+    def chat_transmitted_at(self, clock: dt.datetime) -> None:
+        customer, _ = self.active_customer(clock - self.days(30, 1500))
+        self.chat_message(customer, clock - self.days(0.01, 2), clock, self.token("conv_", 12))
+
+    def consultation_transmitted_at(self, clock: dt.datetime) -> None:
+        customer, contract = self.active_customer(clock - self.days(30, 1500))
+        self.consultation(customer, contract.pet, clock - self.days(0.02, 2), clock)
+
+    def marketing_contacted_at(self, channel: str, clock: dt.datetime) -> None:
+        customer, _ = self.active_customer(clock - self.days(30, 1500))
+        self.marketing_contact(channel, clock, customer=customer, since=customer.created_at)
+
+    def request_handled_at(self, clock: dt.datetime) -> None:
+        self.information_request(clock - self.days(0.01, 10), clock)
+
+    def identity_checked_at(self, clock: dt.datetime) -> None:
+        customer, _ = self.active_customer(clock - self.days(30, 1500))
+        self.identity_document(clock - self.days(0.5, 15), clock, customer=customer)
+
+    def objection_received_at(self, clock: dt.datetime) -> None:
+        _, first_name, last_name = self.person()
+        self.objection(clock, email=self.email(first_name, last_name), phone=self.phone())
+
+    def cookie_choice_at(self, clock: dt.datetime) -> None:
+        self.cookie_consent(clock)
 
     # -- legal holds -------------------------------------------------------------------
 

@@ -63,6 +63,10 @@ COLUMNS_READ: dict[str, dict[str, str]] = {
     "aml_records": {"contract_id": BIGINT},
     "fraud_alerts": {"contract_id": BIGINT, "fraud_case_id": BIGINT, "status": TEXT},
     "job_applications": {"hired": BOOLEAN},
+    "marketing_messages": {"marketing_contact_id": BIGINT},
+    "marketing_contacts": {"channel": TEXT},
+    "information_requests": {"status": TEXT},
+    "identity_documents": {"status": TEXT},
 }
 
 # A clock a row must have once it reaches a state: a NULL there would never expire.
@@ -71,6 +75,8 @@ CLOCKS_REQUIRED_BY_STATE: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("contracts", "ended_at", "status", ("ended",)),
     ("fraud_alerts", "qualified_at", "status", ("not_relevant", "relevant")),
     ("fraud_cases", "closed_at", "status", ("closed",)),
+    ("information_requests", "handled_at", "status", ("handled",)),
+    ("identity_documents", "checked_at", "status", ("verified", "rejected")),
 )
 
 # Enumerated columns: a value outside these would slip through the rules' filters.
@@ -79,6 +85,9 @@ KNOWN_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("fraud_alerts", "status"): ("pending", "not_relevant", "relevant"),
     ("contracts", "status"): ("active", "ended"),
     ("fraud_cases", "status"): ("open", "closed"),
+    ("marketing_contacts", "channel"): ("email", "phone"),
+    ("information_requests", "status"): ("open", "handled"),
+    ("identity_documents", "status"): ("pending", "verified", "rejected"),
 }
 
 # The policy promises a card security code (CVV2 / "cryptogramme visuel") is never stored.

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
+from retention import processor
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
 from retention.holds import covered_records_sql, object_held, owners_of_rows
 from retention.planner import MAX_IDS_IN_LOG, Planner, RuleOutcome
@@ -241,7 +242,10 @@ class RetentionEngine:
             if not locked:
                 return None
             batch = Batch(last_id=locked[-1])
-            for purge_month, ids, purge_after in self._recheck(control, rule, ctx, locked):
+            groups = self._recheck(control, rule, ctx, locked)
+            if rule.erase_at_processor:  # issue 9: only the rows the processor confirmed erased go
+                groups = processor.erase_before_delete(control, self.schema, ctx, groups, outcome)
+            for purge_month, ids, purge_after in groups:
                 # A backlog row whose archive period is already over at D is not archived
                 # only to be purged: it is deleted like a row of tier 'none'.
                 if rule.archived and purge_after > ctx.logical_date:

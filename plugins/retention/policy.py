@@ -48,6 +48,9 @@ class Rule(_Strict):
     live: Period
     tier: Literal["intermediate", "probative", "none"]
     archive: Period | None = None
+    # The rows' data is also held by a processor: erased there (plugins/retention/processor.py)
+    # before the rows are deleted; a row the processor did not confirm stays.
+    erase_at_processor: Literal["stripe"] | None = None
 
     @field_validator("live", "archive", mode="before")
     @classmethod
@@ -62,6 +65,8 @@ class Rule(_Strict):
             raise ValueError(f"tier {self.tier!r} needs an 'archive' period")
         if self.archive is not None:
             self.live + self.archive  # noqa: B018 - raises on mixed units
+        if self.erase_at_processor and self.tier != "none":
+            raise ValueError("erase_at_processor needs tier 'none' (nothing of the data is kept)")
         return self
 
     @property

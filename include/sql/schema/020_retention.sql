@@ -16,8 +16,28 @@ CREATE TABLE IF NOT EXISTS retention.legal_holds (
     CONSTRAINT legal_holds_table_name_check CHECK (table_name IN (
         'customers', 'prospects', 'pets', 'contracts', 'quotes', 'claims', 'reimbursements',
         'payment_methods', 'call_recordings', 'call_analyses', 'aml_records', 'fraud_cases',
-        'fraud_alerts', 'job_applications'))
+        'fraud_alerts', 'job_applications', 'vet_consultations', 'chat_messages',
+        'marketing_contacts', 'marketing_messages', 'information_requests', 'identity_documents',
+        'marketing_objections', 'cookie_consents'))
 );
+-- A database created before the later purposes' tables: widen the list once (idempotent).
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conname = 'legal_holds_table_name_check' AND conrelid = 'retention.legal_holds'::regclass
+          AND pg_get_constraintdef(oid) LIKE '%cookie_consents%'
+    ) THEN
+        ALTER TABLE retention.legal_holds DROP CONSTRAINT IF EXISTS legal_holds_table_name_check;
+        ALTER TABLE retention.legal_holds ADD CONSTRAINT legal_holds_table_name_check CHECK (table_name IN (
+            'customers', 'prospects', 'pets', 'contracts', 'quotes', 'claims', 'reimbursements',
+            'payment_methods', 'call_recordings', 'call_analyses', 'aml_records', 'fraud_cases',
+            'fraud_alerts', 'job_applications', 'vet_consultations', 'chat_messages',
+            'marketing_contacts', 'marketing_messages', 'information_requests', 'identity_documents',
+            'marketing_objections', 'cookie_consents'));
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS legal_holds_active_idx
     ON retention.legal_holds (table_name, record_id) WHERE released_at IS NULL;
 

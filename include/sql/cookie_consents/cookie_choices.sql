@@ -1,0 +1,1 @@
+-- Cookie consent / refusal choices, 6 months after they were recorded. No extra condition.

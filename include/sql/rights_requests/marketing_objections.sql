@@ -1,0 +1,3 @@
+-- Objections to marketing (suppression entries), 3 years after they were received. They do
+-- not depend on the person they concern (the link is cleared when it is deleted). No extra
+-- condition.

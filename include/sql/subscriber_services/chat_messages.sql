@@ -1,0 +1,2 @@
+-- Chat messages with us, due once transmitted to VETOPHONIE (transmitted_at NULL until then),
+-- then archived 5 years for evidence. No extra condition.

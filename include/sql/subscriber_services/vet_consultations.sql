@@ -1,0 +1,3 @@
+-- Tele-advice / tele-triage consultations with the partner vets, due once their information was
+-- transmitted to VETOPHONIE (transmitted_at NULL until then), then archived 5 years. No extra
+-- condition.
