@@ -165,6 +165,13 @@ def db(source_dsn):
         tables = conn.execute(
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname IN ('app', 'retention')"
         ).fetchall()
+        # A failed test may leave a connection (a paused engine thread, a killed worker's
+        # child) holding locks: end them, so one failure cannot hang the rest of the suite.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        conn.execute("SET lock_timeout = '60s'")
         conn.execute("TRUNCATE " + ", ".join(t[0] for t in tables) + " RESTART IDENTITY CASCADE")
         yield conn
 

@@ -587,7 +587,9 @@ class RetentionEngine:
                 " SELECT m.rule, m.table_name, m.object_key, m.document_keys, m.row_count,"
                 f" {object_held('m')} AS held, m.owner_ids IS NULL"
                 " FROM retention.archive_manifest AS m WHERE m.id = %s AND m.state = 'committed'"
-                + ("" if preview else " FOR UPDATE OF m"),
+                # NO KEY UPDATE: two purges of the object serialize, while the purge intent's
+                # foreign key (KEY SHARE on this row, from the intents connection) goes through.
+                + ("" if preview else " FOR NO KEY UPDATE OF m"),
                 (manifest_id,),
             ).fetchone()
             if row is None:  # purged meanwhile by another run
