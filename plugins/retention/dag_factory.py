@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, dag, task
 
+from retention.alerts import failure_notifier
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, default_policy
 
 OWNER = "data-protection"
@@ -78,7 +79,13 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["retention", purpose_name, purpose.legal_basis],
-        default_args={"owner": OWNER, "retries": 2, "retry_delay": dt.timedelta(minutes=5)},
+        default_args={
+            "owner": OWNER,
+            "retries": 2,
+            "retry_delay": dt.timedelta(minutes=5),
+            # An e-mail through `smtp_default` when a task fails for good (retention.alerts).
+            "on_failure_callback": failure_notifier(),
+        },
         params={
             "dry_run": Param(False, type="boolean", description="Count and report what would happen; change nothing."),
             "batch_size": Param(
