@@ -83,6 +83,15 @@ def load(path: Path) -> int:
     return count
 
 
+def _quietly(action):
+    """A save races the server's threads (a dict changing size mid-pickle): try again later."""
+    try:
+        return action()
+    except RuntimeError as exc:
+        print(f"s3server: state not saved this time ({exc})", flush=True)
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -105,12 +114,14 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    last = fingerprint(snapshot())
+    last = _quietly(lambda: fingerprint(snapshot()))
     while not stop.wait(args.save_every):
-        current = fingerprint(snapshot())
-        if current != last:
-            last = save(args.state)
-    save(args.state)
+        current = _quietly(lambda: fingerprint(snapshot()))
+        if current is not None and current != last:
+            last = _quietly(lambda: save(args.state)) or last
+    for _ in range(5):  # requests may still be in flight
+        if _quietly(lambda: save(args.state)) is not None:
+            break
     print(f"s3server: state saved to {args.state}", flush=True)
     server.stop()
     sys.exit(0)
