@@ -64,13 +64,43 @@ def test_failed_retention_run_sends_an_email(airflow_db, db, s3, storage, inbox,
     states = task_states(dag_run)
     assert states["archive_and_delete"] == "failed", states
     assert f.ids(db, "quotes") == {quote}, "a failed run deletes nothing"
-    [message] = inbox.messages
-    assert inbox.recipients == [["dpo@insurer.test"]]
-    assert message["Subject"] == f"[retention] FAILED retention_quotes.archive_and_delete (run {dag_run.run_id})"
+    # One e-mail for the failed task, one for the report (which ran anyway, and keeps the run red).
+    assert [m["Subject"] for m in inbox.messages] == [
+        f"[retention] FAILED retention_quotes.{task} (run {dag_run.run_id})"
+        for task in ("archive_and_delete", "report")
+    ]
+    assert states["report"] == "failed" and dag_run.state == "failed"
+    assert inbox.recipients == [["dpo@insurer.test"]] * 2
+    message = inbox.messages[0]
     body = _text(message)
     assert "fault injected at &#39;after_upload&#39;" in body  # the error, HTML-escaped
     assert "2025-03-01 00:00" in body  # the logical date, in Paris
     assert "lea.dubois" not in body and "example.fr" not in body
+
+    summary = _summary(dag_run)
+    assert summary["outcome"] == "failed" and summary["failed_tasks"] == ["archive_and_delete"]
+    assert summary["not_run"] == ["purge_archives", "check_after"]
+    assert summary["task_states"]["check_before"] == "success" and summary["task_states"]["plan"] == "success"
+    assert summary["left_unchanged"].startswith("archive-and-delete failed")
+    assert summary["logical_date_paris"] == "2025-03-01 00:00 CET"
+    assert summary["table"].startswith("## retention_quotes: RUN FAILED at archive_and_delete")
+    assert "| (nothing) |" in summary["table"] and summary["totals"]["deleted"] == 0
+    assert summary["mode"] == "enforce"
+
+
+def _summary(dag_run, key: str = "summary"):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
+            .filter(XComModel.task_id == "report", XComModel.key == key)
+            .one()
+        )
+        value = row.value
+    return json.loads(value) if isinstance(value, str) and value.startswith("{") else value
 
 
 @pytest.mark.integration
@@ -79,6 +109,14 @@ def test_successful_run_sends_nothing(airflow_db, db, s3, storage, inbox):
     dag_run = run_dag("quotes", f.midnight("2025-03-01"))
     assert set(task_states(dag_run).values()) == {"success"}
     assert inbox.messages == []
+    summary = _summary(dag_run)
+    assert summary["outcome"] == "success" and summary["failed_tasks"] == [] and summary["left_unchanged"] is None
+    assert summary["totals"]["deleted"] == 1 and summary["totals"]["objects"] == 1
+    assert summary["rules"][0]["rule"] == "unconverted_quotes" and summary["bytes_per_tier"]["intermediate"] > 0
+    assert summary["gates"]["before"].endswith("expectations passed")
+    assert summary["gates"]["after"].endswith("expectations passed")
+    assert "| unconverted_quotes |" in summary["table"]
+    assert summary["table"] == _summary(dag_run, "return_value")  # the Markdown, as before
 
 
 def _run_watch(**conf):

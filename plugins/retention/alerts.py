@@ -32,10 +32,20 @@ rows it did not finish in place. The next run resumes; see the Retention page fo
 
 
 def failure_notifier():
-    """The SMTP provider's notifier, for `on_failure_callback`."""
+    """The SMTP provider's notifier, for `on_failure_callback`.
+
+    One instance serves every task of a DAG (default_args), and a notifier renders its template
+    fields onto itself: each call works on a copy, so the second task's e-mail is not sent with
+    the first one's subject (it would be, in a process that runs several tasks: dag.test())."""
+    import copy
+
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    return SmtpNotifier(
+    class RetentionFailureNotifier(SmtpNotifier):
+        def __call__(self, *args, **kwargs):
+            return SmtpNotifier.__call__(copy.copy(self), *args, **kwargs)
+
+    return RetentionFailureNotifier(
         to="{{ var.value.get('retention_alert_to', '" + DEFAULT_TO + "') }}",
         from_email="{{ var.value.get('retention_alert_from', '" + DEFAULT_FROM + "') }}",
         subject=FAILURE_SUBJECT,
