@@ -16,4 +16,5 @@ COPY requirements.txt constraints.txt /tmp/retention/
 RUN pip install --no-cache-dir \
         -r /tmp/retention/requirements.txt \
         -c /tmp/retention/constraints.txt \
-        faker
+        faker \
+ && pip check

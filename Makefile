@@ -10,7 +10,7 @@ STATE ?= .local
 DEMO_CUSTOMERS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo down status schema seed test test-fast lint format check lock bench
+.PHONY: help venv demo down status reset schema seed test test-fast lint format check lock bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ demo: venv ## start PostgreSQL + S3 + Airflow on 127.0.0.1, seeded; prints the U
 
 down: venv ## stop everything `make demo` started (by recorded PID)
 	$(PY) -m tools.devstack down --state $(STATE)
+
+reset: venv ## stop the demo, delete its data (database, S3 state, Airflow home) and start it again, freshly seeded
+	$(PY) -m tools.devstack reset --state $(STATE)
+	$(PY) -m tools.devstack up --state $(STATE) --customers $(DEMO_CUSTOMERS)
 
 status: venv ## what is running
 	$(PY) -m tools.devstack status --state $(STATE)

@@ -46,6 +46,7 @@ def xcoms(dag_run) -> dict[str, object]:
         rows = (
             session.query(XComModel)
             .filter(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
+            .filter(XComModel.key == "return_value")
             .all()
         )
         return {row.task_id: row.value for row in rows}

@@ -12,7 +12,8 @@ import pytest
 from retention.policy import default_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
+WATCH_FILE = REPO_ROOT / "dags" / "retention_watch.py"
+DAG_FILES = sorted(p for p in (REPO_ROOT / "dags").glob("*.py") if p != WATCH_FILE)  # one per purpose
 EXPECTED_DAG_IDS = {  # DESIGN.md §5
     "retention_quotes",
     "retention_contracts",
@@ -41,6 +42,7 @@ def _load(path: Path):
 
 def test_dag_files_were_found():
     assert len(DAG_FILES) == len(EXPECTED_DAG_IDS), [p.name for p in DAG_FILES]
+    assert WATCH_FILE.is_file()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,18 @@ def test_no_import_errors(dagbag):
 
 
 def test_exact_dag_ids(dagbag):
-    assert set(dagbag.dag_ids) == EXPECTED_DAG_IDS
+    assert set(dagbag.dag_ids) == EXPECTED_DAG_IDS | {"retention_watch"}
+
+
+@pytest.mark.parametrize("path", [*DAG_FILES, WATCH_FILE], ids=lambda p: p.name)
+def test_every_task_notifies_its_failure(path):
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    dag = _load(path).dag
+    for t in dag.tasks:
+        callbacks = t.on_failure_callback if isinstance(t.on_failure_callback, list) else [t.on_failure_callback]
+        notifiers = [c for c in callbacks if isinstance(c, SmtpNotifier)]
+        assert notifiers and notifiers[0].smtp_conn_id == "smtp_default", t.task_id
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
@@ -105,7 +118,7 @@ from airflow.sdk import BaseHook
 def forbidden(*a, **k):
     raise AssertionError("get_connection called while parsing")
 BaseHook.get_connection = classmethod(forbidden)
-for path in {[str(p) for p in DAG_FILES]!r}:
+for path in {[str(p) for p in [*DAG_FILES, WATCH_FILE]]!r}:
     spec = importlib.util.spec_from_file_location("d", path)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]

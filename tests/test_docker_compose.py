@@ -451,3 +451,38 @@ def test_only_the_init_services_run_as_root(services):
             assert user == "0:0"
         else:
             assert user == "50000:0", f"{name} runs as {user!r}"
+
+
+# --- compose-spec, secrets, restarts, image checks ---------------------------------------------
+
+
+def test_compose_file_follows_the_compose_spec_schema(compose):
+    import jsonschema
+
+    schema = json.loads((REPO_ROOT / "tests" / "data" / "compose_spec.json").read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, errors
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["s3"]["helthcheck"] = broken["services"]["s3"].pop("healthcheck")
+    assert list(validator.iter_errors(broken)), "the schema catches a misspelt key"
+
+
+def test_demo_jwt_secret_is_long_enough_for_hs512(services):
+    secret = env_of(services["airflow-apiserver"])["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert len(secret.encode()) >= 64 and "demo" in secret
+
+
+def test_retention_init_refuses_when_s3_lost_what_the_database_remembers(services):
+    from tools import devstack
+
+    script = script_of(services["retention-init"])
+    assert "from tools.devstack import missing_s3_objects" in script
+    assert script.index("missing_s3_objects") < script.index("-m tools.seed"), "checked before anything else runs"
+    assert "sys.exit(" in script and "docker compose down -v" in script
+    assert callable(devstack.missing_s3_objects)
+
+
+def test_image_build_runs_pip_check():
+    run = DOCKERFILE.read_text(encoding="utf-8").split("RUN pip install", 1)[1]
+    assert "&& pip check" in run

@@ -131,3 +131,20 @@ def test_each_dag_runs_on_the_seeded_stack(stack):
             ).fetchone()[0]
             assert reported == audited, (dag_id, report)
             assert "after " in report and "expectations passed" in report
+
+
+def test_retention_page_on_the_stack(stack):
+    """After the runs above: the Retention plugin, served by the stack's own api-server, shows
+    each purpose's last run green and nothing overdue; without a token it answers 401."""
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        Api(stack.api_url).call("GET", "/retention/api/summary")
+    assert denied.value.code == 401
+    token = Api(stack.api_url).call(
+        "POST", "/auth/token", {"username": devstack.DEMO_USER, "password": stack.demo_password}
+    )["access_token"]
+    summary = Api(stack.api_url, token).call("GET", "/retention/api/summary")
+    purposes = {p["dag_id"]: p for p in summary["purposes"]}
+    assert set(purposes) == set(DAG_IDS)
+    assert {d: p["airflow"]["last"]["state"] for d, p in purposes.items()} == {d: "success" for d in DAG_IDS}
+    assert {d: p["overdue"] for d, p in purposes.items()} == {d: 0 for d in DAG_IDS}
+    assert summary["runs"], "the runs' evidence is listed"

@@ -6,6 +6,7 @@ way. Every process it starts is recorded in <state>/pids/<name>.pid and only tho
     python -m tools.devstack up      # PostgreSQL + S3 + schema + seed + Airflow, prints URL/login
     python -m tools.devstack down    # stops what `up` started
     python -m tools.devstack status
+    python -m tools.devstack reset   # stops it and removes its data: the next `up` seeds afresh
 """
 
 from __future__ import annotations
@@ -102,6 +103,34 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
+def _pg_run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a PostgreSQL binary (as `postgres` under root) from "/": initdb and pg_ctl change
+    back to the working directory, which `postgres` may not enter (a clone under a 0700 home)."""
+    return subprocess.run(_as_postgres_user(cmd), cwd="/", **kwargs)
+
+
+def postgres_can_enter(path: Path) -> bool:
+    """Whether the `postgres` system user can reach `path` (always true when not root)."""
+    if os.geteuid() != 0:
+        return True
+    return subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)], cwd="/").returncode == 0
+
+
+def pg_root_for(state: Path) -> Path:
+    """Where the cluster of a stack lives: inside its state folder, unless that folder sits under
+    a directory the `postgres` user cannot enter (as root, a clone under a 0700 home): then in
+    /var/tmp, one folder per state path, owned by `postgres`."""
+    state.mkdir(parents=True, exist_ok=True)
+    if postgres_can_enter(state):
+        return state
+    import hashlib
+
+    digest = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:12]
+    root = Path("/var/tmp") / f"retention-demo-pg-{digest}"
+    root.mkdir(mode=0o755, exist_ok=True)
+    return root
+
+
 def _chown_postgres(path: Path) -> None:
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres")
@@ -143,21 +172,19 @@ class Postgres:
             pwfile.chmod(0o600)
             _chown_postgres(pwfile)
             try:
-                subprocess.run(
-                    _as_postgres_user(
-                        [
-                            str(bindir / "initdb"),
-                            "-D",
-                            str(self.data_dir),
-                            "-U",
-                            PG_SUPERUSER,
-                            "--auth=scram-sha-256",
-                            f"--pwfile={pwfile}",
-                            "-E",
-                            "UTF8",
-                            "--locale=C.UTF-8",
-                        ]
-                    ),
+                _pg_run(
+                    [
+                        str(bindir / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        PG_SUPERUSER,
+                        "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                    ],
                     check=True,
                     capture_output=True,
                     text=True,
@@ -178,22 +205,20 @@ class Postgres:
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c shared_buffers=256MB -c max_connections=200 -c timezone=UTC"
         )
-        result = subprocess.run(
-            _as_postgres_user(
-                [
-                    str(bindir / "pg_ctl"),
-                    "-D",
-                    str(self.data_dir),
-                    "-o",
-                    options,
-                    "-l",
-                    str(self.log_file),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            ),
+        result = _pg_run(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-o",
+                options,
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
             capture_output=True,
             text=True,
         )
@@ -202,8 +227,8 @@ class Postgres:
 
     def is_running(self) -> bool:
         bindir = pg_bindir()
-        result = subprocess.run(
-            _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(self.data_dir), "status"]),
+        result = _pg_run(
+            [str(bindir / "pg_ctl"), "-D", str(self.data_dir), "status"],
             capture_output=True,
             text=True,
         )
@@ -212,8 +237,8 @@ class Postgres:
     def stop(self) -> None:
         if not (self.data_dir / "PG_VERSION").exists() or not self.is_running():
             return
-        subprocess.run(
-            _as_postgres_user([str(pg_bindir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]),
+        _pg_run(
+            [str(pg_bindir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
             capture_output=True,
             text=True,
         )
@@ -371,7 +396,11 @@ class StackConfig:
 
     @property
     def postgres(self) -> Postgres:
-        return Postgres(self.state, self.pg_port, self.pg_password)
+        return Postgres(pg_root_for(self.state), self.pg_port, self.pg_password)
+
+    @property
+    def s3_state_file(self) -> Path:
+        return self.state / "s3" / "state.pickle"
 
     @property
     def s3_endpoint(self) -> str:
@@ -529,8 +558,17 @@ def up(
     print(f"PostgreSQL  127.0.0.1:{pg.port}  (source database {SOURCE_DB!r}, Airflow metadata {AIRFLOW_DB!r})")
 
     if not _running_pid(config, "s3"):
-        moto = VENV_BIN / "moto_server"
-        _spawn(config, "s3", [str(moto), "-H", "127.0.0.1", "-p", str(config.s3_port)], dict(os.environ))
+        # moto, with its buckets saved to a file on `make down` and loaded on the next start.
+        cmd = [
+            sys.executable,
+            "-m",
+            "tools.s3server",
+            "--port",
+            str(config.s3_port),
+            "--state",
+            str(config.s3_state_file),
+        ]
+        _spawn(config, "s3", cmd, dict(os.environ))
     wait_until(
         lambda: S3Server(config.s3_port, state / "logs" / "s3.log")._healthy(),
         60,
@@ -547,6 +585,13 @@ def up(
     print(f"S3 (moto)   {config.s3_endpoint}  (buckets {storage.archive_bucket}, {storage.documents_bucket})")
 
     apply_schema(config.source_dsn())
+    missing = missing_s3_objects(config.source_dsn(), client, storage.archive_bucket, storage.documents_bucket)
+    if missing:
+        raise StackError(
+            f"the database remembers {len(missing)} S3 object(s) the S3 server lacks, e.g. {missing[:3]}: "
+            f"its saved state ({config.s3_state_file}) was lost or is older than the database. "
+            "Nothing was started on top of it: `make reset` starts over from a fresh seed."
+        )
     from tools.seed import seed_database
 
     reference = dt.date.fromisoformat(reference_date) if reference_date else dt.date.today()
@@ -579,6 +624,68 @@ def up(
     env_file.chmod(0o600)
     print(f"Airflow UI  {config.api_url}   login: {DEMO_USER} / {config.demo_password}")
     print(f"logs        {state / 'logs'}   (airflow CLI: source {env_file})")
+
+
+def missing_s3_objects(dsn: str, client, archive_bucket: str, documents_bucket: str) -> list[str]:
+    """Objects the database refers to that the S3 server does not hold: committed archive objects
+    (by version) and the documents named by the source rows' *_key columns."""
+    import psycopg
+    from psycopg import sql
+
+    def versions(bucket: str) -> set[tuple[str, str | None]]:
+        found: set[tuple[str, str | None]] = set()
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            for v in page.get("Versions", []):
+                found.add((v["Key"], v.get("VersionId")))
+                found.add((v["Key"], None))
+        return found
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        archived = conn.execute(
+            "SELECT bucket, object_key, version_id FROM retention.archive_manifest WHERE state = 'committed'"
+        ).fetchall()
+        documents: list[str] = []
+        key_columns = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'app' AND column_name LIKE '%%\\_key' ORDER BY 1, 2"
+        ).fetchall()
+        for table, column in key_columns:
+            documents += [
+                r[0]
+                for r in conn.execute(
+                    sql.SQL("SELECT {c} FROM app.{t} WHERE {c} IS NOT NULL").format(
+                        c=sql.Identifier(column), t=sql.Identifier(table)
+                    )
+                )
+            ]
+    if not archived and not documents:
+        return []
+    held: dict[str, set] = {}
+    missing = []
+    for bucket, key, version in archived:
+        if bucket not in held:
+            held[bucket] = versions(bucket)
+        if (key, version) not in held[bucket]:
+            missing.append(f"s3://{bucket}/{key}")
+    if documents:
+        if documents_bucket not in held:
+            held[documents_bucket] = versions(documents_bucket)
+        missing += [f"s3://{documents_bucket}/{k}" for k in documents if (k, None) not in held[documents_bucket]]
+    return missing
+
+
+def reset(state: Path) -> None:
+    """Stop the stack and remove its data (PostgreSQL cluster, S3 state, Airflow home); keep
+    stack.json (ports, passwords) and the logs. The next `up` seeds afresh."""
+    if not (state / "stack.json").exists():
+        print("nothing to reset")
+        return
+    down(state)
+    config = StackConfig.load_or_create(state)
+    for path in (config.postgres.data_dir, config.s3_state_file.parent, config.airflow_home):
+        if path.exists():
+            shutil.rmtree(path)
+            print(f"removed {path}")
 
 
 def _api_healthy(config: StackConfig) -> bool:
@@ -629,7 +736,7 @@ def status(state: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Local stack: PostgreSQL + S3 (moto) + Airflow 3 on 127.0.0.1")
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "reset"])
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="git-ignored folder for data, logs, PIDs")
     parser.add_argument("--customers", type=int, default=int(os.environ.get("DEMO_CUSTOMERS", "2000")))
     parser.add_argument("--seed", type=int, default=42)
@@ -644,6 +751,8 @@ def main(argv: list[str] | None = None) -> None:
             up(config, customers=args.customers, seed=args.seed, reference_date=args.reference_date)
         elif args.command == "down":
             down(args.state.resolve())
+        elif args.command == "reset":
+            reset(args.state.resolve())
         else:
             status(args.state.resolve())
     except StackError as exc:

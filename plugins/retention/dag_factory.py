@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, dag, task
 
+from retention.alerts import failure_notifier
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, default_policy
 
 OWNER = "data-protection"
@@ -87,7 +88,13 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["retention", purpose_name, purpose.legal_basis, f"mode:{purpose.mode}"],
-        default_args={"owner": OWNER, "retries": 2, "retry_delay": dt.timedelta(minutes=5)},
+        default_args={
+            "owner": OWNER,
+            "retries": 2,
+            "retry_delay": dt.timedelta(minutes=5),
+            # An e-mail through `smtp_default` when a task fails for good (retention.alerts).
+            "on_failure_callback": failure_notifier(),
+        },
         params={
             "dry_run": Param(False, type="boolean", description="Count and report what would happen; change nothing."),
             "batch_size": Param(
@@ -143,19 +150,20 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
 
             return tasks.check_after(purpose_name, context, before, archived)
 
-        @task
-        def report(planned: dict, archived: dict, purged: dict, before: dict, after: dict, **context) -> str:
-            """The run's summary (counts per rule, bytes per tier), in the log and as XCom."""
-            from retention import tasks
+        @task(trigger_rule="all_done", show_return_value_in_logs=False)
+        def report(**context) -> str:
+            """The run's summary whatever happened upstream: the table once in the log and as XCom,
+            a dict under XCom key `summary`; on a failure, what failed and what was left unchanged
+            (then it fails too, so the run stays red)."""
+            from retention import run_report
 
-            return tasks.report(purpose_name, context, planned, archived, purged, before, after)
+            return run_report.report(purpose_name, context)
 
         before = check_before()
         planned = plan()
         archived = archive_and_delete()
         purged = purge_archives()
         checked = check_after(before, archived)
-        before >> planned >> archived >> purged >> checked
-        report(planned, archived, purged, before, checked)
+        before >> planned >> archived >> purged >> checked >> report()
 
     return retention_dag()

@@ -1,0 +1,89 @@
+"""Who is told, and when: a failure e-mail on every retention task (the SMTP provider's notifier
+through the `smtp_default` connection) and the watch's alarms (overdue records, no success).
+
+Light at parse time: the notifier is a small object whose template fields are rendered when a
+task fails. Recipients and sender come from Airflow Variables read at that moment
+(`retention_alert_to`, comma-separated, and `retention_alert_from`), or the connection's
+`from_email`. Messages hold DAG, task and run ids, counts and the error text: no personal data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+ALERT_CONN_ID = "smtp_default"
+DEFAULT_TO = "dpo@localhost"
+DEFAULT_FROM = "airflow-retention@localhost"
+STALE_AFTER = dt.timedelta(days=2)
+
+FAILURE_SUBJECT = "[retention] FAILED {{ ti.dag_id }}.{{ ti.task_id }} (run {{ run_id }})"
+FAILURE_BODY = """\
+<p><b>{{ ti.dag_id }}</b>: task <b>{{ ti.task_id }}</b> failed (try {{ ti.try_number }}).</p>
+<ul>
+<li>run: {{ run_id }}</li>
+<li>logical date (Europe/Paris): {{ logical_date.in_timezone('Europe/Paris').strftime('%Y-%m-%d %H:%M') if logical_date else 'none' }}</li>
+<li>error: {{ exception | string | e }}</li>
+<li>log: <a href="{{ ti.log_url }}">{{ ti.log_url }}</a></li>
+</ul>
+<p>Nothing is deleted before the archive is verified and the gates pass: a failed run leaves the
+rows it did not finish in place. The next run resumes; see the Retention page for what is due.</p>
+"""
+
+
+def failure_notifier():
+    """The SMTP provider's notifier, for `on_failure_callback`.
+
+    One instance serves every task of a DAG (default_args), and a notifier renders its template
+    fields onto itself: each call works on a copy, so the second task's e-mail is not sent with
+    the first one's subject (it would be, in a process that runs several tasks: dag.test())."""
+    import copy
+
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    class RetentionFailureNotifier(SmtpNotifier):
+        def __call__(self, *args, **kwargs):
+            return SmtpNotifier.__call__(copy.copy(self), *args, **kwargs)
+
+    return RetentionFailureNotifier(
+        to="{{ var.value.get('retention_alert_to', '" + DEFAULT_TO + "') }}",
+        from_email="{{ var.value.get('retention_alert_from', '" + DEFAULT_FROM + "') }}",
+        subject=FAILURE_SUBJECT,
+        html_content=FAILURE_BODY,
+        smtp_conn_id=ALERT_CONN_ID,
+    )
+
+
+@dataclass(frozen=True)
+class Alarm:
+    purpose: str
+    kind: str  # "overdue" | "no_success"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.purpose}: {self.kind}: {self.detail}"
+
+
+def alarms(
+    statuses: list,
+    last_success: dict[str, dt.datetime | None],
+    now: dt.datetime,
+    overdue_days: int,
+    stale_after: dt.timedelta = STALE_AFTER,
+) -> list[Alarm]:
+    """Alarms from the purposes' status (retention.status.PurposeStatus) and the end of each
+    purpose's latest successful run (None: never succeeded)."""
+    found = []
+    for s in statuses:
+        if s.overdue:
+            rules = ", ".join(f"{r.rule}={r.overdue}" for r in s.rules if r.overdue)
+            found.append(
+                Alarm(s.purpose, "overdue", f"{s.overdue} records due for more than {overdue_days} days ({rules})")
+            )
+        ended = last_success.get(s.purpose)
+        if ended is None:
+            found.append(Alarm(s.purpose, "no_success", "no successful run on record"))
+        elif now - ended > stale_after:
+            hours = int((now - ended).total_seconds() // 3600)
+            found.append(Alarm(s.purpose, "no_success", f"last success {hours} h ago ({ended.isoformat()})"))
+    return found

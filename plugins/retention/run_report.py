@@ -1,0 +1,173 @@
+"""The `report` task whatever happened upstream: the summary as structured XCom, the table once
+in the log, dates in Europe/Paris, and, when a task failed, which one and what was left unchanged.
+
+When every upstream task succeeded, the Markdown table is `retention.tasks.report`'s (the
+return value, as before). When one failed, the table is built from what the run committed
+(the audit log of this run and purpose), so the DPO sees what was done and what was not. Either
+way a dict goes to XCom under the key `summary`, and the task fails after reporting when an
+upstream task failed, so that the run stays red.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+UPSTREAM = ("check_before", "plan", "archive_and_delete", "purge_archives", "check_after")
+FAILED_STATES = ("failed", "upstream_failed")
+
+UNCHANGED = {
+    "check_before": "the quality gate before the run failed: nothing was archived, deleted or purged.",
+    "plan": "planning failed: nothing was archived, deleted or purged.",
+    "archive_and_delete": (
+        "archive-and-delete failed: batches committed before the failure are archived (verified) and "
+        "deleted, as counted below from the audit log; every other row is still in the source, and "
+        "an archive object written without its commit is removed by the next run."
+    ),
+    "purge_archives": "the archive purge failed: objects not yet purged stay in the archive until the next run.",
+    "check_after": "the quality gate after the run failed: the deletions counted below are committed; see its log.",
+}
+
+
+def upstream_states(context: dict) -> dict[str, str]:
+    ti = context["ti"]
+    states = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(UPSTREAM), run_ids=[ti.run_id])
+    return {task: str(state) for task, state in (states.get(ti.run_id) or {}).items()}
+
+
+def _paris(context: dict, policy) -> str:
+    logical = context.get("logical_date") or context["dag_run"].run_after
+    return logical.astimezone(policy.tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def committed_counts(purpose: str, run_id: str) -> list[dict]:
+    """What this run of this purpose committed, per rule (the audit log)."""
+    import psycopg
+
+    from retention.tasks import source_dsn
+
+    with psycopg.connect(source_dsn(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT rule, table_name, "
+            "coalesce(sum(record_count) FILTER (WHERE action IN ('archived_and_deleted', 'deleted')), 0), "
+            "coalesce(sum(record_count) FILTER (WHERE action = 'held'), 0), "
+            "coalesce(sum(record_count) FILTER (WHERE action = 'waiting'), 0), "
+            "count(object_key) FILTER (WHERE action = 'archived_and_deleted'), "
+            "coalesce(sum(byte_count) FILTER (WHERE action = 'archived_and_deleted'), 0), "
+            "coalesce(sum(record_count) FILTER (WHERE action = 'object_purged'), 0) "
+            "FROM retention.audit_log WHERE run_id = %s AND purpose = %s GROUP BY 1, 2 ORDER BY 1",
+            (run_id, purpose),
+        ).fetchall()
+    return [
+        {
+            "rule": r,
+            "table": t,
+            "deleted": int(d),
+            "held": int(h),
+            "waiting": int(w),
+            "objects": int(o),
+            "archive_bytes": int(b),
+            "purged_records": int(p),
+        }
+        for r, t, d, h, w, o, b, p in rows
+    ]
+
+
+def summary_dict(purpose: str, context: dict, pulled: dict, states: dict, table: str, rules: list[dict]) -> dict:
+    from retention.policy import default_policy
+    from retention.status import purpose_mode
+
+    policy = default_policy()
+    failed = [t for t in UPSTREAM if states.get(t) == "failed"]
+    not_run = [t for t in UPSTREAM if states.get(t) == "upstream_failed"]
+    first = (failed or not_run or [None])[0]
+    bytes_per_tier: dict[str, int] = {}
+    for r in rules:
+        if r.get("tier", "none") != "none":
+            bytes_per_tier[r["tier"]] = bytes_per_tier.get(r["tier"], 0) + r.get("archive_bytes", 0)
+    gates = {
+        "before": (pulled.get("check_before") or {}).get("before", states.get("check_before", "n/a")),
+        "after": (pulled.get("check_after") or {}).get("after", states.get("check_after", "n/a")),
+    }
+    return {
+        "purpose": purpose,
+        "run_id": context["run_id"],
+        "logical_date_paris": _paris(context, policy),
+        "mode": purpose_mode(policy.purpose(purpose)),
+        "dry_run": bool(context["params"].get("dry_run", False)),
+        "outcome": "failed" if failed or not_run else "success",
+        "task_states": states,
+        "failed_tasks": failed,
+        "not_run": not_run,
+        "left_unchanged": UNCHANGED.get(first) if first else None,
+        "rules": [{k: v for k, v in r.items() if k not in ("held_ids", "waiting_ids")} for r in rules],
+        "totals": {
+            key: sum(r.get(key, 0) for r in rules) for key in ("due", "deleted", "held", "objects", "archive_bytes")
+        },
+        "bytes_per_tier": bytes_per_tier,
+        "purge": pulled.get("purge_archives"),
+        "gates": gates,
+        "table": table,
+    }
+
+
+def failure_table(purpose: str, context: dict, states: dict, committed: list[dict]) -> str:
+    from retention.policy import default_policy
+
+    policy = default_policy()
+    first = next((t for t in UPSTREAM if states.get(t) == "failed"), None) or next(
+        t for t in UPSTREAM if states.get(t) in FAILED_STATES
+    )
+    lines = [
+        f"## retention_{purpose}: RUN FAILED at {first}",
+        f"logical date {_paris(context, policy)}, run {context['run_id']}",
+        "",
+        "tasks: " + ", ".join(f"{t}={states.get(t, 'n/a')}" for t in UPSTREAM),
+        f"left unchanged: {UNCHANGED[first]}",
+        "",
+        "committed by this run (audit log):",
+        "",
+        "| rule | table | deleted | held | waiting | objects | archive bytes | purged records |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['rule']} | {r['table']} | {r['deleted']} | {r['held']} | {r['waiting']} | {r['objects']} "
+        f"| {r['archive_bytes']} | {r['purged_records']} |"
+        for r in committed
+    ] or ["| (nothing) | | 0 | 0 | 0 | 0 | 0 | 0 |"]
+    return "\n".join(lines)
+
+
+def report(purpose: str, context: dict) -> str:
+    """Render the run's report; fail (after logging it) when an upstream task failed."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from retention import tasks
+
+    ti = context["ti"]
+    pulled = {t: ti.xcom_pull(task_ids=t) for t in UPSTREAM}
+    states = upstream_states(context)
+    failed = [t for t in UPSTREAM if states.get(t) in FAILED_STATES]
+    if not failed and all(pulled.get(t) is not None for t in UPSTREAM):
+        # It logs the table itself (once: the task does not log its return value).
+        table = tasks.report(
+            purpose,
+            context,
+            pulled["plan"],
+            pulled["archive_and_delete"],
+            pulled["purge_archives"],
+            pulled["check_before"],
+            pulled["check_after"],
+        )
+        rules = list((pulled["archive_and_delete"] or {}).get("rules", []))
+    else:
+        committed = committed_counts(purpose, context["run_id"])
+        table = failure_table(purpose, context, states, committed)
+        rules = committed
+        log.info("%s", table)
+    summary = summary_dict(purpose, context, pulled, states, table, rules)
+    ti.xcom_push(key="summary", value=summary)
+    if failed:
+        broken = [t for t in failed if states.get(t) == "failed"] or failed
+        raise AirflowFailException(f"retention_{purpose}: {', '.join(broken)} failed; the report says what was done")
+    return table

@@ -1,0 +1,242 @@
+"""What is due, overdue, held and archived, read from the source database: read-only.
+
+Used by the Retention page (plugins/retention_ui) and by the watch DAG. Every figure is a count,
+a byte size, an object key or a record id of the bookkeeping schema `retention`: never a row's
+contents. The counts come from the planner: the same select the engine locks and deletes
+(retention.planner), counted: one pass per rule and date.
+
+A record is *due* at an instant when the run at that instant would delete it (clock + live
+<= the Paris date); it is *overdue* when it was already due `overdue_days` days earlier and is
+still there, neither held nor waiting for a child kept by another purpose.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+from retention.planner import Planner
+from retention.policy import Policy, Purpose, Rule
+
+DEFAULT_OVERDUE_DAYS = 3
+AUDIT_DELETE_ACTIONS = ("archived_and_deleted", "deleted")
+
+
+@dataclass
+class RuleStatus:
+    rule: str
+    table: str
+    tier: str
+    due: int = 0
+    held: int = 0
+    waiting: int = 0
+    overdue: int = 0
+
+
+@dataclass
+class PurposeStatus:
+    purpose: str
+    title: str
+    mode: str
+    due: int = 0
+    held: int = 0
+    waiting: int = 0
+    overdue: int = 0
+    archive_bytes: dict[str, int] = field(default_factory=dict)
+    archive_objects: dict[str, int] = field(default_factory=dict)
+    rules: list[RuleStatus] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def purpose_mode(purpose: Purpose) -> str:
+    """preview or enforce; a policy without the field enforces (the engine's behaviour today)."""
+    return str(getattr(purpose, "mode", "enforce") or "enforce")
+
+
+def rule_counts(conn, planner: Planner, rule: Rule, at: dt.datetime) -> tuple[int, int, int]:
+    """(deletable, held, waiting) for the run at `at`."""
+    outcome, _ = planner.count(conn, rule, at)
+    return outcome.deletable, outcome.held, sum(outcome.waiting.values())
+
+
+def purposes_status(conn, policy: Policy, now: dt.datetime, overdue_days: int) -> list[PurposeStatus]:
+    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting; archive
+    objects and bytes per tier (committed manifest rows)."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if overdue_days < 0:
+        raise ValueError("overdue_days must be >= 0")
+    earlier = now - dt.timedelta(days=overdue_days)
+    archives: dict[str, dict[str, tuple[int, int]]] = {}
+    for purpose, tier, objects, size in conn.execute(
+        "SELECT purpose, tier, count(*), coalesce(sum(byte_size), 0) FROM retention.archive_manifest "
+        "WHERE state = 'committed' GROUP BY 1, 2"
+    ):
+        archives.setdefault(purpose, {})[tier] = (int(objects), int(size))
+    result = []
+    for name, purpose in policy.purposes.items():
+        status = PurposeStatus(purpose=name, title=purpose.title, mode=purpose_mode(purpose))
+        planner = Planner.load(conn, policy, name)
+        for rule in purpose.rules:
+            due, held, waiting = rule_counts(conn, planner, rule, now)
+            overdue = rule_counts(conn, planner, rule, earlier)[0]
+            status.rules.append(RuleStatus(rule.name, rule.table, rule.tier, due, held, waiting, overdue))
+            status.due += due
+            status.held += held
+            status.waiting += waiting
+            status.overdue += overdue
+        for tier, (objects, size) in sorted(archives.get(name, {}).items()):
+            status.archive_objects[tier] = objects
+            status.archive_bytes[tier] = size
+        result.append(status)
+    return result
+
+
+def deletions_per_day(conn, tz: str, days: int, now: dt.datetime) -> list[dict]:
+    """Rows archived-and-deleted and deleted (unarchived) per Paris day and purpose."""
+    rows = conn.execute(
+        "SELECT (at AT TIME ZONE %(tz)s)::date AS day, purpose, action, sum(record_count) "
+        "FROM retention.audit_log WHERE action = ANY(%(actions)s) AND at >= %(since)s "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        {"tz": tz, "actions": list(AUDIT_DELETE_ACTIONS), "since": now - dt.timedelta(days=days)},
+    ).fetchall()
+    return [{"day": day.isoformat(), "purpose": p, "action": a, "records": int(n)} for day, p, a, n in rows]
+
+
+def archive_by_purge_month(conn) -> list[dict]:
+    """What will be purged when: committed archive objects and bytes per tier and purge month."""
+    rows = conn.execute(
+        "SELECT tier, purge_month, count(*), coalesce(sum(byte_size), 0), coalesce(sum(row_count), 0) "
+        "FROM retention.archive_manifest WHERE state = 'committed' GROUP BY 1, 2 ORDER BY 2, 1"
+    ).fetchall()
+    return [
+        {"tier": t, "purge_month": m, "objects": int(o), "bytes": int(b), "records": int(r)} for t, m, o, b, r in rows
+    ]
+
+
+def legal_holds(conn, now: dt.datetime) -> list[dict]:
+    """Holds in force: what they cover (table, record id), why, since when."""
+    rows = conn.execute(
+        "SELECT id, table_name, record_id, reason, placed_at FROM retention.legal_holds "
+        "WHERE released_at IS NULL ORDER BY placed_at, id"
+    ).fetchall()
+    return [
+        {
+            "id": i,
+            "table": t,
+            "record_id": r,
+            "reason": reason,
+            "placed_at": placed.isoformat(),
+            "age_days": (now - placed).days,
+        }
+        for i, t, r, reason, placed in rows
+    ]
+
+
+def runs(conn, limit: int = 50) -> list[dict]:
+    """The latest runs that left an audit or manifest trace, newest first."""
+    rows = conn.execute(
+        "SELECT run_id, purpose, max(logical_date), sum(record_count) FILTER (WHERE action = ANY(%(actions)s)), "
+        "max(at) FROM retention.audit_log GROUP BY 1, 2 ORDER BY 5 DESC LIMIT %(limit)s",
+        {"actions": list(AUDIT_DELETE_ACTIONS), "limit": limit},
+    ).fetchall()
+    return [
+        {"run_id": r, "purpose": p, "logical_date": d.isoformat(), "deleted": int(n or 0), "last_at": at.isoformat()}
+        for r, p, d, n, at in rows
+    ]
+
+
+def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict | None:
+    """The evidence of one run of one purpose (two DAGs share the id of a scheduled date): the
+    rules applied, counts per rule and action, and every archive object written or purged (key,
+    SHA-256, version, size, rows). None if the run left no trace."""
+    audit = conn.execute(
+        "SELECT purpose, rule, table_name, action, sum(record_count), sum(byte_count), count(*), min(logical_date) "
+        "FROM retention.audit_log WHERE run_id = %(run)s AND purpose = %(purpose)s "
+        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 4",
+        {"run": run_id, "purpose": purpose_name},
+    ).fetchall()
+    objects = conn.execute(
+        "SELECT purpose, rule, table_name, tier, bucket, object_key, state, purge_month, row_count, byte_size, "
+        "sha256, version_id, locked_until, committed_at, purged_at, run_id = %(run)s AS written_here "
+        "FROM retention.archive_manifest WHERE (run_id = %(run)s OR purge_run_id = %(run)s) "
+        "AND purpose = %(purpose)s ORDER BY id",
+        {"run": run_id, "purpose": purpose_name},
+    ).fetchall()
+    if not audit and not objects:
+        return None
+    logical = min((a[7] for a in audit), default=None)
+    purpose = policy.purposes.get(purpose_name)
+    rules = [
+        {
+            "rule": r.name,
+            "table": r.table,
+            "clock": r.clock,
+            "live": str(r.live),
+            "tier": r.tier,
+            "archive": str(r.archive) if r.archive else None,
+            "sql": f"include/sql/{purpose_name}/{r.name}.sql",
+        }
+        for r in (purpose.rules if purpose else ())
+    ]
+
+    def _iso(value):
+        return value.isoformat() if value is not None else None
+
+    return {
+        "run_id": run_id,
+        "purpose": purpose_name,
+        "mode": purpose_mode(purpose) if purpose else None,
+        "logical_date": _iso(logical),
+        "rules": rules,
+        "counts": [
+            {
+                "rule": rule,
+                "table": table,
+                "action": action,
+                "records": int(n),
+                "bytes": int(b or 0),
+                "audit_rows": int(c),
+            }
+            for _, rule, table, action, n, b, c, _ in audit
+        ],
+        "objects": [
+            {
+                "rule": rule,
+                "table": table,
+                "tier": tier,
+                "bucket": bucket,
+                "key": key,
+                "state": state,
+                "purge_month": month,
+                "rows": rows,
+                "bytes": size,
+                "sha256": sha,
+                "version_id": version,
+                "locked_until": _iso(locked),
+                "committed_at": _iso(committed),
+                "purged_at": _iso(purged),
+                "event": "written" if written else "purged",
+            }
+            for (
+                _,
+                rule,
+                table,
+                tier,
+                bucket,
+                key,
+                state,
+                month,
+                rows,
+                size,
+                sha,
+                version,
+                locked,
+                committed,
+                purged,
+                written,
+            ) in objects
+        ],
+    }

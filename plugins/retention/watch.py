@@ -1,0 +1,132 @@
+"""The watch DAG: every morning, an alarm when a purpose has overdue records or has not
+succeeded for two days. The alarm is the task failing (red in the grid) with one line per
+purpose, and the failure e-mail of retention.alerts.
+
+Wiring here (light at parse time); the check itself, `run_watch`, imports the rest inside.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from zoneinfo import ZoneInfo
+
+from airflow.sdk import DAG, CronTriggerTimetable, Param, dag, task
+
+from retention.alerts import STALE_AFTER, failure_notifier
+from retention.dag_factory import OWNER, START_DATE, dag_id_for
+from retention.status import DEFAULT_OVERDUE_DAYS
+
+log = logging.getLogger(__name__)
+WATCH_DAG_ID = "retention_watch"
+
+DOC = """# Retention watch
+
+Every morning at 07:00 (Europe/Paris), after the nightly retention runs: fails, and e-mails
+through `smtp_default` (Variable `retention_alert_to`), when a purpose
+
+- has **overdue** records: due for more than `overdue_days` days and still in the database
+  (neither under a legal hold nor waiting for a child kept by another purpose), or
+- has **no successful run** in the last `stale_after_hours` hours (a failing, paused or
+  never-run retention DAG).
+
+Its log lists every alarm, one line per purpose, counts only. The Retention page shows the same
+figures.
+"""
+
+
+def build_watch_dag() -> DAG:
+    @dag(
+        dag_id=WATCH_DAG_ID,
+        description="Alarm on overdue records and on purposes without a recent successful run",
+        doc_md=DOC,
+        schedule=CronTriggerTimetable("0 7 * * *", timezone="Europe/Paris"),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["retention", "watch"],
+        default_args={"owner": OWNER, "retries": 0, "on_failure_callback": failure_notifier()},
+        params={
+            "overdue_days": Param(
+                DEFAULT_OVERDUE_DAYS, type="integer", minimum=0, description="Days past due before an alarm."
+            ),
+            "stale_after_hours": Param(
+                int(STALE_AFTER.total_seconds() // 3600),
+                type="integer",
+                minimum=1,
+                description="Hours without a successful run before an alarm.",
+            ),
+            "purposes": Param(
+                [], type="array", items={"type": "string"}, description="Purposes to watch (empty: all)."
+            ),
+        },
+    )
+    def retention_watch():
+        @task
+        def watch(**context) -> dict:
+            """Overdue records and stale purposes; fails with one line per alarm."""
+            return run_watch(context)
+
+        watch()
+
+    return retention_watch()
+
+
+def last_success_end(dag_id: str, now: dt.datetime) -> dt.datetime | None:
+    """End of the DAG's latest successful run, asked of the API server through the task's
+    supervisor (a task has no metadata-database access in Airflow 3)."""
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import GetPreviousDagRun
+
+    response = task_runner.SUPERVISOR_COMMS.send(
+        GetPreviousDagRun(dag_id=dag_id, logical_date=now + dt.timedelta(days=1), state="success")
+    )
+    run = getattr(response, "dag_run", None)
+    if run is None:
+        return None
+    return run.end_date or run.run_after
+
+
+def run_watch(context: dict) -> dict:
+    import psycopg
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from retention.alerts import alarms
+    from retention.policy import default_policy
+    from retention.status import purposes_status
+    from retention.tasks import source_dsn
+
+    params = context["params"]
+    policy = default_policy()
+    wanted = set(params.get("purposes") or policy.purposes)
+    unknown = wanted - set(policy.purposes)
+    if unknown:
+        raise AirflowFailException(f"unknown purposes {sorted(unknown)}; known: {sorted(policy.purposes)}")
+    now = dt.datetime.now(dt.UTC)
+    overdue_days = int(params["overdue_days"])
+    with psycopg.connect(source_dsn(), autocommit=True) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        statuses = [s for s in purposes_status(conn, policy, now, overdue_days) if s.purpose in wanted]
+    last = {s.purpose: last_success_end(dag_id_for(s.purpose), now) for s in statuses}
+    found = alarms(statuses, last, now, overdue_days, dt.timedelta(hours=int(params["stale_after_hours"])))
+    paris = ZoneInfo(policy.timezone)
+    summary = {
+        "checked_at": now.astimezone(paris).isoformat(),
+        "overdue_days": overdue_days,
+        "purposes": {
+            s.purpose: {
+                "due": s.due,
+                "overdue": s.overdue,
+                "held": s.held,
+                "last_success": last[s.purpose].astimezone(paris).isoformat() if last[s.purpose] else None,
+            }
+            for s in statuses
+        },
+        "alarms": [str(a) for a in found],
+    }
+    for line in summary["alarms"]:
+        log.error("ALARM %s", line)
+    if found:
+        raise AirflowFailException(f"{len(found)} retention alarm(s): " + "; ".join(summary["alarms"]))
+    log.info("no alarm: %d purposes watched", len(statuses))
+    return summary

@@ -1,0 +1,346 @@
+"""The Retention page: a read-only FastAPI app served by Airflow's api-server under /retention.
+
+Every route is behind Airflow's auth manager (the UI's JWT, as a bearer token or the UI's
+cookie): no token is 401, an invalid one 403. Figures come from the bookkeeping schema
+`retention` and the rule SQL through the `source_postgres` connection (retention.status), run
+states and gate results from Airflow's metadata database; counts, keys and ids only. The chart
+library (Chart.js, MIT) is served from this folder: the page needs no internet.
+
+Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
+  overdue_days     a record due for more than this many days and still there is an alarm (3)
+  source_conn_id   the source database connection (source_postgres)
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from pathlib import Path
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+from airflow.api_fastapi.core_api.security import requires_access_view
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE / "static"
+TEMPLATES = HERE / "templates"
+PARIS = ZoneInfo("Europe/Paris")
+CHART_DAYS = 60
+GATE_TASKS = ("check_before", "check_after")
+
+
+def overdue_days_setting() -> int:
+    from airflow.configuration import conf
+    from retention.status import DEFAULT_OVERDUE_DAYS
+
+    return conf.getint("retention", "overdue_days", fallback=DEFAULT_OVERDUE_DAYS)
+
+
+def source_dsn() -> str:
+    """libpq URI of the source connection, read the server's way (secrets backends, then the
+    metadata database)."""
+    from airflow.configuration import conf
+    from airflow.models.connection import Connection
+
+    conn = Connection.get_connection_from_secrets(conf.get("retention", "source_conn_id", fallback="source_postgres"))
+    auth = quote(conn.login or "", safe="")
+    if conn.password:
+        auth += ":" + quote(conn.password, safe="")
+    dsn = f"postgresql://{auth}@{conn.host or '127.0.0.1'}:{conn.port or 5432}/{quote(conn.schema or 'postgres', safe='')}"
+    sslmode = (conn.extra_dejson or {}).get("sslmode")
+    return dsn + (f"?sslmode={sslmode}" if sslmode else "")
+
+
+def _connect():
+    import psycopg
+
+    conn = psycopg.connect(source_dsn(), autocommit=True, application_name="retention:ui")
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+def last_runs(dag_ids: list[str]) -> dict[str, dict]:
+    """Per DAG: its latest run (state, id, dates) and its latest successful run."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    result: dict[str, dict] = {d: {} for d in dag_ids}
+    with create_session() as session:
+        latest = (
+            select(DagRun.dag_id, func.max(DagRun.run_after).label("at"))
+            .where(DagRun.dag_id.in_(dag_ids))
+            .group_by(DagRun.dag_id)
+            .subquery()
+        )
+        for run in session.scalars(
+            select(DagRun).join(latest, (DagRun.dag_id == latest.c.dag_id) & (DagRun.run_after == latest.c.at))
+        ):
+            result[run.dag_id]["last"] = {
+                "run_id": run.run_id,
+                "state": str(run.state),
+                "logical_date": _iso(run.logical_date),
+                "end_date": _iso(run.end_date),
+            }
+        for dag_id, at in session.execute(
+            select(DagRun.dag_id, func.max(DagRun.end_date))
+            .where(DagRun.dag_id.in_(dag_ids), DagRun.state == "success")
+            .group_by(DagRun.dag_id)
+        ):
+            result[dag_id]["last_success"] = _iso(at)
+    return result
+
+
+def gate_results(dag_id: str, run_id: str) -> dict:
+    """The quality gates' XCom of one run (counts only), by task."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(XComModel.task_id, XComModel.value).where(
+                XComModel.dag_id == dag_id,
+                XComModel.run_id == run_id,
+                XComModel.key == "return_value",
+                XComModel.task_id.in_(GATE_TASKS),
+            )
+        ).all()
+    gates = {}
+    for task_id, value in rows:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "summary"}
+        gates[task_id] = value
+    return gates
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def paris(value: str | None, with_time: bool = True) -> str:
+    if not value:
+        return "—"
+    instant = dt.datetime.fromisoformat(value).astimezone(PARIS)
+    return instant.strftime("%Y-%m-%d %H:%M") if with_time else instant.strftime("%Y-%m-%d")
+
+
+def human_bytes(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> dict:
+    """Everything the page shows, as data (also served as JSON)."""
+    from retention import status
+    from retention.dag_factory import dag_id_for
+    from retention.policy import default_policy
+
+    policy = default_policy()
+    now = now or dt.datetime.now(dt.UTC)
+    overdue_days = overdue_days_setting() if overdue_days is None else overdue_days
+    with _connect() as conn:
+        purposes = [p.as_dict() for p in status.purposes_status(conn, policy, now, overdue_days)]
+        per_day = status.deletions_per_day(conn, policy.timezone, CHART_DAYS, now)
+        by_month = status.archive_by_purge_month(conn)
+        holds = status.legal_holds(conn, now)
+        runs = status.runs(conn)
+    airflow_runs = last_runs([dag_id_for(p["purpose"]) for p in purposes])
+    for p in purposes:
+        p["dag_id"] = dag_id_for(p["purpose"])
+        p["airflow"] = {"last": None, "last_success": None} | airflow_runs.get(p["dag_id"], {})
+    for r in runs:
+        r["dag_id"] = dag_id_for(r["purpose"])
+    return {
+        "generated_at": now.isoformat(),
+        "timezone": policy.timezone,
+        "overdue_days": overdue_days,
+        "purposes": purposes,
+        "deleted_per_day": per_day,
+        "archive_by_purge_month": by_month,
+        "legal_holds": holds,
+        "runs": runs,
+    }
+
+
+def evidence(purpose: str, run_id: str) -> dict:
+    from retention import status
+    from retention.dag_factory import dag_id_for
+    from retention.policy import default_policy
+
+    policy = default_policy()
+    with _connect() as conn:
+        found = status.run_evidence(conn, policy, purpose, run_id)
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"no retention trace for run {run_id!r} of {purpose!r}")
+    found["dag_id"] = dag_id_for(found["purpose"])
+    found["gates"] = gate_results(found["dag_id"], run_id)
+    found["generated_at"] = dt.datetime.now(dt.UTC).isoformat()
+    return found
+
+
+EVIDENCE_CSV_COLUMNS = (
+    "section",
+    "rule",
+    "table",
+    "action_or_tier",
+    "records",
+    "bytes",
+    "key",
+    "sha256",
+    "version_id",
+    "state",
+    "purge_month",
+    "detail",
+)
+
+
+def evidence_csv(ev: dict) -> str:
+    """One flat table: the rules, the counts, the objects and the gates of a run."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EVIDENCE_CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    head = f"run_id={ev['run_id']}; purpose={ev['purpose']}; mode={ev['mode']}; logical_date={ev['logical_date']}"
+    writer.writerow({"section": "run", "detail": head})
+    for r in ev["rules"]:
+        writer.writerow(
+            {
+                "section": "rule",
+                "rule": r["rule"],
+                "table": r["table"],
+                "action_or_tier": r["tier"],
+                "detail": f"clock={r['clock']}; live={r['live']}; archive={r['archive']}; sql={r['sql']}",
+            }
+        )
+    for c in ev["counts"]:
+        writer.writerow(
+            {
+                "section": "count",
+                "rule": c["rule"],
+                "table": c["table"],
+                "action_or_tier": c["action"],
+                "records": c["records"],
+                "bytes": c["bytes"],
+            }
+        )
+    for o in ev["objects"]:
+        writer.writerow(
+            {
+                "section": "object",
+                "rule": o["rule"],
+                "table": o["table"],
+                "action_or_tier": o["tier"],
+                "records": o["rows"],
+                "bytes": o["bytes"],
+                "key": f"s3://{o['bucket']}/{o['key']}",
+                "sha256": o["sha256"],
+                "version_id": o["version_id"],
+                "state": o["state"],
+                "purge_month": o["purge_month"],
+                "detail": o["event"],
+            }
+        )
+    for task_id, gate in sorted(ev.get("gates", {}).items()):
+        results = gate.get("results", []) if isinstance(gate, dict) else []
+        for g in results:
+            writer.writerow(
+                {
+                    "section": f"gate:{task_id}",
+                    "rule": g.get("rule") or "",
+                    "table": g.get("table"),
+                    "action_or_tier": g.get("expectation"),
+                    "state": {True: "ok", False: "failed", None: "skipped"}.get(g.get("success")),
+                    "detail": json.dumps(g.get("observed", {}), sort_keys=True, default=str),
+                }
+            )
+    return out.getvalue()
+
+
+def render_page(data: dict) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["paris"] = paris
+    env.filters["bytes"] = human_bytes
+    charts = {
+        "per_day": data["deleted_per_day"],
+        "by_month": data["archive_by_purge_month"],
+        "purposes": [p["purpose"] for p in data["purposes"]],
+    }
+    return env.get_template("retention.html").render(
+        data=data,
+        charts_json=json.dumps(charts).replace("<", "\\u003c"),
+        any_overdue=any(p["overdue"] for p in data["purposes"]),
+    )
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Retention",
+        description="Read-only view of the GDPR retention schedule: due, overdue, held, archived; run evidence.",
+        dependencies=[Depends(requires_access_view(AccessView.WEBSITE))],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    days_query = Query(None, ge=0, le=3650, description="overrides [retention] overdue_days")
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(overdue_days: int | None = days_query) -> HTMLResponse:
+        return HTMLResponse(render_page(summary(overdue_days)), headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/summary")
+    def summary_json(overdue_days: int | None = days_query) -> JSONResponse:
+        return JSONResponse(summary(overdue_days))
+
+    @app.get("/api/runs/{purpose}/{run_id}/evidence.json")
+    def evidence_json(purpose: str, run_id: str) -> Response:
+        ev = evidence(purpose, run_id)
+        return Response(
+            json.dumps(ev, indent=2, default=str),
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="{_filename(ev)}.json"'},
+        )
+
+    @app.get("/api/runs/{purpose}/{run_id}/evidence.csv")
+    def evidence_csv_route(purpose: str, run_id: str) -> Response:
+        ev = evidence(purpose, run_id)
+        return Response(
+            evidence_csv(ev),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{_filename(ev)}.csv"'},
+        )
+
+    @app.get("/static/chart.umd.min.js")
+    def chart_js() -> FileResponse:
+        return FileResponse(STATIC / "chart.umd.min.js", media_type="text/javascript")
+
+    @app.get("/static/icon.svg")
+    def icon() -> FileResponse:
+        return FileResponse(STATIC / "icon.svg", media_type="image/svg+xml")
+
+    return app
+
+
+def _filename(ev: dict) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ev["run_id"])
+    return f"evidence-{ev['purpose']}-{safe}"

@@ -1,0 +1,148 @@
+"""The demo survives a restart: the S3 server's state is saved on `make down` and loaded on
+`make demo`, so objects, version ids, checksums and locks match what the database remembers;
+when they don't, `up` refuses with a clear message and `reset` starts over. As root, the stack
+also comes up from a folder the `postgres` user cannot enter (a clone under a 0700 home).
+
+Real PostgreSQL (its own cluster), the real S3 server wrapper, the real engine; no Airflow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tools import devstack
+
+pytestmark = pytest.mark.integration
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _start_s3server(port: int, state: Path, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.s3server", "--port", str(port), "--state", str(state)],
+        cwd=REPO_ROOT,
+        stdout=open(log, "ab"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+    )
+    server = devstack.S3Server(port, log)
+    devstack.wait_until(lambda: proc.poll() is None and server._healthy(), 60, "s3server", log)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_s3server_keeps_objects_versions_and_locks(tmp_path):
+    port = devstack.free_port()
+    state = tmp_path / "s3" / "state.pickle"
+    proc = _start_s3server(port, state, tmp_path / "s3.log")
+    client = devstack.s3_client(f"http://127.0.0.1:{port}")
+    devstack.ensure_buckets(client, "archive-r", "documents-r")
+    put = client.put_object(Bucket="archive-r", Key="p/a.parquet", Body=b"x" * 5000, ChecksumAlgorithm="SHA256")
+    until = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+    client.put_object_retention(
+        Bucket="archive-r",
+        Key="p/a.parquet",
+        VersionId=put["VersionId"],
+        Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until},
+    )
+    _stop(proc)
+    assert state.exists()
+
+    proc = _start_s3server(port, state, tmp_path / "s3.log")
+    try:
+        assert {b["Name"] for b in client.list_buckets()["Buckets"]} == {"archive-r", "documents-r"}
+        got = client.get_object(
+            Bucket="archive-r", Key="p/a.parquet", VersionId=put["VersionId"], ChecksumMode="ENABLED"
+        )
+        assert got["Body"].read() == b"x" * 5000
+        assert got["ChecksumSHA256"] == put["ChecksumSHA256"]
+        assert got["ObjectLockMode"] == "COMPLIANCE" and got["ObjectLockRetainUntilDate"] == until
+        with pytest.raises(client.exceptions.ClientError):
+            client.delete_object(Bucket="archive-r", Key="p/a.parquet", VersionId=put["VersionId"])
+    finally:
+        _stop(proc)
+
+
+def _run_engine(config: devstack.StackConfig, purpose: str, day: dt.date) -> list:
+    from retention.archive_store import ArchiveStore
+    from retention.engine import RetentionEngine, RunContext
+    from retention.policy import default_policy
+
+    policy = default_policy()
+    store = ArchiveStore(devstack.s3_client(config.s3_endpoint), policy.storage_settings())
+    engine = RetentionEngine(policy, purpose, config.source_dsn(), store)
+    logical = dt.datetime.combine(day, dt.time(0), tzinfo=policy.tz)
+    return engine.archive_and_delete(RunContext(purpose, f"test__{purpose}__{day}", logical))
+
+
+@pytest.fixture
+def closed_home():
+    """As root: a 0700 folder (like /root or a private home) holding the demo's state."""
+    home = Path(tempfile.mkdtemp(prefix="retention-home-"))
+    home.chmod(0o700)
+    state = home / "clone" / ".local"
+    yield state
+    import shutil
+
+    if (state / "stack.json").exists():
+        devstack.reset(state)
+        pg_root = devstack.StackConfig.load_or_create(state).postgres.root
+        if pg_root != state:
+            shutil.rmtree(pg_root, ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_demo_data_survives_down_and_up_and_reset_starts_over(closed_home, monkeypatch):
+    for name in [k for k in os.environ if k.startswith("RETENTION_") and k.endswith("_BUCKET")]:
+        monkeypatch.delenv(name)
+    state = closed_home
+    state.mkdir(parents=True)
+    config = devstack.StackConfig.load_or_create(
+        state, devstack.free_port(), devstack.free_port(), devstack.free_port()
+    )
+    today = dt.date.today()
+    devstack.up(config, customers=40, reference_date=today.isoformat(), with_airflow=False)
+    if os.geteuid() == 0:
+        assert not devstack.postgres_can_enter(state)
+        assert config.postgres.root != state, "the cluster lives where postgres can reach it"
+    outcomes = _run_engine(config, "aml", today) + _run_engine(config, "quotes", today)
+    archived = sum(o.objects for o in outcomes)
+    assert archived > 0, [o.as_dict() for o in outcomes]
+
+    devstack.down(state)
+    devstack.up(config, customers=40, reference_date=today.isoformat(), with_airflow=False)
+    from retention.policy import default_policy
+
+    storage = default_policy().storage_settings()
+    client = devstack.s3_client(config.s3_endpoint)
+    assert (
+        devstack.missing_s3_objects(config.source_dsn(), client, storage.archive_bucket, storage.documents_bucket) == []
+    )
+    # The next day's runs (documents copied into the archive, purges) find every object.
+    tomorrow = today + dt.timedelta(days=1)
+    _run_engine(config, "aml", tomorrow)
+    _run_engine(config, "contracts", tomorrow)
+
+    # A lost S3 state: `up` refuses instead of running DAGs into missing objects.
+    devstack.down(state)
+    config.s3_state_file.unlink()
+    with pytest.raises(devstack.StackError, match="make reset"):
+        devstack.up(config, customers=40, reference_date=today.isoformat(), with_airflow=False)
+
+    devstack.reset(state)
+    assert not config.s3_state_file.exists() and not (config.postgres.data_dir / "PG_VERSION").exists()
+    devstack.up(config, customers=40, reference_date=today.isoformat(), with_airflow=False)
+    import psycopg
+
+    with psycopg.connect(config.source_dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM retention.archive_manifest").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM app.customers").fetchone()[0] > 0

@@ -1,0 +1,232 @@
+"""The Retention page (plugins/retention_ui): Airflow's own api-server app, built in-process with
+the plugin mounted, over the real PostgreSQL and S3 servers and one real DAG run.
+
+Its figures are checked against what the test put in the database (due, overdue, held) and
+against SQL on the bookkeeping tables (archive bytes, evidence objects); without a token every
+route answers 401, with a forged one 403."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import secrets
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests import factories as f
+from tests.dag_runs import run_dag, task_states
+
+pytestmark = pytest.mark.integration
+PARIS = ZoneInfo("Europe/Paris")
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+PERSONAL_VALUES = ("Camille", "Martin", "example.fr", "lea.dubois", "+336")
+ROUTES = ["/retention/", "/retention/api/summary", "/retention/static/chart.umd.min.js"]
+
+
+@pytest.fixture(scope="module")
+def api(airflow_db, tmp_path_factory):
+    """Airflow's api-server app (SimpleAuthManager) with the plugins folder loaded."""
+    home = tmp_path_factory.mktemp("api")
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({"admin": "admin-pw", "viewer": "viewer-pw"}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(
+            "AIRFLOW__CORE__AUTH_MANAGER",
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        )
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer")
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+        mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(48))
+        mp.setenv("AIRFLOW__API__SECRET_KEY", secrets.token_urlsafe(32))
+        from airflow.api_fastapi.app import create_app, get_auth_manager
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+        from fastapi.testclient import TestClient
+
+        client = TestClient(create_app("core"), base_url="http://127.0.0.1")
+        manager = get_auth_manager()
+        tokens = {
+            role: manager.generate_jwt(SimpleAuthManagerUser(username=role, role=role)) for role in ("admin", "viewer")
+        }
+        yield client, tokens
+
+
+def _get(api, path, role="viewer", **params):
+    client, tokens = api
+    return client.get(path, params=params, headers={"Authorization": f"Bearer {tokens[role]}"})
+
+
+def test_plugin_loader_imports_only_the_plugin_file():
+    """.airflowignore keeps the loader from importing retention/*.py a second time as top-level
+    modules (`policy`, `engine`, ...)."""
+    from airflow._shared.module_loading import find_path_from_directory
+
+    files = sorted(
+        Path(p).relative_to(PLUGINS).as_posix()
+        for p in find_path_from_directory(str(PLUGINS), ".airflowignore", "glob")
+    )
+    assert [p for p in files if p.endswith(".py")] == ["retention_ui_plugin.py"]
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_every_route_needs_a_valid_token(api, path):
+    client, _ = api
+    assert client.get(path).status_code == 401
+    forged = client.get(path, headers={"Authorization": "Bearer not.a.jwt"})
+    assert forged.status_code == 403
+    import jwt
+
+    other = jwt.encode(
+        {"sub": "admin", "role": "admin", "aud": "apache-airflow"}, "another-secret-" * 4, algorithm="HS512"
+    )
+    assert client.get(path, headers={"Authorization": f"Bearer {other}"}).status_code in (401, 403)
+
+
+def test_plugin_is_listed_with_its_external_view(api):
+    response = _get(api, "/api/v2/plugins", role="admin")
+    assert response.status_code == 200, response.text
+    plugin = next(p for p in response.json()["plugins"] if p["name"] == "retention")
+    assert [v["href"] for v in plugin["external_views"]] == ["/retention/"]
+    assert plugin["fastapi_apps"][0]["url_prefix"] == "/retention"
+    assert response.json().get("import_errors", {}) in ({}, None) or not any(
+        "retention" in k for k in response.json()["import_errors"]
+    )
+
+
+@pytest.fixture(scope="module")
+def ran_quotes(airflow_db, source_dsn, s3_endpoint, tmp_path_factory):
+    """One real run of retention_quotes five days ago (archives two quotes), then quotes that are
+    overdue, due today, held and not yet due."""
+    import psycopg
+    from retention.periods import Period
+
+    from tools import devstack
+
+    suffix = secrets.token_hex(4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETENTION_ARCHIVE_BUCKET", f"archive-{suffix}")
+        mp.setenv("RETENTION_DOCUMENTS_BUCKET", f"documents-{suffix}")
+        client = devstack.s3_client(s3_endpoint)
+        devstack.ensure_buckets(client, f"archive-{suffix}", f"documents-{suffix}")
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            tables = conn.execute(
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname IN ('app', 'retention')"
+            ).fetchall()
+            conn.execute("TRUNCATE " + ", ".join(t[0] for t in tables) + " RESTART IDENTITY CASCADE")
+            today = dt.datetime.now(PARIS).date()
+            year = Period(months=12)
+            archived = [f.quote(conn, issued=today - dt.timedelta(days=430)) for _ in range(2)]
+            dag_run = run_dag("quotes", f.midnight(today - dt.timedelta(days=5)))
+            assert set(task_states(dag_run).values()) == {"success"}, task_states(dag_run)
+            assert not f.ids(conn, "quotes") & set(archived)
+            overdue = [f.quote(conn, issued=year.latest_start(today) - dt.timedelta(days=20)) for _ in range(2)]
+            due_today = f.quote(conn, issued=year.latest_start(today))
+            held = f.quote(conn, issued=today - dt.timedelta(days=500))
+            f.legal_hold(conn, "quotes", held, reason="litigation 2026-17")
+            f.quote(conn, issued=today - dt.timedelta(days=30))  # not due
+            yield {"dag_run": dag_run, "overdue": overdue, "due_today": due_today, "held": held, "dsn": source_dsn}
+
+
+def _quotes_row(summary):
+    return next(p for p in summary["purposes"] if p["purpose"] == "quotes")
+
+
+def test_summary_figures_equal_the_database(api, ran_quotes):
+    import psycopg
+
+    response = _get(api, "/retention/api/summary")
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["overdue_days"] == 3
+    quotes = _quotes_row(summary)
+    # 2 overdue (due 20 days ago) + 1 due today; the held one is held; the recent one is not due.
+    assert (quotes["due"], quotes["overdue"], quotes["held"], quotes["waiting"]) == (3, 2, 1, 0)
+    assert quotes["mode"] == "enforce"
+    with psycopg.connect(ran_quotes["dsn"]) as conn:
+        objects, size = conn.execute(
+            "SELECT count(*), sum(byte_size) FROM retention.archive_manifest WHERE purpose = 'quotes' AND state = 'committed'"
+        ).fetchone()
+        deleted = conn.execute(
+            "SELECT sum(record_count) FROM retention.audit_log WHERE purpose = 'quotes' AND action = 'archived_and_deleted'"
+        ).fetchone()[0]
+    assert objects >= 1 and size > 0
+    assert quotes["archive_bytes"] == {"intermediate": size}
+    assert quotes["archive_objects"] == {"intermediate": objects}
+    assert sum(r["records"] for r in summary["deleted_per_day"] if r["purpose"] == "quotes") == deleted == 2
+    assert sum(m["bytes"] for m in summary["archive_by_purge_month"]) == size
+    assert quotes["airflow"]["last"]["state"] == "success"
+    assert quotes["airflow"]["last"]["run_id"] == ran_quotes["dag_run"].run_id
+    assert quotes["airflow"]["last_success"]
+    [hold] = summary["legal_holds"]
+    assert (hold["table"], hold["record_id"], hold["age_days"]) == ("quotes", ran_quotes["held"], 1)
+    others = [p for p in summary["purposes"] if p["purpose"] != "quotes"]
+    assert all(p["due"] == p["overdue"] == p["held"] == 0 for p in others)
+    assert not [v for v in PERSONAL_VALUES if v in response.text]
+
+
+def test_overdue_threshold_is_configurable(api, ran_quotes, monkeypatch):
+    assert _quotes_row(_get(api, "/retention/api/summary", overdue_days=30).json())["overdue"] == 0
+    assert _quotes_row(_get(api, "/retention/api/summary", overdue_days=0).json())["overdue"] == 3
+    monkeypatch.setenv("AIRFLOW__RETENTION__OVERDUE_DAYS", "25")
+    summary = _get(api, "/retention/api/summary").json()
+    assert summary["overdue_days"] == 25 and _quotes_row(summary)["overdue"] == 0
+    assert _get(api, "/retention/api/summary", overdue_days=-1).status_code == 422
+
+
+def test_page_shows_the_figures_and_bundles_its_chart_library(api, ran_quotes):
+    response = _get(api, "/retention/")
+    assert response.status_code == 200
+    html = response.text
+    assert 'data-testid="due-quotes">3<' in html
+    assert 'data-testid="overdue-quotes">2<' in html
+    assert 'data-testid="held-quotes">1<' in html
+    assert 'data-testid="overdue-alarm"' in html
+    assert '<script src="static/chart.umd.min.js">' in html
+    assert "http://" not in html and "https://" not in html, "no external resource"
+    assert "litigation 2026-17" in html
+    assert f"api/runs/quotes/{ran_quotes['dag_run'].run_id}".replace(":", "%3A").replace("+", "%2B") in html
+    assert not [v for v in PERSONAL_VALUES if v in html]
+    js = _get(api, "/retention/static/chart.umd.min.js")
+    assert js.status_code == 200 and "Chart.js v4" in js.text[:200]
+
+
+def test_evidence_json_and_csv_match_the_manifest(api, ran_quotes):
+    import psycopg
+
+    run_id = ran_quotes["dag_run"].run_id
+    response = _get(api, f"/retention/api/runs/quotes/{run_id}/evidence.json")
+    assert response.status_code == 200, response.text
+    assert "attachment" in response.headers["content-disposition"]
+    ev = response.json()
+    with psycopg.connect(ran_quotes["dsn"]) as conn:
+        manifest = conn.execute(
+            "SELECT object_key, sha256, version_id, byte_size, row_count FROM retention.archive_manifest "
+            "WHERE run_id = %s AND purpose = 'quotes' ORDER BY id",
+            (run_id,),
+        ).fetchall()
+    assert manifest
+    assert [(o["key"], o["sha256"], o["version_id"], o["bytes"], o["rows"]) for o in ev["objects"]] == manifest
+    assert {c["action"]: c["records"] for c in ev["counts"]}["archived_and_deleted"] == 2
+    assert [r["rule"] for r in ev["rules"]] == ["unconverted_quotes"]
+    assert set(ev["gates"]) == {"check_before", "check_after"}
+    assert ev["mode"] == "enforce" and ev["purpose"] == "quotes"
+
+    as_csv = _get(api, f"/retention/api/runs/quotes/{run_id}/evidence.csv")
+    assert as_csv.status_code == 200 and as_csv.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert [r["sha256"] for r in rows if r["section"] == "object"] == [m[1] for m in manifest]
+    assert any(r["section"].startswith("gate:check_before") for r in rows)
+    assert not [v for v in PERSONAL_VALUES if v in as_csv.text + response.text]
+    assert _get(api, "/retention/api/runs/quotes/no-such-run/evidence.json").status_code == 404
+
+
+def test_mode_is_read_defensively():
+    from types import SimpleNamespace
+
+    from retention.status import purpose_mode
+
+    assert purpose_mode(SimpleNamespace()) == "enforce"
+    assert purpose_mode(SimpleNamespace(mode="preview")) == "preview"
