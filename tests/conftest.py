@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     pg.ensure_database("airflow_tests")
     s3 = devstack.S3Server(devstack.free_port(), state / "moto.log")
     s3.start()
-    from tests.stripe_stub import StripeStub  # the payment processor's API, on loopback
+    from tools.stripe_stub import StripeStub  # the payment processor's API, on loopback
 
     stripe_stub = StripeStub().start()
     _SERVICES.update(state=state, pg=pg, s3=s3, stripe=stripe_stub)
@@ -119,7 +119,7 @@ def source_dsn(services) -> str:
 
 @pytest.fixture
 def stripe_stub(services):
-    """The stub payment processor (tests/stripe_stub.py), emptied for the test."""
+    """The stub payment processor (tools/stripe_stub.py), emptied for the test."""
     services["stripe"].state.reset()
     return services["stripe"]
 

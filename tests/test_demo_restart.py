@@ -107,7 +107,7 @@ def test_demo_data_survives_down_and_up_and_reset_starts_over(closed_home, monke
     state = closed_home
     state.mkdir(parents=True)
     config = devstack.StackConfig.load_or_create(
-        state, devstack.free_port(), devstack.free_port(), devstack.free_port()
+        state, devstack.free_port(), devstack.free_port(), devstack.free_port(), devstack.free_port()
     )
     today = dt.date.today()
     devstack.up(config, customers=40, reference_date=today.isoformat(), with_airflow=False)

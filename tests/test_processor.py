@@ -1,5 +1,5 @@
 """Erasure at the payment processor (plugins/retention/processor.py) against a stub of the
-Stripe API on loopback (tests/stripe_stub.py): detach, customer deletion, idempotency, retries
+Stripe API on loopback (tools/stripe_stub.py): detach, customer deletion, idempotency, retries
 on 5xx and timeouts, and through the engine: a payment reference row goes only once the
 processor confirmed, otherwise it stays and is reported."""
 
@@ -11,7 +11,7 @@ from retention.engine import RetentionEngine, RunContext
 from retention.processor import WAITING_ON, PaymentReference, StripeEraser, erase_payment_methods
 
 from tests import factories as f
-from tests.stripe_stub import API_KEY
+from tools.stripe_stub import API_KEY
 
 
 @pytest.fixture

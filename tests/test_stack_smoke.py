@@ -46,7 +46,7 @@ class Api:
 def stack():
     state = Path(tempfile.mkdtemp(prefix="retention-stack-"))
     config = devstack.StackConfig.load_or_create(
-        state, devstack.free_port(), devstack.free_port(), devstack.free_port()
+        state, devstack.free_port(), devstack.free_port(), devstack.free_port(), devstack.free_port()
     )
     try:
         devstack.up(config, customers=300, seed=7)

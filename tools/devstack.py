@@ -37,10 +37,17 @@ PG_SUPERUSER = "postgres"
 S3_REGION = "eu-west-3"  # Paris
 S3_ACCESS_KEY = "demo-access-key"  # moto accepts any key; these never reach AWS
 S3_SECRET_KEY = "demo-secret-key"
+STRIPE_STUB_KEY = "sk_test_retention_stub"  # the stand-in accepts it; never a real key
 
 
 class StackError(RuntimeError):
     pass
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
 
 
 def free_port() -> int:
@@ -365,10 +372,16 @@ class StackConfig:
     jwt_secret: str
     api_secret_key: str
     fernet_key: str
+    stripe_port: int = 55600  # the local stand-in for the payment processor's API
 
     @classmethod
     def load_or_create(
-        cls, state: Path, pg_port: int | None = None, s3_port: int | None = None, api_port: int | None = None
+        cls,
+        state: Path,
+        pg_port: int | None = None,
+        s3_port: int | None = None,
+        api_port: int | None = None,
+        stripe_port: int | None = None,
     ) -> StackConfig:
         path = state / "stack.json"
         if path.exists():
@@ -388,6 +401,7 @@ class StackConfig:
             jwt_secret=secrets.token_urlsafe(32),
             api_secret_key=secrets.token_urlsafe(32),
             fernet_key=Fernet.generate_key().decode(),
+            stripe_port=stripe_port or 55600,
         )
         state.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({k: v for k, v in config.__dict__.items() if k != "state"}, indent=2))
@@ -405,6 +419,10 @@ class StackConfig:
     @property
     def s3_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def stripe_url(self) -> str:
+        return f"http://127.0.0.1:{self.stripe_port}"
 
     @property
     def api_url(self) -> str:
@@ -493,6 +511,14 @@ def configure_connections(config: StackConfig) -> None:
             "description": "Archive S3 (local moto server)",
             "extra": {"endpoint_url": config.s3_endpoint, "region_name": S3_REGION},
         },
+        # retention_contracts erases payment methods at the processor before deleting our rows.
+        "stripe_default": {
+            "conn_type": "generic",
+            "host": config.stripe_url,
+            "password": STRIPE_STUB_KEY,
+            "description": "Payment processor API (local stand-in for Stripe: demo only)",
+            "extra": {"max_network_retries": 2, "timeout": 10},
+        },
     }
     for conn_id, conn in connections.items():
         _airflow(config, "connections", "delete", conn_id, check=False)
@@ -575,6 +601,15 @@ def up(
         "the S3 server",
         state / "logs" / "s3.log",
     )
+    if not _running_pid(config, "stripe"):
+        _spawn(
+            config,
+            "stripe",
+            [sys.executable, "-m", "tools.stripe_stub", "--port", str(config.stripe_port)],
+            dict(os.environ),
+        )
+    wait_until(lambda: _port_open(config.stripe_port), 30, "the Stripe stand-in", state / "logs" / "stripe.log")
+    print(f"Stripe API  {config.stripe_url}  (local stand-in for the payment processor)")
     sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT)]
     from retention.policy import default_policy
     from retention.schema import apply_schema
@@ -706,7 +741,7 @@ def down(state: Path) -> None:
         print("nothing to stop")
         return
     config = StackConfig.load_or_create(state)
-    for name in [*reversed(list(AIRFLOW_COMPONENTS)), "s3"]:
+    for name in [*reversed(list(AIRFLOW_COMPONENTS)), "stripe", "s3"]:
         pid = _running_pid(config, name)
         if pid:
             with contextlib.suppress(ProcessLookupError):

@@ -1,5 +1,8 @@
-"""A stand-in for the Stripe API on 127.0.0.1, started by the tests: answers the two calls the
-processor erasure makes, records every request, and fails or stalls on demand.
+"""A stand-in for the Stripe API on 127.0.0.1, started by the tests and by `make demo` (as moto
+stands in for S3): answers the two calls the processor erasure makes, records every request,
+and fails or stalls on demand. Never a way to reach the real Stripe: demo and tests only.
+
+    python -m tools.stripe_stub --port 55600
 
     POST   /v1/payment_methods/{pm}/detach   200 the payment method (customer null); 400 when
                                              already detached; 404 resource_missing when unknown
@@ -133,10 +136,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class StripeStub:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.state = StubState()
         handler = type("Handler", (_Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="stripe-stub", daemon=True)
 
@@ -161,3 +164,18 @@ class StripeStub:
             "password": API_KEY,
             "extra": {"max_network_retries": retries, "timeout": timeout},
         }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A local stand-in for the Stripe API (demo and tests only)")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    stub = StripeStub(args.port)
+    print(f"Stripe stand-in on {stub.url}", flush=True)
+    stub.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
