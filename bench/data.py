@@ -193,8 +193,8 @@ def build_template(dsn: str, rows: int, cutoff: dt.datetime, logical_date: dt.da
         conn.execute("CREATE TABLE bench.quotes_template (LIKE app.quotes)")
         conn.execute("CREATE TABLE bench.expected_due (id bigint PRIMARY KEY)")
         conn.execute(
-            "TRUNCATE app.quotes, retention.legal_holds, retention.archive_manifest, retention.audit_log,"
-            " retention.document_disposals"
+            "TRUNCATE app.quotes, retention.legal_holds, retention.purge_intents, retention.archive_manifest,"
+            " retention.audit_log, retention.document_disposals"
         )
         conn.execute("TRUNCATE app.prospects RESTART IDENTITY CASCADE")
         # Prospects only exist for the quotes' foreign key; they are not part of the measure.
@@ -235,7 +235,8 @@ def restore(dsn: str) -> float:
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE app.quotes, retention.archive_manifest, retention.audit_log, retention.document_disposals"
+            "TRUNCATE app.quotes, retention.purge_intents, retention.archive_manifest, retention.audit_log,"
+            " retention.document_disposals"
         )
         with conn.transaction():
             # The prospects exist; skip re-checking the foreign key of every copied row.

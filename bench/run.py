@@ -126,7 +126,6 @@ def child_env(spec: dict) -> dict[str, str]:
             "RETENTION_DOCUMENTS_BUCKET": spec["documents_bucket"],
         }
     )
-    env.pop("RETENTION_FAULT_INJECTION", None)
     return env
 
 
