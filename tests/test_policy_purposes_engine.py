@@ -12,32 +12,6 @@ from retention.suppression import email_hash, is_suppressed, normalise_email, no
 
 from tests import factories as f
 from tests import factories_policy as fp
-from tests import scenarios_policy as scenarios
-from tests.outcome import assert_scenario_outcome, snapshot
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("purpose", list(scenarios.BUILDERS))
-def test_purpose_run(purpose, db, s3, storage, policy, source_dsn):
-    scenario = scenarios.BUILDERS[purpose](db, s3, storage)
-    engine = RetentionEngine(policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
-
-    planned = {o.rule: o for o in engine.plan(RunContext(purpose, "plan", scenario.logical_date))}
-    outcomes = {
-        o.rule: o for o in engine.archive_and_delete(RunContext(purpose, "run1", scenario.logical_date, batch_size=2))
-    }
-
-    assert_scenario_outcome(db, s3, storage, policy, scenario)
-    for rule, count in scenario.held.items():
-        assert outcomes[rule].held == planned[rule].held == count, rule
-    for rule, count in scenario.waiting.items():
-        assert sum(outcomes[rule].waiting.values()) == count, rule
-    assert sum(o.deleted for o in outcomes.values()) == sum(len(v) for v in scenario.deleted.values())
-
-    before = snapshot(db, purpose)
-    again = engine.archive_and_delete(RunContext(purpose, "run2", scenario.logical_date))
-    assert sum(o.deleted for o in again) == 0
-    assert snapshot(db, purpose) == before
 
 
 @pytest.mark.integration

@@ -7,15 +7,18 @@ import pytest
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionEngine, RunContext
 
-from tests import scenarios
+from tests import scenarios, scenarios_policy
 from tests.outcome import assert_scenario_outcome, snapshot
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("purpose", list(scenarios.BUILDERS))
+BUILDERS = scenarios.BUILDERS | scenarios_policy.BUILDERS  # the first seven purposes, then the rest
+
+
+@pytest.mark.parametrize("purpose", list(BUILDERS))
 def test_purpose_run(purpose, db, s3, storage, policy, source_dsn):
-    scenario = scenarios.BUILDERS[purpose](db, s3, storage)
+    scenario = BUILDERS[purpose](db, s3, storage)
     engine = RetentionEngine(policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
 
     planned = {o.rule: o for o in engine.plan(RunContext(purpose, "plan", scenario.logical_date))}
