@@ -1,8 +1,8 @@
 """Who is told, and when: a failure e-mail on every retention task (the SMTP provider's notifier
 through the `smtp_default` connection) and the watch's alarms (overdue records, no success).
 
-Light at parse time: the notifier is a small object whose template fields are rendered when a
-task fails. Recipients and sender come from Airflow Variables read at that moment
+Light at parse time: the DAGs name a function; the notifier is built, and its template fields
+rendered, when a task fails. Recipients and sender come from Airflow Variables read at that moment
 (`retention_alert_to`, comma-separated, and `retention_alert_from`), or the connection's
 `from_email`. Messages hold DAG, task and run ids, counts and the error text: no personal data.
 """
@@ -31,21 +31,19 @@ rows it did not finish in place. The next run resumes; see the Retention page fo
 """
 
 
+def notify_failure(context) -> None:
+    """`on_failure_callback` of every retention task: the SMTP provider's notifier, built when a
+    task fails. Imported here, not at parse time: the provider pulls in aiosmtplib (~0.3 s of
+    every DAG file's parse). A new notifier per call, since a notifier renders its template
+    fields onto itself (a second task's e-mail would go out with the first one's subject)."""
+    failure_notifier()(context)
+
+
 def failure_notifier():
-    """The SMTP provider's notifier, for `on_failure_callback`.
-
-    One instance serves every task of a DAG (default_args), and a notifier renders its template
-    fields onto itself: each call works on a copy, so the second task's e-mail is not sent with
-    the first one's subject (it would be, in a process that runs several tasks: dag.test())."""
-    import copy
-
+    """The SMTP provider's notifier of a task failure, through `smtp_default`."""
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    class RetentionFailureNotifier(SmtpNotifier):
-        def __call__(self, *args, **kwargs):
-            return SmtpNotifier.__call__(copy.copy(self), *args, **kwargs)
-
-    return RetentionFailureNotifier(
+    return SmtpNotifier(
         to="{{ var.value.get('retention_alert_to', '" + DEFAULT_TO + "') }}",
         from_email="{{ var.value.get('retention_alert_from', '" + DEFAULT_FROM + "') }}",
         subject=FAILURE_SUBJECT,

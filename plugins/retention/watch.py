@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param, dag, task
 
-from retention.alerts import STALE_AFTER, failure_notifier
+from retention.alerts import STALE_AFTER, notify_failure
 from retention.dag_factory import OWNER, START_DATE, dag_id_for
 from retention.status import DEFAULT_OVERDUE_DAYS
 
@@ -45,7 +45,7 @@ def build_watch_dag() -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["retention", "watch"],
-        default_args={"owner": OWNER, "retries": 0, "on_failure_callback": failure_notifier()},
+        default_args={"owner": OWNER, "retries": 0, "on_failure_callback": notify_failure},
         params={
             "overdue_days": Param(
                 DEFAULT_OVERDUE_DAYS, type="integer", minimum=0, description="Days past due before an alarm."
