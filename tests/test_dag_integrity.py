@@ -63,7 +63,6 @@ def test_exact_dag_ids(dagbag):
 @pytest.mark.parametrize("path", [*DAG_FILES, WATCH_FILE], ids=lambda p: p.name)
 def test_every_task_notifies_its_failure(path):
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
     from retention.alerts import failure_notifier, notify_failure
 
     dag = _load(path).dag
