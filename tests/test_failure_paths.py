@@ -91,6 +91,36 @@ def test_crash_after_commit_finishes_file_disposal_on_the_next_run(db, s3, stora
     assert_scenario_outcome(db, s3, storage, policy, scenario)
 
 
+def test_file_replaced_while_being_copied_fails_the_batch_and_loses_nothing(db, s3, storage, policy, source_dsn):
+    """The application replaces a vet invoice between the copy's HEAD and its COPY: the copy's
+    ETag differs from the one looked at, so the claim's batch fails before its row is deleted;
+    the next run archives the file as it is now."""
+    scenario = scenarios.BUILDERS["contracts"](db, s3, storage)
+    before = {t: f.ids(db, t) for t in set(scenario.deleted) | set(scenario.kept)}
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    real_copy = s3.copy_object
+    replaced = []
+
+    def copy_after_a_replace(**kwargs):
+        if not replaced:
+            source = kwargs["CopySource"]
+            s3.put_object(Bucket=source["Bucket"], Key=source["Key"], Body=b"a newer scan of the invoice")
+            replaced.append(source["Key"])
+        return real_copy(**kwargs)
+
+    s3.copy_object = copy_after_a_replace
+    try:
+        with pytest.raises(ArchiveStorageError, match="does not match its source"):
+            engine.archive_and_delete(RunContext("contracts", "r1", scenario.logical_date, batch_size=1))
+    finally:
+        del s3.copy_object
+    assert replaced, "the scenario archives at least one file"
+    # Reimbursements (no files) went before; the claims batch whose file changed did not.
+    assert f.ids(db, "claims") == before["claims"]
+    engine.archive_and_delete(RunContext("contracts", "r2", scenario.logical_date, batch_size=1))
+    assert_scenario_outcome(db, s3, storage, policy, scenario)
+
+
 def test_s3_unreachable_fails_clearly_and_deletes_nothing(db, storage, policy, source_dsn):
     import boto3
     import botocore.config

@@ -137,32 +137,33 @@ class ArchiveStore:
         return VerifiedObject(key, put.get("VersionId"), len(body), digest.hex())
 
     def copy_documents(self, pairs: list[tuple[str, str]], storage_class: str) -> list[str | None]:
-        """Copy (source key -> archive key) from the documents bucket, verified by size/ETag;
-        returns the version id of each archive copy (what gets locked)."""
+        """Copy (source key -> archive key) from the documents bucket, server-side, 8 at a time;
+        returns the version id of each archive copy (what gets locked).
+
+        Verified without reading the copy back: the copy's ETag (the MD5 of what was written,
+        returned by the copy itself) must equal the source's, and ``CopySourceIfMatch`` makes S3
+        copy exactly the source version that was looked at. Two requests per file, not three."""
 
         def copy(pair: tuple[str, str]) -> str | None:
             source, target = pair
             try:
-                head = self.client.head_object(Bucket=self.documents_bucket, Key=source)
+                source_etag = self.client.head_object(Bucket=self.documents_bucket, Key=source)["ETag"]
                 result = self.client.copy_object(
                     Bucket=self.archive_bucket,
                     Key=target,
                     StorageClass=storage_class,
                     ServerSideEncryption=SSE,
                     CopySource={"Bucket": self.documents_bucket, "Key": source},
+                    CopySourceIfMatch=source_etag,
                     ChecksumAlgorithm="SHA256",
-                )
-                version = result.get("VersionId")
-                copied = self.client.head_object(
-                    Bucket=self.archive_bucket, Key=target, **({"VersionId": version} if version else {})
                 )
             except Exception as exc:
                 raise ArchiveStorageError(
                     f"copy of document {source!r} into the archive failed: {_describe(exc)}"
                 ) from exc
-            if copied["ContentLength"] != head["ContentLength"] or copied.get("ETag") != head.get("ETag"):
+            if result.get("CopyObjectResult", {}).get("ETag") != source_etag:
                 raise ArchiveStorageError(f"archive copy of document {source!r} does not match its source")
-            return version
+            return result.get("VersionId")
 
         return self._parallel(copy, pairs)
 
