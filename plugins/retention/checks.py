@@ -652,7 +652,9 @@ def _gx_sources(dsn: str):
         logging.getLogger(name).setLevel(logging.WARNING)  # their INFO lines are GX internals
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_postgres("source", connection_string=dsn)
+    from retention.connections import sqlalchemy_url
+
+    source = context.data_sources.add_postgres("source", connection_string=sqlalchemy_url(dsn))
     try:
         yield context, source
     finally:

@@ -9,15 +9,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from urllib.parse import quote
 
 from retention.archive_store import ArchiveStore
+from retention.connections import SOURCE_CONN_ID
 from retention.engine import FutureLogicalDateError, RetentionEngine, RunContext, refuse_future
 from retention.policy import DEFAULT_BATCH_SIZE, default_policy
 
 log = logging.getLogger(__name__)
 
-SOURCE_CONN_ID = "source_postgres"
 ARCHIVE_CONN_ID = "archive_s3"
 
 
@@ -34,17 +33,11 @@ def _no_retry_on(*errors: type[Exception]):
 
 
 def source_dsn(conn_id: str = SOURCE_CONN_ID) -> str:
-    """libpq URI of an Airflow Postgres connection (psycopg and ADBC both take it)."""
-    from airflow.sdk import BaseHook
+    """libpq connection string of an Airflow Postgres connection, every extra applied
+    (retention.connections); psycopg and ADBC both take it."""
+    from retention.connections import conninfo
 
-    conn = BaseHook.get_connection(conn_id)
-    auth = quote(conn.login or "", safe="")
-    if conn.password:
-        auth += ":" + quote(conn.password, safe="")
-    host = f"{conn.host or '127.0.0.1'}:{conn.port or 5432}"
-    dsn = f"postgresql://{auth}@{host}/{quote(conn.schema or 'postgres', safe='')}"
-    sslmode = (conn.extra_dejson or {}).get("sslmode")
-    return dsn + (f"?sslmode={sslmode}" if sslmode else "")
+    return conninfo(conn_id)
 
 
 def archive_store() -> ArchiveStore:

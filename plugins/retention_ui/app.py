@@ -18,7 +18,6 @@ import datetime as dt
 import io
 import json
 from pathlib import Path
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
@@ -42,18 +41,14 @@ def overdue_days_setting() -> int:
 
 
 def source_dsn() -> str:
-    """libpq URI of the source connection, read the server's way (secrets backends, then the
-    metadata database)."""
+    """libpq connection string of the source connection, read the server's way (secrets
+    backends, then the metadata database), every extra applied (retention.connections)."""
     from airflow.configuration import conf
     from airflow.models.connection import Connection
+    from retention.connections import conninfo
 
-    conn = Connection.get_connection_from_secrets(conf.get("retention", "source_conn_id", fallback="source_postgres"))
-    auth = quote(conn.login or "", safe="")
-    if conn.password:
-        auth += ":" + quote(conn.password, safe="")
-    dsn = f"postgresql://{auth}@{conn.host or '127.0.0.1'}:{conn.port or 5432}/{quote(conn.schema or 'postgres', safe='')}"
-    sslmode = (conn.extra_dejson or {}).get("sslmode")
-    return dsn + (f"?sslmode={sslmode}" if sslmode else "")
+    conn_id = conf.get("retention", "source_conn_id", fallback="source_postgres")
+    return conninfo(connection=Connection.get_connection_from_secrets(conn_id))
 
 
 def _connect():

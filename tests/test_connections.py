@@ -1,0 +1,74 @@
+"""The source connection's extras reach both drivers: psycopg (the engine's transactions) and
+ADBC (its Arrow reads) connect with what the Postgres provider's hook connected with."""
+
+from __future__ import annotations
+
+import json
+
+import adbc_driver_postgresql.dbapi as adbc
+import psycopg
+import pytest
+
+from tools import devstack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def tuned_connection(services, source_dsn, monkeypatch) -> str:
+    pg = services["pg"]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TUNED_SOURCE",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": pg.port,
+                "login": devstack.PG_SUPERUSER,
+                "password": pg.password,
+                "schema": devstack.SOURCE_DB,
+                "extra": {
+                    "sslmode": "disable",
+                    "options": "-c statement_timeout=4321 -c search_path=retention",
+                    "keepalives": "1",
+                    "keepalives_idle": "37",
+                    "connect_timeout": "7",
+                },
+            }
+        ),
+    )
+    return "tuned_source"
+
+
+def test_every_extra_reaches_psycopg_and_adbc(tuned_connection):
+    from retention.connections import conninfo
+
+    dsn = conninfo(tuned_connection)
+    assert "keepalives_idle=37" in dsn and "connect_timeout=7" in dsn and "sslmode=disable" in dsn
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "4321ms"
+        assert conn.execute("SHOW search_path").fetchone()[0] == "retention"
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is False
+    with adbc.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('statement_timeout'), current_setting('search_path')")
+        assert cur.fetchone() == ("4321ms", "retention")
+
+
+def test_a_wrong_password_fails_at_the_hook(tuned_connection, services, monkeypatch):
+    from retention.connections import conninfo
+
+    pg = services["pg"]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WRONG_SOURCE",
+        json.dumps(
+            {"conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": "postgres", "password": "no"}
+        ),
+    )
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        conninfo("wrong_source")
+
+
+def test_the_tasks_and_the_page_use_the_same_string(tuned_connection, monkeypatch):
+    from retention import connections, tasks
+
+    assert tasks.source_dsn(tuned_connection) == connections.conninfo(tuned_connection)
