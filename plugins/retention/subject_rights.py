@@ -726,7 +726,11 @@ class SubjectRights:
             report["objects"].append(entry)
         if preview:
             return
-        for purpose, objects in sorted(by_purpose.items()):
+        # Rewrites a crashed request left are finished first, even when no object is to be
+        # rewritten now (after a crash past the commit, the subject is no longer found in any).
+        pending = {r[0] for r in self._pending_rewrites()}
+        for purpose in sorted(pending | set(by_purpose)):
+            objects = by_purpose.get(purpose, [])
             with self._connect(autocommit=False) as control, self._connect() as intents:
                 self._lock_purpose(control, purpose)
                 try:
@@ -738,13 +742,24 @@ class SubjectRights:
                         if result["action"] == "rewritten":
                             counts = report["erased"]["intermediate"]
                             counts[obj.table] = counts.get(obj.table, 0) + result["removed_rows"]
-                        else:  # a hold placed meanwhile: kept whole
+                        elif result.get("held"):  # a hold placed meanwhile: kept whole
                             obj.held = True
                             self._add_kept(report, obj.tier, obj.table, self.classify_object(obj), len(obj.subject_ids))
+                        else:  # purged or rewritten since it was read: a re-run decides afresh
+                            report["incomplete"] = True
                 finally:
                     control.rollback()
                     control.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"retention:{purpose}",))
                     control.commit()
+
+    def _pending_rewrites(self) -> list[tuple[str]]:
+        with self._connect() as conn:
+            return conn.execute(
+                "SELECT DISTINCT o.purpose FROM retention.object_rewrites AS r"
+                " JOIN retention.archive_manifest AS o ON o.id = r.old_manifest_id"
+                " WHERE r.state IN ('uploading', 'committed') AND o.bucket = %s",
+                (self.store.archive_bucket,),
+            ).fetchall()
 
     def _lock_purpose(self, conn, purpose: str) -> None:
         """The purpose's advisory lock (the engine's): no archive run, orphan clean-up or purge of
@@ -851,7 +866,7 @@ class SubjectRights:
                 )
         if not proceed:  # held (or changed) meanwhile: the old object stays whole
             self._abandon(control, rewrite_id, new_id, new_key)
-            return {"action": "kept", "held": bool(row and row[0])}
+            return {"action": "kept" if row else "changed_meanwhile", "held": bool(row and row[0])}
         self._finish_rewrite(control, rewrite_id, obj.key, removed_docs)
         return {
             "action": "rewritten",
