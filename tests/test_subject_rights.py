@@ -75,6 +75,23 @@ def world(db, s3, storage, policy, dsn) -> dict:
             f.job_application(db, last_contact="2024-01-01", email=EMAIL, cv_key=doc("cv/subject.pdf"))
         },
     }
+    # a running contract, with a fraud alert; call recordings: to contract (legal obligation), for quality
+    k_running = f.contract(db, customer_id=c)
+    w["subject"]["contracts"].add(k_running)
+    w["subject"]["pets"].add(db.execute("SELECT pet_id FROM app.contracts WHERE id = %s", (k_running,)).fetchone()[0])
+    w["subject"]["fraud_alerts"] = {f.fraud_alert(db, k_running, raised="2024-05-01")}
+    contracting = f.call_recording(db, reason="contracting", started="2024-05-01", customer_id=c)
+    quality = f.call_recording(
+        db, reason="quality", started="2024-05-02", customer_id=c, audio_key=doc("audio/subject-quality.wav")
+    )
+    w["subject"]["call_recordings"] = {contracting, quality}
+    w["kept_live"] = {
+        "customers": {c},
+        "pets": w["subject"]["pets"],
+        "contracts": {k_running},
+        "fraud_alerts": w["subject"]["fraud_alerts"],
+        "call_recordings": {contracting},
+    }
     mc = fp.marketing_contact(db, channel="email", last_contact="2024-01-01", customer_id=c, address=EMAIL)
     w["subject"]["marketing_contacts"] = {mc}
     w["subject"]["marketing_messages"] = {fp.marketing_message(db, mc)}
@@ -211,7 +228,12 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
             i in exported.get((src, table), set()) for src in ("live", "intermediate", "probative") for i in ids
         )
     files = {n for n in zf.namelist() if n.startswith("files/")}
-    assert files == {"files/cv/subject.pdf", "files/invoices/subject-claim.pdf", "files/aml/subject-id.pdf"}
+    assert files == {
+        "files/cv/subject.pdf",
+        "files/invoices/subject-claim.pdf",
+        "files/aml/subject-id.pdf",
+        "files/audio/subject-quality.wav",
+    }
     index = json.loads(zf.read("index.json"))["parts"]
     assert index == report["index"]
     by_path = {(e["path"], e["rule"]): e for e in index}
@@ -227,6 +249,7 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     preview = svc.handle(request("erasure", "req-erase-1", preview=True, marketing_objection=True))
     assert everything(db, s3, storage) == state
     assert preview["erased"]["live"] == {
+        "call_recordings": 1,
         "cookie_consents": 1,
         "job_applications": 1,
         "marketing_contacts": 1,
@@ -240,16 +263,22 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     report = svc.handle(request("erasure", "req-erase-1", marketing_objection=True))
     assert report["erased"]["live"] == preview["erased"]["live"]
     assert report["erased"]["intermediate"] == {"quotes": 2}
-    assert report["erased"]["files"] == 1 and report["marketing_objection"] == "recorded"
+    assert report["erased"]["files"] == 2 and report["marketing_objection"] == "recorded"
     # nothing of theirs remains live but the records kept, each reported with its reason
     remaining = {
         t: {r[0] for r in db.execute(f"SELECT id FROM app.{t} WHERE id = ANY(%s)", (sorted(ids),))}
         for t, ids in sub.items()
     }
-    assert {t: ids for t, ids in remaining.items() if ids} == {"customers": sub["customers"], "pets": sub["pets"]}
+    assert {t: ids for t, ids in remaining.items() if ids} == w["kept_live"]
     kept = {(k["source"], k["table"]): k for k in report["kept"]}
+    assert {t for s, t in kept if s == "live"} == set(w["kept_live"])
+    assert sum(k["records"] for k in report["kept"] if k["source"] == "live") == sum(map(len, w["kept_live"].values()))
     assert kept[("live", "customers")]["reason"] == "probative_archive"
     assert kept[("live", "customers")]["kept_until"] == "2032-03-01"
+    assert kept[("live", "contracts")]["reason"] == "running_contract"
+    assert kept[("live", "fraud_alerts")]["reason"] == "overriding_grounds"
+    assert kept[("live", "call_recordings")]["reason"] == "legal_obligation"
+    assert kept[("live", "call_recordings")]["kept_until"] == "2026-05-01"
     for table in ("claims", "reimbursements", "contracts", "quotes"):
         assert kept[("probative", table)]["reason"] == "probative_archive"
         assert kept[("probative", table)]["legal_basis"] == "contract"
@@ -258,7 +287,7 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     assert ("intermediate", "quotes") not in kept
     # the files of erased rows are gone; the subject's archived document copies are probative
     docs = {o["Key"] for o in s3.list_objects_v2(Bucket=storage.documents_bucket).get("Contents", [])}
-    assert "cv/subject.pdf" not in docs
+    assert "cv/subject.pdf" not in docs and "audio/subject-quality.wav" not in docs
     # archives: probative objects untouched; the intermediate one rewritten with the others' rows only
     after_objects = committed_objects(db, s3, storage)
     for key, o in before_objects.items():

@@ -12,8 +12,10 @@ those objects are read; their rows are then filtered the same way as the live on
 What may be erased is decided per record from the policy, and when in doubt the record stays
 and is reported (the project's first promise: never delete a record that must be kept):
 
-- kept: a record under a legal hold; a purpose whose legal basis is a legal obligation
-  (Art. 17(3)(b)); a record still needed for a running contract (its clock not started); a
+- kept: a record under a legal hold; a record whose legal basis (its rule's, else its
+  purpose's) is a legal obligation (Art. 17(3)(b)); a purpose the policy marks
+  ``on_erasure_request: keep`` (overriding grounds: fraud prevention); a record still needed
+  for a running contract (its clock not started); a
   record whose rule keeps a probative archive (Art. 17(3)(e): archived on schedule and kept
   there until its purge date); a payment reference (erased at the processor by its purpose's
   run); an object under Object Lock; a live row no rule of the policy describes; a row a kept
@@ -79,6 +81,7 @@ PURPOSE_LOCK_TIMEOUT = 60.0
 KEPT_BECAUSE = {
     "legal_hold": "under a legal hold (Art. 17(3)(e), legal claims)",
     "legal_obligation": "kept for a legal obligation (Art. 17(3)(b))",
+    "overriding_grounds": "overriding legitimate grounds declared in the policy (Art. 17(1)(c), 21(1))",
     "payment_processor": "payment reference: erased at the processor first, by its purpose's run",
     "running_contract": "needed for a running contract (its retention clock has not started)",
     "probative_archive": "kept as evidence for legal claims in the probative archive (Art. 17(3)(e))",
@@ -379,12 +382,19 @@ class SubjectRights:
 
     # ------------------------------------------------------------------ decide
 
+    def basis(self, purpose_name: str, rule_name: str | None) -> str:
+        """The rule's legal basis where the policy gives one, else its purpose's."""
+        purpose = self.policy.purpose(purpose_name)
+        rule = next((r for r in purpose.rules if r.name == rule_name), None)
+        return (rule.legal_basis if rule else None) or purpose.legal_basis
+
     def _rules_of(self, table: str) -> list[tuple[str, Rule]]:
         return [(name, rule) for name, p in self.policy.purposes.items() for rule in p.rules if rule.table == table]
 
     def _decide(self, purpose_name: str, rule: Rule, clock: dt.datetime | None, held: bool) -> Decision:
         """One record under one rule: erase, or keep and why (see the module's docstring)."""
-        basis = set(self.policy.purpose(purpose_name).legal_basis.split("_and_"))
+        purpose = self.policy.purpose(purpose_name)
+        basis = set(self.basis(purpose_name, rule.name).split("_and_"))
         until = (
             due_date(clock, rule.gone_after, self.tz).date().isoformat()
             if clock
@@ -394,6 +404,8 @@ class SubjectRights:
             reason = "legal_hold"
         elif "legal_obligation" in basis:
             reason = "legal_obligation"
+        elif purpose.on_erasure_request == "keep":
+            reason = "overriding_grounds"
         elif rule.erase_at_processor:
             reason = "payment_processor"
         elif clock is None and "contract" in basis:
@@ -437,12 +449,14 @@ class SubjectRights:
         """An archived record: probative and restricted objects stay until their purge date, as
         do held and locked ones; intermediate ones are rewritten without the subject's rows."""
         until = obj.purge_after.astimezone(self.tz).date().isoformat()
-        basis = set(self.policy.purpose(obj.purpose).legal_basis.split("_and_"))
+        basis = set(self.basis(obj.purpose, obj.rule).split("_and_"))
         locked = self.store.storage.tiers[obj.tier].object_lock if obj.tier in self.store.storage.tiers else True
         if obj.held:
             reason = "legal_hold"
         elif "legal_obligation" in basis:
             reason = "legal_obligation"
+        elif self.policy.purpose(obj.purpose).on_erasure_request == "keep":
+            reason = "overriding_grounds"
         elif obj.tier != "intermediate":
             reason = "probative_archive"
         elif locked:
@@ -452,7 +466,7 @@ class SubjectRights:
         return Decision(False, reason, obj.purpose, obj.rule, until)
 
     def _kept_entry(self, source: str, table: str, d: Decision) -> dict:
-        basis = self.policy.purpose(d.purpose).legal_basis if d.purpose else None
+        basis = self.basis(d.purpose, d.rule) if d.purpose else None
         return {
             "source": source,
             "table": table,
@@ -494,7 +508,7 @@ class SubjectRights:
                     "table": table,
                     "purpose": purpose,
                     "rule": rule,
-                    "legal_basis": self.policy.purpose(purpose).legal_basis if purpose else None,
+                    "legal_basis": self.basis(purpose, rule) if purpose else None,
                     "kept_until": until,
                     "records": 0,
                 },
