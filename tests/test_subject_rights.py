@@ -264,6 +264,12 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     assert report["erased"]["live"] == preview["erased"]["live"]
     assert report["erased"]["intermediate"] == {"quotes": 2}
     assert report["erased"]["files"] == 2 and report["marketing_objection"] == "recorded"
+    audited = db.execute(
+        "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE run_id = %s AND action = 'deleted'"
+        " GROUP BY 1",
+        ("subject_request__req-erase-1",),
+    ).fetchall()
+    assert dict(audited) == report["erased"]["live"]  # audited like the engine's deletes
     # nothing of theirs remains live but the records kept, each reported with its reason
     remaining = {
         t: {r[0] for r in db.execute(f"SELECT id FROM app.{t} WHERE id = ANY(%s)", (sorted(ids),))}

@@ -122,6 +122,11 @@ class SubjectRequest:
             raise SubjectRequestError("received_at must be timezone-aware")
 
     @property
+    def audit_run_id(self) -> str:
+        """The run id of the request's rows in the audit log, file disposals and manifest."""
+        return f"subject_request__{self.request_id}"
+
+    @property
     def subject_ref(self) -> str:
         """What the evidence says about the subject: an id, or the e-mail's SHA-256."""
         return f"sha256:{suppression.email_hash(self.email)}" if self.kind == "email" else str(self.subject_id)
@@ -603,6 +608,15 @@ class SubjectRights:
             self._erase_archives(req, found, report, preview=True)
             return
         purposes = self._erase_live(req, report)
+        # With the files a crashed run of this request left queued (a purpose in preview mode
+        # runs no engine recovery that would finish them).
+        purposes |= {
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT purpose FROM retention.document_disposals WHERE run_id = %s AND disposed_at IS NULL",
+                (req.audit_run_id,),
+            )
+        }
         for purpose in sorted(purposes):  # the files of deleted rows, unless a kept row names them
             engine = RetentionEngine(self.policy, purpose, self.dsn, self.store)
             with engine._connect() as control:
@@ -622,6 +636,7 @@ class SubjectRights:
             found = self._expand(conn, self.resolve(conn, req), [])
             decisions = self.classify_live(conn, found.live)
             erased: Counter = Counter()
+            audited: dict[tuple[str, str, str], list[int]] = defaultdict(list)
             disposals = []
             for table in reversed(self._tables(found.live)):
                 ids = sorted(i for (t, i), d in decisions.items() if t == table and d.erase)
@@ -643,19 +658,24 @@ class SubjectRights:
                     if row is None:
                         continue
                     erased[table] += 1
+                    audited[(d.purpose, d.rule, table)].append(rid)
                     purposes.add(d.purpose)
                     disposals += [(d.purpose, table, rid, k) for k in (row if key_cols else ()) if k]
             for (table, _), d in sorted(decisions.items()):
                 if not d.erase:
                     self._add_kept(report, "live", table, d)
+            # Audited like the engine's deletes, in the same transaction: the after-gates of a
+            # retention run going on meanwhile count these rows as deleted by another run.
+            conn.cursor().executemany(
+                "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
+                " record_count, record_ids) VALUES (%s, now(), %s, %s, %s, 'deleted', %s, %s::bigint[])",
+                [(req.audit_run_id, p, r, t, len(ids), sorted(ids)) for (p, r, t), ids in sorted(audited.items())],
+            )
             if disposals:
                 conn.cursor().executemany(
                     "INSERT INTO retention.document_disposals (run_id, purpose, table_name, record_id, bucket,"
                     " source_key) VALUES (%s, %s, %s, %s, %s, %s)",
-                    [
-                        (req.run_id or req.request_id, p, t, i, self.store.documents_bucket, k)
-                        for p, t, i, k in disposals
-                    ],
+                    [(req.audit_run_id, p, t, i, self.store.documents_bucket, k) for p, t, i, k in disposals],
                 )
             if req.marketing_objection:
                 report["marketing_objection"] = self._record_objection(conn, req, found)
@@ -830,7 +850,7 @@ class SubjectRights:
                     " purge_after, %s, %s::bigint[], %s, %s::jsonb FROM retention.archive_manifest WHERE id = %s"
                     " RETURNING id",
                     (
-                        req.run_id or req.request_id,
+                        req.audit_run_id,
                         new_key,
                         remaining.num_rows,
                         remaining.column("id").to_pylist(),
