@@ -58,7 +58,7 @@ from psycopg.rows import dict_row
 from retention import suppression
 from retention.archive_store import ArchiveStorageError, ArchiveStore, safe_key_part
 from retention.engine import BATCH_LOCK_TIMEOUT, LOCK_HOLDS, RetentionEngine, _parquet_bytes, _parquet_row_count
-from retention.holds import ancestors_first, covered_records_sql, object_held, parents_of
+from retention.holds import ancestors_first, covered_records_sql, object_covered, object_held, parents_of
 from retention.periods import Period, due_date
 from retention.policy import Policy, Rule, rule_filter
 
@@ -86,6 +86,7 @@ KEPT_BECAUSE = {
     "running_contract": "needed for a running contract (its retention clock has not started)",
     "probative_archive": "kept as evidence for legal claims in the probative archive (Art. 17(3)(e))",
     "object_lock": "archive object under Object Lock until its purge date",
+    "owners_not_recorded": "archived before owners were recorded: run retention.backfill_owners, then the request again",
     "referenced_by_kept_row": "a record that is kept references it",
     "no_rule": "no rule of the retention policy describes this record: decide by hand",
 }
@@ -147,7 +148,7 @@ class ArchivedObject:
     purge_after: dt.datetime
     document_keys: list[str]
     document_version_ids: list[str | None]
-    owner_ids: dict
+    owner_ids: dict | None  # None: archived before owners were recorded
     held: bool
     rows: pa.Table
     subject_ids: list[int] = field(default_factory=list)
@@ -337,7 +338,7 @@ class SubjectRights:
         rows = conn.execute(
             f"WITH covered AS ({covered_records_sql(self.policy)})"
             " SELECT m.id, m.purpose, m.rule, m.table_name, m.tier, m.object_key, m.version_id, m.sha256,"
-            f" m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, {object_held('m')}"
+            f" m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, {object_covered('m')}"
             " FROM retention.archive_manifest AS m WHERE m.state = 'committed' AND m.bucket = %s"
             f" AND ({' OR '.join(conds)}) ORDER BY m.id",
             [self.store.archive_bucket, *params],
@@ -357,7 +358,7 @@ class SubjectRights:
                     purge_after,
                     list(docs or []),
                     list(doc_versions or [None] * len(docs or [])),
-                    owners or {},
+                    owners,
                     held,
                     self._read_object(key, version, sha),
                 )
@@ -458,6 +459,8 @@ class SubjectRights:
         locked = self.store.storage.tiers[obj.tier].object_lock if obj.tier in self.store.storage.tiers else True
         if obj.held:
             reason = "legal_hold"
+        elif obj.owner_ids is None:
+            reason = "owners_not_recorded"
         elif "legal_obligation" in basis:
             reason = "legal_obligation"
         elif self.policy.purpose(obj.purpose).on_erasure_request == "keep":
@@ -834,8 +837,10 @@ class SubjectRights:
         ]
         # The subject's records no longer own anything in it: anything a record of theirs owns
         # is theirs (the coverage is followed downwards), so the other owners are exact.
-        owners = {t: sorted(set(v) - ids.get(t, set())) for t, v in (obj.owner_ids or {}).items()}
-        owners = {t: v for t, v in owners.items() if v}
+        owners = None  # never recorded stays unknown (the purge keeps such an object)
+        if obj.owner_ids is not None:
+            owners = {t: sorted(set(v) - ids.get(t, set())) for t, v in obj.owner_ids.items()}
+            owners = {t: v for t, v in owners.items() if v}
         tier = self.store.storage.tiers[obj.tier]
         new_key = None
         with intents.transaction():
@@ -855,7 +860,7 @@ class SubjectRights:
                         remaining.num_rows,
                         remaining.column("id").to_pylist(),
                         [k for k, _ in kept_docs],
-                        json.dumps(owners),
+                        json.dumps(owners) if owners is not None else None,
                         obj.manifest_id,
                     ),
                 ).fetchone()[0]
