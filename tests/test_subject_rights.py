@@ -18,7 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionEngine, RunContext
-from retention.subject_rights import SubjectRequest, SubjectRights, _json_default
+from retention.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights, _json_default
 from retention.suppression import is_suppressed
 
 from tests import factories as f
@@ -317,9 +317,11 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     assert f.ids(db, "customers") == sub["customers"] | other["customers"]
     # objection recorded (hashes only); evidence without personal data
     assert is_suppressed(db, email=EMAIL)
-    state, respond_by, evidence = db.execute(
-        "SELECT state, respond_by, report FROM retention.subject_requests WHERE request_id = 'req-erase-1'"
+    state, respond_by, reports = db.execute(
+        "SELECT state, respond_by, reports FROM retention.subject_requests WHERE request_id = 'req-erase-1'"
     ).fetchone()
+    (evidence,) = reports  # the preview wrote none
+    assert evidence["erased"] == report["erased"]
     assert state == "done" and respond_by.date() == dt.date(2024, 7, 2)  # Paris midnight, 3 July
     assert "camille" not in json.dumps(evidence).lower() and "url" not in json.dumps(evidence.get("export", {}))
 
@@ -419,6 +421,9 @@ def test_hold_on_the_subject_keeps_everything_and_reports_it(db, s3, storage, po
     assert kept[("intermediate", "quotes")]["reason"] == "legal_hold"
     assert kept[("intermediate", "quotes")]["records"] == 2
     assert report["erased"]["live"] == {} and report["erased"]["intermediate"] == {}
+    # a request id names one request: reused for another action or subject, it is refused
+    with pytest.raises(SubjectRequestError, match="another action or subject"):
+        rights(policy, source_dsn, s3, storage).handle(request("access", "req-held", kind="customer", subject_id=1))
 
 
 def test_dag_runs_an_access_request_from_params(airflow_db, db, s3, storage, policy, source_dsn):

@@ -57,7 +57,14 @@ from psycopg.rows import dict_row
 
 from retention import suppression
 from retention.archive_store import ArchiveStorageError, ArchiveStore, safe_key_part
-from retention.engine import BATCH_LOCK_TIMEOUT, LOCK_HOLDS, RetentionEngine, _parquet_bytes, _parquet_row_count
+from retention.engine import (
+    BATCH_LOCK_TIMEOUT,
+    LOCK_HOLDS,
+    PurposeLockedError,
+    RetentionEngine,
+    _parquet_bytes,
+    _parquet_row_count,
+)
 from retention.holds import ancestors_first, covered_records_sql, object_covered, object_held, parents_of
 from retention.periods import Period, due_date
 from retention.policy import Policy, Rule, rule_filter
@@ -93,7 +100,7 @@ KEPT_BECAUSE = {
 
 
 class SubjectRequestError(RuntimeError):
-    """The request is invalid or could not be completed; the message says what was changed."""
+    """The request is invalid or refused (a retry would not help); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +333,8 @@ class SubjectRights:
             for i in sorted(ids):
                 conds.append("m.owner_ids @> %s::jsonb")
                 params.append(json.dumps({table: [i]}))
+            # The root's own table (owners exclude it): no index on record_ids, a scan of the
+            # manifest, which has one row per object (thousands), not per record.
             conds.append("(m.table_name = %s AND m.record_ids && %s::bigint[])")
             params += [table, sorted(ids)]
         unknown = conn.execute(
@@ -808,7 +817,7 @@ class SubjectRights:
             if got:
                 return
             if time.monotonic() >= deadline:
-                raise SubjectRequestError(
+                raise PurposeLockedError(
                     f"a run of purpose {purpose!r} holds its lock (waited {self.lock_timeout:.0f}s); its archive "
                     "objects were not rewritten yet: retry the request (live rows already erased stay erased)"
                 )
@@ -986,8 +995,8 @@ class SubjectRights:
         if "export" in report:  # the link is a credential: the evidence keeps where, not how
             evidence["export"] = {k: v for k, v in report["export"].items() if k != "url"}
         conn.execute(
-            "UPDATE retention.subject_requests SET state = 'done', report = %s::jsonb, finished_at = now()"
-            " WHERE request_id = %s",
+            "UPDATE retention.subject_requests SET state = 'done', reports = reports || jsonb_build_array(%s::jsonb),"
+            " finished_at = now() WHERE request_id = %s",
             (json.dumps(evidence), req.request_id),
         )
 

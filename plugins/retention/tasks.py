@@ -204,4 +204,5 @@ def subject_request(context: dict) -> dict:
             marketing_objection=bool(params.get("marketing_objection", False)),
             run_id=context["run_id"],
         )
-    return SubjectRights(default_policy(), source_dsn(), archive_store()).handle(req)
+        # Invalid or refused fails at once; S3, a lock held by a retention run: retried.
+        return SubjectRights(default_policy(), source_dsn(), archive_store()).handle(req)

@@ -199,7 +199,9 @@ CREATE TABLE IF NOT EXISTS retention.subject_requests (
     respond_by   timestamptz NOT NULL,
     state        text        NOT NULL CHECK (state IN ('running', 'done')),
     run_id       text,
-    report       jsonb,
+    -- Every run's report, oldest first: a re-run (after a crash, or to check) adds one and
+    -- never replaces the evidence of what an earlier run erased.
+    reports      jsonb       NOT NULL DEFAULT '[]'::jsonb,
     created_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz
 );
