@@ -334,8 +334,12 @@ def quotes_world(db, s3, storage, policy, dsn) -> dict:
     """Quotes only: the subject's two archived quotes share one intermediate object with two others."""
     c = f.customer(db, email=EMAIL)
     d = f.customer(db, email=OTHER_EMAIL)
+    f.put_document(s3, storage.documents_bucket, "audio/quality.wav")
     w = {
         "customer": c,
+        "recording": f.call_recording(
+            db, reason="quality", started="2024-05-02", customer_id=c, audio_key="audio/quality.wav"
+        ),
         "mine": {f.quote(db, issued="2023-01-10", customer_id=c), f.quote(db, issued="2023-01-20", customer_id=c)},
         "others": {f.quote(db, issued="2023-01-15", customer_id=d), f.quote(db, issued="2023-01-25")},
         "live": f.quote(db, issued="2024-05-01", customer_id=c),
@@ -373,6 +377,7 @@ def assert_nothing_lost(db, s3, storage, w, *, finished: bool) -> None:
 
 # step -> (object patched: "store" or "rights", method, "before" or "after" the original runs)
 REWRITE_STEPS = {
+    "after_live_commit": ("engine", "_dispose_documents", "before"),  # live rows deleted, their files not yet
     "after_intent": ("store", "put_verified", "before"),  # intent and 'uploading' row committed, nothing uploaded
     "after_upload": ("store", "put_verified", "after"),  # new object uploaded and read back, not committed
     "after_commit": ("rights", "_finish_rewrite", "before"),  # committed, the old object still stored
@@ -385,7 +390,7 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
     w = quotes_world(db, s3, storage, policy, source_dsn)
     svc = rights(policy, source_dsn, s3, storage)
     where, method, when = REWRITE_STEPS[step]
-    target = svc.store if where == "store" else svc
+    target = {"store": svc.store, "rights": svc, "engine": RetentionEngine}[where]
     original = getattr(target, method)
 
     def crashing(*args, **kwargs):
@@ -394,9 +399,9 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
         original(*args, **kwargs)
         raise Crash(step)
 
-    monkeypatch.setattr(target, method, crashing)
     req = request("erasure", "req-crash", kind="customer", subject_id=w["customer"])
-    with pytest.raises(Crash):
+    with monkeypatch.context() as patched, pytest.raises(Crash):  # the patch ends with the crash
+        patched.setattr(target, method, crashing)
         svc.handle(req)
     assert_nothing_lost(db, s3, storage, w, finished=False)
     assert w["live"] not in f.ids(db, "quotes")  # the live erasure committed before the archives
@@ -405,6 +410,8 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
     assert_nothing_lost(db, s3, storage, w, finished=True)
     rewritten = step in ("after_commit", "after_old_deleted")  # committed before the crash
     assert report["erased"]["intermediate"] == ({} if rewritten else {"quotes": 2})
+    assert w["recording"] not in f.ids(db, "call_recordings")
+    assert "Contents" not in s3.list_objects_v2(Bucket=storage.documents_bucket), "the recording's file is gone"
 
 
 def test_hold_on_the_subject_keeps_everything_and_reports_it(db, s3, storage, policy, source_dsn):
@@ -418,6 +425,7 @@ def test_hold_on_the_subject_keeps_everything_and_reports_it(db, s3, storage, po
     assert (rows, manifest, versions, docs) == (before[0], before[1], before[3], before[4])
     kept = {(k["source"], k["table"]): k for k in report["kept"]}
     assert kept[("live", "quotes")]["reason"] == "legal_hold" and kept[("live", "quotes")]["records"] == 1
+    assert kept[("live", "call_recordings")]["reason"] == "legal_hold"
     assert kept[("intermediate", "quotes")]["reason"] == "legal_hold"
     assert kept[("intermediate", "quotes")]["records"] == 2
     assert report["erased"]["live"] == {} and report["erased"]["intermediate"] == {}
