@@ -568,6 +568,7 @@ class SubjectRights:
         """One zip under exports/<request>/, SSE, checksummed and read back; a presigned URL."""
         sink = io.BytesIO()
         names = set()
+        missing = 0
         with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("index.json", json.dumps({"request_id": req.request_id, "parts": index}, indent=2))
             names.add("index.json")
@@ -580,7 +581,10 @@ class SubjectRights:
                 try:
                     body = self.store.client.get_object(Bucket=bucket, Key=key)["Body"].read()
                 except Exception as exc:  # botocore raises several unrelated classes
-                    raise ArchiveStorageError(f"file {key!r} of the subject could not be read: {exc}") from exc
+                    if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                        missing += 1  # a row names a file that is not stored: counted, the rest exported
+                        continue
+                    raise ArchiveStorageError(f"a file of the subject could not be read: {type(exc).__name__}") from exc
                 zf.writestr(name, body)
                 names.add(name)
         key = f"{EXPORT_PREFIX}/{req.request_id}/export.zip"
@@ -599,6 +603,7 @@ class SubjectRights:
             "sha256": verified.sha256_hex,
             "bytes": verified.size,
             "entries": len(names),
+            "files_missing": missing,
             "url": url,
             "url_expires_at": expires.isoformat(timespec="seconds"),
         }
