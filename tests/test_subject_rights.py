@@ -414,6 +414,29 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
     assert "Contents" not in s3.list_objects_v2(Bucket=storage.documents_bucket), "the recording's file is gone"
 
 
+def test_engine_recovery_after_an_interrupted_rewrite_then_rerun(db, s3, storage, policy, source_dsn, monkeypatch):
+    """The quotes run comes first after the crash: its recovery removes the orphan upload of the
+    rewrite (an 'uploading' manifest row like its own); the request's re-run then finishes."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    svc = rights(policy, source_dsn, s3, storage)
+    original = svc.store.put_verified
+
+    def crash_after_upload(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Crash("after_upload")
+
+    req = request("erasure", "req-engine-first", kind="customer", subject_id=w["customer"])
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(svc.store, "put_verified", crash_after_upload)
+        svc.handle(req)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    assert_nothing_lost(db, s3, storage, w, finished=False)
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone()[0] == 0
+    report = rights(policy, source_dsn, s3, storage).handle(req)
+    assert report["erased"]["intermediate"] == {"quotes": 2}
+    assert_nothing_lost(db, s3, storage, w, finished=True)
+
+
 def test_hold_on_the_subject_keeps_everything_and_reports_it(db, s3, storage, policy, source_dsn):
     w = quotes_world(db, s3, storage, policy, source_dsn)
     f.legal_hold(db, "customers", w["customer"])
