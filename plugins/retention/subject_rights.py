@@ -651,6 +651,16 @@ class SubjectRights:
             conn.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
             conn.execute(LOCK_HOLDS)  # a hold placed from now on waits for the commit
             found = self._expand(conn, self.resolve(conn, req), [])
+            # Their rows locked, parents first, before deciding: a clock or a link the decision
+            # reads (a quote converted, a contract set back to running) cannot change under it.
+            # The parents a rule joins are in practice the subject's rows too (their contract,
+            # their marketing contact); fraud cases are not, and fraud is kept whole.
+            for table in self._tables(found.live):
+                if found.live.get(table):
+                    conn.execute(
+                        f'SELECT id FROM "{self.schema}"."{table}" WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE',
+                        (sorted(found.live[table]),),
+                    )
             decisions = self.classify_live(conn, found.live)
             erased: Counter = Counter()
             audited: dict[tuple[str, str, str], list[int]] = defaultdict(list)
