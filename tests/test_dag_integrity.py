@@ -13,7 +13,10 @@ from retention.policy import default_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WATCH_FILE = REPO_ROOT / "dags" / "retention_watch.py"
-DAG_FILES = sorted(p for p in (REPO_ROOT / "dags").glob("*.py") if p != WATCH_FILE)  # one per purpose
+REQUESTS_FILE = REPO_ROOT / "dags" / "retention_subject_requests.py"  # issue 10, triggered by hand
+DAG_FILES = sorted(
+    p for p in (REPO_ROOT / "dags").glob("*.py") if p not in (WATCH_FILE, REQUESTS_FILE)
+)  # one per purpose
 EXPECTED_DAG_IDS = {  # DESIGN.md §5
     "retention_quotes",
     "retention_contracts",
@@ -42,7 +45,7 @@ def _load(path: Path):
 
 def test_dag_files_were_found():
     assert len(DAG_FILES) == len(EXPECTED_DAG_IDS), [p.name for p in DAG_FILES]
-    assert WATCH_FILE.is_file()
+    assert WATCH_FILE.is_file() and REQUESTS_FILE.is_file()
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +60,10 @@ def test_no_import_errors(dagbag):
 
 
 def test_exact_dag_ids(dagbag):
-    assert set(dagbag.dag_ids) == EXPECTED_DAG_IDS | {"retention_watch"}
+    assert set(dagbag.dag_ids) == EXPECTED_DAG_IDS | {"retention_watch", "retention_subject_requests"}
 
 
-@pytest.mark.parametrize("path", [*DAG_FILES, WATCH_FILE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*DAG_FILES, WATCH_FILE, REQUESTS_FILE], ids=lambda p: p.name)
 def test_every_task_notifies_its_failure(path):
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
     from retention.alerts import failure_notifier, notify_failure
@@ -120,7 +123,7 @@ from airflow.sdk import BaseHook
 def forbidden(*a, **k):
     raise AssertionError("get_connection called while parsing")
 BaseHook.get_connection = classmethod(forbidden)
-for path in {[str(p) for p in [*DAG_FILES, WATCH_FILE]]!r}:
+for path in {[str(p) for p in [*DAG_FILES, WATCH_FILE, REQUESTS_FILE]]!r}:
     spec = importlib.util.spec_from_file_location("d", path)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
@@ -131,3 +134,13 @@ print("ok")
     env["PYTHONPATH"] = f"{REPO_ROOT / 'plugins'}:{REPO_ROOT}"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_subject_requests_dag_is_triggered_by_hand_and_previews_by_default():
+    dag = _load(REQUESTS_FILE).dag
+    assert type(dag.timetable).__name__ == "NullTimetable"  # no schedule: one run per request
+    assert dag.owner == "data-protection" and dag.max_active_runs == 1
+    assert dag.params["preview"] is True
+    assert {"request_id", "action", "subject_kind", "subject_id", "email", "received_on", "marketing_objection"} <= set(
+        dag.params
+    )

@@ -175,3 +175,82 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
         before >> planned >> archived >> purged >> checked >> report()
 
     return retention_dag()
+
+
+SUBJECT_REQUESTS_DAG_ID = "retention_subject_requests"
+SUBJECT_REQUESTS_DOC = """# Data-subject requests: access / portability and erasure
+
+Triggered by hand (**Trigger DAG w/ config**) or through the REST API, one run per request:
+
+- `request_id`: your reference of the request (letters, digits, `.`, `_`, `=`, `-`); a re-run
+  with the same id finishes an interrupted one;
+- `action`: `access` (Art. 15 / 20: a JSON + files export) or `erasure` (Art. 17);
+- `subject_kind`: `customer`, `prospect`, `candidate` (job application) with `subject_id`, or
+  `email` with `email` (every customer, prospect, candidate, quote... with that address);
+- `received_on`: the date the request was received (the answer is due one month later);
+- `marketing_objection`: also put the person's e-mail / phone on the marketing objection list;
+- `preview` (default **on**): report what would be exported or erased, change nothing.
+
+**Erasure** deletes the live rows and files of purposes whose legal basis is neither a legal
+obligation nor a running contract, and rewrites the intermediate archive objects without the
+person's rows; it keeps (and reports, with the legal basis and until when) probative and
+restricted archives, legal-obligation records, records under a legal hold, and anything the
+policy does not describe. **Access** writes `exports/<request_id>/export.zip` to the archive
+bucket (SSE); the report gives a presigned URL valid one hour, and an index of every part:
+source (live / intermediate / probative), purpose, legal basis, kept until.
+
+The report (XCom `return_value`, table `retention.subject_requests`) holds ids, keys, counts
+and checksums only.
+"""
+
+
+def build_subject_requests_dag() -> DAG:
+    @dag(
+        dag_id=SUBJECT_REQUESTS_DAG_ID,
+        description="Data-subject requests: access / portability export and erasure, live and archived",
+        doc_md=SUBJECT_REQUESTS_DOC,
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,  # one request at a time: each takes the purposes' locks in turn
+        tags=["retention", "subject_requests"],
+        default_args={
+            "owner": OWNER,
+            # A re-run finishes an interrupted request (the object rewrites are write-ahead).
+            "retries": 2,
+            "retry_delay": dt.timedelta(minutes=2),
+            "on_failure_callback": failure_notifier(),
+        },
+        params={
+            "request_id": Param(
+                "", type="string", pattern=r"^[A-Za-z0-9._=-]+$", description="Your reference of the request."
+            ),
+            "action": Param("access", type="string", enum=["access", "erasure"], description="access or erasure"),
+            "subject_kind": Param(
+                "customer",
+                type="string",
+                enum=["customer", "prospect", "candidate", "email"],
+                description="Who: an id of this kind, or an e-mail address.",
+            ),
+            "subject_id": Param(
+                None, type=["null", "integer"], minimum=1, description="The customer/prospect/candidate id."
+            ),
+            "email": Param(None, type=["null", "string"], description="The address, for subject_kind = email."),
+            "received_on": Param(
+                None, type=["null", "string"], format="date", description="Date received (default: today)."
+            ),
+            "marketing_objection": Param(False, type="boolean", description="Also record an objection to marketing."),
+            "preview": Param(True, type="boolean", description="Report what would be done; change nothing."),
+        },
+    )
+    def retention_subject_requests():
+        @task(show_return_value_in_logs=False)
+        def handle_request(**context) -> dict:
+            """Find everything of the subject (live, both archive tiers), then export or erase."""
+            from retention import tasks
+
+            return tasks.subject_request(context)
+
+        handle_request()
+
+    return retention_subject_requests()

@@ -51,6 +51,10 @@ class Rule(_Strict):
     # The rows' data is also held by a processor: erased there (plugins/retention/processor.py)
     # before the rows are deleted; a row the processor did not confirm stays.
     erase_at_processor: Literal["stripe"] | None = None
+    # The rule's own legal basis where the purpose has several (call recordings: a legal
+    # obligation to contract, a legitimate interest for quality); the purpose's otherwise.
+    # Read by the erasure of a data-subject request (retention.subject_rights).
+    legal_basis: str | None = Field(None, pattern=IDENTIFIER)
 
     @field_validator("live", "archive", mode="before")
     @classmethod
@@ -92,6 +96,10 @@ class Purpose(_Strict):
     # shipped for every purpose); enforce: runs archive, delete and purge.
     mode: Literal["preview", "enforce"]
     rules: tuple[Rule, ...]
+    # An erasure request (Art. 17) erases the purpose's records unless their legal basis keeps
+    # them (retention.subject_rights); 'keep': overriding legitimate grounds the controller
+    # relies on for the whole purpose (Art. 17(1)(c), 21(1)), e.g. fraud prevention. Reported.
+    on_erasure_request: Literal["by_legal_basis", "keep"] = "by_legal_basis"
 
     @field_validator("rules", mode="before")
     @classmethod

@@ -170,3 +170,32 @@ def report(purpose: str, context: dict, planned: dict, archived: dict, purged: d
     summary = "\n".join(lines)
     log.info("%s", summary)
     return summary
+
+
+def subject_request(context: dict) -> dict:
+    """An access or erasure request (retention.subject_rights). The report it returns (XCom)
+    holds ids, keys, counts and, for an export, a short-lived presigned URL: never the data."""
+    from retention.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights
+
+    params = context["params"]
+    received = params.get("received_on")
+    with _no_retry_on(SubjectRequestError, ValueError):
+        received_at = (
+            dt.datetime.combine(dt.date.fromisoformat(received), dt.time(12), tzinfo=default_policy().tz)
+            if received
+            else context["dag_run"].run_after
+        )
+        subject_id = params.get("subject_id")
+        req = SubjectRequest(
+            request_id=str(params["request_id"]),
+            action=params["action"],
+            kind=params["subject_kind"],
+            subject_id=int(subject_id) if subject_id is not None else None,
+            email=params.get("email") or None,
+            received_at=dt.datetime.fromtimestamp(received_at.timestamp(), tz=dt.UTC),
+            preview=bool(params.get("preview", True)),
+            marketing_objection=bool(params.get("marketing_objection", False)),
+            run_id=context["run_id"],
+        )
+        # Invalid or refused fails at once; S3, a lock held by a retention run: retried.
+        return SubjectRights(default_policy(), source_dsn(), archive_store()).handle(req)

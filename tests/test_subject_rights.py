@@ -1,0 +1,496 @@
+"""Data-subject requests (issue 10): access / portability and erasure across the live tables, the
+files and both archive tiers, for a subject whose archived rows share objects with other people.
+
+The archive is built by the engine itself (aml, contracts, quotes at one logical date), so the
+objects, owners and document copies are the real ones."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import urllib.request
+import zipfile
+
+import pyarrow.parquet as pq
+import pytest
+from psycopg.rows import dict_row
+from retention.archive_store import ArchiveStore
+from retention.engine import RetentionEngine, RunContext
+from retention.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights, _json_default
+from retention.suppression import is_suppressed
+
+from tests import factories as f
+from tests import factories_policy as fp
+
+pytestmark = pytest.mark.integration
+
+EMAIL = "camille.sujet@example.fr"
+OTHER_EMAIL = "paul.autre@example.fr"
+D = f.midnight("2024-06-01")
+RECEIVED = dt.datetime(2024, 6, 3, 10, tzinfo=dt.UTC)
+
+
+class Crash(BaseException):
+    """A crash injected at one step (BaseException: no `except Exception` of the code catches it)."""
+
+
+def archive(db, s3, storage, policy, dsn, purposes=("aml", "contracts", "quotes")) -> None:
+    for purpose in purposes:
+        RetentionEngine(policy, purpose, dsn, ArchiveStore(s3, storage), lock_timeout=2).archive_and_delete(
+            RunContext(purpose, f"manual__{purpose}", D)
+        )
+
+
+def world(db, s3, storage, policy, dsn) -> dict:
+    """The subject (a former customer and, with the same address, a job candidate) and another
+    customer whose archived rows share every object with the subject's, plus an anonymous quote."""
+    w: dict = {}
+
+    def doc(key: str) -> str:
+        f.put_document(s3, storage.documents_bucket, key)
+        return key
+
+    c = f.customer(db, ended="2024-03-01", email=EMAIL)
+    k1 = f.contract(db, customer_id=c, ended="2024-03-01")
+    pet = db.execute("SELECT pet_id FROM app.contracts WHERE id = %s", (k1,)).fetchone()[0]
+    cl = f.claim(db, k1, invoice_key=doc("invoices/subject-claim.pdf"))
+    w["subject"] = {
+        "customers": {c},
+        "pets": {pet},
+        "contracts": {k1},
+        "claims": {cl},
+        "reimbursements": {f.reimbursement(db, cl)},
+        "aml_records": {f.aml_record(db, k1, document_key=doc("aml/subject-id.pdf"))},
+        # converted (probative with the contract), two archived unconverted, one still live
+        "quotes": {
+            f.quote(db, issued="2016-01-01", contract_id=k1, customer_id=c, email=EMAIL),
+            f.quote(db, issued="2023-01-10", customer_id=c, email=EMAIL),
+            f.quote(db, issued="2023-01-20", customer_id=c, email=EMAIL),
+            f.quote(db, issued="2024-05-01", customer_id=c, email=EMAIL),
+        },
+        "cookie_consents": {fp.cookie_consent(db, recorded="2024-05-01", customer_id=c)},
+        "job_applications": {
+            f.job_application(db, last_contact="2024-01-01", email=EMAIL, cv_key=doc("cv/subject.pdf"))
+        },
+    }
+    # a running contract, with a fraud alert; call recordings: to contract (legal obligation), for quality
+    k_running = f.contract(db, customer_id=c)
+    w["subject"]["contracts"].add(k_running)
+    w["subject"]["pets"].add(db.execute("SELECT pet_id FROM app.contracts WHERE id = %s", (k_running,)).fetchone()[0])
+    w["subject"]["fraud_alerts"] = {f.fraud_alert(db, k_running, raised="2024-05-01")}
+    contracting = f.call_recording(db, reason="contracting", started="2024-05-01", customer_id=c)
+    quality = f.call_recording(
+        db, reason="quality", started="2024-05-02", customer_id=c, audio_key=doc("audio/subject-quality.wav")
+    )
+    w["subject"]["call_recordings"] = {contracting, quality}
+    w["kept_live"] = {
+        "customers": {c},
+        "pets": w["subject"]["pets"],
+        "contracts": {k_running},
+        "fraud_alerts": w["subject"]["fraud_alerts"],
+        "call_recordings": {contracting},
+    }
+    mc = fp.marketing_contact(db, channel="email", last_contact="2024-01-01", customer_id=c, address=EMAIL)
+    w["subject"]["marketing_contacts"] = {mc}
+    w["subject"]["marketing_messages"] = {fp.marketing_message(db, mc)}
+
+    d = f.customer(db, ended="2024-03-01", email=OTHER_EMAIL, first_name="Paul", last_name="Autre")
+    k2 = f.contract(db, customer_id=d, ended="2024-03-01")
+    cl2 = f.claim(db, k2, invoice_key=doc("invoices/other-claim.pdf"))
+    w["other"] = {
+        "customers": {d},
+        "contracts": {k2},
+        "claims": {cl2},
+        "reimbursements": {f.reimbursement(db, cl2)},
+        "aml_records": {f.aml_record(db, k2, document_key=doc("aml/other-id.pdf"))},
+        "quotes": {
+            f.quote(db, issued="2023-01-15", customer_id=d, email=OTHER_EMAIL),
+            f.quote(db, issued="2023-01-25"),  # an anonymous visitor's
+        },
+    }
+    archive(db, s3, storage, policy, dsn)
+    return w
+
+
+def rights(policy, dsn, s3, storage) -> SubjectRights:
+    return SubjectRights(policy, dsn, ArchiveStore(s3, storage), lock_timeout=2)
+
+
+def request(action: str, request_id: str, *, preview: bool = False, **kw) -> SubjectRequest:
+    kw.setdefault("kind", "email")
+    if kw["kind"] == "email":
+        kw.setdefault("email", "  Camille.Sujet@Example.FR ")
+    return SubjectRequest(
+        request_id=request_id,
+        action=action,
+        received_at=RECEIVED,
+        preview=preview,
+        run_id=f"manual__{request_id}",
+        **kw,
+    )
+
+
+def committed_objects(db, s3, storage) -> dict[str, dict]:
+    """Every committed object, read back by its version id and checked against the manifest."""
+    out = {}
+    rows = db.execute(
+        "SELECT object_key, version_id, sha256, record_ids, tier, table_name FROM retention.archive_manifest"
+        " WHERE state = 'committed' AND bucket = %s",
+        (storage.archive_bucket,),
+    ).fetchall()
+    for key, version, sha, record_ids, tier, table in rows:
+        body = s3.get_object(Bucket=storage.archive_bucket, Key=key, VersionId=version)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == sha, key
+        data = pq.read_table(io.BytesIO(body))
+        assert data.column("id").to_pylist() == list(record_ids), key
+        out[key] = {"tier": tier, "table": table, "rows": {r["id"]: r for r in data.to_pylist()}, "sha256": sha}
+    return out
+
+
+def archive_versions(s3, storage) -> set[tuple[str, str]]:
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket=storage.archive_bucket)
+    return {(v["Key"], v["VersionId"]) for p in pages for v in p.get("Versions", []) + p.get("DeleteMarkers", [])}
+
+
+def everything(db, s3, storage) -> tuple:
+    tables = [r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'app' ORDER BY 1")]
+    rows = {t: db.execute(f"SELECT * FROM app.{t} ORDER BY id").fetchall() for t in tables}
+    manifest = db.execute("SELECT * FROM retention.archive_manifest ORDER BY id").fetchall()
+    bookkeeping = [
+        db.execute(f"SELECT count(*) FROM retention.{t}").fetchone()[0]
+        for t in ("object_rewrites", "subject_requests", "document_disposals")
+    ]
+    docs = {o["Key"] for o in s3.list_objects_v2(Bucket=storage.documents_bucket).get("Contents", [])}
+    return rows, manifest, bookkeeping, archive_versions(s3, storage), docs
+
+
+def rows_by_table(objects: dict, wanted: set[int], table: str, tier: str) -> dict[int, dict]:
+    return {
+        i: r
+        for o in objects.values()
+        if o["table"] == table and o["tier"] == tier
+        for i, r in o["rows"].items()
+        if i in wanted
+    }
+
+
+def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
+    w = world(db, s3, storage, policy, source_dsn)
+    sub, other = w["subject"], w["other"]
+    svc = rights(policy, source_dsn, s3, storage)
+    before_objects = committed_objects(db, s3, storage)
+
+    # ---- access: every row of theirs (SQL and Parquet), nothing of anyone else
+    report = svc.handle(request("access", "req-access-1"))
+    assert report["respond_by"].startswith("2024-07-03")
+    assert EMAIL not in json.dumps(report).lower() and "camille" not in json.dumps(report).lower()
+    export = report["export"]
+    assert export["key"] == "exports/req-access-1/export.zip" and "X-Amz-Expires=3600" in export["url"]
+    head = s3.head_object(Bucket=storage.archive_bucket, Key=export["key"])
+    assert head["ServerSideEncryption"] == "AES256"
+    body = urllib.request.urlopen(export["url"], timeout=10).read()  # the presigned URL works
+    assert hashlib.sha256(body).hexdigest() == export["sha256"]
+    zf = zipfile.ZipFile(io.BytesIO(body))
+    parts = {n: json.loads(zf.read(n)) for n in zf.namelist() if n.endswith(".json") and n != "index.json"}
+    exported = {
+        (n.split("/")[0], n.split("/")[1].removesuffix(".json")): {r["id"] for r in rows} for n, rows in parts.items()
+    }
+    live_expected = {}
+    for table, ids in sub.items():
+        live = {r[0] for r in db.execute(f"SELECT id FROM app.{table} WHERE id = ANY(%s)", (sorted(ids),))}
+        if live:
+            live_expected[("live", table)] = live
+    archived_expected = {}
+    for o in before_objects.values():
+        mine = set(o["rows"]) & sub.get(o["table"], set())
+        if mine:
+            archived_expected.setdefault((o["tier"], o["table"]), set()).update(mine)
+    assert exported == live_expected | archived_expected
+    assert ("intermediate", "quotes") in exported and ("probative", "claims") in exported
+    assert ("live", "job_applications") in exported and ("live", "marketing_messages") in exported
+    # value for value: the archived rows as the Parquet objects hold them, the live ones as SQL has them
+    as_json = lambda row: json.loads(json.dumps(row, default=_json_default))  # noqa: E731
+    for (tier, table), ids in archived_expected.items():
+        exported_rows = {r["id"]: r for r in parts[f"{tier}/{table}.json"]}
+        for i, row in rows_by_table(before_objects, ids, table, tier).items():
+            assert as_json(row) == exported_rows[i], (tier, table, i)
+    for (_, table), ids in live_expected.items():
+        exported_rows = {r["id"]: r for r in parts[f"live/{table}.json"]}
+        cur = db.cursor(row_factory=dict_row)
+        for row in cur.execute(f"SELECT * FROM app.{table} WHERE id = ANY(%s)", (sorted(ids),)):
+            assert as_json(row) == exported_rows[row["id"]], (table, row["id"])
+    text = b"".join(zf.read(n) for n in zf.namelist())
+    assert OTHER_EMAIL.encode() not in text and b"lea.dubois" not in text
+    for table, ids in other.items():
+        assert not any(
+            i in exported.get((src, table), set()) for src in ("live", "intermediate", "probative") for i in ids
+        )
+    files = {n for n in zf.namelist() if n.startswith("files/")}
+    assert files == {
+        "files/cv/subject.pdf",
+        "files/invoices/subject-claim.pdf",
+        "files/aml/subject-id.pdf",
+        "files/audio/subject-quality.wav",
+    }
+    index = json.loads(zf.read("index.json"))["parts"]
+    assert index == report["index"]
+    by_path = {(e["path"], e["rule"]): e for e in index}
+    assert by_path[("probative/aml_records.json", "aml_records")]["legal_basis"] == "legal_obligation"
+    assert by_path[("probative/aml_records.json", "aml_records")]["kept_until"] == "2029-03-01"
+    # an archived row goes with its object, at the object's purge date (its latest row's)
+    assert by_path[("intermediate/quotes.json", "unconverted_quotes")]["kept_until"] == "2025-01-25"
+    assert by_path[("live/customers.json", "former_customers")]["kept_until"] == "2032-03-01"
+    assert {e["source"] for e in index} == {"live", "intermediate", "probative"}
+
+    # ---- preview of the erasure: reports, changes nothing
+    state = everything(db, s3, storage)
+    preview = svc.handle(request("erasure", "req-erase-1", preview=True, marketing_objection=True))
+    assert everything(db, s3, storage) == state
+    assert preview["erased"]["live"] == {
+        "call_recordings": 1,
+        "cookie_consents": 1,
+        "job_applications": 1,
+        "marketing_contacts": 1,
+        "marketing_messages": 1,
+        "quotes": 1,
+    }
+    assert preview["erased"]["intermediate"] == {"quotes": 2}
+    assert preview["marketing_objection"] == "would_record"
+
+    # ---- erasure
+    report = svc.handle(request("erasure", "req-erase-1", marketing_objection=True))
+    assert report["erased"]["live"] == preview["erased"]["live"]
+    assert report["erased"]["intermediate"] == {"quotes": 2}
+    assert report["erased"]["files"] == 2 and report["marketing_objection"] == "recorded"
+    audited = db.execute(
+        "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE run_id = %s AND action = 'deleted'"
+        " GROUP BY 1",
+        ("subject_request__req-erase-1",),
+    ).fetchall()
+    assert dict(audited) == report["erased"]["live"]  # audited like the engine's deletes
+    # nothing of theirs remains live but the records kept, each reported with its reason
+    remaining = {
+        t: {r[0] for r in db.execute(f"SELECT id FROM app.{t} WHERE id = ANY(%s)", (sorted(ids),))}
+        for t, ids in sub.items()
+    }
+    assert {t: ids for t, ids in remaining.items() if ids} == w["kept_live"]
+    kept = {(k["source"], k["table"]): k for k in report["kept"]}
+    assert {t for s, t in kept if s == "live"} == set(w["kept_live"])
+    assert sum(k["records"] for k in report["kept"] if k["source"] == "live") == sum(map(len, w["kept_live"].values()))
+    assert kept[("live", "customers")]["reason"] == "probative_archive"
+    assert kept[("live", "customers")]["kept_until"] == "2032-03-01"
+    assert kept[("live", "contracts")]["reason"] == "running_contract"
+    assert kept[("live", "fraud_alerts")]["reason"] == "overriding_grounds"
+    assert kept[("live", "call_recordings")]["reason"] == "legal_obligation"
+    assert kept[("live", "call_recordings")]["kept_until"] == "2026-05-01"
+    for table in ("claims", "reimbursements", "contracts", "quotes"):
+        assert kept[("probative", table)]["reason"] == "probative_archive"
+        assert kept[("probative", table)]["legal_basis"] == "contract"
+        assert kept[("probative", table)]["kept_until"] == "2029-03-01"
+    assert kept[("probative", "aml_records")]["reason"] == "legal_obligation"
+    assert ("intermediate", "quotes") not in kept
+    # the files of erased rows are gone; the subject's archived document copies are probative
+    docs = {o["Key"] for o in s3.list_objects_v2(Bucket=storage.documents_bucket).get("Contents", [])}
+    assert "cv/subject.pdf" not in docs and "audio/subject-quality.wav" not in docs
+    # archives: probative objects untouched; the intermediate one rewritten with the others' rows only
+    after_objects = committed_objects(db, s3, storage)
+    for key, o in before_objects.items():
+        if o["tier"] == "probative":
+            assert after_objects[key] == o
+    (old_key,) = [k for k, o in before_objects.items() if o["tier"] == "intermediate"]
+    (new_key,) = [k for k, o in after_objects.items() if o["tier"] == "intermediate"]
+    assert new_key != old_key and not [v for v in archive_versions(s3, storage) if v[0] == old_key]
+    assert set(after_objects[new_key]["rows"]) == other["quotes"]
+    for i in other["quotes"]:
+        assert after_objects[new_key]["rows"][i] == before_objects[old_key]["rows"][i]
+    entry = next(o for o in report["objects"] if o["key"] == old_key)
+    assert entry["action"] == "rewritten" and entry["new_sha256"] == after_objects[new_key]["sha256"]
+    owners = db.execute(
+        "SELECT owner_ids FROM retention.archive_manifest WHERE object_key = %s AND state = 'committed'", (new_key,)
+    ).fetchone()[0]
+    assert owners == {"customers": sorted(other["customers"])}
+    # the other customer's live rows are untouched
+    for table in ("customers", "contracts"):
+        assert not ({r[0] for r in db.execute(f"SELECT id FROM app.{table}")} & other[table]) or table == "customers"
+    assert f.ids(db, "customers") == sub["customers"] | other["customers"]
+    # objection recorded (hashes only); evidence without personal data
+    assert is_suppressed(db, email=EMAIL)
+    state, respond_by, reports = db.execute(
+        "SELECT state, respond_by, reports FROM retention.subject_requests WHERE request_id = 'req-erase-1'"
+    ).fetchone()
+    (evidence,) = reports  # the preview wrote none
+    assert evidence["erased"] == report["erased"]
+    assert state == "done" and respond_by.date() == dt.date(2024, 7, 2)  # Paris midnight, 3 July
+    assert "camille" not in json.dumps(evidence).lower() and "url" not in json.dumps(evidence.get("export", {}))
+
+    # ---- a second erasure has nothing left to do
+    again = svc.handle(request("erasure", "req-erase-2"))
+    assert again["erased"]["live"] == {} and again["erased"]["intermediate"] == {}
+
+
+def quotes_world(db, s3, storage, policy, dsn) -> dict:
+    """Quotes only: the subject's two archived quotes share one intermediate object with two others."""
+    c = f.customer(db, email=EMAIL)
+    d = f.customer(db, email=OTHER_EMAIL)
+    f.put_document(s3, storage.documents_bucket, "audio/quality.wav")
+    w = {
+        "customer": c,
+        "recording": f.call_recording(
+            db, reason="quality", started="2024-05-02", customer_id=c, audio_key="audio/quality.wav"
+        ),
+        "mine": {f.quote(db, issued="2023-01-10", customer_id=c), f.quote(db, issued="2023-01-20", customer_id=c)},
+        "others": {f.quote(db, issued="2023-01-15", customer_id=d), f.quote(db, issued="2023-01-25")},
+        "live": f.quote(db, issued="2024-05-01", customer_id=c),
+    }
+    archive(db, s3, storage, policy, dsn, purposes=("quotes",))
+    return w
+
+
+def assert_nothing_lost(db, s3, storage, w, *, finished: bool) -> None:
+    """The others' rows are in exactly one committed object; no orphan version; when finished,
+    none of the subject's rows is left in any committed object or stored version."""
+    objects = committed_objects(db, s3, storage)
+    seen = [i for o in objects.values() for i in o["rows"]]
+    assert sorted(i for i in seen if i in w["others"]) == sorted(w["others"]), "lost or duplicated"
+    assert len(seen) == len(set(seen)), "a row in two committed objects"
+    if finished:
+        assert not set(seen) & w["mine"]
+        manifest_versions = {
+            (k, v)
+            for k, v in db.execute(
+                "SELECT object_key, version_id FROM retention.archive_manifest WHERE state = 'committed'"
+            ).fetchall()
+        }
+        assert archive_versions(s3, storage) == manifest_versions, "orphan or leftover versions"
+        assert (
+            db.execute(
+                "SELECT count(*) FROM retention.object_rewrites WHERE state IN ('uploading', 'committed')"
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone()[0] == 0
+        )
+
+
+# step -> (object patched: "store" or "rights", method, "before" or "after" the original runs)
+REWRITE_STEPS = {
+    "after_live_commit": ("engine", "_dispose_documents", "before"),  # live rows deleted, their files not yet
+    "after_intent": ("store", "put_verified", "before"),  # intent and 'uploading' row committed, nothing uploaded
+    "after_upload": ("store", "put_verified", "after"),  # new object uploaded and read back, not committed
+    "after_commit": ("rights", "_finish_rewrite", "before"),  # committed, the old object still stored
+    "after_old_deleted": ("store", "delete_all_versions", "after"),  # old versions gone, rewrite not marked done
+}
+
+
+@pytest.mark.parametrize("step", list(REWRITE_STEPS))
+def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, policy, source_dsn, monkeypatch):
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    svc = rights(policy, source_dsn, s3, storage)
+    where, method, when = REWRITE_STEPS[step]
+    target = {"store": svc.store, "rights": svc, "engine": RetentionEngine}[where]
+    original = getattr(target, method)
+
+    def crashing(*args, **kwargs):
+        if when == "before":
+            raise Crash(step)
+        original(*args, **kwargs)
+        raise Crash(step)
+
+    req = request("erasure", "req-crash", kind="customer", subject_id=w["customer"])
+    with monkeypatch.context() as patched, pytest.raises(Crash):  # the patch ends with the crash
+        patched.setattr(target, method, crashing)
+        svc.handle(req)
+    assert_nothing_lost(db, s3, storage, w, finished=False)
+    assert w["live"] not in f.ids(db, "quotes")  # the live erasure committed before the archives
+
+    report = rights(policy, source_dsn, s3, storage).handle(req)  # the re-run finishes
+    assert_nothing_lost(db, s3, storage, w, finished=True)
+    rewritten = step in ("after_commit", "after_old_deleted")  # committed before the crash
+    assert report["erased"]["intermediate"] == ({} if rewritten else {"quotes": 2})
+    assert w["recording"] not in f.ids(db, "call_recordings")
+    assert "Contents" not in s3.list_objects_v2(Bucket=storage.documents_bucket), "the recording's file is gone"
+
+
+def test_engine_recovery_after_an_interrupted_rewrite_then_rerun(db, s3, storage, policy, source_dsn, monkeypatch):
+    """The quotes run comes first after the crash: its recovery removes the orphan upload of the
+    rewrite (an 'uploading' manifest row like its own); the request's re-run then finishes."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    svc = rights(policy, source_dsn, s3, storage)
+    original = svc.store.put_verified
+
+    def crash_after_upload(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Crash("after_upload")
+
+    req = request("erasure", "req-engine-first", kind="customer", subject_id=w["customer"])
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(svc.store, "put_verified", crash_after_upload)
+        svc.handle(req)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    assert_nothing_lost(db, s3, storage, w, finished=False)
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone()[0] == 0
+    report = rights(policy, source_dsn, s3, storage).handle(req)
+    assert report["erased"]["intermediate"] == {"quotes": 2}
+    assert_nothing_lost(db, s3, storage, w, finished=True)
+
+
+def test_hold_on_the_subject_keeps_everything_and_reports_it(db, s3, storage, policy, source_dsn):
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    f.legal_hold(db, "customers", w["customer"])
+    before = everything(db, s3, storage)
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "req-held", kind="customer", subject_id=w["customer"])
+    )
+    rows, manifest, _, versions, docs = everything(db, s3, storage)
+    assert (rows, manifest, versions, docs) == (before[0], before[1], before[3], before[4])
+    kept = {(k["source"], k["table"]): k for k in report["kept"]}
+    assert kept[("live", "quotes")]["reason"] == "legal_hold" and kept[("live", "quotes")]["records"] == 1
+    assert kept[("live", "call_recordings")]["reason"] == "legal_hold"
+    assert kept[("intermediate", "quotes")]["reason"] == "legal_hold"
+    assert kept[("intermediate", "quotes")]["records"] == 2
+    assert report["erased"]["live"] == {} and report["erased"]["intermediate"] == {}
+    # a request id names one request: reused for another action or subject, it is refused
+    with pytest.raises(SubjectRequestError, match="another action or subject"):
+        rights(policy, source_dsn, s3, storage).handle(request("access", "req-held", kind="customer", subject_id=1))
+
+
+def test_dag_runs_an_access_request_from_params(airflow_db, db, s3, storage, policy, source_dsn):
+    """One light dag.test(): a candidate's access request, as triggered from the UI."""
+    from tests.dag_runs import task_states, xcoms
+
+    cv = "cv/candidate.pdf"
+    f.put_document(s3, storage.documents_bucket, cv)
+    candidate = f.job_application(db, last_contact="2024-01-01", cv_key=cv)
+    f.job_application(db, last_contact="2024-01-01", email=OTHER_EMAIL)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "dags" / "retention_subject_requests.py"
+    spec = importlib.util.spec_from_file_location("dag_subject_requests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.dag
+    for task in dag.tasks:
+        task.retries = 0
+    conf = {
+        "request_id": "dag-access-1",
+        "action": "access",
+        "subject_kind": "candidate",
+        "subject_id": candidate,
+        "received_on": "2024-06-03",
+        "preview": False,
+    }
+    dag_run = dag.test(logical_date=D, run_conf=conf)
+    assert set(task_states(dag_run).values()) == {"success"}
+    report = xcoms(dag_run)["handle_request"]
+    assert report["found"]["live"] == {"job_applications": 1}
+    assert report["export"]["key"] == "exports/dag-access-1/export.zip"
+    text = json.dumps(report)
+    assert not [v for v in ("Manon", "Petit", "example.fr") if v in text], "XCom holds ids, keys, counts only"
+    body = s3.get_object(Bucket=storage.archive_bucket, Key=report["export"]["key"])["Body"].read()
+    zf = zipfile.ZipFile(io.BytesIO(body))
+    assert [r["id"] for r in json.loads(zf.read("live/job_applications.json"))] == [candidate]
+    assert "files/cv/candidate.pdf" in zf.namelist()
