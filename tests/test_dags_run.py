@@ -1,4 +1,4 @@
-"""The seven DAGs run with dag.test() at a logical date, through Airflow's own task runner,
+"""Every purpose's DAG runs with dag.test() at a logical date, through Airflow's own task runner,
 against the real PostgreSQL and S3 servers: the same assertions as the engine tests, plus
 params (dry_run, batch_size), the report, XCom without personal data, and backfills."""
 
@@ -17,6 +17,9 @@ pytestmark = pytest.mark.integration
 PERSONAL_VALUES = ("Camille", "Martin", "example.fr", "+336", "Manon", "Petit", "cus_test", "pm_test", "4242")
 HASHED = ("camille.martin", "+33612345678")  # what the suppression list keeps only as hashes
 BUILDERS = scenarios.BUILDERS | scenarios_policy.BUILDERS  # the first seven purposes, then the rest
+# A second DAG run (gates included) is a no-op: shown on two purposes, one with files, probative
+# objects and the processor; tests/test_purposes_engine.py re-runs every purpose's engine.
+RERUN = ("quotes", "contracts")
 
 
 @pytest.mark.parametrize("purpose", list(BUILDERS))
@@ -35,10 +38,11 @@ def test_dag_run_enforces_the_schedule(purpose, airflow_db, db, s3, storage, pol
     everything = json.dumps(values, default=str)
     assert not [v for v in PERSONAL_VALUES + HASHED if v in everything], "XCom must hold counts, keys and ids only"
 
-    before = snapshot(db, purpose)
-    second = run_dag(purpose, scenario.logical_date)
-    assert set(task_states(second).values()) == {"success"}
-    assert snapshot(db, purpose) == before, "a second run is a no-op"
+    if purpose in RERUN:
+        before = snapshot(db, purpose)
+        second = run_dag(purpose, scenario.logical_date)
+        assert set(task_states(second).values()) == {"success"}
+        assert snapshot(db, purpose) == before, "a second run is a no-op"
 
 
 def test_dry_run_param_changes_nothing(airflow_db, db, s3, storage, policy):

@@ -29,7 +29,7 @@ REFERENCE_DATE = dt.date(2025, 3, 10)
 RUN = local_midnight(REFERENCE_DATE, TZ)
 ENFORCED = local_midnight(REFERENCE_DATE - dt.timedelta(days=ENFORCED_UNTIL_DAYS_BEFORE), TZ)
 LEAP_DAY = dt.date(2024, 2, 29)
-CUSTOMERS = 5000
+CUSTOMERS = 2000
 SEED = 7
 BUCKET = "seed-test-documents"
 RULES = [(purpose, rule) for purpose, spec in POLICY.purposes.items() for rule in spec.rules]
