@@ -494,3 +494,60 @@ def test_dag_runs_an_access_request_from_params(airflow_db, db, s3, storage, pol
     zf = zipfile.ZipFile(io.BytesIO(body))
     assert [r["id"] for r in json.loads(zf.read("live/job_applications.json"))] == [candidate]
     assert "files/cv/candidate.pdf" in zf.namelist()
+
+
+def test_retention_runs_finish_an_interrupted_rewrite(db, s3, storage, policy, source_dsn, monkeypatch):
+    """No new request needed: a rewrite that crashed after its commit is finished by the next
+    run of its purpose (the old object, with the subject's rows, would otherwise stay stored),
+    and the purge then finds nothing pending."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    svc = rights(policy, source_dsn, s3, storage)
+    req = request("erasure", "req-left", kind="customer", subject_id=w["customer"])
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(svc, "_finish_rewrite", lambda *a, **k: (_ for _ in ()).throw(Crash("after_commit")))
+        svc.handle(req)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    assert_nothing_lost(db, s3, storage, w, finished=True)
+
+
+def test_engine_recovery_keeps_the_document_copies_an_interrupted_rewrite_shares(
+    db, s3, storage, policy, source_dsn, monkeypatch, tmp_path
+):
+    """The new object of a rewrite names the old object's document copies of the rows it keeps.
+    A crash before its commit leaves it 'uploading': the engine's recovery must not delete those
+    copies as an orphan's (the old object, still committed, owns them). Claims moved to the
+    intermediate tier for the test (no table with files is intermediate in the shipped policy)."""
+    import yaml
+    from retention.policy import load_policy, policy_path
+
+    data = yaml.safe_load(policy_path().read_text(encoding="utf-8"))
+    next(r for r in data["purposes"]["contracts"]["rules"] if r["name"] == "claims")["tier"] = "intermediate"
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    variant = load_policy(tmp_path / "policy.yaml")
+    for key in ("invoices/mine.pdf", "invoices/other.pdf"):
+        f.put_document(s3, storage.documents_bucket, key)
+    c = f.customer(db, ended="2024-03-01")
+    f.claim(db, f.contract(db, customer_id=c, ended="2024-03-01"), invoice_key="invoices/mine.pdf")
+    d = f.customer(db, ended="2024-03-01")
+    f.claim(db, f.contract(db, customer_id=d, ended="2024-03-01"), invoice_key="invoices/other.pdf")
+    archive(db, s3, storage, variant, source_dsn, purposes=("contracts",))
+    copies = [k for k, _ in archive_versions(s3, storage) if k.endswith(".documents/invoices/other.pdf")]
+    assert len(copies) == 1
+
+    svc = rights(variant, source_dsn, s3, storage)
+    original = svc.store.put_verified
+
+    def crash_after_upload(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Crash("after_upload")
+
+    req = request("erasure", "req-copies", kind="customer", subject_id=c)
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(svc.store, "put_verified", crash_after_upload)
+        svc.handle(req)
+    archive(db, s3, storage, variant, source_dsn, purposes=("contracts",))
+    assert copies[0] in {k for k, _ in archive_versions(s3, storage)}, "the other customer's invoice copy is gone"
+    report = rights(variant, source_dsn, s3, storage).handle(req)
+    assert report["erased"]["intermediate"] == {"claims": 1}
+    assert copies[0] in {k for k, _ in archive_versions(s3, storage)}
+    assert not [k for k, _ in archive_versions(s3, storage) if k.endswith(".documents/invoices/mine.pdf")]
