@@ -307,10 +307,13 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
         assert after_objects[new_key]["rows"][i] == before_objects[old_key]["rows"][i]
     entry = next(o for o in report["objects"] if o["key"] == old_key)
     assert entry["action"] == "rewritten" and entry["new_sha256"] == after_objects[new_key]["sha256"]
-    owners = db.execute(
-        "SELECT owner_ids FROM retention.archive_manifest WHERE object_key = %s AND state = 'committed'", (new_key,)
-    ).fetchone()[0]
-    assert owners == {"customers": sorted(other["customers"])}
+    # the new object keeps the old one's owners (a superset: a later hold on the subject keeps it)
+    owners = dict(
+        db.execute(
+            "SELECT state, owner_ids FROM retention.archive_manifest WHERE object_key IN (%s, %s)", (old_key, new_key)
+        ).fetchall()
+    )
+    assert owners["committed"] == owners["rewritten"] and set(owners["committed"]["customers"]) >= other["customers"]
     # the other customer's live rows are untouched
     for table in ("customers", "contracts"):
         assert not ({r[0] for r in db.execute(f"SELECT id FROM app.{table}")} & other[table]) or table == "customers"
@@ -551,3 +554,27 @@ def test_engine_recovery_keeps_the_document_copies_an_interrupted_rewrite_shares
     assert report["erased"]["intermediate"] == {"claims": 1}
     assert copies[0] in {k for k, _ in archive_versions(s3, storage)}
     assert not [k for k, _ in archive_versions(s3, storage) if k.endswith(".documents/invoices/mine.pdf")]
+
+
+def test_rewritten_object_keeps_every_owner_a_later_hold_needs(db, s3, storage, policy, source_dsn):
+    """The new object's owners are the old one's, not "minus the subject's": a kept row can
+    belong to the subject through a record the request cannot see (here its prospect record,
+    gone from the live tables: as if archived before owners were recorded). A hold placed on
+    the subject afterwards must still keep that object from the purge."""
+    c = f.customer(db)
+    p = f.prospect(db, last_contact="2023-01-01", customer_id=c)
+    erased = f.quote(db, issued="2023-01-10", customer_id=c)
+    theirs = f.quote(db, issued="2023-01-20", prospect_id=p)  # the subject's through p only
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    db.execute("DELETE FROM app.prospects WHERE id = %s", (p,))
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "req-owners", kind="customer", subject_id=c)
+    )
+    assert report["erased"]["intermediate"] == {"quotes": 1}
+    f.legal_hold(db, "customers", c)
+    purge = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2).purge_archives(
+        RunContext("quotes", "manual__purge", f.midnight("2025-03-01"))
+    )
+    assert purge["purged_objects"] == 0 and purge["held_objects"] == 1
+    rows = [i for o in committed_objects(db, s3, storage).values() for i in o["rows"]]
+    assert theirs in rows and erased not in rows

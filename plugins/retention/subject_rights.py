@@ -859,12 +859,12 @@ class SubjectRights:
         kept_docs = [
             (k, v) for k, v in zip(obj.document_keys, obj.document_version_ids, strict=True) if k not in removed_docs
         ]
-        # The subject's records no longer own anything in it: anything a record of theirs owns
-        # is theirs (the coverage is followed downwards), so the other owners are exact.
-        owners = None  # never recorded stays unknown (the purge keeps such an object)
-        if obj.owner_ids is not None:
-            owners = {t: sorted(set(v) - ids.get(t, set())) for t, v in obj.owner_ids.items()}
-            owners = {t: v for t, v in owners.items() if v}
+        # The old object's owners, unchanged (never recorded stays unknown: the purge keeps such
+        # an object). Not "minus the subject's": a row kept here may still be the subject's
+        # through a record this request cannot see (in an object whose owners were never
+        # recorded), and a hold placed on the subject later must keep it. A superset only
+        # keeps more, and makes a later request read this object to find nothing of theirs.
+        owners = obj.owner_ids
         tier = self.store.storage.tiers[obj.tier]
         new_key = None
         with intents.transaction():
