@@ -578,3 +578,29 @@ def test_rewritten_object_keeps_every_owner_a_later_hold_needs(db, s3, storage, 
     assert purge["purged_objects"] == 0 and purge["held_objects"] == 1
     rows = [i for o in committed_objects(db, s3, storage).values() for i in o["rows"]]
     assert theirs in rows and erased not in rows
+
+
+def test_hold_placed_during_the_rewrite_keeps_the_object_whole(db, s3, storage, policy, source_dsn, monkeypatch):
+    """Another connection places a hold on another person's quote in the object after the new
+    object is uploaded, before the rewrite's commit: the re-check under the hold lock sees it,
+    the old object stays whole and committed, and the upload is removed."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    svc = rights(policy, source_dsn, s3, storage)
+    original = svc.store.put_verified
+
+    def upload_then_hold(*args, **kwargs):
+        verified = original(*args, **kwargs)
+        f.legal_hold(db, "quotes", min(w["others"]))  # db: another connection, committed at once
+        return verified
+
+    monkeypatch.setattr(svc.store, "put_verified", upload_then_hold)
+    before = committed_objects(db, s3, storage)
+    report = svc.handle(request("erasure", "req-race", kind="customer", subject_id=w["customer"]))
+    assert committed_objects(db, s3, storage) == before
+    (entry,) = [o for o in report["objects"] if o["tier"] == "intermediate"]
+    assert entry["action"] == "kept" and entry["held"] is True
+    assert report["erased"]["intermediate"] == {}
+    assert archive_versions(s3, storage) == {
+        tuple(r)
+        for r in db.execute("SELECT object_key, version_id FROM retention.archive_manifest WHERE state = 'committed'")
+    }, "the new upload is removed"
