@@ -258,6 +258,8 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     }
     assert preview["erased"]["intermediate"] == {"quotes": 2}
     assert preview["marketing_objection"] == "would_record"
+    # the address matched these live rows (counts only: several people may share an address)
+    assert preview["subject"]["matched"] == {"customers": 1, "job_applications": 1, "quotes": 1}
 
     # ---- erasure
     report = svc.handle(request("erasure", "req-erase-1", marketing_objection=True))

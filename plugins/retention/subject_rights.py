@@ -169,6 +169,7 @@ class Found:
     live: dict[str, set[int]]
     objects: list[ArchivedObject]
     owners_not_recorded: int = 0
+    matched: dict[str, int] = field(default_factory=dict)  # the subject's own rows (by e-mail: each match)
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,11 @@ class SubjectRights:
                 self._record_start(conn, req, report)
             found = self.find(conn, req)
             self._report_found(report, found)
+            if req.kind == "email":
+                # An address resolves to every row holding it, which may be several people (a
+                # shared household address): the counts per table, so that the preview shows
+                # how many records the address matched before an erasure acts on all of them.
+                report["subject"]["matched"] = found.matched
             if req.action == "access":
                 self._access(conn, req, found, report)
             else:
@@ -274,11 +280,13 @@ class SubjectRights:
         """Every row of the subject, live and archived. ``seed``: ids already known to be the
         subject's (found before live rows were erased), so that archived children stay found."""
         roots = self.resolve(conn, req)
+        matched = {t: len(v) for t, v in sorted(roots.items())}
         for table, ids in (seed or {}).items():
             roots.setdefault(table, set()).update(ids)
         objects, unknown = self._candidate_objects(conn, roots)
         found = self._expand(conn, roots, objects)
         found.owners_not_recorded = unknown
+        found.matched = matched
         return found
 
     def _tables(self, roots: dict[str, set[int]]) -> list[str]:
