@@ -606,3 +606,35 @@ def test_hold_placed_during_the_rewrite_keeps_the_object_whole(db, s3, storage, 
         tuple(r)
         for r in db.execute("SELECT object_key, version_id FROM retention.archive_manifest WHERE state = 'committed'")
     }, "the new upload is removed"
+
+
+def test_object_rewritten_by_another_request_meanwhile_fails_then_the_retry_finishes(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Two erasures sharing an object (run outside the one-at-a-time DAG): the other person's
+    request rewrites it between this one's reading and its rewrite. This request must not end
+    as a success with the subject's rows in the replacement object: it fails (retried by
+    Airflow), and the retry finds them through the owners and finishes."""
+    from retention.subject_rights import IncompleteRequestError
+
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    (d,) = db.execute("SELECT id FROM app.customers WHERE email = %s", (OTHER_EMAIL,)).fetchone()
+    svc = rights(policy, source_dsn, s3, storage)
+    original = svc._lock_purpose
+
+    def other_request_first(control, purpose):
+        monkeypatch.setattr(svc, "_lock_purpose", original)
+        rights(policy, source_dsn, s3, storage).handle(request("erasure", "req-other", kind="customer", subject_id=d))
+        original(control, purpose)
+
+    monkeypatch.setattr(svc, "_lock_purpose", other_request_first)
+    req = request("erasure", "req-mine", kind="customer", subject_id=w["customer"])
+    with pytest.raises(IncompleteRequestError):
+        svc.handle(req)
+    assert db.execute("SELECT state FROM retention.subject_requests WHERE request_id = 'req-mine'").fetchone()[0] == (
+        "running"
+    )
+    report = rights(policy, source_dsn, s3, storage).handle(req)
+    assert report["erased"]["intermediate"] == {"quotes": 2}
+    rows = [i for o in committed_objects(db, s3, storage).values() for i in o["rows"]]
+    assert not set(rows) & w["mine"] and len(rows) == 1  # the anonymous quote only

@@ -103,6 +103,11 @@ class SubjectRequestError(RuntimeError):
     """The request is invalid or refused (a retry would not help); the message says why."""
 
 
+class IncompleteRequestError(RuntimeError):
+    """An archive object changed between the request's reading and its rewrite (another
+    request rewrote it, or a purge): a retry reads it again and finishes."""
+
+
 @dataclass(frozen=True)
 class SubjectRequest:
     request_id: str
@@ -221,6 +226,13 @@ class SubjectRights:
                 self._erase(conn, req, found, report)
             if not req.preview:
                 self._record_end(conn, req, report)
+        if report.get("incomplete"):
+            # Not a success: the subject's rows may now be in the object that replaced the one
+            # read (its owners include the subject, so a retry finds and rewrites it).
+            raise IncompleteRequestError(
+                f"request {req.request_id!r}: an archive object changed while it was being rewritten; "
+                "what was erased stays erased, retry the request to finish"
+            )
         log.info(
             "subject request %s (%s, %s): found %s live, %s archived rows; preview=%s",
             req.request_id,
@@ -1018,9 +1030,10 @@ class SubjectRights:
         if "export" in report:  # the link is a credential: the evidence keeps where, not how
             evidence["export"] = {k: v for k, v in report["export"].items() if k != "url"}
         conn.execute(
-            "UPDATE retention.subject_requests SET state = 'done', reports = reports || jsonb_build_array(%s::jsonb),"
-            " finished_at = now() WHERE request_id = %s",
-            (json.dumps(evidence), req.request_id),
+            "UPDATE retention.subject_requests SET reports = reports || jsonb_build_array(%s::jsonb),"
+            " state = CASE WHEN %s THEN 'running' ELSE 'done' END,"
+            " finished_at = CASE WHEN %s THEN NULL ELSE now() END WHERE request_id = %s",
+            (json.dumps(evidence), bool(report.get("incomplete")), bool(report.get("incomplete")), req.request_id),
         )
 
 
