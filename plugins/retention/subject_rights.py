@@ -867,8 +867,10 @@ class SubjectRights:
            still committed and not held, mark the new one 'committed', the old one 'rewritten';
         4. delete every version of the old object and of the erased rows' document copies.
 
-        A crash before 3 leaves the old object whole (the new one is an orphan, removed by the
-        re-run or the engine's recovery); after 3, the re-run finishes 4."""
+        A crash before 3 leaves the old object whole (the new one is an orphan); after 3, the old
+        object's versions are still to delete. Either is finished by the re-run, by the next
+        request, or by the purpose's next retention run or purge (``recover_rewrites``, called
+        by ``RetentionEngine.recover`` and ``purge_archives`` under the purpose's lock)."""
         subject_ids = ids.get(obj.table, set())
         removed = [i for i in obj.rows.column("id").to_pylist() if i in subject_ids]
         keep_mask = pa.array([i not in subject_ids for i in obj.rows.column("id").to_pylist()])
