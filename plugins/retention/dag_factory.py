@@ -219,7 +219,7 @@ def build_subject_requests_dag() -> DAG:
             # A re-run finishes an interrupted request (the object rewrites are write-ahead).
             "retries": 2,
             "retry_delay": dt.timedelta(minutes=2),
-            "on_failure_callback": failure_notifier(),
+            "on_failure_callback": notify_failure,
         },
         params={
             "request_id": Param(

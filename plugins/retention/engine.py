@@ -492,6 +492,10 @@ class RetentionEngine:
 
     def recover(self, control, ctx: RunContext) -> dict[str, int]:
         """Finish what a crashed run left: orphan uploads, unlocked objects, source files."""
+        # First the object rewrites of an interrupted erasure request: their new object's
+        # 'uploading' row names the document copies of the rows it keeps, which belong to the
+        # old object, still committed: removed below as an orphan's, those copies would be lost.
+        self._finish_interrupted_rewrites(control)
         orphans = control.execute(
             "SELECT id, rule, table_name, object_key, document_keys, record_ids FROM retention.archive_manifest"
             " WHERE purpose = %s AND state = 'uploading' AND bucket = %s ORDER BY id",
@@ -523,6 +527,15 @@ class RetentionEngine:
         if orphans:
             log.warning("removed %d orphan archive objects left by an interrupted run", len(orphans))
         return {"orphans_removed": len(orphans), "locks_applied": len(lockable)}
+
+    def _finish_interrupted_rewrites(self, control) -> None:
+        """Object rewrites of a subject erasure (retention.subject_rights) that a crash left in
+        this purpose, finished under the purpose's lock, so that none waits for a new request:
+        'uploading' -> the new object is removed (the old one holds every row), 'committed' ->
+        the old object's versions are deleted."""
+        from retention.subject_rights import SubjectRights  # imports this module
+
+        SubjectRights(self.policy, self.dsn, self.store).recover_rewrites(control, self.purpose_name)
 
     def _tier_of_key(self, key: str) -> str:
         prefix = key.split("/", 1)[0]
@@ -556,6 +569,9 @@ class RetentionEngine:
                 self._acquire_purpose_lock(control)  # two purges of a purpose never interleave
             try:
                 if not preview:
+                    # A rewrite left 'committed' still stores the old object (with the erased
+                    # subject's rows), which no purge selects: finished here, under the lock.
+                    self._finish_interrupted_rewrites(control)
                     self._finish_interrupted_purges(control, ctx)
                 candidates = control.execute(
                     "SELECT id FROM retention.archive_manifest WHERE purpose = %s AND state = 'committed'"

@@ -103,6 +103,11 @@ class SubjectRequestError(RuntimeError):
     """The request is invalid or refused (a retry would not help); the message says why."""
 
 
+class IncompleteRequestError(RuntimeError):
+    """An archive object changed between the request's reading and its rewrite (another
+    request rewrote it, or a purge): a retry reads it again and finishes."""
+
+
 @dataclass(frozen=True)
 class SubjectRequest:
     request_id: str
@@ -169,6 +174,7 @@ class Found:
     live: dict[str, set[int]]
     objects: list[ArchivedObject]
     owners_not_recorded: int = 0
+    matched: dict[str, int] = field(default_factory=dict)  # the subject's own rows (by e-mail: each match)
 
 
 @dataclass(frozen=True)
@@ -209,12 +215,24 @@ class SubjectRights:
                 self._record_start(conn, req, report)
             found = self.find(conn, req)
             self._report_found(report, found)
+            if req.kind == "email":
+                # An address resolves to every row holding it, which may be several people (a
+                # shared household address): the counts per table, so that the preview shows
+                # how many records the address matched before an erasure acts on all of them.
+                report["subject"]["matched"] = found.matched
             if req.action == "access":
                 self._access(conn, req, found, report)
             else:
                 self._erase(conn, req, found, report)
             if not req.preview:
                 self._record_end(conn, req, report)
+        if report.get("incomplete"):
+            # Not a success: the subject's rows may now be in the object that replaced the one
+            # read (its owners include the subject, so a retry finds and rewrites it).
+            raise IncompleteRequestError(
+                f"request {req.request_id!r}: an archive object changed while it was being rewritten; "
+                "what was erased stays erased, retry the request to finish"
+            )
         log.info(
             "subject request %s (%s, %s): found %s live, %s archived rows; preview=%s",
             req.request_id,
@@ -274,11 +292,13 @@ class SubjectRights:
         """Every row of the subject, live and archived. ``seed``: ids already known to be the
         subject's (found before live rows were erased), so that archived children stay found."""
         roots = self.resolve(conn, req)
+        matched = {t: len(v) for t, v in sorted(roots.items())}
         for table, ids in (seed or {}).items():
             roots.setdefault(table, set()).update(ids)
         objects, unknown = self._candidate_objects(conn, roots)
         found = self._expand(conn, roots, objects)
         found.owners_not_recorded = unknown
+        found.matched = matched
         return found
 
     def _tables(self, roots: dict[str, set[int]]) -> list[str]:
@@ -847,8 +867,10 @@ class SubjectRights:
            still committed and not held, mark the new one 'committed', the old one 'rewritten';
         4. delete every version of the old object and of the erased rows' document copies.
 
-        A crash before 3 leaves the old object whole (the new one is an orphan, removed by the
-        re-run or the engine's recovery); after 3, the re-run finishes 4."""
+        A crash before 3 leaves the old object whole (the new one is an orphan); after 3, the old
+        object's versions are still to delete. Either is finished by the re-run, by the next
+        request, or by the purpose's next retention run or purge (``recover_rewrites``, called
+        by ``RetentionEngine.recover`` and ``purge_archives`` under the purpose's lock)."""
         subject_ids = ids.get(obj.table, set())
         removed = [i for i in obj.rows.column("id").to_pylist() if i in subject_ids]
         keep_mask = pa.array([i not in subject_ids for i in obj.rows.column("id").to_pylist()])
@@ -859,12 +881,12 @@ class SubjectRights:
         kept_docs = [
             (k, v) for k, v in zip(obj.document_keys, obj.document_version_ids, strict=True) if k not in removed_docs
         ]
-        # The subject's records no longer own anything in it: anything a record of theirs owns
-        # is theirs (the coverage is followed downwards), so the other owners are exact.
-        owners = None  # never recorded stays unknown (the purge keeps such an object)
-        if obj.owner_ids is not None:
-            owners = {t: sorted(set(v) - ids.get(t, set())) for t, v in obj.owner_ids.items()}
-            owners = {t: v for t, v in owners.items() if v}
+        # The old object's owners, unchanged (never recorded stays unknown: the purge keeps such
+        # an object). Not "minus the subject's": a row kept here may still be the subject's
+        # through a record this request cannot see (in an object whose owners were never
+        # recorded), and a hold placed on the subject later must keep it. A superset only
+        # keeps more, and makes a later request read this object to find nothing of theirs.
+        owners = obj.owner_ids
         tier = self.store.storage.tiers[obj.tier]
         new_key = None
         with intents.transaction():
@@ -1010,9 +1032,10 @@ class SubjectRights:
         if "export" in report:  # the link is a credential: the evidence keeps where, not how
             evidence["export"] = {k: v for k, v in report["export"].items() if k != "url"}
         conn.execute(
-            "UPDATE retention.subject_requests SET state = 'done', reports = reports || jsonb_build_array(%s::jsonb),"
-            " finished_at = now() WHERE request_id = %s",
-            (json.dumps(evidence), req.request_id),
+            "UPDATE retention.subject_requests SET reports = reports || jsonb_build_array(%s::jsonb),"
+            " state = CASE WHEN %s THEN 'running' ELSE 'done' END,"
+            " finished_at = CASE WHEN %s THEN NULL ELSE now() END WHERE request_id = %s",
+            (json.dumps(evidence), bool(report.get("incomplete")), bool(report.get("incomplete")), req.request_id),
         )
 
 
