@@ -102,10 +102,14 @@ def test_delete_is_downstream_of_gate_and_plan(path):
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_archive_assets_are_prefixes_only(path):
+    from retention.dag_factory import archive_alias, archive_assets
+    from retention.policy import default_policy
+
     dag = _load(path).dag
-    outlets = dag.get_task("archive_and_delete").outlets
     purpose = dag.dag_id.removeprefix("retention_")
-    for asset in outlets:
+    # Through an alias: events only for the tiers a run wrote to (tests/test_dags_run.py).
+    assert dag.get_task("archive_and_delete").outlets == [archive_alias(purpose)]
+    for asset in archive_assets(default_policy(), purpose):
         assert asset.uri.startswith("s3://") and asset.uri.rstrip("/").endswith(f"/{purpose}"), asset.uri
 
 
