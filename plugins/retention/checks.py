@@ -814,7 +814,7 @@ def _validate_tables(context, source, suite_prefix: str, checks: list[Check]) ->
     for check in checks:
         by_table[check.table].append(check)
     results: dict[str, list[dict]] = {}
-    by_format: dict[str, list] = defaultdict(list)
+    by_format: dict[int, list] = defaultdict(list)  # by partial_unexpected_count
     for table, table_checks in by_table.items():
         schema, name = table.split(".", 1)
         try:
