@@ -114,6 +114,7 @@ def ran_quotes(airflow_db, source_dsn, s3_endpoint, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RETENTION_ARCHIVE_BUCKET", f"archive-{suffix}")
         mp.setenv("RETENTION_DOCUMENTS_BUCKET", f"documents-{suffix}")
+        mp.setenv("RETENTION_DATA_DOCS_DIR", str(tmp_path_factory.mktemp("data_docs")))
         client = devstack.s3_client(s3_endpoint)
         devstack.ensure_buckets(client, f"archive-{suffix}", f"documents-{suffix}")
         with psycopg.connect(source_dsn, autocommit=True) as conn:
