@@ -88,6 +88,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "RETENTION_POLICY_FILE": str(enforced_policy),
             "RETENTION_TEST_SOURCE_DSN": pg.dsn(devstack.SOURCE_DB),
             "RETENTION_TEST_S3_ENDPOINT": s3.endpoint_url,
+            # The gates' Data Docs cost 1-3 s per gate: off, except in the tests that check them
+            # (tests/test_checks.py, tests/test_retention_ui.py); the Checkpoints run either way.
+            "RETENTION_DATA_DOCS_DIR": "off",
             "NO_PROXY": "127.0.0.1,localhost",
         }
     )

@@ -50,3 +50,18 @@ def xcoms(dag_run) -> dict[str, object]:
             .all()
         )
         return {row.task_id: row.value for row in rows}
+
+
+def asset_events(dag_run) -> dict[str, dict]:
+    """The Asset events a run emitted, by asset URI: their extra."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetModel.uri, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .filter(AssetEvent.source_dag_id == dag_run.dag_id, AssetEvent.source_run_id == dag_run.run_id)
+            .all()
+        )
+        return {uri: extra for uri, extra in rows}

@@ -391,3 +391,32 @@ def test_row_count_gate_allows_for_another_purpose_deleting_from_the_same_table(
     }
     report = after(policy, "quotes", source_dsn, s3, storage, ctx, before, archived)
     assert report["after"].endswith("expectations passed")
+
+
+# ------------------------------------------------------------------------------ Data Docs
+
+
+def test_data_docs_hold_counts_never_values(db, s3, storage, policy, source_dsn, tmp_path, monkeypatch):
+    """The gates' Checkpoints build the Data Docs site; failed expectations on distinctive values
+    (a future clock, a card code where the expiry goes, a name) leave counts there, not values."""
+    docs = tmp_path / "docs"
+    monkeypatch.setenv("RETENTION_DATA_DOCS_DIR", str(docs))
+    contract = f.contract(db, ended="2025-06-01", customer_id=f.customer(db, first_name="Zorglubette"))
+    f.payment_method(db, contract, card_expiry="7391")
+    f.contract(db, ended=dt.datetime(2097, 7, 13, 4, 5, 6, tzinfo=dt.UTC))
+    with pytest.raises(QualityGateError):
+        checks.run_before_gates(policy, "contracts", source_dsn, RunContext("contracts", "manual__docs", D), 1.0)
+    some_quotes(db, due=3)
+    ctx = quotes_ctx(batch_size=2)
+    before, archived = attempt(policy, "quotes", source_dsn, s3, storage, ctx)
+    after(policy, "quotes", source_dsn, s3, storage, ctx, before, archived)
+
+    index = (docs / "site" / "index.html").read_text()
+    assert "contracts.before.app.payment_methods" in index and "quotes.after.archive.quotes.object1" in index
+    written = [p for p in docs.rglob("*") if p.suffix in (".json", ".html")]
+    assert len([p for p in written if p.suffix == ".json"]) >= 6, written
+    text = "\n".join(p.read_text(errors="replace") for p in written)
+    assert "unexpected_count" in text
+    leaked = [v for v in ("7391", "2097-07-13", "2097", "Zorglubette", "Camille", "example.fr") if v in text]
+    assert not leaked, f"Data Docs must hold counts only, found {leaked}"
+    assert '"partial_unexpected_list": []' in text or "partial_unexpected_list" not in text

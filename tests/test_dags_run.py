@@ -10,7 +10,7 @@ import pytest
 
 from tests import factories as f
 from tests import scenarios, scenarios_policy
-from tests.dag_runs import run_dag, task_states, xcoms
+from tests.dag_runs import asset_events, run_dag, task_states, xcoms
 from tests.outcome import assert_scenario_outcome, snapshot
 
 pytestmark = pytest.mark.integration
@@ -35,14 +35,40 @@ def test_dag_run_enforces_the_schedule(purpose, airflow_db, db, s3, storage, pol
     report_text = report if isinstance(report, str) else json.dumps(report)
     for rule in policy.purposes[purpose].rules:
         assert f"| {rule.name} |" in report_text
+    paris = scenario.logical_date.astimezone(policy.tz).strftime("%Y-%m-%d %H:%M %Z")
+    assert f"logical date {paris}," in report_text, "the rendered table shows the date in Europe/Paris"
     everything = json.dumps(values, default=str)
     assert not [v for v in PERSONAL_VALUES + HASHED if v in everything], "XCom must hold counts, keys and ids only"
+    assert_asset_events(db, storage, policy, purpose, dag_run)
 
     if purpose in RERUN:
         before = snapshot(db, purpose)
         second = run_dag(purpose, scenario.logical_date)
         assert set(task_states(second).values()) == {"success"}
         assert snapshot(db, purpose) == before, "a second run is a no-op"
+        assert asset_events(second) == {}, "a run that archived nothing emits no Asset event"
+
+
+def assert_asset_events(db, storage, policy, purpose, dag_run):
+    """One event per archive tier the run wrote to, its extra = the manifest's counts and keys."""
+    written = db.execute(
+        "SELECT tier, count(*), sum(row_count), array_agg(object_key ORDER BY object_key)"
+        " FROM retention.archive_manifest WHERE purpose = %s AND run_id = %s AND state = 'committed' GROUP BY 1",
+        (purpose, dag_run.run_id),
+    ).fetchall()
+    # Airflow stores the URI normalized (no trailing slash).
+    expected = {
+        f"s3://{storage.archive_bucket}/{storage.tiers[t].prefix}/{purpose}": (n, r, k) for t, n, r, k in written
+    }
+    events = asset_events(dag_run)
+    assert set(events) == set(expected), (events, expected)
+    for uri, extra in events.items():
+        objects, records, keys = expected[uri]
+        assert (extra["objects"], extra["records"], extra["object_keys"]) == (objects, records, keys)
+        assert extra["purpose"] == purpose and extra["run_id"] == dag_run.run_id
+        assert sum(extra["rules"].values()) == records
+    everything = json.dumps(events)
+    assert not [v for v in PERSONAL_VALUES + HASHED if v in everything], "Asset events hold counts and keys only"
 
 
 def test_dry_run_param_changes_nothing(airflow_db, db, s3, storage, policy):
@@ -52,6 +78,7 @@ def test_dry_run_param_changes_nothing(airflow_db, db, s3, storage, policy):
     assert set(task_states(dag_run).values()) == {"success"}
     assert snapshot(db, "quotes") == before
     assert "DRY RUN" in xcoms(dag_run)["report"]
+    assert asset_events(dag_run) == {}, "a dry run emits no Asset event"
 
 
 def test_backfill_run_uses_its_own_logical_date(airflow_db, db, s3, storage, policy):

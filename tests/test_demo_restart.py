@@ -148,3 +148,24 @@ def test_demo_data_survives_down_and_up_and_reset_starts_over(closed_home, monke
     with psycopg.connect(config.source_dsn()) as conn:
         assert conn.execute("SELECT count(*) FROM retention.archive_manifest").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM app.customers").fetchone()[0] > 0
+
+
+def test_s3server_survives_a_key_deleted_during_a_save(capsys):
+    """moto yields (key, None) for a key deleted while the snapshot reads it: the save is skipped
+    and retried, the server lives on (a TypeError there used to end the demo's S3 server)."""
+    from types import SimpleNamespace
+
+    from tools import s3server
+
+    class Keys:
+        def iterlists(self):
+            yield "gone.parquet", None
+
+    state = {"buckets": {("123", "aws"): {"b": SimpleNamespace(keys=Keys())}}}
+    assert s3server.fingerprint(state) == (("123", "aws", "b", ()),)
+
+    def broken():
+        raise TypeError("'NoneType' object is not iterable")
+
+    assert s3server._quietly(broken) is None
+    assert "state not saved this time (TypeError" in capsys.readouterr().out

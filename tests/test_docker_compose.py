@@ -279,7 +279,11 @@ def test_storage_settings_agree_with_the_policy(services, policy):
         f"RETENTION_{tier.upper()}_{what}" for tier in tiers for what in ("STORAGE_CLASS", "OBJECT_LOCK")
     }
     for name in AIRFLOW_SERVICES:
-        retention_env = {k: v for k, v in env_of(services[name]).items() if k.startswith("RETENTION_")}
+        retention_env = {
+            k: v
+            for k, v in env_of(services[name]).items()
+            if k.startswith("RETENTION_") and k != "RETENTION_DATA_DOCS_DIR"
+        }
         assert set(retention_env) == expected_names, name
         assert policy.storage.with_env_overrides(retention_env) == policy.storage, name
         assert retention_env["RETENTION_ARCHIVE_BUCKET"] == policy.storage.archive_bucket == "retention-archive"
@@ -486,3 +490,10 @@ def test_retention_init_refuses_when_s3_lost_what_the_database_remembers(service
 def test_image_build_runs_pip_check():
     run = DOCKERFILE.read_text(encoding="utf-8").split("RUN pip install", 1)[1]
     assert "&& pip check" in run
+
+
+def test_data_docs_are_shared_by_the_workers_and_the_api_server(services):
+    """The gates (celery workers) write the Data Docs the Retention page (api-server) serves."""
+    for name in ("airflow-worker", "airflow-apiserver"):
+        assert env_of(services[name])["RETENTION_DATA_DOCS_DIR"] == "/opt/airflow/data_docs"
+        assert "retention-data-docs:/opt/airflow/data_docs" in services[name]["volumes"]

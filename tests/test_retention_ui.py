@@ -24,7 +24,12 @@ pytestmark = pytest.mark.integration
 PARIS = ZoneInfo("Europe/Paris")
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 PERSONAL_VALUES = ("Camille", "Martin", "example.fr", "lea.dubois", "+336")
-ROUTES = ["/retention/", "/retention/api/summary", "/retention/static/chart.umd.min.js"]
+ROUTES = [
+    "/retention/",
+    "/retention/api/summary",
+    "/retention/static/chart.umd.min.js",
+    "/retention/data-docs/index.html",
+]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +114,7 @@ def ran_quotes(airflow_db, source_dsn, s3_endpoint, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RETENTION_ARCHIVE_BUCKET", f"archive-{suffix}")
         mp.setenv("RETENTION_DOCUMENTS_BUCKET", f"documents-{suffix}")
+        mp.setenv("RETENTION_DATA_DOCS_DIR", str(tmp_path_factory.mktemp("data_docs")))
         client = devstack.s3_client(s3_endpoint)
         devstack.ensure_buckets(client, f"archive-{suffix}", f"documents-{suffix}")
         with psycopg.connect(source_dsn, autocommit=True) as conn:
@@ -230,3 +236,13 @@ def test_mode_is_read_defensively():
 
     assert purpose_mode(SimpleNamespace()) == "enforce"
     assert purpose_mode(SimpleNamespace(mode="preview")) == "preview"
+
+
+def test_page_links_the_gates_data_docs(api, ran_quotes):
+    """The gates' Checkpoints of the quotes run built the Data Docs the page links to."""
+    page = _get(api, "/retention/").text
+    assert 'href="data-docs/index.html"' in page
+    index = _get(api, "/retention/data-docs/index.html")
+    assert index.status_code == 200 and "quotes.before.app.quotes" in index.text
+    assert _get(api, "/retention/data-docs/static/styles/data_docs_default_styles.css").status_code == 200
+    assert _get(api, "/retention/data-docs/%2e%2e/%2e%2e/passwords.json").status_code == 404

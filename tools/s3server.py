@@ -49,7 +49,7 @@ def fingerprint(state: dict) -> tuple:
                 sorted(
                     (k, getattr(v, "version_id", None), getattr(v, "lock_until", None))
                     for k, vs in bucket.keys.iterlists()
-                    for v in vs
+                    for v in vs or ()  # None: the key was deleted by a request meanwhile
                 )
             )
             items.append((account, partition, name, versions))
@@ -84,11 +84,13 @@ def load(path: Path) -> int:
 
 
 def _quietly(action):
-    """A save races the server's threads (a dict changing size mid-pickle): try again later."""
+    """A save races the server's threads (a dict changing size mid-pickle, a key deleted while it
+    is read): try again later. Any error: an exception here would end the main thread, and the
+    server with it (seen: a purge deleting objects during a save stopped the demo's S3)."""
     try:
         return action()
-    except RuntimeError as exc:
-        print(f"s3server: state not saved this time ({exc})", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the server must outlive a failed save
+        print(f"s3server: state not saved this time ({type(exc).__name__}: {exc})", flush=True)
         return None
 
 

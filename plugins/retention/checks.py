@@ -14,6 +14,13 @@ turned into one GX ``ExpectationSuite`` per purpose, phase and table
 source, with row conditions, so every metric is an SQL aggregate computed by PostgreSQL. pandas
 only sees the ``id`` column of one archive object read back from S3.
 
+Each gate is run the GX way: a ``ValidationDefinition`` per table (its suite on its batch),
+all run by one ``Checkpoint`` per gate whose action updates the Data Docs site (a local folder,
+``retention.paths.data_docs_dir()``, linked from the Retention page). The archive objects, one
+dataframe each, are validated one object at a time (a ValidationDefinition and Checkpoint each), and the Data Docs
+updated once for all of them. Results are stored counts-only (``partial_unexpected_count`` 0:
+no unexpected value is fetched, stored or rendered).
+
 Reports hold counts, types, column names and object keys, never row contents. This module and
 GX (a 5 s import) are imported inside the tasks only, never when a DAG file is parsed.
 """
@@ -27,6 +34,7 @@ import io
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -34,6 +42,7 @@ from psycopg import sql
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionError, RunContext
 from retention.holds import covered_records_sql, object_covered
+from retention.paths import data_docs_dir
 from retention.periods import local_date, local_midnight
 from retention.planner import Planner
 from retention.policy import Policy, Purpose
@@ -302,8 +311,8 @@ def run_before_gates(policy: Policy, purpose: str, dsn: str, ctx: RunContext, ma
     with _connect(dsn) as conn:
         payment_columns = _text_columns(conn, schema, PAYMENT_TABLE) if PAYMENT_TABLE in tables else ()
     checks = before_checks(policy, purpose, latest_plausible_clock(ctx.logical_date, policy.tz), payment_columns)
-    with _gx_sources(dsn) as (_, source):
-        results = _validate_tables(source, f"{purpose}.before", checks)
+    with _gx_sources(dsn) as (context, source):
+        results = _validate_tables(context, source, f"{purpose}.before", checks)
     snapshot = {"table_rows": {}, "table_max_id": {}, "checked_at": None}
     try:
         with _connect(dsn) as conn:
@@ -328,7 +337,7 @@ def run_after_gates(
         deleted = _deleted_by_table(conn, ctx, purpose)
         elsewhere = _deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"))
         counts = row_count_checks(schema, before["table_rows"], before.get("table_max_id", {}), deleted, elsewhere)
-        results += _with_task_figures(_validate_tables(source, f"{purpose}.after", counts), archived)
+        results += _with_task_figures(_validate_tables(context, source, f"{purpose}.after", counts), archived)
         results += _archive_object_results(conn, context, store, ctx, purpose)
         if any(store.storage.tiers[r.tier].object_lock for r in policy.purpose(purpose).rules if r.archived):
             results.append(_probative_versions_locked(conn, store, ctx, purpose))
@@ -488,6 +497,7 @@ def _archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext,
     ).fetchall()
     frames = _frame_batch_definition(context) if manifest else None
     by_table: dict[str, _ArchiveTable] = defaultdict(_ArchiveTable)
+    runs = _FrameRuns()  # every object's GX validation result, for one Data Docs update
     for table, bucket, key, version, sha256, size, row_count, record_ids in manifest:
         seen = by_table[table]
         seen.objects += 1
@@ -497,7 +507,10 @@ def _archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext,
             seen.mismatched.append(f"{key}: {'; '.join(problems)}")
         if ids is not None:
             checks = archive_object_checks(f"archive:{table}", row_count, record_ids)
-            seen.id_results.append(_validate_frame(frames, f"{purpose}.after.archive.{table}", checks, ids))
+            seen.id_results.append(
+                _validate_frame(context, frames, f"{purpose}.after.archive.{table}", checks, ids, runs)
+            )
+    _update_data_docs(context, runs)
     results = []
     for table, seen in by_table.items():
         results.append(
@@ -641,16 +654,50 @@ def _kept_beyond_purge(conn, policy: Policy, ctx: RunContext, purpose: str, dry_
 # ---------------------------------------------------------------------------------------
 
 
+DATA_DOCS_SITE = "retention"
+# The Data Docs index lists at most this many validation results (newest first): its rebuild
+# after each gate reads them, so it must not grow with the history.
+DATA_DOCS_INDEX_LIMIT = 300
+
+
+def _gx_project_config(docs: Path | None):
+    """In-memory stores (suites, validation definitions, checkpoints: rebuilt from the
+    declarations above at each gate), except the validation results and the Data Docs site,
+    kept on disk under `docs` when Data Docs are on."""
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults
+
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults())
+    if docs is None:
+        return config
+    config.stores["validation_results_store"] = {
+        "class_name": "ValidationResultsStore",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs / "validations")},
+    }
+    config.data_docs_sites = {
+        DATA_DOCS_SITE: {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs / "site")},
+            "site_index_builder": {
+                "class_name": "DefaultSiteIndexBuilder",
+                "validation_results_limit": DATA_DOCS_INDEX_LIMIT,
+            },
+        }
+    }
+    return config
+
+
 @contextlib.contextmanager
 def _gx_sources(dsn: str):
-    """An ephemeral GX context (nothing written to disk) with the source database as a
-    Postgres data source; its SQLAlchemy engine is closed on exit."""
+    """An ephemeral GX context (suites and checkpoints in memory; validation results and Data
+    Docs on disk when on) with the source database as a Postgres data source; its SQLAlchemy
+    engine is closed on exit."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     for name in ("great_expectations", "great_expectations.data_context.types.base"):  # GX sets the 2nd to INFO
         logging.getLogger(name).setLevel(logging.WARNING)  # their INFO lines are GX internals
-    context = gx.get_context(mode="ephemeral")
+    context = gx.get_context(project_config=_gx_project_config(data_docs_dir()), mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     from retention.connections import sqlalchemy_url
 
@@ -661,40 +708,165 @@ def _gx_sources(dsn: str):
         source.get_execution_engine().close()
 
 
+def _docs_actions(context) -> list:
+    """The Checkpoints' actions: update the Data Docs site (when Data Docs are on)."""
+    return (
+        [_data_docs_action_class()(name="update_data_docs", site_names=[DATA_DOCS_SITE])] if _docs_on(context) else []
+    )
+
+
+def _docs_on(context) -> bool:
+    return DATA_DOCS_SITE in (context.get_config().data_docs_sites or {})
+
+
+_ACTION_CLASS = None
+
+
+def _data_docs_action_class():
+    """GX's UpdateDataDocsAction, building the site once for all the results of a Checkpoint run
+    (GX's rebuilds it once per result), under a file lock (two gates may finish at once), and
+    never failing a gate: the gate's verdict does not depend on its documentation."""
+    global _ACTION_CLASS
+    if _ACTION_CLASS is not None:
+        return _ACTION_CLASS
+    from typing import Literal
+
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+    class RetentionDataDocsAction(UpdateDataDocsAction):
+        type: Literal["retention_update_data_docs"] = "retention_update_data_docs"
+
+        def run(self, checkpoint_result, action_context=None) -> dict:
+            identifiers = []
+            for identifier, result in checkpoint_result.run_results.items():
+                identifiers += [identifier, ExpectationSuiteIdentifier(name=result.suite_name)]
+            if not identifiers:
+                return {}
+            try:
+                with _docs_lock():
+                    self._build_data_docs(site_names=self.site_names, resource_identifiers=identifiers)
+            except Exception as exc:  # GX raises many classes; the gate's outcome stands
+                log.warning("Data Docs not updated: %s", _short(exc))
+            return {}
+
+    RetentionDataDocsAction.update_forward_refs(Literal=Literal)  # this module's annotations are strings
+    _ACTION_CLASS = RetentionDataDocsAction
+    return _ACTION_CLASS
+
+
+@contextlib.contextmanager
+def _docs_lock():
+    import fcntl
+
+    docs = data_docs_dir()
+    docs.mkdir(parents=True, exist_ok=True)
+    with open(docs / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _update_data_docs(context, runs: _FrameRuns) -> None:
+    """One Data Docs update for validation results gathered over several Checkpoint runs."""
+    if not runs.run_results or not _docs_on(context):
+        return
+    from great_expectations.checkpoint.checkpoint import CheckpointResult
+
+    action = _docs_actions(context)[0]
+    action._data_context = context
+    first = next(iter(runs.run_results))
+    action.run(CheckpointResult(run_id=first.run_id, run_results=runs.run_results, checkpoint_config=runs.checkpoint))
+
+
 def _frame_batch_definition(context):
     frames = context.data_sources.add_pandas("archive_objects")
     return frames.add_dataframe_asset("archive_object").add_batch_definition_whole_dataframe("whole_object")
 
 
-def _validate_tables(source, suite_prefix: str, checks: list[Check]) -> list[dict]:
-    """One suite per table, validated on a whole-table batch: metrics are computed in SQL."""
+def _checkpoint(context, name: str, definitions: list, result_format: dict, actions: list):
+    import great_expectations as gx
+
+    return context.checkpoints.add(
+        gx.Checkpoint(name=name, validation_definitions=definitions, actions=actions, result_format=result_format)
+    )
+
+
+def _definition(context, batch_definition, suite_name: str, checks: list[Check]):
+    import great_expectations as gx
+
+    suite = context.suites.add(
+        gx.ExpectationSuite(name=suite_name, expectations=[_expectation(c, i) for i, c in enumerate(checks)])
+    )
+    return context.validation_definitions.add(
+        gx.ValidationDefinition(name=suite_name, data=batch_definition, suite=suite)
+    )
+
+
+def _result_format(checks: list[Check]) -> dict:
+    return RESULT_IDENTIFIERS if any(c.values_are_identifiers for c in checks) else RESULT_COUNTS
+
+
+def _validate_tables(context, source, suite_prefix: str, checks: list[Check]) -> list[dict]:
+    """One ValidationDefinition per table (a whole-table batch: metrics are computed in SQL), run
+    by the gate's Checkpoint (one per result format: column names may be listed, values never)."""
     by_table: dict[str, list[Check]] = defaultdict(list)
     for check in checks:
         by_table[check.table].append(check)
-    results = []
+    results: dict[str, list[dict]] = {}
+    by_format: dict[int, list] = defaultdict(list)  # by partial_unexpected_count
     for table, table_checks in by_table.items():
         schema, name = table.split(".", 1)
         try:
             asset = source.add_table_asset(table, table_name=name, schema_name=schema)
-            batch = asset.add_batch_definition_whole_table("whole_table").get_batch()
+            batch_definition = asset.add_batch_definition_whole_table("whole_table")
+            batch_definition.get_batch()  # a missing table or a connection error: reported per check
         except Exception as exc:  # GX wraps a missing table or a connection error in several classes
-            results += [_result_of(check, None, error=_short(exc)) for check in table_checks]
+            results[table] = [_result_of(check, None, error=_short(exc)) for check in table_checks]
             continue
-        results += _validate_batch(batch, f"{suite_prefix}.{table}", table_checks)
-    return results
+        format_ = _result_format(table_checks)
+        by_format[format_["partial_unexpected_count"]].append(
+            (table, _definition(context, batch_definition, f"{suite_prefix}.{table}", table_checks), format_)
+        )
+    for count, definitions in by_format.items():
+        name = suite_prefix if count == RESULT_COUNTS["partial_unexpected_count"] else f"{suite_prefix}.identifiers"
+        checkpoint = _checkpoint(
+            context, name, [d for _, d, _ in definitions], definitions[0][2], _docs_actions(context)
+        )
+        by_suite = {r.suite_name: r for r in checkpoint.run().run_results.values()}
+        for table, _, _ in definitions:
+            results[table] = _results_by_check(by_table[table], by_suite.get(f"{suite_prefix}.{table}"))
+    return [r for table in by_table for r in results[table]]
 
 
-def _validate_frame(batch_definition, suite_name: str, checks: list[Check], frame) -> list[dict]:
-    return _validate_batch(batch_definition.get_batch(batch_parameters={"dataframe": frame}), suite_name, checks)
+@dataclass
+class _FrameRuns:
+    """The archive objects' Checkpoint runs of one gate, for one Data Docs update at the end."""
+
+    count: int = 0
+    run_results: dict = field(default_factory=dict)
+    checkpoint: object = None
 
 
-def _validate_batch(batch, suite_name: str, checks: list[Check]) -> list[dict]:
-    import great_expectations as gx
+def _validate_frame(
+    context, batch_definition, suite_name: str, checks: list[Check], frame, runs: _FrameRuns
+) -> list[dict]:
+    """One archive object (its id column): its suite (the object's own row count and ids) as a
+    ValidationDefinition on the dataframe batch, run by a Checkpoint; the Data Docs are updated
+    once for every object afterwards (`runs` gathers the results)."""
+    runs.count += 1
+    name = f"{suite_name}.object{runs.count}"
+    definition = _definition(context, batch_definition, name, checks)
+    runs.checkpoint = _checkpoint(context, name, [definition], _result_format(checks), [])
+    run_results = runs.checkpoint.run(batch_parameters={"dataframe": frame}).run_results
+    runs.run_results.update(run_results)
+    return _results_by_check(checks, next(iter(run_results.values()), None))
 
-    suite = gx.ExpectationSuite(name=suite_name, expectations=[_expectation(c, i) for i, c in enumerate(checks)])
-    result_format = RESULT_IDENTIFIERS if any(c.values_are_identifiers for c in checks) else RESULT_COUNTS
-    validation = batch.validate(suite, result_format=result_format)
-    by_index = {r.expectation_config.meta["check"]: r for r in validation.results}
+
+def _results_by_check(checks: list[Check], validation) -> list[dict]:
+    by_index = {r.expectation_config.meta["check"]: r for r in (validation.results if validation else [])}
     return [_result_of(check, by_index.get(i)) for i, check in enumerate(checks)]
 
 

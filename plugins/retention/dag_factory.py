@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import DAG, Asset, AssetAlias, CronTriggerTimetable, Param, dag, task
 
 from retention.alerts import notify_failure
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, default_policy
@@ -23,22 +23,26 @@ def dag_id_for(purpose: str) -> str:
     return f"retention_{purpose}"
 
 
-def archive_assets(policy: Policy, purpose_name: str) -> list[Asset]:
-    """Where the purpose's archives go, as Assets (prefixes only, never personal data).
-
-    The scheme is ``x-s3``, not ``s3``: Airflow normalises an ``s3://`` URI through the amazon
-    provider, whose module imports boto3 (0.3-0.5 s of every DAG file's parse, measured with
-    ``make bench``); an ``x-`` scheme is left as written. The URI still reads as the S3 prefix."""
+def archive_asset(policy: Policy, purpose_name: str, tier: str) -> Asset:
+    """Where one tier of the purpose's archives goes, as an Asset (a prefix, never personal data)."""
     storage = policy.storage_settings()
+    return Asset(
+        uri=f"s3://{storage.archive_bucket}/{storage.tiers[tier].prefix}/{purpose_name}/", group="retention-archive"
+    )
+
+
+def archive_assets(policy: Policy, purpose_name: str) -> list[Asset]:
+    """Where the purpose's archives go, one Asset per archive tier of its rules."""
     tiers = sorted({r.tier for r in policy.purpose(purpose_name).rules if r.archived})
-    return [
-        Asset(
-            name=f"retention-archive/{storage.tiers[t].prefix}/{purpose_name}",
-            uri=f"x-s3://{storage.archive_bucket}/{storage.tiers[t].prefix}/{purpose_name}/",
-            group="retention-archive",
-        )
-        for t in tiers
-    ]
+    return [archive_asset(policy, purpose_name, t) for t in tiers]
+
+
+def archive_alias(purpose_name: str) -> AssetAlias:
+    """The archive task's outlet. Through an alias, an Asset event is emitted only for the tiers a
+    run actually wrote objects to (retention.tasks.emit_archive_events): a run that archived
+    nothing, a dry run or a preview run emits none (a plain Asset outlet emits one on every
+    success)."""
+    return AssetAlias(name=f"retention_{purpose_name}_archive", group="retention-archive")
 
 
 def doc_md(purpose_name: str, purpose: Purpose) -> str:
@@ -85,7 +89,7 @@ Backfills use the cutoff of their own logical date; a logical date in the future
 def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
     policy = policy or default_policy()
     purpose = policy.purpose(purpose_name)
-    assets = archive_assets(policy, purpose_name)
+    alias = archive_alias(purpose_name)
 
     @dag(
         dag_id=dag_id_for(purpose_name),
@@ -137,9 +141,10 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
 
             return tasks.plan(purpose_name, context)
 
-        @task(outlets=assets)
+        @task(outlets=[alias])
         def archive_and_delete(**context) -> dict:
-            """Archive the due rows to S3 (verified), then delete them with the audit entry."""
+            """Archive the due rows to S3 (verified), then delete them with the audit entry; an
+            Asset event per archive tier written to (counts and object keys in its extra)."""
             from retention import tasks
 
             return tasks.archive_and_delete(purpose_name, context)

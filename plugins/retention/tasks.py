@@ -113,7 +113,59 @@ def plan(purpose: str, context: dict) -> dict:
 def archive_and_delete(purpose: str, context: dict) -> dict:
     ctx = run_context(purpose, context)
     outcomes = engine(purpose).archive_and_delete(ctx)
+    emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
+
+
+MAX_KEYS_IN_EVENT = 100
+
+
+def written_archives(purpose: str, run_id: str) -> dict[str, dict]:
+    """Per tier, the archive objects this run of this purpose committed (the manifest): counts,
+    bytes and object keys, never row contents. A retried task's event covers its earlier tries."""
+    import psycopg
+
+    with psycopg.connect(source_dsn(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT tier, rule, object_key, row_count, coalesce(byte_size, 0), cardinality(document_keys)"
+            " FROM retention.archive_manifest WHERE purpose = %s AND run_id = %s AND state = 'committed'"
+            " ORDER BY tier, object_key",
+            (purpose, run_id),
+        ).fetchall()
+    tiers: dict[str, dict] = {}
+    for tier, rule, key, records, size, documents in rows:
+        t = tiers.setdefault(
+            tier, {"tier": tier, "objects": 0, "records": 0, "bytes": 0, "documents": 0, "rules": {}, "object_keys": []}
+        )
+        t["objects"] += 1
+        t["records"] += records
+        t["bytes"] += size
+        t["documents"] += documents
+        t["rules"][rule] = t["rules"].get(rule, 0) + records
+        if len(t["object_keys"]) < MAX_KEYS_IN_EVENT:
+            t["object_keys"].append(key)
+    for t in tiers.values():
+        t["object_keys_truncated"] = t["objects"] > len(t["object_keys"])
+    return tiers
+
+
+def emit_archive_events(purpose: str, context: dict, ctx: RunContext) -> dict[str, dict]:
+    """One Asset event per archive tier this run wrote objects to, through the task's AssetAlias
+    outlet; none for a dry run, a preview run, or a run that archived nothing."""
+    from retention.dag_factory import archive_alias, archive_asset
+
+    if ctx.dry_run:
+        return {}
+    written = written_archives(purpose, ctx.run_id)
+    alias = archive_alias(purpose)
+    policy = default_policy()
+    for tier, extra in written.items():
+        extra = {"purpose": purpose, "run_id": ctx.run_id, "logical_date": ctx.logical_date.isoformat(), **extra}
+        context["outlet_events"][alias].add(archive_asset(policy, purpose, tier), extra=extra)
+        log.info(
+            "asset event for %s tier %s: %d objects, %d records", purpose, tier, extra["objects"], extra["records"]
+        )
+    return written
 
 
 def purge_archives(purpose: str, context: dict) -> dict:
@@ -136,6 +188,11 @@ def check_after(purpose: str, context: dict, before: dict, archived: dict) -> di
         return checks.run_after_gates(default_policy(), purpose, source_dsn(), archive_store(), ctx, before, archived)
 
 
+def paris_time(at: dt.datetime) -> str:
+    """An instant as the DPO reads it: the policy's time zone (Europe/Paris), e.g. 2025-02-28 00:00 CET."""
+    return at.astimezone(default_policy().tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
 def report(purpose: str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict) -> str:
     """A Markdown summary: counts per rule, bytes per tier. Shown in the log and in XCom."""
     ctx = run_context(purpose, context)
@@ -145,7 +202,7 @@ def report(purpose: str, context: dict, planned: dict, archived: dict, purged: d
         title = "DRY RUN, nothing changed" if ctx.dry_run else "run summary"
     lines = [
         f"## retention_{purpose}: {title}",
-        f"mode {ctx.mode}, logical date {ctx.logical_date.isoformat()}, run {ctx.run_id}",
+        f"mode {ctx.mode}, logical date {paris_time(ctx.logical_date)}, run {ctx.run_id}",
         "",
         "| rule | table | tier | due | deleted | held | waiting | objects | archive bytes | files | files kept (shared) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -6,6 +6,8 @@ cookie): no token is 401, an invalid one 403. Figures come from the bookkeeping 
 states and gate results from Airflow's metadata database; counts, keys and ids only. The chart
 library (Chart.js, MIT) is served from this folder: the page needs no internet.
 
+The gates' Great Expectations Data Docs (retention.checks) are served under /retention/data-docs/.
+
 Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
   overdue_days     a record due for more than this many days and still there is an alarm (3)
   source_conn_id   the source database connection (source_postgres)
@@ -333,7 +335,29 @@ def create_app() -> FastAPI:
     def icon() -> FileResponse:
         return FileResponse(STATIC / "icon.svg", media_type="image/svg+xml")
 
+    @app.get("/data-docs/{path:path}")
+    def data_docs(path: str) -> FileResponse:
+        """The quality gates' Great Expectations Data Docs (counts only), behind the same auth."""
+        return FileResponse(data_docs_file(path))
+
     return app
+
+
+def data_docs_file(path: str) -> Path:
+    """A file of the Data Docs site the gates build (retention.paths.data_docs_dir()/site), never
+    outside it."""
+    from retention.paths import data_docs_dir
+
+    docs = data_docs_dir()
+    if docs is None:
+        raise HTTPException(404, "Data Docs are turned off (RETENTION_DATA_DOCS_DIR=off)")
+    site = (docs / "site").resolve()
+    target = (site / (path or "index.html")).resolve()
+    if not target.is_relative_to(site):
+        raise HTTPException(404)
+    if not target.is_file():
+        raise HTTPException(404, "no Data Docs yet: they are built by the first run of a retention DAG's gates")
+    return target
 
 
 def _filename(ev: dict) -> str:
