@@ -246,3 +246,26 @@ def test_page_links_the_gates_data_docs(api, ran_quotes):
     assert index.status_code == 200 and "quotes.before.app.quotes" in index.text
     assert _get(api, "/retention/data-docs/static/styles/data_docs_default_styles.css").status_code == 200
     assert _get(api, "/retention/data-docs/%2e%2e/%2e%2e/passwords.json").status_code == 404
+
+
+def test_a_subject_requests_deletions_link_to_the_requests_dag(api, ran_quotes):
+    """Deletions by an erasure request are audited under the purpose, with the request's own run
+    id (not an Airflow run of the purpose's DAG): the page links the requests DAG's runs."""
+    import psycopg
+
+    with psycopg.connect(ran_quotes["dsn"], autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action, record_count)"
+            " VALUES ('subject_request__ui-test', now(), 'quotes', 'unconverted_quotes', 'quotes', 'deleted', 1)"
+        )
+        try:
+            runs = {r["run_id"]: r for r in _get(api, "/retention/api/summary").json()["runs"]}
+            html = _get(api, "/retention/").text
+        finally:
+            conn.execute("DELETE FROM retention.audit_log WHERE run_id = 'subject_request__ui-test'")
+    request = runs["subject_request__ui-test"]
+    assert request["dag_id"] == "retention_subject_requests"
+    assert request["run_url"] == "../dags/retention_subject_requests/runs"
+    assert 'href="../dags/retention_subject_requests/runs">subject_request__ui-test<' in html
+    scheduled = runs[ran_quotes["dag_run"].run_id]
+    assert scheduled["run_url"].startswith("../dags/retention_quotes/runs/") and ":" not in scheduled["run_url"]

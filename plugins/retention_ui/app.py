@@ -20,6 +20,7 @@ import datetime as dt
 import io
 import json
 from pathlib import Path
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
@@ -144,10 +145,14 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+# The audit run id of a data-subject request (retention.subject_rights.SubjectRequest.run_id).
+SUBJECT_REQUEST_RUN_PREFIX = "subject_request__"
+
+
 def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> dict:
     """Everything the page shows, as data (also served as JSON)."""
     from retention import status
-    from retention.dag_factory import dag_id_for
+    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID, dag_id_for
     from retention.policy import default_policy
 
     policy = default_policy()
@@ -165,6 +170,12 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         p["airflow"] = {"last": None, "last_success": None} | airflow_runs.get(p["dag_id"], {})
     for r in runs:
         r["dag_id"] = dag_id_for(r["purpose"])
+        r["run_url"] = f"../dags/{r['dag_id']}/runs/{quote(r['run_id'], safe='')}"
+        if r["run_id"].startswith(SUBJECT_REQUEST_RUN_PREFIX):
+            # A data-subject request's deletions, audited under the purpose they belong to: its
+            # Airflow run is one of the requests DAG's (run ids differ), so link that DAG's runs.
+            r["dag_id"] = SUBJECT_REQUESTS_DAG_ID
+            r["run_url"] = f"../dags/{SUBJECT_REQUESTS_DAG_ID}/runs"
     return {
         "generated_at": now.isoformat(),
         "timezone": policy.timezone,
