@@ -193,7 +193,7 @@ def build_template(dsn: str, rows: int, cutoff: dt.datetime, logical_date: dt.da
         conn.execute("CREATE TABLE bench.quotes_template (LIKE app.quotes)")
         conn.execute("CREATE TABLE bench.expected_due (id bigint PRIMARY KEY)")
         conn.execute(
-            "TRUNCATE app.quotes, retention.legal_holds, retention.purge_intents, retention.archive_manifest,"
+            "TRUNCATE app.quotes, retention.legal_holds, retention.purge_intents, retention.object_rewrites, retention.archive_manifest,"
             " retention.audit_log, retention.document_disposals"
         )
         conn.execute("TRUNCATE app.prospects RESTART IDENTITY CASCADE")
@@ -235,7 +235,7 @@ def restore(dsn: str) -> float:
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE app.quotes, retention.purge_intents, retention.archive_manifest, retention.audit_log,"
+            "TRUNCATE app.quotes, retention.purge_intents, retention.object_rewrites, retention.archive_manifest, retention.audit_log,"
             " retention.document_disposals"
         )
         with conn.transaction():
