@@ -222,16 +222,17 @@ def test_connections_created_are_exactly_the_designed_ones(services):
     commands = connection_commands(script_of(services["retention-init"]))
     assert set(commands) == CONNECTION_IDS
 
-    tasks_file = REPO_ROOT / "plugins" / "retention" / "tasks.py"
-    if tasks_file.is_file():  # the ids the tasks use, read without importing the engine
-        constants = {
-            target.id: node.value.value
-            for node in ast.parse(tasks_file.read_text(encoding="utf-8")).body
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-            for target in node.targets
-            if isinstance(target, ast.Name) and target.id.endswith("_CONN_ID")
-        }
-        assert set(constants.values()) == CONNECTION_IDS, constants
+    # The ids the code uses (the source's in connections.py, the archive's in tasks.py), read
+    # without importing the engine.
+    constants = {
+        target.id: node.value.value
+        for module in ("connections.py", "tasks.py")
+        for node in ast.parse((REPO_ROOT / "plugins" / "retention" / module).read_text(encoding="utf-8")).body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name) and target.id.endswith("_CONN_ID")
+    }
+    assert set(constants.values()) == CONNECTION_IDS, constants
 
 
 def test_source_postgres_connection_points_at_the_source_database(services):
