@@ -197,7 +197,9 @@ def test_kill9_during_archive_then_rerun(
     claims_left = f.ids(db, "claims") & due["claims"]
     if step in ("after_intent", "after_upload", "after_delete"):
         assert claims_left == due["claims"], "an uncommitted batch deleted nothing"
-        assert states.get("uploading", 0) == 1, states
+        # The killed batch's intent, and the next batch's if it was already read meanwhile
+        # (batches are pipelined: the next is locked and read while one uploads).
+        assert 1 <= states.get("uploading", 0) <= 2, states
     else:
         assert len(claims_left) == 1, "the killed batch was committed"
     if step == "after_commit":

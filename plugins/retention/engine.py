@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -41,6 +42,8 @@ from psycopg import sql
 from retention import processor
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
 from retention.holds import covered_records_sql, object_held, owners_of_rows
+from retention.id_sets import id_array as _id_array
+from retention.id_sets import ids_predicate as _ids_predicate
 from retention.planner import MAX_IDS_IN_LOG, Planner, RuleOutcome
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule
 
@@ -50,6 +53,12 @@ log = logging.getLogger(__name__)
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 # How long a batch waits for a row lock (a parent row the application holds) before failing.
 BATCH_LOCK_TIMEOUT = "30s"
+# The same wait while the previous batch is still uploading (see _run_rule): that batch's
+# transaction cannot commit before this one has its locks, so a long wait here could only end
+# in the 30 s timeout; after this one the batch is prepared again once the previous has committed.
+PIPELINED_LOCK_TIMEOUT = "200ms"
+# Larger sorts of a batch (its ids by purge month) stay in memory: 4 MB (the default) spills.
+BATCH_WORK_MEM = "64MB"
 LOCK_HOLDS = "LOCK TABLE retention.legal_holds IN SHARE MODE"
 
 
@@ -105,17 +114,39 @@ class RunContext:
 
 
 @dataclass
-class Batch:
-    """One batch of one rule: what its transaction wrote, and what is left once it commits."""
+class ArchiveGroup:
+    """Rows of one batch archived together (one purge month): read, intent recorded, to upload."""
 
+    manifest_id: int
+    key: str
+    table: pa.Table | None
+    ids: list[int]
+    documents: list[tuple[int, str]]  # (record id, file key) of the files the rows name
+    doc_pairs: list[tuple[str, str]]  # (file key, archive key)
+    purge_after: dt.datetime
+
+
+@dataclass
+class Batch:
+    """One batch of one rule, from its lock to its commit: a value handed from step to step.
+
+    ``conn`` is the connection whose open transaction holds the batch's locks; the batch's
+    delete, manifest and audit rows are written and committed in it."""
+
+    conn: psycopg.Connection
     last_id: int
     ids: list[int] = field(default_factory=list)
+    groups: list[ArchiveGroup] = field(default_factory=list)
     # (manifest id, verified object, record ids, [(record id, file key)], [(file key, archive key)], [doc version])
     objects: list[tuple] = field(default_factory=list)
     # (table, record id, file key, archive key or None): source files deleted after the commit
     disposals: list[tuple] = field(default_factory=list)
     # ([(archive key, version id)], retain until): Object Lock on exactly the verified versions
     locks: list[tuple[list[tuple[str, str | None]], dt.datetime]] = field(default_factory=list)
+
+
+class _LockBusy(Exception):
+    """The batch could not get its locks within PIPELINED_LOCK_TIMEOUT (see _run_rule)."""
 
 
 class RetentionEngine:
@@ -178,13 +209,21 @@ class RetentionEngine:
         if self.previews(ctx):
             return self.plan(ctx)
         self.store.preflight()
-        with self._connect() as control, self._connect(autocommit=True) as intents, adbc.connect(self.dsn) as reader:
+        with (
+            self._connect() as control,
+            self._connect() as second,
+            self._connect(autocommit=True) as intents,
+            adbc.connect(self.dsn) as reader,
+        ):
             self._acquire_purpose_lock(control)
             try:
                 self.planner(control)
                 self.recover(control, ctx)
-                outcomes = [self._run_rule(control, intents, reader, rule, ctx) for rule in self.purpose.rules]
+                outcomes = [
+                    self._run_rule((control, second), intents, reader, rule, ctx) for rule in self.purpose.rules
+                ]
             finally:
+                second.rollback()
                 control.rollback()
                 control.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self._lock_name,))
                 control.commit()
@@ -209,14 +248,44 @@ class RetentionEngine:
                 )
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
-    def _run_rule(self, control, intents, reader, rule: Rule, ctx: RunContext) -> RuleOutcome:
+    def _run_rule(self, connections, intents, reader, rule: Rule, ctx: RunContext) -> RuleOutcome:
+        """The rule's batches, two at a time: while batch N uploads (a worker thread: Parquet,
+        file copies, upload, read-back), batch N+1 is locked, re-checked and read on the other
+        connection. Batch N is deleted and committed in its own transaction once its upload is
+        verified, so every guarantee of a batch holds as if they ran one after the other."""
+        control = connections[0]
         outcome, exceptions = self._planner.count(control, rule, ctx.logical_date)
         control.commit()
         self._audit_exceptions(control, rule, ctx, exceptions)
-        after_id = 0
-        while (batch := self._archive_batch(control, intents, reader, rule, ctx, after_id, outcome)) is not None:
-            after_id = batch.last_id
-            self._finish_commit(control, rule, batch, outcome)
+        after_id, turn = 0, 0
+        in_flight: tuple[Batch, Future] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-upload-{rule.name}") as uploader:
+            try:
+                while True:
+                    conn = connections[turn % 2]
+                    try:
+                        batch = self._archive_batch(
+                            conn, intents, reader, rule, ctx, after_id, outcome, in_flight is not None
+                        )
+                    except _LockBusy:
+                        # Someone waits for a lock the uploading batch holds (a legal hold being
+                        # placed, a parent row being updated): commit that batch first.
+                        self._commit_batch(rule, ctx, outcome, *in_flight)
+                        in_flight = None
+                        batch = self._archive_batch(conn, intents, reader, rule, ctx, after_id, outcome)
+                    if in_flight is not None:
+                        self._commit_batch(rule, ctx, outcome, *in_flight)
+                        in_flight = None
+                    if batch is None:
+                        break
+                    after_id, turn = batch.last_id, turn + 1
+                    in_flight = (batch, uploader.submit(self._upload_batch, batch))
+            except BaseException:
+                # Nothing of an uncommitted batch is deleted; its uploaded objects are orphans
+                # of 'uploading' intents, removed by the next run (recover).
+                for conn in connections:
+                    conn.rollback()
+                raise
         log.info(
             "rule %s (%s): due=%d deleted=%d held=%d waiting=%s objects=%d bytes=%d documents=%d kept_shared=%d",
             rule.name,
@@ -232,29 +301,46 @@ class RetentionEngine:
         )
         return outcome
 
-    def _archive_batch(self, control, intents, reader, rule, ctx, after_id, outcome) -> Batch | None:
-        """Steps 1-4 of the protocol for the next batch, in one transaction; None when done."""
-        with control.transaction():
-            control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+    def _archive_batch(self, control, intents, reader, rule, ctx, after_id, outcome, pipelined=False) -> Batch | None:
+        """Steps 1-2 of the protocol for the next batch: lock, re-check, read the rows and record
+        the upload intents, in a transaction left open (the upload, the delete and the commit
+        follow: _upload_batch, _commit_batch); None, with no transaction open, when done."""
+        try:
+            control.execute(f"SET LOCAL lock_timeout = '{PIPELINED_LOCK_TIMEOUT if pipelined else BATCH_LOCK_TIMEOUT}'")
+            control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
             # A hold placed from now on waits for this commit; one committed before is seen below.
             control.execute(LOCK_HOLDS)
             locked = self._lock_batch(control, rule, ctx, after_id)
-            if not locked:
-                return None
-            batch = Batch(last_id=locked[-1])
-            groups = self._recheck(control, rule, ctx, locked)
-            if rule.erase_at_processor:  # issue 9: only the rows the processor confirmed erased go
-                groups = processor.erase_before_delete(control, self.schema, ctx, groups, outcome)
-            for purge_month, ids, purge_after in groups:
-                # A backlog row whose archive period is already over at D is not archived
-                # only to be purged: it is deleted like a row of tier 'none'.
-                if rule.archived and purge_after > ctx.logical_date:
-                    self._archive_group(control, intents, reader, rule, ctx, ids, purge_month, purge_after, batch)
-                else:
-                    self._dispose_unarchived(control, rule, ids, batch)
-                batch.ids += ids
-            self._delete_rows(control, rule, ctx, batch, outcome)
+        except psycopg.errors.LockNotAvailable:
+            control.rollback()
+            if pipelined:
+                raise _LockBusy() from None
+            raise
+        if not locked:
+            control.rollback()
+            return None
+        control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+        batch = Batch(conn=control, last_id=locked[-1])
+        groups = self._recheck(control, rule, ctx, locked)
+        if rule.erase_at_processor:  # issue 9: only the rows the processor confirmed erased go
+            groups = processor.erase_before_delete(control, self.schema, ctx, groups, outcome)
+        for purge_month, ids, purge_after in groups:
+            # A backlog row whose archive period is already over at D is not archived
+            # only to be purged: it is deleted like a row of tier 'none'.
+            if rule.archived and purge_after > ctx.logical_date:
+                self._archive_group(control, intents, reader, rule, ctx, ids, purge_month, purge_after, batch)
+            else:
+                self._dispose_unarchived(control, rule, ids, batch)
+            batch.ids += ids
         return batch
+
+    def _commit_batch(self, rule: Rule, ctx: RunContext, outcome: RuleOutcome, batch: Batch, upload: Future) -> None:
+        """Steps 3-4 once the batch's objects are uploaded and verified: delete exactly its rows,
+        mark the manifest committed, audit, commit; then locks and file disposals."""
+        upload.result()  # raises if an upload or its read-back failed: the batch is rolled back
+        self._delete_rows(batch.conn, rule, ctx, batch, outcome)
+        batch.conn.commit()
+        self._finish_commit(batch.conn, rule, batch, outcome)
 
     def _lock_batch(self, conn, rule: Rule, ctx: RunContext, after_id: int) -> list[int]:
         params = self._planner.params(ctx.logical_date) | {"after_id": after_id, "batch_size": ctx.batch_size}
@@ -265,8 +351,9 @@ class RetentionEngine:
     ) -> list[tuple[str, list[int], dt.datetime]]:
         """Re-run the rule on the locked ids, now that the rows, their parents and the holds are
         locked (a new statement sees the latest committed state): a row whose clock moved, that
-        got a hold or a child since the batch was picked stays. Groups the rest by the month
-        their archive period ends."""
+        is held or has a child stays. This is where holds and waiting children are tested (the
+        lock picks by the rule's clock and conditions only). Groups the rest by the month their
+        archive period ends."""
         gone_after = rule.gone_after
         locked_ids, locked_params = _ids_predicate("due.id", locked)
         query = (
@@ -284,17 +371,23 @@ class RetentionEngine:
         )
         return [(month, ids, purge_after) for month, ids, purge_after in conn.execute(query, params)]
 
-    def _read_rows(self, reader, rule: Rule, ids: list[int]) -> pa.Table:
-        """The rows as Arrow, typed: NUMERIC as decimal128, other PostgreSQL extensions as text."""
+    def _read_rows(self, reader, rule: Rule, literal: str) -> pa.Table:
+        """The rows as Arrow, typed: NUMERIC as decimal128, other PostgreSQL extensions as text.
+
+        Plain ``= ANY``: the array is an index condition, built once. (The range form of
+        ids_predicate puts it in a filter, where a parameter, not folded into a constant under
+        the driver's prepared statement, is parsed again for every row.)"""
         query = f'SELECT * FROM "{self.schema}"."{rule.table}" WHERE id = ANY($1::text::bigint[]) ORDER BY id'
         with reader.cursor() as cur:
-            cur.execute(query, parameters=(_id_array(ids),))
+            cur.execute(query, parameters=(literal,))
             table = cur.fetch_arrow_table()
         return _typed(table)
 
     def _archive_group(self, control, intents, reader, rule, ctx, ids, purge_month, purge_after, batch: Batch) -> None:
+        """Read the group's rows and record the upload intent (main thread: the connections)."""
         tier = self.store.storage.tiers[rule.tier]
-        table = self._read_rows(reader, rule, ids)
+        literal = _id_array(ids)
+        table = self._read_rows(reader, rule, literal)
         if table.column("id").to_pylist() != ids:
             raise RetentionError(f"{rule.table}: read {table.num_rows} rows for {len(ids)} locked ids")
         key = object_key(tier.prefix, self.purpose_name, rule.table, purge_month, ctx.run_id, rule.name, ids[0])
@@ -303,7 +396,6 @@ class RetentionEngine:
         # Whose rows these are (their contract, its customer...): a hold placed on one of them
         # after the live rows are gone still keeps this object (retention.holds).
         owners = owners_of_rows(control, self.policy, rule.table, ids)
-        body = _parquet_bytes(table)
         manifest_id = intents.execute(
             "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
             " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys, owner_ids)"
@@ -321,19 +413,30 @@ class RetentionEngine:
                 purge_month,
                 purge_after,
                 len(ids),
-                _id_array(ids),
+                literal,
                 [t for _, t in doc_pairs],
                 json.dumps(owners),
             ),
         ).fetchone()[0]
-        doc_versions = self.store.copy_documents(doc_pairs, tier.storage_class)
-        verified = self.store.put_verified(key, body, tier.storage_class, len(ids), _parquet_row_count)
-        batch.objects.append((manifest_id, verified, ids, documents, doc_pairs, doc_versions))
-        if tier.object_lock:
-            versions = [(key, verified.version_id)] + [
-                (t, v) for (_, t), v in zip(doc_pairs, doc_versions, strict=True)
-            ]
-            batch.locks.append((versions, purge_after))
+        batch.groups.append(ArchiveGroup(manifest_id, key, table, ids, documents, doc_pairs, purge_after))
+
+    def _upload_batch(self, batch: Batch) -> None:
+        """Step 2-3 for every group of the batch (worker thread, no database): Parquet, file
+        copies, upload with checksum, read-back verification. Fills batch.objects and locks."""
+        for group in batch.groups:
+            tier = self.store.storage.tiers[self._tier_of_key(group.key)]
+            body = _parquet_bytes(group.table)
+            group.table = None  # the Arrow rows are not needed any more: free them before the upload
+            doc_versions = self.store.copy_documents(group.doc_pairs, tier.storage_class)
+            verified = self.store.put_verified(group.key, body, tier.storage_class, len(group.ids), _parquet_row_count)
+            batch.objects.append(
+                (group.manifest_id, verified, group.ids, group.documents, group.doc_pairs, doc_versions)
+            )
+            if tier.object_lock:
+                versions = [(group.key, verified.version_id)] + [
+                    (t, v) for (_, t), v in zip(group.doc_pairs, doc_versions, strict=True)
+                ]
+                batch.locks.append((versions, group.purge_after))
 
     def _dispose_unarchived(self, control, rule: Rule, ids: list[int], batch: Batch) -> None:
         """Tier 'none': nothing archived, but the files the rows name go with them."""
@@ -717,24 +820,6 @@ def _typed(table: pa.Table) -> pa.Table:
         columns.append(column)
         fields.append(fld)
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
-
-
-def _id_array(ids: list[int]) -> str:
-    """A bigint[] parameter as one text literal, cast with ``%s::bigint[]`` in the SQL: psycopg
-    dumps a Python list element by element (a regex each), 29 ms for 20,000 ids against 8 ms."""
-    return "{" + ",".join(map(str, ids)) + "}"
-
-
-def _ids_predicate(column: str, ids: list[int]) -> tuple[str, dict]:
-    """SQL selecting exactly ``ids`` in ``column``, with the ids bound as one parameter.
-
-    A batch is mostly a dense run of ids: then a range scan with a hashed membership filter (the
-    ``+ 0`` keeps the planner from turning it into one index descent per id) reads it in one pass;
-    sparse ids keep the plain ``= ANY``, whose cost does not grow with the id range."""
-    params = {"ids": _id_array(ids), "lo": min(ids), "hi": max(ids)}
-    if params["hi"] - params["lo"] < 2 * len(ids):
-        return f"{column} BETWEEN %(lo)s AND %(hi)s AND {column} + 0 = ANY(%(ids)s::bigint[])", params
-    return f"{column} = ANY(%(ids)s::bigint[])", params
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -164,17 +164,23 @@ class Planner:
         )
 
     def lock_batch_sql(self, rule: Rule) -> str:
-        """The next batch of deletable rows, locked (``FOR UPDATE ... SKIP LOCKED``), with the
-        parent rows the rule reads locked ``FOR SHARE``: nobody can set a contract back to
-        running, or change a clock the rule read, until the batch commits."""
+        """The next batch of candidate rows: the rule's own table, joins, clock and conditions,
+        in id order, locked (``FOR UPDATE ... SKIP LOCKED``), with the parent rows the rule reads
+        locked ``FOR SHARE``: nobody can set a contract back to running, or change a clock the
+        rule read, until the batch commits.
+
+        Holds and waiting children are not tested here but once, by the re-check on the locked
+        ids (the engine's ``_recheck``, a later statement that sees every commit made before
+        the rows were locked): testing them here too would evaluate them over every due row of
+        the table at each batch (a sort of the whole due set), to lock at most batch_size ids."""
         t = rule.table
         filt = rule_filter(self.policy, self.purpose_name, rule)
+        where = f"{rule.clock} < %(cutoff__{rule.name})s" + (f" AND ({filt.where})" if filt.where else "")
         parents = [f'"{p}"' for p in filt.joined_tables]
         share = f" FOR SHARE OF {', '.join(parents)}" if parents else ""
         return (
             f'SELECT "{t}".id FROM "{self.schema}"."{t}" AS "{t}" {filt.joins}'
-            f' JOIN ({self.deletable_select(rule)}) AS due ON due.id = "{t}".id'
-            f' WHERE "{t}".id > %(after_id)s ORDER BY "{t}".id LIMIT %(batch_size)s'
+            f' WHERE {where} AND "{t}".id > %(after_id)s ORDER BY "{t}".id LIMIT %(batch_size)s'
             f' FOR UPDATE OF "{t}" SKIP LOCKED{share}'
         )
 
