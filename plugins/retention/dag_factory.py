@@ -128,40 +128,43 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
     )
     def retention_dag():
         @task
-        def check_before(**context) -> dict:
-            """Data-quality gate before anything is deleted (Great Expectations, in SQL)."""
+        def plan(**context) -> dict:
+            """The run's plan, made once: counts per rule at the logical date (due, held, waiting),
+            table sizes, the policy's fingerprint; handed to the gate and the archive step."""
             from retention import tasks
 
-            return tasks.check_before(purpose_name, context)
+            return tasks.plan(purpose, context)
 
         @task
-        def plan(**context) -> dict:
-            """Counts per rule at the logical date: due, held, waiting; the mass-deletion guard."""
+        def check_before(planned: dict, **context) -> dict:
+            """Data-quality gate before anything is deleted (Great Expectations, in SQL), and the
+            mass-deletion guard on the plan."""
             from retention import tasks
 
-            return tasks.plan(purpose_name, context)
+            return tasks.check_before(purpose, context, planned)
 
         @task(outlets=[alias])
-        def archive_and_delete(**context) -> dict:
-            """Archive the due rows to S3 (verified), then delete them with the audit entry; an
-            Asset event per archive tier written to (counts and object keys in its extra)."""
+        def archive_and_delete(planned: dict, **context) -> dict:
+            """Archive the due rows to S3 (verified), then delete them with the audit entry, at
+            most what the approved plan counted; an Asset event per archive tier written to
+            (counts and object keys in its extra)."""
             from retention import tasks
 
-            return tasks.archive_and_delete(purpose_name, context)
+            return tasks.archive_and_delete(purpose, context, planned)
 
         @task
         def purge_archives(**context) -> dict:
             """Delete archive objects whose archive period has ended (never under a legal hold)."""
             from retention import tasks
 
-            return tasks.purge_archives(purpose_name, context)
+            return tasks.purge_archives(purpose, context)
 
         @task
         def check_after(before: dict, archived: dict, **context) -> dict:
             """Data-quality gate after the run: nothing due left, counts and archives consistent."""
             from retention import tasks
 
-            return tasks.check_after(purpose_name, context, before, archived)
+            return tasks.check_after(purpose, context, before, archived)
 
         @task(trigger_rule="all_done", show_return_value_in_logs=False)
         def report(**context) -> str:
@@ -170,14 +173,14 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
             (then it fails too, so the run stays red)."""
             from retention import run_report
 
-            return run_report.report(purpose_name, context)
+            return run_report.report(purpose, context)
 
-        before = check_before()
         planned = plan()
-        archived = archive_and_delete()
+        before = check_before(planned)
+        archived = archive_and_delete(planned)
         purged = purge_archives()
         checked = check_after(before, archived)
-        before >> planned >> archived >> purged >> checked >> report()
+        planned >> before >> archived >> purged >> checked >> report()
 
     return retention_dag()
 
