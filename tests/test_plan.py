@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from retention import checks
 from retention.archive_store import ArchiveStore
-from retention.engine import PlanMismatchError, RetentionEngine, RunContext
+from retention.engine import PlanMismatchError, PurposeLockedError, RetentionEngine, RunContext, plan_units
 from retention.periods import Period
 from retention.planner import Plan, Planner
 
 from tests import factories as f
+from tests.test_safety import InThread, Pause
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +120,43 @@ def test_the_before_gate_judges_the_plan_it_is_given(db, s3, storage, policy, so
     monkeypatch.setattr(Planner, "plan", no_replanning)
     with pytest.raises(checks.QualityGateError, match=r"would delete 75% of app.quotes \(3 of 4 rows\)"):
         checks.run_before_gates(policy, policy.purpose("quotes"), source_dsn, ctx, 0.5, plan=plan.as_dict())
+
+
+# ----------------------------------------------------------------- a purpose over several units
+
+
+def test_recovery_cannot_run_while_a_unit_holds_the_purpose_lock(db, s3, storage, policy, source_dsn):
+    """Units of a run hold the purpose's lock in shared mode: two go side by side, while the
+    recovery (exclusive: it removes 'uploading' objects as orphans) waits for both."""
+    quotes = [f.quote(db, issued="2023-06-01") for _ in range(4)]  # archived until 2025-06
+    ctx = RunContext("quotes", "manual__units", D)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx, range_rows=2)
+    (units,) = plan_units(plan)
+    assert [(u.first_id, u.last_id, u.rows) for u in units] == [(quotes[0], quotes[1], 2), (quotes[2], quotes[3], 2)]
+
+    first = make_engine(policy, source_dsn, s3, storage)
+    pause = Pause(first, "_archive_group")  # its object uploaded and verified, still 'uploading'
+    run = InThread(lambda: first.archive_and_delete(ctx, plan, units[0]))
+    assert pause.reached.wait(30)
+    (second,) = make_engine(policy, source_dsn, s3, storage).archive_and_delete(ctx, plan, units[1])
+    assert second.deleted == 2, "the other unit of the run is not kept waiting"
+    recovery = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=1)
+    with pytest.raises(PurposeLockedError):
+        recovery.recover_before_units(ctx, plan)
+    pause.release.set()
+    (outcome,) = run.join()
+    assert outcome.deleted == 2 and f.ids(db, "quotes") == set()
+    states = db.execute("SELECT state, count(*) FROM retention.archive_manifest GROUP BY 1").fetchall()
+    assert states == [("committed", 2)], "the paused unit's upload was not removed as an orphan"
+    assert recovery.recover_before_units(ctx, plan) == {"orphans_removed": 0, "locks_applied": 0}
+
+
+def test_a_unit_deletes_only_its_range(db, s3, storage, policy, source_dsn):
+    quotes = [f.quote(db, issued="2023-01-01") for _ in range(5)]
+    ctx = RunContext("quotes", "manual__range", D, batch_size=1)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx, range_rows=2)
+    (units,) = plan_units(plan)
+    assert [u.rows for u in units] == [2, 2, 1]
+    (outcome,) = engine.archive_and_delete(ctx, plan, units[1])
+    assert outcome.deleted == 2 and f.ids(db, "quotes") == {quotes[0], quotes[1], quotes[4]}

@@ -56,6 +56,9 @@ MAX_ID = 2**63 - 1
 # A rule with more deletable rows than this is spread over several units (mapped tasks), one
 # per range of ids of about this many rows (retention.dag_factory).
 RANGE_ROWS = 250_000
+# At most this many units per rule (Airflow's max_map_length is 1024): a smaller range size is
+# widened to fit.
+MAX_UNITS_PER_RULE = 64
 
 
 class RetentionError(RuntimeError):
@@ -278,7 +281,9 @@ class RetentionEngine:
             outcome, exceptions[rule.name] = planner.count(conn, rule, ctx.logical_date, projected=True)
             outcomes.append(outcome)
         ranges: dict[str, list[IdRange]] = {
-            o.rule: planner.id_ranges(conn, rule, ctx.logical_date, range_rows)
+            o.rule: planner.id_ranges(
+                conn, rule, ctx.logical_date, max(range_rows, -(-o.deletable // MAX_UNITS_PER_RULE))
+            )
             for rule, o in zip(self.purpose.rules, outcomes, strict=True)
             if range_rows is not None and o.deletable > range_rows
         }
@@ -344,6 +349,8 @@ class RetentionEngine:
         if plan is not None:
             self.check_plan(plan, ctx)
         if self.previews(ctx):
+            if unit is not None:  # the plan's counts are the run's (retention.tasks.merge_units)
+                return []
             return plan.rules if plan is not None else self.plan(ctx)
         if unit is not None and plan is None:
             raise ValueError("a unit is a share of an approved plan: pass the plan")

@@ -17,13 +17,16 @@ import logging
 from retention.archive_store import ArchiveStore
 from retention.connections import SOURCE_CONN_ID
 from retention.engine import (
+    RANGE_ROWS,
     FutureLogicalDateError,
     PlanMismatchError,
     RetentionEngine,
     RunContext,
+    Unit,
+    plan_units,
     refuse_future,
 )
-from retention.planner import Plan
+from retention.planner import Plan, RuleOutcome
 from retention.policy import DEFAULT_BATCH_SIZE, Purpose, default_policy
 
 log = logging.getLogger(__name__)
@@ -108,7 +111,7 @@ def plan(purpose: Purpose, context: dict) -> dict:
     fingerprint). An enforced run writes the held and waiting ids to the audit log here."""
     ctx = run_context(purpose, context)
     eng = engine(purpose)
-    approved = eng.make_plan(ctx, audit=True)
+    approved = eng.make_plan(ctx, audit=True, range_rows=int(context["params"].get("range_rows", RANGE_ROWS)))
     outcomes, sizes = approved.rules, approved.table_rows
     fractions = {t: (n / sizes[t] if sizes[t] else 0.0) for t, n in approved.deletable_by_table().items()}
     for o in outcomes:
@@ -135,6 +138,69 @@ def archive_and_delete(purpose: Purpose, context: dict, planned: dict) -> dict:
         outcomes = engine(purpose).archive_and_delete(ctx, Plan.from_dict(planned))
     emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
+
+
+def prepare_units(purpose: Purpose, context: dict, planned: dict) -> dict[str, list[dict]]:
+    """The first task of the archive step: under the purpose's lock held exclusively, finish
+    what a crashed run left (recovery removes 'uploading' orphans: it must never run beside a
+    unit's upload); then, per rule, the units of the approved plan (the mapped tasks' input)."""
+    ctx = run_context(purpose, context)
+    plan = Plan.from_dict(planned)
+    with _no_retry_on(PlanMismatchError):
+        recovered = engine(purpose).recover_before_units(ctx, plan)
+    if recovered["orphans_removed"] or recovered["locks_applied"]:
+        log.info("recovery before the units: %s", recovered)
+    units = plan_units(plan)
+    log.info("units per rule: %s", {rule_units[0].rule: len(rule_units) for rule_units in units})
+    return {rule_units[0].rule: [u.as_dict() for u in rule_units] for rule_units in units}
+
+
+def archive_unit(purpose: Purpose, context: dict, planned: dict, unit: dict) -> dict:
+    """One unit (a mapped task): the engine on one rule and id range of the approved plan,
+    holding the purpose's lock in shared mode. Returns the unit's counts (XCom)."""
+    ctx = run_context(purpose, context)
+    share = Unit(**unit)
+    with _no_retry_on(PlanMismatchError):
+        outcomes = engine(purpose).archive_and_delete(ctx, Plan.from_dict(planned), share)
+    result = {"unit": share.as_dict(), "outcome": outcomes[0].as_dict() if outcomes else None}
+    log.info("unit %s: %s", share.as_dict(), result["outcome"] and {"deleted": outcomes[0].deleted})
+    return result
+
+
+def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
+    """The run's outcome per rule: the plan's counts (due, held, waiting), plus what each unit of
+    the rule deleted, archived and left beyond the plan."""
+    merged = {
+        o.rule: RuleOutcome(
+            o.rule,
+            o.table,
+            o.tier,
+            due=o.due,
+            held=o.held,
+            waiting=dict(o.waiting),
+            held_ids=list(o.held_ids),
+            waiting_ids=list(o.waiting_ids),
+        )
+        for o in plan.rules
+    }
+    for result in unit_results:
+        done = result and result.get("outcome")
+        if not done:
+            continue
+        total = merged[done["rule"]]
+        for key in ("deleted", "objects", "archive_bytes", "documents", "documents_kept_shared", "beyond_plan"):
+            setattr(total, key, getattr(total, key) + done.get(key, 0))
+    return list(merged.values())
+
+
+def archive_and_delete_units(purpose: Purpose, context: dict, planned: dict, unit_results: list) -> dict:
+    """After every unit succeeded: their counts merged per rule, and one Asset event per archive
+    tier the run wrote to (the manifest covers every unit)."""
+    ctx = run_context(purpose, context)
+    results = [r for per_rule in unit_results for r in (per_rule or [])]
+    outcomes = merge_units(Plan.from_dict(planned), results)
+    emit_archive_events(purpose, context, ctx)
+    return {"mode": ctx.mode, "dry_run": ctx.dry_run, "units": len(results), "rules": [o.as_dict() for o in outcomes]}
 
 
 MAX_KEYS_IN_EVENT = 100
