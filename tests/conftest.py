@@ -189,3 +189,8 @@ def airflow_db(services) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # The archive units' pool, as the stacks create it (tools/devstack.py, docker-compose.yaml).
+    from airflow.models.pool import Pool
+
+    name, slots = devstack.SOURCE_WRITERS_POOL
+    Pool.create_or_update_pool(name, slots, "Archive units writing to the source database at once", False)

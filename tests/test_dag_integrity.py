@@ -94,7 +94,7 @@ def test_dag_house_rules(path):
     assert dag.start_date is not None
     for t in dag.tasks:
         assert t.retries >= 1, t.task_id
-    assert set(dag.params) == {"dry_run", "batch_size", "max_delete_fraction"}
+    assert set(dag.params) == {"dry_run", "batch_size", "max_delete_fraction", "range_rows"}
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
@@ -104,6 +104,24 @@ def test_delete_is_downstream_of_gate_and_plan(path):
     upstream = archive.get_flat_relative_ids(upstream=True)
     assert {"check_before", "plan"} <= upstream
     assert "archive_and_delete" in dag.get_task("check_after").get_flat_relative_ids(upstream=True)
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_archive_units_follow_the_rules_order_in_the_writers_pool(path):
+    """One mapped task per rule, in policy order (children before parents), each after the
+    recovery and capped by the source writers' pool; the merge waits for the last rule."""
+    from retention.dag_factory import SOURCE_WRITERS_POOL
+    from retention.policy import default_policy
+
+    dag = _load(path).dag
+    rules = default_policy().purpose(dag.dag_id.removeprefix("retention_")).rules
+    previous = "prepare_units"
+    for rule in rules:
+        units = dag.get_task(f"archive_{rule.name}")
+        assert units.pool == SOURCE_WRITERS_POOL
+        assert previous in units.upstream_task_ids and "prepare_units" in units.get_flat_relative_ids(upstream=True)
+        previous = units.task_id
+    assert previous in dag.get_task("archive_and_delete").upstream_task_ids
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)

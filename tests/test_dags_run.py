@@ -105,3 +105,37 @@ def test_failed_run_deletes_nothing_when_s3_is_down(airflow_db, db, s3, storage,
     states = task_states(dag_run)
     assert states["archive_and_delete"] == "failed" or states["check_after"] != "success", states
     assert f.ids(db, "quotes") == {quote}
+
+
+def test_a_rule_spread_over_units_deletes_exactly_the_due_rows(airflow_db, db, s3, storage, policy):
+    """range_rows=3: the 7 deletable quotes go in three mapped tasks (ids in ranges of 3, 3, 1);
+    the held one and the recent ones stay, and the report and Asset events cover every unit."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    due = [f.quote(db, issued="2023-06-01") for _ in range(7)]  # archived until 2025-06
+    held = f.quote(db, issued="2023-06-01")
+    f.legal_hold(db, "quotes", held)
+    recent = [f.quote(db, issued="2024-12-01") for _ in range(2)]
+    dag_run = run_dag("quotes", f.midnight("2025-02-28"), batch_size=2, range_rows=3)
+    assert set(task_states(dag_run).values()) == {"success"}, task_states(dag_run)
+    with create_session() as session:
+        units = (
+            session.query(TaskInstance.map_index, TaskInstance.state)
+            .filter(TaskInstance.run_id == dag_run.run_id, TaskInstance.task_id == "archive_unconverted_quotes")
+            .order_by(TaskInstance.map_index)
+            .all()
+        )
+    assert [(i, str(s)) for i, s in units] == [(0, "success"), (1, "success"), (2, "success")]
+    assert f.ids(db, "quotes") == {held, *recent}
+    archived = db.execute(
+        "SELECT array_agg(i ORDER BY i) FROM retention.archive_manifest, unnest(record_ids) AS i"
+        " WHERE run_id = %s AND state = 'committed'",
+        (dag_run.run_id,),
+    ).fetchone()[0]
+    assert archived == due
+    values = xcoms(dag_run)
+    (rule,) = values["archive_and_delete"]["rules"]
+    assert (rule["due"], rule["held"], rule["deleted"], values["archive_and_delete"]["units"]) == (8, 1, 7, 3)
+    assert "| unconverted_quotes | quotes | intermediate | 8 | 7 | 1 |" in values["report"]
+    assert_asset_events(db, storage, policy, "quotes", dag_run)

@@ -336,6 +336,23 @@ def test_retention_init_creates_buckets_schema_and_data(services):
         assert not unknown, f"tools/seed.py has no option {unknown}"
 
 
+def test_retention_init_creates_the_source_writers_pool(services):
+    """The pool the archive units run in (retention.dag_factory) exists on the stack: a task in a
+    missing pool is never scheduled."""
+    from retention.dag_factory import SOURCE_WRITERS_POOL
+
+    from tools import devstack
+
+    service = services["retention-init"]
+    line = next(line for line in script_of(service).splitlines() if "airflow pools set" in line)
+    words = shlex.split(line.split("||", 1)[1])
+    assert words[:4] == ["airflow", "pools", "set", SOURCE_WRITERS_POOL]
+    assert words[4] == "${SOURCE_WRITERS_SLOTS}"
+    assert f"airflow pools get {SOURCE_WRITERS_POOL}" in line, "a size set in the UI is kept"
+    assert env_of(service)["SOURCE_WRITERS_SLOTS"] == "4"
+    assert devstack.SOURCE_WRITERS_POOL == (SOURCE_WRITERS_POOL, 4), "make demo creates the same pool"
+
+
 # --- images and versions ---------------------------------------------------------------------
 
 

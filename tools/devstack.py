@@ -525,6 +525,17 @@ def configure_connections(config: StackConfig) -> None:
         _airflow(config, "connections", "add", conn_id, "--conn-json", json.dumps(conn))
 
 
+SOURCE_WRITERS_POOL = ("retention_source_writers", 4)  # retention.dag_factory.SOURCE_WRITERS_POOL
+
+
+def configure_pools(config: StackConfig) -> None:
+    """The pool that caps the archive units writing to the source database at once (README:
+    Scaling out)."""
+    name, slots = SOURCE_WRITERS_POOL
+    description = "Archive units writing to the source database at once"
+    _airflow(config, "pools", "set", name, str(slots), description)
+
+
 def _pid_file(config: StackConfig, name: str) -> Path:
     return config.state / "pids" / f"{name}.pid"
 
@@ -649,6 +660,7 @@ def up(
     passwords.chmod(0o600)
     _airflow(config, "db", "migrate")
     configure_connections(config)
+    configure_pools(config)
     env = _component_env(config)
     for name, args in AIRFLOW_COMPONENTS.items():
         cmd = [str(VENV_BIN / "airflow"), *[a.format(api_port=config.api_port) for a in args]]

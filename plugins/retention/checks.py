@@ -44,7 +44,7 @@ from retention.engine import RetentionError, RunContext
 from retention.holds import covered_records_sql, object_covered
 from retention.paths import data_docs_dir
 from retention.periods import local_date, local_midnight
-from retention.planner import Planner
+from retention.planner import Plan, Planner
 from retention.policy import Policy, Purpose
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,10 @@ def latest_plausible_clock(logical_date: dt.datetime, tz, now: dt.datetime | Non
 
 
 def before_checks(
-    policy: Policy, purpose_name: str, clock_limit: dt.datetime, payment_text_columns: tuple[str, ...] = ()
+    policy: Policy, purpose: Purpose | str, clock_limit: dt.datetime, payment_text_columns: tuple[str, ...] = ()
 ) -> list[Check]:
     """The before-suite of a purpose, generated from its rules and the declarations above."""
-    purpose = policy.purpose(purpose_name)
+    purpose = _purpose(policy, purpose)
     schema = policy.source_schema
     tables = purpose_tables(purpose)
     return (
@@ -304,42 +304,61 @@ def archive_object_checks(table: str, row_count: int, record_ids: list[int]) -> 
 # ---------------------------------------------------------------------------------------
 
 
-def run_before_gates(policy: Policy, purpose: str, dsn: str, ctx: RunContext, max_delete_fraction: float) -> dict:
-    """Validate the source before anything is deleted; raise QualityGateError on a failure."""
+def _purpose(policy: Policy, purpose: Purpose | str) -> Purpose:
+    return policy.purpose(purpose) if isinstance(purpose, str) else purpose
+
+
+def run_before_gates(
+    policy: Policy,
+    purpose: Purpose | str,
+    dsn: str,
+    ctx: RunContext,
+    max_delete_fraction: float,
+    plan: Plan | dict | None = None,
+) -> dict:
+    """Validate the source before anything is deleted; raise QualityGateError on a failure.
+
+    The mass-deletion guard judges ``plan``, the run's plan (the ``plan`` task's), which is what
+    the engine then executes; without one (a direct call) the gate plans itself."""
     schema = policy.source_schema
-    tables = rule_tables(policy.purpose(purpose))
+    purpose = _purpose(policy, purpose)
+    if isinstance(plan, dict):
+        plan = Plan.from_dict(plan)
+    tables = rule_tables(purpose)
     with _connect(dsn) as conn:
         payment_columns = _text_columns(conn, schema, PAYMENT_TABLE) if PAYMENT_TABLE in tables else ()
     checks = before_checks(policy, purpose, latest_plausible_clock(ctx.logical_date, policy.tz), payment_columns)
     with _gx_sources(dsn) as (context, source):
-        results = _validate_tables(context, source, f"{purpose}.before", checks)
+        results = _validate_tables(context, source, f"{purpose.name}.before", checks)
     snapshot = {"table_rows": {}, "table_max_id": {}, "checked_at": None}
     try:
         with _connect(dsn) as conn:
             snapshot = _table_snapshot(conn, schema, tables)
-        results += _deletion_share_results(policy, purpose, dsn, ctx, snapshot["table_rows"], max_delete_fraction)
+        results += _deletion_share_results(policy, purpose, dsn, ctx, snapshot["table_rows"], max_delete_fraction, plan)
     except psycopg.Error as exc:
         results.append(_result("mass_deletion_guard", f"{schema}.*", False, error=_short(exc)))
     report = _report("before", results) | snapshot | {"max_delete_fraction": max_delete_fraction}
-    _log_summary(f"before-gate of {purpose} at {ctx.logical_date.isoformat()}", results)
-    _raise_on_failures("before", purpose, ctx, results, "nothing was deleted")
+    _log_summary(f"before-gate of {purpose.name} at {ctx.logical_date.isoformat()}", results)
+    _raise_on_failures("before", purpose.name, ctx, results, "nothing was deleted")
     return report
 
 
 def run_after_gates(
-    policy: Policy, purpose: str, dsn: str, store: ArchiveStore, ctx: RunContext, before: dict, archived: dict
+    policy: Policy, purpose: Purpose | str, dsn: str, store: ArchiveStore, ctx: RunContext, before: dict, archived: dict
 ) -> dict:
     """Validate the source and the archive after the run; raise QualityGateError on a failure."""
     schema = policy.source_schema
+    purpose_obj = _purpose(policy, purpose)
+    purpose = purpose_obj.name
     dry_run = ctx.dry_run or bool(archived.get("dry_run"))
     with _connect(dsn) as conn, _gx_sources(dsn) as (context, source):
-        results = _due_left_results(Planner.load(conn, policy, purpose), conn, ctx, dry_run)
+        results = _due_left_results(Planner.load(conn, policy, purpose_obj), conn, ctx, dry_run, archived)
         deleted = _deleted_by_table(conn, ctx, purpose)
         elsewhere = _deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"))
         counts = row_count_checks(schema, before["table_rows"], before.get("table_max_id", {}), deleted, elsewhere)
         results += _with_task_figures(_validate_tables(context, source, f"{purpose}.after", counts), archived)
         results += _archive_object_results(conn, context, store, ctx, purpose)
-        if any(store.storage.tiers[r.tier].object_lock for r in policy.purpose(purpose).rules if r.archived):
+        if any(store.storage.tiers[r.tier].object_lock for r in purpose_obj.rules if r.archived):
             results.append(_probative_versions_locked(conn, store, ctx, purpose))
         results.append(_manifest_matches_audit(conn, ctx, purpose))
         results.append(_kept_beyond_purge(conn, policy, ctx, purpose, dry_run))
@@ -383,16 +402,28 @@ def _table_snapshot(conn, schema: str, tables: list[str]) -> dict:
 
 
 def _deletion_share_results(
-    policy: Policy, purpose: str, dsn: str, ctx: RunContext, table_rows: dict, max_fraction: float
+    policy: Policy,
+    purpose: Purpose,
+    dsn: str,
+    ctx: RunContext,
+    table_rows: dict,
+    max_fraction: float,
+    plan: Plan | None = None,
 ) -> list[dict]:
-    """The mass-deletion guard, from the planner's plan (due - held - waiting per rule, summed
-    per table): the same SQL that selects the rows to delete, projected over the run (a parent
-    whose children go earlier in the run counts). On a dry run it is reported, not enforced
-    (nothing will be deleted)."""
+    """The mass-deletion guard, from the run's plan (due - held - waiting per rule, summed per
+    table): the same SQL that selects the rows to delete, projected over the run (a parent whose
+    children go earlier in the run counts), and the most the engine will delete. Without a plan
+    the planner is run here. On a dry run it is reported, not enforced (nothing will be deleted)."""
     deletable: Counter = Counter()
-    with _connect(dsn) as conn:
-        for outcome in Planner.load(conn, policy, purpose).plan(conn, ctx.logical_date):
-            deletable[outcome.table] += outcome.deletable
+    if plan is None:
+        with _connect(dsn) as conn:
+            outcomes = Planner.load(conn, policy, purpose).plan(conn, ctx.logical_date)
+    else:
+        if plan.purpose != purpose.name or plan.logical_date != ctx.logical_date:
+            raise RetentionError(f"the plan is for {plan.purpose!r} at {plan.logical_date}, not this run's")
+        outcomes = plan.rules
+    for outcome in outcomes:
+        deletable[outcome.table] += outcome.deletable
     results = []
     for table, count in deletable.items():
         rows = table_rows[table]
@@ -428,8 +459,15 @@ def _percent(fraction: float) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _due_left_results(planner: Planner, conn, ctx: RunContext, dry_run: bool) -> list[dict]:
-    """Each rule's SQL at the logical date: no due row that is neither held nor waiting remains."""
+def _due_left_results(
+    planner: Planner, conn, ctx: RunContext, dry_run: bool, archived: dict | None = None
+) -> list[dict]:
+    """Each rule's SQL at the logical date: no due row that is neither held nor waiting remains,
+    except the rows the archive step found beyond the approved plan and left for the next run
+    (reported with the result)."""
+    beyond: Counter = Counter()
+    for r in (archived or {}).get("rules", []):
+        beyond[r["rule"]] += r.get("beyond_plan", 0)
     results = []
     for rule in planner.purpose.rules:
         table = f"{planner.schema}.{rule.table}"
@@ -437,7 +475,17 @@ def _due_left_results(planner: Planner, conn, ctx: RunContext, dry_run: bool) ->
             results.append(_result("no_due_record_remains", table, None, rule=rule.name, skipped="dry run"))
             continue
         remaining = planner.remaining(conn, rule, ctx.logical_date)
-        results.append(_result("no_due_record_remains", table, remaining == 0, rule=rule.name, remaining=remaining))
+        left = {"left_beyond_plan": beyond[rule.name]} if beyond[rule.name] else {}
+        results.append(
+            _result(
+                "no_due_record_remains",
+                table,
+                remaining <= beyond[rule.name],
+                rule=rule.name,
+                remaining=remaining,
+                **left,
+            )
+        )
     return results
 
 

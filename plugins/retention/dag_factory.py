@@ -15,6 +15,9 @@ from retention.alerts import notify_failure
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, default_policy
 
 OWNER = "data-protection"
+# Caps the archive units writing to the source database at once, over every purpose (created by
+# tools/devstack.py and docker-compose.yaml's airflow-init; README "Scaling out").
+SOURCE_WRITERS_POOL = "retention_source_writers"
 # Early enough that a backfill can replay any date of the 10 years of data (catchup is off).
 START_DATE = dt.datetime(2016, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
 
@@ -123,45 +126,75 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
                 maximum=1,
                 description="Mass-deletion guard: largest share of a table one run may delete.",
             ),
+            "range_rows": Param(
+                250_000,
+                type="integer",
+                minimum=1,
+                description="A rule with more deletable rows is spread over units (mapped tasks) of this many ids.",
+            ),
         },
         render_template_as_native_obj=True,
     )
     def retention_dag():
         @task
-        def check_before(**context) -> dict:
-            """Data-quality gate before anything is deleted (Great Expectations, in SQL)."""
+        def plan(**context) -> dict:
+            """The run's plan, made once: counts per rule at the logical date (due, held, waiting),
+            table sizes, the policy's fingerprint; handed to the gate and the archive step."""
             from retention import tasks
 
-            return tasks.check_before(purpose_name, context)
+            return tasks.plan(purpose, context)
 
         @task
-        def plan(**context) -> dict:
-            """Counts per rule at the logical date: due, held, waiting; the mass-deletion guard."""
+        def check_before(planned: dict, **context) -> dict:
+            """Data-quality gate before anything is deleted (Great Expectations, in SQL), and the
+            mass-deletion guard on the plan."""
             from retention import tasks
 
-            return tasks.plan(purpose_name, context)
+            return tasks.check_before(purpose, context, planned)
+
+        @task(multiple_outputs=True)
+        def prepare_units(planned: dict, **context) -> dict:
+            """Recover what a crashed run left (the purpose's lock held exclusively), then the
+            units of the approved plan per rule: one per id range of a large rule."""
+            from retention import tasks
+
+            return tasks.prepare_units(purpose, context, planned)
+
+        @task
+        def rule_units(units: list) -> list:
+            """One rule's units (Airflow maps only over a task's return value)."""
+            return units
+
+        @task(pool=SOURCE_WRITERS_POOL)
+        def archive_unit(planned: dict, unit: dict, **context) -> dict:
+            """One rule, one id range: archive the due rows to S3 (verified), then delete them
+            with the audit entry, at most what the approved plan counted; the purpose's lock is
+            held in shared mode (units of the run run side by side, a recovery never)."""
+            from retention import tasks
+
+            return tasks.archive_unit(purpose, context, planned, unit)
 
         @task(outlets=[alias])
-        def archive_and_delete(**context) -> dict:
-            """Archive the due rows to S3 (verified), then delete them with the audit entry; an
-            Asset event per archive tier written to (counts and object keys in its extra)."""
+        def archive_and_delete(planned: dict, unit_results: list, **context) -> dict:
+            """The units' counts merged per rule; an Asset event per archive tier written to
+            (counts and object keys in its extra)."""
             from retention import tasks
 
-            return tasks.archive_and_delete(purpose_name, context)
+            return tasks.archive_and_delete_units(purpose, context, planned, unit_results)
 
         @task
         def purge_archives(**context) -> dict:
             """Delete archive objects whose archive period has ended (never under a legal hold)."""
             from retention import tasks
 
-            return tasks.purge_archives(purpose_name, context)
+            return tasks.purge_archives(purpose, context)
 
         @task
         def check_after(before: dict, archived: dict, **context) -> dict:
             """Data-quality gate after the run: nothing due left, counts and archives consistent."""
             from retention import tasks
 
-            return tasks.check_after(purpose_name, context, before, archived)
+            return tasks.check_after(purpose, context, before, archived)
 
         @task(trigger_rule="all_done", show_return_value_in_logs=False)
         def report(**context) -> str:
@@ -170,14 +203,25 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
             (then it fails too, so the run stays red)."""
             from retention import run_report
 
-            return run_report.report(purpose_name, context)
+            return run_report.report(purpose, context)
 
-        before = check_before()
         planned = plan()
-        archived = archive_and_delete()
+        before = check_before(planned)
+        prepared = prepare_units(planned)
+        # Rules in policy order, children before parents: rule k+1's units start once all of
+        # rule k's succeeded.
+        previous, unit_results = prepared, []
+        for rule in purpose.rules:
+            listed = rule_units.override(task_id=f"units_{rule.name}")(prepared[rule.name])
+            units = archive_unit.override(task_id=f"archive_{rule.name}").partial(planned=planned).expand(unit=listed)
+            previous >> units
+            previous = units
+            unit_results.append(units)
+        archived = archive_and_delete(planned, unit_results)
         purged = purge_archives()
         checked = check_after(before, archived)
-        before >> planned >> archived >> purged >> checked >> report()
+        planned >> before >> prepared
+        previous >> archived >> purged >> checked >> report()
 
     return retention_dag()
 

@@ -44,8 +44,8 @@ from retention.archive_store import ArchiveStore, document_archive_key, object_k
 from retention.holds import covered_records_sql, object_held, owners_of_rows
 from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
-from retention.planner import MAX_IDS_IN_LOG, Planner, RuleOutcome
-from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule
+from retention.planner import MAX_IDS_IN_LOG, IdRange, Plan, Planner, RuleOutcome
+from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ PIPELINED_LOCK_TIMEOUT = "200ms"
 # Larger sorts of a batch (its ids by purge month) stay in memory: 4 MB (the default) spills.
 BATCH_WORK_MEM = "64MB"
 LOCK_HOLDS = "LOCK TABLE retention.legal_holds IN SHARE MODE"
+# Ids run up to this (bigint): the upper bound of a rule's batches when the run is not split.
+MAX_ID = 2**63 - 1
+# A rule with more deletable rows than this is spread over several units (mapped tasks), one
+# per range of ids of about this many rows (retention.dag_factory).
+RANGE_ROWS = 250_000
+# At most this many units per rule (Airflow's max_map_length is 1024): a smaller range size is
+# widened to fit.
+MAX_UNITS_PER_RULE = 64
 
 
 class RetentionError(RuntimeError):
@@ -72,6 +80,10 @@ class PurposeLockedError(RetentionError):
 
 class FutureLogicalDateError(RetentionError):
     pass
+
+
+class PlanMismatchError(RetentionError):
+    """The approved plan is not the one this run would execute (policy changed, other date)."""
 
 
 class CommittedBatchError(RetentionError):
@@ -89,6 +101,76 @@ def refuse_future(logical_date: dt.datetime, now: dt.datetime | None = None) -> 
             "a retention run acts as of its logical date, so a future date would delete and purge records "
             "before their time. Nothing was changed; trigger the run with a logical date in the past."
         )
+
+
+def purpose_lock_name(purpose: str) -> str:
+    return f"retention:{purpose}"
+
+
+def acquire_purpose_lock(
+    conn: psycopg.Connection, purpose: str, timeout: float, *, shared: bool = False, on_timeout: str | None = None
+) -> None:
+    """The purpose's advisory lock (session level), waited for up to ``timeout`` seconds, then
+    PurposeLockedError. Exclusive for whatever may remove objects of the purpose (a run's
+    recovery of 'uploading' orphans, purges, subject erasures); shared for the units of one run
+    (retention.dag_factory), which only add objects: a recovery never runs beside an upload."""
+    try_lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    deadline = time.monotonic() + timeout
+    while True:
+        got = conn.execute(f"SELECT {try_lock}(hashtext(%s))", (purpose_lock_name(purpose),)).fetchone()[0]
+        if not conn.autocommit:
+            conn.commit()
+        if got:
+            return
+        if time.monotonic() >= deadline:
+            raise PurposeLockedError(
+                on_timeout
+                or f"another run of purpose {purpose!r} holds its advisory lock (waited {timeout:.0f}s); "
+                "nothing was changed by this run"
+            )
+        time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+
+
+def release_purpose_lock(conn: psycopg.Connection, purpose: str, *, shared: bool = False) -> None:
+    unlock = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
+    conn.execute(f"SELECT {unlock}(hashtext(%s))", (purpose_lock_name(purpose),))
+    if not conn.autocommit:
+        conn.commit()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A share of a run: one rule, its ids ``first_id..last_id``, at most ``rows`` of them (the
+    plan's count for that range; None: the rule's whole deletable count)."""
+
+    rule: str
+    first_id: int = 1
+    last_id: int = MAX_ID
+    rows: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"rule": self.rule, "first_id": self.first_id, "last_id": self.last_id, "rows": self.rows}
+
+
+def plan_units(plan: Plan) -> list[list[Unit]]:
+    """Per rule, in policy order, the units of the plan: one per id range of a large rule
+    (``Plan.ranges``), else one for the whole rule. Each rule has at least one unit, so that the
+    rules' mapped tasks chain (a rule with nothing to delete has one unit that deletes nothing)."""
+    return [
+        [Unit(o.rule, r.first_id, r.last_id, r.rows) for r in plan.ranges.get(o.rule, [])]
+        or [Unit(o.rule, rows=o.deletable)]
+        for o in plan.rules
+    ]
+
+
+@dataclass
+class _Allowance:
+    """What the approved plan lets a rule (or a unit of it) delete: ids in a range, at most so
+    many rows; counted down as batches are locked."""
+
+    first_id: int
+    last_id: int
+    rows_left: int
 
 
 @dataclass(frozen=True)
@@ -152,16 +234,20 @@ class _LockBusy(Exception):
 class RetentionEngine:
     """Runs one purpose's rules against a source database and an archive store."""
 
-    def __init__(self, policy: Policy, purpose: str, dsn: str, store: ArchiveStore, lock_timeout: float = 30.0):
+    def __init__(
+        self, policy: Policy, purpose: Purpose | str, dsn: str, store: ArchiveStore, lock_timeout: float = 30.0
+    ):
         self.policy = policy
-        self.purpose_name = purpose
-        self.purpose: Purpose = policy.purpose(purpose)
+        self.purpose: Purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
+        self.purpose_name = self.purpose.name
         self.dsn = dsn
         self.store = store
         self.lock_timeout = lock_timeout
         self.tz = policy.tz
         self.schema = policy.source_schema
         self._planner: Planner | None = None
+        self._plan: Plan | None = None
+        self._allowances: dict[str, _Allowance] = {}
 
     # ------------------------------------------------------------------ connections, planner
 
@@ -196,67 +282,215 @@ class RetentionEngine:
 
     def table_sizes(self, tables: list[str]) -> dict[str, int]:
         with self._connect(autocommit=True) as conn:
-            return {
-                t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(self.schema, t))).fetchone()[0]
-                for t in sorted(set(tables))
-            }
+            return self._table_sizes(conn, tables)
+
+    def _table_sizes(self, conn, tables: list[str]) -> dict[str, int]:
+        return {
+            t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(self.schema, t))).fetchone()[0]
+            for t in sorted(set(tables))
+        }
+
+    def make_plan(self, ctx: RunContext, *, range_rows: int = RANGE_ROWS, audit: bool = False) -> Plan:
+        """The run's plan, evaluated once (the ``plan`` task): projected counts per rule, table
+        sizes, the id ranges of rules larger than ``range_rows``, the policy's fingerprint. With
+        ``audit`` (an enforced run) the ids of the held and waiting rows go to the audit log,
+        once per run of the purpose."""
+        refuse_future(ctx.logical_date)
+        with self._connect(autocommit=True) as conn:
+            plan, exceptions = self._make_plan(conn, ctx, range_rows)
+        if audit and not self.previews(ctx):
+            with self._connect() as conn:
+                self._audit_exceptions(conn, ctx, exceptions)
+        return plan
+
+    def _make_plan(self, conn, ctx: RunContext, range_rows: int | None = RANGE_ROWS, *, sizes: bool = True):
+        """(the plan, per rule the held and waiting ids found). A direct run's own plan skips
+        the table sizes and ranges (``range_rows`` None): it neither gates nor splits."""
+        planner = self.planner(conn)
+        outcomes, exceptions = [], {}
+        for rule in self.purpose.rules:
+            outcome, exceptions[rule.name] = planner.count(conn, rule, ctx.logical_date, projected=True)
+            outcomes.append(outcome)
+        ranges: dict[str, list[IdRange]] = {
+            o.rule: planner.id_ranges(
+                conn, rule, ctx.logical_date, max(range_rows, -(-o.deletable // MAX_UNITS_PER_RULE))
+            )
+            for rule, o in zip(self.purpose.rules, outcomes, strict=True)
+            if range_rows is not None and o.deletable > range_rows
+        }
+        if not conn.autocommit:
+            conn.commit()
+        plan = Plan(
+            purpose=self.purpose_name,
+            logical_date=ctx.logical_date,
+            policy_sha256=fingerprint(self.policy, self.purpose),
+            rules=outcomes,
+            table_rows=self._table_sizes(conn, [o.table for o in outcomes]) if sizes else {},
+            ranges=ranges,
+        )
+        if not conn.autocommit:
+            conn.commit()
+        return plan, exceptions
+
+    def _audit_exceptions(self, conn, ctx: RunContext, exceptions: dict[str, list]) -> None:
+        """Held and waiting rows are kept and reported (ids only) in the audit log: once per run
+        of the purpose (a retried plan task finds them written)."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"retention:audit:{self.purpose_name}",))
+            written = conn.execute(
+                "SELECT 1 FROM retention.audit_log WHERE run_id = %s AND purpose = %s AND action IN ('held', 'waiting')"
+                " LIMIT 1",
+                (ctx.run_id, self.purpose_name),
+            ).fetchone()
+            if written:
+                return
+            rules = {r.name: r for r in self.purpose.rules}
+            for rule_name, found in exceptions.items():
+                for held, ids in found:
+                    self._audit(conn, ctx, rule_name, rules[rule_name].table, "held" if held else "waiting", ids)
+
+    def check_plan(self, plan: Plan, ctx: RunContext) -> None:
+        """Refuse to execute a plan that is not this run's: another purpose or date, or made with
+        another policy (the file or a rule's SQL changed since the plan was approved)."""
+        if plan.purpose != self.purpose_name or plan.logical_date != ctx.logical_date:
+            raise PlanMismatchError(
+                f"the plan is for purpose {plan.purpose!r} at {plan.logical_date.isoformat()}, this run is "
+                f"{self.purpose_name!r} at {ctx.logical_date.isoformat()}; nothing was changed"
+            )
+        current = fingerprint(self.policy, self.purpose)
+        if plan.policy_sha256 != current:
+            raise PlanMismatchError(
+                f"the retention policy of purpose {self.purpose_name!r} changed since the plan was approved "
+                f"(policy fingerprint {plan.policy_sha256[:12]} at planning, {current[:12]} now): the approved "
+                "plan is not what this run would execute. Nothing was changed; start a new run to plan and "
+                "check again."
+            )
 
     # ------------------------------------------------------------------ archive & delete
 
-    def archive_and_delete(self, ctx: RunContext) -> list[RuleOutcome]:
-        """Archive then delete every due row of the purpose (nothing at all in preview)."""
+    def archive_and_delete(
+        self, ctx: RunContext, plan: Plan | None = None, unit: Unit | None = None
+    ) -> list[RuleOutcome]:
+        """Archive then delete the due rows of the purpose (nothing at all in preview), at most
+        what the approved ``plan`` counted per rule (rows found beyond it stay for the next run,
+        reported as ``beyond_plan``); without a plan (a direct call) the run plans first, under
+        its lock. With a ``unit``, only that rule and id range, under the purpose's lock in
+        shared mode and without recovery (the run's ``recover_before_units`` did it)."""
         refuse_future(ctx.logical_date)
+        if plan is not None:
+            self.check_plan(plan, ctx)
         if self.previews(ctx):
-            return self.plan(ctx)
+            if unit is not None:  # the plan's counts are the run's (retention.tasks.merge_units)
+                return []
+            return plan.rules if plan is not None else self.plan(ctx)
+        if unit is not None and plan is None:
+            raise ValueError("a unit is a share of an approved plan: pass the plan")
         self.store.preflight()
+        shared = unit is not None
         with (
             self._connect() as control,
             self._connect() as second,
             self._connect(autocommit=True) as intents,
             adbc.connect(self.dsn) as reader,
         ):
-            self._acquire_purpose_lock(control)
+            if shared:
+                acquire_purpose_lock(control, self.purpose_name, self.lock_timeout, shared=True)
+            else:
+                self._acquire_purpose_lock(control)
             try:
                 self.planner(control)
-                self.recover(control, ctx)
-                outcomes = [
-                    self._run_rule((control, second), intents, reader, rule, ctx) for rule in self.purpose.rules
-                ]
+                if not shared:
+                    self.recover(control, ctx)
+                if plan is None:
+                    plan, exceptions = self._make_plan(control, ctx, None, sizes=False)
+                    self._audit_exceptions(control, ctx, exceptions)
+                self._plan = plan
+                rules = [r for r in self.purpose.rules if unit is None or r.name == unit.rule]
+                outcomes = []
+                for rule in rules:
+                    approved = plan.rule(rule.name)
+                    self._allowances[rule.name] = (
+                        _Allowance(unit.first_id, unit.last_id, approved.deletable if unit.rows is None else unit.rows)
+                        if unit is not None
+                        else _Allowance(1, MAX_ID, approved.deletable)
+                    )
+                    outcome = self._run_rule((control, second), intents, reader, rule, ctx)
+                    self._note_beyond_plan(control, rule, ctx, outcome)
+                    outcomes.append(outcome)
             finally:
                 second.rollback()
                 control.rollback()
-                control.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self._lock_name,))
-                control.commit()
+                release_purpose_lock(control, self.purpose_name, shared=shared)
+                self._allowances.clear()
         return outcomes
+
+    def recover_before_units(self, ctx: RunContext, plan: Plan) -> dict[str, int]:
+        """The first task of a run spread over units: under the purpose's lock held exclusively,
+        finish what a crashed run left (orphan uploads, locks, source files); the units then
+        hold the lock in shared mode, so no recovery runs while one of them uploads."""
+        refuse_future(ctx.logical_date)
+        self.check_plan(plan, ctx)
+        if self.previews(ctx):
+            return {"orphans_removed": 0, "locks_applied": 0}
+        self.store.preflight()
+        with self._connect() as control:
+            self._acquire_purpose_lock(control)
+            try:
+                return self.recover(control, ctx)
+            finally:
+                control.rollback()
+                release_purpose_lock(control, self.purpose_name)
 
     @property
     def _lock_name(self) -> str:
-        return f"retention:{self.purpose_name}"
+        return purpose_lock_name(self.purpose_name)
 
     def _acquire_purpose_lock(self, conn: psycopg.Connection) -> None:
         """One run per purpose at a time: wait up to lock_timeout, then stop with a clear error."""
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self._lock_name,)).fetchone()[0]
-            conn.commit()
-            if got:
-                return
-            if time.monotonic() >= deadline:
-                raise PurposeLockedError(
-                    f"another run of purpose {self.purpose_name!r} holds its advisory lock "
-                    f"(waited {self.lock_timeout:.0f}s); nothing was changed by this run"
-                )
-            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        acquire_purpose_lock(conn, self.purpose_name, self.lock_timeout)
+
+    def _note_beyond_plan(self, control, rule: Rule, ctx: RunContext, outcome: RuleOutcome) -> None:
+        """Once the approved count is used up, the deletable rows still in the rule's range are
+        left for the next run: counted, reported, never deleted by this one."""
+        allowance = self._allowances[rule.name]
+        if allowance.rows_left > 0:
+            return
+        query = (
+            f"SELECT count(*) FROM ({self._planner.deletable_select(rule)}) AS d WHERE d.id BETWEEN %(lo)s AND %(hi)s"
+        )
+        params = self._planner.params(ctx.logical_date) | {"lo": allowance.first_id, "hi": allowance.last_id}
+        outcome.beyond_plan = control.execute(query, params).fetchone()[0]
+        control.commit()
+        if outcome.beyond_plan:
+            log.warning(
+                "rule %s (%s): %d deletable rows beyond the %d the plan approved are left for the next run",
+                rule.name,
+                rule.table,
+                outcome.beyond_plan,
+                self._plan.rule(rule.name).deletable,
+            )
+
+    def _planned_outcome(self, rule: Rule) -> RuleOutcome:
+        """The rule's outcome as the approved plan counted it (due, held, waiting); the run adds
+        what it deletes and archives."""
+        p = self._plan.rule(rule.name)
+        return RuleOutcome(
+            rule.name,
+            rule.table,
+            rule.tier,
+            due=p.due,
+            held=p.held,
+            waiting=dict(p.waiting),
+            held_ids=list(p.held_ids),
+            waiting_ids=list(p.waiting_ids),
+        )
 
     def _run_rule(self, connections, intents, reader, rule: Rule, ctx: RunContext) -> RuleOutcome:
         """The rule's batches, two at a time: while batch N uploads (a worker thread: Parquet,
         file copies, upload, read-back), batch N+1 is locked, re-checked and read on the other
         connection. Batch N is deleted and committed in its own transaction once its upload is
         verified, so every guarantee of a batch holds as if they ran one after the other."""
-        control = connections[0]
-        outcome, exceptions = self._planner.count(control, rule, ctx.logical_date)
-        control.commit()
-        self._audit_exceptions(control, rule, ctx, exceptions)
+        outcome = self._planned_outcome(rule)
         after_id, turn = 0, 0
         in_flight: tuple[Batch, Future] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-upload-{rule.name}") as uploader:
@@ -321,7 +555,7 @@ class RetentionEngine:
             return None
         control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
         batch = Batch(conn=control, last_id=locked[-1])
-        groups = self._recheck(control, rule, ctx, locked)
+        groups = self._within_allowance(rule, self._recheck(control, rule, ctx, locked))
         if rule.erase_at_processor:  # issue 9: only the rows the processor confirmed erased go
             groups = processor.erase_before_delete(control, self.schema, ctx, groups, outcome)
         for purge_month, ids, purge_after in groups:
@@ -343,8 +577,30 @@ class RetentionEngine:
         self._finish_commit(batch.conn, rule, batch, outcome)
 
     def _lock_batch(self, conn, rule: Rule, ctx: RunContext, after_id: int) -> list[int]:
-        params = self._planner.params(ctx.logical_date) | {"after_id": after_id, "batch_size": ctx.batch_size}
+        """The next batch, within what the plan approved: the rule's (or unit's) id range, and
+        no more rows in all than the approved count (the rest is left for the next run)."""
+        allowance = self._allowances[rule.name]
+        limit = min(ctx.batch_size, allowance.rows_left)
+        if limit <= 0:
+            return []
+        params = self._planner.params(ctx.logical_date) | {
+            "after_id": max(after_id, allowance.first_id - 1),
+            "until_id": allowance.last_id,
+            "batch_size": limit,
+        }
         return [row[0] for row in conn.execute(self._planner.lock_batch_sql(rule), params).fetchall()]
+
+    def _within_allowance(self, rule: Rule, groups: list[tuple[str, list[int], dt.datetime]]) -> list:
+        """The re-checked rows of a batch, cut to what is left of the approved count (counted
+        here, not at the lock: the lock also picks rows the re-check keeps)."""
+        allowance = self._allowances[rule.name]
+        kept = []
+        for month, ids, purge_after in groups:
+            ids = ids[: max(allowance.rows_left, 0)]
+            allowance.rows_left -= len(ids)
+            if ids:
+                kept.append((month, ids, purge_after))
+        return kept
 
     def _recheck(
         self, conn, rule: Rule, ctx: RunContext, locked: list[int]
@@ -512,12 +768,6 @@ class RetentionEngine:
         outcome.objects += len(batch.objects)
         outcome.archive_bytes += sum(o[1].size for o in batch.objects)
         outcome.documents += len(batch.disposals)
-
-    def _audit_exceptions(self, control, rule: Rule, ctx: RunContext, exceptions: list[tuple[bool, list[int]]]) -> None:
-        """Held and waiting rows are kept and reported (ids only) in the audit log."""
-        for held, ids in exceptions:
-            self._audit(control, ctx, rule.name, rule.table, "held" if held else "waiting", ids)
-        control.commit()
 
     # ------------------------------------------------------------------ after commit / recovery
 
@@ -688,8 +938,7 @@ class RetentionEngine:
             finally:
                 control.rollback()
                 if not preview:
-                    control.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self._lock_name,))
-                    control.commit()
+                    release_purpose_lock(control, self.purpose_name)
         report["by_table"] = dict(by_table)
         report["held_keys"] = report["held_keys"][:MAX_IDS_IN_LOG]
         return report

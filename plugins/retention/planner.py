@@ -53,6 +53,8 @@ class RuleOutcome:
     documents_kept_shared: int = 0
     held_ids: list[int] = field(default_factory=list)
     waiting_ids: list[int] = field(default_factory=list)
+    # Deletable rows found at execution beyond the count the plan approved: left for the next run.
+    beyond_plan: int = 0
 
     @property
     def deletable(self) -> int:
@@ -73,8 +75,69 @@ class RuleOutcome:
             "documents_kept_shared": self.documents_kept_shared,
             "held_ids": self.held_ids[:MAX_IDS_IN_LOG],
             "waiting_ids": self.waiting_ids[:MAX_IDS_IN_LOG],
+            "beyond_plan": self.beyond_plan,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RuleOutcome:
+        return cls(**{k: (dict(v) if k == "waiting" else v) for k, v in d.items() if k in _OUTCOME_FIELDS})
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """Deletable ids ``first_id..last_id`` of one rule (both included): ``rows`` of them at planning."""
+
+    first_id: int
+    last_id: int
+    rows: int
+
+
+@dataclass
+class Plan:
+    """What a run of a purpose at a logical date is approved to do, evaluated once (``plan``
+    task) and handed on through XCom: counts per rule (projected), table sizes, the deletable
+    ids of large rules split into ranges, and the fingerprint of the policy it was made with
+    (retention.policy.fingerprint). Counts, ids and keys only."""
+
+    purpose: str
+    logical_date: dt.datetime
+    policy_sha256: str
+    rules: list[RuleOutcome]
+    table_rows: dict[str, int] = field(default_factory=dict)
+    ranges: dict[str, list[IdRange]] = field(default_factory=dict)
+
+    def rule(self, name: str) -> RuleOutcome:
+        return next(o for o in self.rules if o.rule == name)
+
+    def deletable_by_table(self) -> dict[str, int]:
+        by_table: dict[str, int] = {}
+        for o in self.rules:
+            by_table[o.table] = by_table.get(o.table, 0) + o.deletable
+        return by_table
+
+    def as_dict(self) -> dict:
+        return {
+            "purpose": self.purpose,
+            "logical_date": self.logical_date.isoformat(),
+            "policy_sha256": self.policy_sha256,
+            "rules": [o.as_dict() for o in self.rules],
+            "table_rows": dict(self.table_rows),
+            "ranges": {r: [[x.first_id, x.last_id, x.rows] for x in xs] for r, xs in self.ranges.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        return cls(
+            purpose=d["purpose"],
+            logical_date=dt.datetime.fromisoformat(d["logical_date"]),
+            policy_sha256=d["policy_sha256"],
+            rules=[RuleOutcome.from_dict(r) for r in d["rules"]],
+            table_rows=dict(d.get("table_rows", {})),
+            ranges={r: [IdRange(*x) for x in xs] for r, xs in d.get("ranges", {}).items()},
+        )
+
+
+_OUTCOME_FIELDS = set(RuleOutcome.__dataclass_fields__)
 
 _BLOCKERS_SQL = """
 SELECT cn.nspname, child.relname, a.attname
@@ -93,23 +156,24 @@ ORDER BY child.relname, a.attname
 class Planner:
     """The statements and counts of one purpose (read-only; build with ``Planner.load``)."""
 
-    def __init__(self, policy: Policy, purpose_name: str, blockers: dict[str, tuple[Blocker, ...]]):
+    def __init__(self, policy: Policy, purpose: Purpose | str, blockers: dict[str, tuple[Blocker, ...]]):
         self.policy = policy
-        self.purpose_name = purpose_name
-        self.purpose: Purpose = policy.purpose(purpose_name)
+        self.purpose: Purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
+        self.purpose_name = self.purpose.name
         self.schema = policy.source_schema
         self.blockers = blockers
 
     @classmethod
-    def load(cls, conn, policy: Policy, purpose_name: str) -> Planner:
+    def load(cls, conn, policy: Policy, purpose: Purpose | str) -> Planner:
         """Read the foreign keys that reference the purpose's tables (one catalog query each)."""
         schema = policy.source_schema
-        tables = {rule.table for rule in policy.purpose(purpose_name).rules}
+        purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
+        tables = {rule.table for rule in purpose.rules}
         blockers = {
             table: tuple(Blocker(*row) for row in conn.execute(_BLOCKERS_SQL, (schema, table)).fetchall())
             for table in sorted(tables)
         }
-        return cls(policy, purpose_name, blockers)
+        return cls(policy, purpose, blockers)
 
     # ------------------------------------------------------------------ statements
 
@@ -167,7 +231,8 @@ class Planner:
         """The next batch of candidate rows: the rule's own table, joins, clock and conditions,
         in id order, locked (``FOR UPDATE ... SKIP LOCKED``), with the parent rows the rule reads
         locked ``FOR SHARE``: nobody can set a contract back to running, or change a clock the
-        rule read, until the batch commits.
+        rule read, until the batch commits. Ids above
+        ``%(after_id)s`` and up to ``%(until_id)s`` (a unit's range of a rule, see ``id_ranges``).
 
         Holds and waiting children are not tested here but once, by the re-check on the locked
         ids (the engine's ``_recheck``, a later statement that sees every commit made before
@@ -180,7 +245,8 @@ class Planner:
         share = f" FOR SHARE OF {', '.join(parents)}" if parents else ""
         return (
             f'SELECT "{t}".id FROM "{self.schema}"."{t}" AS "{t}" {filt.joins}'
-            f' WHERE {where} AND "{t}".id > %(after_id)s ORDER BY "{t}".id LIMIT %(batch_size)s'
+            f' WHERE {where} AND "{t}".id > %(after_id)s AND "{t}".id <= %(until_id)s'
+            f' ORDER BY "{t}".id LIMIT %(batch_size)s'
             f' FOR UPDATE OF "{t}" SKIP LOCKED{share}'
         )
 
@@ -207,6 +273,17 @@ class Planner:
                 outcome.waiting_ids += ids[:MAX_IDS_IN_LOG]
                 exceptions.append((False, ids))
         return outcome, exceptions
+
+    def id_ranges(self, conn, rule: Rule, logical_date: dt.datetime, rows_per_range: int) -> list[IdRange]:
+        """The rule's deletable ids (projected) cut into consecutive ranges of ``rows_per_range``
+        rows (the last one shorter): the units a large rule is spread over."""
+        query = (
+            "SELECT min(id), max(id), count(*) FROM (SELECT due.id, (row_number() OVER (ORDER BY due.id) - 1)"
+            f" / %(rows_per_range)s AS part FROM ({self.select(rule, projected=True)}) AS due"
+            " WHERE NOT due.held AND due.waiting_for IS NULL) AS x GROUP BY part ORDER BY part"
+        )
+        params = self.params(logical_date) | {"rows_per_range": rows_per_range}
+        return [IdRange(lo, hi, n) for lo, hi, n in conn.execute(query, params)]
 
     def plan(self, conn, logical_date: dt.datetime) -> list[RuleOutcome]:
         """What a run at the logical date would do, rule by rule (projected), changing nothing."""

@@ -9,6 +9,7 @@ field, so a broken file shows in the Airflow UI as an import error and nothing r
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -100,6 +101,9 @@ class Purpose(_Strict):
     # them (retention.subject_rights); 'keep': overriding legitimate grounds the controller
     # relies on for the whole purpose (Art. 17(1)(c), 21(1)), e.g. fraud prevention. Reported.
     on_erasure_request: Literal["by_legal_basis", "keep"] = "by_legal_basis"
+    # Its key under `purposes` (set by the Policy, not written in the file): the object is
+    # handed from task to engine to gate, and says itself which purpose it is.
+    name: str = ""
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -204,10 +208,12 @@ class Policy(_Strict):
     @field_validator("purposes")
     @classmethod
     def _purpose_names(cls, purposes: dict[str, Purpose]) -> dict[str, Purpose]:
-        for name in purposes:
+        for name, purpose in purposes.items():
             if not re.match(IDENTIFIER, name):
                 raise ValueError(f"purpose name {name!r} must match {IDENTIFIER}")
-        return purposes
+            if purpose.name not in ("", name):
+                raise ValueError(f"purpose {name!r}: 'name' is the purpose's key, not a field to set")
+        return {name: purpose.model_copy(update={"name": name}) for name, purpose in purposes.items()}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -226,6 +232,25 @@ class Policy(_Strict):
         """The same schedule with every purpose in ``mode`` (what a benchmark measures)."""
         purposes = {name: p.model_copy(update={"mode": mode}) for name, p in self.purposes.items()}
         return self.model_copy(update={"purposes": purposes})
+
+
+def fingerprint(policy: Policy, purpose: Purpose) -> str:
+    """SHA-256 of everything that decides what a run of the purpose deletes: the purpose as
+    parsed (rules, periods, tiers, mode), the schema, time zone, legal holds and storage of the
+    policy, and the text of the purpose's rule files. A plan carries it; the engine refuses to
+    execute a plan whose fingerprint is not the policy's it runs with (retention.engine)."""
+    digest = hashlib.sha256()
+    for part in (
+        policy.timezone,
+        policy.source_schema,
+        policy.legal_holds.model_dump_json(),
+        policy.storage.model_dump_json(),
+        purpose.model_dump_json(),
+    ):
+        digest.update(part.encode() + b"\0")
+    for rule in purpose.rules:
+        digest.update(rule_sql_path(purpose.name, rule).read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def rule_sql_path(purpose: str, rule: Rule) -> Path:

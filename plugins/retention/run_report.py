@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 log = logging.getLogger(__name__)
-UPSTREAM = ("check_before", "plan", "archive_and_delete", "purge_archives", "check_after")
+UPSTREAM = ("plan", "check_before", "archive_and_delete", "purge_archives", "check_after")
 FAILED_STATES = ("failed", "upstream_failed")
 
 UNCHANGED = {
@@ -138,11 +138,15 @@ def failure_table(purpose: str, context: dict, states: dict, committed: list[dic
     return "\n".join(lines)
 
 
-def report(purpose: str, context: dict) -> str:
-    """Render the run's report; fail (after logging it) when an upstream task failed."""
+def report(purpose, context: dict) -> str:
+    """Render the run's report; fail (after logging it) when an upstream task failed. ``purpose``:
+    the policy's Purpose object (or its name)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from retention import tasks
+
+    purpose_obj = tasks.as_purpose(purpose)
+    purpose = purpose_obj.name
 
     ti = context["ti"]
     pulled = {t: ti.xcom_pull(task_ids=t) for t in UPSTREAM}
@@ -151,7 +155,7 @@ def report(purpose: str, context: dict) -> str:
     if not failed and all(pulled.get(t) is not None for t in UPSTREAM):
         # It logs the table itself (once: the task does not log its return value).
         table = tasks.report(
-            purpose,
+            purpose_obj,
             context,
             pulled["plan"],
             pulled["archive_and_delete"],

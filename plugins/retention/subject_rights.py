@@ -43,7 +43,6 @@ import hashlib
 import io
 import json
 import logging
-import time
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -60,10 +59,11 @@ from retention.archive_store import ArchiveStorageError, ArchiveStore, safe_key_
 from retention.engine import (
     BATCH_LOCK_TIMEOUT,
     LOCK_HOLDS,
-    PurposeLockedError,
     RetentionEngine,
     _parquet_bytes,
     _parquet_row_count,
+    acquire_purpose_lock,
+    release_purpose_lock,
 )
 from retention.holds import ancestors_first, covered_records_sql, object_covered, object_held, parents_of
 from retention.periods import Period, due_date
@@ -830,8 +830,7 @@ class SubjectRights:
                             report["incomplete"] = True
                 finally:
                     control.rollback()
-                    control.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"retention:{purpose}",))
-                    control.commit()
+                    release_purpose_lock(control, purpose)
 
     def _pending_rewrites(self) -> list[tuple[str]]:
         with self._connect() as conn:
@@ -845,18 +844,13 @@ class SubjectRights:
     def _lock_purpose(self, conn, purpose: str) -> None:
         """The purpose's advisory lock (the engine's): no archive run, orphan clean-up or purge of
         the purpose runs while its objects are rewritten."""
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"retention:{purpose}",)).fetchone()[0]
-            conn.commit()
-            if got:
-                return
-            if time.monotonic() >= deadline:
-                raise PurposeLockedError(
-                    f"a run of purpose {purpose!r} holds its lock (waited {self.lock_timeout:.0f}s); its archive "
-                    "objects were not rewritten yet: retry the request (live rows already erased stay erased)"
-                )
-            time.sleep(0.5)
+        acquire_purpose_lock(
+            conn,
+            purpose,
+            self.lock_timeout,
+            on_timeout=f"a run of purpose {purpose!r} holds its lock (waited {self.lock_timeout:.0f}s); its archive "
+            "objects were not rewritten yet: retry the request (live rows already erased stay erased)",
+        )
 
     def _rewrite(self, control, intents, req: SubjectRequest, obj: ArchivedObject, ids: dict[str, set[int]]) -> dict:
         """Rewrite one intermediate object without the subject's rows (write-ahead):

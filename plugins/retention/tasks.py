@@ -2,6 +2,10 @@
 
 Imported inside the tasks only (it pulls in the engine: pyarrow, psycopg, boto3). Every return
 value goes to XCom, so it holds counts, keys and ids only, never row contents.
+
+The purpose is passed as the policy's ``Purpose`` object (its ``name`` says which), from the
+DAG's wiring down to the engine and the gates. The plan is made once per run (``plan``) and
+handed on: the before-gate judges it, the archive step executes it (retention.engine).
 """
 
 from __future__ import annotations
@@ -12,8 +16,18 @@ import logging
 
 from retention.archive_store import ArchiveStore
 from retention.connections import SOURCE_CONN_ID
-from retention.engine import FutureLogicalDateError, RetentionEngine, RunContext, refuse_future
-from retention.policy import DEFAULT_BATCH_SIZE, default_policy
+from retention.engine import (
+    RANGE_ROWS,
+    FutureLogicalDateError,
+    PlanMismatchError,
+    RetentionEngine,
+    RunContext,
+    Unit,
+    plan_units,
+    refuse_future,
+)
+from retention.planner import Plan, RuleOutcome
+from retention.policy import DEFAULT_BATCH_SIZE, Purpose, default_policy
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +61,15 @@ def archive_store() -> ArchiveStore:
     return ArchiveStore(client, default_policy().storage_settings())
 
 
-def engine(purpose: str) -> RetentionEngine:
-    return RetentionEngine(default_policy(), purpose, source_dsn(), archive_store())
+def as_purpose(purpose: Purpose | str) -> Purpose:
+    return default_policy().purpose(purpose) if isinstance(purpose, str) else purpose
 
 
-def run_context(purpose: str, context: dict) -> RunContext:
+def engine(purpose: Purpose | str) -> RetentionEngine:
+    return RetentionEngine(default_policy(), as_purpose(purpose), source_dsn(), archive_store())
+
+
+def run_context(purpose: Purpose | str, context: dict) -> RunContext:
     """The run's logical date decides every cutoff (a backfill acts as of its own date); a
     date in the future fails every task at once. In preview mode every run is a dry run."""
     logical_date = context.get("logical_date") or context["dag_run"].run_after
@@ -59,9 +77,10 @@ def run_context(purpose: str, context: dict) -> RunContext:
     with _no_retry_on(FutureLogicalDateError):
         refuse_future(logical_date)
     params = context["params"]
-    mode = default_policy().purpose(purpose).mode
+    purpose = as_purpose(purpose)
+    mode = purpose.mode
     return RunContext(
-        purpose=purpose,
+        purpose=purpose.name,
         run_id=context["run_id"],
         logical_date=logical_date,
         batch_size=int(params.get("batch_size", DEFAULT_BATCH_SIZE)),
@@ -70,26 +89,31 @@ def run_context(purpose: str, context: dict) -> RunContext:
     )
 
 
-def check_before(purpose: str, context: dict) -> dict:
-    """A failed gate fails the task without retry: the data won't fix itself in 5 minutes."""
+def check_before(purpose: Purpose, context: dict, planned: dict | None = None) -> dict:
+    """A failed gate fails the task without retry: the data won't fix itself in 5 minutes. The
+    mass-deletion guard judges the run's plan (``planned``, the plan task's XCom)."""
     from retention import checks
 
     ctx = run_context(purpose, context)
     with _no_retry_on(checks.QualityGateError):
         return checks.run_before_gates(
-            default_policy(), purpose, source_dsn(), ctx, float(context["params"]["max_delete_fraction"])
+            default_policy(),
+            as_purpose(purpose),
+            source_dsn(),
+            ctx,
+            float(context["params"]["max_delete_fraction"]),
+            plan=planned,
         )
 
 
-def plan(purpose: str, context: dict) -> dict:
+def plan(purpose: Purpose, context: dict) -> dict:
+    """The run's plan, evaluated once and handed on (XCom: counts, ids, the policy's
+    fingerprint). An enforced run writes the held and waiting ids to the audit log here."""
     ctx = run_context(purpose, context)
     eng = engine(purpose)
-    outcomes = eng.plan(ctx)
-    sizes = eng.table_sizes([o.table for o in outcomes])
-    deletable_by_table: dict[str, int] = {}
-    for o in outcomes:
-        deletable_by_table[o.table] = deletable_by_table.get(o.table, 0) + o.deletable
-    fractions = {t: (n / sizes[t] if sizes[t] else 0.0) for t, n in deletable_by_table.items()}
+    approved = eng.make_plan(ctx, audit=True, range_rows=int(context["params"].get("range_rows", RANGE_ROWS)))
+    outcomes, sizes = approved.rules, approved.table_rows
+    fractions = {t: (n / sizes[t] if sizes[t] else 0.0) for t, n in approved.deletable_by_table().items()}
     for o in outcomes:
         log.info(
             "plan %s: due=%d held=%d waiting=%s (ids held %s, waiting %s)",
@@ -100,31 +124,94 @@ def plan(purpose: str, context: dict) -> dict:
             o.held_ids,
             o.waiting_ids,
         )
-    return {
-        "logical_date": ctx.logical_date.isoformat(),
+    return approved.as_dict() | {
         "mode": ctx.mode,
         "dry_run": ctx.dry_run,
-        "rules": [o.as_dict() for o in outcomes],
-        "table_rows": sizes,
         "delete_fraction": {t: round(f, 6) for t, f in fractions.items()},
     }
 
 
-def archive_and_delete(purpose: str, context: dict) -> dict:
+def archive_and_delete(purpose: Purpose, context: dict, planned: dict) -> dict:
+    """Execute the approved plan (a plan made with another policy is refused, without retry)."""
     ctx = run_context(purpose, context)
-    outcomes = engine(purpose).archive_and_delete(ctx)
+    with _no_retry_on(PlanMismatchError):
+        outcomes = engine(purpose).archive_and_delete(ctx, Plan.from_dict(planned))
     emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
+
+
+def prepare_units(purpose: Purpose, context: dict, planned: dict) -> dict[str, list[dict]]:
+    """The first task of the archive step: under the purpose's lock held exclusively, finish
+    what a crashed run left (recovery removes 'uploading' orphans: it must never run beside a
+    unit's upload); then, per rule, the units of the approved plan (the mapped tasks' input)."""
+    ctx = run_context(purpose, context)
+    plan = Plan.from_dict(planned)
+    with _no_retry_on(PlanMismatchError):
+        recovered = engine(purpose).recover_before_units(ctx, plan)
+    if recovered["orphans_removed"] or recovered["locks_applied"]:
+        log.info("recovery before the units: %s", recovered)
+    units = plan_units(plan)
+    log.info("units per rule: %s", {rule_units[0].rule: len(rule_units) for rule_units in units})
+    return {rule_units[0].rule: [u.as_dict() for u in rule_units] for rule_units in units}
+
+
+def archive_unit(purpose: Purpose, context: dict, planned: dict, unit: dict) -> dict:
+    """One unit (a mapped task): the engine on one rule and id range of the approved plan,
+    holding the purpose's lock in shared mode. Returns the unit's counts (XCom)."""
+    ctx = run_context(purpose, context)
+    share = Unit(**unit)
+    with _no_retry_on(PlanMismatchError):
+        outcomes = engine(purpose).archive_and_delete(ctx, Plan.from_dict(planned), share)
+    result = {"unit": share.as_dict(), "outcome": outcomes[0].as_dict() if outcomes else None}
+    log.info("unit %s: %s", share.as_dict(), result["outcome"] and {"deleted": outcomes[0].deleted})
+    return result
+
+
+def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
+    """The run's outcome per rule: the plan's counts (due, held, waiting), plus what each unit of
+    the rule deleted, archived and left beyond the plan."""
+    merged = {
+        o.rule: RuleOutcome(
+            o.rule,
+            o.table,
+            o.tier,
+            due=o.due,
+            held=o.held,
+            waiting=dict(o.waiting),
+            held_ids=list(o.held_ids),
+            waiting_ids=list(o.waiting_ids),
+        )
+        for o in plan.rules
+    }
+    for result in unit_results:
+        done = result and result.get("outcome")
+        if not done:
+            continue
+        total = merged[done["rule"]]
+        for key in ("deleted", "objects", "archive_bytes", "documents", "documents_kept_shared", "beyond_plan"):
+            setattr(total, key, getattr(total, key) + done.get(key, 0))
+    return list(merged.values())
+
+
+def archive_and_delete_units(purpose: Purpose, context: dict, planned: dict, unit_results: list) -> dict:
+    """After every unit succeeded: their counts merged per rule, and one Asset event per archive
+    tier the run wrote to (the manifest covers every unit)."""
+    ctx = run_context(purpose, context)
+    results = [r for per_rule in unit_results for r in (per_rule or [])]
+    outcomes = merge_units(Plan.from_dict(planned), results)
+    emit_archive_events(purpose, context, ctx)
+    return {"mode": ctx.mode, "dry_run": ctx.dry_run, "units": len(results), "rules": [o.as_dict() for o in outcomes]}
 
 
 MAX_KEYS_IN_EVENT = 100
 
 
-def written_archives(purpose: str, run_id: str) -> dict[str, dict]:
+def written_archives(purpose: Purpose | str, run_id: str) -> dict[str, dict]:
     """Per tier, the archive objects this run of this purpose committed (the manifest): counts,
     bytes and object keys, never row contents. A retried task's event covers its earlier tries."""
     import psycopg
 
+    purpose = as_purpose(purpose).name
     with psycopg.connect(source_dsn(), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT tier, rule, object_key, row_count, coalesce(byte_size, 0), cardinality(document_keys)"
@@ -149,13 +236,14 @@ def written_archives(purpose: str, run_id: str) -> dict[str, dict]:
     return tiers
 
 
-def emit_archive_events(purpose: str, context: dict, ctx: RunContext) -> dict[str, dict]:
+def emit_archive_events(purpose: Purpose | str, context: dict, ctx: RunContext) -> dict[str, dict]:
     """One Asset event per archive tier this run wrote objects to, through the task's AssetAlias
     outlet; none for a dry run, a preview run, or a run that archived nothing."""
     from retention.dag_factory import archive_alias, archive_asset
 
     if ctx.dry_run:
         return {}
+    purpose = as_purpose(purpose).name
     written = written_archives(purpose, ctx.run_id)
     alias = archive_alias(purpose)
     policy = default_policy()
@@ -168,7 +256,7 @@ def emit_archive_events(purpose: str, context: dict, ctx: RunContext) -> dict[st
     return written
 
 
-def purge_archives(purpose: str, context: dict) -> dict:
+def purge_archives(purpose: Purpose, context: dict) -> dict:
     ctx = run_context(purpose, context)
     result = engine(purpose).purge_archives(ctx)
     log.info(
@@ -180,12 +268,14 @@ def purge_archives(purpose: str, context: dict) -> dict:
     return result
 
 
-def check_after(purpose: str, context: dict, before: dict, archived: dict) -> dict:
+def check_after(purpose: Purpose, context: dict, before: dict, archived: dict) -> dict:
     from retention import checks
 
     ctx = run_context(purpose, context)
     with _no_retry_on(checks.QualityGateError):
-        return checks.run_after_gates(default_policy(), purpose, source_dsn(), archive_store(), ctx, before, archived)
+        return checks.run_after_gates(
+            default_policy(), as_purpose(purpose), source_dsn(), archive_store(), ctx, before, archived
+        )
 
 
 def paris_time(at: dt.datetime) -> str:
@@ -193,9 +283,12 @@ def paris_time(at: dt.datetime) -> str:
     return at.astimezone(default_policy().tz).strftime("%Y-%m-%d %H:%M %Z")
 
 
-def report(purpose: str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict) -> str:
+def report(
+    purpose: Purpose | str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict
+) -> str:
     """A Markdown summary: counts per rule, bytes per tier. Shown in the log and in XCom."""
     ctx = run_context(purpose, context)
+    purpose = as_purpose(purpose).name
     if ctx.mode == "preview":
         title = "PREVIEW mode: what an enforced run would do; nothing changed"
     else:
@@ -224,6 +317,12 @@ def report(purpose: str, context: dict, planned: dict, archived: dict, purged: d
         f"{purged['held_objects']} kept under legal hold",
         f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}",
     ]
+    beyond = {r["rule"]: r["beyond_plan"] for r in archived["rules"] if r.get("beyond_plan")}
+    if beyond:
+        lines.append(
+            "left for the next run (deletable beyond the approved plan): "
+            + ", ".join(f"{rule}={n}" for rule, n in beyond.items())
+        )
     summary = "\n".join(lines)
     log.info("%s", summary)
     return summary

@@ -1,0 +1,162 @@
+"""One plan per run, handed on: the engine executes the plan the before-gate approved, no more,
+and refuses a plan made with another policy (issue 11, item 1)."""
+
+from __future__ import annotations
+
+import pytest
+from retention import checks
+from retention.archive_store import ArchiveStore
+from retention.engine import PlanMismatchError, PurposeLockedError, RetentionEngine, RunContext, plan_units
+from retention.periods import Period
+from retention.planner import Plan, Planner
+
+from tests import factories as f
+from tests.test_safety import InThread, Pause
+
+pytestmark = pytest.mark.integration
+
+D = f.midnight("2025-02-28")  # quotes issued before 2024-02-29 are due
+
+
+def make_engine(policy, dsn, s3, storage, purpose="quotes") -> RetentionEngine:
+    return RetentionEngine(policy, purpose, dsn, ArchiveStore(s3, storage), lock_timeout=2)
+
+
+def audit_actions(db, run_id: str) -> list[tuple[str, int]]:
+    return db.execute(
+        "SELECT action, record_count FROM retention.audit_log WHERE run_id = %s ORDER BY id", (run_id,)
+    ).fetchall()
+
+
+def test_the_plan_travels_as_counts_and_comes_back_the_same(db, s3, storage, policy, source_dsn):
+    f.quote(db, issued="2023-01-01")
+    held = f.quote(db, issued="2023-01-01")
+    f.legal_hold(db, "quotes", held)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(RunContext("quotes", "manual__p", D))
+    again = Plan.from_dict(plan.as_dict())
+    assert again == Plan.from_dict(again.as_dict())
+    (rule,) = again.rules
+    assert (rule.due, rule.held, rule.deletable, rule.held_ids) == (2, 1, 1, [held])
+    assert again.table_rows == {"quotes": 2} and len(again.policy_sha256) == 64
+
+
+def test_more_rows_due_at_execution_than_approved_stay_for_the_next_run(db, s3, storage, policy, source_dsn):
+    """A quote that became due after the plan (here: inserted after it) is not deleted by this
+    run, though the batch would select it: the run deletes at most what the gate approved."""
+    approved = [f.quote(db, issued="2023-01-01") for _ in range(2)]
+    ctx = RunContext("quotes", "manual__beyond", D, batch_size=10)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx)
+    late = f.quote(db, issued="2023-01-01")
+    (outcome,) = engine.archive_and_delete(ctx, plan)
+    assert outcome.deleted == 2 and outcome.beyond_plan == 1
+    assert len(f.ids(db, "quotes") & {*approved, late}) == 1, "exactly one due quote is left for the next run"
+    # The next run (its own plan) takes it.
+    (next_outcome,) = engine.archive_and_delete(RunContext("quotes", "manual__next", D))
+    assert next_outcome.deleted == 1 and f.ids(db, "quotes") == set()
+
+
+def test_the_after_gate_accepts_the_rows_left_beyond_the_plan_and_shows_them(db, s3, storage, policy, source_dsn):
+    f.quote(db, issued="2023-01-01")
+    f.quote(db, issued="2024-12-01")
+    ctx = RunContext("quotes", "manual__beyond_gate", D)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx)
+    before = checks.run_before_gates(policy, policy.purpose("quotes"), source_dsn, ctx, 1.0, plan=plan)
+    f.quote(db, issued="2023-01-01")
+    archived = {"rules": [o.as_dict() for o in engine.archive_and_delete(ctx, plan)]}
+    report = checks.run_after_gates(policy, "quotes", source_dsn, ArchiveStore(s3, storage), ctx, before, archived)
+    (due_left,) = [r for r in report["results"] if r["expectation"] == "no_due_record_remains"]
+    assert due_left["success"] and due_left["observed"] == {"remaining": 1, "left_beyond_plan": 1}
+
+
+def test_a_plan_made_with_another_policy_is_refused_and_nothing_changes(db, s3, storage, policy, source_dsn):
+    due = f.quote(db, issued="2023-01-01")
+    recent = f.quote(db, issued="2024-06-01")
+    ctx = RunContext("quotes", "manual__changed", D)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx)
+    # The file changed between plan and execution: quotes now go after 6 months, not 12.
+    quotes = policy.purpose("quotes")
+    rule = quotes.rules[0].model_copy(update={"live": Period.parse("6 months")})
+    changed = policy.model_copy(
+        update={"purposes": policy.purposes | {"quotes": quotes.model_copy(update={"rules": (rule,)})}}
+    )
+    engine = make_engine(changed, source_dsn, s3, storage)
+    with pytest.raises(PlanMismatchError, match="policy of purpose 'quotes' changed since the plan"):
+        engine.archive_and_delete(ctx, plan)
+    assert f.ids(db, "quotes") == {due, recent}
+    assert audit_actions(db, "manual__changed") == []
+    assert s3.list_objects_v2(Bucket=storage.archive_bucket).get("KeyCount", 0) == 0
+    # With the plan of the policy it runs with, the same engine goes ahead.
+    engine.archive_and_delete(ctx, engine.make_plan(ctx))
+    assert f.ids(db, "quotes") == set()
+
+
+def test_held_and_waiting_ids_are_audited_once_per_run(db, s3, storage, policy, source_dsn):
+    held = f.quote(db, issued="2023-06-01")
+    f.legal_hold(db, "quotes", held)
+    f.quote(db, issued="2023-06-01")  # archived until 2025-06
+    ctx = RunContext("quotes", "manual__audit", D)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx, audit=True)
+    engine.make_plan(ctx, audit=True)  # a retried plan task
+    engine.archive_and_delete(ctx, plan)
+    assert audit_actions(db, "manual__audit") == [("held", 1), ("archived_and_deleted", 1)]
+    dry = RunContext("quotes", "manual__audit_dry", D, dry_run=True)
+    engine.make_plan(dry, audit=True)
+    assert audit_actions(db, "manual__audit_dry") == [], "a dry run writes nothing"
+
+
+def test_the_before_gate_judges_the_plan_it_is_given(db, s3, storage, policy, source_dsn, monkeypatch):
+    for _ in range(3):
+        f.quote(db, issued="2023-01-01")
+    f.quote(db, issued="2024-12-01")
+    ctx = RunContext("quotes", "manual__gate", D)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx)
+
+    def no_replanning(*args, **kwargs):
+        raise AssertionError("the gate planned again")
+
+    monkeypatch.setattr(Planner, "plan", no_replanning)
+    with pytest.raises(checks.QualityGateError, match=r"would delete 75% of app.quotes \(3 of 4 rows\)"):
+        checks.run_before_gates(policy, policy.purpose("quotes"), source_dsn, ctx, 0.5, plan=plan.as_dict())
+
+
+# ----------------------------------------------------------------- a purpose over several units
+
+
+def test_recovery_cannot_run_while_a_unit_holds_the_purpose_lock(db, s3, storage, policy, source_dsn):
+    """Units of a run hold the purpose's lock in shared mode: two go side by side, while the
+    recovery (exclusive: it removes 'uploading' objects as orphans) waits for both."""
+    quotes = [f.quote(db, issued="2023-06-01") for _ in range(4)]  # archived until 2025-06
+    ctx = RunContext("quotes", "manual__units", D)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx, range_rows=2)
+    (units,) = plan_units(plan)
+    assert [(u.first_id, u.last_id, u.rows) for u in units] == [(quotes[0], quotes[1], 2), (quotes[2], quotes[3], 2)]
+
+    first = make_engine(policy, source_dsn, s3, storage)
+    pause = Pause(first, "_archive_group")  # its object uploaded and verified, still 'uploading'
+    run = InThread(lambda: first.archive_and_delete(ctx, plan, units[0]))
+    assert pause.reached.wait(30)
+    (second,) = make_engine(policy, source_dsn, s3, storage).archive_and_delete(ctx, plan, units[1])
+    assert second.deleted == 2, "the other unit of the run is not kept waiting"
+    recovery = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=1)
+    with pytest.raises(PurposeLockedError):
+        recovery.recover_before_units(ctx, plan)
+    pause.release.set()
+    (outcome,) = run.join()
+    assert outcome.deleted == 2 and f.ids(db, "quotes") == set()
+    states = db.execute("SELECT state, count(*) FROM retention.archive_manifest GROUP BY 1").fetchall()
+    assert states == [("committed", 2)], "the paused unit's upload was not removed as an orphan"
+    assert recovery.recover_before_units(ctx, plan) == {"orphans_removed": 0, "locks_applied": 0}
+
+
+def test_a_unit_deletes_only_its_range(db, s3, storage, policy, source_dsn):
+    quotes = [f.quote(db, issued="2023-01-01") for _ in range(5)]
+    ctx = RunContext("quotes", "manual__range", D, batch_size=1)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx, range_rows=2)
+    (units,) = plan_units(plan)
+    assert [u.rows for u in units] == [2, 2, 1]
+    (outcome,) = engine.archive_and_delete(ctx, plan, units[1])
+    assert outcome.deleted == 2 and f.ids(db, "quotes") == {quotes[0], quotes[1], quotes[4]}
