@@ -228,7 +228,17 @@ class Batch:
 
 
 class _LockBusy(Exception):
-    """The batch could not get its locks within PIPELINED_LOCK_TIMEOUT (see _run_rule)."""
+    """The next batch could not get its locks within PIPELINED_LOCK_TIMEOUT, or someone waits
+    for the locks of the batch still uploading (see _archive_batch)."""
+
+
+def _has_waiters(conn, backend_pid: int) -> bool:
+    """Whether a session waits for a lock that the backend ``backend_pid`` holds (pg_locks is
+    visible to every role, unlike other sessions' wait events in pg_stat_activity)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND %s = ANY(pg_blocking_pids(pid)))",
+        (backend_pid,),
+    ).fetchone()[0]
 
 
 class RetentionEngine:
@@ -499,7 +509,7 @@ class RetentionEngine:
                     conn = connections[turn % 2]
                     try:
                         batch = self._archive_batch(
-                            conn, intents, reader, rule, ctx, after_id, outcome, in_flight is not None
+                            conn, intents, reader, rule, ctx, after_id, outcome, in_flight and in_flight[0].conn
                         )
                     except _LockBusy:
                         # Someone waits for a lock the uploading batch holds (a legal hold being
@@ -535,10 +545,18 @@ class RetentionEngine:
         )
         return outcome
 
-    def _archive_batch(self, control, intents, reader, rule, ctx, after_id, outcome, pipelined=False) -> Batch | None:
+    def _archive_batch(self, control, intents, reader, rule, ctx, after_id, outcome, uploading=None) -> Batch | None:
         """Steps 1-2 of the protocol for the next batch: lock, re-check, read the rows and record
         the upload intents, in a transaction left open (the upload, the delete and the commit
-        follow: _upload_batch, _commit_batch); None, with no transaction open, when done."""
+        follow: _upload_batch, _commit_batch); None, with no transaction open, when done.
+
+        ``uploading`` is the connection of the batch still uploading, if any. This batch must not
+        overtake someone who already waits for that batch's locks (the application setting a
+        contract back to running): sharing the parent rows' FOR SHARE locks, it could decide on
+        the old state and keep the writer waiting one batch more, again and again. So it backs
+        off (_LockBusy): the uploading batch commits, the writer goes through, this batch is
+        prepared again and sees the change."""
+        pipelined = uploading is not None
         try:
             control.execute(f"SET LOCAL lock_timeout = '{PIPELINED_LOCK_TIMEOUT if pipelined else BATCH_LOCK_TIMEOUT}'")
             control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
@@ -553,6 +571,9 @@ class RetentionEngine:
         if not locked:
             control.rollback()
             return None
+        if pipelined and _has_waiters(control, uploading.info.backend_pid):
+            control.rollback()
+            raise _LockBusy()
         control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
         batch = Batch(conn=control, last_id=locked[-1])
         groups = self._within_allowance(rule, self._recheck(control, rule, ctx, locked))
