@@ -166,11 +166,14 @@ def plan_units(plan: Plan) -> list[list[Unit]]:
 @dataclass
 class _Allowance:
     """What the approved plan lets a rule (or a unit of it) delete: ids in a range, at most so
-    many rows; counted down as batches are locked."""
+    many rows; counted down as batches are re-checked (_within_allowance)."""
 
     first_id: int
     last_id: int
     rows_left: int
+    # Deletable rows a batch found once the count was used up, and the last id locked so far.
+    cut: int = 0
+    reached_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -460,16 +463,22 @@ class RetentionEngine:
         acquire_purpose_lock(conn, self.purpose_name, self.lock_timeout)
 
     def _note_beyond_plan(self, control, rule: Rule, ctx: RunContext, outcome: RuleOutcome) -> None:
-        """Once the approved count is used up, the deletable rows still in the rule's range are
-        left for the next run: counted, reported, never deleted by this one."""
+        """Once the approved count is used up, the deletable rows the run did not take are left
+        for the next run: counted, reported, never deleted by this one. Those are the rows cut
+        from a batch, and the deletable rows of the range beyond the last batch; not the rows a
+        batch kept for its own reasons (the processor did not confirm an erasure): those are
+        what the after-gate is there to report."""
         allowance = self._allowances[rule.name]
         if allowance.rows_left > 0:
             return
         query = (
-            f"SELECT count(*) FROM ({self._planner.deletable_select(rule)}) AS d WHERE d.id BETWEEN %(lo)s AND %(hi)s"
+            f"SELECT count(*) FROM ({self._planner.deletable_select(rule)}) AS d WHERE d.id > %(lo)s AND d.id <= %(hi)s"
         )
-        params = self._planner.params(ctx.logical_date) | {"lo": allowance.first_id, "hi": allowance.last_id}
-        outcome.beyond_plan = control.execute(query, params).fetchone()[0]
+        params = self._planner.params(ctx.logical_date) | {
+            "lo": max(allowance.reached_id, allowance.first_id - 1),
+            "hi": allowance.last_id,
+        }
+        outcome.beyond_plan = allowance.cut + control.execute(query, params).fetchone()[0]
         control.commit()
         if outcome.beyond_plan:
             log.warning(
@@ -609,7 +618,10 @@ class RetentionEngine:
             "until_id": allowance.last_id,
             "batch_size": limit,
         }
-        return [row[0] for row in conn.execute(self._planner.lock_batch_sql(rule), params).fetchall()]
+        locked = [row[0] for row in conn.execute(self._planner.lock_batch_sql(rule), params).fetchall()]
+        if locked:
+            allowance.reached_id = max(allowance.reached_id, locked[-1])
+        return locked
 
     def _within_allowance(self, rule: Rule, groups: list[tuple[str, list[int], dt.datetime]]) -> list:
         """The re-checked rows of a batch, cut to what is left of the approved count (counted
@@ -617,7 +629,9 @@ class RetentionEngine:
         allowance = self._allowances[rule.name]
         kept = []
         for month, ids, purge_after in groups:
-            ids = ids[: max(allowance.rows_left, 0)]
+            taken = ids[: max(allowance.rows_left, 0)]
+            allowance.cut += len(ids) - len(taken)
+            ids = taken
             allowance.rows_left -= len(ids)
             if ids:
                 kept.append((month, ids, purge_after))
