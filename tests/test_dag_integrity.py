@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +168,85 @@ def test_subject_requests_dag_is_triggered_by_hand_and_previews_by_default():
     assert {"request_id", "action", "subject_kind", "subject_id", "email", "received_on", "marketing_objection"} <= set(
         dag.params
     )
+
+
+# Loads the plugins as every Airflow process does (airflow.plugins_manager: each .py file under the
+# plugins folder not excluded by plugins/.airflowignore is imported under its bare file name),
+# parses the DAG folder, then imports every module of the two packages by name, as the tasks and
+# the api-server do. In a subprocess: the plugin loader caches its result and fills sys.modules.
+_LOAD_LIKE_AIRFLOW = r"""
+import json, pkgutil, sys
+from pathlib import Path
+from airflow import plugins_manager
+from airflow.dag_processing.dagbag import DagBag
+
+plugins, plugin_errors = plugins_manager._get_plugins()
+bag = DagBag(dag_folder=sys.argv[2])
+plugins_dir = Path(sys.argv[1]).resolve()
+for package in ("retention", "retention_ui"):
+    __import__(package)
+    for info in pkgutil.iter_modules(sys.modules[package].__path__, package + "."):
+        __import__(info.name)
+loaded = {}
+for name, module in list(sys.modules.items()):
+    file = getattr(module, "__file__", None)
+    if file and Path(file).resolve().is_relative_to(plugins_dir):
+        loaded[name] = str(Path(file).resolve().relative_to(plugins_dir))
+print(json.dumps({
+    "plugins": sorted(p.name for p in plugins),
+    "plugin_errors": {str(k): str(v) for k, v in plugin_errors.items()},
+    "dag_ids": sorted(bag.dag_ids),
+    "dag_import_errors": {str(k): str(v)[-500:] for k, v in bag.import_errors.items()},
+    "loaded": loaded,
+}))
+"""
+
+
+def _module_name(relative: Path) -> str:
+    """The one name a module file under plugins/ may have in sys.modules: its dotted path."""
+    parts = relative.with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_plugin_loader_imports_each_module_once(tmp_path):
+    """With plugins/.airflowignore hiding the packages, the plugin loader imports only
+    retention_ui_plugin.py; without it, it would also import retention/engine.py as a top-level
+    `engine` (tasks.py as `tasks`...): a second copy of every module beside `retention.engine`,
+    with its own module state (caches, locks), and the heavy imports in every Airflow process."""
+    plugins_dir = REPO_ROOT / "plugins"
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"}
+    env |= {
+        "AIRFLOW_HOME": str(tmp_path / "airflow-home"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_dir),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": f"{plugins_dir}:{REPO_ROOT}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_LIKE_AIRFLOW, str(plugins_dir), str(REPO_ROOT / "dags")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["plugin_errors"] == {} and out["dag_import_errors"] == {}
+    assert "retention" in out["plugins"]
+    assert set(out["dag_ids"]) == EXPECTED_DAG_IDS | {"retention_watch", "retention_subject_requests"}
+
+    files = sorted(
+        p.relative_to(plugins_dir)
+        for package in ("retention", "retention_ui")
+        for p in (plugins_dir / package).glob("*.py")
+    )
+    names_by_file: dict[str, list[str]] = {}
+    for name, file in out["loaded"].items():
+        names_by_file.setdefault(file, []).append(name)
+    for relative in files:
+        names = sorted(names_by_file.get(str(relative), []))
+        assert names == [_module_name(relative)], f"{relative} is in sys.modules as {names}"
+    # Nothing else from plugins/ under another name (a bare `engine`, `checks`, `tasks`, `app`...).
+    strays = {name: file for name, file in out["loaded"].items() if name != _module_name(Path(file))}
+    assert strays == {}
+    assert out["loaded"].get("retention_ui_plugin") == "retention_ui_plugin.py"

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from retention.planner import Planner
 from retention.policy import Policy, Purpose, Rule
 
-DEFAULT_OVERDUE_DAYS = 3
 AUDIT_DELETE_ACTIONS = ("archived_and_deleted", "deleted")
 
 

@@ -13,9 +13,8 @@ from zoneinfo import ZoneInfo
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param, dag, task
 
-from retention.alerts import STALE_AFTER, notify_failure
+from retention.alerts import DEFAULT_OVERDUE_DAYS, STALE_AFTER, notify_failure
 from retention.dag_factory import OWNER, START_DATE, dag_id_for
-from retention.status import DEFAULT_OVERDUE_DAYS
 
 log = logging.getLogger(__name__)
 WATCH_DAG_ID = "retention_watch"

@@ -38,7 +38,7 @@ GATE_TASKS = ("check_before", "check_after")
 
 def overdue_days_setting() -> int:
     from airflow.configuration import conf
-    from retention.status import DEFAULT_OVERDUE_DAYS
+    from retention.alerts import DEFAULT_OVERDUE_DAYS
 
     return conf.getint("retention", "overdue_days", fallback=DEFAULT_OVERDUE_DAYS)
 
