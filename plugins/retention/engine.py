@@ -3,9 +3,10 @@
 For each rule of a purpose, in policy order (children before parents), in bounded batches:
 
 1. in a transaction, take the legal-hold table in SHARE mode (a hold placed meanwhile waits
-   for the commit, or was committed before and is seen), lock the next batch of due rows
-   (``FOR UPDATE SKIP LOCKED``) and the parent rows the rule reads (``FOR SHARE``), then
-   re-run the rule on the locked ids to re-check expiry, holds and waiting children;
+   for the commit, or was committed before and is seen), lock the next batch of rows the
+   rule's clock and conditions select (``FOR UPDATE SKIP LOCKED``) and the parent rows the
+   rule reads (``FOR SHARE``), then re-run the whole rule on the locked ids: expiry, holds,
+   waiting children (this statement sees every commit made before the locks);
 2. read those rows as Arrow (ADBC, binary protocol) and write one Parquet object per purge
    month, recorded first as an 'uploading' intent in the manifest, uploaded with a SHA-256
    checksum; files named by ``*_key`` columns are copied beside it;
@@ -13,11 +14,17 @@ For each rule of a purpose, in policy order (children before parents), in bounde
 4. delete exactly those rows, mark the manifest rows 'committed', write the audit rows and
    the pending file disposals, and commit: all in the one transaction.
 
+Two batches are in flight at most: while batch N uploads and is read back (a worker thread,
+no database), batch N+1 is locked, re-checked and read on a second connection; N's delete and
+commit still wait for N's verified upload, and N+1 backs off while anyone waits for N's locks
+(a hold being placed, a contract set back to running), so nothing overtakes a writer.
+
 After the commit the probative objects are locked (the verified versions) and the source
 files are deleted, unless a row still in the source names them. A crash at
 any step leaves the source rows in place; the next run removes the orphan objects of
 'uploading' intents and finishes pending disposals and locks, so nothing is lost or
-archived twice. A per-purpose advisory lock keeps two runs of a purpose apart.
+archived twice. A per-purpose advisory lock keeps two runs of a purpose apart (held in
+shared mode by the units of one run spread over workers: a recovery never runs beside them).
 
 Heavy imports (pyarrow, psycopg, adbc) happen here, never at DAG-parse time.
 """
