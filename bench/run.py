@@ -126,6 +126,7 @@ def child_env(spec: dict) -> dict[str, str]:
             "RETENTION_DOCUMENTS_BUCKET": spec["documents_bucket"],
         }
     )
+    env.update(spec.get("env", {}))
     return env
 
 
@@ -324,6 +325,20 @@ def _fmt_int(value) -> str:
     return f"{value:,.0f}" if value is not None else "-"
 
 
+def _gate_text(gates: dict) -> str:
+    """'22/22, 31/31' for passed gates; the first line of a failure otherwise."""
+    texts = []
+    for name in ("before_gate", "after_gate"):
+        status = gates[name]
+        if status.startswith(("FAILED", "not run")):
+            texts.append(f"{name} {status.splitlines()[0][:160]}")
+        else:
+            texts.append(status.split(" ")[0])
+    if "before_gate_refused" in gates:
+        texts.append("first refused by the mass-deletion guard, re-run with max_delete_fraction 1")
+    return ", ".join(texts).replace("|", "/")
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -400,15 +415,32 @@ def markdown(report: dict) -> str:
                 f"({sum(full['seeded_rows'].values()):,} rows, seeded in {full['seed_s']:.0f} s), "
                 f"logical date {full['logical_date']}:",
                 "",
-                "| purpose | wall s | rows deleted | objects | archive bytes | peak RSS MiB |",
-                "|---|---:|---:|---:|---:|---:|",
+                "| purpose | wall s | before gate s | plan s | archive_and_delete s | after gate s | gates share "
+                "| rows deleted | objects | archive bytes | peak RSS MiB | gates |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             ]
             for p in full["purposes"]:
+                st = p["steps_s"]
                 lines.append(
-                    f"| {p['purpose']} | {p['wall_s']:.1f} | {p['deleted']:,} | {p['objects']} "
-                    f"| {p['archive_bytes']:,} | {p['peak_rss_mb']:.0f} |"
+                    f"| {p['purpose']} | {p['wall_s']:.1f} | {st.get('before_gate', 0):.1f} | {st.get('plan', 0):.1f} "
+                    f"| {st.get('archive_and_delete', 0):.1f} | {st.get('after_gate', 0):.1f} "
+                    f"| {p['gates_share']:.0%} | {p['deleted']:,} | {p['objects']} | {p['archive_bytes']:,} "
+                    f"| {p['peak_rss_mb']:.0f} | {_gate_text(p['gates'])} |"
                 )
-            lines.append(f"| **total** | {full['total_s']:.1f} | {full['total_deleted']:,} | | | |")
+            lines.append(
+                f"| **total** | {full['total_s']:.1f} | | | | | {full['gates_share']:.0%} "
+                f"| {full['total_deleted']:,} | | | | |"
+            )
+            imports = [p["gates_import_s"] for p in full["purposes"]]
+            lines += [
+                "",
+                f"- seeding: {full['seed_s']:.0f} s for {full['customers']:,} customers "
+                f"({full['seed_customers_per_s']:.0f} customers/s, documents uploaded to moto included), "
+                "not in the run times;",
+                f"- not in the run times either: importing the gates (GX) in each purpose's process, "
+                f"{min(imports):.1f}-{max(imports):.1f} s (an Airflow gate task pays it once per task);",
+                f"- gates passed: {'all' if full['all_gates_passed'] else 'NOT all (see the gates column)'}.",
+            ]
     profile = report.get("profile")
     if profile:
         lines += [
@@ -576,9 +608,9 @@ def main(argv: list[str] | None = None) -> dict:
     report["summary"] = summarize(runs, args.rows, args.contestants)
     report["bench_s"] = time.perf_counter() - started
     report["all_checks_ok"] = all(r["checks"]["ok"] for r in runs)
-    text = markdown(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    text = markdown(report)
     args.out.with_suffix(".md").write_text(text + "\n")
     print(text)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
