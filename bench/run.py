@@ -2,7 +2,8 @@
 
     PYTHONPATH=plugins:. .venv/bin/python -m bench.run [--rows 100000 1000000] [--repeat 3]
         [--out bench/results/latest.json] [--batch-size N] [--full-run-customers N]
-        [--skip-full-run] [--skip-parse] [--profile] [--candidate NAME=PLUGINS_DIR ...]
+        [--skip-full-run] [--skip-parse] [--documents-files N] [--skip-documents] [--profile]
+        [--candidate NAME=PLUGINS_DIR ...]
 
 Starts its own PostgreSQL and S3 server (moto) on free loopback ports, state in a temporary
 folder, both stopped at the end. For each size N it builds N expired quotes once into a template
@@ -47,6 +48,7 @@ LOGICAL_DATE = dt.datetime(2026, 3, 1, tzinfo=ZoneInfo("Europe/Paris"))
 # in 357 s (2.9 s for 10,000 without documents), so 1,000,000 would take about two hours. 20,000
 # (about 150 s) is the largest that keeps the whole bench under its 15 minutes.
 FULL_RUN_CUSTOMERS = 20_000
+DOCUMENT_FILES = 10_000  # issue 11: document disposal measured on 10,000 files
 TARGETS = {"engine_vs_limit": 0.7, "engine_vs_pandas": 1.5, "rss_growth": 1.2, "parse_s": 0.3, "bench_s": 900}
 
 
@@ -74,6 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-full-run", action="store_true")
     parser.add_argument("--skip-parse", action="store_true", help="skip the DAG parse-time measure")
+    parser.add_argument(
+        "--documents-files",
+        type=int,
+        default=DOCUMENT_FILES,
+        help=f"files (20-200 KB) of the document-disposal measure (default {DOCUMENT_FILES:,}; bench/documents.py)",
+    )
+    parser.add_argument("--skip-documents", action="store_true", help="skip the document-disposal measure")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -108,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--candidate {item!r}: {plugins} has no retention/engine.py")
         args.candidates[name] = str(plugins)
     args.contestants = [*args.contestants, *args.candidates]
-    if any(n < 1 for n in args.rows) or args.repeat < 1:
+    if any(n < 1 for n in args.rows) or args.repeat < 1 or args.documents_files < 1:
         parser.error("--rows and --repeat must be positive")
     return args
 
@@ -404,6 +413,29 @@ def markdown(report: dict) -> str:
                 f"- heaviest imports of {parse['slowest_file']} beyond the baseline (cumulative s): "
                 + ", ".join(f"{mod} {s:.3f}" for mod, s in parse["slowest_file_heaviest_imports_s"][:6])
             )
+    docs = report.get("documents")
+    if docs:
+        lines += [
+            "",
+            f"Document disposal, {docs['files']:,} files of {docs['sizes'][0] // 1000}-{docs['sizes'][1] // 1000} KB "
+            f"({docs['bytes'] / 1e6:,.0f} MB) copied into the archive then deleted, fresh buckets each run, median of "
+            f"{docs['repeat']} (bench/documents.py):",
+            "",
+            "| contestant | median wall s | files/s | client CPU s | S3 server CPU s | walls s |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for name, d in docs["summary"].items():
+            lines.append(
+                f"| {name} | {d['median_wall_s']:.2f} | {d['files_per_s']:,.0f} | {d['median_client_cpu_s']:.1f} "
+                f"| {d['median_server_cpu_s']:.1f} | {', '.join(f'{w:.1f}' for w in d['walls_s'])} |"
+            )
+        lines += [
+            "",
+            "- store throughput = "
+            + ", ".join(f"{v:.2f} x {k.split('_vs_')[1]}" for k, v in docs["ratios"].items())
+            + f" (target >= 5 x serial: {'met' if docs['target']['met'] else 'NOT met'}); "
+            + f"checks {'ok' if docs['all_checks_ok'] else 'FAILED'}",
+        ]
     full = report.get("full_run")
     if full:
         lines.append("")
@@ -480,6 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
     from retention.schema import apply_schema
 
     from bench import data, full_run, parse_time
+    from bench import documents as documents_bench
     from bench import stack as bench_stack
 
     policy = default_policy()
@@ -596,6 +629,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_parse:
             log("measuring DAG parse times")
             report["parse_time"] = parse_time.measure(stack.root / "airflow-home", repeat=args.repeat)
+        if not args.skip_documents:
+            report["documents"] = documents_bench.run(stack, args.documents_files, args.repeat, log, seed=args.seed)
         if not args.skip_full_run:
             report["full_run"] = full_run.run(
                 stack, args.full_run_customers, logical_date, args.batch_size, run_child, log, engine_plugins
@@ -607,7 +642,9 @@ def main(argv: list[str] | None = None) -> dict:
     report["runs"] = runs
     report["summary"] = summarize(runs, args.rows, args.contestants)
     report["bench_s"] = time.perf_counter() - started
-    report["all_checks_ok"] = all(r["checks"]["ok"] for r in runs)
+    report["all_checks_ok"] = all(r["checks"]["ok"] for r in runs) and report.get("documents", {}).get(
+        "all_checks_ok", True
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     text = markdown(report)
