@@ -192,12 +192,14 @@ def run(stack, files: int, repeat: int, log, contestants=CONTESTANTS, seed: int 
                 "client_cpu_s": time.process_time() - client_cpu,
                 "server_cpu_s": _cpu_s(moto_pid) - server_cpu,
                 "upload_s": upload_s,
+                "load_average_1m": os.getloadavg()[0],  # the machine is shared: how busy it was
                 "checks": _verify(stack.s3_client(), store, items, pairs),
             }
             runs.append(run)
             log(
                 f"documents: {name:15} run {r + 1}/{repeat}: {wall:6.2f} s, {run['files_per_s']:6.0f} files/s, "
                 f"CPU client {run['client_cpu_s']:.1f} s, S3 server {run['server_cpu_s']:.1f} s, "
+                f"load {run['load_average_1m']:.1f}, "
                 f"checks {'ok' if run['checks']['ok'] else 'FAILED ' + str(run['checks'])}"
             )
     stack.fresh_buckets("docs-done")  # free the S3 server's memory
@@ -211,6 +213,7 @@ def run(stack, files: int, repeat: int, log, contestants=CONTESTANTS, seed: int 
             "median_client_cpu_s": statistics.median(x["client_cpu_s"] for x in mine),
             "median_server_cpu_s": statistics.median(x["server_cpu_s"] for x in mine),
             "walls_s": [round(x["wall_s"], 2) for x in mine],
+            "load_average_1m": [round(x["load_average_1m"], 1) for x in mine],
             "all_checks_ok": all(x["checks"]["ok"] for x in mine),
         }
     ratios = {

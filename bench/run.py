@@ -421,13 +421,14 @@ def markdown(report: dict) -> str:
             f"({docs['bytes'] / 1e6:,.0f} MB) copied into the archive then deleted, fresh buckets each run, median of "
             f"{docs['repeat']} (bench/documents.py):",
             "",
-            "| contestant | median wall s | files/s | client CPU s | S3 server CPU s | walls s |",
-            "|---|---:|---:|---:|---:|---|",
+            "| contestant | median wall s | files/s | client CPU s | S3 server CPU s | walls s | load avg (1 min) |",
+            "|---|---:|---:|---:|---:|---|---|",
         ]
         for name, d in docs["summary"].items():
             lines.append(
                 f"| {name} | {d['median_wall_s']:.2f} | {d['files_per_s']:,.0f} | {d['median_client_cpu_s']:.1f} "
-                f"| {d['median_server_cpu_s']:.1f} | {', '.join(f'{w:.1f}' for w in d['walls_s'])} |"
+                f"| {d['median_server_cpu_s']:.1f} | {', '.join(f'{w:.1f}' for w in d['walls_s'])} "
+                f"| {', '.join(f'{x:.1f}' for x in d['load_average_1m'])} |"
             )
         lines += [
             "",
