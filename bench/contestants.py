@@ -133,31 +133,80 @@ def run_engine(spec: dict, timer) -> dict:
 
 
 def run_purpose(spec: dict, timer) -> dict:
-    """Full daily run of one purpose: plan (counts) then archive_and_delete, at one logical date."""
+    """Full daily run of one purpose, in the DAG's order: before-gate, plan (counts),
+    archive_and_delete, after-gate, at one logical date; each step timed.
+
+    The gates are called through bench.gates (one place to follow a change of their signature).
+    A failed gate is reported, not raised. A before-gate refused by the mass-deletion guard alone
+    (a first run on generated data clears a backlog) is re-run as the operator would re-trigger
+    the DAG, with the ``max_delete_fraction`` param raised to 1, when ``spec["raise_guard"]``; its
+    time is reported apart (``before_gate_refused``). Any other failed before-gate stops the run
+    there, as the DAG does (nothing deleted); a failed after-gate is recorded beside the figures."""
     from retention.archive_store import ArchiveStore
     from retention.engine import RetentionEngine, RunContext
     from retention.policy import default_policy
 
+    from bench import gates
+
     policy = default_policy().with_mode("enforce")
+    purpose = spec["purpose"]
     store = ArchiveStore(s3_client(spec["s3_endpoint"]), policy.storage_settings())
-    engine = RetentionEngine(policy, spec["purpose"], spec["dsn"], store)
+    engine = RetentionEngine(policy, purpose, spec["dsn"], store)
     ctx = RunContext(
-        spec["purpose"], spec["run_id"], dt.datetime.fromisoformat(spec["logical_date"]), batch_size=spec["batch_size"]
+        purpose, spec["run_id"], dt.datetime.fromisoformat(spec["logical_date"]), batch_size=spec["batch_size"]
     )
+    started = time.perf_counter()
+    gates.preload()  # what the gate tasks import first (GX): timed apart, like the other imports
+    import_s = time.perf_counter() - started
+    gate_error = gates.gate_error()
+    status = {"before_gate": "not run", "after_gate": "not run"}
+    outcomes, sizes = [], {}
     with timer:
-        started = time.perf_counter()
-        planned = engine.plan(ctx)
-        sizes = engine.table_sizes([o.table for o in planned])
-        plan_s = time.perf_counter() - started
-        outcomes = engine.archive_and_delete(ctx)
+        steps = _Steps()
+        try:
+            before = gates.before(policy, purpose, spec["dsn"], ctx)
+            status["before_gate"] = before.get("before", "ok")
+        except gate_error as exc:
+            status["before_gate"] = "FAILED: " + str(exc)[:2000]
+            if spec.get("raise_guard") and _only_mass_deletion_guard(str(exc)):
+                steps("before_gate_refused")
+                status["before_gate_refused"] = status["before_gate"]
+                try:
+                    before = gates.before(policy, purpose, spec["dsn"], ctx, max_delete_fraction=1.0)
+                    status["before_gate"] = before.get("before", "ok") + " (max_delete_fraction raised to 1)"
+                except gate_error as again:
+                    status["before_gate"] = "FAILED: " + str(again)[:2000]
+        steps("before_gate")
+        if not status["before_gate"].startswith("FAILED"):
+            planned = engine.plan(ctx)
+            sizes = engine.table_sizes([o.table for o in planned])
+            steps("plan")
+            outcomes = engine.archive_and_delete(ctx)
+            steps("archive_and_delete")
+            archived = {"mode": ctx.mode, "dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
+            try:
+                after = gates.after(policy, purpose, spec["dsn"], store, ctx, before, archived)
+                status["after_gate"] = after.get("after", "ok")
+            except gate_error as exc:
+                status["after_gate"] = "FAILED: " + str(exc)[:2000]
+            steps("after_gate")
     return {
-        "plan_s": plan_s,
+        "steps": steps.done,
+        "gates_import_s": import_s,
+        "plan_s": steps.done.get("plan"),
+        "gates": status,
         "table_rows": sizes,
         "deleted": sum(o.deleted for o in outcomes),
         "archive_bytes": sum(o.archive_bytes for o in outcomes),
         "objects": sum(o.objects for o in outcomes),
         "rules": [o.as_dict() for o in outcomes],
     }
+
+
+def _only_mass_deletion_guard(message: str) -> bool:
+    """A gate failure whose failed expectations (its "  - " lines) are all the mass-deletion guard."""
+    failed = [line for line in message.splitlines() if line.startswith("  - ")]
+    return bool(failed) and all(line.startswith("  - mass_deletion_guard ") for line in failed)
 
 
 CONTESTANTS = {

@@ -2,7 +2,8 @@
 
     PYTHONPATH=plugins:. .venv/bin/python -m bench.run [--rows 100000 1000000] [--repeat 3]
         [--out bench/results/latest.json] [--batch-size N] [--full-run-customers N]
-        [--skip-full-run] [--skip-parse] [--profile] [--candidate NAME=PLUGINS_DIR ...]
+        [--skip-full-run] [--skip-parse] [--documents-files N] [--skip-documents] [--profile]
+        [--candidate NAME=PLUGINS_DIR ...]
 
 Starts its own PostgreSQL and S3 server (moto) on free loopback ports, state in a temporary
 folder, both stopped at the end. For each size N it builds N expired quotes once into a template
@@ -47,6 +48,7 @@ LOGICAL_DATE = dt.datetime(2026, 3, 1, tzinfo=ZoneInfo("Europe/Paris"))
 # in 357 s (2.9 s for 10,000 without documents), so 1,000,000 would take about two hours. 20,000
 # (about 150 s) is the largest that keeps the whole bench under its 15 minutes.
 FULL_RUN_CUSTOMERS = 20_000
+DOCUMENT_FILES = 10_000  # issue 11: document disposal measured on 10,000 files
 TARGETS = {"engine_vs_limit": 0.7, "engine_vs_pandas": 1.5, "rss_growth": 1.2, "parse_s": 0.3, "bench_s": 900}
 
 
@@ -74,6 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-full-run", action="store_true")
     parser.add_argument("--skip-parse", action="store_true", help="skip the DAG parse-time measure")
+    parser.add_argument(
+        "--documents-files",
+        type=int,
+        default=DOCUMENT_FILES,
+        help=f"files (20-200 KB) of the document-disposal measure (default {DOCUMENT_FILES:,}; bench/documents.py)",
+    )
+    parser.add_argument("--skip-documents", action="store_true", help="skip the document-disposal measure")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -108,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--candidate {item!r}: {plugins} has no retention/engine.py")
         args.candidates[name] = str(plugins)
     args.contestants = [*args.contestants, *args.candidates]
-    if any(n < 1 for n in args.rows) or args.repeat < 1:
+    if any(n < 1 for n in args.rows) or args.repeat < 1 or args.documents_files < 1:
         parser.error("--rows and --repeat must be positive")
     return args
 
@@ -126,6 +135,7 @@ def child_env(spec: dict) -> dict[str, str]:
             "RETENTION_DOCUMENTS_BUCKET": spec["documents_bucket"],
         }
     )
+    env.update(spec.get("env", {}))
     return env
 
 
@@ -324,6 +334,20 @@ def _fmt_int(value) -> str:
     return f"{value:,.0f}" if value is not None else "-"
 
 
+def _gate_text(gates: dict) -> str:
+    """'22/22, 31/31' for passed gates; the first line of a failure otherwise."""
+    texts = []
+    for name in ("before_gate", "after_gate"):
+        status = gates[name]
+        if status.startswith(("FAILED", "not run")):
+            texts.append(f"{name} {status.splitlines()[0][:160]}")
+        else:
+            texts.append(status.split(" ")[0])
+    if "before_gate_refused" in gates:
+        texts.append("first refused by the mass-deletion guard, re-run with max_delete_fraction 1")
+    return ", ".join(texts).replace("|", "/")
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -390,6 +414,30 @@ def markdown(report: dict) -> str:
                 f"- heaviest imports of {parse['slowest_file']} after airflow.sdk (cumulative s): "
                 + ", ".join(f"{mod} {s:.3f}" for mod, s in parse["slowest_file_heaviest_imports_s"][:6])
             )
+    docs = report.get("documents")
+    if docs:
+        lines += [
+            "",
+            f"Document disposal, {docs['files']:,} files of {docs['sizes'][0] // 1000}-{docs['sizes'][1] // 1000} KB "
+            f"({docs['bytes'] / 1e6:,.0f} MB) copied into the archive then deleted, fresh buckets each run, median of "
+            f"{docs['repeat']} (bench/documents.py):",
+            "",
+            "| contestant | median wall s | files/s | client CPU s | S3 server CPU s | walls s | load avg (1 min) |",
+            "|---|---:|---:|---:|---:|---|---|",
+        ]
+        for name, d in docs["summary"].items():
+            lines.append(
+                f"| {name} | {d['median_wall_s']:.2f} | {d['files_per_s']:,.0f} | {d['median_client_cpu_s']:.1f} "
+                f"| {d['median_server_cpu_s']:.1f} | {', '.join(f'{w:.1f}' for w in d['walls_s'])} "
+                f"| {', '.join(f'{x:.1f}' for x in d['load_average_1m'])} |"
+            )
+        lines += [
+            "",
+            "- store throughput = "
+            + ", ".join(f"{v:.2f} x {k.split('_vs_')[1]}" for k, v in docs["ratios"].items())
+            + f" (target >= 5 x serial: {'met' if docs['target']['met'] else 'NOT met'}); "
+            + f"checks {'ok' if docs['all_checks_ok'] else 'FAILED'}",
+        ]
     full = report.get("full_run")
     if full:
         lines.append("")
@@ -401,15 +449,32 @@ def markdown(report: dict) -> str:
                 f"({sum(full['seeded_rows'].values()):,} rows, seeded in {full['seed_s']:.0f} s), "
                 f"logical date {full['logical_date']}:",
                 "",
-                "| purpose | wall s | rows deleted | objects | archive bytes | peak RSS MiB |",
-                "|---|---:|---:|---:|---:|---:|",
+                "| purpose | wall s | before gate s | plan s | archive_and_delete s | after gate s | gates share "
+                "| rows deleted | objects | archive bytes | peak RSS MiB | gates |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             ]
             for p in full["purposes"]:
+                st = p["steps_s"]
                 lines.append(
-                    f"| {p['purpose']} | {p['wall_s']:.1f} | {p['deleted']:,} | {p['objects']} "
-                    f"| {p['archive_bytes']:,} | {p['peak_rss_mb']:.0f} |"
+                    f"| {p['purpose']} | {p['wall_s']:.1f} | {st.get('before_gate', 0):.1f} | {st.get('plan', 0):.1f} "
+                    f"| {st.get('archive_and_delete', 0):.1f} | {st.get('after_gate', 0):.1f} "
+                    f"| {p['gates_share']:.0%} | {p['deleted']:,} | {p['objects']} | {p['archive_bytes']:,} "
+                    f"| {p['peak_rss_mb']:.0f} | {_gate_text(p['gates'])} |"
                 )
-            lines.append(f"| **total** | {full['total_s']:.1f} | {full['total_deleted']:,} | | | |")
+            lines.append(
+                f"| **total** | {full['total_s']:.1f} | | | | | {full['gates_share']:.0%} "
+                f"| {full['total_deleted']:,} | | | | |"
+            )
+            imports = [p["gates_import_s"] for p in full["purposes"]]
+            lines += [
+                "",
+                f"- seeding: {full['seed_s']:.0f} s for {full['customers']:,} customers "
+                f"({full['seed_customers_per_s']:.0f} customers/s, documents uploaded to moto included), "
+                "not in the run times;",
+                f"- not in the run times either: importing the gates (GX) in each purpose's process, "
+                f"{min(imports):.1f}-{max(imports):.1f} s (an Airflow gate task pays it once per task);",
+                f"- gates passed: {'all' if full['all_gates_passed'] else 'NOT all (see the gates column)'}.",
+            ]
     profile = report.get("profile")
     if profile:
         lines += [
@@ -449,6 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
     from retention.schema import apply_schema
 
     from bench import data, full_run, parse_time
+    from bench import documents as documents_bench
     from bench import stack as bench_stack
 
     policy = default_policy()
@@ -565,6 +631,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_parse:
             log("measuring DAG parse times")
             report["parse_time"] = parse_time.measure(stack.root / "airflow-home", repeat=args.repeat)
+        if not args.skip_documents:
+            report["documents"] = documents_bench.run(stack, args.documents_files, args.repeat, log, seed=args.seed)
         if not args.skip_full_run:
             report["full_run"] = full_run.run(
                 stack, args.full_run_customers, logical_date, args.batch_size, run_child, log, engine_plugins
@@ -576,10 +644,12 @@ def main(argv: list[str] | None = None) -> dict:
     report["runs"] = runs
     report["summary"] = summarize(runs, args.rows, args.contestants)
     report["bench_s"] = time.perf_counter() - started
-    report["all_checks_ok"] = all(r["checks"]["ok"] for r in runs)
-    text = markdown(report)
+    report["all_checks_ok"] = all(r["checks"]["ok"] for r in runs) and report.get("documents", {}).get(
+        "all_checks_ok", True
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    text = markdown(report)
     args.out.with_suffix(".md").write_text(text + "\n")
     print(text)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")

@@ -65,12 +65,13 @@ def test_failed_retention_run_sends_an_email(airflow_db, db, s3, storage, inbox,
     monkeypatch.setattr(RetentionEngine, "_delete_rows", crash_after_upload)
     dag_run = run_dag("quotes", f.midnight("2025-03-01"))
     states = task_states(dag_run)
-    assert states["archive_and_delete"] == "failed", states
+    # The archive step's unit of the rule failed (a mapped task); the step's merge did not run.
+    assert states["archive_unconverted_quotes"] == "failed" and states["archive_and_delete"] != "success", states
     assert f.ids(db, "quotes") == {quote}, "a failed run deletes nothing"
     # One e-mail for the failed task, one for the report (which ran anyway, and keeps the run red).
     assert [m["Subject"] for m in inbox.messages] == [
         f"[retention] FAILED retention_quotes.{task} (run {dag_run.run_id})"
-        for task in ("archive_and_delete", "report")
+        for task in ("archive_unconverted_quotes", "report")
     ]
     assert states["report"] == "failed" and dag_run.state == "failed"
     assert inbox.recipients == [["dpo@insurer.test"]] * 2
@@ -82,6 +83,7 @@ def test_failed_retention_run_sends_an_email(airflow_db, db, s3, storage, inbox,
 
     summary = _summary(dag_run)
     assert summary["outcome"] == "failed" and summary["failed_tasks"] == ["archive_and_delete"]
+    assert summary["task_states"]["failed_units"] == "archive_unconverted_quotes_0"
     assert summary["not_run"] == ["purge_archives", "check_after"]
     assert summary["task_states"]["check_before"] == "success" and summary["task_states"]["plan"] == "success"
     assert summary["left_unchanged"].startswith("archive-and-delete failed")

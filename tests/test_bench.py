@@ -13,6 +13,7 @@ import pytest
 pytestmark = pytest.mark.bench
 
 ROWS = 5000
+DOCUMENT_FILES = 40
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,10 @@ def report(tmp_path_factory):
     from bench.run import main
 
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    result = main(["--rows", str(ROWS), "--repeat", "1", "--skip-full-run", "--skip-parse", "--out", str(out)])
+    result = main(
+        ["--rows", str(ROWS), "--repeat", "1", "--skip-full-run", "--skip-parse"]
+        + ["--documents-files", str(DOCUMENT_FILES), "--out", str(out)]
+    )
     assert json.loads(out.read_text())["runs"], "the bench wrote no runs to its JSON report"
     return result
 
@@ -56,3 +60,23 @@ def test_report_has_the_table(report):
     assert set(summary["contestants"]) == {"limit", "pandas", "engine"}
     assert {"engine_vs_limit", "engine_vs_pandas"} <= set(summary["throughput_ratios"])
     assert report["machine"]["cores"] and report["versions"]["postgresql"]
+
+
+def test_document_disposal_moved_every_file_in_each_contestant(report):
+    """Serial baseline, the store before fec1c29 and today's store: every file copied into the
+    archive with its size, none left in the documents bucket; the table and the ratio reported."""
+    docs = report["documents"]
+    assert docs["files"] == DOCUMENT_FILES and docs["all_checks_ok"]
+    assert {r["contestant"] for r in docs["runs"]} == {"serial", "store_fec1c29^", "store"}
+    for run in docs["runs"]:
+        assert run["checks"] == {
+            "archived": DOCUMENT_FILES,
+            "copies_match_sizes": True,
+            "sources_left": 0,
+            "ok": True,
+        }, run["contestant"]
+    assert docs["ratios"]["store_vs_serial"] > 0
+    from bench.run import markdown
+
+    text = markdown(report)
+    assert "Document disposal" in text and "store throughput" in text

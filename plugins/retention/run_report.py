@@ -29,10 +29,32 @@ UNCHANGED = {
 }
 
 
+def unit_task_ids(context: dict) -> list[str]:
+    """The tasks that make up the archive step of a run spread over units: ``prepare_units``,
+    ``units_<rule>`` and the mapped ``archive_<rule>`` (retention.dag_factory)."""
+    dag = context.get("dag")
+    task_ids = list(getattr(dag, "task_ids", []) or [])
+    return [
+        t
+        for t in task_ids
+        if t == "prepare_units" or t.startswith("units_") or (t.startswith("archive_") and t != "archive_and_delete")
+    ]
+
+
 def upstream_states(context: dict) -> dict[str, str]:
+    """The states of the run's steps. A failed unit of the archive step (a mapped
+    ``archive_<rule>``, reported as ``archive_<rule>_<map index>``) is the archive step failing:
+    ``archive_and_delete`` is reported failed, and the units that failed under ``failed_units``."""
     ti = context["ti"]
-    states = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(UPSTREAM), run_ids=[ti.run_id])
-    return {task: str(state) for task, state in (states.get(ti.run_id) or {}).items()}
+    units = unit_task_ids(context)
+    states = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(UPSTREAM) + units, run_ids=[ti.run_id])
+    found = {task: str(state) for task, state in (states.get(ti.run_id) or {}).items()}
+    failed_units = sorted(t for t, state in found.items() if t not in UPSTREAM and state == "failed")
+    result = {t: state for t, state in found.items() if t in UPSTREAM}
+    if failed_units:
+        result["archive_and_delete"] = "failed"
+        result["failed_units"] = ", ".join(failed_units)
+    return result
 
 
 def _paris(context: dict, policy) -> str:
@@ -123,6 +145,7 @@ def failure_table(purpose: str, context: dict, states: dict, committed: list[dic
         f"logical date {_paris(context, policy)}, run {context['run_id']}",
         "",
         "tasks: " + ", ".join(f"{t}={states.get(t, 'n/a')}" for t in UPSTREAM),
+        *([f"failed units of the archive step: {states['failed_units']}"] if states.get("failed_units") else []),
         f"left unchanged: {UNCHANGED[first]}",
         "",
         "committed by this run (audit log):",
