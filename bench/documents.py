@@ -71,50 +71,35 @@ def upload(client, bucket: str, files: list[tuple[str, int]], pool: bytes) -> fl
 # ---------------------------------------------------------------------------- contestants
 
 
+def _copy_checked_by_head(client, store, pair: tuple[str, str], storage_class: str) -> None:
+    """The copy as it was before issue 11: HEAD source, COPY, HEAD copy, compare."""
+    source, target = pair
+    head = client.head_object(Bucket=store.documents_bucket, Key=source)
+    result = client.copy_object(
+        Bucket=store.archive_bucket,
+        Key=target,
+        StorageClass=storage_class,
+        ServerSideEncryption="AES256",
+        CopySource={"Bucket": store.documents_bucket, "Key": source},
+        ChecksumAlgorithm="SHA256",
+    )
+    version = result.get("VersionId")
+    copied = client.head_object(Bucket=store.archive_bucket, Key=target, **({"VersionId": version} if version else {}))
+    if copied["ContentLength"] != head["ContentLength"] or copied.get("ETag") != head.get("ETag"):
+        raise DocumentsBenchError(f"archive copy of {source!r} does not match its source")
+
+
 def dispose_serial(client, store, pairs: list[tuple[str, str]], storage_class: str) -> None:
     """One file after another: HEAD source, COPY, HEAD copy, compare; then one DELETE per file."""
-    for source, target in pairs:
-        head = client.head_object(Bucket=store.documents_bucket, Key=source)
-        result = client.copy_object(
-            Bucket=store.archive_bucket,
-            Key=target,
-            StorageClass=storage_class,
-            ServerSideEncryption="AES256",
-            CopySource={"Bucket": store.documents_bucket, "Key": source},
-            ChecksumAlgorithm="SHA256",
-        )
-        version = result.get("VersionId")
-        copied = client.head_object(
-            Bucket=store.archive_bucket, Key=target, **({"VersionId": version} if version else {})
-        )
-        if copied["ContentLength"] != head["ContentLength"] or copied.get("ETag") != head.get("ETag"):
-            raise DocumentsBenchError(f"archive copy of {source!r} does not match its source")
+    for pair in pairs:
+        _copy_checked_by_head(client, store, pair, storage_class)
     for source, _ in pairs:
         client.delete_object(Bucket=store.documents_bucket, Key=source)
 
 
 def dispose_fec1c29_parent(client, store, pairs: list[tuple[str, str]], storage_class: str) -> None:
     """The store's copy before commit fec1c29: HEAD + COPY + HEAD, 8 threads; DeleteObjects."""
-
-    def copy(pair: tuple[str, str]) -> None:
-        source, target = pair
-        head = client.head_object(Bucket=store.documents_bucket, Key=source)
-        result = client.copy_object(
-            Bucket=store.archive_bucket,
-            Key=target,
-            StorageClass=storage_class,
-            ServerSideEncryption="AES256",
-            CopySource={"Bucket": store.documents_bucket, "Key": source},
-            ChecksumAlgorithm="SHA256",
-        )
-        version = result.get("VersionId")
-        copied = client.head_object(
-            Bucket=store.archive_bucket, Key=target, **({"VersionId": version} if version else {})
-        )
-        if copied["ContentLength"] != head["ContentLength"] or copied.get("ETag") != head.get("ETag"):
-            raise DocumentsBenchError(f"archive copy of {source!r} does not match its source")
-
-    store._parallel(copy, pairs)
+    store._parallel(lambda pair: _copy_checked_by_head(client, store, pair, storage_class), pairs)
     store.delete_documents([source for source, _ in pairs])
 
 

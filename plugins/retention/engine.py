@@ -499,17 +499,7 @@ class RetentionEngine:
     def _planned_outcome(self, rule: Rule) -> RuleOutcome:
         """The rule's outcome as the approved plan counted it (due, held, waiting); the run adds
         what it deletes and archives."""
-        p = self._plan.rule(rule.name)
-        return RuleOutcome(
-            rule.name,
-            rule.table,
-            rule.tier,
-            due=p.due,
-            held=p.held,
-            waiting=dict(p.waiting),
-            held_ids=list(p.held_ids),
-            waiting_ids=list(p.waiting_ids),
-        )
+        return self._plan.rule(rule.name).planned()
 
     def _run_rule(self, connections, intents, reader, rule: Rule, ctx: RunContext) -> RuleOutcome:
         """The rule's batches, two at a time: while batch N uploads (a worker thread: Parquet,

@@ -78,6 +78,20 @@ class RuleOutcome:
             "beyond_plan": self.beyond_plan,
         }
 
+    def planned(self) -> RuleOutcome:
+        """A new outcome holding only what the plan counted (due, held, waiting): the run adds
+        what it deletes and archives."""
+        return RuleOutcome(
+            self.rule,
+            self.table,
+            self.tier,
+            due=self.due,
+            held=self.held,
+            waiting=dict(self.waiting),
+            held_ids=list(self.held_ids),
+            waiting_ids=list(self.waiting_ids),
+        )
+
     @classmethod
     def from_dict(cls, d: dict) -> RuleOutcome:
         return cls(**{k: (dict(v) if k == "waiting" else v) for k, v in d.items() if k in _OUTCOME_FIELDS})

@@ -170,19 +170,7 @@ def archive_unit(purpose: Purpose, context: dict, planned: dict, unit: dict) -> 
 def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
     """The run's outcome per rule: the plan's counts (due, held, waiting), plus what each unit of
     the rule deleted, archived and left beyond the plan."""
-    merged = {
-        o.rule: RuleOutcome(
-            o.rule,
-            o.table,
-            o.tier,
-            due=o.due,
-            held=o.held,
-            waiting=dict(o.waiting),
-            held_ids=list(o.held_ids),
-            waiting_ids=list(o.waiting_ids),
-        )
-        for o in plan.rules
-    }
+    merged = {o.rule: o.planned() for o in plan.rules}
     for result in unit_results:
         done = result and result.get("outcome")
         if not done:
