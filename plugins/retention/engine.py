@@ -14,10 +14,11 @@ For each rule of a purpose, in policy order (children before parents), in bounde
 4. delete exactly those rows, mark the manifest rows 'committed', write the audit rows and
    the pending file disposals, and commit: all in the one transaction.
 
-Two batches are in flight at most: while batch N uploads and is read back (a worker thread,
-no database), batch N+1 is locked, re-checked and read on a second connection; N's delete and
-commit still wait for N's verified upload, and N+1 backs off while anyone waits for N's locks
-(a hold being placed, a contract set back to running), so nothing overtakes a writer.
+Two batches are in flight at most: while batch N is uploaded, read back, deleted and committed
+(a worker thread, on N's own connection), batch N+1 is locked, re-checked and read on a second
+connection; N's delete still waits for N's verified upload, and N+1 backs off while anyone
+waits for N's locks (a hold being placed, a contract set back to running), so nothing
+overtakes a writer.
 
 After the commit the probative objects are locked (the verified versions) and the source
 files are deleted, unless a row still in the source names them. A crash at
@@ -37,7 +38,7 @@ import json
 import logging
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -236,6 +237,9 @@ class Batch:
     disposals: list[tuple] = field(default_factory=list)
     # ([(archive key, version id)], retain until): Object Lock on exactly the verified versions
     locks: list[tuple[list[tuple[str, str | None]], dt.datetime]] = field(default_factory=list)
+    # Once committed: rows deleted, source files kept because a row still in the source names them
+    deleted: int = 0
+    documents_kept_shared: int = 0
 
 
 class _LockBusy(Exception):
@@ -503,14 +507,15 @@ class RetentionEngine:
         return self._plan.rule(rule.name).planned()
 
     def _run_rule(self, connections, intents, reader, rule: Rule, ctx: RunContext) -> RuleOutcome:
-        """The rule's batches, two at a time: while batch N uploads (a worker thread: Parquet,
-        file copies, upload, read-back), batch N+1 is locked, re-checked and read on the other
-        connection. Batch N is deleted and committed in its own transaction once its upload is
-        verified, so every guarantee of a batch holds as if they ran one after the other."""
+        """The rule's batches, two at a time: while batch N is uploaded, verified, deleted and
+        committed by a worker thread (on its own connection), batch N+1 is locked, re-checked and
+        read on the other connection. Each batch is deleted and committed in its own transaction
+        once its upload is verified, so every guarantee of a batch holds as if they ran one after
+        the other."""
         outcome = self._planned_outcome(rule)
         after_id, turn = 0, 0
         in_flight: tuple[Batch, Future] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-upload-{rule.name}") as uploader:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-commit-{rule.name}") as worker:
             try:
                 while True:
                     conn = connections[turn % 2]
@@ -519,21 +524,24 @@ class RetentionEngine:
                             conn, intents, reader, rule, ctx, after_id, outcome, in_flight and in_flight[0].conn
                         )
                     except _LockBusy:
-                        # Someone waits for a lock the uploading batch holds (a legal hold being
-                        # placed, a parent row being updated): commit that batch first.
-                        self._commit_batch(rule, ctx, outcome, *in_flight)
+                        # Someone waits for a lock the batch in flight holds (a legal hold being
+                        # placed, a parent row being updated): let that batch commit first.
+                        self._tally(outcome, in_flight)
                         in_flight = None
                         batch = self._archive_batch(conn, intents, reader, rule, ctx, after_id, outcome)
                     if in_flight is not None:
-                        self._commit_batch(rule, ctx, outcome, *in_flight)
+                        self._tally(outcome, in_flight)
                         in_flight = None
                     if batch is None:
                         break
                     after_id, turn = batch.last_id, turn + 1
-                    in_flight = (batch, uploader.submit(self._upload_batch, batch))
+                    in_flight = (batch, worker.submit(self._upload_and_commit, rule, ctx, batch))
             except BaseException:
-                # Nothing of an uncommitted batch is deleted; its uploaded objects are orphans
-                # of 'uploading' intents, removed by the next run (recover).
+                # The worker's connection is its own until it stops: wait for it. Nothing of an
+                # uncommitted batch is deleted; its uploaded objects are orphans of 'uploading'
+                # intents, removed by the next run (recover).
+                if in_flight is not None:
+                    wait([in_flight[1]])
                 for conn in connections:
                     conn.rollback()
                 raise
@@ -555,9 +563,9 @@ class RetentionEngine:
     def _archive_batch(self, control, intents, reader, rule, ctx, after_id, outcome, uploading=None) -> Batch | None:
         """Steps 1-2 of the protocol for the next batch: lock, re-check, read the rows and record
         the upload intents, in a transaction left open (the upload, the delete and the commit
-        follow: _upload_batch, _commit_batch); None, with no transaction open, when done.
+        follow: _upload_and_commit); None, with no transaction open, when done.
 
-        ``uploading`` is the connection of the batch still uploading, if any. This batch must not
+        ``uploading`` is the connection of the batch still in flight, if any. This batch must not
         overtake someone who already waits for that batch's locks (the application setting a
         contract back to running): sharing the parent rows' FOR SHARE locks, it could decide on
         the old state and keep the writer waiting one batch more, again and again. So it backs
@@ -601,13 +609,25 @@ class RetentionEngine:
             batch.ids += ids
         return batch
 
-    def _commit_batch(self, rule: Rule, ctx: RunContext, outcome: RuleOutcome, batch: Batch, upload: Future) -> None:
-        """Steps 3-4 once the batch's objects are uploaded and verified: delete exactly its rows,
-        mark the manifest committed, audit, commit; then locks and file disposals."""
-        upload.result()  # raises if an upload or its read-back failed: the batch is rolled back
-        self._delete_rows(batch.conn, rule, ctx, batch, outcome)
+    def _upload_and_commit(self, rule: Rule, ctx: RunContext, batch: Batch) -> Batch:
+        """Steps 2-4 (worker thread, the batch's own connection): upload and verify the batch's
+        objects, then delete exactly its rows, mark the manifest committed, audit, commit; then
+        the Object Locks and file disposals. Counts what it did on the batch."""
+        self._upload_batch(batch)  # raises if an upload or its read-back failed: nothing deleted
+        self._delete_rows(batch.conn, rule, ctx, batch)
         batch.conn.commit()
-        self._finish_commit(batch.conn, rule, batch, outcome)
+        self._finish_commit(batch.conn, rule, batch)
+        return batch
+
+    @staticmethod
+    def _tally(outcome: RuleOutcome, in_flight: tuple[Batch, Future]) -> None:
+        """Wait for the batch in flight (raising what it raised) and add what it did."""
+        batch = in_flight[1].result()
+        outcome.deleted += batch.deleted
+        outcome.objects += len(batch.objects)
+        outcome.archive_bytes += sum(o[1].size for o in batch.objects)
+        outcome.documents += len(batch.disposals)
+        outcome.documents_kept_shared += batch.documents_kept_shared
 
     def _lock_batch(self, conn, rule: Rule, ctx: RunContext, after_id: int) -> list[int]:
         """The next batch, within what the plan approved: the rule's (or unit's) id range, and
@@ -777,7 +797,7 @@ class RetentionEngine:
         ).fetchall()
         return [r[1] for r in rows] if table else [tuple(r) for r in rows]
 
-    def _delete_rows(self, control, rule: Rule, ctx: RunContext, batch: Batch, outcome: RuleOutcome) -> None:
+    def _delete_rows(self, control, rule: Rule, ctx: RunContext, batch: Batch) -> None:
         """Delete exactly the batch's rows and record it, in the batch's transaction."""
         if not batch.ids:
             return
@@ -822,21 +842,18 @@ class RetentionEngine:
                         for table, record_id, src, target in batch.disposals
                     ],
                 )
-        outcome.deleted += deleted
-        outcome.objects += len(batch.objects)
-        outcome.archive_bytes += sum(o[1].size for o in batch.objects)
-        outcome.documents += len(batch.disposals)
+        batch.deleted = deleted
 
     # ------------------------------------------------------------------ after commit / recovery
 
-    def _finish_commit(self, control, rule: Rule, batch: Batch, outcome: RuleOutcome) -> None:
+    def _finish_commit(self, control, rule: Rule, batch: Batch) -> None:
         """Lock the probative versions and delete the source files; a failure here is reported
         as what it is: the batch is committed, and the next run finishes these steps."""
         step = "applying Object Lock"
         try:
             self._apply_locks(control, batch.locks)
             step = "deleting the source files"
-            outcome.documents_kept_shared += self._dispose_documents(control)
+            batch.documents_kept_shared = self._dispose_documents(control)
         except Exception as exc:
             control.rollback()
             keys = [o[1].key for o in batch.objects][:3]
