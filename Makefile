@@ -15,10 +15,12 @@ DEMO_CUSTOMERS ?= 2000
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# --compile-bytecode: the .pyc files that pip and the official Airflow image write (uv does not
+# by default); without them every DAG-file parse compiles the Airflow modules it imports.
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	@command -v uv >/dev/null || $(PYTHON) -m pip install --quiet uv
 	@test -x $(BIN)/python || uv venv --quiet --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install --quiet -r requirements-dev.txt -c constraints.txt
+	VIRTUAL_ENV=$(VENV) uv pip install --quiet --compile-bytecode -r requirements-dev.txt -c constraints.txt
 	@touch $@
 
 venv: $(BIN)/.installed ## create/update the virtualenv (uv, pinned by constraints.txt)
