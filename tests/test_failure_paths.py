@@ -78,6 +78,44 @@ def test_crash_between_upload_and_delete_loses_nothing_and_rerun_does_not_duplic
     assert actions["orphan_removed"] == orphans
 
 
+def test_a_failure_while_a_batch_is_in_flight_deletes_nothing_of_it(db, s3, storage, policy, source_dsn):
+    """Batch 1 is uploading in the worker thread when preparing batch 2 fails: batch 1 deletes
+    nothing (its upload stays an orphan of an 'uploading' intent), and the next run archives
+    and deletes every quote once."""
+    quotes = {f.quote(db, issued="2024-01-01") for _ in range(3)}
+    engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+    uploading, failed = threading.Event(), threading.Event()
+    real_upload, real_prepare = engine._upload_batch, engine._archive_batch
+
+    def slow_upload(batch):
+        uploading.set()
+        assert failed.wait(10), "batch 2 never failed"
+        real_upload(batch)
+
+    def prepare(*args, **kwargs):
+        if uploading.is_set():  # batch 1 is in flight
+            failed.set()
+            raise InjectedFault("crash while preparing batch 2")
+        return real_prepare(*args, **kwargs)
+
+    engine._upload_batch, engine._archive_batch = slow_upload, prepare
+    ctx = RunContext("quotes", "r1", f.midnight("2025-06-01"), batch_size=1)
+    with pytest.raises(InjectedFault):
+        engine.archive_and_delete(ctx)
+    assert f.ids(db, "quotes") == quotes, "the batch in flight must not delete its row"
+    assert db.execute("SELECT count(*) FROM retention.audit_log").fetchone()[0] == 0
+    states = dict(db.execute("SELECT state, count(*) FROM retention.archive_manifest GROUP BY state").fetchall())
+    assert states == {"uploading": 1}, states
+
+    del engine._upload_batch, engine._archive_batch
+    outcome = engine.archive_and_delete(ctx)
+    assert f.ids(db, "quotes") == set() and sum(o.deleted for o in outcome) == 3
+    archived = db.execute(
+        "SELECT array_agg(r ORDER BY r) FROM retention.archive_manifest, unnest(record_ids) r WHERE state = 'committed'"
+    ).fetchone()[0]
+    assert archived == sorted(quotes)
+
+
 def test_crash_after_commit_finishes_file_disposal_on_the_next_run(db, s3, storage, policy, source_dsn, monkeypatch):
     scenario = scenarios.job_applications(db, s3, storage)
     engine = engine_for(policy, "job_applications", source_dsn, s3, storage)

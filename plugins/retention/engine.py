@@ -36,6 +36,7 @@ import datetime as dt
 import io
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -515,6 +516,7 @@ class RetentionEngine:
         outcome = self._planned_outcome(rule)
         after_id, turn = 0, 0
         in_flight: tuple[Batch, Future] | None = None
+        stopping = threading.Event()  # set when the run fails: the batch in flight deletes nothing
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-commit-{rule.name}") as worker:
             try:
                 while True:
@@ -535,12 +537,13 @@ class RetentionEngine:
                     if batch is None:
                         break
                     after_id, turn = batch.last_id, turn + 1
-                    in_flight = (batch, worker.submit(self._upload_and_commit, rule, ctx, batch))
+                    in_flight = (batch, worker.submit(self._upload_and_commit, rule, ctx, batch, stopping))
             except BaseException:
                 # The worker's connection is its own until it stops: wait for it. Nothing of an
                 # uncommitted batch is deleted; its uploaded objects are orphans of 'uploading'
                 # intents, removed by the next run (recover).
                 if in_flight is not None:
+                    stopping.set()
                     wait([in_flight[1]])
                 for conn in connections:
                     conn.rollback()
@@ -609,11 +612,14 @@ class RetentionEngine:
             batch.ids += ids
         return batch
 
-    def _upload_and_commit(self, rule: Rule, ctx: RunContext, batch: Batch) -> Batch:
+    def _upload_and_commit(self, rule: Rule, ctx: RunContext, batch: Batch, stopping: threading.Event) -> Batch:
         """Steps 2-4 (worker thread, the batch's own connection): upload and verify the batch's
         objects, then delete exactly its rows, mark the manifest committed, audit, commit; then
-        the Object Locks and file disposals. Counts what it did on the batch."""
+        the Object Locks and file disposals. Counts what it did on the batch. Deletes nothing
+        once ``stopping`` is set (the run failed or was stopped meanwhile)."""
         self._upload_batch(batch)  # raises if an upload or its read-back failed: nothing deleted
+        if stopping.is_set():
+            raise RetentionError(f"{rule.table}: the run stopped before the batch up to id {batch.last_id} was deleted")
         self._delete_rows(batch.conn, rule, ctx, batch)
         batch.conn.commit()
         self._finish_commit(batch.conn, rule, batch)
