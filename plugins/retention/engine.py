@@ -605,7 +605,11 @@ class RetentionEngine:
         rows = self._read_rows(reader, rule, to_read) if to_read else None
         for (purge_month, ids, purge_after), archive in zip(groups, archived, strict=True):
             if archive:
-                group_rows = rows.filter(pc.is_in(rows.column("id"), value_set=pa.array(ids, pa.int64())))
+                group_rows = (
+                    rows
+                    if len(ids) == rows.num_rows  # the batch's only month: the rows as read
+                    else rows.filter(pc.is_in(rows.column("id"), value_set=pa.array(ids, pa.int64())))
+                )
                 self._archive_group(control, intents, rule, ctx, group_rows, ids, purge_month, purge_after, batch)
             else:
                 self._dispose_unarchived(control, rule, ids, batch)
