@@ -464,6 +464,35 @@ def test_object_lock_goes_on_the_verified_version_even_if_the_key_is_overwritten
 # ----------------------------------------------------------------- 6. shared files
 
 
+def test_pending_file_disposals_are_counted_by_one_unit_only(db, s3, storage, policy, source_dsn):
+    """Two units of a run dispose of the purpose's pending files side by side: the rows one of
+    them has claimed are left to it (not deleted twice, not counted twice)."""
+    for key in ("cv/a.pdf", "cv/b.pdf"):
+        f.put_document(s3, storage.documents_bucket, key)
+        db.execute(
+            "INSERT INTO retention.document_disposals (run_id, purpose, table_name, record_id, bucket, source_key)"
+            " VALUES ('r1', 'job_applications', 'job_applications', 1, %s, %s)",
+            (storage.documents_bucket, key),
+        )
+    db.commit()
+    first = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    second = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    with first._connect() as unit_a, second._connect() as unit_b:
+        unit_b.execute("SET lock_timeout = '2s'")  # waiting for unit A's rows would be the bug
+        unit_b.commit()
+        claimed = unit_a.execute(
+            "SELECT id FROM retention.document_disposals WHERE source_key = 'cv/a.pdf' FOR UPDATE"
+        ).fetchall()
+        assert second._dispose_documents(unit_b) == 0
+        pending = db.execute("SELECT source_key FROM retention.document_disposals WHERE disposed_at IS NULL").fetchall()
+        assert pending == [("cv/a.pdf",)], "unit B disposes of what unit A has not claimed"
+        assert s3.head_object(Bucket=storage.documents_bucket, Key="cv/a.pdf")
+        unit_a.rollback()
+        assert claimed and first._dispose_documents(unit_a) == 0
+    outcomes = db.execute("SELECT source_key, outcome FROM retention.document_disposals ORDER BY 1").fetchall()
+    assert outcomes == [("cv/a.pdf", "deleted"), ("cv/b.pdf", "deleted")]
+
+
 def test_a_file_named_by_a_kept_or_held_row_stays(db, s3, storage, policy, source_dsn):
     shared = "cv/shared.pdf"
     f.put_document(s3, storage.documents_bucket, shared)

@@ -893,18 +893,20 @@ class RetentionEngine:
     def _dispose_documents(self, control) -> int:
         """Delete the source files of committed rows (idempotent: finishes a crashed run's too),
         except a file that a row still in the source names: it is kept (shared with a kept or
-        held row) and recorded as such. Returns the number of files kept that way."""
+        held row) and recorded as such. Returns the number of files kept that way.
+
+        The pending rows are claimed (``FOR UPDATE SKIP LOCKED``) until they are marked, so
+        that the units of a run disposing side by side each count a file once."""
         rows = control.execute(
             "SELECT id, source_key FROM retention.document_disposals WHERE purpose = %s AND disposed_at IS NULL"
-            " AND bucket = %s ORDER BY id",
+            " AND bucket = %s ORDER BY id FOR UPDATE SKIP LOCKED",
             (self.purpose_name, self.store.documents_bucket),
         ).fetchall()
-        control.commit()
         if not rows:
+            control.commit()
             return 0
         keys = sorted({key for _, key in rows})
         shared = self._keys_still_named(control, keys)
-        control.commit()
         self.store.delete_documents([k for k in keys if k not in shared])
         control.execute(
             "UPDATE retention.document_disposals SET disposed_at = now(),"
