@@ -160,3 +160,25 @@ def test_a_unit_deletes_only_its_range(db, s3, storage, policy, source_dsn):
     assert [u.rows for u in units] == [2, 2, 1]
     (outcome,) = engine.archive_and_delete(ctx, plan, units[1])
     assert outcome.deleted == 2 and f.ids(db, "quotes") == {quotes[0], quotes[1], quotes[4]}
+
+
+def test_the_plan_projects_parents_whose_children_an_earlier_rule_deletes(db, s3, storage, policy, source_dsn):
+    """Contracts are planned after their claims and reimbursements: an ended contract whose claim
+    goes earlier in the same run counts as deletable; one whose claim is held (so stays) waits
+    for the claim, as does one with a live AML record (another purpose's row)."""
+    going = f.contract(db, ended="2020-01-01")
+    f.reimbursement(db, f.claim(db, going))
+    kept_claim = f.contract(db, ended="2020-01-01")
+    f.legal_hold(db, "claims", f.claim(db, kept_claim))
+    with_aml = f.contract(db, ended="2020-01-01")
+    f.aml_record(db, with_aml, checked="2024-01-01")
+    engine = make_engine(policy, source_dsn, s3, storage, purpose="contracts")
+    plan = engine.make_plan(RunContext("contracts", "manual__projected", f.midnight("2025-01-01")))
+    contracts = plan.rule("ended_contracts")
+    assert contracts.due == 3 and contracts.held == 0 and contracts.deletable == 1
+    assert contracts.waiting == {"claims": 1, "aml_records": 1}
+    assert sorted(contracts.waiting_ids) == sorted([kept_claim, with_aml])
+    # Live (not projected), the claim still under the first contract keeps it waiting too.
+    planner = Planner.load(db, policy, "contracts")
+    live, _ = planner.count(db, planner.purpose.rules[-1], f.midnight("2025-01-01"))
+    assert live.waiting == {"claims": 2, "aml_records": 1}
