@@ -169,3 +169,10 @@ def test_s3server_survives_a_key_deleted_during_a_save(capsys):
 
     assert s3server._quietly(broken) is None
     assert "state not saved this time (TypeError" in capsys.readouterr().out
+
+
+def test_a_new_demo_signs_its_tokens_with_a_key_long_enough_for_hs512(tmp_path):
+    """Airflow's API tokens are HS512: a shorter key makes PyJWT warn on every token."""
+    config = devstack.StackConfig.load_or_create(tmp_path / "state")
+    assert len(config.jwt_secret.encode()) >= 64
+    assert devstack.StackConfig.load_or_create(tmp_path / "state").jwt_secret == config.jwt_secret

@@ -85,7 +85,7 @@ def test_every_route_needs_a_valid_token(api, path):
     import jwt
 
     other = jwt.encode(
-        {"sub": "admin", "role": "admin", "aud": "apache-airflow"}, "another-secret-" * 4, algorithm="HS512"
+        {"sub": "admin", "role": "admin", "aud": "apache-airflow"}, "another-secret-" * 5, algorithm="HS512"
     )
     assert client.get(path, headers={"Authorization": f"Bearer {other}"}).status_code in (401, 403)
 

@@ -398,7 +398,9 @@ class StackConfig:
             pg_password=secrets.token_urlsafe(16),
             airflow_db_password=secrets.token_urlsafe(16),
             demo_password=secrets.token_urlsafe(12),
-            jwt_secret=secrets.token_urlsafe(32),
+            # Airflow signs its tokens with HS512: a key of 64 bytes or more (RFC 7518 3.2), else
+            # PyJWT warns on every token. A demo created before keeps its secret until `make reset`.
+            jwt_secret=secrets.token_urlsafe(64),
             api_secret_key=secrets.token_urlsafe(32),
             fernet_key=Fernet.generate_key().decode(),
             stripe_port=stripe_port or 55600,
