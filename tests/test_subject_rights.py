@@ -16,6 +16,7 @@ import zipfile
 import pyarrow.parquet as pq
 import pytest
 from psycopg.rows import dict_row
+from retention import object_rewrite
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionEngine, RunContext
 from retention.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights, _json_default
@@ -106,7 +107,8 @@ def world(db, s3, storage, policy, dsn) -> dict:
         "reimbursements": {f.reimbursement(db, cl2)},
         "aml_records": {f.aml_record(db, k2, document_key=doc("aml/other-id.pdf"))},
         "quotes": {
-            f.quote(db, issued="2023-01-15", customer_id=d, email=OTHER_EMAIL),
+            # the same day as one of the subject's: they share an object (one per end day)
+            f.quote(db, issued="2023-01-10", customer_id=d, email=OTHER_EMAIL),
             f.quote(db, issued="2023-01-25"),  # an anonymous visitor's
         },
     }
@@ -239,8 +241,9 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     by_path = {(e["path"], e["rule"]): e for e in index}
     assert by_path[("probative/aml_records.json", "aml_records")]["legal_basis"] == "legal_obligation"
     assert by_path[("probative/aml_records.json", "aml_records")]["kept_until"] == "2029-03-01"
-    # an archived row goes with its object, at the object's purge date (its latest row's)
-    assert by_path[("intermediate/quotes.json", "unconverted_quotes")]["kept_until"] == "2025-01-25"
+    # an archived row goes on its own end date (one object per end day), not a neighbour's: the
+    # subject's quotes of 2023-01-10 and -20 end on 2025-01-10 and -20 (another's of -25 ends later)
+    assert by_path[("intermediate/quotes.json", "unconverted_quotes")]["kept_until"] == "2025-01-20"
     assert by_path[("live/customers.json", "former_customers")]["kept_until"] == "2032-03-01"
     assert {e["source"] for e in index} == {"live", "intermediate", "probative"}
 
@@ -296,16 +299,20 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     # the files of erased rows are gone; the subject's archived document copies are probative
     docs = {o["Key"] for o in s3.list_objects_v2(Bucket=storage.documents_bucket).get("Contents", [])}
     assert "cv/subject.pdf" not in docs and "audio/subject-quality.wav" not in docs
-    # archives: probative objects untouched; the intermediate one rewritten with the others' rows only
+    # archives: probative objects untouched; the intermediate ones holding the subject's quotes
+    # rewritten with the others' rows only (gone, where only the subject's were); the rest untouched
     after_objects = committed_objects(db, s3, storage)
     for key, o in before_objects.items():
-        if o["tier"] == "probative":
+        if o["tier"] == "probative" or not set(o["rows"]) & sub["quotes"]:
             assert after_objects[key] == o
-    (old_key,) = [k for k, o in before_objects.items() if o["tier"] == "intermediate"]
-    (new_key,) = [k for k, o in after_objects.items() if o["tier"] == "intermediate"]
-    assert new_key != old_key and not [v for v in archive_versions(s3, storage) if v[0] == old_key]
-    assert set(after_objects[new_key]["rows"]) == other["quotes"]
-    for i in other["quotes"]:
+    theirs = [k for k, o in before_objects.items() if o["tier"] == "intermediate" and set(o["rows"]) & sub["quotes"]]
+    assert len(theirs) == 2 and not [v for v in archive_versions(s3, storage) if v[0] in theirs]
+    (old_key,) = [k for k in theirs if set(before_objects[k]["rows"]) & other["quotes"]]  # the shared one
+    (new_key,) = [k for k, o in after_objects.items() if o["tier"] == "intermediate" and k not in before_objects]
+    assert set(after_objects[new_key]["rows"]) == set(before_objects[old_key]["rows"]) & other["quotes"]
+    intermediate_quotes = [o for o in after_objects.values() if (o["tier"], o["table"]) == ("intermediate", "quotes")]
+    assert {i for o in intermediate_quotes for i in o["rows"]} == other["quotes"]
+    for i in after_objects[new_key]["rows"]:
         assert after_objects[new_key]["rows"][i] == before_objects[old_key]["rows"][i]
     entry = next(o for o in report["objects"] if o["key"] == old_key)
     assert entry["action"] == "rewritten" and entry["new_sha256"] == after_objects[new_key]["sha256"]
@@ -336,7 +343,8 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
 
 
 def quotes_world(db, s3, storage, policy, dsn) -> dict:
-    """Quotes only: the subject's two archived quotes share one intermediate object with two others."""
+    """Quotes only: the subject's two archived quotes share one intermediate object with two others
+    (issued the same day: an object holds the rows whose archive period ends on one day)."""
     c = f.customer(db, email=EMAIL)
     d = f.customer(db, email=OTHER_EMAIL)
     f.put_document(s3, storage.documents_bucket, "audio/quality.wav")
@@ -345,8 +353,8 @@ def quotes_world(db, s3, storage, policy, dsn) -> dict:
         "recording": f.call_recording(
             db, reason="quality", started="2024-05-02", customer_id=c, audio_key="audio/quality.wav"
         ),
-        "mine": {f.quote(db, issued="2023-01-10", customer_id=c), f.quote(db, issued="2023-01-20", customer_id=c)},
-        "others": {f.quote(db, issued="2023-01-15", customer_id=d), f.quote(db, issued="2023-01-25")},
+        "mine": {f.quote(db, issued="2023-01-10", customer_id=c), f.quote(db, issued="2023-01-10", customer_id=c)},
+        "others": {f.quote(db, issued="2023-01-10", customer_id=d), f.quote(db, issued="2023-01-10")},
         "live": f.quote(db, issued="2024-05-01", customer_id=c),
     }
     archive(db, s3, storage, policy, dsn, purposes=("quotes",))
@@ -380,12 +388,13 @@ def assert_nothing_lost(db, s3, storage, w, *, finished: bool) -> None:
         )
 
 
-# step -> (object patched: "store" or "rights", method, "before" or "after" the original runs)
+# step -> (object patched: "store", "rewrite" (retention.object_rewrite) or "engine", method, "before" or
+# "after" the original runs)
 REWRITE_STEPS = {
     "after_live_commit": ("engine", "_dispose_documents", "before"),  # live rows deleted, their files not yet
     "after_intent": ("store", "put_verified", "before"),  # intent and 'uploading' row committed, nothing uploaded
     "after_upload": ("store", "put_verified", "after"),  # new object uploaded and read back, not committed
-    "after_commit": ("rights", "_finish_rewrite", "before"),  # committed, the old object still stored
+    "after_commit": ("rewrite", "_finish", "before"),  # committed, the old object still stored
     "after_old_deleted": ("store", "delete_all_versions", "after"),  # old versions gone, rewrite not marked done
 }
 
@@ -395,7 +404,7 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
     w = quotes_world(db, s3, storage, policy, source_dsn)
     svc = rights(policy, source_dsn, s3, storage)
     where, method, when = REWRITE_STEPS[step]
-    target = {"store": svc.store, "rights": svc, "engine": RetentionEngine}[where]
+    target = {"store": svc.store, "rewrite": object_rewrite, "engine": RetentionEngine}[where]
     original = getattr(target, method)
 
     def crashing(*args, **kwargs):
@@ -509,7 +518,7 @@ def test_retention_runs_finish_an_interrupted_rewrite(db, s3, storage, policy, s
     svc = rights(policy, source_dsn, s3, storage)
     req = request("erasure", "req-left", kind="customer", subject_id=w["customer"])
     with monkeypatch.context() as patched, pytest.raises(Crash):
-        patched.setattr(svc, "_finish_rewrite", lambda *a, **k: (_ for _ in ()).throw(Crash("after_commit")))
+        patched.setattr(object_rewrite, "_finish", lambda *a, **k: (_ for _ in ()).throw(Crash("after_commit")))
         svc.handle(req)
     archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
     assert_nothing_lost(db, s3, storage, w, finished=True)

@@ -215,7 +215,7 @@ EVIDENCE_CSV_COLUMNS = (
     "sha256",
     "version_id",
     "state",
-    "purge_month",
+    "purge_date",
     "detail",
 )
 
@@ -261,7 +261,7 @@ def evidence_csv(ev: dict) -> str:
                 "sha256": o["sha256"],
                 "version_id": o["version_id"],
                 "state": o["state"],
-                "purge_month": o["purge_month"],
+                "purge_date": o["purge_date"],
                 "detail": o["event"],
             }
         )
