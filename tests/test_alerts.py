@@ -268,3 +268,40 @@ def test_failure_without_logical_date_emails(failing_run, airflow_db, db, s3, st
         assert "logical date: none (a manual run; it acts as of its start, " in body
         assert f"error: {error}" in body, body
         assert not [v for v in PERSONAL_VALUES if v in body + message["Subject"]], body
+
+
+@pytest.mark.integration
+def test_watch_and_retention_page_flag_a_future_run(airflow_db, db, s3, storage, inbox):
+    """A run dated tomorrow, made the CLI's way (`airflow dags trigger` writes to the metadata
+    database: no API in between) and set running, as the scheduler does when the slot is free:
+    the watch fails and e-mails, the Retention page shows it."""
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunTriggeredByType
+    from retention_ui.app import render_page, summary
+
+    from tests.dag_runs import sync_dags
+
+    sync_dags()
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(microsecond=0)
+    run = trigger_dag("retention_quotes", logical_date=tomorrow, triggered_by=DagRunTriggeredByType.CLI)
+    try:
+        with create_session() as session:
+            session.query(DagRun).filter(DagRun.id == run.id).update({"state": "running"})
+        dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=24 * 365 * 20)
+        assert task_states(dag_run) == {"watch": "failed"}
+        [message] = inbox.messages
+        body = _text(message)
+        assert f"quotes: future_run: run {run.run_id} has logical date {tomorrow.isoformat()}, in the future" in body
+        assert "mark it failed" in body
+
+        page = summary()
+        assert [(r["dag_id"], r["run_id"], r["state"]) for r in page["future_runs"]] == [
+            ("retention_quotes", run.run_id, "running")
+        ]
+        html = render_page(page)
+        assert 'data-testid="future-runs"' in html and run.run_id in html
+    finally:
+        with create_session() as session:
+            session.query(DagRun).filter(DagRun.id == run.id).delete()

@@ -101,7 +101,7 @@ def failure_notifier():
 @dataclass(frozen=True)
 class Alarm:
     purpose: str
-    kind: str  # "overdue" | "no_success"
+    kind: str  # "overdue" | "no_success" | "future_run"
     detail: str
 
     def __str__(self) -> str:
@@ -131,3 +131,20 @@ def alarms(
             hours = int((now - ended).total_seconds() // 3600)
             found.append(Alarm(s.purpose, "no_success", f"last success {hours} h ago ({ended.isoformat()})"))
     return found
+
+
+def future_run_alarms(future_runs: dict[str, list[tuple[str, dt.datetime]]]) -> list[Alarm]:
+    """Alarms for runs dated in the future (retention.future_dates), by DAG id: their tasks do not
+    start before that date and they hold the DAG's only active-run slot, so the schedule stops
+    behind them."""
+    return [
+        Alarm(
+            dag_id.removeprefix("retention_"),
+            "future_run",
+            f"run {run_id} has logical date {logical_date.isoformat()}, in the future: Airflow will not "
+            f"start it and {dag_id} runs nothing else meanwhile; mark it failed (a retention run acts as "
+            "of its logical date: trigger again with a past one, or none)",
+        )
+        for dag_id, runs in sorted(future_runs.items())
+        for run_id, logical_date in runs
+    ]
