@@ -1,5 +1,7 @@
 """Airflow plugin: the "Retention" page (read-only), served by the api-server under /retention
 and linked from the UI's navigation as an external view. The page itself: retention_ui/app.py.
+And a guard on the api-server: a retention DAG cannot be triggered with a logical date in the
+future (retention_ui/future_guard.py).
 
 This is the only .py file Airflow's plugin loader imports from plugins/ (.airflowignore hides
 the packages, which are imported by name through sys.path instead). Every Airflow process loads
@@ -38,3 +40,9 @@ class RetentionPlugin(AirflowPlugin):
     @property
     def fastapi_apps(self) -> list[dict]:
         return [{"app": _app(), "url_prefix": URL_PREFIX, "name": "Retention"}]
+
+    @property
+    def fastapi_root_middlewares(self) -> list[dict]:
+        from retention_ui.future_guard import FutureRunGuard
+
+        return [{"middleware": FutureRunGuard, "name": "retention: no run dated in the future"}]

@@ -51,6 +51,7 @@ from psycopg.rows import namedtuple_row
 
 from retention import object_rewrite, processor
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
+from retention.future_dates import FUTURE_TOLERANCE  # a run dated later than now + this is refused
 from retention.holds import covered_records_sql, object_held, owners_of_rows, parents_of
 from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
@@ -61,8 +62,6 @@ from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule, fingerpr
 
 log = logging.getLogger(__name__)
 
-# A run whose logical date is later than now by more than this is refused (clock skew).
-FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 # How long a batch waits for a row lock (a parent row the application holds) before failing.
 BATCH_LOCK_TIMEOUT = "30s"
 # The same wait while the previous batch is still uploading (see _run_rule): that batch's

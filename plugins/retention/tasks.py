@@ -282,6 +282,15 @@ def archived_until(days: dict[str, int]) -> str:
     return first if first == last else f"{first} .. {last} ({len(days)} days)"
 
 
+def run_date_label(context: dict) -> str:
+    """The run's date as its report says it. A manual run may have no logical date (REST
+    `"logical_date": null`): it acts as of its start (``run_context``), and the report says so."""
+    logical_date = context.get("logical_date")
+    if logical_date is not None:
+        return f"logical date {paris_time(logical_date)}"
+    return f"no logical date (a manual run: as of its start, {paris_time(context['dag_run'].run_after)})"
+
+
 def report(
     purpose: Purpose | str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict
 ) -> str:
@@ -294,7 +303,7 @@ def report(
         title = "DRY RUN, nothing changed" if ctx.dry_run else "run summary"
     lines = [
         f"## retention_{purpose}: {title}",
-        f"mode {ctx.mode}, logical date {paris_time(ctx.logical_date)}, run {ctx.run_id}",
+        f"mode {ctx.mode}, {run_date_label(context)}, run {ctx.run_id}",
         "",
         "| rule | table | tier | due | deleted | held | waiting | objects | archived until | archive bytes | files "
         "| files kept (shared) |",
