@@ -305,9 +305,9 @@ def _time_phases(engine, store) -> dict:
         "_within_allowance",
     ):
         wrap(engine, name, name)
-    wrap(engine_module, "_parquet_bytes", "_parquet_bytes")
-    wrap(engine_module, "_parquet_row_count", "_parquet_row_count (read-back)")
-    wrap(engine_module, "_typed", "_typed")
+    wrap(engine_module, "parquet_bytes", "parquet_bytes")
+    wrap(engine_module, "parquet_row_count", "parquet_row_count (read-back)")
+    wrap(engine_module, "typed", "typed")
     wrap(engine_module, "owners_of_rows", "owners_of_rows")
     wrap(engine_module, "_has_waiters", "_has_waiters")
     wrap(store, "put_verified", "store.put_verified")

@@ -109,27 +109,52 @@ def owners_of_rows(
     ``parent_ids``: the values of the rows' own parent columns (``{column: ids}``), when the
     caller has read the rows already (the engine, from the batch it archives): the first level
     then costs no query, and only the parents' own parents are looked up."""
+    return owners_of_row_sets(conn, policy, table, [ids], [parent_ids] if parent_ids is not None else None)[0]
+
+
+def owners_of_row_sets(
+    conn,
+    policy: Policy,
+    table: str,
+    id_sets: list[list[int]],
+    parent_ids: list[dict[str, Iterable[int]]] | None = None,
+) -> list[dict[str, list[int]]]:
+    """``owners_of_rows`` of several sets of rows of one table at once (the objects of a batch,
+    one per end day): each level above the first is looked up once for every set (the parent
+    of each id), then followed per set, instead of one query per set and level."""
     parents = parents_of(policy)
     schema = policy.source_schema
-    owners: dict[str, set[int]] = {}
-    frontier = {table: set(ids)}
+    owners: list[dict[str, set[int]]] = [{} for _ in id_sets]
+    frontiers: list[dict[str, set[int]]] = [{table: set(ids)} for ids in id_sets]
     first_level = True
-    while frontier:
-        next_frontier: dict[str, set[int]] = {}
-        for child, child_ids in frontier.items():
-            for parent, column in parents.get(child, []):
-                if first_level and parent_ids is not None:
-                    found = set(parent_ids[column])
-                else:
+    while any(frontiers):
+        next_frontiers: list[dict[str, set[int]]] = [{} for _ in id_sets]
+        # (child table, column) -> {child id: parent id}, for the union of the sets' frontiers
+        links: dict[tuple[str, str], dict[int, int]] = {}
+        if not (first_level and parent_ids is not None):
+            wanted: dict[str, set[int]] = {}
+            for frontier in frontiers:
+                for child, child_ids in frontier.items():
+                    wanted.setdefault(child, set()).update(child_ids)
+            for child, child_ids in wanted.items():
+                for _, column in parents.get(child, []):
                     where, params = ids_predicate("id", sorted(child_ids))
                     rows = conn.execute(
-                        f'SELECT DISTINCT "{column}" FROM "{schema}"."{child}" WHERE {where} AND "{column}" IS NOT NULL',
+                        f'SELECT id, "{column}" FROM "{schema}"."{child}" WHERE {where} AND "{column}" IS NOT NULL',
                         params,
                     ).fetchall()
-                    found = {r[0] for r in rows}
-                found -= owners.get(parent, set())
-                if found:
-                    owners.setdefault(parent, set()).update(found)
-                    next_frontier.setdefault(parent, set()).update(found)
-        frontier, first_level = next_frontier, False
-    return {t: sorted(v) for t, v in sorted(owners.items())}
+                    links[(child, column)] = dict(rows)
+        for n, frontier in enumerate(frontiers):
+            for child, child_ids in frontier.items():
+                for parent, column in parents.get(child, []):
+                    if first_level and parent_ids is not None:
+                        found = set(parent_ids[n][column])
+                    else:
+                        link = links[(child, column)]
+                        found = {link[i] for i in child_ids if i in link}
+                    found -= owners[n].get(parent, set())
+                    if found:
+                        owners[n].setdefault(parent, set()).update(found)
+                        next_frontiers[n].setdefault(parent, set()).update(found)
+        frontiers, first_level = next_frontiers, False
+    return [{t: sorted(v) for t, v in sorted(found.items())} for found in owners]
