@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from retention import processor
+from retention import identifiers, processor
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
 from retention.holds import covered_records_sql, object_held, owners_of_rows, parents_of
 from retention.id_sets import id_array as _id_array
@@ -742,8 +742,10 @@ class RetentionEngine:
         owners = owners_of_rows(control, self.policy, rule.table, ids, parent_ids=parent_ids)
         manifest_id = intents.execute(
             "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
-            " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys, owner_ids)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s::bigint[], %s, %s::jsonb)"
+            " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys, owner_ids,"
+            " identifier_hashes)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s::bigint[], %s, %s::jsonb,"
+            " %s::bigint[])"
             " RETURNING id",
             (
                 ctx.run_id,
@@ -760,6 +762,8 @@ class RetentionEngine:
                 _id_array(ids),
                 [t for _, t in doc_pairs],
                 json.dumps(owners),
+                # Keyed hashes of the rows' e-mails and phones: a request by address finds the object.
+                identifiers.locators_literal(table),
             ),
         ).fetchone()[0]
         batch.groups.append(ArchiveGroup(manifest_id, key, table, ids, documents, doc_pairs, purge_after))
