@@ -122,14 +122,8 @@ def request(action: str, request_id: str, *, preview: bool = False, **kw) -> Sub
     kw.setdefault("kind", "email")
     if kw["kind"] == "email":
         kw.setdefault("email", "  Camille.Sujet@Example.FR ")
-    return SubjectRequest(
-        request_id=request_id,
-        action=action,
-        received_at=RECEIVED,
-        preview=preview,
-        run_id=f"manual__{request_id}",
-        **kw,
-    )
+    kw.setdefault("run_id", f"manual__{request_id}")
+    return SubjectRequest(request_id=request_id, action=action, received_at=RECEIVED, preview=preview, **kw)
 
 
 def committed_objects(db, s3, storage) -> dict[str, dict]:
@@ -730,3 +724,88 @@ def test_a_person_known_only_by_archived_rows_is_found_by_email(db, s3, storage,
     again = svc.handle(request("access", "req-alone-again", email=ALONE, preview=True))
     assert again["found"]["intermediate"] == {} and again["subject"]["matched_archived"] == {}
     assert "seul" not in json.dumps([erasure, again]).lower()
+
+
+def test_a_finished_requests_evidence_never_changes(db, s3, storage, policy, source_dsn):
+    """Re-triggering a finished request's id, with another subject or the same one, is refused
+    before anything is written: its evidence row stays as it was (state, run id, reports)."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    svc = rights(policy, source_dsn, s3, storage)
+    svc.handle(request("erasure", "req-final", kind="customer", subject_id=w["customer"]))
+    evidence = db.execute("SELECT to_jsonb(r) FROM retention.subject_requests AS r").fetchall()
+    assert evidence[0][0]["state"] == "done" and evidence[0][0]["run_id"] == "manual__req-final"
+    state = everything(db, s3, storage)
+    for again in (
+        request("erasure", "req-final", kind="customer", subject_id=w["customer"] + 1000, run_id="manual__2"),
+        request("erasure", "req-final", run_id="manual__3"),  # by e-mail
+        request("access", "req-final", kind="customer", subject_id=w["customer"], run_id="manual__4"),
+        request("erasure", "req-final", kind="customer", subject_id=w["customer"], run_id="manual__5"),  # the same
+    ):
+        with pytest.raises(SubjectRequestError, match="another action or subject|is finished"):
+            svc.handle(again)
+        assert db.execute("SELECT to_jsonb(r) FROM retention.subject_requests AS r").fetchall() == evidence
+        assert everything(db, s3, storage) == state
+
+
+def test_every_row_found_has_its_purpose_basis_and_own_end(db, s3, storage, policy, source_dsn):
+    """A pending identity document (its check not done: its clock has not started) is a
+    legal-obligation record of the rights-requests purpose, not 'no rule'; an open information
+    request is the information-requests purpose's; kept until their clock starts, in words."""
+    c = f.customer(db, email=EMAIL)
+    document = fp.identity_document(db, customer_id=c)  # pending
+    question = fp.information_request(db, customer_id=c)  # open
+    svc = rights(policy, source_dsn, s3, storage)
+
+    access = svc.handle(request("access", "req-pending", kind="customer", subject_id=c, preview=True))
+    for entry in access["index"]:
+        assert entry["purpose"] and entry["legal_basis"] and entry["kept_until"], entry
+    index = {e["table"]: e for e in access["index"]}
+    assert index["identity_documents"] | {"records": 1} == {
+        "path": "live/identity_documents.json",
+        "source": "live",
+        "table": "identity_documents",
+        "purpose": "rights_requests",
+        "rule": "checked_identity_documents",
+        "legal_basis": "legal_obligation",
+        "kept_until": "until the identity check is done",
+        "records": 1,
+    }
+    assert index["information_requests"]["purpose"] == "information_requests"
+    assert index["information_requests"]["kept_until"] == "until the request is handled"
+
+    erasure = svc.handle(request("erasure", "req-pending-erase", kind="customer", subject_id=c))
+    kept = {k["table"]: k for k in erasure["kept"]}
+    assert kept["identity_documents"]["reason"] == "legal_obligation"
+    assert kept["information_requests"]["reason"] != "no_rule" and kept["information_requests"]["legal_basis"]
+    assert {document} <= f.ids(db, "identity_documents") and {question} <= f.ids(db, "information_requests")
+    assert "no_rule" not in {k["reason"] for k in erasure["kept"]}
+
+
+def test_kept_until_is_each_archived_rows_own_end_not_its_objects(db, s3, storage, policy, source_dsn):
+    """Two contracts ending on different days of one month: the subject's claim, reimbursement
+    and contract are kept until their own contract end + 5 years (the clock read through the
+    archived parent rows), not until the date of the object they share with the other person's.
+    The objects are dated as an earlier release grouped them (per month: the latest row's end)."""
+    c = f.customer(db, ended="2024-03-01", email=EMAIL)
+    k1 = f.contract(db, customer_id=c, ended="2024-03-01")
+    f.reimbursement(db, f.claim(db, k1))
+    d = f.customer(db, ended="2024-03-20", email=OTHER_EMAIL)
+    k2 = f.contract(db, customer_id=d, ended="2024-03-20")
+    f.reimbursement(db, f.claim(db, k2))
+    archive(db, s3, storage, policy, source_dsn, purposes=("contracts",))
+    db.execute(
+        "UPDATE retention.archive_manifest SET purge_after = '2029-03-20 00:00+01', purge_month = '2029-03'"
+    )  # as if per month: the other person's end sets the object's date
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("access", "req-own-end", kind="customer", subject_id=c, preview=True)
+    )
+    ends = {(e["path"], e["kept_until"]) for e in report["index"] if e["source"] == "probative"}
+    assert ends == {
+        ("probative/claims.json", "2029-03-01"),
+        ("probative/reimbursements.json", "2029-03-01"),
+        ("probative/contracts.json", "2029-03-01"),
+    }
+    erasure = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "req-own-end-erase", kind="customer", subject_id=c, preview=True)
+    )
+    assert {k["kept_until"] for k in erasure["kept"] if k["source"] == "probative"} == {"2029-03-01"}

@@ -66,7 +66,9 @@ def check_request_id(request_id) -> str:
 
 def check_email(email) -> str:
     """The normalised address; refuses what cannot be one (no value repeated in the message)."""
-    if not isinstance(email, str) or any(ord(c) < 32 or ord(c) == 127 for c in email):
+    if not isinstance(email, str) or not email.strip():
+        raise SubjectRequestError("a request by e-mail needs the address")
+    if any(ord(c) < 32 or ord(c) == 127 for c in email):
         raise SubjectRequestError("the e-mail address holds a control character (a NUL, a line break...)")
     address = normalise_email(email)
     local, at, domain = address.rpartition("@")
