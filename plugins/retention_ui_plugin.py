@@ -1,5 +1,6 @@
-"""Airflow plugin: the "Retention" page (read-only), served by the api-server under /retention
-and linked from the UI's navigation as an external view. The page itself: retention_ui/app.py.
+"""Airflow plugin: the "Retention" page, served by the api-server under /retention and linked
+from the UI's navigation as an external view (retention_ui/app.py), and a root middleware that
+keeps addresses out of the data-subject requests DAG's run conf (retention_ui/guard.py).
 
 This is the only .py file Airflow's plugin loader imports from plugins/ (.airflowignore hides
 the packages, which are imported by name through sys.path instead). Every Airflow process loads
@@ -38,3 +39,11 @@ class RetentionPlugin(AirflowPlugin):
     @property
     def fastapi_apps(self) -> list[dict]:
         return [{"app": _app(), "url_prefix": URL_PREFIX, "name": "Retention"}]
+
+    @property
+    def fastapi_root_middlewares(self) -> list[dict]:
+        """A trigger of the data-subject requests DAG with an address in its conf is refused
+        before Airflow records it (retention_ui/guard.py)."""
+        from retention_ui.guard import SubjectRequestConfGuard
+
+        return [{"middleware": SubjectRequestConfGuard, "name": "retention_subject_request_conf_guard"}]

@@ -12,7 +12,7 @@ its request id alone (``{"request_id": ..., "preview": ...}``): by the Retention
 which prints the request id, then the REST trigger (README, "Data-subject requests"). The run
 reads the request from the inbox; once it is done, the address is replaced by its keyed hash
 (retention.identifiers), and an unfinished request's address goes the same way 3 months after
-receipt (the longest response period, Art. 12(3)).
+it was recorded (the longest response period, Art. 12(3)).
 
 Light: no pyarrow or engine import (the api-server's form uses it); psycopg only when connecting.
 """
@@ -38,8 +38,8 @@ REQUEST_ID_PATTERN = r"^(?=.*[A-Za-z0-9])[A-Za-z0-9._=-]{1,100}$"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 MAX_EMAIL_LENGTH = 254  # RFC 5321's path limit
 MAX_BIGINT = 2**63 - 1
-# An unfinished request's address is replaced by its hash this long after receipt: the response
-# period is one month, extended by two more at most (Art. 12(3)).
+# An unfinished request's address is replaced by its hash this long after it was recorded: the
+# response period is one month, extended by two more at most (Art. 12(3)).
 KEEP_UNFINISHED = dt.timedelta(days=92)
 PARIS = ZoneInfo("Europe/Paris")
 # The advice every refusal of an address in a run's conf gives.
@@ -215,14 +215,14 @@ def clear_identifiers(conn, request_id: str, subject_ref: str) -> None:
 
 
 def clear_unfinished(conn, now: dt.datetime) -> int:
-    """Addresses of requests received more than 3 months ago and never finished: replaced by their
+    """Addresses of requests recorded more than 3 months ago and never finished: replaced by their
     keyed hash (or dropped when no key is configured). Returns how many."""
     from retention import identifiers
 
     rows = conn.execute(
         "SELECT request_id, email FROM retention.subject_request_inbox"
-        " WHERE identifiers_cleared_at IS NULL AND received_on < %s",
-        ((now - KEEP_UNFINISHED).astimezone(PARIS).date(),),
+        " WHERE identifiers_cleared_at IS NULL AND submitted_at < %s",
+        (now - KEEP_UNFINISHED,),
     ).fetchall()
     with_key = identifiers.identifier_key(required=False) is not None
     for request_id, email in rows:

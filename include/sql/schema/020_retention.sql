@@ -235,7 +235,7 @@ CREATE TABLE IF NOT EXISTS retention.subject_requests (
 -- submit` (retention.subject_requests): its run is triggered with the request id alone, so that no
 -- address reaches Airflow's metadata database. The address is kept in clear only while the request
 -- needs it: replaced by its keyed hash (subject_ref) once the request is done, or 3 months after
--- receipt if it never finishes.
+-- it was recorded if it never finishes.
 CREATE TABLE IF NOT EXISTS retention.subject_request_inbox (
     request_id             text        PRIMARY KEY,
     action                 text        NOT NULL CHECK (action IN ('access', 'erasure')),
