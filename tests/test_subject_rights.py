@@ -809,3 +809,19 @@ def test_kept_until_is_each_archived_rows_own_end_not_its_objects(db, s3, storag
         request("erasure", "req-own-end-erase", kind="customer", subject_id=c, preview=True)
     )
     assert {k["kept_until"] for k in erasure["kept"] if k["source"] == "probative"} == {"2029-03-01"}
+
+
+def test_without_the_identifier_key_objects_record_no_hashes_and_a_request_by_email_is_refused(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    monkeypatch.delenv("RETENTION_IDENTIFIER_KEY")
+    f.quote(db, issued="2023-01-10", email=ALONE)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    assert db.execute("SELECT identifier_hashes FROM retention.archive_manifest").fetchall() == [(None,)]
+    before = everything(db, s3, storage)
+    for preview in (True, False):
+        with pytest.raises(SubjectRequestError, match="RETENTION_IDENTIFIER_KEY"):
+            rights(policy, source_dsn, s3, storage).handle(
+                request("erasure", "req-no-key", email=ALONE, preview=preview)
+            )
+    assert everything(db, s3, storage) == before

@@ -7,7 +7,14 @@ prospect, a job application, or every row whose ``email`` column matches an addr
 through every covered table, in the live tables and in the archive. Archive objects are found
 through the manifest's ``owner_ids`` (GIN index): every object holding a row that belongs to
 the subject records the subject among its owners (retention.holds.owners_of_rows), so only
-those objects are read; their rows are then filtered the same way as the live ones.
+those objects are read; their rows are then filtered the same way as the live ones. By e-mail,
+the archived rows holding the address are found too, through the keyed hashes each object
+records of its rows' e-mails (``identifier_hashes``, retention.identifiers), so that someone
+known only by archived rows is found.
+
+Every record found is reported with its purpose, legal basis and its own end date (its clock
+under its rule, the policy's words while the clock has not started), never the date of the
+archive object it shares with other people's rows.
 
 What may be erased is decided per record from the policy, and when in doubt the record stays
 and is reported (the project's first promise: never delete a record that must be kept):
@@ -30,7 +37,9 @@ An access request writes one zip (``index.json``, ``<source>/<table>.json``, ``f
 ``exports/<request id>/`` of the archive bucket with SSE, verified by read-back; the report gives
 a presigned URL with a short expiry and the index, never the data. Reports, logs and the
 evidence row (``retention.subject_requests``) hold ids, keys, counts and checksums only; the
-e-mail of a request by address is stored as its SHA-256.
+e-mail of a request by address is stored as its keyed hash. The evidence of a finished request
+is final: a run under its id is refused before anything is written. The request itself comes
+from the inbox (retention.subject_requests), where the address waits only while it is needed.
 
 Preview (the default of the DAG) finds and decides everything and changes nothing: no row,
 object, export or evidence row is written.
