@@ -365,7 +365,10 @@ def _recorded_request(received, params: dict) -> dict:
             "request_id (and preview) alone"
         )
     if received.cleared:
-        raise SubjectRequestError(f"request {received.request_id!r} is finished; a new request needs a new id")
+        raise SubjectRequestError(
+            f"request {received.request_id!r} is finished (or was recorded over 3 months ago and never finished: "
+            "its address is gone); a new request needs a new id"
+        )
     return {
         "action": received.action,
         "kind": received.kind,

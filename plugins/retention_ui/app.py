@@ -336,22 +336,19 @@ def record_and_trigger(form: dict[str, str], user_name: str) -> dict:
             submitted_by=user_name,
         )
     preview = form.get("preview") == "on"
-    run = trigger_dag(
-        SUBJECT_REQUESTS_DAG_ID,
-        triggered_by=DagRunTriggeredByType.UI,
-        triggering_user_name=user_name,
-        conf={"request_id": received.request_id, "preview": preview},
-        logical_date=None,
-    )
+    result = {"request_id": received.request_id, "action": received.action, "kind": received.kind, "preview": preview}
+    try:
+        run = trigger_dag(
+            SUBJECT_REQUESTS_DAG_ID,
+            triggered_by=DagRunTriggeredByType.UI,
+            triggering_user_name=user_name,
+            conf={"request_id": received.request_id, "preview": preview},
+            logical_date=None,
+        )
+    except Exception as exc:  # the request stays recorded: it can be triggered by its id
+        return result | {"run_id": None, "trigger_error": type(exc).__name__}
     dag = DagModel.get_dagmodel(SUBJECT_REQUESTS_DAG_ID)
-    return {
-        "request_id": received.request_id,
-        "action": received.action,
-        "kind": received.kind,
-        "preview": preview,
-        "run_id": run.run_id,
-        "paused": bool(dag and dag.is_paused),
-    }
+    return result | {"run_id": run.run_id, "paused": bool(dag and dag.is_paused)}
 
 
 def render_request_result(result: dict | None, error: str | None = None) -> str:
@@ -362,6 +359,12 @@ def render_request_result(result: dict | None, error: str | None = None) -> str:
 
     if error is not None:
         body = f'<p class="refused" data-testid="refused">Refused, nothing recorded: {escape(error)}</p>'
+    elif result["run_id"] is None:
+        body = (
+            f'<p data-testid="recorded">Request <strong>{escape(result["request_id"])}</strong> recorded, but its run '
+            f"could not be triggered ({escape(result['trigger_error'])}): trigger {SUBJECT_REQUESTS_DAG_ID} with "
+            f'{{"request_id": "{escape(result["request_id"])}"}} (README), or submit the same request again.</p>'
+        )
     else:
         runs = f"../dags/{SUBJECT_REQUESTS_DAG_ID}/runs/{quote(result['run_id'], safe='')}"
         paused = (
