@@ -214,7 +214,8 @@ CREATE INDEX IF NOT EXISTS object_rewrites_pending_idx
 
 -- The evidence of each request: what was found, exported, erased and kept (and why), the
 -- deadline to answer (receipt + 1 month, Art. 12(3)). Ids, keys, counts and checksums only:
--- the subject is a table and id, or the SHA-256 of the normalised e-mail address.
+-- the subject is a table and id, or the keyed hash of the normalised e-mail address
+-- ('hmac-sha256:...', retention.identifiers; 'sha256:...' for requests recorded before).
 CREATE TABLE IF NOT EXISTS retention.subject_requests (
     request_id   text        PRIMARY KEY,
     action       text        NOT NULL CHECK (action IN ('access', 'erasure')),
@@ -224,8 +225,9 @@ CREATE TABLE IF NOT EXISTS retention.subject_requests (
     respond_by   timestamptz NOT NULL,
     state        text        NOT NULL CHECK (state IN ('running', 'done')),
     run_id       text,
-    -- Every run's report, oldest first: a re-run (after a crash, or to check) adds one and
-    -- never replaces the evidence of what an earlier run erased.
+    -- Every run's report, oldest first: a re-run (after a crash, an incomplete run) adds one and
+    -- never replaces the evidence of what an earlier run erased. Once 'done', the row is final:
+    -- a run under its id is refused before anything is written.
     reports      jsonb       NOT NULL DEFAULT '[]'::jsonb,
     created_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz
