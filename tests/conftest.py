@@ -196,3 +196,13 @@ def airflow_db(services) -> None:
 
     name, slots = devstack.SOURCE_WRITERS_POOL
     Pool.create_or_update_pool(name, slots, "Archive units writing to the source database at once", False)
+
+
+@pytest.fixture(scope="session")
+def api_server(airflow_db, tmp_path_factory):
+    """One real `airflow api-server` for the session (tests/api_server.py): the browser test's
+    viewer `dpo`, the trigger guard's admin `operator`."""
+    from tests.api_server import running_api_server
+
+    with running_api_server(tmp_path_factory.mktemp("api-server"), {"dpo": "viewer", "operator": "admin"}) as server:
+        yield server

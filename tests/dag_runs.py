@@ -15,6 +15,24 @@ def load_dag(purpose: str):
     return module.dag
 
 
+def sync_dags() -> None:
+    """Write the DAG folder's DAGs to the metadata database as the dag-processor does (what
+    dag.test() also does first): the API serves and triggers only the DAGs it finds there."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.utils.session import create_session
+
+    manager = DagBundlesManager()
+    with create_session() as session:
+        manager.sync_bundles_to_db(session=session)
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+        assert not bag.import_errors, bag.import_errors
+        sync_bag_to_db(bag, bundle.name, bundle.version)
+
+
 def run_dag(purpose: str, logical_date, **conf):
     """Crafted scenarios are tiny: most of a table is due, so the mass-deletion guard (tested on
     its own) is opened unless a test sets it."""

@@ -201,3 +201,107 @@ def test_alarm_rules():
         "b: no_success: last success 49 h ago (2026-11-27T06:00:00+00:00)",
         "c: no_success: no successful run on record",
     ]
+
+
+# A failing run of each kind of DAG, triggered without a logical date (REST `"logical_date":
+# null`): Airflow leaves `logical_date`, `ds` and `ts` out of the context, and the e-mail must
+# still go out, naming DAG, task, run and error class, with no personal data.
+PERSONAL_VALUES = ("lea.dubois", "example.fr", "Camille", "Martin", "Dubois")
+
+
+def _failing_purpose_run(db, monkeypatch):
+    from retention.engine import RetentionEngine
+
+    def broken_plan(self, *args, **kwargs):
+        raise RuntimeError("fault injected in the plan")
+
+    f.quote(db, issued="2024-01-10")
+    monkeypatch.setattr(RetentionEngine, "make_plan", broken_plan)
+    expected = {"plan": "RuntimeError: fault injected in the plan", "report": "AirflowFailException: retention_quotes"}
+    return run_dag("quotes", None), expected
+
+
+def _failing_subject_request(db, monkeypatch):
+    """A request by e-mail whose id is already recorded for another subject: refused."""
+    db.execute(
+        "INSERT INTO retention.subject_requests (request_id, action, subject_kind, subject_ref, received_at,"
+        " respond_by, state) VALUES ('DSR-ALERT-1', 'access', 'customer', '42', now(), now(), 'done')"
+    )
+    dag = load_dag("subject_requests")
+    for task in dag.tasks:
+        task.retries = 0
+    conf = {
+        "request_id": "DSR-ALERT-1",
+        "action": "erasure",
+        "subject_kind": "email",
+        "email": "lea.dubois@example.fr",
+        "preview": False,
+    }
+    expected = {"handle_request": "AirflowFailException (from SubjectRequestError): request "}
+    return dag.test(logical_date=None, run_conf=conf), expected
+
+
+def _failing_watch_run(db, monkeypatch):
+    from retention.periods import Period
+
+    today = dt.datetime.now(PARIS).date()
+    f.quote(db, issued=Period(months=12).latest_start(today) - dt.timedelta(days=20))
+    dag = load_dag("watch")
+    conf = {"purposes": ["quotes"], "overdue_days": 3, "stale_after_hours": 24 * 365 * 20}
+    expected = {"watch": "AirflowFailException: "}
+    return dag.test(logical_date=None, run_conf=conf), expected
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("failing_run", [_failing_purpose_run, _failing_subject_request, _failing_watch_run])
+def test_failure_without_logical_date_emails(failing_run, airflow_db, db, s3, storage, inbox, monkeypatch):
+    dag_run, expected = failing_run(db, monkeypatch)
+    assert dag_run.logical_date is None and dag_run.state == "failed"
+    assert {t for t, state in task_states(dag_run).items() if state == "failed"} == set(expected)
+    assert [m["Subject"] for m in inbox.messages] == [
+        f"[retention] FAILED {dag_run.dag_id}.{task} (run {dag_run.run_id})" for task in expected
+    ], "one e-mail per failed task, none lost to the template"
+    for message, (task, error) in zip(inbox.messages, expected.items(), strict=True):
+        body = _text(message)
+        assert f"<b>{dag_run.dag_id}</b>: task <b>{task}</b> failed" in body
+        assert f"run: {dag_run.run_id}" in body
+        assert "logical date: none (a manual run; it acts as of its start, " in body
+        assert f"error: {error}" in body, body
+        assert not [v for v in PERSONAL_VALUES if v in body + message["Subject"]], body
+
+
+@pytest.mark.integration
+def test_watch_and_retention_page_flag_a_future_run(airflow_db, db, s3, storage, inbox):
+    """A run dated tomorrow, made the CLI's way (`airflow dags trigger` writes to the metadata
+    database: no API in between) and set running, as the scheduler does when the slot is free:
+    the watch fails and e-mails, the Retention page shows it."""
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunTriggeredByType
+    from retention_ui.app import render_page, summary
+
+    from tests.dag_runs import sync_dags
+
+    sync_dags()
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(microsecond=0)
+    run = trigger_dag("retention_quotes", logical_date=tomorrow, triggered_by=DagRunTriggeredByType.CLI)
+    try:
+        with create_session() as session:
+            session.query(DagRun).filter(DagRun.id == run.id).update({"state": "running"})
+        dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=24 * 365 * 20)
+        assert task_states(dag_run) == {"watch": "failed"}
+        [message] = inbox.messages
+        body = _text(message)
+        assert f"quotes: future_run: run {run.run_id} has logical date {tomorrow.isoformat()}, in the future" in body
+        assert "mark it failed" in body
+
+        page = summary()
+        assert [(r["dag_id"], r["run_id"], r["state"]) for r in page["future_runs"]] == [
+            ("retention_quotes", run.run_id, "running")
+        ]
+        html = render_page(page)
+        assert 'data-testid="future-runs"' in html and run.run_id in html
+    finally:
+        with create_session() as session:
+            session.query(DagRun).filter(DagRun.id == run.id).delete()

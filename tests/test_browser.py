@@ -10,70 +10,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests import factories as f
-from tools import devstack
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
 CHROMIUM = Path(os.environ.get("RETENTION_TEST_CHROMIUM", "/usr/bin/chromium"))
 PARIS = ZoneInfo("Europe/Paris")
-USER, PASSWORD = "dpo", secrets.token_urlsafe(12)
+USER = "dpo"  # a viewer of the session's api-server (tests/conftest.py)
 PERSONAL_VALUES = ("lea.dubois", "example.fr", "Camille", "Martin")
-
-
-@pytest.fixture(scope="module")
-def api_server(airflow_db, tmp_path_factory):
-    """`airflow api-server` on a free loopback port, the test session's database and connections."""
-    home = tmp_path_factory.mktemp("browser")
-    passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({USER: PASSWORD}))
-    port = devstack.free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = os.environ | {
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:viewer",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-        "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
-        "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT}",
-    }
-    log = home / "api-server.log"
-    cmd = [str(Path(sys.executable).parent / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd + ["--workers", "1"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home)
-
-    def healthy() -> bool:
-        import urllib.request
-
-        if proc.poll() is not None:
-            raise AssertionError(f"api-server exited: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    try:
-        devstack.wait_until(healthy, 120, "the Airflow api-server", log)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture
@@ -127,6 +78,7 @@ def _sql_figures(conn, today: dt.date, overdue_days: int) -> dict:
 
 
 def test_retention_page_in_chromium(api_server, data, db):
+    url = api_server.url
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it)")
     from playwright.sync_api import expect, sync_playwright
@@ -142,10 +94,10 @@ def test_retention_page_in_chromium(api_server, data, db):
         page = context.new_page()
         try:
             # Not logged in: the page itself refuses.
-            assert page.goto(f"{api_server}/retention/").status == 401
-            page.goto(f"{api_server}/")
+            assert page.goto(f"{url}/retention/").status == 401
+            page.goto(f"{url}/")
             page.get_by_label("Username").fill(USER)
-            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_label("Password").fill(api_server.passwords[USER])
             page.get_by_role("button", name="Sign in").click()
             page.get_by_role("link", name="Retention").first.wait_for()
             page.screenshot(path=ARTIFACTS / "01-home.png")
@@ -170,7 +122,7 @@ def test_retention_page_in_chromium(api_server, data, db):
             expect(frame.get_by_test_id("overdue-alarm")).to_contain_text("quotes: 3")
 
             # The page on its own, for a full-length screenshot, and one evidence download.
-            page.goto(f"{api_server}/retention/")
+            page.goto(f"{url}/retention/")
             page.locator("body[data-charts-ready=true]").wait_for()
             page.screenshot(path=ARTIFACTS / "03-retention-page.png", full_page=True)
             with page.expect_download() as info:

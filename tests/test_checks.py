@@ -417,6 +417,9 @@ def test_data_docs_hold_counts_never_values(db, s3, storage, policy, source_dsn,
     assert len([p for p in written if p.suffix == ".json"]) >= 6, written
     text = "\n".join(p.read_text(errors="replace") for p in written)
     assert "unexpected_count" in text
+    # Checksums (hex) and version / GX ids (UUIDs) are random: one may hold "2097" by chance (seen
+    # once), which says nothing of the data.
+    text = re.sub(r"[0-9a-f]{32,}|[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}", " ", text)
     leaked = [v for v in ("7391", "2097-07-13", "2097", "Zorglubette", "Camille", "example.fr") if v in text]
     assert not leaked, f"Data Docs must hold counts only, found {leaked}"
     assert '"partial_unexpected_list": []' in text or "partial_unexpected_list" not in text

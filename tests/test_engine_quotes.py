@@ -44,7 +44,7 @@ def test_quotes_boundaries_archive_and_second_run(db, s3, storage, policy, sourc
     archived_ids = sorted(i for r in rows for i in r[2])
     assert archived_ids == sorted([due_feb29, due_before, released])
     for key, count, record_ids, state, _sha, size in rows:
-        assert state == "committed" and key.startswith("intermediate/quotes/quotes/purge_month=")
+        assert state == "committed" and key.startswith("intermediate/quotes/quotes/purge_date=")
         body = s3.get_object(Bucket=storage.archive_bucket, Key=key)["Body"].read()
         table = pq.read_table(io.BytesIO(body))
         assert table.column("id").to_pylist() == record_ids and table.num_rows == count == len(record_ids)

@@ -284,32 +284,33 @@ def test_backfill_at_an_earlier_date_deletes_only_what_was_due_then(db, s3, stor
 
 
 def test_archive_purge_respects_the_purge_date_and_legal_holds(db, s3, storage, policy, source_dsn):
-    """Quotes archived 12 months, grouped by purge month: an object goes once all its records'
-    archive periods have ended, never while one of them is under a legal hold."""
-    q_feb = [f.quote(db, issued="2023-02-10"), f.quote(db, issued="2023-02-20")]  # purge 2025-02-10 / -20
+    """Quotes archived 12 months, one object per day their archive period ends: an object goes on
+    that day, never while one of its records is under a legal hold."""
+    f.quote(db, issued="2023-02-10")  # purge 2025-02-10
+    f.quote(db, issued="2023-02-20")  # purge 2025-02-20
     q_mar = f.quote(db, issued="2023-03-05")  # purge 2025-03-05
     engine = engine_for(policy, "quotes", source_dsn, s3, storage)
     engine.archive_and_delete(RunContext("quotes", "archive", f.midnight("2024-04-01")))
-    manifest = dict(db.execute("SELECT purge_month, object_key FROM retention.archive_manifest").fetchall())
-    assert set(manifest) == {"2025-02", "2025-03"}
+    day = "(purge_after AT TIME ZONE 'Europe/Paris')::date::text"
+    manifest = dict(db.execute(f"SELECT {day}, object_key FROM retention.archive_manifest").fetchall())
+    assert set(manifest) == {"2025-02-10", "2025-02-20", "2025-03-05"}
 
     early = engine.purge_archives(RunContext("quotes", "p1", f.midnight("2025-02-19")))
-    assert early["purged_objects"] == 0, "the February object still holds a record kept until 2025-02-20"
+    assert early["purged_objects"] == 1 and early["purged_records"] == 1, "the 10th's object, not the 20th's"
     f.legal_hold(db, "quotes", q_mar)
     result = engine.purge_archives(RunContext("quotes", "p2", f.midnight("2025-03-05")))
-    assert result["purged_objects"] == 1 and result["purged_records"] == 2
-    assert result["held_objects"] == 1 and result["held_keys"] == [manifest["2025-03"]]
+    assert result["purged_objects"] == 1 and result["purged_records"] == 1
+    assert result["held_objects"] == 1 and result["held_keys"] == [manifest["2025-03-05"]]
     keys = all_versions(s3, storage.archive_bucket)
-    assert manifest["2025-02"] not in keys and manifest["2025-03"] in keys
-    states = dict(db.execute("SELECT purge_month, state FROM retention.archive_manifest").fetchall())
-    assert states == {"2025-02": "purged", "2025-03": "committed"}
+    assert manifest["2025-02-10"] not in keys and manifest["2025-02-20"] not in keys and manifest["2025-03-05"] in keys
+    states = dict(db.execute(f"SELECT {day}, state FROM retention.archive_manifest").fetchall())
+    assert states == {"2025-02-10": "purged", "2025-02-20": "purged", "2025-03-05": "committed"}
     audit = dict(
         db.execute(
             "SELECT action, sum(record_count) FROM retention.audit_log WHERE action LIKE 'object%%' GROUP BY action"
         ).fetchall()
     )
     assert audit == {"object_purged": 2, "object_purge_held": 1}
-    assert q_feb  # the ids are only named for readability
 
 
 def test_probative_objects_are_locked_until_their_purge_date(db, s3, storage, policy, source_dsn):

@@ -152,7 +152,7 @@ def test_a_hold_placed_after_archiving_keeps_every_object_of_the_contract_file(
 def test_an_object_with_one_covered_record_is_kept_whole(db, s3, storage, policy, source_dsn):
     prospect = f.prospect(db, last_contact="2019-01-01")
     theirs = f.quote(db, issued="2022-02-01", prospect_id=prospect)
-    others = f.quote(db, issued="2022-02-02")
+    others = f.quote(db, issued="2022-02-01")  # the same day: one object (per end day)
     engine = engine_for(policy, "quotes", source_dsn, s3, storage)
     engine.archive_and_delete(RunContext("quotes", "archive", f.midnight("2023-03-01")))
     ((_, _, key),) = manifest(db, "quotes")

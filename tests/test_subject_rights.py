@@ -16,6 +16,7 @@ import zipfile
 import pyarrow.parquet as pq
 import pytest
 from psycopg.rows import dict_row
+from retention import object_rewrite
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionEngine, RunContext
 from retention.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights, _json_default
@@ -106,7 +107,8 @@ def world(db, s3, storage, policy, dsn) -> dict:
         "reimbursements": {f.reimbursement(db, cl2)},
         "aml_records": {f.aml_record(db, k2, document_key=doc("aml/other-id.pdf"))},
         "quotes": {
-            f.quote(db, issued="2023-01-15", customer_id=d, email=OTHER_EMAIL),
+            # the same day as one of the subject's: they share an object (one per end day)
+            f.quote(db, issued="2023-01-10", customer_id=d, email=OTHER_EMAIL),
             f.quote(db, issued="2023-01-25"),  # an anonymous visitor's
         },
     }
@@ -296,16 +298,20 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     # the files of erased rows are gone; the subject's archived document copies are probative
     docs = {o["Key"] for o in s3.list_objects_v2(Bucket=storage.documents_bucket).get("Contents", [])}
     assert "cv/subject.pdf" not in docs and "audio/subject-quality.wav" not in docs
-    # archives: probative objects untouched; the intermediate one rewritten with the others' rows only
+    # archives: probative objects untouched; the intermediate ones holding the subject's quotes
+    # rewritten with the others' rows only (gone, where only the subject's were); the rest untouched
     after_objects = committed_objects(db, s3, storage)
     for key, o in before_objects.items():
-        if o["tier"] == "probative":
+        if o["tier"] == "probative" or not set(o["rows"]) & sub["quotes"]:
             assert after_objects[key] == o
-    (old_key,) = [k for k, o in before_objects.items() if o["tier"] == "intermediate"]
-    (new_key,) = [k for k, o in after_objects.items() if o["tier"] == "intermediate"]
-    assert new_key != old_key and not [v for v in archive_versions(s3, storage) if v[0] == old_key]
-    assert set(after_objects[new_key]["rows"]) == other["quotes"]
-    for i in other["quotes"]:
+    theirs = [k for k, o in before_objects.items() if o["tier"] == "intermediate" and set(o["rows"]) & sub["quotes"]]
+    assert len(theirs) == 2 and not [v for v in archive_versions(s3, storage) if v[0] in theirs]
+    (old_key,) = [k for k in theirs if set(before_objects[k]["rows"]) & other["quotes"]]  # the shared one
+    (new_key,) = [k for k, o in after_objects.items() if o["tier"] == "intermediate" and k not in before_objects]
+    assert set(after_objects[new_key]["rows"]) == set(before_objects[old_key]["rows"]) & other["quotes"]
+    intermediate_quotes = [o for o in after_objects.values() if (o["tier"], o["table"]) == ("intermediate", "quotes")]
+    assert {i for o in intermediate_quotes for i in o["rows"]} == other["quotes"]
+    for i in after_objects[new_key]["rows"]:
         assert after_objects[new_key]["rows"][i] == before_objects[old_key]["rows"][i]
     entry = next(o for o in report["objects"] if o["key"] == old_key)
     assert entry["action"] == "rewritten" and entry["new_sha256"] == after_objects[new_key]["sha256"]
@@ -336,7 +342,8 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
 
 
 def quotes_world(db, s3, storage, policy, dsn) -> dict:
-    """Quotes only: the subject's two archived quotes share one intermediate object with two others."""
+    """Quotes only: the subject's two archived quotes share one intermediate object with two others
+    (issued the same day: an object holds the rows whose archive period ends on one day)."""
     c = f.customer(db, email=EMAIL)
     d = f.customer(db, email=OTHER_EMAIL)
     f.put_document(s3, storage.documents_bucket, "audio/quality.wav")
@@ -345,8 +352,8 @@ def quotes_world(db, s3, storage, policy, dsn) -> dict:
         "recording": f.call_recording(
             db, reason="quality", started="2024-05-02", customer_id=c, audio_key="audio/quality.wav"
         ),
-        "mine": {f.quote(db, issued="2023-01-10", customer_id=c), f.quote(db, issued="2023-01-20", customer_id=c)},
-        "others": {f.quote(db, issued="2023-01-15", customer_id=d), f.quote(db, issued="2023-01-25")},
+        "mine": {f.quote(db, issued="2023-01-10", customer_id=c), f.quote(db, issued="2023-01-10", customer_id=c)},
+        "others": {f.quote(db, issued="2023-01-10", customer_id=d), f.quote(db, issued="2023-01-10")},
         "live": f.quote(db, issued="2024-05-01", customer_id=c),
     }
     archive(db, s3, storage, policy, dsn, purposes=("quotes",))
@@ -380,12 +387,13 @@ def assert_nothing_lost(db, s3, storage, w, *, finished: bool) -> None:
         )
 
 
-# step -> (object patched: "store" or "rights", method, "before" or "after" the original runs)
+# step -> (object patched: "store", "rewrite" (retention.object_rewrite) or "engine", method, "before" or
+# "after" the original runs)
 REWRITE_STEPS = {
     "after_live_commit": ("engine", "_dispose_documents", "before"),  # live rows deleted, their files not yet
     "after_intent": ("store", "put_verified", "before"),  # intent and 'uploading' row committed, nothing uploaded
     "after_upload": ("store", "put_verified", "after"),  # new object uploaded and read back, not committed
-    "after_commit": ("rights", "_finish_rewrite", "before"),  # committed, the old object still stored
+    "after_commit": ("rewrite", "_finish", "before"),  # committed, the old object still stored
     "after_old_deleted": ("store", "delete_all_versions", "after"),  # old versions gone, rewrite not marked done
 }
 
@@ -395,7 +403,7 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
     w = quotes_world(db, s3, storage, policy, source_dsn)
     svc = rights(policy, source_dsn, s3, storage)
     where, method, when = REWRITE_STEPS[step]
-    target = {"store": svc.store, "rights": svc, "engine": RetentionEngine}[where]
+    target = {"store": svc.store, "rewrite": object_rewrite, "engine": RetentionEngine}[where]
     original = getattr(target, method)
 
     def crashing(*args, **kwargs):
@@ -457,7 +465,7 @@ def test_hold_on_the_subject_keeps_everything_and_reports_it(db, s3, storage, po
     held_archived = [k for k in report["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
     assert {k["reason"] for k in held_archived} == {"legal_hold"}
     assert sum(k["records"] for k in held_archived) == 2
-    assert sorted(k["kept_until"] for k in held_archived) == ["2025-01-10", "2025-01-20"]  # each its own end
+    assert [k["kept_until"] for k in held_archived] == ["2025-01-10"]  # their own end (issued the same day)
     assert report["erased"]["live"] == {} and report["erased"]["intermediate"] == {}
     # a request id names one request: reused for another action or subject, it is refused
     with pytest.raises(SubjectRequestError, match="another action or subject"):
@@ -511,7 +519,7 @@ def test_retention_runs_finish_an_interrupted_rewrite(db, s3, storage, policy, s
     svc = rights(policy, source_dsn, s3, storage)
     req = request("erasure", "req-left", kind="customer", subject_id=w["customer"])
     with monkeypatch.context() as patched, pytest.raises(Crash):
-        patched.setattr(svc, "_finish_rewrite", lambda *a, **k: (_ for _ in ()).throw(Crash("after_commit")))
+        patched.setattr(object_rewrite, "_finish", lambda *a, **k: (_ for _ in ()).throw(Crash("after_commit")))
         svc.handle(req)
     archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
     assert_nothing_lost(db, s3, storage, w, finished=True)

@@ -4,7 +4,14 @@ through the `smtp_default` connection) and the watch's alarms (overdue records, 
 Light at parse time: the DAGs name a function; the notifier is built, and its template fields
 rendered, when a task fails. Recipients and sender come from Airflow Variables read at that moment
 (`retention_alert_to`, comma-separated, and `retention_alert_from`), or the connection's
-`from_email`. Messages hold DAG, task and run ids, counts and the error text: no personal data.
+`from_email`. Messages hold DAG, task and run ids, counts, the error's class and text: no
+personal data.
+
+Every run shape gets its e-mail: a manual run may have no logical date (REST `"logical_date":
+null`), and Airflow then leaves `logical_date`, `ds`, `ts` and the data interval out of the
+context, where the DAGs' StrictUndefined would fail the rendering (and no e-mail would go). So
+the templates use only keys every run has; what depends on the date is computed here
+(`failure_details`).
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ FAILURE_BODY = """\
 <p><b>{{ ti.dag_id }}</b>: task <b>{{ ti.task_id }}</b> failed (try {{ ti.try_number }}).</p>
 <ul>
 <li>run: {{ run_id }}</li>
-<li>logical date (Europe/Paris): {{ logical_date.in_timezone('Europe/Paris').strftime('%Y-%m-%d %H:%M') if logical_date else 'none' }}</li>
-<li>error: {{ exception | string | e }}</li>
+<li>{{ retention_run_date | e }}</li>
+<li>error: {{ retention_error_class | e }}: {{ retention_error | e }}</li>
 <li>log: <a href="{{ ti.log_url }}">{{ ti.log_url }}</a></li>
 </ul>
 <p>Nothing is deleted before the archive is verified and the gates pass: a failed run leaves the
@@ -40,7 +47,42 @@ def notify_failure(context) -> None:
     task fails. Imported here, not at parse time: the provider pulls in aiosmtplib (~0.3 s of
     every DAG file's parse). A new notifier per call, since a notifier renders its template
     fields onto itself (a second task's e-mail would go out with the first one's subject)."""
-    failure_notifier()(context)
+    failure_notifier()({**context, **failure_details(context)})
+
+
+def failure_details(context) -> dict[str, str]:
+    """What the e-mail says about the run's date and the error, for every run shape: a run
+    without a logical date acts as of its start (retention.tasks.run_context)."""
+    from retention.policy import default_policy
+
+    tz = default_policy().tz
+    dag_run = context.get("dag_run")
+    logical_date = getattr(dag_run, "logical_date", None)
+    if logical_date is not None:
+        run_date = f"logical date: {logical_date.astimezone(tz):%Y-%m-%d %H:%M %Z} ({tz.key})"
+    else:
+        started = getattr(dag_run, "run_after", None)
+        at = f"{started.astimezone(tz):%Y-%m-%d %H:%M %Z}" if started is not None else "unknown"
+        run_date = f"logical date: none (a manual run; it acts as of its start, {at}, {tz.key})"
+    return {
+        "retention_run_date": run_date,
+        "retention_error_class": error_class(context.get("exception")),
+        "retention_error": str(context.get("exception") or "(no exception in the context)"),
+    }
+
+
+def error_class(exc: BaseException | None) -> str:
+    """The error's class, and its cause's when a task re-raised it as another (a gate failure as
+    AirflowFailException, so that it is not retried): e.g. "AirflowFailException (from
+    QualityGateError)"."""
+    if exc is None:
+        return "unknown"
+    causes = []
+    cause = exc.__cause__
+    while cause is not None and len(causes) < 3:
+        causes.append(type(cause).__name__)
+        cause = cause.__cause__
+    return type(exc).__name__ + "".join(f" (from {c})" for c in causes)
 
 
 def failure_notifier():
@@ -59,7 +101,7 @@ def failure_notifier():
 @dataclass(frozen=True)
 class Alarm:
     purpose: str
-    kind: str  # "overdue" | "no_success"
+    kind: str  # "overdue" | "no_success" | "future_run"
     detail: str
 
     def __str__(self) -> str:
@@ -89,3 +131,20 @@ def alarms(
             hours = int((now - ended).total_seconds() // 3600)
             found.append(Alarm(s.purpose, "no_success", f"last success {hours} h ago ({ended.isoformat()})"))
     return found
+
+
+def future_run_alarms(future_runs: dict[str, list[tuple[str, dt.datetime]]]) -> list[Alarm]:
+    """Alarms for runs dated in the future (retention.future_dates), by DAG id: their tasks do not
+    start before that date and they hold the DAG's only active-run slot, so the schedule stops
+    behind them."""
+    return [
+        Alarm(
+            dag_id.removeprefix("retention_"),
+            "future_run",
+            f"run {run_id} has logical date {logical_date.isoformat()}, in the future: Airflow will not "
+            f"start it and {dag_id} runs nothing else meanwhile; mark it failed (a retention run acts as "
+            "of its logical date: trigger again with a past one, or none)",
+        )
+        for dag_id, runs in sorted(future_runs.items())
+        for run_id, logical_date in runs
+    ]

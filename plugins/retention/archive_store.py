@@ -31,15 +31,17 @@ def safe_key_part(text: str) -> str:
     return _UNSAFE_KEY_CHARS.sub("_", text).strip("_")
 
 
-def object_key(prefix: str, purpose: str, table: str, purge_month: str, run_id: str, rule: str, first_id: int) -> str:
-    """``<tier>/<purpose>/<table>/purge_month=YYYY-MM/<run>/<batch>.parquet``, deterministic.
+def object_key(prefix: str, purpose: str, table: str, purge_day: str, run_id: str, rule: str, first_id: int) -> str:
+    """``<tier>/<purpose>/<table>/purge_date=YYYY-MM-DD/<run>/<batch>.parquet``, deterministic.
+
+    One object holds rows whose archive period ends on the same day (the purge date), so that
+    the object goes on that day, whole (objects written before were grouped per month:
+    ``purge_month=YYYY-MM``; see retention.engine's purge).
 
     The batch is named by its rule and its first id: unique within a run even across task
     retries (a committed batch's ids are gone from the source, so no later batch starts
     with them) and across rules of one purpose that archive the same table."""
-    return (
-        f"{prefix}/{purpose}/{table}/purge_month={purge_month}/{safe_key_part(run_id)}/{rule}-{first_id:012d}.parquet"
-    )
+    return f"{prefix}/{purpose}/{table}/purge_date={purge_day}/{safe_key_part(run_id)}/{rule}-{first_id:012d}.parquet"
 
 
 def document_archive_key(parquet_key: str, source_key: str) -> str:
@@ -135,6 +137,19 @@ class ArchiveStore:
                 f"read-back verification of s3://{self.archive_bucket}/{key} failed: {'; '.join(problems)}"
             )
         return VerifiedObject(key, put.get("VersionId"), len(body), digest.hex())
+
+    def read_verified(self, key: str, version: str | None, sha256_hex: str) -> bytes:
+        """The bytes of one archive object version, checked against the SHA-256 recorded for it."""
+        try:
+            got = self.client.get_object(
+                Bucket=self.archive_bucket, Key=key, **({"VersionId": version} if version else {})
+            )
+            data = got["Body"].read()
+        except Exception as exc:  # botocore raises several unrelated classes
+            raise ArchiveStorageError(f"reading s3://{self.archive_bucket}/{key} failed: {_describe(exc)}") from exc
+        if hashlib.sha256(data).hexdigest() != sha256_hex:
+            raise ArchiveStorageError(f"s3://{self.archive_bucket}/{key}: SHA-256 differs from the manifest")
+        return data
 
     def copy_documents(self, pairs: list[tuple[str, str]], storage_class: str) -> list[str | None]:
         """Copy (source key -> archive key) from the documents bucket, server-side, 8 at a time;

@@ -361,7 +361,7 @@ def run_after_gates(
         if any(store.storage.tiers[r.tier].object_lock for r in purpose_obj.rules if r.archived):
             results.append(_probative_versions_locked(conn, store, ctx, purpose))
         results.append(_manifest_matches_audit(conn, ctx, purpose))
-        results.append(_kept_beyond_purge(conn, policy, ctx, purpose, dry_run))
+        results.append(_kept_beyond_purge(conn, policy, store, ctx, purpose, dry_run))
     report = _report("after", results)
     _log_summary(f"after-gate of {purpose} at {ctx.logical_date.isoformat()}", results)
     _raise_on_failures(
@@ -670,11 +670,14 @@ def _manifest_matches_audit(conn, ctx: RunContext, purpose: str) -> dict:
     )
 
 
-def _kept_beyond_purge(conn, policy: Policy, ctx: RunContext, purpose: str, dry_run: bool) -> dict:
-    """No committed object of the purpose past its purge date, unless a legal hold keeps it
-    (the purge's own test, retention.holds; those are reported). Skipped on a dry run."""
+def _kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext, purpose: str, dry_run: bool) -> dict:
+    """No committed object of the purpose past its purge date, nor an unlocked one holding a row
+    past its own end date (an object written per month before: the purge rewrites it without
+    those rows), unless a legal hold keeps it (the purge's own test, retention.holds; those are
+    reported). Skipped on a dry run."""
     if dry_run:
         return _result("no_archive_kept_beyond_purge_date", "retention.archive_manifest", None, skipped="dry run")
+    unlocked = [name for name, tier in store.storage.tiers.items() if not tier.object_lock]
     overdue, held, keys, unknown = conn.execute(
         f"WITH covered AS ({covered_records_sql(policy)})"
         " SELECT count(*) FILTER (WHERE NOT held), count(*) FILTER (WHERE held),"
@@ -683,8 +686,11 @@ def _kept_beyond_purge(conn, policy: Policy, ctx: RunContext, purpose: str, dry_
         f" FROM (SELECT m.object_key, m.purge_after, {object_covered('m')} AS held,"
         "              m.owner_ids IS NULL AS owners_unknown"
         "       FROM retention.archive_manifest AS m"
-        "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND m.purge_after <= %(date)s) AS x",
-        {"purpose": purpose, "date": ctx.logical_date, "n": MAX_LISTED},
+        "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND (m.purge_after <= %(date)s"
+        "         OR (m.tier = ANY(%(unlocked)s) AND m.earliest_purge_after IS DISTINCT FROM m.purge_after"
+        "             AND coalesce(m.earliest_purge_after, date_trunc('month', m.purge_after AT TIME ZONE %(tz)s)"
+        "                 AT TIME ZONE %(tz)s) <= %(date)s))) AS x",
+        {"purpose": purpose, "date": ctx.logical_date, "n": MAX_LISTED, "unlocked": unlocked, "tz": policy.timezone},
     ).fetchone()
     return _result(
         "no_archive_kept_beyond_purge_date",

@@ -86,7 +86,9 @@ are kept and reported; parents whose children are still kept wait and are report
 **Params**: `dry_run` (count and report only), `batch_size` (rows per transaction and per
 archive object), `max_delete_fraction` (mass-deletion guard: the run fails before deleting
 anything if a rule would delete a larger share of its table; raise it for one run if intended).
-Backfills use the cutoff of their own logical date; a logical date in the future is refused.
+Backfills use the cutoff of their own logical date. A trigger with a logical date in the future
+is refused (Airflow would never start it, and it would block the DAG); one without a logical
+date acts as of the moment the run starts.
 """
 
 

@@ -8,7 +8,7 @@ For each rule of a purpose, in policy order (children before parents), in bounde
    rule reads (``FOR SHARE``), then re-run the whole rule on the locked ids: expiry, holds,
    waiting children (this statement sees every commit made before the locks);
 2. read those rows as Arrow (ADBC, binary protocol) and write one Parquet object per purge
-   month, recorded first as an 'uploading' intent in the manifest, uploaded with a SHA-256
+   day (the day the rows' archive period ends, so that each goes on its own day), recorded first as an 'uploading' intent in the manifest, uploaded with a SHA-256
    checksum; files named by ``*_key`` columns are copied beside it;
 3. read every object back and verify size, checksum and row count;
 4. delete exactly those rows, mark the manifest rows 'committed', write the audit rows and
@@ -33,9 +33,9 @@ Heavy imports (pyarrow, psycopg, adbc) happen here, never at DAG-parse time.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -46,28 +46,29 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from psycopg import sql
+from psycopg.rows import namedtuple_row
 
-from retention import identifiers, processor
+from retention import identifiers, object_rewrite, processor
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
+from retention.future_dates import FUTURE_TOLERANCE  # a run dated later than now + this is refused
 from retention.holds import covered_records_sql, object_held, owners_of_rows, parents_of
 from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
+from retention.parquet_files import document_keys, parquet_bytes, parquet_row_count, typed
+from retention.periods import local_date, local_midnight
 from retention.planner import MAX_IDS_IN_LOG, IdRange, Plan, Planner, RuleOutcome
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule, fingerprint
 
 log = logging.getLogger(__name__)
 
-# A run whose logical date is later than now by more than this is refused (clock skew).
-FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 # How long a batch waits for a row lock (a parent row the application holds) before failing.
 BATCH_LOCK_TIMEOUT = "30s"
 # The same wait while the previous batch is still uploading (see _run_rule): that batch's
 # transaction cannot commit before this one has its locks, so a long wait here could only end
 # in the 30 s timeout; after this one the batch is prepared again once the previous has committed.
 PIPELINED_LOCK_TIMEOUT = "200ms"
-# Larger sorts of a batch (its ids by purge month) stay in memory: 4 MB (the default) spills.
+# Larger sorts of a batch (its ids by purge day) stay in memory: 4 MB (the default) spills.
 BATCH_WORK_MEM = "64MB"
 LOCK_HOLDS = "LOCK TABLE retention.legal_holds IN SHARE MODE"
 # Ids run up to this (bigint): the upper bound of a rule's batches when the run is not split.
@@ -78,6 +79,10 @@ RANGE_ROWS = 250_000
 # At most this many units per rule (Airflow's max_map_length is 1024): a smaller range size is
 # widened to fit.
 MAX_UNITS_PER_RULE = 64
+# A batch's objects (one per end day) uploaded at once: parallel requests hide S3's latency.
+UPLOAD_THREADS = 4
+# The suffix of an object rewritten by a purge (retention.object_rewrite), replaced at the next.
+_PURGE_SUFFIX = re.compile(r"\.purged-\d{4}-\d{2}-\d{2}$")
 
 
 class RetentionError(RuntimeError):
@@ -210,7 +215,7 @@ class RunContext:
 
 @dataclass
 class ArchiveGroup:
-    """Rows of one batch archived together (one purge month): read, intent recorded, to upload."""
+    """Rows of one batch archived together (one purge day): read, intent recorded, to upload."""
 
     manifest_id: int
     key: str
@@ -238,6 +243,8 @@ class Batch:
     disposals: list[tuple] = field(default_factory=list)
     # ([(archive key, version id)], retain until): Object Lock on exactly the verified versions
     locks: list[tuple[list[tuple[str, str | None]], dt.datetime]] = field(default_factory=list)
+    # Rows archived per day their archive period ends (Paris date, ISO)
+    archived_until: Counter = field(default_factory=Counter)
     # Once committed: rows deleted, source files kept because a row still in the source names them
     deleted: int = 0
     documents_kept_shared: int = 0
@@ -600,17 +607,18 @@ class RetentionEngine:
         # A backlog row whose archive period is already over at D is not archived only to be
         # purged: it is deleted like a row of tier 'none'.
         archived = [rule.archived and purge_after > ctx.logical_date for _, _, purge_after in groups]
-        # The batch's rows are read once, then split per purge month (the months interleave).
+        # The batch's rows are read once, then split per purge day (the days interleave).
         to_read = sorted(i for (_, ids, _), archive in zip(groups, archived, strict=True) if archive for i in ids)
         rows = self._read_rows(reader, rule, to_read) if to_read else None
-        for (purge_month, ids, purge_after), archive in zip(groups, archived, strict=True):
+        for (purge_day, ids, purge_after), archive in zip(groups, archived, strict=True):
             if archive:
                 group_rows = (
                     rows
-                    if len(ids) == rows.num_rows  # the batch's only month: the rows as read
+                    if len(ids) == rows.num_rows  # the batch's only day: the rows as read
                     else rows.filter(pc.is_in(rows.column("id"), value_set=pa.array(ids, pa.int64())))
                 )
-                self._archive_group(control, intents, rule, ctx, group_rows, ids, purge_month, purge_after, batch)
+                self._archive_group(control, intents, rule, ctx, group_rows, ids, purge_day, purge_after, batch)
+                batch.archived_until[purge_day] += len(ids)
             else:
                 self._dispose_unarchived(control, rule, ids, batch)
             batch.ids += ids
@@ -638,6 +646,8 @@ class RetentionEngine:
         outcome.archive_bytes += sum(o[1].size for o in batch.objects)
         outcome.documents += len(batch.disposals)
         outcome.documents_kept_shared += batch.documents_kept_shared
+        for day, rows in batch.archived_until.items():
+            outcome.archived_until[day] = outcome.archived_until.get(day, 0) + rows
 
     def _lock_batch(self, conn, rule: Rule, ctx: RunContext, after_id: int) -> list[int]:
         """The next batch, within what the plan approved: the rule's (or unit's) id range, and
@@ -661,13 +671,13 @@ class RetentionEngine:
         here, not at the lock: the lock also picks rows the re-check keeps)."""
         allowance = self._allowances[rule.name]
         kept = []
-        for month, ids, purge_after in groups:
+        for day, ids, purge_after in groups:
             taken = ids[: max(allowance.rows_left, 0)]
             allowance.cut += len(ids) - len(taken)
             ids = taken
             allowance.rows_left -= len(ids)
             if ids:
-                kept.append((month, ids, purge_after))
+                kept.append((day, ids, purge_after))
         return kept
 
     def _recheck(
@@ -676,31 +686,31 @@ class RetentionEngine:
         """Re-run the rule on the locked ids, now that the rows, their parents and the holds are
         locked (a new statement sees the latest committed state): a row whose clock moved, that
         is held or has a child stays. This is where holds and waiting children are tested (the
-        lock picks by the rule's clock and conditions only). Groups the rest by the month their
-        archive period ends."""
+        lock picks by the rule's clock and conditions only). Groups the rest by the day their
+        archive period ends: (that day in Paris, ids, the instant it starts)."""
         gone_after = rule.gone_after
         locked_ids, locked_params = _ids_predicate("due.id", locked)
         # Grouped by the clock's local day first: the purge date is computed once per day, not
         # for every row (time-zone arithmetic: half the statement's time at 100,000 rows).
+        # Several clock days may end on one day (month ends: Jan 29-31 + 1 month = Feb 28/29).
         query = (
-            "SELECT to_char(purge_after AT TIME ZONE %(tz)s, 'YYYY-MM'), ids, purge_after FROM ("
-            " SELECT array_agg(id) AS ids, ((day + make_interval(months => %(months)s, days => %(days)s))::date"
-            "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after"
-            " FROM (SELECT d.id, (d.clock AT TIME ZONE %(tz)s)::date AS day"
-            f"  FROM ({self._planner.deletable_select(rule, id_filter=' AND ' + locked_ids)}) AS d) AS x"
-            " GROUP BY day) AS per_day"
+            "SELECT ((day + make_interval(months => %(months)s, days => %(days)s))::date"
+            "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after, ids"
+            " FROM (SELECT (d.clock AT TIME ZONE %(tz)s)::date AS day, array_agg(d.id) AS ids"
+            f"  FROM ({self._planner.deletable_select(rule, id_filter=' AND ' + locked_ids)}) AS d GROUP BY 1) AS x"
         )
         params = (
             self._planner.params(ctx.logical_date)
             | locked_params
             | {"tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days}
         )
-        months: dict[str, tuple[list[int], dt.datetime]] = {}
-        for month, ids, purge_after in conn.execute(query, params):
-            month_ids, latest = months.setdefault(month, ([], purge_after))
-            month_ids += ids
-            months[month] = (month_ids, max(latest, purge_after))
-        return [(month, sorted(ids), purge_after) for month, (ids, purge_after) in sorted(months.items())]
+        per_end_day: dict[dt.datetime, list[int]] = {}
+        for purge_after, ids in conn.execute(query, params):
+            per_end_day.setdefault(purge_after, []).extend(ids)
+        return [
+            (purge_after.astimezone(self.tz).date().isoformat(), sorted(ids), purge_after)
+            for purge_after, ids in sorted(per_end_day.items())
+        ]
 
     def _read_rows(self, reader, rule: Rule, ids: list[int]) -> pa.Table:
         """The rows with these ids (sorted) as Arrow, typed: NUMERIC as decimal128, other
@@ -721,16 +731,16 @@ class RetentionEngine:
             table = cur.fetch_arrow_table()
         if table.num_rows != len(ids):
             table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
-        return _typed(table)
+        return typed(table)
 
-    def _archive_group(self, control, intents, rule, ctx, table, ids, purge_month, purge_after, batch: Batch) -> None:
-        """Record the upload intent of one purge month's rows, read (``table``) in the order of
+    def _archive_group(self, control, intents, rule, ctx, table, ids, purge_day, purge_after, batch: Batch) -> None:
+        """Record the upload intent of one purge day's rows, read (``table``) in the order of
         ``ids`` (main thread: the connections)."""
         tier = self.store.storage.tiers[rule.tier]
         if table.column("id").to_pylist() != ids:
             raise RetentionError(f"{rule.table}: read {table.num_rows} rows for {len(ids)} locked ids")
-        key = object_key(tier.prefix, self.purpose_name, rule.table, purge_month, ctx.run_id, rule.name, ids[0])
-        documents = _document_keys(table)
+        key = object_key(tier.prefix, self.purpose_name, rule.table, purge_day, ctx.run_id, rule.name, ids[0])
+        documents = document_keys(table)
         doc_pairs = [(src, document_archive_key(key, src)) for _, src in documents]
         # Whose rows these are (their contract, its customer...): a hold placed on one of them
         # after the live rows are gone still keeps this object (retention.holds). The rows'
@@ -742,9 +752,9 @@ class RetentionEngine:
         owners = owners_of_rows(control, self.policy, rule.table, ids, parent_ids=parent_ids)
         manifest_id = intents.execute(
             "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
-            " object_key, state, purge_month, purge_after, row_count, record_ids, document_keys, owner_ids,"
-            " identifier_hashes)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s::bigint[], %s, %s::jsonb,"
+            " object_key, state, purge_month, purge_after, earliest_purge_after, row_count, record_ids, document_keys,"
+            " owner_ids, identifier_hashes)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb,"
             " %s::bigint[])"
             " RETURNING id",
             (
@@ -756,8 +766,9 @@ class RetentionEngine:
                 rule.tier,
                 self.store.archive_bucket,
                 key,
-                purge_month,
+                purge_day[:7],
                 purge_after,
+                purge_after,  # every row of the object ends that day
                 len(ids),
                 _id_array(ids),
                 [t for _, t in doc_pairs],
@@ -770,21 +781,35 @@ class RetentionEngine:
 
     def _upload_batch(self, batch: Batch) -> None:
         """Step 2-3 for every group of the batch (worker thread, no database): Parquet, file
-        copies, upload with checksum, read-back verification. Fills batch.objects and locks."""
-        for group in batch.groups:
-            tier = self.store.storage.tiers[self._tier_of_key(group.key)]
-            body = _parquet_bytes(group.table)
-            group.table = None  # the Arrow rows are not needed any more: free them before the upload
-            doc_versions = self.store.copy_documents(group.doc_pairs, tier.storage_class)
-            verified = self.store.put_verified(group.key, body, tier.storage_class, len(group.ids), _parquet_row_count)
-            batch.objects.append(
-                (group.manifest_id, verified, group.ids, group.documents, group.doc_pairs, doc_versions)
-            )
-            if tier.object_lock:
-                versions = [(group.key, verified.version_id)] + [
-                    (t, v) for (_, t), v in zip(group.doc_pairs, doc_versions, strict=True)
-                ]
-                batch.locks.append((versions, group.purge_after))
+        copies, upload with checksum, read-back verification. Fills batch.objects and locks.
+
+        A backlog's batch ends on many days (one object each): its objects are uploaded a few
+        at a time. The first failure is raised once every upload started has ended; nothing is
+        deleted then, and what was uploaded is removed by the next run (its 'uploading' intent)."""
+        if len(batch.groups) <= 1:
+            uploaded = [self._upload_group(group) for group in batch.groups]
+        else:
+            with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(batch.groups))) as pool:
+                uploaded = list(pool.map(self._upload_group, batch.groups))
+        for obj, lock in uploaded:
+            batch.objects.append(obj)
+            if lock is not None:
+                batch.locks.append(lock)
+
+    def _upload_group(self, group: ArchiveGroup) -> tuple[tuple, tuple | None]:
+        """(the verified object's record, its versions to lock or None) for one group."""
+        tier = self.store.storage.tiers[self._tier_of_key(group.key)]
+        body = parquet_bytes(group.table)
+        group.table = None  # the Arrow rows are not needed any more: free them before the upload
+        doc_versions = self.store.copy_documents(group.doc_pairs, tier.storage_class)
+        verified = self.store.put_verified(group.key, body, tier.storage_class, len(group.ids), parquet_row_count)
+        obj = (group.manifest_id, verified, group.ids, group.documents, group.doc_pairs, doc_versions)
+        if not tier.object_lock:
+            return obj, None
+        versions = [(group.key, verified.version_id)] + [
+            (t, v) for (_, t), v in zip(group.doc_pairs, doc_versions, strict=True)
+        ]
+        return obj, (versions, group.purge_after)
 
     def _dispose_unarchived(self, control, rule: Rule, ids: list[int], batch: Batch) -> None:
         """Tier 'none': nothing archived, but the files the rows name go with them."""
@@ -977,9 +1002,7 @@ class RetentionEngine:
         this purpose, finished under the purpose's lock, so that none waits for a new request:
         'uploading' -> the new object is removed (the old one holds every row), 'committed' ->
         the old object's versions are deleted."""
-        from retention.subject_rights import SubjectRights  # imports this module
-
-        SubjectRights(self.policy, self.dsn, self.store).recover_rewrites(control, self.purpose_name)
+        object_rewrite.recover_rewrites(self.store, control, self.purpose_name)
 
     def _tier_of_key(self, key: str) -> str:
         prefix = key.split("/", 1)[0]
@@ -996,7 +1019,12 @@ class RetentionEngine:
         Each object is decided and deleted in its own transaction, holding the legal-hold table
         in SHARE mode and the manifest row: a hold placed meanwhile either is seen (the object
         is kept whole and reported) or waits until the object is gone. An object with a
-        covered record among its rows or their owners (retention.holds) is kept."""
+        covered record among its rows or their owners (retention.holds) is kept.
+
+        Objects are written per end day, so each goes whole on its day. Objects written per
+        month before hold rows ending on different days: an unlocked one is rewritten without
+        its rows past their own end (``_purge_rows_past_their_end``), a locked one stays whole
+        until its lock date."""
         refuse_future(ctx.logical_date)
         preview = self.previews(ctx)
         report = {
@@ -1006,6 +1034,12 @@ class RetentionEngine:
             "held_keys": [],
             "owners_not_recorded": 0,
             "by_table": {},
+            # Rows removed from objects written per month, on their own end date (rewrites).
+            "rows_purged": 0,
+            "rewritten_objects": 0,
+            # Rows of such objects whose own end cannot be told (their clock is not among the
+            # archived columns, or the policy changed since): kept to the object's date.
+            "rows_kept_to_object_date": 0,
         }
         by_table: Counter = Counter()
         with self._connect() as control:
@@ -1026,6 +1060,7 @@ class RetentionEngine:
                 with self._connect(autocommit=True) as intents:
                     for (manifest_id,) in candidates:
                         self._purge_one(control, intents, ctx, manifest_id, preview, report, by_table)
+                    self._purge_rows_past_their_end(control, intents, ctx, preview, report, by_table)
             finally:
                 control.rollback()
                 if not preview:
@@ -1076,6 +1111,125 @@ class RetentionEngine:
             )
             self.store.delete_all_versions([key, *doc_keys])
             self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
+
+    def _purge_rows_past_their_end(self, control, intents, ctx: RunContext, preview: bool, report: dict, by_table):
+        """The rows whose own end date has come in an unlocked object that also holds rows
+        ending later (written per month before objects were written per day): the object is
+        rewritten without them (retention.object_rewrite), so no row is archived a day past its
+        end because a neighbour ends later. The earliest end of the rows that stay is recorded,
+        so that the object is read again only on that day."""
+        unlocked = [name for name, tier in self.store.storage.tiers.items() if not tier.object_lock]
+        candidates = (
+            control.cursor(row_factory=namedtuple_row)
+            .execute(
+                f"WITH covered AS ({covered_records_sql(self.policy)})"
+                " SELECT m.id, m.rule, m.table_name, m.tier, m.object_key, m.version_id, m.sha256, m.purge_month,"
+                f" m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, {object_held('m')} AS held"
+                " FROM retention.archive_manifest AS m"
+                " WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND m.bucket = %(bucket)s"
+                " AND m.tier = ANY(%(tiers)s) AND m.purge_after > %(date)s"
+                " AND m.earliest_purge_after IS DISTINCT FROM m.purge_after"
+                # Not read yet: its rows end within its purge month, so none before the month starts.
+                " AND coalesce(m.earliest_purge_after,"
+                "     date_trunc('month', m.purge_after AT TIME ZONE %(tz)s) AT TIME ZONE %(tz)s) <= %(date)s"
+                " ORDER BY m.id",
+                {
+                    "purpose": self.purpose_name,
+                    "bucket": self.store.archive_bucket,
+                    "tiers": unlocked,
+                    "date": ctx.logical_date,
+                    "tz": self.policy.timezone,
+                },
+            )
+            .fetchall()
+        )
+        control.commit()
+        for m in candidates:
+            rule_name, table, key = m.rule, m.table_name, m.object_key
+            if m.held:
+                report["held_objects"] += 1
+                report["owners_not_recorded"] += m.owner_ids is None
+                report["held_keys"].append(key)
+                if not preview:
+                    with control.transaction():
+                        self._audit(control, ctx, rule_name, table, "object_purge_held", 0, key=key)
+                continue
+            docs = list(m.document_keys or [])
+            obj = object_rewrite.StoredObject(
+                m.id,
+                m.tier,
+                key,
+                docs,
+                list(m.document_version_ids or [None] * len(docs)),
+                m.owner_ids,
+                object_rewrite.read_object(self.store, key, m.version_id, m.sha256),
+            )
+            ends = self._row_ends(rule_name, table, obj.rows, m.purge_month, m.purge_after)
+            if ends is None:
+                report["rows_kept_to_object_date"] += obj.rows.num_rows
+                if not preview:  # told once: the object now goes whole on its date
+                    self._record_earliest_end(control, m.id, m.purge_after)
+                continue
+            due = {i for i, end in ends.items() if end <= ctx.logical_date}
+            later = [end for i, end in ends.items() if i not in due]
+            report["rows_purged"] += len(due)
+            by_table[table] += len(due)
+            report["rewritten_objects"] += bool(due)
+            if preview:
+                continue
+            if not due:
+                self._record_earliest_end(control, m.id, min(later))
+                continue
+            day = ctx.logical_date.astimezone(self.tz).date().isoformat()
+            result = object_rewrite.rewrite_without(
+                self.policy,
+                self.store,
+                control,
+                intents,
+                obj,
+                due,
+                origin=f"purge:{ctx.run_id}",
+                new_key=f"{_PURGE_SUFFIX.sub('', key.removesuffix('.parquet'))}.purged-{day}.parquet",
+                earliest_purge_after=min(later) if later else None,
+                on_commit=lambda conn, removed, rule_name=rule_name, table=table, key=key: self._audit(
+                    conn, ctx, rule_name, table, "rows_purged", removed, key=key
+                ),
+            )
+            if result["action"] != "rewritten":  # a hold placed meanwhile keeps the object whole
+                report["rows_purged"] -= len(due)
+                by_table[table] -= len(due)
+                report["rewritten_objects"] -= 1
+                report["held_objects"] += result.get("held", False)
+                report["held_keys"] += [key] if result.get("held") else []
+
+    def _row_ends(self, rule_name: str, table: str, rows: pa.Table, purge_month: str, purge_after: dt.datetime):
+        """{row id: the instant its archive period ends}, from the clock among its archived
+        columns and its rule's periods (the calendar arithmetic of the re-check); None when that
+        cannot be told: the rule is gone from the policy, its clock is another table's, or an
+        end falls outside the object's purge month (the periods changed since it was written)."""
+        rule = next((r for r in self.purpose.rules if r.name == rule_name), None)
+        clock_table, _, clock_column = (rule.clock if rule else "").partition(".")
+        if rule is None or clock_table != table or clock_column not in rows.column_names:
+            return None
+        clock_type = rows.schema.field(clock_column).type
+        if not (pa.types.is_timestamp(clock_type) and clock_type.tz):  # an instant, or nothing to tell
+            return None
+        ends = {}
+        for row_id, clock in zip(rows.column("id").to_pylist(), rows.column(clock_column).to_pylist(), strict=True):
+            if clock is None:
+                return None
+            end = local_midnight(rule.gone_after.add_to(local_date(clock, self.tz)), self.tz)
+            if end > purge_after or end.strftime("%Y-%m") != purge_month:
+                return None
+            ends[row_id] = end
+        return ends
+
+    def _record_earliest_end(self, control, manifest_id: int, earliest: dt.datetime) -> None:
+        with control.transaction():
+            control.execute(
+                "UPDATE retention.archive_manifest SET earliest_purge_after = %s WHERE id = %s AND state = 'committed'",
+                (earliest, manifest_id),
+            )
 
     def _mark_purged(self, control, ctx: RunContext, manifest_id, rule_name, table, key, row_count) -> None:
         control.execute(
@@ -1136,47 +1290,3 @@ class RetentionEngine:
                 _id_array(ids) if ids is not None else None,
             ),
         )
-
-
-# ---------------------------------------------------------------------- Arrow / Parquet
-
-
-def _typed(table: pa.Table) -> pa.Table:
-    """ADBC returns NUMERIC as exact strings (an opaque extension): archive them as decimals."""
-    columns, fields = [], []
-    for fld, column in zip(table.schema, table.columns, strict=True):
-        meta = fld.metadata or {}
-        pg_type = meta.get(b"POSTGRESQL:type", b"").decode()
-        if isinstance(fld.type, pa.ExtensionType):
-            column = pa.chunked_array([chunk.storage for chunk in column.chunks], type=fld.type.storage_type)
-            fld = pa.field(fld.name, fld.type.storage_type, fld.nullable, fld.metadata)
-        if pg_type == "numeric":
-            typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1"))
-            if typmod >= 4:
-                precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-                target = pa.decimal128(precision, scale)
-                column = column.cast(target)
-                fld = pa.field(fld.name, target, fld.nullable, fld.metadata)
-        columns.append(column)
-        fields.append(fld)
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
-def _parquet_row_count(data: bytes) -> int:
-    return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-
-
-def _document_keys(table: pa.Table) -> list[tuple[int, str]]:
-    """(row id, file key) for every file a ``*_key`` column names."""
-    ids = table.column("id").to_pylist()
-    keys = []
-    for name in table.column_names:
-        if name.endswith("_key"):
-            keys += [(i, k) for i, k in zip(ids, table.column(name).to_pylist(), strict=True) if k]
-    return keys

@@ -55,6 +55,8 @@ class RuleOutcome:
     waiting_ids: list[int] = field(default_factory=list)
     # Deletable rows found at execution beyond the count the plan approved: left for the next run.
     beyond_plan: int = 0
+    # Rows archived per day their archive period ends (Paris date, ISO): each goes on its own day.
+    archived_until: dict[str, int] = field(default_factory=dict)
 
     @property
     def deletable(self) -> int:
@@ -76,6 +78,7 @@ class RuleOutcome:
             "held_ids": self.held_ids[:MAX_IDS_IN_LOG],
             "waiting_ids": self.waiting_ids[:MAX_IDS_IN_LOG],
             "beyond_plan": self.beyond_plan,
+            "archived_until": dict(sorted(self.archived_until.items())),
         }
 
     def planned(self) -> RuleOutcome:
@@ -94,7 +97,9 @@ class RuleOutcome:
 
     @classmethod
     def from_dict(cls, d: dict) -> RuleOutcome:
-        return cls(**{k: (dict(v) if k == "waiting" else v) for k, v in d.items() if k in _OUTCOME_FIELDS})
+        return cls(
+            **{k: (dict(v) if k in ("waiting", "archived_until") else v) for k, v in d.items() if k in _OUTCOME_FIELDS}
+        )
 
 
 @dataclass(frozen=True)

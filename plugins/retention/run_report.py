@@ -134,15 +134,14 @@ def summary_dict(purpose: str, context: dict, pulled: dict, states: dict, table:
 
 
 def failure_table(purpose: str, context: dict, states: dict, committed: list[dict]) -> str:
-    from retention.policy import default_policy
+    from retention import tasks
 
-    policy = default_policy()
     first = next((t for t in UPSTREAM if states.get(t) == "failed"), None) or next(
         t for t in UPSTREAM if states.get(t) in FAILED_STATES
     )
     lines = [
         f"## retention_{purpose}: RUN FAILED at {first}",
-        f"logical date {_paris(context, policy)}, run {context['run_id']}",
+        f"{tasks.run_date_label(context)}, run {context['run_id']}",
         "",
         "tasks: " + ", ".join(f"{t}={states.get(t, 'n/a')}" for t in UPSTREAM),
         *([f"failed units of the archive step: {states['failed_units']}"] if states.get("failed_units") else []),

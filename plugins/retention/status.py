@@ -157,12 +157,17 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
         "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 4",
         {"run": run_id, "purpose": purpose_name},
     ).fetchall()
+    # Written by the run, purged by it, or rewritten by its purge without the rows past their own
+    # end (an object written per month, before objects were written per end day).
     objects = conn.execute(
-        "SELECT purpose, rule, table_name, tier, bucket, object_key, state, purge_month, row_count, byte_size, "
-        "sha256, version_id, locked_until, committed_at, purged_at, run_id = %(run)s AS written_here "
-        "FROM retention.archive_manifest WHERE (run_id = %(run)s OR purge_run_id = %(run)s) "
-        "AND purpose = %(purpose)s ORDER BY id",
-        {"run": run_id, "purpose": purpose_name},
+        "SELECT purpose, rule, table_name, tier, bucket, object_key, state, purge_month,"
+        " (purge_after AT TIME ZONE %(tz)s)::date, row_count, byte_size, sha256, version_id, locked_until,"
+        " committed_at, purged_at,"
+        " CASE WHEN purge_run_id = %(run)s THEN 'purged' WHEN run_id = %(run)s THEN 'written' ELSE 'rows_purged' END"
+        " FROM retention.archive_manifest WHERE (run_id = %(run)s OR purge_run_id = %(run)s"
+        "  OR id IN (SELECT old_manifest_id FROM retention.object_rewrites WHERE request_id = 'purge:' || %(run)s))"
+        " AND purpose = %(purpose)s ORDER BY id",
+        {"run": run_id, "purpose": purpose_name, "tz": policy.timezone},
     ).fetchall()
     if not audit and not objects:
         return None
@@ -210,6 +215,9 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
                 "key": key,
                 "state": state,
                 "purge_month": month,
+                # The day its rows' archive period ends (each object holds the rows ending that day;
+                # one written per month before holds rows ending up to that day).
+                "purge_date": purge_date.isoformat(),
                 "rows": rows,
                 "bytes": size,
                 "sha256": sha,
@@ -217,7 +225,7 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
                 "locked_until": _iso(locked),
                 "committed_at": _iso(committed),
                 "purged_at": _iso(purged),
-                "event": "written" if written else "purged",
+                "event": event,
             }
             for (
                 _,
@@ -228,6 +236,7 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
                 key,
                 state,
                 month,
+                purge_date,
                 rows,
                 size,
                 sha,
@@ -235,7 +244,7 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
                 locked,
                 committed,
                 purged,
-                written,
+                event,
             ) in objects
         ],
     }

@@ -48,7 +48,6 @@ object, export or evidence row is written.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
@@ -59,23 +58,19 @@ from decimal import Decimal
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from psycopg.rows import dict_row
 
-from retention import identifiers, suppression
+from retention import identifiers, object_rewrite, suppression
 from retention import subject_requests as inbox
 from retention.archive_store import ArchiveStorageError, ArchiveStore, safe_key_part
 from retention.engine import (
     BATCH_LOCK_TIMEOUT,
     LOCK_HOLDS,
     RetentionEngine,
-    _parquet_bytes,
-    _parquet_row_count,
     acquire_purpose_lock,
     release_purpose_lock,
 )
-from retention.holds import ancestors_first, covered_records_sql, object_covered, object_held, parents_of
+from retention.holds import ancestors_first, covered_records_sql, object_covered, parents_of
 from retention.periods import Period, due_date
 from retention.policy import Policy, Rule, rule_filter
 from retention.subject_requests import SubjectRequestError, check_request_id, check_subject
@@ -459,18 +454,8 @@ class SubjectRights:
 
     def _read_object(self, key: str, version: str | None, sha256: str) -> pa.Table:
         """An object's rows, read back once per request (checked against the manifest's SHA-256)."""
-        if (key, version, sha256) in self._read:
-            return self._read[(key, version, sha256)]
-        try:
-            got = self.store.client.get_object(
-                Bucket=self.store.archive_bucket, Key=key, **({"VersionId": version} if version else {})
-            )
-            data = got["Body"].read()
-        except Exception as exc:  # botocore raises several unrelated classes
-            raise ArchiveStorageError(f"reading s3://{self.store.archive_bucket}/{key} failed: {exc}") from exc
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise ArchiveStorageError(f"s3://{self.store.archive_bucket}/{key}: SHA-256 differs from the manifest")
-        self._read[(key, version, sha256)] = pq.read_table(io.BytesIO(data))
+        if (key, version, sha256) not in self._read:
+            self._read[(key, version, sha256)] = object_rewrite.read_object(self.store, key, version, sha256)
         return self._read[(key, version, sha256)]
 
     def _report_found(self, report: dict, found: Found) -> None:
@@ -962,7 +947,7 @@ class SubjectRights:
             return
         # Rewrites a crashed request left are finished first, even when no object is to be
         # rewritten now (after a crash past the commit, the subject is no longer found in any).
-        pending = {r[0] for r in self._pending_rewrites()}
+        pending = self._pending_rewrites()
         for purpose in sorted(pending | set(by_purpose)):
             objects = by_purpose.get(purpose, [])
             with self._connect(autocommit=False) as control, self._connect() as intents:
@@ -985,14 +970,9 @@ class SubjectRights:
                     control.rollback()
                     release_purpose_lock(control, purpose)
 
-    def _pending_rewrites(self) -> list[tuple[str]]:
+    def _pending_rewrites(self) -> set[str]:
         with self._connect() as conn:
-            return conn.execute(
-                "SELECT DISTINCT o.purpose FROM retention.object_rewrites AS r"
-                " JOIN retention.archive_manifest AS o ON o.id = r.old_manifest_id"
-                " WHERE r.state IN ('uploading', 'committed') AND o.bucket = %s",
-                (self.store.archive_bucket,),
-            ).fetchall()
+            return object_rewrite.pending_rewrite_purposes(self.store, conn)
 
     def _lock_purpose(self, conn, purpose: str) -> None:
         """The purpose's advisory lock (the engine's): no archive run, orphan clean-up or purge of
@@ -1006,153 +986,24 @@ class SubjectRights:
         )
 
     def _rewrite(self, control, intents, req: SubjectRequest, obj: ArchivedObject, ids: dict[str, set[int]]) -> dict:
-        """Rewrite one intermediate object without the subject's rows (write-ahead):
-
-        1. record the rewrite and the new object's 'uploading' manifest row (committed);
-        2. upload the new object (SHA-256, SSE) and read it back (size, checksum, row count);
-        3. in one transaction holding the hold table in SHARE mode: re-check the old object is
-           still committed and not held, mark the new one 'committed', the old one 'rewritten';
-        4. delete every version of the old object and of the erased rows' document copies.
-
-        A crash before 3 leaves the old object whole (the new one is an orphan); after 3, the old
-        object's versions are still to delete. Either is finished by the re-run, by the next
-        request, or by the purpose's next retention run or purge (``recover_rewrites``, called
-        by ``RetentionEngine.recover`` and ``purge_archives`` under the purpose's lock)."""
-        subject_ids = ids.get(obj.table, set())
-        removed = [i for i in obj.rows.column("id").to_pylist() if i in subject_ids]
-        keep_mask = pa.array([i not in subject_ids for i in obj.rows.column("id").to_pylist()])
-        remaining = obj.rows.filter(keep_mask)
-        gone = obj.rows.filter(pc.invert(keep_mask))
-        gone_sources = _file_keys(gone) - _file_keys(remaining)
-        removed_docs = [k for k in obj.document_keys if _source_of(k) in gone_sources]
-        kept_docs = [
-            (k, v) for k, v in zip(obj.document_keys, obj.document_version_ids, strict=True) if k not in removed_docs
-        ]
-        # The old object's owners, unchanged (never recorded stays unknown: the purge keeps such
-        # an object). Not "minus the subject's": a row kept here may still be the subject's
-        # through a record this request cannot see (in an object whose owners were never
-        # recorded), and a hold placed on the subject later must keep it. A superset only
-        # keeps more, and makes a later request read this object to find nothing of theirs.
-        owners = obj.owner_ids
-        tier = self.store.storage.tiers[obj.tier]
-        new_key = None
-        with intents.transaction():
-            new_id = None
-            if remaining.num_rows:
-                new_key = f"{obj.key.removesuffix('.parquet')}.erasure-{req.request_id}.parquet"
-                new_id = intents.execute(
-                    "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier,"
-                    " bucket, object_key, state, purge_month, purge_after, row_count, record_ids, document_keys,"
-                    " owner_ids, identifier_hashes)"
-                    " SELECT %s, logical_date, purpose, rule, table_name, tier, bucket, %s, 'uploading', purge_month,"
-                    " purge_after, %s, %s::bigint[], %s, %s::jsonb, %s::bigint[] FROM retention.archive_manifest"
-                    " WHERE id = %s RETURNING id",
-                    (
-                        req.audit_run_id,
-                        new_key,
-                        remaining.num_rows,
-                        remaining.column("id").to_pylist(),
-                        [k for k, _ in kept_docs],
-                        json.dumps(owners) if owners is not None else None,
-                        # The identifiers of the rows it keeps (exact, unlike the owners: no
-                        # erased person's address stays findable through it).
-                        identifiers.locators_literal(remaining),
-                        obj.manifest_id,
-                    ),
-                ).fetchone()[0]
-            rewrite_id = intents.execute(
-                "INSERT INTO retention.object_rewrites (request_id, old_manifest_id, new_manifest_id, removed_ids,"
-                " removed_document_keys, state) VALUES (%s, %s, %s, %s::bigint[], %s, 'uploading') RETURNING id",
-                (req.request_id, obj.manifest_id, new_id, removed, removed_docs),
-            ).fetchone()[0]
-        verified = None
-        if new_key:
-            body = _parquet_bytes(remaining)
-            if not pq.read_table(io.BytesIO(body)).equals(remaining):
-                raise SubjectRequestError(f"{obj.key}: the rewritten rows do not read back equal; nothing changed")
-            verified = self.store.put_verified(
-                new_key, body, tier.storage_class, remaining.num_rows, _parquet_row_count
-            )
-        with control.transaction():
-            control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
-            control.execute(LOCK_HOLDS)
-            row = control.execute(
-                f"WITH covered AS ({covered_records_sql(self.policy)})"
-                f" SELECT {object_held('m')} FROM retention.archive_manifest AS m"
-                " WHERE m.id = %s AND m.state = 'committed' FOR NO KEY UPDATE OF m",
-                (obj.manifest_id,),
-            ).fetchone()
-            proceed = row is not None and not row[0]
-            if proceed:
-                if new_id is not None:
-                    control.execute(
-                        "UPDATE retention.archive_manifest SET state = 'committed', byte_size = %s, sha256 = %s,"
-                        " version_id = %s, document_version_ids = %s, committed_at = now()"
-                        " WHERE id = %s AND state = 'uploading'",
-                        (verified.size, verified.sha256_hex, verified.version_id, [v for _, v in kept_docs], new_id),
-                    )
-                control.execute(
-                    "UPDATE retention.archive_manifest SET state = 'rewritten' WHERE id = %s AND state = 'committed'",
-                    (obj.manifest_id,),
-                )
-                control.execute(
-                    "UPDATE retention.object_rewrites SET state = 'committed', committed_at = now() WHERE id = %s",
-                    (rewrite_id,),
-                )
-        if not proceed:  # held (or changed) meanwhile: the old object stays whole
-            self._abandon(control, rewrite_id, new_id, new_key)
-            return {"action": "kept" if row else "changed_meanwhile", "held": bool(row and row[0])}
-        self._finish_rewrite(control, rewrite_id, obj.key, removed_docs)
-        return {
-            "action": "rewritten",
-            "removed_rows": len(removed),
-            "new_key": new_key,
-            "new_sha256": verified.sha256_hex if verified else None,
-            "remaining_rows": remaining.num_rows,
-            "removed_document_copies": len(removed_docs),
-        }
-
-    def _abandon(self, control, rewrite_id: int, new_id: int | None, new_key: str | None) -> None:
-        if new_key:
-            self.store.delete_all_versions([new_key])
-        with control.transaction():
-            if new_id is not None:
-                control.execute(
-                    "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s AND state = 'uploading'",
-                    (new_id,),
-                )
-            control.execute("UPDATE retention.object_rewrites SET state = 'abandoned' WHERE id = %s", (rewrite_id,))
-
-    def _finish_rewrite(self, control, rewrite_id: int, old_key: str, removed_docs: list[str]) -> None:
-        """Step 4: the old object goes last (delete_all_versions), after the erased document copies."""
-        self.store.delete_all_versions([old_key, *removed_docs])
-        control.execute(
-            "UPDATE retention.object_rewrites SET state = 'done', done_at = now() WHERE id = %s", (rewrite_id,)
+        """Rewrite one intermediate object without the subject's rows: the write-ahead protocol of
+        retention.object_rewrite, whose recovery the purpose's next run, purge or request runs."""
+        result = object_rewrite.rewrite_without(
+            self.policy,
+            self.store,
+            control,
+            intents,
+            obj,
+            ids.get(obj.table, set()),
+            origin=req.request_id,
+            new_key=f"{obj.key.removesuffix('.parquet')}.erasure-{req.request_id}.parquet",
+            run_id=req.audit_run_id,
         )
-        control.commit()
+        result.pop("removed_ids", None)  # the report holds counts
+        return result
 
     def recover_rewrites(self, control, purpose: str) -> dict[str, int]:
-        """Finish what a crashed rewrite of the purpose left (under the purpose's lock):
-        'uploading' -> remove the new object (the old one still holds every row), abandon;
-        'committed' -> delete the old object's versions, done."""
-        rows = control.execute(
-            "SELECT r.id, r.state, r.new_manifest_id, n.object_key, o.object_key, r.removed_document_keys"
-            " FROM retention.object_rewrites AS r JOIN retention.archive_manifest AS o ON o.id = r.old_manifest_id"
-            " LEFT JOIN retention.archive_manifest AS n ON n.id = r.new_manifest_id"
-            " WHERE o.purpose = %s AND o.bucket = %s AND r.state IN ('uploading', 'committed') ORDER BY r.id",
-            (purpose, self.store.archive_bucket),
-        ).fetchall()
-        control.commit()
-        done = Counter()
-        for rewrite_id, state, new_id, new_key, old_key, removed_docs in rows:
-            if state == "uploading":
-                self._abandon(control, rewrite_id, new_id, new_key)
-            else:
-                self._finish_rewrite(control, rewrite_id, old_key, list(removed_docs))
-            done[state] += 1
-        if rows:
-            log.warning("finished %d object rewrites interrupted by an earlier request", len(rows))
-        return dict(done)
+        return object_rewrite.recover_rewrites(self.store, control, purpose)
 
     # ------------------------------------------------------------------ evidence
 
@@ -1243,17 +1094,8 @@ def _path_up(parents: dict[str, list[tuple[str, str]]], table: str, target: str)
     return None
 
 
-def _file_keys(table: pa.Table) -> set[str]:
-    return {v for name in table.column_names if name.endswith("_key") for v in table.column(name).to_pylist() if v}
-
-
-def _source_of(archive_copy_key: str) -> str:
-    """The documents-bucket key an archive copy was made from (archive_store.document_archive_key)."""
-    return archive_copy_key.split(".documents/", 1)[1] if ".documents/" in archive_copy_key else ""
-
-
 def _archive_copy_of(document_keys: list[str], source_key: str) -> str | None:
-    return next((k for k in document_keys if _source_of(k) == source_key), None)
+    return next((k for k in document_keys if object_rewrite.source_of(k) == source_key), None)
 
 
 def _json_default(value):

@@ -178,6 +178,8 @@ def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
         total = merged[done["rule"]]
         for key in ("deleted", "objects", "archive_bytes", "documents", "documents_kept_shared", "beyond_plan"):
             setattr(total, key, getattr(total, key) + done.get(key, 0))
+        for day, rows in done.get("archived_until", {}).items():
+            total.archived_until[day] = total.archived_until.get(day, 0) + rows
     return list(merged.values())
 
 
@@ -271,6 +273,24 @@ def paris_time(at: dt.datetime) -> str:
     return at.astimezone(default_policy().tz).strftime("%Y-%m-%d %H:%M %Z")
 
 
+def archived_until(days: dict[str, int]) -> str:
+    """When the rows archived by the run go (each on its own day): one date, or the first and
+    last of a backlog's."""
+    if not days:
+        return "-"
+    first, last = min(days), max(days)
+    return first if first == last else f"{first} .. {last} ({len(days)} days)"
+
+
+def run_date_label(context: dict) -> str:
+    """The run's date as its report says it. A manual run may have no logical date (REST
+    `"logical_date": null`): it acts as of its start (``run_context``), and the report says so."""
+    logical_date = context.get("logical_date")
+    if logical_date is not None:
+        return f"logical date {paris_time(logical_date)}"
+    return f"no logical date (a manual run: as of its start, {paris_time(context['dag_run'].run_after)})"
+
+
 def report(
     purpose: Purpose | str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict
 ) -> str:
@@ -283,17 +303,19 @@ def report(
         title = "DRY RUN, nothing changed" if ctx.dry_run else "run summary"
     lines = [
         f"## retention_{purpose}: {title}",
-        f"mode {ctx.mode}, logical date {paris_time(ctx.logical_date)}, run {ctx.run_id}",
+        f"mode {ctx.mode}, {run_date_label(context)}, run {ctx.run_id}",
         "",
-        "| rule | table | tier | due | deleted | held | waiting | objects | archive bytes | files | files kept (shared) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rule | table | tier | due | deleted | held | waiting | objects | archived until | archive bytes | files "
+        "| files kept (shared) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     bytes_by_tier: dict[str, int] = {}
     for r in archived["rules"]:
         waiting = sum(r["waiting"].values())
         lines.append(
             f"| {r['rule']} | {r['table']} | {r['tier']} | {r['due']} | {r['deleted']} | {r['held']} | {waiting} "
-            f"| {r['objects']} | {r['archive_bytes']} | {r['documents']} | {r.get('documents_kept_shared', 0)} |"
+            f"| {r['objects']} | {archived_until(r.get('archived_until', {}))} | {r['archive_bytes']} "
+            f"| {r['documents']} | {r.get('documents_kept_shared', 0)} |"
         )
         bytes_by_tier[r["tier"]] = bytes_by_tier.get(r["tier"], 0) + r["archive_bytes"]
     lines += [
@@ -302,7 +324,13 @@ def report(
         "share of each table deleted: "
         + ", ".join(f"{t}={f:.2%}" for t, f in sorted(planned.get("delete_fraction", {}).items())),
         f"archive purge: {purged['purged_objects']} objects ({purged['purged_records']} records) purged, "
-        f"{purged['held_objects']} kept under legal hold",
+        f"{purged.get('rows_purged', 0)} records removed on their own end date from "
+        f"{purged.get('rewritten_objects', 0)} objects written per month, {purged['held_objects']} kept under legal hold"
+        + (
+            f", {purged['rows_kept_to_object_date']} records kept to their object's date (own end unknown)"
+            if purged.get("rows_kept_to_object_date")
+            else ""
+        ),
         f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}",
     ]
     beyond = {r["rule"]: r["beyond_plan"] for r in archived["rules"] if r.get("beyond_plan")}

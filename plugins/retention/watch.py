@@ -27,7 +27,10 @@ through `smtp_default` (Variable `retention_alert_to`), when a purpose
 - has **overdue** records: due for more than `overdue_days` days and still in the database
   (neither under a legal hold nor waiting for a child kept by another purpose), or
 - has **no successful run** in the last `stale_after_hours` hours (a failing, paused or
-  never-run retention DAG).
+  never-run retention DAG), or
+- has a **run dated in the future** (queued or running; also the subject requests' DAG):
+  Airflow does not start it before its date and the DAG runs nothing else meanwhile. The API
+  refuses such a trigger; one made otherwise (the CLI, an older trigger) is to be marked failed.
 
 Its log lists every alarm, one line per purpose, counts only. The Retention page shows the same
 figures.
@@ -86,11 +89,35 @@ def last_success_end(dag_id: str, now: dt.datetime) -> dt.datetime | None:
     return run.end_date or run.run_after
 
 
+# The latest queued or running run before this date is the one with the latest logical date.
+_END_OF_TIME = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+
+
+def future_runs(dag_id: str, now: dt.datetime) -> list[tuple[str, dt.datetime]]:
+    """The DAG's queued and running runs dated in the future (the latest of each state), asked
+    of the API server like ``last_success_end``."""
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import GetPreviousDagRun
+
+    from retention.future_dates import is_future
+
+    found = []
+    for state in ("running", "queued"):
+        response = task_runner.SUPERVISOR_COMMS.send(
+            GetPreviousDagRun(dag_id=dag_id, logical_date=_END_OF_TIME, state=state)
+        )
+        run = getattr(response, "dag_run", None)
+        if run is not None and is_future(run.logical_date, now):
+            found.append((run.run_id, run.logical_date))
+    return found
+
+
 def run_watch(context: dict) -> dict:
     import psycopg
     from airflow.sdk.exceptions import AirflowFailException
 
-    from retention.alerts import alarms
+    from retention.alerts import alarms, future_run_alarms
+    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
     from retention.policy import default_policy
     from retention.status import purposes_status
     from retention.tasks import source_dsn
@@ -108,6 +135,9 @@ def run_watch(context: dict) -> dict:
         statuses = [s for s in purposes_status(conn, policy, now, overdue_days) if s.purpose in wanted]
     last = {s.purpose: last_success_end(dag_id_for(s.purpose), now) for s in statuses}
     found = alarms(statuses, last, now, overdue_days, dt.timedelta(hours=int(params["stale_after_hours"])))
+    watched_dags = [dag_id_for(s.purpose) for s in statuses] + [SUBJECT_REQUESTS_DAG_ID]
+    future = {dag_id: runs for dag_id in watched_dags if (runs := future_runs(dag_id, now))}
+    found += future_run_alarms(future)
     paris = ZoneInfo(policy.timezone)
     summary = {
         "checked_at": now.astimezone(paris).isoformat(),
@@ -120,6 +150,9 @@ def run_watch(context: dict) -> dict:
                 "last_success": last[s.purpose].astimezone(paris).isoformat() if last[s.purpose] else None,
             }
             for s in statuses
+        },
+        "future_runs": {
+            d: [{"run_id": r, "logical_date": at.isoformat()} for r, at in runs] for d, runs in future.items()
         },
         "alarms": [str(a) for a in found],
     }

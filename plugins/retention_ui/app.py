@@ -104,6 +104,38 @@ def last_runs(dag_ids: list[str]) -> dict[str, dict]:
     return result
 
 
+def future_runs(now: dt.datetime) -> list[dict]:
+    """Queued or running runs of the retention DAGs dated in the future (retention.future_dates):
+    their tasks do not start before that date and they block their DAG meanwhile. The API refuses
+    such triggers; these came
+    some other way (the CLI, an older trigger)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from retention.future_dates import DAG_ID_PREFIX, FUTURE_TOLERANCE
+    from sqlalchemy import select
+
+    with create_session() as session:
+        runs = session.scalars(
+            select(DagRun)
+            .where(
+                DagRun.dag_id.startswith(DAG_ID_PREFIX, autoescape=True),
+                DagRun.state.in_(("queued", "running")),
+                DagRun.logical_date > now + FUTURE_TOLERANCE,
+            )
+            .order_by(DagRun.dag_id, DagRun.logical_date)
+        )
+        return [
+            {
+                "dag_id": run.dag_id,
+                "run_id": run.run_id,
+                "state": str(run.state),
+                "logical_date": _iso(run.logical_date),
+                "run_url": f"../dags/{run.dag_id}/runs/{quote(run.run_id, safe='')}",
+            }
+            for run in runs
+        ]
+
+
 def gate_results(dag_id: str, run_id: str) -> dict:
     """The quality gates' XCom of one run (counts only), by task."""
     from airflow.models.xcom import XComModel
@@ -194,6 +226,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         "archive_by_purge_month": by_month,
         "legal_holds": holds,
         "runs": runs,
+        "future_runs": future_runs(now),
     }
 
 
@@ -224,7 +257,7 @@ EVIDENCE_CSV_COLUMNS = (
     "sha256",
     "version_id",
     "state",
-    "purge_month",
+    "purge_date",
     "detail",
 )
 
@@ -270,7 +303,7 @@ def evidence_csv(ev: dict) -> str:
                 "sha256": o["sha256"],
                 "version_id": o["version_id"],
                 "state": o["state"],
-                "purge_month": o["purge_month"],
+                "purge_date": o["purge_date"],
                 "detail": o["event"],
             }
         )

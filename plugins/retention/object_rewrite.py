@@ -1,0 +1,243 @@
+"""Rewriting an unlocked archive object without some of its rows (write-ahead), and finishing a
+rewrite a crash left.
+
+Two callers remove rows from an object that others' rows share: a subject's erasure
+(retention.subject_rights) and the purge of rows whose own end date has come in an object
+written per month before objects were written per day (retention.engine). Both run under the
+purpose's advisory lock, which every writer and purger of the purpose's objects takes.
+
+The protocol (``retention.object_rewrites``):
+
+1. record the rewrite and the new object's 'uploading' manifest row (committed);
+2. upload the new object (SHA-256, SSE) and read it back (size, checksum, row count);
+3. in one transaction holding the hold table in SHARE mode: re-check the old object is still
+   committed and not held, mark the new one 'committed', the old one 'rewritten';
+4. delete every version of the old object and of the removed rows' document copies.
+
+A crash before 3 leaves the old object whole (the new one is an orphan); after 3, the old
+object's versions are still to delete. Either is finished by ``recover_rewrites``, which the
+engine's recovery and purge, and every subject request, call under the purpose's lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from retention import identifiers
+from retention.archive_store import ArchiveStore
+from retention.holds import covered_records_sql, object_held
+from retention.parquet_files import file_keys, parquet_bytes, parquet_row_count, read_parquet
+from retention.policy import Policy
+
+log = logging.getLogger(__name__)
+
+# How long a rewrite waits for the hold table and the manifest row (as a batch does).
+REWRITE_LOCK_TIMEOUT = "30s"
+LOCK_HOLDS = "LOCK TABLE retention.legal_holds IN SHARE MODE"
+
+
+class RewriteError(RuntimeError):
+    """The rewritten object does not read back as the rows it should hold; nothing changed."""
+
+
+@dataclass
+class StoredObject:
+    """A committed archive object, read back: what a rewrite needs to know of it."""
+
+    manifest_id: int
+    tier: str
+    key: str
+    document_keys: list[str]
+    document_version_ids: list[str | None]
+    owner_ids: dict | None
+    rows: pa.Table
+
+
+def source_of(archive_copy_key: str) -> str:
+    """The documents-bucket key an archive copy was made from (archive_store.document_archive_key)."""
+    return archive_copy_key.split(".documents/", 1)[1] if ".documents/" in archive_copy_key else ""
+
+
+def read_object(store: ArchiveStore, key: str, version: str | None, sha256: str) -> pa.Table:
+    """An archive object's rows, checked against the manifest's SHA-256."""
+    return read_parquet(store.read_verified(key, version, sha256))
+
+
+def rewrite_without(
+    policy: Policy,
+    store: ArchiveStore,
+    control,
+    intents,
+    obj: StoredObject,
+    remove: set[int],
+    *,
+    origin: str,
+    new_key: str,
+    run_id: str | None = None,
+    earliest_purge_after: dt.datetime | None = None,
+    on_commit: Callable[[Any, list[int]], None] | None = None,
+) -> dict:
+    """Rewrite ``obj`` without the rows whose id is in ``remove`` (the protocol above).
+
+    ``origin`` names who asked (a request id, or ``purge:<run id>``), ``new_key`` the key of the
+    object holding the rows that remain, ``run_id`` its manifest run (None: the old object's),
+    ``earliest_purge_after`` the earliest end date of a remaining row (None: the old object's);
+    ``on_commit(conn, removed ids)`` writes the caller's record (an audit row) in the
+    transaction of step 3, so that it is there exactly when the rewrite is.
+    Returns what was done: ``rewritten``, or ``kept`` (a hold placed meanwhile keeps the old
+    object whole) or ``changed_meanwhile`` (purged or rewritten since it was read)."""
+    ids = obj.rows.column("id").to_pylist()
+    keep_mask = pa.array([i not in remove for i in ids])
+    remaining = obj.rows.filter(keep_mask)
+    gone = obj.rows.filter(pc.invert(keep_mask))
+    removed = gone.column("id").to_pylist()
+    gone_sources = file_keys(gone) - file_keys(remaining)
+    removed_docs = [k for k in obj.document_keys if source_of(k) in gone_sources]
+    kept_docs = [
+        (k, v) for k, v in zip(obj.document_keys, obj.document_version_ids, strict=True) if k not in removed_docs
+    ]
+    # The old object's owners, unchanged (never recorded stays unknown: the purge keeps such
+    # an object). Not "minus the removed rows' owners": a row kept here may still belong to
+    # them through a record this caller cannot see, and a hold placed on them later must keep
+    # it. A superset only keeps more.
+    owners = obj.owner_ids
+    tier = store.storage.tiers[obj.tier]
+    new_id = None
+    with intents.transaction():
+        if remaining.num_rows:
+            new_id = intents.execute(
+                "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier,"
+                " bucket, object_key, state, purge_month, purge_after, earliest_purge_after, row_count, record_ids,"
+                " document_keys, owner_ids, identifier_hashes)"
+                " SELECT coalesce(%s, run_id), logical_date, purpose, rule, table_name, tier, bucket, %s, 'uploading',"
+                " purge_month, purge_after, coalesce(%s, earliest_purge_after), %s, %s::bigint[], %s, %s::jsonb,"
+                " %s::bigint[] FROM retention.archive_manifest WHERE id = %s RETURNING id",
+                (
+                    run_id,
+                    new_key,
+                    earliest_purge_after,
+                    remaining.num_rows,
+                    remaining.column("id").to_pylist(),
+                    [k for k, _ in kept_docs],
+                    json.dumps(owners) if owners is not None else None,
+                    # The identifiers of the rows it keeps (exact, unlike the owners: no removed
+                    # person's address stays findable through it).
+                    identifiers.locators_literal(remaining),
+                    obj.manifest_id,
+                ),
+            ).fetchone()[0]
+        rewrite_id = intents.execute(
+            "INSERT INTO retention.object_rewrites (request_id, old_manifest_id, new_manifest_id, removed_ids,"
+            " removed_document_keys, state) VALUES (%s, %s, %s, %s::bigint[], %s, 'uploading') RETURNING id",
+            (origin, obj.manifest_id, new_id, removed, removed_docs),
+        ).fetchone()[0]
+    verified = None
+    if new_id is not None:
+        body = parquet_bytes(remaining)
+        if not read_parquet(body).equals(remaining):
+            raise RewriteError(f"{obj.key}: the rewritten rows do not read back equal; nothing changed")
+        verified = store.put_verified(new_key, body, tier.storage_class, remaining.num_rows, parquet_row_count)
+    with control.transaction():
+        control.execute(f"SET LOCAL lock_timeout = '{REWRITE_LOCK_TIMEOUT}'")
+        control.execute(LOCK_HOLDS)
+        row = control.execute(
+            f"WITH covered AS ({covered_records_sql(policy)})"
+            f" SELECT {object_held('m')} FROM retention.archive_manifest AS m"
+            " WHERE m.id = %s AND m.state = 'committed' FOR NO KEY UPDATE OF m",
+            (obj.manifest_id,),
+        ).fetchone()
+        proceed = row is not None and not row[0]
+        if proceed:
+            if new_id is not None:
+                control.execute(
+                    "UPDATE retention.archive_manifest SET state = 'committed', byte_size = %s, sha256 = %s,"
+                    " version_id = %s, document_version_ids = %s, committed_at = now()"
+                    " WHERE id = %s AND state = 'uploading'",
+                    (verified.size, verified.sha256_hex, verified.version_id, [v for _, v in kept_docs], new_id),
+                )
+            control.execute(
+                "UPDATE retention.archive_manifest SET state = 'rewritten' WHERE id = %s AND state = 'committed'",
+                (obj.manifest_id,),
+            )
+            control.execute(
+                "UPDATE retention.object_rewrites SET state = 'committed', committed_at = now() WHERE id = %s",
+                (rewrite_id,),
+            )
+            if on_commit is not None:
+                on_commit(control, removed)
+    if not proceed:  # held (or changed) meanwhile: the old object stays whole
+        _abandon(store, control, rewrite_id, new_id, new_key if new_id is not None else None)
+        return {"action": "kept" if row else "changed_meanwhile", "held": bool(row and row[0])}
+    _finish(store, control, rewrite_id, obj.key, removed_docs)
+    return {
+        "action": "rewritten",
+        "removed_rows": len(removed),
+        "removed_ids": removed,
+        "new_key": new_key if new_id is not None else None,
+        "new_sha256": verified.sha256_hex if verified else None,
+        "remaining_rows": remaining.num_rows,
+        "removed_document_copies": len(removed_docs),
+    }
+
+
+def _abandon(store: ArchiveStore, control, rewrite_id: int, new_id: int | None, new_key: str | None) -> None:
+    if new_key:
+        store.delete_all_versions([new_key])
+    with control.transaction():
+        if new_id is not None:
+            control.execute(
+                "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s AND state = 'uploading'",
+                (new_id,),
+            )
+        control.execute("UPDATE retention.object_rewrites SET state = 'abandoned' WHERE id = %s", (rewrite_id,))
+
+
+def _finish(store: ArchiveStore, control, rewrite_id: int, old_key: str, removed_docs: list[str]) -> None:
+    """Step 4: the old object goes last (delete_all_versions), after the removed document copies."""
+    store.delete_all_versions([old_key, *removed_docs])
+    control.execute("UPDATE retention.object_rewrites SET state = 'done', done_at = now() WHERE id = %s", (rewrite_id,))
+    control.commit()
+
+
+def recover_rewrites(store: ArchiveStore, control, purpose: str) -> dict[str, int]:
+    """Finish what a crashed rewrite of the purpose left (under the purpose's lock):
+    'uploading' -> remove the new object (the old one still holds every row), abandon;
+    'committed' -> delete the old object's versions, done."""
+    rows = control.execute(
+        "SELECT r.id, r.state, r.new_manifest_id, n.object_key, o.object_key, r.removed_document_keys"
+        " FROM retention.object_rewrites AS r JOIN retention.archive_manifest AS o ON o.id = r.old_manifest_id"
+        " LEFT JOIN retention.archive_manifest AS n ON n.id = r.new_manifest_id"
+        " WHERE o.purpose = %s AND o.bucket = %s AND r.state IN ('uploading', 'committed') ORDER BY r.id",
+        (purpose, store.archive_bucket),
+    ).fetchall()
+    control.commit()
+    done = Counter()
+    for rewrite_id, state, new_id, new_key, old_key, removed_docs in rows:
+        if state == "uploading":
+            _abandon(store, control, rewrite_id, new_id, new_key)
+        else:
+            _finish(store, control, rewrite_id, old_key, list(removed_docs))
+        done[state] += 1
+    if rows:
+        log.warning("finished %d object rewrites interrupted earlier", len(rows))
+    return dict(done)
+
+
+def pending_rewrite_purposes(store: ArchiveStore, conn) -> set[str]:
+    """The purposes with a rewrite a crash left unfinished."""
+    rows = conn.execute(
+        "SELECT DISTINCT o.purpose FROM retention.object_rewrites AS r"
+        " JOIN retention.archive_manifest AS o ON o.id = r.old_manifest_id"
+        " WHERE r.state IN ('uploading', 'committed') AND o.bucket = %s",
+        (store.archive_bucket,),
+    ).fetchall()
+    return {r[0] for r in rows}

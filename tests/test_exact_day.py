@@ -1,0 +1,285 @@
+"""A row's archived copy is gone on its OWN end date (issue 18, item 1; DESIGN.md §3).
+
+Objects are written per end day, so an object goes whole on its day. Objects written per month
+before (rows ending on different days) are rewritten without their rows past their end when
+the earliest is due (unlocked tiers); a locked one stays whole until its lock date.
+
+Real PostgreSQL and S3 (moto): every version of the bucket is listed, every object read back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+
+import pyarrow.parquet as pq
+import pytest
+from retention.archive_store import ArchiveStore
+from retention.engine import RetentionEngine, RunContext
+from retention.periods import Period
+
+from tests import factories as f
+
+pytestmark = pytest.mark.integration
+
+
+def engine_for(policy, purpose, source_dsn, s3, storage) -> RetentionEngine:
+    return RetentionEngine(policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=5)
+
+
+def versions(s3, bucket: str) -> list[str]:
+    keys = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        keys += [v["Key"] for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+    return keys
+
+
+def committed(db) -> dict[str, tuple]:
+    """{object key: (record ids, purge date in Paris, earliest end, sha256, version)} of committed objects."""
+    rows = db.execute(
+        "SELECT object_key, record_ids, (purge_after AT TIME ZONE 'Europe/Paris')::date, earliest_purge_after,"
+        " sha256, version_id FROM retention.archive_manifest WHERE state = 'committed' ORDER BY id"
+    ).fetchall()
+    return {key: (ids, day.isoformat(), earliest, sha, version) for key, ids, day, earliest, sha, version in rows}
+
+
+def read_ids(s3, storage, key: str, version: str, sha256: str) -> list[int]:
+    """The object's ids, read back and checked against the manifest's SHA-256."""
+    body = s3.get_object(Bucket=storage.archive_bucket, Key=key, VersionId=version)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == sha256, f"{key} is not what the manifest recorded"
+    return pq.read_table(io.BytesIO(body), columns=["id"]).column("id").to_pylist()
+
+
+def analyses_archived(policy, tier: str = "intermediate"):
+    """The shipped schedule with call analyses (which name a document file) archived 12 months in
+    ``tier``: the only shipped intermediate rule (quotes) names no file."""
+    purpose = policy.purposes["call_recordings"]
+    rules = tuple(
+        r.model_copy(update={"tier": tier, "archive": Period.parse("12 months")}) if r.name == "call_analyses" else r
+        for r in purpose.rules
+    )
+    changed = purpose.model_copy(update={"rules": rules})
+    return policy.model_copy(update={"purposes": policy.purposes | {"call_recordings": changed}})
+
+
+def analyses_ending_1st_and_28th(db, s3, storage):
+    """Two analyses created on 2023-10-01 and 2023-10-28 (live 1 year, archive 12 months: gone on
+    2025-10-01 and 2025-10-28), each naming its own document."""
+    ids = {}
+    for day in ("01", "28"):
+        doc = f"analyses/2023-10-{day}.pdf"
+        f.put_document(s3, storage.documents_bucket, doc)
+        ids[day] = f.call_analysis(db, created=f"2023-10-{day}", document_key=doc)
+    return ids
+
+
+def monthly_groups(original):
+    """The engine's re-check as it grouped before objects were written per day: one group per
+    month of the end dates, purged at the latest."""
+
+    def recheck(self, conn, rule, ctx, locked):
+        months: dict[str, tuple[list[int], dt.datetime]] = {}
+        for day, ids, purge_after in original(self, conn, rule, ctx, locked):
+            month_ids, latest = months.setdefault(day[:7], ([], purge_after))
+            months[day[:7]] = (month_ids + ids, max(latest, purge_after))
+        return [(m, sorted(ids), after) for m, (ids, after) in sorted(months.items())]
+
+    return recheck
+
+
+def test_rows_ending_on_different_days_go_on_their_own_day(db, s3, storage, policy, source_dsn):
+    """Rows ending on the 1st and the 28th of one month, archived in one run (a backlog): the run
+    on the 1st leaves no copy of the first anywhere (object, older versions, document copy) and
+    keeps the second intact and verified."""
+    policy = analyses_archived(policy)
+    ids = analyses_ending_1st_and_28th(db, s3, storage)
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("call_recordings", "backlog", f.midnight("2024-11-01")))
+    objects = committed(db)
+    assert sorted((v[0], v[1]) for v in objects.values()) == [
+        ([ids["01"]], "2025-10-01"),
+        ([ids["28"]], "2025-10-28"),
+    ], "one object per end day"
+    first = next(k for k, v in objects.items() if v[0] == [ids["01"]])
+    second = next(k for k, v in objects.items() if v[0] == [ids["28"]])
+    assert "purge_date=2025-10-01" in first and "purge_date=2025-10-28" in second
+
+    before = engine.purge_archives(RunContext("call_recordings", "p0", f.midnight("2025-09-30")))
+    assert before["purged_objects"] == 0 and set(versions(s3, storage.archive_bucket)) >= {first, second}
+
+    result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert (result["purged_objects"], result["purged_records"]) == (1, 1)
+    left = versions(s3, storage.archive_bucket)
+    assert not [k for k in left if k.startswith(first.removesuffix(".parquet"))], "a copy of the first remains"
+    assert [k for k in left if k.startswith(second.removesuffix(".parquet") + ".documents/")], "its file copy"
+    _, _, _, sha, version = committed(db)[second]
+    assert read_ids(s3, storage, second, version, sha) == [ids["28"]]
+
+    engine.purge_archives(RunContext("call_recordings", "p2", f.midnight("2025-10-28")))
+    assert versions(s3, storage.archive_bucket) == []
+
+
+def archive_monthly(engine, monkeypatch, logical_date: str) -> None:
+    """Archive as the engine did before objects were written per day, then leave the manifest as
+    the schema's upgrade leaves such an object: its earliest end unknown (NULL)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(RetentionEngine, "_recheck", monthly_groups(RetentionEngine._recheck))
+        engine.archive_and_delete(RunContext(engine.purpose_name, "monthly", f.midnight(logical_date)))
+    with engine._connect(autocommit=True) as conn:
+        conn.execute("UPDATE retention.archive_manifest SET earliest_purge_after = NULL")
+
+
+def test_an_object_written_per_month_is_rewritten_without_each_row_on_its_own_day(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    policy = analyses_archived(policy)
+    ids = analyses_ending_1st_and_28th(db, s3, storage)
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [(old_key, (old_ids, purge_day, earliest, _, _))] = committed(db).items()
+    assert sorted(old_ids) == sorted(ids.values()) and purge_day == "2025-10-28" and earliest is None
+
+    preview = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01"), dry_run=True))
+    assert (preview["rows_purged"], preview["rewritten_objects"], preview["purged_objects"]) == (1, 1, 0)
+    assert committed(db).keys() == {old_key}, "a dry run changes nothing"
+
+    result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert (result["rows_purged"], result["rewritten_objects"], result["by_table"]) == (1, 1, {"call_analyses": 1})
+    [(new_key, (new_ids, purge_day, earliest, sha, version))] = committed(db).items()
+    assert new_ids == [ids["28"]] and purge_day == "2025-10-28" and earliest == f.midnight("2025-10-28")
+    assert read_ids(s3, storage, new_key, version, sha) == [ids["28"]]
+    left = versions(s3, storage.archive_bucket)
+    assert old_key not in left, "every version of the old object is gone"
+    copies = [k for k in left if ".documents/" in k]
+    assert copies == [next(k for k in copies if k.endswith("analyses/2023-10-28.pdf"))], "only the 28th's file copy"
+    audit = db.execute(
+        "SELECT action, record_ids, object_key FROM retention.audit_log WHERE run_id = 'p1' ORDER BY id"
+    ).fetchall()
+    assert audit == [("rows_purged", [ids["01"]], old_key)]
+
+    again = engine.purge_archives(RunContext("call_recordings", "p2", f.midnight("2025-10-27")))
+    assert again["rows_purged"] == 0 and committed(db).keys() == {new_key}, "nothing else is due before the 28th"
+    engine.purge_archives(RunContext("call_recordings", "p3", f.midnight("2025-10-28")))
+    assert committed(db) == {} and versions(s3, storage.archive_bucket) == []
+
+
+def test_an_object_written_per_month_whose_rows_end_later_is_read_once(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Read on the first day of its purge month, no row due yet: its earliest end is recorded,
+    and it is left alone until that day."""
+    policy = analyses_archived(policy)
+    ids = {day: f.call_analysis(db, created=f"2023-10-{day}") for day in ("05", "20")}
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [key] = committed(db)
+    result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert result["rows_purged"] == 0
+    assert committed(db)[key][2] == f.midnight("2025-10-05")
+    engine.purge_archives(RunContext("call_recordings", "p2", f.midnight("2025-10-05")))
+    assert [v[0] for v in committed(db).values()] == [[ids["20"]]]
+
+
+def test_a_legal_hold_keeps_an_object_written_per_month_whole(db, s3, storage, policy, source_dsn, monkeypatch):
+    policy = analyses_archived(policy)
+    ids = analyses_ending_1st_and_28th(db, s3, storage)
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [key] = committed(db)
+    f.legal_hold(db, "call_analyses", ids["28"])  # a neighbour's hold: the object is kept whole
+    result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert result["rows_purged"] == 0 and result["held_objects"] == 1 and result["held_keys"] == [key]
+    assert committed(db).keys() == {key} and key in versions(s3, storage.archive_bucket)
+
+
+def test_a_hold_placed_during_the_rewrite_keeps_the_object_whole(db, s3, storage, policy, source_dsn, monkeypatch):
+    """The hold arrives while the new object is uploaded: the rewrite's commit re-checks under the
+    hold lock, keeps the old object whole and removes the new one."""
+    import psycopg
+
+    policy = analyses_archived(policy)
+    ids = analyses_ending_1st_and_28th(db, s3, storage)
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [key] = committed(db)
+    put_verified = ArchiveStore.put_verified
+
+    def hold_then_put(self, *args, **kwargs):
+        with psycopg.connect(source_dsn, autocommit=True) as other:
+            f.legal_hold(other, "call_analyses", ids["01"])
+        return put_verified(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ArchiveStore, "put_verified", hold_then_put)
+        result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert result["rows_purged"] == 0 and result["held_keys"] == [key]
+    assert committed(db).keys() == {key}
+    assert [k for k in versions(s3, storage.archive_bucket) if not k.startswith(key.removesuffix(".parquet"))] == []
+    states = db.execute("SELECT state FROM retention.object_rewrites").fetchall()
+    assert states == [("abandoned",)]
+
+
+def test_a_rewrite_cut_off_after_its_upload_is_finished_by_the_next_purge(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """S3 fails while the old object's versions are deleted (after the commit): the next purge
+    finishes the rewrite; the row past its end is gone, the other kept, nothing lost."""
+    policy = analyses_archived(policy)
+    ids = analyses_ending_1st_and_28th(db, s3, storage)
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [old_key] = committed(db)
+
+    def unreachable(self, keys):
+        raise RuntimeError("S3 unreachable")
+
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="S3 unreachable"):
+        patched.setattr(ArchiveStore, "delete_all_versions", unreachable)
+        engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert [v[0] for v in committed(db).values()] == [[ids["28"]]]
+    assert old_key in versions(s3, storage.archive_bucket), "the old object's bytes are still there"
+    engine.purge_archives(RunContext("call_recordings", "p2", f.midnight("2025-10-02")))
+    assert old_key not in versions(s3, storage.archive_bucket)
+    [(new_key, (new_ids, _, _, sha, version))] = committed(db).items()
+    assert read_ids(s3, storage, new_key, version, sha) == [ids["28"]]
+    assert db.execute("SELECT state FROM retention.object_rewrites").fetchall() == [("done",)]
+
+
+def test_a_locked_object_written_per_month_stays_whole_until_its_lock_date(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The probative tier is under COMPLIANCE Object Lock until the purge date: never shortened."""
+    policy = analyses_archived(policy, tier="probative")
+    ids = analyses_ending_1st_and_28th(db, s3, storage)
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [(key, (old_ids, purge_day, _, _, _))] = committed(db).items()
+    assert key.startswith("probative/") and sorted(old_ids) == sorted(ids.values()) and purge_day == "2025-10-28"
+    result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert (result["rows_purged"], result["rewritten_objects"], result["purged_objects"]) == (0, 0, 0)
+    assert committed(db).keys() == {key}
+
+
+def test_rows_whose_end_changed_with_the_policy_are_kept_to_the_object_date(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The archive period was shortened after the object was written: the rows' ends computed now
+    fall outside the month the object was written for. The policy's change is not applied to a
+    written object by a rewrite: it stays whole until its recorded date, reported."""
+    archived = analyses_archived(policy)
+    analyses_ending_1st_and_28th(db, s3, storage)
+    archive_monthly(engine_for(archived, "call_recordings", source_dsn, s3, storage), monkeypatch, "2024-11-01")
+    [key] = committed(db)
+    purpose = archived.purposes["call_recordings"]
+    shorter = tuple(
+        r.model_copy(update={"archive": Period.parse("6 months")}) if r.name == "call_analyses" else r
+        for r in purpose.rules
+    )
+    changed = archived.model_copy(
+        update={"purposes": archived.purposes | {"call_recordings": purpose.model_copy(update={"rules": shorter})}}
+    )
+    engine = engine_for(changed, "call_recordings", source_dsn, s3, storage)
+    result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert (result["rows_purged"], result["rows_kept_to_object_date"]) == (0, 2)
+    assert committed(db)[key][2] == f.midnight("2025-10-28"), "decided once: goes whole on its date"
