@@ -1,7 +1,8 @@
-"""Airflow plugin: the "Retention" page (read-only), served by the api-server under /retention
-and linked from the UI's navigation as an external view. The page itself: retention_ui/app.py.
-And a guard on the api-server: a retention DAG cannot be triggered with a logical date in the
-future (retention_ui/future_guard.py).
+"""Airflow plugin: the "Retention" page, served by the api-server under /retention and linked
+from the UI's navigation as an external view (retention_ui/app.py). And two guards on the
+api-server: a retention DAG cannot be triggered with a logical date in the future
+(retention_ui/future_guard.py), nor the data-subject requests DAG with an address in its run
+conf (retention_ui/guard.py).
 
 This is the only .py file Airflow's plugin loader imports from plugins/ (.airflowignore hides
 the packages, which are imported by name through sys.path instead). Every Airflow process loads
@@ -43,6 +44,13 @@ class RetentionPlugin(AirflowPlugin):
 
     @property
     def fastapi_root_middlewares(self) -> list[dict]:
+        """A trigger refused before Airflow records it: a retention DAG's run dated in the future
+        (retention_ui/future_guard.py); the data-subject requests DAG's with an address in its
+        conf (retention_ui/guard.py)."""
         from retention_ui.future_guard import FutureRunGuard
+        from retention_ui.guard import SubjectRequestConfGuard
 
-        return [{"middleware": FutureRunGuard, "name": "retention: no run dated in the future"}]
+        return [
+            {"middleware": FutureRunGuard, "name": "retention: no run dated in the future"},
+            {"middleware": SubjectRequestConfGuard, "name": "retention: no address in a subject request's conf"},
+        ]

@@ -91,6 +91,8 @@ def pytest_configure(config: pytest.Config) -> None:
             # The gates' Data Docs cost 1-3 s per gate: off, except in the tests that check them
             # (tests/test_checks.py, tests/test_retention_ui.py); the Checkpoints run either way.
             "RETENTION_DATA_DOCS_DIR": "off",
+            # The key of the archived identifiers' hashes (retention.identifiers): one per session.
+            "RETENTION_IDENTIFIER_KEY": secrets.token_urlsafe(32),
             "NO_PROXY": "127.0.0.1,localhost",
         }
     )

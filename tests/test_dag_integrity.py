@@ -165,9 +165,16 @@ def test_subject_requests_dag_is_triggered_by_hand_and_previews_by_default():
     assert type(dag.timetable).__name__ == "NullTimetable"  # no schedule: one run per request
     assert dag.owner == "data-protection" and dag.max_active_runs == 1
     assert dag.params["preview"] is True
-    assert {"request_id", "action", "subject_kind", "subject_id", "email", "received_on", "marketing_objection"} <= set(
+    assert {"request_id", "action", "subject_kind", "subject_id", "received_on", "marketing_objection"} <= set(
         dag.params
     )
+    # no address through a run's conf (Airflow keeps it): by e-mail, the request is recorded first
+    assert "email" not in dag.params and "email" not in dag.params.get_param("subject_kind").schema["enum"]
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for refused in (".", "..", "-", "a/b"):
+        with pytest.raises(ParamValidationError):
+            dag.params.get_param("request_id").resolve(refused)
 
 
 # Loads the plugins as every Airflow process does (airflow.plugins_manager: each .py file under the

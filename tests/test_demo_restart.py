@@ -176,3 +176,20 @@ def test_a_new_demo_signs_its_tokens_with_a_key_long_enough_for_hs512(tmp_path):
     config = devstack.StackConfig.load_or_create(tmp_path / "state")
     assert len(config.jwt_secret.encode()) >= 64
     assert devstack.StackConfig.load_or_create(tmp_path / "state").jwt_secret == config.jwt_secret
+
+
+def test_a_demo_has_an_identifier_key_that_never_changes(tmp_path):
+    """The key of the archived e-mails' hashes (retention.identifiers) is created once and kept
+    (another key would not find what was archived); a demo created before it gets one."""
+    import json
+
+    config = devstack.StackConfig.load_or_create(tmp_path / "state")
+    assert (
+        len(config.identifier_key) >= 32 and config.airflow_env()["RETENTION_IDENTIFIER_KEY"] == config.identifier_key
+    )
+    assert devstack.StackConfig.load_or_create(tmp_path / "state").identifier_key == config.identifier_key
+    stack = tmp_path / "state" / "stack.json"
+    stack.write_text(json.dumps({k: v for k, v in json.loads(stack.read_text()).items() if k != "identifier_key"}))
+    older = devstack.StackConfig.load_or_create(tmp_path / "state")
+    assert len(older.identifier_key) >= 32
+    assert devstack.StackConfig.load_or_create(tmp_path / "state").identifier_key == older.identifier_key

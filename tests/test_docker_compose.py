@@ -283,7 +283,7 @@ def test_storage_settings_agree_with_the_policy(services, policy):
         retention_env = {
             k: v
             for k, v in env_of(services[name]).items()
-            if k.startswith("RETENTION_") and k != "RETENTION_DATA_DOCS_DIR"
+            if k.startswith("RETENTION_") and k not in ("RETENTION_DATA_DOCS_DIR", "RETENTION_IDENTIFIER_KEY")
         }
         assert set(retention_env) == expected_names, name
         assert policy.storage.with_env_overrides(retention_env) == policy.storage, name

@@ -124,14 +124,8 @@ def request(action: str, request_id: str, *, preview: bool = False, **kw) -> Sub
     kw.setdefault("kind", "email")
     if kw["kind"] == "email":
         kw.setdefault("email", "  Camille.Sujet@Example.FR ")
-    return SubjectRequest(
-        request_id=request_id,
-        action=action,
-        received_at=RECEIVED,
-        preview=preview,
-        run_id=f"manual__{request_id}",
-        **kw,
-    )
+    kw.setdefault("run_id", f"manual__{request_id}")
+    return SubjectRequest(request_id=request_id, action=action, received_at=RECEIVED, preview=preview, **kw)
 
 
 def committed_objects(db, s3, storage) -> dict[str, dict]:
@@ -241,9 +235,12 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     by_path = {(e["path"], e["rule"]): e for e in index}
     assert by_path[("probative/aml_records.json", "aml_records")]["legal_basis"] == "legal_obligation"
     assert by_path[("probative/aml_records.json", "aml_records")]["kept_until"] == "2029-03-01"
-    # an archived row goes on its own end date (one object per end day), not a neighbour's: the
-    # subject's quotes of 2023-01-10 and -20 end on 2025-01-10 and -20 (another's of -25 ends later)
-    assert by_path[("intermediate/quotes.json", "unconverted_quotes")]["kept_until"] == "2025-01-20"
+    # each archived row's own end (issued + 24 months), never its object's purge date, which the
+    # other person's quote of 2023-01-25 sets (issue 18, item 7)
+    ends = {(e["path"], e["rule"], e["kept_until"]): e["records"] for e in index}
+    assert ends[("intermediate/quotes.json", "unconverted_quotes", "2025-01-10")] == 1
+    assert ends[("intermediate/quotes.json", "unconverted_quotes", "2025-01-20")] == 1
+    assert not [e for e in index if e["kept_until"] == "2025-01-25"]
     assert by_path[("live/customers.json", "former_customers")]["kept_until"] == "2032-03-01"
     assert {e["source"] for e in index} == {"live", "intermediate", "probative"}
 
@@ -263,6 +260,7 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     assert preview["marketing_objection"] == "would_record"
     # the address matched these live rows (counts only: several people may share an address)
     assert preview["subject"]["matched"] == {"customers": 1, "job_applications": 1, "quotes": 1}
+    assert preview["subject"]["matched_archived"] == {"quotes": 3} and preview["identifiers_not_recorded"] == 0
 
     # ---- erasure
     report = svc.handle(request("erasure", "req-erase-1", marketing_objection=True))
@@ -287,6 +285,7 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     assert kept[("live", "customers")]["reason"] == "probative_archive"
     assert kept[("live", "customers")]["kept_until"] == "2032-03-01"
     assert kept[("live", "contracts")]["reason"] == "running_contract"
+    assert kept[("live", "contracts")]["kept_until"] == "while the contract runs, then 5 years"
     assert kept[("live", "fraud_alerts")]["reason"] == "overriding_grounds"
     assert kept[("live", "call_recordings")]["reason"] == "legal_obligation"
     assert kept[("live", "call_recordings")]["kept_until"] == "2026-05-01"
@@ -463,8 +462,10 @@ def test_hold_on_the_subject_keeps_everything_and_reports_it(db, s3, storage, po
     kept = {(k["source"], k["table"]): k for k in report["kept"]}
     assert kept[("live", "quotes")]["reason"] == "legal_hold" and kept[("live", "quotes")]["records"] == 1
     assert kept[("live", "call_recordings")]["reason"] == "legal_hold"
-    assert kept[("intermediate", "quotes")]["reason"] == "legal_hold"
-    assert kept[("intermediate", "quotes")]["records"] == 2
+    held_archived = [k for k in report["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
+    assert {k["reason"] for k in held_archived} == {"legal_hold"}
+    assert sum(k["records"] for k in held_archived) == 2
+    assert [k["kept_until"] for k in held_archived] == ["2025-01-10"]  # their own end (issued the same day)
     assert report["erased"]["live"] == {} and report["erased"]["intermediate"] == {}
     # a request id names one request: reused for another action or subject, it is refused
     with pytest.raises(SubjectRequestError, match="another action or subject"):
@@ -647,3 +648,188 @@ def test_object_rewritten_by_another_request_meanwhile_fails_then_the_retry_fini
     assert report["erased"]["intermediate"] == {"quotes": 2}
     rows = [i for o in committed_objects(db, s3, storage).values() for i in o["rows"]]
     assert not set(rows) & w["mine"] and len(rows) == 1  # the anonymous quote only
+
+
+# ---------------------------------------------------------------------- issue 18, items 6 and 7
+
+
+@pytest.mark.parametrize("request_id", [".", "..", "...", "-", "_", "=._-", "", "a/b", "é", "x" * 101, "ok\n"])
+def test_request_ids_that_cannot_name_an_export_are_refused_and_nothing_is_written(request_id, db, s3, storage):
+    """ "." and ".." would make the export key exports/../export.zip (a browser normalises the
+    presigned URL away from it) and the audit run id subject_request__..: refused with a clear
+    message, before anything is read or written (through the inbox too)."""
+    from retention import subject_requests as inbox
+
+    before = everything(db, s3, storage)
+    with pytest.raises(SubjectRequestError, match="request_id must be"):
+        request("access", request_id)
+    with pytest.raises(SubjectRequestError, match="request_id must be"):
+        inbox.submit(db, request_id=request_id, action="access", kind="customer", subject_id=1, submitted_by="t")
+    assert everything(db, s3, storage) == before
+    assert db.execute("SELECT count(*) FROM retention.subject_request_inbox").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("email", ["camille\x00@example.fr", "camille@exa\x00mple.fr", "a@b\nc.fr", "no-at-sign", "@x"])
+def test_an_address_with_a_nul_or_no_address_is_a_subject_request_error(email, db, s3, storage, policy, source_dsn):
+    """A NUL reached PostgreSQL as psycopg's raw DataError: refused as the request's own error,
+    without repeating the value, nothing written."""
+    from retention import subject_requests as inbox
+
+    before = everything(db, s3, storage)
+    with pytest.raises(SubjectRequestError) as refused:
+        rights(policy, source_dsn, s3, storage).handle(request("erasure", "req-nul", email=email))
+    assert email not in str(refused.value) and "\x00" not in str(refused.value)
+    with pytest.raises(SubjectRequestError):
+        inbox.submit(db, request_id="req-nul", action="access", kind="email", email=email, submitted_by="t")
+    assert everything(db, s3, storage) == before
+    assert db.execute("SELECT count(*) FROM retention.subject_request_inbox").fetchone()[0] == 0
+
+
+ALONE = "Sam.Seul@Example.org"
+
+
+def test_a_person_known_only_by_archived_rows_is_found_by_email(db, s3, storage, policy, source_dsn):
+    """A quote by e-mail from someone who is neither a customer nor a prospect, archived in one
+    object with other people's quotes: found by the address (the object's keyed hashes), exported,
+    erased from the object; the manifest never holds the address in clear."""
+    from retention.backfill_owners import backfill_owners
+
+    theirs = {
+        f.quote(db, issued="2023-01-10", email="  sam.seul@example.ORG"),
+        f.quote(db, issued="2023-01-20", email=ALONE),
+    }
+    others = {
+        f.quote(db, issued="2023-01-12"),
+        f.quote(db, issued="2023-01-15", email=OTHER_EMAIL),
+        f.quote(db, issued="2023-01-25"),
+    }
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    assert not f.ids(db, "quotes"), "all archived: nothing live to start from"
+    manifest = db.execute("SELECT to_jsonb(m)::text FROM retention.archive_manifest AS m").fetchall()
+    assert manifest and not [m for (m,) in manifest if "seul" in m.lower()], "keyed hashes only, never the address"
+    svc = rights(policy, source_dsn, s3, storage)
+
+    access = svc.handle(request("access", "req-alone-access", email=ALONE))
+    assert access["found"]["intermediate"] == {"quotes": 2} and access["subject"]["matched_archived"] == {"quotes": 2}
+    body = s3.get_object(Bucket=storage.archive_bucket, Key=access["export"]["key"])["Body"].read()
+    exported = json.loads(zipfile.ZipFile(io.BytesIO(body)).read("intermediate/quotes.json"))
+    assert {r["id"] for r in exported} == theirs
+
+    # an object whose hashes were never recorded is not searched, and the report says so ...
+    db.execute("UPDATE retention.archive_manifest SET identifier_hashes = NULL")
+    preview = svc.handle(request("erasure", "req-alone-preview", email=ALONE, preview=True))
+    assert preview["found"]["intermediate"] == {} and preview["identifiers_not_recorded"] == len(manifest)
+    # ... until retention.backfill_owners records them
+    import psycopg
+
+    with psycopg.connect(source_dsn) as conn:
+        assert backfill_owners(conn, s3, policy) == len(manifest)
+    erasure = svc.handle(request("erasure", "req-alone-erase", email=ALONE))
+    assert erasure["erased"]["intermediate"] == {"quotes": 2} and erasure["identifiers_not_recorded"] == 0
+    rows = [i for o in committed_objects(db, s3, storage).values() for i in o["rows"]]
+    assert sorted(rows) == sorted(others)
+    # the rewritten object records the identifiers of the rows it keeps, not the erased person's
+    again = svc.handle(request("access", "req-alone-again", email=ALONE, preview=True))
+    assert again["found"]["intermediate"] == {} and again["subject"]["matched_archived"] == {}
+    assert "seul" not in json.dumps([erasure, again]).lower()
+
+
+def test_a_finished_requests_evidence_never_changes(db, s3, storage, policy, source_dsn):
+    """Re-triggering a finished request's id, with another subject or the same one, is refused
+    before anything is written: its evidence row stays as it was (state, run id, reports)."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    svc = rights(policy, source_dsn, s3, storage)
+    svc.handle(request("erasure", "req-final", kind="customer", subject_id=w["customer"]))
+    evidence = db.execute("SELECT to_jsonb(r) FROM retention.subject_requests AS r").fetchall()
+    assert evidence[0][0]["state"] == "done" and evidence[0][0]["run_id"] == "manual__req-final"
+    state = everything(db, s3, storage)
+    for again in (
+        request("erasure", "req-final", kind="customer", subject_id=w["customer"] + 1000, run_id="manual__2"),
+        request("erasure", "req-final", run_id="manual__3"),  # by e-mail
+        request("access", "req-final", kind="customer", subject_id=w["customer"], run_id="manual__4"),
+        request("erasure", "req-final", kind="customer", subject_id=w["customer"], run_id="manual__5"),  # the same
+    ):
+        with pytest.raises(SubjectRequestError, match="another action or subject|is finished"):
+            svc.handle(again)
+        assert db.execute("SELECT to_jsonb(r) FROM retention.subject_requests AS r").fetchall() == evidence
+        assert everything(db, s3, storage) == state
+
+
+def test_every_row_found_has_its_purpose_basis_and_own_end(db, s3, storage, policy, source_dsn):
+    """A pending identity document (its check not done: its clock has not started) is a
+    legal-obligation record of the rights-requests purpose, not 'no rule'; an open information
+    request is the information-requests purpose's; kept until their clock starts, in words."""
+    c = f.customer(db, email=EMAIL)
+    document = fp.identity_document(db, customer_id=c)  # pending
+    question = fp.information_request(db, customer_id=c)  # open
+    svc = rights(policy, source_dsn, s3, storage)
+
+    access = svc.handle(request("access", "req-pending", kind="customer", subject_id=c, preview=True))
+    for entry in access["index"]:
+        assert entry["purpose"] and entry["legal_basis"] and entry["kept_until"], entry
+    index = {e["table"]: e for e in access["index"]}
+    assert index["identity_documents"] | {"records": 1} == {
+        "path": "live/identity_documents.json",
+        "source": "live",
+        "table": "identity_documents",
+        "purpose": "rights_requests",
+        "rule": "checked_identity_documents",
+        "legal_basis": "legal_obligation",
+        "kept_until": "until the identity check is done",
+        "records": 1,
+    }
+    assert index["information_requests"]["purpose"] == "information_requests"
+    assert index["information_requests"]["kept_until"] == "until the request is handled"
+
+    erasure = svc.handle(request("erasure", "req-pending-erase", kind="customer", subject_id=c))
+    kept = {k["table"]: k for k in erasure["kept"]}
+    assert kept["identity_documents"]["reason"] == "legal_obligation"
+    assert kept["information_requests"]["reason"] != "no_rule" and kept["information_requests"]["legal_basis"]
+    assert {document} <= f.ids(db, "identity_documents") and {question} <= f.ids(db, "information_requests")
+    assert "no_rule" not in {k["reason"] for k in erasure["kept"]}
+
+
+def test_kept_until_is_each_archived_rows_own_end_not_its_objects(db, s3, storage, policy, source_dsn):
+    """Two contracts ending on different days of one month: the subject's claim, reimbursement
+    and contract are kept until their own contract end + 5 years (the clock read through the
+    archived parent rows), not until the date of the object they share with the other person's.
+    The objects are dated as an earlier release grouped them (per month: the latest row's end)."""
+    c = f.customer(db, ended="2024-03-01", email=EMAIL)
+    k1 = f.contract(db, customer_id=c, ended="2024-03-01")
+    f.reimbursement(db, f.claim(db, k1))
+    d = f.customer(db, ended="2024-03-20", email=OTHER_EMAIL)
+    k2 = f.contract(db, customer_id=d, ended="2024-03-20")
+    f.reimbursement(db, f.claim(db, k2))
+    archive(db, s3, storage, policy, source_dsn, purposes=("contracts",))
+    db.execute(
+        "UPDATE retention.archive_manifest SET purge_after = '2029-03-20 00:00+01', purge_month = '2029-03'"
+    )  # as if per month: the other person's end sets the object's date
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("access", "req-own-end", kind="customer", subject_id=c, preview=True)
+    )
+    ends = {(e["path"], e["kept_until"]) for e in report["index"] if e["source"] == "probative"}
+    assert ends == {
+        ("probative/claims.json", "2029-03-01"),
+        ("probative/reimbursements.json", "2029-03-01"),
+        ("probative/contracts.json", "2029-03-01"),
+    }
+    erasure = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "req-own-end-erase", kind="customer", subject_id=c, preview=True)
+    )
+    assert {k["kept_until"] for k in erasure["kept"] if k["source"] == "probative"} == {"2029-03-01"}
+
+
+def test_without_the_identifier_key_objects_record_no_hashes_and_a_request_by_email_is_refused(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    monkeypatch.delenv("RETENTION_IDENTIFIER_KEY")
+    f.quote(db, issued="2023-01-10", email=ALONE)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    assert db.execute("SELECT identifier_hashes FROM retention.archive_manifest").fetchall() == [(None,)]
+    before = everything(db, s3, storage)
+    for preview in (True, False):
+        with pytest.raises(SubjectRequestError, match="RETENTION_IDENTIFIER_KEY"):
+            rights(policy, source_dsn, s3, storage).handle(
+                request("erasure", "req-no-key", email=ALONE, preview=preview)
+            )
+    assert everything(db, s3, storage) == before

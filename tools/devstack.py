@@ -373,6 +373,9 @@ class StackConfig:
     api_secret_key: str
     fernet_key: str
     stripe_port: int = 55600  # the local stand-in for the payment processor's API
+    # Key of the archived identifiers' hashes (retention.identifiers); a demo created before it
+    # existed gets one at its next `make demo` (its older objects: retention.backfill_owners).
+    identifier_key: str = ""
 
     @classmethod
     def load_or_create(
@@ -386,6 +389,9 @@ class StackConfig:
         path = state / "stack.json"
         if path.exists():
             data = json.loads(path.read_text())
+            if not data.get("identifier_key"):
+                data["identifier_key"] = secrets.token_urlsafe(32)
+                path.write_text(json.dumps(data, indent=2))
             data["state"] = state
             return cls(**data)
         from cryptography.fernet import Fernet
@@ -404,6 +410,7 @@ class StackConfig:
             api_secret_key=secrets.token_urlsafe(32),
             fernet_key=Fernet.generate_key().decode(),
             stripe_port=stripe_port or 55600,
+            identifier_key=secrets.token_urlsafe(32),
         )
         state.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({k: v for k, v in config.__dict__.items() if k != "state"}, indent=2))
@@ -466,6 +473,7 @@ class StackConfig:
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "0",
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "0",
             "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
+            "RETENTION_IDENTIFIER_KEY": self.identifier_key,
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
             "NO_PROXY": "127.0.0.1,localhost",
         }

@@ -13,6 +13,7 @@ from airflow.sdk import DAG, Asset, AssetAlias, CronTriggerTimetable, Param, dag
 
 from retention.alerts import notify_failure
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, default_policy
+from retention.subject_requests import REQUEST_ID_PATTERN
 
 OWNER = "data-protection"
 # Caps the archive units writing to the source database at once, over every purpose (created by
@@ -231,13 +232,18 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
 SUBJECT_REQUESTS_DAG_ID = "retention_subject_requests"
 SUBJECT_REQUESTS_DOC = """# Data-subject requests: access / portability and erasure
 
-Triggered by hand (**Trigger DAG w/ config**) or through the REST API, one run per request:
+One run per request. **A request by e-mail** is recorded first on the **Retention** page (form
+"Data-subject request", which triggers the run) or with `python -m retention.subject_requests
+submit`, and its run gets the request id alone: an address in a run's conf would stay in
+Airflow's database, shown to every reader of this DAG, so it is refused. **A request by id** can
+also be triggered here (**Trigger DAG w/ config**) or through the REST API:
 
-- `request_id`: your reference of the request (letters, digits, `.`, `_`, `=`, `-`); a re-run
-  with the same id finishes an interrupted one;
-- `action`: `access` (Art. 15 / 20: a JSON + files export) or `erasure` (Art. 17);
-- `subject_kind`: `customer`, `prospect`, `candidate` (job application) with `subject_id`, or
-  `email` with `email` (every customer, prospect, candidate, quote... with that address);
+- `request_id`: your reference of the request (letters, digits, `.`, `_`, `=`, `-`, with a letter
+  or digit); a re-run with the same id finishes an interrupted one; a finished one is final;
+- `action`: `access` (Art. 15 / 20: a JSON + files export) or `erasure` (Art. 17); empty for a
+  recorded request (its own);
+- `subject_kind`: `customer`, `prospect` or `candidate` (job application), with `subject_id`;
+  empty for a recorded request;
 - `received_on`: the date the request was received (the answer is due one month later);
 - `marketing_objection`: also put the person's e-mail / phone on the marketing objection list;
 - `preview` (default **on**): report what would be exported or erased, change nothing.
@@ -274,19 +280,25 @@ def build_subject_requests_dag() -> DAG:
         },
         params={
             "request_id": Param(
-                "", type="string", pattern=r"^[A-Za-z0-9._=-]+$", description="Your reference of the request."
+                "", type="string", pattern=REQUEST_ID_PATTERN, description="Your reference of the request."
             ),
-            "action": Param("access", type="string", enum=["access", "erasure"], description="access or erasure"),
+            # Empty for a request recorded on the Retention page or with `retention.subject_requests
+            # submit` (by e-mail: no address in a run's conf, README): the recorded one applies.
+            "action": Param(
+                None,
+                type=["null", "string"],
+                enum=[None, "access", "erasure"],
+                description="access or erasure (empty: the recorded request's).",
+            ),
             "subject_kind": Param(
-                "customer",
-                type="string",
-                enum=["customer", "prospect", "candidate", "email"],
-                description="Who: an id of this kind, or an e-mail address.",
+                None,
+                type=["null", "string"],
+                enum=[None, "customer", "prospect", "candidate"],
+                description="Who, by id (by e-mail: record the request on the Retention page).",
             ),
             "subject_id": Param(
                 None, type=["null", "integer"], minimum=1, description="The customer/prospect/candidate id."
             ),
-            "email": Param(None, type=["null", "string"], description="The address, for subject_kind = email."),
             "received_on": Param(
                 None, type=["null", "string"], format="date", description="Date received (default: today)."
             ),

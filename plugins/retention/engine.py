@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.rows import namedtuple_row
 
-from retention import object_rewrite, processor
+from retention import identifiers, object_rewrite, processor
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
 from retention.future_dates import FUTURE_TOLERANCE  # a run dated later than now + this is refused
 from retention.holds import covered_records_sql, object_held, owners_of_rows, parents_of
@@ -767,8 +767,9 @@ class RetentionEngine:
         manifest_id = intents.execute(
             "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
             " object_key, state, purge_month, purge_after, earliest_purge_after, row_count, record_ids, document_keys,"
-            " owner_ids)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb)"
+            " owner_ids, identifier_hashes)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb,"
+            " %s::bigint[])"
             " RETURNING id",
             (
                 ctx.run_id,
@@ -786,6 +787,8 @@ class RetentionEngine:
                 _id_array(ids),
                 [t for _, t in doc_pairs],
                 json.dumps(owners),
+                # Keyed hashes of the rows' e-mails and phones: a request by address finds the object.
+                identifiers.locators_literal(table),
             ),
         ).fetchone()[0]
         batch.groups.append(ArchiveGroup(manifest_id, key, table, ids, documents, doc_pairs, purge_after))

@@ -32,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from retention import identifiers
 from retention.archive_store import ArchiveStore
 from retention.holds import covered_records_sql, object_held
 from retention.parquet_files import file_keys, parquet_bytes, parquet_row_count, read_parquet
@@ -116,10 +117,10 @@ def rewrite_without(
             new_id = intents.execute(
                 "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier,"
                 " bucket, object_key, state, purge_month, purge_after, earliest_purge_after, row_count, record_ids,"
-                " document_keys, owner_ids)"
+                " document_keys, owner_ids, identifier_hashes)"
                 " SELECT coalesce(%s, run_id), logical_date, purpose, rule, table_name, tier, bucket, %s, 'uploading',"
-                " purge_month, purge_after, coalesce(%s, earliest_purge_after), %s, %s::bigint[], %s, %s::jsonb"
-                " FROM retention.archive_manifest WHERE id = %s RETURNING id",
+                " purge_month, purge_after, coalesce(%s, earliest_purge_after), %s, %s::bigint[], %s, %s::jsonb,"
+                " %s::bigint[] FROM retention.archive_manifest WHERE id = %s RETURNING id",
                 (
                     run_id,
                     new_key,
@@ -128,6 +129,9 @@ def rewrite_without(
                     remaining.column("id").to_pylist(),
                     [k for k, _ in kept_docs],
                     json.dumps(owners) if owners is not None else None,
+                    # The identifiers of the rows it keeps (exact, unlike the owners: no removed
+                    # person's address stays findable through it).
+                    identifiers.locators_literal(remaining),
                     obj.manifest_id,
                 ),
             ).fetchone()[0]

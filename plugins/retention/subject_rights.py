@@ -7,7 +7,14 @@ prospect, a job application, or every row whose ``email`` column matches an addr
 through every covered table, in the live tables and in the archive. Archive objects are found
 through the manifest's ``owner_ids`` (GIN index): every object holding a row that belongs to
 the subject records the subject among its owners (retention.holds.owners_of_rows), so only
-those objects are read; their rows are then filtered the same way as the live ones.
+those objects are read; their rows are then filtered the same way as the live ones. By e-mail,
+the archived rows holding the address are found too, through the keyed hashes each object
+records of its rows' e-mails (``identifier_hashes``, retention.identifiers), so that someone
+known only by archived rows is found.
+
+Every record found is reported with its purpose, legal basis and its own end date (its clock
+under its rule, the policy's words while the clock has not started), never the date of the
+archive object it shares with other people's rows.
 
 What may be erased is decided per record from the policy, and when in doubt the record stays
 and is reported (the project's first promise: never delete a record that must be kept):
@@ -30,7 +37,9 @@ An access request writes one zip (``index.json``, ``<source>/<table>.json``, ``f
 ``exports/<request id>/`` of the archive bucket with SSE, verified by read-back; the report gives
 a presigned URL with a short expiry and the index, never the data. Reports, logs and the
 evidence row (``retention.subject_requests``) hold ids, keys, counts and checksums only; the
-e-mail of a request by address is stored as its SHA-256.
+e-mail of a request by address is stored as its keyed hash. The evidence of a finished request
+is final: a run under its id is refused before anything is written. The request itself comes
+from the inbox (retention.subject_requests), where the address waits only while it is needed.
 
 Preview (the default of the DAG) finds and decides everything and changes nothing: no row,
 object, export or evidence row is written.
@@ -44,14 +53,15 @@ import json
 import logging
 import zipfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 import psycopg
 import pyarrow as pa
 from psycopg.rows import dict_row
 
-from retention import object_rewrite, suppression
+from retention import identifiers, object_rewrite, suppression
+from retention import subject_requests as inbox
 from retention.archive_store import ArchiveStorageError, ArchiveStore, safe_key_part
 from retention.engine import (
     BATCH_LOCK_TIMEOUT,
@@ -63,14 +73,13 @@ from retention.engine import (
 from retention.holds import ancestors_first, covered_records_sql, object_covered, parents_of
 from retention.periods import Period, due_date
 from retention.policy import Policy, Rule, rule_filter
+from retention.subject_requests import SubjectRequestError, check_request_id, check_subject
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("access", "erasure")
 # The subject's own table for a request by id; "email" resolves to every row whose `email`
-# column holds the address, in every table that has one.
+# column holds the address, in every table that has one, live or archived.
 SUBJECT_TABLES = {"customer": "customers", "prospect": "prospects", "candidate": "job_applications"}
-SUBJECT_KINDS = (*SUBJECT_TABLES, "email")
 EXPORT_PREFIX = "exports"
 # The export link is a bearer credential to the subject's data: short-lived; a new one is
 # `aws s3 presign` on the key of the report.
@@ -90,12 +99,21 @@ KEPT_BECAUSE = {
     "object_lock": "archive object under Object Lock until its purge date",
     "owners_not_recorded": "archived before owners were recorded: run retention.backfill_owners, then the request again",
     "referenced_by_kept_row": "a record that is kept references it",
+    "clock_not_started": "its retention period has not started (no rule selects it yet): decide by hand",
     "no_rule": "no rule of the retention policy describes this record: decide by hand",
 }
-
-
-class SubjectRequestError(RuntimeError):
-    """The request is invalid or refused (a retry would not help); the message says why."""
+# "Kept until" of a record whose clock has not started, in the policy's words for that clock
+# (the README's "live in DB" column), then its rule's whole period.
+CLOCK_NOT_STARTED = {
+    "contracts.ended_at": "while the contract runs",
+    "customers.relationship_ended_at": "while the customer relationship lasts",
+    "fraud_cases.closed_at": "while the fraud case is open",
+    "fraud_alerts.qualified_at": "until the alert is qualified",
+    "chat_messages.transmitted_at": "until transmitted to the partner vets",
+    "vet_consultations.transmitted_at": "until transmitted to the partner vets",
+    "information_requests.handled_at": "until the request is handled",
+    "identity_documents.checked_at": "until the identity check is done",
+}
 
 
 class IncompleteRequestError(RuntimeError):
@@ -110,22 +128,17 @@ class SubjectRequest:
     kind: str
     received_at: dt.datetime
     subject_id: int | None = None
-    email: str | None = None
+    email: str | None = field(default=None, repr=False)  # never in a log line or a traceback
     preview: bool = True
     marketing_objection: bool = False
     run_id: str = ""
 
     def __post_init__(self) -> None:
-        if not self.request_id or safe_key_part(self.request_id) != self.request_id:
-            raise SubjectRequestError("request_id must be non-empty, letters, digits and . _ = - only")
-        if self.action not in ACTIONS:
-            raise SubjectRequestError(f"action must be one of {ACTIONS}")
-        if self.kind not in SUBJECT_KINDS:
-            raise SubjectRequestError(f"subject kind must be one of {SUBJECT_KINDS}")
-        if self.kind == "email" and not (self.email and "@" in self.email):
-            raise SubjectRequestError("a request by e-mail needs the address")
-        if self.kind != "email" and not isinstance(self.subject_id, int):
-            raise SubjectRequestError(f"a request for a {self.kind} needs its id")
+        # Refused before anything is read or written (a NUL would reach PostgreSQL as a DataError).
+        check_request_id(self.request_id)
+        if safe_key_part(self.request_id) != self.request_id:
+            raise SubjectRequestError("request_id must not start or end with '_'")
+        check_subject(self.action, self.kind, self.subject_id, self.email)
         if self.received_at.tzinfo is None:
             raise SubjectRequestError("received_at must be timezone-aware")
 
@@ -136,8 +149,20 @@ class SubjectRequest:
 
     @property
     def subject_ref(self) -> str:
-        """What the evidence says about the subject: an id, or the e-mail's SHA-256."""
-        return f"sha256:{suppression.email_hash(self.email)}" if self.kind == "email" else str(self.subject_id)
+        """What the evidence says about the subject: an id, or the address's keyed hash."""
+        if self.kind != "email":
+            return str(self.subject_id)
+        try:
+            return identifiers.email_ref(self.email)
+        except identifiers.IdentifierKeyError as exc:
+            raise SubjectRequestError(str(exc)) from exc
+
+    @property
+    def subject_refs(self) -> set[str]:
+        """The references an earlier run of this request may have recorded: also the plain SHA-256
+        of the address that releases before the keyed hash recorded."""
+        legacy = {f"sha256:{suppression.email_hash(self.email)}"} if self.kind == "email" else set()
+        return {self.subject_ref} | legacy
 
 
 @dataclass
@@ -159,6 +184,7 @@ class ArchivedObject:
     held: bool
     rows: pa.Table
     subject_ids: list[int] = field(default_factory=list)
+    until: dict[int, str] = field(default_factory=dict)  # the subject's rows' own end dates (_row_ends)
 
 
 @dataclass
@@ -170,6 +196,8 @@ class Found:
     objects: list[ArchivedObject]
     owners_not_recorded: int = 0
     matched: dict[str, int] = field(default_factory=dict)  # the subject's own rows (by e-mail: each match)
+    matched_archived: dict[str, int] = field(default_factory=dict)  # the same in the archive (by e-mail)
+    identifiers_not_recorded: int = 0  # by e-mail: committed objects without identifier hashes
 
 
 @dataclass(frozen=True)
@@ -178,7 +206,7 @@ class Decision:
     reason: str  # 'erasable' or a key of KEPT_BECAUSE
     purpose: str | None = None
     rule: str | None = None
-    until: str | None = None  # ISO date, or "<clock> + <period>" while the clock is NULL
+    until: str | None = None  # the record's own end: an ISO date, or the policy's words while its clock is NULL
 
 
 class SubjectRights:
@@ -192,6 +220,7 @@ class SubjectRights:
         self.tz = policy.tz
         self.lock_timeout = lock_timeout
         self._parents = parents_of(policy)
+        self._read: dict[tuple[str, str | None, str], pa.Table] = {}  # objects read back, for one request
 
     def _connect(self, autocommit: bool = True) -> psycopg.Connection:
         conn = psycopg.connect(self.dsn, autocommit=autocommit, application_name="retention:subject_request")
@@ -205,6 +234,7 @@ class SubjectRights:
     def handle(self, req: SubjectRequest) -> dict:
         """Run the request; returns its report (ids, keys, counts, checksums: no personal data)."""
         report = self._new_report(req)
+        self._read.clear()
         with self._connect() as conn:
             if not req.preview:
                 self._record_start(conn, req, report)
@@ -215,6 +245,8 @@ class SubjectRights:
                 # shared household address): the counts per table, so that the preview shows
                 # how many records the address matched before an erasure acts on all of them.
                 report["subject"]["matched"] = found.matched
+                report["subject"]["matched_archived"] = found.matched_archived
+                report["identifiers_not_recorded"] = found.identifiers_not_recorded
             if req.action == "access":
                 self._access(conn, req, found, report)
             else:
@@ -288,13 +320,44 @@ class SubjectRights:
         subject's (found before live rows were erased), so that archived children stay found."""
         roots = self.resolve(conn, req)
         matched = {t: len(v) for t, v in sorted(roots.items())}
-        for table, ids in (seed or {}).items():
+        archived, not_recorded = self._archived_by_address(conn, req) if req.kind == "email" else ({}, 0)
+        for table, ids in [*archived.items(), *(seed or {}).items()]:
             roots.setdefault(table, set()).update(ids)
         objects, unknown = self._candidate_objects(conn, roots)
         found = self._expand(conn, roots, objects)
         found.owners_not_recorded = unknown
         found.matched = matched
+        found.matched_archived = {t: len(v) for t, v in sorted(archived.items())}
+        found.identifiers_not_recorded = not_recorded
         return found
+
+    def _archived_by_address(self, conn, req: SubjectRequest) -> tuple[dict[str, set[int]], int]:
+        """The archived rows whose e-mail is the address: the committed objects recording its
+        keyed hash (GIN index on identifier_hashes) are read back and their rows matched on the
+        address itself. Also: how many committed objects record no hashes (archived before, or
+        without the key: `retention.backfill_owners` fills them in)."""
+        try:
+            locator = identifiers.email_locator(req.email)
+        except identifiers.IdentifierKeyError as exc:
+            raise SubjectRequestError(f"a request by e-mail cannot search the archive: {exc}") from exc
+        address = suppression.normalise_email(req.email)
+        rows: dict[str, set[int]] = {}
+        for table, key, version, sha in conn.execute(
+            "SELECT table_name, object_key, version_id, sha256 FROM retention.archive_manifest"
+            " WHERE state = 'committed' AND bucket = %s AND identifier_hashes @> ARRAY[%s]::bigint[] ORDER BY id",
+            (self.store.archive_bucket, locator),
+        ).fetchall():
+            data = self._read_object(key, version, sha)
+            for column in identifiers.EMAIL_COLUMNS & set(data.column_names):
+                for i, value in zip(data.column("id").to_pylist(), data.column(column).to_pylist(), strict=True):
+                    if value is not None and suppression.normalise_email(value) == address:
+                        rows.setdefault(table, set()).add(i)
+        not_recorded = conn.execute(
+            "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND identifier_hashes IS NULL"
+            " AND bucket = %s",
+            (self.store.archive_bucket,),
+        ).fetchone()[0]
+        return rows, not_recorded
 
     def _tables(self, roots: dict[str, set[int]]) -> list[str]:
         covered = set(self._parents) | {p for edges in self._parents.values() for p, _ in edges}
@@ -384,10 +447,16 @@ class SubjectRights:
                     list(doc_versions or [None] * len(docs or [])),
                     owners,
                     held,
-                    object_rewrite.read_object(self.store, key, version, sha),
+                    self._read_object(key, version, sha),
                 )
             )
         return objects, unknown
+
+    def _read_object(self, key: str, version: str | None, sha256: str) -> pa.Table:
+        """An object's rows, read back once per request (checked against the manifest's SHA-256)."""
+        if (key, version, sha256) not in self._read:
+            self._read[(key, version, sha256)] = object_rewrite.read_object(self.store, key, version, sha256)
+        return self._read[(key, version, sha256)]
 
     def _report_found(self, report: dict, found: Found) -> None:
         report["found"]["live"] = {t: len(v) for t, v in sorted(found.live.items())}
@@ -413,11 +482,7 @@ class SubjectRights:
         """One record under one rule: erase, or keep and why (see the module's docstring)."""
         purpose = self.policy.purpose(purpose_name)
         basis = set(self.basis(purpose_name, rule.name).split("_and_"))
-        until = (
-            due_date(clock, rule.gone_after, self.tz).date().isoformat()
-            if clock
-            else f"{rule.clock} + {rule.gone_after}"
-        )
+        until = self._end(rule, clock)
         if held:
             reason = "legal_hold"
         elif "legal_obligation" in basis:
@@ -457,6 +522,22 @@ class SubjectRights:
                 )
                 for rid, clock in conn.execute(query, (sorted(ids),)):
                     decisions[(table, rid)].append(self._decide(purpose_name, rule, clock, (table, rid) in covered))
+            # A row no rule selects yet because its clock has not started under a rule of its
+            # table (an identity document not checked yet, an information request still open):
+            # that rule's purpose and basis, kept until the clock starts. Never erased on this
+            # ground alone: no rule selects it.
+            unmatched = sorted(i for i in ids if (table, i) not in decisions)
+            for purpose_name, rule in self._rules_of(table) if unmatched else ():
+                filt = rule_filter(self.policy, purpose_name, rule)
+                query = (
+                    f'SELECT "{table}".id FROM "{self.schema}"."{table}" AS "{table}" {filt.joins}'
+                    f' WHERE "{table}".id = ANY(%s::bigint[]) AND {rule.clock} IS NULL'
+                )
+                for (rid,) in conn.execute(query, (unmatched,)):
+                    d = self._decide(purpose_name, rule, None, (table, rid) in covered)
+                    decisions[(table, rid)].append(
+                        replace(d, erase=False, reason="clock_not_started") if d.erase else d
+                    )
         out = {}
         for table, ids in live.items():
             for rid in ids:
@@ -465,8 +546,9 @@ class SubjectRights:
 
     def classify_object(self, obj: ArchivedObject) -> Decision:
         """An archived record: probative and restricted objects stay until their purge date, as
-        do held and locked ones; intermediate ones are rewritten without the subject's rows."""
-        until = obj.purge_after.astimezone(self.tz).date().isoformat()
+        do held and locked ones; intermediate ones are rewritten without the subject's rows.
+        No "until": each row has its own (``obj.until``)."""
+        until = None
         basis = set(self.basis(obj.purpose, obj.rule).split("_and_"))
         locked = self.store.storage.tiers[obj.tier].object_lock if obj.tier in self.store.storage.tiers else True
         if obj.held:
@@ -485,6 +567,74 @@ class SubjectRights:
             return Decision(True, "erasable", obj.purpose, obj.rule, until)
         return Decision(False, reason, obj.purpose, obj.rule, until)
 
+    def _end(self, rule: Rule, clock: dt.datetime | None) -> str:
+        """A record's own end date under its rule (the schedule's calendar arithmetic), or while
+        its clock has not started the policy's words for it, e.g. "while the contract runs, then
+        5 years"."""
+        if clock is not None:
+            return due_date(clock, rule.gone_after, self.tz).date().isoformat()
+        words = CLOCK_NOT_STARTED.get(rule.clock, f"until {rule.clock} is set")
+        return words if rule.gone_after == Period() else f"{words}, then {rule.gone_after}"
+
+    def _row_ends(self, conn, obj: ArchivedObject, objects: list[ArchivedObject]) -> dict[int, str]:
+        """The own end date of each of the subject's rows in an archived object, from the row's
+        clock under the object's rule (not the object's purge date, which a later row of
+        another person may set). A clock in a parent table (a claim's contract end) is read
+        through the parent link: from the rows found, the live table, or the parent's archive."""
+        if obj.until:
+            return obj.until
+        rule = next(r for r in self.policy.purpose(obj.purpose).rules if r.name == obj.rule)
+        clock_table, clock_column = rule.clock.split(".")
+        path = _path_up(self._parents, obj.table, clock_table)
+        at = {i: i for i in obj.subject_ids}  # subject row -> the id reached in `table`
+        table = obj.table
+        for parent, column in path or ():
+            values = self._column_values(conn, table, column, set(at.values()) - {None}, objects)
+            at = {i: values.get(j) for i, j in at.items()}
+            table = parent
+        clocks = (
+            self._column_values(conn, table, clock_column, set(at.values()) - {None}, objects)
+            if path is not None
+            else {}
+        )
+        purge_day = obj.purge_after.astimezone(self.tz).date().isoformat()
+        for i in obj.subject_ids:
+            clock = clocks.get(at[i])
+            # An archived row's clock has started (it was due); one that cannot be read back (a
+            # parent gone everywhere) falls back to the object's purge date, when its copy goes.
+            obj.until[i] = self._end(rule, clock) if clock is not None else purge_day
+        return obj.until
+
+    def _column_values(self, conn, table: str, column: str, ids: set[int], objects: list[ArchivedObject]) -> dict:
+        """``{id: value of column}`` for rows of ``table``, wherever they are: in the objects read
+        for the request, in the live table, or in the other committed objects of the table."""
+        values: dict = {}
+        for obj in objects:
+            if obj.table == table and column in obj.rows.column_names and ids - values.keys():
+                for i, v in zip(obj.rows.column("id").to_pylist(), obj.rows.column(column).to_pylist(), strict=True):
+                    if i in ids:
+                        values[i] = v
+        missing = sorted(ids - values.keys())
+        if missing:
+            values.update(
+                conn.execute(
+                    f'SELECT id, "{column}" FROM "{self.schema}"."{table}" WHERE id = ANY(%s::bigint[])', (missing,)
+                ).fetchall()
+            )
+        missing = sorted(ids - values.keys())
+        if missing:
+            for key, version, sha in conn.execute(
+                "SELECT object_key, version_id, sha256 FROM retention.archive_manifest WHERE state = 'committed'"
+                " AND bucket = %s AND table_name = %s AND record_ids && %s::bigint[] ORDER BY id",
+                (self.store.archive_bucket, table, missing),
+            ).fetchall():
+                rows = self._read_object(key, version, sha)
+                if column in rows.column_names:
+                    for i, v in zip(rows.column("id").to_pylist(), rows.column(column).to_pylist(), strict=True):
+                        if i in ids:
+                            values.setdefault(i, v)
+        return values
+
     def _kept_entry(self, source: str, table: str, d: Decision) -> dict:
         basis = self.basis(d.purpose, d.rule) if d.purpose else None
         return {
@@ -499,15 +649,17 @@ class SubjectRights:
         }
 
     def _add_kept(self, report: dict, source: str, table: str, d: Decision, n: int = 1) -> None:
+        """Counted per table, reason and own end date (records ending on other days: other entries)."""
         entry = self._kept_entry(source, table, d)
         for kept in report["kept"]:
-            if {k: v for k, v in kept.items() if k not in ("records", "kept_until")} == {
-                k: v for k, v in entry.items() if k != "kept_until"
-            }:
+            if {k: v for k, v in kept.items() if k != "records"} == entry:
                 kept["records"] += n
-                kept["kept_until"] = _latest(kept["kept_until"], entry["kept_until"])
                 return
         report["kept"].append(entry | {"records": n})
+
+    def _add_kept_archived(self, report: dict, obj: ArchivedObject, d: Decision) -> None:
+        for until, n in sorted(Counter(obj.until[i] for i in obj.subject_ids).items()):
+            self._add_kept(report, obj.tier, obj.table, replace(d, until=until), n)
 
     # ------------------------------------------------------------------ access / portability
 
@@ -519,7 +671,7 @@ class SubjectRights:
         files: list[tuple[str, str, str]] = []  # (bucket, key, name in the export)
 
         def add_index(path: str, source: str, table: str, purpose: str | None, rule: str | None, until: str | None):
-            key = (path, purpose, rule)
+            key = (path, purpose, rule, until)  # one entry per own end date
             entry = index.setdefault(
                 key,
                 {
@@ -534,7 +686,6 @@ class SubjectRights:
                 },
             )
             entry["records"] += 1
-            entry["kept_until"] = _latest(entry["kept_until"], until)
 
         for table, ids in sorted(found.live.items()):
             path = f"live/{table}.json"
@@ -551,17 +702,20 @@ class SubjectRights:
         for obj in found.objects:
             path = f"{obj.tier}/{obj.table}.json"
             d = self.classify_object(obj)
+            ends = self._row_ends(conn, obj, found.objects)
             wanted = set(obj.subject_ids)
             mask = pa.array([i in wanted for i in obj.rows.column("id").to_pylist()])
             for row in obj.rows.filter(mask).to_pylist():
                 parts[path].append(row)
-                add_index(path, obj.tier, obj.table, d.purpose, d.rule, d.until)
+                add_index(path, obj.tier, obj.table, d.purpose, d.rule, ends[row["id"]])
                 for k, v in row.items():
                     if k.endswith("_key") and v:
                         copy = _archive_copy_of(obj.document_keys, v)
                         if copy:
                             files.append((self.store.archive_bucket, copy, f"files/{v}"))
-        report["index"] = sorted(index.values(), key=lambda e: (e["path"], e["purpose"] or "", e["rule"] or ""))
+        report["index"] = sorted(
+            index.values(), key=lambda e: (e["path"], e["purpose"] or "", e["rule"] or "", e["kept_until"] or "")
+        )
         report["files"] = {"found": len({name for _, _, name in files})}
         if req.preview:
             return
@@ -625,7 +779,7 @@ class SubjectRights:
                     self._add_kept(report, "live", table, d)
             if req.marketing_objection:
                 report["marketing_objection"] = "would_record"
-            self._erase_archives(req, found, report, preview=True)
+            self._erase_archives(conn, req, found, report, preview=True)
             return
         purposes = self._erase_live(req, report)
         # With the files a crashed run of this request left queued (a purpose in preview mode
@@ -643,7 +797,7 @@ class SubjectRights:
                 report["erased"]["files_kept_shared"] += engine._dispose_documents(control)
         # Searched again after the live rows went: an object the engine committed meanwhile is seen.
         fresh = self.find(conn, req, seed=found.ids)
-        self._erase_archives(req, fresh, report, preview=False)
+        self._erase_archives(conn, req, fresh, report, preview=False)
 
     def _erase_live(self, req: SubjectRequest, report: dict) -> set[str]:
         """In one transaction under the hold lock: decide again, delete the erasable rows
@@ -766,10 +920,11 @@ class SubjectRights:
 
     # ------------------------------------------------------------------ archive rewrite
 
-    def _erase_archives(self, req: SubjectRequest, found: Found, report: dict, preview: bool) -> None:
+    def _erase_archives(self, conn, req: SubjectRequest, found: Found, report: dict, preview: bool) -> None:
         by_purpose: dict[str, list[ArchivedObject]] = defaultdict(list)
         for obj in found.objects:
             d = self.classify_object(obj)
+            self._row_ends(conn, obj, found.objects)
             entry = {
                 "key": obj.key,
                 "tier": obj.tier,
@@ -786,7 +941,7 @@ class SubjectRights:
                     counts[obj.table] = counts.get(obj.table, 0) + len(obj.subject_ids)
             else:
                 entry["action"] = "kept"
-                self._add_kept(report, obj.tier, obj.table, d, len(obj.subject_ids))
+                self._add_kept_archived(report, obj, d)
             report["objects"].append(entry)
         if preview:
             return
@@ -808,7 +963,7 @@ class SubjectRights:
                             counts[obj.table] = counts.get(obj.table, 0) + result["removed_rows"]
                         elif result.get("held"):  # a hold placed meanwhile: kept whole
                             obj.held = True
-                            self._add_kept(report, obj.tier, obj.table, self.classify_object(obj), len(obj.subject_ids))
+                            self._add_kept_archived(report, obj, self.classify_object(obj))
                         else:  # purged or rewritten since it was read: a re-run decides afresh
                             report["incomplete"] = True
                 finally:
@@ -853,36 +1008,60 @@ class SubjectRights:
     # ------------------------------------------------------------------ evidence
 
     def _record_start(self, conn, req: SubjectRequest, report: dict) -> None:
-        row = conn.execute(
-            "INSERT INTO retention.subject_requests (request_id, action, subject_kind, subject_ref, received_at,"
-            " respond_by, state, run_id) VALUES (%s, %s, %s, %s, %s, %s, 'running', %s)"
-            " ON CONFLICT (request_id) DO UPDATE SET state = 'running', run_id = EXCLUDED.run_id"
-            " RETURNING action, subject_kind, subject_ref",
-            (
-                req.request_id,
-                req.action,
-                req.kind,
-                req.subject_ref,
-                report["received_at"],
-                report["respond_by"],
-                req.run_id,
-            ),
-        ).fetchone()
-        if tuple(row) != (req.action, req.kind, req.subject_ref):
-            raise SubjectRequestError(
-                f"request {req.request_id!r} was recorded for another action or subject; use a new request id"
+        """The evidence row of a new request, or the run id of a request resumed. Compared before
+        anything is written, in one transaction: a request refused (another action or subject
+        under its id, or a finished one) changes nothing, and a finished request's evidence is
+        final."""
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO retention.subject_requests (request_id, action, subject_kind, subject_ref, received_at,"
+                " respond_by, state, run_id) VALUES (%s, %s, %s, %s, %s, %s, 'running', %s)"
+                " ON CONFLICT (request_id) DO NOTHING",
+                (
+                    req.request_id,
+                    req.action,
+                    req.kind,
+                    req.subject_ref,
+                    report["received_at"],
+                    report["respond_by"],
+                    req.run_id,
+                ),
             )
+            action, kind, ref, state, run_id = conn.execute(
+                "SELECT action, subject_kind, subject_ref, state, run_id FROM retention.subject_requests"
+                " WHERE request_id = %s FOR UPDATE",
+                (req.request_id,),
+            ).fetchone()
+            if (action, kind) != (req.action, req.kind) or ref not in req.subject_refs:
+                raise SubjectRequestError(
+                    f"request {req.request_id!r} was recorded for another action or subject; use a new request id"
+                )
+            if state == "done":
+                raise SubjectRequestError(
+                    f"request {req.request_id!r} is finished (its evidence is final); a new request needs a new id"
+                )
+            if run_id != req.run_id:
+                conn.execute(
+                    "UPDATE retention.subject_requests SET run_id = %s WHERE request_id = %s",
+                    (req.run_id, req.request_id),
+                )
 
     def _record_end(self, conn, req: SubjectRequest, report: dict) -> None:
+        """The run's report added to the evidence; once done, the request's address (if it came
+        through the inbox) is replaced by its keyed hash, in the same transaction."""
         evidence = {k: v for k, v in report.items() if k != "export"}
         if "export" in report:  # the link is a credential: the evidence keeps where, not how
             evidence["export"] = {k: v for k, v in report["export"].items() if k != "url"}
-        conn.execute(
-            "UPDATE retention.subject_requests SET reports = reports || jsonb_build_array(%s::jsonb),"
-            " state = CASE WHEN %s THEN 'running' ELSE 'done' END,"
-            " finished_at = CASE WHEN %s THEN NULL ELSE now() END WHERE request_id = %s",
-            (json.dumps(evidence), bool(report.get("incomplete")), bool(report.get("incomplete")), req.request_id),
-        )
+        incomplete = bool(report.get("incomplete"))
+        with conn.transaction():
+            conn.execute(
+                "UPDATE retention.subject_requests SET reports = reports || jsonb_build_array(%s::jsonb),"
+                " state = CASE WHEN %s THEN 'running' ELSE 'done' END,"
+                " finished_at = CASE WHEN %s THEN NULL ELSE now() END WHERE request_id = %s",
+                (json.dumps(evidence), incomplete, incomplete, req.request_id),
+            )
+            if not incomplete:
+                inbox.clear_identifiers(conn, req.request_id, req.subject_ref)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -899,14 +1078,20 @@ def _strongest(decisions: list[Decision] | None, held: bool) -> Decision:
     return decisions[0]
 
 
-def _latest(a: str | None, b: str | None) -> str | None:
-    """The later of two 'kept until' values; a clock not started yet ("<clock> + <period>") wins."""
-    if a is None or b is None:
-        return a or b
-    dated = [x for x in (a, b) if x[:4].isdigit()]
-    if len(dated) < 2:
-        return next(x for x in (a, b) if not x[:4].isdigit())
-    return max(a, b)
+def _path_up(parents: dict[str, list[tuple[str, str]]], table: str, target: str) -> list[tuple[str, str]] | None:
+    """The links from ``table`` up to ``target`` through the coverage graph (shortest first):
+    ``[(parent table, the child's column naming it), ...]``; None when there is none."""
+    frontier = [(table, [])]
+    seen = {table}
+    while frontier:
+        current, path = frontier.pop(0)
+        if current == target:
+            return path
+        for parent, column in parents.get(current, []):
+            if parent not in seen:
+                seen.add(parent)
+                frontier.append((parent, [*path, (parent, column)]))
+    return None
 
 
 def _archive_copy_of(document_keys: list[str], source_key: str) -> str | None:

@@ -346,28 +346,87 @@ def report(
 
 def subject_request(context: dict) -> dict:
     """An access or erasure request (retention.subject_rights). The report it returns (XCom)
-    holds ids, keys, counts and, for an export, a short-lived presigned URL: never the data."""
+    holds ids, keys, counts and, for an export, a short-lived presigned URL: never the data.
+
+    The request is the one recorded under the run's request id (retention.subject_requests: the
+    Retention page's form, the CLI), or for a request by id, the run's params. An address in the
+    run's conf is refused: Airflow would keep it."""
+    import psycopg
+
+    from retention import subject_requests as inbox
     from retention.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights
 
     params = context["params"]
-    received = params.get("received_on")
+    dsn = source_dsn()
     with _no_retry_on(SubjectRequestError, ValueError):
-        received_at = (
-            dt.datetime.combine(dt.date.fromisoformat(received), dt.time(12), tzinfo=default_policy().tz)
-            if received
-            else context["dag_run"].run_after
-        )
-        subject_id = params.get("subject_id")
-        req = SubjectRequest(
-            request_id=str(params["request_id"]),
-            action=params["action"],
-            kind=params["subject_kind"],
-            subject_id=int(subject_id) if subject_id is not None else None,
-            email=params.get("email") or None,
-            received_at=dt.datetime.fromtimestamp(received_at.timestamp(), tz=dt.UTC),
-            preview=bool(params.get("preview", True)),
-            marketing_objection=bool(params.get("marketing_objection", False)),
-            run_id=context["run_id"],
-        )
+        inbox.refuse_identifiers_in_conf(context["dag_run"].conf)
+        request_id = inbox.check_request_id(str(params["request_id"]))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            # Addresses of requests never finished go 3 months after receipt (their hash stays).
+            inbox.clear_unfinished(conn, dt.datetime.now(dt.UTC))
+            received = inbox.load(conn, request_id)
+        common = {"request_id": request_id, "preview": bool(params.get("preview", True)), "run_id": context["run_id"]}
+        if received is not None:
+            req = SubjectRequest(**common, **_recorded_request(received, params))
+        else:
+            req = SubjectRequest(**common, **_request_from_params(params, context))
         # Invalid or refused fails at once; S3, a lock held by a retention run: retried.
-        return SubjectRights(default_policy(), source_dsn(), archive_store()).handle(req)
+        return SubjectRights(default_policy(), dsn, archive_store()).handle(req)
+
+
+def _recorded_request(received, params: dict) -> dict:
+    """The request as recorded; a param that says otherwise is refused (a typo in the request id
+    would otherwise run another person's request)."""
+    from retention.subject_requests import SubjectRequestError
+
+    recorded = {
+        "action": received.action,
+        "subject_kind": received.kind,
+        "subject_id": received.subject_id,
+        "received_on": received.received_on.isoformat(),
+        "marketing_objection": received.marketing_objection,
+    }
+    differing = sorted(k for k, v in recorded.items() if params.get(k) not in (None, False, v))
+    if differing:
+        raise SubjectRequestError(
+            f"request {received.request_id!r} was recorded with other {', '.join(differing)}: trigger it with its "
+            "request_id (and preview) alone"
+        )
+    if received.cleared:
+        raise SubjectRequestError(
+            f"request {received.request_id!r} is finished (or was recorded over 3 months ago and never finished: "
+            "its address is gone); a new request needs a new id"
+        )
+    return {
+        "action": received.action,
+        "kind": received.kind,
+        "subject_id": received.subject_id,
+        "email": received.email,
+        "received_at": received.received_at(),
+        "marketing_objection": received.marketing_objection,
+    }
+
+
+def _request_from_params(params: dict, context: dict) -> dict:
+    """A request by id, from the run's params (an address never comes this way)."""
+    from retention.subject_requests import SubjectRequestError
+
+    if not params.get("action") or not params.get("subject_kind"):
+        raise SubjectRequestError(
+            f"no request {params['request_id']!r} is recorded: record it on the Retention page (or with "
+            "`python -m retention.subject_requests submit`), or give action, subject_kind and subject_id"
+        )
+    received = params.get("received_on")
+    received_at = (
+        dt.datetime.combine(dt.date.fromisoformat(received), dt.time(12), tzinfo=default_policy().tz)
+        if received
+        else context["dag_run"].run_after
+    )
+    subject_id = params.get("subject_id")
+    return {
+        "action": params["action"],
+        "kind": params["subject_kind"],
+        "subject_id": int(subject_id) if subject_id is not None else None,
+        "received_at": dt.datetime.fromtimestamp(received_at.timestamp(), tz=dt.UTC),
+        "marketing_objection": bool(params.get("marketing_objection", False)),
+    }

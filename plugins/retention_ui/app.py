@@ -1,4 +1,5 @@
-"""The Retention page: a read-only FastAPI app served by Airflow's api-server under /retention.
+"""The Retention page: a FastAPI app served by Airflow's api-server under /retention, read-only
+but for one form (a data-subject request, below).
 
 Every route is behind Airflow's auth manager (the UI's JWT, as a bearer token or the UI's
 cookie): no token is 401, an invalid one 403. Figures come from the bookkeeping schema
@@ -7,6 +8,13 @@ states and gate results from Airflow's metadata database; counts, keys and ids o
 library (Chart.js, MIT) is served from this folder: the page needs no internet.
 
 The gates' Great Expectations Data Docs (retention.checks) are served under /retention/data-docs/.
+
+The form "Data-subject request" (POST /retention/subject-requests) records a request in the
+project's own table (retention.subject_requests.submit: the address stays out of Airflow) and
+triggers `retention_subject_requests` with its request id alone. Only for a user allowed to
+trigger that DAG (Airflow's auth manager: DAG run, POST); CSRF-safe: the form carries a token
+only a page served to that user holds (an HMAC of the user's id with the api-server's secret
+key), and a cross-site request (Sec-Fetch-Site) is refused.
 
 Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
   overdue_days     a record due for more than this many days and still there is an alarm (3)
@@ -23,10 +31,11 @@ from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
-from airflow.api_fastapi.core_api.security import requires_access_view
-from fastapi import Depends, FastAPI, HTTPException, Query
+from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, DagAccessEntity
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag, requires_access_view
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -314,7 +323,103 @@ def evidence_csv(ev: dict) -> str:
     return out.getvalue()
 
 
-def render_page(data: dict) -> str:
+def csrf_token(user_id: str) -> str:
+    """The form's token for one user: an HMAC of their id with the api-server's secret key, so
+    only a page the api-server served to them holds it (a cross-site form cannot)."""
+    import hashlib
+    import hmac
+
+    from airflow.configuration import conf
+
+    secret = conf.get("api", "secret_key", fallback="") or ""
+    return hmac.new(secret.encode(), f"retention-subject-request:{user_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def record_and_trigger(form: dict[str, str], user_name: str) -> dict:
+    """Record the request (refused: SubjectRequestError, nothing written), then trigger its run
+    with the request id alone. Returns the run id, and whether the DAG is paused."""
+    import datetime as dt
+
+    import psycopg
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.models.dag import DagModel
+    from airflow.utils.types import DagRunTriggeredByType
+    from retention import subject_requests
+    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
+    from retention.subject_requests import SubjectRequestError
+
+    kind = form.get("subject_kind", "")
+    subject = form.get("subject", "")
+    if kind in subject_requests.ID_KINDS and not subject.strip().isdigit():
+        raise SubjectRequestError(f"a request for a {kind} needs its id (a positive integer)")
+    try:
+        received_on = dt.date.fromisoformat(form["received_on"]) if form.get("received_on") else None
+    except ValueError as exc:
+        raise SubjectRequestError("received_on must be a date (YYYY-MM-DD)") from exc
+    with psycopg.connect(source_dsn(), autocommit=True, application_name="retention:ui") as conn:
+        received = subject_requests.submit(
+            conn,
+            request_id=form.get("request_id", ""),
+            action=form.get("action", ""),
+            kind=kind,
+            subject_id=int(subject) if kind in subject_requests.ID_KINDS else None,
+            email=subject if kind == "email" else None,
+            received_on=received_on,
+            marketing_objection=form.get("marketing_objection") == "on",
+            submitted_by=user_name,
+        )
+    preview = form.get("preview") == "on"
+    result = {"request_id": received.request_id, "action": received.action, "kind": received.kind, "preview": preview}
+    try:
+        run = trigger_dag(
+            SUBJECT_REQUESTS_DAG_ID,
+            triggered_by=DagRunTriggeredByType.UI,
+            triggering_user_name=user_name,
+            conf={"request_id": received.request_id, "preview": preview},
+            logical_date=None,
+        )
+    except Exception as exc:  # the request stays recorded: it can be triggered by its id
+        return result | {"run_id": None, "trigger_error": type(exc).__name__}
+    dag = DagModel.get_dagmodel(SUBJECT_REQUESTS_DAG_ID)
+    return result | {"run_id": run.run_id, "paused": bool(dag and dag.is_paused)}
+
+
+def render_request_result(result: dict | None, error: str | None = None) -> str:
+    """The form's answer: what was recorded and the run triggered (never the address)."""
+    from html import escape
+
+    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
+
+    if error is not None:
+        body = f'<p class="refused" data-testid="refused">Refused, nothing recorded: {escape(error)}</p>'
+    elif result["run_id"] is None:
+        body = (
+            f'<p data-testid="recorded">Request <strong>{escape(result["request_id"])}</strong> recorded, but its run '
+            f"could not be triggered ({escape(result['trigger_error'])}): trigger {SUBJECT_REQUESTS_DAG_ID} with "
+            f'{{"request_id": "{escape(result["request_id"])}"}} (README), or submit the same request again.</p>'
+        )
+    else:
+        runs = f"../dags/{SUBJECT_REQUESTS_DAG_ID}/runs/{quote(result['run_id'], safe='')}"
+        paused = (
+            f"<p><strong>{SUBJECT_REQUESTS_DAG_ID} is paused</strong>: unpause it (it has no schedule) for the run "
+            "to start.</p>"
+            if result["paused"]
+            else ""
+        )
+        body = (
+            f'<p data-testid="recorded">Request <strong>{escape(result["request_id"])}</strong> recorded '
+            f"({escape(result['action'])}, by {escape(result['kind'])}); run "
+            f'<a target="_top" href="{escape(runs)}">{escape(result["run_id"])}</a> triggered'
+            f"{' in preview: read its report, then submit the same request with preview off' if result['preview'] else ''}.</p>"
+            f"{paused}"
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Data-subject request</title></head>'
+        f'<body style="font: 14px system-ui, sans-serif; margin: 16px 24px">{body}<p><a href="./">Back</a></p></body></html>'
+    )
+
+
+def render_page(data: dict, csrf: str = "") -> str:
     import jinja2
 
     env = jinja2.Environment(
@@ -327,14 +432,20 @@ def render_page(data: dict) -> str:
         "by_month": data["archive_by_purge_month"],
         "purposes": [p["purpose"] for p in data["purposes"]],
     }
+    from retention.subject_requests import REQUEST_ID_PATTERN
+
     return env.get_template("retention.html").render(
         data=data,
         charts_json=json.dumps(charts).replace("<", "\\u003c"),
         any_overdue=any(p["overdue"] for p in data["purposes"]),
+        csrf_token=csrf,
+        request_id_pattern=REQUEST_ID_PATTERN.strip("^$"),
     )
 
 
 def create_app() -> FastAPI:
+    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
+
     app = FastAPI(
         title="Retention",
         description="Read-only view of the GDPR retention schedule: due, overdue, held, archived; run evidence.",
@@ -346,8 +457,39 @@ def create_app() -> FastAPI:
     days_query = Query(None, ge=0, le=3650, description="overrides [retention] overdue_days")
 
     @app.get("/", response_class=HTMLResponse)
-    def page(overdue_days: int | None = days_query) -> HTMLResponse:
-        return HTMLResponse(render_page(summary(overdue_days)), headers={"Cache-Control": "no-store"})
+    def page(user: GetUserDep, overdue_days: int | None = days_query) -> HTMLResponse:
+        return HTMLResponse(
+            render_page(summary(overdue_days), csrf_token(user.get_id())), headers={"Cache-Control": "no-store"}
+        )
+
+    @app.post(
+        "/subject-requests",
+        response_class=HTMLResponse,
+        dependencies=[
+            Depends(
+                requires_access_dag(
+                    method="POST", access_entity=DagAccessEntity.RUN, param_dag_id=SUBJECT_REQUESTS_DAG_ID
+                )
+            )
+        ],
+    )
+    async def subject_request(request: Request, user: GetUserDep) -> HTMLResponse:
+        """Record a data-subject request and trigger its run with the request id alone."""
+        from urllib.parse import parse_qs
+
+        from retention.subject_requests import SubjectRequestError
+
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            raise HTTPException(403, "cross-site request refused")
+        body = (await request.body()).decode("utf-8", errors="replace")
+        form = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+        if not hmac_equal(form.get("csrf_token", ""), csrf_token(user.get_id())):
+            raise HTTPException(403, "the form's token is missing or stale: reload the Retention page")
+        try:
+            result = await run_in_threadpool(record_and_trigger, form, user.get_name())
+        except SubjectRequestError as exc:
+            return HTMLResponse(render_request_result(None, str(exc)), status_code=400)
+        return HTMLResponse(render_request_result(result), headers={"Cache-Control": "no-store"})
 
     @app.get("/api/summary")
     def summary_json(overdue_days: int | None = days_query) -> JSONResponse:
@@ -402,6 +544,12 @@ def data_docs_file(path: str) -> Path:
     if not target.is_file():
         raise HTTPException(404, "no Data Docs yet: they are built by the first run of a retention DAG's gates")
     return target
+
+
+def hmac_equal(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def _filename(ev: dict) -> str:

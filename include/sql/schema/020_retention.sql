@@ -100,6 +100,14 @@ ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS earliest_purge_a
 DROP INDEX IF EXISTS retention.archive_manifest_owner_ids_idx;
 CREATE INDEX IF NOT EXISTS archive_manifest_committed_owner_ids_idx
     ON retention.archive_manifest USING gin (owner_ids jsonb_path_ops) WHERE state = 'committed';
+-- identifier_hashes: keyed hashes (retention.identifiers: HMAC-SHA256 with RETENTION_IDENTIFIER_KEY,
+--   first 8 bytes as a bigint) of the normalised e-mails and phones of the object's rows, recorded at
+--   archive time, so that a request by e-mail finds the objects holding that address although no
+--   address is stored here. NULL: not recorded (archived before, or without the key):
+--   `python -m retention.backfill_owners` fills them in. Committed objects only in the index, as above.
+ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS identifier_hashes bigint[];
+CREATE INDEX IF NOT EXISTS archive_manifest_committed_identifier_hashes_idx
+    ON retention.archive_manifest USING gin (identifier_hashes) WHERE state = 'committed';
 CREATE INDEX IF NOT EXISTS archive_manifest_purpose_state_idx
     ON retention.archive_manifest (purpose, state, purge_after);
 CREATE INDEX IF NOT EXISTS archive_manifest_run_idx ON retention.archive_manifest (run_id);
@@ -229,7 +237,8 @@ CREATE INDEX IF NOT EXISTS object_rewrites_pending_idx
 
 -- The evidence of each request: what was found, exported, erased and kept (and why), the
 -- deadline to answer (receipt + 1 month, Art. 12(3)). Ids, keys, counts and checksums only:
--- the subject is a table and id, or the SHA-256 of the normalised e-mail address.
+-- the subject is a table and id, or the keyed hash of the normalised e-mail address
+-- ('hmac-sha256:...', retention.identifiers; 'sha256:...' for requests recorded before).
 CREATE TABLE IF NOT EXISTS retention.subject_requests (
     request_id   text        PRIMARY KEY,
     action       text        NOT NULL CHECK (action IN ('access', 'erasure')),
@@ -239,9 +248,32 @@ CREATE TABLE IF NOT EXISTS retention.subject_requests (
     respond_by   timestamptz NOT NULL,
     state        text        NOT NULL CHECK (state IN ('running', 'done')),
     run_id       text,
-    -- Every run's report, oldest first: a re-run (after a crash, or to check) adds one and
-    -- never replaces the evidence of what an earlier run erased.
+    -- Every run's report, oldest first: a re-run (after a crash, an incomplete run) adds one and
+    -- never replaces the evidence of what an earlier run erased. Once 'done', the row is final:
+    -- a run under its id is refused before anything is written.
     reports      jsonb       NOT NULL DEFAULT '[]'::jsonb,
     created_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz
+);
+
+-- A request as received through the Retention page's form or `python -m retention.subject_requests
+-- submit` (retention.subject_requests): its run is triggered with the request id alone, so that no
+-- address reaches Airflow's metadata database. The address is kept in clear only while the request
+-- needs it: replaced by its keyed hash (subject_ref) once the request is done, or 3 months after
+-- it was recorded if it never finishes.
+CREATE TABLE IF NOT EXISTS retention.subject_request_inbox (
+    request_id             text        PRIMARY KEY,
+    action                 text        NOT NULL CHECK (action IN ('access', 'erasure')),
+    subject_kind           text        NOT NULL CHECK (subject_kind IN ('customer', 'prospect', 'candidate', 'email')),
+    subject_id             bigint,
+    email                  text,
+    subject_ref            text,
+    received_on            date        NOT NULL,
+    marketing_objection    boolean     NOT NULL DEFAULT false,
+    submitted_by           text        NOT NULL,
+    submitted_at           timestamptz NOT NULL DEFAULT now(),
+    identifiers_cleared_at timestamptz,
+    CHECK ((subject_kind = 'email') = (subject_id IS NULL)),
+    CHECK (subject_kind <> 'email' OR email IS NOT NULL OR identifiers_cleared_at IS NOT NULL),
+    CHECK (identifiers_cleared_at IS NULL OR email IS NULL)
 );
