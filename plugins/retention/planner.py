@@ -55,6 +55,8 @@ class RuleOutcome:
     waiting_ids: list[int] = field(default_factory=list)
     # Deletable rows found at execution beyond the count the plan approved: left for the next run.
     beyond_plan: int = 0
+    # What a rule flagged erase_at_processor did there (retention.processor): counts only.
+    processor: dict[str, int] = field(default_factory=dict)
 
     @property
     def deletable(self) -> int:
@@ -76,6 +78,7 @@ class RuleOutcome:
             "held_ids": self.held_ids[:MAX_IDS_IN_LOG],
             "waiting_ids": self.waiting_ids[:MAX_IDS_IN_LOG],
             "beyond_plan": self.beyond_plan,
+            "processor": dict(self.processor),
         }
 
     def planned(self) -> RuleOutcome:

@@ -178,6 +178,8 @@ def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
         total = merged[done["rule"]]
         for key in ("deleted", "objects", "archive_bytes", "documents", "documents_kept_shared", "beyond_plan"):
             setattr(total, key, getattr(total, key) + done.get(key, 0))
+        for key, n in done.get("processor", {}).items():
+            total.processor[key] = total.processor.get(key, 0) + n
     return list(merged.values())
 
 
@@ -305,6 +307,11 @@ def report(
         f"{purged['held_objects']} kept under legal hold",
         f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}",
     ]
+    for r in archived["rules"]:
+        if r.get("processor"):
+            lines.append(
+                f"payment processor ({r['rule']}): " + ", ".join(f"{k}={n}" for k, n in sorted(r["processor"].items()))
+            )
     beyond = {r["rule"]: r["beyond_plan"] for r in archived["rules"] if r.get("beyond_plan")}
     if beyond:
         lines.append(
