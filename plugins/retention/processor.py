@@ -14,12 +14,13 @@ Airflow connection ``stripe_default`` (host = API base URL, password = secret ke
   references it and no contract of that customer still runs (a held, waiting or running
   payment method keeps the processor customer too).
 
-Decided on the current state, call by call: immediately before each call the processor
-customer's advisory lock is taken and its rows and contracts are read again (a new statement
-sees every commit made before); the lock is held until the processor answered, then released.
-The application's writes that could put the customer or a card back in use (a payment method
-inserted, a contract inserted or set back to running) take the same lock in a trigger
-(include/sql/schema/030_processor_erasure.sql) and keep it to their commit: such a write
+Decided on the current state, call by call: immediately before each call advisory locks are
+taken (the processor customer's; for its deletion, also our customers' whose contracts it
+served) and the rows and contracts are read again (a new statement sees every commit made
+before); the locks are held until the processor answered, then released. The application's
+writes that could put the customer or a card back in use (a payment method written, a contract
+inserted or set back to running) take the same locks, shared, in triggers
+(include/sql/schema/030_processor_erasure.sql) and keep them to their commit: such a write
 either committed before the re-check, which sees it, or waits until the call was answered.
 Every call is scoped to the rows this run decided: the cards of those rows, their customer.
 
@@ -56,8 +57,10 @@ WAITING_ON = "payment_processor"  # how unconfirmed rows show in the run's outco
 # How long a call waits for a processor customer's lock held by the application (a payment
 # method being written) before the rows of that customer are left for the next run.
 CUSTOMER_LOCK_WAIT_S = 10.0
-# The advisory lock of a processor customer: the same keys as the application's triggers.
-_CUSTOMER_LOCK_KEYS = "hashtext('retention:processor_customer'), retention.processor_customer_lock_key(%s)"
+# The advisory locks the application's writes take (030_processor_erasure.sql): a processor
+# customer's, taken by a payment method written; our customer's, by a contract (re)started.
+_PROCESSOR_CUSTOMER_LOCK = "hashtext('retention:processor_customer'), retention.processor_customer_lock_key(%s)"
+_CONTRACT_CUSTOMER_LOCK = "hashtext('retention:contract_customer'), retention.contract_customer_lock_key(%s)"
 
 
 class ProcessorError(Exception):
@@ -99,9 +102,11 @@ class Decision:
 
 
 class CurrentState(Decision):
-    """Each call decided on the database's current state: under the processor customer's
-    advisory lock, taken immediately before the call and released once it was answered, the
-    rows are read again; ``decided`` are the rows this run deletes (locked by its batch)."""
+    """Each call decided on the database's current state: under advisory locks taken immediately
+    before the call and released once it was answered, the rows are read again. The locks are
+    the ones the application's writes take (include/sql/schema/030_processor_erasure.sql): the
+    processor customer's, and for a customer's deletion also our customers' whose contracts it
+    served. ``decided`` are the rows this run deletes (locked by its batch)."""
 
     _METHOD_IN_USE = """
 SELECT EXISTS (
@@ -109,60 +114,81 @@ SELECT EXISTS (
     WHERE processor_customer_ref = %(customer)s AND processor_method_ref = %(method)s
       AND id <> ALL(%(decided)s::bigint[]))
 """
+    _OUR_CUSTOMERS = """
+SELECT DISTINCT c.customer_id FROM {schema}.contracts AS c
+JOIN {schema}.payment_methods AS pm ON pm.contract_id = c.id
+WHERE pm.id = ANY(%(group)s::bigint[])
+ORDER BY 1
+"""
     _CUSTOMER_IN_USE = """
 SELECT EXISTS (
            SELECT 1 FROM {schema}.payment_methods
            WHERE processor_customer_ref = %(customer)s AND id <> ALL(%(decided)s::bigint[]))
        OR EXISTS (
-           SELECT 1 FROM {schema}.contracts AS theirs
-           WHERE theirs.customer_id IN (
-                   SELECT mine.customer_id FROM {schema}.contracts AS mine
-                   JOIN {schema}.payment_methods AS pm ON pm.contract_id = mine.id
-                   WHERE pm.id = ANY(%(group)s::bigint[]))
-             AND (theirs.ended_at IS NULL OR theirs.ended_at > %(logical_date)s))
+           SELECT 1 FROM {schema}.contracts
+           WHERE customer_id = ANY(%(ours)s::bigint[])
+             AND (ended_at IS NULL OR ended_at > %(logical_date)s))
 """
 
     def __init__(self, conn, decided: list[int], logical_date: dt.datetime, schema: str = "app"):
         self.conn, self.decided, self.logical_date, self.schema = conn, decided, logical_date, schema
 
+    def _query(self, sql: str, params: dict):
+        return self.conn.execute(sql.format(schema=self.schema), params)
+
     @contextmanager
     def before_detach(self, ref: PaymentReference):
-        with self._locked(ref.customer_ref):
+        with self._locked([(_PROCESSOR_CUSTOMER_LOCK, ref.customer_ref)]):
             params = {"customer": ref.customer_ref, "method": ref.method_ref, "decided": self.decided}
-            yield self.conn.execute(self._METHOD_IN_USE.format(schema=self.schema), params).fetchone()[0]
+            yield self._query(self._METHOD_IN_USE, params).fetchone()[0]
 
     @contextmanager
     def before_customer_deletion(self, customer_ref: str, group: list[PaymentReference]):
-        with self._locked(customer_ref):
+        # Our customers of the group's contracts (locked by the batch: they cannot change).
+        ours = [row[0] for row in self._query(self._OUR_CUSTOMERS, {"group": [ref.id for ref in group]})]
+        locks = [(_PROCESSOR_CUSTOMER_LOCK, customer_ref)] + [(_CONTRACT_CUSTOMER_LOCK, c) for c in ours]
+        with self._locked(locks):
             params = {
                 "customer": customer_ref,
                 "decided": self.decided,
-                "group": [ref.id for ref in group],
+                "ours": ours,
                 "logical_date": self.logical_date,
             }
-            yield self.conn.execute(self._CUSTOMER_IN_USE.format(schema=self.schema), params).fetchone()[0]
+            yield self._query(self._CUSTOMER_IN_USE, params).fetchone()[0]
 
     @contextmanager
-    def _locked(self, customer_ref: str):
-        """The customer's lock at session level, so that it ends with the call, not with the
-        batch's transaction (the application waits for one call, never for a whole batch).
-        Polled, never waited for inside PostgreSQL: a writer holding it may itself wait for a
-        row of our batch, and neither would give way."""
+    def _locked(self, locks: list[tuple[str, object]]):
+        """These locks, exclusive, at session level: they end with the call, not with the
+        batch's transaction (a write waits for one call, never for a whole batch). Tried, never
+        waited for inside PostgreSQL: a writer holding one may itself wait for a row of our
+        batch, and neither would give way. After CUSTOMER_LOCK_WAIT_S: ProcessorError, the rows
+        wait for the next run."""
         deadline = time.monotonic() + CUSTOMER_LOCK_WAIT_S
-        try_lock = f"SELECT pg_try_advisory_lock({_CUSTOMER_LOCK_KEYS})"
-        while not self.conn.execute(try_lock, (customer_ref,)).fetchone()[0]:
+        while True:
+            taken = []
+            for key, value in locks:
+                if not self.conn.execute(f"SELECT pg_try_advisory_lock({key})", (value,)).fetchone()[0]:
+                    break
+                taken.append((key, value))
+            if len(taken) == len(locks):
+                break
+            self._unlock(taken)
             if time.monotonic() >= deadline:
-                raise ProcessorError(f"processor customer busy (its lock held for {CUSTOMER_LOCK_WAIT_S:.0f}s)")
+                raise ProcessorError(f"processor customer busy (locked by a write for {CUSTOMER_LOCK_WAIT_S:.0f}s)")
             time.sleep(0.05)
         try:
             yield
         finally:
-            from psycopg.pq import TransactionStatus
+            self._unlock(taken)
 
-            # In a failed transaction the unlock cannot run: the engine then rolls back and
-            # closes the connection, which ends the lock.
-            if self.conn.info.transaction_status != TransactionStatus.INERROR:
-                self.conn.execute(f"SELECT pg_advisory_unlock({_CUSTOMER_LOCK_KEYS})", (customer_ref,))
+    def _unlock(self, locks: list[tuple[str, object]]) -> None:
+        from psycopg.pq import TransactionStatus
+
+        # In a failed transaction the unlock cannot run: the engine then rolls back and closes
+        # the connection, which ends the locks.
+        if self.conn.info.transaction_status != TransactionStatus.INERROR:
+            for key, value in locks:
+                self.conn.execute(f"SELECT pg_advisory_unlock({key})", (value,))
 
 
 class StripeEraser:
