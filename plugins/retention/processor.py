@@ -54,8 +54,8 @@ STRIPE_CONN_ID = "stripe_default"
 DEFAULT_RETRIES = 3
 DEFAULT_TIMEOUT_S = 20.0
 WAITING_ON = "payment_processor"  # how unconfirmed rows show in the run's outcome
-# How long a call waits for a processor customer's lock held by the application (a payment
-# method being written) before the rows of that customer are left for the next run.
+# How long a call waits for its locks while the application holds them (a payment method or a
+# contract of that customer being written) before the customer's rows are left for the next run.
 CUSTOMER_LOCK_WAIT_S = 10.0
 # The advisory locks the application's writes take (030_processor_erasure.sql): a processor
 # customer's, taken by a payment method written; our customer's, by a contract (re)started.
