@@ -1,11 +1,19 @@
 """Erasure at the payment processor (plugins/retention/processor.py) against a stub of the
 Stripe API on loopback (tools/stripe_stub.py): detach, customer deletion, idempotency, retries
 on 5xx and timeouts, and through the engine: a payment reference row goes only once the
-processor confirmed, otherwise it stays and is reported."""
+processor confirmed, otherwise it stays and is reported; each call decided on the current
+state, against the application writing at the same time; no processor id in any log."""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
 import pytest
+from retention import processor
 from retention.archive_store import ArchiveStore
 from retention.engine import RetentionEngine, RunContext
 from retention.processor import WAITING_ON, PaymentReference, StripeEraser, erase_payment_methods
@@ -140,3 +148,180 @@ def test_contracts_dag_reports_rows_the_processor_did_not_confirm(airflow_db, db
     assert pm in f.ids(db, "payment_methods") and contract in f.ids(db, "contracts")
     assert states["archive_and_delete"] == "success"
     assert states["check_after"] == "failed", "the after-gate names the payment reference left behind"
+
+
+def test_the_client_logs_no_processor_ids(stripe_stub, eraser, caplog):
+    caplog.set_level(logging.DEBUG)  # even an operator's DEBUG: urllib3 names every request path
+    result = eraser.erase([ref(1, cus="cus_Mask01", pm="pm_Mask01")])
+    assert result.confirmed == [1] and stripe_stub.state.paths("DELETE") == ["/v1/customers/cus_Mask01"]
+    assert "/v1/" in caplog.text, "the HTTP layer's lines were captured, ids masked"
+    assert "Mask01" not in caplog.text
+
+
+# The race of issue 18, item 2: the application (its own connection) writes for a processor
+# customer while the run is erasing that customer at the processor.
+RACE_DATE = f.midnight("2026-01-15")
+
+
+def run_in_background(pool, policy, source_dsn, s3, storage):
+    engine = RetentionEngine(policy, "contracts", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    return pool.submit(engine.archive_and_delete, RunContext("contracts", "race", RACE_DATE))
+
+
+def application_writes(source_dsn, write) -> tuple:
+    """One application transaction (its own connection): ``write(conn)``, then commit."""
+    with psycopg.connect(source_dsn) as conn:
+        result = write(conn)
+        conn.commit()
+        return result
+
+
+def wait_for_lock_waiters(db, count: int) -> int:
+    """How many sessions wait for an advisory lock (the processor customer's), once ``count`` do
+    or after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        waiting = db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+        if waiting >= count or time.monotonic() > deadline:
+            return waiting
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def patient_client(stripe_stub, monkeypatch):
+    """The stub's connection with a timeout longer than a held call (no retry meanwhile)."""
+    monkeypatch.setenv("AIRFLOW_CONN_STRIPE_DEFAULT", json.dumps(stripe_stub.connection(timeout=30)))
+
+
+@pytest.mark.integration
+def test_a_contract_and_card_committed_mid_erasure_keep_the_customer(
+    db, s3, storage, policy, source_dsn, stripe_stub, patient_client
+):
+    """The old card is being detached (the processor holds the call) when the same person signs
+    a new contract with a new card, same processor customer: the write waits for the detach to
+    be answered, commits, and the customer's deletion, re-decided under the lock, sees it."""
+    person = f.customer(db)
+    old_contract = f.contract(db, customer_id=person, ended="2026-01-10")
+    old_card = f.payment_method(db, old_contract, processor_customer_ref="cus_race", processor_method_ref="pm_race_old")
+    detaching = stripe_stub.state.hold("/pm_race_old/")
+
+    def sign_new_contract(conn):
+        contract = f.contract(conn, customer_id=person, started="2026-01-14")
+        card = f.payment_method(conn, contract, processor_customer_ref="cus_race", processor_method_ref="pm_race_new")
+        return contract, card
+
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            run = run_in_background(pool, policy, source_dsn, s3, storage)
+            assert detaching.reached.wait(30), "the run reached the processor"
+            signing = pool.submit(application_writes, source_dsn, sign_new_contract)
+            assert wait_for_lock_waiters(db, 1) == 1, "the application's write waits for the call in flight"
+        finally:
+            detaching.release.set()
+        new_contract, new_card = signing.result(timeout=30)
+        outcomes = {o.rule: o for o in run.result(timeout=60)}
+
+    assert stripe_stub.state.detached == {"pm_race_old"}, "the old card is detached"
+    assert stripe_stub.state.deleted_customers == set(), "the customer the new contract uses stays"
+    assert not [p for p in stripe_stub.state.paths() if "pm_race_new" in p], "the new card is never touched"
+    payment = outcomes["payment_references"]
+    assert payment.deleted == 1 and not payment.waiting
+    assert payment.as_dict()["processor"] == {"methods_detached": 1, "customers_kept": 1}, "the report says so"
+    assert old_card not in f.ids(db, "payment_methods") and new_card in f.ids(db, "payment_methods")
+    assert new_contract in f.ids(db, "contracts")
+
+
+@pytest.mark.integration
+def test_the_card_on_file_of_a_newer_contract_is_not_detached(db, s3, storage, policy, source_dsn, stripe_stub):
+    """A newer contract pays with the card already on file: our old row goes, the card and the
+    customer stay at the processor."""
+    person = f.customer(db)
+    old = f.contract(db, customer_id=person, ended="2026-01-10")
+    running = f.contract(db, customer_id=person, started="2026-01-12")
+    old_row = f.payment_method(db, old, processor_customer_ref="cus_onfile", processor_method_ref="pm_onfile")
+    new_row = f.payment_method(db, running, processor_customer_ref="cus_onfile", processor_method_ref="pm_onfile")
+    engine = RetentionEngine(policy, "contracts", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    payment = {o.rule: o for o in engine.archive_and_delete(RunContext("contracts", "run1", RACE_DATE))}[
+        "payment_references"
+    ]
+    assert payment.deleted == 1 and payment.processor == {"methods_kept_in_use": 1, "customers_kept": 1}
+    assert stripe_stub.state.requests == [], "nothing to erase at the processor"
+    assert f.ids(db, "payment_methods") == {new_row} and old_row not in f.ids(db, "payment_methods")
+
+
+@pytest.mark.integration
+def test_the_application_waits_for_a_customer_deletion_in_flight(
+    db, s3, storage, policy, source_dsn, stripe_stub, patient_client
+):
+    """While the processor answers the customer's deletion, a card written for that customer and
+    a contract set back to running wait (database triggers); they commit once it was answered,
+    never between the re-check and the call (the run went first: the application learns of the
+    deletion at its next call, the erasure never missed a committed write)."""
+    person = f.customer(db)
+    ended = f.contract(db, customer_id=person, ended="2026-01-10")
+    f.payment_method(db, ended, processor_customer_ref="cus_wait", processor_method_ref="pm_wait_old")
+    # An older contract of the same person (its card long gone): the application resumes it.
+    older = f.contract(db, customer_id=person, ended="2025-12-01")
+    deleting = stripe_stub.state.hold("/customers/cus_wait")
+
+    def add_card(conn):
+        return f.payment_method(conn, ended, processor_customer_ref="cus_wait", processor_method_ref="pm_wait_new")
+
+    def resume_older(conn):
+        conn.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (older,))
+
+    with ThreadPoolExecutor(3) as pool:
+        try:
+            run = run_in_background(pool, policy, source_dsn, s3, storage)
+            assert deleting.reached.wait(30), "the run reached the customer's deletion"
+            writes = [pool.submit(application_writes, source_dsn, write) for write in (add_card, resume_older)]
+            assert wait_for_lock_waiters(db, 2) == 2, "both writes wait for the call in flight"
+            assert not any(w.done() for w in writes)
+        finally:
+            deleting.release.set()
+        for w in writes:
+            w.result(timeout=30)
+        run.result(timeout=60)
+    assert stripe_stub.state.deleted_customers == {"cus_wait"}
+    assert db.execute("SELECT ended_at FROM app.contracts WHERE id = %s", (older,)).fetchone() == (None,)
+
+
+@pytest.mark.integration
+def test_a_customer_locked_by_the_application_waits_for_the_next_run(
+    db, s3, storage, policy, source_dsn, stripe_stub, monkeypatch
+):
+    """An application transaction writing for the processor customer and not committing: the
+    run calls nothing for that customer, keeps its rows and reports them waiting."""
+    monkeypatch.setattr(processor, "CUSTOMER_LOCK_WAIT_S", 0.5)
+    contract = f.contract(db, ended="2026-01-10")
+    row = f.payment_method(db, contract, processor_customer_ref="cus_busy", processor_method_ref="pm_busy")
+    with psycopg.connect(source_dsn) as application:
+        f.payment_method(application, contract, processor_customer_ref="cus_busy", processor_method_ref="pm_busy_2")
+        engine = RetentionEngine(policy, "contracts", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+        outcomes = {o.rule: o for o in engine.archive_and_delete(RunContext("contracts", "run1", RACE_DATE))}
+        application.rollback()
+    payment = outcomes["payment_references"]
+    assert payment.waiting == {WAITING_ON: 1} and payment.waiting_ids == [row] and payment.deleted == 0
+    assert stripe_stub.state.requests == [] and row in f.ids(db, "payment_methods")
+
+
+@pytest.mark.integration
+def test_a_contracts_run_logs_no_processor_ids(airflow_db, db, s3, storage, stripe_stub, caplog, capfd):
+    """Issue 18, item 3: the task logs (records and the console) of a contracts run hold counts,
+    never a processor id, and the report counts what was done at the processor."""
+    from tests.dag_runs import run_dag, task_states, xcoms
+
+    caplog.set_level(logging.INFO)  # what task logs hold (Airflow's default logging level)
+    customer = f.customer(db, ended="2026-01-05")
+    contract = f.contract(db, customer_id=customer, ended="2026-01-05")
+    f.payment_method(db, contract, processor_customer_ref="cus_LogScan01", processor_method_ref="pm_LogScan01")
+    dag_run = run_dag("contracts", f.midnight("2026-01-15"))
+    assert set(task_states(dag_run).values()) == {"success"}
+    assert stripe_stub.state.detached == {"pm_LogScan01"}, "the run reached the processor"
+    captured = capfd.readouterr()
+    logs = "\n".join([caplog.text, captured.out, captured.err])
+    assert "payment_references" in logs, "the run's task logs were captured"
+    leaked = sorted({line for line in logs.splitlines() if "pm_" in line or "cus_" in line})
+    assert not leaked, leaked[:5]
+    report = xcoms(dag_run)["report"]
+    assert "payment processor (payment_references): customers_deleted=1, methods_detached=1" in report

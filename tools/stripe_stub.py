@@ -1,6 +1,6 @@
 """A stand-in for the Stripe API on 127.0.0.1, started by the tests and by `make demo` (as moto
 stands in for S3): answers the two calls the processor erasure makes, records every request,
-and fails or stalls on demand. Never a way to reach the real Stripe: demo and tests only.
+and fails, stalls or holds on demand. Never a way to reach the real Stripe: demo and tests only.
 
     python -m tools.stripe_stub --port 55600
 
@@ -30,6 +30,15 @@ class Recorded:
 
 
 @dataclass
+class Hold:
+    """The next request matching a path is held (unanswered) from ``reached`` until ``release``:
+    a test acts while the processor call is in flight. Keep it shorter than the client's timeout."""
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class StubState:
     requests: list[Recorded] = field(default_factory=list)
     detached: set[str] = field(default_factory=set)
@@ -39,6 +48,8 @@ class StubState:
     failures: dict[str, list[int]] = field(default_factory=dict)
     # substring of the path -> seconds to stall the next matching request (a timeout)
     stalls: dict[str, list[float]] = field(default_factory=dict)
+    # substring of the path -> holds for the next matching requests, in order
+    holds: dict[str, list[Hold]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -49,6 +60,10 @@ class StubState:
             self.missing.clear()
             self.failures.clear()
             self.stalls.clear()
+            for pending in self.holds.values():
+                for held in pending:
+                    held.release.set()
+            self.holds.clear()
 
     def fail(self, path_part: str, *statuses: int) -> None:
         with self.lock:
@@ -57,6 +72,12 @@ class StubState:
     def stall(self, path_part: str, seconds: float) -> None:
         with self.lock:
             self.stalls.setdefault(path_part, []).append(seconds)
+
+    def hold(self, path_part: str) -> Hold:
+        held = Hold()
+        with self.lock:
+            self.holds.setdefault(path_part, []).append(held)
+        return held
 
     def paths(self, method: str | None = None) -> list[str]:
         return [r.path for r in self.requests if method is None or r.method == method]
@@ -86,8 +107,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
             stall = next((s.pop(0) for part, s in state.stalls.items() if part in self.path and s), 0.0)
             failure = next((f.pop(0) for part, f in state.failures.items() if part in self.path and f), None)
+            held = next((h.pop(0) for part, h in state.holds.items() if part in self.path and h), None)
         if stall:
             time.sleep(stall)
+        if held:
+            held.reached.set()
+            held.release.wait(60)
         status, body = self._route(method, failure)
         data = json.dumps(body).encode()
         self.send_response(status)

@@ -57,6 +57,8 @@ class RuleOutcome:
     beyond_plan: int = 0
     # Rows archived per day their archive period ends (Paris date, ISO): each goes on its own day.
     archived_until: dict[str, int] = field(default_factory=dict)
+    # What a rule flagged erase_at_processor did there (retention.processor): counts only.
+    processor: dict[str, int] = field(default_factory=dict)
 
     @property
     def deletable(self) -> int:
@@ -79,6 +81,7 @@ class RuleOutcome:
             "waiting_ids": self.waiting_ids[:MAX_IDS_IN_LOG],
             "beyond_plan": self.beyond_plan,
             "archived_until": dict(sorted(self.archived_until.items())),
+            "processor": dict(self.processor),
         }
 
     def planned(self) -> RuleOutcome:
@@ -98,7 +101,11 @@ class RuleOutcome:
     @classmethod
     def from_dict(cls, d: dict) -> RuleOutcome:
         return cls(
-            **{k: (dict(v) if k in ("waiting", "archived_until") else v) for k, v in d.items() if k in _OUTCOME_FIELDS}
+            **{
+                k: (dict(v) if k in ("waiting", "archived_until", "processor") else v)
+                for k, v in d.items()
+                if k in _OUTCOME_FIELDS
+            }
         )
 
 

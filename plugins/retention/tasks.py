@@ -180,6 +180,8 @@ def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
             setattr(total, key, getattr(total, key) + done.get(key, 0))
         for day, rows in done.get("archived_until", {}).items():
             total.archived_until[day] = total.archived_until.get(day, 0) + rows
+        for key, n in done.get("processor", {}).items():
+            total.processor[key] = total.processor.get(key, 0) + n
     return list(merged.values())
 
 
@@ -333,6 +335,11 @@ def report(
         ),
         f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}",
     ]
+    for r in archived["rules"]:
+        if r.get("processor"):
+            lines.append(
+                f"payment processor ({r['rule']}): " + ", ".join(f"{k}={n}" for k, n in sorted(r["processor"].items()))
+            )
     beyond = {r["rule"]: r["beyond_plan"] for r in archived["rules"] if r.get("beyond_plan")}
     if beyond:
         lines.append(
