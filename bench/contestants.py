@@ -298,7 +298,7 @@ def _time_phases(engine, store) -> dict:
         "_lock_batch",
         "_recheck",
         "_read_rows",
-        "_archive_group",
+        "_record_intents",
         "_delete_rows",
         "_finish_commit",
         "_audit",

@@ -135,7 +135,7 @@ def test_recovery_cannot_run_while_a_unit_holds_the_purpose_lock(db, s3, storage
     assert [(u.first_id, u.last_id, u.rows) for u in units] == [(quotes[0], quotes[1], 2), (quotes[2], quotes[3], 2)]
 
     first = make_engine(policy, source_dsn, s3, storage)
-    pause = Pause(first, "_archive_group")  # its object uploaded and verified, still 'uploading'
+    pause = Pause(first, "_record_intents")  # its object uploaded and verified, still 'uploading'
     run = InThread(lambda: first.archive_and_delete(ctx, plan, units[0]))
     assert pause.reached.wait(30)
     (second,) = make_engine(policy, source_dsn, s3, storage).archive_and_delete(ctx, plan, units[1])

@@ -202,7 +202,7 @@ def test_a_hold_on_a_recording_or_a_fraud_case_covers_what_belongs_to_it(db, s3,
 
 @pytest.mark.parametrize(
     "step",
-    ["_lock_batch", "_recheck", "_archive_group", "_delete_rows"],
+    ["_lock_batch", "_recheck", "_record_intents", "_delete_rows"],
     ids=["after-lock", "after-recheck", "after-upload", "after-delete-before-commit"],
 )
 def test_a_hold_placed_during_a_batch_waits_for_its_commit(step, db, s3, storage, policy, source_dsn):
@@ -211,7 +211,7 @@ def test_a_hold_placed_during_a_batch_waits_for_its_commit(step, db, s3, storage
     scenario_row = f.job_application(db, last_contact="2020-01-01", cv_key="cv/a.pdf")
     f.put_document(s3, storage.documents_bucket, "cv/a.pdf")
     engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
-    if step == "_archive_group":  # tier none archives nothing: pause where the files are listed
+    if step == "_record_intents":  # tier none archives nothing: pause where the files are listed
         step = "_dispose_unarchived"
     pause = Pause(engine, step)
     run = InThread(lambda: engine.archive_and_delete(RunContext("job_applications", "r", f.midnight("2025-01-01"))))
@@ -240,7 +240,7 @@ def test_a_contract_set_back_to_running_during_its_claims_batch_waits(db, s3, st
     contract = f.contract(db, ended="2025-01-01")
     f.claim(db, contract)
     engine = engine_for(policy, "contracts", source_dsn, s3, storage)
-    pause = Pause(engine, "_archive_group")  # the claims batch is uploading
+    pause = Pause(engine, "_record_intents")  # the claims batch is uploading
     run = InThread(lambda: engine.archive_and_delete(RunContext("contracts", "r", f.midnight("2025-06-01"))))
     assert pause.reached.wait(30)
     revive = run_statement(

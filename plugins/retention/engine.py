@@ -53,7 +53,7 @@ from psycopg.rows import namedtuple_row
 from retention import identifiers, object_rewrite, processor
 from retention.archive_store import ArchiveStore, document_archive_key, object_key
 from retention.future_dates import FUTURE_TOLERANCE  # a run dated later than now + this is refused
-from retention.holds import covered_records_sql, object_held, owners_of_rows, parents_of
+from retention.holds import covered_records_sql, object_held, owners_of_row_sets, parents_of
 from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
 from retention.parquet_files import document_keys, parquet_bytes, parquet_row_count, typed
@@ -628,10 +628,11 @@ class RetentionEngine:
         # The batch's rows are read once, then split per purge day (the days interleave).
         to_archive = [group for group, archive in zip(groups, archived, strict=True) if archive]
         to_read = sorted(i for _, ids, _ in to_archive for i in ids)
-        per_day = iter(_split_rows(self._read_rows(reader, rule, to_read), to_archive) if to_read else [])
-        for (purge_day, ids, purge_after), archive in zip(groups, archived, strict=True):
+        if to_read:
+            rows = _split_rows(self._read_rows(reader, rule, to_read), to_archive)
+            self._record_intents(control, intents, rule, ctx, to_archive, rows, batch)
+        for (purge_day, ids, _), archive in zip(groups, archived, strict=True):
             if archive:
-                self._archive_group(control, intents, rule, ctx, next(per_day), ids, purge_day, purge_after, batch)
                 batch.archived_until[purge_day] += len(ids)
             else:
                 self._dispose_unarchived(control, rule, ids, batch)
@@ -747,51 +748,72 @@ class RetentionEngine:
             table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
         return typed(table)
 
-    def _archive_group(self, control, intents, rule, ctx, table, ids, purge_day, purge_after, batch: Batch) -> None:
-        """Record the upload intent of one purge day's rows, read (``table``) in the order of
-        ``ids`` (main thread: the connections)."""
+    def _record_intents(self, control, intents, rule, ctx, groups, tables, batch: Batch) -> None:
+        """Record the upload intent of each end day's rows (``groups``), read as ``tables`` in the
+        order of their ids, in one transaction (main thread: the connections)."""
         tier = self.store.storage.tiers[rule.tier]
-        if table.column("id").to_pylist() != ids:
-            raise RetentionError(f"{rule.table}: read {table.num_rows} rows for {len(ids)} locked ids")
-        key = object_key(tier.prefix, self.purpose_name, rule.table, purge_day, ctx.run_id, rule.name, ids[0])
-        documents = document_keys(table)
-        doc_pairs = [(src, document_archive_key(key, src)) for _, src in documents]
+        for (_, ids, _), table in zip(groups, tables, strict=True):
+            if table.column("id").to_pylist() != ids:
+                raise RetentionError(f"{rule.table}: read {table.num_rows} rows for {len(ids)} locked ids")
         # Whose rows these are (their contract, its customer...): a hold placed on one of them
-        # after the live rows are gone still keeps this object (retention.holds). The rows'
-        # own parent columns are in the batch read: only their parents' parents are queried.
-        parent_ids = {
-            column: pc.unique(table.column(column).drop_null()).to_pylist()
-            for _, column in parents_of(self.policy).get(rule.table, [])
-        }
-        owners = owners_of_rows(control, self.policy, rule.table, ids, parent_ids=parent_ids)
-        manifest_id = intents.execute(
-            "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
-            " object_key, state, purge_month, purge_after, earliest_purge_after, row_count, record_ids, document_keys,"
-            " owner_ids, identifier_hashes)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb,"
-            " %s::bigint[])"
-            " RETURNING id",
-            (
-                ctx.run_id,
-                ctx.logical_date,
-                self.purpose_name,
-                rule.name,
-                rule.table,
-                rule.tier,
-                self.store.archive_bucket,
-                key,
-                purge_day[:7],
-                purge_after,
-                purge_after,  # every row of the object ends that day
-                len(ids),
-                _id_array(ids),
-                [t for _, t in doc_pairs],
-                json.dumps(owners),
-                # Keyed hashes of the rows' e-mails and phones: a request by address finds the object.
-                identifiers.locators_literal(table),
-            ),
-        ).fetchone()[0]
-        batch.groups.append(ArchiveGroup(manifest_id, key, table, ids, documents, doc_pairs, purge_after))
+        # after the live rows are gone still keeps the object (retention.holds). The rows' own
+        # parent columns are in the batch read: only their parents' parents are queried, once
+        # for every object of the batch.
+        parent_columns = [column for _, column in parents_of(self.policy).get(rule.table, [])]
+        owners = owners_of_row_sets(
+            control,
+            self.policy,
+            rule.table,
+            [ids for _, ids, _ in groups],
+            [{c: pc.unique(table.column(c).drop_null()).to_pylist() for c in parent_columns} for table in tables],
+        )
+        intents_rows = []
+        for (purge_day, ids, purge_after), table, owned in zip(groups, tables, owners, strict=True):
+            key = object_key(tier.prefix, self.purpose_name, rule.table, purge_day, ctx.run_id, rule.name, ids[0])
+            documents = document_keys(table)
+            doc_pairs = [(src, document_archive_key(key, src)) for _, src in documents]
+            batch.groups.append(ArchiveGroup(0, key, table, ids, documents, doc_pairs, purge_after))
+            intents_rows.append(
+                (
+                    ctx.run_id,
+                    ctx.logical_date,
+                    self.purpose_name,
+                    rule.name,
+                    rule.table,
+                    rule.tier,
+                    self.store.archive_bucket,
+                    key,
+                    purge_day[:7],
+                    purge_after,
+                    purge_after,  # every row of the object ends that day
+                    len(ids),
+                    _id_array(ids),
+                    [t for _, t in doc_pairs],
+                    json.dumps(owned),
+                    # Keyed hashes of the rows' e-mails and phones: a request by address finds the object.
+                    identifiers.locators_literal(table),
+                )
+            )
+        # Committed before any upload (write-ahead): an object uploaded by a batch that never
+        # commits is an orphan of an 'uploading' row, removed by the next run.
+        with intents.transaction(), intents.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
+                " object_key, state, purge_month, purge_after, earliest_purge_after, row_count, record_ids,"
+                " document_keys, owner_ids, identifier_hashes)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb,"
+                " %s::bigint[]) RETURNING id",
+                intents_rows,
+                returning=True,
+            )
+            group = len(batch.groups) - len(groups)
+            while True:
+                batch.groups[group].manifest_id = cur.fetchone()[0]
+                group += 1
+                if not cur.nextset():
+                    break
+            if group != len(batch.groups):
+                raise RetentionError(f"{rule.table}: {group} upload intents recorded for {len(batch.groups)} objects")
 
     def _upload_batch(self, batch: Batch) -> None:
         """Step 2-3 for every group of the batch (worker thread, no database): Parquet, file
