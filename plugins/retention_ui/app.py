@@ -164,6 +164,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         by_month = status.archive_by_purge_month(conn)
         holds = status.legal_holds(conn, now)
         runs = status.runs(conn)
+        exports = status.access_exports(conn, now)
     airflow_runs = last_runs([dag_id_for(p["purpose"]) for p in purposes])
     for p in purposes:
         p["dag_id"] = dag_id_for(p["purpose"])
@@ -185,6 +186,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         "archive_by_purge_month": by_month,
         "legal_holds": holds,
         "runs": runs,
+        "access_exports": exports,
     }
 
 
@@ -298,6 +300,7 @@ def render_page(data: dict) -> str:
         data=data,
         charts_json=json.dumps(charts).replace("<", "\\u003c"),
         any_overdue=any(p["overdue"] for p in data["purposes"]),
+        waiting=[w | {"purpose": p["purpose"]} for p in data["purposes"] for w in p["waiting_past_end"]],
     )
 
 
