@@ -204,3 +204,20 @@ def test_alarm_rules():
         "b: no_success: last success 49 h ago (2026-11-27T06:00:00+00:00)",
         "c: no_success: no successful run on record",
     ]
+
+
+@pytest.mark.integration
+def test_watch_alarms_on_a_record_waiting_past_its_end_without_a_decision_to_wait(airflow_db, db, s3, storage, inbox):
+    """A former customer kept by a pending identity check (keep_parent_and_alert in the policy)."""
+    from tests import factories_policy as fp
+
+    customer = f.customer(db, ended="2020-01-10")
+    fp.identity_document(db, customer_id=customer)
+    dag_run = _run_watch(purposes=["prospects"], overdue_days=3, stale_after_hours=24 * 365 * 20)
+    assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
+    [message] = inbox.messages
+    body = _text(message)
+    assert "prospects: waiting: 1 records waiting past their end for more than 3 days" in body
+    assert "former_customers on identity_documents (keep_parent_and_alert): 1, oldest " in body
+    assert "Camille" not in body and "example.fr" not in body
+    assert customer in f.ids(db, "customers"), "the watch changes nothing"

@@ -331,3 +331,24 @@ def test_every_foreign_key_that_makes_a_record_wait_is_decided(db, policy):
     decided = {(parent, child) for parent, children in policy.dependents.items() for child in children}
     assert links - decided == set(), "links the policy does not decide"
     assert decided - links == set(), "decisions about links the schema does not have"
+
+
+@pytest.mark.integration
+def test_the_prospects_dag_takes_them_through_its_gates(airflow_db, db, s3, storage, policy):
+    """The same case through the DAG: one mapped task per generated rule, before its parent's,
+    and the quality gates (after-gate: nothing due left) pass."""
+    from tests.dag_runs import run_dag, task_states, xcoms
+
+    customer = f.customer(db, ended=DUE)
+    message = fp.chat_message(db, customer)
+    request = fp.information_request(db, customer_id=customer)
+    dag_run = run_dag("prospects", D)
+    states = task_states(dag_run)
+    assert set(states.values()) == {"success"}, states
+    assert "archive_former_customers__chat_messages" in states
+    summary = {r["rule"]: r for r in xcoms(dag_run)["archive_and_delete"]["rules"]}
+    assert summary["former_customers__chat_messages"]["deleted"] == 1
+    assert summary["former_customers__information_requests"]["deleted"] == 1
+    assert summary["former_customers"]["deleted"] == 1
+    assert not ({customer} & f.ids(db, "customers") or {message} & f.ids(db, "chat_messages"))
+    assert not {request} & f.ids(db, "information_requests")
