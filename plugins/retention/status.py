@@ -78,22 +78,31 @@ def rule_counts(conn, planner: Planner, rule: Rule, at: dt.datetime) -> tuple[in
     return outcome.deletable, outcome.held, sum(outcome.waiting.values())
 
 
-def waiting_past_end(conn, planner: Planner, rule: Rule, now: dt.datetime, overdue_days: int) -> list[dict]:
-    """The rule's records that are due at ``now``, not held, and wait for rows of another table:
-    per child table, how many, how many for more than ``overdue_days`` days, since when (the
-    oldest one's due date) and the policy's decision on that link. As the next run would see
-    them (projected: children that an earlier rule of the purpose deletes do not count)."""
-    if not planner.blockers.get(rule.table):
-        return []
+def rule_now(
+    conn, planner: Planner, rule: Rule, now: dt.datetime, overdue_days: int
+) -> tuple[tuple[int, int, int], list[dict]]:
+    """One pass of the rule at ``now``: (deletable, held, waiting), and its records waiting past
+    their own end (due, not held, a row of another table still references them): per child
+    table, how many, how many for more than ``overdue_days`` days, since when (the oldest one's
+    due date) and the policy's decision on that link. As the next run counts them (projected)."""
     tz = planner.policy.tz
-    grace = cutoff(now - dt.timedelta(days=overdue_days), rule.live, tz)
     query = (
-        "SELECT due.waiting_for, count(*), count(*) FILTER (WHERE due.clock < %(grace_cutoff)s), min(due.clock)"
-        f" FROM ({planner.select(rule, projected=True)}) AS due"
-        " WHERE NOT due.held AND due.waiting_for IS NOT NULL GROUP BY 1 ORDER BY 1"
+        "SELECT due.held, due.waiting_for, count(*), count(*) FILTER (WHERE due.clock < %(grace_cutoff)s),"
+        f" min(due.clock) FROM ({planner.select(rule, projected=True)}) AS due GROUP BY 1, 2 ORDER BY 1, 2"
     )
+    grace = cutoff(now - dt.timedelta(days=overdue_days), rule.live, tz)
+    deletable = held = waiting = 0
     found = []
-    for child, records, past_grace, oldest_clock in conn.execute(query, planner.params(now) | {"grace_cutoff": grace}):
+    for is_held, child, records, past_grace, oldest_clock in conn.execute(
+        query, planner.params(now) | {"grace_cutoff": grace}
+    ):
+        if is_held:
+            held += records
+            continue
+        if child is None:
+            deletable += records
+            continue
+        waiting += records
         decision = planner.policy.decision(rule.table, child)
         oldest_due = due_date(oldest_clock, rule.live, tz)
         found.append(
@@ -109,12 +118,12 @@ def waiting_past_end(conn, planner: Planner, rule: Rule, now: dt.datetime, overd
                 "alarm": decision in ALARMING_DECISIONS and past_grace > 0,
             }
         )
-    return found
+    return (deletable, held, waiting), found
 
 
 def purposes_status(conn, policy: Policy, now: dt.datetime, overdue_days: int) -> list[PurposeStatus]:
-    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting; archive
-    objects and bytes per tier (committed manifest rows)."""
+    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting, and what
+    waits past its own end; archive objects and bytes per tier (committed manifest rows)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if overdue_days < 0:
@@ -131,10 +140,10 @@ def purposes_status(conn, policy: Policy, now: dt.datetime, overdue_days: int) -
         status = PurposeStatus(purpose=name, title=purpose.title, mode=purpose_mode(purpose))
         planner = Planner.load(conn, policy, name)
         for rule in purpose.rules:
-            due, held, waiting = rule_counts(conn, planner, rule, now)
+            (due, held, waiting), waits = rule_now(conn, planner, rule, now, overdue_days)
             overdue = rule_counts(conn, planner, rule, earlier)[0]
             status.rules.append(RuleStatus(rule.name, rule.table, rule.tier, due, held, waiting, overdue))
-            status.waiting_past_end += waiting_past_end(conn, planner, rule, now, overdue_days)
+            status.waiting_past_end += waits
             status.due += due
             status.held += held
             status.waiting += waiting
