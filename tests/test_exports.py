@@ -115,6 +115,26 @@ def test_an_export_found_in_the_bucket_is_recorded_and_one_deleted_elsewhere_is_
     ]
 
 
+def test_an_export_recorded_while_the_bucket_is_listed_is_not_taken_for_gone(db, s3, storage, policy, source_dsn):
+    """A request writes its export after the listing began (so the listing misses it) and
+    records it: it is held, not gone."""
+    store = ArchiveStore(s3, storage)
+    listing = store.list_versions
+
+    def listing_then_a_request_records_its_export(prefix):
+        found = listing(prefix)
+        s3.put_object(Bucket=storage.archive_bucket, Key="exports/DSR-late/export.zip", Body=b"PK")
+        record_produced(
+            db, policy, "DSR-late", {"bucket": storage.archive_bucket, "key": "exports/DSR-late/export.zip"}
+        )
+        return found
+
+    store.list_versions = listing_then_a_request_records_its_export
+    summary = delete_expired(policy, source_dsn, store, dt.datetime.now(dt.UTC), "w1")
+    assert summary["gone_before"] == [] and summary["held"] == 1
+    assert _rows(db) == [("DSR-late", "exports/DSR-late/export.zip", False, None, None, None)]
+
+
 def test_s3_unreachable_records_nothing_as_deleted(db, storage, policy, source_dsn):
     dead = ArchiveStore(_client(f"http://127.0.0.1:{free_port()}"), storage)
     with db.transaction():

@@ -76,6 +76,7 @@ def delete_expired(policy: Policy, dsn: str, store: ArchiveStore, now: dt.dateti
         if not conn.execute("SELECT pg_try_advisory_lock(hashtext('retention:exports'))").fetchone()[0]:
             raise ExportHousekeepingError("another run is deleting expired exports; try again once it is done")
         try:
+            listed_at = conn.execute("SELECT now()").fetchone()[0]
             listing = store.list_versions(EXPORT_PREFIX)  # an S3 failure here: nothing recorded at all
             exports, unknown = {}, []
             for key, versions in listing.items():
@@ -87,7 +88,7 @@ def delete_expired(policy: Policy, dsn: str, store: ArchiveStore, now: dt.dateti
             for key, (request_id, versions) in exports.items():
                 newest = max(v.last_modified for v in versions if not v.delete_marker)
                 _register(conn, policy, request_id, bucket, key, newest)
-            gone = _record_gone(conn, bucket, set(exports), now, run_id)
+            gone = _record_gone(conn, bucket, set(exports), listed_at, now, run_id)
             due = conn.execute(
                 "SELECT id, request_id, object_key, produced_at, delete_after FROM retention.access_exports"
                 " WHERE bucket = %s AND deleted_at IS NULL AND delete_after <= %s ORDER BY delete_after, id",
@@ -95,6 +96,8 @@ def delete_expired(policy: Policy, dsn: str, store: ArchiveStore, now: dt.dateti
             ).fetchall()
             deleted, failed = [], []
             for row_id, request_id, key, produced_at, due_at in due:
+                if key not in exports:  # recorded while the bucket was being listed: seen next time
+                    continue
                 versions = exports[key][1]
                 try:
                     store.delete_versions(versions)
@@ -142,12 +145,16 @@ def delete_expired(policy: Policy, dsn: str, store: ArchiveStore, now: dt.dateti
     return summary
 
 
-def _record_gone(conn, bucket: str, listed: set[str], now: dt.datetime, run_id: str) -> list[str]:
+def _record_gone(
+    conn, bucket: str, listed: set[str], listed_at: dt.datetime, now: dt.datetime, run_id: str
+) -> list[str]:
     """Exports recorded as held that the bucket no longer has (deleted by hand, a lifecycle
-    rule): recorded as gone, with nothing deleted by the project."""
+    rule): recorded as gone, with nothing deleted by the project. Not one a request recorded
+    after the listing began (written after it, so not in it)."""
     held = conn.execute(
-        "SELECT id, request_id, object_key FROM retention.access_exports WHERE bucket = %s AND deleted_at IS NULL",
-        (bucket,),
+        "SELECT id, request_id, object_key FROM retention.access_exports WHERE bucket = %s AND deleted_at IS NULL"
+        " AND produced_at < %s",
+        (bucket, listed_at),
     ).fetchall()
     gone = []
     for row_id, request_id, key in held:
