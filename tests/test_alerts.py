@@ -139,7 +139,7 @@ def test_watch_alarms_on_overdue_records_and_emails(airflow_db, db, s3, storage,
     held = f.quote(db, issued=today - dt.timedelta(days=900))
     f.legal_hold(db, "quotes", held)
     dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=24 * 365 * 20)
-    assert task_states(dag_run) == {"watch": "failed"}
+    assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
     [message] = inbox.messages
     assert message["Subject"].startswith("[retention] FAILED retention_watch.watch")
     body = _text(message)
@@ -153,7 +153,7 @@ def test_watch_is_quiet_after_a_recent_success(airflow_db, db, s3, storage, inbo
     today = dt.datetime.now(PARIS).date()
     assert set(task_states(run_dag("quotes", f.midnight(today))).values()) == {"success"}
     dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=48)
-    assert task_states(dag_run) == {"watch": "success"}
+    assert task_states(dag_run) == {"watch": "success", "delete_expired_exports": "success"}
     summary = xcoms(dag_run)["watch"]
     assert summary["alarms"] == [] and summary["purposes"]["quotes"]["overdue"] == 0
     assert summary["purposes"]["quotes"]["last_success"]
@@ -174,7 +174,7 @@ def test_watch_alarms_on_a_purpose_without_recent_success(airflow_db, db, s3, st
 
     monkeypatch.setattr(watch, "last_success_end", last_success_end)
     dag_run = _run_watch(purposes=["job_applications"], overdue_days=3, stale_after_hours=48)
-    assert task_states(dag_run) == {"watch": "failed"}
+    assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
     assert asked == ["retention_job_applications"]
     [message] = inbox.messages
     assert "job_applications: no_success: last success 49 h ago" in _text(message)
@@ -186,12 +186,15 @@ def test_alarm_rules():
     from retention.alerts import alarms
 
     now = dt.datetime(2026, 11, 29, 7, tzinfo=dt.UTC)
-    fresh = NS(purpose="a", overdue=0, rules=[])
+    fresh = NS(purpose="a", overdue=0, rules=[], waiting_past_end=[])
     late = NS(
-        purpose="b", overdue=4, rules=[NS(rule="r1", overdue=3), NS(rule="r2", overdue=1), NS(rule="r3", overdue=0)]
+        purpose="b",
+        overdue=4,
+        rules=[NS(rule="r1", overdue=3), NS(rule="r2", overdue=1), NS(rule="r3", overdue=0)],
+        waiting_past_end=[],
     )
     found = alarms(
-        [fresh, late, NS(purpose="c", overdue=0, rules=[])],
+        [fresh, late, NS(purpose="c", overdue=0, rules=[], waiting_past_end=[])],
         {"a": now - dt.timedelta(hours=47), "b": now - dt.timedelta(hours=49), "c": None},
         now,
         overdue_days=3,
@@ -290,7 +293,7 @@ def test_watch_and_retention_page_flag_a_future_run(airflow_db, db, s3, storage,
         with create_session() as session:
             session.query(DagRun).filter(DagRun.id == run.id).update({"state": "running"})
         dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=24 * 365 * 20)
-        assert task_states(dag_run) == {"watch": "failed"}
+        assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
         [message] = inbox.messages
         body = _text(message)
         assert f"quotes: future_run: run {run.run_id} has logical date {tomorrow.isoformat()}, in the future" in body
@@ -305,3 +308,20 @@ def test_watch_and_retention_page_flag_a_future_run(airflow_db, db, s3, storage,
     finally:
         with create_session() as session:
             session.query(DagRun).filter(DagRun.id == run.id).delete()
+
+
+@pytest.mark.integration
+def test_watch_alarms_on_a_record_waiting_past_its_end_without_a_decision_to_wait(airflow_db, db, s3, storage, inbox):
+    """A former customer kept by a pending identity check (keep_parent_and_alert in the policy)."""
+    from tests import factories_policy as fp
+
+    customer = f.customer(db, ended="2020-01-10")
+    fp.identity_document(db, customer_id=customer)
+    dag_run = _run_watch(purposes=["prospects"], overdue_days=3, stale_after_hours=24 * 365 * 20)
+    assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
+    [message] = inbox.messages
+    body = _text(message)
+    assert "prospects: waiting: 1 records waiting past their end for more than 3 days" in body
+    assert "former_customers on identity_documents (keep_parent_and_alert): 1, oldest " in body
+    assert "Camille" not in body and "example.fr" not in body
+    assert customer in f.ids(db, "customers"), "the watch changes nothing"

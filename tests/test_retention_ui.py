@@ -269,3 +269,46 @@ def test_a_subject_requests_deletions_link_to_the_requests_dag(api, ran_quotes):
     assert 'href="../dags/retention_subject_requests/runs">subject_request__ui-test<' in html
     scheduled = runs[ran_quotes["dag_run"].run_id]
     assert scheduled["run_url"].startswith("../dags/retention_quotes/runs/") and ":" not in scheduled["run_url"]
+
+
+def test_page_shows_what_waits_past_its_end_and_the_exports_still_held(api, ran_quotes):
+    """A former customer kept by a pending identity check (the policy: keep_parent_and_alert)
+    and an access request's export: on the page and in the JSON, counts and ids only."""
+    import psycopg
+    from retention.exports import record_produced
+    from retention.policy import default_policy
+
+    from tests import factories_policy as fp
+
+    with psycopg.connect(ran_quotes["dsn"], autocommit=True) as conn:
+        customer = f.customer(conn, ended="2020-01-10")
+        document = fp.identity_document(conn, customer_id=customer)
+        record_produced(
+            conn, default_policy(), "DSR-ui-1", {"bucket": "archive-ui", "key": "exports/DSR-ui-1/export.zip"}
+        )
+        try:
+            summary = _get(api, "/retention/api/summary").json()
+            html = _get(api, "/retention/").text
+        finally:
+            conn.execute("DELETE FROM app.identity_documents WHERE id = %s", (document,))
+            conn.execute("DELETE FROM app.customers WHERE id = %s", (customer,))
+            conn.execute("DELETE FROM retention.access_exports WHERE request_id = 'DSR-ui-1'")
+    prospects = next(p for p in summary["purposes"] if p["purpose"] == "prospects")
+    [wait] = prospects["waiting_past_end"]
+    assert (wait["rule"], wait["waiting_on"], wait["decision"], wait["records"], wait["alarm"]) == (
+        "former_customers",
+        "identity_documents",
+        "keep_parent_and_alert",
+        1,
+        True,
+    )
+    assert wait["oldest_days"] > 365 and prospects["waiting_alarm"] == 1
+    assert 'data-testid="waiting-alarm"' in html
+    assert 'data-waiting="former_customers:identity_documents"' in html and "keep_parent_and_alert" in html
+    [export] = summary["access_exports"]
+    assert (export["request_id"], export["held"]) == ("DSR-ui-1", True)
+    produced = dt.datetime.fromisoformat(export["produced_at"]).astimezone(PARIS).date()
+    goes = dt.datetime.fromisoformat(export["deleted_on"]).astimezone(PARIS).date()
+    assert goes - produced == dt.timedelta(days=30)
+    assert '<tr data-request="DSR-ui-1"><td>DSR-ui-1</td>' in html and f"<td>{goes.isoformat()}</td>" in html
+    assert not [v for v in PERSONAL_VALUES if v in html + json.dumps(summary)]

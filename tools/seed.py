@@ -717,7 +717,11 @@ class RetentionModel:
         self.tz = policy.tz
         self.run_date = local_midnight(reference_date, self.tz)
         self.enforced_date = local_midnight(reference_date - dt.timedelta(days=ENFORCED_UNTIL_DAYS_BEFORE), self.tz)
-        self.rules: list[Rule] = [rule for purpose in policy.purposes.values() for rule in purpose.rules]
+        # The rules written in the policy. Those generated from `dependents` take what a person
+        # past their period still has and never reaches its own clock (a chat message never
+        # transmitted, a request never handled); the generated data has none of that for them:
+        # their messages are transmitted and their requests handled days after the last activity.
+        self.rules: list[Rule] = [rule for purpose in policy.purposes.values() for rule in purpose.schedule_rules]
         # table -> [(clock_of, cutoff at E, cutoff at R)]
         self._checks: dict[str, list[tuple[Callable, dt.datetime, dt.datetime]]] = defaultdict(list)
         self._cutoff_at_enforcement: dict[str, dt.datetime] = {}

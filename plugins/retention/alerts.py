@@ -1,5 +1,6 @@
 """Who is told, and when: a failure e-mail on every retention task (the SMTP provider's notifier
-through the `smtp_default` connection) and the watch's alarms (overdue records, no success).
+through the `smtp_default` connection) and the watch's alarms (overdue records, records waiting
+past their end without a decision to wait, no success).
 
 Light at parse time: the DAGs name a function; the notifier is built, and its template fields
 rendered, when a task fails. Recipients and sender come from Airflow Variables read at that moment
@@ -101,7 +102,7 @@ def failure_notifier():
 @dataclass(frozen=True)
 class Alarm:
     purpose: str
-    kind: str  # "overdue" | "no_success" | "future_run"
+    kind: str  # "overdue" | "waiting" | "no_success" | "future_run"
     detail: str
 
     def __str__(self) -> str:
@@ -123,6 +124,20 @@ def alarms(
             rules = ", ".join(f"{r.rule}={r.overdue}" for r in s.rules if r.overdue)
             found.append(
                 Alarm(s.purpose, "overdue", f"{s.overdue} records due for more than {overdue_days} days ({rules})")
+            )
+        waiting = [w for w in s.waiting_past_end if w["alarm"]]
+        if waiting:
+            links = ", ".join(
+                f"{w['rule']} on {w['waiting_on']} ({w['decision']}): {w['past_grace']}, oldest {w['oldest_days']} days"
+                for w in waiting
+            )
+            found.append(
+                Alarm(
+                    s.purpose,
+                    "waiting",
+                    f"{sum(w['past_grace'] for w in waiting)} records waiting past their end for more than "
+                    f"{overdue_days} days with no decision to let them wait ({links})",
+                )
             )
         ended = last_success.get(s.purpose)
         if ended is None:

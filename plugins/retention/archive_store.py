@@ -57,6 +57,14 @@ class VerifiedObject:
     sha256_hex: str
 
 
+@dataclass(frozen=True)
+class ObjectVersion:
+    key: str
+    version_id: str
+    last_modified: dt.datetime
+    delete_marker: bool
+
+
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -251,6 +259,44 @@ class ArchiveStore:
             if errors:
                 raise ArchiveStorageError(
                     f"{len(errors)} document deletes failed, first: {errors[0].get('Key')!r} {errors[0].get('Code')}"
+                )
+
+    def list_versions(self, prefix: str) -> dict[str, list[ObjectVersion]]:
+        """Every version and delete marker under ``prefix`` of the archive bucket, per key, oldest
+        first (a whole listing, every page, or an ArchiveStorageError)."""
+        found: dict[str, list[ObjectVersion]] = {}
+        try:
+            for page in self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.archive_bucket, Prefix=prefix
+            ):
+                for entry in page.get("Versions", []):
+                    found.setdefault(entry["Key"], []).append(
+                        ObjectVersion(entry["Key"], entry["VersionId"], entry["LastModified"], False)
+                    )
+                for entry in page.get("DeleteMarkers", []):
+                    found.setdefault(entry["Key"], []).append(
+                        ObjectVersion(entry["Key"], entry["VersionId"], entry["LastModified"], True)
+                    )
+        except Exception as exc:  # botocore raises several unrelated classes
+            raise ArchiveStorageError(f"listing s3://{self.archive_bucket}/{prefix} failed: {_describe(exc)}") from exc
+        return {key: sorted(versions, key=lambda v: v.last_modified) for key, versions in sorted(found.items())}
+
+    def delete_versions(self, versions: list[ObjectVersion]) -> None:
+        """Delete exactly these versions (and delete markers) for good, then check with a new
+        listing that none of them is left: a version written meanwhile is not one of them."""
+        try:
+            for version in versions:
+                self.client.delete_object(Bucket=self.archive_bucket, Key=version.key, VersionId=version.version_id)
+        except Exception as exc:  # botocore raises several unrelated classes
+            raise ArchiveStorageError(
+                f"deleting the versions of s3://{self.archive_bucket}/{versions[0].key} failed: {_describe(exc)}"
+            ) from exc
+        for key in sorted({v.key for v in versions}):
+            left = {v.version_id for v in self.list_versions(key).get(key, [])}
+            still = [v.version_id for v in versions if v.key == key and v.version_id in left]
+            if still:
+                raise ArchiveStorageError(
+                    f"s3://{self.archive_bucket}/{key}: {len(still)} versions are still stored after their delete"
                 )
 
     def _parallel(self, fn, items: list) -> list:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from retention.holds import held_ctes, held_test
 from retention.periods import cutoff
-from retention.policy import Policy, Purpose, Rule, rule_filter
+from retention.policy import DECISION_ATTENTION, Policy, Purpose, Rule, rule_filter
 
 MAX_IDS_IN_LOG = 20
 
@@ -179,6 +179,15 @@ ORDER BY child.relname, a.attname
 """
 
 
+def _attention(policy: Policy, parent: str, blocker: Blocker) -> tuple[int, str, str]:
+    """A row waiting on several tables is reported on one (``waiting_for``): the one whose wait
+    most needs someone's attention (undecided, then keep_parent_and_alert: what the watch alarms
+    on), then by name."""
+    decision = policy.decision(parent, blocker.table, blocker.column)
+    rank = -1 if decision is None else DECISION_ATTENTION.index(decision)
+    return (rank, blocker.table, blocker.column)
+
+
 class Planner:
     """The statements and counts of one purpose (read-only; build with ``Planner.load``)."""
 
@@ -196,7 +205,12 @@ class Planner:
         purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
         tables = {rule.table for rule in purpose.rules}
         blockers = {
-            table: tuple(Blocker(*row) for row in conn.execute(_BLOCKERS_SQL, (schema, table)).fetchall())
+            table: tuple(
+                sorted(
+                    (Blocker(*row) for row in conn.execute(_BLOCKERS_SQL, (schema, table)).fetchall()),
+                    key=lambda b, parent=table: _attention(policy, parent, b),
+                )
+            )
             for table in sorted(tables)
         }
         return cls(policy, purpose, blockers)

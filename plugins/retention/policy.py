@@ -26,6 +26,16 @@ from retention.rule_sql import RuleFileError, RuleFilter, parse_rule_filter
 # Identifiers taken from configuration reach SQL: a strict pattern, checked here once.
 IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
 ARCHIVED_TIERS = ("intermediate", "probative")
+# What happens to a row that still references a record whose own period is over (the policy's
+# `dependents`): it goes with that record, or the record waits for it (the watch alarms on the
+# waits of `keep_parent_and_alert`, and on every wait the policy does not decide).
+Decision = Literal["go_with_parent", "keep_parent", "keep_parent_and_alert"]
+# Most in need of someone's attention first (a parent waiting on several tables is reported on
+# the first: retention.planner).
+DECISION_ATTENTION: tuple[Decision, ...] = ("keep_parent_and_alert", "keep_parent", "go_with_parent")
+# Legal bases (split on "_and_") under which a row must be kept for its own period: a
+# `go_with_parent` decision on such a table is refused (it would delete the row early).
+KEPT_FOR_A_LEGAL_REASON = ("legal_obligation",)
 # Rows per transaction and per archive object: what bounds a run's memory (~3 MB of Parquet
 # and ~30 MB of Arrow for 100k quotes). Fewer, larger batches cut per-object round trips.
 DEFAULT_BATCH_SIZE = 100_000
@@ -37,6 +47,15 @@ class PolicyError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParentLink(_Strict):
+    """Where a rule generated from a `go_with_parent` decision comes from: its rows are the rows
+    of its table whose ``column`` points to a row of the parent rule ``rule`` (table ``table``)."""
+
+    rule: str = Field(pattern=IDENTIFIER)
+    table: str = Field(pattern=IDENTIFIER)
+    column: str = Field(pattern=IDENTIFIER)
 
 
 class Rule(_Strict):
@@ -56,6 +75,9 @@ class Rule(_Strict):
     # obligation to contract, a legitimate interest for quality); the purpose's otherwise.
     # Read by the erasure of a data-subject request (retention.subject_rights).
     legal_basis: str | None = Field(None, pattern=IDENTIFIER)
+    # Set by the Policy for the rules it generates from `dependents` (go_with_parent), never
+    # written in the file: the child rows of a parent rule, on the parent's clock and periods.
+    with_parent: ParentLink | None = None
 
     @field_validator("live", "archive", mode="before")
     @classmethod
@@ -116,6 +138,11 @@ class Purpose(_Strict):
     @property
     def enforced(self) -> bool:
         return self.mode == "enforce"
+
+    @property
+    def schedule_rules(self) -> tuple[Rule, ...]:
+        """The rules written in the file (without those generated from `dependents`)."""
+        return tuple(r for r in self.rules if r.with_parent is None)
 
     @field_validator("rules")
     @classmethod
@@ -188,12 +215,36 @@ class LegalHolds(_Strict):
         return covers
 
 
+class AccessExports(_Strict):
+    """The export of an access request (retention.subject_rights, ``exports/<request>/export.zip``
+    in the archive bucket) is the person's whole file: deleted, every version, ``kept_for``
+    after it was produced (retention.exports)."""
+
+    kept_for: Period = Period(days=30)
+
+    @field_validator("kept_for", mode="before")
+    @classmethod
+    def _parse_period(cls, value: object) -> object:
+        return Period.parse(value) if isinstance(value, str) else value
+
+    @field_validator("kept_for")
+    @classmethod
+    def _not_zero(cls, value: Period) -> Period:
+        if value == Period():
+            raise ValueError("an export kept 0 days would be deleted before it is delivered: at least '1 day'")
+        return value
+
+
 class Policy(_Strict):
     version: Literal[1]
     timezone: str
     source_schema: str = Field(pattern=IDENTIFIER)
     purposes: dict[str, Purpose] = Field(min_length=1)
     legal_holds: LegalHolds
+    # ``<parent table>: {<child table>.<column>: decision}``: what happens to a row that still
+    # references a record whose own period is over (Decision). Links not listed wait, alarmed.
+    dependents: dict[str, dict[str, Decision]] = Field(default_factory=dict)
+    access_exports: AccessExports = AccessExports()
     storage: Storage
 
     @field_validator("timezone")
@@ -215,6 +266,92 @@ class Policy(_Strict):
                 raise ValueError(f"purpose {name!r}: 'name' is the purpose's key, not a field to set")
         return {name: purpose.model_copy(update={"name": name}) for name, purpose in purposes.items()}
 
+    @field_validator("dependents")
+    @classmethod
+    def _dependents_well_formed(cls, dependents: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        column_ref = IDENTIFIER[:-1] + r"\." + IDENTIFIER[1:]
+        for parent, links in dependents.items():
+            if not re.match(IDENTIFIER, parent):
+                raise ValueError(f"table name {parent!r} must match {IDENTIFIER}")
+            for child in links:
+                if not re.match(column_ref, child):
+                    raise ValueError(f"{parent}: {child!r} is not '<table>.<column>'")
+        return dependents
+
+    @model_validator(mode="after")
+    def _rules_that_go_with_their_parent(self) -> Policy:
+        """Check the `dependents` decisions against the rules and the hold coverage, then add,
+        for each `go_with_parent` link and each rule of the parent's table, a rule that takes
+        the children of that rule's rows on its clock, periods and tier, just before it (so the
+        parent no longer waits for them: retention.planner counts rows an earlier rule deletes
+        as gone). The children then go through the same protocol as any row: locked, re-checked
+        under the holds lock (a held child stays, and keeps its parent), archived, deleted."""
+        by_table: dict[str, list[tuple[str, Rule]]] = {}
+        for name, purpose in self.purposes.items():
+            for rule in purpose.rules:
+                if rule.with_parent is not None:
+                    raise ValueError(
+                        f"purpose {name!r}, rule {rule.name!r}: 'with_parent' is set from `dependents`, "
+                        "not written in the file"
+                    )
+                by_table.setdefault(rule.table, []).append((name, rule))
+        going: dict[str, list[tuple[str, str]]] = {}  # parent table -> [(child table, column)]
+        for parent, links in self.dependents.items():
+            if parent not in by_table:
+                raise ValueError(f"dependents: no rule of the policy has table {parent!r}, so none of its rows waits")
+            for child, decision in links.items():
+                if decision != "go_with_parent":
+                    continue
+                table, column = child.split(".")
+                where = f"dependents: {parent} -> {child}: go_with_parent"
+                if table == parent:
+                    raise ValueError(f"{where}: a table cannot go with itself")
+                if child not in self.legal_holds.covers.get(parent, ()):
+                    raise ValueError(
+                        f"{where} needs the same link in legal_holds.covers.{parent} (a hold on the parent must "
+                        "keep the child, and the child's archive must name the parent among its owners)"
+                    )
+                if table not in by_table:
+                    raise ValueError(f"{where}: no rule of the policy describes {table!r} (its legal basis is unknown)")
+                for purpose_name, rule in by_table[table]:
+                    purpose = self.purposes[purpose_name]
+                    basis = set((rule.legal_basis or purpose.legal_basis).split("_and_"))
+                    if basis & set(KEPT_FOR_A_LEGAL_REASON) or purpose.on_erasure_request == "keep":
+                        raise ValueError(
+                            f"{where}: rule {rule.name!r} of purpose {purpose_name!r} keeps {table!r} for a legal "
+                            "reason (a legal obligation, or overriding grounds): its rows must not go before their "
+                            "own period; decide keep_parent or keep_parent_and_alert"
+                        )
+                going.setdefault(parent, []).append((table, column))
+        if not going:
+            return self
+        purposes = {}
+        for name, purpose in self.purposes.items():
+            rules: list[Rule] = []
+            for rule in purpose.rules:
+                for table, column in sorted(going.get(rule.table, ())):
+                    rules.append(_going_with(rule, table, column))
+                rules.append(rule)
+            names = [r.name for r in rules]
+            clashes = sorted({n for n in names if names.count(n) > 1})
+            if clashes:
+                raise ValueError(f"purpose {name!r}: the rules generated from `dependents` clash: {clashes}")
+            purposes[name] = purpose.model_copy(update={"rules": tuple(rules)})
+        # The model is frozen once built; this is its construction.
+        object.__setattr__(self, "purposes", purposes)
+        return self
+
+    def decision(self, parent: str, child_table: str, column: str | None = None) -> Decision | None:
+        """The policy's decision on the rows of ``child_table`` (through ``column``, or any of its
+        columns: the one that most needs attention) that reference a ``parent`` row whose period
+        is over; None when the policy does not decide (the parent waits, and the watch alarms)."""
+        found = [
+            decision
+            for ref, decision in self.dependents.get(parent, {}).items()
+            if ref.split(".")[0] == child_table and column in (None, ref.split(".")[1])
+        ]
+        return min(found, key=DECISION_ATTENTION.index) if found else None
+
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
@@ -234,6 +371,29 @@ class Policy(_Strict):
         return self.model_copy(update={"purposes": purposes})
 
 
+def _going_with(parent: Rule, table: str, column: str) -> Rule:
+    """The rule that takes the rows of ``table`` whose ``column`` points to a row of ``parent``,
+    on the parent rule's clock, periods, tier and legal basis (its filter: retention.policy
+    .rule_filter)."""
+    name = f"{parent.name}__{table}"
+    if len(name) > 63:
+        raise ValueError(f"the rule generated for {table} with {parent.name!r}, {name!r}, is longer than 63 characters")
+    return Rule(
+        name=name,
+        description=(
+            f"Rows of {table} (through {column}) of the records of rule {parent.name}, archived or deleted "
+            "with them (`dependents`: go_with_parent)."
+        ),
+        table=table,
+        clock=parent.clock,
+        live=parent.live,
+        tier=parent.tier,
+        archive=parent.archive,
+        legal_basis=parent.legal_basis,
+        with_parent=ParentLink(rule=parent.name, table=parent.table, column=column),
+    )
+
+
 def fingerprint(policy: Policy, purpose: Purpose) -> str:
     """SHA-256 of everything that decides what a run of the purpose deletes: the purpose as
     parsed (rules, periods, tiers, mode), the schema, time zone, legal holds and storage of the
@@ -248,7 +408,7 @@ def fingerprint(policy: Policy, purpose: Purpose) -> str:
         purpose.model_dump_json(),
     ):
         digest.update(part.encode() + b"\0")
-    for rule in purpose.rules:
+    for rule in purpose.schedule_rules:  # a generated rule's filter is its parent rule's file
         digest.update(rule_sql_path(purpose.name, rule).read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -263,9 +423,32 @@ def _rule_filter(path: Path, mtime_ns: int, schema: str, table: str, clock: str)
 
 
 def rule_filter(policy: Policy, purpose: str, rule: Rule) -> RuleFilter:
-    """The rule's file, parsed and checked against the rule (include/sql/README.md)."""
+    """The rule's file, parsed and checked against the rule (include/sql/README.md). A rule
+    generated from a `go_with_parent` decision has no file: its filter joins the parent row
+    and applies the parent rule's own filter to it."""
+    if rule.with_parent is not None:
+        return _child_filter(policy, purpose, rule)
     path = rule_sql_path(purpose, rule)
     return _rule_filter(path, path.stat().st_mtime_ns, policy.source_schema, rule.table, rule.clock)
+
+
+def _child_filter(policy: Policy, purpose: str, rule: Rule) -> RuleFilter:
+    link = rule.with_parent
+    parent_rule = next(r for r in policy.purpose(purpose).rules if r.name == link.rule)
+    parent = rule_filter(policy, purpose, parent_rule)
+    if rule.table in parent.joined_tables:
+        raise RuleFileError(f"the parent rule {link.rule!r} joins {rule.table!r} itself: it cannot take its children")
+    schema = policy.source_schema
+    text = (
+        f"JOIN {schema}.{link.table} AS {link.table} ON {link.table}.id = {rule.table}.{link.column} {parent.joins}"
+        + (f" WHERE {parent.where}" if parent.where else "")
+    )
+    return _parsed_filter(text, schema, rule.table, rule.clock)
+
+
+@functools.cache
+def _parsed_filter(text: str, schema: str, table: str, clock: str) -> RuleFilter:
+    return parse_rule_filter(text, schema=schema, table=table, clock=clock)
 
 
 class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
@@ -316,8 +499,10 @@ def _describe(error: ValidationError, data: dict) -> str:
                 where = f"purpose {purpose!r}, rule {rule_name!r}, field {field!r}"
             else:
                 where = f"purpose {purpose!r}, field {'.'.join(rest) or '(purpose)'!r}"
-        else:
+        elif where:
             where = f"field {where!r}"
+        else:
+            where = "the policy"
         lines.append(f"  - {where}: {err['msg']}")
     return "\n".join(lines)
 
@@ -338,7 +523,7 @@ def load_policy(path: Path | str = POLICY_FILE) -> Policy:
     except ValidationError as exc:
         raise PolicyError(f"{path}: invalid retention policy:\n{_describe(exc, data)}") from None
     for purpose_name, purpose in policy.purposes.items():
-        for rule in purpose.rules:
+        for rule in purpose.schedule_rules:
             sql_file = rule_sql_path(purpose_name, rule)
             shown = sql_file.relative_to(SQL_DIR.parent.parent)
             if not sql_file.is_file():
@@ -351,6 +536,16 @@ def load_policy(path: Path | str = POLICY_FILE) -> Policy:
                 raise PolicyError(
                     f"{path}: purpose {purpose_name!r}, rule {rule.name!r} (table {rule.table!r}, clock "
                     f"{rule.clock!r}): {shown} {exc}"
+                ) from None
+        for rule in purpose.rules:
+            if rule.with_parent is None:
+                continue
+            try:
+                rule_filter(policy, purpose_name, rule)
+            except RuleFileError as exc:
+                raise PolicyError(
+                    f"{path}: purpose {purpose_name!r}, rule {rule.name!r} (generated from `dependents`: "
+                    f"{rule.with_parent.table} -> {rule.table}.{rule.with_parent.column}): {exc}"
                 ) from None
     return policy
 

@@ -8,6 +8,11 @@ contents. The counts come from the planner: the same select the engine locks and
 A record is *due* at an instant when the run at that instant would delete it (clock + live
 <= the Paris date); it is *overdue* when it was already due `overdue_days` days earlier and is
 still there, neither held nor waiting for a child kept by another purpose.
+
+A record *waits past its own end* when it is due, not held, and a row of another table still
+references it. Per rule and child table: how many, how long (the oldest one's due date), and
+what the policy's `dependents` decide for that link; an *alarm* when the decision is
+`keep_parent_and_alert` (or none) and some have waited more than `overdue_days` days.
 """
 
 from __future__ import annotations
@@ -15,8 +20,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 
+from retention.periods import cutoff, due_date
 from retention.planner import Planner
 from retention.policy import Policy, Purpose, Rule
+
+# Decisions under which a parent waiting past its end is an alarm (None: the policy decides nothing).
+ALARMING_DECISIONS = (None, "keep_parent_and_alert")
 
 AUDIT_DELETE_ACTIONS = ("archived_and_deleted", "deleted")
 
@@ -44,9 +53,17 @@ class PurposeStatus:
     archive_bytes: dict[str, int] = field(default_factory=dict)
     archive_objects: dict[str, int] = field(default_factory=dict)
     rules: list[RuleStatus] = field(default_factory=list)
+    # Records waiting past their own end, per rule and child table (see waiting_past_end).
+    waiting_past_end: list[dict] = field(default_factory=list)
+
+    @property
+    def waiting_alarm(self) -> int:
+        """Records that have waited past their end for more than overdue_days without a
+        decision to let them wait."""
+        return sum(w["past_grace"] for w in self.waiting_past_end if w["alarm"])
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"waiting_alarm": self.waiting_alarm}
 
 
 def purpose_mode(purpose: Purpose) -> str:
@@ -55,14 +72,58 @@ def purpose_mode(purpose: Purpose) -> str:
 
 
 def rule_counts(conn, planner: Planner, rule: Rule, at: dt.datetime) -> tuple[int, int, int]:
-    """(deletable, held, waiting) for the run at `at`."""
-    outcome, _ = planner.count(conn, rule, at)
+    """(deletable, held, waiting) for the run at `at`, as that run counts them (projected: a
+    parent whose children an earlier rule of the purpose deletes is deletable, not waiting)."""
+    outcome, _ = planner.count(conn, rule, at, projected=True)
     return outcome.deletable, outcome.held, sum(outcome.waiting.values())
 
 
+def rule_now(
+    conn, planner: Planner, rule: Rule, now: dt.datetime, overdue_days: int
+) -> tuple[tuple[int, int, int], list[dict]]:
+    """One pass of the rule at ``now``: (deletable, held, waiting), and its records waiting past
+    their own end (due, not held, a row of another table still references them): per child
+    table, how many, how many for more than ``overdue_days`` days, since when (the oldest one's
+    due date) and the policy's decision on that link. As the next run counts them (projected)."""
+    tz = planner.policy.tz
+    query = (
+        "SELECT due.held, due.waiting_for, count(*), count(*) FILTER (WHERE due.clock < %(grace_cutoff)s),"
+        f" min(due.clock) FROM ({planner.select(rule, projected=True)}) AS due GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    grace = cutoff(now - dt.timedelta(days=overdue_days), rule.live, tz)
+    deletable = held = waiting = 0
+    found = []
+    for is_held, child, records, past_grace, oldest_clock in conn.execute(
+        query, planner.params(now) | {"grace_cutoff": grace}
+    ):
+        if is_held:
+            held += records
+            continue
+        if child is None:
+            deletable += records
+            continue
+        waiting += records
+        decision = planner.policy.decision(rule.table, child)
+        oldest_due = due_date(oldest_clock, rule.live, tz)
+        found.append(
+            {
+                "rule": rule.name,
+                "table": rule.table,
+                "waiting_on": child,
+                "decision": decision or "undecided",
+                "records": int(records),
+                "past_grace": int(past_grace),
+                "oldest_due": oldest_due.astimezone(tz).date().isoformat(),
+                "oldest_days": max((now - oldest_due).days, 0),
+                "alarm": decision in ALARMING_DECISIONS and past_grace > 0,
+            }
+        )
+    return (deletable, held, waiting), found
+
+
 def purposes_status(conn, policy: Policy, now: dt.datetime, overdue_days: int) -> list[PurposeStatus]:
-    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting; archive
-    objects and bytes per tier (committed manifest rows)."""
+    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting, and what
+    waits past its own end; archive objects and bytes per tier (committed manifest rows)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if overdue_days < 0:
@@ -79,9 +140,10 @@ def purposes_status(conn, policy: Policy, now: dt.datetime, overdue_days: int) -
         status = PurposeStatus(purpose=name, title=purpose.title, mode=purpose_mode(purpose))
         planner = Planner.load(conn, policy, name)
         for rule in purpose.rules:
-            due, held, waiting = rule_counts(conn, planner, rule, now)
+            (due, held, waiting), waits = rule_now(conn, planner, rule, now, overdue_days)
             overdue = rule_counts(conn, planner, rule, earlier)[0]
             status.rules.append(RuleStatus(rule.name, rule.table, rule.tier, due, held, waiting, overdue))
+            status.waiting_past_end += waits
             status.due += due
             status.held += held
             status.waiting += waiting
@@ -134,6 +196,30 @@ def legal_holds(conn, now: dt.datetime) -> list[dict]:
     ]
 
 
+def access_exports(conn, now: dt.datetime, recent_days: int = 60) -> list[dict]:
+    """Exports of access requests still held (when each goes), then those deleted in the last
+    ``recent_days`` days (when, how many versions): request ids, keys and dates only."""
+    rows = conn.execute(
+        "SELECT request_id, object_key, produced_at, delete_after, deleted_at, outcome, versions_deleted"
+        " FROM retention.access_exports WHERE deleted_at IS NULL OR deleted_at >= %s"
+        " ORDER BY deleted_at IS NOT NULL, coalesce(deleted_at, delete_after), id",
+        (now - dt.timedelta(days=recent_days),),
+    ).fetchall()
+    return [
+        {
+            "request_id": request_id,
+            "key": key,
+            "produced_at": produced.isoformat(),
+            "held": deleted is None,
+            # When it goes (still held), or when it went.
+            "deleted_on": (deleted or due).isoformat(),
+            "outcome": outcome,
+            "versions_deleted": versions,
+        }
+        for request_id, key, produced, due, deleted, outcome, versions in rows
+    ]
+
+
 def runs(conn, limit: int = 50) -> list[dict]:
     """The latest runs that left an audit or manifest trace, newest first."""
     rows = conn.execute(
@@ -181,7 +267,7 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
             "live": str(r.live),
             "tier": r.tier,
             "archive": str(r.archive) if r.archive else None,
-            "sql": f"include/sql/{purpose_name}/{r.name}.sql",
+            "sql": f"include/sql/{purpose_name}/{(r.with_parent.rule if r.with_parent else r.name)}.sql",
         }
         for r in (purpose.rules if purpose else ())
     ]

@@ -60,7 +60,7 @@ import psycopg
 import pyarrow as pa
 from psycopg.rows import dict_row
 
-from retention import identifiers, object_rewrite, suppression
+from retention import exports, identifiers, object_rewrite, suppression
 from retention import subject_requests as inbox
 from retention.archive_store import ArchiveStorageError, ArchiveStore, safe_key_part
 from retention.engine import (
@@ -476,7 +476,11 @@ class SubjectRights:
         return (rule.legal_basis if rule else None) or purpose.legal_basis
 
     def _rules_of(self, table: str) -> list[tuple[str, Rule]]:
-        return [(name, rule) for name, p in self.policy.purposes.items() for rule in p.rules if rule.table == table]
+        # The rules written in the policy decide; those generated from `dependents` only schedule
+        # a child with its parent.
+        return [
+            (name, rule) for name, p in self.policy.purposes.items() for rule in p.schedule_rules if rule.table == table
+        ]
 
     def _decide(self, purpose_name: str, rule: Rule, clock: dt.datetime | None, held: bool) -> Decision:
         """One record under one rule: erase, or keep and why (see the module's docstring)."""
@@ -720,6 +724,7 @@ class SubjectRights:
         if req.preview:
             return
         report["export"] = self._write_export(req, parts, files, report["index"])
+        exports.record_produced(conn, self.policy, req.request_id, report["export"])  # deleted kept_for later
 
     def _write_export(self, req: SubjectRequest, parts: dict, files: list, index: list) -> dict:
         """One zip under exports/<request>/, SSE, checksummed and read back; a presigned URL."""

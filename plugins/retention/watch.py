@@ -1,6 +1,8 @@
-"""The watch DAG: every morning, an alarm when a purpose has overdue records or has not
-succeeded for two days. The alarm is the task failing (red in the grid) with one line per
-purpose, and the failure e-mail of retention.alerts.
+"""The watch DAG: every morning, an alarm when a purpose has overdue records, records waiting
+past their end with no decision to let them wait, or has not succeeded for two days. The alarm
+is the task failing (red in the grid) with one line per purpose, and the failure e-mail of
+retention.alerts. Beside it, the daily deletion of expired access-request exports
+(retention.exports).
 
 Wiring here (light at parse time); the check itself, `run_watch`, imports the rest inside.
 """
@@ -25,7 +27,9 @@ Every morning at 07:00 (Europe/Paris), after the nightly retention runs: fails, 
 through `smtp_default` (Variable `retention_alert_to`), when a purpose
 
 - has **overdue** records: due for more than `overdue_days` days and still in the database
-  (neither under a legal hold nor waiting for a child kept by another purpose), or
+  (neither under a legal hold nor waiting for a child kept by another purpose),
+- has records **waiting past their end** for more than `overdue_days` days on a child table for
+  which the policy's `dependents` decide `keep_parent_and_alert`, or decide nothing, or
 - has **no successful run** in the last `stale_after_hours` hours (a failing, paused or
   never-run retention DAG), or
 - has a **run dated in the future** (queued or running; also the subject requests' DAG):
@@ -34,6 +38,10 @@ through `smtp_default` (Variable `retention_alert_to`), when a purpose
 
 Its log lists every alarm, one line per purpose, counts only. The Retention page shows the same
 figures.
+
+`delete_expired_exports` (independent of the alarms) deletes, every version, the exports of
+access requests older than the policy's `access_exports.kept_for` (30 days) and records each
+deletion in `retention.access_exports`; it fails, naming the requests, when S3 does not confirm.
 """
 
 
@@ -69,7 +77,13 @@ def build_watch_dag() -> DAG:
             """Overdue records and stale purposes; fails with one line per alarm."""
             return run_watch(context)
 
+        @task
+        def delete_expired_exports(**context) -> dict:
+            """Exports of access requests past `access_exports.kept_for`: every version deleted."""
+            return run_export_deletion(context)
+
         watch()
+        delete_expired_exports()
 
     return retention_watch()
 
@@ -147,6 +161,7 @@ def run_watch(context: dict) -> dict:
                 "due": s.due,
                 "overdue": s.overdue,
                 "held": s.held,
+                "waiting_past_end": s.waiting_past_end,
                 "last_success": last[s.purpose].astimezone(paris).isoformat() if last[s.purpose] else None,
             }
             for s in statuses
@@ -162,3 +177,11 @@ def run_watch(context: dict) -> dict:
         raise AirflowFailException(f"{len(found)} retention alarm(s): " + "; ".join(summary["alarms"]))
     log.info("no alarm: %d purposes watched", len(statuses))
     return summary
+
+
+def run_export_deletion(context: dict) -> dict:
+    from retention.exports import delete_expired
+    from retention.policy import default_policy
+    from retention.tasks import archive_store, source_dsn
+
+    return delete_expired(default_policy(), source_dsn(), archive_store(), dt.datetime.now(dt.UTC), context["run_id"])

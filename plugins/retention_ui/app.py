@@ -205,6 +205,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         by_month = status.archive_by_purge_month(conn)
         holds = status.legal_holds(conn, now)
         runs = status.runs(conn)
+        exports = status.access_exports(conn, now)
     airflow_runs = last_runs([dag_id_for(p["purpose"]) for p in purposes])
     for p in purposes:
         p["dag_id"] = dag_id_for(p["purpose"])
@@ -227,6 +228,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         "legal_holds": holds,
         "runs": runs,
         "future_runs": future_runs(now),
+        "access_exports": exports,
     }
 
 
@@ -440,6 +442,7 @@ def render_page(data: dict, csrf: str = "") -> str:
         any_overdue=any(p["overdue"] for p in data["purposes"]),
         csrf_token=csrf,
         request_id_pattern=REQUEST_ID_PATTERN.strip("^$"),
+        waiting=[w | {"purpose": p["purpose"]} for p in data["purposes"] for w in p["waiting_past_end"]],
     )
 
 
