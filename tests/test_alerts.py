@@ -225,7 +225,7 @@ def _failing_purpose_run(db, monkeypatch):
 
 
 def _failing_subject_request(db, monkeypatch):
-    """A request by e-mail whose id is already recorded for another subject: refused."""
+    """A request whose id is already recorded for another subject: refused."""
     db.execute(
         "INSERT INTO retention.subject_requests (request_id, action, subject_kind, subject_ref, received_at,"
         " respond_by, state) VALUES ('DSR-ALERT-1', 'access', 'customer', '42', now(), now(), 'done')"
@@ -236,8 +236,8 @@ def _failing_subject_request(db, monkeypatch):
     conf = {
         "request_id": "DSR-ALERT-1",
         "action": "erasure",
-        "subject_kind": "email",
-        "email": "lea.dubois@example.fr",
+        "subject_kind": "customer",
+        "subject_id": 7,
         "preview": False,
     }
     expected = {"handle_request": "AirflowFailException (from SubjectRequestError): request "}
