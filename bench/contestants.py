@@ -99,11 +99,24 @@ def run_pandas(spec: dict, timer) -> dict:
     return {"deleted": deleted, "keys": [key], "archive_bytes": size, "objects": 1, "steps": steps.done}
 
 
+def engine_modules():
+    """(engine module, store module) of the plugins on sys.path: this layout, or a candidate's
+    from before retention/archive/ (``--candidate before=<old checkout>/plugins``)."""
+    import importlib
+
+    try:
+        return importlib.import_module("retention.archive.engine"), importlib.import_module("retention.archive.store")
+    except ModuleNotFoundError:
+        return importlib.import_module("retention.engine"), importlib.import_module("retention.archive_store")
+
+
 def run_engine(spec: dict, timer) -> dict:
     """The project's engine, the DAGs' code path: read-back verification, audit, manifest on."""
-    from retention.archive_store import ArchiveStore
-    from retention.engine import RetentionEngine, RunContext
     from retention.policy import default_policy
+
+    engine_module, store_module = engine_modules()
+    RetentionEngine, RunContext = engine_module.RetentionEngine, engine_module.RunContext  # noqa: N806
+    ArchiveStore = store_module.ArchiveStore  # noqa: N806
 
     policy = default_policy().with_mode("enforce")  # the shipped preview mode would only count
     storage = policy.storage_settings()  # buckets from RETENTION_*_BUCKET, set by the bench
@@ -142,8 +155,8 @@ def run_purpose(spec: dict, timer) -> dict:
     the DAG, with the ``max_delete_fraction`` param raised to 1, when ``spec["raise_guard"]``; its
     time is reported apart (``before_gate_refused``). Any other failed before-gate stops the run
     there, as the DAG does (nothing deleted); a failed after-gate is recorded beside the figures."""
-    from retention.archive_store import ArchiveStore
-    from retention.engine import RetentionEngine, RunContext
+    from retention.archive.engine import RetentionEngine, RunContext
+    from retention.archive.store import ArchiveStore
     from retention.policy import default_policy
 
     from bench import gates
@@ -221,12 +234,8 @@ def _source_digest() -> dict[str, str]:
     """Which engine code ran (the plugins are edited concurrently: a run records its own)."""
     import hashlib
 
-    import retention.archive_store
-    import retention.engine
-
     return {
-        Path(m.__file__).name: hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:16]
-        for m in (retention.engine, retention.archive_store)
+        Path(m.__file__).name: hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:16] for m in engine_modules()
     }
 
 
@@ -274,7 +283,7 @@ class _Timer:
 
 def _time_phases(engine, store) -> dict:
     """Wrap the engine's steps with timers (profile run only: the measured runs are untouched)."""
-    import retention.engine as engine_module
+    engine_module, _ = engine_modules()
 
     totals: dict[str, list] = {}
 

@@ -140,7 +140,7 @@ def _verify(client, store, files: list[tuple[str, int]], pairs: list[tuple[str, 
 
 
 def run(stack, files: int, repeat: int, log, contestants=CONTESTANTS, seed: int = 42) -> dict:
-    from retention.archive_store import ArchiveStore, document_archive_key
+    from retention.archive.store import ArchiveStore, document_archive_key
     from retention.policy import default_policy
 
     policy = default_policy()

@@ -183,7 +183,9 @@ def measure(airflow_home: Path, repeat: int = 3, pycache_prefix: Path | None = N
             "dags": f[0]["dags"],
         }
     engine = [
-        json.loads(_run(["-c", _FRESH_IMPORT, "retention.engine"], env).stdout.strip().splitlines()[-1])["load_s"]
+        json.loads(_run(["-c", _FRESH_IMPORT, "retention.archive.engine"], env).stdout.strip().splitlines()[-1])[
+            "load_s"
+        ]
         for _ in range(repeat)
     ]
     slowest = max(per_file, key=lambda name: per_file[name]["parse_s"]) if per_file else None
@@ -206,7 +208,7 @@ def measure(airflow_home: Path, repeat: int = 3, pycache_prefix: Path | None = N
             "retention.dag_factory (after airflow.sdk, not frozen)": _median(
                 unfrozen["results"]["module:retention.dag_factory"], "wall_s"
             ),
-            "retention.engine (fresh interpreter)": statistics.median(engine),
+            "retention.archive.engine (fresh interpreter)": statistics.median(engine),
         },
         "slowest_file": slowest,
         "slowest_file_heaviest_imports_s": heaviest,

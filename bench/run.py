@@ -60,6 +60,11 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def has_engine(plugins: Path) -> bool:
+    """A plugins folder holding the engine: this layout, or the one before retention/archive/."""
+    return any((plugins / "retention" / rel).is_file() for rel in ("archive/engine.py", "engine.py"))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="sizes N (expired rows)")
@@ -105,16 +110,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.engine_plugins:
         args.engine_plugins = args.engine_plugins.resolve()
-        if not (args.engine_plugins / "retention" / "engine.py").is_file():
-            parser.error(f"--engine-plugins: {args.engine_plugins} has no retention/engine.py")
+        if not has_engine(args.engine_plugins):
+            parser.error(f"--engine-plugins: {args.engine_plugins} has no retention/archive/engine.py")
     args.candidates = {}
     for item in args.candidate:
         name, _, folder = item.partition("=")
         plugins = Path(folder).resolve()
         if not name.isidentifier() or name in (*CONTESTANTS, *args.candidates) or not folder:
             parser.error(f"--candidate {item!r}: expected a new NAME=DIR")
-        if not (plugins / "retention" / "engine.py").is_file():
-            parser.error(f"--candidate {item!r}: {plugins} has no retention/engine.py")
+        if not has_engine(plugins):
+            parser.error(f"--candidate {item!r}: {plugins} has no retention/archive/engine.py")
         args.candidates[name] = str(plugins)
     args.contestants = [*args.contestants, *args.candidates]
     if any(n < 1 for n in args.rows) or args.repeat < 1 or args.documents_files < 1:
@@ -265,7 +270,7 @@ def source_state() -> dict:
         proc = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
-    engine_files = ["plugins/retention/engine.py", "plugins/retention/archive_store.py"]
+    engine_files = ["plugins/retention/archive/engine.py", "plugins/retention/archive/store.py"]
     return {
         "commit": git("rev-parse", "HEAD"),
         "engine_changed_since_commit": bool(git("status", "--porcelain", "--", *engine_files)),
@@ -508,9 +513,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     import psycopg
-    from retention.periods import cutoff
     from retention.planner import Planner
     from retention.policy import default_policy
+    from retention.policy.periods import cutoff
     from retention.schema import apply_schema
 
     from bench import data, full_run, parse_time

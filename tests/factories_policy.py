@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from retention.suppression import email_hash, phone_hash
+from retention.rights.suppression import email_hash, phone_hash
 
 from tests.factories import _insert, _seq, paris
 

@@ -89,8 +89,8 @@ def main(argv: list[str]) -> int:
     os.environ["RETENTION_ARCHIVE_BUCKET"] = archive_bucket
     os.environ["RETENTION_DOCUMENTS_BUCKET"] = documents_bucket
 
-    from retention.archive_store import ArchiveStore
-    from retention.engine import RetentionEngine, RunContext
+    from retention.archive.engine import RetentionEngine, RunContext
+    from retention.archive.store import ArchiveStore
     from retention.policy import default_policy
 
     from tools import devstack
@@ -115,7 +115,7 @@ def serve() -> int:
     import base64
     import tempfile
 
-    import retention.engine  # noqa: F401 - the slow imports, once, before any fork
+    import retention.archive.engine  # noqa: F401 - the slow imports, once, before any fork
 
     import tools.devstack  # noqa: F401
 

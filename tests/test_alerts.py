@@ -56,7 +56,7 @@ def _text(message) -> str:
 
 @pytest.mark.integration
 def test_failed_retention_run_sends_an_email(airflow_db, db, s3, storage, inbox, monkeypatch):
-    from retention.engine import RetentionEngine
+    from retention.archive.engine import RetentionEngine
 
     def crash_after_upload(self, *args, **kwargs):  # dag.test() runs the tasks in this process
         raise RuntimeError("fault injected after the upload")
@@ -133,7 +133,7 @@ def _run_watch(**conf):
 def test_watch_alarms_on_overdue_records_and_emails(airflow_db, db, s3, storage, inbox):
     today = dt.datetime.now(PARIS).date()
     # Quotes are due 12 months after they are issued: this one has been due for ~20 days.
-    from retention.periods import Period
+    from retention.policy.periods import Period
 
     overdue = f.quote(db, issued=Period(months=12).latest_start(today) - dt.timedelta(days=20))
     held = f.quote(db, issued=today - dt.timedelta(days=900))
@@ -213,7 +213,7 @@ PERSONAL_VALUES = ("lea.dubois", "example.fr", "Camille", "Martin", "Dubois")
 
 
 def _failing_purpose_run(db, monkeypatch):
-    from retention.engine import RetentionEngine
+    from retention.archive.engine import RetentionEngine
 
     def broken_plan(self, *args, **kwargs):
         raise RuntimeError("fault injected in the plan")
@@ -245,7 +245,7 @@ def _failing_subject_request(db, monkeypatch):
 
 
 def _failing_watch_run(db, monkeypatch):
-    from retention.periods import Period
+    from retention.policy.periods import Period
 
     today = dt.datetime.now(PARIS).date()
     f.quote(db, issued=Period(months=12).latest_start(today) - dt.timedelta(days=20))

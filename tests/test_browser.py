@@ -30,9 +30,9 @@ PERSONAL_VALUES = ("lea.dubois", "example.fr", "Camille", "Martin")
 @pytest.fixture
 def data(db, s3, storage, policy):
     """Quotes overdue, due today, held and not due; one engine run that archived two of them."""
-    from retention.archive_store import ArchiveStore
-    from retention.engine import RetentionEngine, RunContext
-    from retention.periods import Period
+    from retention.archive.engine import RetentionEngine, RunContext
+    from retention.archive.store import ArchiveStore
+    from retention.policy.periods import Period
 
     today = dt.datetime.now(PARIS).date()
     for _ in range(2):

@@ -1,4 +1,4 @@
-"""The data-quality gates (plugins/retention/checks.py) against the real PostgreSQL and S3 servers.
+"""The data-quality gates (plugins/retention/gates/checks.py) against the real PostgreSQL and S3 servers.
 
 Each gate has a test that breaks the data so that this gate must fail, then asserts that the
 error names the expectation, the table and the counts, and that nothing was deleted: `attempt`
@@ -16,10 +16,10 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from retention import checks
-from retention.archive_store import ArchiveStore
-from retention.checks import QualityGateError
-from retention.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.store import ArchiveStore
+from retention.gates import checks
+from retention.gates.checks import QualityGateError
 
 from tests import factories as f
 from tests.dag_runs import run_dag, task_states

@@ -111,7 +111,7 @@ def test_delete_is_downstream_of_gate_and_plan(path):
 def test_archive_units_follow_the_rules_order_in_the_writers_pool(path):
     """One mapped task per rule, in policy order (children before parents), each after the
     recovery and capped by the source writers' pool; the merge waits for the last rule."""
-    from retention.dag_factory import SOURCE_WRITERS_POOL
+    from retention.airflow_names import SOURCE_WRITERS_POOL
     from retention.policy import default_policy
 
     dag = _load(path).dag
@@ -127,7 +127,7 @@ def test_archive_units_follow_the_rules_order_in_the_writers_pool(path):
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_archive_assets_are_prefixes_only(path):
-    from retention.dag_factory import archive_alias, archive_assets
+    from retention.airflow_names import archive_alias, archive_assets
     from retention.policy import default_policy
 
     dag = _load(path).dag
@@ -217,8 +217,8 @@ def _module_name(relative: Path) -> str:
 
 def test_plugin_loader_imports_each_module_once(tmp_path):
     """With plugins/.airflowignore hiding the packages, the plugin loader imports only
-    retention_ui_plugin.py; without it, it would also import retention/engine.py as a top-level
-    `engine` (tasks.py as `tasks`...): a second copy of every module beside `retention.engine`,
+    retention_ui_plugin.py; without it, it would also import retention/tasks.py as a top-level
+    `tasks` (alerts.py as `alerts`...): a second copy of every module beside `retention.tasks`,
     with its own module state (caches, locks), and the heavy imports in every Airflow process."""
     plugins_dir = REPO_ROOT / "plugins"
     env = {k: v for k, v in os.environ.items() if k != "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"}

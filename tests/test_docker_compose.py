@@ -339,7 +339,7 @@ def test_retention_init_creates_buckets_schema_and_data(services):
 def test_retention_init_creates_the_source_writers_pool(services):
     """The pool the archive units run in (retention.dag_factory) exists on the stack: a task in a
     missing pool is never scheduled."""
-    from retention.dag_factory import SOURCE_WRITERS_POOL
+    from retention.airflow_names import SOURCE_WRITERS_POOL
 
     from tools import devstack
 

@@ -6,8 +6,8 @@ import io
 
 import pyarrow.parquet as pq
 import pytest
-from retention.archive_store import ArchiveStore
-from retention.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.store import ArchiveStore
 
 from tests import factories as f
 

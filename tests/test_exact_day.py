@@ -15,9 +15,9 @@ import io
 
 import pyarrow.parquet as pq
 import pytest
-from retention.archive_store import ArchiveStore
-from retention.engine import RetentionEngine, RunContext
-from retention.periods import Period
+from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.store import ArchiveStore
+from retention.policy.periods import Period
 
 from tests import factories as f
 

@@ -7,8 +7,8 @@ import threading
 
 import psycopg
 import pytest
-from retention.archive_store import ArchiveStorageError, ArchiveStore
-from retention.engine import PurposeLockedError, RetentionEngine, RunContext
+from retention.archive.engine import PurposeLockedError, RetentionEngine, RunContext
+from retention.archive.store import ArchiveStorageError, ArchiveStore
 
 from tests import factories as f
 from tests import scenarios

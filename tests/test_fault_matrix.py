@@ -21,14 +21,14 @@ from pathlib import Path
 import botocore.config
 import psycopg
 import pytest
-from retention.archive_store import ArchiveStorageError, ArchiveStore
-from retention.engine import (
+from retention.archive.engine import (
     CommittedBatchError,
     FutureLogicalDateError,
     RetentionEngine,
     RetentionError,
     RunContext,
 )
+from retention.archive.store import ArchiveStorageError, ArchiveStore
 from retention.policy import PolicyError, load_policy
 
 from tests import factories as f

@@ -6,7 +6,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
-from retention.periods import Period, cutoff, due_date
+from retention.policy.periods import Period, cutoff, due_date
 
 PARIS = ZoneInfo("Europe/Paris")
 

@@ -4,11 +4,11 @@ and refuses a plan made with another policy (issue 11, item 1)."""
 from __future__ import annotations
 
 import pytest
-from retention import checks
-from retention.archive_store import ArchiveStore
-from retention.engine import PlanMismatchError, PurposeLockedError, RetentionEngine, RunContext, plan_units
-from retention.periods import Period
+from retention.archive.engine import PlanMismatchError, PurposeLockedError, RetentionEngine, RunContext, plan_units
+from retention.archive.store import ArchiveStore
+from retention.gates import checks
 from retention.planner import Plan, Planner
+from retention.policy.periods import Period
 
 from tests import factories as f
 from tests.test_safety import InThread, Pause

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from retention.paths import POLICY_FILE
-from retention.periods import Period
 from retention.policy import PolicyError, load_policy
+from retention.policy.periods import Period
 
 DESIGN_TABLE = {  # DESIGN.md §2: (purpose, rule) -> (live, tier, archive)
     ("quotes", "unconverted_quotes"): ("12 months", "intermediate", "12 months"),

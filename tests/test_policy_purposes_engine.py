@@ -6,9 +6,9 @@ follow their rows, a second run is a no-op; and how the new tables meet the olde
 from __future__ import annotations
 
 import pytest
-from retention.archive_store import ArchiveStore
-from retention.engine import RetentionEngine, RunContext
-from retention.suppression import email_hash, is_suppressed, normalise_email, normalise_phone, phone_hash
+from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.store import ArchiveStore
+from retention.rights.suppression import email_hash, is_suppressed, normalise_email, normalise_phone, phone_hash
 
 from tests import factories as f
 from tests import factories_policy as fp
@@ -49,7 +49,7 @@ def test_a_former_customer_waits_for_their_marketing_record(db, s3, storage, pol
 
 @pytest.mark.integration
 def test_a_hold_on_a_customer_covers_their_rows_in_every_new_table(db, policy, source_dsn):
-    from retention.holds import covered_records_sql
+    from retention.policy.coverage import covered_records_sql
 
     customer = f.customer(db)
     f.legal_hold(db, "customers", customer)

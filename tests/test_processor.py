@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 from retention import processor
-from retention.archive_store import ArchiveStore
-from retention.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.store import ArchiveStore
 from retention.processor import WAITING_ON, PaymentReference, StripeEraser, erase_payment_methods
 
 from tests import factories as f

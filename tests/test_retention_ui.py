@@ -106,7 +106,7 @@ def ran_quotes(airflow_db, source_dsn, s3_endpoint, tmp_path_factory):
     """One real run of retention_quotes five days ago (archives two quotes), then quotes that are
     overdue, due today, held and not yet due."""
     import psycopg
-    from retention.periods import Period
+    from retention.policy.periods import Period
 
     from tools import devstack
 
@@ -275,8 +275,8 @@ def test_page_shows_what_waits_past_its_end_and_the_exports_still_held(api, ran_
     """A former customer kept by a pending identity check (the policy: keep_parent_and_alert)
     and an access request's export: on the page and in the JSON, counts and ids only."""
     import psycopg
-    from retention.exports import record_produced
     from retention.policy import default_policy
+    from retention.rights.exports import record_produced
 
     from tests import factories_policy as fp
 

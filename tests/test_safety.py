@@ -11,8 +11,8 @@ import time
 
 import psycopg
 import pytest
-from retention.archive_store import ArchiveStore
-from retention.engine import CommittedBatchError, FutureLogicalDateError, RetentionEngine, RunContext
+from retention.archive.engine import CommittedBatchError, FutureLogicalDateError, RetentionEngine, RunContext
+from retention.archive.store import ArchiveStore
 from retention.paths import POLICY_FILE
 from retention.policy import PolicyError, load_policy
 
@@ -437,7 +437,7 @@ def test_a_legal_hold_coverage_that_loops_is_rejected(tmp_path):
 
 
 def test_object_lock_goes_on_the_verified_version_even_if_the_key_is_overwritten(db, s3, storage, policy, source_dsn):
-    from retention import checks
+    from retention.gates import checks
 
     scenario = scenarios.aml(db, s3, storage)
     engine = engine_for(policy, "aml", source_dsn, s3, storage)
@@ -590,7 +590,7 @@ def test_an_error_after_the_commit_says_the_batch_is_committed(db, s3, storage, 
 
 
 def test_owners_of_objects_archived_before_they_were_recorded_are_backfilled(db, s3, storage, policy, source_dsn):
-    from retention.backfill_owners import backfill_owners
+    from retention.archive.backfill_owners import backfill_owners
 
     customer, contract = _archived_contract_file(db)
     engine = engine_for(policy, "contracts", source_dsn, s3, storage)

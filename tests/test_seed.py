@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
-from retention.periods import local_midnight
 from retention.planner import Planner
 from retention.policy import Rule, default_policy
+from retention.policy.periods import local_midnight
 from retention.schema import apply_schema
 
 from tools.seed import ENFORCED_UNTIL_DAYS_BEFORE, TABLES, seed_database

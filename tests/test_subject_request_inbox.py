@@ -1,7 +1,7 @@
 """Data-subject requests without personal data in Airflow's own records (issue 18, item 10).
 
 A request by e-mail is recorded in the project's table (retention.subject_request_inbox) through
-the Retention page's form or `python -m retention.subject_requests submit`, and its run is
+the Retention page's form or `python -m retention.rights.requests submit`, and its run is
 triggered with the request id alone. After a request by e-mail, nothing of the address is left
 in Airflow's metadata database (every table, as text: run conf, XCom, rendered fields, the REST
 audit log...) nor in its task log files; the inbox keeps the address only until the request is

@@ -16,11 +16,11 @@ import zipfile
 import pyarrow.parquet as pq
 import pytest
 from psycopg.rows import dict_row
-from retention import object_rewrite
-from retention.archive_store import ArchiveStore
-from retention.engine import RetentionEngine, RunContext
-from retention.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights, _json_default
-from retention.suppression import is_suppressed
+from retention.archive import rewrite as object_rewrite
+from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.store import ArchiveStore
+from retention.rights.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights, _json_default
+from retention.rights.suppression import is_suppressed
 
 from tests import factories as f
 from tests import factories_policy as fp
@@ -387,7 +387,7 @@ def assert_nothing_lost(db, s3, storage, w, *, finished: bool) -> None:
         )
 
 
-# step -> (object patched: "store", "rewrite" (retention.object_rewrite) or "engine", method, "before" or
+# step -> (object patched: "store", "rewrite" (retention.archive.rewrite) or "engine", method, "before" or
 # "after" the original runs)
 REWRITE_STEPS = {
     "after_live_commit": ("engine", "_dispose_documents", "before"),  # live rows deleted, their files not yet
@@ -625,7 +625,7 @@ def test_object_rewritten_by_another_request_meanwhile_fails_then_the_retry_fini
     request rewrites it between this one's reading and its rewrite. This request must not end
     as a success with the subject's rows in the replacement object: it fails (retried by
     Airflow), and the retry finds them through the owners and finishes."""
-    from retention.subject_rights import IncompleteRequestError
+    from retention.rights.subject_rights import IncompleteRequestError
 
     w = quotes_world(db, s3, storage, policy, source_dsn)
     (d,) = db.execute("SELECT id FROM app.customers WHERE email = %s", (OTHER_EMAIL,)).fetchone()
@@ -658,7 +658,7 @@ def test_request_ids_that_cannot_name_an_export_are_refused_and_nothing_is_writt
     """ "." and ".." would make the export key exports/../export.zip (a browser normalises the
     presigned URL away from it) and the audit run id subject_request__..: refused with a clear
     message, before anything is read or written (through the inbox too)."""
-    from retention import subject_requests as inbox
+    from retention.rights import requests as inbox
 
     before = everything(db, s3, storage)
     with pytest.raises(SubjectRequestError, match="request_id must be"):
@@ -673,7 +673,7 @@ def test_request_ids_that_cannot_name_an_export_are_refused_and_nothing_is_writt
 def test_an_address_with_a_nul_or_no_address_is_a_subject_request_error(email, db, s3, storage, policy, source_dsn):
     """A NUL reached PostgreSQL as psycopg's raw DataError: refused as the request's own error,
     without repeating the value, nothing written."""
-    from retention import subject_requests as inbox
+    from retention.rights import requests as inbox
 
     before = everything(db, s3, storage)
     with pytest.raises(SubjectRequestError) as refused:
@@ -692,7 +692,7 @@ def test_a_person_known_only_by_archived_rows_is_found_by_email(db, s3, storage,
     """A quote by e-mail from someone who is neither a customer nor a prospect, archived in one
     object with other people's quotes: found by the address (the object's keyed hashes), exported,
     erased from the object; the manifest never holds the address in clear."""
-    from retention.backfill_owners import backfill_owners
+    from retention.archive.backfill_owners import backfill_owners
 
     theirs = {
         f.quote(db, issued="2023-01-10", email="  sam.seul@example.ORG"),
@@ -719,7 +719,7 @@ def test_a_person_known_only_by_archived_rows_is_found_by_email(db, s3, storage,
     db.execute("UPDATE retention.archive_manifest SET identifier_hashes = NULL")
     preview = svc.handle(request("erasure", "req-alone-preview", email=ALONE, preview=True))
     assert preview["found"]["intermediate"] == {} and preview["identifiers_not_recorded"] == len(manifest)
-    # ... until retention.backfill_owners records them
+    # ... until retention.archive.backfill_owners records them
     import psycopg
 
     with psycopg.connect(source_dsn) as conn:

@@ -374,7 +374,7 @@ class StackConfig:
     fernet_key: str
     stripe_port: int = 55600  # the local stand-in for the payment processor's API
     # Key of the archived identifiers' hashes (retention.identifiers); a demo created before it
-    # existed gets one at its next `make demo` (its older objects: retention.backfill_owners).
+    # existed gets one at its next `make demo` (its older objects: retention.archive.backfill_owners).
     identifier_key: str = ""
 
     @classmethod
@@ -535,7 +535,7 @@ def configure_connections(config: StackConfig) -> None:
         _airflow(config, "connections", "add", conn_id, "--conn-json", json.dumps(conn))
 
 
-SOURCE_WRITERS_POOL = ("retention_source_writers", 4)  # retention.dag_factory.SOURCE_WRITERS_POOL
+SOURCE_WRITERS_POOL = ("retention_source_writers", 4)  # retention.airflow_names.SOURCE_WRITERS_POOL
 
 
 def configure_pools(config: StackConfig) -> None:

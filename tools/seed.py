@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from retention.periods import cutoff, local_midnight
 from retention.policy import Policy, Rule, default_policy
-from retention.suppression import email_hash, phone_hash
+from retention.policy.periods import cutoff, local_midnight
+from retention.rights.suppression import email_hash, phone_hash
 
 T = TypeVar("T")
 R = TypeVar("R", bound="Row")

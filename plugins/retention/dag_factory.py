@@ -7,46 +7,20 @@ UI) and airflow.sdk; everything heavy is imported inside the tasks (retention.ta
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
-from airflow.sdk import DAG, Asset, AssetAlias, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import DAG, CronTriggerTimetable, Param, dag, task
 
+from retention.airflow_names import (
+    OWNER,
+    SOURCE_WRITERS_POOL,
+    START_DATE,
+    SUBJECT_REQUESTS_DAG_ID,
+    archive_alias,
+    dag_id_for,
+)
 from retention.alerts import notify_failure
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, default_policy
-from retention.subject_requests import REQUEST_ID_PATTERN
-
-OWNER = "data-protection"
-# Caps the archive units writing to the source database at once, over every purpose (created by
-# tools/devstack.py and docker-compose.yaml's airflow-init; README "Scaling out").
-SOURCE_WRITERS_POOL = "retention_source_writers"
-# Early enough that a backfill can replay any date of the 10 years of data (catchup is off).
-START_DATE = dt.datetime(2016, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))
-
-
-def dag_id_for(purpose: str) -> str:
-    return f"retention_{purpose}"
-
-
-def archive_asset(policy: Policy, purpose_name: str, tier: str) -> Asset:
-    """Where one tier of the purpose's archives goes, as an Asset (a prefix, never personal data)."""
-    storage = policy.storage_settings()
-    return Asset(
-        uri=f"s3://{storage.archive_bucket}/{storage.tiers[tier].prefix}/{purpose_name}/", group="retention-archive"
-    )
-
-
-def archive_assets(policy: Policy, purpose_name: str) -> list[Asset]:
-    """Where the purpose's archives go, one Asset per archive tier of its rules."""
-    tiers = sorted({r.tier for r in policy.purpose(purpose_name).rules if r.archived})
-    return [archive_asset(policy, purpose_name, t) for t in tiers]
-
-
-def archive_alias(purpose_name: str) -> AssetAlias:
-    """The archive task's outlet. Through an alias, an Asset event is emitted only for the tiers a
-    run actually wrote objects to (retention.tasks.emit_archive_events): a run that archived
-    nothing, a dry run or a preview run emits none (a plain Asset outlet emits one on every
-    success)."""
-    return AssetAlias(name=f"retention_{purpose_name}_archive", group="retention-archive")
+from retention.rights.requests import REQUEST_ID_PATTERN
 
 
 def doc_md(purpose_name: str, purpose: Purpose) -> str:
@@ -229,11 +203,10 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
     return retention_dag()
 
 
-SUBJECT_REQUESTS_DAG_ID = "retention_subject_requests"
 SUBJECT_REQUESTS_DOC = """# Data-subject requests: access / portability and erasure
 
 One run per request. **A request by e-mail** is recorded first on the **Retention** page (form
-"Data-subject request", which triggers the run) or with `python -m retention.subject_requests
+"Data-subject request", which triggers the run) or with `python -m retention.rights.requests
 submit`, and its run gets the request id alone: an address in a run's conf would stay in
 Airflow's database, shown to every reader of this DAG, so it is refused. **A request by id** can
 also be triggered here (**Trigger DAG w/ config**) or through the REST API:
@@ -282,7 +255,7 @@ def build_subject_requests_dag() -> DAG:
             "request_id": Param(
                 "", type="string", pattern=REQUEST_ID_PATTERN, description="Your reference of the request."
             ),
-            # Empty for a request recorded on the Retention page or with `retention.subject_requests
+            # Empty for a request recorded on the Retention page or with `retention.rights.requests
             # submit` (by e-mail: no address in a run's conf, README): the recorded one applies.
             "action": Param(
                 None,

@@ -9,7 +9,7 @@ locator shared by chance only costs one more object read). Without the key, a lo
 tested against a list of addresses, unlike a plain SHA-256 of an e-mail.
 
 The key is the environment variable ``RETENTION_IDENTIFIER_KEY`` (32 characters or more) of the
-processes that archive or answer requests (the Airflow workers, ``retention.backfill_owners``).
+processes that archive or answer requests (the Airflow workers, ``retention.archive.backfill_owners``).
 It must never change: locators recorded with another key are not found (keep it with the
 database credentials, in the secrets store). Without it, objects are archived with no locators
 (NULL: not recorded, like ``owner_ids``), a warning is logged, and a request by e-mail is refused.
@@ -23,10 +23,33 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import struct
+import unicodedata
 
 from retention.id_sets import id_array
-from retention.suppression import normalise_email, normalise_phone
+
+_NON_DIGITS = re.compile(r"[^0-9+]")
+
+
+def normalise_email(email: str) -> str:
+    """Trimmed, Unicode NFKC, lower case: ``' Camille.Martin@Example.FR '`` -> ``'camille.martin@example.fr'``."""
+    return unicodedata.normalize("NFKC", email).strip().lower()
+
+
+def normalise_phone(phone: str, default_country_code: str = "33") -> str:
+    """E.164: ``'06 12 34 56 78'``, ``'+33 6 12 34 56 78'``, ``'0033612345678'`` -> ``'+33612345678'``."""
+    digits = _NON_DIGITS.sub("", phone.strip())
+    if digits.startswith("00"):
+        digits = "+" + digits[2:]
+    elif digits.startswith("0"):
+        digits = f"+{default_country_code}" + digits[1:]
+    elif not digits.startswith("+"):
+        digits = "+" + digits
+    if not re.fullmatch(r"\+[0-9]{8,15}", digits):
+        raise ValueError("not a phone number")  # never echo the value: it is personal data
+    return digits
+
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ count what is left). Every statement is built here from three things, so none ca
 the others:
 
 - the policy: the rule's table and clock, the cutoff from its `live` period;
-- the rule file (retention.rule_sql): joins and extra conditions only;
-- legal-hold coverage (retention.holds) for `held`, and the database's own foreign keys for
+- the rule file (retention.policy.rule_files): joins and extra conditions only;
+- legal-hold coverage (retention.policy.coverage) for `held`, and the database's own foreign keys for
   `waiting_for`: a row waits while a row of another table still references it (a delete would
   fail, or cascade into kept rows), whatever the rule file says.
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from retention.holds import held_ctes, held_test
-from retention.periods import cutoff
 from retention.policy import DECISION_ATTENTION, Policy, Purpose, Rule, rule_filter
+from retention.policy.coverage import held_ctes, held_test
+from retention.policy.periods import cutoff
 
 MAX_IDS_IN_LOG = 20
 

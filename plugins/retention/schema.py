@@ -20,8 +20,8 @@ def apply_schema(dsn: str) -> list[str]:
     holds cover (from the policy), in one transaction."""
     import psycopg
 
-    from retention.holds import covered_records_sql
     from retention.policy import default_policy
+    from retention.policy.coverage import covered_records_sql
 
     applied = []
     with psycopg.connect(dsn) as conn:

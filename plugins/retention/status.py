@@ -20,9 +20,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 
-from retention.periods import cutoff, due_date
 from retention.planner import Planner
 from retention.policy import Policy, Purpose, Rule
+from retention.policy.periods import cutoff, due_date
 
 # Decisions under which a parent waiting past its end is an alarm (None: the policy decides nothing).
 ALARMING_DECISIONS = (None, "keep_parent_and_alert")

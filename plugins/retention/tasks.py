@@ -5,7 +5,7 @@ value goes to XCom, so it holds counts, keys and ids only, never row contents.
 
 The purpose is passed as the policy's ``Purpose`` object (its ``name`` says which), from the
 DAG's wiring down to the engine and the gates. The plan is made once per run (``plan``) and
-handed on: the before-gate judges it, the archive step executes it (retention.engine).
+handed on: the before-gate judges it, the archive step executes it (retention.archive.engine).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 
-from retention.archive_store import ArchiveStore
-from retention.connections import SOURCE_CONN_ID
-from retention.engine import (
+from retention.archive.engine import (
     RANGE_ROWS,
     FutureLogicalDateError,
     PlanMismatchError,
@@ -26,6 +24,8 @@ from retention.engine import (
     plan_units,
     refuse_future,
 )
+from retention.archive.store import ArchiveStore
+from retention.connections import SOURCE_CONN_ID
 from retention.planner import Plan, RuleOutcome
 from retention.policy import DEFAULT_BATCH_SIZE, Purpose, default_policy
 
@@ -92,7 +92,7 @@ def run_context(purpose: Purpose | str, context: dict) -> RunContext:
 def check_before(purpose: Purpose, context: dict, planned: dict | None = None) -> dict:
     """A failed gate fails the task without retry: the data won't fix itself in 5 minutes. The
     mass-deletion guard judges the run's plan (``planned``, the plan task's XCom)."""
-    from retention import checks
+    from retention.gates import checks
 
     ctx = run_context(purpose, context)
     with _no_retry_on(checks.QualityGateError):
@@ -231,7 +231,7 @@ def written_archives(purpose: Purpose | str, run_id: str) -> dict[str, dict]:
 def emit_archive_events(purpose: Purpose | str, context: dict, ctx: RunContext) -> dict[str, dict]:
     """One Asset event per archive tier this run wrote objects to, through the task's AssetAlias
     outlet; none for a dry run, a preview run, or a run that archived nothing."""
-    from retention.dag_factory import archive_alias, archive_asset
+    from retention.airflow_names import archive_alias, archive_asset
 
     if ctx.dry_run:
         return {}
@@ -261,7 +261,7 @@ def purge_archives(purpose: Purpose, context: dict) -> dict:
 
 
 def check_after(purpose: Purpose, context: dict, before: dict, archived: dict) -> dict:
-    from retention import checks
+    from retention.gates import checks
 
     ctx = run_context(purpose, context)
     with _no_retry_on(checks.QualityGateError):
@@ -352,7 +352,7 @@ def report(
 
 
 def subject_request(context: dict) -> dict:
-    """An access or erasure request (retention.subject_rights). The report it returns (XCom)
+    """An access or erasure request (retention.rights.subject_rights). The report it returns (XCom)
     holds ids, keys, counts and, for an export, a short-lived presigned URL: never the data.
 
     The request is the one recorded under the run's request id (retention.subject_requests: the
@@ -360,8 +360,8 @@ def subject_request(context: dict) -> dict:
     run's conf is refused: Airflow would keep it."""
     import psycopg
 
-    from retention import subject_requests as inbox
-    from retention.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights
+    from retention.rights import requests as inbox
+    from retention.rights.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights
 
     params = context["params"]
     dsn = source_dsn()
@@ -384,7 +384,7 @@ def subject_request(context: dict) -> dict:
 def _recorded_request(received, params: dict) -> dict:
     """The request as recorded; a param that says otherwise is refused (a typo in the request id
     would otherwise run another person's request)."""
-    from retention.subject_requests import SubjectRequestError
+    from retention.rights.requests import SubjectRequestError
 
     recorded = {
         "action": received.action,
@@ -416,12 +416,12 @@ def _recorded_request(received, params: dict) -> dict:
 
 def _request_from_params(params: dict, context: dict) -> dict:
     """A request by id, from the run's params (an address never comes this way)."""
-    from retention.subject_requests import SubjectRequestError
+    from retention.rights.requests import SubjectRequestError
 
     if not params.get("action") or not params.get("subject_kind"):
         raise SubjectRequestError(
             f"no request {params['request_id']!r} is recorded: record it on the Retention page (or with "
-            "`python -m retention.subject_requests submit`), or give action, subject_kind and subject_id"
+            "`python -m retention.rights.requests submit`), or give action, subject_kind and subject_id"
         )
     received = params.get("received_on")
     received_at = (

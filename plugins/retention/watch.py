@@ -2,7 +2,7 @@
 past their end with no decision to let them wait, or has not succeeded for two days. The alarm
 is the task failing (red in the grid) with one line per purpose, and the failure e-mail of
 retention.alerts. Beside it, the daily deletion of expired access-request exports
-(retention.exports).
+(retention.rights.exports).
 
 Wiring here (light at parse time); the check itself, `run_watch`, imports the rest inside.
 """
@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param, dag, task
 
+from retention.airflow_names import OWNER, START_DATE, dag_id_for
 from retention.alerts import DEFAULT_OVERDUE_DAYS, STALE_AFTER, notify_failure
-from retention.dag_factory import OWNER, START_DATE, dag_id_for
 
 log = logging.getLogger(__name__)
 WATCH_DAG_ID = "retention_watch"
@@ -130,8 +130,8 @@ def run_watch(context: dict) -> dict:
     import psycopg
     from airflow.sdk.exceptions import AirflowFailException
 
+    from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
     from retention.alerts import alarms, future_run_alarms
-    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
     from retention.policy import default_policy
     from retention.status import purposes_status
     from retention.tasks import source_dsn
@@ -180,8 +180,8 @@ def run_watch(context: dict) -> dict:
 
 
 def run_export_deletion(context: dict) -> dict:
-    from retention.exports import delete_expired
     from retention.policy import default_policy
+    from retention.rights.exports import delete_expired
     from retention.tasks import archive_store, source_dsn
 
     return delete_expired(default_policy(), source_dsn(), archive_store(), dt.datetime.now(dt.UTC), context["run_id"])

@@ -7,10 +7,10 @@ cookie): no token is 401, an invalid one 403. Figures come from the bookkeeping 
 states and gate results from Airflow's metadata database; counts, keys and ids only. The chart
 library (Chart.js, MIT) is served from this folder: the page needs no internet.
 
-The gates' Great Expectations Data Docs (retention.checks) are served under /retention/data-docs/.
+The gates' Great Expectations Data Docs (retention.gates.checks) are served under /retention/data-docs/.
 
 The form "Data-subject request" (POST /retention/subject-requests) records a request in the
-project's own table (retention.subject_requests.submit: the address stays out of Airflow) and
+project's own table (retention.rights.requests.submit: the address stays out of Airflow) and
 triggers `retention_subject_requests` with its request id alone. Only for a user allowed to
 trigger that DAG (Airflow's auth manager: DAG run, POST); CSRF-safe: the form carries a token
 only a page served to that user holds (an HMAC of the user's id with the api-server's secret
@@ -186,14 +186,14 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-# The audit run id of a data-subject request (retention.subject_rights.SubjectRequest.run_id).
+# The audit run id of a data-subject request (retention.rights.subject_rights.SubjectRequest.run_id).
 SUBJECT_REQUEST_RUN_PREFIX = "subject_request__"
 
 
 def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> dict:
     """Everything the page shows, as data (also served as JSON)."""
     from retention import status
-    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID, dag_id_for
+    from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID, dag_id_for
     from retention.policy import default_policy
 
     policy = default_policy()
@@ -234,7 +234,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
 
 def evidence(purpose: str, run_id: str) -> dict:
     from retention import status
-    from retention.dag_factory import dag_id_for
+    from retention.airflow_names import dag_id_for
     from retention.policy import default_policy
 
     policy = default_policy()
@@ -346,9 +346,9 @@ def record_and_trigger(form: dict[str, str], user_name: str) -> dict:
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.models.dag import DagModel
     from airflow.utils.types import DagRunTriggeredByType
-    from retention import subject_requests
-    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
-    from retention.subject_requests import SubjectRequestError
+    from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
+    from retention.rights import requests as subject_requests
+    from retention.rights.requests import SubjectRequestError
 
     kind = form.get("subject_kind", "")
     subject = form.get("subject", "")
@@ -390,7 +390,7 @@ def render_request_result(result: dict | None, error: str | None = None) -> str:
     """The form's answer: what was recorded and the run triggered (never the address)."""
     from html import escape
 
-    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
+    from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
 
     if error is not None:
         body = f'<p class="refused" data-testid="refused">Refused, nothing recorded: {escape(error)}</p>'
@@ -434,7 +434,7 @@ def render_page(data: dict, csrf: str = "") -> str:
         "by_month": data["archive_by_purge_month"],
         "purposes": [p["purpose"] for p in data["purposes"]],
     }
-    from retention.subject_requests import REQUEST_ID_PATTERN
+    from retention.rights.requests import REQUEST_ID_PATTERN
 
     return env.get_template("retention.html").render(
         data=data,
@@ -447,7 +447,7 @@ def render_page(data: dict, csrf: str = "") -> str:
 
 
 def create_app() -> FastAPI:
-    from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
+    from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
 
     app = FastAPI(
         title="Retention",
@@ -480,7 +480,7 @@ def create_app() -> FastAPI:
         """Record a data-subject request and trigger its run with the request id alone."""
         from urllib.parse import parse_qs
 
-        from retention.subject_requests import SubjectRequestError
+        from retention.rights.requests import SubjectRequestError
 
         if request.headers.get("sec-fetch-site") == "cross-site":
             raise HTTPException(403, "cross-site request refused")

@@ -6,7 +6,7 @@ its JSON body into the audit log (``log`` table) before the route itself runs. S
 ``retention_subject_requests`` (``POST /api/v2/dags/retention_subject_requests/dagRuns``, which
 the UI's Trigger dialog uses too, and a backfill of it) whose conf holds an address is answered
 400 here, before Airflow records anything, naming the route that keeps identifiers out of
-Airflow (the Retention page's form, ``python -m retention.subject_requests submit``).
+Airflow (the Retention page's form, ``python -m retention.rights.requests submit``).
 
 A root middleware of the api-server (plugins/retention_ui_plugin.py), plain ASGI: it reads the
 body of those requests only, and hands it on unchanged.
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 
-from retention.dag_factory import SUBJECT_REQUESTS_DAG_ID
-from retention.subject_requests import SubjectRequestError, refuse_identifiers_in_conf
+from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
+from retention.rights.requests import SubjectRequestError, refuse_identifiers_in_conf
 
 TRIGGER_PATH = f"/api/v2/dags/{SUBJECT_REQUESTS_DAG_ID}/dagRuns"
 BACKFILL_PATHS = ("/api/v2/backfills", "/api/v2/backfills/dry_run")

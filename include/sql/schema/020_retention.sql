@@ -82,7 +82,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS archive_manifest_live_key_idx
 -- Added after the first release (idempotent upgrades of an existing database):
 -- owner_ids: whose rows the object holds, {"<table>": [ids]} over every table a hold on which
 --   covers them (their contract, its customer...), recorded at archive time. NULL for an
---   object archived before: the purge keeps it (as held) until `python -m retention.backfill_owners`
+--   object archived before: the purge keeps it (as held) until `python -m retention.archive.backfill_owners`
 --   has filled it in (README, "Legal holds").
 -- document_version_ids: the version of each archive copy in document_keys (what gets locked).
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS owner_ids jsonb;
@@ -91,7 +91,7 @@ ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS document_version
 --   Objects are written per end day, so it equals purge_after, and the object goes whole on
 --   that day. Objects written per month before hold rows ending on different days: NULL until
 --   the purge has read them once (the earliest is then recorded); from that day an unlocked one
---   is rewritten without its rows past their end (retention.object_rewrite), a locked one stays
+--   is rewritten without its rows past their end (retention.archive.rewrite), a locked one stays
 --   whole until its lock date (purge_after).
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS earliest_purge_after timestamptz;
 -- Committed objects only: an object's owners are tens of thousands of GIN keys, and indexing the
@@ -104,7 +104,7 @@ CREATE INDEX IF NOT EXISTS archive_manifest_committed_owner_ids_idx
 --   first 8 bytes as a bigint) of the normalised e-mails and phones of the object's rows, recorded at
 --   archive time, so that a request by e-mail finds the objects holding that address although no
 --   address is stored here. NULL: not recorded (archived before, or without the key):
---   `python -m retention.backfill_owners` fills them in. Committed objects only in the index, as above.
+--   `python -m retention.archive.backfill_owners` fills them in. Committed objects only in the index, as above.
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS identifier_hashes bigint[];
 CREATE INDEX IF NOT EXISTS archive_manifest_committed_identifier_hashes_idx
     ON retention.archive_manifest USING gin (identifier_hashes) WHERE state = 'committed';
@@ -212,7 +212,7 @@ BEGIN
 END
 $$;
 
--- The write-ahead record of one object rewrite (retention.object_rewrite): written with the new
+-- The write-ahead record of one object rewrite (retention.archive.rewrite): written with the new
 -- object's 'uploading' manifest row before the upload; 'committed' in the transaction that
 -- commits the new object and marks the old one 'rewritten'; 'done' once the old object's
 -- versions (and the erased rows' document copies) are deleted. A crash leaves 'uploading'
@@ -256,7 +256,7 @@ CREATE TABLE IF NOT EXISTS retention.subject_requests (
     finished_at  timestamptz
 );
 
--- A request as received through the Retention page's form or `python -m retention.subject_requests
+-- A request as received through the Retention page's form or `python -m retention.rights.requests
 -- submit` (retention.subject_requests): its run is triggered with the request id alone, so that no
 -- address reaches Airflow's metadata database. The address is kept in clear only while the request
 -- needs it: replaced by its keyed hash (subject_ref) once the request is done, or 3 months after

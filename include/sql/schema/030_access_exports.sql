@@ -1,8 +1,8 @@
 -- The exports of access requests (issue 18, item 9) and their deletion. Idempotent.
 --
 -- An access request writes the person's whole file to exports/<request id>/export.zip in the
--- archive bucket (retention.subject_rights). It is deleted, every version, the policy's
--- `access_exports.kept_for` after it was produced (retention.exports, the watch DAG's daily task
+-- archive bucket (retention.rights.subject_rights). It is deleted, every version, the policy's
+-- `access_exports.kept_for` after it was produced (retention.rights.exports, the watch DAG's daily task
 -- delete_expired_exports). One row per export: recorded when the request writes it (and by the
 -- daily task, from the bucket's listing, for one it has not seen); `deleted_at` once S3 confirmed
 -- every version gone. Apart from retention.subject_requests on purpose: the evidence of a finished

@@ -2,8 +2,8 @@
 rewrite a crash left.
 
 Two callers remove rows from an object that others' rows share: a subject's erasure
-(retention.subject_rights) and the purge of rows whose own end date has come in an object
-written per month before objects were written per day (retention.engine). Both run under the
+(retention.rights.subject_rights) and the purge of rows whose own end date has come in an object
+written per month before objects were written per day (retention.archive.engine). Both run under the
 purpose's advisory lock, which every writer and purger of the purpose's objects takes.
 
 The protocol (``retention.object_rewrites``):
@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retention import identifiers
-from retention.archive_store import ArchiveStore
-from retention.holds import covered_records_sql, object_held
-from retention.parquet_files import file_keys, parquet_bytes, parquet_row_count, read_parquet
+from retention.archive.parquet import file_keys, parquet_bytes, parquet_row_count, read_parquet
+from retention.archive.store import ArchiveStore
 from retention.policy import Policy
+from retention.policy.coverage import covered_records_sql, object_held
 
 log = logging.getLogger(__name__)
 

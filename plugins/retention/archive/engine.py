@@ -50,16 +50,17 @@ import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.rows import namedtuple_row
 
-from retention import identifiers, object_rewrite, processor
-from retention.archive_store import ArchiveStore, document_archive_key, object_key
+from retention import identifiers, processor
+from retention.archive import rewrite as object_rewrite
+from retention.archive.parquet import document_keys, parquet_bytes, parquet_row_count, typed
+from retention.archive.store import ArchiveStore, document_archive_key, object_key
 from retention.future_dates import FUTURE_TOLERANCE  # a run dated later than now + this is refused
-from retention.holds import covered_records_sql, object_held, owners_of_row_sets, parents_of
 from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
-from retention.parquet_files import document_keys, parquet_bytes, parquet_row_count, typed
-from retention.periods import local_date, local_midnight
 from retention.planner import MAX_IDS_IN_LOG, IdRange, Plan, Planner, RuleOutcome
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, Rule, fingerprint
+from retention.policy.coverage import covered_records_sql, object_held, owners_of_row_sets, parents_of
+from retention.policy.periods import local_date, local_midnight
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ RANGE_ROWS = 250_000
 MAX_UNITS_PER_RULE = 64
 # A batch's objects (one per end day) uploaded at once: parallel requests hide S3's latency.
 UPLOAD_THREADS = 4
-# The suffix of an object rewritten by a purge (retention.object_rewrite), replaced at the next.
+# The suffix of an object rewritten by a purge (retention.archive.rewrite), replaced at the next.
 _PURGE_SUFFIX = re.compile(r"\.purged-\d{4}-\d{2}-\d{2}$")
 
 
@@ -756,7 +757,7 @@ class RetentionEngine:
             if table.column("id").to_pylist() != ids:
                 raise RetentionError(f"{rule.table}: read {table.num_rows} rows for {len(ids)} locked ids")
         # Whose rows these are (their contract, its customer...): a hold placed on one of them
-        # after the live rows are gone still keeps the object (retention.holds). The rows' own
+        # after the live rows are gone still keeps the object (retention.policy.coverage). The rows' own
         # parent columns are in the batch read: only their parents' parents are queried, once
         # for every object of the batch.
         parent_columns = [column for _, column in parents_of(self.policy).get(rule.table, [])]
@@ -1034,7 +1035,7 @@ class RetentionEngine:
         return {"orphans_removed": len(orphans), "locks_applied": len(lockable)}
 
     def _finish_interrupted_rewrites(self, control) -> None:
-        """Object rewrites of a subject erasure (retention.subject_rights) that a crash left in
+        """Object rewrites of a subject erasure (retention.rights.subject_rights) that a crash left in
         this purpose, finished under the purpose's lock, so that none waits for a new request:
         'uploading' -> the new object is removed (the old one holds every row), 'committed' ->
         the old object's versions are deleted."""
@@ -1055,7 +1056,7 @@ class RetentionEngine:
         Each object is decided and deleted in its own transaction, holding the legal-hold table
         in SHARE mode and the manifest row: a hold placed meanwhile either is seen (the object
         is kept whole and reported) or waits until the object is gone. An object with a
-        covered record among its rows or their owners (retention.holds) is kept.
+        covered record among its rows or their owners (retention.policy.coverage) is kept.
 
         Objects are written per end day, so each goes whole on its day. Objects written per
         month before hold rows ending on different days: an unlocked one is rewritten without
@@ -1151,7 +1152,7 @@ class RetentionEngine:
     def _purge_rows_past_their_end(self, control, intents, ctx: RunContext, preview: bool, report: dict, by_table):
         """The rows whose own end date has come in an unlocked object that also holds rows
         ending later (written per month before objects were written per day): the object is
-        rewritten without them (retention.object_rewrite), so no row is archived a day past its
+        rewritten without them (retention.archive.rewrite), so no row is archived a day past its
         end because a neighbour ends later. The earliest end of the rows that stay is recorded,
         so that the object is read again only on that day."""
         unlocked = [name for name, tier in self.store.storage.tiers.items() if not tier.object_lock]

@@ -6,7 +6,7 @@ to every user who can read the DAG. A request by e-mail is therefore recorded he
 ``retention.subject_request_inbox`` (the project's own database), and its run is triggered with
 its request id alone (``{"request_id": ..., "preview": ...}``): by the Retention page's form, or by
 
-    python -m retention.subject_requests submit --dsn URI --request-id DSR-2024-0042 \\
+    python -m retention.rights.requests submit --dsn URI --request-id DSR-2024-0042 \\
         --action erasure --email -          # the address is read from stdin (not in shell history)
 
 which prints the request id, then the REST trigger (README, "Data-subject requests"). The run
@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from retention.suppression import normalise_email
+from retention.identifiers import normalise_email
 
 ACTIONS = ("access", "erasure")
 ID_KINDS = ("customer", "prospect", "candidate")
@@ -46,7 +46,7 @@ PARIS = ZoneInfo("Europe/Paris")
 NEW_ROUTE = (
     "an address never goes in a run's conf (Airflow keeps it, and shows it to every reader of the DAG): "
     "record the request on the Retention page (form 'Data-subject request') or with "
-    "`python -m retention.subject_requests submit`, then trigger the DAG with its request_id alone"
+    "`python -m retention.rights.requests submit`, then trigger the DAG with its request_id alone"
 )
 
 

@@ -6,35 +6,15 @@ prospect it concerns: ``app.marketing_objections`` keeps only these hashes (its 
 person are cleared when the person is deleted). Before any promotional e-mail or call, the
 address is normalised and hashed the same way and looked up in the list.
 
-Pure functions, no I/O: importable anywhere.
+Pure functions but ``is_suppressed`` (one query): importable anywhere. The normalisation is
+``retention.identifiers``'s, shared with the keyed hashes of archived identifiers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 
-_NON_DIGITS = re.compile(r"[^0-9+]")
-
-
-def normalise_email(email: str) -> str:
-    """Trimmed, Unicode NFKC, lower case: ``' Camille.Martin@Example.FR '`` -> ``'camille.martin@example.fr'``."""
-    return unicodedata.normalize("NFKC", email).strip().lower()
-
-
-def normalise_phone(phone: str, default_country_code: str = "33") -> str:
-    """E.164: ``'06 12 34 56 78'``, ``'+33 6 12 34 56 78'``, ``'0033612345678'`` -> ``'+33612345678'``."""
-    digits = _NON_DIGITS.sub("", phone.strip())
-    if digits.startswith("00"):
-        digits = "+" + digits[2:]
-    elif digits.startswith("0"):
-        digits = f"+{default_country_code}" + digits[1:]
-    elif not digits.startswith("+"):
-        digits = "+" + digits
-    if not re.fullmatch(r"\+[0-9]{8,15}", digits):
-        raise ValueError("not a phone number")  # never echo the value: it is personal data
-    return digits
+from retention.identifiers import normalise_email, normalise_phone
 
 
 def email_hash(email: str) -> str:

@@ -20,8 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retention.paths import POLICY_FILE, SQL_DIR
-from retention.periods import Period
-from retention.rule_sql import RuleFileError, RuleFilter, parse_rule_filter
+from retention.policy.periods import Period
+from retention.policy.rule_files import RuleFileError, RuleFilter, parse_rule_filter
 
 # Identifiers taken from configuration reach SQL: a strict pattern, checked here once.
 IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
@@ -73,7 +73,7 @@ class Rule(_Strict):
     erase_at_processor: Literal["stripe"] | None = None
     # The rule's own legal basis where the purpose has several (call recordings: a legal
     # obligation to contract, a legitimate interest for quality); the purpose's otherwise.
-    # Read by the erasure of a data-subject request (retention.subject_rights).
+    # Read by the erasure of a data-subject request (retention.rights.subject_rights).
     legal_basis: str | None = Field(None, pattern=IDENTIFIER)
     # Set by the Policy for the rules it generates from `dependents` (go_with_parent), never
     # written in the file: the child rows of a parent rule, on the parent's clock and periods.
@@ -120,7 +120,7 @@ class Purpose(_Strict):
     mode: Literal["preview", "enforce"]
     rules: tuple[Rule, ...]
     # An erasure request (Art. 17) erases the purpose's records unless their legal basis keeps
-    # them (retention.subject_rights); 'keep': overriding legitimate grounds the controller
+    # them (retention.rights.subject_rights); 'keep': overriding legitimate grounds the controller
     # relies on for the whole purpose (Art. 17(1)(c), 21(1)), e.g. fraud prevention. Reported.
     on_erasure_request: Literal["by_legal_basis", "keep"] = "by_legal_basis"
     # Its key under `purposes` (set by the Policy, not written in the file): the object is
@@ -189,7 +189,7 @@ class Storage(_Strict):
 
 class LegalHolds(_Strict):
     """What a hold on a record of each table also covers: ``<child table>.<column>`` entries
-    whose column holds the parent's id, followed transitively (retention.holds)."""
+    whose column holds the parent's id, followed transitively (retention.policy.coverage)."""
 
     covers: dict[str, tuple[str, ...]]
 
@@ -216,9 +216,9 @@ class LegalHolds(_Strict):
 
 
 class AccessExports(_Strict):
-    """The export of an access request (retention.subject_rights, ``exports/<request>/export.zip``
+    """The export of an access request (retention.rights.subject_rights, ``exports/<request>/export.zip``
     in the archive bucket) is the person's whole file: deleted, every version, ``kept_for``
-    after it was produced (retention.exports)."""
+    after it was produced (retention.rights.exports)."""
 
     kept_for: Period = Period(days=30)
 
@@ -398,7 +398,7 @@ def fingerprint(policy: Policy, purpose: Purpose) -> str:
     """SHA-256 of everything that decides what a run of the purpose deletes: the purpose as
     parsed (rules, periods, tiers, mode), the schema, time zone, legal holds and storage of the
     policy, and the text of the purpose's rule files. A plan carries it; the engine refuses to
-    execute a plan whose fingerprint is not the policy's it runs with (retention.engine)."""
+    execute a plan whose fingerprint is not the policy's it runs with (retention.archive.engine)."""
     digest = hashlib.sha256()
     for part in (
         policy.timezone,

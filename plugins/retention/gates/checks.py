@@ -39,13 +39,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from retention.archive_store import ArchiveStore
-from retention.engine import RetentionError, RunContext
-from retention.holds import covered_records_sql, object_covered
+from retention.archive.engine import RetentionError, RunContext
+from retention.archive.store import ArchiveStore
 from retention.paths import data_docs_dir
-from retention.periods import local_date, local_midnight
 from retention.planner import Plan, Planner
 from retention.policy import Policy, Purpose
+from retention.policy.coverage import covered_records_sql, object_covered
+from retention.policy.periods import local_date, local_midnight
 
 log = logging.getLogger(__name__)
 
@@ -673,7 +673,7 @@ def _manifest_matches_audit(conn, ctx: RunContext, purpose: str) -> dict:
 def _kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext, purpose: str, dry_run: bool) -> dict:
     """No committed object of the purpose past its purge date, nor an unlocked one holding a row
     past its own end date (an object written per month before: the purge rewrites it without
-    those rows), unless a legal hold keeps it (the purge's own test, retention.holds; those are
+    those rows), unless a legal hold keeps it (the purge's own test, retention.policy.coverage; those are
     reported). Skipped on a dry run."""
     if dry_run:
         return _result("no_archive_kept_beyond_purge_date", "retention.archive_manifest", None, skipped="dry run")
@@ -699,7 +699,7 @@ def _kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContex
         overdue_objects=overdue,
         kept_under_legal_hold=held,
         overdue_keys=keys or [],
-        **({"owners_not_recorded": unknown, "fix": "python -m retention.backfill_owners"} if unknown else {}),
+        **({"owners_not_recorded": unknown, "fix": "python -m retention.archive.backfill_owners"} if unknown else {}),
     )
 
 

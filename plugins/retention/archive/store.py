@@ -36,7 +36,7 @@ def object_key(prefix: str, purpose: str, table: str, purge_day: str, run_id: st
 
     One object holds rows whose archive period ends on the same day (the purge date), so that
     the object goes on that day, whole (objects written before were grouped per month:
-    ``purge_month=YYYY-MM``; see retention.engine's purge).
+    ``purge_month=YYYY-MM``; see retention.archive.engine's purge).
 
     The batch is named by its rule and its first id: unique within a run even across task
     retries (a committed batch's ids are gone from the source, so no later batch starts

@@ -96,7 +96,7 @@ def object_covered(manifest_alias: str = "m") -> str:
 
 def object_held(manifest_alias: str = "m") -> str:
     """The purge's test: covered, or archived before owners were recorded (who knows whose
-    rows it holds: kept until `python -m retention.backfill_owners` fills them in)."""
+    rows it holds: kept until `python -m retention.archive.backfill_owners` fills them in)."""
     return f"({manifest_alias}.owner_ids IS NULL OR {object_covered(manifest_alias)})"
 
 

@@ -1,7 +1,7 @@
 """Record whose rows each archive object holds, and the keyed hashes of their identifiers, for
 objects archived before these were recorded.
 
-    python -m retention.backfill_owners --dsn postgresql://... [--endpoint-url http://...]
+    python -m retention.archive.backfill_owners --dsn postgresql://... [--endpoint-url http://...]
 
 Until an object has ``owner_ids``, the purge keeps it (a hold on its contract or customer could
 not be matched) and the after-gate reports it. This reads each such object back from S3 (the
@@ -23,8 +23,8 @@ import json
 import os
 
 from retention import identifiers
-from retention.holds import ancestors_first, owners_of_rows, parents_of
 from retention.policy import Policy, default_policy
+from retention.policy.coverage import ancestors_first, owners_of_rows, parents_of
 
 
 def backfill_owners(conn, client, policy: Policy) -> int:

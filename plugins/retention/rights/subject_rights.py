@@ -6,7 +6,7 @@ holds use (the policy's ``legal_holds.covers``): from the subject's own row (a c
 prospect, a job application, or every row whose ``email`` column matches an address), down
 through every covered table, in the live tables and in the archive. Archive objects are found
 through the manifest's ``owner_ids`` (GIN index): every object holding a row that belongs to
-the subject records the subject among its owners (retention.holds.owners_of_rows), so only
+the subject records the subject among its owners (retention.policy.coverage.owners_of_rows), so only
 those objects are read; their rows are then filtered the same way as the live ones. By e-mail,
 the archived rows holding the address are found too, through the keyed hashes each object
 records of its rows' e-mails (``identifier_hashes``, retention.identifiers), so that someone
@@ -60,20 +60,22 @@ import psycopg
 import pyarrow as pa
 from psycopg.rows import dict_row
 
-from retention import exports, identifiers, object_rewrite, suppression
-from retention import subject_requests as inbox
-from retention.archive_store import ArchiveStorageError, ArchiveStore, safe_key_part
-from retention.engine import (
+from retention import identifiers
+from retention.archive import rewrite as object_rewrite
+from retention.archive.engine import (
     BATCH_LOCK_TIMEOUT,
     LOCK_HOLDS,
     RetentionEngine,
     acquire_purpose_lock,
     release_purpose_lock,
 )
-from retention.holds import ancestors_first, covered_records_sql, object_covered, parents_of
-from retention.periods import Period, due_date
+from retention.archive.store import ArchiveStorageError, ArchiveStore, safe_key_part
 from retention.policy import Policy, Rule, rule_filter
-from retention.subject_requests import SubjectRequestError, check_request_id, check_subject
+from retention.policy.coverage import ancestors_first, covered_records_sql, object_covered, parents_of
+from retention.policy.periods import Period, due_date
+from retention.rights import exports, suppression
+from retention.rights import requests as inbox
+from retention.rights.requests import SubjectRequestError, check_request_id, check_subject
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ KEPT_BECAUSE = {
     "running_contract": "needed for a running contract (its retention clock has not started)",
     "probative_archive": "kept as evidence for legal claims in the probative archive (Art. 17(3)(e))",
     "object_lock": "archive object under Object Lock until its purge date",
-    "owners_not_recorded": "archived before owners were recorded: run retention.backfill_owners, then the request again",
+    "owners_not_recorded": "archived before owners were recorded: run retention.archive.backfill_owners, then the request again",
     "referenced_by_kept_row": "a record that is kept references it",
     "clock_not_started": "its retention period has not started (no rule selects it yet): decide by hand",
     "no_rule": "no rule of the retention policy describes this record: decide by hand",
@@ -335,7 +337,7 @@ class SubjectRights:
         """The archived rows whose e-mail is the address: the committed objects recording its
         keyed hash (GIN index on identifier_hashes) are read back and their rows matched on the
         address itself. Also: how many committed objects record no hashes (archived before, or
-        without the key: `retention.backfill_owners` fills them in)."""
+        without the key: `retention.archive.backfill_owners` fills them in)."""
         try:
             locator = identifiers.email_locator(req.email)
         except identifiers.IdentifierKeyError as exc:
@@ -405,7 +407,7 @@ class SubjectRights:
         """The committed objects whose recorded owners include a root (GIN index on owner_ids),
         or that hold a root row itself (the owners exclude an object's own table), read back
         and checked against the manifest's SHA-256. Also: how many objects have no owners
-        recorded (archived before owners were; `retention.backfill_owners` fills them in)."""
+        recorded (archived before owners were; `retention.archive.backfill_owners` fills them in)."""
         conds, params = [], []
         for table, ids in sorted(roots.items()):
             for i in sorted(ids):
@@ -992,7 +994,7 @@ class SubjectRights:
 
     def _rewrite(self, control, intents, req: SubjectRequest, obj: ArchivedObject, ids: dict[str, set[int]]) -> dict:
         """Rewrite one intermediate object without the subject's rows: the write-ahead protocol of
-        retention.object_rewrite, whose recovery the purpose's next run, purge or request runs."""
+        retention.archive.rewrite, whose recovery the purpose's next run, purge or request runs."""
         result = object_rewrite.rewrite_without(
             self.policy,
             self.store,
