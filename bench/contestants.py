@@ -155,7 +155,8 @@ def run_purpose(spec: dict, timer) -> dict:
     the DAG, with the ``max_delete_fraction`` param raised to 1, when ``spec["raise_guard"]``; its
     time is reported apart (``before_gate_refused``). Any other failed before-gate stops the run
     there, as the DAG does (nothing deleted); a failed after-gate is recorded beside the figures."""
-    from retention.archive.engine import RetentionEngine, RunContext
+    from retention.archive.engine import RetentionEngine
+    from retention.archive.run import RunContext
     from retention.archive.store import ArchiveStore
     from retention.policy import default_policy
 
@@ -283,7 +284,6 @@ class _Timer:
 
 def _time_phases(engine, store) -> dict:
     """Wrap the engine's steps with timers (profile run only: the measured runs are untouched)."""
-    engine_module, _ = engine_modules()
 
     totals: dict[str, list] = {}
 
@@ -314,11 +314,17 @@ def _time_phases(engine, store) -> dict:
         "_within_allowance",
     ):
         wrap(engine, name, name)
-    wrap(engine_module, "parquet_bytes", "parquet_bytes")
-    wrap(engine_module, "parquet_row_count", "parquet_row_count (read-back)")
-    wrap(engine_module, "typed", "typed")
-    wrap(engine_module, "owners_of_rows", "owners_of_rows")
-    wrap(engine_module, "_has_waiters", "_has_waiters")
+    # The module-level helpers the batch protocol calls (profiled on this repository's engine only)
+    import retention.archive.protocol as steps_module
+
+    for name, label in (
+        ("parquet_bytes", "parquet_bytes"),
+        ("parquet_row_count", "parquet_row_count (read-back)"),
+        ("typed", "typed"),
+        ("owners_of_row_sets", "owners_of_row_sets"),
+        ("has_waiters", "has_waiters"),
+    ):
+        wrap(steps_module, name, label)
     wrap(store, "put_verified", "store.put_verified")
     wrap(store.client, "put_object", "s3.put_object")
     wrap(store.client, "get_object", "s3.get_object")

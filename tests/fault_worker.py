@@ -89,7 +89,8 @@ def main(argv: list[str]) -> int:
     os.environ["RETENTION_ARCHIVE_BUCKET"] = archive_bucket
     os.environ["RETENTION_DOCUMENTS_BUCKET"] = documents_bucket
 
-    from retention.archive.engine import RetentionEngine, RunContext
+    from retention.archive.engine import RetentionEngine
+    from retention.archive.run import RunContext
     from retention.archive.store import ArchiveStore
     from retention.policy import default_policy
 

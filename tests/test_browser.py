@@ -30,7 +30,8 @@ PERSONAL_VALUES = ("lea.dubois", "example.fr", "Camille", "Martin")
 @pytest.fixture
 def data(db, s3, storage, policy):
     """Quotes overdue, due today, held and not due; one engine run that archived two of them."""
-    from retention.archive.engine import RetentionEngine, RunContext
+    from retention.archive.engine import RetentionEngine
+    from retention.archive.run import RunContext
     from retention.archive.store import ArchiveStore
     from retention.policy.periods import Period
 

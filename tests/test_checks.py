@@ -16,7 +16,8 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.gates import checks
 from retention.gates.checks import QualityGateError

@@ -73,7 +73,8 @@ def test_s3server_keeps_objects_versions_and_locks(tmp_path):
 
 
 def _run_engine(config: devstack.StackConfig, purpose: str, day: dt.date) -> list:
-    from retention.archive.engine import RetentionEngine, RunContext
+    from retention.archive.engine import RetentionEngine
+    from retention.archive.run import RunContext
     from retention.archive.store import ArchiveStore
     from retention.policy import default_policy
 

@@ -17,7 +17,8 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.paths import POLICY_FILE
 from retention.policy import PolicyError, load_policy

@@ -15,7 +15,8 @@ import io
 
 import pyarrow.parquet as pq
 import pytest
-from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.policy.periods import Period
 

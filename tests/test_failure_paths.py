@@ -7,7 +7,8 @@ import threading
 
 import psycopg
 import pytest
-from retention.archive.engine import PurposeLockedError, RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import PurposeLockedError, RunContext
 from retention.archive.store import ArchiveStorageError, ArchiveStore
 
 from tests import factories as f

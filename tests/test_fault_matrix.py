@@ -21,13 +21,8 @@ from pathlib import Path
 import botocore.config
 import psycopg
 import pytest
-from retention.archive.engine import (
-    CommittedBatchError,
-    FutureLogicalDateError,
-    RetentionEngine,
-    RetentionError,
-    RunContext,
-)
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import CommittedBatchError, FutureLogicalDateError, RetentionError, RunContext
 from retention.archive.store import ArchiveStorageError, ArchiveStore
 from retention.policy import PolicyError, load_policy
 

@@ -4,7 +4,8 @@ and refuses a plan made with another policy (issue 11, item 1)."""
 from __future__ import annotations
 
 import pytest
-from retention.archive.engine import PlanMismatchError, PurposeLockedError, RetentionEngine, RunContext, plan_units
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import PlanMismatchError, PurposeLockedError, RunContext, plan_units
 from retention.archive.store import ArchiveStore
 from retention.gates import checks
 from retention.planner import Plan, Planner

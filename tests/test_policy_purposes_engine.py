@@ -6,7 +6,8 @@ follow their rows, a second run is a no-op; and how the new tables meet the olde
 from __future__ import annotations
 
 import pytest
-from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.rights.suppression import email_hash, is_suppressed, normalise_email, normalise_phone, phone_hash
 

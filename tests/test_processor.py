@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 from retention import processor
-from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.processor import WAITING_ON, PaymentReference, StripeEraser, erase_payment_methods
 

@@ -4,7 +4,8 @@ go, the archive holds exactly them, files follow their rows, and a second run is
 from __future__ import annotations
 
 import pytest
-from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 
 from tests import scenarios, scenarios_policy

@@ -11,7 +11,8 @@ import time
 
 import psycopg
 import pytest
-from retention.archive.engine import CommittedBatchError, FutureLogicalDateError, RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import CommittedBatchError, FutureLogicalDateError, RunContext
 from retention.archive.store import ArchiveStore
 from retention.paths import POLICY_FILE
 from retention.policy import PolicyError, load_policy
@@ -387,7 +388,7 @@ def test_sql_in_another_schema_than_the_policys_is_an_import_error(tmp_path):
 
 
 def test_a_rule_file_that_selects_is_rejected(tmp_path, monkeypatch):
-    from retention import policy as policy_module
+    from retention.policy import model as policy_module
 
     sql_dir = tmp_path / "sql"
     (sql_dir / "quotes").mkdir(parents=True)

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg.rows import dict_row
 from retention.archive import rewrite as object_rewrite
-from retention.archive.engine import RetentionEngine, RunContext
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.rights.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights, _json_default
 from retention.rights.suppression import is_suppressed

@@ -14,11 +14,11 @@ import contextlib
 import datetime as dt
 import logging
 
-from retention.archive.engine import (
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import (
     RANGE_ROWS,
     FutureLogicalDateError,
     PlanMismatchError,
-    RetentionEngine,
     RunContext,
     Unit,
     plan_units,

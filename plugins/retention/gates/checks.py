@@ -39,7 +39,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from retention.archive.engine import RetentionError, RunContext
+from retention.archive.run import RetentionError, RunContext
 from retention.archive.store import ArchiveStore
 from retention.paths import data_docs_dir
 from retention.planner import Plan, Planner

@@ -62,13 +62,8 @@ from psycopg.rows import dict_row
 
 from retention import identifiers
 from retention.archive import rewrite as object_rewrite
-from retention.archive.engine import (
-    BATCH_LOCK_TIMEOUT,
-    LOCK_HOLDS,
-    RetentionEngine,
-    acquire_purpose_lock,
-    release_purpose_lock,
-)
+from retention.archive.engine import RetentionEngine
+from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS, acquire_purpose_lock, release_purpose_lock
 from retention.archive.store import ArchiveStorageError, ArchiveStore, safe_key_part
 from retention.policy import Policy, Rule, rule_filter
 from retention.policy.coverage import ancestors_first, covered_records_sql, object_covered, parents_of

@@ -1,0 +1,92 @@
+"""One batch of one rule, as a value handed from step to step (retention.archive.protocol):
+the connection whose transaction holds its locks, its ids, its objects grouped per end day, what
+was uploaded and verified, the Object Locks and file disposals to finish after the commit; and
+what the approved plan still lets the rule delete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+
+# Larger sorts of a batch (its ids by purge day) stay in memory: 4 MB (the default) spills.
+BATCH_WORK_MEM = "64MB"
+# A batch's objects (one per end day) uploaded at once: parallel requests hide S3's latency.
+UPLOAD_THREADS = 4
+
+
+@dataclass
+class _Allowance:
+    """What the approved plan lets a rule (or a unit of it) delete: ids in a range, at most so
+    many rows; counted down as batches are re-checked (_within_allowance)."""
+
+    first_id: int
+    last_id: int
+    rows_left: int
+    # Deletable rows a batch found once the count was used up, and the last id locked so far.
+    cut: int = 0
+    reached_id: int = 0
+
+
+@dataclass
+class ArchiveGroup:
+    """Rows of one batch archived together (one purge day): read, intent recorded, to upload."""
+
+    manifest_id: int
+    key: str
+    table: pa.Table | None
+    ids: list[int]
+    documents: list[tuple[int, str]]  # (record id, file key) of the files the rows name
+    doc_pairs: list[tuple[str, str]]  # (file key, archive key)
+    purge_after: dt.datetime
+
+
+@dataclass
+class Batch:
+    """One batch of one rule, from its lock to its commit: a value handed from step to step.
+
+    ``conn`` is the connection whose open transaction holds the batch's locks; the batch's
+    delete, manifest and audit rows are written and committed in it."""
+
+    conn: psycopg.Connection
+    last_id: int
+    ids: list[int] = field(default_factory=list)
+    groups: list[ArchiveGroup] = field(default_factory=list)
+    # (manifest id, verified object, record ids, [(record id, file key)], [(file key, archive key)], [doc version])
+    objects: list[tuple] = field(default_factory=list)
+    # (table, record id, file key, archive key or None): source files deleted after the commit
+    disposals: list[tuple] = field(default_factory=list)
+    # ([(archive key, version id)], retain until): Object Lock on exactly the verified versions
+    locks: list[tuple[list[tuple[str, str | None]], dt.datetime]] = field(default_factory=list)
+    # Rows archived per day their archive period ends (Paris date, ISO)
+    archived_until: Counter = field(default_factory=Counter)
+    # Once committed: rows deleted, source files kept because a row still in the source names them
+    deleted: int = 0
+    documents_kept_shared: int = 0
+
+
+class _LockBusy(Exception):
+    """The next batch could not get its locks within PIPELINED_LOCK_TIMEOUT, or someone waits
+    for the locks of the batch still uploading (see _archive_batch)."""
+
+
+def split_rows(rows: pa.Table, groups: list[tuple[str, list[int], dt.datetime]]) -> list[pa.Table]:
+    """The rows (sorted by id) of each group (its ids sorted), in the groups' order: one stable
+    sort by group, then slices (a filter per group scanned the whole batch once per end day)."""
+    if len(groups) == 1:
+        return [rows]
+    ids = rows.column("id").to_numpy()
+    group_of_row = np.full(len(ids), len(groups), dtype=np.int32)
+    for number, (_, group_ids, _) in enumerate(groups):
+        group_of_row[np.searchsorted(ids, np.asarray(group_ids, dtype=ids.dtype))] = number
+    by_group = rows.take(pa.array(np.argsort(group_of_row, kind="stable")))
+    tables, start = [], 0
+    for _, group_ids, _ in groups:
+        tables.append(by_group.slice(start, len(group_ids)))
+        start += len(group_ids)
+    return tables

@@ -1,0 +1,65 @@
+"""The locks that keep the archive's writers apart: the purpose's advisory lock (one run, purge
+or erasure of a purpose at a time; shared by the units of one run), the hold table's SHARE lock
+(a hold placed meanwhile waits for the batch, or was committed before and is seen), and the
+timeouts of a batch's row locks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from retention.archive.run import PurposeLockedError
+
+# How long a batch waits for a row lock (a parent row the application holds) before failing.
+BATCH_LOCK_TIMEOUT = "30s"
+# The same wait while the previous batch is still uploading (see _run_rule): that batch's
+# transaction cannot commit before this one has its locks, so a long wait here could only end
+# in the 30 s timeout; after this one the batch is prepared again once the previous has committed.
+PIPELINED_LOCK_TIMEOUT = "200ms"
+LOCK_HOLDS = "LOCK TABLE retention.legal_holds IN SHARE MODE"
+
+
+def purpose_lock_name(purpose: str) -> str:
+    return f"retention:{purpose}"
+
+
+def acquire_purpose_lock(
+    conn: psycopg.Connection, purpose: str, timeout: float, *, shared: bool = False, on_timeout: str | None = None
+) -> None:
+    """The purpose's advisory lock (session level), waited for up to ``timeout`` seconds, then
+    PurposeLockedError. Exclusive for whatever may remove objects of the purpose (a run's
+    recovery of 'uploading' orphans, purges, subject erasures); shared for the units of one run
+    (retention.dag_factory), which only add objects: a recovery never runs beside an upload."""
+    try_lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    deadline = time.monotonic() + timeout
+    while True:
+        got = conn.execute(f"SELECT {try_lock}(hashtext(%s))", (purpose_lock_name(purpose),)).fetchone()[0]
+        if not conn.autocommit:
+            conn.commit()
+        if got:
+            return
+        if time.monotonic() >= deadline:
+            raise PurposeLockedError(
+                on_timeout
+                or f"another run of purpose {purpose!r} holds its advisory lock (waited {timeout:.0f}s); "
+                "nothing was changed by this run"
+            )
+        time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+
+
+def release_purpose_lock(conn: psycopg.Connection, purpose: str, *, shared: bool = False) -> None:
+    unlock = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
+    conn.execute(f"SELECT {unlock}(hashtext(%s))", (purpose_lock_name(purpose),))
+    if not conn.autocommit:
+        conn.commit()
+
+
+def has_waiters(conn, backend_pid: int) -> bool:
+    """Whether a session waits for a lock that the backend ``backend_pid`` holds (pg_locks is
+    visible to every role, unlike other sessions' wait events in pg_stat_activity)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND %s = ANY(pg_blocking_pids(pid)))",
+        (backend_pid,),
+    ).fetchone()[0]

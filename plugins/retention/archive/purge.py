@@ -1,0 +1,285 @@
+"""The archive purge: objects whose archive period has ended go, whole, on their end day
+(every version, document copies first); an object holding a record a legal hold covers stays,
+reported. Objects written per month by earlier versions are rewritten without their rows past
+their own end (unlocked tiers; retention.archive.rewrite) or stay whole to their lock date.
+
+A purge decided and cut short is finished by the next one (``retention.purge_intents``).
+``ArchivePurge`` is one part of ``retention.archive.engine.RetentionEngine``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections import Counter
+
+import pyarrow as pa
+from psycopg.rows import namedtuple_row
+
+from retention.archive import rewrite as object_rewrite
+from retention.archive.locks import (
+    BATCH_LOCK_TIMEOUT,
+    LOCK_HOLDS,
+    release_purpose_lock,
+)
+from retention.archive.run import RunContext, refuse_future
+from retention.planner import MAX_IDS_IN_LOG
+from retention.policy.coverage import covered_records_sql, object_held
+from retention.policy.periods import local_date, local_midnight
+
+log = logging.getLogger(__name__)
+
+
+# The suffix of an object rewritten by a purge (retention.archive.rewrite), replaced at the next.
+_PURGE_SUFFIX = re.compile(r"\.purged-\d{4}-\d{2}-\d{2}$")
+
+
+class ArchivePurge:
+    """Purge of the purpose's archive objects (a part of RetentionEngine)."""
+
+    def purge_archives(self, ctx: RunContext) -> dict:
+        """Delete archive objects whose archive period has ended at the logical date.
+
+        Each object is decided and deleted in its own transaction, holding the legal-hold table
+        in SHARE mode and the manifest row: a hold placed meanwhile either is seen (the object
+        is kept whole and reported) or waits until the object is gone. An object with a
+        covered record among its rows or their owners (retention.policy.coverage) is kept.
+
+        Objects are written per end day, so each goes whole on its day. Objects written per
+        month before hold rows ending on different days: an unlocked one is rewritten without
+        its rows past their own end (``_purge_rows_past_their_end``), a locked one stays whole
+        until its lock date."""
+        refuse_future(ctx.logical_date)
+        preview = self.previews(ctx)
+        report = {
+            "purged_objects": 0,
+            "purged_records": 0,
+            "held_objects": 0,
+            "held_keys": [],
+            "owners_not_recorded": 0,
+            "by_table": {},
+            # Rows removed from objects written per month, on their own end date (rewrites).
+            "rows_purged": 0,
+            "rewritten_objects": 0,
+            # Rows of such objects whose own end cannot be told (their clock is not among the
+            # archived columns, or the policy changed since): kept to the object's date.
+            "rows_kept_to_object_date": 0,
+        }
+        by_table: Counter = Counter()
+        with self._connect() as control:
+            if not preview:
+                self._acquire_purpose_lock(control)  # two purges of a purpose never interleave
+            try:
+                if not preview:
+                    # A rewrite left 'committed' still stores the old object (with the erased
+                    # subject's rows), which no purge selects: finished here, under the lock.
+                    self._finish_interrupted_rewrites(control)
+                    self._finish_interrupted_purges(control, ctx)
+                candidates = control.execute(
+                    "SELECT id FROM retention.archive_manifest WHERE purpose = %s AND state = 'committed'"
+                    " AND purge_after <= %s AND bucket = %s ORDER BY purge_after, id",
+                    (self.purpose_name, ctx.logical_date, self.store.archive_bucket),
+                ).fetchall()
+                control.commit()
+                with self._connect(autocommit=True) as intents:
+                    for (manifest_id,) in candidates:
+                        self._purge_one(control, intents, ctx, manifest_id, preview, report, by_table)
+                    self._purge_rows_past_their_end(control, intents, ctx, preview, report, by_table)
+            finally:
+                control.rollback()
+                if not preview:
+                    release_purpose_lock(control, self.purpose_name)
+        report["by_table"] = dict(by_table)
+        report["held_keys"] = report["held_keys"][:MAX_IDS_IN_LOG]
+        return report
+
+    def _purge_one(
+        self, control, intents, ctx: RunContext, manifest_id: int, preview: bool, report: dict, by_table
+    ) -> None:
+        with control.transaction():
+            if not preview:
+                control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+                control.execute(LOCK_HOLDS)
+            row = control.execute(
+                f"WITH covered AS ({covered_records_sql(self.policy)})"
+                " SELECT m.rule, m.table_name, m.object_key, m.document_keys, m.row_count,"
+                f" {object_held('m')} AS held, m.owner_ids IS NULL"
+                " FROM retention.archive_manifest AS m WHERE m.id = %s AND m.state = 'committed'"
+                # NO KEY UPDATE: two purges of the object serialize, while the purge intent's
+                # foreign key (KEY SHARE on this row, from the intents connection) goes through.
+                + ("" if preview else " FOR NO KEY UPDATE OF m"),
+                (manifest_id,),
+            ).fetchone()
+            if row is None:  # purged meanwhile by another run
+                return
+            rule_name, table, key, doc_keys, row_count, held, owners_unknown = row
+            if held:
+                report["held_objects"] += 1
+                report["owners_not_recorded"] += owners_unknown
+                report["held_keys"].append(key)
+                if not preview:
+                    self._audit(control, ctx, rule_name, table, "object_purge_held", row_count, key=key)
+                return
+            report["purged_objects"] += 1
+            report["purged_records"] += row_count
+            by_table[table] += row_count
+            if preview:
+                return
+            # Committed before the irreversible delete: a crash from here on is finished by the
+            # next purge (_finish_interrupted_purges) instead of leaving a 'committed' row whose
+            # bytes are gone.
+            intents.execute(
+                "INSERT INTO retention.purge_intents (manifest_id, run_id) VALUES (%s, %s)"
+                " ON CONFLICT (manifest_id) DO NOTHING",
+                (manifest_id, ctx.run_id),
+            )
+            self.store.delete_all_versions([key, *doc_keys])
+            self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
+
+    def _purge_rows_past_their_end(self, control, intents, ctx: RunContext, preview: bool, report: dict, by_table):
+        """The rows whose own end date has come in an unlocked object that also holds rows
+        ending later (written per month before objects were written per day): the object is
+        rewritten without them (retention.archive.rewrite), so no row is archived a day past its
+        end because a neighbour ends later. The earliest end of the rows that stay is recorded,
+        so that the object is read again only on that day."""
+        unlocked = [name for name, tier in self.store.storage.tiers.items() if not tier.object_lock]
+        candidates = (
+            control.cursor(row_factory=namedtuple_row)
+            .execute(
+                f"WITH covered AS ({covered_records_sql(self.policy)})"
+                " SELECT m.id, m.rule, m.table_name, m.tier, m.object_key, m.version_id, m.sha256, m.purge_month,"
+                f" m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, {object_held('m')} AS held"
+                " FROM retention.archive_manifest AS m"
+                " WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND m.bucket = %(bucket)s"
+                " AND m.tier = ANY(%(tiers)s) AND m.purge_after > %(date)s"
+                " AND m.earliest_purge_after IS DISTINCT FROM m.purge_after"
+                # Not read yet: its rows end within its purge month, so none before the month starts.
+                " AND coalesce(m.earliest_purge_after,"
+                "     date_trunc('month', m.purge_after AT TIME ZONE %(tz)s) AT TIME ZONE %(tz)s) <= %(date)s"
+                " ORDER BY m.id",
+                {
+                    "purpose": self.purpose_name,
+                    "bucket": self.store.archive_bucket,
+                    "tiers": unlocked,
+                    "date": ctx.logical_date,
+                    "tz": self.policy.timezone,
+                },
+            )
+            .fetchall()
+        )
+        control.commit()
+        for m in candidates:
+            rule_name, table, key = m.rule, m.table_name, m.object_key
+            if m.held:
+                report["held_objects"] += 1
+                report["owners_not_recorded"] += m.owner_ids is None
+                report["held_keys"].append(key)
+                if not preview:
+                    with control.transaction():
+                        self._audit(control, ctx, rule_name, table, "object_purge_held", 0, key=key)
+                continue
+            docs = list(m.document_keys or [])
+            obj = object_rewrite.StoredObject(
+                m.id,
+                m.tier,
+                key,
+                docs,
+                list(m.document_version_ids or [None] * len(docs)),
+                m.owner_ids,
+                object_rewrite.read_object(self.store, key, m.version_id, m.sha256),
+            )
+            ends = self._row_ends(rule_name, table, obj.rows, m.purge_month, m.purge_after)
+            if ends is None:
+                report["rows_kept_to_object_date"] += obj.rows.num_rows
+                if not preview:  # told once: the object now goes whole on its date
+                    self._record_earliest_end(control, m.id, m.purge_after)
+                continue
+            due = {i for i, end in ends.items() if end <= ctx.logical_date}
+            later = [end for i, end in ends.items() if i not in due]
+            report["rows_purged"] += len(due)
+            by_table[table] += len(due)
+            report["rewritten_objects"] += bool(due)
+            if preview:
+                continue
+            if not due:
+                self._record_earliest_end(control, m.id, min(later))
+                continue
+            day = ctx.logical_date.astimezone(self.tz).date().isoformat()
+            result = object_rewrite.rewrite_without(
+                self.policy,
+                self.store,
+                control,
+                intents,
+                obj,
+                due,
+                origin=f"purge:{ctx.run_id}",
+                new_key=f"{_PURGE_SUFFIX.sub('', key.removesuffix('.parquet'))}.purged-{day}.parquet",
+                earliest_purge_after=min(later) if later else None,
+                on_commit=lambda conn, removed, rule_name=rule_name, table=table, key=key: self._audit(
+                    conn, ctx, rule_name, table, "rows_purged", removed, key=key
+                ),
+            )
+            if result["action"] != "rewritten":  # a hold placed meanwhile keeps the object whole
+                report["rows_purged"] -= len(due)
+                by_table[table] -= len(due)
+                report["rewritten_objects"] -= 1
+                report["held_objects"] += result.get("held", False)
+                report["held_keys"] += [key] if result.get("held") else []
+
+    def _row_ends(self, rule_name: str, table: str, rows: pa.Table, purge_month: str, purge_after: dt.datetime):
+        """{row id: the instant its archive period ends}, from the clock among its archived
+        columns and its rule's periods (the calendar arithmetic of the re-check); None when that
+        cannot be told: the rule is gone from the policy, its clock is another table's, or an
+        end falls outside the object's purge month (the periods changed since it was written)."""
+        rule = next((r for r in self.purpose.rules if r.name == rule_name), None)
+        clock_table, _, clock_column = (rule.clock if rule else "").partition(".")
+        if rule is None or clock_table != table or clock_column not in rows.column_names:
+            return None
+        clock_type = rows.schema.field(clock_column).type
+        if not (pa.types.is_timestamp(clock_type) and clock_type.tz):  # an instant, or nothing to tell
+            return None
+        ends = {}
+        for row_id, clock in zip(rows.column("id").to_pylist(), rows.column(clock_column).to_pylist(), strict=True):
+            if clock is None:
+                return None
+            end = local_midnight(rule.gone_after.add_to(local_date(clock, self.tz)), self.tz)
+            if end > purge_after or end.strftime("%Y-%m") != purge_month:
+                return None
+            ends[row_id] = end
+        return ends
+
+    def _record_earliest_end(self, control, manifest_id: int, earliest: dt.datetime) -> None:
+        with control.transaction():
+            control.execute(
+                "UPDATE retention.archive_manifest SET earliest_purge_after = %s WHERE id = %s AND state = 'committed'",
+                (earliest, manifest_id),
+            )
+
+    def _mark_purged(self, control, ctx: RunContext, manifest_id, rule_name, table, key, row_count) -> None:
+        control.execute(
+            "UPDATE retention.archive_manifest SET state = 'purged', purged_at = now(), purge_run_id = %s"
+            " WHERE id = %s",
+            (ctx.run_id, manifest_id),
+        )
+        control.execute("DELETE FROM retention.purge_intents WHERE manifest_id = %s", (manifest_id,))
+        self._audit(control, ctx, rule_name, table, "object_purged", row_count, key=key)
+
+    def _finish_interrupted_purges(self, control, ctx: RunContext) -> None:
+        """A purge that died after deciding an object: if the object is gone (it is deleted
+        after its files), record the purge that happened; if it is still there, decide again."""
+        rows = control.execute(
+            "SELECT m.id, m.state, m.rule, m.table_name, m.object_key, m.version_id, m.document_keys, m.row_count"
+            " FROM retention.purge_intents AS p JOIN retention.archive_manifest AS m ON m.id = p.manifest_id"
+            " WHERE m.purpose = %s AND m.bucket = %s ORDER BY m.id",
+            (self.purpose_name, self.store.archive_bucket),
+        ).fetchall()
+        control.commit()
+        for manifest_id, state, rule_name, table, key, version, doc_keys, row_count in rows:
+            with control.transaction():
+                if state == "committed" and not self.store.version_exists(key, version):
+                    self.store.delete_all_versions([key, *doc_keys])  # the copies a crash may have left
+                    self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
+                    log.warning("recorded the purge of %s, interrupted by a previous run", key)
+                else:
+                    control.execute("DELETE FROM retention.purge_intents WHERE manifest_id = %s", (manifest_id,))

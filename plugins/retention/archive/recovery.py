@@ -1,0 +1,82 @@
+"""Recovery: what a crashed run, purge or erasure left is finished before anything else, under
+the purpose's lock held exclusively: interrupted object rewrites, orphan uploads of 'uploading'
+intents (removed: their rows are still in the source), Object Locks not yet applied (on the
+exact verified versions) and source files not yet disposed of.
+
+``Recovery`` is one part of ``retention.archive.engine.RetentionEngine``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from retention.archive import rewrite as object_rewrite
+from retention.archive.run import RunContext
+
+log = logging.getLogger(__name__)
+
+
+class Recovery:
+    """Finishing what a crash left (a part of RetentionEngine)."""
+
+    def recover(self, control, ctx: RunContext) -> dict[str, int]:
+        """Finish what a crashed run left: orphan uploads, unlocked objects, source files."""
+        # First the object rewrites of an interrupted erasure request: their new object's
+        # 'uploading' row names the document copies of the rows it keeps, which belong to the
+        # old object, still committed: removed below as an orphan's, those copies would be lost.
+        self._finish_interrupted_rewrites(control)
+        orphans = control.execute(
+            "SELECT id, rule, table_name, object_key, document_keys, record_ids FROM retention.archive_manifest"
+            " WHERE purpose = %s AND state = 'uploading' AND bucket = %s ORDER BY id",
+            (self.purpose_name, self.store.archive_bucket),
+        ).fetchall()
+        control.commit()
+        for manifest_id, rule_name, table, key, doc_keys, record_ids in orphans:
+            self.store.delete_all_versions([key, *doc_keys])
+            with control.transaction():
+                control.execute(
+                    "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s", (manifest_id,)
+                )
+                self._audit(control, ctx, rule_name, table, "orphan_removed", len(record_ids), key=key)
+        unlocked = control.execute(
+            "SELECT object_key, version_id, document_keys, document_version_ids, purge_after"
+            " FROM retention.archive_manifest"
+            " WHERE purpose = %s AND state = 'committed' AND locked_until IS NULL AND purge_after > now()"
+            " AND bucket = %s",
+            (self.purpose_name, self.store.archive_bucket),
+        ).fetchall()
+        control.commit()
+        lockable = [
+            ([(key, version), *zip(docs, doc_versions or [None] * len(docs), strict=True)], purge_after)
+            for key, version, docs, doc_versions, purge_after in unlocked
+            if self.store.storage.tiers[self._tier_of_key(key)].object_lock
+        ]
+        self._apply_locks(control, lockable)
+        self._dispose_documents(control)
+        if orphans:
+            log.warning("removed %d orphan archive objects left by an interrupted run", len(orphans))
+        return {"orphans_removed": len(orphans), "locks_applied": len(lockable)}
+
+    def _finish_interrupted_rewrites(self, control) -> None:
+        """Object rewrites of a subject erasure (retention.rights.subject_rights) that a crash left in
+        this purpose, finished under the purpose's lock, so that none waits for a new request:
+        'uploading' -> the new object is removed (the old one holds every row), 'committed' ->
+        the old object's versions are deleted."""
+        object_rewrite.recover_rewrites(self.store, control, self.purpose_name)
+
+    def _apply_locks(self, control, pending: list[tuple[list[tuple[str, str | None]], dt.datetime]]) -> None:
+        """Lock after the commit, so that an orphan of a crashed batch can still be removed; on
+        the version that was read back and recorded, never on whatever the key points to now."""
+        if not pending or not self.store.lock_supported():
+            return
+        now = dt.datetime.now(dt.UTC)
+        for versions, retain_until in pending:
+            if versions and retain_until > now:
+                self.store.apply_lock(versions, retain_until)
+                control.execute(
+                    "UPDATE retention.archive_manifest SET locked_until = %s WHERE bucket = %s AND object_key = %s"
+                    " AND state = 'committed'",
+                    (retain_until, self.store.archive_bucket, versions[0][0]),
+                )
+        control.commit()
