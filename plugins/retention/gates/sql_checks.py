@@ -1,6 +1,8 @@
-"""The after-gate's checks GX does not express, computed in SQL: nothing due is left (each rule's
-own SQL, through the planner), the manifest agrees with the audit log, and no archive object is
-kept past its purge date. Each ends as a result line like GX's (``retention.gates.results``).
+"""The after-gate's checks computed in SQL rather than by GX.
+
+Nothing due is left (each rule's own SQL, through the planner), the manifest agrees with the
+audit log, and no archive object is kept past its purge date. Each ends as a result line of
+the same shape as GX's (``retention.gates.results``).
 """
 
 from __future__ import annotations
