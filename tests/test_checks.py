@@ -1,4 +1,4 @@
-"""The data-quality gates (plugins/retention/gates/checks.py) against the real PostgreSQL and S3 servers.
+"""The data-quality gates (plugins/retention/gates/) against the real PostgreSQL and S3 servers.
 
 Each gate has a test that breaks the data so that this gate must fail, then asserts that the
 error names the expectation, the table and the counts, and that nothing was deleted: `attempt`
@@ -16,11 +16,12 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from retention import gates
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
-from retention.gates import checks
-from retention.gates.checks import QualityGateError
+from retention.gates import QualityGateError
+from retention.gates.checks import latest_plausible_clock
 
 from tests import factories as f
 from tests.dag_runs import run_dag, task_states
@@ -43,7 +44,7 @@ def make_engine(policy, purpose, dsn, s3, storage) -> RetentionEngine:
 def attempt(policy, purpose, dsn, s3, storage, ctx, max_fraction=1.0, purge=True) -> tuple[dict, dict]:
     """The DAG's order without Airflow: before-gate, archive-and-delete only if it passed, purge.
     Returns what the after-gate gets: (before, archived)."""
-    before = checks.run_before_gates(policy, purpose, dsn, ctx, max_fraction)
+    before = gates.run_before_gates(policy, purpose, dsn, ctx, max_fraction)
     engine = make_engine(policy, purpose, dsn, s3, storage)
     archived = {"dry_run": ctx.dry_run, "rules": [o.as_dict() for o in engine.archive_and_delete(ctx)]}
     if purge:
@@ -52,7 +53,7 @@ def attempt(policy, purpose, dsn, s3, storage, ctx, max_fraction=1.0, purge=True
 
 
 def after(policy, purpose, dsn, s3, storage, ctx, before, archived) -> dict:
-    return checks.run_after_gates(policy, purpose, dsn, ArchiveStore(s3, storage), ctx, before, archived)
+    return gates.run_after_gates(policy, purpose, dsn, ArchiveStore(s3, storage), ctx, before, archived)
 
 
 def quotes_ctx(run_id="manual__gates", **kwargs) -> RunContext:
@@ -154,7 +155,7 @@ def test_future_clock_stops_the_run(db, s3, storage, policy, source_dsn):
     some_quotes(db)
     f.quote(db, issued=f.paris("2025-02-28", 23))  # written on the run's day, before it started
     f.quote(db, issued="2025-09-01")  # after the logical date, before now: what a backfill sees
-    checks.run_before_gates(policy, "quotes", source_dsn, quotes_ctx(), 1.0)  # both are plausible
+    gates.run_before_gates(policy, "quotes", source_dsn, quotes_ctx(), 1.0)  # both are plausible
 
     f.quote(db, issued=dt.datetime.now(dt.UTC) + dt.timedelta(days=400))
     rows = all_rows(db)
@@ -199,7 +200,7 @@ def test_mass_deletion_guard(db, s3, storage, policy, source_dsn):
     assert "nothing was deleted" in message
     assert all_rows(db) == rows
 
-    dry = checks.run_before_gates(policy, "quotes", source_dsn, quotes_ctx("manual__dry", dry_run=True), 0.5)
+    dry = gates.run_before_gates(policy, "quotes", source_dsn, quotes_ctx("manual__dry", dry_run=True), 0.5)
     (guard,) = by_expectation(dry, "mass_deletion_guard")
     assert (guard["success"], guard["enforced"], guard["observed"]["fraction"]) == (False, False, 0.6)
 
@@ -210,9 +211,9 @@ def test_mass_deletion_guard(db, s3, storage, policy, source_dsn):
 def test_clock_limit_is_the_end_of_the_logical_day_or_now():
     tz = f.PARIS
     same_day = f.paris("2026-03-15", 10)
-    assert checks.latest_plausible_clock(f.midnight("2026-03-15"), tz, now=same_day) == f.midnight("2026-03-16")
+    assert latest_plausible_clock(f.midnight("2026-03-15"), tz, now=same_day) == f.midnight("2026-03-16")
     backfill_now = f.paris("2026-11-25", 10)
-    assert checks.latest_plausible_clock(f.midnight("2026-03-15"), tz, now=backfill_now) == backfill_now
+    assert latest_plausible_clock(f.midnight("2026-03-15"), tz, now=backfill_now) == backfill_now
 
 
 # ------------------------------------------------------------------------------ after-gates
@@ -364,7 +365,7 @@ def test_every_gate_passes_on_the_seeded_data(db, s3, storage, policy, source_ds
     # own above, so it is opened here; the demo's 2,000 customers stay under the defaults.
     max_fraction = 1.0
     for purpose in policy.purposes:
-        report = checks.run_before_gates(policy, purpose, source_dsn, ctx(purpose), max_fraction)
+        report = gates.run_before_gates(policy, purpose, source_dsn, ctx(purpose), max_fraction)
         n = len(report["results"])
         assert report["before"] == f"{n}/{n} expectations passed", report["summary"]
 
@@ -384,7 +385,7 @@ def test_row_count_gate_allows_for_another_purpose_deleting_from_the_same_table(
     f.quote(db, issued="2019-06-01", contract_id=contract)
     run_id = "scheduled__shared"
     ctx = quotes_ctx(run_id)
-    before = checks.run_before_gates(policy, "quotes", source_dsn, ctx, 1.0)
+    before = gates.run_before_gates(policy, "quotes", source_dsn, ctx, 1.0)
     make_engine(policy, "contracts", source_dsn, s3, storage).archive_and_delete(RunContext("contracts", run_id, D))
     archived = {
         "dry_run": False,
@@ -406,7 +407,7 @@ def test_data_docs_hold_counts_never_values(db, s3, storage, policy, source_dsn,
     f.payment_method(db, contract, card_expiry="7391")
     f.contract(db, ended=dt.datetime(2097, 7, 13, 4, 5, 6, tzinfo=dt.UTC))
     with pytest.raises(QualityGateError):
-        checks.run_before_gates(policy, "contracts", source_dsn, RunContext("contracts", "manual__docs", D), 1.0)
+        gates.run_before_gates(policy, "contracts", source_dsn, RunContext("contracts", "manual__docs", D), 1.0)
     some_quotes(db, due=3)
     ctx = quotes_ctx(batch_size=2)
     before, archived = attempt(policy, "quotes", source_dsn, s3, storage, ctx)

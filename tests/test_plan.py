@@ -4,10 +4,10 @@ and refuses a plan made with another policy (issue 11, item 1)."""
 from __future__ import annotations
 
 import pytest
+from retention import gates
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import PlanMismatchError, PurposeLockedError, RunContext, plan_units
 from retention.archive.store import ArchiveStore
-from retention.gates import checks
 from retention.planner import Plan, Planner
 from retention.policy.periods import Period
 
@@ -63,10 +63,10 @@ def test_the_after_gate_accepts_the_rows_left_beyond_the_plan_and_shows_them(db,
     ctx = RunContext("quotes", "manual__beyond_gate", D)
     engine = make_engine(policy, source_dsn, s3, storage)
     plan = engine.make_plan(ctx)
-    before = checks.run_before_gates(policy, policy.purpose("quotes"), source_dsn, ctx, 1.0, plan=plan)
+    before = gates.run_before_gates(policy, policy.purpose("quotes"), source_dsn, ctx, 1.0, plan=plan)
     f.quote(db, issued="2023-01-01")
     archived = {"rules": [o.as_dict() for o in engine.archive_and_delete(ctx, plan)]}
-    report = checks.run_after_gates(policy, "quotes", source_dsn, ArchiveStore(s3, storage), ctx, before, archived)
+    report = gates.run_after_gates(policy, "quotes", source_dsn, ArchiveStore(s3, storage), ctx, before, archived)
     (due_left,) = [r for r in report["results"] if r["expectation"] == "no_due_record_remains"]
     assert due_left["success"] and due_left["observed"] == {"remaining": 1, "left_beyond_plan": 1}
 
@@ -119,8 +119,8 @@ def test_the_before_gate_judges_the_plan_it_is_given(db, s3, storage, policy, so
         raise AssertionError("the gate planned again")
 
     monkeypatch.setattr(Planner, "plan", no_replanning)
-    with pytest.raises(checks.QualityGateError, match=r"would delete 75% of app.quotes \(3 of 4 rows\)"):
-        checks.run_before_gates(policy, policy.purpose("quotes"), source_dsn, ctx, 0.5, plan=plan.as_dict())
+    with pytest.raises(gates.QualityGateError, match=r"would delete 75% of app.quotes \(3 of 4 rows\)"):
+        gates.run_before_gates(policy, policy.purpose("quotes"), source_dsn, ctx, 0.5, plan=plan.as_dict())
 
 
 # ----------------------------------------------------------------- a purpose over several units

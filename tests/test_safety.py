@@ -438,7 +438,7 @@ def test_a_legal_hold_coverage_that_loops_is_rejected(tmp_path):
 
 
 def test_object_lock_goes_on_the_verified_version_even_if_the_key_is_overwritten(db, s3, storage, policy, source_dsn):
-    from retention.gates import checks
+    from retention.gates.archive_readback import probative_versions_locked
 
     scenario = scenarios.aml(db, s3, storage)
     engine = engine_for(policy, "aml", source_dsn, s3, storage)
@@ -458,7 +458,7 @@ def test_object_lock_goes_on_the_verified_version_even_if_the_key_is_overwritten
     newest = s3.head_object(Bucket=storage.archive_bucket, Key=key)
     assert newest["VersionId"] != version and "ObjectLockMode" not in newest
     with psycopg.connect(source_dsn) as conn:
-        result = checks._probative_versions_locked(conn, engine.store, ctx, "aml")
+        result = probative_versions_locked(conn, engine.store, ctx, "aml")
     assert result["success"] and result["observed"]["objects"] == 1
 
 

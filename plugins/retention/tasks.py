@@ -92,11 +92,11 @@ def run_context(purpose: Purpose | str, context: dict) -> RunContext:
 def check_before(purpose: Purpose, context: dict, planned: dict | None = None) -> dict:
     """A failed gate fails the task without retry: the data won't fix itself in 5 minutes. The
     mass-deletion guard judges the run's plan (``planned``, the plan task's XCom)."""
-    from retention.gates import checks
+    from retention import gates
 
     ctx = run_context(purpose, context)
-    with _no_retry_on(checks.QualityGateError):
-        return checks.run_before_gates(
+    with _no_retry_on(gates.QualityGateError):
+        return gates.run_before_gates(
             default_policy(),
             as_purpose(purpose),
             source_dsn(),
@@ -261,11 +261,11 @@ def purge_archives(purpose: Purpose, context: dict) -> dict:
 
 
 def check_after(purpose: Purpose, context: dict, before: dict, archived: dict) -> dict:
-    from retention.gates import checks
+    from retention import gates
 
     ctx = run_context(purpose, context)
-    with _no_retry_on(checks.QualityGateError):
-        return checks.run_after_gates(
+    with _no_retry_on(gates.QualityGateError):
+        return gates.run_after_gates(
             default_policy(), as_purpose(purpose), source_dsn(), archive_store(), ctx, before, archived
         )
 

@@ -7,7 +7,7 @@ cookie): no token is 401, an invalid one 403. Figures come from the bookkeeping 
 states and gate results from Airflow's metadata database; counts, keys and ids only. The chart
 library (Chart.js, MIT) is served from this folder: the page needs no internet.
 
-The gates' Great Expectations Data Docs (retention.gates.checks) are served under /retention/data-docs/.
+The gates' Great Expectations Data Docs (retention.gates.data_docs) are served under /retention/data-docs/.
 
 The form "Data-subject request" (POST /retention/subject-requests) records a request in the
 project's own table (retention.rights.requests.submit: the address stays out of Airflow) and

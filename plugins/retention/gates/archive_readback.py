@@ -1,0 +1,150 @@
+"""The after-gate's read-back of the archive objects this run committed.
+
+Each object is re-read from S3 at the manifest's version: its size, SHA-256 and Parquet row
+count against its manifest row, then its id column (the only column read, in memory, one
+object at a time) validated with GX against the manifest's row count and ids; the results of
+one table's objects are merged into one line per expectation. In a tier under Object Lock, the
+version read back must be under COMPLIANCE retention until its purge date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from retention.archive.run import RunContext
+from retention.archive.store import ArchiveStore
+from retention.gates.checks import archive_object_checks
+from retention.gates.data_docs import update_data_docs
+from retention.gates.gx import FrameRuns, frame_batch_definition, validate_frame
+from retention.gates.results import MAX_LISTED, gate_result
+
+
+@dataclass
+class _ArchiveTable:
+    """What the archive objects of one table, written by this run, showed when read back."""
+
+    objects: int = 0
+    rows: int = 0
+    mismatched: list[str] = field(default_factory=list)  # "<key>: <what differs>", one per object
+    id_results: list[list[dict]] = field(default_factory=list)  # one GX result list per object
+
+
+def archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext, purpose: str) -> list[dict]:
+    """Every object this run committed: re-read from S3, size / SHA-256 / Parquet rows against
+    the manifest, then its ids validated with GX (in memory, one object at a time)."""
+    manifest = conn.execute(
+        "SELECT table_name, bucket, object_key, version_id, sha256, byte_size, row_count, record_ids"
+        " FROM retention.archive_manifest WHERE run_id = %s AND purpose = %s AND state = 'committed' ORDER BY id",
+        (ctx.run_id, purpose),
+    ).fetchall()
+    frames = frame_batch_definition(context) if manifest else None
+    by_table: dict[str, _ArchiveTable] = defaultdict(_ArchiveTable)
+    runs = FrameRuns()  # every object's GX validation result, for one Data Docs update
+    for table, bucket, key, version, sha256, size, row_count, record_ids in manifest:
+        seen = by_table[table]
+        seen.objects += 1
+        seen.rows += row_count
+        ids, problems = _read_back(store.client, bucket, key, version, sha256, size, row_count)
+        if problems:
+            seen.mismatched.append(f"{key}: {'; '.join(problems)}")
+        if ids is not None:
+            checks = archive_object_checks(f"archive:{table}", row_count, record_ids)
+            seen.id_results.append(
+                validate_frame(context, frames, f"{purpose}.after.archive.{table}", checks, ids, runs)
+            )
+    update_data_docs(context, runs.run_results, runs.checkpoint)
+    results = []
+    for table, seen in by_table.items():
+        results.append(
+            gate_result(
+                "archive_objects_match_manifest",
+                f"archive:{table}",
+                not seen.mismatched,
+                objects=seen.objects,
+                rows=seen.rows,
+                mismatched_objects=len(seen.mismatched),
+                mismatches=seen.mismatched[:MAX_LISTED],
+            )
+        )
+        results += _merge_object_results(seen.id_results, seen.objects)
+    return results
+
+
+def _read_back(
+    client, bucket: str, key: str, version: str | None, sha256: str | None, size: int | None, row_count: int
+):
+    """(the object's id column as a DataFrame, or None if unreadable; what differs from the manifest).
+    The manifest's version is read, not whatever the key points to now."""
+    import pyarrow.parquet as pq
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, **({"VersionId": version} if version else {}))["Body"].read()
+        current = client.head_object(Bucket=bucket, Key=key).get("VersionId") if version else None
+    except Exception as exc:  # botocore raises several unrelated classes
+        return None, [f"cannot be read back ({type(exc).__name__})"]
+    problems = []
+    if version and current != version:
+        problems.append("a newer version was written over the key after the archive (the manifest's version is intact)")
+    if len(body) != size:
+        problems.append(f"{len(body)} bytes, manifest says {size}")
+    if hashlib.sha256(body).hexdigest() != sha256:
+        problems.append("SHA-256 of the stored bytes differs from the manifest")
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(body))
+        ids = parquet.read(columns=["id"]).to_pandas()
+    except Exception as exc:  # pyarrow raises several classes for a damaged file
+        return None, problems + [f"not a readable Parquet file with an id column ({type(exc).__name__})"]
+    if parquet.metadata.num_rows != row_count:
+        problems.append(f"{parquet.metadata.num_rows} Parquet rows, manifest says {row_count}")
+    return ids, problems
+
+
+def _merge_object_results(per_object: list[list[dict]], objects: int) -> list[dict]:
+    """One line per expectation for all the objects of a table: failed objects and counts summed."""
+    merged = []
+    for same_check in zip(*per_object, strict=True):
+        first = same_check[0]
+        failed = sum(result["success"] is False for result in same_check)
+        observed = {"objects": objects, "objects_validated": len(same_check), "failed_objects": failed}
+        for name in ("unexpected_count", "error"):
+            values = [r["observed"][name] for r in same_check if name in r["observed"]]
+            if values:
+                observed[name] = sum(values) if name == "unexpected_count" else values[0]
+        merged.append(
+            gate_result(first["expectation"], first["table"], failed == 0, column=first.get("column"), **observed)
+        )
+    return merged
+
+
+def probative_versions_locked(conn, store: ArchiveStore, ctx: RunContext, purpose: str) -> dict:
+    """Each object of the run in a locked tier: the manifest's version (the one read back) is
+    under COMPLIANCE retention until at least its purge date."""
+    locked_prefixes = [t.prefix + "/" for t in store.storage.tiers.values() if t.object_lock]
+    if not locked_prefixes or not store.lock_supported():
+        return gate_result("probative_version_locked", "archive:probative", None, skipped="no Object Lock tier")
+    rows = conn.execute(
+        "SELECT object_key, version_id, purge_after FROM retention.archive_manifest"
+        " WHERE run_id = %s AND purpose = %s AND state = 'committed' AND purge_after > now()"
+        " AND split_part(object_key, '/', 1) || '/' = ANY(%s) ORDER BY id",
+        (ctx.run_id, purpose, locked_prefixes),
+    ).fetchall()
+    unlocked = []
+    for key, version, purge_after in rows:
+        try:
+            mode, until = store.locked_until(key, version)
+        except Exception as exc:  # botocore raises several unrelated classes
+            unlocked.append(f"{key}: cannot be read ({type(exc).__name__})")
+            continue
+        if mode != "COMPLIANCE" or until is None or until < purge_after:
+            unlocked.append(f"{key}@{version}: lock {mode or 'none'} until {until}, purge date {purge_after:%Y-%m-%d}")
+    return gate_result(
+        "probative_version_locked",
+        "archive:probative",
+        not unlocked,
+        objects=len(rows),
+        unlocked_objects=len(unlocked),
+        unlocked=unlocked[:MAX_LISTED],
+    )

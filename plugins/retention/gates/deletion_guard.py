@@ -1,0 +1,66 @@
+"""The before-gate's mass-deletion guard: a run that would delete more than ``max_delete_fraction``
+of a table fails the gate, so nothing is deleted (reported, not enforced, on a dry run).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from retention.archive.run import RetentionError, RunContext
+from retention.gates.figures import connect
+from retention.gates.results import gate_result
+from retention.planner import Plan, Planner
+from retention.policy import Policy, Purpose
+
+
+def deletion_share_results(
+    policy: Policy,
+    purpose: Purpose,
+    dsn: str,
+    ctx: RunContext,
+    table_rows: dict,
+    max_fraction: float,
+    plan: Plan | None = None,
+) -> list[dict]:
+    """The mass-deletion guard, from the run's plan (due - held - waiting per rule, summed per
+    table): the same SQL that selects the rows to delete, projected over the run (a parent whose
+    children go earlier in the run counts), and the most the engine will delete. Without a plan
+    the planner is run here. On a dry run it is reported, not enforced (nothing will be deleted)."""
+    deletable: Counter = Counter()
+    if plan is None:
+        with connect(dsn) as conn:
+            outcomes = Planner.load(conn, policy, purpose).plan(conn, ctx.logical_date)
+    else:
+        if plan.purpose != purpose.name or plan.logical_date != ctx.logical_date:
+            raise RetentionError(f"the plan is for {plan.purpose!r} at {plan.logical_date}, not this run's")
+        outcomes = plan.rules
+    for outcome in outcomes:
+        deletable[outcome.table] += outcome.deletable
+    results = []
+    for table, count in deletable.items():
+        rows = table_rows[table]
+        share = count / rows if rows else float(count > 0)
+        qualified = f"{policy.source_schema}.{table}"
+        result = gate_result(
+            "mass_deletion_guard",
+            qualified,
+            share <= max_fraction,
+            would_delete=count,
+            table_rows=rows,
+            fraction=round(share, 4),
+            max_delete_fraction=max_fraction,
+        )
+        if share > max_fraction:
+            result["message"] = (
+                f"this run would delete {_percent(share)} of {qualified} ({count:,} of {rows:,} rows) > "
+                f"max_delete_fraction={_percent(max_fraction)}; raise the max_delete_fraction param for this "
+                "run if intended"
+            )
+        if ctx.dry_run:
+            result["enforced"] = False
+        results.append(result)
+    return results
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.1f}".removesuffix(".0") + "%"

@@ -1,0 +1,88 @@
+"""The figures the gates read and compare: from the source, the audit log and the task's report.
+
+Before the run: the payment table's text columns (searched for a card code) and a snapshot of
+each rule table (row count and largest id, at one instant). After it: the rows this run
+deleted and the rows other retention runs deleted meanwhile (both from the audit log), which
+``retention.gates.checks.row_count_checks`` turns into the after-suite, and what the archive
+task said it deleted, shown beside. Read-only, on the gates' own connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections import Counter
+
+import psycopg
+from psycopg import sql
+
+from retention.archive.run import RunContext
+
+# Deletions by other retention runs (another purpose sharing a table, e.g. app.quotes) are
+# looked up in the audit log from this long before the before-snapshot (a batch transaction
+# stamps its audit rows with its start time).
+CONCURRENT_DELETE_SLACK = dt.timedelta(hours=1)
+
+
+@contextlib.contextmanager
+def connect(dsn: str):
+    with psycopg.connect(dsn, autocommit=True, application_name="retention:checks") as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        yield conn
+
+
+def text_columns(conn, schema: str, table: str) -> tuple[str, ...]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+        " AND data_type IN ('text', 'character varying', 'character') ORDER BY ordinal_position",
+        (schema, table),
+    ).fetchall()
+    return tuple(row[0] for row in rows)
+
+
+def table_snapshot(conn, schema: str, tables: list[str]) -> dict:
+    """Row count and largest id of each table, all at one instant (one repeatable-read snapshot)."""
+    rows, max_ids = {}, {}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        checked_at = conn.execute("SELECT now()").fetchone()[0]
+        for table in tables:
+            query = sql.SQL("SELECT count(*), coalesce(max(id), 0) FROM {}").format(sql.Identifier(schema, table))
+            rows[table], max_ids[table] = conn.execute(query).fetchone()
+    return {"table_rows": rows, "table_max_id": max_ids, "checked_at": checked_at.isoformat()}
+
+
+def deleted_by_table(conn, ctx: RunContext, purpose: str) -> dict[str, int]:
+    """Rows this run deleted, per table, from the audit log: it covers every attempt of a
+    retried task (the task's XCom only covers the last one)."""
+    rows = conn.execute(
+        "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
+        " AND action IN ('archived_and_deleted', 'deleted') GROUP BY 1",
+        (ctx.run_id, purpose),
+    ).fetchall()
+    return {table: int(count) for table, count in rows}
+
+
+def deleted_by_other_runs(conn, ctx: RunContext, tables: list[str], checked_at: str | None) -> dict[str, int]:
+    """Rows other runs deleted from these tables since the before-snapshot. A run is its purpose
+    and run id together: the quotes and contracts DAGs share the id 'scheduled__<date>' and both
+    delete from app.quotes."""
+    if checked_at is None:
+        return {}
+    rows = conn.execute(
+        "SELECT table_name, sum(record_count) FROM retention.audit_log"
+        " WHERE NOT (run_id = %s AND purpose = %s) AND table_name = ANY(%s)"
+        " AND action IN ('archived_and_deleted', 'deleted') AND at >= %s::timestamptz - %s GROUP BY 1",
+        (ctx.run_id, ctx.purpose, tables, checked_at, CONCURRENT_DELETE_SLACK),
+    ).fetchall()
+    return {table: int(count) for table, count in rows}
+
+
+def with_task_figures(results: list[dict], archived: dict) -> list[dict]:
+    """Show beside each table's row count what the archive task reported it deleted."""
+    reported: Counter = Counter()
+    for rule in archived.get("rules", []):
+        reported[rule["table"]] += rule.get("deleted", 0)
+    for result in results:
+        result["observed"]["deleted_reported_by_task"] = reported[result["table"].split(".", 1)[1]]
+    return results
