@@ -26,6 +26,7 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 venv: $(BIN)/.installed ## create/update the virtualenv (uv, pinned by constraints.txt)
 
 demo: venv ## start PostgreSQL + S3 + Airflow on 127.0.0.1, seeded; prints the UI URL and login
+	@bash tools/system_packages.sh postgresql
 	$(PY) -m tools.devstack up --state $(STATE) --customers $(DEMO_CUSTOMERS)
 
 down: venv ## stop everything `make demo` started (by recorded PID)
@@ -39,12 +40,15 @@ status: venv ## what is running
 	$(PY) -m tools.devstack status --state $(STATE)
 
 test: venv ## the whole test suite (starts and stops its own PostgreSQL and S3 servers)
+	@bash tools/system_packages.sh postgresql chromium
 	$(PY) -m pytest
 
 test-fast: venv ## the tests without the full-stack smoke test and the bench
+	@bash tools/system_packages.sh postgresql chromium
 	$(PY) -m pytest -m "not stack and not bench"
 
 bench: venv ## benchmark: limit vs pandas vs engine at 100k and 1M rows, parse times, full run
+	@bash tools/system_packages.sh postgresql
 	$(PY) -m bench.run
 
 lint: venv ## ruff
