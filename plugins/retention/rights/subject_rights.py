@@ -64,13 +64,13 @@ from retention import identifiers
 from retention.archive import rewrite as object_rewrite
 from retention.archive.engine import RetentionEngine
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS, acquire_purpose_lock, release_purpose_lock
-from retention.archive.store import ArchiveStorageError, ArchiveStore, safe_key_part
+from retention.archive.store import ArchiveStorageError, ArchiveStore
 from retention.policy import Policy, Rule, rule_filter
 from retention.policy.coverage import ancestors_first, covered_records_sql, object_covered, parents_of
 from retention.policy.periods import Period, due_date
 from retention.rights import exports, suppression
 from retention.rights import requests as inbox
-from retention.rights.requests import SubjectRequestError, check_request_id, check_subject
+from retention.rights.requests import SubjectRequest, SubjectRequestError
 
 log = logging.getLogger(__name__)
 
@@ -116,50 +116,6 @@ CLOCK_NOT_STARTED = {
 class IncompleteRequestError(RuntimeError):
     """An archive object changed between the request's reading and its rewrite (another
     request rewrote it, or a purge): a retry reads it again and finishes."""
-
-
-@dataclass(frozen=True)
-class SubjectRequest:
-    request_id: str
-    action: str
-    kind: str
-    received_at: dt.datetime
-    subject_id: int | None = None
-    email: str | None = field(default=None, repr=False)  # never in a log line or a traceback
-    preview: bool = True
-    marketing_objection: bool = False
-    run_id: str = ""
-
-    def __post_init__(self) -> None:
-        # Refused before anything is read or written (a NUL would reach PostgreSQL as a DataError).
-        check_request_id(self.request_id)
-        if safe_key_part(self.request_id) != self.request_id:
-            raise SubjectRequestError("request_id must not start or end with '_'")
-        check_subject(self.action, self.kind, self.subject_id, self.email)
-        if self.received_at.tzinfo is None:
-            raise SubjectRequestError("received_at must be timezone-aware")
-
-    @property
-    def audit_run_id(self) -> str:
-        """The run id of the request's rows in the audit log, file disposals and manifest."""
-        return f"subject_request__{self.request_id}"
-
-    @property
-    def subject_ref(self) -> str:
-        """What the evidence says about the subject: an id, or the address's keyed hash."""
-        if self.kind != "email":
-            return str(self.subject_id)
-        try:
-            return identifiers.email_ref(self.email)
-        except identifiers.IdentifierKeyError as exc:
-            raise SubjectRequestError(str(exc)) from exc
-
-    @property
-    def subject_refs(self) -> set[str]:
-        """The references an earlier run of this request may have recorded: also the plain SHA-256
-        of the address that releases before the keyed hash recorded."""
-        legacy = {f"sha256:{suppression.email_hash(self.email)}"} if self.kind == "email" else set()
-        return {self.subject_ref} | legacy
 
 
 @dataclass
