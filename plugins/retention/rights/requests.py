@@ -119,6 +119,8 @@ def refuse_identifiers_in_conf(conf: dict | None) -> None:
 
 @dataclass(frozen=True)
 class SubjectRequest:
+    """A request as it runs (retention.rights.subject_rights), checked when it is made."""
+
     request_id: str
     action: str
     kind: str
