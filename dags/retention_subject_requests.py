@@ -1,5 +1,5 @@
 """Data-subject requests (access / portability, erasure), an Airflow DAG triggered by hand or REST
-with params. The work is done by plugins/retention/subject_rights.py; this file only wires it.
+with params. The work is done by plugins/retention/rights/ (subject_rights.py); this file only wires it.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ import boto3
 import botocore.config
 import pytest
 from retention.archive.store import ArchiveStorageError, ArchiveStore
+from retention.rights.access import EXPORT_PREFIX as WRITTEN_UNDER
 from retention.rights.exports import EXPORT_PREFIX, ExportHousekeepingError, delete_expired, record_produced
-from retention.rights.subject_rights import EXPORT_PREFIX as WRITTEN_UNDER
-from retention.rights.subject_rights import SubjectRequest, SubjectRights
+from retention.rights.requests import SubjectRequest
+from retention.rights.subject_rights import SubjectRights
 
 from tests import factories as f
 from tests.dag_runs import load_dag, task_states, xcoms

@@ -182,7 +182,7 @@ def test_the_cli_then_the_rest_trigger_with_the_request_id_alone(api, db, s3, st
     a_person(db, s3, storage, policy, source_dsn, address)
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT}"}
     submitted = subprocess.run(
-        [sys.executable, "-m", "retention.subject_requests", "submit", "--dsn", source_dsn, "--request-id", "DSR-cli-1"]
+        [sys.executable, "-m", "retention.rights.requests", "submit", "--dsn", source_dsn, "--request-id", "DSR-cli-1"]
         + ["--action", "erasure", "--email", "-", "--received-on", "2024-06-03", "--submitted-by", "dpo"],
         input=f"  {address.upper()}\n",
         capture_output=True,
@@ -207,7 +207,7 @@ def test_the_cli_then_the_rest_trigger_with_the_request_id_alone(api, db, s3, st
 
     # the same id with another subject, or once finished: refused, nothing recorded
     again = subprocess.run(
-        [sys.executable, "-m", "retention.subject_requests", "submit", "--dsn", source_dsn, "--request-id", "DSR-cli-1"]
+        [sys.executable, "-m", "retention.rights.requests", "submit", "--dsn", source_dsn, "--request-id", "DSR-cli-1"]
         + ["--action", "erasure", "--customer", "1"],
         capture_output=True,
         text=True,

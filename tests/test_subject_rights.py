@@ -20,7 +20,11 @@ from retention.archive import rewrite as object_rewrite
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
-from retention.rights.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights, _json_default
+from retention.rights import erase as rights_erase
+from retention.rights import erase_archived
+from retention.rights.access import json_default
+from retention.rights.requests import SubjectRequest, SubjectRequestError
+from retention.rights.subject_rights import SubjectRights
 from retention.rights.suppression import is_suppressed
 
 from tests import factories as f
@@ -208,7 +212,7 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     assert ("intermediate", "quotes") in exported and ("probative", "claims") in exported
     assert ("live", "job_applications") in exported and ("live", "marketing_messages") in exported
     # value for value: the archived rows as the Parquet objects hold them, the live ones as SQL has them
-    as_json = lambda row: json.loads(json.dumps(row, default=_json_default))  # noqa: E731
+    as_json = lambda row: json.loads(json.dumps(row, default=json_default))  # noqa: E731
     for (tier, table), ids in archived_expected.items():
         exported_rows = {r["id"]: r for r in parts[f"{tier}/{table}.json"]}
         for i, row in rows_by_table(before_objects, ids, table, tier).items():
@@ -388,10 +392,10 @@ def assert_nothing_lost(db, s3, storage, w, *, finished: bool) -> None:
         )
 
 
-# step -> (object patched: "store", "rewrite" (retention.archive.rewrite) or "engine", method, "before" or
-# "after" the original runs)
+# step -> (object patched: "store", "rewrite" (retention.archive.rewrite) or "erase" (retention.rights.erase,
+# where it calls retention.archive.documents), function, "before" or "after" the original runs)
 REWRITE_STEPS = {
-    "after_live_commit": ("engine", "_dispose_documents", "before"),  # live rows deleted, their files not yet
+    "after_live_commit": ("erase", "dispose_documents", "before"),  # live rows deleted, their files not yet
     "after_intent": ("store", "put_verified", "before"),  # intent and 'uploading' row committed, nothing uploaded
     "after_upload": ("store", "put_verified", "after"),  # new object uploaded and read back, not committed
     "after_commit": ("rewrite", "_finish", "before"),  # committed, the old object still stored
@@ -404,7 +408,7 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
     w = quotes_world(db, s3, storage, policy, source_dsn)
     svc = rights(policy, source_dsn, s3, storage)
     where, method, when = REWRITE_STEPS[step]
-    target = {"store": svc.store, "rewrite": object_rewrite, "engine": RetentionEngine}[where]
+    target = {"store": svc.store, "rewrite": object_rewrite, "erase": rights_erase}[where]
     original = getattr(target, method)
 
     def crashing(*args, **kwargs):
@@ -419,6 +423,11 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
         svc.handle(req)
     assert_nothing_lost(db, s3, storage, w, finished=False)
     assert w["live"] not in f.ids(db, "quotes")  # the live erasure committed before the archives
+    if step == "after_live_commit":  # between the live rows' commit and their files
+        assert w["recording"] not in f.ids(db, "call_recordings")
+        assert "Contents" in s3.list_objects_v2(Bucket=storage.documents_bucket), "the file waits for its disposal"
+        pending = "SELECT count(*) FROM retention.document_disposals WHERE disposed_at IS NULL"
+        assert db.execute(pending).fetchone()[0] == 1
 
     report = rights(policy, source_dsn, s3, storage).handle(req)  # the re-run finishes
     assert_nothing_lost(db, s3, storage, w, finished=True)
@@ -631,14 +640,14 @@ def test_object_rewritten_by_another_request_meanwhile_fails_then_the_retry_fini
     w = quotes_world(db, s3, storage, policy, source_dsn)
     (d,) = db.execute("SELECT id FROM app.customers WHERE email = %s", (OTHER_EMAIL,)).fetchone()
     svc = rights(policy, source_dsn, s3, storage)
-    original = svc._lock_purpose
+    original = erase_archived.lock_purpose
 
-    def other_request_first(control, purpose):
-        monkeypatch.setattr(svc, "_lock_purpose", original)
+    def other_request_first(ctx, control, purpose):
+        monkeypatch.setattr(erase_archived, "lock_purpose", original)
         rights(policy, source_dsn, s3, storage).handle(request("erasure", "req-other", kind="customer", subject_id=d))
-        original(control, purpose)
+        original(ctx, control, purpose)
 
-    monkeypatch.setattr(svc, "_lock_purpose", other_request_first)
+    monkeypatch.setattr(erase_archived, "lock_purpose", other_request_first)
     req = request("erasure", "req-mine", kind="customer", subject_id=w["customer"])
     with pytest.raises(IncompleteRequestError):
         svc.handle(req)

@@ -361,7 +361,8 @@ def subject_request(context: dict) -> dict:
     import psycopg
 
     from retention.rights import requests as inbox
-    from retention.rights.subject_rights import SubjectRequest, SubjectRequestError, SubjectRights
+    from retention.rights.requests import SubjectRequest, SubjectRequestError
+    from retention.rights.subject_rights import SubjectRights
 
     params = context["params"]
     dsn = source_dsn()

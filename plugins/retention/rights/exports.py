@@ -1,6 +1,6 @@
 """Exports of access requests do not outlive their purpose.
 
-An access request (retention.rights.subject_rights) writes the person's whole file to
+An access request (retention.rights.access) writes the person's whole file to
 ``exports/<request id>/export.zip`` in the archive bucket, for them to download. It is deleted,
 every version, the policy's ``access_exports.kept_for`` (30 days) after it was produced: by
 ``delete_expired_exports``, a daily task of the watch DAG (retention.watch).
@@ -29,7 +29,7 @@ from retention.policy.periods import due_date
 log = logging.getLogger(__name__)
 
 EXPORT_PREFIX = "exports/"
-# The key retention.rights.subject_rights writes; anything else under the prefix is left alone.
+# The key retention.rights.access writes; anything else under the prefix is left alone.
 _EXPORT_KEY = re.compile(r"^exports/([A-Za-z0-9._=-]+)/export\.zip$")
 
 

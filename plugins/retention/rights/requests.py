@@ -1,5 +1,6 @@
-"""Data-subject requests as received: what a valid request looks like, and the inbox that holds
-a request's identifiers while it needs them, so that Airflow never stores them.
+"""Data-subject requests as received: what a valid request looks like (the checks, and
+``SubjectRequest``, the request as it runs), and the inbox that holds a request's identifiers
+while it needs them, so that Airflow never stores them.
 
 Airflow keeps a run's conf in its metadata database for as long as the run exists and shows it
 to every user who can read the DAG. A request by e-mail is therefore recorded here first, in
@@ -14,7 +15,8 @@ reads the request from the inbox; once it is done, the address is replaced by it
 (retention.identifiers), and an unfinished request's address goes the same way 3 months after
 it was recorded (the longest response period, Art. 12(3)).
 
-Light: no pyarrow or engine import (the api-server's form uses it); psycopg only when connecting.
+Light: no pyarrow or engine import (the api-server's form uses it; the archive's store module
+is light); psycopg only when connecting.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import datetime as dt
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from retention import identifiers
+from retention.archive.store import safe_key_part
 from retention.identifiers import normalise_email
+from retention.rights import suppression
 
 ACTIONS = ("access", "erasure")
 ID_KINDS = ("customer", "prospect", "candidate")
@@ -107,6 +112,55 @@ def refuse_identifiers_in_conf(conf: dict | None) -> None:
         or any(isinstance(v, str) and "@" in v for v in conf.values())
     ):
         raise SubjectRequestError(NEW_ROUTE)
+
+
+# ---------------------------------------------------------------------- the request as it runs
+
+
+@dataclass(frozen=True)
+class SubjectRequest:
+    """A request as it runs (retention.rights.subject_rights), checked when it is made."""
+
+    request_id: str
+    action: str
+    kind: str
+    received_at: dt.datetime
+    subject_id: int | None = None
+    email: str | None = field(default=None, repr=False)  # never in a log line or a traceback
+    preview: bool = True
+    marketing_objection: bool = False
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        # Refused before anything is read or written (a NUL would reach PostgreSQL as a DataError).
+        check_request_id(self.request_id)
+        if safe_key_part(self.request_id) != self.request_id:
+            raise SubjectRequestError("request_id must not start or end with '_'")
+        check_subject(self.action, self.kind, self.subject_id, self.email)
+        if self.received_at.tzinfo is None:
+            raise SubjectRequestError("received_at must be timezone-aware")
+
+    @property
+    def audit_run_id(self) -> str:
+        """The run id of the request's rows in the audit log, file disposals and manifest."""
+        return f"subject_request__{self.request_id}"
+
+    @property
+    def subject_ref(self) -> str:
+        """What the evidence says about the subject: an id, or the address's keyed hash."""
+        if self.kind != "email":
+            return str(self.subject_id)
+        try:
+            return identifiers.email_ref(self.email)
+        except identifiers.IdentifierKeyError as exc:
+            raise SubjectRequestError(str(exc)) from exc
+
+    @property
+    def subject_refs(self) -> set[str]:
+        """The references an earlier run of this request may have recorded: also the plain SHA-256
+        of the address that releases before the keyed hash recorded."""
+        legacy = {f"sha256:{suppression.email_hash(self.email)}"} if self.kind == "email" else set()
+        return {self.subject_ref} | legacy
 
 
 # ---------------------------------------------------------------------- the inbox

@@ -1,0 +1,172 @@
+"""Erasure (Art. 17), in its order: the live rows, their files, then the archive.
+
+Live rows are deleted (children first) with their files, in one transaction holding the
+legal-hold table in SHARE mode like the engine's batches, after deciding again under that lock
+(retention.rights.decide); a row a kept row references stays. Their files are deleted after the
+commit (retention.archive.documents), unless a kept row names them too. The subject is then
+searched again and each intermediate-tier object holding their rows is rewritten without them
+(retention.rights.erase_archived). With ``marketing_objection``, the objection is recorded on
+the suppression list (hashes only) in the live rows' transaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import psycopg
+
+from retention.archive.db import connect
+from retention.archive.documents import dispose_documents, key_columns
+from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
+from retention.rights import suppression
+from retention.rights.context import RequestContext
+from retention.rights.decide import Decision, classify_live
+from retention.rights.erase_archived import erase_archived
+from retention.rights.find import Found, expand, find, resolve, tables_in_order
+from retention.rights.report import add_kept
+from retention.rights.requests import SubjectRequest
+
+
+def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: dict) -> None:
+    """Erase what may be erased, live then archived, and report what is kept and why; in
+    preview, report what would be erased and change nothing."""
+    report["erased"] = {"live": {}, "intermediate": {}, "files": 0, "files_kept_shared": 0}
+    report["marketing_objection"] = "not_requested"
+    if req.preview:
+        decisions = classify_live(ctx, conn, found.live)
+        for (table, _), d in sorted(decisions.items()):
+            if d.erase:
+                report["erased"]["live"][table] = report["erased"]["live"].get(table, 0) + 1
+            else:
+                add_kept(ctx.policy, report, "live", table, d)
+        if req.marketing_objection:
+            report["marketing_objection"] = "would_record"
+        erase_archived(ctx, conn, req, found, report, preview=True)
+        return
+    purposes = erase_live(ctx, req, report)
+    # With the files a crashed run of this request left queued (a purpose in preview mode
+    # runs no engine recovery that would finish them).
+    purposes |= {
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT purpose FROM retention.document_disposals WHERE run_id = %s AND disposed_at IS NULL",
+            (req.audit_run_id,),
+        )
+    }
+    for purpose in sorted(purposes):  # the files of deleted rows, unless a kept row names them
+        with connect(ctx.dsn, f"retention:{purpose}") as control:
+            report["erased"]["files_kept_shared"] += dispose_documents(control, ctx.store, ctx.schema, purpose)
+    # Searched again after the live rows went: an object the engine committed meanwhile is seen.
+    fresh = find(ctx, conn, req, seed=found.ids)
+    erase_archived(ctx, conn, req, fresh, report, preview=False)
+
+
+def erase_live(ctx: RequestContext, req: SubjectRequest, report: dict) -> set[str]:
+    """In one transaction under the hold lock: decide again, delete the erasable rows
+    children first (a row a kept row references stays), queue their files, record the
+    objection. Returns the purposes whose files were queued."""
+    purposes: set[str] = set()
+    with ctx.connect(autocommit=False) as conn, conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+        conn.execute(LOCK_HOLDS)  # a hold placed from now on waits for the commit
+        found = expand(ctx, conn, resolve(ctx, conn, req), [])
+        # Their rows locked, parents first, before deciding: a clock or a link the decision
+        # reads (a quote converted, a contract set back to running) cannot change under it.
+        # The parents a rule joins are in practice the subject's rows too (their contract,
+        # their marketing contact); fraud cases are not, and fraud is kept whole.
+        for table in tables_in_order(ctx, found.live):
+            if found.live.get(table):
+                conn.execute(
+                    f'SELECT id FROM "{ctx.schema}"."{table}" WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE',
+                    (sorted(found.live[table]),),
+                )
+        decisions = classify_live(ctx, conn, found.live)
+        erased: Counter = Counter()
+        audited: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        disposals = []
+        for table in reversed(tables_in_order(ctx, found.live)):
+            ids = sorted(i for (t, i), d in decisions.items() if t == table and d.erase)
+            if not ids:
+                continue
+            key_cols = key_columns(conn, ctx.schema, table)
+            for rid in ids:
+                d = decisions[(table, rid)]
+                try:
+                    with conn.transaction():  # a savepoint: a referenced row stays
+                        row = conn.execute(
+                            f'DELETE FROM "{ctx.schema}"."{table}" WHERE id = %s RETURNING '
+                            + (", ".join(f'"{c}"' for c in key_cols) or "NULL"),
+                            (rid,),
+                        ).fetchone()
+                except psycopg.errors.ForeignKeyViolation:
+                    decisions[(table, rid)] = Decision(False, "referenced_by_kept_row", d.purpose, d.rule, d.until)
+                    continue
+                if row is None:
+                    continue
+                erased[table] += 1
+                audited[(d.purpose, d.rule, table)].append(rid)
+                purposes.add(d.purpose)
+                disposals += [(d.purpose, table, rid, k) for k in (row if key_cols else ()) if k]
+        for (table, _), d in sorted(decisions.items()):
+            if not d.erase:
+                add_kept(ctx.policy, report, "live", table, d)
+        # Audited like the engine's deletes, in the same transaction: the after-gates of a
+        # retention run going on meanwhile count these rows as deleted by another run.
+        conn.cursor().executemany(
+            "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
+            " record_count, record_ids) VALUES (%s, now(), %s, %s, %s, 'deleted', %s, %s::bigint[])",
+            [(req.audit_run_id, p, r, t, len(ids), sorted(ids)) for (p, r, t), ids in sorted(audited.items())],
+        )
+        if disposals:
+            conn.cursor().executemany(
+                "INSERT INTO retention.document_disposals (run_id, purpose, table_name, record_id, bucket,"
+                " source_key) VALUES (%s, %s, %s, %s, %s, %s)",
+                [(req.audit_run_id, p, t, i, ctx.store.documents_bucket, k) for p, t, i, k in disposals],
+            )
+        if req.marketing_objection:
+            report["marketing_objection"] = record_objection(ctx, conn, req, found)
+    report["erased"]["live"] = dict(sorted(erased.items()))
+    report["erased"]["files"] = len(disposals)
+    return purposes
+
+
+def record_objection(ctx: RequestContext, conn, req: SubjectRequest, found: Found) -> str:
+    """The suppression entry (hashes only, channel 'all'), once per address."""
+    people = []
+    for table, column in (("customers", "customer_id"), ("prospects", "prospect_id")):
+        for rid in sorted(found.live.get(table, ())):
+            email, phone = conn.execute(
+                f'SELECT email, phone FROM "{ctx.schema}"."{table}" WHERE id = %s', (rid,)
+            ).fetchone()
+            people.append((column, rid, email, phone))
+    if not people and req.email:
+        people.append((None, None, req.email, None))
+    recorded = 0
+    for column, rid, email, phone in people:
+        email_sha = suppression.email_hash(email) if email else None
+        try:
+            phone_sha = suppression.phone_hash(phone) if phone else None
+        except ValueError:
+            phone_sha = None
+        if not (email_sha or phone_sha):
+            continue
+        exists = conn.execute(
+            "SELECT 1 FROM app.marketing_objections WHERE channel = 'all' AND email_sha256 IS NOT DISTINCT FROM %s"
+            " AND phone_sha256 IS NOT DISTINCT FROM %s",
+            (email_sha, phone_sha),
+        ).fetchone()
+        if exists:
+            continue
+        conn.execute(
+            "INSERT INTO app.marketing_objections (customer_id, prospect_id, channel, email_sha256, phone_sha256,"
+            " source, received_at) VALUES (%s, %s, 'all', %s, %s, 'rights_request', %s)",
+            (
+                rid if column == "customer_id" else None,
+                rid if column == "prospect_id" else None,
+                email_sha,
+                phone_sha,
+                req.received_at,
+            ),
+        )
+        recorded += 1
+    return "recorded" if recorded else ("already_on_list" if people else "no_address")

@@ -1,0 +1,112 @@
+"""The subject's rows in the archive's intermediate tier, erased: each object holding them is
+rewritten without them by the write-ahead protocol of retention.archive.rewrite
+(``retention.object_rewrites``), under the purpose's advisory lock, so that a crash at any step
+loses nothing and a re-run finishes (rewrites a crashed request left are finished first). An
+object held, locked, probative or of a purpose kept on request stays whole and is reported
+(retention.rights.decide); one rewritten or purged since it was read makes the request
+incomplete: a retry reads it again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from retention.archive import rewrite as object_rewrite
+from retention.archive.locks import acquire_purpose_lock, release_purpose_lock
+from retention.rights.context import RequestContext
+from retention.rights.decide import classify_object
+from retention.rights.ends import row_ends
+from retention.rights.find import ArchivedObject, Found
+from retention.rights.report import add_kept_archived
+from retention.rights.requests import SubjectRequest
+
+
+def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: dict, preview: bool) -> None:
+    """Each object holding the subject's rows decided and reported (a kept one with its rows' own
+    end dates); unless preview, the erasable ones rewritten, purpose by purpose under the
+    purpose's lock, after what a crashed request left is finished."""
+    by_purpose: dict[str, list[ArchivedObject]] = defaultdict(list)
+    for obj in found.objects:
+        d = classify_object(ctx, obj)
+        row_ends(ctx, conn, obj, found.objects)
+        entry = {
+            "key": obj.key,
+            "tier": obj.tier,
+            "table": obj.table,
+            "sha256": obj.sha256,
+            "subject_rows": len(obj.subject_ids),
+            "other_rows": obj.rows.num_rows - len(obj.subject_ids),
+        }
+        if d.erase:
+            entry["action"] = "would_rewrite" if preview else "rewrite"
+            by_purpose[obj.purpose].append(obj)
+            if preview:
+                counts = report["erased"]["intermediate"]
+                counts[obj.table] = counts.get(obj.table, 0) + len(obj.subject_ids)
+        else:
+            entry["action"] = "kept"
+            add_kept_archived(ctx.policy, report, obj, d)
+        report["objects"].append(entry)
+    if preview:
+        return
+    # Rewrites a crashed request left are finished first, even when no object is to be
+    # rewritten now (after a crash past the commit, the subject is no longer found in any).
+    pending = _pending_rewrites(ctx)
+    for purpose in sorted(pending | set(by_purpose)):
+        objects = by_purpose.get(purpose, [])
+        with ctx.connect(autocommit=False) as control, ctx.connect() as intents:
+            lock_purpose(ctx, control, purpose)
+            try:
+                object_rewrite.recover_rewrites(ctx.store, control, purpose)
+                for obj in objects:
+                    result = _rewrite(ctx, control, intents, req, obj, found.ids)
+                    entry = next(e for e in report["objects"] if e["key"] == obj.key)
+                    entry.update(result)
+                    if result["action"] == "rewritten":
+                        counts = report["erased"]["intermediate"]
+                        counts[obj.table] = counts.get(obj.table, 0) + result["removed_rows"]
+                    elif result.get("held"):  # a hold placed meanwhile: kept whole
+                        obj.held = True
+                        add_kept_archived(ctx.policy, report, obj, classify_object(ctx, obj))
+                    else:  # purged or rewritten since it was read: a re-run decides afresh
+                        report["incomplete"] = True
+            finally:
+                control.rollback()
+                release_purpose_lock(control, purpose)
+
+
+def _pending_rewrites(ctx: RequestContext) -> set[str]:
+    with ctx.connect() as conn:
+        return object_rewrite.pending_rewrite_purposes(ctx.store, conn)
+
+
+def lock_purpose(ctx: RequestContext, conn, purpose: str) -> None:
+    """The purpose's advisory lock (the engine's): no archive run, orphan clean-up or purge of
+    the purpose runs while its objects are rewritten."""
+    acquire_purpose_lock(
+        conn,
+        purpose,
+        ctx.lock_timeout,
+        on_timeout=f"a run of purpose {purpose!r} holds its lock (waited {ctx.lock_timeout:.0f}s); its archive "
+        "objects were not rewritten yet: retry the request (live rows already erased stay erased)",
+    )
+
+
+def _rewrite(
+    ctx: RequestContext, control, intents, req: SubjectRequest, obj: ArchivedObject, ids: dict[str, set[int]]
+) -> dict:
+    """Rewrite one intermediate object without the subject's rows: the write-ahead protocol of
+    retention.archive.rewrite, whose recovery the purpose's next run, purge or request runs."""
+    result = object_rewrite.rewrite_without(
+        ctx.policy,
+        ctx.store,
+        control,
+        intents,
+        obj,
+        ids.get(obj.table, set()),
+        origin=req.request_id,
+        new_key=f"{obj.key.removesuffix('.parquet')}.erasure-{req.request_id}.parquet",
+        run_id=req.audit_run_id,
+    )
+    result.pop("removed_ids", None)  # the report holds counts
+    return result

@@ -1,0 +1,233 @@
+"""Finding everything of one subject, in the live database and the archive.
+
+Finding uses the one definition of "what belongs to whom" that legal holds use (the policy's
+``legal_holds.covers``, retention.policy.coverage): from the subject's own row (a customer, a
+prospect, a job application, or every row whose ``email`` column matches an address), down
+through every covered table, in the live tables and in the archive. Archive objects are found
+through the manifest's ``owner_ids`` (GIN index): every object holding a row that belongs to
+the subject records the subject among its owners (retention.policy.coverage.owners_of_rows), so
+only those objects are read; their rows are then filtered the same way as the live ones. By
+e-mail, the archived rows holding the address are found too, through the keyed hashes each
+object records of its rows' e-mails (``identifier_hashes``, retention.identifiers), so that
+someone known only by archived rows is found.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from retention import identifiers
+from retention.policy.coverage import ancestors_first, covered_records_sql, object_covered
+from retention.rights import suppression
+from retention.rights.context import RequestContext
+from retention.rights.requests import SubjectRequest, SubjectRequestError
+
+# The subject's own table for a request by id; "email" resolves to every row whose `email`
+# column holds the address, in every table that has one, live or archived.
+SUBJECT_TABLES = {"customer": "customers", "prospect": "prospects", "candidate": "job_applications"}
+
+
+@dataclass
+class ArchivedObject:
+    """A committed archive object holding at least one row of the subject, read back."""
+
+    manifest_id: int
+    purpose: str
+    rule: str
+    table: str
+    tier: str
+    key: str
+    version_id: str | None
+    sha256: str
+    purge_after: dt.datetime
+    document_keys: list[str]
+    document_version_ids: list[str | None]
+    owner_ids: dict | None  # None: archived before owners were recorded
+    held: bool
+    rows: pa.Table
+    subject_ids: list[int] = field(default_factory=list)
+    until: dict[int, str] = field(
+        default_factory=dict
+    )  # the subject's rows' own end dates (retention.rights.ends.row_ends)
+
+
+@dataclass
+class Found:
+    """Everything of one subject: ids per table (live or archived), the live ones, the objects."""
+
+    ids: dict[str, set[int]]
+    live: dict[str, set[int]]
+    objects: list[ArchivedObject]
+    owners_not_recorded: int = 0
+    matched: dict[str, int] = field(default_factory=dict)  # the subject's own rows (by e-mail: each match)
+    matched_archived: dict[str, int] = field(default_factory=dict)  # the same in the archive (by e-mail)
+    identifiers_not_recorded: int = 0  # by e-mail: committed objects without identifier hashes
+
+
+def resolve(ctx: RequestContext, conn, req: SubjectRequest) -> dict[str, set[int]]:
+    """The subject's own rows: the id given, or every row whose `email` matches."""
+    if req.kind != "email":
+        return {SUBJECT_TABLES[req.kind]: {req.subject_id}}
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = 'email'"
+            " ORDER BY table_name",
+            (ctx.schema,),
+        )
+    ]
+    address = suppression.normalise_email(req.email)
+    roots: dict[str, set[int]] = {}
+    for table in tables:
+        ids = {
+            r[0]
+            for r in conn.execute(f'SELECT id FROM "{ctx.schema}"."{table}" WHERE lower(btrim(email)) = %s', (address,))
+        }
+        if ids:
+            roots[table] = ids
+    return roots
+
+
+def find(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int]] | None = None) -> Found:
+    """Every row of the subject, live and archived. ``seed``: ids already known to be the
+    subject's (found before live rows were erased), so that archived children stay found."""
+    roots = resolve(ctx, conn, req)
+    matched = {t: len(v) for t, v in sorted(roots.items())}
+    archived, not_recorded = _archived_by_address(ctx, conn, req) if req.kind == "email" else ({}, 0)
+    for table, ids in [*archived.items(), *(seed or {}).items()]:
+        roots.setdefault(table, set()).update(ids)
+    objects, unknown = _candidate_objects(ctx, conn, roots)
+    found = expand(ctx, conn, roots, objects)
+    found.owners_not_recorded = unknown
+    found.matched = matched
+    found.matched_archived = {t: len(v) for t, v in sorted(archived.items())}
+    found.identifiers_not_recorded = not_recorded
+    return found
+
+
+def _archived_by_address(ctx: RequestContext, conn, req: SubjectRequest) -> tuple[dict[str, set[int]], int]:
+    """The archived rows whose e-mail is the address: the committed objects recording its
+    keyed hash (GIN index on identifier_hashes) are read back and their rows matched on the
+    address itself. Also: how many committed objects record no hashes (archived before, or
+    without the key: `retention.archive.backfill_owners` fills them in)."""
+    try:
+        locator = identifiers.email_locator(req.email)
+    except identifiers.IdentifierKeyError as exc:
+        raise SubjectRequestError(f"a request by e-mail cannot search the archive: {exc}") from exc
+    address = suppression.normalise_email(req.email)
+    rows: dict[str, set[int]] = {}
+    for table, key, version, sha in conn.execute(
+        "SELECT table_name, object_key, version_id, sha256 FROM retention.archive_manifest"
+        " WHERE state = 'committed' AND bucket = %s AND identifier_hashes @> ARRAY[%s]::bigint[] ORDER BY id",
+        (ctx.store.archive_bucket, locator),
+    ).fetchall():
+        data = ctx.read_object(key, version, sha)
+        for column in identifiers.EMAIL_COLUMNS & set(data.column_names):
+            for i, value in zip(data.column("id").to_pylist(), data.column(column).to_pylist(), strict=True):
+                if value is not None and suppression.normalise_email(value) == address:
+                    rows.setdefault(table, set()).add(i)
+    not_recorded = conn.execute(
+        "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND identifier_hashes IS NULL"
+        " AND bucket = %s",
+        (ctx.store.archive_bucket,),
+    ).fetchone()[0]
+    return rows, not_recorded
+
+
+def tables_in_order(ctx: RequestContext, roots: dict[str, set[int]]) -> list[str]:
+    """The tables a subject's rows may be in (the coverage graph's and the roots'), parents first."""
+    covered = set(ctx.parents) | {p for edges in ctx.parents.values() for p, _ in edges}
+    return ancestors_first(ctx.policy, sorted(covered | set(roots)))
+
+
+def expand(ctx: RequestContext, conn, roots: dict[str, set[int]], objects: list[ArchivedObject]) -> Found:
+    """Down the coverage graph, parents first: a row is the subject's when it is one of the
+    roots or its parent column names a row of the subject (live or archived)."""
+    ids: dict[str, set[int]] = {}
+    live: dict[str, set[int]] = {}
+    for table in tables_in_order(ctx, roots):
+        own = set(roots.get(table, ()))
+        links = [(col, ids[parent]) for parent, col in ctx.parents.get(table, []) if ids.get(parent)]
+        conds, params = [], []
+        if own:
+            conds.append("id = ANY(%s::bigint[])")
+            params.append(sorted(own))
+        for col, parent_ids in links:
+            conds.append(f'"{col}" = ANY(%s::bigint[])')
+            params.append(sorted(parent_ids))
+        mine: set[int] = set()
+        if conds:
+            rows = conn.execute(f'SELECT id FROM "{ctx.schema}"."{table}" WHERE {" OR ".join(conds)}', params)
+            live[table] = {r[0] for r in rows}
+            mine |= live[table]
+        for obj in objects:
+            if obj.table != table:
+                continue
+            columns = obj.rows.column_names
+            row_ids = obj.rows.column("id").to_pylist()
+            hit = [i in own for i in row_ids]
+            for col, parent_ids in links:
+                if col in columns:
+                    hit = [h or (v in parent_ids) for h, v in zip(hit, obj.rows.column(col).to_pylist(), strict=True)]
+            obj.subject_ids = [i for i, h in zip(row_ids, hit, strict=True) if h]
+            mine |= set(obj.subject_ids)
+        if mine:
+            ids[table] = mine
+    live = {t: v for t, v in live.items() if v}
+    return Found(ids=ids, live=live, objects=[o for o in objects if o.subject_ids])
+
+
+def _candidate_objects(ctx: RequestContext, conn, roots: dict[str, set[int]]) -> tuple[list[ArchivedObject], int]:
+    """The committed objects whose recorded owners include a root (GIN index on owner_ids),
+    or that hold a root row itself (the owners exclude an object's own table), read back
+    and checked against the manifest's SHA-256. Also: how many objects have no owners
+    recorded (archived before owners were; `retention.archive.backfill_owners` fills them in)."""
+    conds, params = [], []
+    for table, ids in sorted(roots.items()):
+        for i in sorted(ids):
+            conds.append("m.owner_ids @> %s::jsonb")
+            params.append(json.dumps({table: [i]}))
+        # The root's own table (owners exclude it): no index on record_ids, a scan of the
+        # manifest, which has one row per object (thousands), not per record.
+        conds.append("(m.table_name = %s AND m.record_ids && %s::bigint[])")
+        params += [table, sorted(ids)]
+    unknown = conn.execute(
+        "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND owner_ids IS NULL"
+        " AND bucket = %s",
+        (ctx.store.archive_bucket,),
+    ).fetchone()[0]
+    if not conds:
+        return [], unknown
+    rows = conn.execute(
+        f"WITH covered AS ({covered_records_sql(ctx.policy)})"
+        " SELECT m.id, m.purpose, m.rule, m.table_name, m.tier, m.object_key, m.version_id, m.sha256,"
+        f" m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, {object_covered('m')}"
+        " FROM retention.archive_manifest AS m WHERE m.state = 'committed' AND m.bucket = %s"
+        f" AND ({' OR '.join(conds)}) ORDER BY m.id",
+        [ctx.store.archive_bucket, *params],
+    ).fetchall()
+    objects = []
+    for mid, purpose, rule, table, tier, key, version, sha, purge_after, docs, doc_versions, owners, held in rows:
+        objects.append(
+            ArchivedObject(
+                mid,
+                purpose,
+                rule,
+                table,
+                tier,
+                key,
+                version,
+                sha,
+                purge_after,
+                list(docs or []),
+                list(doc_versions or [None] * len(docs or [])),
+                owners,
+                held,
+                ctx.read_object(key, version, sha),
+            )
+        )
+    return objects, unknown
