@@ -41,7 +41,7 @@ class DocumentsBenchError(RuntimeError):
 
 
 def keys_and_sizes(files: int, seed: int) -> list[tuple[str, int]]:
-    """Keys shaped like the generator's (tools/seed.py: invoices, calls, AML documents)."""
+    """Keys shaped like the generator's (tools/seed: invoices, calls, AML documents)."""
     rng = random.Random(seed)
     kinds = (("invoices", "pdf"), ("calls", "mp3"), ("aml", "pdf"))
     return [

@@ -1,5 +1,5 @@
 """A full daily run at scale: the seven purposes one after another, at one logical date, on a
-database filled by the synthetic generator (tools/seed.py, documents uploaded to the S3 server).
+database filled by the synthetic generator (tools/seed/, documents uploaded to the S3 server).
 Each purpose runs in its own process in the DAG's order, each step timed: the before quality
 gate, plan, archive_and_delete, the after quality gate (GX Core, Data Docs on, as in the DAGs);
 the engine and the gates directly, no Airflow. Seeding is timed separately, and each purpose's
@@ -17,9 +17,9 @@ def run(
     stack, customers: int, logical_date: dt.datetime, batch_size: int, run_child, log, plugins: str | None = None
 ) -> dict:
     try:
-        from tools.seed import seed_database
+        from tools.seed.load import seed_database
     except ImportError as exc:
-        return {"skipped": f"tools/seed.py is not available ({exc}); no full run"}
+        return {"skipped": f"tools/seed is not available ({exc}); no full run"}
     from retention.policy import default_policy
     from retention.schema import apply_schema
 

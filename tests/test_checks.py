@@ -344,7 +344,7 @@ def test_a_failing_gate_fails_its_task_and_the_dag_deletes_nothing(airflow_db, d
 
 
 def test_every_gate_passes_on_the_seeded_data(db, s3, storage, policy, source_dsn):
-    from tools.seed import seed_database
+    from tools.seed.load import seed_database
 
     reference = dt.date(2026, 3, 15)
     seed_database(

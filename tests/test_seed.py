@@ -1,4 +1,4 @@
-"""tools/seed.py against a real PostgreSQL (and S3 server): same seed, same data; work on both
+"""tools/seed against a real PostgreSQL (and S3 server): same seed, same data; work on both
 sides of every rule's boundary; a document for every key; no card security code.
 
 It seeds a database of its own (`seed_tests`) in the test session's PostgreSQL cluster.
@@ -18,7 +18,9 @@ from retention.policy import Rule, default_policy
 from retention.policy.periods import local_midnight
 from retention.schema import apply_schema
 
-from tools.seed import ENFORCED_UNTIL_DAYS_BEFORE, TABLES, seed_database
+from tools.seed.dates import ENFORCED_UNTIL_DAYS_BEFORE
+from tools.seed.load import seed_database
+from tools.seed.tables import TABLES
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +34,7 @@ LEAP_DAY = dt.date(2024, 2, 29)
 CUSTOMERS = 2000
 SEED = 7
 BUCKET = "seed-test-documents"
-# The rules written in the policy (tools/seed.py models those; the ones generated from
+# The rules written in the policy (tools/seed models those; the ones generated from
 # `dependents` are tested in tests/test_dependents.py).
 RULES = [(purpose, rule) for purpose, spec in POLICY.purposes.items() for rule in spec.schedule_rules]
 RULE_IDS = [rule.name for _, rule in RULES]

@@ -653,7 +653,7 @@ def up(
             f"its saved state ({config.s3_state_file}) was lost or is older than the database. "
             "Nothing was started on top of it: `make reset` starts over from a fresh seed."
         )
-    from tools.seed import seed_database
+    from tools.seed.load import seed_database
 
     reference = dt.date.fromisoformat(reference_date) if reference_date else dt.date.today()
     counts = seed_database(
