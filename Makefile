@@ -10,7 +10,7 @@ STATE ?= .local
 DEMO_CUSTOMERS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo down status reset schema seed test test-fast lint format check lock bench
+.PHONY: help venv demo down status reset test test-fast lint format check lock bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
