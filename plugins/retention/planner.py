@@ -110,6 +110,21 @@ class RuleOutcome:
 
 
 @dataclass(frozen=True)
+class RuleStatements:
+    """What a run executes for one rule at one logical date, built once and handed to the
+    archive's batches: the lock statement, the select of the deletable rows (a batch appends its
+    id filter) and the bind parameters (cutoffs, date)."""
+
+    lock_batch: str
+    deletable: str
+    params: dict
+
+    def deletable_among(self, id_filter: str) -> str:
+        """The deletable rows among some ids (``id_filter``: a condition on ``due.id``)."""
+        return f"{self.deletable} AND {id_filter}"
+
+
+@dataclass(frozen=True)
 class IdRange:
     """Deletable ids ``first_id..last_id`` of one rule (both included): ``rows`` of them at planning."""
 
@@ -269,6 +284,10 @@ class Planner:
             f"SELECT due.id, due.clock FROM ({self.select(rule)}) AS due"
             f" WHERE NOT due.held AND due.waiting_for IS NULL{id_filter}"
         )
+
+    def statements(self, rule: Rule, logical_date: dt.datetime) -> RuleStatements:
+        """The rule's statements and parameters at the logical date (retention.archive.protocol)."""
+        return RuleStatements(self.lock_batch_sql(rule), self.deletable_select(rule), self.params(logical_date))
 
     def lock_batch_sql(self, rule: Rule) -> str:
         """The next batch of candidate rows: the rule's own table, joins, clock and conditions,

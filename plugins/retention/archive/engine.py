@@ -44,7 +44,7 @@ from retention.archive.run import (
 )
 from retention.archive.store import ArchiveStore
 from retention.id_sets import id_array as _id_array
-from retention.planner import IdRange, Plan, Planner, RuleOutcome
+from retention.planner import IdRange, Plan, Planner, RuleOutcome, RuleStatements
 from retention.policy import Policy, Purpose, fingerprint
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class RetentionEngine(BatchProtocol, Recovery, ArchivePurge):
         self._planner: Planner | None = None
         self._plan: Plan | None = None
         self._allowances: dict[str, _Allowance] = {}
+        self._statements: dict[str, RuleStatements] = {}
 
     def _connect(self, autocommit: bool = False) -> psycopg.Connection:
         return connect(self.dsn, f"retention:{self.purpose_name}", autocommit)
@@ -224,6 +225,8 @@ class RetentionEngine(BatchProtocol, Recovery, ArchivePurge):
                         if unit is not None
                         else _Allowance(1, MAX_ID, approved.deletable)
                     )
+                    # The rule's statements, built once: the batches only execute them.
+                    self._statements[rule.name] = self._planner.statements(rule, ctx.logical_date)
                     outcome = self._run_rule((control, second), intents, reader, rule, ctx)
                     self._note_beyond_plan(control, rule, ctx, outcome)
                     outcomes.append(outcome)
@@ -232,6 +235,7 @@ class RetentionEngine(BatchProtocol, Recovery, ArchivePurge):
                 control.rollback()
                 release_purpose_lock(control, self.purpose_name, shared=shared)
                 self._allowances.clear()
+                self._statements.clear()
         return outcomes
 
     def recover_before_units(self, ctx: RunContext, plan: Plan) -> dict[str, int]:

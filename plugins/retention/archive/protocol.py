@@ -64,10 +64,9 @@ class BatchProtocol:
         allowance = self._allowances[rule.name]
         if allowance.rows_left > 0:
             return
-        query = (
-            f"SELECT count(*) FROM ({self._planner.deletable_select(rule)}) AS d WHERE d.id > %(lo)s AND d.id <= %(hi)s"
-        )
-        params = self._planner.params(ctx.logical_date) | {
+        statements = self._statements[rule.name]
+        query = f"SELECT count(*) FROM ({statements.deletable}) AS d WHERE d.id > %(lo)s AND d.id <= %(hi)s"
+        params = statements.params | {
             "lo": max(allowance.reached_id, allowance.first_id - 1),
             "hi": allowance.last_id,
         }
@@ -226,12 +225,13 @@ class BatchProtocol:
         limit = min(ctx.batch_size, allowance.rows_left)
         if limit <= 0:
             return []
-        params = self._planner.params(ctx.logical_date) | {
+        statements = self._statements[rule.name]
+        params = statements.params | {
             "after_id": max(after_id, allowance.first_id - 1),
             "until_id": allowance.last_id,
             "batch_size": limit,
         }
-        locked = [row[0] for row in conn.execute(self._planner.lock_batch_sql(rule), params).fetchall()]
+        locked = [row[0] for row in conn.execute(statements.lock_batch, params).fetchall()]
         if locked:
             allowance.reached_id = max(allowance.reached_id, locked[-1])
         return locked
@@ -259,6 +259,7 @@ class BatchProtocol:
         lock picks by the rule's clock and conditions only). Groups the rest by the day their
         archive period ends: (that day in Paris, ids, the instant it starts)."""
         gone_after = rule.gone_after
+        statements = self._statements[rule.name]
         locked_ids, locked_params = _ids_predicate("due.id", locked)
         # Grouped by the clock's local day first: the purge date is computed once per day, not
         # for every row (time-zone arithmetic: half the statement's time at 100,000 rows).
@@ -267,10 +268,10 @@ class BatchProtocol:
             "SELECT ((day + make_interval(months => %(months)s, days => %(days)s))::date"
             "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after, ids"
             " FROM (SELECT (d.clock AT TIME ZONE %(tz)s)::date AS day, array_agg(d.id) AS ids"
-            f"  FROM ({self._planner.deletable_select(rule, id_filter=' AND ' + locked_ids)}) AS d GROUP BY 1) AS x"
+            f"  FROM ({statements.deletable_among(locked_ids)}) AS d GROUP BY 1) AS x"
         )
         params = (
-            self._planner.params(ctx.logical_date)
+            statements.params
             | locked_params
             | {"tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days}
         )
