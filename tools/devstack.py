@@ -539,8 +539,8 @@ SOURCE_WRITERS_POOL = ("retention_source_writers", 4)  # retention.airflow_names
 
 
 def configure_pools(config: StackConfig) -> None:
-    """The pool that caps the archive units writing to the source database at once (README:
-    Scaling out)."""
+    """The pool that caps the archive units writing to the source database at once
+    (docs/architecture.md, "Scaling out")."""
     name, slots = SOURCE_WRITERS_POOL
     description = "Archive units writing to the source database at once"
     _airflow(config, "pools", "set", name, str(slots), description)

@@ -14,7 +14,7 @@ from retention.policy import Policy
 
 OWNER = "data-protection"
 # Caps the archive units writing to the source database at once, over every purpose (created by
-# tools/devstack.py and docker-compose.yaml's airflow-init; README "Scaling out").
+# tools/devstack.py and docker-compose.yaml's airflow-init; docs/architecture.md, "Scaling out").
 SOURCE_WRITERS_POOL = "retention_source_writers"
 # Early enough that a backfill can replay any date of the 10 years of data (catchup is off).
 START_DATE = dt.datetime(2016, 1, 1, tzinfo=ZoneInfo("Europe/Paris"))

@@ -33,7 +33,7 @@ def doc_md(purpose_name: str, purpose: Purpose) -> str:
     mode = (
         "**Mode: PREVIEW.** Every run (scheduled, manual, backfill) reports exactly what an enforced run would "
         "do and changes nothing. Switching to enforce is one line of `include/retention_policy.yaml` "
-        f"(`mode: enforce` under `{purpose_name}`), see the README."
+        f"(`mode: enforce` under `{purpose_name}`), see docs/operating.md."
         if purpose.mode == "preview"
         else "**Mode: ENFORCE.** Runs archive, delete and purge."
     )
@@ -256,7 +256,7 @@ def build_subject_requests_dag() -> DAG:
                 "", type="string", pattern=REQUEST_ID_PATTERN, description="Your reference of the request."
             ),
             # Empty for a request recorded on the Retention page or with `retention.rights.requests
-            # submit` (by e-mail: no address in a run's conf, README): the recorded one applies.
+            # submit` (by e-mail: no address in a run's conf, docs/subject-requests.md): the recorded one applies.
             "action": Param(
                 None,
                 type=["null", "string"],

@@ -73,7 +73,7 @@ def identifier_key(required: bool = True) -> bytes | None:
     if not value:
         if required:
             raise IdentifierKeyError(
-                f"{KEY_ENV} is not set: identifiers cannot be hashed (README, 'Data-subject requests')"
+                f"{KEY_ENV} is not set: identifiers cannot be hashed (docs/subject-requests.md)"
             )
         return None
     if len(value) < MIN_KEY_LENGTH:
@@ -125,7 +125,7 @@ def locators_literal(rows) -> str | None:
     if key is None:
         global _warned
         if not _warned:
-            log.warning("%s is not set: archive objects record no identifier hashes (README)", KEY_ENV)
+            log.warning("%s is not set: archive objects record no identifier hashes (docs/subject-requests.md)", KEY_ENV)
             _warned = True
         return None
     import pyarrow as pa

@@ -398,7 +398,7 @@ def render_request_result(result: dict | None, error: str | None = None) -> str:
         body = (
             f'<p data-testid="recorded">Request <strong>{escape(result["request_id"])}</strong> recorded, but its run '
             f"could not be triggered ({escape(result['trigger_error'])}): trigger {SUBJECT_REQUESTS_DAG_ID} with "
-            f'{{"request_id": "{escape(result["request_id"])}"}} (README), or submit the same request again.</p>'
+            f'{{"request_id": "{escape(result["request_id"])}"}} (docs/subject-requests.md), or submit the same request again.</p>'
         )
     else:
         runs = f"../dags/{SUBJECT_REQUESTS_DAG_ID}/runs/{quote(result['run_id'], safe='')}"

@@ -83,7 +83,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS archive_manifest_live_key_idx
 -- owner_ids: whose rows the object holds, {"<table>": [ids]} over every table a hold on which
 --   covers them (their contract, its customer...), recorded at archive time. NULL for an
 --   object archived before: the purge keeps it (as held) until `python -m retention.archive.backfill_owners`
---   has filled it in (README, "Legal holds").
+--   has filled it in (docs/operating.md, "Legal holds").
 -- document_version_ids: the version of each archive copy in document_keys (what gets locked).
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS owner_ids jsonb;
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS document_version_ids text[];

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             f"owners / identifier hashes recorded for {backfill_owners(conn, client, default_policy())} archive objects"
         )
         if identifiers.identifier_key(required=False) is None:
-            print(f"{identifiers.KEY_ENV} is not set: identifier hashes were not recorded (README)")
+            print(f"{identifiers.KEY_ENV} is not set: identifier hashes were not recorded (docs/subject-requests.md)")
 
 
 if __name__ == "__main__":

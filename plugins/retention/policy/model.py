@@ -174,7 +174,7 @@ class Storage(_Strict):
         return tiers
 
     def with_env_overrides(self, env: dict[str, str]) -> Storage:
-        """Deployment overrides (README: "Pointing it at AWS")."""
+        """Deployment overrides (docs/production.md)."""
         data = self.model_dump()
         data["archive_bucket"] = env.get("RETENTION_ARCHIVE_BUCKET", data["archive_bucket"])
         data["documents_bucket"] = env.get("RETENTION_DOCUMENTS_BUCKET", data["documents_bucket"])

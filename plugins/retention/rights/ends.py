@@ -14,7 +14,7 @@ from retention.rights.context import RequestContext
 from retention.rights.find import ArchivedObject
 
 # "Kept until" of a record whose clock has not started, in the policy's words for that clock
-# (the README's "live in DB" column), then its rule's whole period.
+# (the "live in DB" column of docs/schedule.md), then its rule's whole period.
 CLOCK_NOT_STARTED = {
     "contracts.ended_at": "while the contract runs",
     "customers.relationship_ended_at": "while the customer relationship lasts",

@@ -10,7 +10,7 @@ its request id alone (``{"request_id": ..., "preview": ...}``): by the Retention
     python -m retention.rights.requests submit --dsn URI --request-id DSR-2024-0042 \\
         --action erasure --email -          # the address is read from stdin (not in shell history)
 
-which prints the request id, then the REST trigger (README, "Data-subject requests"). The run
+which prints the request id, then the REST trigger (docs/subject-requests.md). The run
 reads the request from the inbox; once it is done, the address is replaced by its keyed hash
 (retention.identifiers), and an unfinished request's address goes the same way 3 months after
 it was recorded (the longest response period, Art. 12(3)).
