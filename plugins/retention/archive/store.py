@@ -206,6 +206,35 @@ class ArchiveStore:
 
         self._parallel(lock, list(versions))
 
+    def put_locked(self, key: str, body: bytes, retain_until: dt.datetime) -> str | None:
+        """A small object (the audit chain's head) written under Object Lock COMPLIANCE until
+        ``retain_until`` in the same request, with a SHA-256 checksum; returns its version id."""
+        try:
+            put = self.client.put_object(
+                Bucket=self.archive_bucket,
+                Key=key,
+                Body=body,
+                ServerSideEncryption=SSE,
+                # S3 asks for a checksum with a lock: the algorithm named, its value sent.
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(),
+                ObjectLockMode="COMPLIANCE",
+                ObjectLockRetainUntilDate=retain_until,
+            )
+        except Exception as exc:  # botocore raises several unrelated classes
+            raise ArchiveStorageError(f"upload of s3://{self.archive_bucket}/{key} failed: {_describe(exc)}") from exc
+        return put.get("VersionId")
+
+    def read_version(self, key: str, version: str | None) -> bytes:
+        """The bytes of one version of an archive object."""
+        try:
+            got = self.client.get_object(
+                Bucket=self.archive_bucket, Key=key, **({"VersionId": version} if version else {})
+            )
+            return got["Body"].read()
+        except Exception as exc:  # botocore raises several unrelated classes
+            raise ArchiveStorageError(f"reading s3://{self.archive_bucket}/{key} failed: {_describe(exc)}") from exc
+
     def locked_until(self, key: str, version: str | None) -> tuple[str | None, dt.datetime | None]:
         """(lock mode, retain-until) of one version, read from HEAD (S3 servers differ on
         GetObjectRetention; HEAD carries both)."""
