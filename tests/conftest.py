@@ -54,14 +54,13 @@ def pytest_configure(config: pytest.Config) -> None:
     enforced_policy.write_text(
         POLICY_FILE.read_text(encoding="utf-8").replace("mode: preview", "mode: enforce"), encoding="utf-8"
     )
-    source = {
-        "conn_type": "postgres",
-        "host": "127.0.0.1",
-        "port": pg.port,
-        "login": devstack.PG_SUPERUSER,
-        "password": pg.password,
-        "schema": devstack.SOURCE_DB,
-    }
+    # The code paths connect as their roles (docs/audit.md, "Roles"): the purpose DAGs as
+    # retention_engine, the subject requests as retention_rights, the page as retention_reader.
+    # The login users are created with the schema (the source_dsn fixture); the tests' own
+    # set-up and checks connect as the superuser.
+    passwords = devstack.new_role_passwords()
+    _SERVICES["role_passwords"] = passwords
+    sources = devstack.role_connections("127.0.0.1", pg.port, passwords)
     archive = {
         "conn_type": "aws",
         "login": devstack.S3_ACCESS_KEY,
@@ -79,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 "postgresql://", "postgresql+psycopg://"
             ),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state / "airflow-logs"),
-            "AIRFLOW_CONN_SOURCE_POSTGRES": json.dumps(source),
+            **{f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in sources.items()},
             "AIRFLOW_CONN_ARCHIVE_S3": json.dumps(archive),
             "AIRFLOW_CONN_STRIPE_DEFAULT": json.dumps(stripe_stub.connection()),
             "AWS_ACCESS_KEY_ID": devstack.S3_ACCESS_KEY,
@@ -119,6 +118,18 @@ def source_dsn(services) -> str:
 
     dsn = services["pg"].dsn(devstack.SOURCE_DB)
     apply_schema(dsn)
+    devstack.ensure_role_users(dsn, services["role_passwords"])
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def role_dsn(services, source_dsn):
+    """The libpq URI of a role's login user: ``role_dsn("retention_engine")``."""
+
+    def dsn(role: str) -> str:
+        user, _ = devstack.ROLE_USERS[role]
+        return services["pg"].dsn(devstack.SOURCE_DB, user=user, password=services["role_passwords"][role])
+
     return dsn
 
 

@@ -39,7 +39,14 @@ AIRFLOW_SERVICES = AIRFLOW_SERVERS + AIRFLOW_ONE_SHOT + AIRFLOW_OPTIONAL
 REQUIRED_SERVICES = {"postgres", "redis", "source-postgres", "s3", *AIRFLOW_SERVERS, *AIRFLOW_ONE_SHOT}
 # service -> container ports it publishes; everything else publishes nothing.
 PUBLISHED_PORTS = {"airflow-apiserver": {8080}, "source-postgres": {5432}, "s3": {5000}, "flower": {5555}}
-CONNECTION_IDS = {"source_postgres", "archive_s3"}  # DESIGN.md §5
+# DESIGN.md §5, the source once per database role (docs/audit.md, "Roles").
+CONNECTION_IDS = {
+    "source_postgres",
+    "source_postgres_rights",
+    "source_postgres_reader",
+    "source_postgres_housekeeping",
+    "archive_s3",
+}
 CONTAINER_ROOT = PurePosixPath("/opt/airflow")
 S3_ENDPOINT = "http://s3:5000"
 
@@ -244,8 +251,9 @@ def test_source_postgres_connection_points_at_the_source_database(services):
     assert option(argv, "--conn-host") == "source-postgres" and "source-postgres" in services
     assert option(argv, "--conn-port") == "5432"
     assert option(argv, "--conn-schema") == devstack.SOURCE_DB
-    assert option(argv, "--conn-login") == "${SOURCE_DB_USER}"
-    assert option(argv, "--conn-password") == "${SOURCE_DB_PASSWORD}"
+    # The DAGs connect as the engine's role, not as the database's owner.
+    assert option(argv, "--conn-login") == devstack.ROLE_USERS["retention_engine"][0]
+    assert option(argv, "--conn-password") == "${SOURCE_ENGINE_PASSWORD}"
 
     source_env = env_of(services["source-postgres"])
     assert source_env["POSTGRES_DB"] == devstack.SOURCE_DB
@@ -255,6 +263,28 @@ def test_source_postgres_connection_points_at_the_source_database(services):
     assert (dsn.hostname, dsn.port, dsn.path) == ("source-postgres", 5432, f"/{devstack.SOURCE_DB}")
     assert (dsn.username, dsn.password) == (init_env["SOURCE_DB_USER"], init_env["SOURCE_DB_PASSWORD"])
     assert devstack.SOURCE_DB in services["source-postgres"]["healthcheck"]["test"]
+
+
+def test_each_role_has_a_login_user_and_its_connection(services):
+    """retention-init creates the roles' login users after the schema, and one connection per role
+    uses its user, with a password from the environment."""
+    from tools import devstack
+
+    script = script_of(services["retention-init"])
+    init_env = env_of(services["retention-init"])
+    assert (
+        script.index("python -m retention.schema")
+        < script.index("ensure_role_users")
+        < script.index("airflow connections add")
+    )
+    commands = connection_commands(script)
+    for role, (user, conn_id) in devstack.ROLE_USERS.items():
+        argv = commands[conn_id]
+        assert option(argv, "--conn-host") == "source-postgres" and option(argv, "--conn-schema") == devstack.SOURCE_DB
+        assert option(argv, "--conn-login") == user
+        variable = f"SOURCE_{role.removeprefix('retention_').upper()}_PASSWORD"
+        assert option(argv, "--conn-password") == "${" + variable + "}"
+        assert init_env[variable].endswith("demo-only")
 
 
 def test_archive_s3_connection_points_at_the_s3_service(services):

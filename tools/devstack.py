@@ -44,6 +44,55 @@ class StackError(RuntimeError):
     pass
 
 
+# A login user in each role of include/sql/schema/050_roles.sql, and the Airflow connection that
+# uses it (the ids are retention.connections'): docs/audit.md, "Roles".
+ROLE_USERS = {
+    "retention_engine": ("retention_engine_user", "source_postgres"),
+    "retention_rights": ("retention_rights_user", "source_postgres_rights"),
+    "retention_reader": ("retention_reader_user", "source_postgres_reader"),
+    "retention_housekeeping": ("retention_housekeeping_user", "source_postgres_housekeeping"),
+}
+
+
+def new_role_passwords(existing: dict[str, str] | None = None) -> dict[str, str]:
+    """A password per role's login user: the ones given, a new one for any missing."""
+    existing = dict(existing or {})
+    return {role: existing.get(role) or secrets.token_urlsafe(16) for role in ROLE_USERS}
+
+
+def ensure_role_users(admin_dsn: str, passwords: dict[str, str]) -> None:
+    """Each role's login user, created or given its password again (the roles themselves come
+    with the schema, retention.schema). Run as a user that may create roles."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for role, (user, _) in ROLE_USERS.items():
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN INHERIT PASSWORD {}").format(
+                    sql.Identifier(user), sql.Literal(passwords[role])
+                )
+            )
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(user)))
+
+
+def role_connections(host: str, port: int, passwords: dict[str, str], database: str = SOURCE_DB) -> dict[str, dict]:
+    """The Airflow connection of each role's login user."""
+    return {
+        conn_id: {
+            "conn_type": "postgres",
+            "host": host,
+            "port": port,
+            "login": user,
+            "password": passwords[role],
+            "schema": database,
+        }
+        for role, (user, conn_id) in ROLE_USERS.items()
+    }
+
+
 def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
@@ -376,6 +425,9 @@ class StackConfig:
     # Key of the archived identifiers' hashes (retention.identifiers); a demo created before it
     # existed gets one at its next `make demo` (its older objects: retention.archive.backfill_owners).
     identifier_key: str = ""
+    # The password of each role's login user (ROLE_USERS); a demo created before the roles gets
+    # them at its next `make demo`.
+    role_passwords: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load_or_create(
@@ -389,8 +441,9 @@ class StackConfig:
         path = state / "stack.json"
         if path.exists():
             data = json.loads(path.read_text())
-            if not data.get("identifier_key"):
-                data["identifier_key"] = secrets.token_urlsafe(32)
+            if not data.get("identifier_key") or set(data.get("role_passwords", {})) != set(ROLE_USERS):
+                data["identifier_key"] = data.get("identifier_key") or secrets.token_urlsafe(32)
+                data["role_passwords"] = new_role_passwords(data.get("role_passwords"))
                 path.write_text(json.dumps(data, indent=2))
             data["state"] = state
             return cls(**data)
@@ -411,6 +464,7 @@ class StackConfig:
             fernet_key=Fernet.generate_key().decode(),
             stripe_port=stripe_port or 55600,
             identifier_key=secrets.token_urlsafe(32),
+            role_passwords=new_role_passwords(),
         )
         state.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({k: v for k, v in config.__dict__.items() if k != "state"}, indent=2))
@@ -502,18 +556,18 @@ def _airflow(config: StackConfig, *args: str, check: bool = True, capture: bool 
 
 
 def configure_connections(config: StackConfig) -> None:
-    """The two connections of DESIGN.md §5, stored in the metadata DB so they show in the UI."""
+    """The connections of DESIGN.md §5, stored in the metadata DB so they show in the UI: the
+    source database once per role (docs/audit.md, "Roles"), the archive, the processor."""
     pg = config.postgres
+    descriptions = {
+        "source_postgres": "Operational database as retention_engine (the purpose DAGs, the watch)",
+        "source_postgres_rights": "Operational database as retention_rights (the subject requests)",
+        "source_postgres_reader": "Operational database as retention_reader (the Retention page)",
+        "source_postgres_housekeeping": "Operational database as retention_housekeeping (own records)",
+    }
+    sources = role_connections("127.0.0.1", pg.port, config.role_passwords)
     connections = {
-        "source_postgres": {
-            "conn_type": "postgres",
-            "host": "127.0.0.1",
-            "port": pg.port,
-            "login": PG_SUPERUSER,
-            "password": pg.password,
-            "schema": SOURCE_DB,
-            "description": "Operational database (synthetic demo data)",
-        },
+        **{conn_id: conn | {"description": descriptions[conn_id]} for conn_id, conn in sources.items()},
         "archive_s3": {
             "conn_type": "aws",
             "login": S3_ACCESS_KEY,
@@ -646,6 +700,7 @@ def up(
     print(f"S3 (moto)   {config.s3_endpoint}  (buckets {storage.archive_bucket}, {storage.documents_bucket})")
 
     apply_schema(config.source_dsn())
+    ensure_role_users(config.source_dsn(), config.role_passwords)
     missing = missing_s3_objects(config.source_dsn(), client, storage.archive_bucket, storage.documents_bucket)
     if missing:
         raise StackError(

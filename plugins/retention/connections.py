@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from contextlib import closing
 
-SOURCE_CONN_ID = "source_postgres"
+# The source database, once per role (include/sql/schema/050_roles.sql, docs/audit.md "Roles"):
+SOURCE_CONN_ID = "source_postgres"  # retention_engine: the purpose DAGs, the watch
+RIGHTS_CONN_ID = "source_postgres_rights"  # retention_rights: the subject requests
+READER_CONN_ID = "source_postgres_reader"  # retention_reader: the Retention page
+HOUSEKEEPING_CONN_ID = "source_postgres_housekeeping"  # retention_housekeeping: own records
 
 
 def conninfo(conn_id: str = SOURCE_CONN_ID, connection=None) -> str:

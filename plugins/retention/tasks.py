@@ -25,7 +25,7 @@ from retention.archive.run import (
     refuse_future,
 )
 from retention.archive.store import ArchiveStore
-from retention.connections import SOURCE_CONN_ID
+from retention.connections import RIGHTS_CONN_ID, SOURCE_CONN_ID
 from retention.planner import Plan, RuleOutcome
 from retention.policy import DEFAULT_BATCH_SIZE, Purpose, default_policy
 
@@ -365,7 +365,7 @@ def subject_request(context: dict) -> dict:
     from retention.rights.subject_rights import SubjectRights
 
     params = context["params"]
-    dsn = source_dsn()
+    dsn = source_dsn(RIGHTS_CONN_ID)  # as retention_rights: what a request needs, no more
     with _no_retry_on(SubjectRequestError, ValueError):
         inbox.refuse_identifiers_in_conf(context["dag_run"].conf)
         request_id = inbox.check_request_id(str(params["request_id"]))

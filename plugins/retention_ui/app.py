@@ -3,7 +3,7 @@ but for one form (a data-subject request, below).
 
 Every route is behind Airflow's auth manager (the UI's JWT, as a bearer token or the UI's
 cookie): no token is 401, an invalid one 403. Figures come from the bookkeeping schema
-`retention` and the rule SQL through the `source_postgres` connection (retention.status), run
+`retention` and the rule SQL through the `source_postgres_reader` connection (retention.status), run
 states and gate results from Airflow's metadata database; counts, keys and ids only. The chart
 library (Chart.js, MIT) is served from this folder: the page needs no internet.
 
@@ -18,7 +18,8 @@ key), and a cross-site request (Sec-Fetch-Site) is refused.
 
 Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
   overdue_days     a record due for more than this many days and still there is an alarm (3)
-  source_conn_id   the source database connection (source_postgres)
+  reader_conn_id   the page's connection, as retention_reader (source_postgres_reader)
+  rights_conn_id   the form's connection, as retention_rights (source_postgres_rights)
 """
 
 from __future__ import annotations
@@ -52,14 +53,16 @@ def overdue_days_setting() -> int:
     return conf.getint("retention", "overdue_days", fallback=DEFAULT_OVERDUE_DAYS)
 
 
-def source_dsn() -> str:
-    """libpq connection string of the source connection, read the server's way (secrets
-    backends, then the metadata database), every extra applied (retention.connections)."""
+def source_dsn(setting: str = "reader_conn_id") -> str:
+    """libpq connection string of the page's connection (as retention_reader), or of the subject
+    requests' (``rights_conn_id``, the form), read the server's way (secrets backends, then the
+    metadata database), every extra applied (retention.connections)."""
     from airflow.configuration import conf
     from airflow.models.connection import Connection
-    from retention.connections import conninfo
+    from retention.connections import READER_CONN_ID, RIGHTS_CONN_ID, conninfo
 
-    conn_id = conf.get("retention", "source_conn_id", fallback="source_postgres")
+    default = {"reader_conn_id": READER_CONN_ID, "rights_conn_id": RIGHTS_CONN_ID}[setting]
+    conn_id = conf.get("retention", setting, fallback=default)
     return conninfo(connection=Connection.get_connection_from_secrets(conn_id))
 
 
@@ -192,7 +195,7 @@ SUBJECT_REQUEST_RUN_PREFIX = "subject_request__"
 
 def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> dict:
     """Everything the page shows, as data (also served as JSON)."""
-    from retention import status
+    from retention import audit, status
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID, dag_id_for
     from retention.policy import default_policy
 
@@ -206,6 +209,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         holds = status.legal_holds(conn, now)
         runs = status.runs(conn)
         exports = status.access_exports(conn, now)
+        verification = audit.last_verification(conn)
     airflow_runs = last_runs([dag_id_for(p["purpose"]) for p in purposes])
     for p in purposes:
         p["dag_id"] = dag_id_for(p["purpose"])
@@ -229,6 +233,8 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         "runs": runs,
         "future_runs": future_runs(now),
         "access_exports": exports,
+        # The audit chain's last verification (docs/audit.md).
+        "audit_verification": verification and verification | {"checked_at": verification["checked_at"].isoformat()},
     }
 
 
@@ -358,7 +364,7 @@ def record_and_trigger(form: dict[str, str], user_name: str) -> dict:
         received_on = dt.date.fromisoformat(form["received_on"]) if form.get("received_on") else None
     except ValueError as exc:
         raise SubjectRequestError("received_on must be a date (YYYY-MM-DD)") from exc
-    with psycopg.connect(source_dsn(), autocommit=True, application_name="retention:ui") as conn:
+    with psycopg.connect(source_dsn("rights_conn_id"), autocommit=True, application_name="retention:ui") as conn:
         received = subject_requests.submit(
             conn,
             request_id=form.get("request_id", ""),

@@ -18,7 +18,9 @@ BATCH_LOCK_TIMEOUT = "30s"
 # transaction cannot commit before this one has its locks, so a long wait here could only end
 # in the 30 s timeout; after this one the batch is prepared again once the previous has committed.
 PIPELINED_LOCK_TIMEOUT = "200ms"
-LOCK_HOLDS = "LOCK TABLE retention.legal_holds IN SHARE MODE"
+# LOCK TABLE ... IN SHARE MODE through a function (include/sql/schema/050_roles.sql): the mode
+# needs a privilege that would let the caller release holds.
+LOCK_HOLDS = "SELECT retention.lock_legal_holds()"
 
 
 def purpose_lock_name(purpose: str) -> str:

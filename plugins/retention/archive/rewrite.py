@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retention import identifiers
+from retention.archive.locks import LOCK_HOLDS
 from retention.archive.parquet import file_keys, parquet_bytes, parquet_row_count, read_parquet
 from retention.archive.store import ArchiveStore
 from retention.policy import Policy
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 # How long a rewrite waits for the hold table and the manifest row (as a batch does).
 REWRITE_LOCK_TIMEOUT = "30s"
-LOCK_HOLDS = "LOCK TABLE retention.legal_holds IN SHARE MODE"
 
 
 class RewriteError(RuntimeError):

@@ -1,0 +1,116 @@
+-- Roles that can do only their job (issue 23, docs/audit.md "Roles"). Idempotent.
+--
+--   retention_engine        the purpose DAGs and the watch (connection source_postgres): reads the
+--                           application's tables, deletes the rows the policy lets go, writes its
+--                           own bookkeeping; INSERT only into the audit, never UPDATE or DELETE
+--   retention_rights        the subject requests (connection source_postgres_rights): what an
+--                           access or an erasure needs, and the requests' evidence
+--   retention_reader        the Retention page (connection source_postgres_reader): SELECT on
+--                           what the page shows, nothing else (no address of the request inbox)
+--   retention_housekeeping  the project's own records past their period (connection
+--                           source_postgres_housekeeping): removes them only through the SECURITY
+--                           DEFINER functions that keep the audit verifiable
+--
+-- Group roles without LOGIN: the stacks create a login user in each (tools/devstack.py,
+-- docker-compose.yaml); production grants them to its own users. Privileges on the application
+-- tables the policy manages come from the policy (retention.roles, applied by retention.schema).
+
+DO $$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['retention_engine', 'retention_rights', 'retention_reader', 'retention_housekeeping']
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', name);
+        END IF;
+    END LOOP;
+END
+$$;
+
+GRANT USAGE ON SCHEMA app, retention TO retention_engine, retention_rights, retention_reader, retention_housekeeping;
+
+-- The hold table in SHARE mode (a hold placed meanwhile waits for the batch): LOCK TABLE in that
+-- mode needs UPDATE, DELETE or TRUNCATE on the table, which would let a writer release holds.
+-- This function takes the lock and nothing else.
+CREATE OR REPLACE FUNCTION retention.lock_legal_holds() RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    LOCK TABLE retention.legal_holds IN SHARE MODE;
+END
+$$;
+REVOKE ALL ON FUNCTION retention.lock_legal_holds() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION retention.lock_legal_holds() TO retention_engine, retention_rights;
+
+-- Row locks (FOR UPDATE, FOR SHARE) need an UPDATE privilege on a column of the table. The
+-- writers get it on `id` only (retention.roles) and this trigger refuses any UPDATE they make:
+-- they lock rows, they never change them. ON DELETE SET NULL runs as the table's owner.
+CREATE OR REPLACE FUNCTION retention.is_retention_writer() RETURNS boolean
+    LANGUAGE sql STABLE AS
+$$
+SELECT NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+       AND (pg_has_role(current_user, 'retention_engine', 'USAGE')
+            OR pg_has_role(current_user, 'retention_rights', 'USAGE'))
+$$;
+
+CREATE OR REPLACE FUNCTION retention.refuse_writer_update() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'permission denied for table %: % may lock its rows, never change them', TG_TABLE_NAME, current_user
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+-- The engine.
+GRANT SELECT ON retention.legal_holds, retention.active_holds, retention.archive_manifest, retention.purge_intents,
+    retention.document_disposals, retention.object_rewrites, retention.audit_log, retention.access_exports
+    TO retention_engine;
+GRANT INSERT ON retention.archive_manifest, retention.purge_intents, retention.document_disposals,
+    retention.object_rewrites, retention.audit_log, retention.access_exports
+    TO retention_engine;
+GRANT DELETE ON retention.purge_intents TO retention_engine;
+GRANT UPDATE (state, byte_size, sha256, version_id, document_version_ids, committed_at, locked_until, owner_ids,
+              identifier_hashes, earliest_purge_after, purged_at, purge_run_id)
+    ON retention.archive_manifest TO retention_engine;
+GRANT UPDATE (disposed_at, outcome) ON retention.document_disposals TO retention_engine;
+GRANT UPDATE (state, committed_at, done_at) ON retention.object_rewrites TO retention_engine;
+-- The watch DAG deletes the access exports past their time (retention.rights.exports).
+GRANT UPDATE (produced_at, delete_after, deleted_at, outcome, versions_deleted, deleted_by)
+    ON retention.access_exports TO retention_engine;
+
+-- The subject requests: the engine's bookkeeping (an erasure rewrites archive objects, disposes
+-- of files and is audited like the engine's deletes), the requests and their evidence.
+GRANT SELECT ON retention.legal_holds, retention.active_holds, retention.archive_manifest, retention.document_disposals,
+    retention.object_rewrites, retention.audit_log, retention.access_exports, retention.subject_requests,
+    retention.subject_request_inbox
+    TO retention_rights;
+GRANT INSERT ON retention.archive_manifest, retention.document_disposals, retention.object_rewrites,
+    retention.audit_log, retention.access_exports, retention.subject_requests, retention.subject_request_inbox
+    TO retention_rights;
+GRANT UPDATE (state, byte_size, sha256, version_id, document_version_ids, committed_at)
+    ON retention.archive_manifest TO retention_rights;
+GRANT UPDATE (disposed_at, outcome) ON retention.document_disposals TO retention_rights;
+GRANT UPDATE (state, committed_at, done_at) ON retention.object_rewrites TO retention_rights;
+GRANT UPDATE (produced_at, delete_after) ON retention.access_exports TO retention_rights;
+-- A running request's evidence (a done one is final: retention.refuse_final_evidence_update).
+GRANT UPDATE (run_id, reports, state, finished_at) ON retention.subject_requests TO retention_rights;
+-- The inbox's address replaced by its keyed hash once the request is done.
+GRANT UPDATE (email, subject_ref, identifiers_cleared_at) ON retention.subject_request_inbox TO retention_rights;
+
+-- The Retention page: no write, and not the request inbox (addresses in clear).
+GRANT SELECT ON retention.legal_holds, retention.active_holds, retention.archive_manifest, retention.object_rewrites,
+    retention.audit_log, retention.access_exports, retention.audit_verifications
+    TO retention_reader;
+
+-- Housekeeping: reads what it verifies, records the result, removes through the functions only.
+GRANT SELECT ON retention.audit_log, retention.subject_requests, retention.audit_chain, retention.audit_chain_heads,
+    retention.audit_checkpoints, retention.audit_verifications
+    TO retention_housekeeping;
+GRANT INSERT ON retention.audit_verifications TO retention_housekeeping;
+GRANT EXECUTE ON FUNCTION retention.prune_audit(timestamptz, text), retention.forget_audit_ids(timestamptz)
+    TO retention_housekeeping;
+
+-- Nobody but the owner writes the chain: its links come from the trigger (SECURITY DEFINER).
+REVOKE ALL ON retention.audit_chain, retention.audit_chain_heads, retention.audit_checkpoints FROM PUBLIC;
