@@ -69,6 +69,9 @@ def test_login_health_and_connections(stack):
     assert {health[c]["status"] for c in ("metadatabase", "scheduler", "triggerer", "dag_processor")} == {"healthy"}
     source = api.call("GET", "/api/v2/connections/source_postgres")
     assert source["conn_type"] == "postgres" and source["port"] == stack.pg_port and source["schema"] == "insurer"
+    # One connection per database role, each with its role's login user (docs/audit.md, "Roles").
+    for user, conn_id in devstack.ROLE_USERS.values():
+        assert api.call("GET", f"/api/v2/connections/{conn_id}")["login"] == user
     archive = api.call("GET", "/api/v2/connections/archive_s3")
     assert archive["conn_type"] == "aws" and stack.s3_endpoint in archive["extra"]
 
