@@ -46,12 +46,13 @@ GRANT EXECUTE ON FUNCTION retention.lock_legal_holds() TO retention_engine, rete
 -- Row locks (FOR UPDATE, FOR SHARE) need an UPDATE privilege on a column of the table. The
 -- writers get it on `id` only (retention.roles) and this trigger refuses any UPDATE they make:
 -- they lock rows, they never change them. ON DELETE SET NULL runs as the table's owner.
+-- (A role dropped later makes this false, never an error in the application's UPDATEs.)
 CREATE OR REPLACE FUNCTION retention.is_retention_writer() RETURNS boolean
     LANGUAGE sql STABLE AS
 $$
 SELECT NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
-       AND (pg_has_role(current_user, 'retention_engine', 'USAGE')
-            OR pg_has_role(current_user, 'retention_rights', 'USAGE'))
+       AND coalesce(pg_has_role(current_user, to_regrole('retention_engine'), 'USAGE')
+                    OR pg_has_role(current_user, to_regrole('retention_rights'), 'USAGE'), false)
 $$;
 
 CREATE OR REPLACE FUNCTION retention.refuse_writer_update() RETURNS trigger
