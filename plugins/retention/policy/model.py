@@ -235,6 +235,57 @@ class AccessExports(_Strict):
         return value
 
 
+# The records the retention itself produces (the policy's `own_records`, docs/housekeeping.md):
+# each needs a period, and those that prove the archive must outlive it.
+OWN_RECORDS = (
+    "audit_log",
+    "audit_ids_without_archive",
+    "manifest_purged",
+    "document_disposals",
+    "subject_request_evidence",
+    "access_exports",
+    "airflow_dag_runs",
+    "airflow_task_instances",
+    "airflow_xcom",
+    "airflow_log",
+    "airflow_import_errors",
+    "task_logs",
+    "gx_validation_results",
+    "data_docs",
+)
+# They prove what became of archived records: kept at least as long as the longest archive.
+PROVES_THE_ARCHIVE = ("audit_log", "manifest_purged")
+# Airflow's db clean removes a run's task instances and XCom with the run: a longer period for
+# them would be a promise nothing keeps.
+GOES_WITH_THE_DAG_RUN = ("airflow_task_instances", "airflow_xcom")
+
+
+class OwnRecord(_Strict):
+    """One kind of the project's own records: how long it is kept, on what basis, and the
+    DPO's choice in words. The period stays text here: Policy checks it knowing what it must
+    cover, and names the record in its message."""
+
+    period: str | None = None
+    basis: str = Field(min_length=1)
+    choice: str = Field(min_length=1)
+
+
+def _days_at_least(period: Period) -> int:
+    return period.days + 28 * period.months
+
+
+def _days_at_most(period: Period) -> int:
+    return period.days + 31 * period.months
+
+
+def covers(longer: Period, shorter: Period) -> bool:
+    """Whether ``longer`` is at least ``shorter`` from any start date (days and months compared
+    at their worst: a month of 28 days against one of 31)."""
+    if bool(longer.months) == bool(shorter.months) or not (longer.days or shorter.days):
+        return (longer.months, longer.days) >= (shorter.months, shorter.days)
+    return _days_at_least(longer) >= _days_at_most(shorter)
+
+
 class Policy(_Strict):
     version: Literal[1]
     timezone: str
@@ -245,6 +296,8 @@ class Policy(_Strict):
     # references a record whose own period is over (Decision). Links not listed wait, alarmed.
     dependents: dict[str, dict[str, Decision]] = Field(default_factory=dict)
     access_exports: AccessExports = AccessExports()
+    # The retention's own records (OWN_RECORDS), applied by the housekeeping DAG.
+    own_records: dict[str, OwnRecord]
     storage: Storage
 
     @field_validator("timezone")
@@ -340,6 +393,64 @@ class Policy(_Strict):
         # The model is frozen once built; this is its construction.
         object.__setattr__(self, "purposes", purposes)
         return self
+
+    @model_validator(mode="after")
+    def _own_records_periods(self) -> Policy:
+        """Every own record has a period; the audit and the manifest outlive the longest archive
+        they prove; the exports' period is the one the watch applies."""
+        unknown = sorted(set(self.own_records) - set(OWN_RECORDS))
+        if unknown:
+            raise ValueError(f"own_records: unknown records {unknown}; known: {list(OWN_RECORDS)}")
+        longest = self.longest_archive()
+        for name in OWN_RECORDS:
+            must = (
+                f"; it must cover at least {longest[0]} (the longest archive period it proves: {longest[1]})"
+                if name in PROVES_THE_ARCHIVE and longest
+                else ""
+            )
+            record = self.own_records.get(name)
+            if record is None or record.period is None:
+                raise ValueError(f"own_records.{name}: missing period{must}")
+            try:
+                period = Period.parse(record.period)
+            except ValueError:
+                raise ValueError(
+                    f"own_records.{name}: period {record.period!r} is not a period like '90 days' or '5 years' "
+                    f"(zero or more){must}"
+                ) from None
+            if must and not covers(period, longest[0]):
+                raise ValueError(f"own_records.{name}: period {period} is shorter than the archive it proves{must}")
+        exports = self.own_period("access_exports")
+        if exports != self.access_exports.kept_for:
+            raise ValueError(
+                f"own_records.access_exports: period {exports} differs from access_exports.kept_for "
+                f"({self.access_exports.kept_for}), the one the watch applies: write the same period"
+            )
+        for name in GOES_WITH_THE_DAG_RUN:
+            if not covers(self.own_period("airflow_dag_runs"), self.own_period(name)):
+                raise ValueError(
+                    f"own_records.{name}: period {self.own_period(name)} is longer than airflow_dag_runs "
+                    f"({self.own_period('airflow_dag_runs')}): Airflow removes them with their run"
+                )
+        return self
+
+    def own_period(self, name: str) -> Period:
+        """The period of one of the project's own records (OWN_RECORDS), validated at load."""
+        return Period.parse(self.own_records[name].period)
+
+    def longest_archive(self) -> tuple[Period, str] | None:
+        """The longest archive period of the schedule and where it is (None without archives)."""
+        found = [
+            (rule.archive, f"purpose {name!r}, rule {rule.name!r}")
+            for name, purpose in self.purposes.items()
+            for rule in purpose.schedule_rules
+            if rule.archive is not None
+        ]
+        longest = None
+        for archive, where in found:
+            if longest is None or not covers(longest[0], archive):
+                longest = (archive, where)
+        return longest
 
     def decision(self, parent: str, child_table: str, column: str | None = None) -> Decision | None:
         """The policy's decision on the rows of ``child_table`` (through ``column``, or any of its
