@@ -80,6 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state / "airflow-logs"),
             **{f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in sources.items()},
             "AIRFLOW_CONN_ARCHIVE_S3": json.dumps(archive),
+            "AIRFLOW_CONN_RETENTION_AIRFLOW_DB": json.dumps(
+                devstack.metadata_connection("127.0.0.1", pg.port, pg.password, devstack.PG_SUPERUSER, "airflow_tests")
+            ),
             "AIRFLOW_CONN_STRIPE_DEFAULT": json.dumps(stripe_stub.connection()),
             "AWS_ACCESS_KEY_ID": devstack.S3_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": devstack.S3_SECRET_KEY,

@@ -15,9 +15,11 @@ from retention.policy import default_policy
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WATCH_FILE = REPO_ROOT / "dags" / "retention_watch.py"
 REQUESTS_FILE = REPO_ROOT / "dags" / "retention_subject_requests.py"  # issue 10, triggered by hand
+HOUSEKEEPING_FILE = REPO_ROOT / "dags" / "retention_housekeeping.py"  # issue 23, the own records
 DAG_FILES = sorted(
-    p for p in (REPO_ROOT / "dags").glob("*.py") if p not in (WATCH_FILE, REQUESTS_FILE)
+    p for p in (REPO_ROOT / "dags").glob("*.py") if p not in (WATCH_FILE, REQUESTS_FILE, HOUSEKEEPING_FILE)
 )  # one per purpose
+OTHER_DAG_IDS = {"retention_watch", "retention_subject_requests", "retention_housekeeping"}
 EXPECTED_DAG_IDS = {  # DESIGN.md §5
     "retention_quotes",
     "retention_contracts",
@@ -47,7 +49,7 @@ def _load(path: Path):
 
 def test_dag_files_were_found():
     assert len(DAG_FILES) == len(EXPECTED_DAG_IDS), [p.name for p in DAG_FILES]
-    assert WATCH_FILE.is_file() and REQUESTS_FILE.is_file()
+    assert WATCH_FILE.is_file() and REQUESTS_FILE.is_file() and HOUSEKEEPING_FILE.is_file()
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +64,10 @@ def test_no_import_errors(dagbag):
 
 
 def test_exact_dag_ids(dagbag):
-    assert set(dagbag.dag_ids) == EXPECTED_DAG_IDS | {"retention_watch", "retention_subject_requests"}
+    assert set(dagbag.dag_ids) == EXPECTED_DAG_IDS | OTHER_DAG_IDS
 
 
-@pytest.mark.parametrize("path", [*DAG_FILES, WATCH_FILE, REQUESTS_FILE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*DAG_FILES, WATCH_FILE, REQUESTS_FILE, HOUSEKEEPING_FILE], ids=lambda p: p.name)
 def test_every_task_notifies_its_failure(path):
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
     from retention.alerts import failure_notifier, notify_failure
@@ -147,7 +149,7 @@ from airflow.sdk import BaseHook
 def forbidden(*a, **k):
     raise AssertionError("get_connection called while parsing")
 BaseHook.get_connection = classmethod(forbidden)
-for path in {[str(p) for p in [*DAG_FILES, WATCH_FILE, REQUESTS_FILE]]!r}:
+for path in {[str(p) for p in [*DAG_FILES, WATCH_FILE, REQUESTS_FILE, HOUSEKEEPING_FILE]]!r}:
     spec = importlib.util.spec_from_file_location("d", path)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
@@ -240,7 +242,7 @@ def test_plugin_loader_imports_each_module_once(tmp_path):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["plugin_errors"] == {} and out["dag_import_errors"] == {}
     assert "retention" in out["plugins"]
-    assert set(out["dag_ids"]) == EXPECTED_DAG_IDS | {"retention_watch", "retention_subject_requests"}
+    assert set(out["dag_ids"]) == EXPECTED_DAG_IDS | OTHER_DAG_IDS
 
     files = sorted(
         p.relative_to(plugins_dir)

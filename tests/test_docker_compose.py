@@ -45,6 +45,7 @@ CONNECTION_IDS = {
     "source_postgres_rights",
     "source_postgres_reader",
     "source_postgres_housekeeping",
+    "retention_airflow_db",  # Airflow's metadata, for the housekeeping's db clean (issue 23)
     "archive_s3",
 }
 CONTAINER_ROOT = PurePosixPath("/opt/airflow")

@@ -93,6 +93,20 @@ def role_connections(host: str, port: int, passwords: dict[str, str], database: 
     }
 
 
+def metadata_connection(
+    host: str, port: int, password: str, user: str = AIRFLOW_DB, database: str = AIRFLOW_DB
+) -> dict:
+    """The Airflow connection to Airflow's own metadata database (retention.housekeeping)."""
+    return {
+        "conn_type": "postgres",
+        "host": host,
+        "port": port,
+        "login": user,
+        "password": password,
+        "schema": database,
+    }
+
+
 def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
@@ -575,6 +589,9 @@ def configure_connections(config: StackConfig) -> None:
             "description": "Archive S3 (local moto server)",
             "extra": {"endpoint_url": config.s3_endpoint, "region_name": S3_REGION},
         },
+        # The housekeeping's db clean (a task has no ORM session of its own in Airflow 3).
+        "retention_airflow_db": metadata_connection("127.0.0.1", pg.port, config.airflow_db_password)
+        | {"description": "Airflow's metadata database, for the housekeeping's db clean"},
         # retention_contracts erases payment methods at the processor before deleting our rows.
         "stripe_default": {
             "conn_type": "generic",

@@ -17,6 +17,8 @@ SOURCE_CONN_ID = "source_postgres"  # retention_engine: the purpose DAGs, the wa
 RIGHTS_CONN_ID = "source_postgres_rights"  # retention_rights: the subject requests
 READER_CONN_ID = "source_postgres_reader"  # retention_reader: the Retention page
 HOUSEKEEPING_CONN_ID = "source_postgres_housekeeping"  # retention_housekeeping: own records
+# Airflow's own metadata database, for the housekeeping's db clean (retention.housekeeping).
+AIRFLOW_DB_CONN_ID = "retention_airflow_db"
 
 
 def conninfo(conn_id: str = SOURCE_CONN_ID, connection=None) -> str:

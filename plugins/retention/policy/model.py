@@ -286,6 +286,12 @@ def covers(longer: Period, shorter: Period) -> bool:
     return _days_at_least(longer) >= _days_at_most(shorter)
 
 
+class Housekeeping(_Strict):
+    """The housekeeping DAG's mode: preview (reports what would go, changes nothing) or enforce."""
+
+    mode: Literal["preview", "enforce"] = "preview"
+
+
 class Policy(_Strict):
     version: Literal[1]
     timezone: str
@@ -298,6 +304,7 @@ class Policy(_Strict):
     access_exports: AccessExports = AccessExports()
     # The retention's own records (OWN_RECORDS), applied by the housekeeping DAG.
     own_records: dict[str, OwnRecord]
+    housekeeping: Housekeeping = Housekeeping()
     storage: Storage
 
     @field_validator("timezone")
