@@ -25,12 +25,14 @@ LONG_AGO = NOW - dt.timedelta(days=6 * 366)  # past the audit's 5 years
 RECENT = NOW - dt.timedelta(days=1)
 
 
-def audit_row(conn, *, object_key: str | None, ids: list[int], at: dt.datetime | None = None) -> int:
+def audit_row(
+    conn, *, object_key: str | None, ids: list[int], at: dt.datetime | None = None, run_id: str = "manual__hk"
+) -> int:
     return conn.execute(
         "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action, record_count,"
-        " object_key, record_ids, at) VALUES ('manual__hk', now(), 'quotes', 'unconverted_quotes', 'quotes',"
+        " object_key, record_ids, at) VALUES (%s, now(), 'quotes', 'unconverted_quotes', 'quotes',"
         " 'archived_and_deleted', %s, %s, %s::bigint[], coalesce(%s, now())) RETURNING id",
-        (len(ids), object_key, ids, at),
+        (run_id, len(ids), object_key, ids, at),
     ).fetchone()[0]
 
 
@@ -216,3 +218,25 @@ def test_a_broken_chain_fails_the_run_and_nothing_is_pruned(db, s3, storage, air
         "SELECT intact, message FROM retention.audit_verifications ORDER BY id DESC LIMIT 1"
     ).fetchone()
     assert not intact and f"audit_log row id {rows['live_key_row']} (seq 3) was changed" in message
+
+
+def test_the_page_says_which_runs_lost_their_airflow_record(db, airflow_db):
+    """A run older than the last enforced housekeeping's cut keeps its evidence on the page, and
+    the page says why its Airflow link is gone (read as retention_reader)."""
+    import json
+
+    from retention_ui import app
+
+    audit_row(db, object_key=None, ids=[1], at=NOW - dt.timedelta(days=200), run_id="scheduled__old")
+    audit_row(db, object_key=None, ids=[2])
+    cut = (NOW - dt.timedelta(days=90)).isoformat()
+    db.execute(
+        "INSERT INTO retention.housekeeping_runs (run_id, mode, results) VALUES ('manual__hk', 'enforce', %s)",
+        (json.dumps({"airflow_metadata": {"airflow_dag_runs": {"period": "90 days", "cut": cut}}}),),
+    )
+    summary = app.summary()
+    gone = {r["run_id"]: r["airflow_record_gone"] for r in summary["runs"]}
+    assert gone == {"scheduled__old": True, "manual__hk": False}
+    assert summary["housekeeping"]["mode"] == "enforce" and summary["housekeeping"]["airflow_runs_cut"] == cut
+    html = app.render_page(summary)
+    assert html.count('data-testid="airflow-record-gone"') == 1 and "their evidence below stays" in html

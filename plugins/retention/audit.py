@@ -405,13 +405,12 @@ def last_verification(conn) -> dict | None:
 
 
 def head_retention(policy, now: dt.datetime) -> dt.datetime:
-    """How long a head stays locked by default: the longest archive period of the schedule (the
-    audit proves what became of every archived record at least that long)."""
+    """How long a head stays locked: the audit's own period (the policy's own_records.audit_log,
+    never shorter than the longest archive period: retention.policy)."""
     from retention.policy.periods import local_midnight
 
-    longest = max((r.archive for p in policy.purposes.values() for r in p.rules if r.archive), default=None)
     today = now.astimezone(policy.tz).date()
-    until = longest.add_to(today) if longest else today + dt.timedelta(days=365)
+    until = policy.own_period("audit_log").add_to(today)
     return local_midnight(until + dt.timedelta(days=1), policy.tz)
 
 

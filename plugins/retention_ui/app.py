@@ -195,7 +195,7 @@ SUBJECT_REQUEST_RUN_PREFIX = "subject_request__"
 
 def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> dict:
     """Everything the page shows, as data (also served as JSON)."""
-    from retention import audit, status
+    from retention import audit, housekeeping, status
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID, dag_id_for
     from retention.policy import default_policy
 
@@ -210,6 +210,12 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         runs = status.runs(conn)
         exports = status.access_exports(conn, now)
         verification = audit.last_verification(conn)
+        cleaned = housekeeping.last_run(conn)
+    # Airflow's records of runs before the last enforced housekeeping's cut are gone (the
+    # policy's own_records.airflow_dag_runs): the page says so; the evidence (audit) stays.
+    airflow_cut = None
+    if cleaned and cleaned["mode"] == "enforce":
+        airflow_cut = (cleaned["results"].get("airflow_metadata", {}).get("airflow_dag_runs") or {}).get("cut")
     airflow_runs = last_runs([dag_id_for(p["purpose"]) for p in purposes])
     for p in purposes:
         p["dag_id"] = dag_id_for(p["purpose"])
@@ -222,6 +228,9 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
             # Airflow run is one of the requests DAG's (run ids differ), so link that DAG's runs.
             r["dag_id"] = SUBJECT_REQUESTS_DAG_ID
             r["run_url"] = f"../dags/{SUBJECT_REQUESTS_DAG_ID}/runs"
+        r["airflow_record_gone"] = bool(airflow_cut) and dt.datetime.fromisoformat(r["last_at"]) < (
+            dt.datetime.fromisoformat(airflow_cut)
+        )
     return {
         "generated_at": now.isoformat(),
         "timezone": policy.timezone,
@@ -235,6 +244,9 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         "access_exports": exports,
         # The audit chain's last verification (docs/audit.md).
         "audit_verification": verification and verification | {"checked_at": verification["checked_at"].isoformat()},
+        # The last housekeeping (docs/housekeeping.md): its mode, when, and Airflow's cut.
+        "housekeeping": cleaned
+        and {"mode": cleaned["mode"], "ran_at": cleaned["ran_at"].isoformat(), "airflow_runs_cut": airflow_cut},
     }
 
 
