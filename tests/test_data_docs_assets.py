@@ -169,14 +169,21 @@ def test_data_docs_turned_off_the_index_says_so(monkeypatch):
     assert "Data Docs are turned off" in body and "No gate has run yet" not in body
 
 
-@pytest.mark.parametrize("path", ["../../passwords.json", "%2e%2e/x", "/etc/passwd", "../templates/retention.html"])
-def test_nothing_outside_the_site_or_the_vendored_folder_is_served(site, monkeypatch, path):
-    from retention_ui.data_docs import vendored_file
-
+@pytest.mark.parametrize("path", ["../.lock", "/etc/passwd"])
+def test_nothing_outside_the_site_is_served(site, monkeypatch, path):
+    """The gates' lock file (`../.lock`) lies beside the site, with the validation results."""
     monkeypatch.setenv("RETENTION_DATA_DOCS_DIR", str(site.parent))
+    assert (site / path).resolve().is_file()
     with pytest.raises(HTTPException) as refused:
         data_docs_response(path)
     assert refused.value.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["../../app.py", "/etc/passwd"])
+def test_nothing_outside_the_vendored_folder_is_served(path):
+    from retention_ui.data_docs import vendored_file
+
+    assert (VENDORED / path).resolve().is_file()
     with pytest.raises(HTTPException) as refused:
         vendored_file(path)
     assert refused.value.status_code == 404
