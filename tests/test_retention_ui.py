@@ -29,6 +29,7 @@ ROUTES = [
     "/retention/api/summary",
     "/retention/static/chart.umd.min.js",
     "/retention/data-docs/index.html",
+    "/retention/static/data-docs/jquery@3.7.1/dist/jquery.min.js",
 ]
 
 
@@ -246,6 +247,22 @@ def test_page_links_the_gates_data_docs(api, ran_quotes):
     assert index.status_code == 200 and "quotes.before.app.quotes" in index.text
     assert _get(api, "/retention/data-docs/static/styles/data_docs_default_styles.css").status_code == 200
     assert _get(api, "/retention/data-docs/%2e%2e/%2e%2e/passwords.json").status_code == 404
+    # Served with no internet: the CDN addresses point to the vendored copies, which are there.
+    assert "https://unpkg.com" not in index.text and "https://cdn" not in index.text
+    assert 'href="../static/data-docs/bootstrap@4.3.1/dist/css/bootstrap.min.css"' in index.text
+    css = _get(api, "/retention/static/data-docs/bootstrap@4.3.1/dist/css/bootstrap.min.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert _get(api, "/retention/static/data-docs/%2e%2e/%2e%2e/app.py").status_code == 404
+
+
+def test_data_docs_before_the_first_gate_say_so(api, tmp_path, monkeypatch):
+    """Before any gate has built the site, the page's Data Docs link opens a page that says
+    so (HTML, not the JSON of an error)."""
+    monkeypatch.setenv("RETENTION_DATA_DOCS_DIR", str(tmp_path / "docs"))
+    index = _get(api, "/retention/data-docs/index.html")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert "No gate has run yet" in index.text and "check_before" in index.text
+    assert _get(api, "/retention/data-docs/validations/x.html").status_code == 404
 
 
 def test_a_subject_requests_deletions_link_to_the_requests_dag(api, ran_quotes):

@@ -7,7 +7,8 @@ cookie): no token is 401, an invalid one 403. Figures come from the bookkeeping 
 states and gate results from Airflow's metadata database; counts, keys and ids only. The chart
 library (Chart.js, MIT) is served from this folder: the page needs no internet.
 
-The gates' Great Expectations Data Docs (retention.gates.data_docs) are served under /retention/data-docs/.
+The gates' Great Expectations Data Docs (retention.gates.data_docs) are served under
+/retention/data-docs/, their CDN assets from this folder too (retention_ui.data_docs).
 
 The form "Data-subject request" (POST /retention/subject-requests) records a request in the
 project's own table (retention.rights.requests.submit: the address stays out of Airflow) and
@@ -36,6 +37,8 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+
+from retention_ui.data_docs import data_docs_response, vendored_file
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -524,29 +527,18 @@ def create_app() -> FastAPI:
     def icon() -> FileResponse:
         return FileResponse(STATIC / "icon.svg", media_type="image/svg+xml")
 
+    @app.get("/static/data-docs/{path:path}")
+    def data_docs_asset(path: str) -> FileResponse:
+        """The Data Docs' CSS and JavaScript, vendored (static/data-docs/README.md)."""
+        return vendored_file(path)
+
     @app.get("/data-docs/{path:path}")
-    def data_docs(path: str) -> FileResponse:
-        """The quality gates' Great Expectations Data Docs (counts only), behind the same auth."""
-        return FileResponse(data_docs_file(path))
+    def data_docs(path: str) -> Response:
+        """The quality gates' Great Expectations Data Docs (counts only), behind the same auth,
+        loading nothing from the internet (retention_ui.data_docs)."""
+        return data_docs_response(path)
 
     return app
-
-
-def data_docs_file(path: str) -> Path:
-    """A file of the Data Docs site the gates build (retention.paths.data_docs_dir()/site), never
-    outside it."""
-    from retention.paths import data_docs_dir
-
-    docs = data_docs_dir()
-    if docs is None:
-        raise HTTPException(404, "Data Docs are turned off (RETENTION_DATA_DOCS_DIR=off)")
-    site = (docs / "site").resolve()
-    target = (site / (path or "index.html")).resolve()
-    if not target.is_relative_to(site):
-        raise HTTPException(404)
-    if not target.is_file():
-        raise HTTPException(404, "no Data Docs yet: they are built by the first run of a retention DAG's gates")
-    return target
 
 
 def hmac_equal(a: str, b: str) -> bool:
