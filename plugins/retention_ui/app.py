@@ -309,6 +309,16 @@ def evidence_csv(ev: dict) -> str:
                 "detail": o["event"],
             }
         )
+    for a in ev.get("approvals", []):  # who approved (or refused) the plan, on which figures
+        writer.writerow(
+            {
+                "section": f"approval:{a['kind']}",
+                "sha256": a["plan_sha256"],
+                "state": a["decision"],
+                "detail": f"by={a['decided_by'] or '-'}; at={a['decided_at']}; "
+                + json.dumps(a["figures"].get("tables", {}), sort_keys=True),
+            }
+        )
     for task_id, gate in sorted(ev.get("gates", {}).items()):
         results = gate.get("results", []) if isinstance(gate, dict) else []
         for g in results:

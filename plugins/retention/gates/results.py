@@ -71,6 +71,8 @@ def _status(result: dict) -> str:
         return "skipped"
     if result["success"]:
         return "ok"
+    if result.get("awaiting_approval"):
+        return "approval asked"
     return "FAILED" if result.get("enforced", True) else "reported"
 
 
