@@ -380,25 +380,29 @@ def test_an_erasure_is_approved_after_its_preview_and_done_in_the_same_run(api, 
 
 
 def test_an_erasure_whose_figures_changed_after_the_approval_erases_nothing(api, approvers_policy, db, s3, storage):
-    """A legal hold placed on the candidate while the question waited: the preview before erasing
-    no longer matches what was approved; the run stops, nothing erased. SAFETY."""
-    candidate = f.job_application(db, last_contact="2024-11-01")
+    """A new quote of the customer written while the question waited: the preview before erasing
+    no longer matches what was approved (one more quote); the run stops, nothing erased. SAFETY."""
+    customer = f.customer(db, ended="2024-10-01")
+    shown = f.quote(db, issued="2024-09-01", customer_id=customer)
     dag = load_dag("subject_requests")
+    added: list[int] = []
 
     def respond():
         question = None
         try:
             question = waiting_question("retention_subject_requests", "approve_erasure")
-            f.legal_hold(db, "job_applications", candidate)
+            assert "| live | quotes | 1 |" in question["body"]
+            added.append(f.quote(db, issued="2024-09-15", customer_id=customer))
             assert answer(api, "approver", question, "Approve").status_code == 200
         except BaseException:
             _rescue(api, question)
             raise
 
-    dag_run = run_answering(dag, _erasure_conf(candidate, "DSR-changed-1"), respond, logical_date=None)
+    conf = _erasure_conf(customer, "DSR-changed-1") | {"subject_kind": "customer"}
+    dag_run = run_answering(dag, conf, respond, logical_date=None)
     states = task_states(dag_run)
     assert states["approve_erasure"] == "success" and states["erase"] == "failed", states
-    assert f.ids(db, "job_applications") == {candidate}
+    assert f.ids(db, "quotes") == {shown, *added} and f.ids(db, "customers") == {customer}, "nothing erased"
     assert db.execute("SELECT count(*) FROM retention.subject_requests").fetchone()[0] == 0, "never started"
 
 
