@@ -117,8 +117,12 @@ def deletion_question(dag_id: str, run_id: str, figures: dict, plan_sha256: str)
         + ", ".join(f"{_percent(tables[t]['share'])} of {t}" for t in over)
         + f" (over max_delete_fraction {_percent(figures['max_delete_fraction'])})?"
     )
+    from retention.policy import default_policy
+
+    # In the policy's time zone, as every date the DPO reads.
+    logical = dt.datetime.fromisoformat(figures["logical_date"]).astimezone(default_policy().tz)
     lines = [
-        f"**{dag_id}**, run `{run_id}`, mode **{figures['mode']}**, logical date {figures['logical_date']}.",
+        f"**{dag_id}**, run `{run_id}`, mode **{figures['mode']}**, logical date {logical:%Y-%m-%d %H:%M %Z}.",
         "",
         f"This run would delete more than **{_percent(figures['max_delete_fraction'])}** of "
         + ", ".join(f"`{t}`" for t in over)
