@@ -396,6 +396,15 @@ def record_and_trigger(form: dict[str, str], user_name: str) -> dict:
     return result | {"run_id": run.run_id, "paused": bool(dag and dag.is_paused)}
 
 
+def _preview_next(result: dict) -> str:
+    """What follows a request triggered in preview."""
+    if not result["preview"]:
+        return ""
+    if result["action"] == "erasure":
+        return " in preview: it waits for an approval (Browse &rarr; Required Actions), then erases in the same run"
+    return " in preview: read its report, then submit the same request with preview off"
+
+
 def render_request_result(result: dict | None, error: str | None = None) -> str:
     """The form's answer: what was recorded and the run triggered (never the address)."""
     from html import escape
@@ -422,7 +431,7 @@ def render_request_result(result: dict | None, error: str | None = None) -> str:
             f'<p data-testid="recorded">Request <strong>{escape(result["request_id"])}</strong> recorded '
             f"({escape(result['action'])}, by {escape(result['kind'])}); run "
             f'<a target="_top" href="{escape(runs)}">{escape(result["run_id"])}</a> triggered'
-            f"{' in preview: read its report, then submit the same request with preview off' if result['preview'] else ''}.</p>"
+            f"{_preview_next(result)}.</p>"
             f"{paused}"
         )
     return (
