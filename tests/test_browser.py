@@ -7,6 +7,7 @@ Needs /usr/bin/chromium (`apt-get install chromium`; .ci/run installs it)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -147,3 +148,89 @@ def test_retention_page_in_chromium(api_server, data, db):
             raise
         finally:
             browser.close()
+
+
+APPROVER = "approver"  # a `user` of the session's api-server: may act on DAGs (tests/conftest.py)
+
+
+def _rest_reject(url: str, password: str, question: dict) -> None:
+    """Ends a run left waiting (a failed browser step): Reject through the REST API."""
+    import urllib.request
+
+    login = urllib.request.Request(
+        f"{url}/auth/token",
+        data=json.dumps({"username": APPROVER, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(login, timeout=10) as resp:
+        token = json.loads(resp.read())["access_token"]
+    patch = urllib.request.Request(
+        f"{url}/api/v2/dags/{question['dag_id']}/dagRuns/{question['run_id']}/taskInstances/"
+        f"{question['task_id']}/-1/hitlDetails",
+        data=json.dumps({"chosen_options": ["Reject"], "params_input": {}}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="PATCH",
+    )
+    urllib.request.urlopen(patch, timeout=10).close()
+
+
+def test_approve_a_deletion_in_the_airflow_ui(api_server, db, s3, storage):
+    """A run over the mass-deletion guard waits; the approver opens its required action in the
+    Airflow UI, reads the plan's figures and clicks Approve; the same run then deletes."""
+    import concurrent.futures
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.dag_runs import load_dag, task_states
+    from tests.test_approvals import over_the_guard, waiting_question
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = api_server.url
+    quotes = over_the_guard(db)
+    dag = load_dag("quotes")
+    for task in dag.tasks:
+        task.retries = 0
+
+    def approve_in_the_browser() -> None:
+        question = waiting_question("retention_quotes", "approve_deletion")
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+                page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+                page.set_default_timeout(30_000)
+                try:
+                    page.goto(f"{url}/")
+                    page.get_by_label("Username").fill(APPROVER)
+                    page.get_by_label("Password").fill(api_server.passwords[APPROVER])
+                    page.get_by_role("button", name="Sign in").click()
+                    page.get_by_role("link", name="Retention").first.wait_for()
+                    page.goto(
+                        f"{url}/dags/retention_quotes/runs/{question['run_id']}/tasks/approve_deletion/required_actions"
+                    )
+                    expect(page.get_by_text(question["subject"]).first).to_be_visible()
+                    expect(page.get_by_role("cell", name="quotes (over the guard)")).to_be_visible()
+                    expect(page.get_by_role("cell", name="60%")).to_be_visible()
+                    page.screenshot(path=ARTIFACTS / "10-approval-asked.png", full_page=True)
+                    page.get_by_role("button", name="Approve").click()
+                    expect(page.get_by_text(f"from {APPROVER}").first).to_be_visible()  # "Response received at ..."
+                    page.screenshot(path=ARTIFACTS / "11-approval-given.png", full_page=True)
+                except Exception:
+                    page.screenshot(path=ARTIFACTS / "approval-failure.png", full_page=True)
+                    raise
+                finally:
+                    browser.close()
+        except BaseException:
+            with contextlib.suppress(OSError):  # answered already: 409
+                _rest_reject(url, api_server.passwords[APPROVER], question)
+            raise
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        browsing = pool.submit(approve_in_the_browser)
+        dag_run = dag.test(logical_date=f.midnight("2025-03-01"), run_conf={"max_delete_fraction": 0.5})
+        browsing.result(timeout=60)
+    assert set(task_states(dag_run).values()) == {"success"}, task_states(dag_run)
+    assert f.ids(db, "quotes") == quotes["kept"]
+    recorded = db.execute("SELECT decision, decided_by FROM retention.approvals WHERE run_id = %s", (dag_run.run_id,))
+    assert recorded.fetchall() == [("approved", APPROVER)]

@@ -13,12 +13,16 @@ from __future__ import annotations
 import logging
 
 log = logging.getLogger(__name__)
-UPSTREAM = ("plan", "check_before", "archive_and_delete", "purge_archives", "check_after")
+UPSTREAM = ("plan", "check_before", "approve_deletion", "archive_and_delete", "purge_archives", "check_after")
 FAILED_STATES = ("failed", "upstream_failed")
 
 UNCHANGED = {
     "check_before": "the quality gate before the run failed: nothing was archived, deleted or purged.",
     "plan": "planning failed: nothing was archived, deleted or purged.",
+    "approve_deletion": (
+        "the run was over the mass-deletion guard and its plan was not approved (rejected, or no answer in "
+        "time): nothing was archived, deleted or purged."
+    ),
     "archive_and_delete": (
         "archive-and-delete failed: batches committed before the failure are archived (verified) and "
         "deleted, as counted below from the audit log; every other row is still in the source, and "
@@ -128,6 +132,7 @@ def summary_dict(purpose: str, context: dict, pulled: dict, states: dict, table:
         },
         "bytes_per_tier": bytes_per_tier,
         "purge": pulled.get("purge_archives"),
+        "approval": pulled.get("approve_deletion"),
         "gates": gates,
         "table": table,
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 
+from retention.approvals import approvals_of_run
 from retention.planner import Planner
 from retention.policy import Policy, Purpose, Rule
 from retention.policy.periods import cutoff, due_date
@@ -255,7 +256,8 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
         " AND purpose = %(purpose)s ORDER BY id",
         {"run": run_id, "purpose": purpose_name, "tz": policy.timezone},
     ).fetchall()
-    if not audit and not objects:
+    approvals = approvals_of_run(conn, purpose_name, run_id)  # who approved (or refused) its plan
+    if not audit and not objects and not approvals:
         return None
     logical = min((a[7] for a in audit), default=None)
     purpose = policy.purposes.get(purpose_name)
@@ -333,4 +335,5 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
                 event,
             ) in objects
         ],
+        "approvals": approvals,
     }

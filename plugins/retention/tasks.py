@@ -91,7 +91,8 @@ def run_context(purpose: Purpose | str, context: dict) -> RunContext:
 
 def check_before(purpose: Purpose, context: dict, planned: dict | None = None) -> dict:
     """A failed gate fails the task without retry: the data won't fix itself in 5 minutes. The
-    mass-deletion guard judges the run's plan (``planned``, the plan task's XCom)."""
+    mass-deletion guard judges the run's plan (``planned``, the plan task's XCom); over it, the
+    run's approve_deletion step asks a person (retention.approval_tasks)."""
     from retention import gates
 
     ctx = run_context(purpose, context)
@@ -103,6 +104,7 @@ def check_before(purpose: Purpose, context: dict, planned: dict | None = None) -
             ctx,
             float(context["params"]["max_delete_fraction"]),
             plan=planned,
+            ask_approval=True,
         )
 
 
@@ -134,10 +136,26 @@ def plan(purpose: Purpose, context: dict) -> dict:
 def archive_and_delete(purpose: Purpose, context: dict, planned: dict) -> dict:
     """Execute the approved plan (a plan made with another policy is refused, without retry)."""
     ctx = run_context(purpose, context)
+    require_approval(purpose, context, ctx, planned)
     with _no_retry_on(PlanMismatchError):
         outcomes = engine(purpose).archive_and_delete(ctx, Plan.from_dict(planned))
     emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
+
+
+def require_approval(purpose: Purpose, context: dict, ctx: RunContext, planned: dict) -> None:
+    """Nothing is deleted by a run over the mass-deletion guard without an approval of its own plan
+    (retention.approvals), whatever the state of its approve_deletion task; refused without retry."""
+    from retention.approvals import ApprovalMissingError, require_deletion_approval
+
+    if ctx.dry_run:
+        return
+    with _no_retry_on(ApprovalMissingError):
+        approved = require_deletion_approval(
+            source_dsn(), as_purpose(purpose).name, ctx.run_id, planned, float(context["params"]["max_delete_fraction"])
+        )
+    if approved:
+        log.info("plan approved by %s at %s", approved["decided_by"], approved["decided_at"])
 
 
 def prepare_units(purpose: Purpose, context: dict, planned: dict) -> dict[str, list[dict]]:
@@ -160,6 +178,7 @@ def archive_unit(purpose: Purpose, context: dict, planned: dict, unit: dict) -> 
     holding the purpose's lock in shared mode. Returns the unit's counts (XCom)."""
     ctx = run_context(purpose, context)
     share = Unit(**unit)
+    require_approval(purpose, context, ctx, planned)
     with _no_retry_on(PlanMismatchError):
         outcomes = engine(purpose).archive_and_delete(ctx, Plan.from_dict(planned), share)
     result = {"unit": share.as_dict(), "outcome": outcomes[0].as_dict() if outcomes else None}
@@ -351,7 +370,7 @@ def report(
     return summary
 
 
-def subject_request(context: dict) -> dict:
+def subject_request(context: dict, preview: bool | None = None) -> dict:
     """An access or erasure request (retention.rights.subject_rights). The report it returns (XCom)
     holds ids, keys, counts and, for an export, a short-lived presigned URL: never the data.
 
@@ -373,7 +392,9 @@ def subject_request(context: dict) -> dict:
             # Addresses of requests never finished go 3 months after receipt (their hash stays).
             inbox.clear_unfinished(conn, dt.datetime.now(dt.UTC))
             received = inbox.load(conn, request_id)
-        common = {"request_id": request_id, "preview": bool(params.get("preview", True)), "run_id": context["run_id"]}
+        if preview is None:  # the run's param; the erase step after an approval says it
+            preview = bool(params.get("preview", True))
+        common = {"request_id": request_id, "preview": preview, "run_id": context["run_id"]}
         if received is not None:
             req = SubjectRequest(**common, **_recorded_request(received, params))
         else:

@@ -312,6 +312,16 @@ def evidence_csv(ev: dict) -> str:
                 "detail": o["event"],
             }
         )
+    for a in ev.get("approvals", []):  # who approved (or refused) the plan, on which figures
+        writer.writerow(
+            {
+                "section": f"approval:{a['kind']}",
+                "sha256": a["plan_sha256"],
+                "state": a["decision"],
+                "detail": f"by={a['decided_by'] or '-'}; at={a['decided_at']}; "
+                + json.dumps(a["figures"].get("tables", {}), sort_keys=True),
+            }
+        )
     for task_id, gate in sorted(ev.get("gates", {}).items()):
         results = gate.get("results", []) if isinstance(gate, dict) else []
         for g in results:
@@ -389,6 +399,15 @@ def record_and_trigger(form: dict[str, str], user_name: str) -> dict:
     return result | {"run_id": run.run_id, "paused": bool(dag and dag.is_paused)}
 
 
+def _preview_next(result: dict) -> str:
+    """What follows a request triggered in preview."""
+    if not result["preview"]:
+        return ""
+    if result["action"] == "erasure":
+        return " in preview: it waits for an approval (Browse &rarr; Required Actions), then erases in the same run"
+    return " in preview: read its report, then submit the same request with preview off"
+
+
 def render_request_result(result: dict | None, error: str | None = None) -> str:
     """The form's answer: what was recorded and the run triggered (never the address)."""
     from html import escape
@@ -415,7 +434,7 @@ def render_request_result(result: dict | None, error: str | None = None) -> str:
             f'<p data-testid="recorded">Request <strong>{escape(result["request_id"])}</strong> recorded '
             f"({escape(result['action'])}, by {escape(result['kind'])}); run "
             f'<a target="_top" href="{escape(runs)}">{escape(result["run_id"])}</a> triggered'
-            f"{' in preview: read its report, then submit the same request with preview off' if result['preview'] else ''}.</p>"
+            f"{_preview_next(result)}.</p>"
             f"{paused}"
         )
     return (

@@ -235,6 +235,31 @@ class AccessExports(_Strict):
         return value
 
 
+class Approvals(_Strict):
+    """Who answers what a run asks in the Airflow UI (human-in-the-loop, retention.approval_tasks):
+    a run over the mass-deletion guard, an erasure after its preview; and how long a run waits."""
+
+    # Airflow user ids as the auth manager knows them (SimpleAuthManager: the user name; FAB: the
+    # numeric id). Empty: anyone the auth manager lets act on the DAG may answer.
+    approvers: tuple[str, ...] = ()
+    # Unanswered this long, the run fails (and its failure e-mail goes): nothing is deleted.
+    wait_hours: float = Field(default=18, gt=0, le=24 * 7)
+
+    @field_validator("approvers")
+    @classmethod
+    def _named(cls, approvers: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not a.strip() for a in approvers):
+            raise ValueError("an approver is an Airflow user id, not empty")
+        return approvers
+
+
+class Alerts(_Strict):
+    """Airflow's own deadline alert on every purpose's run (retention.alerts)."""
+
+    # A run not finished this long after it was queued (a daily run: its scheduled time) e-mails.
+    run_deadline_hours: float = Field(default=6, gt=0, le=24 * 7)
+
+
 class Policy(_Strict):
     version: Literal[1]
     timezone: str
@@ -245,6 +270,8 @@ class Policy(_Strict):
     # references a record whose own period is over (Decision). Links not listed wait, alarmed.
     dependents: dict[str, dict[str, Decision]] = Field(default_factory=dict)
     access_exports: AccessExports = AccessExports()
+    approvals: Approvals = Approvals()
+    alerts: Alerts = Alerts()
     storage: Storage
 
     @field_validator("timezone")
