@@ -33,11 +33,14 @@ Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import functools
 import io
 import json
+import threading
+import time
 from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -84,20 +87,77 @@ def source_dsn() -> str:
     return conninfo(connection=Connection.get_connection_from_secrets(conn_id))
 
 
-def _connect():
+# Opening a connection costs ~50 ms here (the provider's hook opens one to read its parameters,
+# then the SCRAM handshake), more than the page's queries: the parameters are read at most once a
+# minute (an RDS IAM token in them lives 15 minutes) and a few read-only connections are kept
+# between requests, for IDLE_SECONDS at most.
+DSN_SECONDS = 60
+IDLE_SECONDS = 300
+MAX_IDLE = 4
+_dsn_lock = threading.Lock()
+_dsn: tuple[float, str] | None = None
+_idle_lock = threading.Lock()
+_idle: list[tuple[float, object]] = []
+
+
+def cached_source_dsn() -> str:
+    global _dsn
+    with _dsn_lock:
+        if _dsn is None or time.monotonic() - _dsn[0] > DSN_SECONDS:
+            _dsn = (time.monotonic(), source_dsn())
+        return _dsn[1]
+
+
+def _open_read_only():
     import psycopg
 
-    conn = psycopg.connect(source_dsn(), autocommit=True, application_name="retention:ui")
+    conn = psycopg.connect(cached_source_dsn(), autocommit=True, application_name="retention:ui")
     conn.execute("SET TIME ZONE 'UTC'")
     conn.execute("SET default_transaction_read_only = on")
     return conn
+
+
+def _checkout():
+    """A kept connection that still answers, or a new one."""
+    while True:
+        with _idle_lock:
+            if not _idle:
+                break
+            since, conn = _idle.pop()
+        if time.monotonic() - since > IDLE_SECONDS:
+            conn.close()
+            continue
+        try:
+            conn.execute("SELECT 1")  # the server may have ended it (a restart, pg_terminate_backend)
+            return conn
+        except Exception:
+            conn.close()
+    return _open_read_only()
+
+
+@contextlib.contextmanager
+def _connect():
+    """A read-only connection to the source database for the duration of the block."""
+    from psycopg.pq import TransactionStatus
+
+    conn = _checkout()
+    try:
+        yield conn
+    except BaseException:
+        conn.close()
+        raise
+    with _idle_lock:
+        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE and len(_idle) < MAX_IDLE:
+            _idle.append((time.monotonic(), conn))
+            return
+    conn.close()
 
 
 def _connect_for_counting():
     """A writable connection: the recount stores its counts in retention.status_counts."""
     import psycopg
 
-    return psycopg.connect(source_dsn(), autocommit=True, application_name="retention:ui-recount")
+    return psycopg.connect(cached_source_dsn(), autocommit=True, application_name="retention:ui-recount")
 
 
 _recounter = None
