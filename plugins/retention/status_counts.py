@@ -79,10 +79,15 @@ def valid_until(
     tz = policy.tz
     day = dt.timedelta(days=1)
     candidates = [local_midnight(local_date(counted_at, tz) + day, tz)]
+    # retention.status subtracts overdue_days in the arithmetic of now's own time zone (UTC for
+    # the page and the watch): the line moves when that crosses a Paris midnight, 23:00 or 01:00
+    # Paris time around a change of clocks.
     earlier = counted_at - dt.timedelta(days=overdue_days)
-    candidates.append(local_midnight(local_date(earlier, tz) + day, tz) + dt.timedelta(days=overdue_days))
+    crossing = local_midnight(local_date(earlier, tz) + day, tz).astimezone(counted_at.tzinfo)
+    candidates.append(crossing + dt.timedelta(days=overdue_days))
     for waiting in purpose.waiting_past_end:
-        oldest_due = local_midnight(dt.date.fromisoformat(waiting["oldest_due"]), tz)
+        # oldest_days is a difference of instants: it grows every 24 hours after the due day.
+        oldest_due = local_midnight(dt.date.fromisoformat(waiting["oldest_due"]), tz).astimezone(dt.UTC)
         candidates.append(oldest_due + dt.timedelta(days=waiting["oldest_days"] + 1))
     return min(c for c in candidates if c > counted_at)
 

@@ -28,7 +28,7 @@ Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
   source_conn_id        the source database connection (source_postgres)
   status_ttl_seconds    counts younger than this are served as they are (60)
   status_max_age_seconds  older counts are withheld, not shown while recounting (900)
-  status_wait_seconds   how long a request waits for withheld counts before answering without them (2)
+  status_wait_seconds   how long a request waits for withheld counts before answering without them (5)
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def status_settings() -> tuple[dt.timedelta, dt.timedelta, float]:
 
     ttl = conf.getint("retention", "status_ttl_seconds", fallback=60)
     max_age = conf.getint("retention", "status_max_age_seconds", fallback=900)
-    wait = conf.getfloat("retention", "status_wait_seconds", fallback=2.0)
+    wait = conf.getfloat("retention", "status_wait_seconds", fallback=5.0)
     return dt.timedelta(seconds=ttl), dt.timedelta(seconds=max(max_age, ttl)), wait
 
 
