@@ -140,6 +140,7 @@ def test_each_purpose_says_how_fresh_its_figures_are(data, policy, source_dsn):
         "took_s": fresh["took_s"],
         "reason": None,
         "last_overdue": None,
+        "last_waiting_alarm": None,
     }
     # Older than the TTL: still shown, as aged (a recount runs meanwhile).
     aged = _read(source_dsn, policy, NOW + TTL + dt.timedelta(seconds=1))["quotes"]
@@ -212,6 +213,8 @@ def test_a_change_that_alters_the_figures_withholds_them_and_keeps_the_overdue_o
         time.sleep(0.5)
     assert (quotes.state, quotes.counts, quotes.reason, quotes.last_overdue) == ("outdated", None, reason, 2)
     assert quotes.freshness(NOW)["last_overdue"] == 2
+    # The former customer waiting past their end (an alarm) stays counted in the withheld prospects.
+    assert _read(source_dsn, policy, NOW)["prospects"].last_waiting_alarm == 1
 
     # Counted again: fresh, and equal to SQL after the change.
     _count(source_dsn, policy)

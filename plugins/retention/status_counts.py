@@ -15,8 +15,8 @@ here too. Each purpose's counts are, for a reader at instant ``now``:
   or anyone deleted rows, a legal hold was placed or released, a table was truncated, the policy
   changed, the date moved on (a Paris midnight: every cutoff moves; the overdue line; the age of
   the oldest waiting record), or they are older than ``max_age``, or were never counted. The
-  overdue figure they had is kept apart (``last_overdue``) so that an overdue alarm is never hidden
-  while counting again.
+  alarms' figures they had are kept apart (``last_overdue``, ``last_waiting_alarm``) so that an
+  alarm is never hidden while counting again.
 
 What changed is told by a *marker* read before counting and compared with the current one: the
 audit log's highest id (a run or a subject request writes it as it commits), the source tables'
@@ -155,8 +155,10 @@ class Counted:
     counted_by: str | None = None
     took_ms: int | None = None
     reason: str | None = None
-    # The overdue figure of outdated counts: an alarm stays shown while counting again.
+    # The alarms' figures of outdated counts (overdue records; records waiting past their end
+    # with no decision to wait, for more than overdue_days): shown while counting again.
     last_overdue: int | None = None
+    last_waiting_alarm: int | None = None
 
     def freshness(self, now: dt.datetime) -> dict:
         """How fresh the figures are, as the page and the JSON say it."""
@@ -169,6 +171,7 @@ class Counted:
             "took_s": round(self.took_ms / 1000, 1) if self.took_ms is not None else None,
             "reason": self.reason,
             "last_overdue": self.last_overdue,
+            "last_waiting_alarm": self.last_waiting_alarm,
         }
 
 
@@ -202,8 +205,9 @@ def read(
         elif now - counted_at > max_age:
             reason = f"counted more than {int(max_age.total_seconds() // 60)} minutes ago"
         if reason is not None:
+            waiting_alarm = sum(w["past_grace"] for w in counts["waiting_past_end"] if w["alarm"])
             found[name] = Counted(
-                name, "outdated", None, counted_at, until, by, took_ms, reason, last_overdue=int(counts["overdue"])
+                name, "outdated", None, counted_at, until, by, took_ms, reason, int(counts["overdue"]), waiting_alarm
             )
         else:
             state = "fresh" if now - counted_at <= ttl else "aged"
