@@ -329,3 +329,44 @@ def test_page_shows_what_waits_past_its_end_and_the_exports_still_held(api, ran_
     assert goes - produced == dt.timedelta(days=30)
     assert '<tr data-request="DSR-ui-1"><td>DSR-ui-1</td>' in html and f"<td>{goes.isoformat()}</td>" in html
     assert not [v for v in PERSONAL_VALUES if v in html + json.dumps(summary)]
+
+
+def test_counts_say_how_fresh_they_are_and_are_withheld_when_outdated_but_the_alarm_stays(api, ran_quotes, monkeypatch):
+    """The summary and the page serve stored counts (retention.status_counts) with their age; a
+    legal hold placed since withholds them (no figure a user could act on) while they are counted
+    again, and the overdue alarm keeps the figure they had. Counting is held back here by taking
+    the recount's advisory lock, as another api-server worker counting would."""
+    import psycopg
+    from retention_ui.recount import ADVISORY_KEY
+
+    summary = _get(api, "/retention/api/summary", fresh="true").json()
+    quotes = _quotes_row(summary)
+    assert (quotes["due"], quotes["overdue"], quotes["held"]) == (3, 2, 1)
+    assert quotes["counts"]["state"] == "fresh" and quotes["counts"]["counted_by"] == "page"
+    assert 0 <= quotes["counts"]["age_s"] < 60 and quotes["counts"]["counted_at"]
+    assert summary["freshness"]["counts_ttl_s"] == 60 and "legal_holds" in summary["freshness"]["live"]
+    html = _get(api, "/retention/").text
+    assert 'data-testid="counted-quotes" data-state="fresh"' in html and 'data-testid="recounting"' not in html
+
+    monkeypatch.setenv("AIRFLOW__RETENTION__STATUS_WAIT_SECONDS", "0.2")
+    with psycopg.connect(ran_quotes["dsn"], autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (ADVISORY_KEY,))
+        hold = f.legal_hold(conn, "quotes", ran_quotes["due_today"], reason="ui-test")
+        try:
+            withheld = _get(api, "/retention/api/summary").json()
+            page = _get(api, "/retention/").text
+        finally:
+            conn.execute("DELETE FROM retention.legal_holds WHERE id = %s", (hold,))
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (ADVISORY_KEY,))
+    quotes = _quotes_row(withheld)
+    assert (quotes["due"], quotes["overdue"], quotes["held"], quotes["waiting"]) == (None, None, None, None)
+    assert quotes["counts"]["state"] == "outdated" and quotes["counts"]["last_overdue"] == 2
+    assert quotes["counts"]["reason"] == "legal holds were placed or released since"
+    assert withheld["freshness"]["recounting"] is True
+    assert 'data-testid="due-quotes">…<' in page and 'data-testid="counted-quotes" data-state="outdated"' in page
+    assert 'data-testid="recounting"' in page and "api/summary?overdue_days=3" in page  # reloads when counted
+    alarm = page[page.index('data-testid="overdue-alarm"') :].split("</p>")[0]
+    assert "quotes: 2 when counted at" in alarm and "being counted again" in alarm
+
+    again = _quotes_row(_get(api, "/retention/api/summary", fresh="true").json())
+    assert (again["due"], again["overdue"], again["held"], again["counts"]["state"]) == (3, 2, 1, "fresh")

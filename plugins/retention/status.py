@@ -18,6 +18,7 @@ what the policy's `dependents` decide for that link; an *alarm* when the decisio
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 
 from retention.approvals import approvals_of_run
@@ -122,22 +123,38 @@ def rule_now(
     return (deletable, held, waiting), found
 
 
-def purposes_status(conn, policy: Policy, now: dt.datetime, overdue_days: int) -> list[PurposeStatus]:
-    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting, and what
-    waits past its own end; archive objects and bytes per tier (committed manifest rows)."""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    if overdue_days < 0:
-        raise ValueError("overdue_days must be >= 0")
-    earlier = now - dt.timedelta(days=overdue_days)
+def archive_totals(conn) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per purpose and tier: (objects, bytes) of the committed archive objects."""
     archives: dict[str, dict[str, tuple[int, int]]] = {}
     for purpose, tier, objects, size in conn.execute(
         "SELECT purpose, tier, count(*), coalesce(sum(byte_size), 0) FROM retention.archive_manifest "
         "WHERE state = 'committed' GROUP BY 1, 2"
     ):
         archives.setdefault(purpose, {})[tier] = (int(objects), int(size))
+    return archives
+
+
+def purposes_status(
+    conn, policy: Policy, now: dt.datetime, overdue_days: int, names: Collection[str] | None = None
+) -> list[PurposeStatus]:
+    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting, and what
+    waits past its own end; archive objects and bytes per tier (committed manifest rows). Only
+    the purposes in ``names`` when given (in the policy's order).
+
+    Turns JIT compilation off for the connection: the rule statements' nested hold and waiting
+    subqueries are estimated at hundreds of millions of cost units, so PostgreSQL compiled them
+    (33 s of JIT for 2 s of execution for one rule at 20,000 customers)."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if overdue_days < 0:
+        raise ValueError("overdue_days must be >= 0")
+    conn.execute("SET jit = off")
+    earlier = now - dt.timedelta(days=overdue_days)
+    archives = archive_totals(conn)
     result = []
     for name, purpose in policy.purposes.items():
+        if names is not None and name not in names:
+            continue
         status = PurposeStatus(purpose=name, title=purpose.title, mode=purpose_mode(purpose))
         planner = Planner.load(conn, policy, name)
         for rule in purpose.rules:

@@ -17,17 +17,31 @@ trigger that DAG (Airflow's auth manager: DAG run, POST); CSRF-safe: the form ca
 only a page served to that user holds (an HMAC of the user's id with the api-server's secret
 key), and a cross-site request (Sec-Fetch-Site) is refused.
 
+The counts per purpose (due, held, waiting, overdue) are read from retention.status_counts and
+counted again in the background (retention_ui.recount) when not fresh: each purpose says when its
+figures were counted and whether they are fresh, aged (shown, being recounted) or outdated
+(withheld: a run, a delete, a legal hold, a truncate, the policy or the date changed them; the
+overdue figure they had stays in the alarm). Everything else is read live at `generated_at`.
+`?fresh=true` waits for counts made after the request.
+
 Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
-  overdue_days     a record due for more than this many days and still there is an alarm (3)
-  source_conn_id   the source database connection (source_postgres)
+  overdue_days          a record due for more than this many days and still there is an alarm (3)
+  source_conn_id        the source database connection (source_postgres)
+  status_ttl_seconds    counts younger than this are served as they are (60)
+  status_max_age_seconds  older counts are withheld, not shown while recounting (900)
+  status_wait_seconds   how long a request waits for withheld counts before answering without them (5)
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import functools
 import io
 import json
+import threading
+import time
 from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -55,6 +69,16 @@ def overdue_days_setting() -> int:
     return conf.getint("retention", "overdue_days", fallback=DEFAULT_OVERDUE_DAYS)
 
 
+def status_settings() -> tuple[dt.timedelta, dt.timedelta, float]:
+    """(ttl, max_age, wait) of the stored counts (module docstring)."""
+    from airflow.configuration import conf
+
+    ttl = conf.getint("retention", "status_ttl_seconds", fallback=60)
+    max_age = conf.getint("retention", "status_max_age_seconds", fallback=900)
+    wait = conf.getfloat("retention", "status_wait_seconds", fallback=5.0)
+    return dt.timedelta(seconds=ttl), dt.timedelta(seconds=max(max_age, ttl)), wait
+
+
 def source_dsn() -> str:
     """libpq connection string of the source connection, read the server's way (secrets
     backends, then the metadata database), every extra applied (retention.connections)."""
@@ -66,13 +90,111 @@ def source_dsn() -> str:
     return conninfo(connection=Connection.get_connection_from_secrets(conn_id))
 
 
-def _connect():
+# Opening a connection costs ~50 ms here (the provider's hook opens one to read its parameters,
+# then the SCRAM handshake), more than the page's queries: the parameters are read at most once a
+# minute (an RDS IAM token in them lives 15 minutes) and a few read-only connections are kept
+# between requests, for IDLE_SECONDS at most.
+DSN_SECONDS = 60
+IDLE_SECONDS = 300
+MAX_IDLE = 4
+_dsn_lock = threading.Lock()
+_dsn: tuple[float, str] | None = None
+_idle_lock = threading.Lock()
+_idle: list[tuple[float, object]] = []
+
+
+def cached_source_dsn() -> str:
+    global _dsn
+    with _dsn_lock:
+        if _dsn is None or time.monotonic() - _dsn[0] > DSN_SECONDS:
+            _dsn = (time.monotonic(), source_dsn())
+        return _dsn[1]
+
+
+def _open_read_only():
     import psycopg
 
-    conn = psycopg.connect(source_dsn(), autocommit=True, application_name="retention:ui")
+    conn = psycopg.connect(cached_source_dsn(), autocommit=True, application_name="retention:ui")
     conn.execute("SET TIME ZONE 'UTC'")
     conn.execute("SET default_transaction_read_only = on")
     return conn
+
+
+def _checkout():
+    """A kept connection that still answers, or a new one."""
+    while True:
+        with _idle_lock:
+            if not _idle:
+                break
+            since, conn = _idle.pop()
+        if time.monotonic() - since > IDLE_SECONDS:
+            conn.close()
+            continue
+        try:
+            conn.execute("SELECT 1")  # the server may have ended it (a restart, pg_terminate_backend)
+            return conn
+        except Exception:
+            conn.close()
+    return _open_read_only()
+
+
+@contextlib.contextmanager
+def _connect():
+    """A read-only connection to the source database for the duration of the block."""
+    from psycopg.pq import TransactionStatus
+
+    conn = _checkout()
+    try:
+        yield conn
+    except BaseException:
+        conn.close()
+        raise
+    with _idle_lock:
+        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE and len(_idle) < MAX_IDLE:
+            _idle.append((time.monotonic(), conn))
+            return
+    conn.close()
+
+
+def _connect_for_counting():
+    """A writable connection: the recount stores its counts in retention.status_counts."""
+    import psycopg
+
+    return psycopg.connect(cached_source_dsn(), autocommit=True, application_name="retention:ui-recount")
+
+
+_recounter = None
+
+
+def recounter():
+    """The process's Recounter (created on first use: the plugin is imported at parse time too)."""
+    global _recounter
+    if _recounter is None:
+        from retention_ui.recount import Recounter
+
+        _recounter = Recounter(_connect_for_counting, lambda: status_settings()[:2])
+    return _recounter
+
+
+# How long ?fresh=true waits for its counts at most.
+FRESH_WAIT_SECONDS = 300
+
+
+def counted_figures(conn, policy, now: dt.datetime, overdue_days: int, fresh: bool = False):
+    """The stored counts judged at the end (status_counts.read); a recount started when some are
+    not fresh, waited for a little when some are withheld (all the way with ``fresh``). Returns
+    (the counts, the instant they were judged at, whether a recount is running, its last error)."""
+    from retention import status_counts
+
+    ttl, max_age, wait = status_settings()
+    counted = status_counts.read(conn, policy, now, overdue_days, ttl, max_age)
+    if fresh or any(c.state != "fresh" for c in counted.values()):
+        job = recounter().ensure(overdue_days, since=now if fresh else None)
+        withheld = any(c.state == "outdated" for c in counted.values())
+        if (fresh or withheld) and job.done.wait(FRESH_WAIT_SECONDS if fresh else wait):
+            now = dt.datetime.now(dt.UTC)
+            counted = status_counts.read(conn, policy, now, overdue_days, ttl, max_age)
+    return counted, now, recounter().running(overdue_days), recounter().last_error(overdue_days)
 
 
 def last_runs(dag_ids: list[str]) -> dict[str, dict]:
@@ -193,8 +315,30 @@ def human_bytes(n: int | None) -> str:
 SUBJECT_REQUEST_RUN_PREFIX = "subject_request__"
 
 
-def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> dict:
-    """Everything the page shows, as data (also served as JSON)."""
+def purpose_figures(name: str, policy, counted, archives: dict, now: dt.datetime) -> dict:
+    """One purpose's row: its counts as stored (None when withheld), how fresh they are, and its
+    archive totals (live)."""
+    from retention.status import PurposeStatus, RuleStatus, purpose_mode
+
+    purpose = policy.purposes[name]
+    row = PurposeStatus(purpose=name, title=purpose.title, mode=purpose_mode(purpose))
+    for tier, (objects, size) in sorted(archives.get(name, {}).items()):
+        row.archive_objects[tier] = objects
+        row.archive_bytes[tier] = size
+    if counted.counts is not None:
+        c = counted.counts
+        row.due, row.held, row.waiting, row.overdue = c["due"], c["held"], c["waiting"], c["overdue"]
+        row.rules = [RuleStatus(**r) for r in c["rules"]]
+        row.waiting_past_end = c["waiting_past_end"]
+        return row.as_dict() | {"counts": counted.freshness(now)}
+    # Withheld: no figure a user could act on; the last overdue one is in counts.last_overdue.
+    withheld = {"due": None, "held": None, "waiting": None, "overdue": None, "waiting_alarm": None}
+    return row.as_dict() | withheld | {"counts": counted.freshness(now)}
+
+
+def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fresh: bool = False) -> dict:
+    """Everything the page shows, as data (also served as JSON): the counts per purpose as
+    stored (each with its freshness), the rest read live."""
     from retention import status
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID, dag_id_for
     from retention.policy import default_policy
@@ -202,8 +346,11 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
     policy = default_policy()
     now = now or dt.datetime.now(dt.UTC)
     overdue_days = overdue_days_setting() if overdue_days is None else overdue_days
+    ttl, max_age, _ = status_settings()
     with _connect() as conn:
-        purposes = [p.as_dict() for p in status.purposes_status(conn, policy, now, overdue_days)]
+        counted, counts_judged_at, recounting, recount_error = counted_figures(conn, policy, now, overdue_days, fresh)
+        archives = status.archive_totals(conn)
+        purposes = [purpose_figures(name, policy, counted[name], archives, counts_judged_at) for name in counted]
         per_day = status.deletions_per_day(conn, policy.timezone, CHART_DAYS, now)
         by_month = status.archive_by_purge_month(conn)
         holds = status.legal_holds(conn, now)
@@ -225,6 +372,26 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None) -> 
         "generated_at": now.isoformat(),
         "timezone": policy.timezone,
         "overdue_days": overdue_days,
+        # How fresh each figure is: the counts per purpose say it in purposes[].counts; the rest
+        # is read live, at generated_at.
+        "freshness": {
+            "counts_ttl_s": int(ttl.total_seconds()),
+            "counts_max_age_s": int(max_age.total_seconds()),
+            "counts_judged_at": counts_judged_at.isoformat(),
+            "recounting": recounting,
+            "recount_error": recount_error,
+            "live": [
+                "archive_bytes",
+                "archive_objects",
+                "airflow",
+                "deleted_per_day",
+                "archive_by_purge_month",
+                "legal_holds",
+                "runs",
+                "future_runs",
+                "access_exports",
+            ],
+        },
         "purposes": purposes,
         "deleted_per_day": per_day,
         "archive_by_purge_month": by_month,
@@ -443,7 +610,25 @@ def render_request_result(result: dict | None, error: str | None = None) -> str:
     )
 
 
-def render_page(data: dict, csrf: str = "") -> str:
+def counted(value: int | None) -> str:
+    """A count, or an ellipsis while it is withheld (being counted again)."""
+    return "…" if value is None else str(value)
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(seconds, 0)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+@functools.cache
+def _templates():
+    """The Jinja environment, built once (it compiles the template once, and again if the file changes)."""
     import jinja2
 
     env = jinja2.Environment(
@@ -451,6 +636,13 @@ def render_page(data: dict, csrf: str = "") -> str:
     )
     env.filters["paris"] = paris
     env.filters["bytes"] = human_bytes
+    env.filters["counted"] = counted
+    env.filters["age"] = age
+    return env
+
+
+def render_page(data: dict, csrf: str = "") -> str:
+    env = _templates()
     charts = {
         "per_day": data["deleted_per_day"],
         "by_month": data["archive_by_purge_month"],
@@ -461,7 +653,8 @@ def render_page(data: dict, csrf: str = "") -> str:
     return env.get_template("retention.html").render(
         data=data,
         charts_json=json.dumps(charts).replace("<", "\\u003c"),
-        any_overdue=any(p["overdue"] for p in data["purposes"]),
+        any_overdue=any(p["overdue"] or p["counts"]["last_overdue"] for p in data["purposes"]),
+        withheld=[p["purpose"] for p in data["purposes"] if p["counts"]["state"] == "outdated"],
         csrf_token=csrf,
         request_id_pattern=REQUEST_ID_PATTERN.strip("^$"),
         waiting=[w | {"purpose": p["purpose"]} for p in data["purposes"] for w in p["waiting_past_end"]],
@@ -480,11 +673,13 @@ def create_app() -> FastAPI:
         openapi_url=None,
     )
     days_query = Query(None, ge=0, le=3650, description="overrides [retention] overdue_days")
+    fresh_query = Query(False, description="wait for counts made after the request")
 
     @app.get("/", response_class=HTMLResponse)
-    def page(user: GetUserDep, overdue_days: int | None = days_query) -> HTMLResponse:
+    def page(user: GetUserDep, overdue_days: int | None = days_query, fresh: bool = fresh_query) -> HTMLResponse:
         return HTMLResponse(
-            render_page(summary(overdue_days), csrf_token(user.get_id())), headers={"Cache-Control": "no-store"}
+            render_page(summary(overdue_days, fresh=fresh), csrf_token(user.get_id())),
+            headers={"Cache-Control": "no-store"},
         )
 
     @app.post(
@@ -517,8 +712,8 @@ def create_app() -> FastAPI:
         return HTMLResponse(render_request_result(result), headers={"Cache-Control": "no-store"})
 
     @app.get("/api/summary")
-    def summary_json(overdue_days: int | None = days_query) -> JSONResponse:
-        return JSONResponse(summary(overdue_days))
+    def summary_json(overdue_days: int | None = days_query, fresh: bool = fresh_query) -> JSONResponse:
+        return JSONResponse(summary(overdue_days, fresh=fresh), headers={"Cache-Control": "no-store"})
 
     @app.get("/api/runs/{purpose}/{run_id}/evidence.json")
     def evidence_json(purpose: str, run_id: str) -> Response:
