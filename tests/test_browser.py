@@ -53,7 +53,7 @@ def data(db, s3, storage, policy):
 
 
 def _sql_figures(conn, today: dt.date, overdue_days: int) -> dict:
-    """Quotes due / overdue / held, written straight from the policy's words (12 months after
+    """Quotes due / deletable / overdue / held, written straight from the policy's words (12 months after
     issue, Paris calendar), independently of the rule SQL and of retention.status."""
     held_clause = (
         "EXISTS (SELECT 1 FROM retention.legal_holds h WHERE h.released_at IS NULL AND "
@@ -68,7 +68,8 @@ def _sql_figures(conn, today: dt.date, overdue_days: int) -> dict:
         ).fetchone()[0]
 
     return {
-        "due": count(f"{due_on} <= %s AND NOT {held_clause}", (today,)),
+        "due": count(f"{due_on} <= %s", (today,)),
+        "deletable": count(f"{due_on} <= %s AND NOT {held_clause}", (today,)),
         "overdue": count(f"{due_on} <= %s AND NOT {held_clause}", (today - dt.timedelta(days=overdue_days),)),
         "held": count(f"{due_on} <= %s AND {held_clause}", (today,)),
         "bytes": conn.execute(
@@ -87,7 +88,7 @@ def test_retention_page_in_chromium(api_server, data, db):
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     expected = _sql_figures(db, data["today"], overdue_days=3)
-    assert (expected["due"], expected["overdue"], expected["held"]) == (4, 3, 1)  # the data, as built
+    assert (expected["due"], expected["deletable"], expected["overdue"], expected["held"]) == (5, 4, 3, 1)  # as built
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
         context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
@@ -114,6 +115,7 @@ def test_retention_page_in_chromium(api_server, data, db):
                 return frame.get_by_test_id(testid).inner_text().strip()
 
             assert figure("due-quotes") == str(expected["due"])
+            assert figure("deletable-quotes") == str(expected["deletable"])
             assert figure("overdue-quotes") == str(expected["overdue"])
             assert figure("held-quotes") == str(expected["held"])
             assert (

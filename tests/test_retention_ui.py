@@ -148,8 +148,9 @@ def test_summary_figures_equal_the_database(api, ran_quotes):
     summary = response.json()
     assert summary["overdue_days"] == 3
     quotes = _quotes_row(summary)
-    # 2 overdue (due 20 days ago) + 1 due today; the held one is held; the recent one is not due.
-    assert (quotes["due"], quotes["overdue"], quotes["held"], quotes["waiting"]) == (3, 2, 1, 0)
+    # 2 overdue (due 20 days ago) + 1 due today, deletable; the held one is due and held; the
+    # recent one is not due.
+    assert (quotes["due"], quotes["deletable"], quotes["overdue"], quotes["held"], quotes["waiting"]) == (4, 3, 2, 1, 0)
     assert quotes["mode"] == "enforce"
     with psycopg.connect(ran_quotes["dsn"]) as conn:
         objects, size = conn.execute(
@@ -169,7 +170,7 @@ def test_summary_figures_equal_the_database(api, ran_quotes):
     [hold] = summary["legal_holds"]
     assert (hold["table"], hold["record_id"], hold["age_days"]) == ("quotes", ran_quotes["held"], 1)
     others = [p for p in summary["purposes"] if p["purpose"] != "quotes"]
-    assert all(p["due"] == p["overdue"] == p["held"] == 0 for p in others)
+    assert all(p["due"] == p["deletable"] == p["overdue"] == p["held"] == 0 for p in others)
     assert not [v for v in PERSONAL_VALUES if v in response.text]
 
 
@@ -186,7 +187,8 @@ def test_page_shows_the_figures_and_bundles_its_chart_library(api, ran_quotes):
     response = _get(api, "/retention/")
     assert response.status_code == 200
     html = response.text
-    assert 'data-testid="due-quotes">3<' in html
+    assert 'data-testid="due-quotes">4<' in html
+    assert 'data-testid="deletable-quotes">3<' in html
     assert 'data-testid="overdue-quotes">2<' in html
     assert 'data-testid="held-quotes">1<' in html
     assert 'data-testid="overdue-alarm"' in html

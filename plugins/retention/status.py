@@ -5,9 +5,12 @@ a byte size, an object key or a record id of the bookkeeping schema `retention`:
 contents. The counts come from the planner: the same select the engine locks and deletes
 (retention.planner), counted: one pass per rule and date.
 
-A record is *due* at an instant when the run at that instant would delete it (clock + live
-<= the Paris date); it is *overdue* when it was already due `overdue_days` days earlier and is
-still there, neither held nor waiting for a child kept by another purpose.
+One vocabulary, here, in the run report and on the Retention page: a record is *due* at an
+instant when its schedule is past (clock + live <= the Paris date); of the due records, *held*
+ones are under a legal hold, *waiting* ones are still referenced by a row of another table, and
+the rest are *deletable*: what the run at that instant archives and deletes (a preview: would).
+A record is *overdue* when it was already deletable `overdue_days` days earlier and is still
+there.
 
 A record *waits past its own end* when it is due, not held, and a row of another table still
 references it. Per rule and child table: how many, how long (the oldest one's due date), and
@@ -35,7 +38,8 @@ class RuleStatus:
     rule: str
     table: str
     tier: str
-    due: int = 0
+    due: int = 0  # past the schedule: deletable + held + waiting
+    deletable: int = 0
     held: int = 0
     waiting: int = 0
     overdue: int = 0
@@ -46,7 +50,8 @@ class PurposeStatus:
     purpose: str
     title: str
     mode: str
-    due: int = 0
+    due: int = 0  # past the schedule: deletable + held + waiting
+    deletable: int = 0
     held: int = 0
     waiting: int = 0
     overdue: int = 0
@@ -122,8 +127,9 @@ def rule_now(
 
 
 def purposes_status(conn, policy: Policy, now: dt.datetime, overdue_days: int) -> list[PurposeStatus]:
-    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting, and what
-    waits past its own end; archive objects and bytes per tier (committed manifest rows)."""
+    """Per purpose and rule: due now, of which deletable, held and waiting; overdue by more than
+    `overdue_days`; what waits past its own end; archive objects and bytes per tier (committed
+    manifest rows)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if overdue_days < 0:
@@ -140,11 +146,15 @@ def purposes_status(conn, policy: Policy, now: dt.datetime, overdue_days: int) -
         status = PurposeStatus(purpose=name, title=purpose.title, mode=purpose_mode(purpose))
         planner = Planner.load(conn, policy, name)
         for rule in purpose.rules:
-            (due, held, waiting), waits = rule_now(conn, planner, rule, now, overdue_days)
+            (deletable, held, waiting), waits = rule_now(conn, planner, rule, now, overdue_days)
             overdue = rule_counts(conn, planner, rule, earlier)[0]
-            status.rules.append(RuleStatus(rule.name, rule.table, rule.tier, due, held, waiting, overdue))
+            due = deletable + held + waiting
+            status.rules.append(
+                RuleStatus(rule.name, rule.table, rule.tier, due, deletable, held, waiting, overdue=overdue)
+            )
             status.waiting_past_end += waits
             status.due += due
+            status.deletable += deletable
             status.held += held
             status.waiting += waiting
             status.overdue += overdue

@@ -17,7 +17,7 @@ only a page served to that user holds (an HMAC of the user's id with the api-ser
 key), and a cross-site request (Sec-Fetch-Site) is refused.
 
 Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
-  overdue_days     a record due for more than this many days and still there is an alarm (3)
+  overdue_days     a record deletable for more than this many days and still there is an alarm (3)
   source_conn_id   the source database connection (source_postgres)
 """
 
