@@ -243,10 +243,11 @@ def runs(conn, limit: int = 50) -> list[dict]:
     ]
 
 
-def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict | None:
+def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str, always: bool = False) -> dict | None:
     """The evidence of one run of one purpose (two DAGs share the id of a scheduled date): the
     rules applied, counts per rule and action, and every archive object written or purged (key,
-    SHA-256, version, size, rows). None if the run left no trace."""
+    SHA-256, version, size, rows). None if the run left no trace, unless ``always`` (a preview
+    run leaves none: its report is its evidence)."""
     audit = conn.execute(
         "SELECT purpose, rule, table_name, action, sum(record_count), sum(byte_count), count(*), min(logical_date) "
         "FROM retention.audit_log WHERE run_id = %(run)s AND purpose = %(purpose)s "
@@ -265,7 +266,7 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
         " AND purpose = %(purpose)s ORDER BY id",
         {"run": run_id, "purpose": purpose_name, "tz": policy.timezone},
     ).fetchall()
-    if not audit and not objects:
+    if not audit and not objects and not always:
         return None
     logical = min((a[7] for a in audit), default=None)
     purpose = policy.purposes.get(purpose_name)
