@@ -248,6 +248,7 @@ class SubjectRights:
                 self._access(conn, req, found, report)
             else:
                 self._erase(conn, req, found, report)
+            self._report_objects_read(report, found)
             if not req.preview:
                 self._record_end(conn, req, report)
         if report.get("incomplete"):
@@ -454,6 +455,23 @@ class SubjectRights:
         if (key, version, sha256) not in self._read:
             self._read[(key, version, sha256)] = object_rewrite.read_object(self.store, key, version, sha256)
         return self._read[(key, version, sha256)]
+
+    def _report_objects_read(self, report: dict, found: Found) -> None:
+        """Every archive object the request read back (``self._read``: the subject's, the other
+        candidates, those read for a parent's clock) in ``report["objects"]``: key, version id,
+        SHA-256; an object the erasure already lists gains its version id."""
+        listed = {(e["key"], e["sha256"]): e for e in report["objects"]}
+        mine = {(o.key, o.version_id, o.sha256): o for o in found.objects}
+        for key, version, sha in self._read:
+            entry = listed.get((key, sha))
+            if entry is not None:
+                entry.setdefault("version_id", version)
+                continue
+            obj = mine.get((key, version, sha))
+            entry = {"key": key, "version_id": version, "sha256": sha, "action": "read"}
+            if obj is not None:
+                entry |= {"tier": obj.tier, "table": obj.table, "subject_rows": len(obj.subject_ids)}
+            report["objects"].append(entry)
 
     def _report_found(self, report: dict, found: Found) -> None:
         report["found"]["live"] = {t: len(v) for t, v in sorted(found.live.items())}
