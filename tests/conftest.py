@@ -201,8 +201,9 @@ def airflow_db(services) -> None:
 @pytest.fixture(scope="session")
 def api_server(airflow_db, tmp_path_factory):
     """One real `airflow api-server` for the session (tests/api_server.py): the browser test's
-    viewer `dpo`, the trigger guard's admin `operator`."""
+    viewer `dpo`, the trigger guard's admin `operator`, the run notes' `reporter` (role user)."""
     from tests.api_server import running_api_server
 
-    with running_api_server(tmp_path_factory.mktemp("api-server"), {"dpo": "viewer", "operator": "admin"}) as server:
+    roles = {"dpo": "viewer", "operator": "admin", "reporter": "user"}
+    with running_api_server(tmp_path_factory.mktemp("api-server"), roles) as server:
         yield server
