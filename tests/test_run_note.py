@@ -33,10 +33,13 @@ def test_a_preview_note_says_what_it_would_do():
     from retention.run_note import NOTE_MAX_CHARS, note_text
 
     note = note_text(SUMMARY, EVIDENCE)
-    assert note.splitlines()[0] == "**retention_quotes: PREVIEW, nothing changed** (2025-02-28 00:00 CET)"
-    assert "- due 127: would archive / delete 125, held 2, waiting 0" in note
-    assert "would purge 3 objects (12 records)" in note and "deleted" not in note
-    assert note.endswith(f"[Run evidence]({EVIDENCE})") and len(note) <= NOTE_MAX_CHARS
+    # The first line is what the run's page shows: the link, the state, the figures, the gates.
+    assert note.splitlines()[0] == (
+        f"[Run evidence]({EVIDENCE}) · **retention_quotes PREVIEW, nothing changed**: "
+        "due 127, would archive / delete 125, held 2, waiting 0; gates 12/12, 9/9"
+    )
+    assert "- as of 2025-02-28 00:00 CET" in note and "would purge 3 objects (12 records)" in note
+    assert "deleted" not in note and len(note) <= NOTE_MAX_CHARS
 
 
 def test_an_enforced_and_a_failed_note():
@@ -45,28 +48,29 @@ def test_an_enforced_and_a_failed_note():
     enforced = SUMMARY | {"mode": "enforce", "previewed": False}
     enforced["totals"] = SUMMARY["totals"] | {"deleted": 125, "objects": 4, "archive_bytes": 1_234_567}
     note = note_text(enforced, EVIDENCE)
-    assert "**retention_quotes: enforced**" in note and "- due 127: deleted 125, held 2, waiting 0" in note
+    assert "**retention_quotes enforced**: due 127, deleted 125, held 2, waiting 0; gates 12/12, 9/9" in note
     assert "- archived: 4 objects, 1,234,567 bytes; purged 3 objects (12 records)" in note and "would" not in note
     failed = enforced | {"outcome": "failed", "failed_tasks": ["archive_and_delete"], "left_unchanged": "rows stay."}
+    failed["gates"] = {"before": "12/12 expectations passed", "after": "upstream_failed"}
     note = note_text(failed, EVIDENCE)
-    assert "RUN FAILED at archive_and_delete" in note and "- left unchanged: rows stay." in note
-    assert "committed by this run (audit log): deleted 125, held 2, waiting 0" in note
+    assert "**retention_quotes RUN FAILED at archive_and_delete**: committed: deleted 125, held 2, waiting 0" in note
+    assert "gates 12/12, upstream_failed" in note and "- left unchanged: rows stay." in note
 
 
 def test_a_note_someone_wrote_is_kept_above_the_report():
     from retention.run_note import NOTE_MAX_CHARS, merged_with, note_text
 
     ours = note_text(SUMMARY, EVIDENCE)
-    assert merged_with(None, ours, "retention_quotes") == ours
+    assert merged_with(None, ours) == ours
     human = "Re-run after incident INC-42 (S3 outage)."
-    merged = merged_with(human, ours, "retention_quotes")
+    merged = merged_with(human, ours)
     assert merged == f"{human}\n\n---\n\n{ours}"
     # A retried report replaces its own part and keeps theirs; an earlier report alone is replaced.
     newer = note_text(SUMMARY | {"logical_date_paris": "2025-03-01 00:00 CET"}, EVIDENCE)
-    assert merged_with(merged, newer, "retention_quotes") == f"{human}\n\n---\n\n{newer}"
-    assert merged_with(ours, newer, "retention_quotes") == newer
+    assert merged_with(merged, newer) == f"{human}\n\n---\n\n{newer}"
+    assert merged_with(ours, newer) == newer
     # Never cut what someone wrote: no room, no report in the note.
-    assert merged_with("x" * (NOTE_MAX_CHARS - 10), ours, "retention_quotes") is None
+    assert merged_with("x" * (NOTE_MAX_CHARS - 10), ours) is None
 
 
 def test_the_evidence_path_follows_the_base_url():
@@ -110,8 +114,8 @@ def test_the_report_sets_the_run_note_through_the_api(api_server, airflow_db, db
 
     note = _note(api_server, dag_run)
     assert note == note_text(summary, summary["evidence_path"])
-    assert "- due 3: deleted 2, held 1, waiting 0" in note
-    assert note.endswith(f"[Run evidence](/retention/runs/quotes/{quote(dag_run.run_id, safe='')})")
+    assert note.startswith(f"[Run evidence](/retention/runs/quotes/{quote(dag_run.run_id, safe='')}) · ")
+    assert "**retention_quotes enforced**: due 3, deleted 2, held 1, waiting 0; gates " in note.splitlines()[0]
 
 
 @pytest.mark.integration

@@ -33,56 +33,63 @@ def evidence_path(purpose: str, run_id: str, base_url: str | None = "") -> str:
     return f"{prefix}/retention/runs/{quote(purpose, safe='')}/{quote(run_id, safe='')}"
 
 
-def _title(summary: dict) -> str:
-    dag_id = f"retention_{summary['purpose']}"
+LINK = "[Run evidence]("  # how the report's note begins
+
+
+def _state(summary: dict) -> str:
     if summary["outcome"] == "failed":
-        first = (summary["failed_tasks"] or summary["not_run"] or ["?"])[0]
-        state = f"RUN FAILED at {first}"
-    elif summary["mode"] == "preview":
-        state = "PREVIEW, nothing changed"
-    elif summary["dry_run"]:
-        state = "DRY RUN, nothing changed"
-    else:
-        state = "enforced"
-    return f"**{dag_id}: {state}** ({summary['logical_date_paris']})"
+        return f"RUN FAILED at {(summary['failed_tasks'] or summary['not_run'] or ['?'])[0]}"
+    if summary["mode"] == "preview":
+        return "PREVIEW, nothing changed"
+    return "DRY RUN, nothing changed" if summary["dry_run"] else "enforced"
+
+
+def _gate(result: str) -> str:
+    """'10/10 expectations passed' -> '10/10'; anything else as it is."""
+    return result.split(" ")[0] if result.endswith("expectations passed") else result
 
 
 def note_text(summary: dict, evidence: str) -> str:
-    """The note: the run's mode and outcome, due and of which would archive / delete (a preview,
-    a dry run) or deleted, held and waiting, the archive written and purged, the gates, the link."""
-    totals = summary["totals"]
-    purge = summary.get("purge") or {}
-    lines = [_title(summary), ""]
+    """The note. Its first line is what the run's page shows (one line, the rest behind the note's
+    button): the link to the evidence, the DAG and its state, due and of which would archive /
+    delete (a preview, a dry run) or deleted, held and waiting, the gates. Below: the date, the
+    archive written and purged, what a failure left unchanged, the gates in full."""
+    totals, purge, gates = summary["totals"], summary.get("purge") or {}, summary["gates"]
+    held_waiting = f"held {totals['held']:,}, waiting {totals['waiting']:,}"
     if summary["outcome"] == "failed":
-        lines += [
-            f"- committed by this run (audit log): deleted {totals['deleted']}, held {totals['held']}, "
-            f"waiting {totals['waiting']}",
-            f"- left unchanged: {summary['left_unchanged']}",
-        ]
+        figures = f"committed: deleted {totals['deleted']:,}, {held_waiting}"
     elif summary["previewed"]:
-        lines += [
-            f"- due {totals['due']}: would archive / delete {totals['deletable']}, held {totals['held']}, "
-            f"waiting {totals['waiting']}",
-            f"- archive purge: would purge {purge.get('purged_objects', 0)} objects "
-            f"({purge.get('purged_records', 0)} records)",
-        ]
+        figures = f"due {totals['due']:,}, would archive / delete {totals['deletable']:,}, {held_waiting}"
     else:
-        lines += [
-            f"- due {totals['due']}: deleted {totals['deleted']}, held {totals['held']}, waiting {totals['waiting']}",
-            f"- archived: {totals['objects']} objects, {totals['archive_bytes']:,} bytes; purged "
-            f"{purge.get('purged_objects', 0)} objects ({purge.get('purged_records', 0)} records)",
-        ]
-    gates = summary["gates"]
-    lines += [f"- quality gates: before {gates['before']}; after {gates['after']}", "", f"[Run evidence]({evidence})"]
+        figures = f"due {totals['due']:,}, deleted {totals['deleted']:,}, {held_waiting}"
+    dag_id = f"retention_{summary['purpose']}"
+    lines = [
+        f"{LINK}{evidence}) · **{dag_id} {_state(summary)}**: {figures}; "
+        f"gates {_gate(gates['before'])}, {_gate(gates['after'])}",
+        "",
+        f"- as of {summary['logical_date_paris']}",
+    ]
+    if summary["outcome"] == "failed":
+        lines.append(f"- left unchanged: {summary['left_unchanged']}")
+    elif summary["previewed"]:
+        lines.append(
+            f"- archive purge: would purge {purge.get('purged_objects', 0):,} objects "
+            f"({purge.get('purged_records', 0):,} records)"
+        )
+    else:
+        lines.append(
+            f"- archived: {totals['objects']:,} objects, {totals['archive_bytes']:,} bytes; purged "
+            f"{purge.get('purged_objects', 0):,} objects ({purge.get('purged_records', 0):,} records)"
+        )
+    lines.append(f"- quality gates: before {gates['before']}; after {gates['after']}")
     return "\n".join(lines)
 
 
-def merged_with(existing: str | None, ours: str, dag_id: str) -> str | None:
+def merged_with(existing: str | None, ours: str) -> str | None:
     """The note to write: ours, below what someone else wrote on the run (kept as it was); an
     earlier try's report is replaced. None when both do not fit in a note."""
-    mine = f"**{dag_id}: "
-    theirs = (existing or "").split(RULER + mine)[0]
-    if theirs.startswith(mine):
+    theirs = (existing or "").split(RULER + LINK)[0]
+    if theirs.startswith(LINK):
         theirs = ""
     note = f"{theirs.rstrip()}{RULER}{ours}" if theirs.strip() else ours
     return note if len(note) <= NOTE_MAX_CHARS else None

@@ -240,7 +240,7 @@ def write_note(context: dict, summary: dict) -> None:
 
     dag_id = f"retention_{summary['purpose']}"
     ours = run_note.note_text(summary, summary["evidence_path"])
-    note = run_note.merged_with(getattr(context["dag_run"], "note", None), ours, dag_id)
+    note = run_note.merged_with(getattr(context["dag_run"], "note", None), ours)
     if note is None:
         log.warning("run note not set: the note already on the run leaves no room for the report's")
         return
