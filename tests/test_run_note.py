@@ -112,10 +112,27 @@ def test_the_report_sets_the_run_note_through_the_api(api_server, airflow_db, db
     summary = xcoms(dag_run)["report"]
     from retention.run_note import note_text
 
+    ours = note_text(summary, summary["evidence_path"])
     note = _note(api_server, dag_run)
-    assert note == note_text(summary, summary["evidence_path"])
+    assert note == ours
     assert note.startswith(f"[Run evidence](/retention/runs/quotes/{quote(dag_run.run_id, safe='')}) · ")
     assert "**retention_quotes enforced**: due 3, deleted 2, held 1, waiting 0; gates " in note.splitlines()[0]
+    # A note someone wrote on the run is kept above the report's; a retried report replaces its own.
+    import httpx
+    from retention.run_note import publish
+
+    human = "Re-run after incident INC-42."
+    with httpx.Client(base_url=api_server.url, timeout=10) as client:
+        login = {"username": "operator", "password": api_server.passwords["operator"]}
+        token = client.post("/auth/token", json=login).json()["access_token"]
+        client.patch(
+            f"/api/v2/dags/retention_quotes/dagRuns/{quote(dag_run.run_id, safe='')}",
+            json={"note": human},
+            headers={"Authorization": f"Bearer {token}"},
+        ).raise_for_status()
+    for _ in range(2):
+        assert publish("retention_quotes", dag_run.run_id, ours) == "set"
+        assert _note(api_server, dag_run) == f"{human}\n\n---\n\n{ours}"
 
 
 @pytest.mark.integration
@@ -136,6 +153,10 @@ def test_a_refused_note_never_fails_the_run(api_server, airflow_db, db, s3, stor
         "AIRFLOW_CONN_RETENTION_AIRFLOW_API", _api_connection(api_server, api_server.passwords["reporter"])
     )
     assert publish("retention_quotes", "no-such-run", "x").endswith("answered 404")
+    monkeypatch.setattr("retention.run_note.NOTE_MAX_CHARS", 5)  # no room left on the run
+    assert publish("retention_quotes", dag_run.run_id, "[Run evidence](x)") == (
+        "not set: the note already on the run leaves no room for the report's"
+    )
     monkeypatch.delenv("AIRFLOW_CONN_RETENTION_AIRFLOW_API")
     assert publish("retention_quotes", dag_run.run_id, "x") == (
         "not set: no connection 'retention_airflow_api' (see docs/run_reports.md)"

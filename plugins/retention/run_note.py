@@ -102,9 +102,11 @@ def _base_url(conn) -> str:
     return host
 
 
-def publish(dag_id: str, run_id: str, note: str) -> str:
-    """Set the run's note through the REST API (connection ``retention_airflow_api``). Never
-    raises: returns what happened (``set``, or why not), which the report logs."""
+def publish(dag_id: str, run_id: str, ours: str) -> str:
+    """Set the report's note on the run through the REST API (connection
+    ``retention_airflow_api``), below the note the run has now (read through the API: the task's
+    context does not carry it). Never raises: returns what happened (``set``, or why not), which
+    the report logs."""
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -119,13 +121,14 @@ def publish(dag_id: str, run_id: str, note: str) -> str:
         with httpx.Client(base_url=base, timeout=TIMEOUT_S) as client:
             login = client.post("/auth/token", json={"username": conn.login, "password": conn.password})
             login.raise_for_status()
-            token = login.json()["access_token"]
-            answer = client.patch(
-                f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}",
-                params={"update_mask": "note"},
-                json={"note": note},
-                headers={"Authorization": f"Bearer {token}"},
-            )
+            auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            run_path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
+            run = client.get(run_path, headers=auth)
+            run.raise_for_status()
+            note = merged_with(run.json().get("note"), ours)
+            if note is None:
+                return "not set: the note already on the run leaves no room for the report's"
+            answer = client.patch(run_path, params={"update_mask": "note"}, json={"note": note}, headers=auth)
             answer.raise_for_status()
     except httpx.HTTPStatusError as exc:
         return f"not set: {exc.request.method} {exc.request.url.path} answered {exc.response.status_code}"

@@ -238,13 +238,8 @@ def write_note(context: dict, summary: dict) -> None:
     report never fails for it."""
     from retention import run_note
 
-    dag_id = f"retention_{summary['purpose']}"
     ours = run_note.note_text(summary, summary["evidence_path"])
-    note = run_note.merged_with(getattr(context["dag_run"], "note", None), ours)
-    if note is None:
-        log.warning("run note not set: the note already on the run leaves no room for the report's")
-        return
-    outcome = run_note.publish(dag_id, context["run_id"], note)
+    outcome = run_note.publish(f"retention_{summary['purpose']}", context["run_id"], ours)
     if outcome == "set":
         log.info("run note set; evidence: %s", summary["evidence_path"])
     else:
