@@ -121,7 +121,7 @@ def test_successful_run_sends_nothing(airflow_db, db, s3, storage, inbox):
     assert summary["gates"]["before"].endswith("expectations passed")
     assert summary["gates"]["after"].endswith("expectations passed")
     assert "| unconverted_quotes |" in summary["table"]
-    assert summary["table"] == _summary(dag_run, "return_value")  # the Markdown, as before
+    assert _summary(dag_run, "return_value") == summary  # the structured summary, also under `summary`
 
 
 def _run_watch(**conf):
@@ -143,7 +143,7 @@ def test_watch_alarms_on_overdue_records_and_emails(airflow_db, db, s3, storage,
     [message] = inbox.messages
     assert message["Subject"].startswith("[retention] FAILED retention_watch.watch")
     body = _text(message)
-    assert "quotes: overdue: 1 records due for more than 3 days (unconverted_quotes=1)" in body
+    assert "quotes: overdue: 1 deletable records due for more than 3 days (unconverted_quotes=1)" in body
     assert f.ids(db, "quotes") == {overdue, held}, "the watch changes nothing"
 
 
@@ -200,7 +200,7 @@ def test_alarm_rules():
         overdue_days=3,
     )
     assert [str(a) for a in found] == [
-        "b: overdue: 4 records due for more than 3 days (r1=3, r2=1)",
+        "b: overdue: 4 deletable records due for more than 3 days (r1=3, r2=1)",
         "b: no_success: last success 49 h ago (2026-11-27T06:00:00+00:00)",
         "c: no_success: no successful run on record",
     ]

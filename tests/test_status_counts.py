@@ -66,11 +66,13 @@ def direct_sql(conn, now: dt.datetime, overdue_days: int) -> dict:
         " + interval '3 years')::date <= %s AND EXISTS (SELECT 1 FROM app.identity_documents i WHERE i.customer_id = c.id)",
         (today,),
     ).fetchone()[0]
+    deletable, held_now = quotes(f"NOT {held}", today), quotes(held, today)
     return {
         "quotes": {
-            "due": quotes(f"NOT {held}", today),
+            "due": deletable + held_now,  # past the schedule: deletable + held + waiting (none)
+            "deletable": deletable,
             "overdue": quotes(f"NOT {held}", today - dt.timedelta(days=overdue_days)),
-            "held": quotes(held, today),
+            "held": held_now,
             "waiting": 0,
         },
         "former_customers_waiting": waiting,
@@ -78,7 +80,7 @@ def direct_sql(conn, now: dt.datetime, overdue_days: int) -> dict:
 
 
 def _figures(counts: dict) -> dict:
-    return {k: counts[k] for k in ("due", "overdue", "held", "waiting")}
+    return {k: counts[k] for k in ("due", "deletable", "overdue", "held", "waiting")}
 
 
 def _count(source_dsn, policy, now=NOW):
@@ -100,7 +102,7 @@ def test_stored_counts_equal_a_direct_sql_count(data, db, policy, source_dsn):
 
     live = _count(source_dsn, policy)
     expected = direct_sql(db, NOW, OVERDUE_DAYS)
-    assert expected["quotes"] == {"due": 3, "overdue": 2, "held": 1, "waiting": 0}  # the data, as built
+    assert expected["quotes"] == {"due": 4, "deletable": 3, "overdue": 2, "held": 1, "waiting": 0}  # as built
     assert expected["former_customers_waiting"] == 1
 
     stored = _read(source_dsn, policy, NOW + dt.timedelta(seconds=10))
@@ -228,10 +230,11 @@ def test_an_application_insert_is_seen_at_the_next_count_within_the_ttl(data, db
     _count(source_dsn, policy)
     f.quote(db, issued=NOW.date() - dt.timedelta(days=800))  # due, a new row
     soon = _read(source_dsn, policy, NOW + dt.timedelta(seconds=5))["quotes"]
-    assert soon.state == "fresh" and soon.counts["due"] == 3
+    assert soon.state == "fresh" and soon.counts["deletable"] == 3
     assert _read(source_dsn, policy, NOW + TTL + dt.timedelta(seconds=1))["quotes"].state == "aged"
     _count(source_dsn, policy)
-    assert _read(source_dsn, policy, NOW)["quotes"].counts["due"] == 4 == direct_sql(db, NOW, 3)["quotes"]["due"]
+    recounted = _read(source_dsn, policy, NOW)["quotes"].counts["deletable"]
+    assert recounted == 4 == direct_sql(db, NOW, 3)["quotes"]["deletable"]
 
 
 def test_older_counts_never_replace_newer_ones(data, policy, source_dsn):

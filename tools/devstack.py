@@ -348,6 +348,13 @@ def ensure_buckets(client, archive_bucket: str, documents_bucket: str) -> None:
 # ---------------------------------------------------------------------------- Airflow
 
 DEMO_USER = "demo"
+# The report task's account on the api-server: it writes each run's note (retention.run_note,
+# connection retention_airflow_api). SimpleAuthManager's role `user` may edit DAG runs.
+REPORTER_USER = "retention_reporter"
+# pathspec 1.x deprecates the glob matcher Airflow 3.3 reads plugins/.airflowignore with, in
+# every process (the Task SDK's plugin loader ignores [core] dag_ignore_file_syntax): one
+# warning in every task log otherwise. Python reads this before any code runs.
+PYTHONWARNINGS = "ignore:GitWildMatchPattern:DeprecationWarning"
 AIRFLOW_COMPONENTS = {
     # name: command after `airflow`. The API server is bound to loopback; the scheduler and the
     # triggerer don't serve logs (standalone would open log servers on 0.0.0.0:8793/8794).
@@ -376,6 +383,8 @@ class StackConfig:
     # Key of the archived identifiers' hashes (retention.identifiers); a demo created before it
     # existed gets one at its next `make demo` (its older objects: retention.archive.backfill_owners).
     identifier_key: str = ""
+    # The report task's password on the api-server (REPORTER_USER); a demo created before gets one.
+    reporter_password: str = ""
 
     @classmethod
     def load_or_create(
@@ -389,8 +398,9 @@ class StackConfig:
         path = state / "stack.json"
         if path.exists():
             data = json.loads(path.read_text())
-            if not data.get("identifier_key"):
-                data["identifier_key"] = secrets.token_urlsafe(32)
+            missing = {"identifier_key", "reporter_password"} - {k for k, v in data.items() if v}
+            if missing:
+                data |= {key: secrets.token_urlsafe(32) for key in missing}
                 path.write_text(json.dumps(data, indent=2))
             data["state"] = state
             return cls(**data)
@@ -411,6 +421,7 @@ class StackConfig:
             fernet_key=Fernet.generate_key().decode(),
             stripe_port=stripe_port or 55600,
             identifier_key=secrets.token_urlsafe(32),
+            reporter_password=secrets.token_urlsafe(32),
         )
         state.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({k: v for k, v in config.__dict__.items() if k != "state"}, indent=2))
@@ -464,7 +475,7 @@ class StackConfig:
             "AIRFLOW__API__SECRET_KEY": self.api_secret_key,
             "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
             "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{DEMO_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{DEMO_USER}:admin,{REPORTER_USER}:user",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
                 f"postgresql+psycopg://{AIRFLOW_DB}:{self.airflow_db_password}@127.0.0.1:{self.pg_port}/{AIRFLOW_DB}"
@@ -476,6 +487,7 @@ class StackConfig:
             "RETENTION_IDENTIFIER_KEY": self.identifier_key,
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
             "NO_PROXY": "127.0.0.1,localhost",
+            "PYTHONWARNINGS": PYTHONWARNINGS,
         }
         return env
 
@@ -502,7 +514,8 @@ def _airflow(config: StackConfig, *args: str, check: bool = True, capture: bool 
 
 
 def configure_connections(config: StackConfig) -> None:
-    """The two connections of DESIGN.md §5, stored in the metadata DB so they show in the UI."""
+    """The two connections of DESIGN.md §5, the processor's and the report's (its run notes),
+    stored in the metadata DB so they show in the UI."""
     pg = config.postgres
     connections = {
         "source_postgres": {
@@ -528,6 +541,14 @@ def configure_connections(config: StackConfig) -> None:
             "password": STRIPE_STUB_KEY,
             "description": "Payment processor API (local stand-in for Stripe: demo only)",
             "extra": {"max_network_retries": 2, "timeout": 10},
+        },
+        # The report task writes each run's note through the REST API (retention.run_note).
+        "retention_airflow_api": {
+            "conn_type": "http",
+            "host": config.api_url,
+            "login": REPORTER_USER,
+            "password": config.reporter_password,
+            "description": "Airflow's REST API, for the run notes of the report task",
         },
     }
     for conn_id, conn in connections.items():
@@ -656,22 +677,26 @@ def up(
     from tools.seed.load import seed_database
 
     reference = dt.date.fromisoformat(reference_date) if reference_date else dt.date.today()
-    counts = seed_database(
-        config.source_dsn(),
-        customers=customers,
-        seed=seed,
-        reference_date=reference,
-        s3_client=client,
-        documents_bucket=storage.documents_bucket,
-    )
-    print(f"seeded      {sum(counts.values()):,} rows (reference date {reference})")
+    if already_seeded(config.source_dsn()):
+        # Its data and the runs on it are kept: a re-run of `make demo` only starts what stopped.
+        print("data        kept: the database is already seeded (`make reset` starts over from a fresh seed)")
+    else:
+        counts = seed_database(
+            config.source_dsn(),
+            customers=customers,
+            seed=seed,
+            reference_date=reference,
+            s3_client=client,
+            documents_bucket=storage.documents_bucket,
+        )
+        print(f"seeded      {sum(counts.values()):,} rows (reference date {reference})")
     if not with_airflow:
         return
 
     home = config.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({DEMO_USER: config.demo_password}) + "\n")
+    passwords.write_text(json.dumps({DEMO_USER: config.demo_password, REPORTER_USER: config.reporter_password}) + "\n")
     passwords.chmod(0o600)
     _airflow(config, "db", "migrate")
     configure_connections(config)
@@ -686,6 +711,14 @@ def up(
     env_file.chmod(0o600)
     print(f"Airflow UI  {config.api_url}   login: {DEMO_USER} / {config.demo_password}")
     print(f"logs        {state / 'logs'}   (airflow CLI: source {env_file})")
+
+
+def already_seeded(dsn: str) -> bool:
+    """Whether the source database holds data (tools.seed leaves such a database alone)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM app.customers)").fetchone()[0])
 
 
 def missing_s3_objects(dsn: str, client, archive_bucket: str, documents_bucket: str) -> list[str]:

@@ -218,7 +218,11 @@ def alarms(
         if s.overdue:
             rules = ", ".join(f"{r.rule}={r.overdue}" for r in s.rules if r.overdue)
             found.append(
-                Alarm(s.purpose, "overdue", f"{s.overdue} records due for more than {overdue_days} days ({rules})")
+                Alarm(
+                    s.purpose,
+                    "overdue",
+                    f"{s.overdue} deletable records due for more than {overdue_days} days ({rules})",
+                )
             )
         waiting = [w for w in s.waiting_past_end if w["alarm"]]
         if waiting:

@@ -180,10 +180,11 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
             return tasks.check_after(purpose, context, before, archived)
 
         @task(trigger_rule="all_done", show_return_value_in_logs=False)
-        def report(**context) -> str:
-            """The run's summary whatever happened upstream: the table once in the log and as XCom,
-            a dict under XCom key `summary`; on a failure, what failed and what was left unchanged
-            (then it fails too, so the run stays red)."""
+        def report(**context) -> dict:
+            """The run's summary whatever happened upstream: the table once in the log, the summary
+            (a dict) as XCom (also under key `summary`), the run's note with a link to its evidence;
+            on a failure, what failed and what was left unchanged (then it fails too, so the run
+            stays red)."""
             from retention import run_report
 
             return run_report.report(purpose, context)

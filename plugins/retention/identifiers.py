@@ -72,9 +72,7 @@ def identifier_key(required: bool = True) -> bytes | None:
     value = os.environ.get(KEY_ENV, "")
     if not value:
         if required:
-            raise IdentifierKeyError(
-                f"{KEY_ENV} is not set: identifiers cannot be hashed (docs/subject-requests.md)"
-            )
+            raise IdentifierKeyError(f"{KEY_ENV} is not set: identifiers cannot be hashed (docs/subject-requests.md)")
         return None
     if len(value) < MIN_KEY_LENGTH:
         raise IdentifierKeyError(f"{KEY_ENV} must be {MIN_KEY_LENGTH} characters or more")
@@ -125,7 +123,9 @@ def locators_literal(rows) -> str | None:
     if key is None:
         global _warned
         if not _warned:
-            log.warning("%s is not set: archive objects record no identifier hashes (docs/subject-requests.md)", KEY_ENV)
+            log.warning(
+                "%s is not set: archive objects record no identifier hashes (docs/subject-requests.md)", KEY_ENV
+            )
             _warned = True
         return None
     import pyarrow as pa

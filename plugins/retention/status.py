@@ -5,9 +5,12 @@ a byte size, an object key or a record id of the bookkeeping schema `retention`:
 contents. The counts come from the planner: the same select the engine locks and deletes
 (retention.planner), counted: one pass per rule and date.
 
-A record is *due* at an instant when the run at that instant would delete it (clock + live
-<= the Paris date); it is *overdue* when it was already due `overdue_days` days earlier and is
-still there, neither held nor waiting for a child kept by another purpose.
+One vocabulary, here, in the run report and on the Retention page: a record is *due* at an
+instant when its schedule is past (clock + live <= the Paris date); of the due records, *held*
+ones are under a legal hold, *waiting* ones are still referenced by a row of another table, and
+the rest are *deletable*: what the run at that instant archives and deletes (a preview: would).
+A record is *overdue* when it was already deletable `overdue_days` days earlier and is still
+there.
 
 A record *waits past its own end* when it is due, not held, and a row of another table still
 references it. Per rule and child table: how many, how long (the oldest one's due date), and
@@ -37,7 +40,8 @@ class RuleStatus:
     rule: str
     table: str
     tier: str
-    due: int = 0
+    due: int = 0  # past the schedule: deletable + held + waiting
+    deletable: int = 0
     held: int = 0
     waiting: int = 0
     overdue: int = 0
@@ -48,7 +52,8 @@ class PurposeStatus:
     purpose: str
     title: str
     mode: str
-    due: int = 0
+    due: int = 0  # past the schedule: deletable + held + waiting
+    deletable: int = 0
     held: int = 0
     waiting: int = 0
     overdue: int = 0
@@ -137,8 +142,8 @@ def archive_totals(conn) -> dict[str, dict[str, tuple[int, int]]]:
 def purposes_status(
     conn, policy: Policy, now: dt.datetime, overdue_days: int, names: Collection[str] | None = None
 ) -> list[PurposeStatus]:
-    """Per purpose and rule: due now, overdue by more than `overdue_days`, held, waiting, and what
-    waits past its own end; archive objects and bytes per tier (committed manifest rows). Only
+    """Per purpose and rule: due now, of which deletable, held and waiting; overdue by more than
+    `overdue_days`; what waits past its own end; archive objects and bytes per tier (committed manifest rows). Only
     the purposes in ``names`` when given (in the policy's order).
 
     Turns JIT compilation off for the connection: the rule statements' nested hold and waiting
@@ -158,11 +163,15 @@ def purposes_status(
         status = PurposeStatus(purpose=name, title=purpose.title, mode=purpose_mode(purpose))
         planner = Planner.load(conn, policy, name)
         for rule in purpose.rules:
-            (due, held, waiting), waits = rule_now(conn, planner, rule, now, overdue_days)
+            (deletable, held, waiting), waits = rule_now(conn, planner, rule, now, overdue_days)
             overdue = rule_counts(conn, planner, rule, earlier)[0]
-            status.rules.append(RuleStatus(rule.name, rule.table, rule.tier, due, held, waiting, overdue))
+            due = deletable + held + waiting
+            status.rules.append(
+                RuleStatus(rule.name, rule.table, rule.tier, due, deletable, held, waiting, overdue=overdue)
+            )
             status.waiting_past_end += waits
             status.due += due
+            status.deletable += deletable
             status.held += held
             status.waiting += waiting
             status.overdue += overdue
@@ -251,10 +260,11 @@ def runs(conn, limit: int = 50) -> list[dict]:
     ]
 
 
-def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict | None:
+def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str, always: bool = False) -> dict | None:
     """The evidence of one run of one purpose (two DAGs share the id of a scheduled date): the
     rules applied, counts per rule and action, and every archive object written or purged (key,
-    SHA-256, version, size, rows). None if the run left no trace."""
+    SHA-256, version, size, rows). None if the run left no trace, unless ``always`` (a preview
+    run leaves none: its report is its evidence)."""
     audit = conn.execute(
         "SELECT purpose, rule, table_name, action, sum(record_count), sum(byte_count), count(*), min(logical_date) "
         "FROM retention.audit_log WHERE run_id = %(run)s AND purpose = %(purpose)s "
@@ -274,7 +284,7 @@ def run_evidence(conn, policy: Policy, purpose_name: str, run_id: str) -> dict |
         {"run": run_id, "purpose": purpose_name, "tz": policy.timezone},
     ).fetchall()
     approvals = approvals_of_run(conn, purpose_name, run_id)  # who approved (or refused) its plan
-    if not audit and not objects and not approvals:
+    if not audit and not objects and not approvals and not always:
         return None
     logical = min((a[7] for a in audit), default=None)
     purpose = policy.purposes.get(purpose_name)

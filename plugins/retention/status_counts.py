@@ -40,7 +40,7 @@ from retention.policy.periods import local_date, local_midnight
 log = logging.getLogger(__name__)
 
 # Figures of retention.status.PurposeStatus stored here; the archive totals are read live.
-COUNTED_FIELDS = ("due", "held", "waiting", "overdue", "rules", "waiting_past_end")
+COUNTED_FIELDS = ("due", "deletable", "held", "waiting", "overdue", "rules", "waiting_past_end")
 
 _MARKER_SQL = """
 SELECT

@@ -315,9 +315,15 @@ def run_date_label(context: dict) -> str:
 def report(
     purpose: Purpose | str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict
 ) -> str:
-    """A Markdown summary: counts per rule, bytes per tier. Shown in the log and in XCom."""
+    """A Markdown summary: counts per rule, bytes per tier; logged, and the ``table`` of the
+    report's summary (retention.run_report).
+
+    One vocabulary (as on the Retention page): *due* = past the schedule; of which held, waiting,
+    and the rest archived and deleted, or in a preview or dry run, what a run *would archive /
+    delete* (nothing was written, so no object, byte or file column)."""
     ctx = run_context(purpose, context)
     purpose = as_purpose(purpose).name
+    would = ctx.dry_run  # a preview is a dry run: the figures say what an enforced run would do
     if ctx.mode == "preview":
         title = "PREVIEW mode: what an enforced run would do; nothing changed"
     else:
@@ -325,35 +331,59 @@ def report(
     lines = [
         f"## retention_{purpose}: {title}",
         f"mode {ctx.mode}, {run_date_label(context)}, run {ctx.run_id}",
+        "due: past the schedule; of which "
+        + ("would archive / delete" if would else "deleted (archived first where the tier says)")
+        + ", held (legal hold), waiting (still referenced by another table's rows)",
         "",
-        "| rule | table | tier | due | deleted | held | waiting | objects | archived until | archive bytes | files "
-        "| files kept (shared) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if would:
+        lines += [
+            "| rule | table | tier | due | would archive / delete | held | waiting |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| rule | table | tier | due | deleted | held | waiting | objects | archived until | archive bytes | files "
+            "| files kept (shared) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     bytes_by_tier: dict[str, int] = {}
     for r in archived["rules"]:
         waiting = sum(r["waiting"].values())
+        if would:
+            deletable = r["due"] - r["held"] - waiting
+            lines.append(
+                f"| {r['rule']} | {r['table']} | {r['tier']} | {r['due']} | {deletable} | {r['held']} | {waiting} |"
+            )
+            continue
         lines.append(
             f"| {r['rule']} | {r['table']} | {r['tier']} | {r['due']} | {r['deleted']} | {r['held']} | {waiting} "
             f"| {r['objects']} | {archived_until(r.get('archived_until', {}))} | {r['archive_bytes']} "
             f"| {r['documents']} | {r.get('documents_kept_shared', 0)} |"
         )
         bytes_by_tier[r["tier"]] = bytes_by_tier.get(r["tier"], 0) + r["archive_bytes"]
-    lines += [
-        "",
-        "bytes per tier: " + (", ".join(f"{t}={b}" for t, b in sorted(bytes_by_tier.items()) if t != "none") or "none"),
-        "share of each table deleted: "
-        + ", ".join(f"{t}={f:.2%}" for t, f in sorted(planned.get("delete_fraction", {}).items())),
-        f"archive purge: {purged['purged_objects']} objects ({purged['purged_records']} records) purged, "
+    shares = ", ".join(f"{t}={f:.2%}" for t, f in sorted(planned.get("delete_fraction", {}).items()))
+    purge = (
+        f"{purged['purged_objects']} objects ({purged['purged_records']} records) purged, "
         f"{purged.get('rows_purged', 0)} records removed on their own end date from "
         f"{purged.get('rewritten_objects', 0)} objects written per month, {purged['held_objects']} kept under legal hold"
         + (
             f", {purged['rows_kept_to_object_date']} records kept to their object's date (own end unknown)"
             if purged.get("rows_kept_to_object_date")
             else ""
-        ),
-        f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}",
-    ]
+        )
+    )
+    lines.append("")
+    if would:
+        lines += [f"share of each table it would delete: {shares}", f"archive purge it would do: {purge}"]
+    else:
+        lines += [
+            "bytes per tier: "
+            + (", ".join(f"{t}={b}" for t, b in sorted(bytes_by_tier.items()) if t != "none") or "none"),
+            f"share of each table deleted: {shares}",
+            f"archive purge: {purge}",
+        ]
+    lines.append(f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}")
     for r in archived["rules"]:
         if r.get("processor"):
             lines.append(

@@ -26,8 +26,8 @@ DOC = """# Retention watch
 Every morning at 07:00 (Europe/Paris), after the nightly retention runs: fails, and e-mails
 through `smtp_default` (Variable `retention_alert_to`), when a purpose
 
-- has **overdue** records: due for more than `overdue_days` days and still in the database
-  (neither under a legal hold nor waiting for a child kept by another purpose),
+- has **overdue** records: deletable for more than `overdue_days` days and still in the
+  database (due, and neither under a legal hold nor waiting for a child kept by another purpose),
 - has records **waiting past their end** for more than `overdue_days` days on a child table for
   which the policy's `dependents` decide `keep_parent_and_alert`, or decide nothing, or
 - has **no successful run** in the last `stale_after_hours` hours (a failing, paused or
@@ -160,6 +160,7 @@ def run_watch(context: dict) -> dict:
         "purposes": {
             s.purpose: {
                 "due": s.due,
+                "deletable": s.deletable,
                 "overdue": s.overdue,
                 "held": s.held,
                 "waiting_past_end": s.waiting_past_end,

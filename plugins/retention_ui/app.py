@@ -25,7 +25,7 @@ overdue figure they had stays in the alarm). Everything else is read live at `ge
 `?fresh=true` waits for counts made after the request.
 
 Settings ([retention] section of airflow.cfg, or AIRFLOW__RETENTION__<KEY>):
-  overdue_days          a record due for more than this many days and still there is an alarm (3)
+  overdue_days          a record deletable for more than this many days and still there is an alarm (3)
   source_conn_id        the source database connection (source_postgres)
   status_ttl_seconds    counts younger than this are served as they are (60)
   status_max_age_seconds  older counts are withheld, not shown while recounting (900)
@@ -261,6 +261,37 @@ def future_runs(now: dt.datetime) -> list[dict]:
         ]
 
 
+def queued_on_paused_dags() -> list[dict]:
+    """Queued runs of paused retention DAGs: Airflow starts none while the DAG is paused (a REST
+    trigger does not unpause it), and nothing else says why they wait."""
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from retention.future_dates import DAG_ID_PREFIX
+    from sqlalchemy import select
+
+    with create_session() as session:
+        runs = session.scalars(
+            select(DagRun)
+            .join(DagModel, DagModel.dag_id == DagRun.dag_id)
+            .where(
+                DagRun.dag_id.startswith(DAG_ID_PREFIX, autoescape=True),
+                DagRun.state == "queued",
+                DagModel.is_paused.is_(True),
+            )
+            .order_by(DagRun.dag_id, DagRun.run_after)
+        )
+        return [
+            {
+                "dag_id": run.dag_id,
+                "run_id": run.run_id,
+                "queued_at": _iso(run.queued_at),
+                "run_url": f"../dags/{run.dag_id}/runs/{quote(run.run_id, safe='')}",
+            }
+            for run in runs
+        ]
+
+
 def gate_results(dag_id: str, run_id: str) -> dict:
     """The quality gates' XCom of one run (counts only), by task."""
     from airflow.models.xcom import XComModel
@@ -289,6 +320,31 @@ def gate_results(dag_id: str, run_id: str) -> dict:
     return gates
 
 
+def report_summary(dag_id: str, run_id: str) -> dict | None:
+    """The `report` task's summary of one run (XCom key `summary`: counts, keys and ids only),
+    None before the task ran."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag_id,
+                XComModel.run_id == run_id,
+                XComModel.task_id == "report",
+                XComModel.key == "summary",
+                XComModel.map_index == -1,
+            )
+        )
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -311,6 +367,16 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+BYTE_UNITS = (("B", 1), ("KiB", 1024), ("MiB", 1024**2), ("GiB", 1024**3), ("TiB", 1024**4))
+
+
+def bytes_unit(peak: int) -> dict:
+    """The unit of a bytes axis whose highest bar is ``peak`` bytes: the largest in which it is
+    at least 1 (14 KiB on a KiB axis, not 0.014 MiB)."""
+    name, size = next(((n, s) for n, s in reversed(BYTE_UNITS) if peak >= s), BYTE_UNITS[0])
+    return {"name": name, "size": size}
+
+
 # The audit run id of a data-subject request (retention.rights.subject_rights.SubjectRequest.run_id).
 SUBJECT_REQUEST_RUN_PREFIX = "subject_request__"
 
@@ -328,11 +394,12 @@ def purpose_figures(name: str, policy, counted, archives: dict, now: dt.datetime
     if counted.counts is not None:
         c = counted.counts
         row.due, row.held, row.waiting, row.overdue = c["due"], c["held"], c["waiting"], c["overdue"]
+        row.deletable = c.get("deletable", row.due - row.held - row.waiting)  # counts stored before it was
         row.rules = [RuleStatus(**r) for r in c["rules"]]
         row.waiting_past_end = c["waiting_past_end"]
         return row.as_dict() | {"counts": counted.freshness(now)}
     # Withheld: no figure a user could act on; the last overdue one is in counts.last_overdue.
-    withheld = {"due": None, "held": None, "waiting": None, "overdue": None, "waiting_alarm": None}
+    withheld = {"due": None, "deletable": None, "held": None, "waiting": None, "overdue": None, "waiting_alarm": None}
     return row.as_dict() | withheld | {"counts": counted.freshness(now)}
 
 
@@ -357,9 +424,14 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
         runs = status.runs(conn)
         exports = status.access_exports(conn, now)
     airflow_runs = last_runs([dag_id_for(p["purpose"]) for p in purposes])
+    paused_queue = queued_on_paused_dags()
+    waiting_runs = {(r["dag_id"], r["run_id"]) for r in paused_queue}
     for p in purposes:
         p["dag_id"] = dag_id_for(p["purpose"])
         p["airflow"] = {"last": None, "last_success": None} | airflow_runs.get(p["dag_id"], {})
+        last = p["airflow"]["last"]
+        if last:
+            last["dag_paused"] = (p["dag_id"], last["run_id"]) in waiting_runs
     for r in runs:
         r["dag_id"] = dag_id_for(r["purpose"])
         r["run_url"] = f"../dags/{r['dag_id']}/runs/{quote(r['run_id'], safe='')}"
@@ -398,22 +470,31 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
         "legal_holds": holds,
         "runs": runs,
         "future_runs": future_runs(now),
+        "queued_on_paused_dags": paused_queue,
         "access_exports": exports,
     }
 
 
 def evidence(purpose: str, run_id: str) -> dict:
+    """A run's evidence: what it committed (audit log, manifest), its gates, and its report (the
+    `report` task's summary; a preview run's only trace)."""
     from retention import status
     from retention.airflow_names import dag_id_for
     from retention.policy import default_policy
 
     policy = default_policy()
+    dag_id = dag_id_for(purpose)
+    report = report_summary(dag_id, run_id) if purpose in policy.purposes else None
     with _connect() as conn:
-        found = status.run_evidence(conn, policy, purpose, run_id)
+        found = status.run_evidence(conn, policy, purpose, run_id, always=report is not None)
     if found is None:
         raise HTTPException(status_code=404, detail=f"no retention trace for run {run_id!r} of {purpose!r}")
-    found["dag_id"] = dag_id_for(found["purpose"])
+    if report is not None:
+        found["logical_date"] = found["logical_date"] or report.get("logical_date")
+        found["mode"] = report.get("mode", found["mode"])
+    found["dag_id"] = dag_id
     found["gates"] = gate_results(found["dag_id"], run_id)
+    found["report"] = report
     found["generated_at"] = dt.datetime.now(dt.UTC).isoformat()
     return found
 
@@ -487,6 +568,23 @@ def evidence_csv(ev: dict) -> str:
                 "state": a["decision"],
                 "detail": f"by={a['decided_by'] or '-'}; at={a['decided_at']}; "
                 + json.dumps(a["figures"].get("tables", {}), sort_keys=True),
+            }
+        )
+    report = ev.get("report") or {}
+    for r in report.get("rules", []):
+        waiting = r.get("waiting", 0)
+        waiting = sum(waiting.values()) if isinstance(waiting, dict) else waiting
+        figures = f"due={r.get('due', '')}; deletable={r.get('deletable', '')}; held={r.get('held', 0)}"
+        writer.writerow(
+            {
+                "section": "report",
+                "rule": r["rule"],
+                "table": r["table"],
+                "action_or_tier": r.get("tier", ""),
+                "records": r.get("deleted", 0),
+                "bytes": r.get("archive_bytes", 0),
+                "state": "would" if report.get("previewed") else "done",
+                "detail": f"{figures}; waiting={waiting}; deleted={r.get('deleted', 0)}",
             }
         )
     for task_id, gate in sorted(ev.get("gates", {}).items()):
@@ -643,9 +741,13 @@ def _templates():
 
 def render_page(data: dict, csrf: str = "") -> str:
     env = _templates()
+    per_month: dict[str, int] = {}
+    for r in data["archive_by_purge_month"]:
+        per_month[r["purge_month"]] = per_month.get(r["purge_month"], 0) + r["bytes"]
     charts = {
         "per_day": data["deleted_per_day"],
         "by_month": data["archive_by_purge_month"],
+        "bytes_unit": bytes_unit(max(per_month.values(), default=0)),
         "purposes": [p["purpose"] for p in data["purposes"]],
     }
     from retention.rights.requests import REQUEST_ID_PATTERN
@@ -659,6 +761,38 @@ def render_page(data: dict, csrf: str = "") -> str:
         request_id_pattern=REQUEST_ID_PATTERN.strip("^$"),
         waiting=[w | {"purpose": p["purpose"]} for p in data["purposes"] for w in p["waiting_past_end"]],
     )
+
+
+def count_of(value) -> int:
+    """A rule's waiting count: per blocking table in a run's outcome, one number in the audit's."""
+    if isinstance(value, dict):
+        return sum(value.values())
+    return int(value) if isinstance(value, int) else 0
+
+
+def end_days(days) -> str:
+    """When a run's archived rows go (each on its own end day): one date, or the first and last."""
+    if not isinstance(days, dict) or not days:
+        return "-"
+    first, last = min(days), max(days)
+    return first if first == last else f"{first} .. {last} ({len(days)} days)"
+
+
+def render_evidence(ev: dict) -> str:
+    """A run's evidence as a page: its report as a table, then what it committed, its archive
+    objects and its gates. Tolerant of summaries written by older versions of the report."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=jinja2.ChainableUndefined
+    )
+    env.filters["paris"] = paris
+    env.filters["bytes"] = human_bytes
+    env.filters["count_of"] = count_of
+    env.filters["days"] = end_days
+    report = ev.get("report")
+    would = bool(report) and bool(report.get("previewed", report.get("mode") == "preview" or report.get("dry_run")))
+    return env.get_template("evidence.html").render(ev=ev, report=report, would=would)
 
 
 def create_app() -> FastAPI:
@@ -714,6 +848,11 @@ def create_app() -> FastAPI:
     @app.get("/api/summary")
     def summary_json(overdue_days: int | None = days_query, fresh: bool = fresh_query) -> JSONResponse:
         return JSONResponse(summary(overdue_days, fresh=fresh), headers={"Cache-Control": "no-store"})
+
+    @app.get("/runs/{purpose}/{run_id}", response_class=HTMLResponse)
+    def evidence_page(purpose: str, run_id: str) -> HTMLResponse:
+        """One run's evidence as a page (the run's note and the tasks' extra link point here)."""
+        return HTMLResponse(render_evidence(evidence(purpose, run_id)), headers={"Cache-Control": "no-store"})
 
     @app.get("/api/runs/{purpose}/{run_id}/evidence.json")
     def evidence_json(purpose: str, run_id: str) -> Response:
