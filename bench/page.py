@@ -249,7 +249,7 @@ def run(stack, sizes=SIZES, history_days: int = HISTORY_DAYS, repeat: int = REPE
     from retention.schema import apply_schema
 
     from tools import devstack
-    from tools.seed import seed_database
+    from tools.seed.load import seed_database
 
     home = stack.root / "page-airflow-home"
     home.mkdir(exist_ok=True)
