@@ -238,7 +238,7 @@ h1 { font-size: 19px; margin: 0 0 4px; } h2 { font-size: 15px; margin: 22px 0 6p
 .muted { color: #5a6577; } dl { display: grid; grid-template-columns: 12em 1fr; gap: 2px 12px; margin: 4px 0 8px; }
 dt { font-weight: 600; } dd { margin: 0; }
 table { border-collapse: collapse; width: 100%; margin-bottom: 8px; }
-th, td { border: 1px solid #cbd5e0; padding: 3px 6px; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #cbd5e0; padding: 3px 6px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
 th { background: #f7fafc; font-weight: 600; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.total td { font-weight: 600; background: #f7fafc; }
 @page { size: A4 landscape; margin: 12mm; }
@@ -303,7 +303,7 @@ def to_html(register: Register) -> str:
             + "</tr></thead><tbody>",
         ]
         parts += [
-            "<tr>" + "".join(f"<td>{e(getattr(r, field) or '-')}</td>" for field, _ in _RULE_COLUMNS) + "</tr>"
+            "<tr>" + "".join(f"<td>{_breakable(getattr(r, field) or '-')}</td>" for field, _ in _RULE_COLUMNS) + "</tr>"
             for r in rows
         ]
         parts.append("</tbody></table></section>")
@@ -334,6 +334,12 @@ def to_html(register: Register) -> str:
         )
     parts.append("</tbody></table></body></html>")
     return "\n".join(parts)
+
+
+def _breakable(text: str) -> str:
+    """Escaped, with a line break allowed after each '_' and '.' of an identifier (a narrow column
+    on paper wraps `former_customer_prospects__information_requests` instead of overflowing)."""
+    return escape(text).replace("_", "_<wbr>").replace(".", ".<wbr>")
 
 
 def _most(count: str) -> bool:
