@@ -193,3 +193,10 @@ def test_bad_dates_are_refused_before_anything_is_read(tmp_path, dates, message)
     assert result.returncode == 2
     assert message in result.stderr
     assert not out.exists()
+
+
+def test_a_database_it_cannot_read_is_one_line_and_no_file(tmp_path):
+    out = tmp_path / "never.csv"
+    result = register_cli("--dsn", "postgresql://127.0.0.1:1/none", "--format", "csv", "--out", str(out))
+    assert result.returncode == 1 and not out.exists()
+    assert result.stderr.startswith("register: cannot read the database:") and "Traceback" not in result.stderr

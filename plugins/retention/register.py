@@ -364,9 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     import psycopg
 
-    with psycopg.connect(args.dsn, autocommit=True, application_name="retention:register") as conn:
-        conn.execute("SET default_transaction_read_only = on")
-        register = build_register(conn, policy, start, end)
+    try:
+        with psycopg.connect(args.dsn, autocommit=True, application_name="retention:register") as conn:
+            conn.execute("SET default_transaction_read_only = on")
+            register = build_register(conn, policy, start, end)
+    except psycopg.OperationalError as exc:
+        print(f"register: cannot read the database: {str(exc).strip()}", file=sys.stderr)
+        return 1
     text = to_csv(register) if args.format == "csv" else to_html(register)
     if args.out == "-":
         sys.stdout.write(text)
