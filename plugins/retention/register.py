@@ -169,9 +169,14 @@ def _held_by(policy: Policy, rule: Rule) -> str:
 
 
 def _waits_for(policy: Policy, rule: Rule) -> str:
-    """The rows of other tables that keep one of the rule's rows while they exist (`dependents`)."""
+    """The rows of other tables that keep one of the rule's rows while they exist (`dependents`;
+    the `go_with_parent` ones go with it instead: the generated rules)."""
     links = policy.dependents.get(rule.table, {})
-    waits = [f"{child}{' (alarmed)' if d == 'keep_parent_and_alert' else ''}" for child, d in links.items()]
+    waits = [
+        f"{child}{' (alarmed)' if decision == 'keep_parent_and_alert' else ''}"
+        for child, decision in links.items()
+        if decision != "go_with_parent"
+    ]
     return ", ".join(waits) if waits else "-"
 
 
