@@ -158,6 +158,7 @@ def test_cli_counts_equal_the_audit_and_the_schedule_is_the_policys(ran, source_
     result = register_cli("--dsn", source_dsn, "--from", "2026-01-01", "--format", "html", "--out", str(html))
     assert result.returncode == 0, result.stderr
     page = html.read_text(encoding="utf-8")
+    assert all(f'id="purpose-{p}"' in page for p in policy.purposes)
     for output in (text, page):
         assert not EMAIL.search(output)
         assert not [v for v in ran if v in output]

@@ -245,7 +245,7 @@ dt { font-weight: 600; } dd { margin: 0; }
 table { border-collapse: collapse; width: 100%; margin-bottom: 8px; }
 th, td { border: 1px solid #cbd5e0; padding: 3px 6px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
 th { background: #f7fafc; font-weight: 600; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.total td { font-weight: 600; background: #f7fafc; }
+tr.total td { font-weight: 600; background: #f7fafc; } td.month { white-space: nowrap; }
 @page { size: A4 landscape; margin: 12mm; }
 @media print {
   body { margin: 0; font-size: 10px; } .no-print { display: none; }
@@ -325,7 +325,7 @@ def to_html(register: Register) -> str:
         rows = [r for r in register.activity if r.purpose == purpose]
         for r in rows:
             parts.append(
-                f"<tr><td>{e(r.purpose)}</td><td>{e(r.month)}</td>"
+                f'<tr><td>{e(r.purpose)}</td><td class="month">{e(r.month)}</td>'
                 + "".join(f'<td class="num">{getattr(r, c)}</td>' for c in COUNTS)
                 + "</tr>"
             )
@@ -333,7 +333,7 @@ def to_html(register: Register) -> str:
             sum(getattr(r, c) for r in rows) if not _most(c) else max(getattr(r, c) for r in rows) for c in COUNTS
         ]
         parts.append(
-            f'<tr class="total"><td>{e(purpose)}</td><td>period</td>'
+            f'<tr class="total"><td>{e(purpose)}</td><td class="month">whole period</td>'
             + "".join(f'<td class="num">{t}</td>' for t in totals)
             + "</tr>"
         )
