@@ -248,7 +248,7 @@ th { background: #f7fafc; font-weight: 600; } td.num, th.num { text-align: right
 tr.total td { font-weight: 600; background: #f7fafc; } td.month { white-space: nowrap; }
 @page { size: A4 landscape; margin: 12mm; }
 @media print {
-  body { margin: 0; font-size: 10px; } .no-print { display: none; }
+  body { margin: 0; font-size: 10px; }
   thead { display: table-header-group; } tr, dl { break-inside: avoid; }
   section.purpose { break-inside: avoid-page; } h2 { break-after: avoid; }
 }
