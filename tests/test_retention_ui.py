@@ -31,6 +31,8 @@ ROUTES = [
     "/retention/static/chart.umd.min.js",
     "/retention/data-docs/index.html",
     "/retention/static/data-docs/jquery@3.7.1/dist/jquery.min.js",
+    "/retention/register",
+    "/retention/api/register.csv",
 ]
 
 
@@ -231,6 +233,41 @@ def test_evidence_json_and_csv_match_the_manifest(api, ran_quotes):
     assert any(r["section"].startswith("gate:check_before") for r in rows)
     assert not [v for v in PERSONAL_VALUES if v in as_csv.text + response.text]
     assert _get(api, "/retention/api/runs/quotes/no-such-run/evidence.json").status_code == 404
+
+
+def test_the_register_answers_csv_and_html(api, ran_quotes, policy):
+    """The register of the schedule (retention.register) through the page's read-only connection:
+    the CSV and the printable page, this month's counts as in the audit; bad dates a 400 saying why."""
+    import psycopg
+
+    month_start = dt.datetime.now(PARIS).date().replace(day=1)
+    as_csv = _get(api, "/retention/api/register.csv", **{"from": month_start.isoformat()})
+    assert as_csv.status_code == 200, as_csv.text
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.headers["content-disposition"].startswith('attachment; filename="register-')
+    activity = list(csv.DictReader(io.StringIO(as_csv.text.split("section,activity")[1].lstrip())))
+    assert [r["purpose"] for r in activity] == list(policy.purposes)  # one month: one row each
+    with psycopg.connect(ran_quotes["dsn"]) as conn:
+        archived = conn.execute(
+            "SELECT sum(record_count) FROM retention.audit_log WHERE purpose = 'quotes'"
+            " AND action = 'archived_and_deleted' AND at >= %s",
+            (dt.datetime.combine(month_start, dt.time(0), tzinfo=PARIS),),
+        ).fetchone()[0]
+    quotes = next(r for r in activity if r["purpose"] == "quotes")
+    assert int(quotes["archived_and_deleted"]) == archived == 2 and quotes["runs"] == "1"
+
+    page = _get(api, "/retention/register")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "What was done" in page.text and "@media print" in page.text
+    assert "<script" not in page.text and "http" not in page.text, "self-contained"
+    download = _get(api, "/retention/register", download="true")
+    assert download.headers["content-disposition"].endswith('.html"') and download.text.startswith("<!doctype html>")
+    bad = _get(api, "/retention/register", **{"from": "2026-05-01", "to": "2026-04-01"})
+    assert bad.status_code == 400 and "from 2026-05-01 is after to 2026-04-01" in bad.text
+    not_a_date = _get(api, "/retention/api/register.csv", to="31/12/2026")
+    assert not_a_date.status_code == 400 and "is not a date (expected YYYY-MM-DD)" in not_a_date.text
+    assert not [v for v in PERSONAL_VALUES if v in as_csv.text + page.text]
+    assert 'data-testid="register-form"' in _get(api, "/retention/").text
 
 
 def test_mode_is_read_defensively():

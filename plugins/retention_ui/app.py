@@ -10,6 +10,9 @@ library (Chart.js, MIT) is served from this folder: the page needs no internet.
 The gates' Great Expectations Data Docs (retention.gates.data_docs) are served under
 /retention/data-docs/, their CDN assets from this folder too (retention_ui.data_docs).
 
+The register of the schedule (retention.register, docs/register.md): GET /retention/register
+(the printable page; ?download=true as a file) and /retention/api/register.csv, ?from=&to= dates.
+
 The form "Data-subject request" (POST /retention/subject-requests) records a request in the
 project's own table (retention.rights.requests.submit: the address stays out of Airflow) and
 triggers `retention_subject_requests` with its request id alone. Only for a user allowed to
@@ -795,6 +798,22 @@ def render_evidence(ev: dict) -> str:
     return env.get_template("evidence.html").render(ev=ev, report=report, would=would)
 
 
+def register_for(period_from: str | None, period_to: str | None):
+    """The register of the schedule for the period asked (retention.register), read through the
+    page's read-only connection; a period it refuses is a 400 saying why."""
+    from retention import register
+    from retention.policy import default_policy
+
+    policy = default_policy()
+    today = dt.datetime.now(ZoneInfo(policy.timezone)).date()
+    try:
+        start, end = register.parse_period(period_from, period_to, today)
+    except register.RegisterError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+    with _connect() as conn:
+        return register.build_register(conn, policy, start, end)
+
+
 def create_app() -> FastAPI:
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
 
@@ -870,6 +889,37 @@ def create_app() -> FastAPI:
             evidence_csv(ev),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{_filename(ev)}.csv"'},
+        )
+
+    from_query = Query(None, alias="from", description="first day, YYYY-MM-DD (default: 11 months before `to`, 1st)")
+    to_query = Query(None, alias="to", description="last day, YYYY-MM-DD, included (default: today)")
+
+    @app.get("/register", response_class=HTMLResponse)
+    def register_page(
+        period_from: str | None = from_query,
+        period_to: str | None = to_query,
+        download: bool = Query(False, description="as a file to keep"),
+    ) -> HTMLResponse:
+        """The register of the schedule as a printable page (docs/register.md)."""
+        from retention.register import to_html
+
+        reg = register_for(period_from, period_to)
+        headers = {"Cache-Control": "no-store"}
+        if download:
+            name = f"register-{reg.period_from.isoformat()}-{reg.period_to.isoformat()}.html"
+            headers["Content-Disposition"] = f'attachment; filename="{name}"'
+        return HTMLResponse(to_html(reg), headers=headers)
+
+    @app.get("/api/register.csv")
+    def register_csv(period_from: str | None = from_query, period_to: str | None = to_query) -> Response:
+        from retention.register import to_csv
+
+        reg = register_for(period_from, period_to)
+        name = f"register-{reg.period_from.isoformat()}-{reg.period_to.isoformat()}.csv"
+        return Response(
+            to_csv(reg),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
         )
 
     @app.get("/static/chart.umd.min.js")

@@ -114,6 +114,10 @@ class Purpose(_Strict):
     legal_basis: str = Field(pattern=IDENTIFIER)
     legal_basis_fr: str = Field(min_length=1)
     retention_fr: str = Field(min_length=1)
+    # The categories of personal data the purpose's records hold, in the policy's words (its
+    # "Quelles données collectons-nous ?"): the register of processing activities states them
+    # (Art. 30(1)(c), retention.register).
+    data_categories_fr: tuple[str, ...] = Field(min_length=1)
     max_delete_fraction: float = Field(gt=0, le=1)
     # preview: every run reports exactly what it would do and changes nothing (the default
     # shipped for every purpose); enforce: runs archive, delete and purge.
