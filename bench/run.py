@@ -3,7 +3,7 @@
     PYTHONPATH=plugins:. .venv/bin/python -m bench.run [--rows 100000 1000000] [--repeat 3]
         [--out bench/results/latest.json] [--batch-size N] [--full-run-customers N]
         [--skip-full-run] [--skip-parse] [--documents-files N] [--skip-documents] [--profile]
-        [--candidate NAME=PLUGINS_DIR ...]
+        [--page-customers N ...] [--skip-page] [--candidate NAME=PLUGINS_DIR ...]
 
 Starts its own PostgreSQL and S3 server (moto) on free loopback ports, state in a temporary
 folder, both stopped at the end. For each size N it builds N expired quotes once into a template
@@ -49,6 +49,7 @@ LOGICAL_DATE = dt.datetime(2026, 3, 1, tzinfo=ZoneInfo("Europe/Paris"))
 # (about 150 s) is the largest that keeps the whole bench under its 15 minutes.
 FULL_RUN_CUSTOMERS = 20_000
 DOCUMENT_FILES = 10_000  # issue 11: document disposal measured on 10,000 files
+PAGE_SIZES = (20_000, 100_000)  # issue 19: the Retention page at these sizes (bench/page.py)
 TARGETS = {"engine_vs_limit": 0.7, "engine_vs_pandas": 1.5, "rss_growth": 1.2, "parse_s": 0.3, "bench_s": 900}
 
 
@@ -89,6 +90,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-documents", action="store_true", help="skip the document-disposal measure")
     parser.add_argument(
+        "--page-customers",
+        type=int,
+        nargs="+",
+        default=list(PAGE_SIZES),
+        help="customers of the Retention page measure (bench/page.py; default 20,000 and 100,000)",
+    )
+    parser.add_argument("--skip-page", action="store_true", help="skip the Retention page measure")
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="one more engine run at the largest size under cProfile, with step timings",
@@ -122,7 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--candidate {item!r}: {plugins} has no retention/archive/engine.py")
         args.candidates[name] = str(plugins)
     args.contestants = [*args.contestants, *args.candidates]
-    if any(n < 1 for n in args.rows) or args.repeat < 1 or args.documents_files < 1:
+    if any(n < 1 for n in args.rows + args.page_customers) or args.repeat < 1 or args.documents_files < 1:
         parser.error("--rows and --repeat must be positive")
     return args
 
@@ -443,6 +452,10 @@ def markdown(report: dict) -> str:
             + f" (target >= 5 x serial: {'met' if docs['target']['met'] else 'NOT met'}); "
             + f"checks {'ok' if docs['all_checks_ok'] else 'FAILED'}",
         ]
+    if report.get("page"):
+        from bench import page as page_bench
+
+        lines += page_bench.markdown(report["page"])
     full = report.get("full_run")
     if full:
         lines.append("")
@@ -638,6 +651,10 @@ def main(argv: list[str] | None = None) -> dict:
             report["parse_time"] = parse_time.measure(stack.root / "airflow-home", repeat=args.repeat)
         if not args.skip_documents:
             report["documents"] = documents_bench.run(stack, args.documents_files, args.repeat, log, seed=args.seed)
+        if not args.skip_page:
+            from bench import page as page_bench
+
+            report["page"] = page_bench.run(stack, args.page_customers, repeat=page_bench.REPEAT, log=log)
         if not args.skip_full_run:
             report["full_run"] = full_run.run(
                 stack, args.full_run_customers, logical_date, args.batch_size, run_child, log, engine_plugins

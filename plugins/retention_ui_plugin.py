@@ -1,5 +1,6 @@
 """Airflow plugin: the "Retention" page, served by the api-server under /retention and linked
-from the UI's navigation as an external view (retention_ui/app.py). And two guards on the
+from the UI's navigation as an external view (retention_ui/app.py); a "Run evidence" button on
+the purposes' tasks, to their run's evidence page (retention_ui/links.py). And two guards on the
 api-server: a retention DAG cannot be triggered with a logical date in the future
 (retention_ui/future_guard.py), nor the data-subject requests DAG with an address in its run
 conf (retention_ui/guard.py).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 
 from airflow.plugins_manager import AirflowPlugin
+from retention_ui.links import RunEvidenceLink
 
 URL_PREFIX = "/retention"
 
@@ -37,6 +39,7 @@ class RetentionPlugin(AirflowPlugin):
             "icon": f"{URL_PREFIX}/static/icon.svg",
         }
     ]
+    global_operator_extra_links = [RunEvidenceLink()]
 
     @property
     def fastapi_apps(self) -> list[dict]:

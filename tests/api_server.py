@@ -24,11 +24,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class ApiServer:
     url: str
     passwords: dict[str, str]  # user name -> password
+    data_docs: Path | None = None  # the Data Docs folder it serves (RETENTION_DATA_DOCS_DIR), if on
 
 
 @contextlib.contextmanager
-def running_api_server(home: Path, roles: dict[str, str]) -> Iterator[ApiServer]:
-    """``roles``: user name -> SimpleAuthManager role (viewer, op, admin...)."""
+def running_api_server(home: Path, roles: dict[str, str], data_docs: Path | None = None) -> Iterator[ApiServer]:
+    """``roles``: user name -> SimpleAuthManager role (viewer, op, admin...); ``data_docs``: the
+    gates' Data Docs folder it serves (else the session's setting: off)."""
     passwords = {user: secrets.token_urlsafe(12) for user in roles}
     passwords_file = home / "passwords.json"
     passwords_file.write_text(json.dumps(passwords))
@@ -44,6 +46,8 @@ def running_api_server(home: Path, roles: dict[str, str]) -> Iterator[ApiServer]
         "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
         "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT}",
     }
+    if data_docs is not None:
+        env["RETENTION_DATA_DOCS_DIR"] = str(data_docs)
     log = home / "api-server.log"
     cmd = [str(Path(sys.executable).parent / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "ab") as out:
@@ -60,7 +64,7 @@ def running_api_server(home: Path, roles: dict[str, str]) -> Iterator[ApiServer]
 
     try:
         devstack.wait_until(healthy, 120, "the Airflow api-server", log)
-        yield ApiServer(url, passwords)
+        yield ApiServer(url, passwords, data_docs)
     finally:
         proc.terminate()
         try:

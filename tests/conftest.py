@@ -215,8 +215,12 @@ def airflow_db(services) -> None:
 @pytest.fixture(scope="session")
 def api_server(airflow_db, tmp_path_factory):
     """One real `airflow api-server` for the session (tests/api_server.py): the browser test's
-    viewer `dpo`, the trigger guard's admin `operator`."""
+    viewer `dpo`, the trigger guard's admin `operator`, the browser approval's `approver` and the
+    run notes' `reporter` (users: may act on DAGs, not administer); it serves the Data Docs of an
+    empty folder (tests/test_browser_data_docs.py builds them there)."""
     from tests.api_server import running_api_server
 
-    with running_api_server(tmp_path_factory.mktemp("api-server"), {"dpo": "viewer", "operator": "admin"}) as server:
+    users = {"dpo": "viewer", "operator": "admin", "approver": "user", "reporter": "user"}
+    home, docs = tmp_path_factory.mktemp("api-server"), tmp_path_factory.mktemp("api-server-data-docs")
+    with running_api_server(home, users, data_docs=docs) as server:
         yield server

@@ -12,7 +12,12 @@ def load_dag(purpose: str):
     spec = importlib.util.spec_from_file_location(f"dag_{purpose}", DAGS / f"retention_{purpose}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.dag
+    dag = module.dag
+    # dag.test() of Airflow 3.3.2 fails a successful run of a DAG that has a deadline alert: its
+    # in-memory scheduler DAG holds the alerts, not their ids (apache/airflow#73428). The alert is
+    # the scheduler's business, tested on its own (tests/test_alerts.py); dag.test() runs without.
+    dag.deadline = None
+    return dag
 
 
 def sync_dags() -> None:

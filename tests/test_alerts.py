@@ -121,7 +121,7 @@ def test_successful_run_sends_nothing(airflow_db, db, s3, storage, inbox):
     assert summary["gates"]["before"].endswith("expectations passed")
     assert summary["gates"]["after"].endswith("expectations passed")
     assert "| unconverted_quotes |" in summary["table"]
-    assert summary["table"] == _summary(dag_run, "return_value")  # the Markdown, as before
+    assert _summary(dag_run, "return_value") == summary  # the structured summary, also under `summary`
 
 
 def _run_watch(**conf):
@@ -143,7 +143,7 @@ def test_watch_alarms_on_overdue_records_and_emails(airflow_db, db, s3, storage,
     [message] = inbox.messages
     assert message["Subject"].startswith("[retention] FAILED retention_watch.watch")
     body = _text(message)
-    assert "quotes: overdue: 1 records due for more than 3 days (unconverted_quotes=1)" in body
+    assert "quotes: overdue: 1 deletable records due for more than 3 days (unconverted_quotes=1)" in body
     assert f.ids(db, "quotes") == {overdue, held}, "the watch changes nothing"
 
 
@@ -200,7 +200,7 @@ def test_alarm_rules():
         overdue_days=3,
     )
     assert [str(a) for a in found] == [
-        "b: overdue: 4 records due for more than 3 days (r1=3, r2=1)",
+        "b: overdue: 4 deletable records due for more than 3 days (r1=3, r2=1)",
         "b: no_success: last success 49 h ago (2026-11-27T06:00:00+00:00)",
         "c: no_success: no successful run on record",
     ]
@@ -325,3 +325,69 @@ def test_watch_alarms_on_a_record_waiting_past_its_end_without_a_decision_to_wai
     assert "former_customers on identity_documents (keep_parent_and_alert): 1, oldest " in body
     assert "Camille" not in body and "example.fr" not in body
     assert customer in f.ids(db, "customers"), "the watch changes nothing"
+
+
+@pytest.mark.integration
+def test_a_run_not_finished_hours_after_it_was_queued_raises_airflows_deadline_alert(airflow_db, db, inbox):
+    """A purpose's run queued (the CLI's way, as the scheduler queues a daily run) gets Airflow's
+    deadline `run_deadline_hours` (the policy's) after it; past it, the scheduler's miss handling
+    queues the callback and the executor's callback runner sends the late-run e-mail through the
+    same notifier. The clock is moved, not waited for: the deadline is set to a minute ago."""
+    import structlog
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.executors.workloads.callback import ExecuteCallback
+    from airflow.models.callback import ExecutorCallback
+    from airflow.models.dagrun import DagRun
+    from airflow.models.deadline import Deadline
+    from airflow.sdk.execution_time.callback_supervisor import execute_callback
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunTriggeredByType
+    from retention.policy import default_policy
+
+    from tests.dag_runs import sync_dags
+
+    sync_dags()
+    run = trigger_dag("retention_quotes", logical_date=None, triggered_by=DagRunTriggeredByType.CLI)
+    try:
+        with create_session() as session:
+            dag_run = session.get(DagRun, run.id)
+            [deadline] = session.query(Deadline).filter(Deadline.dagrun_id == run.id).all()
+            hours = default_policy().alerts.run_deadline_hours
+            assert deadline.deadline_time == dag_run.queued_at + dt.timedelta(hours=hours)
+            assert not deadline.missed and inbox.messages == []
+            deadline.deadline_time = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)  # hours later
+        with create_session() as session:
+            # The scheduler loop's handling of a deadline past (SchedulerJobRunner._execute's loop).
+            for missed in session.query(Deadline).filter(Deadline.deadline_time < dt.datetime.now(dt.UTC)):
+                missed.handle_miss(session)
+            session.flush()
+            [callback] = session.query(ExecutorCallback).filter(ExecutorCallback.state == "pending").all()
+            workload = ExecuteCallback.make(callback=callback, dag_run=session.get(DagRun, run.id))
+        # What the executor runs for the workload (BaseExecutor.run_workload -> supervise_callback).
+        ok, error = execute_callback(
+            workload.callback.data["path"],
+            workload.callback.data["kwargs"],
+            workload.dag_rel_path,
+            None,
+            structlog.get_logger(),
+        )
+        assert ok, error
+        [message] = inbox.messages
+        assert message["Subject"] == f"[retention] LATE retention_quotes (run {run.run_id}): not finished"
+        assert inbox.recipients == [["dpo@insurer.test"]]
+        body = _text(message)
+        assert f"run {run.run_id} is not finished\n{hours:g} h after it was queued" in body
+        assert "<b>queued</b>" in body and "logical date: none (a manual run)" in body
+        assert "Required Actions" in body
+    finally:
+        with create_session() as session:
+            session.query(DagRun).filter(DagRun.id == run.id).delete()
+
+
+def test_a_run_finished_before_its_deadline_sends_no_late_email(inbox):
+    """The scheduler drops the deadline of a run that succeeded in time; one that failed keeps it,
+    and its callback says nothing (the failure e-mail went)."""
+    from retention.alerts import notify_late_run
+
+    notify_late_run(context={"dag_run": {"dag_id": "retention_quotes", "state": "failed", "end_date": "2025-03-01"}})
+    assert inbox.messages == []

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.bench
 
 ROWS = 5000
 DOCUMENT_FILES = 40
+PAGE_CUSTOMERS = 300
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     result = main(
         ["--rows", str(ROWS), "--repeat", "1", "--skip-full-run", "--skip-parse"]
-        + ["--documents-files", str(DOCUMENT_FILES), "--out", str(out)]
+        + ["--documents-files", str(DOCUMENT_FILES), "--page-customers", str(PAGE_CUSTOMERS), "--out", str(out)]
     )
     assert json.loads(out.read_text())["runs"], "the bench wrote no runs to its JSON report"
     return result
@@ -80,3 +81,14 @@ def test_document_disposal_moved_every_file_in_each_contestant(report):
 
     text = markdown(report)
     assert "Document disposal" in text and "store throughput" in text
+
+
+def test_the_retention_page_was_measured_from_fresh_counts(report):
+    """The summary API and the page in chromium, served by a real api-server (bench/page.py)."""
+    page = report["page"]["sizes"][str(PAGE_CUSTOMERS)]
+    assert page["customers"] == PAGE_CUSTOMERS and page["history"]["days"] == 30
+    assert page["summary_s"] > 0 and page["page_s"] > 0 and page["count_s"] > 0
+    assert page["due_total"] > 0, "the seeded data has due records"
+    from bench.run import markdown
+
+    assert "Retention page" in markdown(report) and "summary API s" in markdown(report)

@@ -110,6 +110,37 @@ def test_delete_is_downstream_of_gate_and_plan(path):
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_the_approval_step_stands_between_the_gate_and_the_archive_step(path):
+    """Over the mass-deletion guard, a run waits for a person before anything is archived or
+    deleted (retention.approval_tasks): who may answer and how long from the policy file."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = _load(path).dag
+    approval = dag.get_task("approve_deletion")
+    assert isinstance(approval, ApprovalOperator)
+    assert approval.upstream_task_ids == {"check_before"} and approval.downstream_task_ids == {"prepare_units"}
+    settings = default_policy().approvals
+    assert approval.response_timeout.total_seconds() == settings.wait_hours * 3600
+    assert (approval.assigned_users or []) == [{"id": u, "name": u} for u in settings.approvers]
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_a_late_run_raises_airflows_deadline_alert(path):
+    from airflow.sdk import DeadlineReference, SyncCallback
+
+    [deadline] = _load(path).dag.deadline
+    assert deadline.reference == DeadlineReference.DAGRUN_QUEUED_AT
+    assert deadline.interval.total_seconds() == default_policy().alerts.run_deadline_hours * 3600
+    assert deadline.callback == SyncCallback("retention.alerts.notify_late_run")
+
+
+def test_an_erasure_previewed_is_approved_then_erased():
+    dag = _load(REQUESTS_FILE).dag
+    assert dag.get_task("approve_erasure").upstream_task_ids == {"handle_request"}
+    assert dag.get_task("erase").upstream_task_ids == {"approve_erasure"}
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_archive_units_follow_the_rules_order_in_the_writers_pool(path):
     """One mapped task per rule, in policy order (children before parents), each after the
     recovery and capped by the source writers' pool; the merge waits for the last rule."""

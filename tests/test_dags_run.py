@@ -31,8 +31,14 @@ def test_dag_run_enforces_the_schedule(purpose, airflow_db, db, s3, storage, pol
     assert_scenario_outcome(db, s3, storage, policy, scenario)
 
     values = xcoms(dag_run)
-    report = values["report"]
-    report_text = report if isinstance(report, str) else json.dumps(report)
+    report = values["report"]  # the structured summary; its table is what the log shows
+    report_text = report["table"]
+    # One meaning of due: past the schedule, of which deletable (here: deleted), held and waiting.
+    archived = {r["rule"]: r for r in values["archive_and_delete"]["rules"]}
+    for r in report["rules"]:
+        waiting = sum(r["waiting"].values())
+        assert r["due"] == r["deletable"] + r["held"] + waiting == archived[r["rule"]]["due"], r
+        assert r["deleted"] == r["deletable"] == archived[r["rule"]]["deleted"], r
     for rule in policy.purposes[purpose].rules:
         assert f"| {rule.name} |" in report_text
     paris = scenario.logical_date.astimezone(policy.tz).strftime("%Y-%m-%d %H:%M %Z")
@@ -77,7 +83,7 @@ def test_dry_run_param_changes_nothing(airflow_db, db, s3, storage, policy):
     dag_run = run_dag("quotes", scenario.logical_date, dry_run=True)
     assert set(task_states(dag_run).values()) == {"success"}
     assert snapshot(db, "quotes") == before
-    assert "DRY RUN" in xcoms(dag_run)["report"]
+    assert "DRY RUN" in xcoms(dag_run)["report"]["table"]
     assert asset_events(dag_run) == {}, "a dry run emits no Asset event"
 
 
@@ -137,5 +143,5 @@ def test_a_rule_spread_over_units_deletes_exactly_the_due_rows(airflow_db, db, s
     values = xcoms(dag_run)
     (rule,) = values["archive_and_delete"]["rules"]
     assert (rule["due"], rule["held"], rule["deleted"], values["archive_and_delete"]["units"]) == (8, 1, 7, 3)
-    assert "| unconverted_quotes | quotes | intermediate | 8 | 7 | 1 |" in values["report"]
+    assert "| unconverted_quotes | quotes | intermediate | 8 | 7 | 1 |" in values["report"]["table"]
     assert_asset_events(db, storage, policy, "quotes", dag_run)

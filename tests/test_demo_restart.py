@@ -102,7 +102,7 @@ def closed_home():
     shutil.rmtree(home, ignore_errors=True)
 
 
-def test_demo_data_survives_down_and_up_and_reset_starts_over(closed_home, monkeypatch):
+def test_demo_data_survives_down_and_up_and_reset_starts_over(closed_home, monkeypatch, capsys):
     for name in [k for k in os.environ if k.startswith("RETENTION_") and k.endswith("_BUCKET")]:
         monkeypatch.delenv(name)
     state = closed_home
@@ -121,8 +121,13 @@ def test_demo_data_survives_down_and_up_and_reset_starts_over(closed_home, monke
     archived = sum(o.objects for o in outcomes)
     assert archived > 0, [o.as_dict() for o in outcomes]
 
+    assert "seeded      " in capsys.readouterr().out
     devstack.down(state)
     devstack.up(config, customers=40, reference_date=today.isoformat(), with_airflow=False)
+    # A second `make demo` keeps the data and says how to start over (no "seeded" after "nothing done").
+    again = capsys.readouterr().out
+    assert "kept: the database is already seeded (`make reset` starts over from a fresh seed)" in again
+    assert "seeded      " not in again and "--reset" not in again, again
     from retention.policy import default_policy
 
     storage = default_policy().storage_settings()
@@ -194,3 +199,39 @@ def test_a_demo_has_an_identifier_key_that_never_changes(tmp_path):
     older = devstack.StackConfig.load_or_create(tmp_path / "state")
     assert len(older.identifier_key) >= 32
     assert devstack.StackConfig.load_or_create(tmp_path / "state").identifier_key == older.identifier_key
+
+
+def test_a_demo_has_a_reporter_account_for_the_run_notes(tmp_path):
+    """The report task writes each run's note through the REST API with its own account (role
+    `user`: it may edit DAG runs); a demo created before gets one."""
+    import json
+
+    config = devstack.StackConfig.load_or_create(tmp_path / "state")
+    env = config.airflow_env()
+    assert f"{devstack.REPORTER_USER}:user" in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")
+    assert len(config.reporter_password) >= 32
+    stack = tmp_path / "state" / "stack.json"
+    stack.write_text(json.dumps({k: v for k, v in json.loads(stack.read_text()).items() if k != "reporter_password"}))
+    older = devstack.StackConfig.load_or_create(tmp_path / "state")
+    assert len(older.reporter_password) >= 32 and older.identifier_key == config.identifier_key
+
+
+def test_a_task_process_loads_the_plugin_without_the_gitwildmatch_warning(tmp_path):
+    """Every Airflow process (a task's included: the Task SDK's plugin loader reads
+    plugins/.airflowignore as globs whatever [core] dag_ignore_file_syntax says) met pathspec's
+    deprecation of GitWildMatchPattern: one warning in every task log. The stack's environment
+    filters it; without the filter it is there, so this test can tell."""
+    config = devstack.StackConfig.load_or_create(tmp_path / "state")
+    env = devstack._component_env(config) | {"AIRFLOW_HOME": str(tmp_path / "home")}
+    code = "from airflow.sdk import plugins_manager as pm; print(sorted(p.name for p in pm._get_plugins()[0]))"
+
+    def load_plugins(environment: dict) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=environment, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "'retention'" in done.stdout, done.stdout
+        return done.stdout + done.stderr
+
+    assert "gitwildmatch" not in load_plugins(env)
+    assert "gitwildmatch" in load_plugins({k: v for k, v in env.items() if k != "PYTHONWARNINGS"})

@@ -39,14 +39,17 @@ AIRFLOW_SERVICES = AIRFLOW_SERVERS + AIRFLOW_ONE_SHOT + AIRFLOW_OPTIONAL
 REQUIRED_SERVICES = {"postgres", "redis", "source-postgres", "s3", *AIRFLOW_SERVERS, *AIRFLOW_ONE_SHOT}
 # service -> container ports it publishes; everything else publishes nothing.
 PUBLISHED_PORTS = {"airflow-apiserver": {8080}, "source-postgres": {5432}, "s3": {5000}, "flower": {5555}}
-# DESIGN.md §5, the source once per database role (docs/audit.md, "Roles").
+# DESIGN.md §5, the source once per database role (docs/audit.md, "Roles"), and the report
+# task's (its run notes, through the REST API).
 CONNECTION_IDS = {
     "source_postgres",
     "source_postgres_rights",
     "source_postgres_reader",
     "source_postgres_housekeeping",
+    "source_postgres_counter",
     "retention_airflow_db",  # Airflow's metadata, for the housekeeping's db clean (issue 23)
     "archive_s3",
+    "retention_airflow_api",
 }
 CONTAINER_ROOT = PurePosixPath("/opt/airflow")
 S3_ENDPOINT = "http://s3:5000"
@@ -230,11 +233,11 @@ def test_connections_created_are_exactly_the_designed_ones(services):
     commands = connection_commands(script_of(services["retention-init"]))
     assert set(commands) == CONNECTION_IDS
 
-    # The ids the code uses (the source's in connections.py, the archive's in tasks.py), read
-    # without importing the engine.
+    # The ids the code uses (the source's in connections.py, the archive's in tasks.py, the
+    # REST API's in run_note.py), read without importing the engine.
     constants = {
         target.id: node.value.value
-        for module in ("connections.py", "tasks.py")
+        for module in ("connections.py", "tasks.py", "run_note.py")
         for node in ast.parse((REPO_ROOT / "plugins" / "retention" / module).read_text(encoding="utf-8")).body
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
         for target in node.targets
@@ -286,6 +289,24 @@ def test_each_role_has_a_login_user_and_its_connection(services):
         variable = f"SOURCE_{role.removeprefix('retention_').upper()}_PASSWORD"
         assert option(argv, "--conn-password") == "${" + variable + "}"
         assert init_env[variable].endswith("demo-only")
+
+
+def test_the_report_writes_run_notes_with_its_own_account(services):
+    """retention_airflow_api: the api-server's service, a user of role `user` (it may edit DAG
+    runs), whose password airflow-init writes into the passwords file."""
+    argv = connection_commands(script_of(services["retention-init"]))["retention_airflow_api"]
+    assert option(argv, "--conn-type") == "http"
+    url = urlsplit(option(argv, "--conn-host"))
+    assert url.hostname == "airflow-apiserver" and url.hostname in services
+    users = dict(
+        u.split(":")
+        for u in env_of(services["airflow-apiserver"])["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")
+    )
+    assert users[option(argv, "--conn-login")] == "user"
+    assert option(argv, "--conn-password") == "${AIRFLOW_REPORTER_PASSWORD}"
+    password = env_of(services["retention-init"])["AIRFLOW_REPORTER_PASSWORD"]
+    assert env_of(services["airflow-init"])["AIRFLOW_REPORTER_PASSWORD"] == password
+    assert '"retention_reporter": os.environ["AIRFLOW_REPORTER_PASSWORD"]' in script_of(services["airflow-init"])
 
 
 def test_archive_s3_connection_points_at_the_s3_service(services):

@@ -105,6 +105,10 @@ def test_quotes_are_gone_after_24_months():
         ),
         (lambda d: d["purposes"]["quotes"].update(retention_days=3), "purpose 'quotes', field 'retention_days'"),
         (lambda d: d["purposes"]["prospects"].pop("legal_basis_fr"), "purpose 'prospects', field 'legal_basis_fr'"),
+        (
+            lambda d: d["purposes"]["aml"].update(data_categories_fr=[]),
+            "purpose 'aml', field 'data_categories_fr'",
+        ),
         (lambda d: d.update(timezone="Europe/Atlantis"), "field 'timezone'"),
         (
             lambda d: d["purposes"]["quotes"]["rules"].append(dict(d["purposes"]["quotes"]["rules"][0])),
@@ -120,6 +124,7 @@ def test_quotes_are_gone_after_24_months():
         "fraction-range",
         "unknown-key",
         "missing-field",
+        "no-data-categories",
         "bad-timezone",
         "duplicate-rule",
     ],

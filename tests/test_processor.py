@@ -324,5 +324,5 @@ def test_a_contracts_run_logs_no_processor_ids(airflow_db, db, s3, storage, stri
     assert "payment_references" in logs, "the run's task logs were captured"
     leaked = sorted({line for line in logs.splitlines() if "pm_" in line or "cus_" in line})
     assert not leaked, leaked[:5]
-    report = xcoms(dag_run)["report"]
+    report = xcoms(dag_run)["report"]["table"]
     assert "payment processor (payment_references): customers_deleted=1, methods_detached=1" in report

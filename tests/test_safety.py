@@ -551,7 +551,7 @@ def test_a_dag_run_in_preview_changes_nothing_and_says_so(airflow_db, db, s3, st
     dag_run = run_dag("quotes", scenario.logical_date)  # what unpausing starts at once
     assert set(task_states(dag_run).values()) == {"success"}
     assert f.ids(db, "quotes") == before
-    report = xcoms(dag_run)["report"]
+    report = xcoms(dag_run)["report"]["table"]
     assert "PREVIEW mode" in report and "mode preview" in report
 
 

@@ -121,19 +121,28 @@ def test_each_dag_runs_on_the_seeded_stack(stack):
 
     with psycopg.connect(stack.source_dsn()) as conn:
         for dag_id, run_id in runs.items():
-            report = api.call(
+            value = api.call(
                 "GET",
                 f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/report/"
                 "xcomEntries/return_value",
             )["value"]
+            summary = json.loads(value) if isinstance(value, str) else value  # the report's structured summary
+            report = summary["table"]
             reported = sum(int(m) for m in re.findall(r"^\| \w+ \| \w+ \| \w+ \| \d+ \| (\d+) \|", report, re.M))
             audited = conn.execute(
                 "SELECT coalesce(sum(record_count), 0) FROM retention.audit_log WHERE run_id = %s"
                 " AND action IN ('archived_and_deleted', 'deleted')",
                 (run_id,),
             ).fetchone()[0]
-            assert reported == audited, (dag_id, report)
+            assert reported == audited == summary["totals"]["deleted"], (dag_id, report)
             assert "after " in report and "expectations passed" in report
+            # The report's note, through the REST API from a task of the LocalExecutor, below
+            # the note the trigger gave the run.
+            note = api.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}")["note"]
+            assert note.startswith(f"smoke test\n\n---\n\n[Run evidence]({summary['evidence_path']}) · "), note
+    # No task log carries pathspec's GitWildMatchPattern deprecation (PYTHONWARNINGS, devstack).
+    task_logs = list((stack.state / "logs" / "airflow").rglob("*.log"))
+    assert task_logs and not [p for p in task_logs if "gitwildmatch" in p.read_text(errors="replace")]
 
 
 def test_retention_page_on_the_stack(stack):

@@ -237,6 +237,25 @@ def test_access_then_preview_then_erasure(db, s3, storage, policy, source_dsn):
     }
     index = json.loads(zf.read("index.json"))["parts"]
     assert index == report["index"]
+    # Every archive object the access read back, in its report and its evidence: key, version, SHA-256.
+    manifest = {
+        key: (version, sha)
+        for key, version, sha in db.execute(
+            "SELECT object_key, version_id, sha256 FROM retention.archive_manifest WHERE bucket = %s",
+            (storage.archive_bucket,),
+        )
+    }
+    read = {(o["key"], o["version_id"], o["sha256"]) for o in report["objects"]}
+    theirs = {(k, *manifest[k]) for k, o in before_objects.items() if set(o["rows"]) & sub.get(o["table"], set())}
+    assert theirs and theirs <= read <= {(k, *v) for k, v in manifest.items()}, (theirs, read)
+    assert len(read) == len(report["objects"]) and {o["action"] for o in report["objects"]} == {"read"}
+    assert {o["key"]: o["subject_rows"] for o in report["objects"] if (o["key"], *manifest[o["key"]]) in theirs} == {
+        k: len(set(o["rows"]) & sub[o["table"]]) for k, o in before_objects.items() if (k, *manifest[k]) in theirs
+    }
+    (access_evidence,) = db.execute(
+        "SELECT reports FROM retention.subject_requests WHERE request_id = 'req-access-1'"
+    ).fetchone()[0]
+    assert access_evidence["objects"] == report["objects"]
     by_path = {(e["path"], e["rule"]): e for e in index}
     assert by_path[("probative/aml_records.json", "aml_records")]["legal_basis"] == "legal_obligation"
     assert by_path[("probative/aml_records.json", "aml_records")]["kept_until"] == "2029-03-01"

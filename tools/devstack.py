@@ -51,6 +51,7 @@ ROLE_USERS = {
     "retention_rights": ("retention_rights_user", "source_postgres_rights"),
     "retention_reader": ("retention_reader_user", "source_postgres_reader"),
     "retention_housekeeping": ("retention_housekeeping_user", "source_postgres_housekeeping"),
+    "retention_counter": ("retention_counter_user", "source_postgres_counter"),
 }
 
 
@@ -411,6 +412,13 @@ def ensure_buckets(client, archive_bucket: str, documents_bucket: str) -> None:
 # ---------------------------------------------------------------------------- Airflow
 
 DEMO_USER = "demo"
+# The report task's account on the api-server: it writes each run's note (retention.run_note,
+# connection retention_airflow_api). SimpleAuthManager's role `user` may edit DAG runs.
+REPORTER_USER = "retention_reporter"
+# pathspec 1.x deprecates the glob matcher Airflow 3.3 reads plugins/.airflowignore with, in
+# every process (the Task SDK's plugin loader ignores [core] dag_ignore_file_syntax): one
+# warning in every task log otherwise. Python reads this before any code runs.
+PYTHONWARNINGS = "ignore:GitWildMatchPattern:DeprecationWarning"
 AIRFLOW_COMPONENTS = {
     # name: command after `airflow`. The API server is bound to loopback; the scheduler and the
     # triggerer don't serve logs (standalone would open log servers on 0.0.0.0:8793/8794).
@@ -442,6 +450,8 @@ class StackConfig:
     # The password of each role's login user (ROLE_USERS); a demo created before the roles gets
     # them at its next `make demo`.
     role_passwords: dict[str, str] = field(default_factory=dict)
+    # The report task's password on the api-server (REPORTER_USER); a demo created before gets one.
+    reporter_password: str = ""
 
     @classmethod
     def load_or_create(
@@ -455,8 +465,9 @@ class StackConfig:
         path = state / "stack.json"
         if path.exists():
             data = json.loads(path.read_text())
-            if not data.get("identifier_key") or set(data.get("role_passwords", {})) != set(ROLE_USERS):
-                data["identifier_key"] = data.get("identifier_key") or secrets.token_urlsafe(32)
+            missing = {"identifier_key", "reporter_password"} - {k for k, v in data.items() if v}
+            if missing or set(data.get("role_passwords", {})) != set(ROLE_USERS):
+                data |= {key: secrets.token_urlsafe(32) for key in missing}
                 data["role_passwords"] = new_role_passwords(data.get("role_passwords"))
                 path.write_text(json.dumps(data, indent=2))
             data["state"] = state
@@ -479,6 +490,7 @@ class StackConfig:
             stripe_port=stripe_port or 55600,
             identifier_key=secrets.token_urlsafe(32),
             role_passwords=new_role_passwords(),
+            reporter_password=secrets.token_urlsafe(32),
         )
         state.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({k: v for k, v in config.__dict__.items() if k != "state"}, indent=2))
@@ -532,7 +544,7 @@ class StackConfig:
             "AIRFLOW__API__SECRET_KEY": self.api_secret_key,
             "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
             "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{DEMO_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{DEMO_USER}:admin,{REPORTER_USER}:user",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
                 f"postgresql+psycopg://{AIRFLOW_DB}:{self.airflow_db_password}@127.0.0.1:{self.pg_port}/{AIRFLOW_DB}"
@@ -544,6 +556,7 @@ class StackConfig:
             "RETENTION_IDENTIFIER_KEY": self.identifier_key,
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
             "NO_PROXY": "127.0.0.1,localhost",
+            "PYTHONWARNINGS": PYTHONWARNINGS,
         }
         return env
 
@@ -571,13 +584,15 @@ def _airflow(config: StackConfig, *args: str, check: bool = True, capture: bool 
 
 def configure_connections(config: StackConfig) -> None:
     """The connections of DESIGN.md §5, stored in the metadata DB so they show in the UI: the
-    source database once per role (docs/audit.md, "Roles"), the archive, the processor."""
+    source database once per role (docs/audit.md, "Roles"), the archive, the processor, and the
+    report's (its run notes)."""
     pg = config.postgres
     descriptions = {
         "source_postgres": "Operational database as retention_engine (the purpose DAGs, the watch)",
         "source_postgres_rights": "Operational database as retention_rights (the subject requests)",
         "source_postgres_reader": "Operational database as retention_reader (the Retention page)",
         "source_postgres_housekeeping": "Operational database as retention_housekeeping (own records)",
+        "source_postgres_counter": "Operational database as retention_counter (the Retention page's recount)",
     }
     sources = role_connections("127.0.0.1", pg.port, config.role_passwords)
     connections = {
@@ -599,6 +614,14 @@ def configure_connections(config: StackConfig) -> None:
             "password": STRIPE_STUB_KEY,
             "description": "Payment processor API (local stand-in for Stripe: demo only)",
             "extra": {"max_network_retries": 2, "timeout": 10},
+        },
+        # The report task writes each run's note through the REST API (retention.run_note).
+        "retention_airflow_api": {
+            "conn_type": "http",
+            "host": config.api_url,
+            "login": REPORTER_USER,
+            "password": config.reporter_password,
+            "description": "Airflow's REST API, for the run notes of the report task",
         },
     }
     for conn_id, conn in connections.items():
@@ -728,22 +751,26 @@ def up(
     from tools.seed.load import seed_database
 
     reference = dt.date.fromisoformat(reference_date) if reference_date else dt.date.today()
-    counts = seed_database(
-        config.source_dsn(),
-        customers=customers,
-        seed=seed,
-        reference_date=reference,
-        s3_client=client,
-        documents_bucket=storage.documents_bucket,
-    )
-    print(f"seeded      {sum(counts.values()):,} rows (reference date {reference})")
+    if already_seeded(config.source_dsn()):
+        # Its data and the runs on it are kept: a re-run of `make demo` only starts what stopped.
+        print("data        kept: the database is already seeded (`make reset` starts over from a fresh seed)")
+    else:
+        counts = seed_database(
+            config.source_dsn(),
+            customers=customers,
+            seed=seed,
+            reference_date=reference,
+            s3_client=client,
+            documents_bucket=storage.documents_bucket,
+        )
+        print(f"seeded      {sum(counts.values()):,} rows (reference date {reference})")
     if not with_airflow:
         return
 
     home = config.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({DEMO_USER: config.demo_password}) + "\n")
+    passwords.write_text(json.dumps({DEMO_USER: config.demo_password, REPORTER_USER: config.reporter_password}) + "\n")
     passwords.chmod(0o600)
     _airflow(config, "db", "migrate")
     configure_connections(config)
@@ -758,6 +785,14 @@ def up(
     env_file.chmod(0o600)
     print(f"Airflow UI  {config.api_url}   login: {DEMO_USER} / {config.demo_password}")
     print(f"logs        {state / 'logs'}   (airflow CLI: source {env_file})")
+
+
+def already_seeded(dsn: str) -> bool:
+    """Whether the source database holds data (tools.seed leaves such a database alone)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM app.customers)").fetchone()[0])
 
 
 def missing_s3_objects(dsn: str, client, archive_bucket: str, documents_bucket: str) -> list[str]:

@@ -1,6 +1,8 @@
 """Who is told, and when: a failure e-mail on every retention task (the SMTP provider's notifier
-through the `smtp_default` connection) and the watch's alarms (overdue records, records waiting
-past their end without a decision to wait, no success).
+through the `smtp_default` connection), a late-run e-mail through the same notifier when a
+purpose's run is not finished some hours after it was queued (Airflow's deadline alert,
+`run_deadline`), and the watch's alarms (overdue records, records waiting past their end without
+a decision to wait, no success).
 
 Light at parse time: the DAGs name a function; the notifier is built, and its template fields
 rendered, when a task fails. Recipients and sender come from Airflow Variables read at that moment
@@ -99,6 +101,99 @@ def failure_notifier():
     )
 
 
+LATE_SUBJECT = "[retention] LATE {{ retention_dag_id }} (run {{ retention_run_id }}): not finished"
+LATE_BODY = """\
+<p><b>{{ retention_dag_id | e }}</b>: run {{ retention_run_id | e }} is not finished
+{{ retention_hours | e }} after it was queued ({{ retention_queued_at | e }}); it is
+<b>{{ retention_state | e }}</b>.</p>
+<ul>
+<li>{{ retention_run_date | e }}</li>
+<li>deadline: {{ retention_deadline | e }}</li>
+<li>run: <a href="{{ retention_run_url | e }}">{{ retention_run_url | e }}</a></li>
+</ul>
+<p>A run over the mass-deletion guard waits for an approval (Browse &gt; Required Actions); a
+running task may be slow or stuck (see its log). Nothing is deleted before the archive is
+verified and the gates pass; the next daily run waits for this one.</p>
+"""
+
+
+def run_deadline(hours: float):
+    """Airflow's deadline alert of a purpose's DAG: a run not finished ``hours`` after it was
+    queued (a scheduled daily run is queued at its scheduled time) calls ``notify_late_run`` on
+    an executor. Queued, not the logical date: a backfill or a run dated in the past would
+    otherwise be late the moment it is created."""
+    from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
+
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(hours=hours),
+        callback=SyncCallback(notify_late_run),
+        name="retention_run_late",
+    )
+
+
+def notify_late_run(context: dict | None = None, **_) -> None:
+    """The deadline alert's callback (run by an executor, with the run as the scheduler saw it when
+    the deadline passed): the late-run e-mail, unless the run had finished by then (a failed
+    run has had its failure e-mail)."""
+    dag_run = (context or {}).get("dag_run") or {}
+    if dag_run.get("end_date"):
+        return
+    late_notifier()({**(context or {}), **late_details(context or {})})
+
+
+def late_details(context: dict) -> dict[str, str]:
+    """What the late-run e-mail says, from the deadline callback's context (JSON of the run)."""
+    from urllib.parse import quote
+
+    from airflow.sdk import Variable
+    from airflow.sdk.configuration import conf
+
+    from retention.policy import default_policy
+
+    policy = default_policy()
+    tz = policy.tz
+    dag_run = context.get("dag_run") or {}
+    deadline = (context.get("deadline") or {}).get("deadline_time")
+
+    def paris(value) -> str:
+        if not value:
+            return "unknown"
+        at = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+        return f"{at.astimezone(tz):%Y-%m-%d %H:%M %Z}"
+
+    logical = dag_run.get("logical_date")
+    run_id = str(dag_run.get("dag_run_id"))
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")  # as the task log links
+    run_url = f"{base}/dags/{dag_run.get('dag_id')}/runs/{quote(run_id, safe='')}"
+    return {
+        "retention_to": Variable.get("retention_alert_to", default=DEFAULT_TO),
+        "retention_from": Variable.get("retention_alert_from", default=DEFAULT_FROM),
+        "retention_dag_id": str(dag_run.get("dag_id")),
+        "retention_run_id": run_id,
+        "retention_state": str(dag_run.get("state")),
+        "retention_queued_at": paris(dag_run.get("queued_at")),
+        "retention_hours": f"{policy.alerts.run_deadline_hours:g} h",
+        "retention_deadline": paris(deadline),
+        "retention_run_date": f"logical date: {paris(logical)}" if logical else "logical date: none (a manual run)",
+        "retention_run_url": run_url,
+    }
+
+
+def late_notifier():
+    """The SMTP provider's notifier of a late run, through `smtp_default` (recipients: the same
+    Variables as the failure e-mail, resolved in ``late_details``)."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    return SmtpNotifier(
+        to="{{ retention_to }}",
+        from_email="{{ retention_from }}",
+        subject=LATE_SUBJECT,
+        html_content=LATE_BODY,
+        smtp_conn_id=ALERT_CONN_ID,
+    )
+
+
 @dataclass(frozen=True)
 class Alarm:
     purpose: str
@@ -123,7 +218,11 @@ def alarms(
         if s.overdue:
             rules = ", ".join(f"{r.rule}={r.overdue}" for r in s.rules if r.overdue)
             found.append(
-                Alarm(s.purpose, "overdue", f"{s.overdue} records due for more than {overdue_days} days ({rules})")
+                Alarm(
+                    s.purpose,
+                    "overdue",
+                    f"{s.overdue} deletable records due for more than {overdue_days} days ({rules})",
+                )
             )
         waiting = [w for w in s.waiting_past_end if w["alarm"]]
         if waiting:

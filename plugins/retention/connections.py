@@ -16,6 +16,7 @@ from contextlib import closing
 SOURCE_CONN_ID = "source_postgres"  # retention_engine: the purpose DAGs, the watch
 RIGHTS_CONN_ID = "source_postgres_rights"  # retention_rights: the subject requests
 READER_CONN_ID = "source_postgres_reader"  # retention_reader: the Retention page
+COUNTER_CONN_ID = "source_postgres_counter"  # retention_counter: the page's stored counts
 HOUSEKEEPING_CONN_ID = "source_postgres_housekeeping"  # retention_housekeeping: own records
 # Airflow's own metadata database, for the housekeeping's db clean (retention.housekeeping).
 AIRFLOW_DB_CONN_ID = "retention_airflow_db"

@@ -18,12 +18,13 @@ from retention.airflow_names import (
     archive_alias,
     dag_id_for,
 )
-from retention.alerts import notify_failure
+from retention.alerts import notify_failure, run_deadline
+from retention.approval_tasks import ApproveDeletion, ApproveErasure
 from retention.policy import DEFAULT_BATCH_SIZE, Policy, Purpose, default_policy
 from retention.rights.requests import REQUEST_ID_PATTERN
 
 
-def doc_md(purpose_name: str, purpose: Purpose) -> str:
+def doc_md(purpose_name: str, purpose: Purpose, policy: Policy) -> str:
     """The DAG's documentation, generated from the policy (what the DPO reads in the UI)."""
     rows = "\n".join(
         f"| `{r.name}` | `{r.table}` | `{r.clock}` | {r.live} | {r.tier}"
@@ -58,8 +59,11 @@ are kept and reported; parents whose children are still kept wait and are report
 {rows}
 
 **Params**: `dry_run` (count and report only), `batch_size` (rows per transaction and per
-archive object), `max_delete_fraction` (mass-deletion guard: the run fails before deleting
-anything if a rule would delete a larger share of its table; raise it for one run if intended).
+archive object), `max_delete_fraction` (mass-deletion guard: a run that would delete a larger
+share of a table waits, before deleting anything, for an approver shown its plan's figures
+(task `approve_deletion`, under Browse > Required Actions); rejected or unanswered in
+{policy.approvals.wait_hours:g} h, it fails and nothing is deleted; raising the param for one run
+skips the question).
 Backfills use the cutoff of their own logical date. A trigger with a logical date in the future
 is refused (Airflow would never start it, and it would block the DAG); one without a logical
 date acts as of the moment the run starts.
@@ -74,12 +78,14 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
     @dag(
         dag_id=dag_id_for(purpose_name),
         description=purpose.title,
-        doc_md=doc_md(purpose_name, purpose),
+        doc_md=doc_md(purpose_name, purpose, policy),
         schedule=CronTriggerTimetable("0 0 * * *", timezone="Europe/Paris"),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         tags=["retention", purpose_name, purpose.legal_basis, f"mode:{purpose.mode}"],
+        # A run not finished some hours after it was queued e-mails (Airflow's deadline alert).
+        deadline=run_deadline(policy.alerts.run_deadline_hours),
         default_args={
             "owner": OWNER,
             "retries": 2,
@@ -174,16 +180,19 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
             return tasks.check_after(purpose, context, before, archived)
 
         @task(trigger_rule="all_done", show_return_value_in_logs=False)
-        def report(**context) -> str:
-            """The run's summary whatever happened upstream: the table once in the log and as XCom,
-            a dict under XCom key `summary`; on a failure, what failed and what was left unchanged
-            (then it fails too, so the run stays red)."""
+        def report(**context) -> dict:
+            """The run's summary whatever happened upstream: the table once in the log, the summary
+            (a dict) as XCom (also under key `summary`), the run's note with a link to its evidence;
+            on a failure, what failed and what was left unchanged (then it fails too, so the run
+            stays red)."""
             from retention import run_report
 
             return run_report.report(purpose, context)
 
         planned = plan()
         before = check_before(planned)
+        # Over the mass-deletion guard, the run waits here for a person (Required Actions).
+        approved = ApproveDeletion(task_id="approve_deletion", approvals=policy.approvals)
         prepared = prepare_units(planned)
         # Rules in policy order, children before parents: rule k+1's units start once all of
         # rule k's succeeded.
@@ -197,7 +206,7 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
         archived = archive_and_delete(planned, unit_results)
         purged = purge_archives()
         checked = check_after(before, archived)
-        planned >> before >> prepared
+        planned >> before >> approved >> prepared
         previous >> archived >> purged >> checked >> report()
 
     return retention_dag()
@@ -219,7 +228,10 @@ also be triggered here (**Trigger DAG w/ config**) or through the REST API:
   empty for a recorded request;
 - `received_on`: the date the request was received (the answer is due one month later);
 - `marketing_objection`: also put the person's e-mail / phone on the marketing objection list;
-- `preview` (default **on**): report what would be exported or erased, change nothing.
+- `preview` (default **on**): report what would be exported or erased, change nothing. An
+  erasure previewed then waits (task `approve_erasure`, under Browse > Required Actions) for an
+  approver shown what it would erase and keep: approved, the run erases (task `erase`, after
+  checking the figures are still the ones approved); rejected or unanswered, nothing is erased.
 
 **Erasure** deletes the live rows and files of purposes whose legal basis is neither a legal
 obligation nor a running contract, and rewrites the intermediate archive objects without the
@@ -234,7 +246,9 @@ and checksums only.
 """
 
 
-def build_subject_requests_dag() -> DAG:
+def build_subject_requests_dag(policy: Policy | None = None) -> DAG:
+    policy = policy or default_policy()
+
     @dag(
         dag_id=SUBJECT_REQUESTS_DAG_ID,
         description="Data-subject requests: access / portability export and erasure, live and archived",
@@ -287,6 +301,16 @@ def build_subject_requests_dag() -> DAG:
 
             return tasks.subject_request(context)
 
-        handle_request()
+        @task(show_return_value_in_logs=False)
+        def erase(approval: dict, **context) -> dict:
+            """After an approved preview: preview again and, with the same figures, erase."""
+            from retention import approval_tasks
+
+            return approval_tasks.erase_approved(context, approval)
+
+        # An erasure previewed waits here for a person (Required Actions), then `erase` runs.
+        approval = ApproveErasure(task_id="approve_erasure", approvals=policy.approvals)
+        handle_request() >> approval
+        erase(approval.output)
 
     return retention_subject_requests()

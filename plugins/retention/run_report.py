@@ -1,11 +1,13 @@
 """The `report` task whatever happened upstream: the summary as structured XCom, the table once
-in the log, dates in Europe/Paris, and, when a task failed, which one and what was left unchanged.
+in the log, the run's note, dates in Europe/Paris, and, when a task failed, which one and what
+was left unchanged.
 
-When every upstream task succeeded, the Markdown table is `retention.tasks.report`'s (the
-return value, as before). When one failed, the table is built from what the run committed
-(the audit log of this run and purpose), so the DPO sees what was done and what was not. Either
-way a dict goes to XCom under the key `summary`, and the task fails after reporting when an
-upstream task failed, so that the run stays red.
+When every upstream task succeeded, the Markdown table is `retention.tasks.report`'s. When one
+failed, the table is built from what the run committed (the audit log of this run and purpose),
+so the DPO sees what was done and what was not. Either way the summary (a dict: figures, the
+table, the evidence page's path) is the task's return value, also under the XCom key `summary`;
+its few figures become the run's note (retention.run_note); and the task fails after reporting
+when an upstream task failed, so that the run stays red.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from __future__ import annotations
 import logging
 
 log = logging.getLogger(__name__)
-UPSTREAM = ("plan", "check_before", "archive_and_delete", "purge_archives", "check_after")
+UPSTREAM = ("plan", "check_before", "approve_deletion", "archive_and_delete", "purge_archives", "check_after")
 FAILED_STATES = ("failed", "upstream_failed")
 
 UNCHANGED = {
     "check_before": "the quality gate before the run failed: nothing was archived, deleted or purged.",
     "plan": "planning failed: nothing was archived, deleted or purged.",
+    "approve_deletion": (
+        "the run was over the mass-deletion guard and its plan was not approved (rejected, or no answer in "
+        "time): nothing was archived, deleted or purged."
+    ),
     "archive_and_delete": (
         "archive-and-delete failed: batches committed before the failure are archived (verified) and "
         "deleted, as counted below from the audit log; every other row is still in the source, and "
@@ -57,9 +63,18 @@ def upstream_states(context: dict) -> dict[str, str]:
     return result
 
 
+def _as_of(context: dict):
+    """The instant the run acts as of: its logical date, or for a run without one, its start."""
+    return context.get("logical_date") or context["dag_run"].run_after
+
+
 def _paris(context: dict, policy) -> str:
-    logical = context.get("logical_date") or context["dag_run"].run_after
-    return logical.astimezone(policy.tz).strftime("%Y-%m-%d %H:%M %Z")
+    return _as_of(context).astimezone(policy.tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _count(value) -> int:
+    """A rule's waiting count: per blocking table in the run's outcome, one number in the audit's."""
+    return sum(value.values()) if isinstance(value, dict) else int(value or 0)
 
 
 def committed_counts(purpose: str, run_id: str) -> list[dict]:
@@ -96,10 +111,20 @@ def committed_counts(purpose: str, run_id: str) -> list[dict]:
 
 
 def summary_dict(purpose: str, context: dict, pulled: dict, states: dict, table: str, rules: list[dict]) -> dict:
+    """The report as data. Per rule and in ``totals``: due (past the schedule), of which
+    deletable, held and waiting, and what was deleted; ``previewed``: a preview or dry run, whose
+    deletable is what it would archive / delete (it deleted nothing)."""
     from retention.policy import default_policy
+    from retention.run_note import evidence_path
     from retention.status import purpose_mode
 
     policy = default_policy()
+    mode = purpose_mode(policy.purpose(purpose))
+    dry_run = bool(context["params"].get("dry_run", False))
+    rules = [{k: v for k, v in r.items() if k not in ("held_ids", "waiting_ids")} for r in rules]
+    for r in rules:
+        if "due" in r:  # the run's outcome; the audit log (a failed run) counts what was committed
+            r["deletable"] = r["due"] - r["held"] - _count(r["waiting"])
     failed = [t for t in UPSTREAM if states.get(t) == "failed"]
     not_run = [t for t in UPSTREAM if states.get(t) == "upstream_failed"]
     first = (failed or not_run or [None])[0]
@@ -111,26 +136,39 @@ def summary_dict(purpose: str, context: dict, pulled: dict, states: dict, table:
         "before": (pulled.get("check_before") or {}).get("before", states.get("check_before", "n/a")),
         "after": (pulled.get("check_after") or {}).get("after", states.get("check_after", "n/a")),
     }
+    totals = {key: sum(r.get(key, 0) for r in rules) for key in ("due", "deleted", "held", "objects", "archive_bytes")}
     return {
         "purpose": purpose,
         "run_id": context["run_id"],
+        "logical_date": _as_of(context).isoformat(),
         "logical_date_paris": _paris(context, policy),
-        "mode": purpose_mode(policy.purpose(purpose)),
-        "dry_run": bool(context["params"].get("dry_run", False)),
+        "mode": mode,
+        "dry_run": dry_run,
+        "previewed": mode == "preview" or dry_run,
         "outcome": "failed" if failed or not_run else "success",
         "task_states": states,
         "failed_tasks": failed,
         "not_run": not_run,
         "left_unchanged": UNCHANGED.get(first) if first else None,
-        "rules": [{k: v for k, v in r.items() if k not in ("held_ids", "waiting_ids")} for r in rules],
-        "totals": {
-            key: sum(r.get(key, 0) for r in rules) for key in ("due", "deleted", "held", "objects", "archive_bytes")
+        "rules": rules,
+        "totals": totals
+        | {
+            "deletable": sum(r.get("deletable", 0) for r in rules),
+            "waiting": sum(_count(r.get("waiting")) for r in rules),
         },
         "bytes_per_tier": bytes_per_tier,
         "purge": pulled.get("purge_archives"),
+        "approval": pulled.get("approve_deletion"),
         "gates": gates,
         "table": table,
+        "evidence_path": evidence_path(purpose, context["run_id"], _base_url()),
     }
+
+
+def _base_url() -> str:
+    from airflow.sdk.configuration import conf
+
+    return conf.get("api", "base_url", fallback="") or ""
 
 
 def failure_table(purpose: str, context: dict, states: dict, committed: list[dict]) -> str:
@@ -160,9 +198,9 @@ def failure_table(purpose: str, context: dict, states: dict, committed: list[dic
     return "\n".join(lines)
 
 
-def report(purpose, context: dict) -> str:
-    """Render the run's report; fail (after logging it) when an upstream task failed. ``purpose``:
-    the policy's Purpose object (or its name)."""
+def report(purpose, context: dict) -> dict:
+    """Render the run's report and note; fail (after logging it) when an upstream task failed.
+    ``purpose``: the policy's Purpose object (or its name). Returns the summary (XCom)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from retention import tasks
@@ -193,7 +231,21 @@ def report(purpose, context: dict) -> str:
         log.info("%s", table)
     summary = summary_dict(purpose, context, pulled, states, table, rules)
     ti.xcom_push(key="summary", value=summary)
+    write_note(context, summary)
     if failed:
         broken = [t for t in failed if states.get(t) == "failed"] or failed
         raise AirflowFailException(f"retention_{purpose}: {', '.join(broken)} failed; the report says what was done")
-    return table
+    return summary
+
+
+def write_note(context: dict, summary: dict) -> None:
+    """The run's note (retention.run_note): set through the REST API, or logged why not; the
+    report never fails for it."""
+    from retention import run_note
+
+    ours = run_note.note_text(summary, summary["evidence_path"])
+    outcome = run_note.publish(f"retention_{summary['purpose']}", context["run_id"], ours)
+    if outcome == "set":
+        log.info("run note set; evidence: %s", summary["evidence_path"])
+    else:
+        log.warning("run note %s; evidence: %s", outcome, summary["evidence_path"])

@@ -91,7 +91,8 @@ def run_context(purpose: Purpose | str, context: dict) -> RunContext:
 
 def check_before(purpose: Purpose, context: dict, planned: dict | None = None) -> dict:
     """A failed gate fails the task without retry: the data won't fix itself in 5 minutes. The
-    mass-deletion guard judges the run's plan (``planned``, the plan task's XCom)."""
+    mass-deletion guard judges the run's plan (``planned``, the plan task's XCom); over it, the
+    run's approve_deletion step asks a person (retention.approval_tasks)."""
     from retention import gates
 
     ctx = run_context(purpose, context)
@@ -103,6 +104,7 @@ def check_before(purpose: Purpose, context: dict, planned: dict | None = None) -
             ctx,
             float(context["params"]["max_delete_fraction"]),
             plan=planned,
+            ask_approval=True,
         )
 
 
@@ -134,10 +136,26 @@ def plan(purpose: Purpose, context: dict) -> dict:
 def archive_and_delete(purpose: Purpose, context: dict, planned: dict) -> dict:
     """Execute the approved plan (a plan made with another policy is refused, without retry)."""
     ctx = run_context(purpose, context)
+    require_approval(purpose, context, ctx, planned)
     with _no_retry_on(PlanMismatchError):
         outcomes = engine(purpose).archive_and_delete(ctx, Plan.from_dict(planned))
     emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
+
+
+def require_approval(purpose: Purpose, context: dict, ctx: RunContext, planned: dict) -> None:
+    """Nothing is deleted by a run over the mass-deletion guard without an approval of its own plan
+    (retention.approvals), whatever the state of its approve_deletion task; refused without retry."""
+    from retention.approvals import ApprovalMissingError, require_deletion_approval
+
+    if ctx.dry_run:
+        return
+    with _no_retry_on(ApprovalMissingError):
+        approved = require_deletion_approval(
+            source_dsn(), as_purpose(purpose).name, ctx.run_id, planned, float(context["params"]["max_delete_fraction"])
+        )
+    if approved:
+        log.info("plan approved by %s at %s", approved["decided_by"], approved["decided_at"])
 
 
 def prepare_units(purpose: Purpose, context: dict, planned: dict) -> dict[str, list[dict]]:
@@ -160,6 +178,7 @@ def archive_unit(purpose: Purpose, context: dict, planned: dict, unit: dict) -> 
     holding the purpose's lock in shared mode. Returns the unit's counts (XCom)."""
     ctx = run_context(purpose, context)
     share = Unit(**unit)
+    require_approval(purpose, context, ctx, planned)
     with _no_retry_on(PlanMismatchError):
         outcomes = engine(purpose).archive_and_delete(ctx, Plan.from_dict(planned), share)
     result = {"unit": share.as_dict(), "outcome": outcomes[0].as_dict() if outcomes else None}
@@ -296,9 +315,15 @@ def run_date_label(context: dict) -> str:
 def report(
     purpose: Purpose | str, context: dict, planned: dict, archived: dict, purged: dict, before: dict, after: dict
 ) -> str:
-    """A Markdown summary: counts per rule, bytes per tier. Shown in the log and in XCom."""
+    """A Markdown summary: counts per rule, bytes per tier; logged, and the ``table`` of the
+    report's summary (retention.run_report).
+
+    One vocabulary (as on the Retention page): *due* = past the schedule; of which held, waiting,
+    and the rest archived and deleted, or in a preview or dry run, what a run *would archive /
+    delete* (nothing was written, so no object, byte or file column)."""
     ctx = run_context(purpose, context)
     purpose = as_purpose(purpose).name
+    would = ctx.dry_run  # a preview is a dry run: the figures say what an enforced run would do
     if ctx.mode == "preview":
         title = "PREVIEW mode: what an enforced run would do; nothing changed"
     else:
@@ -306,35 +331,59 @@ def report(
     lines = [
         f"## retention_{purpose}: {title}",
         f"mode {ctx.mode}, {run_date_label(context)}, run {ctx.run_id}",
+        "due: past the schedule; of which "
+        + ("would archive / delete" if would else "deleted (archived first where the tier says)")
+        + ", held (legal hold), waiting (still referenced by another table's rows)",
         "",
-        "| rule | table | tier | due | deleted | held | waiting | objects | archived until | archive bytes | files "
-        "| files kept (shared) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if would:
+        lines += [
+            "| rule | table | tier | due | would archive / delete | held | waiting |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| rule | table | tier | due | deleted | held | waiting | objects | archived until | archive bytes | files "
+            "| files kept (shared) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     bytes_by_tier: dict[str, int] = {}
     for r in archived["rules"]:
         waiting = sum(r["waiting"].values())
+        if would:
+            deletable = r["due"] - r["held"] - waiting
+            lines.append(
+                f"| {r['rule']} | {r['table']} | {r['tier']} | {r['due']} | {deletable} | {r['held']} | {waiting} |"
+            )
+            continue
         lines.append(
             f"| {r['rule']} | {r['table']} | {r['tier']} | {r['due']} | {r['deleted']} | {r['held']} | {waiting} "
             f"| {r['objects']} | {archived_until(r.get('archived_until', {}))} | {r['archive_bytes']} "
             f"| {r['documents']} | {r.get('documents_kept_shared', 0)} |"
         )
         bytes_by_tier[r["tier"]] = bytes_by_tier.get(r["tier"], 0) + r["archive_bytes"]
-    lines += [
-        "",
-        "bytes per tier: " + (", ".join(f"{t}={b}" for t, b in sorted(bytes_by_tier.items()) if t != "none") or "none"),
-        "share of each table deleted: "
-        + ", ".join(f"{t}={f:.2%}" for t, f in sorted(planned.get("delete_fraction", {}).items())),
-        f"archive purge: {purged['purged_objects']} objects ({purged['purged_records']} records) purged, "
+    shares = ", ".join(f"{t}={f:.2%}" for t, f in sorted(planned.get("delete_fraction", {}).items()))
+    purge = (
+        f"{purged['purged_objects']} objects ({purged['purged_records']} records) purged, "
         f"{purged.get('rows_purged', 0)} records removed on their own end date from "
         f"{purged.get('rewritten_objects', 0)} objects written per month, {purged['held_objects']} kept under legal hold"
         + (
             f", {purged['rows_kept_to_object_date']} records kept to their object's date (own end unknown)"
             if purged.get("rows_kept_to_object_date")
             else ""
-        ),
-        f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}",
-    ]
+        )
+    )
+    lines.append("")
+    if would:
+        lines += [f"share of each table it would delete: {shares}", f"archive purge it would do: {purge}"]
+    else:
+        lines += [
+            "bytes per tier: "
+            + (", ".join(f"{t}={b}" for t, b in sorted(bytes_by_tier.items()) if t != "none") or "none"),
+            f"share of each table deleted: {shares}",
+            f"archive purge: {purge}",
+        ]
+    lines.append(f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}")
     for r in archived["rules"]:
         if r.get("processor"):
             lines.append(
@@ -351,7 +400,7 @@ def report(
     return summary
 
 
-def subject_request(context: dict) -> dict:
+def subject_request(context: dict, preview: bool | None = None) -> dict:
     """An access or erasure request (retention.rights.subject_rights). The report it returns (XCom)
     holds ids, keys, counts and, for an export, a short-lived presigned URL: never the data.
 
@@ -373,7 +422,9 @@ def subject_request(context: dict) -> dict:
             # Addresses of requests never finished go 3 months after receipt (their hash stays).
             inbox.clear_unfinished(conn, dt.datetime.now(dt.UTC))
             received = inbox.load(conn, request_id)
-        common = {"request_id": request_id, "preview": bool(params.get("preview", True)), "run_id": context["run_id"]}
+        if preview is None:  # the run's param; the erase step after an approval says it
+            preview = bool(params.get("preview", True))
+        common = {"request_id": request_id, "preview": preview, "run_id": context["run_id"]}
         if received is not None:
             req = SubjectRequest(**common, **_recorded_request(received, params))
         else:

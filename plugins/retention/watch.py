@@ -26,8 +26,8 @@ DOC = """# Retention watch
 Every morning at 07:00 (Europe/Paris), after the nightly retention runs: fails, and e-mails
 through `smtp_default` (Variable `retention_alert_to`), when a purpose
 
-- has **overdue** records: due for more than `overdue_days` days and still in the database
-  (neither under a legal hold nor waiting for a child kept by another purpose),
+- has **overdue** records: deletable for more than `overdue_days` days and still in the
+  database (due, and neither under a legal hold nor waiting for a child kept by another purpose),
 - has records **waiting past their end** for more than `overdue_days` days on a child table for
   which the policy's `dependents` decide `keep_parent_and_alert`, or decide nothing, or
 - has **no successful run** in the last `stale_after_hours` hours (a failing, paused or
@@ -37,7 +37,7 @@ through `smtp_default` (Variable `retention_alert_to`), when a purpose
   refuses such a trigger; one made otherwise (the CLI, an older trigger) is to be marked failed.
 
 Its log lists every alarm, one line per purpose, counts only. The Retention page shows the same
-figures.
+figures (the watch's counts are stored for it in `retention.status_counts`).
 
 `delete_expired_exports` (independent of the alarms) deletes, every version, the exports of
 access requests older than the policy's `access_exports.kept_for` (30 days) and records each
@@ -133,7 +133,7 @@ def run_watch(context: dict) -> dict:
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
     from retention.alerts import alarms, future_run_alarms
     from retention.policy import default_policy
-    from retention.status import purposes_status
+    from retention.status_counts import count_and_store
     from retention.tasks import source_dsn
 
     params = context["params"]
@@ -146,7 +146,8 @@ def run_watch(context: dict) -> dict:
     overdue_days = int(params["overdue_days"])
     with psycopg.connect(source_dsn(), autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")
-        statuses = [s for s in purposes_status(conn, policy, now, overdue_days) if s.purpose in wanted]
+        # Counted live, and kept for the Retention page (which then need not count them again).
+        statuses = count_and_store(conn, policy, now, overdue_days, names=wanted, counted_by="watch", best_effort=True)
     last = {s.purpose: last_success_end(dag_id_for(s.purpose), now) for s in statuses}
     found = alarms(statuses, last, now, overdue_days, dt.timedelta(hours=int(params["stale_after_hours"])))
     watched_dags = [dag_id_for(s.purpose) for s in statuses] + [SUBJECT_REQUESTS_DAG_ID]
@@ -159,6 +160,7 @@ def run_watch(context: dict) -> dict:
         "purposes": {
             s.purpose: {
                 "due": s.due,
+                "deletable": s.deletable,
                 "overdue": s.overdue,
                 "held": s.held,
                 "waiting_past_end": s.waiting_past_end,

@@ -10,6 +10,9 @@
 --   retention_housekeeping  the project's own records past their period (connection
 --                           source_postgres_housekeeping): removes them only through the SECURITY
 --                           DEFINER functions that keep the audit verifiable
+--   retention_counter       the Retention page's recount (connection source_postgres_counter):
+--                           reads what the reader reads, and writes the page's stored counts
+--                           (retention.status_counts), nothing else
 --
 -- Group roles without LOGIN: the stacks create a login user in each (tools/devstack.py,
 -- docker-compose.yaml); production grants them to its own users. Privileges on the application
@@ -19,7 +22,8 @@ DO $$
 DECLARE
     name text;
 BEGIN
-    FOREACH name IN ARRAY ARRAY['retention_engine', 'retention_rights', 'retention_reader', 'retention_housekeeping']
+    FOREACH name IN ARRAY ARRAY['retention_engine', 'retention_rights', 'retention_reader', 'retention_housekeeping',
+                             'retention_counter']
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name) THEN
             EXECUTE format('CREATE ROLE %I NOLOGIN', name);
@@ -28,7 +32,8 @@ BEGIN
 END
 $$;
 
-GRANT USAGE ON SCHEMA app, retention TO retention_engine, retention_rights, retention_reader, retention_housekeeping;
+GRANT USAGE ON SCHEMA app, retention TO retention_engine, retention_rights, retention_reader, retention_housekeeping,
+    retention_counter;
 
 -- The hold table in SHARE mode (a hold placed meanwhile waits for the batch): LOCK TABLE in that
 -- mode needs UPDATE, DELETE or TRUNCATE on the table, which would let a writer release holds.
@@ -115,3 +120,16 @@ GRANT EXECUTE ON FUNCTION retention.prune_audit(timestamptz, text), retention.fo
 
 -- Nobody but the owner writes the chain: its links come from the trigger (SECURITY DEFINER).
 REVOKE ALL ON retention.audit_chain, retention.audit_chain_heads, retention.audit_checkpoints FROM PUBLIC;
+
+-- The approvals asked in the Airflow UI (040_approvals.sql): the approval tasks record them (the
+-- purpose DAGs' and the subject requests' connection is the engine's for this), the page shows them.
+GRANT SELECT, INSERT ON retention.approvals TO retention_engine;
+GRANT SELECT ON retention.approvals TO retention_rights, retention_reader;
+
+-- The page's stored counts (040_status_counts.sql): the watch DAG stores its counts (as the
+-- engine), the page reads them, and its recount (as retention_counter) stores new ones. The
+-- counter reads what the reader reads (a member of it) and writes this one table: a forged row
+-- there could only mislead the page until the next count, never a run (runs plan from the source).
+GRANT SELECT, INSERT, UPDATE ON retention.status_counts TO retention_engine, retention_counter;
+GRANT SELECT ON retention.status_counts TO retention_reader;
+GRANT retention_reader TO retention_counter;

@@ -64,3 +64,17 @@ def deletion_share_results(
 
 def _percent(fraction: float) -> str:
     return f"{fraction * 100:.1f}".removesuffix(".0") + "%"
+
+
+def awaiting_approval(results: list[dict]) -> list[dict]:
+    """In a DAG run, a share over the guard is a question for a person, not a failed gate: the run's
+    approve_deletion step asks it (the archive step deletes nothing without the answer)."""
+    for result in results:
+        if result["success"] is False and result.get("enforced", True) and "error" not in result["observed"]:
+            result["enforced"] = False
+            result["awaiting_approval"] = True
+            result["message"] = result["message"].replace(
+                "raise the max_delete_fraction param for this run if intended",
+                "the run's approve_deletion step asks for an approval before anything is deleted",
+            )
+    return results

@@ -13,9 +13,9 @@ import contextlib
 import datetime as dt
 from collections import Counter
 
-import psycopg
 from psycopg import sql
 
+from retention.archive import db
 from retention.archive.run import RunContext
 
 # Deletions by other retention runs (another purpose sharing a table, e.g. app.quotes) are
@@ -26,8 +26,8 @@ CONCURRENT_DELETE_SLACK = dt.timedelta(hours=1)
 
 @contextlib.contextmanager
 def connect(dsn: str):
-    with psycopg.connect(dsn, autocommit=True, application_name="retention:checks") as conn:
-        conn.execute("SET TIME ZONE 'UTC'")
+    """The gates' own queries (UTC, and no JIT: compiling a rule's count cost more than running it)."""
+    with db.connect(dsn, "retention:checks", autocommit=True) as conn:
         yield conn
 
 

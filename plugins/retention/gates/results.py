@@ -47,8 +47,10 @@ def gate_result(
 def gate_report(phase: str, results: list[dict]) -> dict:
     checked = [r for r in results if r["success"] is not None]
     passed = sum(r["success"] is True for r in checked)
+    asked = sum(bool(r.get("awaiting_approval")) for r in results)
     return {
-        phase: f"{passed}/{len(checked)} expectations passed",
+        phase: f"{passed}/{len(checked)} expectations passed"
+        + (f", {asked} over the mass-deletion guard: approval asked" if asked else ""),
         "skipped": len(results) - len(checked),
         "results": results,
         "summary": _summary_table(results),
@@ -71,6 +73,8 @@ def _status(result: dict) -> str:
         return "skipped"
     if result["success"]:
         return "ok"
+    if result.get("awaiting_approval"):
+        return "approval asked"
     return "FAILED" if result.get("enforced", True) else "reported"
 
 

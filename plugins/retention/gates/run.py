@@ -25,7 +25,7 @@ from retention.gates.checks import (
     row_count_checks,
     rule_tables,
 )
-from retention.gates.deletion_guard import deletion_share_results
+from retention.gates.deletion_guard import awaiting_approval, deletion_share_results
 from retention.gates.figures import (
     connect,
     deleted_by_other_runs,
@@ -48,11 +48,14 @@ def run_before_gates(
     ctx: RunContext,
     max_delete_fraction: float,
     plan: Plan | dict | None = None,
+    ask_approval: bool = False,
 ) -> dict:
     """Validate the source before anything is deleted; raise QualityGateError on a failure.
 
     The mass-deletion guard judges ``plan``, the run's plan (the ``plan`` task's), which is what
-    the engine then executes; without one (a direct call) the gate plans itself."""
+    the engine then executes; without one (a direct call) the gate plans itself. With
+    ``ask_approval`` (a DAG run: its approve_deletion step asks a person, retention.approval_tasks)
+    a share over the guard is reported as needing approval instead of failing the gate."""
     schema = policy.source_schema
     purpose = purpose_of(policy, purpose)
     if isinstance(plan, dict):
@@ -67,7 +70,8 @@ def run_before_gates(
     try:
         with connect(dsn) as conn:
             snapshot = table_snapshot(conn, schema, tables)
-        results += deletion_share_results(policy, purpose, dsn, ctx, snapshot["table_rows"], max_delete_fraction, plan)
+        guard = deletion_share_results(policy, purpose, dsn, ctx, snapshot["table_rows"], max_delete_fraction, plan)
+        results += awaiting_approval(guard) if ask_approval else guard
     except psycopg.Error as exc:
         results.append(gate_result("mass_deletion_guard", f"{schema}.*", False, error=short_message(exc)))
     report = gate_report("before", results) | snapshot | {"max_delete_fraction": max_delete_fraction}

@@ -114,6 +114,10 @@ class Purpose(_Strict):
     legal_basis: str = Field(pattern=IDENTIFIER)
     legal_basis_fr: str = Field(min_length=1)
     retention_fr: str = Field(min_length=1)
+    # The categories of personal data the purpose's records hold, in the policy's words (its
+    # "Quelles données collectons-nous ?"): the register of processing activities states them
+    # (Art. 30(1)(c), retention.register).
+    data_categories_fr: tuple[str, ...] = Field(min_length=1)
     max_delete_fraction: float = Field(gt=0, le=1)
     # preview: every run reports exactly what it would do and changes nothing (the default
     # shipped for every purpose); enforce: runs archive, delete and purge.
@@ -290,6 +294,29 @@ class Housekeeping(_Strict):
     """The housekeeping DAG's mode: preview (reports what would go, changes nothing) or enforce."""
 
     mode: Literal["preview", "enforce"] = "preview"
+class Approvals(_Strict):
+    """Who answers what a run asks in the Airflow UI (human-in-the-loop, retention.approval_tasks):
+    a run over the mass-deletion guard, an erasure after its preview; and how long a run waits."""
+
+    # Airflow user ids as the auth manager knows them (SimpleAuthManager: the user name; FAB: the
+    # numeric id). Empty: anyone the auth manager lets act on the DAG may answer.
+    approvers: tuple[str, ...] = ()
+    # Unanswered this long, the run fails (and its failure e-mail goes): nothing is deleted.
+    wait_hours: float = Field(default=18, gt=0, le=24 * 7)
+
+    @field_validator("approvers")
+    @classmethod
+    def _named(cls, approvers: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not a.strip() for a in approvers):
+            raise ValueError("an approver is an Airflow user id, not empty")
+        return approvers
+
+
+class Alerts(_Strict):
+    """Airflow's own deadline alert on every purpose's run (retention.alerts)."""
+
+    # A run not finished this long after it was queued (a daily run: its scheduled time) e-mails.
+    run_deadline_hours: float = Field(default=6, gt=0, le=24 * 7)
 
 
 class Policy(_Strict):
@@ -305,6 +332,8 @@ class Policy(_Strict):
     # The retention's own records (OWN_RECORDS), applied by the housekeeping DAG.
     own_records: dict[str, OwnRecord]
     housekeeping: Housekeeping = Housekeeping()
+    approvals: Approvals = Approvals()
+    alerts: Alerts = Alerts()
     storage: Storage
 
     @field_validator("timezone")

@@ -49,6 +49,11 @@ class RequestContext:
     def connect(self, autocommit: bool = True) -> psycopg.Connection:
         return connect(self.dsn, "retention:subject_request", autocommit)
 
+    @property
+    def objects_read(self) -> list[tuple[str, str | None, str]]:
+        """(key, version id, SHA-256) of every archive object the request has read back."""
+        return list(self._read)
+
     def read_object(self, key: str, version: str | None, sha256: str) -> pa.Table:
         """An object's rows, read back once per request (checked against the manifest's SHA-256)."""
         if (key, version, sha256) not in self._read:

@@ -74,3 +74,21 @@ def add_kept(policy: Policy, report: dict, source: str, table: str, d: Decision,
 def add_kept_archived(policy: Policy, report: dict, obj: ArchivedObject, d: Decision) -> None:
     for until, n in sorted(Counter(obj.until[i] for i in obj.subject_ids).items()):
         add_kept(policy, report, obj.tier, obj.table, replace(d, until=until), n)
+
+
+def report_objects_read(report: dict, found: Found, objects_read: list[tuple[str, str | None, str]]) -> None:
+    """Every archive object the request read back (the subject's, the other candidates, those
+    read for a parent's clock) in ``report["objects"]``: key, version id, SHA-256; an object the
+    erasure already lists gains its version id."""
+    listed = {(e["key"], e["sha256"]): e for e in report["objects"]}
+    mine = {(o.key, o.version_id, o.sha256): o for o in found.objects}
+    for key, version, sha in objects_read:
+        entry = listed.get((key, sha))
+        if entry is not None:
+            entry.setdefault("version_id", version)
+            continue
+        obj = mine.get((key, version, sha))
+        entry = {"key": key, "version_id": version, "sha256": sha, "action": "read"}
+        if obj is not None:
+            entry |= {"tier": obj.tier, "table": obj.table, "subject_rows": len(obj.subject_ids)}
+        report["objects"].append(entry)

@@ -35,7 +35,7 @@ from retention.rights.context import PURPOSE_LOCK_TIMEOUT, RequestContext
 from retention.rights.erase import erase
 from retention.rights.evidence import record_end, record_start
 from retention.rights.find import find
-from retention.rights.report import new_report, report_found
+from retention.rights.report import new_report, report_found, report_objects_read
 from retention.rights.requests import SubjectRequest
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class SubjectRights:
                 access(ctx, conn, req, found, report)
             else:
                 erase(ctx, conn, req, found, report)
+            report_objects_read(report, found, ctx.objects_read)  # every object read, in the evidence
             if not req.preview:
                 record_end(conn, req, report)
         if report.get("incomplete"):
