@@ -84,6 +84,21 @@ REFUSED = [
         "permission denied for table subject_request_inbox",
     ),
     ("retention_reader", "SELECT retention.lock_legal_holds()", "permission denied for function lock_legal_holds"),
+    ("retention_reader", "DELETE FROM retention.status_counts", "permission denied for table status_counts"),
+    # The page's recount writes its stored counts, nothing else.
+    ("retention_counter", "DELETE FROM retention.status_counts", "permission denied for table status_counts"),
+    (
+        "retention_counter",
+        "UPDATE retention.legal_holds SET released_at = now()",
+        "permission denied for table legal_holds",
+    ),
+    ("retention_counter", "DELETE FROM app.quotes", "permission denied for table quotes"),
+    ("retention_counter", "SELECT email FROM app.customers", "permission denied for table customers"),
+    (
+        "retention_counter",
+        "INSERT INTO retention.approvals (kind) VALUES ('deletion')",
+        "permission denied for table approvals",
+    ),
     # Housekeeping removes the audit's rows through its functions only.
     ("retention_housekeeping", "DELETE FROM retention.audit_log", "permission denied for table audit_log"),
     (
@@ -157,6 +172,14 @@ def test_what_each_role_may_do_it_does(one_of_each, role_dsn):
         assert conn.execute("SELECT id, issued_at FROM app.quotes").fetchall()
     with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
         assert conn.execute("SELECT retention.forget_audit_ids(now())").fetchone()[0] == 0
+    with psycopg.connect(role_dsn("retention_counter")) as conn:
+        assert conn.execute("SELECT id, issued_at FROM app.quotes").fetchall()
+        conn.execute(
+            "INSERT INTO retention.status_counts (overdue_days, purpose, counted_at, valid_until, marker, policy_sha256,"
+            " counted_by, took_ms, status) VALUES (3, 'quotes', now(), now(), '{}', 'x', 'test', 1, '{}')"
+            " ON CONFLICT (overdue_days, purpose) DO UPDATE SET took_ms = excluded.took_ms"
+        )
+        conn.rollback()
 
 
 def test_a_purpose_dag_and_a_subject_request_run_as_their_roles(airflow_db, db, s3, storage, role_dsn):

@@ -294,6 +294,8 @@ class Housekeeping(_Strict):
     """The housekeeping DAG's mode: preview (reports what would go, changes nothing) or enforce."""
 
     mode: Literal["preview", "enforce"] = "preview"
+
+
 class Approvals(_Strict):
     """Who answers what a run asks in the Airflow UI (human-in-the-loop, retention.approval_tasks):
     a run over the mass-deletion guard, an erasure after its preview; and how long a run waits."""
