@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.gates.checks import archive_object_checks
-from retention.gates.data_docs import update_data_docs
-from retention.gates.gx import FrameRuns, frame_batch_definition, validate_frame
+from retention.gates.gx import CheckpointRuns, frame_batch_definition, validate_frame
 from retention.gates.results import MAX_LISTED, gate_result
 
 
@@ -32,9 +31,12 @@ class _ArchiveTable:
     id_results: list[list[dict]] = field(default_factory=list)  # one GX result list per object
 
 
-def archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext, purpose: str) -> list[dict]:
+def archive_object_results(
+    conn, context, store: ArchiveStore, ctx: RunContext, purpose: str, runs: CheckpointRuns
+) -> list[dict]:
     """Every object this run committed: re-read from S3, size / SHA-256 / Parquet rows against
-    the manifest, then its ids validated with GX (in memory, one object at a time)."""
+    the manifest, then its ids validated with GX (in memory, one object at a time; the
+    Checkpoint runs gathered in ``runs``)."""
     manifest = conn.execute(
         "SELECT table_name, bucket, object_key, version_id, sha256, byte_size, row_count, record_ids"
         " FROM retention.archive_manifest WHERE run_id = %s AND purpose = %s AND state = 'committed' ORDER BY id",
@@ -42,7 +44,6 @@ def archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext, 
     ).fetchall()
     frames = frame_batch_definition(context) if manifest else None
     by_table: dict[str, _ArchiveTable] = defaultdict(_ArchiveTable)
-    runs = FrameRuns()  # every object's GX validation result, for one Data Docs update
     for table, bucket, key, version, sha256, size, row_count, record_ids in manifest:
         seen = by_table[table]
         seen.objects += 1
@@ -55,7 +56,6 @@ def archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext, 
             seen.id_results.append(
                 validate_frame(context, frames, f"{purpose}.after.archive.{table}", checks, ids, runs)
             )
-    update_data_docs(context, runs.run_results, runs.checkpoint)
     results = []
     for table, seen in by_table.items():
         results.append(

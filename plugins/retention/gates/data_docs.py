@@ -2,9 +2,9 @@
 
 A local folder (``retention.paths.data_docs_dir()``, off with ``RETENTION_DATA_DOCS_DIR=off``)
 that the Retention page serves under /retention/data-docs/: the HTML site in ``site/``, the
-validation results it is built from in ``validations/``. Each gate's Checkpoint carries the
-action that updates it (``docs_actions``); the archive objects, validated one Checkpoint run
-each, update it once for all (``update_data_docs``). A failure to build it never fails a gate.
+validation results it is built from in ``validations/``. A gate gathers its Checkpoint runs (the
+tables', one per archive object) and updates it once for all of them at its end
+(``update_data_docs``, GX's action ``docs_actions``). A failure to build it never fails a gate.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _docs_lock():
 
 
 def update_data_docs(context, run_results: dict, checkpoint) -> None:
-    """One Data Docs update for validation results gathered over several Checkpoint runs
+    """One Data Docs update for the validation results a gate gathered over its Checkpoint runs
     (``checkpoint``: the last of them)."""
     if not run_results or not _docs_on(context):
         return
