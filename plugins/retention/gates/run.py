@@ -68,7 +68,7 @@ def run_before_gates(
     runs = CheckpointRuns()
     with gx_sources(dsn) as (context, source):
         results = validate_tables(context, source, f"{purpose.name}.before", checks, runs)
-        update_data_docs(context, runs.run_results, runs.checkpoint)
+        update_data_docs(context, runs.run_results)
     snapshot = {"table_rows": {}, "table_max_id": {}, "checked_at": None}
     try:
         with connect(dsn) as conn:
@@ -103,7 +103,7 @@ def run_after_gates(
             results.append(probative_versions_locked(conn, store, ctx, purpose))
         results.append(manifest_matches_audit(conn, ctx, purpose))
         results.append(kept_beyond_purge(conn, policy, store, ctx, purpose, dry_run))
-        update_data_docs(context, runs.run_results, runs.checkpoint)
+        update_data_docs(context, runs.run_results)
     report = gate_report("after", results)
     log_summary(f"after-gate of {purpose} at {ctx.logical_date.isoformat()}", results)
     raise_on_failures(
