@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--full-run-customers",
         type=int,
         default=FULL_RUN_CUSTOMERS,
-        help=f"customers generated (tools/seed) for the full daily run of the seven purposes "
+        help=f"customers generated (tools/seed) for the full daily run of every purpose "
         f"(default {FULL_RUN_CUSTOMERS:,}: see FULL_RUN_CUSTOMERS)",
     )
     parser.add_argument("--skip-full-run", action="store_true")
