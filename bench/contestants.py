@@ -146,8 +146,9 @@ def run_engine(spec: dict, timer) -> dict:
 
 
 def run_purpose(spec: dict, timer) -> dict:
-    """Full daily run of one purpose, in the DAG's order: before-gate, plan (counts),
-    archive_and_delete, after-gate, at one logical date; each step timed.
+    """Full daily run of one purpose, its DAG's steps in the DAG's order, at one logical date, each
+    timed: plan (evaluated once, with the held and waiting ids audited), before-gate on that
+    plan, archive_and_delete of that plan, purge_archives, after-gate.
 
     The gates are called through bench.gates (one place to follow a change of their signature).
     A failed gate is reported, not raised. A before-gate refused by the mass-deletion guard alone
@@ -174,11 +175,13 @@ def run_purpose(spec: dict, timer) -> dict:
     import_s = time.perf_counter() - started
     gate_error = gates.gate_error()
     status = {"before_gate": "not run", "after_gate": "not run"}
-    outcomes, sizes = [], {}
+    outcomes, planned = [], None
     with timer:
         steps = _Steps()
+        planned = engine.make_plan(ctx, audit=True)  # the plan task: handed to the gate and the archive step
+        steps("plan")
         try:
-            before = gates.before(policy, purpose, spec["dsn"], ctx)
+            before = gates.before(policy, purpose, spec["dsn"], ctx, plan=planned)
             status["before_gate"] = before.get("before", "ok")
         except gate_error as exc:
             status["before_gate"] = "FAILED: " + str(exc)[:2000]
@@ -186,17 +189,16 @@ def run_purpose(spec: dict, timer) -> dict:
                 steps("before_gate_refused")
                 status["before_gate_refused"] = status["before_gate"]
                 try:
-                    before = gates.before(policy, purpose, spec["dsn"], ctx, max_delete_fraction=1.0)
+                    before = gates.before(policy, purpose, spec["dsn"], ctx, max_delete_fraction=1.0, plan=planned)
                     status["before_gate"] = before.get("before", "ok") + " (max_delete_fraction raised to 1)"
                 except gate_error as again:
                     status["before_gate"] = "FAILED: " + str(again)[:2000]
         steps("before_gate")
         if not status["before_gate"].startswith("FAILED"):
-            planned = engine.plan(ctx)
-            sizes = engine.table_sizes([o.table for o in planned])
-            steps("plan")
-            outcomes = engine.archive_and_delete(ctx)
+            outcomes = engine.archive_and_delete(ctx, planned)
             steps("archive_and_delete")
+            engine.purge_archives(ctx)
+            steps("purge")
             archived = {"mode": ctx.mode, "dry_run": ctx.dry_run, "rules": [o.as_dict() for o in outcomes]}
             try:
                 after = gates.after(policy, purpose, spec["dsn"], store, ctx, before, archived)
@@ -209,7 +211,7 @@ def run_purpose(spec: dict, timer) -> dict:
         "gates_import_s": import_s,
         "plan_s": steps.done.get("plan"),
         "gates": status,
-        "table_rows": sizes,
+        "table_rows": planned.table_rows if planned else {},
         "deleted": sum(o.deleted for o in outcomes),
         "archive_bytes": sum(o.archive_bytes for o in outcomes),
         "objects": sum(o.objects for o in outcomes),

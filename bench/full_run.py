@@ -1,8 +1,9 @@
-"""A full daily run at scale: the seven purposes one after another, at one logical date, on a
+"""A full daily run at scale: every purpose one after another, at one logical date, on a
 database filled by the synthetic generator (tools/seed/, documents uploaded to the S3 server).
-Each purpose runs in its own process in the DAG's order, each step timed: the before quality
-gate, plan, archive_and_delete, the after quality gate (GX Core, Data Docs on, as in the DAGs);
-the engine and the gates directly, no Airflow. Seeding is timed separately, and each purpose's
+Each purpose runs in its own process, its DAG's steps in the DAG's order, each timed: plan, the
+before quality gate on that plan, archive_and_delete of that plan, purge_archives, the after
+quality gate (GX Core, Data Docs on, as in the DAGs); the engine and the gates directly, no
+Airflow. Seeding is timed separately, and each purpose's
 share of time spent in the gates is reported.
 """
 

@@ -1,21 +1,21 @@
 """The quality gates (plugins/retention/gates/) as the bench calls them.
 
-The only place the bench touches the gates' signatures: the gates are being reshaped by other
-work (issue 11: the planner below the gates, the purpose passed as an object), so a change of
-``run_before_gates`` / ``run_after_gates`` is a one-line fix here. The arguments are the DAG's
-(retention.tasks.check_before / check_after): the purpose's own max_delete_fraction, the after
-gate given the before report and the archive task's result.
+The only place the bench touches the gates' signatures, so a change of ``run_before_gates`` /
+``run_after_gates`` is a one-line fix here. The arguments are the DAG's
+(retention.tasks.check_before / check_after): the purpose's own max_delete_fraction and the
+run's plan, the after gate given the before report and the archive task's result.
 """
 
 from __future__ import annotations
 
 
-def before(policy, purpose: str, dsn: str, ctx, max_delete_fraction: float | None = None) -> dict:
-    """The before-gate with the purpose's max_delete_fraction (the DAG param's default) unless given."""
+def before(policy, purpose: str, dsn: str, ctx, max_delete_fraction: float | None = None, plan=None) -> dict:
+    """The before-gate with the purpose's max_delete_fraction (the DAG param's default) unless
+    given, judging the run's ``plan`` (the plan task's) as in the DAG."""
     from retention.gates import run_before_gates
 
     fraction = policy.purpose(purpose).max_delete_fraction if max_delete_fraction is None else max_delete_fraction
-    return run_before_gates(policy, purpose, dsn, ctx, fraction)
+    return run_before_gates(policy, purpose, dsn, ctx, fraction, plan=plan)
 
 
 def after(policy, purpose: str, dsn: str, store, ctx, before_report: dict, archived: dict) -> dict:

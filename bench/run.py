@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--full-run-customers",
         type=int,
         default=FULL_RUN_CUSTOMERS,
-        help=f"customers generated (tools/seed) for the full daily run of the seven purposes "
+        help=f"customers generated (tools/seed) for the full daily run of every purpose "
         f"(default {FULL_RUN_CUSTOMERS:,}: see FULL_RUN_CUSTOMERS)",
     )
     parser.add_argument("--skip-full-run", action="store_true")
@@ -467,20 +467,20 @@ def markdown(report: dict) -> str:
                 f"({sum(full['seeded_rows'].values()):,} rows, seeded in {full['seed_s']:.0f} s), "
                 f"logical date {full['logical_date']}:",
                 "",
-                "| purpose | wall s | before gate s | plan s | archive_and_delete s | after gate s | gates share "
-                "| rows deleted | objects | archive bytes | peak RSS MiB | gates |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                "| purpose | wall s | plan s | before gate s | archive_and_delete s | purge s | after gate s "
+                "| gates share | rows deleted | objects | archive bytes | peak RSS MiB | gates |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             ]
             for p in full["purposes"]:
                 st = p["steps_s"]
                 lines.append(
-                    f"| {p['purpose']} | {p['wall_s']:.1f} | {st.get('before_gate', 0):.1f} | {st.get('plan', 0):.1f} "
-                    f"| {st.get('archive_and_delete', 0):.1f} | {st.get('after_gate', 0):.1f} "
+                    f"| {p['purpose']} | {p['wall_s']:.1f} | {st.get('plan', 0):.1f} | {st.get('before_gate', 0):.1f} "
+                    f"| {st.get('archive_and_delete', 0):.1f} | {st.get('purge', 0):.1f} | {st.get('after_gate', 0):.1f} "
                     f"| {p['gates_share']:.0%} | {p['deleted']:,} | {p['objects']} | {p['archive_bytes']:,} "
                     f"| {p['peak_rss_mb']:.0f} | {_gate_text(p['gates'])} |"
                 )
             lines.append(
-                f"| **total** | {full['total_s']:.1f} | | | | | {full['gates_share']:.0%} "
+                f"| **total** | {full['total_s']:.1f} | | | | | | {full['gates_share']:.0%} "
                 f"| {full['total_deleted']:,} | | | | |"
             )
             imports = [p["gates_import_s"] for p in full["purposes"]]

@@ -8,7 +8,7 @@ import threading
 import psycopg
 import pytest
 from retention.archive.engine import RetentionEngine
-from retention.archive.run import PurposeLockedError, RunContext
+from retention.archive.run import PurposeLockedError, RetentionError, RunContext
 from retention.archive.store import ArchiveStorageError, ArchiveStore
 
 from tests import factories as f
@@ -190,6 +190,29 @@ def test_s3_failing_mid_batch_rolls_the_batch_back(db, s3, storage, policy, sour
     with pytest.raises(ArchiveStorageError, match="upload of s3://"):
         engine.archive_and_delete(RunContext("quotes", "r", f.midnight("2025-06-01")))
     assert f.ids(db, "quotes") == {quote}
+
+
+def test_a_manifest_intent_changed_during_the_upload_rolls_the_batch_back(db, s3, storage, policy, source_dsn):
+    """The batch's objects are committed in the manifest in one round trip: if any one of its
+    'uploading' rows was changed meanwhile (by anyone), the whole batch rolls back, rows kept."""
+    quotes = {f.quote(db, issued="2024-01-01"), f.quote(db, issued="2024-01-02")}  # two end days: two objects
+    store = ArchiveStore(s3, storage)
+    engine = RetentionEngine(policy, "quotes", source_dsn, store, lock_timeout=1)
+    upload = store.put_verified
+
+    def upload_then_intent_changed(key, *args, **kwargs):
+        verified = upload(key, *args, **kwargs)
+        if key.endswith(f"-{min(quotes):012d}.parquet"):
+            db.execute("UPDATE retention.archive_manifest SET state = 'abandoned' WHERE object_key = %s", (key,))
+        return verified
+
+    store.put_verified = upload_then_intent_changed
+    with pytest.raises(RetentionError, match="no longer 'uploading'"):
+        engine.archive_and_delete(RunContext("quotes", "r", f.midnight("2025-06-01"), batch_size=10))
+    assert f.ids(db, "quotes") == quotes
+    assert not db.execute("SELECT count(*) FROM retention.audit_log WHERE action = 'archived_and_deleted'").fetchone()[
+        0
+    ]
 
 
 def test_second_run_of_a_purpose_stops_on_the_advisory_lock(db, s3, storage, policy, source_dsn):

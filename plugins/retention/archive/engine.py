@@ -283,21 +283,37 @@ class RetentionEngine(BatchProtocol, Recovery, ArchivePurge):
         byte_count: int = 0,
     ) -> None:
         """One audit row, in the caller's transaction: ``records`` is a count, or the ids themselves."""
-        ids = records if isinstance(records, list) else None
-        conn.execute(
-            "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
-            " record_count, byte_count, object_key, record_ids)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[])",
-            (
-                ctx.run_id,
-                ctx.logical_date,
-                self.purpose_name,
-                rule_name,
-                table,
-                action,
-                len(ids) if ids is not None else records,
-                byte_count,
-                key,
-                _id_array(ids) if ids is not None else None,
-            ),
+        conn.execute(_AUDIT_INSERT, self._audit_row(ctx, rule_name, table, action, records, key, byte_count))
+
+    def _audit_objects(self, cur, ctx: RunContext, rule_name: str, table: str, objects: list[tuple]) -> None:
+        """One 'archived_and_deleted' audit row per object ``(ids, key, bytes)``, in the caller's
+        transaction, sent at once (a batch ending on 365 days has 365 objects)."""
+        cur.executemany(
+            _AUDIT_INSERT,
+            [
+                self._audit_row(ctx, rule_name, table, "archived_and_deleted", ids, key, byte_count)
+                for ids, key, byte_count in objects
+            ],
         )
+
+    def _audit_row(self, ctx: RunContext, rule_name: str, table: str, action: str, records, key, byte_count) -> tuple:
+        ids = records if isinstance(records, list) else None
+        return (
+            ctx.run_id,
+            ctx.logical_date,
+            self.purpose_name,
+            rule_name,
+            table,
+            action,
+            len(ids) if ids is not None else records,
+            byte_count,
+            key,
+            _id_array(ids) if ids is not None else None,
+        )
+
+
+_AUDIT_INSERT = (
+    "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
+    " record_count, byte_count, object_key, record_ids)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[])"
+)

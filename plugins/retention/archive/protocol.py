@@ -427,25 +427,32 @@ class BatchProtocol:
         if deleted != len(batch.ids):
             raise RetentionError(f"{rule.table}: deleted {deleted} rows, expected {len(batch.ids)}; rolled back")
         with control.cursor() as cur:
-            for manifest_id, verified, record_ids, documents, doc_pairs, doc_versions in batch.objects:
-                cur.execute(
+            # One statement per object, sent at once (pipeline): a batch ending on 365 days has
+            # 365 objects. Each UPDATE names one manifest row: all were still 'uploading' exactly
+            # when the rows updated add up to the objects.
+            if batch.objects:
+                cur.executemany(
                     "UPDATE retention.archive_manifest SET state = 'committed', byte_size = %s, sha256 = %s,"
                     " version_id = %s, document_version_ids = %s, committed_at = now()"
                     " WHERE id = %s AND state = 'uploading'",
-                    (verified.size, verified.sha256_hex, verified.version_id, doc_versions, manifest_id),
+                    [
+                        (verified.size, verified.sha256_hex, verified.version_id, doc_versions, manifest_id)
+                        for manifest_id, verified, _, _, _, doc_versions in batch.objects
+                    ],
                 )
-                if cur.rowcount != 1:
-                    raise RetentionError(f"manifest row {manifest_id} is no longer 'uploading'; rolled back")
-                self._audit(
+                if cur.rowcount != len(batch.objects):
+                    raise RetentionError(
+                        f"{len(batch.objects) - cur.rowcount} of the batch's manifest rows are no longer "
+                        "'uploading'; rolled back"
+                    )
+                self._audit_objects(
                     cur,
                     ctx,
                     rule.name,
                     rule.table,
-                    "archived_and_deleted",
-                    record_ids,
-                    key=verified.key,
-                    byte_count=verified.size,
+                    [(record_ids, verified.key, verified.size) for _, verified, record_ids, *_ in batch.objects],
                 )
+            for _, _, _, documents, doc_pairs, _ in batch.objects:
                 batch.disposals += [
                     (rule.table, record_id, src, target)
                     for (record_id, src), (_, target) in zip(documents, doc_pairs, strict=True)

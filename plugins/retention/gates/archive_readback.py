@@ -12,14 +12,16 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.gates.checks import archive_object_checks
-from retention.gates.data_docs import update_data_docs
-from retention.gates.gx import FrameRuns, frame_batch_definition, validate_frame
+from retention.gates.gx import CheckpointRuns, frame_batch_definition, validate_frame
 from retention.gates.results import MAX_LISTED, gate_result
+
+READ_THREADS = 8  # archive objects (and their lock settings) read from S3 at once
 
 
 @dataclass
@@ -32,9 +34,12 @@ class _ArchiveTable:
     id_results: list[list[dict]] = field(default_factory=list)  # one GX result list per object
 
 
-def archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext, purpose: str) -> list[dict]:
+def archive_object_results(
+    conn, context, store: ArchiveStore, ctx: RunContext, purpose: str, runs: CheckpointRuns
+) -> list[dict]:
     """Every object this run committed: re-read from S3, size / SHA-256 / Parquet rows against
-    the manifest, then its ids validated with GX (in memory, one object at a time)."""
+    the manifest, then its ids validated with GX (in memory, one object at a time; the
+    Checkpoint runs gathered in ``runs``)."""
     manifest = conn.execute(
         "SELECT table_name, bucket, object_key, version_id, sha256, byte_size, row_count, record_ids"
         " FROM retention.archive_manifest WHERE run_id = %s AND purpose = %s AND state = 'committed' ORDER BY id",
@@ -42,20 +47,21 @@ def archive_object_results(conn, context, store: ArchiveStore, ctx: RunContext, 
     ).fetchall()
     frames = frame_batch_definition(context) if manifest else None
     by_table: dict[str, _ArchiveTable] = defaultdict(_ArchiveTable)
-    runs = FrameRuns()  # every object's GX validation result, for one Data Docs update
-    for table, bucket, key, version, sha256, size, row_count, record_ids in manifest:
-        seen = by_table[table]
-        seen.objects += 1
-        seen.rows += row_count
-        ids, problems = _read_back(store.client, bucket, key, version, sha256, size, row_count)
-        if problems:
-            seen.mismatched.append(f"{key}: {'; '.join(problems)}")
-        if ids is not None:
-            checks = archive_object_checks(f"archive:{table}", row_count, record_ids)
-            seen.id_results.append(
-                validate_frame(context, frames, f"{purpose}.after.archive.{table}", checks, ids, runs)
-            )
-    update_data_docs(context, runs.run_results, runs.checkpoint)
+    # The objects are read a few at a time ahead of their validation (S3's latency, once per
+    # object, was most of the gate); GX validates them one by one, in manifest order.
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        read_backs = pool.map(lambda row: _read_back(store.client, *row[1:7]), manifest)
+        for (table, _, key, _, _, _, row_count, record_ids), (ids, problems) in zip(manifest, read_backs, strict=True):
+            seen = by_table[table]
+            seen.objects += 1
+            seen.rows += row_count
+            if problems:
+                seen.mismatched.append(f"{key}: {'; '.join(problems)}")
+            if ids is not None:
+                checks = archive_object_checks(f"archive:{table}", row_count, record_ids)
+                seen.id_results.append(
+                    validate_frame(context, frames, f"{purpose}.after.archive.{table}", checks, ids, runs)
+                )
     results = []
     for table, seen in by_table.items():
         results.append(
@@ -131,13 +137,21 @@ def probative_versions_locked(conn, store: ArchiveStore, ctx: RunContext, purpos
         " AND split_part(object_key, '/', 1) || '/' = ANY(%s) ORDER BY id",
         (ctx.run_id, purpose, locked_prefixes),
     ).fetchall()
-    unlocked = []
-    for key, version, purge_after in rows:
+
+    def lock_of(row) -> tuple | Exception:
         try:
-            mode, until = store.locked_until(key, version)
+            return store.locked_until(row[0], row[1])
         except Exception as exc:  # botocore raises several unrelated classes
-            unlocked.append(f"{key}: cannot be read ({type(exc).__name__})")
+            return exc
+
+    unlocked = []
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        locks = list(pool.map(lock_of, rows))
+    for (key, version, purge_after), lock in zip(rows, locks, strict=True):
+        if isinstance(lock, Exception):
+            unlocked.append(f"{key}: cannot be read ({type(lock).__name__})")
             continue
+        mode, until = lock
         if mode != "COMPLIANCE" or until is None or until < purge_after:
             unlocked.append(f"{key}@{version}: lock {mode or 'none'} until {until}, purge date {purge_after:%Y-%m-%d}")
     return gate_result(

@@ -2,9 +2,10 @@
 
 A local folder (``retention.paths.data_docs_dir()``, off with ``RETENTION_DATA_DOCS_DIR=off``)
 that the Retention page serves under /retention/data-docs/: the HTML site in ``site/``, the
-validation results it is built from in ``validations/``. Each gate's Checkpoint carries the
-action that updates it (``docs_actions``); the archive objects, validated one Checkpoint run
-each, update it once for all (``update_data_docs``). A failure to build it never fails a gate.
+validation results it is built from in ``validations/``. A gate gathers its validation results
+(its Checkpoint runs on the tables, one validation per archive object) and updates it once for
+all of them at its end (``update_data_docs``, GX's action ``docs_actions``). A failure to build
+it never fails a gate.
 """
 
 from __future__ import annotations
@@ -75,8 +76,12 @@ def _data_docs_action_class():
         type: Literal["retention_update_data_docs"] = "retention_update_data_docs"
 
         def run(self, checkpoint_result, action_context=None) -> dict:
+            return self.build(checkpoint_result.run_results)
+
+        def build(self, run_results: dict) -> dict:
+            """The site's pages of these validation results (and their suites), and its index."""
             identifiers = []
-            for identifier, result in checkpoint_result.run_results.items():
+            for identifier, result in run_results.items():
                 identifiers += [identifier, ExpectationSuiteIdentifier(name=result.suite_name)]
             if not identifiers:
                 return {}
@@ -106,14 +111,11 @@ def _docs_lock():
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def update_data_docs(context, run_results: dict, checkpoint) -> None:
-    """One Data Docs update for validation results gathered over several Checkpoint runs
-    (``checkpoint``: the last of them)."""
+def update_data_docs(context, run_results: dict) -> None:
+    """One Data Docs update for the validation results a gate gathered (its Checkpoint runs and
+    its archive objects' validations)."""
     if not run_results or not _docs_on(context):
         return
-    from great_expectations.checkpoint.checkpoint import CheckpointResult
-
     action = docs_actions(context)[0]
     action._data_context = context
-    first = next(iter(run_results))
-    action.run(CheckpointResult(run_id=first.run_id, run_results=run_results, checkpoint_config=checkpoint))
+    action.build(run_results)

@@ -5,9 +5,11 @@ memory, rebuilt from ``retention.gates.checks`` every time; validation results a
 Docs on disk when they are on) with the source database as a Postgres data source. A gate's
 checks become one ``ExpectationSuite`` per table (``contracts.before.app.contracts``) validated
 on a whole-table batch, with row conditions, so every metric is an SQL aggregate computed by
-PostgreSQL; one ``ValidationDefinition`` per table, all run by one ``Checkpoint`` per gate whose
-action updates the Data Docs. An archive object's id column (a dataframe) is validated the same
-way, one ValidationDefinition and Checkpoint per object.
+PostgreSQL; one ``ValidationDefinition`` per table, all run by one ``Checkpoint`` per gate. An
+archive object's id column (a dataframe) is validated the same way, one ValidationDefinition per
+object (run directly). Every validation result of a gate is gathered (``CheckpointRuns``) and the
+Data Docs are updated once, at the end of the gate: each update re-reads the site's index, so one
+per Checkpoint run cost more than the validations themselves.
 
 Results are counts only (``partial_unexpected_count`` 0: no unexpected value is fetched, stored
 or rendered), each reduced to a result line of ``retention.gates.results``. GX takes 5 s to
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retention.gates.checks import Check
-from retention.gates.data_docs import docs_actions, with_site
+from retention.gates.data_docs import with_site
 from retention.gates.results import gate_result, short_message
 from retention.paths import data_docs_dir
 
@@ -70,11 +72,12 @@ def frame_batch_definition(context):
     return frames.add_dataframe_asset("archive_object").add_batch_definition_whole_dataframe("whole_object")
 
 
-def _checkpoint(context, name: str, definitions: list, result_format: dict, actions: list):
+def _checkpoint(context, name: str, definitions: list, result_format: dict):
+    """A Checkpoint without actions: the gate updates the Data Docs once for all its runs."""
     import great_expectations as gx
 
     return context.checkpoints.add(
-        gx.Checkpoint(name=name, validation_definitions=definitions, actions=actions, result_format=result_format)
+        gx.Checkpoint(name=name, validation_definitions=definitions, actions=[], result_format=result_format)
     )
 
 
@@ -93,9 +96,19 @@ def _result_format(checks: list[Check]) -> dict:
     return RESULT_IDENTIFIERS if any(c.values_are_identifiers for c in checks) else RESULT_COUNTS
 
 
-def validate_tables(context, source, suite_prefix: str, checks: list[Check]) -> list[dict]:
+@dataclass
+class CheckpointRuns:
+    """The validation results of one gate, by their identifier, for one Data Docs update at its
+    end (``retention.gates.data_docs.update_data_docs``); ``objects`` numbers the archive objects."""
+
+    objects: int = 0
+    run_results: dict = field(default_factory=dict)
+
+
+def validate_tables(context, source, suite_prefix: str, checks: list[Check], runs: CheckpointRuns) -> list[dict]:
     """One ValidationDefinition per table (a whole-table batch: metrics are computed in SQL), run
-    by the gate's Checkpoint (one per result format: column names may be listed, values never)."""
+    by the gate's Checkpoint (one per result format: column names may be listed, values never);
+    the runs are gathered in ``runs`` for the gate's Data Docs update."""
     by_table: dict[str, list[Check]] = defaultdict(list)
     for check in checks:
         by_table[check.table].append(check)
@@ -116,37 +129,39 @@ def validate_tables(context, source, suite_prefix: str, checks: list[Check]) -> 
         )
     for count, definitions in by_format.items():
         name = suite_prefix if count == RESULT_COUNTS["partial_unexpected_count"] else f"{suite_prefix}.identifiers"
-        checkpoint = _checkpoint(
-            context, name, [d for _, d, _ in definitions], definitions[0][2], docs_actions(context)
-        )
-        by_suite = {r.suite_name: r for r in checkpoint.run().run_results.values()}
+        checkpoint = _checkpoint(context, name, [d for _, d, _ in definitions], definitions[0][2])
+        checkpoint_result = checkpoint.run()
+        runs.run_results.update(checkpoint_result.run_results)
+        by_suite = {r.suite_name: r for r in checkpoint_result.run_results.values()}
         for table, _, _ in definitions:
             results[table] = _results_by_check(by_table[table], by_suite.get(f"{suite_prefix}.{table}"))
     return [r for table in by_table for r in results[table]]
 
 
-@dataclass
-class FrameRuns:
-    """The archive objects' Checkpoint runs of one gate, for one Data Docs update at the end."""
-
-    count: int = 0
-    run_results: dict = field(default_factory=dict)
-    checkpoint: object = None
-
-
 def validate_frame(
-    context, batch_definition, suite_name: str, checks: list[Check], frame, runs: FrameRuns
+    context, batch_definition, suite_name: str, checks: list[Check], frame, runs: CheckpointRuns
 ) -> list[dict]:
     """One archive object (its id column): its suite (the object's own row count and ids) as a
-    ValidationDefinition on the dataframe batch, run by a Checkpoint; the Data Docs are updated
-    once for every object afterwards (`runs` gathers the results)."""
-    runs.count += 1
-    name = f"{suite_name}.object{runs.count}"
+    ValidationDefinition on the dataframe batch, run as such (its result stored, gathered in
+    ``runs`` for the Data Docs). Not through a Checkpoint of its own: with no action to run, a
+    Checkpoint only re-serialized and re-checked the definition, a third of the object's time
+    (and a run has one object per table and end day)."""
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    runs.objects += 1
+    name = f"{suite_name}.object{runs.objects}"
     definition = _definition(context, batch_definition, name, checks)
-    runs.checkpoint = _checkpoint(context, name, [definition], _result_format(checks), [])
-    run_results = runs.checkpoint.run(batch_parameters={"dataframe": frame}).run_results
-    runs.run_results.update(run_results)
-    return _results_by_check(checks, next(iter(run_results.values()), None))
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format=_result_format(checks))
+    identifier = ValidationResultIdentifier(
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=name),
+        run_id=result.meta["run_id"],
+        batch_identifier=result.batch_id,
+    )
+    runs.run_results[identifier] = result
+    return _results_by_check(checks, result)
 
 
 def _results_by_check(checks: list[Check], validation) -> list[dict]:

@@ -25,6 +25,7 @@ from retention.gates.checks import (
     row_count_checks,
     rule_tables,
 )
+from retention.gates.data_docs import update_data_docs
 from retention.gates.deletion_guard import awaiting_approval, deletion_share_results
 from retention.gates.figures import (
     connect,
@@ -34,7 +35,7 @@ from retention.gates.figures import (
     text_columns,
     with_task_figures,
 )
-from retention.gates.gx import gx_sources, validate_tables
+from retention.gates.gx import CheckpointRuns, gx_sources, validate_tables
 from retention.gates.results import gate_report, gate_result, log_summary, raise_on_failures, short_message
 from retention.gates.sql_checks import due_left_results, kept_beyond_purge, manifest_matches_audit
 from retention.planner import Plan, Planner
@@ -64,8 +65,10 @@ def run_before_gates(
     with connect(dsn) as conn:
         payment_columns = text_columns(conn, schema, PAYMENT_TABLE) if PAYMENT_TABLE in tables else ()
     checks = before_checks(policy, purpose, latest_plausible_clock(ctx.logical_date, policy.tz), payment_columns)
+    runs = CheckpointRuns()
     with gx_sources(dsn) as (context, source):
-        results = validate_tables(context, source, f"{purpose.name}.before", checks)
+        results = validate_tables(context, source, f"{purpose.name}.before", checks, runs)
+        update_data_docs(context, runs.run_results)
     snapshot = {"table_rows": {}, "table_max_id": {}, "checked_at": None}
     try:
         with connect(dsn) as conn:
@@ -88,17 +91,19 @@ def run_after_gates(
     purpose_obj = purpose_of(policy, purpose)
     purpose = purpose_obj.name
     dry_run = ctx.dry_run or bool(archived.get("dry_run"))
+    runs = CheckpointRuns()  # the gate's Checkpoint runs, for one Data Docs update at its end
     with connect(dsn) as conn, gx_sources(dsn) as (context, source):
         results = due_left_results(Planner.load(conn, policy, purpose_obj), conn, ctx, dry_run, archived)
         deleted = deleted_by_table(conn, ctx, purpose)
         elsewhere = deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"))
         counts = row_count_checks(schema, before["table_rows"], before.get("table_max_id", {}), deleted, elsewhere)
-        results += with_task_figures(validate_tables(context, source, f"{purpose}.after", counts), archived)
-        results += archive_object_results(conn, context, store, ctx, purpose)
+        results += with_task_figures(validate_tables(context, source, f"{purpose}.after", counts, runs), archived)
+        results += archive_object_results(conn, context, store, ctx, purpose, runs)
         if any(store.storage.tiers[r.tier].object_lock for r in purpose_obj.rules if r.archived):
             results.append(probative_versions_locked(conn, store, ctx, purpose))
         results.append(manifest_matches_audit(conn, ctx, purpose))
         results.append(kept_beyond_purge(conn, policy, store, ctx, purpose, dry_run))
+        update_data_docs(context, runs.run_results)
     report = gate_report("after", results)
     log_summary(f"after-gate of {purpose} at {ctx.logical_date.isoformat()}", results)
     raise_on_failures(
