@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import threading
 
+import psycopg
 import pyarrow.parquet as pq
 import pytest
 from retention.archive import partitions as partition_path
@@ -230,3 +231,162 @@ def test_a_hold_placed_while_the_partition_is_archived_keeps_it(partitioned, s3,
     for (key,) in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'abandoned'").fetchall():
         listed = s3.list_object_versions(Bucket=storage.archive_bucket, Prefix=key).get("Versions", [])
         assert [v["VersionId"] for v in listed] == ([committed[key]] if key in committed else [])
+
+
+class Crash(Exception):
+    """The worker dies here (the process would: nothing after this point runs)."""
+
+
+def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
+    partitioned, s3, storage, policy, source_dsn
+):
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    crashing = engine_for(policy, source_dsn, s3, storage)
+
+    def crash(control, retirement_id):
+        raise Crash("killed after the detach")
+
+    crashing._finish_detached = crash
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+    # 2019's partition is detached (a table of its own), not dropped; its rows are not yet deleted
+    # as far as the manifest and the audit say.
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "detached"
+    assert db.execute("SELECT state FROM retention.partition_retirements").fetchall() == [("detaching",)]
+    assert db.execute("SELECT count(*) FROM retention.audit_log WHERE action = 'deleted'").fetchone() == (0,)
+
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "next", D)
+    )
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
+    assert db.execute("SELECT state FROM retention.partition_retirements ORDER BY id").fetchall() == [("dropped",)] * 4
+    # 2019's rows (archive period over) are audited once, under the crashed run that archived them.
+    assert db.execute(
+        "SELECT run_id, record_ids FROM retention.audit_log WHERE action = 'deleted' ORDER BY id"
+    ).fetchall() == [("crashed", made["2019-01"])]
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    archived = [
+        i
+        for (ids,) in db.execute("SELECT record_ids FROM retention.archive_manifest WHERE state = 'committed'")
+        for i in ids
+    ]
+    assert sorted(archived) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+
+
+def test_a_detach_interrupted_midway_is_finalized_by_the_next_run(partitioned, s3, storage, policy, source_dsn):
+    """DETACH ... CONCURRENTLY cancelled in its second transaction (it waits for a reader of the
+    table that does not end) leaves the partition 'detach pending'; the worker dies. The next run
+    finalizes the detach (DETACH PARTITION ... FINALIZE), re-checks the rows and drops them."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    crashing = engine_for(policy, source_dsn, s3, storage)
+
+    def interrupted_detach(autocommit_conn, table, partition):
+        with psycopg.connect(source_dsn) as reader:
+            reader.execute("SELECT count(*) FROM app.chat_messages")  # a transaction that stays open
+            autocommit_conn.execute("SET statement_timeout = '1s'")
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                crashing_detach(autocommit_conn, table, partition)
+        raise Crash("killed during the detach")
+
+    crashing_detach = crashing._detach
+    crashing._detach = interrupted_detach
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "pending"
+
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "next", D)
+    )
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
+    assert outcome.partitions["dropped"] == 3
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+
+
+def test_a_hold_placed_just_before_the_detach_attaches_the_partition_again(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """The last re-check, after the detach, with the holds and the detached table locked: a hold
+    committed after the check before the detach keeps the partition (attached again, its uploads
+    removed) and its held row."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    detach = engine._detach
+
+    def hold_then_detach(autocommit_conn, table, partition):
+        if partition == "chat_messages_2026_04":
+            place_hold(source_dsn, "customers", customers["2026-04"]).join(10)
+        detach(autocommit_conn, table, partition)
+
+    engine._detach = hold_then_detach
+    (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "late_hold", D))
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
+    assert set(made["2026-04"]) <= f.ids(db, "chat_messages")
+    assert db.execute(
+        "SELECT state, count(*) FROM retention.partition_retirements GROUP BY 1 ORDER BY 1"
+    ).fetchall() == [("dropped", 3), ("kept", 1)]
+    assert db.execute(
+        "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND record_ids && %s::bigint[]",
+        (made["2026-04"],),
+    ).fetchone() == (0,)
+
+
+def test_tier_none_partitions_are_detached_and_dropped_without_archive(partitioned, s3, storage, policy, source_dsn):
+    db = partitioned
+    # Cookie choices: 6 months from the choice; at D, choices before 2025-12-01 are due.
+    old = [fp.cookie_consent(db, recorded=day) for day in ("2019-01-05", "2019-01-20")]
+    recent = [fp.cookie_consent(db, recorded=day) for day in ("2026-03-02", "2026-06-10")]
+    (outcome,) = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "none", D)
+    )
+    assert outcome.partitions == {"dropped": 1, "rows": 2, "kept": 0}
+    assert (outcome.deleted, outcome.objects) == (2, 0)
+    assert partitions_left(db, "cookie_consents") == ["2026_03", "2026_04", "2026_05", "2026_06", "2026_07"]
+    assert f.ids(db, "cookie_consents") == set(recent)
+    assert db.execute("SELECT action, record_ids FROM retention.audit_log WHERE run_id = 'none'").fetchall() == [
+        ("deleted", old)
+    ]
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest").fetchone() == (0,)
+
+
+def test_a_table_that_is_not_partitioned_is_not_detected(db):
+    assert partition_path.range_partitions(db, "app", "cookie_consents", "recorded_at") == []
+    db.execute("CREATE TABLE app.listed (id bigint, kind text) PARTITION BY LIST (kind)")
+    try:
+        assert partition_path.range_partitions(db, "app", "listed", "kind") == []
+    finally:
+        db.execute("DROP TABLE app.listed")
+
+
+def test_vacuum_after_a_mass_row_delete_reports_dead_tuples_and_size(db, s3, storage, policy, source_dsn, monkeypatch):
+    """A table that is not partitioned: the row path deletes most of it, the engine vacuums it
+    (dead share over the threshold) and reports dead tuples and size before and after."""
+    with db.cursor() as cur:
+        cur.execute(
+            "INSERT INTO app.cookie_consents (visitor_id, choice, analytics, advertising, social_networks,"
+            " personalisation, recorded_at) SELECT 'v' || g, 'refused_all', false, false, false, false,"
+            " timestamptz '2024-01-01 12:00+01' + g * interval '1 minute' FROM generate_series(1, 3000) AS g"
+        )
+    fp.cookie_consent(db, recorded="2026-05-01")
+    monkeypatch.setenv("RETENTION_VACUUM_DEAD_SHARE", "0.5")
+    (outcome,) = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "vacuum", D)
+    )
+    assert outcome.deleted == 3000 and outcome.partitions == {}
+    assert outcome.vacuum["relations"] == 1
+    assert outcome.vacuum["dead_tuples_before"] >= 3000 and outcome.vacuum["dead_tuples_after"] == 0
+    assert outcome.vacuum["bytes_before"] > 0 and outcome.vacuum["bytes_after"] > 0
+
+    monkeypatch.setenv("RETENTION_VACUUM_DEAD_SHARE", "off")
+    fp.cookie_consent(db, recorded="2024-01-01")
+    (outcome,) = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "no_vacuum", D)
+    )
+    assert outcome.deleted == 1 and outcome.vacuum == {}

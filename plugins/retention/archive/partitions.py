@@ -209,7 +209,11 @@ class PartitionRetirement:
         table_from = f'FROM "{self.schema}"."{rule.table}" AS "{rule.table}"'
         if select.count(table_from) != 1:
             raise RetentionError(f"{rule.table}: cannot point the rule's select at partition {partition}")
-        return select.replace(table_from, f'FROM ONLY {self._qualified(partition)} AS "{rule.table}"')
+        select = select.replace(table_from, f'FROM ONLY {self._qualified(partition)} AS "{rule.table}"')
+        # The table's own hold coverage (its rows whose customer, contract... is held) reads the
+        # partition too: once detached, its rows are no longer in the table.
+        own_coverage = f'FROM "{self.schema}"."{rule.table}" AS c '
+        return select.replace(own_coverage, f"FROM ONLY {self._qualified(partition)} AS c ")
 
     def _qualified(self, name: str) -> str:
         return f'"{self.schema}"."{name}"'
