@@ -102,6 +102,13 @@ class PartitionCheck:
     def whole(self) -> bool:
         return self.due == self.rows and self.held == 0 and self.waiting == 0
 
+    def __bool__(self) -> bool:
+        return self.whole
+
+
+# A partition that stays (its deletable rows take the row path).
+_KEPT = PartitionCheck(0, 0, 1, 0, None, None)
+
 
 @dataclass
 class PartitionsDone:
@@ -135,28 +142,14 @@ class PartitionRetirement:
         """Retire every partition of the rule's table that qualifies; the rest is the row path's."""
         done = PartitionsDone()
         candidates = self._partition_candidates(control, rule, ctx)
+        allowance = self._allowances[rule.name]
         for partition in candidates:
-            check = self._check_partition(control, rule, partition.name)
-            control.commit()
-            allowance = self._allowances[rule.name]
-            if check.rows and (check.min_id < allowance.first_id or check.max_id > allowance.last_id):
+            retired = self._retire_partition(control, intents, reader, rule, ctx, partition, done)
+            if retired is None:
                 continue  # another unit's (or no unit's whole): the row path's
-            if not check.whole or check.rows > allowance.rows_left:
-                done.kept += 1
-                log.info(
-                    "rule %s: partition %s stays (rows=%d due=%d held=%d waiting=%d): its deletable rows take "
-                    "the row path",
-                    rule.name,
-                    partition.name,
-                    check.rows,
-                    check.due,
-                    check.held,
-                    check.waiting,
-                )
-                continue
-            if self._retire_partition(control, intents, reader, rule, ctx, partition, check, done):
-                allowance.rows_left -= check.rows
-                allowance.reached_id = max(allowance.reached_id, check.max_id or 0)
+            if retired:
+                allowance.rows_left -= retired.rows
+                allowance.reached_id = max(allowance.reached_id, retired.max_id or 0)
             else:
                 done.kept += 1
         if done.locks:
@@ -257,24 +250,42 @@ class PartitionRetirement:
 
     # ------------------------------------------------------------------ one partition
 
-    def _retire_partition(self, control, intents, reader, rule, ctx, partition: Partition, check, done) -> bool:
-        """Steps 1-4 for one partition; False when it stays (a hold or a write reached it)."""
-        # Step 1: the partition's rows, frozen for the archive (writers wait), archived.
+    def _retire_partition(self, control, intents, reader, rule, ctx, partition: Partition, done):
+        """Steps 1-4 for one partition: its check when retired; a false one when it stays (a row
+        held, waiting or not the rule's, or a hold or a write that reached it meanwhile); None
+        when it is not this run's (outside the unit's ids, beyond the approved count)."""
+        # Step 1: the partition's rows, frozen for the archive (writers wait), checked, archived.
         control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
         control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
         control.execute(f"LOCK TABLE {self._qualified(partition.name)} IN SHARE MODE")
         check = self._check_partition(control, rule, partition.name)
-        if not check.whole:
+        allowance = self._allowances[rule.name]
+        if check.rows and (check.min_id < allowance.first_id or check.max_id > allowance.last_id):
             control.rollback()
-            return False
+            return None
+        if not check.whole or check.rows > allowance.rows_left:
+            control.rollback()
+            log.info(
+                "rule %s: partition %s stays (rows=%d due=%d held=%d waiting=%d, %d left to the plan): its "
+                "deletable rows take the row path",
+                rule.name,
+                partition.name,
+                check.rows,
+                check.due,
+                check.held,
+                check.waiting,
+                allowance.rows_left,
+            )
+            return _KEPT
         archived = rule.archived
         checksum = self._rows_checksum(control, partition.name) if archived else None
         batch = Batch(conn=control, last_id=check.max_id or 0)
         try:
             unarchived_days = self._archive_partition(control, intents, reader, rule, ctx, partition, batch)
-            # Step 2: the holds locked, the rule re-checked on the frozen rows.
+            # Step 2: the holds locked, the rule re-checked on the frozen rows (after an archive:
+            # holds may have come meanwhile; tier none went straight here).
             control.execute(LOCK_HOLDS)
-            recheck = self._check_partition(control, rule, partition.name)
+            recheck = self._check_partition(control, rule, partition.name) if archived else check
             if not recheck.whole or recheck.rows != check.rows:
                 control.rollback()
                 log.warning(
@@ -286,7 +297,7 @@ class PartitionRetirement:
                     recheck.waiting,
                 )
                 self._abandon_uploads(control, ctx, rule, batch)
-                return False
+                return _KEPT
             manifest_ids = [group.manifest_id for group in batch.groups]
             with control.cursor() as cur:
                 for manifest_id, verified, *_ in batch.objects:
@@ -322,7 +333,7 @@ class PartitionRetirement:
         # Step 4.
         if not self._finish_detached(control, retirement_id):
             self._abandon_uploads(control, ctx, rule, batch)
-            return False
+            return _KEPT
         done.dropped += 1
         done.rows += check.rows
         done.objects += len(batch.objects)
@@ -338,12 +349,14 @@ class PartitionRetirement:
             len(batch.objects),
             unarchived_days,
         )
-        return True
+        return check
 
     def _archive_partition(self, control, intents, reader, rule, ctx, partition: Partition, batch: Batch) -> int:
         """The partition's rows per end day (the row path's grouping), their intents recorded,
         uploaded and read back; a chunk is read while the one before it uploads. Returns the
         number of end days already over at the logical date (deleted without archive)."""
+        if not rule.archived:
+            return 0
         groups = self._partition_groups(control, rule, ctx, partition.name)
         to_archive = [g for g in groups if rule.archived and g[2] > ctx.logical_date]
         for purge_day, ids, _ in to_archive:
@@ -521,10 +534,15 @@ class PartitionRetirement:
                 " record_count, byte_count, record_ids)"
                 " SELECT %s, %s, %s, %s, %s, 'deleted', count(*), 0, array_agg(p.id)"
                 f" FROM (SELECT id FROM ONLY {self._qualified(partition)} ORDER BY id) AS p"
-                " WHERE NOT EXISTS (SELECT 1 FROM retention.archive_manifest AS m, unnest(m.record_ids) AS i"
-                " WHERE m.id = ANY(%s::bigint[]) AND i = p.id)"
-                " HAVING count(*) > 0",
-                (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table, id_array(manifest_ids)),
+                + (
+                    " WHERE p.id NOT IN (SELECT unnest(m.record_ids) FROM retention.archive_manifest AS m"
+                    " WHERE m.id = ANY(%s::bigint[]))"
+                    if manifest_ids
+                    else ""
+                )
+                + " HAVING count(*) > 0",
+                (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table)
+                + ((id_array(manifest_ids),) if manifest_ids else ()),
             )
 
     @staticmethod
