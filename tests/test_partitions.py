@@ -390,3 +390,32 @@ def test_vacuum_after_a_mass_row_delete_reports_dead_tuples_and_size(db, s3, sto
         RunContext("cookie_consents", "no_vacuum", D)
     )
     assert outcome.deleted == 1 and outcome.vacuum == {}
+
+
+def test_the_exceptions_looked_up_from_their_side_match_the_rules_select(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A rule without conditions is checked from the holds' and children's side; the rule's
+    whole select run over the partition (the test for a rule with conditions) counts the same."""
+    from retention.planner import Planner
+    from retention.policy.rule_files import RuleFilter
+
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    f.legal_hold(db, "chat_messages", made["2026-03"][0])
+    f.legal_hold(db, "customers", customers["2026-04"])
+    engine = engine_for(policy, source_dsn, s3, storage)
+    rule = engine.purpose.rules[0]
+    engine._planner = Planner.load(db, policy, engine.purpose)
+    engine._statements[rule.name] = engine._planner.statements(rule, D)
+    # The partitions wholly before the cutoff: the only ones the engine checks.
+    names = [f"chat_messages_{m.replace('-', '_')}" for m in MONTHS[:4]]
+    fast = [engine._check_partition(db, rule, name) for name in names]
+    monkeypatch.setattr(partition_path, "rule_filter", lambda *a: RuleFilter("", "true", ()))
+    whole_select = [engine._check_partition(db, rule, name) for name in names]
+    assert [(c.rows, c.held, c.waiting, c.whole) for c in fast] == [
+        (c.rows, c.held, c.waiting, c.whole) for c in whole_select
+    ]
+    assert [c.whole for c in fast] == [True, False, False, True]
+    assert [c.held for c in fast] == [0, 1, 3, 0]
