@@ -104,7 +104,7 @@ def archive_record(db, s3, storage, run_id: str) -> dict:
     (run ids taken out of the keys)."""
     manifest = db.execute(
         "SELECT replace(object_key, %s, 'RUN'), state, row_count, record_ids, owner_ids, purge_after,"
-        " earliest_purge_after, identifier_hashes, tier, rule FROM retention.archive_manifest"
+        " earliest_purge_after, identifier_hashes, tier, rule, locked_until IS NOT NULL FROM retention.archive_manifest"
         " WHERE run_id = %s ORDER BY object_key",
         (run_id, run_id),
     ).fetchall()
@@ -157,6 +157,7 @@ def test_whole_partitions_give_the_row_paths_objects_manifest_and_audit(partitio
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
     expected, got = archive_record(db, s3, storage, "rows"), archive_record(db, s3, storage, "parts")
     assert got["manifest"] == expected["manifest"] and len(got["manifest"]) == 9  # 3 months x 3 end days
+    assert all(row[-1] for row in got["manifest"]), "probative objects locked (Object Lock) after the commit"
     assert got["audit"] == expected["audit"]
     assert got["objects"] == expected["objects"]
     assert (

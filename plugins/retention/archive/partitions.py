@@ -120,7 +120,6 @@ class PartitionsDone:
     objects: int = 0
     archive_bytes: int = 0
     archived_until: dict[str, int] = field(default_factory=dict)
-    locks: list = field(default_factory=list)
 
     def add_to(self, outcome: RuleOutcome) -> None:
         outcome.deleted += self.rows
@@ -149,11 +148,8 @@ class PartitionRetirement:
                 continue  # another unit's (or no unit's whole): the row path's
             if retired:
                 allowance.rows_left -= retired.rows
-                allowance.reached_id = max(allowance.reached_id, retired.max_id or 0)
             else:
                 done.kept += 1
-        if done.locks:
-            self._apply_locks(control, done.locks)
         return done
 
     def _partition_candidates(self, control, rule: Rule, ctx: RunContext) -> list[Partition]:
@@ -340,7 +336,9 @@ class PartitionRetirement:
         done.archive_bytes += sum(o[1].size for o in batch.objects)
         for day, rows in batch.archived_until.items():
             done.archived_until[day] = done.archived_until.get(day, 0) + rows
-        done.locks += batch.locks
+        # Object Lock on the verified versions, after the commit (as a batch's): one left
+        # undone is applied by the next run (recover).
+        self._apply_locks(control, batch.locks)
         log.info(
             "rule %s: partition %s retired whole: rows=%d objects=%d (deleted unarchived on %d days)",
             rule.name,
