@@ -50,6 +50,7 @@ LOGICAL_DATE = dt.datetime(2026, 3, 1, tzinfo=ZoneInfo("Europe/Paris"))
 FULL_RUN_CUSTOMERS = 20_000
 DOCUMENT_FILES = 10_000  # issue 11: document disposal measured on 10,000 files
 PAGE_SIZES = (20_000, 100_000)  # issue 19: the Retention page at these sizes (bench/page.py)
+PARTITION_ROWS = 10_000_000  # issue 20: a monthly-partitioned table retired whole, at 10M rows
 TARGETS = {"engine_vs_limit": 0.7, "engine_vs_pandas": 1.5, "rss_growth": 1.2, "parse_s": 0.3, "bench_s": 900}
 
 
@@ -115,6 +116,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=DIR",
         help="also run the engine from plugins folder DIR as contestant NAME (repeatable)",
     )
+    parser.add_argument(
+        "--partition-rows",
+        type=int,
+        default=PARTITION_ROWS,
+        help="expired rows a table for the row path vs partition path comparison (bench/partitions.py)",
+    )
+    parser.add_argument("--skip-partitions", action="store_true", help="skip the partitioned tables' measure")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     if args.engine_plugins:
@@ -505,6 +513,10 @@ def markdown(report: dict) -> str:
             f"- {k}: {v['s']:.2f} s in {v['calls']} calls"
             for k, v in sorted(profile["phases"].items(), key=lambda kv: -kv[1]["s"])
         ]
+    if report.get("partitions"):
+        from bench import partitions as partitions_bench
+
+        lines += partitions_bench.markdown(report["partitions"])
     lines += ["", f"Whole bench: {report['bench_s']:.0f} s (target < {TARGETS['bench_s']} s)."]
     return "\n".join(lines)
 
@@ -655,6 +667,10 @@ def main(argv: list[str] | None = None) -> dict:
             from bench import page as page_bench
 
             report["page"] = page_bench.run(stack, args.page_customers, repeat=page_bench.REPEAT, log=log)
+        if not args.skip_partitions:
+            from bench import partitions as partitions_bench
+
+            report["partitions"] = partitions_bench.run(stack, args.partition_rows, logical_date, args.batch_size, log)
         if not args.skip_full_run:
             report["full_run"] = full_run.run(
                 stack, args.full_run_customers, logical_date, args.batch_size, run_child, log, engine_plugins
@@ -666,8 +682,10 @@ def main(argv: list[str] | None = None) -> dict:
     report["runs"] = runs
     report["summary"] = summarize(runs, args.rows, args.contestants)
     report["bench_s"] = time.perf_counter() - started
-    report["all_checks_ok"] = all(r["checks"]["ok"] for r in runs) and report.get("documents", {}).get(
-        "all_checks_ok", True
+    report["all_checks_ok"] = (
+        all(r["checks"]["ok"] for r in runs)
+        and report.get("documents", {}).get("all_checks_ok", True)
+        and report.get("partitions", {}).get("all_checks_ok", True)
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")

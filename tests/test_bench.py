@@ -15,6 +15,7 @@ pytestmark = pytest.mark.bench
 ROWS = 5000
 DOCUMENT_FILES = 40
 PAGE_CUSTOMERS = 300
+PARTITION_ROWS = 3000
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def report(tmp_path_factory):
     result = main(
         ["--rows", str(ROWS), "--repeat", "1", "--skip-full-run", "--skip-parse"]
         + ["--documents-files", str(DOCUMENT_FILES), "--page-customers", str(PAGE_CUSTOMERS), "--out", str(out)]
+        + ["--partition-rows", str(PARTITION_ROWS)]
     )
     assert json.loads(out.read_text())["runs"], "the bench wrote no runs to its JSON report"
     return result
@@ -92,3 +94,19 @@ def test_the_retention_page_was_measured_from_fresh_counts(report):
     from bench.run import markdown
 
     assert "Retention page" in markdown(report) and "summary API s" in markdown(report)
+
+
+def test_the_partition_path_and_the_row_path_did_the_same_job(report):
+    """Both monthly-partitioned tables emptied of their due rows by each path, every row audited
+    once; the partition path dropped partitions, the row path none (bench/partitions.py)."""
+    parts = report["partitions"]
+    assert parts["rows"] == PARTITION_ROWS and parts["all_checks_ok"]
+    runs = {(r["kind"], r["path"]): r for r in parts["runs"]}
+    assert set(runs) == {("archive", "row"), ("archive", "partition"), ("none", "row"), ("none", "partition")}
+    for (kind, path), run in runs.items():
+        assert run["deleted"] == PARTITION_ROWS and run["rows_left"] == 0, (kind, path)
+        assert bool(run["partitions"].get("dropped")) == (path == "partition"), (kind, path)
+    assert runs[("archive", "row")]["objects"] >= runs[("archive", "partition")]["objects"] > 0
+    from bench.run import markdown
+
+    assert "row path vs partition path" in markdown(report)

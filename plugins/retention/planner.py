@@ -59,6 +59,11 @@ class RuleOutcome:
     archived_until: dict[str, int] = field(default_factory=dict)
     # What a rule flagged erase_at_processor did there (retention.processor): counts only.
     processor: dict[str, int] = field(default_factory=dict)
+    # Partitions retired whole (retention.archive.partitions): dropped, their rows, kept (row path).
+    partitions: dict[str, int] = field(default_factory=dict)
+    # The table's VACUUM after a mass row delete (retention.archive.vacuum): dead tuples and bytes
+    # before / after.
+    vacuum: dict[str, int] = field(default_factory=dict)
 
     @property
     def deletable(self) -> int:
@@ -82,6 +87,8 @@ class RuleOutcome:
             "beyond_plan": self.beyond_plan,
             "archived_until": dict(sorted(self.archived_until.items())),
             "processor": dict(self.processor),
+            "partitions": dict(self.partitions),
+            "vacuum": dict(self.vacuum),
         }
 
     def planned(self) -> RuleOutcome:
@@ -102,7 +109,7 @@ class RuleOutcome:
     def from_dict(cls, d: dict) -> RuleOutcome:
         return cls(
             **{
-                k: (dict(v) if k in ("waiting", "archived_until", "processor") else v)
+                k: (dict(v) if k in ("waiting", "archived_until", "processor", "partitions", "vacuum") else v)
                 for k, v in d.items()
                 if k in _OUTCOME_FIELDS
             }

@@ -201,6 +201,9 @@ def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
             total.archived_until[day] = total.archived_until.get(day, 0) + rows
         for key, n in done.get("processor", {}).items():
             total.processor[key] = total.processor.get(key, 0) + n
+        for summed, key in ((total.partitions, "partitions"), (total.vacuum, "vacuum")):
+            for name, n in done.get(key, {}).items():
+                summed[name] = summed.get(name, 0) + n
     return list(merged.values())
 
 
@@ -388,6 +391,19 @@ def report(
         if r.get("processor"):
             lines.append(
                 f"payment processor ({r['rule']}): " + ", ".join(f"{k}={n}" for k, n in sorted(r["processor"].items()))
+            )
+    for r in archived["rules"]:
+        if r.get("partitions"):
+            p = r["partitions"]
+            lines.append(
+                f"partitions ({r['rule']}): {p['dropped']} retired whole ({p['rows']} rows, detached and dropped), "
+                f"{p['kept']} kept for the row path (a row held, waiting or not due)"
+            )
+        if r.get("vacuum"):
+            v = r["vacuum"]
+            lines.append(
+                f"vacuum ({r['table']}): dead tuples {v['dead_tuples_before']} -> {v['dead_tuples_after']}, "
+                f"size {v['bytes_before']} -> {v['bytes_after']} bytes"
             )
     beyond = {r["rule"]: r["beyond_plan"] for r in archived["rules"] if r.get("beyond_plan")}
     if beyond:

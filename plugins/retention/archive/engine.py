@@ -29,6 +29,7 @@ from retention.archive.batch import _Allowance
 from retention.archive.db import connect
 from retention.archive.documents import dispose_documents
 from retention.archive.locks import acquire_purpose_lock, purpose_lock_name, release_purpose_lock
+from retention.archive.partitions import PartitionRetirement
 from retention.archive.protocol import BatchProtocol
 from retention.archive.purge import ArchivePurge
 from retention.archive.recovery import Recovery
@@ -43,6 +44,7 @@ from retention.archive.run import (
     refuse_future,
 )
 from retention.archive.store import ArchiveStore
+from retention.archive.vacuum import dead_share_threshold, flush_statistics, vacuum_if_bloated
 from retention.id_sets import id_array as _id_array
 from retention.planner import IdRange, Plan, Planner, RuleOutcome, RuleStatements
 from retention.policy import Policy, Purpose, fingerprint
@@ -50,7 +52,7 @@ from retention.policy import Policy, Purpose, fingerprint
 log = logging.getLogger(__name__)
 
 
-class RetentionEngine(BatchProtocol, Recovery, ArchivePurge):
+class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge):
     """Runs one purpose's rules against a source database and an archive store."""
 
     def __init__(
@@ -227,9 +229,13 @@ class RetentionEngine(BatchProtocol, Recovery, ArchivePurge):
                     )
                     # The rule's statements, built once: the batches only execute them.
                     self._statements[rule.name] = self._planner.statements(rule, ctx.logical_date)
+                    # Whole partitions first (a partitioned table only), then the row path for the rest.
+                    retired = self._retire_partitions(control, intents, reader, rule, ctx)
                     outcome = self._run_rule((control, second), intents, reader, rule, ctx)
+                    retired.add_to(outcome)
                     self._note_beyond_plan(control, rule, ctx, outcome)
                     outcomes.append(outcome)
+                self._vacuum_after_deletes((control, second, intents), reader, outcomes)
             finally:
                 second.rollback()
                 control.rollback()
@@ -237,6 +243,19 @@ class RetentionEngine(BatchProtocol, Recovery, ArchivePurge):
                 self._allowances.clear()
                 self._statements.clear()
         return outcomes
+
+    def _vacuum_after_deletes(self, connections, reader, outcomes: list[RuleOutcome]) -> None:
+        """VACUUM (ANALYZE) the tables the row path deleted from, when their dead share passes
+        the threshold (retention.archive.vacuum); reported on the table's last rule."""
+        threshold = dead_share_threshold()
+        row_deletes = {o.table: o for o in outcomes if o.deleted - o.partitions.get("rows", 0) > 0}
+        if threshold is None or not row_deletes:
+            return
+        reader.commit()  # no snapshot of ours may keep the dead rows alive
+        control, second, autocommit = connections
+        flush_statistics(control, second)
+        for table, outcome in row_deletes.items():
+            outcome.vacuum = vacuum_if_bloated(autocommit, self.schema, table, threshold)
 
     def recover_before_units(self, ctx: RunContext, plan: Plan) -> dict[str, int]:
         """The first task of a run spread over units: under the purpose's lock held exclusively,

@@ -26,6 +26,9 @@ class Recovery:
         # 'uploading' row names the document copies of the rows it keeps, which belong to the
         # old object, still committed: removed below as an orphan's, those copies would be lost.
         self._finish_interrupted_rewrites(control)
+        # Then partitions a crash left between their write-ahead record and their drop: one
+        # never detached leaves its uploads as the orphans removed below.
+        self._finish_partition_retirements(control)
         orphans = control.execute(
             "SELECT id, rule, table_name, object_key, document_keys, record_ids FROM retention.archive_manifest"
             " WHERE purpose = %s AND state = 'uploading' AND bucket = %s ORDER BY id",

@@ -1,0 +1,584 @@
+"""Partitioned tables retired whole: a partition whose every row is due, none held or waiting,
+is archived from the partition itself, detached (``DETACH PARTITION ... CONCURRENTLY``) and
+dropped, instead of deleted row by row (issue 20; docs/partitions.md).
+
+Detected from the catalog (include/sql/catalog/range_partitions.sql): the rule's table is
+range-partitioned on the rule's own clock column, with no DEFAULT partition (PostgreSQL refuses
+a concurrent detach beside one). A partition qualifies when its upper bound is at or before the
+rule's cutoff (every row is past its live period), every row passes the rule (its conditions,
+no hold, no waiting child: the planner's select, run over the partition alone), its ids lie in
+the unit's range and within what the plan approved. Anything else is left to the row path,
+which then deletes the partition's deletable rows and leaves the partition in place.
+
+One partition, under the purpose's lock:
+
+1. archive: in a transaction holding the partition in SHARE mode (the application's writes to
+   it wait), the rows' checksum, then the rows read, grouped per end day, recorded as
+   'uploading' intents in the manifest, uploaded and read back: the row path's own steps;
+2. re-check with the hold table locked (a hold placed during step 1 is seen: the partition is
+   kept, its uploads removed), then the write-ahead record 'detaching' committed
+   (retention.partition_retirements, with the objects' verified size, checksum and version);
+3. ``DETACH PARTITION ... CONCURRENTLY`` (autocommit: it cannot run in a transaction block);
+4. in one transaction, the hold table and the detached table locked: the rows re-checked
+   again (a hold placed between steps 2 and 3 keeps them: the table is attached again) and
+   compared with the checksum of step 1 (a write that slipped in keeps them too), then the
+   manifest rows 'committed', the audit rows, the record 'dropped' and ``DROP TABLE``; commit.
+
+A crash leaves a 'detaching' record: the next run finishes it before anything else (recover):
+a detach left pending is finalized (``DETACH PARTITION ... FINALIZE``), the detached table goes
+through step 4; a partition never detached is kept and its uploads removed as orphans.
+
+``PartitionRetirement`` is one part of ``retention.archive.engine.RetentionEngine``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
+from retention.archive.documents import key_columns
+from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
+from retention.archive.parquet import typed
+from retention.archive.run import RetentionError, RunContext
+from retention.id_sets import id_array
+from retention.paths import SQL_DIR
+from retention.planner import RuleOutcome
+from retention.policy import Rule, rule_filter
+
+log = logging.getLogger(__name__)
+
+CATALOG_DIR = SQL_DIR / "catalog"
+# Rows of a partition read and uploaded at a time (one object per end day, as in the row path).
+READ_ROWS = 200_000
+
+
+def _catalog_sql(name: str) -> str:
+    return (CATALOG_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of a rule's table, as the catalog describes it."""
+
+    name: str
+    bound: str
+    detach_pending: bool
+    subpartitioned: bool
+    lower: dt.datetime | None
+    upper: dt.datetime | None
+    is_default: bool = False
+
+
+def range_partitions(conn, schema: str, table: str, column: str) -> list[Partition]:
+    """The partitions of ``table`` if it is range-partitioned on ``column`` alone, else []."""
+    rows = conn.execute(_catalog_sql("range_partitions"), {"schema": schema, "table": table, "column": column})
+    return [Partition(*row, is_default=row[1] == "DEFAULT") for row in rows.fetchall()]
+
+
+def attached_state(conn, schema: str, table: str, partition: str) -> str:
+    """'attached', 'pending' (a concurrent detach interrupted), 'detached' or 'gone'."""
+    params = {"schema": schema, "table": table, "partition": partition}
+    return conn.execute(_catalog_sql("attached_state"), params).fetchone()[0]
+
+
+@dataclass
+class PartitionCheck:
+    """A partition's rows as the rule sees them: all, due (clock and conditions), held, waiting."""
+
+    rows: int
+    due: int
+    held: int
+    waiting: int
+    min_id: int | None
+    max_id: int | None
+
+    @property
+    def whole(self) -> bool:
+        return self.due == self.rows and self.held == 0 and self.waiting == 0
+
+    def __bool__(self) -> bool:
+        return self.whole
+
+
+# A partition that stays (its deletable rows take the row path).
+_KEPT = PartitionCheck(0, 0, 1, 0, None, None)
+
+
+@dataclass
+class PartitionsDone:
+    """What the partition path did for one rule: added to the rule's outcome."""
+
+    dropped: int = 0
+    rows: int = 0
+    kept: int = 0
+    objects: int = 0
+    archive_bytes: int = 0
+    archived_until: dict[str, int] = field(default_factory=dict)
+
+    def add_to(self, outcome: RuleOutcome) -> None:
+        outcome.deleted += self.rows
+        outcome.objects += self.objects
+        outcome.archive_bytes += self.archive_bytes
+        for day, rows in self.archived_until.items():
+            outcome.archived_until[day] = outcome.archived_until.get(day, 0) + rows
+        if self.dropped or self.kept:
+            outcome.partitions = {"dropped": self.dropped, "rows": self.rows, "kept": self.kept}
+
+
+class PartitionRetirement:
+    """Whole partitions archived, detached and dropped (a part of RetentionEngine)."""
+
+    # Off: every rule takes the row path (the bench's comparison; an operator's way out).
+    partition_path = True
+
+    def _retire_partitions(self, control, intents, reader, rule: Rule, ctx: RunContext) -> PartitionsDone:
+        """Retire every partition of the rule's table that qualifies; the rest is the row path's."""
+        done = PartitionsDone()
+        candidates = self._partition_candidates(control, rule, ctx)
+        allowance = self._allowances[rule.name]
+        for partition in candidates:
+            retired = self._retire_partition(control, intents, reader, rule, ctx, partition, done)
+            if retired is None:
+                continue  # another unit's (or no unit's whole): the row path's
+            if retired:
+                allowance.rows_left -= retired.rows
+            else:
+                done.kept += 1
+        return done
+
+    def _partition_candidates(self, control, rule: Rule, ctx: RunContext) -> list[Partition]:
+        """The partitions wholly before the rule's cutoff, when the rule can take this path."""
+        if not self.partition_path or rule.erase_at_processor:
+            return []
+        table, _, column = rule.clock.partition(".")
+        if table != rule.table:  # the clock is a parent's (a joined table's): rows are not grouped by it
+            return []
+        partitions = range_partitions(control, self.schema, rule.table, column)
+        if not partitions:
+            control.commit()
+            return []
+        if any(p.is_default for p in partitions) or key_columns(control, self.schema, rule.table):
+            # DETACH ... CONCURRENTLY is refused beside a DEFAULT partition; rows naming files
+            # need their files followed row by row (retention.archive.documents).
+            control.commit()
+            log.info("rule %s: %s is partitioned but takes the row path", rule.name, rule.table)
+            return []
+        control.commit()
+        cutoff = self._statements[rule.name].params[f"cutoff__{rule.name}"]
+        return [
+            p
+            for p in partitions
+            if p.upper is not None and p.upper <= cutoff and not p.detach_pending and not p.subpartitioned
+        ]
+
+    def _check_partition(self, conn, rule: Rule, partition: str) -> PartitionCheck:
+        """The rule's select (clock, conditions, holds, waiting children) run over the partition
+        alone, in the caller's transaction: its rows are the rule's whole only if all are due,
+        none held, none waiting."""
+        statements = self._statements[rule.name]
+        conditions = rule_filter(self.policy, self.purpose_name, rule)
+        if not conditions.joins.strip() and not conditions.where.strip():
+            return self._check_unfiltered(conn, rule, partition, statements.params)
+        query = (
+            "SELECT part.n, due.n, due.held, due.waiting, part.min_id, part.max_id"
+            f" FROM (SELECT count(*) AS n, min(id) AS min_id, max(id) AS max_id FROM ONLY {self._qualified(partition)})"
+            " AS part, (SELECT count(*) AS n, count(*) FILTER (WHERE due.held) AS held,"
+            " count(*) FILTER (WHERE NOT due.held AND due.waiting_for IS NOT NULL) AS waiting"
+            f" FROM ({self._select_over(rule, partition)}) AS due) AS due"
+        )
+        return PartitionCheck(*conn.execute(query, statements.params).fetchone())
+
+    def _check_unfiltered(self, conn, rule: Rule, partition: str, params: dict) -> PartitionCheck:
+        """The same test for a rule without conditions (its clock alone): every row is due by
+        the partition's bound, so only the exceptions are looked up, from their side: the rows
+        an active hold covers (a few hundred) and the rows another table references, through
+        their indexes, instead of testing every row of the partition."""
+        qualified = self._qualified(partition)
+        select = self._select_over(rule, partition)
+        ctes = select[: select.index(f' SELECT "{rule.table}".id AS id')]  # WITH held_... (the hold coverage)
+        blockers = self._planner.blockers.get(rule.table, ())
+        waiting = " + ".join(
+            f'(SELECT count(DISTINCT b."{b.column}") FROM "{b.schema}"."{b.table}" AS b'
+            f' JOIN ONLY {qualified} AS p ON p.id = b."{b.column}")'
+            for b in blockers
+        )
+        query = (
+            f"{ctes} SELECT part.n, part.n, (SELECT count(*) FROM held_{rule.table} AS h"
+            f" JOIN ONLY {qualified} AS p ON p.id = h.id), {waiting or '0'}, part.min_id, part.max_id"
+            f" FROM (SELECT count(*) AS n, min(id) AS min_id, max(id) AS max_id FROM ONLY {qualified}) AS part"
+        )
+        return PartitionCheck(*conn.execute(query, params).fetchone())
+
+    def _select_over(self, rule: Rule, partition: str) -> str:
+        """The planner's select of the rule, reading the partition (attached or not) in place of
+        the rule's table: same alias, so the clock, conditions and hold tests apply unchanged."""
+        select = self._planner.select(rule)
+        table_from = f'FROM "{self.schema}"."{rule.table}" AS "{rule.table}"'
+        if select.count(table_from) != 1:
+            raise RetentionError(f"{rule.table}: cannot point the rule's select at partition {partition}")
+        select = select.replace(table_from, f'FROM ONLY {self._qualified(partition)} AS "{rule.table}"')
+        # The table's own hold coverage (its rows whose customer, contract... is held) reads the
+        # partition too: once detached, its rows are no longer in the table.
+        own_coverage = f'FROM "{self.schema}"."{rule.table}" AS c '
+        return select.replace(own_coverage, f"FROM ONLY {self._qualified(partition)} AS c ")
+
+    def _qualified(self, name: str) -> str:
+        return f'"{self.schema}"."{name}"'
+
+    def _rows_checksum(self, conn, partition: str) -> int:
+        """A sum of the rows' hashes: a row written since it was taken changes it. The binary
+        hash of the record where every column type has one (twice as fast as hashing its text)."""
+        try:
+            with conn.transaction():
+                return conn.execute(
+                    f"SELECT coalesce(sum(hash_record_extended(p, 0)), 0) FROM ONLY {self._qualified(partition)} AS p"
+                ).fetchone()[0]
+        except psycopg.errors.UndefinedFunction:  # a column type without a hash (json, point...)
+            return conn.execute(
+                f"SELECT coalesce(sum(hashtextextended(p::text, 0)), 0) FROM ONLY {self._qualified(partition)} AS p"
+            ).fetchone()[0]
+
+    # ------------------------------------------------------------------ one partition
+
+    def _retire_partition(self, control, intents, reader, rule, ctx, partition: Partition, done):
+        """Steps 1-4 for one partition: its check when retired; a false one when it stays (a row
+        held, waiting or not the rule's, or a hold or a write that reached it meanwhile); None
+        when it is not this run's (outside the unit's ids, beyond the approved count)."""
+        # Step 1: the partition's rows, frozen for the archive (writers wait), checked, archived.
+        control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+        control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
+        control.execute(f"LOCK TABLE {self._qualified(partition.name)} IN SHARE MODE")
+        check = self._check_partition(control, rule, partition.name)
+        allowance = self._allowances[rule.name]
+        if check.rows and (check.min_id < allowance.first_id or check.max_id > allowance.last_id):
+            control.rollback()
+            return None
+        if not check.whole or check.rows > allowance.rows_left:
+            control.rollback()
+            log.info(
+                "rule %s: partition %s stays (rows=%d due=%d held=%d waiting=%d, %d left to the plan): its "
+                "deletable rows take the row path",
+                rule.name,
+                partition.name,
+                check.rows,
+                check.due,
+                check.held,
+                check.waiting,
+                allowance.rows_left,
+            )
+            return _KEPT
+        archived = rule.archived
+        checksum = self._rows_checksum(control, partition.name) if archived else None
+        batch = Batch(conn=control, last_id=check.max_id or 0)
+        try:
+            unarchived_days = self._archive_partition(control, intents, reader, rule, ctx, partition, batch)
+            # Step 2: the holds locked, the rule re-checked on the frozen rows (after an archive:
+            # holds may have come meanwhile; tier none went straight here).
+            control.execute(LOCK_HOLDS)
+            recheck = self._check_partition(control, rule, partition.name) if archived else check
+            if not recheck.whole or recheck.rows != check.rows:
+                control.rollback()
+                log.warning(
+                    "rule %s: partition %s stays: held=%d waiting=%d found at the re-check; its deletable rows "
+                    "take the row path",
+                    rule.name,
+                    partition.name,
+                    recheck.held,
+                    recheck.waiting,
+                )
+                self._abandon_uploads(control, ctx, rule, batch)
+                return _KEPT
+            manifest_ids = [group.manifest_id for group in batch.groups]
+            with control.cursor() as cur:
+                for manifest_id, verified, *_ in batch.objects:
+                    cur.execute(
+                        "UPDATE retention.archive_manifest SET byte_size = %s, sha256 = %s, version_id = %s,"
+                        " document_version_ids = '{}' WHERE id = %s AND state = 'uploading'",
+                        (verified.size, verified.sha256_hex, verified.version_id, manifest_id),
+                    )
+                retirement_id = cur.execute(
+                    "INSERT INTO retention.partition_retirements (run_id, logical_date, purpose, rule, table_name,"
+                    " partition_name, partition_bound, row_count, rows_checksum, manifest_ids, state)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], 'detaching') RETURNING id",
+                    (
+                        ctx.run_id,
+                        ctx.logical_date,
+                        self.purpose_name,
+                        rule.name,
+                        rule.table,
+                        partition.name,
+                        partition.bound,
+                        check.rows,
+                        checksum,
+                        id_array(manifest_ids),
+                    ),
+                ).fetchone()[0]
+            control.commit()
+        except BaseException:
+            control.rollback()
+            raise
+        # Step 3: no transaction of ours may hold a lock on the table now (the detach waits for them).
+        reader.commit()
+        self._detach(intents, rule.table, partition.name)
+        # Step 4.
+        if not self._finish_detached(control, retirement_id):
+            self._abandon_uploads(control, ctx, rule, batch)
+            return _KEPT
+        done.dropped += 1
+        done.rows += check.rows
+        done.objects += len(batch.objects)
+        done.archive_bytes += sum(o[1].size for o in batch.objects)
+        for day, rows in batch.archived_until.items():
+            done.archived_until[day] = done.archived_until.get(day, 0) + rows
+        # Object Lock on the verified versions, after the commit (as a batch's): one left
+        # undone is applied by the next run (recover).
+        self._apply_locks(control, batch.locks)
+        log.info(
+            "rule %s: partition %s retired whole: rows=%d objects=%d (deleted unarchived on %d days)",
+            rule.name,
+            partition.name,
+            check.rows,
+            len(batch.objects),
+            unarchived_days,
+        )
+        return check
+
+    def _archive_partition(self, control, intents, reader, rule, ctx, partition: Partition, batch: Batch) -> int:
+        """The partition's rows per end day (the row path's grouping), their intents recorded,
+        uploaded and read back; a chunk is read while the one before it uploads. Returns the
+        number of end days already over at the logical date (deleted without archive)."""
+        if not rule.archived:
+            return 0
+        groups = self._partition_groups(control, rule, ctx, partition.name)
+        to_archive = [g for g in groups if rule.archived and g[2] > ctx.logical_date]
+        for purge_day, ids, _ in to_archive:
+            batch.archived_until[purge_day] += len(ids)
+        chunks, chunk, size = [], [], 0
+        for group in to_archive:
+            chunk.append(group)
+            size += len(group[1])
+            if size >= READ_ROWS:
+                chunks.append(chunk)
+                chunk, size = [], 0
+        if chunk:
+            chunks.append(chunk)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-partition-{rule.name}") as uploader:
+            uploading = None
+            for chunk in chunks:
+                part = Batch(conn=control, last_id=batch.last_id)
+                ids = sorted(i for _, group_ids, _ in chunk for i in group_ids)
+                rows = split_rows(self._read_partition_rows(reader, partition.name, ids), chunk)
+                self._record_intents(control, intents, rule, ctx, chunk, rows, part)
+                if uploading is not None:
+                    self._add_uploaded(batch, uploading.result())
+                uploading = uploader.submit(self._upload_part, part)
+            if uploading is not None:
+                self._add_uploaded(batch, uploading.result())
+        return len(groups) - len(to_archive)
+
+    def _upload_part(self, part: Batch) -> Batch:
+        self._upload_batch(part)
+        return part
+
+    @staticmethod
+    def _add_uploaded(batch: Batch, part: Batch) -> None:
+        batch.groups += part.groups
+        batch.objects += part.objects
+        batch.locks += part.locks
+
+    def _partition_groups(self, conn, rule: Rule, ctx: RunContext, partition: str) -> list:
+        """The partition's ids grouped per day their archive period ends, as the row path's
+        re-check groups a batch: (that day in Paris, ids, the instant it starts)."""
+        gone_after = rule.gone_after
+        table, _, column = rule.clock.partition(".")
+        query = (
+            "SELECT ((day + make_interval(months => %(months)s, days => %(days)s))::date"
+            "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after, ids"
+            f' FROM (SELECT ("{column}" AT TIME ZONE %(tz)s)::date AS day, array_agg(id ORDER BY id) AS ids'
+            f"  FROM ONLY {self._qualified(partition)} GROUP BY 1) AS x"
+        )
+        params = {"tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days}
+        per_end_day: dict[dt.datetime, list[int]] = {}
+        for purge_after, ids in conn.execute(query, params):
+            per_end_day.setdefault(purge_after, []).extend(ids)
+        return [
+            (purge_after.astimezone(self.tz).date().isoformat(), sorted(ids), purge_after)
+            for purge_after, ids in sorted(per_end_day.items())
+        ]
+
+    def _read_partition_rows(self, reader, partition: str, ids: list[int]):
+        """The rows with these ids (sorted) from the partition itself, as Arrow (the row path's
+        read: binary COPY, the ids written into the statement)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        first, last = int(ids[0]), int(ids[-1])
+        where = (
+            f"id BETWEEN {first} AND {last}"
+            if last - first < 2 * len(ids)
+            else f"id = ANY('{id_array([int(i) for i in ids])}'::bigint[])"
+        )
+        with reader.cursor() as cur:
+            cur.execute(f"SELECT * FROM ONLY {self._qualified(partition)} WHERE {where} ORDER BY id")
+            table = cur.fetch_arrow_table()
+        if table.num_rows != len(ids):
+            table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
+        return typed(table)
+
+    def _detach(self, autocommit_conn, table: str, partition: str) -> None:
+        """``DETACH PARTITION ... CONCURRENTLY``: the table stays readable and writable; the
+        statement waits for every transaction that uses the table to end."""
+        autocommit_conn.execute(
+            sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
+                sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
+            )
+        )
+
+    def _abandon_uploads(self, control, ctx: RunContext, rule: Rule, batch: Batch) -> None:
+        """The objects of a partition that stays: removed now (nothing is committed, no Object
+        Lock applied yet), their intents 'abandoned'. A crash here leaves them to recover()."""
+        for group in batch.groups:
+            keys = [group.key, *(target for _, target in group.doc_pairs)]
+            self.store.delete_all_versions(keys)
+            with control.transaction():
+                control.execute(
+                    "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s AND state = 'uploading'",
+                    (group.manifest_id,),
+                )
+                self._audit(control, ctx, rule.name, rule.table, "orphan_removed", len(group.ids), key=group.key)
+        control.commit()
+
+    # ------------------------------------------------------------------ step 4, and recovery
+
+    def _finish_detached(self, control, retirement_id: int) -> bool:
+        """Step 4 for a detached partition: re-checked and compared under lock, then dropped with
+        the manifest committed and the audit written, in one transaction; or attached again
+        ('kept') when a hold or a write reached its rows since they were archived."""
+        (run_id, logical_date, rule_name, table, partition, bound, row_count, checksum, manifest_ids) = control.execute(
+            "SELECT run_id, logical_date, rule, table_name, partition_name, partition_bound, row_count,"
+            " rows_checksum, manifest_ids FROM retention.partition_retirements WHERE id = %s AND state = 'detaching'",
+            (retirement_id,),
+        ).fetchone()
+        rule = next(r for r in self.purpose.rules if r.name == rule_name)
+        ctx = RunContext(self.purpose_name, run_id, logical_date)
+        if rule.name not in self._statements:
+            self._statements[rule.name] = self.planner(control).statements(rule, logical_date)
+        try:
+            control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+            control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
+            control.execute(LOCK_HOLDS)
+            control.execute(f"LOCK TABLE {self._qualified(partition)} IN ACCESS EXCLUSIVE MODE")
+            check = self._check_partition(control, rule, partition)
+            same_rows = check.rows == row_count and (
+                checksum is None or self._rows_checksum(control, partition) == checksum
+            )
+            if not (check.whole and same_rows):
+                log.warning(
+                    "partition %s of %s stays: since it was archived, held=%d waiting=%d, rows %d -> %d%s;"
+                    " attached again",
+                    partition,
+                    table,
+                    check.held,
+                    check.waiting,
+                    row_count,
+                    check.rows,
+                    "" if same_rows else " (rows changed)",
+                )
+                control.execute(
+                    sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(
+                        sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
+                    )
+                    + sql.SQL(bound)
+                )
+                self._close_retirement(control, retirement_id, "kept")
+                control.commit()
+                return False
+            self._commit_retirement(control, ctx, rule, partition, manifest_ids)
+            control.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(self.schema, partition)))
+            self._close_retirement(control, retirement_id, "dropped")
+            control.commit()
+        except BaseException:
+            control.rollback()
+            raise
+        return True
+
+    def _commit_retirement(self, control, ctx: RunContext, rule: Rule, partition: str, manifest_ids) -> None:
+        """The manifest rows 'committed' and the row path's audit rows: one per object, and one
+        for the rows deleted without archive (tier none, or their archive period already over)."""
+        with control.cursor() as cur:
+            committed = cur.execute(
+                "UPDATE retention.archive_manifest SET state = 'committed', committed_at = now()"
+                " WHERE id = ANY(%s::bigint[]) AND state = 'uploading'"
+                " RETURNING id, object_key, byte_size, record_ids",
+                (id_array(manifest_ids),),
+            ).fetchall()
+            if len(committed) != len(manifest_ids):
+                raise RetentionError(
+                    f"{rule.table}: {len(committed)} of the {len(manifest_ids)} manifest rows of partition "
+                    f"{partition} are still 'uploading'; nothing dropped"
+                )
+            for _, key, byte_size, record_ids in sorted(committed):
+                self._audit(
+                    cur, ctx, rule.name, rule.table, "archived_and_deleted", record_ids, key=key, byte_count=byte_size
+                )
+            cur.execute(
+                "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
+                " record_count, byte_count, record_ids)"
+                " SELECT %s, %s, %s, %s, %s, 'deleted', count(*), 0, array_agg(p.id)"
+                f" FROM (SELECT id FROM ONLY {self._qualified(partition)} ORDER BY id) AS p"
+                + (
+                    " WHERE p.id NOT IN (SELECT unnest(m.record_ids) FROM retention.archive_manifest AS m"
+                    " WHERE m.id = ANY(%s::bigint[]))"
+                    if manifest_ids
+                    else ""
+                )
+                + " HAVING count(*) > 0",
+                (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table)
+                + ((id_array(manifest_ids),) if manifest_ids else ()),
+            )
+
+    @staticmethod
+    def _close_retirement(control, retirement_id: int, state: str) -> None:
+        control.execute(
+            "UPDATE retention.partition_retirements SET state = %s, finished_at = now() WHERE id = %s",
+            (state, retirement_id),
+        )
+
+    def _finish_partition_retirements(self, control) -> int:
+        """What a crash left between the write-ahead record and the drop, finished (recover):
+        a detach left pending finalized, then the detached table re-checked and dropped (or
+        attached again); a partition never detached kept (its uploads are orphans)."""
+        open_retirements = control.execute(
+            "SELECT id, table_name, partition_name FROM retention.partition_retirements"
+            " WHERE purpose = %s AND state = 'detaching' ORDER BY id",
+            (self.purpose_name,),
+        ).fetchall()
+        control.commit()
+        for retirement_id, table, partition in open_retirements:
+            where = attached_state(control, self.schema, table, partition)
+            control.commit()
+            if where == "attached":
+                with control.transaction():
+                    self._close_retirement(control, retirement_id, "kept")
+                continue
+            if where == "gone":
+                raise RetentionError(
+                    f"partition {partition} of {table} is gone but its retirement {retirement_id} was never "
+                    "recorded as dropped: check the manifest and audit by hand"
+                )
+            if where == "pending":
+                with psycopg.connect(self.dsn, autocommit=True) as finalizer:
+                    finalizer.execute(
+                        sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
+                            sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
+                        )
+                    )
+            self._finish_detached(control, retirement_id)
+            log.warning("finished the retirement of partition %s of %s left by an interrupted run", partition, table)
+        return len(open_retirements)

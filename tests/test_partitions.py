@@ -1,0 +1,422 @@
+"""Partitioned tables retired whole (issue 20 §2), against real PostgreSQL and S3: app.chat_messages
+(probative, 5 years) and app.cookie_consents (tier none) monthly-partitioned on their clock for the
+test, nothing declared in the policy. A partition whose every row is due is archived from itself
+(the row path's objects, manifest, owners and audit), detached concurrently and dropped; one with
+a held row, or a hold placed while it is archived, stays and its other rows take the row path; a
+crash between the detach and the drop (or in the middle of the detach) is finished by the next
+run. The row path's VACUUM after a mass delete is here too (a table that is not partitioned).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from retention.archive import partitions as partition_path
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
+from retention.archive.store import ArchiveStore
+
+from tests import factories as f
+from tests import factories_policy as fp
+from tests.test_safety import InThread, place_hold
+
+pytestmark = pytest.mark.integration
+
+D = f.midnight("2026-06-01")  # chat messages transmitted before D are due (live: 0 months)
+MONTHS = ["2019-01", "2026-03", "2026-04", "2026-05", "2026-06", "2026-07"]
+
+
+def _next_month(month: str) -> str:
+    year, mon = map(int, month.split("-"))
+    return f"{year + mon // 12}-{mon % 12 + 1:02d}"
+
+
+def partition_by_month(conn, table: str, clock: str) -> None:
+    """Turn ``app.<table>`` into a table range-partitioned by month (Paris) on ``clock``; the
+    plain table waits under another name (restore_table)."""
+    conn.execute(f"ALTER TABLE app.{table} RENAME TO {table}_plain")
+    conn.execute(
+        f"CREATE TABLE app.{table} (LIKE app.{table}_plain INCLUDING DEFAULTS INCLUDING IDENTITY"
+        f" INCLUDING CONSTRAINTS) PARTITION BY RANGE ({clock})"
+    )
+    conn.execute(f"CREATE INDEX ON app.{table} (id)")
+    conn.execute(f"CREATE INDEX ON app.{table} ({clock})")
+    for month in MONTHS:
+        conn.execute(
+            f"CREATE TABLE app.{table}_{month.replace('-', '_')} PARTITION OF app.{table}"
+            f" FOR VALUES FROM ('{month}-01 00:00 Europe/Paris') TO ('{_next_month(month)}-01 00:00 Europe/Paris')"
+        )
+
+
+def restore_table(conn, table: str) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS app.{table} CASCADE")
+    for (name,) in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r' AND relname LIKE %s",
+        (f"{table}\\_2%",),
+    ).fetchall():
+        conn.execute(f"DROP TABLE app.{name}")  # a partition a failed test left detached
+    conn.execute(f"ALTER TABLE app.{table}_plain RENAME TO {table}")
+
+
+@pytest.fixture
+def partitioned(db):
+    partition_by_month(db, "chat_messages", "transmitted_at")
+    partition_by_month(db, "cookie_consents", "recorded_at")
+    try:
+        yield db
+    finally:
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        restore_table(db, "chat_messages")
+        restore_table(db, "cookie_consents")
+
+
+def engine_for(policy, source_dsn, s3, storage, purpose="subscriber_services", **kwargs) -> RetentionEngine:
+    return RetentionEngine(policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=2, **kwargs)
+
+
+def partitions_left(db, table: str) -> list[str]:
+    rows = partition_path.range_partitions(
+        db, "app", table, "transmitted_at" if table == "chat_messages" else "recorded_at"
+    )
+    return [p.name.removeprefix(f"{table}_") for p in rows]
+
+
+def messages(db, customers: dict[str, int]) -> dict[str, list[int]]:
+    """Three messages a month on different days (so several end-day objects a partition)."""
+    made = {}
+    for month in MONTHS:
+        made[month] = [
+            fp.chat_message(db, customers[month], transmitted=f.paris(f"{month}-{day:02d}", 9 + day % 7))
+            for day in (1, 14, 28)
+        ]
+    return made
+
+
+def archive_record(db, s3, storage, run_id: str) -> dict:
+    """What a run left, comparable across runs: manifest rows, audit rows and the objects' rows
+    (run ids taken out of the keys)."""
+    manifest = db.execute(
+        "SELECT replace(object_key, %s, 'RUN'), state, row_count, record_ids, owner_ids, purge_after,"
+        " earliest_purge_after, identifier_hashes, tier, rule, locked_until IS NOT NULL FROM retention.archive_manifest"
+        " WHERE run_id = %s ORDER BY object_key",
+        (run_id, run_id),
+    ).fetchall()
+    audit = db.execute(
+        "SELECT action, rule, table_name, record_count, record_ids, replace(object_key, %s, 'RUN')"
+        " FROM retention.audit_log WHERE run_id = %s AND action IN ('archived_and_deleted', 'deleted')"
+        " ORDER BY action, object_key NULLS FIRST",
+        (run_id, run_id),
+    ).fetchall()
+    objects = {}
+    for key, version in db.execute(
+        "SELECT object_key, version_id FROM retention.archive_manifest WHERE run_id = %s AND state = 'committed'",
+        (run_id,),
+    ).fetchall():
+        body = s3.get_object(Bucket=storage.archive_bucket, Key=key, VersionId=version)["Body"].read()
+        objects[key.replace(run_id, "RUN")] = pq.read_table(io.BytesIO(body)).to_pylist()
+    return {"manifest": manifest, "audit": audit, "objects": objects}
+
+
+def test_whole_partitions_give_the_row_paths_objects_manifest_and_audit(partitioned, s3, storage, policy, source_dsn):
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    rows = db.execute("SELECT * FROM app.chat_messages ORDER BY id").fetchall()
+    columns = [c.name for c in db.execute("SELECT * FROM app.chat_messages LIMIT 0").description]
+
+    row_path = engine_for(policy, source_dsn, s3, storage)
+    row_path.partition_path = False
+    (by_rows, _) = row_path.archive_and_delete(RunContext("subscriber_services", "rows", D))
+    assert by_rows.partitions == {} and by_rows.deleted == 12
+    assert partitions_left(db, "chat_messages") == [m.replace("-", "_") for m in MONTHS]
+
+    # The same rows again, with their ids, for the partition path.
+    db.execute("TRUNCATE app.chat_messages")
+    with db.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO app.chat_messages ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", rows
+        )
+    (by_partitions, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "parts", D)
+    )
+    assert by_partitions.partitions == {"dropped": 4, "rows": 12, "kept": 0}
+    assert (by_partitions.deleted, by_partitions.objects, by_partitions.archived_until) == (
+        by_rows.deleted,
+        by_rows.objects,
+        by_rows.archived_until,
+    )
+    # 2019's, March's, April's and May's partitions (May's ends at D itself) are gone; June's stays.
+    assert partitions_left(db, "chat_messages") == ["2026_06", "2026_07"]
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    expected, got = archive_record(db, s3, storage, "rows"), archive_record(db, s3, storage, "parts")
+    assert got["manifest"] == expected["manifest"] and len(got["manifest"]) == 9  # 3 months x 3 end days
+    assert all(row[-1] for row in got["manifest"]), "probative objects locked (Object Lock) after the commit"
+    assert got["audit"] == expected["audit"]
+    assert got["objects"] == expected["objects"]
+    assert (
+        db.execute("SELECT state, row_count FROM retention.partition_retirements ORDER BY id").fetchall()
+        == [("dropped", 3)] * 4
+    )
+
+
+def test_a_partition_with_a_held_row_stays_and_its_other_rows_take_the_row_path(
+    partitioned, s3, storage, policy, source_dsn
+):
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    f.legal_hold(db, "chat_messages", made["2026-04"][1])
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "held", D)
+    )
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert (outcome.deleted, outcome.held) == (11, 1)
+    assert partitions_left(db, "chat_messages") == ["2026_04", "2026_06", "2026_07"]
+    assert f.ids(db, "chat_messages") == {made["2026-04"][1], *made["2026-06"], *made["2026-07"]}
+
+
+def test_a_hold_placed_while_the_partition_is_archived_keeps_it(partitioned, s3, storage, policy, source_dsn):
+    """Two real connections: the engine stops once March's objects are uploaded and verified (the
+    partition's rows frozen, not yet re-checked); a hold on one March message is placed and
+    committed from another connection meanwhile (the hold table is not locked during the
+    archive). The partition stays, its uploads are removed, the held message stays and March's
+    other messages go by the row path."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    archived, release = threading.Event(), threading.Event()
+    original = engine._archive_partition
+
+    def archive_then_wait(control, intents, reader, rule, ctx, partition, batch):
+        result = original(control, intents, reader, rule, ctx, partition, batch)
+        if partition.name == "chat_messages_2026_03":
+            archived.set()
+            assert release.wait(60)
+        return result
+
+    engine._archive_partition = archive_then_wait
+    run = InThread(lambda: engine.archive_and_delete(RunContext("subscriber_services", "mid", D)))
+    assert archived.wait(60)
+    uploaded = db.execute(
+        "SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading' AND record_ids && %s::bigint[]",
+        (made["2026-03"],),
+    ).fetchone()[0]
+    assert uploaded == 3  # one object per end day, uploaded and verified, not yet committed
+    place_hold(source_dsn, "chat_messages", made["2026-03"][0]).join(10)
+    release.set()
+    (outcome, _) = run.join(60)
+
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert (outcome.deleted, outcome.held) == (11, 0)  # the plan counted no hold: it came after
+    assert "2026_03" in partitions_left(db, "chat_messages")
+    assert f.ids(db, "chat_messages") == {made["2026-03"][0], *made["2026-06"], *made["2026-07"]}
+    states = dict(
+        db.execute(
+            "SELECT state, count(*) FROM retention.archive_manifest WHERE record_ids && %s::bigint[] GROUP BY 1",
+            (made["2026-03"],),
+        ).fetchall()
+    )
+    assert states == {"abandoned": 3, "committed": 2}  # the row path's two objects for the two others
+    # The abandoned uploads are gone; a key the row path used again holds only its committed version.
+    committed = dict(
+        db.execute("SELECT object_key, version_id FROM retention.archive_manifest WHERE state = 'committed'").fetchall()
+    )
+    for (key,) in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'abandoned'").fetchall():
+        listed = s3.list_object_versions(Bucket=storage.archive_bucket, Prefix=key).get("Versions", [])
+        assert [v["VersionId"] for v in listed] == ([committed[key]] if key in committed else [])
+
+
+class Crash(Exception):
+    """The worker dies here (the process would: nothing after this point runs)."""
+
+
+def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
+    partitioned, s3, storage, policy, source_dsn
+):
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    crashing = engine_for(policy, source_dsn, s3, storage)
+
+    def crash(control, retirement_id):
+        raise Crash("killed after the detach")
+
+    crashing._finish_detached = crash
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+    # 2019's partition is detached (a table of its own), not dropped; its rows are not yet deleted
+    # as far as the manifest and the audit say.
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "detached"
+    assert db.execute("SELECT state FROM retention.partition_retirements").fetchall() == [("detaching",)]
+    assert db.execute("SELECT count(*) FROM retention.audit_log WHERE action = 'deleted'").fetchone() == (0,)
+
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "next", D)
+    )
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
+    assert db.execute("SELECT state FROM retention.partition_retirements ORDER BY id").fetchall() == [("dropped",)] * 4
+    # 2019's rows (archive period over) are audited once, under the crashed run that archived them.
+    assert db.execute(
+        "SELECT run_id, record_ids FROM retention.audit_log WHERE action = 'deleted' ORDER BY id"
+    ).fetchall() == [("crashed", made["2019-01"])]
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    archived = [
+        i
+        for (ids,) in db.execute("SELECT record_ids FROM retention.archive_manifest WHERE state = 'committed'")
+        for i in ids
+    ]
+    assert sorted(archived) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+
+
+def test_a_detach_interrupted_midway_is_finalized_by_the_next_run(partitioned, s3, storage, policy, source_dsn):
+    """DETACH ... CONCURRENTLY cancelled in its second transaction (it waits for a reader of the
+    table that does not end) leaves the partition 'detach pending'; the worker dies. The next run
+    finalizes the detach (DETACH PARTITION ... FINALIZE), re-checks the rows and drops them."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    crashing = engine_for(policy, source_dsn, s3, storage)
+
+    def interrupted_detach(autocommit_conn, table, partition):
+        with psycopg.connect(source_dsn) as reader:
+            reader.execute("SELECT count(*) FROM app.chat_messages")  # a transaction that stays open
+            autocommit_conn.execute("SET statement_timeout = '1s'")
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                crashing_detach(autocommit_conn, table, partition)
+        raise Crash("killed during the detach")
+
+    crashing_detach = crashing._detach
+    crashing._detach = interrupted_detach
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "pending"
+
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "next", D)
+    )
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
+    assert outcome.partitions["dropped"] == 3
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+
+
+def test_a_hold_placed_just_before_the_detach_attaches_the_partition_again(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """The last re-check, after the detach, with the holds and the detached table locked: a hold
+    committed after the check before the detach keeps the partition (attached again, its uploads
+    removed) and its held row."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    detach = engine._detach
+
+    def hold_then_detach(autocommit_conn, table, partition):
+        if partition == "chat_messages_2026_04":
+            place_hold(source_dsn, "customers", customers["2026-04"]).join(10)
+        detach(autocommit_conn, table, partition)
+
+    engine._detach = hold_then_detach
+    (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "late_hold", D))
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
+    assert set(made["2026-04"]) <= f.ids(db, "chat_messages")
+    assert db.execute(
+        "SELECT state, count(*) FROM retention.partition_retirements GROUP BY 1 ORDER BY 1"
+    ).fetchall() == [("dropped", 3), ("kept", 1)]
+    assert db.execute(
+        "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND record_ids && %s::bigint[]",
+        (made["2026-04"],),
+    ).fetchone() == (0,)
+
+
+def test_tier_none_partitions_are_detached_and_dropped_without_archive(partitioned, s3, storage, policy, source_dsn):
+    db = partitioned
+    # Cookie choices: 6 months from the choice; at D, choices before 2025-12-01 are due.
+    old = [fp.cookie_consent(db, recorded=day) for day in ("2019-01-05", "2019-01-20")]
+    recent = [fp.cookie_consent(db, recorded=day) for day in ("2026-03-02", "2026-06-10")]
+    (outcome,) = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "none", D)
+    )
+    assert outcome.partitions == {"dropped": 1, "rows": 2, "kept": 0}
+    assert (outcome.deleted, outcome.objects) == (2, 0)
+    assert partitions_left(db, "cookie_consents") == ["2026_03", "2026_04", "2026_05", "2026_06", "2026_07"]
+    assert f.ids(db, "cookie_consents") == set(recent)
+    assert db.execute("SELECT action, record_ids FROM retention.audit_log WHERE run_id = 'none'").fetchall() == [
+        ("deleted", old)
+    ]
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest").fetchone() == (0,)
+
+
+def test_a_table_that_is_not_partitioned_is_not_detected(db):
+    assert partition_path.range_partitions(db, "app", "cookie_consents", "recorded_at") == []
+    db.execute("CREATE TABLE app.listed (id bigint, kind text) PARTITION BY LIST (kind)")
+    try:
+        assert partition_path.range_partitions(db, "app", "listed", "kind") == []
+    finally:
+        db.execute("DROP TABLE app.listed")
+
+
+def test_vacuum_after_a_mass_row_delete_reports_dead_tuples_and_size(db, s3, storage, policy, source_dsn, monkeypatch):
+    """A table that is not partitioned: the row path deletes most of it, the engine vacuums it
+    (dead share over the threshold) and reports dead tuples and size before and after."""
+    with db.cursor() as cur:
+        cur.execute(
+            "INSERT INTO app.cookie_consents (visitor_id, choice, analytics, advertising, social_networks,"
+            " personalisation, recorded_at) SELECT 'v' || g, 'refused_all', false, false, false, false,"
+            " timestamptz '2024-01-01 12:00+01' + g * interval '1 minute' FROM generate_series(1, 3000) AS g"
+        )
+    fp.cookie_consent(db, recorded="2026-05-01")
+    monkeypatch.setenv("RETENTION_VACUUM_DEAD_SHARE", "0.5")
+    (outcome,) = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "vacuum", D)
+    )
+    assert outcome.deleted == 3000 and outcome.partitions == {}
+    assert outcome.vacuum["relations"] == 1
+    assert outcome.vacuum["dead_tuples_before"] >= 3000 and outcome.vacuum["dead_tuples_after"] == 0
+    assert outcome.vacuum["bytes_before"] > 0 and outcome.vacuum["bytes_after"] > 0
+
+    monkeypatch.setenv("RETENTION_VACUUM_DEAD_SHARE", "off")
+    fp.cookie_consent(db, recorded="2024-01-01")
+    (outcome,) = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "no_vacuum", D)
+    )
+    assert outcome.deleted == 1 and outcome.vacuum == {}
+
+
+def test_the_exceptions_looked_up_from_their_side_match_the_rules_select(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A rule without conditions is checked from the holds' and children's side; the rule's
+    whole select run over the partition (the test for a rule with conditions) counts the same."""
+    from retention.planner import Planner
+    from retention.policy.rule_files import RuleFilter
+
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    f.legal_hold(db, "chat_messages", made["2026-03"][0])
+    f.legal_hold(db, "customers", customers["2026-04"])
+    engine = engine_for(policy, source_dsn, s3, storage)
+    rule = engine.purpose.rules[0]
+    engine._planner = Planner.load(db, policy, engine.purpose)
+    engine._statements[rule.name] = engine._planner.statements(rule, D)
+    # The partitions wholly before the cutoff: the only ones the engine checks.
+    names = [f"chat_messages_{m.replace('-', '_')}" for m in MONTHS[:4]]
+    fast = [engine._check_partition(db, rule, name) for name in names]
+    monkeypatch.setattr(partition_path, "rule_filter", lambda *a: RuleFilter("", "true", ()))
+    whole_select = [engine._check_partition(db, rule, name) for name in names]
+    assert [(c.rows, c.held, c.waiting, c.whole) for c in fast] == [
+        (c.rows, c.held, c.waiting, c.whole) for c in whole_select
+    ]
+    assert [c.whole for c in fast] == [True, False, False, True]
+    assert [c.held for c in fast] == [0, 1, 3, 0]
