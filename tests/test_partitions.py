@@ -357,6 +357,25 @@ def test_tier_none_partitions_are_detached_and_dropped_without_archive(partition
     assert db.execute("SELECT count(*) FROM retention.archive_manifest").fetchone() == (0,)
 
 
+def test_a_role_that_does_not_own_the_table_takes_the_row_path(partitioned, s3, storage, policy, role_dsn):
+    """retention_engine may delete rows, not detach or drop partitions (the table's owner's right):
+    the same rows go, row by row, and every partition stays."""
+    from retention.policy import default_policy
+    from retention.roles import grant_statements
+
+    db = partitioned
+    for statement in grant_statements(db, default_policy()):  # the new tables' grants, as retention.schema
+        db.execute(statement)
+    old = [fp.cookie_consent(db, recorded=day) for day in ("2019-01-05", "2019-01-20")]
+    recent = [fp.cookie_consent(db, recorded=day) for day in ("2026-03-02", "2026-06-10")]
+    before = partitions_left(db, "cookie_consents")
+    engine = engine_for(policy, role_dsn("retention_engine"), s3, storage, purpose="cookie_consents")
+    (outcome,) = engine.archive_and_delete(RunContext("cookie_consents", "not-owner", D))
+    assert outcome.deleted == 2 and outcome.partitions == {}
+    assert f.ids(db, "cookie_consents") == set(recent) and set(old).isdisjoint(f.ids(db, "cookie_consents"))
+    assert partitions_left(db, "cookie_consents") == before
+
+
 def test_a_table_that_is_not_partitioned_is_not_detected(db):
     assert partition_path.range_partitions(db, "app", "cookie_consents", "recorded_at") == []
     db.execute("CREATE TABLE app.listed (id bigint, kind text) PARTITION BY LIST (kind)")

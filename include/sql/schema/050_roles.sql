@@ -133,3 +133,9 @@ GRANT SELECT ON retention.approvals TO retention_rights, retention_reader;
 GRANT SELECT, INSERT, UPDATE ON retention.status_counts TO retention_engine, retention_counter;
 GRANT SELECT ON retention.status_counts TO retention_reader;
 GRANT retention_reader TO retention_counter;
+
+-- The partition path's write-ahead records (050_partitions.sql): the engine writes and closes
+-- them (its recovery reads them on every run); the page may show them.
+GRANT SELECT, INSERT ON retention.partition_retirements TO retention_engine;
+GRANT UPDATE (state, finished_at) ON retention.partition_retirements TO retention_engine;
+GRANT SELECT ON retention.partition_retirements TO retention_reader;

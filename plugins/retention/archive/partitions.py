@@ -81,6 +81,12 @@ def range_partitions(conn, schema: str, table: str, column: str) -> list[Partiti
     return [Partition(*row, is_default=row[1] == "DEFAULT") for row in rows.fetchall()]
 
 
+def may_detach(conn, schema: str, table: str) -> bool:
+    """Whether this session may detach and drop the table's partitions (it acts as the owner)."""
+    row = conn.execute(_catalog_sql("may_detach"), {"schema": schema, "table": table}).fetchone()
+    return bool(row and row[0])
+
+
 def attached_state(conn, schema: str, table: str, partition: str) -> str:
     """'attached', 'pending' (a concurrent detach interrupted), 'detached' or 'gone'."""
     params = {"schema": schema, "table": table, "partition": partition}
@@ -168,6 +174,11 @@ class PartitionRetirement:
             # need their files followed row by row (retention.archive.documents).
             control.commit()
             log.info("rule %s: %s is partitioned but takes the row path", rule.name, rule.table)
+            return []
+        if not may_detach(control, self.schema, rule.table):
+            # DETACH and DROP need the table's owner; a role without it deletes row by row.
+            control.commit()
+            log.info("rule %s: %s is partitioned, not owned by this role: the row path", rule.name, rule.table)
             return []
         control.commit()
         cutoff = self._statements[rule.name].params[f"cutoff__{rule.name}"]
