@@ -243,7 +243,8 @@ def test_a_worker_killed_mid_unit(stack, api, policy, step, logical_date):
     started = time.monotonic()
     when = dt.datetime.fromisoformat(logical_date)
     with psycopg.connect(stack.source_dsn(), autocommit=True) as conn:
-        added = {f.quote(conn, issued="2024-01-10") for _ in range(16)}  # due: 4+ units again
+        # due, and archived (their archive period ends in 2027): 4+ units again
+        added = {f.quote(conn, issued="2025-03-01") for _ in range(16)}
     faults = Path(stack.extra_env["RETENTION_TEST_FAULT_DIR"])
     (faults / f"{step}.armed").write_text("2")  # the second time a unit reaches the step
     run_id = trigger(api, logical_date)
@@ -263,7 +264,7 @@ def test_a_worker_killed_mid_unit(stack, api, policy, step, logical_date):
     try:
         assert wait_for_run(api, run_id) == "success"
     finally:
-        devstack.start_worker(stack, worker)  # for the next test; after the run: the retry ran elsewhere
+        devstack.start_workers(stack, [worker])  # for the next test; after the run: the retry ran elsewhere
     TIMINGS[f"run with a worker killed {step}"] = time.monotonic() - started
 
     tries = unit_tries(api, run_id, killed["map_index"])
@@ -275,7 +276,7 @@ def test_a_worker_killed_mid_unit(stack, api, policy, step, logical_date):
         left = f.ids(conn, "quotes")
         audited = conn.execute(
             "SELECT coalesce(sum(record_count), 0) FROM retention.audit_log"
-            " WHERE run_id = %s AND action = 'archived_and_deleted'",
+            " WHERE run_id = %s AND action IN ('archived_and_deleted', 'deleted')",
             (run_id,),
         ).fetchone()[0]
         committed = Counter(
@@ -289,7 +290,7 @@ def test_a_worker_killed_mid_unit(stack, api, policy, step, logical_date):
     # every row once: gone from the source, in one committed object, the audit log and the report
     assert added <= set(committed) and not set(committed) & left
     assert set(committed.values()) == {1}
-    assert report_summary(api, run_id)["totals"]["deleted"] == audited == len(committed)
+    assert report_summary(api, run_id)["totals"]["deleted"] == audited >= len(committed)
 
     # The next run's recovery (its prepare_units, here called directly) removes the killed try's
     # orphan upload; then the invariants of the first promise hold over the whole bucket.

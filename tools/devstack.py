@@ -716,45 +716,49 @@ def start_redis(config: StackConfig) -> None:
     wait_until(lambda: _redis_ping(config), 30, "Redis", config.state / "logs" / "redis.log")
 
 
-def start_worker(config: StackConfig, worker: str, timeout: float = 180) -> int:
-    """One `airflow celery worker`, named (Celery's node name and Airflow's task_instance.hostname),
-    on the Docker route's queue and concurrency; returns its PID once it consumes from the queue."""
-    running = _running_pid(config, worker)
-    if running:
-        return running
-    log_path = config.state / "logs" / f"{worker}.log"
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    cmd = [
-        str(VENV_BIN / "airflow"),
-        "celery",
-        "worker",
-        "--celery-hostname",
-        celery_node_name(worker),
-        "--queues",
-        CELERY_QUEUE,
-        "--concurrency",
-        str(CELERY_WORKER_CONCURRENCY),
-        # The log files are on this machine: no log server on 0.0.0.0:8793.
-        "--skip-serve-logs",
-        # Airflow's own PID file, one per worker (the default one would stop the second).
-        "--pid",
-        str(config.airflow_home / f"{worker}.pid"),
-    ]
-    env = _component_env(config) | {
-        WORKER_NAME_ENV: worker,
-        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tools.devstack.celery_worker_hostname",
-    }
-    pid = _spawn(config, worker, cmd, env)
+def start_workers(config: StackConfig, workers: list[str], timeout: float = 180) -> list[int]:
+    """`airflow celery worker`s, each named (Celery's node name and Airflow's
+    task_instance.hostname), on the Docker route's queue and concurrency, started together;
+    returns their PIDs once each consumes from the queue."""
+    starting = []
+    for worker in workers:
+        if _running_pid(config, worker):
+            continue
+        log_path = config.state / "logs" / f"{worker}.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        cmd = [
+            str(VENV_BIN / "airflow"),
+            "celery",
+            "worker",
+            "--celery-hostname",
+            celery_node_name(worker),
+            "--queues",
+            CELERY_QUEUE,
+            "--concurrency",
+            str(CELERY_WORKER_CONCURRENCY),
+            # The log files are on this machine: no log server on 0.0.0.0:8793.
+            "--skip-serve-logs",
+            # Airflow's own PID file, one per worker (the default one would stop the second).
+            "--pid",
+            str(config.airflow_home / f"{worker}.pid"),
+        ]
+        env = _component_env(config) | {
+            WORKER_NAME_ENV: worker,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tools.devstack.celery_worker_hostname",
+        }
+        _spawn(config, worker, cmd, env)
+        starting.append((worker, log_path, offset))
 
-    def ready() -> bool:
+    def ready(worker: str, log_path: Path, offset: int) -> bool:
         if not _running_pid(config, worker):
             raise StackError(f"the Celery worker {worker} exited; see {log_path}")
         with open(log_path, "rb") as log:
             log.seek(offset)
             return b" ready." in log.read()
 
-    wait_until(ready, timeout, f"the Celery worker {worker}", log_path)
-    return pid
+    for worker, log_path, offset in starting:
+        wait_until(lambda: ready(worker, log_path, offset), timeout, f"the Celery worker {worker}", log_path)  # noqa: B023
+    return [_running_pid(config, worker) for worker in workers]
 
 
 def _stop(config: StackConfig, name: str, grace: float = 20) -> None:
@@ -886,8 +890,8 @@ def up(
         _spawn(config, name, cmd, env)
     (state / "executor").write_text(config.executor)
     wait_until(lambda: _api_healthy(config), 180, "the Airflow API server", state / "logs" / "api-server.log")
+    start_workers(config, config.worker_names)
     for worker in config.worker_names:
-        start_worker(config, worker)
         print(
             f"worker      {celery_node_name(worker)}  (queue {CELERY_QUEUE!r}, concurrency {CELERY_WORKER_CONCURRENCY})"
         )
