@@ -43,9 +43,12 @@ SEED = {"customers": 300, "seed": 7, "reference_date": "2026-06-01"}
 CONF = {"batch_size": 2, "range_rows": 4, "max_delete_fraction": 1.0}
 # Airflow's own settings for the test: only the test's runs (no scheduled run when the DAG is
 # unpaused); a task whose heartbeats stop is failed after 30 s (default 300) and retried 5 s
-# later (default 300).
+# later (default 300); a task queued to the killed worker (its message reserved, unacknowledged
+# until the broker's visibility timeout) is queued again after 60 s (default 600).
 TEST_SETTINGS = {
     "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "10",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "5",
