@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 PY := PYTHONPATH=plugins:. $(BIN)/python
 STATE ?= .local
 DEMO_CUSTOMERS ?= 2000
+# `make demo EXECUTOR=celery WORKERS=2`: the Docker route's CeleryExecutor, with Redis and N workers.
+EXECUTOR ?= local
+WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo down status reset test test-fast lint format check lock bench
@@ -25,22 +28,22 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(BIN)/.installed ## create/update the virtualenv (uv, pinned by constraints.txt)
 
-demo: venv ## start PostgreSQL + S3 + Airflow on 127.0.0.1, seeded; prints the UI URL and login
-	@bash tools/system_packages.sh postgresql
-	$(PY) -m tools.devstack up --state $(STATE) --customers $(DEMO_CUSTOMERS)
+demo: venv ## start PostgreSQL + S3 + Airflow on 127.0.0.1, seeded; prints the UI URL and login (EXECUTOR=celery WORKERS=2)
+	@bash tools/system_packages.sh postgresql $(if $(filter celery,$(EXECUTOR)),redis)
+	$(PY) -m tools.devstack up --state $(STATE) --customers $(DEMO_CUSTOMERS) --executor $(EXECUTOR) --workers $(WORKERS)
 
 down: venv ## stop everything `make demo` started (by recorded PID)
 	$(PY) -m tools.devstack down --state $(STATE)
 
 reset: venv ## stop the demo, delete its data (database, S3 state, Airflow home) and start it again, freshly seeded
 	$(PY) -m tools.devstack reset --state $(STATE)
-	$(PY) -m tools.devstack up --state $(STATE) --customers $(DEMO_CUSTOMERS)
+	$(PY) -m tools.devstack up --state $(STATE) --customers $(DEMO_CUSTOMERS) --executor $(EXECUTOR) --workers $(WORKERS)
 
 status: venv ## what is running
 	$(PY) -m tools.devstack status --state $(STATE)
 
 test: venv ## the whole test suite (starts and stops its own PostgreSQL and S3 servers)
-	@bash tools/system_packages.sh postgresql chromium
+	@bash tools/system_packages.sh postgresql chromium redis
 	$(PY) -m pytest
 
 test-fast: venv ## the tests without the full-stack smoke test and the bench

@@ -178,6 +178,19 @@ def test_airflow_services_use_the_celery_executor(services):
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:8080/"), name
 
 
+def test_celery_settings_are_the_local_stacks(services):
+    """`make demo EXECUTOR=celery` runs its workers with the same queue and concurrency, so what
+    the Celery stack tests pass (tests/test_celery_stack.py) is what runs here."""
+    from tools import devstack
+
+    for name in AIRFLOW_SERVICES:
+        env = env_of(services[name])
+        assert env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == devstack.CELERY_QUEUE, name
+        assert int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) == devstack.CELERY_WORKER_CONCURRENCY, name
+    command = services["airflow-worker"]["command"]
+    assert command == "celery worker", "the queue and concurrency come from the environment above"
+
+
 def test_common_airflow_settings(services, policy):
     for name in AIRFLOW_SERVICES:
         env = env_of(services[name])
@@ -196,7 +209,8 @@ def test_airflow_options_exist_in_this_airflow_version(services):
         pytest.skip("apache-airflow is not installed")
     config_yml = Path(next(iter(spec.submodule_search_locations))) / "config_templates" / "config.yml"
     sections = yaml.safe_load(config_yml.read_text(encoding="utf-8"))
-    provider_options = {("celery", "broker_url"), ("celery", "result_backend")}  # celery provider's config
+    # the celery provider's config
+    provider_options = {("celery", "broker_url"), ("celery", "result_backend"), ("celery", "worker_concurrency")}
     for name, service in services.items():
         for key in env_of(service):
             if not key.startswith("AIRFLOW__"):

@@ -4,6 +4,8 @@ Used by `make demo` / `make down` and by the tests, so that both start the servi
 way. Every process it starts is recorded in <state>/pids/<name>.pid and only those are stopped.
 
     python -m tools.devstack up      # PostgreSQL + S3 + schema + seed + Airflow, prints URL/login
+    python -m tools.devstack up --executor celery --workers 2   # the same on the CeleryExecutor:
+                                     # Redis and two `airflow celery worker`s (the Docker route's executor)
     python -m tools.devstack down    # stops what `up` started
     python -m tools.devstack status
     python -m tools.devstack reset   # stops it and removes its data: the next `up` seeds afresh
@@ -427,6 +429,28 @@ AIRFLOW_COMPONENTS = {
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+# The CeleryExecutor's settings, the same as the Docker route's (docker-compose.yaml; checked by
+# tests/test_docker_compose.py): every task on Airflow's default queue, each worker running this
+# many tasks at once. The pool (SOURCE_WRITERS_POOL) caps the archive units among them.
+CELERY_QUEUE = "default"
+CELERY_WORKER_CONCURRENCY = 4
+# A local Celery worker's name (worker1, worker2, ...), read by celery_worker_hostname.
+WORKER_NAME_ENV = "DEVSTACK_CELERY_WORKER"
+
+
+def celery_node_name(worker: str) -> str:
+    """The Celery node name of a local worker (`airflow celery worker -H`): worker1@<host>."""
+    return f"{worker}@{socket.gethostname()}"
+
+
+def celery_worker_hostname() -> str:
+    """[core] hostname_callable of the local Celery workers. Every worker of `make demo` shares
+    this machine's host name; Airflow records the one this returns in task_instance.hostname
+    (and checks each heartbeat against it), so each worker reports its Celery node name. On the
+    Docker route each worker is a container with a host name of its own: not needed there."""
+    worker = os.environ.get(WORKER_NAME_ENV)
+    return celery_node_name(worker) if worker else socket.getfqdn()
 
 
 @dataclass
@@ -452,6 +476,15 @@ class StackConfig:
     role_passwords: dict[str, str] = field(default_factory=dict)
     # The report task's password on the api-server (REPORTER_USER); a demo created before gets one.
     reporter_password: str = ""
+    # The CeleryExecutor's broker (Redis on loopback, with a password): a free port chosen once.
+    redis_port: int = 0
+    redis_password: str = ""
+    # Not saved, given to each `up` (`make demo EXECUTOR=celery WORKERS=2`): the executor
+    # (EXECUTORS), its number of Celery workers, and extra Airflow settings (AIRFLOW__SECTION__KEY
+    # -> value; the tests shorten timeouts with them). <state>/executor records the running one.
+    executor: str = "local"
+    workers: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load_or_create(
@@ -465,10 +498,15 @@ class StackConfig:
         path = state / "stack.json"
         if path.exists():
             data = json.loads(path.read_text())
-            missing = {"identifier_key", "reporter_password"} - {k for k, v in data.items() if v}
-            if missing or set(data.get("role_passwords", {})) != set(ROLE_USERS):
-                data |= {key: secrets.token_urlsafe(32) for key in missing}
+            missing = {"identifier_key", "reporter_password", "redis_password"} - {k for k, v in data.items() if v}
+            data |= {key: secrets.token_urlsafe(32) for key in missing}
+            if not data.get("redis_port"):
+                data["redis_port"] = free_port()
+                missing.add("redis_port")
+            if set(data.get("role_passwords", {})) != set(ROLE_USERS):
                 data["role_passwords"] = new_role_passwords(data.get("role_passwords"))
+                missing.add("role_passwords")
+            if missing:
                 path.write_text(json.dumps(data, indent=2))
             data["state"] = state
             return cls(**data)
@@ -491,11 +529,18 @@ class StackConfig:
             identifier_key=secrets.token_urlsafe(32),
             role_passwords=new_role_passwords(),
             reporter_password=secrets.token_urlsafe(32),
+            redis_port=free_port(),
+            redis_password=secrets.token_urlsafe(32),
         )
-        state.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({k: v for k, v in config.__dict__.items() if k != "state"}, indent=2))
-        path.chmod(0o600)
+        config.save()
         return config
+
+    def save(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        path = self.state / "stack.json"
+        saved = {k: v for k, v in self.__dict__.items() if k not in ("state", "executor", "workers", "extra_env")}
+        path.write_text(json.dumps(saved, indent=2))
+        path.chmod(0o600)
 
     @property
     def postgres(self) -> Postgres:
@@ -521,6 +566,10 @@ class StackConfig:
     def airflow_home(self) -> Path:
         return self.state / "airflow"
 
+    @property
+    def redis_url(self) -> str:
+        return f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
+
     def airflow_env(self) -> dict[str, str]:
         home = self.airflow_home
         env = {
@@ -528,7 +577,7 @@ class StackConfig:
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": EXECUTORS[self.executor],
             "AIRFLOW__CORE__DEFAULT_TIMEZONE": "Europe/Paris",
             "AIRFLOW__CORE__FERNET_KEY": self.fernet_key,
             # 2 cores: few task processes at once.
@@ -558,7 +607,27 @@ class StackConfig:
             "NO_PROXY": "127.0.0.1,localhost",
             "PYTHONWARNINGS": PYTHONWARNINGS,
         }
-        return env
+        if self.executor == "celery":
+            env |= self.celery_env()
+        return env | self.extra_env
+
+    @property
+    def worker_names(self) -> list[str]:
+        return [f"worker{n}" for n in range(1, self.workers + 1)] if self.executor == "celery" else []
+
+    def celery_env(self) -> dict[str, str]:
+        """The CeleryExecutor: Redis as the broker, the metadata database as the result backend,
+        and room for what the workers run (the pool, not the scheduler, caps the archive units)."""
+        slots = max(self.workers, 1) * CELERY_WORKER_CONCURRENCY
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": self.redis_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+"
+            + f"postgresql+psycopg://{AIRFLOW_DB}:{self.airflow_db_password}@127.0.0.1:{self.pg_port}/{AIRFLOW_DB}",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_WORKER_CONCURRENCY),
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": CELERY_QUEUE,
+            "AIRFLOW__CORE__PARALLELISM": str(slots),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(slots),
+        }
 
     def source_dsn(self) -> str:
         return self.postgres.dsn(SOURCE_DB)
@@ -684,6 +753,113 @@ def _spawn(config: StackConfig, name: str, cmd: list[str], env: dict[str, str]) 
     return proc.pid
 
 
+# ---------------------------------------------------------------------------- Celery
+
+
+def _redis_ping(config: StackConfig) -> bool:
+    """Redis answers PONG to its password (the protocol's inline commands, no client needed)."""
+    try:
+        with socket.create_connection(("127.0.0.1", config.redis_port), timeout=1) as sock:
+            sock.sendall(f"AUTH {config.redis_password}\r\nPING\r\n".encode())
+            answer = b""
+            while answer.count(b"\r\n") < 2:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                answer += chunk
+    except OSError:
+        return False
+    return answer.endswith(b"+PONG\r\n")
+
+
+def start_redis(config: StackConfig) -> None:
+    """Debian's redis-server as the Celery broker: loopback only, a password, its own port and
+    folder, no snapshots (a lost message is a task the scheduler queues again)."""
+    if not _running_pid(config, "redis"):
+        server = shutil.which("redis-server")
+        if server is None:
+            raise StackError("redis-server not found: `bash tools/system_packages.sh redis` installs it")
+        folder = config.state / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = folder / "redis.conf"  # the password stays out of the process list
+        settings.write_text(
+            f"bind 127.0.0.1\nport {config.redis_port}\nprotected-mode yes\ndir {folder}\n"
+            f'requirepass {config.redis_password}\nsave ""\nappendonly no\ndaemonize no\n'
+        )
+        settings.chmod(0o600)
+        _spawn(config, "redis", [server, str(settings)], dict(os.environ))
+    wait_until(lambda: _redis_ping(config), 30, "Redis", config.state / "logs" / "redis.log")
+
+
+def start_workers(config: StackConfig, workers: list[str], timeout: float = 180) -> list[int]:
+    """`airflow celery worker`s, each named (Celery's node name and Airflow's
+    task_instance.hostname), on the Docker route's queue and concurrency, started together;
+    returns their PIDs once each consumes from the queue."""
+    starting = []
+    for worker in workers:
+        if _running_pid(config, worker):
+            continue
+        log_path = config.state / "logs" / f"{worker}.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        cmd = [
+            str(VENV_BIN / "airflow"),
+            "celery",
+            "worker",
+            "--celery-hostname",
+            celery_node_name(worker),
+            "--queues",
+            CELERY_QUEUE,
+            "--concurrency",
+            str(CELERY_WORKER_CONCURRENCY),
+            # The log files are on this machine: no log server on 0.0.0.0:8793.
+            "--skip-serve-logs",
+            # Airflow's own PID file, one per worker (the default one would stop the second).
+            "--pid",
+            str(config.airflow_home / f"{worker}.pid"),
+        ]
+        env = _component_env(config) | {
+            WORKER_NAME_ENV: worker,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tools.devstack.celery_worker_hostname",
+        }
+        _spawn(config, worker, cmd, env)
+        starting.append((worker, log_path, offset))
+
+    def ready(worker: str, log_path: Path, offset: int) -> bool:
+        if not _running_pid(config, worker):
+            raise StackError(f"the Celery worker {worker} exited; see {log_path}")
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            return b" ready." in log.read()
+
+    for worker, log_path, offset in starting:
+        wait_until(lambda: ready(worker, log_path, offset), timeout, f"the Celery worker {worker}", log_path)  # noqa: B023
+    return [_running_pid(config, worker) for worker in workers]
+
+
+def _stop(config: StackConfig, name: str, grace: float = 20) -> None:
+    """SIGTERM to a recorded process's group, SIGKILL after `grace` seconds (a Celery worker's
+    warm shutdown waits for its running tasks)."""
+    pid = _running_pid(config, name)
+    if not pid:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _running_pid(config, name):
+        time.sleep(0.2)
+    if _running_pid(config, name):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    _pid_file(config, name).unlink(missing_ok=True)
+    print(f"stopped {name} (pid {pid})")
+
+
+def _recorded_workers(config: StackConfig) -> list[str]:
+    """The Celery workers a stack recorded, whatever its configuration says now."""
+    found = [p.stem for p in (config.state / "pids").glob("worker*.pid")]
+    return sorted(found, key=lambda name: int(name.removeprefix("worker") or 0))
+
+
 def up(
     config: StackConfig,
     customers: int = 2000,
@@ -772,6 +948,15 @@ def up(
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({DEMO_USER: config.demo_password, REPORTER_USER: config.reporter_password}) + "\n")
     passwords.chmod(0o600)
+    running = [name for name in [*AIRFLOW_COMPONENTS, *_recorded_workers(config)] if _running_pid(config, name)]
+    if running and (config.executor != _started_executor(config) or _recorded_workers(config) != config.worker_names):
+        raise StackError(
+            f"Airflow is running with the {_started_executor(config)} executor and "
+            f"{len(_recorded_workers(config))} Celery worker(s): `make down` first to change them"
+        )
+    if config.executor == "celery":
+        start_redis(config)
+        print(f"Redis       127.0.0.1:{config.redis_port}  (Celery broker)")
     _airflow(config, "db", "migrate")
     configure_connections(config)
     configure_pools(config)
@@ -779,12 +964,24 @@ def up(
     for name, args in AIRFLOW_COMPONENTS.items():
         cmd = [str(VENV_BIN / "airflow"), *[a.format(api_port=config.api_port) for a in args]]
         _spawn(config, name, cmd, env)
+    (state / "executor").write_text(config.executor)
     wait_until(lambda: _api_healthy(config), 180, "the Airflow API server", state / "logs" / "api-server.log")
+    start_workers(config, config.worker_names)
+    for worker in config.worker_names:
+        print(
+            f"worker      {celery_node_name(worker)}  (queue {CELERY_QUEUE!r}, concurrency {CELERY_WORKER_CONCURRENCY})"
+        )
     env_file = state / "airflow.env"
     env_file.write_text("".join(f"export {k}={json.dumps(v)}\n" for k, v in config.airflow_env().items()))
     env_file.chmod(0o600)
     print(f"Airflow UI  {config.api_url}   login: {DEMO_USER} / {config.demo_password}")
     print(f"logs        {state / 'logs'}   (airflow CLI: source {env_file})")
+
+
+def _started_executor(config: StackConfig) -> str:
+    """The executor the running Airflow components were started with."""
+    path = config.state / "executor"
+    return path.read_text().strip() if path.exists() else "local"
 
 
 def already_seeded(dsn: str) -> bool:
@@ -880,19 +1077,9 @@ def down(state: Path) -> None:
         print("nothing to stop")
         return
     config = StackConfig.load_or_create(state)
-    for name in [*reversed(list(AIRFLOW_COMPONENTS)), "stripe", "s3"]:
-        pid = _running_pid(config, name)
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and _running_pid(config, name):
-                time.sleep(0.2)
-            if _running_pid(config, name):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-            _pid_file(config, name).unlink(missing_ok=True)
-            print(f"stopped {name} (pid {pid})")
+    # The workers first (nothing new starts on them), the broker after the scheduler.
+    for name in [*_recorded_workers(config), *reversed(list(AIRFLOW_COMPONENTS)), "redis", "stripe", "s3"]:
+        _stop(config, name)
     config.postgres.stop()
     print("stopped PostgreSQL")
 
@@ -902,9 +1089,13 @@ def status(state: Path) -> None:
         print("not started")
         return
     config = StackConfig.load_or_create(state)
-    for name in [*AIRFLOW_COMPONENTS, "s3"]:
+    print(f"{'executor':14} {EXECUTORS[_started_executor(config)]}")
+    for name in [*AIRFLOW_COMPONENTS, *_recorded_workers(config), "redis", "stripe", "s3"]:
         pid = _running_pid(config, name)
-        print(f"{name:14} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        if name == "redis" and not pid and _started_executor(config) != "celery":
+            continue
+        node = f"  {celery_node_name(name)}, queue {CELERY_QUEUE!r}" if name.startswith("worker") else ""
+        print(f"{name:14} {'running, pid ' + str(pid) if pid else 'stopped'}{node}")
     print(f"{'postgres':14} {'running' if config.postgres.is_running() else 'stopped'}")
 
 
@@ -918,10 +1109,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-port", type=int, default=8080)
     parser.add_argument("--pg-port", type=int)
     parser.add_argument("--s3-port", type=int)
+    parser.add_argument("--executor", choices=sorted(EXECUTORS), default=os.environ.get("EXECUTOR") or "local")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 2), help="Celery workers")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             config = StackConfig.load_or_create(args.state.resolve(), args.pg_port, args.s3_port, args.api_port)
+            config.executor, config.workers = args.executor, args.workers if args.executor == "celery" else 0
+            if config.executor == "celery" and config.workers < 1:
+                parser.error("--workers: at least one Celery worker")
             up(config, customers=args.customers, seed=args.seed, reference_date=args.reference_date)
         elif args.command == "down":
             down(args.state.resolve())

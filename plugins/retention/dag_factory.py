@@ -89,7 +89,8 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
         default_args={
             "owner": OWNER,
             "retries": 2,
-            "retry_delay": dt.timedelta(minutes=5),
+            # The delay between tries is Airflow's [core] default_task_retry_delay (5 minutes
+            # unless set; the Celery stack tests shorten it).
             # An e-mail through `smtp_default` when a task fails for good (retention.alerts).
             "on_failure_callback": notify_failure,
         },

@@ -86,6 +86,7 @@ def run_context(purpose: Purpose | str, context: dict) -> RunContext:
         batch_size=int(params.get("batch_size", DEFAULT_BATCH_SIZE)),
         dry_run=bool(params.get("dry_run", False)) or mode == "preview",
         mode=mode,
+        attempt=max(int(getattr(context.get("ti"), "try_number", 1) or 1), 1),
     )
 
 
@@ -207,12 +208,33 @@ def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
     return list(merged.values())
 
 
+def committed_per_rule(purpose: str, run_id: str) -> dict[str, tuple[int, int, int]]:
+    """Per rule, what the run committed (the audit log): rows deleted, objects, archive bytes."""
+    import psycopg
+
+    with psycopg.connect(source_dsn(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT rule, coalesce(sum(record_count), 0), count(object_key), coalesce(sum(byte_count), 0)"
+            " FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
+            " AND action IN ('archived_and_deleted', 'deleted') GROUP BY rule",
+            (run_id, purpose),
+        ).fetchall()
+    return {rule: (int(d), int(o), int(b)) for rule, d, o, b in rows}
+
+
 def archive_and_delete_units(purpose: Purpose, context: dict, planned: dict, unit_results: list) -> dict:
     """After every unit succeeded: their counts merged per rule, and one Asset event per archive
     tier the run wrote to (the manifest covers every unit)."""
     ctx = run_context(purpose, context)
     results = [r for per_rule in unit_results for r in (per_rule or [])]
     outcomes = merge_units(Plan.from_dict(planned), results)
+    if not ctx.dry_run:
+        # A unit's result is its last try's: a try killed after some of its batches committed
+        # (its worker lost) left them uncounted there. The audit log, written in each batch's
+        # transaction, counts every committed row of the run once.
+        committed = committed_per_rule(as_purpose(purpose).name, ctx.run_id)
+        for outcome in outcomes:
+            outcome.deleted, outcome.objects, outcome.archive_bytes = committed.get(outcome.rule, (0, 0, 0))
     emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "units": len(results), "rules": [o.as_dict() for o in outcomes]}
 

@@ -325,7 +325,9 @@ class BatchProtocol:
         )
         intents_rows = []
         for (purge_day, ids, purge_after), table, owned in zip(groups, tables, owners, strict=True):
-            key = object_key(tier.prefix, self.purpose_name, rule.table, purge_day, ctx.run_id, rule.name, ids[0])
+            key = object_key(
+                tier.prefix, self.purpose_name, rule.table, purge_day, ctx.run_id, rule.name, ids[0], ctx.attempt
+            )
             documents = document_keys(table)
             doc_pairs = [(src, document_archive_key(key, src)) for _, src in documents]
             batch.groups.append(ArchiveGroup(0, key, table, ids, documents, doc_pairs, purge_after))

@@ -69,6 +69,10 @@ class RunContext:
     batch_size: int = DEFAULT_BATCH_SIZE
     dry_run: bool = False
     mode: str = "enforce"
+    # The task's try (Airflow's try_number): a retried unit names its objects apart from those of
+    # a try killed before its commit, whose upload intents keep their keys until the next
+    # run's recovery removes them.
+    attempt: int = 1
 
     def __post_init__(self) -> None:
         if self.logical_date.tzinfo is None:

@@ -31,7 +31,9 @@ def safe_key_part(text: str) -> str:
     return _UNSAFE_KEY_CHARS.sub("_", text).strip("_")
 
 
-def object_key(prefix: str, purpose: str, table: str, purge_day: str, run_id: str, rule: str, first_id: int) -> str:
+def object_key(
+    prefix: str, purpose: str, table: str, purge_day: str, run_id: str, rule: str, first_id: int, attempt: int = 1
+) -> str:
     """``<tier>/<purpose>/<table>/purge_date=YYYY-MM-DD/<run>/<batch>.parquet``, deterministic.
 
     One object holds rows whose archive period ends on the same day (the purge date), so that
@@ -40,8 +42,12 @@ def object_key(prefix: str, purpose: str, table: str, purge_day: str, run_id: st
 
     The batch is named by its rule and its first id: unique within a run even across task
     retries (a committed batch's ids are gone from the source, so no later batch starts
-    with them) and across rules of one purpose that archive the same table."""
-    return f"{prefix}/{purpose}/{table}/purge_date={purge_day}/{safe_key_part(run_id)}/{rule}-{first_id:012d}.parquet"
+    with them) and across rules of one purpose that archive the same table. A try killed before
+    its commit (its worker lost) leaves its rows and its 'uploading' intent: the next try
+    (``attempt``, Airflow's try number) names its batch ``-try<n>``, and the intent's orphan is
+    removed by the next run's recovery, all versions of its own key only."""
+    batch = f"{rule}-{first_id:012d}" + (f"-try{attempt}" if attempt > 1 else "")
+    return f"{prefix}/{purpose}/{table}/purge_date={purge_day}/{safe_key_part(run_id)}/{batch}.parquet"
 
 
 def document_archive_key(parquet_key: str, source_key: str) -> str:
