@@ -99,9 +99,13 @@ def add_history(dsn: str, customers: int, days: int, today: dt.date) -> dict:
     return {"days": days, "audit_rows": audit, "archive_objects": objects, "rows_per_rule_and_day": rows}
 
 
-def airflow_env(stack, home: Path, passwords_file: Path, url: str) -> dict[str, str]:
-    """The api-server's environment: the caller's without its Airflow settings, plus the bench's."""
+def airflow_env(stack, home: Path, passwords_file: Path, url: str, role_passwords: dict[str, str]) -> dict[str, str]:
+    """The api-server's environment: the caller's without its Airflow settings, plus the bench's
+    (the page connects as its roles, as deployed: the reader, and the counter for its recount)."""
+    from tools import devstack
+
     pg = stack.pg
+    roles = devstack.role_connections("127.0.0.1", pg.port, role_passwords, database=SOURCE_DB)
     source = {
         "conn_type": "postgres",
         "host": "127.0.0.1",
@@ -124,6 +128,11 @@ def airflow_env(stack, home: Path, passwords_file: Path, url: str) -> dict[str, 
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__API__BASE_URL": url,
         "AIRFLOW_CONN_SOURCE_POSTGRES": json.dumps(source),
+        **{
+            f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)
+            for conn_id, conn in roles.items()
+            if conn_id != "source_postgres"
+        },
         "RETENTION_DATA_DOCS_DIR": "off",
         "NO_PROXY": "127.0.0.1,localhost",
         "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT}",
@@ -257,13 +266,15 @@ def run(stack, sizes=SIZES, history_days: int = HISTORY_DAYS, repeat: int = REPE
     stack.pg.ensure_database(AIRFLOW_DB)
     dsn = stack.database_dsn(SOURCE_DB)
     apply_schema(dsn)
+    role_passwords = devstack.new_role_passwords()
+    devstack.ensure_role_users(dsn, role_passwords)
     password = secrets.token_urlsafe(12)
     passwords_file = home / "passwords.json"
     passwords_file.write_text(json.dumps({USER: password}))
     port = devstack.free_port()
     url = f"http://127.0.0.1:{port}"
     log("page: migrating Airflow's metadata database and starting the api-server")
-    proc = start_api_server(airflow_env(stack, home, passwords_file, url), home, port)
+    proc = start_api_server(airflow_env(stack, home, passwords_file, url, role_passwords), home, port)
     today = dt.datetime.now(ZoneInfo(default_policy().timezone)).date()
     results = {}
     try:
