@@ -106,14 +106,6 @@ def airflow_env(stack, home: Path, passwords_file: Path, url: str, role_password
 
     pg = stack.pg
     roles = devstack.role_connections("127.0.0.1", pg.port, role_passwords, database=SOURCE_DB)
-    source = {
-        "conn_type": "postgres",
-        "host": "127.0.0.1",
-        "port": pg.port,
-        "login": "postgres",
-        "password": pg.password,
-        "schema": SOURCE_DB,
-    }
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
     return inherited | {
         "AIRFLOW_HOME": str(home),
@@ -127,12 +119,7 @@ def airflow_env(stack, home: Path, passwords_file: Path, url: str, role_password
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW_CONN_SOURCE_POSTGRES": json.dumps(source),
-        **{
-            f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)
-            for conn_id, conn in roles.items()
-            if conn_id != "source_postgres"
-        },
+        **{f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in roles.items()},
         "RETENTION_DATA_DOCS_DIR": "off",
         "NO_PROXY": "127.0.0.1,localhost",
         "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT}",
