@@ -1,4 +1,4 @@
-"""A connection to the source database as the archive uses it (UTC, no JIT)."""
+"""A connection to the source database as the archive uses it (UTC, no JIT, custom plans)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ def connect(dsn: str, application_name: str, autocommit: bool = False) -> psycop
     # Batch statements are short index scans: JIT-compiling them costs ~8 ms each (~250 ms for a
     # rule's count) and saves nothing.
     conn.execute("SET jit = off")
+    # psycopg prepares a statement run 5 times; PostgreSQL then may switch it to a generic plan,
+    # where a batch's `id = ANY($ids)` is a parameter, not a constant: not hashed, searched
+    # linearly for every row (a 50,000-row batch of a partitioned table: 6 s instead of 0.25 s).
+    # Custom plans each time: the parse is still saved.
+    conn.execute("SET plan_cache_mode = force_custom_plan")
     if not autocommit:
         conn.commit()
     return conn
