@@ -217,6 +217,9 @@ class Postgres:
     root: Path
     port: int
     password: str
+    # False: fsync, synchronous commits and full-page writes off (a throwaway cluster for tests
+    # and the demo). True: PostgreSQL's defaults, as in production (WAL with full-page images).
+    durable: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -275,8 +278,8 @@ class Postgres:
             return
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sock_dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c shared_buffers=256MB -c max_connections=200 -c timezone=UTC"
+            + ("" if self.durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off ")
+            + "-c shared_buffers=256MB -c max_connections=200 -c timezone=UTC"
         )
         result = _pg_run(
             [

@@ -70,16 +70,20 @@ class Recovery:
 
     def _apply_locks(self, control, pending: list[tuple[list[tuple[str, str | None]], dt.datetime]]) -> None:
         """Lock after the commit, so that an orphan of a crashed batch can still be removed; on
-        the version that was read back and recorded, never on whatever the key points to now."""
+        the version that was read back and recorded, never on whatever the key points to now.
+        Every version of the batch (or partition) at once, 8 requests at a time, then one
+        statement records them (one request and one UPDATE per object cost 12 ms an object)."""
         if not pending or not self.store.lock_supported():
             return
         now = dt.datetime.now(dt.UTC)
-        for versions, retain_until in pending:
-            if versions and retain_until > now:
-                self.store.apply_lock(versions, retain_until)
-                control.execute(
-                    "UPDATE retention.archive_manifest SET locked_until = %s WHERE bucket = %s AND object_key = %s"
-                    " AND state = 'committed'",
-                    (retain_until, self.store.archive_bucket, versions[0][0]),
-                )
+        due = [(versions, retain_until) for versions, retain_until in pending if versions and retain_until > now]
+        if not due:
+            return
+        self.store.apply_locks([(key, version, until) for versions, until in due for key, version in versions])
+        control.execute(
+            "UPDATE retention.archive_manifest AS m SET locked_until = l.until"
+            " FROM unnest(%s::text[], %s::timestamptz[]) AS l(object_key, until)"
+            " WHERE m.bucket = %s AND m.object_key = l.object_key AND m.state = 'committed'",
+            ([versions[0][0] for versions, _ in due], [until for _, until in due], self.store.archive_bucket),
+        )
         control.commit()

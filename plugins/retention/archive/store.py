@@ -196,13 +196,13 @@ class ArchiveStore:
 
         return self._parallel(copy, pairs)
 
-    def apply_lock(self, versions: Iterable[tuple[str, str | None]], retain_until: dt.datetime) -> None:
-        """COMPLIANCE retention until the purge date on exactly these (key, version id): the
+    def apply_locks(self, locks: Iterable[tuple[str, str | None, dt.datetime]]) -> None:
+        """COMPLIANCE retention until its purge date on exactly each (key, version id): the
         versions that were read back and recorded. The key's newest version may be another
         object written since (an overwrite must not leave the real archive unlocked)."""
 
-        def lock(item: tuple[str, str | None]) -> None:
-            key, version = item
+        def lock(item: tuple[str, str | None, dt.datetime]) -> None:
+            key, version, retain_until = item
             self.client.put_object_retention(
                 Bucket=self.archive_bucket,
                 Key=key,
@@ -210,7 +210,7 @@ class ArchiveStore:
                 Retention={"Mode": "COMPLIANCE", "RetainUntilDate": retain_until},
             )
 
-        self._parallel(lock, list(versions))
+        self._parallel(lock, list(locks))
 
     def put_locked(self, key: str, body: bytes, retain_until: dt.datetime) -> str | None:
         """A small object (the audit chain's head) written under Object Lock COMPLIANCE until
