@@ -414,7 +414,7 @@ def test_data_docs_hold_counts_never_values(db, s3, storage, policy, source_dsn,
     after(policy, "quotes", source_dsn, s3, storage, ctx, before, archived)
 
     index = (docs / "site" / "index.html").read_text()
-    assert "contracts.before.app.payment_methods" in index and "quotes.after.archive.quotes.object1" in index
+    assert "contracts.before.app.payment_methods" in index and "quotes.after.archive.quotes" in index
     written = [p for p in docs.rglob("*") if p.suffix in (".json", ".html")]
     assert len([p for p in written if p.suffix == ".json"]) >= 6, written
     text = "\n".join(p.read_text(errors="replace") for p in written)
@@ -425,3 +425,34 @@ def test_data_docs_hold_counts_never_values(db, s3, storage, policy, source_dsn,
     leaked = [v for v in ("7391", "2097-07-13", "2097", "Zorglubette", "Camille", "example.fr") if v in text]
     assert not leaked, f"Data Docs must hold counts only, found {leaked}"
     assert '"partial_unexpected_list": []' in text or "partial_unexpected_list" not in text
+
+
+def test_an_id_read_back_from_another_object_than_its_manifest_rows_fails(source_dsn):
+    """The objects of a table are validated in one frame, each id tagged with its object's
+    number: an id found in another object than the one whose manifest row lists it fails, as
+    it did when each object was validated alone (the table's ids taken together would pass)."""
+    import pandas as pd
+    from retention.gates.archive_readback import _tagged
+    from retention.gates.checks import archive_object_checks
+    from retention.gates.gx import CheckpointRuns, frame_batch_definition, gx_sources, validate_frame
+
+    manifest = ["0:1", "0:2", "1:3", "1:4"]  # object 0 holds ids 1 and 2, object 1 ids 3 and 4
+
+    def validate(*objects) -> dict:
+        frame = pd.concat(
+            [_tagged(number, pd.DataFrame({"id": ids})) for number, ids in enumerate(objects)], ignore_index=True
+        )
+        checks = archive_object_checks("archive:quotes", len(objects), 4, manifest)
+        with gx_sources(source_dsn) as (context, _):
+            batch = frame_batch_definition(context)
+            results = validate_frame(context, batch, "t.after.archive.quotes", checks, frame, CheckpointRuns())
+        return {r["expectation"]: (r["success"], r["observed"].get("unexpected_count")) for r in results}
+
+    assert set(validate([1, 2], [3, 4]).values()) == {(True, None), (True, 0)}
+    swapped = validate([1, 3], [2, 4])
+    assert swapped["expect_column_values_to_be_in_set"] == (False, 2)
+    assert swapped["expect_table_row_count_to_equal"][0] and swapped["expect_column_values_to_be_unique"][0]
+    missing = validate([1, None], [3, 4])
+    assert missing["expect_column_values_to_not_be_null"] == (False, 1)
+    twice = validate([1, 1], [3, 4])
+    assert twice["expect_column_values_to_be_unique"] == (False, 2)

@@ -3,8 +3,8 @@
 The declarations below (columns the rule SQL reads, clocks a state requires, enumerated values,
 the card security code the policy promises is never stored) and what the policy says (rule
 tables, clocks) make each gate's suite: ``before_checks`` for the source before anything is
-deleted, ``row_count_checks`` for the source after the run, ``archive_object_checks`` for one
-archive object read back. How GX validates them is ``retention.gates.gx``; the figures the
+deleted, ``row_count_checks`` for the source after the run, ``archive_object_checks`` for the
+archive objects of a table read back. How GX validates them is ``retention.gates.gx``; the figures the
 after-suites compare are read by ``retention.gates.figures``.
 
 No GX here, nothing heavy: the declarations can be read and tested without a database.
@@ -243,11 +243,15 @@ def row_count_checks(
     return checks
 
 
-def archive_object_checks(table: str, row_count: int, record_ids: list[int]) -> list[Check]:
-    """After-suite on one archive object read back (its id column, in memory): the manifest's rows."""
+def archive_object_checks(table: str, objects: int, row_count: int, object_rows: list[str]) -> list[Check]:
+    """After-suite on the archive objects of one table read back (their id columns, in memory,
+    one frame): each row's ``object_row`` is ``"<object number>:<id>"``, and ``object_rows`` the
+    manifest's, so that every id is tested against its own object's ids, as if each object were
+    validated alone (its Parquet row count is compared to the manifest's beside)."""
+    reported = {"objects_validated": objects}
     return [
-        Check(table, "expect_table_row_count_to_equal", params={"value": row_count}),
-        Check(table, "expect_column_values_to_not_be_null", "id"),
-        Check(table, "expect_column_values_to_be_unique", "id"),
-        Check(table, "expect_column_values_to_be_in_set", "id", {"value_set": record_ids}),
+        Check(table, "expect_table_row_count_to_equal", params={"value": row_count}, reported=reported),
+        Check(table, "expect_column_values_to_not_be_null", "id", reported=reported),
+        Check(table, "expect_column_values_to_be_unique", "object_row", reported=reported),
+        Check(table, "expect_column_values_to_be_in_set", "object_row", {"value_set": object_rows}, reported=reported),
     ]

@@ -5,10 +5,10 @@ memory, rebuilt from ``retention.gates.checks`` every time; validation results a
 Docs on disk when they are on) with the source database as a Postgres data source. A gate's
 checks become one ``ExpectationSuite`` per table (``contracts.before.app.contracts``) validated
 on a whole-table batch, with row conditions, so every metric is an SQL aggregate computed by
-PostgreSQL; one ``ValidationDefinition`` per table, all run by one ``Checkpoint`` per gate. An
-archive object's id column (a dataframe) is validated the same way, one ValidationDefinition per
-object (run directly). Every validation result of a gate is gathered (``CheckpointRuns``) and the
-Data Docs are updated once, at the end of the gate: each update re-reads the site's index, so one
+PostgreSQL; one ``ValidationDefinition`` per table, all run by one ``Checkpoint`` per gate. The
+id columns of a table's archive objects read back (one dataframe) are validated the same way,
+one ValidationDefinition per table (run directly). Every validation result of a gate is
+gathered (``CheckpointRuns``) and the Data Docs are updated once, at the end of the gate: each update re-reads the site's index, so one
 per Checkpoint run cost more than the validations themselves.
 
 Results are counts only (``partial_unexpected_count`` 0: no unexpected value is fetched, stored
@@ -99,9 +99,8 @@ def _result_format(checks: list[Check]) -> dict:
 @dataclass
 class CheckpointRuns:
     """The validation results of one gate, by their identifier, for one Data Docs update at its
-    end (``retention.gates.data_docs.update_data_docs``); ``objects`` numbers the archive objects."""
+    end (``retention.gates.data_docs.update_data_docs``)."""
 
-    objects: int = 0
     run_results: dict = field(default_factory=dict)
 
 
@@ -141,22 +140,19 @@ def validate_tables(context, source, suite_prefix: str, checks: list[Check], run
 def validate_frame(
     context, batch_definition, suite_name: str, checks: list[Check], frame, runs: CheckpointRuns
 ) -> list[dict]:
-    """One archive object (its id column): its suite (the object's own row count and ids) as a
+    """The archive objects of one table read back (their id columns, one frame): its suite as a
     ValidationDefinition on the dataframe batch, run as such (its result stored, gathered in
     ``runs`` for the Data Docs). Not through a Checkpoint of its own: with no action to run, a
-    Checkpoint only re-serialized and re-checked the definition, a third of the object's time
-    (and a run has one object per table and end day)."""
+    Checkpoint only re-serialized and re-checked the definition."""
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
         ValidationResultIdentifier,
     )
 
-    runs.objects += 1
-    name = f"{suite_name}.object{runs.objects}"
-    definition = _definition(context, batch_definition, name, checks)
+    definition = _definition(context, batch_definition, suite_name, checks)
     result = definition.run(batch_parameters={"dataframe": frame}, result_format=_result_format(checks))
     identifier = ValidationResultIdentifier(
-        expectation_suite_identifier=ExpectationSuiteIdentifier(name=name),
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite_name),
         run_id=result.meta["run_id"],
         batch_identifier=result.batch_id,
     )
