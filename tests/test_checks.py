@@ -456,3 +456,21 @@ def test_an_id_read_back_from_another_object_than_its_manifest_rows_fails(source
     assert missing["expect_column_values_to_not_be_null"] == (False, 1)
     twice = validate([1, 1], [3, 4])
     assert twice["expect_column_values_to_be_unique"] == (False, 2)
+
+
+def test_a_backlogs_archive_objects_are_validated_a_frame_at_a_time(db, s3, storage, policy, source_dsn, monkeypatch):
+    """Memory stays bounded on a backlog: the objects of a table are validated FRAME_ROWS ids at
+    a time, their results summed into one line per expectation."""
+    from retention.gates import archive_readback
+
+    monkeypatch.setattr(archive_readback, "FRAME_ROWS", 2)
+    some_quotes(db, due=5)
+    ctx = quotes_ctx(batch_size=2)
+    before, archived = attempt(policy, "quotes", source_dsn, s3, storage, ctx)
+    report = after(policy, "quotes", source_dsn, s3, storage, ctx, before, archived)
+    (objects,) = by_expectation(report, "archive_objects_match_manifest")
+    (in_set,) = by_expectation(report, "expect_column_values_to_be_in_set")
+    assert objects["success"] and in_set["success"]
+    assert in_set["observed"]["frames"] >= 2 and in_set["observed"]["failed_frames"] == 0
+    assert in_set["observed"]["objects_validated"] == objects["observed"]["objects"]
+    assert in_set["observed"]["element_count"] == objects["observed"]["rows"] == 5

@@ -6,6 +6,8 @@ in memory) are validated with GX in one frame against the manifest's row counts 
 id tagged with its object's number so that it is tested against its own object's ids. One
 validation (and one Data Docs page) per table, not per object: a run writes one object per
 table and end day, and a validation of its own cost 0.3-0.6 s an object, most of the after-gate.
+A backlog's objects are validated FRAME_ROWS ids at a time (memory stays bounded), their
+results summed into one line per expectation.
 In a tier under Object Lock, the version read back must be under COMPLIANCE retention until its
 purge date.
 """
@@ -25,6 +27,7 @@ from retention.gates.gx import CheckpointRuns, frame_batch_definition, validate_
 from retention.gates.results import MAX_LISTED, gate_result
 
 READ_THREADS = 8  # archive objects (and their lock settings) read from S3 at once
+FRAME_ROWS = 200_000  # ids of a table's objects validated in one frame, at most (about 40 MB)
 
 
 @dataclass
@@ -34,9 +37,12 @@ class _ArchiveTable:
     objects: int = 0
     rows: int = 0
     mismatched: list[str] = field(default_factory=list)  # "<key>: <what differs>", one per object
-    frames: list = field(default_factory=list)  # per object read back: its ids, tagged with its number
-    object_rows: list[str] = field(default_factory=list)  # the manifest's ids, tagged the same way
-    rows_validated: int = 0  # the manifest's rows of the objects read back
+    # The frame being gathered: per object read back its ids tagged with its number, the
+    # manifest's ids tagged the same way, the manifest's rows of those objects.
+    frames: list = field(default_factory=list)
+    object_rows: list[str] = field(default_factory=list)
+    frame_rows: int = 0
+    validated: list[list[dict]] = field(default_factory=list)  # one GX result list per frame
 
 
 def archive_object_results(
@@ -51,6 +57,14 @@ def archive_object_results(
         (ctx.run_id, purpose),
     ).fetchall()
     by_table: dict[str, _ArchiveTable] = defaultdict(_ArchiveTable)
+    suite = f"{purpose}.after.archive"
+    made = []  # the dataframe batch definition: its data source is added to the context once
+
+    def frames():
+        if not made:
+            made.append(frame_batch_definition(context))
+        return made[0]
+
     # The objects are read a few at a time (S3's latency, once per object, was most of the gate).
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         read_backs = pool.map(lambda row: _read_back(store.client, *row[1:7]), manifest)
@@ -61,13 +75,15 @@ def archive_object_results(
             if problems:
                 seen.mismatched.append(f"{key}: {'; '.join(problems)}")
             if ids is not None:
-                number = len(seen.frames)
+                number = seen.objects - 1
                 seen.frames.append(_tagged(number, ids))
                 seen.object_rows += [f"{number}:{record_id}" for record_id in record_ids]
-                seen.rows_validated += row_count
+                seen.frame_rows += row_count
+                if seen.frame_rows >= FRAME_ROWS:
+                    _validate_frame(context, frames, f"{suite}.{table}", table, seen, runs)
     results = []
-    frames = frame_batch_definition(context) if any(seen.frames for seen in by_table.values()) else None
     for table, seen in by_table.items():
+        _validate_frame(context, frames, f"{suite}.{table}", table, seen, runs)
         results.append(
             gate_result(
                 "archive_objects_match_manifest",
@@ -79,12 +95,7 @@ def archive_object_results(
                 mismatches=seen.mismatched[:MAX_LISTED],
             )
         )
-        if seen.frames:
-            import pandas as pd
-
-            checks = archive_object_checks(f"archive:{table}", len(seen.frames), seen.rows_validated, seen.object_rows)
-            frame = pd.concat(seen.frames, ignore_index=True)
-            results += validate_frame(context, frames, f"{purpose}.after.archive.{table}", checks, frame, runs)
+        results += _summed(seen.validated)
     return results
 
 
@@ -94,6 +105,48 @@ def _tagged(number: int, ids):
     tagged = ids.assign(object_row=(f"{number}:" + column.astype("Int64").astype("string")).astype(object))
     tagged.loc[column.isna(), "object_row"] = None
     return tagged
+
+
+def _validate_frame(context, frames, suite_name: str, table: str, seen: _ArchiveTable, runs: CheckpointRuns) -> None:
+    """Validate the frame gathered for ``table`` (if any) and start a new one."""
+    if not seen.frames:
+        return
+    import pandas as pd
+
+    if len(seen.validated):  # a backlog's next frame: a suite of its own
+        suite_name = f"{suite_name}.{len(seen.validated) + 1}"
+    checks = archive_object_checks(f"archive:{table}", len(seen.frames), seen.frame_rows, seen.object_rows)
+    frame = pd.concat(seen.frames, ignore_index=True)
+    seen.validated.append(validate_frame(context, frames(), suite_name, checks, frame, runs))
+    seen.frames, seen.object_rows, seen.frame_rows = [], [], 0
+
+
+def _summed(per_frame: list[list[dict]]) -> list[dict]:
+    """One line per expectation for the frames of one table: failed only if one frame failed,
+    counts summed (a daily run has one frame: its lines as they are)."""
+    if len(per_frame) <= 1:
+        return per_frame[0] if per_frame else []
+    summed = []
+    for same_check in zip(*per_frame, strict=True):
+        first = same_check[0]
+        observed = {"frames": len(same_check), "failed_frames": sum(r["success"] is False for r in same_check)}
+        for name in ("objects_validated", "element_count", "unexpected_count", "missing_count", "observed_value"):
+            values = [r["observed"][name] for r in same_check if isinstance(r["observed"].get(name), int)]
+            if values:
+                observed[name] = sum(values)
+        errors = [r["observed"]["error"] for r in same_check if "error" in r["observed"]]
+        if errors:
+            observed["error"] = errors[0]
+        summed.append(
+            gate_result(
+                first["expectation"],
+                first["table"],
+                observed["failed_frames"] == 0 and not errors,
+                column=first.get("column"),
+                **observed,
+            )
+        )
+    return summed
 
 
 def _read_back(
