@@ -366,7 +366,7 @@ class PartitionRetirement:
         number of end days already over at the logical date (deleted without archive)."""
         if not rule.archived:
             return 0
-        groups = self._partition_groups(control, rule, ctx, partition.name)
+        groups = self._partition_groups(control, rule, partition.name)
         to_archive = [g for g in groups if rule.archived and g[2] > ctx.logical_date]
         for purge_day, ids, _ in to_archive:
             batch.archived_until[purge_day] += len(ids)
@@ -403,25 +403,12 @@ class PartitionRetirement:
         batch.objects += part.objects
         batch.locks += part.locks
 
-    def _partition_groups(self, conn, rule: Rule, ctx: RunContext, partition: str) -> list:
+    def _partition_groups(self, conn, rule: Rule, partition: str) -> list:
         """The partition's ids grouped per day their archive period ends, as the row path's
         re-check groups a batch: (that day in Paris, ids, the instant it starts)."""
-        gone_after = rule.gone_after
-        table, _, column = rule.clock.partition(".")
-        query = (
-            "SELECT ((day + make_interval(months => %(months)s, days => %(days)s))::date"
-            "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after, ids"
-            f' FROM (SELECT ("{column}" AT TIME ZONE %(tz)s)::date AS day, array_agg(id ORDER BY id) AS ids'
-            f"  FROM ONLY {self._qualified(partition)} GROUP BY 1) AS x"
-        )
-        params = {"tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days}
-        per_end_day: dict[dt.datetime, list[int]] = {}
-        for purge_after, ids in conn.execute(query, params):
-            per_end_day.setdefault(purge_after, []).extend(ids)
-        return [
-            (purge_after.astimezone(self.tz).date().isoformat(), sorted(ids), purge_after)
-            for purge_after, ids in sorted(per_end_day.items())
-        ]
+        column = rule.clock.partition(".")[2]
+        rows = f'SELECT id, "{column}" AS clock FROM ONLY {self._qualified(partition)}'
+        return self._grouped_by_end_day(conn, rule, rows, {})
 
     def _read_partition_rows(self, reader, partition: str, ids: list[int]):
         """The rows with these ids (sorted) from the partition itself, as Arrow (the row path's

@@ -258,9 +258,18 @@ class BatchProtocol:
         is held or has a child stays. This is where holds and waiting children are tested (the
         lock picks by the rule's clock and conditions only). Groups the rest by the day their
         archive period ends: (that day in Paris, ids, the instant it starts)."""
-        gone_after = rule.gone_after
         statements = self._statements[rule.name]
         locked_ids, locked_params = _ids_predicate("due.id", locked)
+        return self._grouped_by_end_day(
+            conn, rule, statements.deletable_among(locked_ids), statements.params | locked_params
+        )
+
+    def _grouped_by_end_day(
+        self, conn, rule: Rule, rows_sql: str, params: dict
+    ) -> list[tuple[str, list[int], dt.datetime]]:
+        """The ids of ``rows_sql`` (columns ``id`` and ``clock``) grouped by the day their archive
+        period ends: (that day in Paris, ids sorted, the instant it starts), days in order."""
+        gone_after = rule.gone_after
         # Grouped by the clock's local day first: the purge date is computed once per day, not
         # for every row (time-zone arithmetic: half the statement's time at 100,000 rows).
         # Several clock days may end on one day (month ends: Jan 29-31 + 1 month = Feb 28/29).
@@ -268,13 +277,9 @@ class BatchProtocol:
             "SELECT ((day + make_interval(months => %(months)s, days => %(days)s))::date"
             "   ::timestamp AT TIME ZONE %(tz)s) AS purge_after, ids"
             " FROM (SELECT (d.clock AT TIME ZONE %(tz)s)::date AS day, array_agg(d.id) AS ids"
-            f"  FROM ({statements.deletable_among(locked_ids)}) AS d GROUP BY 1) AS x"
+            f"  FROM ({rows_sql}) AS d GROUP BY 1) AS x"
         )
-        params = (
-            statements.params
-            | locked_params
-            | {"tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days}
-        )
+        params = params | {"tz": self.policy.timezone, "months": gone_after.months, "days": gone_after.days}
         per_end_day: dict[dt.datetime, list[int]] = {}
         for purge_after, ids in conn.execute(query, params):
             per_end_day.setdefault(purge_after, []).extend(ids)
