@@ -7,9 +7,8 @@ id tagged with its object's number so that it is tested against its own object's
 validation (and one Data Docs page) per table, not per object: a run writes one object per
 table and end day, and a validation of its own cost 0.3-0.6 s an object, most of the after-gate.
 A backlog's objects are validated FRAME_ROWS ids at a time (memory stays bounded), their
-results summed into one line per expectation.
-In a tier under Object Lock, the version read back must be under COMPLIANCE retention until its
-purge date.
+results summed into one line per expectation. In a tier under Object Lock, the version read
+back must be under COMPLIANCE retention until its purge date.
 """
 
 from __future__ import annotations
@@ -56,15 +55,8 @@ def archive_object_results(
         " FROM retention.archive_manifest WHERE run_id = %s AND purpose = %s AND state = 'committed' ORDER BY id",
         (ctx.run_id, purpose),
     ).fetchall()
+    frame_batch = frame_batch_definition(context) if manifest else None
     by_table: dict[str, _ArchiveTable] = defaultdict(_ArchiveTable)
-    suite = f"{purpose}.after.archive"
-    made = []  # the dataframe batch definition: its data source is added to the context once
-
-    def frames():
-        if not made:
-            made.append(frame_batch_definition(context))
-        return made[0]
-
     # The objects are read a few at a time (S3's latency, once per object, was most of the gate).
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         read_backs = pool.map(lambda row: _read_back(store.client, *row[1:7]), manifest)
@@ -80,10 +72,10 @@ def archive_object_results(
                 seen.object_rows += [f"{number}:{record_id}" for record_id in record_ids]
                 seen.frame_rows += row_count
                 if seen.frame_rows >= FRAME_ROWS:
-                    _validate_frame(context, frames, f"{suite}.{table}", table, seen, runs)
+                    _validate_frame(context, frame_batch, purpose, table, seen, runs)
     results = []
     for table, seen in by_table.items():
-        _validate_frame(context, frames, f"{suite}.{table}", table, seen, runs)
+        _validate_frame(context, frame_batch, purpose, table, seen, runs)
         results.append(
             gate_result(
                 "archive_objects_match_manifest",
@@ -107,17 +99,18 @@ def _tagged(number: int, ids):
     return tagged
 
 
-def _validate_frame(context, frames, suite_name: str, table: str, seen: _ArchiveTable, runs: CheckpointRuns) -> None:
+def _validate_frame(context, frame_batch, purpose: str, table: str, seen: _ArchiveTable, runs: CheckpointRuns) -> None:
     """Validate the frame gathered for ``table`` (if any) and start a new one."""
     if not seen.frames:
         return
     import pandas as pd
 
-    if len(seen.validated):  # a backlog's next frame: a suite of its own
-        suite_name = f"{suite_name}.{len(seen.validated) + 1}"
+    suite_name = f"{purpose}.after.archive.{table}"
+    if seen.validated:  # a backlog's next frame: a suite of its own
+        suite_name += f".{len(seen.validated) + 1}"
     checks = archive_object_checks(f"archive:{table}", len(seen.frames), seen.frame_rows, seen.object_rows)
     frame = pd.concat(seen.frames, ignore_index=True)
-    seen.validated.append(validate_frame(context, frames(), suite_name, checks, frame, runs))
+    seen.validated.append(validate_frame(context, frame_batch, suite_name, checks, frame, runs))
     seen.frames, seen.object_rows, seen.frame_rows = [], [], 0
 
 

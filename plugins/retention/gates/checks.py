@@ -4,8 +4,8 @@ The declarations below (columns the rule SQL reads, clocks a state requires, enu
 the card security code the policy promises is never stored) and what the policy says (rule
 tables, clocks) make each gate's suite: ``before_checks`` for the source before anything is
 deleted, ``row_count_checks`` for the source after the run, ``archive_object_checks`` for the
-archive objects of a table read back. How GX validates them is ``retention.gates.gx``; the figures the
-after-suites compare are read by ``retention.gates.figures``.
+archive objects of a table read back. How GX validates them is ``retention.gates.gx``; the
+figures the after-suites compare are read by ``retention.gates.figures``.
 
 No GX here, nothing heavy: the declarations can be read and tested without a database.
 """

@@ -8,8 +8,9 @@ on a whole-table batch, with row conditions, so every metric is an SQL aggregate
 PostgreSQL; one ``ValidationDefinition`` per table, all run by one ``Checkpoint`` per gate. The
 id columns of a table's archive objects read back (one dataframe) are validated the same way,
 one ValidationDefinition per table (run directly). Every validation result of a gate is
-gathered (``CheckpointRuns``) and the Data Docs are updated once, at the end of the gate: each update re-reads the site's index, so one
-per Checkpoint run cost more than the validations themselves.
+gathered (``CheckpointRuns``) and the Data Docs are updated once, at the end of the gate: each
+update re-reads the site's index, so one per Checkpoint run cost more than the validations
+themselves.
 
 Results are counts only (``partial_unexpected_count`` 0: no unexpected value is fetched, stored
 or rendered), each reduced to a result line of ``retention.gates.results``. GX takes 5 s to
