@@ -339,6 +339,47 @@ def test_a_hold_placed_just_before_the_detach_attaches_the_partition_again(
     ).fetchone() == (0,)
 
 
+@pytest.mark.parametrize("write", ["edit", "same_content"])
+def test_a_write_that_slips_in_before_the_detach_attaches_the_partition_again(
+    partitioned, s3, storage, policy, source_dsn, write
+):
+    """Between the write-ahead record (the partition's lock released) and the detach, the
+    application rewrites a message of an archived partition: the objects no longer hold the row
+    as it is, so the partition is attached again and its uploads removed; its rows then take the
+    row path, which archives the row as written. An update that rewrites the same content is a
+    write too (a new row version): the partition is kept as well."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    detach = engine._detach
+    edited = made["2026-04"][1]
+    change = "body || ' (corrigé)'" if write == "edit" else "body"
+
+    def write_then_detach(autocommit_conn, table, partition):
+        if partition == "chat_messages_2026_04":
+            with psycopg.connect(source_dsn, autocommit=True) as app:
+                app.execute(f"UPDATE app.chat_messages SET body = {change} WHERE id = %s", (edited,))
+        detach(autocommit_conn, table, partition)
+
+    engine._detach = write_then_detach
+    (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "late_write", D))
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
+    assert db.execute(
+        "SELECT state, count(*) FROM retention.partition_retirements GROUP BY 1 ORDER BY 1"
+    ).fetchall() == [("dropped", 3), ("kept", 1)]
+    # The partition's uploads were removed ('abandoned'); the row path archived its rows once.
+    assert db.execute(
+        "SELECT state, count(*) FROM retention.archive_manifest WHERE record_ids && %s::bigint[] GROUP BY 1 ORDER BY 1",
+        (made["2026-04"],),
+    ).fetchall() == [("abandoned", 3), ("committed", 3)]
+    archived = archive_record(db, s3, storage, "late_write")["objects"]
+    (row,) = [r for rows in archived.values() for r in rows if r["id"] == edited]
+    assert row["body"].endswith("(corrigé)") == (write == "edit")
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+
+
 def test_tier_none_partitions_are_detached_and_dropped_without_archive(partitioned, s3, storage, policy, source_dsn):
     db = partitioned
     # Cookie choices: 6 months from the choice; at D, choices before 2025-12-01 are due.

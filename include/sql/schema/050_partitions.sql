@@ -18,7 +18,9 @@ CREATE TABLE IF NOT EXISTS retention.partition_retirements (
     -- pg_get_expr(relpartbound): how to attach it again
     partition_bound text        NOT NULL,
     row_count       bigint      NOT NULL,
-    -- sum of hashtextextended(row::text, 0) over the rows archived: the detached table must match
+    -- the archived rows' fingerprint, sum(hash_record_extended((ctid, xmin), 0)): the detached
+    -- table must match (a write since makes a new row version). A record left by an earlier
+    -- release summed the rows' content: it no longer matches, so that partition is attached again.
     rows_checksum   numeric,
     manifest_ids    bigint[]    NOT NULL DEFAULT '{}',
     state           text        NOT NULL CHECK (state IN ('detaching', 'dropped', 'kept')),

@@ -13,15 +13,16 @@ which then deletes the partition's deletable rows and leaves the partition in pl
 One partition, under the purpose's lock:
 
 1. archive: in a transaction holding the partition in SHARE mode (the application's writes to
-   it wait), the rows' checksum, then the rows read, grouped per end day, recorded as
-   'uploading' intents in the manifest, uploaded and read back: the row path's own steps;
+   it wait), the rows checked and their versions' fingerprint taken (one scan), then the rows
+   read, grouped per end day, recorded as 'uploading' intents in the manifest, uploaded and
+   read back: the row path's own steps;
 2. re-check with the hold table locked (a hold placed during step 1 is seen: the partition is
    kept, its uploads removed), then the write-ahead record 'detaching' committed
    (retention.partition_retirements, with the objects' verified size, checksum and version);
 3. ``DETACH PARTITION ... CONCURRENTLY`` (autocommit: it cannot run in a transaction block);
 4. in one transaction, the hold table and the detached table locked: the rows re-checked
    again (a hold placed between steps 2 and 3 keeps them: the table is attached again) and
-   compared with the checksum of step 1 (a write that slipped in keeps them too), then the
+   compared with the fingerprint of step 1 (a write that slipped in keeps them too), then the
    manifest rows 'committed', the audit rows, the record 'dropped' and ``DROP TABLE``; commit.
 
 A crash leaves a 'detaching' record: the next run finishes it before anything else (recover):
@@ -103,6 +104,8 @@ class PartitionCheck:
     waiting: int
     min_id: int | None
     max_id: int | None
+    # The rows' versions as they stand (see PartitionRetirement._part_counts), when asked for.
+    fingerprint: int | None = None
 
     @property
     def whole(self) -> bool:
@@ -188,24 +191,24 @@ class PartitionRetirement:
             if p.upper is not None and p.upper <= cutoff and not p.detach_pending and not p.subpartitioned
         ]
 
-    def _check_partition(self, conn, rule: Rule, partition: str) -> PartitionCheck:
+    def _check_partition(self, conn, rule: Rule, partition: str, *, fingerprint: bool = False) -> PartitionCheck:
         """The rule's select (clock, conditions, holds, waiting children) run over the partition
         alone, in the caller's transaction: its rows are the rule's whole only if all are due,
-        none held, none waiting."""
+        none held, none waiting. With ``fingerprint``, the same scan also takes the rows'."""
         statements = self._statements[rule.name]
         conditions = rule_filter(self.policy, self.purpose_name, rule)
         if not conditions.joins.strip() and not conditions.where.strip():
-            return self._check_unfiltered(conn, rule, partition, statements.params)
+            return self._check_unfiltered(conn, rule, partition, statements.params, fingerprint)
         query = (
-            "SELECT part.n, due.n, due.held, due.waiting, part.min_id, part.max_id"
-            f" FROM (SELECT count(*) AS n, min(id) AS min_id, max(id) AS max_id FROM ONLY {self._qualified(partition)})"
-            " AS part, (SELECT count(*) AS n, count(*) FILTER (WHERE due.held) AS held,"
+            "SELECT part.n, due.n, due.held, due.waiting, part.min_id, part.max_id, part.fingerprint"
+            f" FROM {self._part_counts(partition, fingerprint)},"
+            " (SELECT count(*) AS n, count(*) FILTER (WHERE due.held) AS held,"
             " count(*) FILTER (WHERE NOT due.held AND due.waiting_for IS NOT NULL) AS waiting"
             f" FROM ({self._select_over(rule, partition)}) AS due) AS due"
         )
         return PartitionCheck(*conn.execute(query, statements.params).fetchone())
 
-    def _check_unfiltered(self, conn, rule: Rule, partition: str, params: dict) -> PartitionCheck:
+    def _check_unfiltered(self, conn, rule: Rule, partition: str, params: dict, fingerprint: bool) -> PartitionCheck:
         """The same test for a rule without conditions (its clock alone): every row is due by
         the partition's bound, so only the exceptions are looked up, from their side: the rows
         an active hold covers (a few hundred) and the rows another table references, through
@@ -221,8 +224,8 @@ class PartitionRetirement:
         )
         query = (
             f"{ctes} SELECT part.n, part.n, (SELECT count(*) FROM held_{rule.table} AS h"
-            f" JOIN ONLY {qualified} AS p ON p.id = h.id), {waiting or '0'}, part.min_id, part.max_id"
-            f" FROM (SELECT count(*) AS n, min(id) AS min_id, max(id) AS max_id FROM ONLY {qualified}) AS part"
+            f" JOIN ONLY {qualified} AS p ON p.id = h.id), {waiting or '0'}, part.min_id, part.max_id,"
+            f" part.fingerprint FROM {self._part_counts(partition, fingerprint)}"
         )
         return PartitionCheck(*conn.execute(query, params).fetchone())
 
@@ -242,18 +245,17 @@ class PartitionRetirement:
     def _qualified(self, name: str) -> str:
         return f'"{self.schema}"."{name}"'
 
-    def _rows_checksum(self, conn, partition: str) -> int:
-        """A sum of the rows' hashes: a row written since it was taken changes it. The binary
-        hash of the record where every column type has one (twice as fast as hashing its text)."""
-        try:
-            with conn.transaction():
-                return conn.execute(
-                    f"SELECT coalesce(sum(hash_record_extended(p, 0)), 0) FROM ONLY {self._qualified(partition)} AS p"
-                ).fetchone()[0]
-        except psycopg.errors.UndefinedFunction:  # a column type without a hash (json, point...)
-            return conn.execute(
-                f"SELECT coalesce(sum(hashtextextended(p::text, 0)), 0) FROM ONLY {self._qualified(partition)} AS p"
-            ).fetchone()[0]
+    def _part_counts(self, partition: str, fingerprint: bool) -> str:
+        """The partition's rows counted, their least and greatest id, and with ``fingerprint`` a
+        sum of the hashes of each row version's place and creating transaction (ctid, xmin):
+        every write makes a new row version (an update too), so a row written since the sum was
+        taken changes it, whatever its columns hold. A rewrite (VACUUM FULL) changes it too: the
+        partition then stays, which is the safe side. Far cheaper than hashing the rows' content."""
+        taken = "sum(hash_record_extended((p.ctid, p.xmin), 0))" if fingerprint else "NULL::numeric"
+        return (
+            f"(SELECT count(*) AS n, min(p.id) AS min_id, max(p.id) AS max_id, {taken} AS fingerprint"
+            f" FROM ONLY {self._qualified(partition)} AS p) AS part"
+        )
 
     # ------------------------------------------------------------------ one partition
 
@@ -265,7 +267,8 @@ class PartitionRetirement:
         control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
         control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
         control.execute(f"LOCK TABLE {self._qualified(partition.name)} IN SHARE MODE")
-        check = self._check_partition(control, rule, partition.name)
+        archived = rule.archived
+        check = self._check_partition(control, rule, partition.name, fingerprint=archived)
         allowance = self._allowances[rule.name]
         if check.rows and (check.min_id < allowance.first_id or check.max_id > allowance.last_id):
             control.rollback()
@@ -284,8 +287,6 @@ class PartitionRetirement:
                 allowance.rows_left,
             )
             return _KEPT
-        archived = rule.archived
-        checksum = self._rows_checksum(control, partition.name) if archived else None
         batch = Batch(conn=control, last_id=check.max_id or 0)
         try:
             unarchived_days = self._archive_partition(control, intents, reader, rule, ctx, partition, batch)
@@ -326,7 +327,7 @@ class PartitionRetirement:
                         partition.name,
                         partition.bound,
                         check.rows,
-                        checksum,
+                        check.fingerprint,
                         id_array(manifest_ids),
                     ),
                 ).fetchone()[0]
@@ -472,10 +473,8 @@ class PartitionRetirement:
             control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
             control.execute(LOCK_HOLDS)
             control.execute(f"LOCK TABLE {self._qualified(partition)} IN ACCESS EXCLUSIVE MODE")
-            check = self._check_partition(control, rule, partition)
-            same_rows = check.rows == row_count and (
-                checksum is None or self._rows_checksum(control, partition) == checksum
-            )
+            check = self._check_partition(control, rule, partition, fingerprint=checksum is not None)
+            same_rows = check.rows == row_count and (checksum is None or check.fingerprint == checksum)
             if not (check.whole and same_rows):
                 log.warning(
                     "partition %s of %s stays: since it was archived, held=%d waiting=%d, rows %d -> %d%s;"
@@ -497,7 +496,7 @@ class PartitionRetirement:
                 self._close_retirement(control, retirement_id, "kept")
                 control.commit()
                 return False
-            self._commit_retirement(control, ctx, rule, partition, manifest_ids)
+            self._commit_retirement(control, ctx, rule, partition, manifest_ids, row_count)
             control.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(self.schema, partition)))
             self._close_retirement(control, retirement_id, "dropped")
             control.commit()
@@ -506,14 +505,17 @@ class PartitionRetirement:
             raise
         return True
 
-    def _commit_retirement(self, control, ctx: RunContext, rule: Rule, partition: str, manifest_ids) -> None:
+    def _commit_retirement(
+        self, control, ctx: RunContext, rule: Rule, partition: str, manifest_ids, row_count: int
+    ) -> None:
         """The manifest rows 'committed' and the row path's audit rows: one per object, and one
-        for the rows deleted without archive (tier none, or their archive period already over)."""
+        for the rows deleted without archive (tier none, or their archive period already over).
+        The object's ids go from the manifest row to its audit row inside the server."""
+        audit_row = (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table)
         with control.cursor() as cur:
             committed = cur.execute(
                 "UPDATE retention.archive_manifest SET state = 'committed', committed_at = now()"
-                " WHERE id = ANY(%s::bigint[]) AND state = 'uploading'"
-                " RETURNING id, object_key, byte_size, record_ids",
+                " WHERE id = ANY(%s::bigint[]) AND state = 'uploading' RETURNING cardinality(record_ids)",
                 (id_array(manifest_ids),),
             ).fetchall()
             if len(committed) != len(manifest_ids):
@@ -521,10 +523,18 @@ class PartitionRetirement:
                     f"{rule.table}: {len(committed)} of the {len(manifest_ids)} manifest rows of partition "
                     f"{partition} are still 'uploading'; nothing dropped"
                 )
-            for _, key, byte_size, record_ids in sorted(committed):
-                self._audit(
-                    cur, ctx, rule.name, rule.table, "archived_and_deleted", record_ids, key=key, byte_count=byte_size
+            if manifest_ids:
+                cur.execute(
+                    "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
+                    " record_count, byte_count, object_key, record_ids)"
+                    " SELECT %s, %s, %s, %s, %s, 'archived_and_deleted', cardinality(m.record_ids), m.byte_size,"
+                    " m.object_key, m.record_ids FROM retention.archive_manifest AS m"
+                    " WHERE m.id = ANY(%s::bigint[]) ORDER BY m.id",
+                    audit_row + (id_array(manifest_ids),),
                 )
+            archived = sum(n for (n,) in committed)
+            if archived == row_count:
+                return  # every row is in an object: none was deleted without archive
             cur.execute(
                 "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
                 " record_count, byte_count, record_ids)"
@@ -537,8 +547,7 @@ class PartitionRetirement:
                     else ""
                 )
                 + " HAVING count(*) > 0",
-                (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table)
-                + ((id_array(manifest_ids),) if manifest_ids else ()),
+                audit_row + ((id_array(manifest_ids),) if manifest_ids else ()),
             )
 
     @staticmethod
