@@ -85,6 +85,25 @@ def test_an_erasure_not_confirmed_is_reported_and_keeps_the_customer(stripe_stub
     assert result.confirmed == [] and list(result.failed) == [3], "customer not deleted: its row stays"
 
 
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_several_customers_are_erased_at_once_each_in_its_own_order(stripe_stub, eraser, parallel):
+    """Eight processor customers of two cards each, the processor answering in 100 ms: with
+    ``parallel_customers`` above 1 several calls are in flight at once (one at a time with 1);
+    each customer's cards are detached before it is deleted, and the rows are listed in the
+    customers' order whatever the order of the answers."""
+    stripe_stub.state.latency = 0.1
+    eraser.parallel_customers = parallel
+    refs = [ref(10 * c + k, cus=f"cus_{c}", pm=f"pm_{c}_{k}") for c in range(8) for k in range(2)]
+    result = eraser.erase(refs)
+    assert result.confirmed == [r.id for r in refs] and result.failed == {}
+    assert result.counts == {"methods_detached": 16, "customers_deleted": 8}
+    assert (stripe_stub.state.max_in_flight > 1) == (parallel > 1), stripe_stub.state.max_in_flight
+    paths = stripe_stub.state.paths()
+    for c in range(8):
+        deleted = paths.index(f"/v1/customers/cus_{c}")
+        assert all(paths.index(f"/v1/payment_methods/pm_{c}_{k}/detach") < deleted for k in range(2))
+
+
 def test_no_connection_confirms_nothing(db, monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_STRIPE_DEFAULT")
     pm = f.payment_method(db, f.contract(db, ended="2026-01-14"))
@@ -229,6 +248,53 @@ def test_a_contract_and_card_committed_mid_erasure_keep_the_customer(
     assert payment.deleted == 1 and not payment.waiting
     assert payment.as_dict()["processor"] == {"methods_detached": 1, "customers_kept": 1}, "the report says so"
     assert old_card not in f.ids(db, "payment_methods") and new_card in f.ids(db, "payment_methods")
+    assert new_contract in f.ids(db, "contracts")
+
+
+@pytest.mark.integration
+def test_other_customers_go_on_while_one_is_raced_by_the_application(
+    db, s3, storage, policy, source_dsn, stripe_stub, patient_client
+):
+    """The race above with five other ended customers in the same batch: erased at the same time,
+    they are all done while the raced customer's call is still held; the raced customer's
+    deletion is still decided under its lock and sees the new contract."""
+    person = f.customer(db)
+    old_contract = f.contract(db, customer_id=person, ended="2026-01-10")
+    old_card = f.payment_method(db, old_contract, processor_customer_ref="cus_race", processor_method_ref="pm_race_old")
+    others = []
+    for n in range(5):
+        contract = f.contract(db, customer_id=f.customer(db), ended="2026-01-10")
+        others.append(
+            f.payment_method(db, contract, processor_customer_ref=f"cus_o{n}", processor_method_ref=f"pm_o{n}")
+        )
+    detaching = stripe_stub.state.hold("/pm_race_old/")
+
+    def sign_new_contract(conn):
+        contract = f.contract(conn, customer_id=person, started="2026-01-14")
+        f.payment_method(conn, contract, processor_customer_ref="cus_race", processor_method_ref="pm_race_new")
+        return contract
+
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            run = run_in_background(pool, policy, source_dsn, s3, storage)
+            assert detaching.reached.wait(30), "the run reached the processor"
+            signing = pool.submit(application_writes, source_dsn, sign_new_contract)
+            assert wait_for_lock_waiters(db, 1) == 1, "the application's write waits for the call in flight"
+            deadline = time.monotonic() + 20
+            while len(stripe_stub.state.deleted_customers) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert stripe_stub.state.deleted_customers == {f"cus_o{n}" for n in range(5)}, "the others went on"
+        finally:
+            detaching.release.set()
+        new_contract = signing.result(timeout=30)
+        outcomes = {o.rule: o for o in run.result(timeout=60)}
+
+    assert stripe_stub.state.detached == {"pm_race_old"} | {f"pm_o{n}" for n in range(5)}
+    assert "cus_race" not in stripe_stub.state.deleted_customers, "the customer the new contract uses stays"
+    payment = outcomes["payment_references"]
+    assert payment.deleted == 6 and not payment.waiting
+    assert payment.as_dict()["processor"] == {"methods_detached": 6, "customers_deleted": 5, "customers_kept": 1}
+    assert f.ids(db, "payment_methods").isdisjoint([old_card, *others])
     assert new_contract in f.ids(db, "contracts")
 
 

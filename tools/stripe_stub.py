@@ -50,6 +50,10 @@ class StubState:
     stalls: dict[str, list[float]] = field(default_factory=dict)
     # substring of the path -> holds for the next matching requests, in order
     holds: dict[str, list[Hold]] = field(default_factory=dict)
+    # seconds every answer takes (the real API answers in 200-400 ms); requests answered at once, at most
+    latency: float = 0.0
+    in_flight: int = 0
+    max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -64,6 +68,7 @@ class StubState:
                 for held in pending:
                     held.release.set()
             self.holds.clear()
+            self.latency, self.max_in_flight = 0.0, self.in_flight
 
     def fail(self, path_part: str, *statuses: int) -> None:
         with self.lock:
@@ -108,6 +113,15 @@ class _Handler(BaseHTTPRequestHandler):
             stall = next((s.pop(0) for part, s in state.stalls.items() if part in self.path and s), 0.0)
             failure = next((f.pop(0) for part, f in state.failures.items() if part in self.path and f), None)
             held = next((h.pop(0) for part, h in state.holds.items() if part in self.path and h), None)
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            self._respond(method, stall or state.latency, held, failure)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def _respond(self, method: str, stall: float, held: Hold | None, failure: int | None) -> None:
         if stall:
             time.sleep(stall)
         if held:

@@ -24,6 +24,11 @@ inserted or set back to running) take the same locks, shared, in triggers
 either committed before the re-check, which sees it, or waits until the call was answered.
 Every call is scoped to the rows this run decided: the cards of those rows, their customer.
 
+Several processor customers are erased at once (``PARALLEL_CUSTOMERS``: the processor answers
+in hundreds of milliseconds, thousands of cards one after the other would take the daily window):
+their checks share the batch's connection (psycopg serializes the statements, which take a
+millisecond; the calls overlap). One customer's calls stay in order, detaches then deletion.
+
 Idempotent: an object already gone (404 ``resource_missing``) or a payment method already
 detached counts as erased, so a re-run after a crash between the processor's answer and our
 commit is safe. Retried by the client on 5xx, 409, connection errors and timeouts
@@ -45,12 +50,15 @@ import logging
 import re
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 STRIPE_CONN_ID = "stripe_default"
+# Processor customers erased at once (the connection's extra ``parallel_customers``).
+PARALLEL_CUSTOMERS = 8
 DEFAULT_RETRIES = 3
 DEFAULT_TIMEOUT_S = 20.0
 WAITING_ON = "payment_processor"  # how unconfirmed rows show in the run's outcome
@@ -87,10 +95,16 @@ class ErasureResult:
     # methods_kept_in_use, customers_deleted, customers_kept.
     counts: Counter = field(default_factory=Counter)
 
+    def add(self, other: ErasureResult) -> None:
+        self.confirmed += other.confirmed
+        self.failed.update(other.failed)
+        self.counts.update(other.counts)
+
 
 class Decision:
     """Whether a call is still wanted, decided by the caller: the eraser's tests, no database.
-    Each method is a context manager around the call, yielding True to skip it (still in use)."""
+    Each method is a context manager around the call, yielding True to skip it (still in use).
+    Asked from several threads at once (one processor customer each)."""
 
     @contextmanager
     def before_detach(self, ref: PaymentReference):
@@ -106,7 +120,12 @@ class CurrentState(Decision):
     before the call and released once it was answered, the rows are read again. The locks are
     the ones the application's writes take (include/sql/schema/030_processor_erasure.sql): the
     processor customer's, and for a customer's deletion also our customers' whose contracts it
-    served. ``decided`` are the rows this run deletes (locked by its batch)."""
+    served. ``decided`` are the rows this run deletes (locked by its batch).
+
+    The threads erasing customers in parallel share ``conn``: an advisory lock taken by one of
+    them is held by the session, so the application's write waits as it would for one call;
+    two customers' checks may both hold one of our customers' lock (re-entrant in a session),
+    the write then waits for both."""
 
     _METHOD_IN_USE = """
 SELECT EXISTS (
@@ -194,8 +213,9 @@ SELECT EXISTS (
 class StripeEraser:
     """Detach payment methods and delete customers with the official client (``StripeClient``)."""
 
-    def __init__(self, client):
+    def __init__(self, client, parallel_customers: int = 1):
         self.client = client
+        self.parallel_customers = parallel_customers
 
     @classmethod
     def from_connection(cls, conn_id: str = STRIPE_CONN_ID) -> StripeEraser:
@@ -216,7 +236,8 @@ class StripeEraser:
             if conn.port and "://" not in conn.host:
                 base += f":{conn.port}"
             options["base_addresses"] = {"api": base.rstrip("/")}
-        return cls(stripe.StripeClient(conn.password, **options))
+        parallel = max(1, int(extra.get("parallel_customers", PARALLEL_CUSTOMERS)))
+        return cls(stripe.StripeClient(conn.password, **options), parallel)
 
     def detach(self, method_ref: str) -> None:
         self._call(lambda: self.client.v1.payment_methods.detach(method_ref), already_done=_already_detached)
@@ -239,41 +260,53 @@ class StripeEraser:
             raise ProcessorError(_describe(exc)) from None
 
     def erase(self, refs: list[PaymentReference], decision: Decision | None = None) -> ErasureResult:
-        """Per processor customer: detach each method still wanted (``decision``); then delete
-        the customer when still wanted and every detach was confirmed. A failed customer
-        deletion keeps all that customer's rows (the next run detaches again, a no-op, and
-        retries the deletion)."""
+        """Per processor customer (``parallel_customers`` of them at once): detach each method still
+        wanted (``decision``); then delete the customer when still wanted and every detach was
+        confirmed. A failed customer deletion keeps all that customer's rows (the next run
+        detaches again, a no-op, and retries the deletion)."""
         decision = decision or Decision()
-        result = ErasureResult()
         by_customer: dict[str, list[PaymentReference]] = defaultdict(list)
         for ref in refs:
             by_customer[ref.customer_ref].append(ref)
-        for customer_ref, group in by_customer.items():
-            detached = []
-            for ref in group:
-                try:
-                    with decision.before_detach(ref) as in_use:
-                        if in_use:  # our row goes; the card stays with the row that uses it
-                            result.counts["methods_kept_in_use"] += 1
-                        else:
-                            self.detach(ref.method_ref)
-                            result.counts["methods_detached"] += 1
-                    detached.append(ref.id)
-                except ProcessorError as exc:
-                    result.failed[ref.id] = f"detach: {exc}"
-            if len(detached) == len(group):
-                try:
-                    with decision.before_customer_deletion(customer_ref, group) as in_use:
-                        if in_use:
-                            result.counts["customers_kept"] += 1
-                        else:
-                            self.delete_customer(customer_ref)
-                            result.counts["customers_deleted"] += 1
-                except ProcessorError as exc:
-                    for ref_id in detached:
-                        result.failed[ref_id] = f"customer deletion: {exc}"
-                    continue
-            result.confirmed += detached
+        customers = list(by_customer.items())
+        if self.parallel_customers <= 1 or len(customers) <= 1:
+            done = [self._erase_customer(customer_ref, group, decision) for customer_ref, group in customers]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.parallel_customers, len(customers))) as pool:
+                done = list(pool.map(lambda item: self._erase_customer(*item, decision), customers))
+        result = ErasureResult()
+        for one in done:  # in the customers' order, whatever the order of the answers
+            result.add(one)
+        return result
+
+    def _erase_customer(self, customer_ref: str, group: list[PaymentReference], decision: Decision) -> ErasureResult:
+        """One processor customer's calls, in order: its methods detached, then the customer."""
+        result = ErasureResult()
+        detached = []
+        for ref in group:
+            try:
+                with decision.before_detach(ref) as in_use:
+                    if in_use:  # our row goes; the card stays with the row that uses it
+                        result.counts["methods_kept_in_use"] += 1
+                    else:
+                        self.detach(ref.method_ref)
+                        result.counts["methods_detached"] += 1
+                detached.append(ref.id)
+            except ProcessorError as exc:
+                result.failed[ref.id] = f"detach: {exc}"
+        if len(detached) == len(group):
+            try:
+                with decision.before_customer_deletion(customer_ref, group) as in_use:
+                    if in_use:
+                        result.counts["customers_kept"] += 1
+                    else:
+                        self.delete_customer(customer_ref)
+                        result.counts["customers_deleted"] += 1
+            except ProcessorError as exc:
+                for ref_id in detached:
+                    result.failed[ref_id] = f"customer deletion: {exc}"
+                return result
+        result.confirmed += detached
         return result
 
 
@@ -332,7 +365,12 @@ def payment_references(conn, ids: list[int], schema: str = "app") -> list[Paymen
 
 
 def erase_rows(
-    conn, ids: list[int], logical_date: dt.datetime, *, eraser: StripeEraser | None = None, schema: str = "app"
+    conn,
+    ids: list[int],
+    logical_date: dt.datetime,
+    *,
+    eraser: StripeEraser | None = None,
+    schema: str = "app",
 ) -> ErasureResult:
     """Erase the payment methods of these app.payment_methods rows at the processor, each call
     re-decided on the current state (CurrentState). Call it with the rows locked."""
