@@ -180,10 +180,36 @@ def test_watch_alarms_on_a_purpose_without_recent_success(airflow_db, db, s3, st
     assert "job_applications: no_success: last success 49 h ago" in _text(message)
 
 
+@pytest.mark.integration
+def test_the_watch_of_every_purpose_alarms_when_the_housekeeping_stopped(
+    airflow_db, db, s3, storage, inbox, monkeypatch
+):
+    """As scheduled (every purpose watched), the watch also asks for the housekeeping's last
+    success: none on record is an alarm, the purposes' own runs being recent. Watching some
+    purposes (a manual check) leaves the housekeeping out (asked above: the purpose only)."""
+    from retention import watch
+    from retention.policy import default_policy
+
+    asked = []
+
+    def last_success_end(dag_id, now):
+        asked.append(dag_id)
+        return None if dag_id == "retention_housekeeping" else now - dt.timedelta(hours=1)
+
+    monkeypatch.setattr(watch, "last_success_end", last_success_end)
+    dag_run = _run_watch(overdue_days=3, stale_after_hours=48)
+    assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
+    assert asked == [f"retention_{p}" for p in default_policy().purposes] + ["retention_housekeeping"]
+    [message] = inbox.messages
+    body = _text(message)
+    assert "housekeeping: no_success: no successful run on record" in body
+    assert body.count("no_success") == 1, "the purposes' runs are recent"
+
+
 def test_alarm_rules():
     from types import SimpleNamespace as NS
 
-    from retention.alerts import alarms
+    from retention.alerts import alarms, stale_alarm
 
     now = dt.datetime(2026, 11, 29, 7, tzinfo=dt.UTC)
     fresh = NS(purpose="a", overdue=0, rules=[], waiting_past_end=[])
@@ -204,6 +230,11 @@ def test_alarm_rules():
         "b: no_success: last success 49 h ago (2026-11-27T06:00:00+00:00)",
         "c: no_success: no successful run on record",
     ]
+    stale = dt.timedelta(hours=48)
+    assert stale_alarm("housekeeping", now - dt.timedelta(hours=47), now, stale) is None
+    assert str(stale_alarm("housekeeping", now - dt.timedelta(hours=49), now, stale)) == (
+        "housekeeping: no_success: last success 49 h ago (2026-11-27T06:00:00+00:00)"
+    )
 
 
 # A failing run of each kind of DAG, triggered without a logical date (REST `"logical_date":

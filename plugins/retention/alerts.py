@@ -238,13 +238,20 @@ def alarms(
                     f"{overdue_days} days with no decision to let them wait ({links})",
                 )
             )
-        ended = last_success.get(s.purpose)
-        if ended is None:
-            found.append(Alarm(s.purpose, "no_success", "no successful run on record"))
-        elif now - ended > stale_after:
-            hours = int((now - ended).total_seconds() // 3600)
-            found.append(Alarm(s.purpose, "no_success", f"last success {hours} h ago ({ended.isoformat()})"))
+        stale = stale_alarm(s.purpose, last_success.get(s.purpose), now, stale_after)
+        if stale is not None:
+            found.append(stale)
     return found
+
+
+def stale_alarm(name: str, ended: dt.datetime | None, now: dt.datetime, stale_after: dt.timedelta) -> Alarm | None:
+    """'no_success' when the latest successful run (its end; None: never) is older than ``stale_after``."""
+    if ended is None:
+        return Alarm(name, "no_success", "no successful run on record")
+    if now - ended > stale_after:
+        hours = int((now - ended).total_seconds() // 3600)
+        return Alarm(name, "no_success", f"last success {hours} h ago ({ended.isoformat()})")
+    return None
 
 
 def future_run_alarms(future_runs: dict[str, list[tuple[str, dt.datetime]]]) -> list[Alarm]:

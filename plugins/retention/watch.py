@@ -32,6 +32,9 @@ through `smtp_default` (Variable `retention_alert_to`), when a purpose
   which the policy's `dependents` decide `keep_parent_and_alert`, or decide nothing, or
 - has **no successful run** in the last `stale_after_hours` hours (a failing, paused or
   never-run retention DAG), or
+- (when it watches every purpose, as scheduled) the **housekeeping** DAG has no successful run
+  in the last `stale_after_hours` hours: the audit chain is then neither verified nor anchored
+  under Object Lock, and the own records and Airflow's metadata are no longer pruned, or
 - has a **run dated in the future** (queued or running; also the subject requests' DAG):
   Airflow does not start it before its date and the DAG runs nothing else meanwhile. The API
   refuses such a trigger; one made otherwise (the CLI, an older trigger) is to be marked failed.
@@ -131,7 +134,8 @@ def run_watch(context: dict) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
-    from retention.alerts import alarms, future_run_alarms
+    from retention.alerts import alarms, future_run_alarms, stale_alarm
+    from retention.housekeeping_dag import HOUSEKEEPING_DAG_ID
     from retention.policy import default_policy
     from retention.status_counts import count_and_store
     from retention.tasks import source_dsn
@@ -148,9 +152,16 @@ def run_watch(context: dict) -> dict:
         conn.execute("SET TIME ZONE 'UTC'")
         # Counted live, and kept for the Retention page (which then need not count them again).
         statuses = count_and_store(conn, policy, now, overdue_days, names=wanted, counted_by="watch", best_effort=True)
+    stale_after = dt.timedelta(hours=int(params["stale_after_hours"]))
     last = {s.purpose: last_success_end(dag_id_for(s.purpose), now) for s in statuses}
-    found = alarms(statuses, last, now, overdue_days, dt.timedelta(hours=int(params["stale_after_hours"])))
+    found = alarms(statuses, last, now, overdue_days, stale_after)
     watched_dags = [dag_id_for(s.purpose) for s in statuses] + [SUBJECT_REQUESTS_DAG_ID]
+    housekeeping = None
+    if not params.get("purposes"):  # every purpose watched: the housekeeping too
+        housekeeping = last_success_end(HOUSEKEEPING_DAG_ID, now)
+        if stale := stale_alarm("housekeeping", housekeeping, now, stale_after):
+            found.append(stale)
+        watched_dags.append(HOUSEKEEPING_DAG_ID)
     future = {dag_id: runs for dag_id in watched_dags if (runs := future_runs(dag_id, now))}
     found += future_run_alarms(future)
     paris = ZoneInfo(policy.timezone)
@@ -168,6 +179,7 @@ def run_watch(context: dict) -> dict:
             }
             for s in statuses
         },
+        "housekeeping_last_success": housekeeping.astimezone(paris).isoformat() if housekeeping else None,
         "future_runs": {
             d: [{"run_id": r, "logical_date": at.isoformat()} for r, at in runs] for d, runs in future.items()
         },
