@@ -432,17 +432,15 @@ def test_an_id_read_back_from_another_object_than_its_manifest_rows_fails(source
     number: an id found in another object than the one whose manifest row lists it fails, as
     it did when each object was validated alone (the table's ids taken together would pass)."""
     import pandas as pd
-    from retention.gates.archive_readback import _tagged
+    from retention.gates.archive_readback import id_frame
     from retention.gates.checks import archive_object_checks
     from retention.gates.gx import CheckpointRuns, frame_batch_definition, gx_sources, validate_frame
 
     manifest = ["0:1", "0:2", "1:3", "1:4"]  # object 0 holds ids 1 and 2, object 1 ids 3 and 4
 
     def validate(*objects) -> dict:
-        frame = pd.concat(
-            [_tagged(number, pd.DataFrame({"id": ids})) for number, ids in enumerate(objects)], ignore_index=True
-        )
-        checks = archive_object_checks("archive:quotes", len(objects), 4, manifest)
+        frame = id_frame([(number, pd.DataFrame({"id": ids})) for number, ids in enumerate(objects)], manifest)
+        checks = archive_object_checks("archive:quotes", len(objects), 4)
         with gx_sources(source_dsn) as (context, _):
             batch = frame_batch_definition(context)
             results = validate_frame(context, batch, "t.after.archive.quotes", checks, frame, CheckpointRuns())

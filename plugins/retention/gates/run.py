@@ -98,9 +98,10 @@ def run_after_gates(
         elsewhere = deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"))
         counts = row_count_checks(schema, before["table_rows"], before.get("table_max_id", {}), deleted, elsewhere)
         results += with_task_figures(validate_tables(context, source, f"{purpose}.after", counts, runs), archived)
-        results += archive_object_results(conn, context, store, ctx, purpose, runs)
+        read_back, locks = archive_object_results(conn, context, store, ctx, purpose, runs)
+        results += read_back
         if any(store.storage.tiers[r.tier].object_lock for r in purpose_obj.rules if r.archived):
-            results.append(probative_versions_locked(conn, store, ctx, purpose))
+            results.append(probative_versions_locked(conn, store, ctx, purpose, locks))
         results.append(manifest_matches_audit(conn, ctx, purpose))
         results.append(kept_beyond_purge(conn, policy, store, ctx, purpose, dry_run))
         update_data_docs(context, runs.run_results)
