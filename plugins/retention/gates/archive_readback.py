@@ -177,6 +177,7 @@ def _read_back(
             problems.append(
                 "a newer version was written over the key after the archive (the manifest's version is intact)"
             )
+            got["Body"].close()  # not ours: its bytes are not read
             got = client.get_object(Bucket=bucket, Key=key, VersionId=version)
         body = got["Body"].read()
     except Exception as exc:  # botocore raises several unrelated classes
