@@ -313,7 +313,8 @@ def test_watch_and_retention_page_flag_a_future_run(airflow_db, db, s3, storage,
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from airflow.utils.types import DagRunTriggeredByType
-    from retention_ui.app import render_page, summary
+    from retention_ui.render import render_page
+    from retention_ui.summary import summary
 
     from tests.dag_runs import sync_dags
 

@@ -225,7 +225,8 @@ def test_the_page_says_which_runs_lost_their_airflow_record(db, airflow_db):
     the page says why its Airflow link is gone (read as retention_reader)."""
     import json
 
-    from retention_ui import app
+    from retention_ui.render import render_page
+    from retention_ui.summary import summary as page_summary
 
     audit_row(db, object_key=None, ids=[1], at=NOW - dt.timedelta(days=200), run_id="scheduled__old")
     audit_row(db, object_key=None, ids=[2])
@@ -234,9 +235,9 @@ def test_the_page_says_which_runs_lost_their_airflow_record(db, airflow_db):
         "INSERT INTO retention.housekeeping_runs (run_id, mode, results) VALUES ('manual__hk', 'enforce', %s)",
         (json.dumps({"airflow_metadata": {"airflow_dag_runs": {"period": "90 days", "cut": cut}}}),),
     )
-    summary = app.summary()
+    summary = page_summary()
     gone = {r["run_id"]: r["airflow_record_gone"] for r in summary["runs"]}
     assert gone == {"scheduled__old": True, "manual__hk": False}
     assert summary["housekeeping"]["mode"] == "enforce" and summary["housekeeping"]["airflow_runs_cut"] == cut
-    html = app.render_page(summary)
+    html = render_page(summary)
     assert html.count('data-testid="airflow-record-gone"') == 1 and "their evidence below stays" in html

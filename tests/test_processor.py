@@ -196,6 +196,18 @@ def application_writes(source_dsn, write) -> tuple:
         return result
 
 
+def sign_new_contract(person: int):
+    """The application's write of the race: a new contract of ``person`` paid by a new card of
+    the same processor customer (cus_race); returns (contract, card)."""
+
+    def write(conn):
+        contract = f.contract(conn, customer_id=person, started="2026-01-14")
+        card = f.payment_method(conn, contract, processor_customer_ref="cus_race", processor_method_ref="pm_race_new")
+        return contract, card
+
+    return write
+
+
 def wait_for_lock_waiters(db, count: int) -> int:
     """How many sessions wait for an advisory lock (the processor customer's), once ``count`` do
     or after 10 s."""
@@ -225,16 +237,11 @@ def test_a_contract_and_card_committed_mid_erasure_keep_the_customer(
     old_card = f.payment_method(db, old_contract, processor_customer_ref="cus_race", processor_method_ref="pm_race_old")
     detaching = stripe_stub.state.hold("/pm_race_old/")
 
-    def sign_new_contract(conn):
-        contract = f.contract(conn, customer_id=person, started="2026-01-14")
-        card = f.payment_method(conn, contract, processor_customer_ref="cus_race", processor_method_ref="pm_race_new")
-        return contract, card
-
     with ThreadPoolExecutor(2) as pool:
         try:
             run = run_in_background(pool, policy, source_dsn, s3, storage)
             assert detaching.reached.wait(30), "the run reached the processor"
-            signing = pool.submit(application_writes, source_dsn, sign_new_contract)
+            signing = pool.submit(application_writes, source_dsn, sign_new_contract(person))
             assert wait_for_lock_waiters(db, 1) == 1, "the application's write waits for the call in flight"
         finally:
             detaching.release.set()
@@ -269,16 +276,11 @@ def test_other_customers_go_on_while_one_is_raced_by_the_application(
         )
     detaching = stripe_stub.state.hold("/pm_race_old/")
 
-    def sign_new_contract(conn):
-        contract = f.contract(conn, customer_id=person, started="2026-01-14")
-        f.payment_method(conn, contract, processor_customer_ref="cus_race", processor_method_ref="pm_race_new")
-        return contract
-
     with ThreadPoolExecutor(2) as pool:
         try:
             run = run_in_background(pool, policy, source_dsn, s3, storage)
             assert detaching.reached.wait(30), "the run reached the processor"
-            signing = pool.submit(application_writes, source_dsn, sign_new_contract)
+            signing = pool.submit(application_writes, source_dsn, sign_new_contract(person))
             assert wait_for_lock_waiters(db, 1) == 1, "the application's write waits for the call in flight"
             deadline = time.monotonic() + 20
             while len(stripe_stub.state.deleted_customers) < 5 and time.monotonic() < deadline:
@@ -286,7 +288,7 @@ def test_other_customers_go_on_while_one_is_raced_by_the_application(
             assert stripe_stub.state.deleted_customers == {f"cus_o{n}" for n in range(5)}, "the others went on"
         finally:
             detaching.release.set()
-        new_contract = signing.result(timeout=30)
+        new_contract, _ = signing.result(timeout=30)
         outcomes = {o.rule: o for o in run.result(timeout=60)}
 
     assert stripe_stub.state.detached == {"pm_race_old"} | {f"pm_o{n}" for n in range(5)}

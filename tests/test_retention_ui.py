@@ -524,7 +524,7 @@ def test_the_tasks_extra_link_opens_the_runs_evidence(api, ran_quotes):
 
 
 def test_empty_charts_say_so_and_bytes_take_the_unit_of_the_data():
-    from retention_ui.app import bytes_unit, render_page
+    from retention_ui.render import bytes_unit, render_page
 
     empty = {
         "generated_at": "2026-01-01T00:00:00+00:00",

@@ -185,7 +185,9 @@ def test_what_each_role_may_do_it_does(one_of_each, role_dsn):
 def test_a_purpose_dag_and_a_subject_request_run_as_their_roles(airflow_db, db, s3, storage, role_dsn):
     from retention.connections import READER_CONN_ID, RIGHTS_CONN_ID, SOURCE_CONN_ID
     from retention.tasks import source_dsn
-    from retention_ui import app
+    from retention_ui.render import render_page
+    from retention_ui.source import source_dsn as page_dsn
+    from retention_ui.summary import summary as page_summary
 
     for conn_id, user in (
         (SOURCE_CONN_ID, "retention_engine_user"),
@@ -216,8 +218,8 @@ def test_a_purpose_dag_and_a_subject_request_run_as_their_roles(airflow_db, db, 
     )
     assert candidate not in f.ids(db, "job_applications")  # deleted as retention_rights
 
-    assert "user=retention_reader_user" in app.source_dsn()
-    summary = app.summary()
+    assert "user=retention_reader_user" in page_dsn()
+    summary = page_summary()
     assert {p["purpose"] for p in summary["purposes"]} >= {"quotes"}
 
     from retention import audit
@@ -227,9 +229,9 @@ def test_a_purpose_dag_and_a_subject_request_run_as_their_roles(airflow_db, db, 
         assert result.intact and result.chains["subject_requests"].links == 1, result.message
         audit.record_verification(conn, result)
     # The page, as retention_reader, shows the last verification.
-    shown = app.summary()["audit_verification"]
+    shown = page_summary()["audit_verification"]
     assert shown["intact"] and shown["message"].startswith("intact: audit_log")
-    assert "Last verified" in app.render_page(app.summary())
+    assert "Last verified" in render_page(page_summary())
 
 
 def run_subject_request(conf: dict):
