@@ -388,7 +388,7 @@ def test_sql_in_another_schema_than_the_policys_is_an_import_error(tmp_path):
 
 
 def test_a_rule_file_that_selects_is_rejected(tmp_path, monkeypatch):
-    from retention.policy import model as policy_module
+    from retention.policy import loading as policy_module
 
     sql_dir = tmp_path / "sql"
     (sql_dir / "quotes").mkdir(parents=True)
