@@ -497,8 +497,9 @@ def markdown(report: dict) -> str:
                 f"- seeding: {full['seed_s']:.0f} s for {full['customers']:,} customers "
                 f"({full['seed_customers_per_s']:.0f} customers/s, documents uploaded to moto included), "
                 "not in the run times;",
-                f"- not in the run times either: importing the gates (GX) in each purpose's process, "
-                f"{min(imports):.1f}-{max(imports):.1f} s (an Airflow gate task pays it once per task);",
+                f"- not in the run times either: importing Airflow's task SDK and the gates (GX) in each "
+                f"purpose's process, {min(imports):.1f}-{max(imports):.1f} s (an Airflow task process has the "
+                "SDK loaded before its code runs; a gate task pays GX once per task);",
                 f"- gates passed: {'all' if full['all_gates_passed'] else 'NOT all (see the gates column)'}.",
             ]
     profile = report.get("profile")
