@@ -37,13 +37,23 @@ def with_site(config, docs: Path):
             "class_name": "SiteBuilder",
             "show_how_to_buttons": False,
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs / "site")},
+            # GX's own views, their compiled templates kept on disk (retention.gates.data_docs_views).
+            "site_section_builders": {
+                "expectations": {"view": _VIEW},
+                "validations": {"view": _VIEW},
+            },
             "site_index_builder": {
                 "class_name": "DefaultSiteIndexBuilder",
                 "validation_results_limit": DATA_DOCS_INDEX_LIMIT,
+                "view": _INDEX_VIEW,
             },
         }
     }
     return config
+
+
+_VIEW = {"module_name": "retention.gates.data_docs_views", "class_name": "CachedPageView"}
+_INDEX_VIEW = {"module_name": "retention.gates.data_docs_views", "class_name": "CachedIndexPageView"}
 
 
 def docs_actions(context) -> list:
