@@ -427,6 +427,20 @@ def test_data_docs_hold_counts_never_values(db, s3, storage, policy, source_dsn,
     assert '"partial_unexpected_list": []' in text or "partial_unexpected_list" not in text
 
 
+def test_the_data_docs_page_templates_are_compiled_once(db, policy, source_dsn, tmp_path, monkeypatch):
+    """GX builds a new Jinja environment for every view of every Data Docs build: its page
+    templates are kept compiled on disk (Jinja's bytecode cache, retention.gates.data_docs_views),
+    so the next gate loads them (its files untouched) instead of compiling them again."""
+    docs = tmp_path / "docs"
+    monkeypatch.setenv("RETENTION_DATA_DOCS_DIR", str(docs))
+    some_quotes(db, due=2)
+    gates.run_before_gates(policy, "quotes", source_dsn, quotes_ctx(), 1.0)
+    compiled = {p.name: p.stat().st_mtime_ns for p in (docs / "cache").iterdir()}
+    assert len(compiled) >= 5, compiled  # the index, a validation page, a suite page and their parts
+    gates.run_before_gates(policy, "quotes", source_dsn, quotes_ctx(), 1.0)
+    assert {p.name: p.stat().st_mtime_ns for p in (docs / "cache").iterdir()} == compiled
+
+
 def test_an_id_read_back_from_another_object_than_its_manifest_rows_fails(source_dsn):
     """The objects of a table are validated in one frame, each id tagged with its object's
     number: an id found in another object than the one whose manifest row lists it fails, as
