@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
-from retention.archive.run import RunContext
+from retention.archive.run import RunContext, plan_units
 from retention.archive.store import ArchiveStore
+from retention.planner import IdRange
 
 from tests import factories as f
 from tests import factories_policy as fp
@@ -180,6 +181,88 @@ def test_a_partition_with_a_held_row_stays_and_its_other_rows_take_the_row_path(
     assert (outcome.deleted, outcome.held) == (11, 1)
     assert partitions_left(db, "chat_messages") == ["2026_04", "2026_06", "2026_07"]
     assert f.ids(db, "chat_messages") == {made["2026-04"][1], *made["2026-06"], *made["2026-07"]}
+
+
+def three_units(db, policy, source_dsn, s3, storage):
+    """Messages in six months, one of April's held; a plan in units of (about) two rows."""
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)  # ids in month order, three a month
+    f.legal_hold(db, "chat_messages", made["2026-04"][1])
+    ctx = RunContext("subscriber_services", "manual__units", D)
+    plan = engine_for(policy, source_dsn, s3, storage).make_plan(ctx, range_rows=2)
+    return made, ctx, plan, next(u for u in plan_units(plan) if u[0].rule == "chat_messages")
+
+
+def test_units_are_cut_between_partitions_so_that_each_retires_its_own_whole(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """A large rule is spread over units of ``range_rows`` rows; a partition split between two
+    units would be neither's whole (each leaves it to the row path). The plan moves the cuts to
+    the partitions' edges: each partition that may go whole lies in one unit; one with a held row
+    stays anyway and keeps its cuts."""
+    db = partitioned
+    made, ctx, plan, units = three_units(db, policy, source_dsn, s3, storage)
+    first, mar, apr, may = (made[m] for m in ("2019-01", "2026-03", "2026-04", "2026-05"))
+    assert [(u.first_id, u.last_id, u.rows) for u in units] == [
+        (first[0], mar[2], 6),  # 2019-01 and March: cut twice inside each by 2-row units
+        (apr[0], apr[2], 2),  # April has a held row: it stays, its cuts do not matter
+        (may[0], may[2], 3),
+    ]
+
+    # Side by side, as on Celery workers: each unit detaches its partitions while the others work.
+    runs = [
+        InThread(lambda unit=unit: engine_for(policy, source_dsn, s3, storage).archive_and_delete(ctx, plan, unit))
+        for unit in units
+    ]
+    done = [run.join()[0] for run in runs]
+    assert [o.partitions.get("dropped", 0) for o in done] == [2, 0, 1]
+    assert sum(o.deleted for o in done) == 11
+    assert partitions_left(db, "chat_messages") == ["2026_04", "2026_06", "2026_07"]
+    assert f.ids(db, "chat_messages") == {apr[1], *made["2026-06"], *made["2026-07"]}
+
+
+def test_a_unit_does_not_wait_on_a_partition_another_unit_is_dropping(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Between the moment a unit lists the partitions and the moment it looks at one, another
+    unit may have detached it and be dropping it (an exclusive lock until its commit): this unit
+    leaves it after a moment and goes on with its own range (it would wait 30 s for the lock,
+    then fail, if it locked every partition to read its ids)."""
+    db = partitioned
+    made, ctx, plan, (_, april, _) = three_units(db, policy, source_dsn, s3, storage)
+    other_unit = psycopg.connect(source_dsn, autocommit=True)
+    listed = partition_path.PartitionRetirement._partition_candidates
+
+    def listed_then_dropping(self, *args):
+        partitions = listed(self, *args)
+        other_unit.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2019_01 CONCURRENTLY")
+        other_unit.execute("BEGIN")
+        other_unit.execute("LOCK TABLE app.chat_messages_2019_01 IN ACCESS EXCLUSIVE MODE")
+        return partitions
+
+    monkeypatch.setattr(partition_path.PartitionRetirement, "_partition_candidates", listed_then_dropping)
+    try:
+        (outcome,) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(ctx, plan, april)
+    finally:
+        other_unit.close()
+    assert (outcome.deleted, outcome.partitions) == (2, {"dropped": 0, "rows": 0, "kept": 1})
+    left = {made["2026-04"][1]} | {i for month in ("2026-03", "2026-05", "2026-06", "2026-07") for i in made[month]}
+    assert f.ids(db, "chat_messages") == left  # 2019's, detached by the other unit, is no longer the table's
+
+
+@pytest.mark.parametrize(
+    ("spans", "expected"),
+    [
+        ([(1, 10), (11, 20), (21, 30)], [(1, 10, 10), (11, 20, 10), (21, 30, 10)]),  # cut at the edges already
+        ([(1, 15), (21, 30)], [(1, 20, 20), (21, 30, 10)]),  # one partition cut: its two ranges joined
+        ([(1, 12), (9, 30)], [(1, 30, 30)]),  # ids mixed between partitions: spans overlap, all joined
+        ([], [(1, 10, 10), (11, 20, 10), (21, 30, 10)]),  # no partition may go whole
+        ([(12, 14)], [(1, 10, 10), (11, 20, 10), (21, 30, 10)]),  # inside one range
+    ],
+)
+def test_ranges_are_joined_across_a_partition_cut_between_them(spans, expected):
+    ranges = [IdRange(1, 10, 10), IdRange(11, 20, 10), IdRange(21, 30, 10)]
+    assert [(r.first_id, r.last_id, r.rows) for r in partition_path.join_ranges_across(ranges, spans)] == expected
 
 
 def test_a_hold_placed_while_the_partition_is_archived_keeps_it(partitioned, s3, storage, policy, source_dsn):

@@ -133,6 +133,12 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             for rule, o in zip(self.purpose.rules, outcomes, strict=True)
             if range_rows is not None and o.deletable > range_rows
         }
+        for rule in self.purpose.rules:
+            if rule.name in ranges:
+                kept = [i for _, ids in exceptions[rule.name] for i in ids]
+                ranges[rule.name] = self._ranges_around_partitions(
+                    conn, rule, ctx.logical_date, ranges[rule.name], kept
+                )
         if not conn.autocommit:
             conn.commit()
         plan = Plan(

@@ -34,6 +34,7 @@ through step 4; a partition never detached is kept and its uploads removed as or
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -46,15 +47,17 @@ from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
 from retention.archive.documents import key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.archive.parquet import typed
-from retention.archive.run import RetentionError, RunContext
+from retention.archive.run import MAX_ID, RetentionError, RunContext
 from retention.id_sets import id_array
 from retention.paths import SQL_DIR
-from retention.planner import RuleOutcome
+from retention.planner import IdRange, RuleOutcome
 from retention.policy import Rule, rule_filter
 
 log = logging.getLogger(__name__)
 
 CATALOG_DIR = SQL_DIR / "catalog"
+# How long a unit waits to read the ids of a partition another unit may be dropping.
+PEEK_LOCK_TIMEOUT = "1s"
 # Rows of a partition read and uploaded at a time (one object per end day, as in the row path).
 READ_ROWS = 200_000
 
@@ -140,6 +143,19 @@ class PartitionsDone:
             outcome.partitions = {"dropped": self.dropped, "rows": self.rows, "kept": self.kept}
 
 
+def join_ranges_across(ranges: list[IdRange], spans: list[tuple[int, int]]) -> list[IdRange]:
+    """Consecutive id ranges, two neighbours joined whenever one of the ``spans`` (a partition's
+    least and greatest id) reaches into both: no span is then cut between two ranges."""
+    joined = ranges[:1]
+    for nxt in ranges[1:]:
+        last = joined[-1]
+        if any(first <= last.last_id and nxt.first_id <= end for first, end in spans):
+            joined[-1] = IdRange(last.first_id, nxt.last_id, last.rows + nxt.rows)
+        else:
+            joined.append(nxt)
+    return joined
+
+
 class PartitionRetirement:
     """Whole partitions archived, detached and dropped (a part of RetentionEngine)."""
 
@@ -149,9 +165,13 @@ class PartitionRetirement:
     def _retire_partitions(self, control, intents, reader, rule: Rule, ctx: RunContext) -> PartitionsDone:
         """Retire every partition of the rule's table that qualifies; the rest is the row path's."""
         done = PartitionsDone()
-        candidates = self._partition_candidates(control, rule, ctx)
+        candidates = self._partition_candidates(
+            control, rule, self._statements[rule.name].params[f"cutoff__{rule.name}"]
+        )
         allowance = self._allowances[rule.name]
         for partition in candidates:
+            if allowance.last_id != MAX_ID and not self._may_be_the_units(control, partition.name, allowance):
+                continue  # another unit's: not even locked (it may be dropped under us)
             retired = self._retire_partition(control, intents, reader, rule, ctx, partition, done)
             if retired is None:
                 continue  # another unit's (or no unit's whole): the row path's
@@ -161,7 +181,21 @@ class PartitionRetirement:
                 done.kept += 1
         return done
 
-    def _partition_candidates(self, control, rule: Rule, ctx: RunContext) -> list[Partition]:
+    def _may_be_the_units(self, control, partition: str, allowance) -> bool:
+        """Whether a partition's ids may all be the unit's (the plan cuts units between
+        partitions): read without locking it, so that the other units' partitions, detached and
+        dropped beside this one, are left alone: one locked by another for more than a moment is
+        left to the row path (as the rest of the unit's). Empty ones wait for a run in one unit."""
+        try:
+            control.execute(f"SET LOCAL lock_timeout = '{PEEK_LOCK_TIMEOUT}'")
+            first, last = control.execute(f"SELECT min(id), max(id) FROM ONLY {self._qualified(partition)}").fetchone()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.LockNotAvailable):
+            return False  # dropped, or being dropped, by another unit
+        finally:
+            control.rollback()
+        return first is not None and allowance.first_id <= first and last <= allowance.last_id
+
+    def _partition_candidates(self, control, rule: Rule, cutoff: dt.datetime) -> list[Partition]:
         """The partitions wholly before the rule's cutoff, when the rule can take this path."""
         if not self.partition_path or rule.erase_at_processor:
             return []
@@ -184,12 +218,45 @@ class PartitionRetirement:
             log.info("rule %s: %s is partitioned, not owned by this role: the row path", rule.name, rule.table)
             return []
         control.commit()
-        cutoff = self._statements[rule.name].params[f"cutoff__{rule.name}"]
         return [
             p
             for p in partitions
             if p.upper is not None and p.upper <= cutoff and not p.detach_pending and not p.subpartitioned
         ]
+
+    def _ranges_around_partitions(
+        self, conn, rule: Rule, logical_date: dt.datetime, ranges: list[IdRange], kept_ids: list[int]
+    ) -> list[IdRange]:
+        """The plan's units of a large rule (consecutive ranges of its deletable ids) with no cut
+        inside a partition that may be retired whole: a partition split between two units is
+        neither's whole, and both would leave it to the row path. Two neighbours are joined when
+        a partition's ids reach into both. A partition holding a row the plan keeps (held,
+        waiting) stays anyway and keeps its cuts. Ids mixed between partitions (rows written long
+        after their clock) join more units: fewer, larger units, the same rows."""
+        if len(ranges) < 2:
+            return ranges
+        cutoff = self.planner(conn).params(logical_date)[f"cutoff__{rule.name}"]
+        spans = []
+        for partition in self._partition_candidates(conn, rule, cutoff):
+            first, last, keeps_a_row = conn.execute(
+                f"SELECT min(p.id), max(p.id), EXISTS (SELECT 1 FROM ONLY {self._qualified(partition.name)} AS k"
+                f" WHERE k.id = ANY(%s::bigint[])) FROM ONLY {self._qualified(partition.name)} AS p",
+                (id_array(kept_ids),),
+            ).fetchone()
+            if first is not None and not keeps_a_row:
+                spans.append((first, last))
+        if not conn.autocommit:
+            conn.commit()
+        joined = join_ranges_across(ranges, spans)
+        if len(joined) < len(ranges):
+            log.info(
+                "rule %s: %d units of %d, cut between partitions (%d partitions may go whole)",
+                rule.name,
+                len(joined),
+                len(ranges),
+                len(spans),
+            )
+        return joined
 
     def _check_partition(self, conn, rule: Rule, partition: str, *, fingerprint: bool = False) -> PartitionCheck:
         """The rule's select (clock, conditions, holds, waiting children) run over the partition
@@ -266,7 +333,11 @@ class PartitionRetirement:
         # Step 1: the partition's rows, frozen for the archive (writers wait), checked, archived.
         control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
         control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
-        control.execute(f"LOCK TABLE {self._qualified(partition.name)} IN SHARE MODE")
+        try:
+            control.execute(f"LOCK TABLE {self._qualified(partition.name)} IN SHARE MODE")
+        except psycopg.errors.UndefinedTable:
+            control.rollback()
+            return None  # dropped meanwhile by another rule's unit on the same table
         archived = rule.archived
         check = self._check_partition(control, rule, partition.name, fingerprint=archived)
         allowance = self._allowances[rule.name]
@@ -432,12 +503,21 @@ class PartitionRetirement:
 
     def _detach(self, autocommit_conn, table: str, partition: str) -> None:
         """``DETACH PARTITION ... CONCURRENTLY``: the table stays readable and writable; the
-        statement waits for every transaction that uses the table to end."""
-        autocommit_conn.execute(
-            sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
-                sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
+        statement waits for every transaction that uses the table to end. One at a time a table:
+        PostgreSQL refuses a second while one of its partitions is pending detach (units side by
+        side wait for each other here, holding no lock on the table meanwhile)."""
+        turn = ("SELECT pg_advisory_lock(hashtext(%s))", "SELECT pg_advisory_unlock(hashtext(%s))")
+        key = (f"retention:detach:{self.schema}.{table}",)
+        autocommit_conn.execute(turn[0], key)
+        try:
+            autocommit_conn.execute(
+                sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
+                    sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
+                )
             )
-        )
+        finally:
+            with contextlib.suppress(psycopg.OperationalError):  # a broken session released it
+                autocommit_conn.execute(turn[1], key)
 
     def _abandon_uploads(self, control, ctx: RunContext, rule: Rule, batch: Batch) -> None:
         """The objects of a partition that stays: removed now (nothing is committed, no Object
