@@ -19,7 +19,6 @@ from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RunContext, plan_units
 from retention.archive.store import ArchiveStore
-from retention.planner import IdRange
 
 from tests import factories as f
 from tests import factories_policy as fp
@@ -183,7 +182,7 @@ def test_a_partition_with_a_held_row_stays_and_its_other_rows_take_the_row_path(
     assert f.ids(db, "chat_messages") == {made["2026-04"][1], *made["2026-06"], *made["2026-07"]}
 
 
-def three_units(db, policy, source_dsn, s3, storage):
+def units_of_two_rows(db, policy, source_dsn, s3, storage):
     """Messages in six months, one of April's held; a plan in units of (about) two rows."""
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)  # ids in month order, three a month
@@ -199,13 +198,14 @@ def test_units_are_cut_between_partitions_so_that_each_retires_its_own_whole(
     """A large rule is spread over units of ``range_rows`` rows; a partition split between two
     units would be neither's whole (each leaves it to the row path). The plan moves the cuts to
     the partitions' edges: each partition that may go whole lies in one unit; one with a held row
-    stays anyway and keeps its cuts."""
+    stays anyway and is cut as usual."""
     db = partitioned
-    made, ctx, plan, units = three_units(db, policy, source_dsn, s3, storage)
+    made, ctx, plan, units = units_of_two_rows(db, policy, source_dsn, s3, storage)
     first, mar, apr, may = (made[m] for m in ("2019-01", "2026-03", "2026-04", "2026-05"))
     assert [(u.first_id, u.last_id, u.rows) for u in units] == [
-        (first[0], mar[2], 6),  # 2019-01 and March: cut twice inside each by 2-row units
-        (apr[0], apr[2], 2),  # April has a held row: it stays, its cuts do not matter
+        (first[0], first[2], 3),  # a partition a unit, though units were to hold 2 rows
+        (mar[0], mar[2], 3),
+        (apr[0], apr[2], 2),  # April has a held row: it stays, its rows are cut as usual
         (may[0], may[2], 3),
     ]
 
@@ -215,7 +215,7 @@ def test_units_are_cut_between_partitions_so_that_each_retires_its_own_whole(
         for unit in units
     ]
     done = [run.join()[0] for run in runs]
-    assert [o.partitions.get("dropped", 0) for o in done] == [2, 0, 1]
+    assert [o.partitions.get("dropped", 0) for o in done] == [1, 1, 0, 1]
     assert sum(o.deleted for o in done) == 11
     assert partitions_left(db, "chat_messages") == ["2026_04", "2026_06", "2026_07"]
     assert f.ids(db, "chat_messages") == {apr[1], *made["2026-06"], *made["2026-07"]}
@@ -229,7 +229,7 @@ def test_a_unit_does_not_wait_on_a_partition_another_unit_is_dropping(
     leaves it after a moment and goes on with its own range (it would wait 30 s for the lock,
     then fail, if it locked every partition to read its ids)."""
     db = partitioned
-    made, ctx, plan, (_, april, _) = three_units(db, policy, source_dsn, s3, storage)
+    made, ctx, plan, (_, _, april, _) = units_of_two_rows(db, policy, source_dsn, s3, storage)
     other_unit = psycopg.connect(source_dsn, autocommit=True)
     listed = partition_path.PartitionRetirement._partition_candidates
 
@@ -253,16 +253,19 @@ def test_a_unit_does_not_wait_on_a_partition_another_unit_is_dropping(
 @pytest.mark.parametrize(
     ("spans", "expected"),
     [
-        ([(1, 10), (11, 20), (21, 30)], [(1, 10, 10), (11, 20, 10), (21, 30, 10)]),  # cut at the edges already
-        ([(1, 15), (21, 30)], [(1, 20, 20), (21, 30, 10)]),  # one partition cut: its two ranges joined
-        ([(1, 12), (9, 30)], [(1, 30, 30)]),  # ids mixed between partitions: spans overlap, all joined
-        ([], [(1, 10, 10), (11, 20, 10), (21, 30, 10)]),  # no partition may go whole
-        ([(12, 14)], [(1, 10, 10), (11, 20, 10), (21, 30, 10)]),  # inside one range
+        ([(21, 30), (1, 10)], [1, 11, 21, 31]),  # each partition's first id and the id after its last
+        ([(1, 12), (9, 30)], [1, 31]),  # ids mixed between partitions: one span
+        ([(1, 10), (11, 20)], [1, 11, 11, 21]),  # side by side: nothing between them
+        ([], []),
     ],
 )
-def test_ranges_are_joined_across_a_partition_cut_between_them(spans, expected):
-    ranges = [IdRange(1, 10, 10), IdRange(11, 20, 10), IdRange(21, 30, 10)]
-    assert [(r.first_id, r.last_id, r.rows) for r in partition_path.join_ranges_across(ranges, spans)] == expected
+def test_unit_bounds_start_a_unit_at_each_partition_and_after_it(spans, expected):
+    assert partition_path.unit_bounds(spans) == expected
+
+
+def test_more_partitions_than_units_allowed_go_two_a_unit():
+    assert partition_path.pair_bounds([1, 11, 11, 21, 31, 41]) == [1, 21, 31, 41]
+    assert partition_path.pair_bounds([1, 11]) == [1, 11]
 
 
 def test_a_hold_placed_while_the_partition_is_archived_keeps_it(partitioned, s3, storage, policy, source_dsn):

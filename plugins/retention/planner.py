@@ -343,15 +343,23 @@ class Planner:
                 exceptions.append((False, ids))
         return outcome, exceptions
 
-    def id_ranges(self, conn, rule: Rule, logical_date: dt.datetime, rows_per_range: int) -> list[IdRange]:
+    def id_ranges(
+        self, conn, rule: Rule, logical_date: dt.datetime, rows_per_range: int, bounds: list[int] | None = None
+    ) -> list[IdRange]:
         """The rule's deletable ids (projected) cut into consecutive ranges of ``rows_per_range``
-        rows (the last one shorter): the units a large rule is spread over."""
+        rows (the last one shorter): the units a large rule is spread over.
+
+        ``bounds``: ascending ids where a range must start; the ids from an odd-numbered bound
+        to the next (a partition that may go whole) make one range, however many they are
+        (``retention.archive.partitions.unit_bounds``)."""
         query = (
-            "SELECT min(id), max(id), count(*) FROM (SELECT due.id, (row_number() OVER (ORDER BY due.id) - 1)"
+            "SELECT min(id), max(id), count(*) FROM (SELECT due.id, width_bucket(due.id, %(bounds)s::bigint[]) AS seg,"
+            " (row_number() OVER (PARTITION BY width_bucket(due.id, %(bounds)s::bigint[]) ORDER BY due.id) - 1)"
             f" / %(rows_per_range)s AS part FROM ({self.select(rule, projected=True)}) AS due"
-            " WHERE NOT due.held AND due.waiting_for IS NULL) AS x GROUP BY part ORDER BY part"
+            " WHERE NOT due.held AND due.waiting_for IS NULL) AS x"
+            " GROUP BY seg, CASE WHEN seg %% 2 = 1 THEN 0 ELSE part END ORDER BY min(id)"
         )
-        params = self.params(logical_date) | {"rows_per_range": rows_per_range}
+        params = self.params(logical_date) | {"rows_per_range": rows_per_range, "bounds": list(bounds or [])}
         return [IdRange(lo, hi, n) for lo, hi, n in conn.execute(query, params)]
 
     def plan(self, conn, logical_date: dt.datetime) -> list[RuleOutcome]:

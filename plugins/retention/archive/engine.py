@@ -127,18 +127,16 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             outcome, exceptions[rule.name] = planner.count(conn, rule, ctx.logical_date, projected=True)
             outcomes.append(outcome)
         ranges: dict[str, list[IdRange]] = {
-            o.rule: planner.id_ranges(
-                conn, rule, ctx.logical_date, max(range_rows, -(-o.deletable // MAX_UNITS_PER_RULE))
+            rule.name: self._unit_ranges(
+                conn,
+                rule,
+                ctx.logical_date,
+                max(range_rows, -(-o.deletable // MAX_UNITS_PER_RULE)),
+                [i for _, ids in exceptions[rule.name] for i in ids],
             )
             for rule, o in zip(self.purpose.rules, outcomes, strict=True)
             if range_rows is not None and o.deletable > range_rows
         }
-        for rule in self.purpose.rules:
-            if rule.name in ranges:
-                kept = [i for _, ids in exceptions[rule.name] for i in ids]
-                ranges[rule.name] = self._ranges_around_partitions(
-                    conn, rule, ctx.logical_date, ranges[rule.name], kept
-                )
         if not conn.autocommit:
             conn.commit()
         plan = Plan(

@@ -47,7 +47,7 @@ from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
 from retention.archive.documents import key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.archive.parquet import typed
-from retention.archive.run import MAX_ID, RetentionError, RunContext
+from retention.archive.run import MAX_ID, MAX_UNITS_PER_RULE, RetentionError, RunContext
 from retention.id_sets import id_array
 from retention.paths import SQL_DIR
 from retention.planner import IdRange, RuleOutcome
@@ -143,17 +143,24 @@ class PartitionsDone:
             outcome.partitions = {"dropped": self.dropped, "rows": self.rows, "kept": self.kept}
 
 
-def join_ranges_across(ranges: list[IdRange], spans: list[tuple[int, int]]) -> list[IdRange]:
-    """Consecutive id ranges, two neighbours joined whenever one of the ``spans`` (a partition's
-    least and greatest id) reaches into both: no span is then cut between two ranges."""
-    joined = ranges[:1]
-    for nxt in ranges[1:]:
-        last = joined[-1]
-        if any(first <= last.last_id and nxt.first_id <= end for first, end in spans):
-            joined[-1] = IdRange(last.first_id, nxt.last_id, last.rows + nxt.rows)
+def unit_bounds(spans: list[tuple[int, int]]) -> list[int]:
+    """Where a rule's units must start so that none cuts a partition: each span's (a partition's
+    least and greatest id) first id and the id after its last, ascending; spans that overlap
+    (ids mixed between partitions) taken as one."""
+    merged: list[list[int]] = []
+    for first, last in sorted(spans):
+        if merged and first <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], last)
         else:
-            joined.append(nxt)
-    return joined
+            merged.append([first, last])
+    return [bound for first, last in merged for bound in (first, last + 1)]
+
+
+def pair_bounds(bounds: list[int]) -> list[int]:
+    """The same cuts around half as many spans: two neighbours taken as one (the ids between
+    them included), for a rule with more partitions than units allowed."""
+    spans = list(zip(bounds[::2], bounds[1::2], strict=True))
+    return [b for pair in range(0, len(spans), 2) for b in (spans[pair][0], spans[min(pair + 1, len(spans) - 1)][1])]
 
 
 class PartitionRetirement:
@@ -224,17 +231,16 @@ class PartitionRetirement:
             if p.upper is not None and p.upper <= cutoff and not p.detach_pending and not p.subpartitioned
         ]
 
-    def _ranges_around_partitions(
-        self, conn, rule: Rule, logical_date: dt.datetime, ranges: list[IdRange], kept_ids: list[int]
+    def _unit_ranges(
+        self, conn, rule: Rule, logical_date: dt.datetime, rows_per_range: int, kept_ids: list[int]
     ) -> list[IdRange]:
-        """The plan's units of a large rule (consecutive ranges of its deletable ids) with no cut
-        inside a partition that may be retired whole: a partition split between two units is
-        neither's whole, and both would leave it to the row path. Two neighbours are joined when
-        a partition's ids reach into both. A partition holding a row the plan keeps (held,
-        waiting) stays anyway and keeps its cuts. Ids mixed between partitions (rows written long
-        after their clock) join more units: fewer, larger units, the same rows."""
-        if len(ranges) < 2:
-            return ranges
+        """A large rule's units (consecutive ranges of its deletable ids, ``rows_per_range`` rows
+        each), never cutting a partition that may be retired whole: one split between two units is
+        neither's whole, and both would leave it to the row path. Each such partition is a unit of
+        its own (the rows between partitions are cut as usual), so the units retire them side by
+        side. A partition holding a row the plan keeps (held, waiting) stays anyway: not counted.
+        Ids mixed between partitions (rows written long after their clock) make fewer, larger
+        units; more partitions than units allowed, two or more a unit."""
         cutoff = self.planner(conn).params(logical_date)[f"cutoff__{rule.name}"]
         spans = []
         for partition in self._partition_candidates(conn, rule, cutoff):
@@ -245,18 +251,18 @@ class PartitionRetirement:
             ).fetchone()
             if first is not None and not keeps_a_row:
                 spans.append((first, last))
+        bounds = unit_bounds(spans)
+        ranges = self.planner(conn).id_ranges(conn, rule, logical_date, rows_per_range, bounds)
+        while len(ranges) > MAX_UNITS_PER_RULE and len(bounds) > 2:
+            bounds = pair_bounds(bounds)
+            ranges = self.planner(conn).id_ranges(conn, rule, logical_date, rows_per_range, bounds)
         if not conn.autocommit:
             conn.commit()
-        joined = join_ranges_across(ranges, spans)
-        if len(joined) < len(ranges):
+        if spans:
             log.info(
-                "rule %s: %d units of %d, cut between partitions (%d partitions may go whole)",
-                rule.name,
-                len(joined),
-                len(ranges),
-                len(spans),
+                "rule %s: %d units, cut around %d partitions that may go whole", rule.name, len(ranges), len(spans)
             )
-        return joined
+        return ranges
 
     def _check_partition(self, conn, rule: Rule, partition: str, *, fingerprint: bool = False) -> PartitionCheck:
         """The rule's select (clock, conditions, holds, waiting children) run over the partition
