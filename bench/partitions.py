@@ -187,12 +187,13 @@ def run_one(stack, kind: str, path: str, rows: int, logical_date: dt.datetime, b
 def _run_units(planned_by, stack, ctx, plan, table: str):
     """The plan's units of the table's rule, ``UNIT_SLOTS`` at a time (as worker slots of the
     writers' pool would run them), each unit its own engine (a task's), set as the one that
-    planned; their outcomes summed."""
+    planned; their outcomes merged."""
     from concurrent.futures import ThreadPoolExecutor
 
     from retention.archive.engine import RetentionEngine
     from retention.archive.run import plan_units
     from retention.archive.store import ArchiveStore
+    from retention.tasks import merge_units
 
     index = next(i for i, o in enumerate(plan.rules) if o.table == table)
     units = plan_units(plan)[index]
@@ -207,14 +208,9 @@ def _run_units(planned_by, stack, ctx, plan, table: str):
 
     with ThreadPoolExecutor(UNIT_SLOTS) as pool:
         done = list(pool.map(one, units))
-    total = plan.rules[index].planned()
-    for outcome in done:
-        total.deleted += outcome.deleted
-        total.objects += outcome.objects
-        total.archive_bytes += outcome.archive_bytes
-        for key, n in outcome.partitions.items():
-            total.partitions[key] = total.partitions.get(key, 0) + n
-    return [total], len(units)
+    # Summed as the DAG's report task sums its units' results.
+    merged = merge_units(plan, [{"outcome": outcome.as_dict()} for outcome in done])
+    return [merged[index]], len(units)
 
 
 def _durable_stack(stack):

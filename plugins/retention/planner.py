@@ -352,11 +352,13 @@ class Planner:
         ``bounds``: ascending ids where a range must start; the ids from an odd-numbered bound
         to the next (a partition that may go whole) make one range, however many they are
         (``retention.archive.partitions.unit_bounds``)."""
+        # seg: how many bounds lie at or below the id (odd: inside a partition that goes whole).
         query = (
-            "SELECT min(id), max(id), count(*) FROM (SELECT due.id, width_bucket(due.id, %(bounds)s::bigint[]) AS seg,"
-            " (row_number() OVER (PARTITION BY width_bucket(due.id, %(bounds)s::bigint[]) ORDER BY due.id) - 1)"
-            f" / %(rows_per_range)s AS part FROM ({self.select(rule, projected=True)}) AS due"
-            " WHERE NOT due.held AND due.waiting_for IS NULL) AS x"
+            "SELECT min(id), max(id), count(*) FROM (SELECT id, seg,"
+            " (row_number() OVER (PARTITION BY seg ORDER BY id) - 1) / %(rows_per_range)s AS part"
+            " FROM (SELECT due.id, width_bucket(due.id, %(bounds)s::bigint[]) AS seg"
+            f" FROM ({self.select(rule, projected=True)}) AS due"
+            " WHERE NOT due.held AND due.waiting_for IS NULL) AS d) AS x"
             " GROUP BY seg, CASE WHEN seg %% 2 = 1 THEN 0 ELSE part END ORDER BY min(id)"
         )
         params = self.params(logical_date) | {"rows_per_range": rows_per_range, "bounds": list(bounds or [])}

@@ -14,6 +14,8 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 
+from retention.archive.run import MAX_ID
+
 # Larger sorts of a batch (its ids by purge day) stay in memory: 4 MB (the default) spills.
 BATCH_WORK_MEM = "64MB"
 # A batch's objects (one per end day) uploaded at once: parallel requests hide S3's latency.
@@ -31,6 +33,15 @@ class _Allowance:
     # Deletable rows a batch found once the count was used up, and the last id locked so far.
     cut: int = 0
     reached_id: int = 0
+
+    def covers(self, first_id: int, last_id: int) -> bool:
+        """Whether ids ``first_id..last_id`` all lie in the allowed range."""
+        return self.first_id <= first_id and last_id <= self.last_id
+
+    @property
+    def is_a_share(self) -> bool:
+        """A unit's share of the rule (other units run beside it), not the whole rule."""
+        return self.last_id != MAX_ID
 
 
 @dataclass

@@ -47,7 +47,7 @@ from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
 from retention.archive.documents import key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.archive.parquet import typed
-from retention.archive.run import MAX_ID, MAX_UNITS_PER_RULE, RetentionError, RunContext
+from retention.archive.run import MAX_UNITS_PER_RULE, RetentionError, RunContext
 from retention.id_sets import id_array
 from retention.paths import SQL_DIR
 from retention.planner import IdRange, RuleOutcome
@@ -160,7 +160,10 @@ def pair_bounds(bounds: list[int]) -> list[int]:
     """The same cuts around half as many spans: two neighbours taken as one (the ids between
     them included), for a rule with more partitions than units allowed."""
     spans = list(zip(bounds[::2], bounds[1::2], strict=True))
-    return [b for pair in range(0, len(spans), 2) for b in (spans[pair][0], spans[min(pair + 1, len(spans) - 1)][1])]
+    paired = [(first, last) for (first, _), (_, last) in zip(spans[::2], spans[1::2], strict=False)]
+    if len(spans) % 2:
+        paired.append(spans[-1])  # the odd one out stays alone
+    return [bound for span in paired for bound in span]
 
 
 class PartitionRetirement:
@@ -177,7 +180,7 @@ class PartitionRetirement:
         )
         allowance = self._allowances[rule.name]
         for partition in candidates:
-            if allowance.last_id != MAX_ID and not self._may_be_the_units(control, partition.name, allowance):
+            if allowance.is_a_share and not self._may_be_the_units(control, partition.name, allowance):
                 continue  # another unit's: not even locked (it may be dropped under us)
             retired = self._retire_partition(control, intents, reader, rule, ctx, partition, done)
             if retired is None:
@@ -200,7 +203,7 @@ class PartitionRetirement:
             return False  # dropped, or being dropped, by another unit
         finally:
             control.rollback()
-        return first is not None and allowance.first_id <= first and last <= allowance.last_id
+        return first is not None and allowance.covers(first, last)
 
     def _partition_candidates(self, control, rule: Rule, cutoff: dt.datetime) -> list[Partition]:
         """The partitions wholly before the rule's cutoff, when the rule can take this path."""
@@ -347,7 +350,7 @@ class PartitionRetirement:
         archived = rule.archived
         check = self._check_partition(control, rule, partition.name, fingerprint=archived)
         allowance = self._allowances[rule.name]
-        if check.rows and (check.min_id < allowance.first_id or check.max_id > allowance.last_id):
+        if check.rows and not allowance.covers(check.min_id, check.max_id):
             control.rollback()
             return None
         if not check.whole or check.rows > allowance.rows_left:
