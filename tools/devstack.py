@@ -927,9 +927,15 @@ def up(
             f"its saved state ({config.s3_state_file}) was lost or is older than the database. "
             "Nothing was started on top of it: `make reset` starts over from a fresh seed."
         )
+    from retention.policy import default_policy
+
     from tools.seed.load import seed_database
 
-    reference = dt.date.fromisoformat(reference_date) if reference_date else dt.date.today()
+    # Today where the policy counts its days (Europe/Paris), not the machine's (UTC): from 23:00
+    # UTC a UTC date lags the latest scheduled run (Paris midnight) by a day, and that run then
+    # finds the next day's rows due as well (contracts: over the mass-deletion guard).
+    today = dt.datetime.now(default_policy().tz).date()
+    reference = dt.date.fromisoformat(reference_date) if reference_date else today
     if already_seeded(config.source_dsn()):
         # Its data and the runs on it are kept: a re-run of `make demo` only starts what stopped.
         print("data        kept: the database is already seeded (`make reset` starts over from a fresh seed)")
