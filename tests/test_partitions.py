@@ -15,6 +15,7 @@ import threading
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from retention.archive import partition_plan
 from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RunContext, plan_units
@@ -82,7 +83,7 @@ def engine_for(policy, source_dsn, s3, storage, purpose="subscriber_services", *
 
 
 def partitions_left(db, table: str) -> list[str]:
-    rows = partition_path.range_partitions(
+    rows = partition_plan.range_partitions(
         db, "app", table, "transmitted_at" if table == "chat_messages" else "recorded_at"
     )
     return [p.name.removeprefix(f"{table}_") for p in rows]
@@ -260,12 +261,12 @@ def test_a_unit_does_not_wait_on_a_partition_another_unit_is_dropping(
     ],
 )
 def test_unit_bounds_start_a_unit_at_each_partition_and_after_it(spans, expected):
-    assert partition_path.unit_bounds(spans) == expected
+    assert partition_plan.unit_bounds(spans) == expected
 
 
 def test_more_partitions_than_units_allowed_go_two_a_unit():
-    assert partition_path.pair_bounds([1, 11, 11, 21, 31, 41]) == [1, 21, 31, 41]
-    assert partition_path.pair_bounds([1, 11]) == [1, 11]
+    assert partition_plan.pair_bounds([1, 11, 11, 21, 31, 41]) == [1, 21, 31, 41]
+    assert partition_plan.pair_bounds([1, 11]) == [1, 11]
 
 
 def test_a_hold_placed_while_the_partition_is_archived_keeps_it(partitioned, s3, storage, policy, source_dsn):
@@ -340,14 +341,14 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
         crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
     # 2019's partition is detached (a table of its own), not dropped; its rows are not yet deleted
     # as far as the manifest and the audit say.
-    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "detached"
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "detached"
     assert db.execute("SELECT state FROM retention.partition_retirements").fetchall() == [("detaching",)]
     assert db.execute("SELECT count(*) FROM retention.audit_log WHERE action = 'deleted'").fetchone() == (0,)
 
     (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
         RunContext("subscriber_services", "next", D)
     )
-    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
     assert db.execute("SELECT state FROM retention.partition_retirements ORDER BY id").fetchall() == [("dropped",)] * 4
     # 2019's rows (archive period over) are audited once, under the crashed run that archived them.
     assert db.execute(
@@ -384,12 +385,12 @@ def test_a_detach_interrupted_midway_is_finalized_by_the_next_run(partitioned, s
     crashing._detach = interrupted_detach
     with pytest.raises(Crash):
         crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
-    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "pending"
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "pending"
 
     (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
         RunContext("subscriber_services", "next", D)
     )
-    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
     assert outcome.partitions["dropped"] == 3
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
 
@@ -414,7 +415,7 @@ def test_a_hold_placed_just_before_the_detach_attaches_the_partition_again(
     engine._detach = hold_then_detach
     (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "late_hold", D))
     assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
-    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
     assert set(made["2026-04"]) <= f.ids(db, "chat_messages")
     assert db.execute(
         "SELECT state, count(*) FROM retention.partition_retirements GROUP BY 1 ORDER BY 1"
@@ -451,7 +452,7 @@ def test_a_write_that_slips_in_before_the_detach_attaches_the_partition_again(
     engine._detach = write_then_detach
     (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "late_write", D))
     assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
-    assert partition_path.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
     assert db.execute(
         "SELECT state, count(*) FROM retention.partition_retirements GROUP BY 1 ORDER BY 1"
     ).fetchall() == [("dropped", 3), ("kept", 1)]
@@ -504,10 +505,10 @@ def test_a_role_that_does_not_own_the_table_takes_the_row_path(partitioned, s3, 
 
 
 def test_a_table_that_is_not_partitioned_is_not_detected(db):
-    assert partition_path.range_partitions(db, "app", "cookie_consents", "recorded_at") == []
+    assert partition_plan.range_partitions(db, "app", "cookie_consents", "recorded_at") == []
     db.execute("CREATE TABLE app.listed (id bigint, kind text) PARTITION BY LIST (kind)")
     try:
-        assert partition_path.range_partitions(db, "app", "listed", "kind") == []
+        assert partition_plan.range_partitions(db, "app", "listed", "kind") == []
     finally:
         db.execute("DROP TABLE app.listed")
 

@@ -351,7 +351,7 @@ class Planner:
 
         ``bounds``: ascending ids where a range must start; the ids from an odd-numbered bound
         to the next (a partition that may go whole) make one range, however many they are
-        (``retention.archive.partitions.unit_bounds``)."""
+        (``retention.archive.partition_plan.unit_bounds``)."""
         # seg: how many bounds lie at or below the id (odd: inside a partition that goes whole).
         query = (
             "SELECT min(id), max(id), count(*) FROM (SELECT id, seg,"

@@ -2,9 +2,8 @@
 is archived from the partition itself, detached (``DETACH PARTITION ... CONCURRENTLY``) and
 dropped, instead of deleted row by row (issue 20; docs/partitions.md).
 
-Detected from the catalog (include/sql/catalog/range_partitions.sql): the rule's table is
-range-partitioned on the rule's own clock column, with no DEFAULT partition (PostgreSQL refuses
-a concurrent detach beside one). A partition qualifies when its upper bound is at or before the
+Which tables and partitions may go this way, and the units cut around them, are planned in
+``retention.archive.partition_plan`` (the catalog). A partition qualifies when its upper bound is at or before the
 rule's cutoff (every row is past its live period), every row passes the rule (its conditions,
 no hold, no waiting child: the planner's select, run over the partition alone), its ids lie in
 the unit's range and within what the plan approved. Anything else is left to the row path,
@@ -35,7 +34,6 @@ through step 4; a partition never detached is kept and its uploads removed as or
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,57 +42,18 @@ import psycopg
 from psycopg import sql
 
 from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
-from retention.archive.documents import key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.archive.parquet import typed
-from retention.archive.run import MAX_UNITS_PER_RULE, RetentionError, RunContext
+from retention.archive.partition_plan import Partition, PartitionPlanning, attached_state
+from retention.archive.run import RetentionError, RunContext
 from retention.id_sets import id_array
-from retention.paths import SQL_DIR
-from retention.planner import IdRange, RuleOutcome
+from retention.planner import RuleOutcome
 from retention.policy import Rule, rule_filter
 
 log = logging.getLogger(__name__)
 
-CATALOG_DIR = SQL_DIR / "catalog"
-# How long a unit waits to read the ids of a partition another unit may be dropping.
-PEEK_LOCK_TIMEOUT = "1s"
 # Rows of a partition read and uploaded at a time (one object per end day, as in the row path).
 READ_ROWS = 200_000
-
-
-def _catalog_sql(name: str) -> str:
-    return (CATALOG_DIR / f"{name}.sql").read_text(encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class Partition:
-    """One partition of a rule's table, as the catalog describes it."""
-
-    name: str
-    bound: str
-    detach_pending: bool
-    subpartitioned: bool
-    lower: dt.datetime | None
-    upper: dt.datetime | None
-    is_default: bool = False
-
-
-def range_partitions(conn, schema: str, table: str, column: str) -> list[Partition]:
-    """The partitions of ``table`` if it is range-partitioned on ``column`` alone, else []."""
-    rows = conn.execute(_catalog_sql("range_partitions"), {"schema": schema, "table": table, "column": column})
-    return [Partition(*row, is_default=row[1] == "DEFAULT") for row in rows.fetchall()]
-
-
-def may_detach(conn, schema: str, table: str) -> bool:
-    """Whether this session may detach and drop the table's partitions (it acts as the owner)."""
-    row = conn.execute(_catalog_sql("may_detach"), {"schema": schema, "table": table}).fetchone()
-    return bool(row and row[0])
-
-
-def attached_state(conn, schema: str, table: str, partition: str) -> str:
-    """'attached', 'pending' (a concurrent detach interrupted), 'detached' or 'gone'."""
-    params = {"schema": schema, "table": table, "partition": partition}
-    return conn.execute(_catalog_sql("attached_state"), params).fetchone()[0]
 
 
 @dataclass
@@ -143,34 +102,8 @@ class PartitionsDone:
             outcome.partitions = {"dropped": self.dropped, "rows": self.rows, "kept": self.kept}
 
 
-def unit_bounds(spans: list[tuple[int, int]]) -> list[int]:
-    """Where a rule's units must start so that none cuts a partition: each span's (a partition's
-    least and greatest id) first id and the id after its last, ascending; spans that overlap
-    (ids mixed between partitions) taken as one."""
-    merged: list[list[int]] = []
-    for first, last in sorted(spans):
-        if merged and first <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], last)
-        else:
-            merged.append([first, last])
-    return [bound for first, last in merged for bound in (first, last + 1)]
-
-
-def pair_bounds(bounds: list[int]) -> list[int]:
-    """The same cuts around half as many spans: two neighbours taken as one (the ids between
-    them included), for a rule with more partitions than units allowed."""
-    spans = list(zip(bounds[::2], bounds[1::2], strict=True))
-    paired = [(first, last) for (first, _), (_, last) in zip(spans[::2], spans[1::2], strict=False)]
-    if len(spans) % 2:
-        paired.append(spans[-1])  # the odd one out stays alone
-    return [bound for span in paired for bound in span]
-
-
-class PartitionRetirement:
+class PartitionRetirement(PartitionPlanning):
     """Whole partitions archived, detached and dropped (a part of RetentionEngine)."""
-
-    # Off: every rule takes the row path (the bench's comparison; an operator's way out).
-    partition_path = True
 
     def _retire_partitions(self, control, intents, reader, rule: Rule, ctx: RunContext) -> PartitionsDone:
         """Retire every partition of the rule's table that qualifies; the rest is the row path's."""
@@ -190,82 +123,6 @@ class PartitionRetirement:
             else:
                 done.kept += 1
         return done
-
-    def _may_be_the_units(self, control, partition: str, allowance) -> bool:
-        """Whether a partition's ids may all be the unit's (the plan cuts units between
-        partitions): read without locking it, so that the other units' partitions, detached and
-        dropped beside this one, are left alone: one locked by another for more than a moment is
-        left to the row path (as the rest of the unit's). Empty ones wait for a run in one unit."""
-        try:
-            control.execute(f"SET LOCAL lock_timeout = '{PEEK_LOCK_TIMEOUT}'")
-            first, last = control.execute(f"SELECT min(id), max(id) FROM ONLY {self._qualified(partition)}").fetchone()
-        except (psycopg.errors.UndefinedTable, psycopg.errors.LockNotAvailable):
-            return False  # dropped, or being dropped, by another unit
-        finally:
-            control.rollback()
-        return first is not None and allowance.covers(first, last)
-
-    def _partition_candidates(self, control, rule: Rule, cutoff: dt.datetime) -> list[Partition]:
-        """The partitions wholly before the rule's cutoff, when the rule can take this path."""
-        if not self.partition_path or rule.erase_at_processor:
-            return []
-        table, _, column = rule.clock.partition(".")
-        if table != rule.table:  # the clock is a parent's (a joined table's): rows are not grouped by it
-            return []
-        partitions = range_partitions(control, self.schema, rule.table, column)
-        if not partitions:
-            control.commit()
-            return []
-        if any(p.is_default for p in partitions) or key_columns(control, self.schema, rule.table):
-            # DETACH ... CONCURRENTLY is refused beside a DEFAULT partition; rows naming files
-            # need their files followed row by row (retention.archive.documents).
-            control.commit()
-            log.info("rule %s: %s is partitioned but takes the row path", rule.name, rule.table)
-            return []
-        if not may_detach(control, self.schema, rule.table):
-            # DETACH and DROP need the table's owner; a role without it deletes row by row.
-            control.commit()
-            log.info("rule %s: %s is partitioned, not owned by this role: the row path", rule.name, rule.table)
-            return []
-        control.commit()
-        return [
-            p
-            for p in partitions
-            if p.upper is not None and p.upper <= cutoff and not p.detach_pending and not p.subpartitioned
-        ]
-
-    def _unit_ranges(
-        self, conn, rule: Rule, logical_date: dt.datetime, rows_per_range: int, kept_ids: list[int]
-    ) -> list[IdRange]:
-        """A large rule's units (consecutive ranges of its deletable ids, ``rows_per_range`` rows
-        each), never cutting a partition that may be retired whole: one split between two units is
-        neither's whole, and both would leave it to the row path. Each such partition is a unit of
-        its own (the rows between partitions are cut as usual), so the units retire them side by
-        side. A partition holding a row the plan keeps (held, waiting) stays anyway: not counted.
-        Ids mixed between partitions (rows written long after their clock) make fewer, larger
-        units; more partitions than units allowed, two or more a unit."""
-        cutoff = self.planner(conn).params(logical_date)[f"cutoff__{rule.name}"]
-        spans = []
-        for partition in self._partition_candidates(conn, rule, cutoff):
-            first, last, keeps_a_row = conn.execute(
-                f"SELECT min(p.id), max(p.id), EXISTS (SELECT 1 FROM ONLY {self._qualified(partition.name)} AS k"
-                f" WHERE k.id = ANY(%s::bigint[])) FROM ONLY {self._qualified(partition.name)} AS p",
-                (id_array(kept_ids),),
-            ).fetchone()
-            if first is not None and not keeps_a_row:
-                spans.append((first, last))
-        bounds = unit_bounds(spans)
-        ranges = self.planner(conn).id_ranges(conn, rule, logical_date, rows_per_range, bounds)
-        while len(ranges) > MAX_UNITS_PER_RULE and len(bounds) > 2:
-            bounds = pair_bounds(bounds)
-            ranges = self.planner(conn).id_ranges(conn, rule, logical_date, rows_per_range, bounds)
-        if not conn.autocommit:
-            conn.commit()
-        if spans:
-            log.info(
-                "rule %s: %d units, cut around %d partitions that may go whole", rule.name, len(ranges), len(spans)
-            )
-        return ranges
 
     def _check_partition(self, conn, rule: Rule, partition: str, *, fingerprint: bool = False) -> PartitionCheck:
         """The rule's select (clock, conditions, holds, waiting children) run over the partition
@@ -317,9 +174,6 @@ class PartitionRetirement:
         # partition too: once detached, its rows are no longer in the table.
         own_coverage = f'FROM "{self.schema}"."{rule.table}" AS c '
         return select.replace(own_coverage, f"FROM ONLY {self._qualified(partition)} AS c ")
-
-    def _qualified(self, name: str) -> str:
-        return f'"{self.schema}"."{name}"'
 
     def _part_counts(self, partition: str, fingerprint: bool) -> str:
         """The partition's rows counted, their least and greatest id, and with ``fingerprint`` a
