@@ -114,7 +114,10 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
                 250_000,
                 type="integer",
                 minimum=1,
-                description="A rule with more deletable rows is spread over units (mapped tasks) of this many ids.",
+                description=(
+                    "A rule with more deletable rows is spread over units (mapped tasks) of about this many"
+                    " rows; on a partitioned table a partition that may go whole is one unit, whatever its size."
+                ),
             ),
         },
         render_template_as_native_obj=True,

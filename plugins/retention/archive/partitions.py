@@ -91,6 +91,8 @@ class PartitionsDone:
     objects: int = 0
     archive_bytes: int = 0
     archived_until: dict[str, int] = field(default_factory=dict)
+    # The last retired partition's versions to lock: (versions, retain until), as a batch's.
+    locks: list = field(default_factory=list)
 
     def add_to(self, outcome: RuleOutcome) -> None:
         outcome.deleted += self.rows
@@ -106,22 +108,36 @@ class PartitionRetirement(PartitionPlanning):
     """Whole partitions archived, detached and dropped (a part of RetentionEngine)."""
 
     def _retire_partitions(self, control, intents, reader, rule: Rule, ctx: RunContext) -> PartitionsDone:
-        """Retire every partition of the rule's table that qualifies; the rest is the row path's."""
+        """Retire every partition of the rule's table that qualifies; the rest is the row path's.
+        A retired partition's Object Locks are applied while the next one is worked on (its
+        requests wait on S3, the next partition on the database), and recorded at the end."""
         done = PartitionsDone()
         candidates = self._partition_candidates(
             control, rule, self._statements[rule.name].params[f"cutoff__{rule.name}"]
         )
         allowance = self._allowances[rule.name]
-        for partition in candidates:
-            if allowance.is_a_share and not self._may_be_the_units(control, partition.name, allowance):
-                continue  # another unit's: not even locked (it may be dropped under us)
-            retired = self._retire_partition(control, intents, reader, rule, ctx, partition, done)
-            if retired is None:
-                continue  # another unit's (or no unit's whole): the row path's
-            if retired:
-                allowance.rows_left -= retired.rows
-            else:
-                done.kept += 1
+        locking = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-locks-{rule.name}") as locker:
+            for partition in candidates:
+                if allowance.is_a_share and not self._may_be_the_units(control, partition.name, allowance):
+                    continue  # another unit's: not even locked (it may be dropped under us)
+                retired = self._retire_partition(control, intents, reader, rule, ctx, partition, done)
+                if retired is None:
+                    continue  # another unit's (or no unit's whole): the row path's
+                if retired:
+                    allowance.rows_left -= retired.rows
+                    # Object Lock on the verified versions, after the commit (as a batch's): one
+                    # left undone (a crash) is applied by the next run (recover).
+                    due = self._locks_due(done.locks)
+                    done.locks = []
+                    if due:
+                        locking.append((locker.submit(self._lock_versions, due), due))
+                else:
+                    done.kept += 1
+            for future, _ in locking:
+                future.result()
+        if locking:
+            self._record_locks(control, [lock for _, due in locking for lock in due])
         return done
 
     def _check_partition(self, conn, rule: Rule, partition: str, *, fingerprint: bool = False) -> PartitionCheck:
@@ -282,9 +298,7 @@ class PartitionRetirement(PartitionPlanning):
         done.archive_bytes += sum(o[1].size for o in batch.objects)
         for day, rows in batch.archived_until.items():
             done.archived_until[day] = done.archived_until.get(day, 0) + rows
-        # Object Lock on the verified versions, after the commit (as a batch's): one left
-        # undone is applied by the next run (recover).
-        self._apply_locks(control, batch.locks)
+        done.locks += batch.locks  # applied by the caller, beside the next partition
         log.info(
             "rule %s: partition %s retired whole: rows=%d objects=%d (deleted unarchived on %d days)",
             rule.name,

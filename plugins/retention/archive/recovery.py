@@ -73,13 +73,24 @@ class Recovery:
         the version that was read back and recorded, never on whatever the key points to now.
         Every version of the batch (or partition) at once, 8 requests at a time, then one
         statement records them (one request and one UPDATE per object cost 12 ms an object)."""
+        due = self._locks_due(pending)
+        if due:
+            self._lock_versions(due)
+            self._record_locks(control, due)
+
+    def _locks_due(self, pending: list[tuple[list[tuple[str, str | None]], dt.datetime]]) -> list:
+        """The (versions, retain until) of ``pending`` still to lock: none when the bucket cannot."""
         if not pending or not self.store.lock_supported():
-            return
+            return []
         now = dt.datetime.now(dt.UTC)
-        due = [(versions, retain_until) for versions, retain_until in pending if versions and retain_until > now]
-        if not due:
-            return
+        return [(versions, retain_until) for versions, retain_until in pending if versions and retain_until > now]
+
+    def _lock_versions(self, due: list) -> None:
         self.store.apply_locks([(key, version, until) for versions, until in due for key, version in versions])
+
+    def _record_locks(self, control, due: list) -> None:
+        """The locks applied, recorded on their committed manifest rows; one left unrecorded (a
+        crash in between) is applied again by the next run's recover, to the same date."""
         control.execute(
             "UPDATE retention.archive_manifest AS m SET locked_until = l.until"
             " FROM unnest(%s::text[], %s::timestamptz[]) AS l(object_key, until)"
