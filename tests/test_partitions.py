@@ -364,6 +364,39 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     assert sorted(archived) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
 
 
+def test_a_partition_is_dropped_while_the_next_one_is_archived(partitioned, s3, storage, policy, source_dsn):
+    """Step 4 of a partition (verify and drop, on a connection of its own) runs while the next
+    partition is checked, read and uploaded: here the first drop waits until the next
+    partition's archive has begun, which never comes if the two run one after the other."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    next_one_archiving = threading.Event()
+    drop, archive = engine._drop_detached, engine._archive_partition
+
+    def drop_once_the_next_one_archives(conn, rule, ctx, detached):
+        if detached.name == "chat_messages_2019_01":
+            assert next_one_archiving.wait(10), "the next partition was not archived during this drop"
+        return drop(conn, rule, ctx, detached)
+
+    def archive_and_tell(control, intents, reader, rule, ctx, partition, batch):
+        if partition.name != "chat_messages_2019_01":
+            next_one_archiving.set()
+        return archive(control, intents, reader, rule, ctx, partition, batch)
+
+    engine._drop_detached, engine._archive_partition = drop_once_the_next_one_archives, archive_and_tell
+    (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "overlapped", D))
+    assert outcome.partitions == {"dropped": 4, "rows": 12, "kept": 0}
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    assert db.execute("SELECT state, count(*) FROM retention.partition_retirements GROUP BY 1").fetchall() == [
+        ("dropped", 4)
+    ]
+    assert db.execute(
+        "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND locked_until IS NULL"
+    ).fetchone() == (0,), "every object locked, its lock recorded"
+
+
 def test_a_detach_interrupted_midway_is_finalized_by_the_next_run(partitioned, s3, storage, policy, source_dsn):
     """DETACH ... CONCURRENTLY cancelled in its second transaction (it waits for a reader of the
     table that does not end) leaves the partition 'detach pending'; the worker dies. The next run

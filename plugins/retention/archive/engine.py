@@ -234,7 +234,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
                     # The rule's statements, built once: the batches only execute them.
                     self._statements[rule.name] = self._planner.statements(rule, ctx.logical_date)
                     # Whole partitions first (a partitioned table only), then the row path for the rest.
-                    retired = self._retire_partitions(control, intents, reader, rule, ctx)
+                    retired = self._retire_partitions(control, second, intents, reader, rule, ctx)
                     outcome = self._run_rule((control, second), intents, reader, rule, ctx)
                     retired.add_to(outcome)
                     self._note_beyond_plan(control, rule, ctx, outcome)

@@ -91,8 +91,6 @@ class PartitionsDone:
     objects: int = 0
     archive_bytes: int = 0
     archived_until: dict[str, int] = field(default_factory=dict)
-    # The last retired partition's versions to lock: (versions, retain until), as a batch's.
-    locks: list = field(default_factory=list)
 
     def add_to(self, outcome: RuleOutcome) -> None:
         outcome.deleted += self.rows
@@ -104,40 +102,98 @@ class PartitionsDone:
             outcome.partitions = {"dropped": self.dropped, "rows": self.rows, "kept": self.kept}
 
 
+@dataclass
+class _Detached:
+    """A partition archived, re-checked and detached (steps 1-3): its step 4 still to come."""
+
+    name: str
+    retirement_id: int
+    check: PartitionCheck
+    batch: Batch
+    unarchived_days: int
+
+
+class _Drops:
+    """Step 4 of the partitions of one rule, one at a time on a connection of its own, while
+    the next partition is archived; each settled (counted, its locks applied) before the next
+    partition's step 2 and at the end."""
+
+    def __init__(self, engine, conn, rule: Rule, ctx: RunContext, done: PartitionsDone, allowance, dropper, locker):
+        self.engine, self.conn, self.rule, self.ctx, self.done = engine, conn, rule, ctx, done
+        self.allowance, self.dropper, self.locker = allowance, dropper, locker
+        self.pending: tuple | None = None
+        # (future, versions) of the Object Locks applied beside the next partitions.
+        self.locking: list = []
+
+    def submit(self, detached: _Detached) -> None:
+        self.settle()
+        # Taken from the plan's count now, given back if the partition stays.
+        self.allowance.rows_left -= detached.check.rows
+        future = self.dropper.submit(self.engine._drop_detached, self.conn, self.rule, self.ctx, detached)
+        self.pending = (future, detached)
+
+    def settle(self) -> None:
+        """Wait for the pending drop (its error raised here) and count it."""
+        if self.pending is None:
+            return
+        future, detached = self.pending
+        self.pending = None
+        if not future.result():
+            self.allowance.rows_left += detached.check.rows
+            self.done.kept += 1
+            return
+        batch, done = detached.batch, self.done
+        done.dropped += 1
+        done.rows += detached.check.rows
+        done.objects += len(batch.objects)
+        done.archive_bytes += sum(o[1].size for o in batch.objects)
+        for day, rows in batch.archived_until.items():
+            done.archived_until[day] = done.archived_until.get(day, 0) + rows
+        # Object Lock on the verified versions, after the commit (as a batch's): one left undone
+        # (a crash) is applied by the next run (recover).
+        due = self.engine._locks_due(batch.locks)
+        if due:
+            self.locking.append((self.locker.submit(self.engine._lock_versions, due), due))
+        log.info(
+            "rule %s: partition %s retired whole: rows=%d objects=%d (deleted unarchived on %d days)",
+            self.rule.name,
+            detached.name,
+            detached.check.rows,
+            len(batch.objects),
+            detached.unarchived_days,
+        )
+
+
 class PartitionRetirement(PartitionPlanning):
     """Whole partitions archived, detached and dropped (a part of RetentionEngine)."""
 
-    def _retire_partitions(self, control, intents, reader, rule: Rule, ctx: RunContext) -> PartitionsDone:
+    def _retire_partitions(self, control, second, intents, reader, rule: Rule, ctx: RunContext) -> PartitionsDone:
         """Retire every partition of the rule's table that qualifies; the rest is the row path's.
-        A retired partition's Object Locks are applied while the next one is worked on (its
-        requests wait on S3, the next partition on the database), and recorded at the end."""
+
+        Two partitions in flight, each step on the connection it needs: while partition k is
+        verified and dropped (step 4, on ``second``) and its Object Locks applied (S3 requests,
+        recorded at the end), partition k+1 is checked, read and uploaded (step 1, on the
+        others). Its step 2 waits for k's drop, so at most one write-ahead record is open."""
         done = PartitionsDone()
         candidates = self._partition_candidates(
             control, rule, self._statements[rule.name].params[f"cutoff__{rule.name}"]
         )
         allowance = self._allowances[rule.name]
-        locking = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-locks-{rule.name}") as locker:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-drop-{rule.name}") as dropper,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-locks-{rule.name}") as locker,
+        ):
+            drops = _Drops(self, second, rule, ctx, done, allowance, dropper, locker)
             for partition in candidates:
                 if allowance.is_a_share and not self._may_be_the_units(control, partition.name, allowance):
                     continue  # another unit's: not even locked (it may be dropped under us)
-                retired = self._retire_partition(control, intents, reader, rule, ctx, partition, done)
-                if retired is None:
-                    continue  # another unit's (or no unit's whole): the row path's
-                if retired:
-                    allowance.rows_left -= retired.rows
-                    # Object Lock on the verified versions, after the commit (as a batch's): one
-                    # left undone (a crash) is applied by the next run (recover).
-                    due = self._locks_due(done.locks)
-                    done.locks = []
-                    if due:
-                        locking.append((locker.submit(self._lock_versions, due), due))
-                else:
+                if self._retire_partition(control, intents, reader, rule, ctx, partition, drops) is _KEPT:
                     done.kept += 1
-            for future, _ in locking:
+            drops.settle()
+            for future, _ in drops.locking:
                 future.result()
-        if locking:
-            self._record_locks(control, [lock for _, due in locking for lock in due])
+        if drops.locking:
+            self._record_locks(control, [lock for _, due in drops.locking for lock in due])
         return done
 
     def _check_partition(self, conn, rule: Rule, partition: str, *, fingerprint: bool = False) -> PartitionCheck:
@@ -205,10 +261,11 @@ class PartitionRetirement(PartitionPlanning):
 
     # ------------------------------------------------------------------ one partition
 
-    def _retire_partition(self, control, intents, reader, rule, ctx, partition: Partition, done):
-        """Steps 1-4 for one partition: its check when retired; a false one when it stays (a row
-        held, waiting or not the rule's, or a hold or a write that reached it meanwhile); None
-        when it is not this run's (outside the unit's ids, beyond the approved count)."""
+    def _retire_partition(self, control, intents, reader, rule, ctx, partition: Partition, drops: _Drops):
+        """Steps 1-3 for one partition, step 4 handed to ``drops``: its check when detached; _KEPT
+        when it stays (a row held, waiting or not the rule's, or a hold that reached it while it
+        was archived); None when it is not this run's (outside the unit's ids, beyond the
+        approved count). Whether a detached one is dropped is known when ``drops`` settles."""
         # Step 1: the partition's rows, frozen for the archive (writers wait), checked, archived.
         control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
         control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
@@ -240,6 +297,8 @@ class PartitionRetirement(PartitionPlanning):
         batch = Batch(conn=control, last_id=check.max_id or 0)
         try:
             unarchived_days = self._archive_partition(control, intents, reader, rule, ctx, partition, batch)
+            # The partition before this one dropped (or kept) first: one write-ahead record at a time.
+            drops.settle()
             # Step 2: the holds locked, the rule re-checked on the frozen rows (after an archive:
             # holds may have come meanwhile; tier none went straight here).
             control.execute(LOCK_HOLDS)
@@ -288,26 +347,15 @@ class PartitionRetirement(PartitionPlanning):
         # Step 3: no transaction of ours may hold a lock on the table now (the detach waits for them).
         reader.commit()
         self._detach(intents, rule.table, partition.name)
-        # Step 4.
-        if not self._finish_detached(control, retirement_id):
-            self._abandon_uploads(control, ctx, rule, batch)
-            return _KEPT
-        done.dropped += 1
-        done.rows += check.rows
-        done.objects += len(batch.objects)
-        done.archive_bytes += sum(o[1].size for o in batch.objects)
-        for day, rows in batch.archived_until.items():
-            done.archived_until[day] = done.archived_until.get(day, 0) + rows
-        done.locks += batch.locks  # applied by the caller, beside the next partition
-        log.info(
-            "rule %s: partition %s retired whole: rows=%d objects=%d (deleted unarchived on %d days)",
-            rule.name,
-            partition.name,
-            check.rows,
-            len(batch.objects),
-            unarchived_days,
-        )
+        drops.submit(_Detached(partition.name, retirement_id, check, batch, unarchived_days))
         return check
+
+    def _drop_detached(self, conn, rule: Rule, ctx: RunContext, detached: _Detached) -> bool:
+        """Step 4 (the drop thread): True when dropped; False when attached again, its uploads removed."""
+        if self._finish_detached(conn, detached.retirement_id):
+            return True
+        self._abandon_uploads(conn, ctx, rule, detached.batch)
+        return False
 
     def _archive_partition(self, control, intents, reader, rule, ctx, partition: Partition, batch: Batch) -> int:
         """The partition's rows per end day (the row path's grouping), their intents recorded,
