@@ -364,11 +364,18 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     assert sorted(archived) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
 
 
-def test_a_partition_is_dropped_while_the_next_one_is_archived(partitioned, s3, storage, policy, source_dsn):
+@pytest.mark.parametrize("foreign_key", [False, True], ids=["no-foreign-key", "foreign-key-to-customers"])
+def test_a_partition_is_dropped_while_the_next_one_is_archived(
+    partitioned, s3, storage, policy, source_dsn, foreign_key
+):
     """Step 4 of a partition (verify and drop, on a connection of its own) runs while the next
     partition is checked, read and uploaded: here the first drop waits until the next
-    partition's archive has begun, which never comes if the two run one after the other."""
+    partition's archive has begun, which never comes if the two run one after the other. With
+    the table's real foreign key too: the drop locks customers, which chat_messages' step 1
+    does not read (its holds are looked up in active_holds alone)."""
     db = partitioned
+    if foreign_key:
+        db.execute("ALTER TABLE app.chat_messages ADD FOREIGN KEY (customer_id) REFERENCES app.customers (id)")
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
@@ -395,6 +402,52 @@ def test_a_partition_is_dropped_while_the_next_one_is_archived(partitioned, s3, 
     assert db.execute(
         "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND locked_until IS NULL"
     ).fetchone() == (0,), "every object locked, its lock recorded"
+
+
+@pytest.fixture
+def vet_partitioned(db):
+    """app.vet_consultations monthly-partitioned with its real foreign keys (to pets and
+    customers: partition_by_month copies no foreign key)."""
+    partition_by_month(db, "vet_consultations", "transmitted_at")
+    db.execute("ALTER TABLE app.vet_consultations ADD FOREIGN KEY (pet_id) REFERENCES app.pets (id)")
+    db.execute("ALTER TABLE app.vet_consultations ADD FOREIGN KEY (customer_id) REFERENCES app.customers (id)")
+    try:
+        yield db
+    finally:
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        restore_table(db, "vet_consultations")
+
+
+def test_partitions_of_a_table_with_foreign_keys_are_dropped_one_after_the_other(
+    vet_partitioned, s3, storage, policy, source_dsn
+):
+    """Dropping a detached partition drops its foreign-key triggers, which locks pets and
+    customers (ACCESS EXCLUSIVE); the next partition's hold check has read pets in its open
+    transaction. Beside each other, the drop would wait for that transaction while the run waits
+    for the drop, until the lock timeout fails the run (and the application's reads of pets queue
+    behind the drop meanwhile): such a table's partitions are dropped one after the other."""
+    db = vet_partitioned
+    made = {}
+    for month in MONTHS:
+        customer = f.customer(db)
+        pet = f.pet(db, customer)
+        made[month] = [
+            fp.vet_consultation(db, customer, pet_id=pet, transmitted=f.paris(f"{month}-{day:02d}", 10))
+            for day in (1, 14, 28)
+        ]
+    outcome = next(
+        o
+        for o in engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+            RunContext("subscriber_services", "foreign-keys", D)
+        )
+        if o.table == "vet_consultations"
+    )
+    assert outcome.partitions == {"dropped": 4, "rows": 12, "kept": 0}
+    assert f.ids(db, "vet_consultations") == set(made["2026-06"] + made["2026-07"])
+    assert db.execute("SELECT DISTINCT state FROM retention.partition_retirements").fetchall() == [("dropped",)]
 
 
 def test_a_detach_interrupted_midway_is_finalized_by_the_next_run(partitioned, s3, storage, policy, source_dsn):

@@ -59,6 +59,13 @@ def may_detach(conn, schema: str, table: str) -> bool:
     return bool(row and row[0])
 
 
+def foreign_key_neighbours(conn, schema: str, table: str) -> set[int]:
+    """The tables (oids) a foreign key links ``table`` to, either way: a drop of one of its
+    detached partitions locks them (include/sql/catalog/foreign_key_neighbours.sql)."""
+    rows = conn.execute(_catalog_sql("foreign_key_neighbours"), {"schema": schema, "table": table})
+    return {oid for (oid,) in rows.fetchall()}
+
+
 def attached_state(conn, schema: str, table: str, partition: str) -> str:
     """'attached', 'pending' (a concurrent detach interrupted), 'detached' or 'gone'."""
     params = {"schema": schema, "table": table, "partition": partition}

@@ -44,7 +44,7 @@ from psycopg import sql
 from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.archive.parquet import typed
-from retention.archive.partition_plan import Partition, PartitionPlanning, attached_state
+from retention.archive.partition_plan import Partition, PartitionPlanning, attached_state, foreign_key_neighbours
 from retention.archive.run import RetentionError, RunContext
 from retention.id_sets import id_array
 from retention.planner import RuleOutcome
@@ -121,6 +121,11 @@ class _Drops:
     def __init__(self, engine, conn, rule: Rule, ctx: RunContext, done: PartitionsDone, allowance, dropper, locker):
         self.engine, self.conn, self.rule, self.ctx, self.done = engine, conn, rule, ctx, done
         self.allowance, self.dropper, self.locker = allowance, dropper, locker
+        # The tables a drop locks besides its own (foreign keys: include/sql/catalog/
+        # foreign_key_neighbours.sql), and whether drops may run beside the next partition's
+        # archive: known at the first partition's step 2 (None: not yet, one after the other).
+        self.neighbours: set[int] = set()
+        self.beside_next: bool | None = None
         self.pending: tuple | None = None
         # (future, versions) of the Object Locks applied beside the next partitions.
         self.locking: list = []
@@ -131,6 +136,36 @@ class _Drops:
         self.allowance.rows_left -= detached.check.rows
         future = self.dropper.submit(self.engine._drop_detached, self.conn, self.rule, self.ctx, detached)
         self.pending = (future, detached)
+        if not self.beside_next:
+            self.settle()
+
+    def before_step_2(self, control) -> None:
+        """The pending drop settled. The first time, the tables the partition's step 1 locked
+        (in ``control``'s open transaction, as every partition's step 1 of the rule does) tell
+        whether the next drops may run beside it: not if a drop would lock one of them (it would
+        wait for that transaction while the run waits for the drop)."""
+        self.settle()
+        if self.beside_next is None:
+            locked = {
+                oid
+                for (oid,) in control.execute(
+                    "SELECT relation::bigint FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'relation'"
+                )
+            }
+            self.beside_next = not (locked & self.neighbours)
+
+    def wait_quietly(self) -> None:
+        """On an error of the main thread: the pending drop ended, not counted (a 'detaching'
+        record it left is finished by the next run); its own error logged, by type only."""
+        if self.pending is None:
+            return
+        future, detached = self.pending
+        self.pending = None
+        error = future.exception()
+        if error is not None:
+            log.error(
+                "rule %s: the drop of partition %s failed too (%s)", self.rule.name, detached.name, type(error).__name__
+            )
 
     def settle(self) -> None:
         """Wait for the pending drop (its error raised here) and count it."""
@@ -173,7 +208,9 @@ class PartitionRetirement(PartitionPlanning):
         Two partitions in flight, each step on the connection it needs: while partition k is
         verified and dropped (step 4, on ``second``) and its Object Locks applied (S3 requests,
         recorded at the end), partition k+1 is checked, read and uploaded (step 1, on the
-        others). Its step 2 waits for k's drop, so at most one write-ahead record is open."""
+        others). Its step 2 waits for k's drop, so at most one write-ahead record is open. A
+        drop locks the tables the table's foreign keys name: when step 1 reads one of them (a
+        hold check through a parent), the partitions are dropped one after the other."""
         done = PartitionsDone()
         candidates = self._partition_candidates(
             control, rule, self._statements[rule.name].params[f"cutoff__{rule.name}"]
@@ -184,11 +221,22 @@ class PartitionRetirement(PartitionPlanning):
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-locks-{rule.name}") as locker,
         ):
             drops = _Drops(self, second, rule, ctx, done, allowance, dropper, locker)
-            for partition in candidates:
-                if allowance.is_a_share and not self._may_be_the_units(control, partition.name, allowance):
-                    continue  # another unit's: not even locked (it may be dropped under us)
-                if self._retire_partition(control, intents, reader, rule, ctx, partition, drops) is _KEPT:
-                    done.kept += 1
+            if candidates:
+                drops.neighbours = foreign_key_neighbours(control, self.schema, rule.table)
+                control.commit()
+            try:
+                for partition in candidates:
+                    if allowance.is_a_share and not self._may_be_the_units(control, partition.name, allowance):
+                        continue  # another unit's: not even locked (it may be dropped under us)
+                    if self._retire_partition(control, intents, reader, rule, ctx, partition, drops) is _KEPT:
+                        done.kept += 1
+            except BaseException:
+                # Nothing of ours may keep the pending drop waiting while the error goes up.
+                control.rollback()
+                with contextlib.suppress(Exception):
+                    reader.commit()
+                drops.wait_quietly()
+                raise
             drops.settle()
             for future, _ in drops.locking:
                 future.result()
@@ -298,7 +346,7 @@ class PartitionRetirement(PartitionPlanning):
         try:
             unarchived_days = self._archive_partition(control, intents, reader, rule, ctx, partition, batch)
             # The partition before this one dropped (or kept) first: one write-ahead record at a time.
-            drops.settle()
+            drops.before_step_2(control)
             # Step 2: the holds locked, the rule re-checked on the frozen rows (after an archive:
             # holds may have come meanwhile; tier none went straight here).
             control.execute(LOCK_HOLDS)
