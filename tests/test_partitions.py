@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import psycopg
 import pyarrow.parquet as pq
@@ -348,7 +349,7 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     made = messages(db, customers)
     crashing = engine_for(policy, source_dsn, s3, storage)
 
-    def crash(control, retirement_id):
+    def crash(control, retirement_id, lock_timeout):
         raise Crash("killed after the detach")
 
     crashing._finish_detached = crash
@@ -399,10 +400,10 @@ def test_a_partition_is_dropped_while_the_next_one_is_archived(
     next_one_archiving = threading.Event()
     drop, archive = engine._drop_detached, engine._archive_partition
 
-    def drop_once_the_next_one_archives(conn, rule, ctx, detached):
+    def drop_once_the_next_one_archives(conn, rule, ctx, detached, lock_timeout):
         if detached.name == "chat_messages_2019_01":
             assert next_one_archiving.wait(10), "the next partition was not archived during this drop"
-        return drop(conn, rule, ctx, detached)
+        return drop(conn, rule, ctx, detached, lock_timeout)
 
     def archive_and_tell(control, intents, reader, rule, ctx, partition, batch):
         if partition.name != "chat_messages_2019_01":
@@ -419,6 +420,70 @@ def test_a_partition_is_dropped_while_the_next_one_is_archived(
     assert db.execute(
         "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND locked_until IS NULL"
     ).fetchone() == (0,), "every object locked, its lock recorded"
+
+
+def test_an_application_transaction_waiting_for_the_next_partition_is_not_kept_waiting_by_the_drop(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An ordinary application transaction reads a customer, then updates that customer's chat
+    messages (every partition: no pruning on customer_id), so it waits for the SHARE lock the
+    next partition's archive holds; meanwhile the drop beside that archive needs customers in
+    ACCESS EXCLUSIVE (the detached partition's foreign-key triggers), which waits for the
+    application. The database sees no deadlock (the run waits for the drop in Python): the drop
+    gives up within OVERLAPPED_DROP_LOCK_TIMEOUT and is done after the last partition, the
+    application goes on in about that time, the run ends green and every retirement is closed."""
+    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "20s")  # what a drop waited before
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    drop, archive = engine._drop_detached, engine._archive_partition
+    app_waits = threading.Event()
+    waited: list[float] = []
+    app = psycopg.connect(source_dsn)
+
+    def drop_once_the_application_waits(conn, rule, ctx, detached, lock_timeout):
+        if detached.name == "chat_messages_2019_01":
+            assert app_waits.wait(20), "the application never waited for the next partition"
+        return drop(conn, rule, ctx, detached, lock_timeout)
+
+    def archive_beside_the_application(control, intents, reader, rule, ctx, partition, batch):
+        if partition.name == "chat_messages_2026_03":  # step 1: the run holds it in SHARE mode
+            app.execute("SELECT id FROM app.customers WHERE id = %s", (customers["2026-03"],))
+
+            def update_the_customers_messages():
+                started = time.monotonic()
+                app.execute("UPDATE app.chat_messages SET body = body WHERE customer_id = %s", (customers["2026-03"],))
+                app.commit()
+                waited.append(time.monotonic() - started)
+
+            threading.Thread(target=update_the_customers_messages, daemon=True).start()
+            for _ in range(200):
+                if db.execute(
+                    "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", (app.info.backend_pid,)
+                ).fetchone()[0]:
+                    break
+                time.sleep(0.05)
+            app_waits.set()
+            time.sleep(0.5)  # the drop asks for customers meanwhile
+        return archive(control, intents, reader, rule, ctx, partition, batch)
+
+    engine._drop_detached, engine._archive_partition = drop_once_the_application_waits, archive_beside_the_application
+    try:
+        (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "application", D))
+    finally:
+        app.close()
+    assert waited and waited[0] < 10, f"the application waited {waited} s"
+    # 2026_03's rows were written by the application after its archive: that partition stays (its rows
+    # go by the row path); 2019_01's drop, given up beside the archive, came last.
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert db.execute(
+        "SELECT partition_name, state FROM retention.partition_retirements ORDER BY finished_at"
+    ).fetchall()[-1] == ("chat_messages_2019_01", "dropped")
+    assert db.execute("SELECT count(*) FROM retention.partition_retirements WHERE state = 'detaching'").fetchone() == (
+        0,
+    )
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
 
 
 @pytest.fixture

@@ -18,6 +18,11 @@ BATCH_LOCK_TIMEOUT = "30s"
 # transaction cannot commit before this one has its locks, so a long wait here could only end
 # in the 30 s timeout; after this one the batch is prepared again once the previous has committed.
 PIPELINED_LOCK_TIMEOUT = "200ms"
+# A partition's drop while the next partition is being archived (partitions.py): an application
+# transaction may wait for that archive's lock while holding what the drop needs (it read a
+# customer the drop's foreign-key triggers lock): a wait the database cannot see as a deadlock.
+# The drop gives up soon and is done again once the partitions are through.
+OVERLAPPED_DROP_LOCK_TIMEOUT = "1s"
 # LOCK TABLE ... IN SHARE MODE through a function (include/sql/schema/050_roles.sql): the mode
 # needs a privilege that would let the caller release holds.
 LOCK_HOLDS = "SELECT retention.lock_legal_holds()"

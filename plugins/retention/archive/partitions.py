@@ -42,7 +42,7 @@ import psycopg
 from psycopg import sql
 
 from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
-from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
+from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS, OVERLAPPED_DROP_LOCK_TIMEOUT
 from retention.archive.parquet import typed
 from retention.archive.partition_plan import Partition, PartitionPlanning, attached_state, foreign_key_neighbours
 from retention.archive.run import RetentionError, RunContext
@@ -116,7 +116,13 @@ class _Detached:
 class _Drops:
     """Step 4 of the partitions of one rule, one at a time on a connection of its own, while
     the next partition is archived; each settled (counted, its locks applied) before the next
-    partition's step 2 and at the end."""
+    partition's step 2 and at the end.
+
+    A drop beside the next archive waits at most OVERLAPPED_DROP_LOCK_TIMEOUT for its locks: an
+    application transaction can hold one of them (it read a customer) while it waits for the
+    next partition's lock, a wait the database cannot see as a deadlock. Such a drop is left
+    for later (``deferred``: the partition stays detached under its 'detaching' record) and done
+    again after the rule's last partition, when no transaction of the run holds anything."""
 
     def __init__(self, engine, conn, rule: Rule, ctx: RunContext, done: PartitionsDone, allowance, dropper, locker):
         self.engine, self.conn, self.rule, self.ctx, self.done = engine, conn, rule, ctx, done
@@ -127,6 +133,7 @@ class _Drops:
         self.neighbours: set[int] = set()
         self.beside_next: bool | None = None
         self.pending: tuple | None = None
+        self.deferred: list[_Detached] = []
         # (future, versions) of the Object Locks applied beside the next partitions.
         self.locking: list = []
 
@@ -134,9 +141,11 @@ class _Drops:
         self.settle()
         # Taken from the plan's count now, given back if the partition stays.
         self.allowance.rows_left -= detached.check.rows
-        future = self.dropper.submit(self.engine._drop_detached, self.conn, self.rule, self.ctx, detached)
-        self.pending = (future, detached)
-        if not self.beside_next:
+        beside = bool(self.beside_next)
+        timeout = OVERLAPPED_DROP_LOCK_TIMEOUT if beside else BATCH_LOCK_TIMEOUT
+        future = self.dropper.submit(self.engine._drop_detached, self.conn, self.rule, self.ctx, detached, timeout)
+        self.pending = (future, detached, beside)
+        if not beside:
             self.settle()
 
     def before_step_2(self, control) -> None:
@@ -159,7 +168,7 @@ class _Drops:
         record it left is finished by the next run); its own error logged, by type only."""
         if self.pending is None:
             return
-        future, detached = self.pending
+        future, detached, _ = self.pending
         self.pending = None
         error = future.exception()
         if error is not None:
@@ -168,12 +177,39 @@ class _Drops:
             )
 
     def settle(self) -> None:
-        """Wait for the pending drop (its error raised here) and count it."""
+        """Wait for the pending drop (its error raised here, but a lock it gave up on beside
+        the next archive) and count it."""
         if self.pending is None:
             return
-        future, detached = self.pending
+        future, detached, beside = self.pending
         self.pending = None
-        if not future.result():
+        try:
+            dropped = future.result()
+        except psycopg.errors.LockNotAvailable:
+            if not beside:
+                raise
+            log.info(
+                "rule %s: the drop of partition %s waited for a lock beside the next partition's archive;"
+                " done again after the last partition",
+                self.rule.name,
+                detached.name,
+            )
+            self.deferred.append(detached)
+            return
+        self._count(detached, dropped)
+
+    def drop_deferred(self) -> None:
+        """The drops given up beside an archive, again one after the other, with the run's usual
+        lock wait (none of its transactions is open now); an error leaves the 'detaching' record
+        to the next run, as a crash would."""
+        while self.deferred:
+            detached = self.deferred.pop(0)
+            self._count(
+                detached, self.engine._drop_detached(self.conn, self.rule, self.ctx, detached, BATCH_LOCK_TIMEOUT)
+            )
+
+    def _count(self, detached: _Detached, dropped: bool) -> None:
+        if not dropped:
             self.allowance.rows_left += detached.check.rows
             self.done.kept += 1
             return
@@ -208,9 +244,10 @@ class PartitionRetirement(PartitionPlanning):
         Two partitions in flight, each step on the connection it needs: while partition k is
         verified and dropped (step 4, on ``second``) and its Object Locks applied (S3 requests,
         recorded at the end), partition k+1 is checked, read and uploaded (step 1, on the
-        others). Its step 2 waits for k's drop, so at most one write-ahead record is open. A
-        drop locks the tables the table's foreign keys name: when step 1 reads one of them (a
-        hold check through a parent), the partitions are dropped one after the other."""
+        others). Its step 2 waits for k's drop (one that gave up on a lock is done again after
+        the last partition: _Drops). A drop locks the tables the table's foreign keys name: when
+        step 1 reads one of them (a hold check through a parent), the partitions are dropped one
+        after the other."""
         done = PartitionsDone()
         candidates = self._partition_candidates(
             control, rule, self._statements[rule.name].params[f"cutoff__{rule.name}"]
@@ -238,6 +275,10 @@ class PartitionRetirement(PartitionPlanning):
                 drops.wait_quietly()
                 raise
             drops.settle()
+            if drops.deferred:
+                control.rollback()
+                reader.commit()
+                drops.drop_deferred()
             for future, _ in drops.locking:
                 future.result()
         if drops.locking:
@@ -398,9 +439,9 @@ class PartitionRetirement(PartitionPlanning):
         drops.submit(_Detached(partition.name, retirement_id, check, batch, unarchived_days))
         return check
 
-    def _drop_detached(self, conn, rule: Rule, ctx: RunContext, detached: _Detached) -> bool:
+    def _drop_detached(self, conn, rule: Rule, ctx: RunContext, detached: _Detached, lock_timeout: str) -> bool:
         """Step 4 (the drop thread): True when dropped; False when attached again, its uploads removed."""
-        if self._finish_detached(conn, detached.retirement_id):
+        if self._finish_detached(conn, detached.retirement_id, lock_timeout):
             return True
         self._abandon_uploads(conn, ctx, rule, detached.batch)
         return False
@@ -508,7 +549,7 @@ class PartitionRetirement(PartitionPlanning):
 
     # ------------------------------------------------------------------ step 4, and recovery
 
-    def _finish_detached(self, control, retirement_id: int) -> bool:
+    def _finish_detached(self, control, retirement_id: int, lock_timeout: str = BATCH_LOCK_TIMEOUT) -> bool:
         """Step 4 for a detached partition: re-checked and compared under lock, then dropped with
         the manifest committed and the audit written, in one transaction; or attached again
         ('kept') when a hold or a write reached its rows since they were archived."""
@@ -522,7 +563,7 @@ class PartitionRetirement(PartitionPlanning):
         if rule.name not in self._statements:
             self._statements[rule.name] = self.planner(control).statements(rule, logical_date)
         try:
-            control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+            control.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
             control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
             control.execute(LOCK_HOLDS)
             control.execute(f"LOCK TABLE {self._qualified(partition)} IN ACCESS EXCLUSIVE MODE")
