@@ -4,6 +4,10 @@ ADBC (its Arrow reads) connect with what the Postgres provider's hook connected 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import adbc_driver_postgresql.dbapi as adbc
 import psycopg
@@ -72,3 +76,40 @@ def test_the_tasks_and_the_page_use_the_same_string(tuned_connection, monkeypatc
     from retention import connections, tasks
 
     assert tasks.source_dsn(tuned_connection) == connections.conninfo(tuned_connection)
+
+
+def test_the_archive_client_has_a_connection_for_each_request_in_flight(services, monkeypatch):
+    """The engine has up to 8 objects in flight, each copying its files 8 at a time: a client with
+    botocore's default pool (10) drops and reopens connections beyond it, with a warning each in
+    the task log. The Airflow connection's own botocore settings (config_kwargs) are kept."""
+    archive = json.loads(os.environ["AIRFLOW_CONN_ARCHIVE_S3"])
+    archive["extra"]["config_kwargs"] = {"retries": {"max_attempts": 7, "mode": "standard"}}
+    monkeypatch.setenv("AIRFLOW_CONN_ARCHIVE_S3", json.dumps(archive))
+    from retention.archive.store import MAX_POOL_CONNECTIONS
+    from retention.tasks import archive_store
+
+    client = archive_store().client
+    assert client.meta.config.max_pool_connections == MAX_POOL_CONNECTIONS
+    assert client.meta.config.retries == {"total_max_attempts": 8, "mode": "standard"}  # 7 retries: kept
+
+    dropped = []
+
+    class Dropped(logging.Handler):
+        def emit(self, record):
+            if "pool is full" in record.getMessage():
+                dropped.append(record)
+
+    handler = Dropped()
+    logging.getLogger("urllib3.connectionpool").addHandler(handler)
+    try:
+        all_in_flight = threading.Barrier(MAX_POOL_CONNECTIONS)
+
+        def request(_):
+            all_in_flight.wait(30)
+            client.list_buckets()
+
+        with ThreadPoolExecutor(MAX_POOL_CONNECTIONS) as pool:
+            list(pool.map(request, range(MAX_POOL_CONNECTIONS)))
+    finally:
+        logging.getLogger("urllib3.connectionpool").removeHandler(handler)
+    assert not dropped, f"{len(dropped)} connections dropped"

@@ -387,6 +387,7 @@ class S3Server:
 
 def s3_client(endpoint_url: str):
     import boto3
+    from retention.archive.store import client_config
 
     return boto3.client(
         "s3",
@@ -394,6 +395,7 @@ def s3_client(endpoint_url: str):
         region_name=S3_REGION,
         aws_access_key_id=S3_ACCESS_KEY,
         aws_secret_access_key=S3_SECRET_KEY,
+        config=client_config(),
     )
 
 

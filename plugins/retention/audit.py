@@ -473,10 +473,10 @@ def stored_heads(store) -> dict[str, list[dict]]:
 def _store():
     import boto3
 
-    from retention.archive.store import ArchiveStore
+    from retention.archive.store import ArchiveStore, client_config
     from retention.policy import default_policy
 
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, config=client_config())
     return ArchiveStore(client, default_policy().storage_settings())
 
 

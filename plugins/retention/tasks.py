@@ -57,7 +57,11 @@ def source_dsn(conn_id: str = SOURCE_CONN_ID) -> str:
 def archive_store() -> ArchiveStore:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    client = S3Hook(aws_conn_id=ARCHIVE_CONN_ID).get_conn()
+    from retention.archive.store import client_config
+
+    # The connection's own botocore settings (its extra's config_kwargs) kept, the pool enlarged.
+    configured = S3Hook(aws_conn_id=ARCHIVE_CONN_ID).conn_config.botocore_config
+    client = S3Hook(aws_conn_id=ARCHIVE_CONN_ID, config=client_config(configured)).get_conn()
     return ArchiveStore(client, default_policy().storage_settings())
 
 

@@ -88,13 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     import boto3
     import psycopg
 
+    from retention.archive.store import client_config
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=os.environ.get("SOURCE_DSN"), help="libpq URI of the source database")
     parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"), help="S3 endpoint (not AWS)")
     args = parser.parse_args(argv)
     if not args.dsn:
         parser.error("--dsn (or SOURCE_DSN) is required")
-    client = boto3.client("s3", endpoint_url=args.endpoint_url)
+    client = boto3.client("s3", endpoint_url=args.endpoint_url, config=client_config())
     with psycopg.connect(args.dsn) as conn:
         print(
             f"owners / identifier hashes recorded for {backfill_owners(conn, client, default_policy())} archive objects"
