@@ -500,15 +500,35 @@ def vet_partitioned(db):
         restore_table(db, "vet_consultations")
 
 
+@pytest.mark.parametrize("declared_on", ["table", "partitions"])
 def test_partitions_of_a_table_with_foreign_keys_are_dropped_one_after_the_other(
-    vet_partitioned, s3, storage, policy, source_dsn
+    vet_partitioned, s3, storage, policy, source_dsn, monkeypatch, declared_on
 ):
     """Dropping a detached partition drops its foreign-key triggers, which locks pets and
     customers (ACCESS EXCLUSIVE); the next partition's hold check has read pets in its open
     transaction. Beside each other, the drop would wait for that transaction while the run waits
-    for the drop, until the lock timeout fails the run (and the application's reads of pets queue
-    behind the drop meanwhile): such a table's partitions are dropped one after the other."""
+    for the drop (until the drop gives up, then done after the last partition, the application's
+    reads of pets queued behind it meanwhile): such a table's partitions are dropped one after
+    the other, none given up. Also with the foreign keys declared on each partition alone."""
     db = vet_partitioned
+    if declared_on == "partitions":
+        keys = db.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'app.vet_consultations'::regclass AND contype = 'f'"
+        ).fetchall()
+        for name, _ in keys:
+            db.execute(f'ALTER TABLE app.vet_consultations DROP CONSTRAINT "{name}"')
+        for month in MONTHS:
+            for _, definition in keys:
+                db.execute(f"ALTER TABLE app.vet_consultations_{month.replace('-', '_')} ADD {definition}")
+    given_up = []
+    drop_deferred = partition_path._Drops.drop_deferred
+
+    def count_given_up(drops):
+        given_up.extend(d.name for d in drops.deferred)
+        drop_deferred(drops)
+
+    monkeypatch.setattr(partition_path._Drops, "drop_deferred", count_given_up)
     made = {}
     for month in MONTHS:
         customer = f.customer(db)
@@ -525,6 +545,7 @@ def test_partitions_of_a_table_with_foreign_keys_are_dropped_one_after_the_other
         if o.table == "vet_consultations"
     )
     assert outcome.partitions == {"dropped": 4, "rows": 12, "kept": 0}
+    assert given_up == [], "the drops ran beside the next partitions and gave up on their locks"
     assert f.ids(db, "vet_consultations") == set(made["2026-06"] + made["2026-07"])
     assert db.execute("SELECT DISTINCT state FROM retention.partition_retirements").fetchall() == [("dropped",)]
 
