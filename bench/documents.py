@@ -163,7 +163,7 @@ def run(stack, files: int, repeat: int, log, contestants=CONTESTANTS, seed: int 
                 {"RETENTION_ARCHIVE_BUCKET": archive, "RETENTION_DOCUMENTS_BUCKET": documents}
             )
             upload_s = upload(stack.s3_client(), documents, items, pool)
-            client = stack.s3_client()  # fresh: its own connection pool (botocore's default, 10)
+            client = stack.s3_client()  # fresh: its own connection pool (retention.archive.store.client_config)
             store = ArchiveStore(client, storage)
             server_cpu, client_cpu, started = _cpu_s(moto_pid), time.process_time(), time.perf_counter()
             DISPOSERS[name](client, store, pairs, storage_class)

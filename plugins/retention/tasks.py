@@ -60,8 +60,8 @@ def archive_store() -> ArchiveStore:
     from retention.archive.store import client_config
 
     # The connection's own botocore settings (its extra's config_kwargs) kept, the pool enlarged.
-    configured = S3Hook(aws_conn_id=ARCHIVE_CONN_ID).conn_config.botocore_config
-    client = S3Hook(aws_conn_id=ARCHIVE_CONN_ID, config=client_config(configured)).get_conn()
+    hook = S3Hook(aws_conn_id=ARCHIVE_CONN_ID)
+    client = hook.get_client_type(config=client_config(hook.config))
     return ArchiveStore(client, default_policy().storage_settings())
 
 

@@ -8,8 +8,9 @@
 WITH tree AS (
     SELECT relid FROM pg_partition_tree(format('%%I.%%I', %(schema)s::text, %(table)s::text)::regclass)
 )
-SELECT DISTINCT CASE WHEN k.conrelid IN (SELECT relid FROM tree) THEN k.confrelid ELSE k.conrelid END::bigint
-FROM pg_constraint AS k
-WHERE k.contype = 'f'
-  AND (k.conrelid IN (SELECT relid FROM tree) OR k.confrelid IN (SELECT relid FROM tree))
-  AND NOT (k.conrelid IN (SELECT relid FROM tree) AND k.confrelid IN (SELECT relid FROM tree))
+SELECT DISTINCT CASE WHEN side.from_tree THEN k.confrelid ELSE k.conrelid END::bigint
+FROM pg_constraint AS k,
+     LATERAL (SELECT k.conrelid IN (SELECT relid FROM tree) AS from_tree,
+                     k.confrelid IN (SELECT relid FROM tree) AS to_tree) AS side
+-- One side in the table's tree, the other outside it (a key within the table locks nothing else).
+WHERE k.contype = 'f' AND side.from_tree <> side.to_tree

@@ -18,8 +18,6 @@ from retention.archive.run import MAX_ID
 
 # Larger sorts of a batch (its ids by purge day) stay in memory: 4 MB (the default) spills.
 BATCH_WORK_MEM = "64MB"
-# A batch's objects (one per end day) uploaded at once: parallel requests hide S3's latency.
-UPLOAD_THREADS = 8
 
 
 @dataclass

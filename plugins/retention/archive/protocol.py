@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from retention import identifiers, processor
-from retention.archive.batch import BATCH_WORK_MEM, UPLOAD_THREADS, ArchiveGroup, Batch, _LockBusy, split_rows
+from retention.archive.batch import BATCH_WORK_MEM, ArchiveGroup, Batch, _LockBusy, split_rows
 from retention.archive.documents import key_columns
 from retention.archive.locks import (
     BATCH_LOCK_TIMEOUT,
@@ -42,7 +42,7 @@ from retention.archive.locks import (
 )
 from retention.archive.parquet import document_keys, parquet_bytes, parquet_row_count, typed
 from retention.archive.run import CommittedBatchError, RetentionError, RunContext
-from retention.archive.store import document_archive_key, object_key
+from retention.archive.store import UPLOAD_THREADS, document_archive_key, object_key
 from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
 from retention.planner import RuleOutcome

@@ -20,12 +20,14 @@ from retention.policy import Storage
 SSE = "AES256"
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
 _S3_THREADS = 8
-# Requests in flight at once: the engine uploads 8 objects at a time (batch.UPLOAD_THREADS),
-# each copying its files _S3_THREADS at a time, and applies Object Locks beside them. Beyond
-# its pool (botocore's default: 10 connections) a client drops a connection after each request
-# and opens another: a TLS handshake each against AWS, and a "Connection pool is full" warning
-# in the task log (hundreds in one contracts run at 20,000 customers).
-MAX_POOL_CONNECTIONS = 8 * _S3_THREADS + _S3_THREADS
+# A batch's objects (one per end day) uploaded at once: parallel requests hide S3's latency.
+UPLOAD_THREADS = 8
+# Requests in flight at once: the engine uploads UPLOAD_THREADS objects at a time, each copying
+# its files _S3_THREADS at a time, and applies Object Locks beside them. Beyond its pool
+# (botocore's default: 10 connections) a client drops a connection after each request and opens
+# another: a TLS handshake each against AWS, and a "Connection pool is full" warning in the task
+# log (hundreds in one contracts run at 20,000 customers).
+MAX_POOL_CONNECTIONS = UPLOAD_THREADS * _S3_THREADS + _S3_THREADS
 
 
 def client_config(config=None):
