@@ -5,6 +5,7 @@ params (dry_run, batch_size), the report, XCom without personal data, and backfi
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -16,10 +17,23 @@ from tests.outcome import assert_scenario_outcome, snapshot
 pytestmark = pytest.mark.integration
 PERSONAL_VALUES = ("Camille", "Martin", "example.fr", "+336", "Manon", "Petit", "cus_test", "pm_test", "4242")
 HASHED = ("camille.martin", "+33612345678")  # what the suppression list keeps only as hashes
+
 BUILDERS = scenarios.BUILDERS | scenarios_policy.BUILDERS  # the first seven purposes, then the rest
 # A second DAG run (gates included) is a no-op: shown on two purposes, one with files, probative
 # objects and the processor; tests/test_purposes_engine.py re-runs every purpose's engine.
 RERUN = ("quotes", "contracts")
+
+
+def personal_values_in(text: str) -> list[str]:
+    """The personal values found in text. The card's last four digits count only as a number of their
+    own: inside a longer run of digits or hex (a checksum, an object key's hash, a duration) they are
+    chance, and a CI run once failed on one."""
+    found = []
+    for value in PERSONAL_VALUES + HASHED:
+        pattern = rf"(?<![0-9A-Za-z]){value}(?![0-9A-Za-z])" if value.isdigit() else re.escape(value)
+        if re.search(pattern, text):
+            found.append(value)
+    return found
 
 
 @pytest.mark.parametrize("purpose", list(BUILDERS))
@@ -44,7 +58,7 @@ def test_dag_run_enforces_the_schedule(purpose, airflow_db, db, s3, storage, pol
     paris = scenario.logical_date.astimezone(policy.tz).strftime("%Y-%m-%d %H:%M %Z")
     assert f"logical date {paris}," in report_text, "the rendered table shows the date in Europe/Paris"
     everything = json.dumps(values, default=str)
-    assert not [v for v in PERSONAL_VALUES + HASHED if v in everything], "XCom must hold counts, keys and ids only"
+    assert not personal_values_in(everything), "XCom must hold counts, keys and ids only"
     assert_asset_events(db, storage, policy, purpose, dag_run)
 
     if purpose in RERUN:
@@ -74,7 +88,7 @@ def assert_asset_events(db, storage, policy, purpose, dag_run):
         assert extra["purpose"] == purpose and extra["run_id"] == dag_run.run_id
         assert sum(extra["rules"].values()) == records
     everything = json.dumps(events)
-    assert not [v for v in PERSONAL_VALUES + HASHED if v in everything], "Asset events hold counts and keys only"
+    assert not personal_values_in(everything), "Asset events hold counts and keys only"
 
 
 def test_dry_run_param_changes_nothing(airflow_db, db, s3, storage, policy):
