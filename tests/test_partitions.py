@@ -19,7 +19,7 @@ import pytest
 from retention.archive import partition_plan
 from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
-from retention.archive.run import RunContext, plan_units
+from retention.archive.run import RetentionError, RunContext, plan_units
 from retention.archive.store import ArchiveStore
 
 from tests import factories as f
@@ -484,6 +484,69 @@ def test_an_application_transaction_waiting_for_the_next_partition_is_not_kept_w
         0,
     )
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+
+
+def test_a_drop_still_locked_after_the_last_partition_fails_the_run_and_keeps_the_rows(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A session reads the detached 2019 partition (a report, a pg_dump) and keeps its transaction
+    open: the drop beside the next archive gives up, and so does the one after the last
+    partition (the run's lock wait, shortened here). The run fails with an error naming the
+    partition; its rows stay in the detached table under the 'detaching' record, none audited as
+    deleted; the other partitions are retired. The next run, the reader gone, drops it and
+    records every Object Lock."""
+    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "1s")
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    drop = engine._drop_detached
+    reader = psycopg.connect(source_dsn)
+    attempts: list[str] = []
+
+    def drop_while_a_session_reads_it(conn, rule, ctx, detached, lock_timeout):
+        if detached.name == "chat_messages_2019_01":
+            if not attempts:
+                reader.execute("SELECT count(*) FROM app.chat_messages_2019_01")  # ACCESS SHARE, kept
+            attempts.append(lock_timeout)
+        return drop(conn, rule, ctx, detached, lock_timeout)
+
+    engine._drop_detached = drop_while_a_session_reads_it
+    try:
+        with pytest.raises(RetentionError, match="partition chat_messages_2019_01 is archived and detached"):
+            engine.archive_and_delete(RunContext("subscriber_services", "locked", D))
+        assert attempts == ["1s", "1s"], "given up beside the next archive, then after the last partition"
+        assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "detached"
+        assert set(f.ids(db, "chat_messages_2019_01")) == set(made["2019-01"]), "every row kept"
+    finally:
+        reader.close()
+    assert db.execute(
+        "SELECT partition_name, state FROM retention.partition_retirements ORDER BY partition_name"
+    ).fetchall() == [
+        ("chat_messages_2019_01", "detaching"),
+        ("chat_messages_2026_03", "dropped"),
+        ("chat_messages_2026_04", "dropped"),
+        ("chat_messages_2026_05", "dropped"),
+    ]
+    deleted = {
+        i for (ids,) in db.execute("SELECT record_ids FROM retention.audit_log WHERE action = 'deleted'") for i in ids
+    }
+    assert not deleted & set(made["2019-01"]), "not audited as deleted while its rows exist"
+
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "next", D)
+    )
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
+    assert db.execute("SELECT count(*) FROM retention.partition_retirements WHERE state <> 'dropped'").fetchone() == (
+        0,
+    )
+    assert db.execute(
+        "SELECT run_id, record_ids FROM retention.audit_log WHERE action = 'deleted' ORDER BY id"
+    ).fetchall() == [("locked", made["2019-01"])]
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    assert db.execute(
+        "SELECT count(*) FROM retention.archive_manifest WHERE state = 'committed' AND locked_until IS NULL"
+    ).fetchone() == (0,), "the locks of the failed run's objects recorded by the next run"
 
 
 @pytest.fixture

@@ -185,9 +185,9 @@ class _Drops:
         self.pending = None
         try:
             dropped = future.result()
-        except psycopg.errors.LockNotAvailable:
+        except psycopg.errors.LockNotAvailable as exc:
             if not beside:
-                raise
+                raise self._still_locked(detached) from exc
             log.info(
                 "rule %s: the drop of partition %s waited for a lock beside the next partition's archive;"
                 " done again after the last partition",
@@ -204,9 +204,20 @@ class _Drops:
         to the next run, as a crash would."""
         while self.deferred:
             detached = self.deferred.pop(0)
-            self._count(
-                detached, self.engine._drop_detached(self.conn, self.rule, self.ctx, detached, BATCH_LOCK_TIMEOUT)
-            )
+            try:
+                dropped = self.engine._drop_detached(self.conn, self.rule, self.ctx, detached, BATCH_LOCK_TIMEOUT)
+            except psycopg.errors.LockNotAvailable as exc:
+                raise self._still_locked(detached) from exc
+            self._count(detached, dropped)
+
+    def _still_locked(self, detached: _Detached) -> RetentionError:
+        """A drop that waited the run's whole lock wait: the run fails (nothing is lost: the rows
+        are in the detached table and in their verified objects, under the 'detaching' record)."""
+        return RetentionError(
+            f"rule {self.rule.name}: partition {detached.name} is archived and detached, but its drop waited"
+            f" {BATCH_LOCK_TIMEOUT} for a lock (another session uses the detached table or a table its foreign"
+            " keys name: pg_locks tells which); its rows are kept, the next run drops it"
+        )
 
     def _count(self, detached: _Detached, dropped: bool) -> None:
         if not dropped:
