@@ -718,22 +718,82 @@ def _pid_file(config: StackConfig, name: str) -> Path:
     return config.state / "pids" / f"{name}.pid"
 
 
-def _running_pid(config: StackConfig, name: str) -> int | None:
+def _recorded_pid(config: StackConfig, name: str) -> int | None:
+    """The PID recorded for a process, alive or not; also its process group's id (_spawn)."""
     path = _pid_file(config, name)
     if not path.exists():
         return None
-    pid = int(path.read_text().strip() or 0)
+    return int(path.read_text().strip() or 0) or None
+
+
+def _group_members(pgid: int) -> list:
+    """The live processes of a process group (its leader may be gone); zombies left out: an
+    orphan's zombie waits for PID 1 to reap it, which a container's may never do."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
+    import psutil
+
+    members = []
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(process)
+    return members
+
+
+def _group_alive(pgid: int) -> bool:
+    return bool(_group_members(pgid))
+
+
+def _running_pid(config: StackConfig, name: str) -> int | None:
+    pid = _recorded_pid(config, name)
+    if pid is None:
+        return None
     # A process this one started (the tests call up() in-process) stays a zombie, which
     # os.kill(pid, 0) still finds, until it is reaped: reap it here, or down() waits out its 20 s.
-    if pid > 0:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
     try:
         os.kill(pid, 0)
+        if _is_zombie(pid):  # dead, not yet reaped by its parent (PID 1 for a stack's process)
+            raise ProcessLookupError(pid)
     except (ProcessLookupError, PermissionError):
-        path.unlink(missing_ok=True)
+        # The record stays while its group has processes left (a Celery worker killed alone
+        # leaves its children): _stop and _spawn end them.
+        if not _group_alive(pid):
+            _pid_file(config, name).unlink(missing_ok=True)
         return None
     return pid
+
+
+def _is_zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _end_leftovers(config: StackConfig, name: str) -> int:
+    """SIGKILL to what is left of a process group whose leader is gone (a worker killed with
+    ``kill -9``: its children live on, orphaned); how many processes were left."""
+    pgid = _recorded_pid(config, name)
+    if pgid is None or _running_pid(config, name):
+        return 0
+    left = _group_members(pgid)
+    if left:
+        import psutil
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        psutil.wait_procs(left, timeout=10)
+    _pid_file(config, name).unlink(missing_ok=True)
+    return len(left)
 
 
 def _spawn(config: StackConfig, name: str, cmd: list[str], env: dict[str, str]) -> int:
@@ -741,6 +801,8 @@ def _spawn(config: StackConfig, name: str, cmd: list[str], env: dict[str, str]) 
     existing = _running_pid(config, name)
     if existing:
         return existing
+    if left := _end_leftovers(config, name):
+        print(f"ended {left} process(es) left by {name}, whose main process was gone")
     log_path = config.state / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _pid_file(config, name).parent.mkdir(parents=True, exist_ok=True)
@@ -842,17 +904,20 @@ def start_workers(config: StackConfig, workers: list[str], timeout: float = 180)
 
 
 def _stop(config: StackConfig, name: str, grace: float = 20) -> None:
-    """SIGTERM to a recorded process's group, SIGKILL after `grace` seconds (a Celery worker's
-    warm shutdown waits for its running tasks)."""
+    """SIGTERM to a recorded process's group, SIGKILL after `grace` seconds to what is left of
+    it (a Celery worker's warm shutdown waits for its running tasks); a group whose main process
+    is already gone, SIGKILL at once."""
     pid = _running_pid(config, name)
     if not pid:
+        if left := _end_leftovers(config, name):
+            print(f"stopped {left} process(es) left by {name}, whose main process was gone")
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _running_pid(config, name):
+    while time.monotonic() < deadline and (_running_pid(config, name) or _group_alive(pid)):
         time.sleep(0.2)
-    if _running_pid(config, name):
+    if _running_pid(config, name) or _group_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     _pid_file(config, name).unlink(missing_ok=True)
