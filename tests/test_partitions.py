@@ -199,6 +199,92 @@ def test_a_partition_with_a_held_row_stays_and_its_other_rows_take_the_row_path(
     assert f.ids(db, "chat_messages") == {made["2026-04"][1], *made["2026-06"], *made["2026-07"]}
 
 
+def test_a_sub_partitioned_partition_is_never_retired_whole(partitioned, s3, storage, policy, source_dsn):
+    """April is itself partitioned (by half month): its rows live in its sub-partitions, so a
+    check of April alone (``FROM ONLY``) would see no row at all, and its DROP would take the
+    sub-partitions with it, held row included, unarchived. It is not a candidate: its rows take
+    the row path, the held one stays."""
+    db = partitioned
+    db.execute("DROP TABLE app.chat_messages_2026_04")
+    april, may = "'2026-04-01 00:00 Europe/Paris'", "'2026-05-01 00:00 Europe/Paris'"
+    db.execute(
+        f"CREATE TABLE app.chat_messages_2026_04 PARTITION OF app.chat_messages FOR VALUES FROM ({april}) TO ({may})"
+        " PARTITION BY RANGE (transmitted_at)"
+    )
+    for name, lower, upper in (
+        ("a", april, "'2026-04-16 00:00 Europe/Paris'"),
+        ("b", "'2026-04-16 00:00 Europe/Paris'", may),
+    ):
+        db.execute(
+            f"CREATE TABLE app.chat_messages_2026_04_{name} PARTITION OF app.chat_messages_2026_04"
+            f" FOR VALUES FROM ({lower}) TO ({upper})"
+        )
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    f.legal_hold(db, "chat_messages", made["2026-04"][2])
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "sub-partitioned", D)
+    )
+    assert f.ids(db, "chat_messages") == {made["2026-04"][2], *made["2026-06"], *made["2026-07"]}
+    assert f.ids(db, "chat_messages_2026_04_b") == {made["2026-04"][2]}, "the held row, where it was"
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
+    assert (outcome.deleted, outcome.held) == (11, 1)
+    assert partitions_left(db, "chat_messages") == ["2026_04", "2026_06", "2026_07"]
+    archived = {
+        i
+        for (ids,) in db.execute("SELECT record_ids FROM retention.archive_manifest WHERE state = 'committed'")
+        for i in ids
+    }
+    # 2019's archive period is over (deleted without archive); April's two others by the row path.
+    assert archived == set(made["2026-03"] + made["2026-04"][:2] + made["2026-05"])
+
+
+def test_a_foreign_partition_is_never_retired_whole(partitioned, s3, storage, policy, source_dsn):
+    """April lives on another server (postgres_fdw, here a loopback to the same database): a
+    foreign table cannot be dropped as a table, and its rows are another server's. It is not a
+    candidate: its rows take the row path (deleted through the foreign table), it stays."""
+    db = partitioned
+    where = psycopg.conninfo.conninfo_to_dict(source_dsn)
+    db.execute("CREATE EXTENSION IF NOT EXISTS postgres_fdw")
+    try:
+        options = {k: psycopg.sql.Literal(str(v)) for k, v in where.items()}
+        db.execute(
+            psycopg.sql.SQL(
+                "CREATE SERVER elsewhere FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {host}, port {port}, dbname {dbname})"
+            ).format(**options)
+        )
+        db.execute(
+            psycopg.sql.SQL(
+                "CREATE USER MAPPING FOR PUBLIC SERVER elsewhere OPTIONS (user {user}, password {password})"
+            ).format(**options)
+        )
+        for name in foreign_key_names(db, "chat_messages"):  # a foreign table takes no foreign key
+            db.execute(f'ALTER TABLE app.chat_messages DROP CONSTRAINT "{name}"')
+        db.execute("DROP TABLE app.chat_messages_2026_04")
+        db.execute("CREATE TABLE app.april_elsewhere (LIKE app.chat_messages)")
+        db.execute(
+            "CREATE FOREIGN TABLE app.chat_messages_2026_04 PARTITION OF app.chat_messages"
+            " FOR VALUES FROM ('2026-04-01 00:00 Europe/Paris') TO ('2026-05-01 00:00 Europe/Paris')"
+            " SERVER elsewhere OPTIONS (schema_name 'app', table_name 'april_elsewhere')"
+        )
+        customers = {month: f.customer(db) for month in MONTHS}
+        made = messages(db, customers)
+        assert f.ids(db, "april_elsewhere") == set(made["2026-04"])
+        (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+            RunContext("subscriber_services", "foreign", D)
+        )
+        assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
+        assert outcome.deleted == 12
+        assert partitions_left(db, "chat_messages") == ["2026_04", "2026_06", "2026_07"]
+        assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+        assert f.ids(db, "april_elsewhere") == set()
+    finally:
+        db.execute("DROP TABLE IF EXISTS app.chat_messages CASCADE")  # its foreign partition with it
+        db.execute("DROP TABLE IF EXISTS app.april_elsewhere")
+        db.execute("DROP SERVER IF EXISTS elsewhere CASCADE")
+        db.execute("DROP EXTENSION IF EXISTS postgres_fdw")
+
+
 def units_of_two_rows(db, policy, source_dsn, s3, storage):
     """Messages in six months, one of April's held; a plan in units of (about) two rows."""
     customers = {month: f.customer(db) for month in MONTHS}

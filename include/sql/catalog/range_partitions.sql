@@ -2,12 +2,14 @@
 -- partitioning), read from the catalog: nothing about partitions is declared in the policy.
 -- No row when the table is not partitioned, or partitioned otherwise (list, hash, several
 -- columns, another column). Bounds are printed in the session's time zone (the engine's is UTC)
--- and cast back; NULL for MINVALUE / MAXVALUE and for the DEFAULT partition.
+-- and cast back; NULL for MINVALUE / MAXVALUE and for the DEFAULT partition. plain_table: the
+-- partition is an ordinary table (not partitioned further, not a foreign table): only such a one
+-- may be checked with FROM ONLY and dropped whole.
 -- Parameters: %(schema)s, %(table)s, %(column)s.
 SELECT part.relname AS partition_name,
        pg_get_expr(part.relpartbound, part.oid) AS bound,
        inh.inhdetachpending AS detach_pending,
-       part.relkind = 'p' AS subpartitioned,
+       part.relkind = 'r' AS plain_table,
        (substring(pg_get_expr(part.relpartbound, part.oid) FROM 'FROM \(''([^'']*)''\)'))::timestamptz AS lower_bound,
        (substring(pg_get_expr(part.relpartbound, part.oid) FROM ' TO \(''([^'']*)''\)'))::timestamptz AS upper_bound
 FROM pg_partitioned_table AS pt

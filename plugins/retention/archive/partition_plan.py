@@ -41,7 +41,7 @@ class Partition:
     name: str
     bound: str
     detach_pending: bool
-    subpartitioned: bool
+    plain_table: bool  # not partitioned further, not a foreign table
     lower: dt.datetime | None
     upper: dt.datetime | None
     is_default: bool = False
@@ -144,7 +144,7 @@ class PartitionPlanning:
         return [
             p
             for p in partitions
-            if p.upper is not None and p.upper <= cutoff and not p.detach_pending and not p.subpartitioned
+            if p.upper is not None and p.upper <= cutoff and not p.detach_pending and p.plain_table
         ]
 
     def _unit_ranges(
