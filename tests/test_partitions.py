@@ -285,6 +285,48 @@ def test_a_foreign_partition_is_never_retired_whole(partitioned, s3, storage, po
         db.execute("DROP EXTENSION IF EXISTS postgres_fdw")
 
 
+@pytest.mark.parametrize("trigger", ["refuses", "journal"])
+def test_a_table_with_a_delete_trigger_takes_the_row_path(partitioned, s3, storage, policy, source_dsn, trigger):
+    """The application's DELETE trigger on chat_messages: one that refuses to delete a message
+    (a DBA's guard) or one that journals every deletion. A drop of a partition would run
+    neither: the refused message would go, the journal would miss rows. The table takes the row
+    path: the refusal stops the batch (rolled back, nothing of it deleted), the journal is whole."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    guarded = made["2026-04"][1]
+    db.execute("CREATE TABLE app.deletion_journal (message_id bigint)")
+    body = (
+        f"IF OLD.id = {guarded} THEN RETURN NULL; END IF; RETURN OLD;"
+        if trigger == "refuses"
+        else "INSERT INTO app.deletion_journal VALUES (OLD.id); RETURN OLD;"
+    )
+    db.execute(f"CREATE FUNCTION app.on_message_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} END $$")
+    db.execute(
+        f"CREATE TRIGGER on_message_delete {'BEFORE' if trigger == 'refuses' else 'AFTER'} DELETE"
+        " ON app.chat_messages FOR EACH ROW EXECUTE FUNCTION app.on_message_delete()"
+    )
+    try:
+        engine = engine_for(policy, source_dsn, s3, storage)
+        ctx = RunContext("subscriber_services", trigger, D)
+        if trigger == "refuses":
+            with pytest.raises(RetentionError, match="deleted .* rows, expected"):
+                engine.archive_and_delete(ctx)
+            assert guarded in f.ids(db, "chat_messages")
+        else:
+            (outcome, _) = engine.archive_and_delete(ctx)
+            assert not outcome.partitions and outcome.deleted == 12
+            due = made["2019-01"] + made["2026-03"] + made["2026-04"] + made["2026-05"]
+            assert sorted(i for (i,) in db.execute("SELECT message_id FROM app.deletion_journal")) == sorted(due)
+            assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+        assert partitions_left(db, "chat_messages") == [m.replace("-", "_") for m in MONTHS], "none dropped"
+        assert db.execute("SELECT count(*) FROM retention.partition_retirements").fetchone() == (0,)
+    finally:
+        db.execute("DROP TRIGGER on_message_delete ON app.chat_messages")
+        db.execute("DROP FUNCTION app.on_message_delete()")
+        db.execute("DROP TABLE app.deletion_journal")
+
+
 def units_of_two_rows(db, policy, source_dsn, s3, storage):
     """Messages in six months, one of April's held; a plan in units of (about) two rows."""
     customers = {month: f.customer(db) for month in MONTHS}

@@ -5,7 +5,8 @@ retirement itself (archive, detach, verify, drop) is in partitions.py.
 
 Detected from the catalog (include/sql/catalog/range_partitions.sql): the rule's table is
 range-partitioned on the rule's own clock column, with no DEFAULT partition (PostgreSQL refuses
-a concurrent detach beside one), no ``*_key`` column, and a role that may act as its owner.
+a concurrent detach beside one), no ``*_key`` column, no trigger or rule on DELETE (a drop
+would bypass it), and a role that may act as its owner.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def foreign_key_neighbours(conn, schema: str, table: str) -> set[int]:
     detached partitions locks them (include/sql/catalog/foreign_key_neighbours.sql)."""
     rows = conn.execute(_catalog_sql("foreign_key_neighbours"), {"schema": schema, "table": table})
     return {oid for (oid,) in rows.fetchall()}
+
+
+def runs_on_delete(conn, schema: str, table: str) -> bool:
+    """Whether a DELETE on the table runs a trigger or rule of the application's, which a DROP
+    of a partition would bypass (include/sql/catalog/runs_on_delete.sql)."""
+    return bool(conn.execute(_catalog_sql("runs_on_delete"), {"schema": schema, "table": table}).fetchone()[0])
 
 
 def attached_state(conn, schema: str, table: str, partition: str) -> str:
@@ -134,6 +141,11 @@ class PartitionPlanning:
             # need their files followed row by row (retention.archive.documents).
             control.commit()
             log.info("rule %s: %s is partitioned but takes the row path", rule.name, rule.table)
+            return []
+        if runs_on_delete(control, self.schema, rule.table):
+            # A trigger (or rule) on DELETE is the application's: a drop would not run it.
+            control.commit()
+            log.info("rule %s: %s has triggers or rules on DELETE: the row path", rule.name, rule.table)
             return []
         if not may_detach(control, self.schema, rule.table):
             # DETACH and DROP need the table's owner; a role without it deletes row by row.
