@@ -285,45 +285,76 @@ def test_a_foreign_partition_is_never_retired_whole(partitioned, s3, storage, po
         db.execute("DROP EXTENSION IF EXISTS postgres_fdw")
 
 
-@pytest.mark.parametrize("trigger", ["refuses", "journal"])
-def test_a_table_with_a_delete_trigger_takes_the_row_path(partitioned, s3, storage, policy, source_dsn, trigger):
-    """The application's DELETE trigger on chat_messages: one that refuses to delete a message
-    (a DBA's guard) or one that journals every deletion. A drop of a partition would run
-    neither: the refused message would go, the journal would miss rows. The table takes the row
-    path: the refusal stops the batch (rolled back, nothing of it deleted), the journal is whole."""
+# What a DELETE does that a DROP of a partition would not: (set up, undo).
+DELETE_DOES_MORE = {
+    # the application's guard, refusing to delete one message ({guarded}: its id)
+    "a guard trigger": (
+        "CREATE FUNCTION app.on_message_delete() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN IF OLD.id = {guarded} THEN RETURN NULL; END IF; RETURN OLD; END $$;"
+        " CREATE TRIGGER on_message_delete BEFORE DELETE ON app.chat_messages"
+        " FOR EACH ROW EXECUTE FUNCTION app.on_message_delete()",
+        "DROP TRIGGER on_message_delete ON app.chat_messages; DROP FUNCTION app.on_message_delete()",
+    ),
+    # the application's journal of deletions
+    "a journal trigger": (
+        "CREATE FUNCTION app.on_message_delete() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN INSERT INTO app.deletion_journal VALUES (OLD.id); RETURN OLD; END $$;"
+        " CREATE TRIGGER on_message_delete AFTER DELETE ON app.chat_messages"
+        " FOR EACH ROW EXECUTE FUNCTION app.on_message_delete()",
+        "DROP TRIGGER on_message_delete ON app.chat_messages; DROP FUNCTION app.on_message_delete()",
+    ),
+    # policies that may hide rows from the checks (the owner too, forced)
+    "row-level security": (
+        "ALTER TABLE app.chat_messages ENABLE ROW LEVEL SECURITY;"
+        " ALTER TABLE app.chat_messages FORCE ROW LEVEL SECURITY;"
+        " CREATE POLICY support_only ON app.chat_messages USING (true)",
+        "DROP POLICY support_only ON app.chat_messages; ALTER TABLE app.chat_messages DISABLE ROW LEVEL SECURITY",
+    ),
+    # a subscriber (a reporting database) gets each DELETE, never a DROP
+    "logical replication": (
+        "CREATE PUBLICATION to_reporting FOR TABLE app.chat_messages;"
+        # what a published table needs to publish its deletes (this copy has no primary key)
+        " DO $$ DECLARE r record; BEGIN FOR r IN SELECT relid FROM pg_partition_tree('app.chat_messages') LOOP"
+        " EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.relid::regclass); END LOOP; END $$",
+        "DROP PUBLICATION to_reporting",
+    ),
+}
+
+
+@pytest.mark.parametrize("more", list(DELETE_DOES_MORE))
+def test_a_table_whose_delete_does_more_than_a_drop_takes_the_row_path(
+    partitioned, s3, storage, policy, source_dsn, more
+):
+    """What a DELETE on chat_messages does that a drop of a partition would not: the guard
+    trigger's refused message would go, the journal would miss rows, rows hidden by row-level
+    security would go unchecked, the subscribers would keep every row. The table takes the row
+    path: the refusal stops its batch (rolled back, nothing of it deleted), the journal is
+    whole, no partition is detached."""
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     guarded = made["2026-04"][1]
     db.execute("CREATE TABLE app.deletion_journal (message_id bigint)")
-    body = (
-        f"IF OLD.id = {guarded} THEN RETURN NULL; END IF; RETURN OLD;"
-        if trigger == "refuses"
-        else "INSERT INTO app.deletion_journal VALUES (OLD.id); RETURN OLD;"
-    )
-    db.execute(f"CREATE FUNCTION app.on_message_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} END $$")
-    db.execute(
-        f"CREATE TRIGGER on_message_delete {'BEFORE' if trigger == 'refuses' else 'AFTER'} DELETE"
-        " ON app.chat_messages FOR EACH ROW EXECUTE FUNCTION app.on_message_delete()"
-    )
+    set_up, undo = DELETE_DOES_MORE[more]
+    db.execute(set_up.format(guarded=guarded))
     try:
         engine = engine_for(policy, source_dsn, s3, storage)
-        ctx = RunContext("subscriber_services", trigger, D)
-        if trigger == "refuses":
+        ctx = RunContext("subscriber_services", more.replace(" ", "-"), D)
+        if more == "a guard trigger":
             with pytest.raises(RetentionError, match="deleted .* rows, expected"):
                 engine.archive_and_delete(ctx)
             assert guarded in f.ids(db, "chat_messages")
         else:
             (outcome, _) = engine.archive_and_delete(ctx)
             assert not outcome.partitions and outcome.deleted == 12
+            assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+        if more == "a journal trigger":
             due = made["2019-01"] + made["2026-03"] + made["2026-04"] + made["2026-05"]
             assert sorted(i for (i,) in db.execute("SELECT message_id FROM app.deletion_journal")) == sorted(due)
-            assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
         assert partitions_left(db, "chat_messages") == [m.replace("-", "_") for m in MONTHS], "none dropped"
         assert db.execute("SELECT count(*) FROM retention.partition_retirements").fetchone() == (0,)
     finally:
-        db.execute("DROP TRIGGER on_message_delete ON app.chat_messages")
-        db.execute("DROP FUNCTION app.on_message_delete()")
+        db.execute(undo)
         db.execute("DROP TABLE app.deletion_journal")
 
 

@@ -5,8 +5,9 @@ retirement itself (archive, detach, verify, drop) is in partitions.py.
 
 Detected from the catalog (include/sql/catalog/range_partitions.sql): the rule's table is
 range-partitioned on the rule's own clock column, with no DEFAULT partition (PostgreSQL refuses
-a concurrent detach beside one), no ``*_key`` column, no trigger or rule on DELETE (a drop
-would bypass it), and a role that may act as its owner.
+a concurrent detach beside one), no ``*_key`` column, nothing a DELETE does that a DROP would
+not (a trigger or rule on DELETE, row-level security, logical replication: row_path_reasons),
+and a role that may act as its owner.
 """
 
 from __future__ import annotations
@@ -67,10 +68,10 @@ def foreign_key_neighbours(conn, schema: str, table: str) -> set[int]:
     return {oid for (oid,) in rows.fetchall()}
 
 
-def runs_on_delete(conn, schema: str, table: str) -> bool:
-    """Whether a DELETE on the table runs a trigger or rule of the application's, which a DROP
-    of a partition would bypass (include/sql/catalog/runs_on_delete.sql)."""
-    return bool(conn.execute(_catalog_sql("runs_on_delete"), {"schema": schema, "table": table}).fetchone()[0])
+def row_path_reasons(conn, schema: str, table: str) -> list[str]:
+    """Why the table's rows must be deleted row by row, a DELETE doing what a DROP of a partition
+    would not (include/sql/catalog/row_path_reasons.sql): [] when nothing stands in the way."""
+    return [reason for (reason,) in conn.execute(_catalog_sql("row_path_reasons"), {"schema": schema, "table": table})]
 
 
 def attached_state(conn, schema: str, table: str, partition: str) -> str:
@@ -142,10 +143,10 @@ class PartitionPlanning:
             control.commit()
             log.info("rule %s: %s is partitioned but takes the row path", rule.name, rule.table)
             return []
-        if runs_on_delete(control, self.schema, rule.table):
-            # A trigger (or rule) on DELETE is the application's: a drop would not run it.
+        reasons = row_path_reasons(control, self.schema, rule.table)
+        if reasons:
             control.commit()
-            log.info("rule %s: %s has triggers or rules on DELETE: the row path", rule.name, rule.table)
+            log.info("rule %s: %s is partitioned, with %s: the row path", rule.name, rule.table, ", ".join(reasons))
             return []
         if not may_detach(control, self.schema, rule.table):
             # DETACH and DROP need the table's owner; a role without it deletes row by row.
