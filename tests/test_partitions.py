@@ -358,6 +358,27 @@ def test_a_table_whose_delete_does_more_than_a_drop_takes_the_row_path(
         db.execute("DROP TABLE app.deletion_journal")
 
 
+def test_a_partition_a_view_reads_stays(partitioned, s3, storage, policy, source_dsn):
+    """A report's view reads the March partition directly: DROP TABLE would refuse it after the
+    detach, failing this run and every next one at its recovery. March is not a candidate: its
+    rows take the row path, the view stays and reads an empty partition."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    db.execute("CREATE VIEW app.march_messages AS SELECT id FROM app.chat_messages_2026_03")
+    try:
+        (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+            RunContext("subscriber_services", "viewed", D)
+        )
+        assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
+        assert outcome.deleted == 12
+        assert partitions_left(db, "chat_messages") == ["2026_03", "2026_06", "2026_07"]
+        assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+        assert db.execute("SELECT count(*) FROM app.march_messages").fetchone() == (0,)
+    finally:
+        db.execute("DROP VIEW app.march_messages")
+
+
 def units_of_two_rows(db, policy, source_dsn, s3, storage):
     """Messages in six months, one of April's held; a plan in units of (about) two rows."""
     customers = {month: f.customer(db) for month in MONTHS}

@@ -2,14 +2,18 @@
 -- partitioning), read from the catalog: nothing about partitions is declared in the policy.
 -- No row when the table is not partitioned, or partitioned otherwise (list, hash, several
 -- columns, another column). Bounds are printed in the session's time zone (the engine's is UTC)
--- and cast back; NULL for MINVALUE / MAXVALUE and for the DEFAULT partition. plain_table: the
--- partition is an ordinary table (not partitioned further, not a foreign table): only such a one
--- may be checked with FROM ONLY and dropped whole.
+-- and cast back; NULL for MINVALUE / MAXVALUE and for the DEFAULT partition. droppable: the
+-- partition is an ordinary table (not partitioned further, not a foreign table) that no view or
+-- materialized view reads: only such a one may be checked with FROM ONLY and dropped alone
+-- (DROP TABLE refuses a table a view depends on).
 -- Parameters: %(schema)s, %(table)s, %(column)s.
 SELECT part.relname AS partition_name,
        pg_get_expr(part.relpartbound, part.oid) AS bound,
        inh.inhdetachpending AS detach_pending,
-       part.relkind = 'r' AS plain_table,
+       part.relkind = 'r'
+       AND NOT EXISTS (SELECT FROM pg_depend AS d
+                       WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = part.oid
+                         AND d.classid = 'pg_rewrite'::regclass) AS droppable,
        (substring(pg_get_expr(part.relpartbound, part.oid) FROM 'FROM \(''([^'']*)''\)'))::timestamptz AS lower_bound,
        (substring(pg_get_expr(part.relpartbound, part.oid) FROM ' TO \(''([^'']*)''\)'))::timestamptz AS upper_bound
 FROM pg_partitioned_table AS pt

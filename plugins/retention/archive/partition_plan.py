@@ -43,7 +43,7 @@ class Partition:
     name: str
     bound: str
     detach_pending: bool
-    plain_table: bool  # not partitioned further, not a foreign table
+    droppable: bool  # an ordinary table (not partitioned further, not foreign) no view reads
     lower: dt.datetime | None
     upper: dt.datetime | None
     is_default: bool = False
@@ -157,7 +157,7 @@ class PartitionPlanning:
         return [
             p
             for p in partitions
-            if p.upper is not None and p.upper <= cutoff and not p.detach_pending and p.plain_table
+            if p.upper is not None and p.upper <= cutoff and not p.detach_pending and p.droppable
         ]
 
     def _unit_ranges(
