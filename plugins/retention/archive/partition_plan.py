@@ -155,9 +155,7 @@ class PartitionPlanning:
             return []
         control.commit()
         return [
-            p
-            for p in partitions
-            if p.upper is not None and p.upper <= cutoff and not p.detach_pending and p.droppable
+            p for p in partitions if p.upper is not None and p.upper <= cutoff and not p.detach_pending and p.droppable
         ]
 
     def _unit_ranges(

@@ -6,7 +6,8 @@ factor; ``off`` disables it), the run vacuums the table itself, each leaf partit
 threshold of a partitioned one, and reports dead tuples and size before and after.
 
 ``SKIP_LOCKED``: a table already being vacuumed (autovacuum, another unit of the run) is left to
-that vacuum rather than waited for.
+that vacuum rather than waited for. Units of a partitioned table run side by side and retire
+partitions whole: one dropped meanwhile is left out of the figures and of the vacuum.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
+import psycopg
 from psycopg import sql
 
 from retention.paths import SQL_DIR
@@ -64,7 +66,10 @@ def vacuum_if_bloated(autocommit_conn, schema: str, table: str, threshold: float
     if not bloated:
         return {}
     for nsp, rel in bloated:
-        autocommit_conn.execute(sql.SQL("VACUUM (ANALYZE, SKIP_LOCKED) {}").format(sql.Identifier(nsp, rel)))
+        try:
+            autocommit_conn.execute(sql.SQL("VACUUM (ANALYZE, SKIP_LOCKED) {}").format(sql.Identifier(nsp, rel)))
+        except psycopg.errors.UndefinedTable:
+            pass  # a partition another unit of the run retired (dropped) meanwhile
     autocommit_conn.execute("SELECT pg_stat_clear_snapshot()")
     after = table_health(autocommit_conn, schema, table)
     report = {
