@@ -25,6 +25,7 @@ from retention.archive.store import ArchiveStore
 from tests import factories as f
 from tests import factories_policy as fp
 from tests.test_safety import InThread, place_hold
+from tools import devstack
 
 pytestmark = pytest.mark.integration
 
@@ -931,6 +932,37 @@ def test_a_role_that_does_not_own_the_table_takes_the_row_path(partitioned, s3, 
     assert outcome.deleted == 2 and outcome.partitions == {}
     assert f.ids(db, "cookie_consents") == set(recent) and set(old).isdisjoint(f.ids(db, "cookie_consents"))
     assert partitions_left(db, "cookie_consents") == before
+
+
+def test_a_partition_owned_by_another_role_takes_the_row_path(partitioned, s3, storage, policy, role_dsn):
+    """The DBA lets retention_engine act as the owner of cookie_consents and its partitions, but
+    January 2019's partition belongs to another role (created by another tool): the engine may
+    detach it, not drop it, which would fail this run and every next one at its recovery. It is
+    not a candidate: its rows go row by row, it stays."""
+    from retention.policy import default_policy
+    from retention.roles import grant_statements
+
+    db = partitioned
+    for statement in grant_statements(db, default_policy()):
+        db.execute(statement)
+    engine_user, _ = devstack.ROLE_USERS["retention_engine"]
+    db.execute("CREATE ROLE consents_owner_t NOLOGIN; CREATE ROLE archivist_t NOLOGIN")
+    try:
+        db.execute(f'GRANT consents_owner_t TO "{engine_user}"')
+        for (relation,) in db.execute("SELECT relid::regclass::text FROM pg_partition_tree('app.cookie_consents')"):
+            db.execute(f"ALTER TABLE {relation} OWNER TO consents_owner_t")
+        db.execute("ALTER TABLE app.cookie_consents_2019_01 OWNER TO archivist_t")
+        old = [fp.cookie_consent(db, recorded=day) for day in ("2019-01-05", "2019-01-20")]
+        recent = [fp.cookie_consent(db, recorded=day) for day in ("2026-03-02", "2026-06-10")]
+        before = partitions_left(db, "cookie_consents")
+        engine = engine_for(policy, role_dsn("retention_engine"), s3, storage, purpose="cookie_consents")
+        (outcome,) = engine.archive_and_delete(RunContext("cookie_consents", "partition-owner", D))
+        assert outcome.deleted == 2 and not outcome.partitions
+        assert f.ids(db, "cookie_consents") == set(recent) and set(old).isdisjoint(f.ids(db, "cookie_consents"))
+        assert partitions_left(db, "cookie_consents") == before
+    finally:
+        db.execute("REASSIGN OWNED BY consents_owner_t, archivist_t TO CURRENT_USER")
+        db.execute("DROP ROLE consents_owner_t; DROP ROLE archivist_t")
 
 
 def test_a_table_that_is_not_partitioned_is_not_detected(db):

@@ -4,8 +4,9 @@
 -- columns, another column). Bounds are printed in the session's time zone (the engine's is UTC)
 -- and cast back; NULL for MINVALUE / MAXVALUE and for the DEFAULT partition. droppable: the
 -- partition is an ordinary table (not partitioned further, not a foreign table) that no view or
--- materialized view reads: only such a one may be checked with FROM ONLY and dropped alone
--- (DROP TABLE refuses a table a view depends on).
+-- materialized view reads, and this session may act as its owner: only such a one may be
+-- checked with FROM ONLY and dropped alone (DROP TABLE refuses a table a view depends on, and a
+-- role that does not own it, even when it owns the partitioned table).
 -- Parameters: %(schema)s, %(table)s, %(column)s.
 SELECT part.relname AS partition_name,
        pg_get_expr(part.relpartbound, part.oid) AS bound,
@@ -13,7 +14,8 @@ SELECT part.relname AS partition_name,
        part.relkind = 'r'
        AND NOT EXISTS (SELECT FROM pg_depend AS d
                        WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = part.oid
-                         AND d.classid = 'pg_rewrite'::regclass) AS droppable,
+                         AND d.classid = 'pg_rewrite'::regclass)
+       AND pg_has_role(current_user, part.relowner, 'USAGE') AS droppable,
        (substring(pg_get_expr(part.relpartbound, part.oid) FROM 'FROM \(''([^'']*)''\)'))::timestamptz AS lower_bound,
        (substring(pg_get_expr(part.relpartbound, part.oid) FROM ' TO \(''([^'']*)''\)'))::timestamptz AS upper_bound
 FROM pg_partitioned_table AS pt
