@@ -359,6 +359,35 @@ def test_a_table_whose_delete_does_more_than_a_drop_takes_the_row_path(
         db.execute("DROP TABLE app.deletion_journal")
 
 
+def test_a_partition_in_another_schema_is_never_retired_whole(partitioned, s3, storage, policy, source_dsn):
+    """January 2019's partition lives in schema app_old, and app holds an unrelated table of the
+    same name (a DBA's copy): the engine, which names partitions in the table's schema, would
+    check, archive and try to detach the copy. That partition is not a candidate: its rows go row
+    by row, the copy is untouched."""
+    db = partitioned
+    db.execute("DROP TABLE app.chat_messages_2019_01")
+    db.execute("CREATE SCHEMA app_old")
+    try:
+        db.execute(
+            "CREATE TABLE app_old.chat_messages_2019_01 PARTITION OF app.chat_messages"
+            " FOR VALUES FROM ('2019-01-01 00:00 Europe/Paris') TO ('2019-02-01 00:00 Europe/Paris')"
+        )
+        customers = {month: f.customer(db) for month in MONTHS}
+        made = messages(db, customers)
+        db.execute("CREATE TABLE app.chat_messages_2019_01 AS SELECT * FROM app.chat_messages WHERE false")
+        db.execute("INSERT INTO app.chat_messages_2019_01 SELECT * FROM app_old.chat_messages_2019_01")
+        (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+            RunContext("subscriber_services", "other-schema", D)
+        )
+        assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0} and outcome.deleted == 12
+        assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+        assert f.ids(db, "chat_messages_2019_01") == set(made["2019-01"]), "the copy, untouched"
+        assert db.execute("SELECT count(*) FROM app_old.chat_messages_2019_01").fetchone() == (0,)
+    finally:
+        db.execute("DROP TABLE IF EXISTS app.chat_messages_2019_01")
+        db.execute("DROP SCHEMA app_old CASCADE")
+
+
 def test_a_partition_a_view_reads_stays(partitioned, s3, storage, policy, source_dsn):
     """A report's view reads the March partition directly: DROP TABLE would refuse it after the
     detach, failing this run and every next one at its recovery. March is not a candidate: its

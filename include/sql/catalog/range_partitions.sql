@@ -3,15 +3,16 @@
 -- No row when the table is not partitioned, or partitioned otherwise (list, hash, several
 -- columns, another column). Bounds are printed in the session's time zone (the engine's is UTC)
 -- and cast back; NULL for MINVALUE / MAXVALUE and for the DEFAULT partition. droppable: the
--- partition is an ordinary table (not partitioned further, not a foreign table) that no view or
--- materialized view reads, and this session may act as its owner: only such a one may be
+-- partition is an ordinary table (not partitioned further, not a foreign table) in the table's
+-- own schema (the engine names it there), that no view or materialized view reads, and this
+-- session may act as its owner: only such a one may be
 -- checked with FROM ONLY and dropped alone (DROP TABLE refuses a table a view depends on, and a
 -- role that does not own it, even when it owns the partitioned table).
 -- Parameters: %(schema)s, %(table)s, %(column)s.
 SELECT part.relname AS partition_name,
        pg_get_expr(part.relpartbound, part.oid) AS bound,
        inh.inhdetachpending AS detach_pending,
-       part.relkind = 'r'
+       part.relkind = 'r' AND part.relnamespace = parent.relnamespace
        AND NOT EXISTS (SELECT FROM pg_depend AS d
                        WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = part.oid
                          AND d.classid = 'pg_rewrite'::regclass)

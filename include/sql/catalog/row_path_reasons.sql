@@ -9,9 +9,10 @@
 --   rows would stay on every subscriber.
 -- Parameters: %(schema)s, %(table)s.
 WITH tree AS (
-    SELECT t.relid, c.relname, c.relrowsecurity
+    SELECT t.relid, ns.nspname, c.relname, c.relrowsecurity
     FROM pg_partition_tree(format('%%I.%%I', %(schema)s::text, %(table)s::text)::regclass) AS t
     JOIN pg_class AS c ON c.oid = t.relid
+    JOIN pg_namespace AS ns ON ns.oid = c.relnamespace  -- a partition may live in another schema
 )
 SELECT 'a trigger or rule on DELETE'
 WHERE EXISTS (SELECT FROM tree JOIN pg_trigger AS tg ON tg.tgrelid = tree.relid
@@ -21,5 +22,5 @@ UNION ALL
 SELECT 'row-level security' WHERE EXISTS (SELECT FROM tree WHERE tree.relrowsecurity)
 UNION ALL
 SELECT 'logical replication'
-WHERE EXISTS (SELECT FROM pg_publication_tables AS p JOIN tree ON p.tablename = tree.relname
-              WHERE p.schemaname = %(schema)s)
+WHERE EXISTS (SELECT FROM pg_publication_tables AS p
+              JOIN tree ON p.schemaname = tree.nspname AND p.tablename = tree.relname)
