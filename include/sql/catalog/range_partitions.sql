@@ -2,12 +2,12 @@
 -- partitioning), read from the catalog: nothing about partitions is declared in the policy.
 -- No row when the table is not partitioned, or partitioned otherwise (list, hash, several
 -- columns, another column). Bounds are printed in the session's time zone (the engine's is UTC)
--- and cast back; NULL for MINVALUE / MAXVALUE and for the DEFAULT partition. droppable: the
--- partition is an ordinary table (not partitioned further, not a foreign table) in the table's
--- own schema (the engine names it there), that no view or materialized view reads, and this
--- session may act as its owner: only such a one may be
--- checked with FROM ONLY and dropped alone (DROP TABLE refuses a table a view depends on, and a
--- role that does not own it, even when it owns the partitioned table).
+-- and cast back; NULL for MINVALUE / MAXVALUE and for the DEFAULT partition.
+-- droppable: the partition is an ordinary table (not partitioned further, not a foreign table)
+-- in the table's own schema (the engine names it there), no view or materialized view reads it,
+-- and this session may act as its owner. Only such a one may be checked with FROM ONLY and
+-- dropped alone (DROP TABLE refuses a table a view depends on, and a role that does not own it,
+-- even one that owns the partitioned table).
 -- Parameters: %(schema)s, %(table)s, %(column)s.
 SELECT part.relname AS partition_name,
        pg_get_expr(part.relpartbound, part.oid) AS bound,
