@@ -388,6 +388,45 @@ def test_a_partition_in_another_schema_is_never_retired_whole(partitioned, s3, s
         db.execute("DROP SCHEMA app_old CASCADE")
 
 
+def test_a_partition_merged_with_a_later_month_during_the_run_keeps_the_rows_not_due(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A DBA merges June (not due) into May's partition, its bound widened to July, after the run
+    listed the partitions and their bounds. chat_messages' rule has no condition: its check took
+    every row of a partition wholly before the cutoff as due by that listed bound, and June's
+    rows went with May's. The check counts the rows due by their clock: May stays, its due rows
+    go by the row path, June's stay. (Holds in 2019 and March leave the plan's count room.)"""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    f.legal_hold(db, "chat_messages", made["2019-01"][0])
+    f.legal_hold(db, "chat_messages", made["2026-03"][0])
+    listed = partition_plan.PartitionPlanning._partition_candidates
+
+    def listed_then_merged(self, control, rule, cutoff):
+        candidates = listed(self, control, rule, cutoff)
+        if rule.table != "chat_messages":
+            return candidates
+        with psycopg.connect(source_dsn, autocommit=True) as dba:
+            dba.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_05")
+            dba.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_06")
+            dba.execute("INSERT INTO app.chat_messages_2026_05 SELECT * FROM app.chat_messages_2026_06")
+            dba.execute("DROP TABLE app.chat_messages_2026_06")
+            dba.execute(
+                "ALTER TABLE app.chat_messages ATTACH PARTITION app.chat_messages_2026_05"
+                " FOR VALUES FROM ('2026-05-01 00:00 Europe/Paris') TO ('2026-07-01 00:00 Europe/Paris')"
+            )
+        return candidates
+
+    monkeypatch.setattr(partition_plan.PartitionPlanning, "_partition_candidates", listed_then_merged)
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "merged", D)
+    )
+    assert set(made["2026-06"]) <= f.ids(db, "chat_messages"), "June's rows are not due"
+    assert f.ids(db, "chat_messages") == {made["2019-01"][0], made["2026-03"][0], *made["2026-06"], *made["2026-07"]}
+    assert outcome.partitions == {"dropped": 1, "rows": 3, "kept": 3} and outcome.deleted == 10
+
+
 def test_a_partition_a_view_reads_stays(partitioned, s3, storage, policy, source_dsn):
     """A report's view reads the March partition directly: DROP TABLE would refuse it after the
     detach, failing this run and every next one at its recovery. March is not a candidate: its

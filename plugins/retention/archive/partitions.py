@@ -327,10 +327,14 @@ class PartitionRetirement(PartitionPlanning):
             f' JOIN ONLY {qualified} AS p ON p.id = b."{b.column}")'
             for b in blockers
         )
+        # Due by the clock itself, not by the partition's bound as listed: a DBA may have changed
+        # the partition since (merged in a later month), and the bound is not read again.
+        clock = rule.clock.partition(".")[2]
+        counts = self._part_counts(partition, fingerprint, (clock, f"cutoff__{rule.name}"))
         query = (
-            f"{ctes} SELECT part.n, part.n, (SELECT count(*) FROM held_{rule.table} AS h"
+            f"{ctes} SELECT part.n, part.due, (SELECT count(*) FROM held_{rule.table} AS h"
             f" JOIN ONLY {qualified} AS p ON p.id = h.id), {waiting or '0'}, part.min_id, part.max_id,"
-            f" part.fingerprint FROM {self._part_counts(partition, fingerprint)}"
+            f" part.fingerprint FROM {counts}"
         )
         return PartitionCheck(*conn.execute(query, params).fetchone())
 
@@ -347,16 +351,19 @@ class PartitionRetirement(PartitionPlanning):
         own_coverage = f'FROM "{self.schema}"."{rule.table}" AS c '
         return select.replace(own_coverage, f"FROM ONLY {self._qualified(partition)} AS c ")
 
-    def _part_counts(self, partition: str, fingerprint: bool) -> str:
+    def _part_counts(self, partition: str, fingerprint: bool, due_before: tuple[str, str] | None = None) -> str:
         """The partition's rows counted, their least and greatest id, and with ``fingerprint`` a
         sum of the hashes of each row version's place and creating transaction (ctid, xmin):
         every write makes a new row version (an update too), so a row written since the sum was
         taken changes it, whatever its columns hold. A rewrite (VACUUM FULL) changes it too: the
-        partition then stays, which is the safe side. Far cheaper than hashing the rows' content."""
+        partition then stays, which is the safe side. Far cheaper than hashing the rows' content.
+        With ``due_before`` (a clock column, the name of the cutoff parameter), ``due`` counts the
+        rows whose clock is before the cutoff, in the same scan."""
         taken = "sum(hash_record_extended((p.ctid, p.xmin), 0))" if fingerprint else "NULL::numeric"
+        due = f'count(*) FILTER (WHERE p."{due_before[0]}" < %({due_before[1]})s)' if due_before else "NULL::bigint"
         return (
-            f"(SELECT count(*) AS n, min(p.id) AS min_id, max(p.id) AS max_id, {taken} AS fingerprint"
-            f" FROM ONLY {self._qualified(partition)} AS p) AS part"
+            f"(SELECT count(*) AS n, {due} AS due, min(p.id) AS min_id, max(p.id) AS max_id,"
+            f" {taken} AS fingerprint FROM ONLY {self._qualified(partition)} AS p) AS part"
         )
 
     # ------------------------------------------------------------------ one partition
