@@ -311,6 +311,15 @@ DELETE_DOES_MORE = {
         " CREATE POLICY support_only ON app.chat_messages USING (true)",
         "DROP POLICY support_only ON app.chat_messages; ALTER TABLE app.chat_messages DISABLE ROW LEVEL SECURITY",
     ),
+    # a flag on a message outlives it (its reference set NULL); a partition with a flagged
+    # message cannot be detached
+    "a foreign key that sets NULL": (
+        "ALTER TABLE app.chat_messages ADD PRIMARY KEY (id, transmitted_at);"
+        " CREATE TABLE app.message_flags (message_id bigint, message_at timestamptz,"
+        " FOREIGN KEY (message_id, message_at) REFERENCES app.chat_messages (id, transmitted_at) ON DELETE SET NULL);"
+        " INSERT INTO app.message_flags SELECT id, transmitted_at FROM app.chat_messages WHERE id = {guarded}",
+        "DROP TABLE app.message_flags",
+    ),
     # a subscriber (a reporting database) gets each DELETE, never a DROP
     "logical replication": (
         "CREATE PUBLICATION to_reporting FOR TABLE app.chat_messages;"
@@ -349,6 +358,8 @@ def test_a_table_whose_delete_does_more_than_a_drop_takes_the_row_path(
             (outcome, _) = engine.archive_and_delete(ctx)
             assert not outcome.partitions and outcome.deleted == 12
             assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+        if more == "a foreign key that sets NULL":
+            assert db.execute("SELECT message_id FROM app.message_flags").fetchall() == [(None,)]
         if more == "a journal trigger":
             due = made["2019-01"] + made["2026-03"] + made["2026-04"] + made["2026-05"]
             assert sorted(i for (i,) in db.execute("SELECT message_id FROM app.deletion_journal")) == sorted(due)

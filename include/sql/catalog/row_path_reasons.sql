@@ -6,7 +6,10 @@
 -- - 'row-level security': policies may hide rows from the engine's checks (an owner is subject
 --   to them under FORCE ROW LEVEL SECURITY) while a drop takes every row;
 -- - 'logical replication': a publication sends each DELETE to its subscribers, never a DROP: the
---   rows would stay on every subscriber.
+--   rows would stay on every subscriber;
+-- - 'a foreign key that sets NULL or DEFAULT on delete': the rows referring to a deleted row
+--   outlive it (the planner does not wait for them), but PostgreSQL refuses to detach a
+--   partition that rows of another table still refer to: every run would fail there.
 -- Parameters: %(schema)s, %(table)s.
 WITH tree AS (
     SELECT t.relid, ns.nspname, c.relname, c.relrowsecurity
@@ -24,3 +27,7 @@ UNION ALL
 SELECT 'logical replication'
 WHERE EXISTS (SELECT FROM pg_publication_tables AS p
               JOIN tree ON p.schemaname = tree.nspname AND p.tablename = tree.relname)
+UNION ALL
+SELECT 'a foreign key that sets NULL or DEFAULT on delete'
+WHERE EXISTS (SELECT FROM tree JOIN pg_constraint AS fk ON fk.confrelid = tree.relid
+              WHERE fk.contype = 'f' AND fk.confdeltype IN ('n', 'd'))
