@@ -438,6 +438,62 @@ def test_a_partition_merged_with_a_later_month_during_the_run_keeps_the_rows_not
     assert outcome.partitions == {"dropped": 1, "rows": 3, "kept": 3} and outcome.deleted == 10
 
 
+# Objects that depend on March's partition, which DROP TABLE refuses to drop with it: (set up, undo).
+DEPENDS_ON_MARCH = {
+    "a foreign key to the partition": (
+        "ALTER TABLE app.chat_messages_2026_03 ADD UNIQUE (id);"
+        " CREATE TABLE app.march_notes (message_id bigint REFERENCES app.chat_messages_2026_03 (id))",
+        "DROP TABLE app.march_notes",
+    ),
+    # a table attached as a partition that still owns the sequence the table's ids come from
+    "a sequence it owns": (
+        "CREATE SEQUENCE app.message_ids START 100000 OWNED BY app.chat_messages_2026_03.id;"
+        " ALTER TABLE app.chat_messages ALTER id DROP IDENTITY IF EXISTS;"
+        " ALTER TABLE app.chat_messages ALTER id SET DEFAULT nextval('app.message_ids')",
+        "ALTER TABLE app.chat_messages ALTER id DROP DEFAULT",
+    ),
+    "a function's body": (
+        "CREATE FUNCTION app.march_count() RETURNS bigint LANGUAGE sql"
+        " BEGIN ATOMIC SELECT count(*) FROM app.chat_messages_2026_03; END",
+        "DROP FUNCTION app.march_count()",
+    ),
+}
+
+
+@pytest.mark.parametrize("dependent", list(DEPENDS_ON_MARCH))
+def test_a_partition_postgresql_refuses_to_drop_is_attached_again(
+    partitioned, s3, storage, policy, source_dsn, dependent
+):
+    """Found by a review: after March's detach, DROP TABLE is refused (an object depends on
+    it); the run failed, and so did every next one at its recovery, March's rows hidden from
+    the table meanwhile. Now March is attached again ('kept', its uploads removed) and its rows
+    go by the row path in the same run; the object stays."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    set_up, undo = DEPENDS_ON_MARCH[dependent]
+    db.execute(set_up)
+    try:
+        (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+            RunContext("subscriber_services", "refused", D)
+        )
+        assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1} and outcome.deleted == 12
+        assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+        assert partitions_left(db, "chat_messages") == ["2026_03", "2026_06", "2026_07"]
+        assert db.execute(
+            "SELECT state FROM retention.partition_retirements WHERE partition_name = 'chat_messages_2026_03'"
+        ).fetchall() == [("kept",)]
+        # March's rows archived and audited once, by the row path (its own objects abandoned).
+        committed = [
+            i
+            for (ids,) in db.execute("SELECT record_ids FROM retention.archive_manifest WHERE state = 'committed'")
+            for i in ids
+        ]
+        assert sorted(committed) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])
+    finally:
+        db.execute(undo)
+
+
 def test_a_partition_a_view_reads_stays(partitioned, s3, storage, policy, source_dsn):
     """A report's view reads the March partition directly: DROP TABLE would refuse it after the
     detach, failing this run and every next one at its recovery. March is not a candidate: its

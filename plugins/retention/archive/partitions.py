@@ -570,7 +570,9 @@ class PartitionRetirement(PartitionPlanning):
     def _finish_detached(self, control, retirement_id: int, lock_timeout: str = BATCH_LOCK_TIMEOUT) -> bool:
         """Step 4 for a detached partition: re-checked and compared under lock, then dropped with
         the manifest committed and the audit written, in one transaction; or attached again
-        ('kept') when a hold or a write reached its rows since they were archived."""
+        ('kept') when a hold or a write reached its rows since they were archived, or when
+        PostgreSQL refuses the drop (an object that depends on the partition: a foreign key to it,
+        a sequence it owns that the table uses, a function's body)."""
         (run_id, logical_date, rule_name, table, partition, bound, row_count, checksum, manifest_ids) = control.execute(
             "SELECT run_id, logical_date, rule, table_name, partition_name, partition_bound, row_count,"
             " rows_checksum, manifest_ids FROM retention.partition_retirements WHERE id = %s AND state = 'detaching'",
@@ -599,23 +601,40 @@ class PartitionRetirement(PartitionPlanning):
                     check.rows,
                     "" if same_rows else " (rows changed)",
                 )
-                control.execute(
-                    sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(
-                        sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
-                    )
-                    + sql.SQL(bound)
-                )
-                self._close_retirement(control, retirement_id, "kept")
-                control.commit()
+                self._attach_again(control, retirement_id, table, partition, bound)
                 return False
-            self._commit_retirement(control, ctx, rule, partition, manifest_ids, row_count)
-            control.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(self.schema, partition)))
+            control.execute("SAVEPOINT before_the_drop")
+            try:
+                self._commit_retirement(control, ctx, rule, partition, manifest_ids, row_count)
+                control.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(self.schema, partition)))
+            except psycopg.errors.DependentObjectsStillExist as refused:
+                control.execute("ROLLBACK TO SAVEPOINT before_the_drop")
+                # The detail names the dependent objects (catalog names, no row's content).
+                log.warning(
+                    "partition %s of %s stays: %s; attached again, its rows take the row path",
+                    partition,
+                    table,
+                    refused.diag.message_detail or refused.diag.message_primary,
+                )
+                self._attach_again(control, retirement_id, table, partition, bound)
+                return False
             self._close_retirement(control, retirement_id, "dropped")
             control.commit()
         except BaseException:
             control.rollback()
             raise
         return True
+
+    def _attach_again(self, control, retirement_id: int, table: str, partition: str, bound: str) -> None:
+        """The detached partition attached again with its bound, its record 'kept'; committed."""
+        control.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(
+                sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
+            )
+            + sql.SQL(bound)
+        )
+        self._close_retirement(control, retirement_id, "kept")
+        control.commit()
 
     def _commit_retirement(
         self, control, ctx: RunContext, rule: Rule, partition: str, manifest_ids, row_count: int
