@@ -494,6 +494,44 @@ def test_a_partition_postgresql_refuses_to_drop_is_attached_again(
         db.execute(undo)
 
 
+def test_a_partition_with_its_columns_in_another_order_is_archived_in_the_tables_order(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """March is a table attached as a partition, its columns in another order (found by a
+    review: its objects followed that order, the row path's the table's)."""
+    db = partitioned
+    columns = [c.name for c in db.execute("SELECT * FROM app.chat_messages LIMIT 0").description]
+    definitions = db.execute(
+        "SELECT format('%I %s%s', attname, format_type(atttypid, atttypmod), CASE WHEN attnotnull THEN ' NOT NULL'"
+        " ELSE '' END) FROM pg_attribute WHERE attrelid = 'app.chat_messages'::regclass AND attnum > 0"
+        " AND NOT attisdropped ORDER BY attnum DESC"
+    ).fetchall()
+    checks = db.execute(
+        "SELECT format('CONSTRAINT %I %s', conname, pg_get_constraintdef(oid)) FROM pg_constraint"
+        " WHERE conrelid = 'app.chat_messages'::regclass AND contype = 'c'"
+    ).fetchall()
+    db.execute("DROP TABLE app.chat_messages_2026_03")
+    db.execute(f"CREATE TABLE app.chat_messages_2026_03 ({', '.join(d for (d,) in definitions + checks)})")
+    db.execute(
+        "ALTER TABLE app.chat_messages ATTACH PARTITION app.chat_messages_2026_03"
+        " FOR VALUES FROM ('2026-03-01 00:00 Europe/Paris') TO ('2026-04-01 00:00 Europe/Paris')"
+    )
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "reordered", D)
+    )
+    assert outcome.partitions == {"dropped": 4, "rows": 12, "kept": 0}
+    march = db.execute(
+        "SELECT object_key, version_id FROM retention.archive_manifest WHERE record_ids && %s::bigint[]",
+        (made["2026-03"],),
+    ).fetchall()
+    assert march
+    for key, version in march:
+        body = s3.get_object(Bucket=storage.archive_bucket, Key=key, VersionId=version)["Body"].read()
+        assert pq.read_table(io.BytesIO(body)).column_names == columns
+
+
 def test_a_partition_a_view_reads_stays(partitioned, s3, storage, policy, source_dsn):
     """A report's view reads the March partition directly: DROP TABLE would refuse it after the
     detach, failing this run and every next one at its recovery. March is not a candidate: its

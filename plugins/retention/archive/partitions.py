@@ -483,12 +483,20 @@ class PartitionRetirement(PartitionPlanning):
                 chunk, size = [], 0
         if chunk:
             chunks.append(chunk)
+        # The table's columns in the table's order, as the row path reads them (a table attached
+        # as a partition may hold its columns in another order).
+        names = control.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+            " ORDER BY attnum",
+            (self._qualified(rule.table),),
+        ).fetchall()
+        columns = sql.SQL(", ").join(sql.Identifier(name) for (name,) in names).as_string(control)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-partition-{rule.name}") as uploader:
             uploading = None
             for chunk in chunks:
                 part = Batch(conn=control, last_id=batch.last_id)
                 ids = sorted(i for _, group_ids, _ in chunk for i in group_ids)
-                rows = split_rows(self._read_partition_rows(reader, partition.name, ids), chunk)
+                rows = split_rows(self._read_partition_rows(reader, columns, partition.name, ids), chunk)
                 self._record_intents(control, intents, rule, ctx, chunk, rows, part)
                 if uploading is not None:
                     self._add_uploaded(batch, uploading.result())
@@ -514,9 +522,9 @@ class PartitionRetirement(PartitionPlanning):
         rows = f'SELECT id, "{column}" AS clock FROM ONLY {self._qualified(partition)}'
         return self._grouped_by_end_day(conn, rule, rows, {})
 
-    def _read_partition_rows(self, reader, partition: str, ids: list[int]):
+    def _read_partition_rows(self, reader, columns: str, partition: str, ids: list[int]):
         """The rows with these ids (sorted) from the partition itself, as Arrow (the row path's
-        read: binary COPY, the ids written into the statement)."""
+        read: binary COPY, the ids written into the statement), ``columns`` in the table's order."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -527,7 +535,7 @@ class PartitionRetirement(PartitionPlanning):
             else f"id = ANY('{id_array([int(i) for i in ids])}'::bigint[])"
         )
         with reader.cursor() as cur:
-            cur.execute(f"SELECT * FROM ONLY {self._qualified(partition)} WHERE {where} ORDER BY id")
+            cur.execute(f"SELECT {columns} FROM ONLY {self._qualified(partition)} WHERE {where} ORDER BY id")
             table = cur.fetch_arrow_table()
         if table.num_rows != len(ids):
             table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
