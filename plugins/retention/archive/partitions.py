@@ -23,6 +23,7 @@ One partition, under the purpose's lock:
    again (a hold placed between steps 2 and 3 keeps them: the table is attached again) and
    compared with the fingerprint of step 1 (a write that slipped in keeps them too), then the
    manifest rows 'committed', the audit rows, the record 'dropped' and ``DROP TABLE``; commit.
+   A drop PostgreSQL refuses (an object depends on the partition) attaches it again too.
 
 A crash leaves a 'detaching' record: the next run finishes it before anything else (recover):
 a detach left pending is finalized (``DETACH PARTITION ... FINALIZE``), the detached table goes
