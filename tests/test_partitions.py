@@ -532,6 +532,48 @@ def test_a_partition_with_its_columns_in_another_order_is_archived_in_the_tables
         assert pq.read_table(io.BytesIO(body)).column_names == columns
 
 
+def test_a_partition_merged_during_the_run_is_attached_again_with_its_new_bound(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """April (due) is merged into March's partition after the run listed the partitions, and a
+    hold reaches April's rows just before the detach: March is attached again with the bound it
+    has now (March to May), not the one listed (March alone), which April's rows would fail."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    listed, detach = engine._partition_candidates, engine._detach
+
+    def listed_then_merged(control, rule, cutoff):
+        candidates = listed(control, rule, cutoff)
+        if rule.table != "chat_messages":
+            return candidates
+        with psycopg.connect(source_dsn, autocommit=True) as dba:
+            dba.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_03")
+            dba.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_04")
+            dba.execute("INSERT INTO app.chat_messages_2026_03 SELECT * FROM app.chat_messages_2026_04")
+            dba.execute("DROP TABLE app.chat_messages_2026_04")
+            dba.execute(
+                "ALTER TABLE app.chat_messages ATTACH PARTITION app.chat_messages_2026_03"
+                " FOR VALUES FROM ('2026-03-01 00:00 Europe/Paris') TO ('2026-05-01 00:00 Europe/Paris')"
+            )
+        return candidates
+
+    def hold_then_detach(autocommit_conn, table, partition):
+        if partition == "chat_messages_2026_03":
+            place_hold(source_dsn, "customers", customers["2026-04"]).join(10)
+        detach(autocommit_conn, table, partition)
+
+    engine._partition_candidates, engine._detach = listed_then_merged, hold_then_detach
+    engine.archive_and_delete(RunContext("subscriber_services", "merged-and-held", D))
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "attached"
+    assert set(made["2026-04"]) <= f.ids(db, "chat_messages"), "the held rows"
+    (state, bound), *_ = db.execute(
+        "SELECT state, partition_bound FROM retention.partition_retirements WHERE partition_name = 'chat_messages_2026_03'"
+    ).fetchall()
+    assert state == "kept" and "TO ('2026-04-30 22:00:00+00')" in bound, bound  # May 1st in Paris, in UTC
+
+
 def test_a_partition_a_view_reads_stays(partitioned, s3, storage, policy, source_dsn):
     """A report's view reads the March partition directly: DROP TABLE would refuse it after the
     detach, failing this run and every next one at its recovery. March is not a candidate: its

@@ -424,6 +424,12 @@ class PartitionRetirement(PartitionPlanning):
                 self._abandon_uploads(control, ctx, rule, batch)
                 return _KEPT
             manifest_ids = [group.manifest_id for group in batch.groups]
+            # The bound as it stands under the lock (the listed one may be stale: a DBA may have
+            # merged partitions since), for attaching the partition again if it must stay.
+            (bound,) = control.execute(
+                "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = %s::regclass",
+                (self._qualified(partition.name),),
+            ).fetchone()
             with control.cursor() as cur:
                 for manifest_id, verified, *_ in batch.objects:
                     cur.execute(
@@ -442,7 +448,7 @@ class PartitionRetirement(PartitionPlanning):
                         rule.name,
                         rule.table,
                         partition.name,
-                        partition.bound,
+                        bound,
                         check.rows,
                         check.fingerprint,
                         id_array(manifest_ids),
