@@ -130,10 +130,9 @@ class PartitionPlanning:
         """The partitions wholly before the rule's cutoff, when the rule can take this path."""
         if not self.partition_path or rule.erase_at_processor:
             return []
-        table, _, column = rule.clock.partition(".")
-        if table != rule.table:  # the clock is a parent's (a joined table's): rows are not grouped by it
+        if rule.clock_table != rule.table:  # the clock is a parent's (a joined table's): rows are not grouped by it
             return []
-        partitions = range_partitions(control, self.schema, rule.table, column)
+        partitions = range_partitions(control, self.schema, rule.table, rule.clock_column)
         if not partitions:
             control.commit()
             return []

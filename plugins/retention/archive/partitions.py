@@ -330,8 +330,7 @@ class PartitionRetirement(PartitionPlanning):
         )
         # Due by the clock itself, not by the partition's bound as listed: a DBA may have changed
         # the partition since (merged in a later month), and the bound is not read again.
-        clock = rule.clock.partition(".")[2]
-        counts = self._part_counts(partition, fingerprint, (clock, f"cutoff__{rule.name}"))
+        counts = self._part_counts(partition, fingerprint, (rule.clock_column, f"cutoff__{rule.name}"))
         query = (
             f"{ctes} SELECT part.n, part.due, (SELECT count(*) FROM held_{rule.table} AS h"
             f" JOIN ONLY {qualified} AS p ON p.id = h.id), {waiting or '0'}, part.min_id, part.max_id,"
@@ -525,8 +524,7 @@ class PartitionRetirement(PartitionPlanning):
     def _partition_groups(self, conn, rule: Rule, partition: str) -> list:
         """The partition's ids grouped per day their archive period ends, as the row path's
         re-check groups a batch: (that day in Paris, ids, the instant it starts)."""
-        column = rule.clock.partition(".")[2]
-        rows = f'SELECT id, "{column}" AS clock FROM ONLY {self._qualified(partition)}'
+        rows = f'SELECT id, "{rule.clock_column}" AS clock FROM ONLY {self._qualified(partition)}'
         return self._grouped_by_end_day(conn, rule, rows, {})
 
     def _read_partition_rows(self, reader, columns: str, partition: str, ids: list[int]):

@@ -105,7 +105,7 @@ def rule_tables(purpose: Purpose) -> list[str]:
 
 
 def purpose_clocks(purpose: Purpose) -> list[tuple[str, str]]:
-    return list(dict.fromkeys(tuple(rule.clock.split(".")) for rule in purpose.rules))
+    return list(dict.fromkeys((rule.clock_table, rule.clock_column) for rule in purpose.rules))
 
 
 def purpose_tables(purpose: Purpose) -> list[str]:

@@ -96,6 +96,15 @@ class Rule(_Strict):
         return self.tier != "none"
 
     @property
+    def clock_table(self) -> str:
+        """The table of the clock column (the rule's own, or a parent's it joins)."""
+        return self.clock.partition(".")[0]
+
+    @property
+    def clock_column(self) -> str:
+        return self.clock.partition(".")[2]
+
+    @property
     def gone_after(self) -> Period:
         """From the clock, when nothing of the record may remain anywhere."""
         return self.live + self.archive if self.archive else self.live

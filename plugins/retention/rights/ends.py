@@ -45,7 +45,7 @@ def row_ends(ctx: RequestContext, conn, obj: ArchivedObject, objects: list[Archi
     if obj.until:
         return obj.until
     rule = next(r for r in ctx.policy.purpose(obj.purpose).rules if r.name == obj.rule)
-    clock_table, clock_column = rule.clock.split(".")
+    clock_table, clock_column = rule.clock_table, rule.clock_column
     path = _path_up(ctx.parents, obj.table, clock_table)
     at = {i: i for i in obj.subject_ids}  # subject row -> the id reached in `table`
     table = obj.table
