@@ -142,6 +142,39 @@ def archive_record(db, s3, storage, run_id: str) -> dict:
     return {"manifest": manifest, "audit": audit, "objects": objects}
 
 
+def committed_ids(db) -> list[int]:
+    """The record ids in the committed objects, one per object that holds it."""
+    return [
+        i
+        for (ids,) in db.execute("SELECT record_ids FROM retention.archive_manifest WHERE state = 'committed'")
+        for i in ids
+    ]
+
+
+def merged_after_the_listing(engine, dsn: str, into: str, merged: str, until: str) -> None:
+    """A DBA merges ``merged``'s partition into ``into``'s, its bound widened to ``until`` (all
+    YYYY-MM), right after the engine listed chat_messages' partitions and their bounds."""
+    listed = engine._partition_candidates
+
+    def listed_then_merged(control, rule, cutoff):
+        candidates = listed(control, rule, cutoff)
+        if rule.table != "chat_messages":
+            return candidates
+        kept, gone = (f"app.chat_messages_{month.replace('-', '_')}" for month in (into, merged))
+        with psycopg.connect(dsn, autocommit=True) as dba:
+            dba.execute(f"ALTER TABLE app.chat_messages DETACH PARTITION {kept}")
+            dba.execute(f"ALTER TABLE app.chat_messages DETACH PARTITION {gone}")
+            dba.execute(f"INSERT INTO {kept} SELECT * FROM {gone}")
+            dba.execute(f"DROP TABLE {gone}")
+            dba.execute(
+                f"ALTER TABLE app.chat_messages ATTACH PARTITION {kept}"
+                f" FOR VALUES FROM ('{into}-01 00:00 Europe/Paris') TO ('{until}-01 00:00 Europe/Paris')"
+            )
+        return candidates
+
+    engine._partition_candidates = listed_then_merged
+
+
 def test_whole_partitions_give_the_row_paths_objects_manifest_and_audit(partitioned, s3, storage, policy, source_dsn):
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
@@ -231,13 +264,8 @@ def test_a_sub_partitioned_partition_is_never_retired_whole(partitioned, s3, sto
     assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
     assert (outcome.deleted, outcome.held) == (11, 1)
     assert partitions_left(db, "chat_messages") == ["2026_04", "2026_06", "2026_07"]
-    archived = {
-        i
-        for (ids,) in db.execute("SELECT record_ids FROM retention.archive_manifest WHERE state = 'committed'")
-        for i in ids
-    }
     # 2019's archive period is over (deleted without archive); April's two others by the row path.
-    assert archived == set(made["2026-03"] + made["2026-04"][:2] + made["2026-05"])
+    assert set(committed_ids(db)) == set(made["2026-03"] + made["2026-04"][:2] + made["2026-05"])
 
 
 def test_a_foreign_partition_is_never_retired_whole(partitioned, s3, storage, policy, source_dsn):
@@ -400,7 +428,7 @@ def test_a_partition_in_another_schema_is_never_retired_whole(partitioned, s3, s
 
 
 def test_a_partition_merged_with_a_later_month_during_the_run_keeps_the_rows_not_due(
-    partitioned, s3, storage, policy, source_dsn, monkeypatch
+    partitioned, s3, storage, policy, source_dsn
 ):
     """A DBA merges June (not due) into May's partition, its bound widened to July, after the run
     listed the partitions and their bounds. chat_messages' rule has no condition: its check took
@@ -412,27 +440,9 @@ def test_a_partition_merged_with_a_later_month_during_the_run_keeps_the_rows_not
     made = messages(db, customers)
     f.legal_hold(db, "chat_messages", made["2019-01"][0])
     f.legal_hold(db, "chat_messages", made["2026-03"][0])
-    listed = partition_plan.PartitionPlanning._partition_candidates
-
-    def listed_then_merged(self, control, rule, cutoff):
-        candidates = listed(self, control, rule, cutoff)
-        if rule.table != "chat_messages":
-            return candidates
-        with psycopg.connect(source_dsn, autocommit=True) as dba:
-            dba.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_05")
-            dba.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_06")
-            dba.execute("INSERT INTO app.chat_messages_2026_05 SELECT * FROM app.chat_messages_2026_06")
-            dba.execute("DROP TABLE app.chat_messages_2026_06")
-            dba.execute(
-                "ALTER TABLE app.chat_messages ATTACH PARTITION app.chat_messages_2026_05"
-                " FOR VALUES FROM ('2026-05-01 00:00 Europe/Paris') TO ('2026-07-01 00:00 Europe/Paris')"
-            )
-        return candidates
-
-    monkeypatch.setattr(partition_plan.PartitionPlanning, "_partition_candidates", listed_then_merged)
-    (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
-        RunContext("subscriber_services", "merged", D)
-    )
+    engine = engine_for(policy, source_dsn, s3, storage)
+    merged_after_the_listing(engine, source_dsn, "2026-05", "2026-06", until="2026-07")
+    (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "merged", D))
     assert set(made["2026-06"]) <= f.ids(db, "chat_messages"), "June's rows are not due"
     assert f.ids(db, "chat_messages") == {made["2019-01"][0], made["2026-03"][0], *made["2026-06"], *made["2026-07"]}
     assert outcome.partitions == {"dropped": 1, "rows": 3, "kept": 3} and outcome.deleted == 10
@@ -484,12 +494,7 @@ def test_a_partition_postgresql_refuses_to_drop_is_attached_again(
             "SELECT state FROM retention.partition_retirements WHERE partition_name = 'chat_messages_2026_03'"
         ).fetchall() == [("kept",)]
         # March's rows archived and audited once, by the row path (its own objects abandoned).
-        committed = [
-            i
-            for (ids,) in db.execute("SELECT record_ids FROM retention.archive_manifest WHERE state = 'committed'")
-            for i in ids
-        ]
-        assert sorted(committed) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])
+        assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])
     finally:
         db.execute(undo)
 
@@ -542,29 +547,15 @@ def test_a_partition_merged_during_the_run_is_attached_again_with_its_new_bound(
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
-    listed, detach = engine._partition_candidates, engine._detach
-
-    def listed_then_merged(control, rule, cutoff):
-        candidates = listed(control, rule, cutoff)
-        if rule.table != "chat_messages":
-            return candidates
-        with psycopg.connect(source_dsn, autocommit=True) as dba:
-            dba.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_03")
-            dba.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_04")
-            dba.execute("INSERT INTO app.chat_messages_2026_03 SELECT * FROM app.chat_messages_2026_04")
-            dba.execute("DROP TABLE app.chat_messages_2026_04")
-            dba.execute(
-                "ALTER TABLE app.chat_messages ATTACH PARTITION app.chat_messages_2026_03"
-                " FOR VALUES FROM ('2026-03-01 00:00 Europe/Paris') TO ('2026-05-01 00:00 Europe/Paris')"
-            )
-        return candidates
+    merged_after_the_listing(engine, source_dsn, "2026-03", "2026-04", until="2026-05")
+    detach = engine._detach
 
     def hold_then_detach(autocommit_conn, table, partition):
         if partition == "chat_messages_2026_03":
             place_hold(source_dsn, "customers", customers["2026-04"]).join(10)
         detach(autocommit_conn, table, partition)
 
-    engine._partition_candidates, engine._detach = listed_then_merged, hold_then_detach
+    engine._detach = hold_then_detach
     engine.archive_and_delete(RunContext("subscriber_services", "merged-and-held", D))
     assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "attached"
     assert set(made["2026-04"]) <= f.ids(db, "chat_messages"), "the held rows"
@@ -768,12 +759,7 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     ).fetchall() == [("crashed", made["2019-01"])]
     assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
-    archived = [
-        i
-        for (ids,) in db.execute("SELECT record_ids FROM retention.archive_manifest WHERE state = 'committed'")
-        for i in ids
-    ]
-    assert sorted(archived) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+    assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
 
 
 @pytest.mark.parametrize("foreign_key", [True, False], ids=["foreign-key-to-customers", "no-foreign-key"])
