@@ -16,7 +16,7 @@ import time
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-from retention.archive import partition_plan, vacuum
+from retention.archive import partition_drops, partition_plan, vacuum
 from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RetentionError, RunContext, plan_units
@@ -814,7 +814,7 @@ def test_an_application_transaction_waiting_for_the_next_partition_is_not_kept_w
     application. The database sees no deadlock (the run waits for the drop in Python): the drop
     gives up within OVERLAPPED_DROP_LOCK_TIMEOUT and is done after the last partition, the
     application goes on in about that time, the run ends green and every retirement is closed."""
-    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "20s")  # what a drop waited before
+    monkeypatch.setattr(partition_drops, "BATCH_LOCK_TIMEOUT", "20s")  # what a drop waited before
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
@@ -877,7 +877,7 @@ def test_a_drop_still_locked_after_the_last_partition_fails_the_run_and_keeps_th
     partition; its rows stay in the detached table under the 'detaching' record, none audited as
     deleted; the other partitions are retired. The next run, the reader gone, drops it and
     records every Object Lock."""
-    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "1s")
+    monkeypatch.setattr(partition_drops, "BATCH_LOCK_TIMEOUT", "1s")
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
@@ -967,13 +967,13 @@ def test_partitions_of_a_table_with_foreign_keys_are_dropped_one_after_the_other
             for _, definition in keys:
                 db.execute(f"ALTER TABLE app.vet_consultations_{month.replace('-', '_')} ADD {definition}")
     given_up = []
-    drop_deferred = partition_path._Drops.drop_deferred
+    drop_deferred = partition_drops.PartitionDrops.drop_deferred
 
     def count_given_up(drops):
         given_up.extend(d.name for d in drops.deferred)
         drop_deferred(drops)
 
-    monkeypatch.setattr(partition_path._Drops, "drop_deferred", count_given_up)
+    monkeypatch.setattr(partition_drops.PartitionDrops, "drop_deferred", count_given_up)
     made = {}
     for month in MONTHS:
         customer = f.customer(db)

@@ -29,7 +29,8 @@ A crash leaves a 'detaching' record: the next run finishes it before anything el
 a detach left pending is finalized (``DETACH PARTITION ... FINALIZE``), the detached table goes
 through step 4; a partition never detached is kept and its uploads removed as orphans.
 
-``PartitionRetirement`` is one part of ``retention.archive.engine.RetentionEngine``.
+``PartitionRetirement`` is one part of ``retention.archive.engine.RetentionEngine``; step 4 beside
+the next partition's archive is scheduled by ``retention.archive.partition_drops``.
 """
 
 from __future__ import annotations
@@ -37,18 +38,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
-from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS, OVERLAPPED_DROP_LOCK_TIMEOUT
+from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.archive.parquet import typed
+from retention.archive.partition_drops import DetachedPartition, PartitionDrops, PartitionsDone
 from retention.archive.partition_plan import Partition, PartitionPlanning, attached_state, foreign_key_neighbours
 from retention.archive.run import RetentionError, RunContext
 from retention.id_sets import id_array
-from retention.planner import RuleOutcome
 from retention.policy import Rule, rule_filter
 
 log = logging.getLogger(__name__)
@@ -82,171 +83,6 @@ class PartitionCheck:
 _KEPT = PartitionCheck(0, 0, 1, 0, None, None)
 
 
-@dataclass
-class PartitionsDone:
-    """What the partition path did for one rule: added to the rule's outcome."""
-
-    dropped: int = 0
-    rows: int = 0
-    kept: int = 0
-    objects: int = 0
-    archive_bytes: int = 0
-    archived_until: dict[str, int] = field(default_factory=dict)
-
-    def add_to(self, outcome: RuleOutcome) -> None:
-        outcome.deleted += self.rows
-        outcome.objects += self.objects
-        outcome.archive_bytes += self.archive_bytes
-        for day, rows in self.archived_until.items():
-            outcome.archived_until[day] = outcome.archived_until.get(day, 0) + rows
-        if self.dropped or self.kept:
-            outcome.partitions = {"dropped": self.dropped, "rows": self.rows, "kept": self.kept}
-
-
-@dataclass
-class _Detached:
-    """A partition archived, re-checked and detached (steps 1-3): its step 4 still to come."""
-
-    name: str
-    retirement_id: int
-    check: PartitionCheck
-    batch: Batch
-    unarchived_days: int
-
-
-class _Drops:
-    """Step 4 of the partitions of one rule, one at a time on a connection of its own, while
-    the next partition is archived; each settled (counted, its locks applied) before the next
-    partition's step 2 and at the end.
-
-    A drop beside the next archive waits at most OVERLAPPED_DROP_LOCK_TIMEOUT for its locks: an
-    application transaction can hold one of them (it read a customer) while it waits for the
-    next partition's lock, a wait the database cannot see as a deadlock. Such a drop is left
-    for later (``deferred``: the partition stays detached under its 'detaching' record) and done
-    again after the rule's last partition, when no transaction of the run holds anything."""
-
-    def __init__(self, engine, conn, rule: Rule, ctx: RunContext, done: PartitionsDone, allowance, dropper, locker):
-        self.engine, self.conn, self.rule, self.ctx, self.done = engine, conn, rule, ctx, done
-        self.allowance, self.dropper, self.locker = allowance, dropper, locker
-        # The tables a drop locks besides its own (foreign keys: include/sql/catalog/
-        # foreign_key_neighbours.sql), and whether drops may run beside the next partition's
-        # archive: known at the first partition's step 2 (None: not yet, one after the other).
-        self.neighbours: set[int] = set()
-        self.beside_next: bool | None = None
-        self.pending: tuple | None = None
-        self.deferred: list[_Detached] = []
-        # (future, versions) of the Object Locks applied beside the next partitions.
-        self.locking: list = []
-
-    def submit(self, detached: _Detached) -> None:
-        self.settle()
-        # Taken from the plan's count now, given back if the partition stays.
-        self.allowance.rows_left -= detached.check.rows
-        beside = bool(self.beside_next)
-        timeout = OVERLAPPED_DROP_LOCK_TIMEOUT if beside else BATCH_LOCK_TIMEOUT
-        future = self.dropper.submit(self.engine._drop_detached, self.conn, self.rule, self.ctx, detached, timeout)
-        self.pending = (future, detached, beside)
-        if not beside:
-            self.settle()
-
-    def before_step_2(self, control) -> None:
-        """The pending drop settled. The first time, the tables the partition's step 1 locked
-        (in ``control``'s open transaction, as every partition's step 1 of the rule does) tell
-        whether the next drops may run beside it: not if a drop would lock one of them (it would
-        wait for that transaction while the run waits for the drop)."""
-        self.settle()
-        if self.beside_next is None:
-            locked = {
-                oid
-                for (oid,) in control.execute(
-                    "SELECT relation::bigint FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'relation'"
-                )
-            }
-            self.beside_next = not (locked & self.neighbours)
-
-    def wait_quietly(self) -> None:
-        """On an error of the main thread: the pending drop ended, not counted (a 'detaching'
-        record it left is finished by the next run); its own error logged, by type only."""
-        if self.pending is None:
-            return
-        future, detached, _ = self.pending
-        self.pending = None
-        error = future.exception()
-        if error is not None:
-            log.error(
-                "rule %s: the drop of partition %s failed too (%s)", self.rule.name, detached.name, type(error).__name__
-            )
-
-    def settle(self) -> None:
-        """Wait for the pending drop (its error raised here, but a lock it gave up on beside
-        the next archive) and count it."""
-        if self.pending is None:
-            return
-        future, detached, beside = self.pending
-        self.pending = None
-        try:
-            dropped = future.result()
-        except psycopg.errors.LockNotAvailable as exc:
-            if not beside:
-                raise self._still_locked(detached) from exc
-            log.info(
-                "rule %s: the drop of partition %s waited for a lock beside the next partition's archive;"
-                " done again after the last partition",
-                self.rule.name,
-                detached.name,
-            )
-            self.deferred.append(detached)
-            return
-        self._count(detached, dropped)
-
-    def drop_deferred(self) -> None:
-        """The drops given up beside an archive, again one after the other, with the run's usual
-        lock wait (none of its transactions is open now); an error leaves the 'detaching' record
-        to the next run, as a crash would."""
-        while self.deferred:
-            detached = self.deferred.pop(0)
-            try:
-                dropped = self.engine._drop_detached(self.conn, self.rule, self.ctx, detached, BATCH_LOCK_TIMEOUT)
-            except psycopg.errors.LockNotAvailable as exc:
-                raise self._still_locked(detached) from exc
-            self._count(detached, dropped)
-
-    def _still_locked(self, detached: _Detached) -> RetentionError:
-        """A drop that waited the run's whole lock wait: the run fails (nothing is lost: the rows
-        are in the detached table and in their verified objects, under the 'detaching' record)."""
-        return RetentionError(
-            f"rule {self.rule.name}: partition {detached.name} is archived and detached, but its drop waited"
-            f" {BATCH_LOCK_TIMEOUT} for a lock (another session uses the detached table or a table its foreign"
-            " keys name: pg_locks tells which); its rows are kept, the next run drops it"
-        )
-
-    def _count(self, detached: _Detached, dropped: bool) -> None:
-        if not dropped:
-            self.allowance.rows_left += detached.check.rows
-            self.done.kept += 1
-            return
-        batch, done = detached.batch, self.done
-        done.dropped += 1
-        done.rows += detached.check.rows
-        done.objects += len(batch.objects)
-        done.archive_bytes += sum(o[1].size for o in batch.objects)
-        for day, rows in batch.archived_until.items():
-            done.archived_until[day] = done.archived_until.get(day, 0) + rows
-        # Object Lock on the verified versions, after the commit (as a batch's): one left undone
-        # (a crash) is applied by the next run (recover).
-        due = self.engine._locks_due(batch.locks)
-        if due:
-            self.locking.append((self.locker.submit(self.engine._lock_versions, due), due))
-        log.info(
-            "rule %s: partition %s retired whole: rows=%d objects=%d (deleted unarchived on %d days)",
-            self.rule.name,
-            detached.name,
-            detached.check.rows,
-            len(batch.objects),
-            detached.unarchived_days,
-        )
-
-
 class PartitionRetirement(PartitionPlanning):
     """Whole partitions archived, detached and dropped (a part of RetentionEngine)."""
 
@@ -257,7 +93,7 @@ class PartitionRetirement(PartitionPlanning):
         verified and dropped (step 4, on ``second``) and its Object Locks applied (S3 requests,
         recorded at the end), partition k+1 is checked, read and uploaded (step 1, on the
         others). Its step 2 waits for k's drop (one that gave up on a lock is done again after
-        the last partition: _Drops). A drop locks the tables the table's foreign keys name: when
+        the last partition: PartitionDrops). A drop locks the tables the table's foreign keys name: when
         step 1 reads one of them (a hold check through a parent), the partitions are dropped one
         after the other."""
         done = PartitionsDone()
@@ -269,7 +105,7 @@ class PartitionRetirement(PartitionPlanning):
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-drop-{rule.name}") as dropper,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"retention-locks-{rule.name}") as locker,
         ):
-            drops = _Drops(self, second, rule, ctx, done, allowance, dropper, locker)
+            drops = PartitionDrops(self, second, rule, ctx, done, allowance, dropper, locker)
             if candidates:
                 drops.neighbours = foreign_key_neighbours(control, self.schema, rule.table)
                 control.commit()
@@ -368,7 +204,7 @@ class PartitionRetirement(PartitionPlanning):
 
     # ------------------------------------------------------------------ one partition
 
-    def _retire_partition(self, control, intents, reader, rule, ctx, partition: Partition, drops: _Drops):
+    def _retire_partition(self, control, intents, reader, rule, ctx, partition: Partition, drops: PartitionDrops):
         """Steps 1-3 for one partition, step 4 handed to ``drops``: its check when detached; _KEPT
         when it stays (a row held, waiting or not the rule's, or a hold that reached it while it
         was archived); None when it is not this run's (outside the unit's ids, beyond the
@@ -460,10 +296,10 @@ class PartitionRetirement(PartitionPlanning):
         # Step 3: no transaction of ours may hold a lock on the table now (the detach waits for them).
         reader.commit()
         self._detach(intents, rule.table, partition.name)
-        drops.submit(_Detached(partition.name, retirement_id, check, batch, unarchived_days))
+        drops.submit(DetachedPartition(partition.name, retirement_id, check, batch, unarchived_days))
         return check
 
-    def _drop_detached(self, conn, rule: Rule, ctx: RunContext, detached: _Detached, lock_timeout: str) -> bool:
+    def _drop_detached(self, conn, rule: Rule, ctx: RunContext, detached: DetachedPartition, lock_timeout: str) -> bool:
         """Step 4 (the drop thread): True when dropped; False when attached again, its uploads removed."""
         if self._finish_detached(conn, detached.retirement_id, lock_timeout):
             return True
