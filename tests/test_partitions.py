@@ -21,10 +21,15 @@ from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RetentionError, RunContext, plan_units
 from retention.archive.store import ArchiveStore
+from retention.rights import erase as rights_erase
+from retention.rights import find as rights_find
+from retention.rights.retirements import RetirementInTheWayError
 
 from tests import factories as f
 from tests import factories_policy as fp
 from tests.test_safety import InThread, place_hold
+from tests.test_subject_rights import request as subject_request
+from tests.test_subject_rights import rights as subject_rights
 from tools import devstack
 
 pytestmark = pytest.mark.integration
@@ -728,6 +733,21 @@ class Crash(Exception):
     """The worker dies here (the process would: nothing after this point runs)."""
 
 
+def crash_after_detaching(engine, partition: str) -> None:
+    """The worker dies once ``partition`` is detached, before its drop (earlier ones go through)."""
+    finish = engine._finish_detached
+
+    def crash(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
+        (name,) = control.execute(
+            "SELECT partition_name FROM retention.partition_retirements WHERE id = %s", (retirement_id,)
+        ).fetchone()
+        if name == partition:
+            raise Crash(f"killed after detaching {partition}")
+        return finish(control, retirement_id, lock_timeout)
+
+    engine._finish_detached = crash
+
+
 def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     partitioned, s3, storage, policy, source_dsn
 ):
@@ -735,11 +755,7 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     crashing = engine_for(policy, source_dsn, s3, storage)
-
-    def crash(control, retirement_id, lock_timeout):
-        raise Crash("killed after the detach")
-
-    crashing._finish_detached = crash
+    crash_after_detaching(crashing, "chat_messages_2019_01")
     with pytest.raises(Crash):
         crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
     # 2019's partition is detached (a table of its own), not dropped; its rows are not yet deleted
@@ -760,6 +776,102 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
     assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+
+
+def test_a_subject_request_waits_for_a_partition_retired_while_it_searches(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """From its detach to its drop a partition is in neither its table nor the archive: a search
+    made meanwhile misses its rows. The request sees that a retirement moved under its search,
+    waits for the run and searches again: the subject's messages are found, archived."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    real_expand = rights_find.expand
+    searches = []
+
+    def expand_during_a_retirement(ctx, conn, roots, objects):
+        searches.append(len(searches))
+        if len(searches) > 1:
+            return real_expand(ctx, conn, roots, objects)
+        # The run detaches March's partition, then the search reads the table, then the run
+        # drops the partition and commits its objects.
+        paused = threading.Event()
+        go_on = threading.Event()
+        engine = engine_for(policy, source_dsn, s3, storage)
+        finish = engine._finish_detached
+
+        def pause_at_march(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
+            (name,) = control.execute(
+                "SELECT partition_name FROM retention.partition_retirements WHERE id = %s", (retirement_id,)
+            ).fetchone()
+            if name == "chat_messages_2026_03":
+                paused.set()
+                assert go_on.wait(30)
+            return finish(control, retirement_id, lock_timeout)
+
+        engine._finish_detached = pause_at_march
+        run = InThread(lambda: engine.archive_and_delete(RunContext("subscriber_services", "during", D)))
+        assert paused.wait(30)
+        found = real_expand(ctx, conn, roots, objects)
+        assert "chat_messages" not in found.live  # the rows were out of sight
+        go_on.set()
+        run.join()
+        return found
+
+    monkeypatch.setattr(rights_find, "expand", expand_during_a_retirement)
+    report = subject_rights(policy, source_dsn, s3, storage).handle(
+        subject_request("access", "during-a-retirement", kind="customer", subject_id=customers["2026-03"])
+    )
+    assert len(searches) == 2
+    assert report["found"]["probative"] == {"chat_messages": len(made["2026-03"])}
+    assert "chat_messages" not in report["found"]["live"]
+
+
+def test_an_erasure_stops_at_a_partition_an_interrupted_run_left_detached(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A crash between a partition's detach and its drop leaves its rows out of sight until the
+    purpose's next run. An erasure that finds the subject's rows then (here: in the same
+    transaction as its deletes) erases nothing and says why; after the next run it finishes,
+    the rows found in the archive (probative: kept, reported)."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    subject = customers["2026-03"]
+    contact = fp.marketing_contact(db, channel="email", last_contact="2026-05-01", customer_id=subject)
+    real_expand = rights_erase.expand
+
+    def expand_after_a_crash(ctx, conn, roots, objects):
+        monkeypatch.setattr(rights_erase, "expand", real_expand)
+        crashing = engine_for(policy, source_dsn, s3, storage)
+        crash_after_detaching(crashing, "chat_messages_2026_03")
+        with pytest.raises(Crash):
+            crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+        return real_expand(ctx, conn, roots, objects)
+
+    monkeypatch.setattr(rights_erase, "expand", expand_after_a_crash)
+    with pytest.raises(RetirementInTheWayError, match="chat_messages_2026_03 of chat_messages was left detached"):
+        subject_rights(policy, source_dsn, s3, storage).handle(
+            subject_request("erasure", "after-a-crash", kind="customer", subject_id=subject)
+        )
+    assert contact in f.ids(db, "marketing_contacts")  # nothing erased
+    assert db.execute("SELECT count(*) FROM retention.audit_log WHERE run_id LIKE '%after-a-crash'").fetchone() == (0,)
+    # A new request meanwhile is refused too, before it changes anything.
+    with pytest.raises(RetirementInTheWayError, match="next run finishes its retirement"):
+        subject_rights(policy, source_dsn, s3, storage).handle(
+            subject_request("access", "meanwhile", kind="customer", subject_id=subject, preview=True)
+        )
+
+    engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "next", D))
+    report = subject_rights(policy, source_dsn, s3, storage).handle(
+        subject_request("erasure", "after-the-next-run", kind="customer", subject_id=subject)
+    )
+    assert report["found"]["probative"] == {"chat_messages": len(made["2026-03"])}
+    assert report["erased"]["live"] == {"marketing_contacts": 1}
+    kept = [k for k in report["kept"] if k["table"] == "chat_messages"]
+    assert {k["source"] for k in kept} == {"probative"}
+    assert sum(k["records"] for k in kept) == len(made["2026-03"])  # one object an end day
 
 
 @pytest.mark.parametrize("foreign_key", [True, False], ids=["foreign-key-to-customers", "no-foreign-key"])

@@ -92,6 +92,8 @@ GRANT SELECT ON retention.legal_holds, retention.active_holds, retention.archive
     retention.object_rewrites, retention.audit_log, retention.access_exports, retention.subject_requests,
     retention.subject_request_inbox
     TO retention_rights;
+-- A request waits for a partition between its table and the archive (retention.rights.retirements).
+GRANT SELECT ON retention.partition_retirements TO retention_rights;
 GRANT INSERT ON retention.archive_manifest, retention.document_disposals, retention.object_rewrites,
     retention.audit_log, retention.access_exports, retention.subject_requests, retention.subject_request_inbox
     TO retention_rights;

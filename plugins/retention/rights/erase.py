@@ -22,9 +22,10 @@ from retention.rights import suppression
 from retention.rights.context import RequestContext
 from retention.rights.decide import Decision, classify_live
 from retention.rights.erase_archived import erase_archived
-from retention.rights.find import Found, expand, find, resolve, tables_in_order
+from retention.rights.find import Found, expand, resolve, tables_in_order
 from retention.rights.report import add_kept
 from retention.rights.requests import SubjectRequest
+from retention.rights.retirements import find_settled, settled
 
 
 def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: dict) -> None:
@@ -57,14 +58,19 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
         with connect(ctx.dsn, f"retention:{purpose}") as control:
             report["erased"]["files_kept_shared"] += dispose_documents(control, ctx.store, ctx.schema, purpose)
     # Searched again after the live rows went: an object the engine committed meanwhile is seen.
-    fresh = find(ctx, conn, req, seed=found.ids)
+    fresh = find_settled(ctx, conn, req, seed=found.ids)
     erase_archived(ctx, conn, req, fresh, report, preview=False)
 
 
 def erase_live(ctx: RequestContext, req: SubjectRequest, report: dict) -> set[str]:
     """In one transaction under the hold lock: decide again, delete the erasable rows
     children first (a row a kept row references stays), queue their files, record the
-    objection. Returns the purposes whose files were queued."""
+    objection. Returns the purposes whose files were queued. Done again when a partition's
+    retirement moved while the rows were found (retention.rights.retirements)."""
+    return settled(ctx, lambda check: _erase_live(ctx, req, report, check))
+
+
+def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -> set[str]:
     purposes: set[str] = set()
     with ctx.connect(autocommit=False) as conn, conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
@@ -81,6 +87,7 @@ def erase_live(ctx: RequestContext, req: SubjectRequest, report: dict) -> set[st
                     (sorted(found.live[table]),),
                 )
         decisions = classify_live(ctx, conn, found.live)
+        check()  # no partition went out of sight while the rows were found (else rolled back, again)
         erased: Counter = Counter()
         audited: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         disposals = []

@@ -7,7 +7,8 @@ handed through one module per step:
 1. ``evidence``: the request's evidence row is compared (and written if new) before anything
    else; a finished request, or another subject under its id, is refused there;
 2. ``find``: every record of the subject, live and archived (the holds' coverage graph, the
-   archive objects' recorded owners and identifier hashes);
+   archive objects' recorded owners and identifier hashes), settled against partitions being
+   retired whole (``retirements``: a partition between its table and the archive is waited for);
 3. ``decide`` (with ``ends``): each record's purpose, legal basis and own end date, and whether
    it may be erased or is kept, and why (when in doubt it stays);
 4. ``access`` (the index and the export), or ``erase`` (the live rows and their files) then
@@ -34,9 +35,9 @@ from retention.rights.access import access
 from retention.rights.context import PURPOSE_LOCK_TIMEOUT, RequestContext
 from retention.rights.erase import erase
 from retention.rights.evidence import record_end, record_start
-from retention.rights.find import find
 from retention.rights.report import new_report, report_found, report_objects_read
 from retention.rights.requests import SubjectRequest
+from retention.rights.retirements import find_settled
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class SubjectRights:
         with ctx.connect() as conn:
             if not req.preview:
                 record_start(conn, req, report)
-            found = find(ctx, conn, req)
+            found = find_settled(ctx, conn, req)
             report_found(report, found)
             if req.kind == "email":
                 # An address resolves to every row holding it, which may be several people (a

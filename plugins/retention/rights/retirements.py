@@ -1,0 +1,134 @@
+"""A request's search, settled against partitions being retired whole.
+
+From its detach to its drop, a partition retired whole (retention.archive.partitions) is in
+neither place a request looks: a query of its table no longer reads it, and its archive objects
+are committed only with the drop. A subject's rows in it would be missed: an access would not
+report them, an erasure would not erase them (and the drop would then commit them to the
+archive). So a search counts only when no retirement was open, began or ended while it ran
+(``retention.partition_retirements``, read before and after); otherwise the request waits for the
+purpose's run (its advisory lock) and searches again. A retirement still open when no run holds
+the lock was left by an interrupted run: the purpose's next run finishes it, and the request stops
+with an error that says so, having changed nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from retention.archive.locks import acquire_purpose_lock, release_purpose_lock
+from retention.rights.context import RequestContext
+from retention.rights.find import Found, find
+from retention.rights.requests import SubjectRequest
+
+T = TypeVar("T")
+
+# Searches made before giving up when retirements keep moving under them (each wait lets the
+# purpose's run end first, so a second search is normally the last).
+SEARCHES = 4
+
+
+class RetirementInTheWayError(RuntimeError):
+    """A partition is between its table and the archive and no run is finishing it now, or
+    retirements kept moving under the search: the request changed nothing; retry later."""
+
+
+@dataclass(frozen=True)
+class Retirement:
+    id: int
+    purpose: str
+    run_id: str
+    table: str
+    partition: str
+    open: bool
+
+
+class _Moved(Exception):
+    def __init__(self, retirements: list[Retirement]):
+        super().__init__(f"{len(retirements)} partition retirement(s) moved during the search")
+        self.retirements = retirements
+
+
+class _Watch:
+    """The retirements as they stood before a search, compared with them after it."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.before = _retirements(conn)
+
+    def check(self) -> None:
+        after = _retirements(self.conn)
+        moved = [r for r in after.values() if r.open or r.id not in self.before]
+        moved += [r for r in self.before.values() if r.open and r.id not in after]  # pruned since
+        if moved:
+            raise _Moved(moved)
+
+
+def settled(ctx: RequestContext, search: Callable[[Callable[[], None]], T]) -> T:
+    """``search(check)``, repeated until no retirement moved while it ran. ``search`` calls
+    ``check()`` after its last read (inside its transaction, before any write it commits): it
+    raises when a retirement moved, which rolls that transaction back before the wait."""
+    for _ in range(SEARCHES):
+        with ctx.connect() as conn:
+            watch = _Watch(conn)
+            try:
+                return search(watch.check)
+            except _Moved as moved:
+                _wait_for_runs(ctx, moved.retirements)
+    raise RetirementInTheWayError(
+        f"partitions kept being retired while the request searched ({SEARCHES} searches): nothing was changed; "
+        "retry the request when the retention runs are over"
+    )
+
+
+def find_settled(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int]] | None = None) -> Found:
+    """retention.rights.find.find, settled against partitions being retired."""
+
+    def search(check: Callable[[], None]) -> Found:
+        found = find(ctx, conn, req, seed)
+        check()
+        return found
+
+    return settled(ctx, search)
+
+
+def _retirements(conn) -> dict[int, Retirement]:
+    # Every record, open or not: one begun and ended between two reads shows as a new id.
+    return {
+        row[0]: Retirement(*row)
+        for row in conn.execute(
+            "SELECT id, purpose, run_id, table_name, partition_name, state = 'detaching'"
+            " FROM retention.partition_retirements"
+        )
+    }
+
+
+def _wait_for_runs(ctx: RequestContext, moved: list[Retirement]) -> None:
+    """Each moved retirement's purpose: its run waited for (the lock taken, then released). One
+    still open under the lock was left by an interrupted run: stop."""
+    for purpose in sorted({r.purpose for r in moved}):
+        with ctx.connect() as conn:
+            acquire_purpose_lock(
+                conn,
+                purpose,
+                ctx.lock_timeout,
+                on_timeout=f"a run of purpose {purpose!r} is retiring partitions whose rows the request must see "
+                f"(waited {ctx.lock_timeout:.0f}s): nothing was changed; retry the request after the run",
+            )
+            try:
+                ids = [r.id for r in moved if r.purpose == purpose]
+                left = conn.execute(
+                    "SELECT table_name, partition_name, run_id FROM retention.partition_retirements"
+                    " WHERE id = ANY(%s) AND state = 'detaching' ORDER BY id",
+                    (ids,),
+                ).fetchall()
+            finally:
+                release_purpose_lock(conn, purpose)
+        if left:
+            table, partition, run_id = left[0]
+            raise RetirementInTheWayError(
+                f"partition {partition} of {table} was left detached by an interrupted run of purpose {purpose!r} "
+                f"(run {run_id}): its rows are neither in the table nor in the archive until the purpose's next "
+                "run finishes its retirement; nothing was changed: retry the request after that run"
+            )
