@@ -1107,28 +1107,40 @@ def test_partitions_of_a_table_with_foreign_keys_are_dropped_one_after_the_other
     assert db.execute("SELECT DISTINCT state FROM retention.partition_retirements").fetchall() == [("dropped",)]
 
 
-def test_a_detach_interrupted_midway_is_finalized_by_the_next_run(partitioned, s3, storage, policy, source_dsn):
-    """DETACH ... CONCURRENTLY cancelled in its second transaction (it waits for a reader of the
-    table that does not end) leaves the partition 'detach pending'; the worker dies. The next run
-    finalizes the detach (DETACH PARTITION ... FINALIZE), re-checks the rows and drops them."""
+def test_a_detach_kept_waiting_stops_the_run_and_the_next_run_finishes_it(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """DETACH ... CONCURRENTLY waits for every transaction that uses the table; a backup's
+    (pg_dump holds one for hours) would hold the run as long. Past RETENTION_DETACH_WAIT the run
+    stops, naming the session waited for (not its query); the partition is left 'detach pending'
+    with its rows. A run while the backup goes on stops at the FINALIZE the same way; once it
+    ends, the next run finalizes the detach, re-checks the rows and drops them, each archived once."""
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
-    crashing = engine_for(policy, source_dsn, s3, storage)
+    monkeypatch.setenv(partition_path.DETACH_WAIT_ENV, "1s")
+    backup = psycopg.connect(source_dsn, application_name="pg_dump")
+    backup.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    backup.execute("SELECT count(*) FROM app.chat_messages")  # a transaction that stays open
+    # Without the bounded wait the run would wait for the backup: it ends after 30 s instead of never.
+    ends = threading.Timer(30, backup.close)
+    ends.start()
+    try:
+        with pytest.raises(RetentionError) as stopped:
+            engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "kept", D))
+        assert "chat_messages_2019_01 of chat_messages waited 1s" in str(stopped.value)
+        assert f"pid {backup.info.backend_pid} (postgres, pg_dump)" in str(stopped.value)
+        assert "the partition is pending" in str(stopped.value)
+        assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "pending"
+        assert db.execute("SELECT count(*) FROM ONLY app.chat_messages_2019_01").fetchone() == (3,)
 
-    def interrupted_detach(autocommit_conn, table, partition):
-        with psycopg.connect(source_dsn) as reader:
-            reader.execute("SELECT count(*) FROM app.chat_messages")  # a transaction that stays open
-            autocommit_conn.execute("SET statement_timeout = '1s'")
-            with pytest.raises(psycopg.errors.QueryCanceled):
-                crashing_detach(autocommit_conn, table, partition)
-        raise Crash("killed during the detach")
-
-    crashing_detach = crashing._detach
-    crashing._detach = interrupted_detach
-    with pytest.raises(Crash):
-        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
-    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "pending"
+        with pytest.raises(RetentionError, match="chat_messages_2019_01 of chat_messages waited 1s"):
+            engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+                RunContext("subscriber_services", "still", D)
+            )
+    finally:
+        ends.cancel()
+        backup.close()
 
     (outcome, _) = engine_for(policy, source_dsn, s3, storage).archive_and_delete(
         RunContext("subscriber_services", "next", D)
@@ -1136,6 +1148,29 @@ def test_a_detach_interrupted_midway_is_finalized_by_the_next_run(partitioned, s
     assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "gone"
     assert outcome.partitions["dropped"] == 3
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+
+
+def test_a_wrong_detach_wait_stops_the_run_before_anything_is_archived(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    monkeypatch.setenv(partition_path.DETACH_WAIT_ENV, "forever")
+    with pytest.raises(ValueError, match="RETENTION_DETACH_WAIT must be"):
+        engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "wrong", D))
+    assert f.ids(db, "chat_messages") == {i for ids in made.values() for i in ids}
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM retention.partition_retirements").fetchone() == (0,)
+
+
+def test_the_detach_wait_is_a_postgresql_interval():
+    assert partition_path.detach_wait({}) == "30min"
+    assert partition_path.detach_wait({partition_path.DETACH_WAIT_ENV: " 90s "}) == "90s"
+    for wrong in ("0s", "soon", "10", "1 day", "5min; DROP TABLE x"):
+        with pytest.raises(ValueError, match="RETENTION_DETACH_WAIT"):
+            partition_path.detach_wait({partition_path.DETACH_WAIT_ENV: wrong})
 
 
 def test_a_hold_placed_just_before_the_detach_attaches_the_partition_again(

@@ -18,7 +18,8 @@ One partition, under the purpose's lock:
 2. re-check with the hold table locked (a hold placed during step 1 is seen: the partition is
    kept, its uploads removed), then the write-ahead record 'detaching' committed
    (retention.partition_retirements, with the objects' verified size, checksum and version);
-3. ``DETACH PARTITION ... CONCURRENTLY`` (autocommit: it cannot run in a transaction block);
+3. ``DETACH PARTITION ... CONCURRENTLY`` (autocommit: it cannot run in a transaction block),
+   waiting at most ``RETENTION_DETACH_WAIT`` for the transactions that use the table;
 4. in one transaction, the hold table and the detached table locked: the rows re-checked
    again (a hold placed between steps 2 and 3 keeps them: the table is attached again) and
    compared with the fingerprint of step 1 (a write that slipped in keeps them too), then the
@@ -37,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -56,6 +59,22 @@ log = logging.getLogger(__name__)
 
 # Rows of a partition read and uploaded at a time (one object per end day, as in the row path).
 READ_ROWS = 200_000
+
+# How long DETACH ... CONCURRENTLY (and its FINALIZE at recovery) may wait for the transactions
+# that use the table: one that never ends (a nightly pg_dump holds one for hours) would hold the
+# run, and the purpose's lock, as long. Past it the run stops, naming the sessions waited for; a
+# detach stopped in its second half leaves the partition pending, which the next run finishes.
+DETACH_WAIT_ENV = "RETENTION_DETACH_WAIT"
+DEFAULT_DETACH_WAIT = "30min"
+_INTERVAL = re.compile(r"[1-9][0-9]*\s*(ms|s|min|h)")
+
+
+def detach_wait(environ: dict | None = None) -> str:
+    """The configured wait, as PostgreSQL reads it (``90s``, ``30min``, ``2h``)."""
+    value = (environ if environ is not None else os.environ).get(DETACH_WAIT_ENV, "").strip() or DEFAULT_DETACH_WAIT
+    if not _INTERVAL.fullmatch(value):
+        raise ValueError(f"{DETACH_WAIT_ENV} must be a positive number of ms, s, min or h (e.g. 30min), got {value!r}")
+    return value
 
 
 @dataclass
@@ -97,6 +116,7 @@ class PartitionRetirement(PartitionPlanning):
         step 1 reads one of them (a hold check through a parent), the partitions are dropped one
         after the other."""
         done = PartitionsDone()
+        detach_wait()  # a wrong setting stops the run here, before anything is archived
         candidates = self._partition_candidates(
             control, rule, self._statements[rule.name].params[f"cutoff__{rule.name}"]
         )
@@ -391,14 +411,43 @@ class PartitionRetirement(PartitionPlanning):
         key = (f"retention:detach:{self.schema}.{table}",)
         autocommit_conn.execute(turn[0], key)
         try:
-            autocommit_conn.execute(
-                sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
-                    sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
-                )
-            )
+            self._waited_detach(autocommit_conn, table, partition, "CONCURRENTLY")
         finally:
             with contextlib.suppress(psycopg.OperationalError):  # a broken session released it
                 autocommit_conn.execute(turn[1], key)
+
+    def _waited_detach(self, autocommit_conn, table: str, partition: str, how: str) -> None:
+        """``DETACH PARTITION ... CONCURRENTLY`` or ``... FINALIZE``, waiting at most detach_wait()
+        for the transactions that use the table; past it a RetentionError names those sessions
+        (pid, user, application: no query text). The write-ahead record stays open for the next
+        run: a partition still attached is kept, one left pending is finalized."""
+        wait = detach_wait()
+        autocommit_conn.execute(f"SET statement_timeout = '{wait}'")
+        try:
+            autocommit_conn.execute(
+                sql.SQL("ALTER TABLE {} DETACH PARTITION {} " + how).format(
+                    sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
+                )
+            )
+        except psycopg.errors.QueryCanceled:
+            sessions = autocommit_conn.execute(
+                "SELECT DISTINCT a.pid, a.usename, a.application_name FROM pg_locks AS l"
+                " JOIN pg_stat_activity AS a USING (pid)"
+                " WHERE l.relation = %s::regclass AND l.granted AND l.pid <> pg_backend_pid() ORDER BY a.pid",
+                (self._qualified(table),),
+            ).fetchall()
+            where = attached_state(autocommit_conn, self.schema, table, partition)
+            named = ", ".join(
+                f"pid {pid} ({user or '?'}, {app or 'no application name'})" for pid, user, app in sessions
+            )
+            raise RetentionError(
+                f"the detach of partition {partition} of {table} waited {wait} ({DETACH_WAIT_ENV}) for the"
+                f" transactions using the table to end: {named or 'they ended just after'}; the partition is"
+                f" {where}, its rows kept (archived objects not committed yet); the next run finishes or keeps it"
+            ) from None
+        finally:
+            with contextlib.suppress(psycopg.OperationalError):
+                autocommit_conn.execute("RESET statement_timeout")
 
     def _abandon_uploads(self, control, ctx: RunContext, rule: Rule, batch: Batch) -> None:
         """The objects of a partition that stays: removed now (nothing is committed, no Object
@@ -561,11 +610,7 @@ class PartitionRetirement(PartitionPlanning):
                 )
             if where == "pending":
                 with psycopg.connect(self.dsn, autocommit=True) as finalizer:
-                    finalizer.execute(
-                        sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
-                            sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
-                        )
-                    )
+                    self._waited_detach(finalizer, table, partition, "FINALIZE")
             self._finish_detached(control, retirement_id)
             log.warning("finished the retirement of partition %s of %s left by an interrupted run", partition, table)
         return len(open_retirements)
