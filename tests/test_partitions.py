@@ -364,24 +364,38 @@ DELETE_DOES_MORE = {
 }
 
 
+@pytest.mark.parametrize("when", ["before the run", "after the listing"])
 @pytest.mark.parametrize("more", list(DELETE_DOES_MORE))
 def test_a_table_whose_delete_does_more_than_a_drop_takes_the_row_path(
-    partitioned, s3, storage, policy, source_dsn, more
+    partitioned, s3, storage, policy, source_dsn, more, when
 ):
     """What a DELETE on chat_messages does that a drop of a partition would not: the guard
     trigger's refused message would go, the journal would miss rows, rows hidden by row-level
     security would go unchecked, the subscribers would keep every row. The table takes the row
     path: the refusal stops its batch (rolled back, nothing of it deleted), the journal is
-    whole, no partition is detached."""
+    whole, no partition is detached. Also when the DBA adds it after the run listed the
+    partitions: each is kept at its step 2 (the catalog read again under its lock)."""
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     guarded = made["2026-04"][1]
     db.execute("CREATE TABLE app.deletion_journal (message_id bigint)")
     set_up, undo = DELETE_DOES_MORE[more]
-    db.execute(set_up.format(guarded=guarded))
+    engine = engine_for(policy, source_dsn, s3, storage)
+    if when == "before the run":
+        db.execute(set_up.format(guarded=guarded))
+    else:
+        listed = engine._partition_candidates
+
+        def listed_then_set_up(control, rule, cutoff):
+            candidates = listed(control, rule, cutoff)
+            if rule.table == "chat_messages":
+                assert candidates, "listed before the set-up"
+                db.execute(set_up.format(guarded=guarded))
+            return candidates
+
+        engine._partition_candidates = listed_then_set_up
     try:
-        engine = engine_for(policy, source_dsn, s3, storage)
         ctx = RunContext("subscriber_services", more.replace(" ", "-"), D)
         if more == "a guard trigger":
             with pytest.raises(RetentionError, match="deleted .* rows, expected"):
@@ -389,7 +403,7 @@ def test_a_table_whose_delete_does_more_than_a_drop_takes_the_row_path(
             assert guarded in f.ids(db, "chat_messages")
         else:
             (outcome, _) = engine.archive_and_delete(ctx)
-            assert not outcome.partitions and outcome.deleted == 12
+            assert outcome.partitions.get("dropped", 0) == 0 and outcome.deleted == 12
             assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
         if more == "a foreign key that sets NULL":
             assert db.execute("SELECT message_id FROM app.message_flags").fetchall() == [(None,)]

@@ -136,26 +136,40 @@ class PartitionPlanning:
         if not partitions:
             control.commit()
             return []
-        if any(p.is_default for p in partitions) or key_columns(control, self.schema, rule.table):
-            # DETACH ... CONCURRENTLY is refused beside a DEFAULT partition; rows naming files
-            # need their files followed row by row (retention.archive.documents).
-            control.commit()
-            log.info("rule %s: %s is partitioned but takes the row path", rule.name, rule.table)
-            return []
-        reasons = row_path_reasons(control, self.schema, rule.table)
-        if reasons:
-            control.commit()
-            log.info("rule %s: %s is partitioned, with %s: the row path", rule.name, rule.table, ", ".join(reasons))
-            return []
-        if not may_detach(control, self.schema, rule.table):
-            # DETACH and DROP need the table's owner; a role without it deletes row by row.
-            control.commit()
-            log.info("rule %s: %s is partitioned, not owned by this role: the row path", rule.name, rule.table)
-            return []
+        why = self._row_path_because(control, rule, partitions)
         control.commit()
+        if why:
+            log.info("rule %s: %s is partitioned, with %s: the row path", rule.name, rule.table, why)
+            return []
         return [
             p for p in partitions if p.upper is not None and p.upper <= cutoff and not p.detach_pending and p.droppable
         ]
+
+    def _row_path_because(self, control, rule: Rule, partitions: list[Partition]) -> str | None:
+        """Why the rule's partitioned table must be deleted from row by row, or None."""
+        if any(p.is_default for p in partitions):
+            return "a DEFAULT partition"  # DETACH ... CONCURRENTLY is refused beside one
+        if key_columns(control, self.schema, rule.table):
+            return "columns naming files"  # followed row by row (retention.archive.documents)
+        reasons = row_path_reasons(control, self.schema, rule.table)
+        if reasons:
+            return ", ".join(reasons)
+        if not may_detach(control, self.schema, rule.table):
+            return "another owner than this role"  # DETACH and DROP need the table's owner
+        return None
+
+    def _changed_since_the_listing(self, control, rule: Rule, partition: str) -> str | None:
+        """The listing's catalog tests made again for one partition, in the caller's transaction
+        (step 2, the partition locked): a DELETE trigger, row-level security, a publication, a
+        view... added since the run listed the partitions keeps it. Why, or None."""
+        partitions = range_partitions(control, self.schema, rule.table, rule.clock_column)
+        why = self._row_path_because(control, rule, partitions)
+        if why:
+            return why
+        now = next((p for p in partitions if p.name == partition), None)
+        if now is None or not now.droppable:
+            return "no longer a partition that may be dropped (another schema, owner or kind, or a view reads it)"
+        return None
 
     def _unit_ranges(
         self, conn, rule: Rule, logical_date: dt.datetime, rows_per_range: int, kept_ids: list[int]

@@ -265,6 +265,17 @@ class PartitionRetirement(PartitionPlanning):
             # Step 2: the holds locked, the rule re-checked on the frozen rows (after an archive:
             # holds may have come meanwhile; tier none went straight here).
             control.execute(LOCK_HOLDS)
+            changed = self._changed_since_the_listing(control, rule, partition.name)
+            if changed:
+                control.rollback()
+                log.warning(
+                    "rule %s: partition %s stays: since the listing, %s; its deletable rows take the row path",
+                    rule.name,
+                    partition.name,
+                    changed,
+                )
+                self._abandon_uploads(control, ctx, rule, batch)
+                return _KEPT
             recheck = self._check_partition(control, rule, partition.name) if archived else check
             if not recheck.whole or recheck.rows != check.rows:
                 control.rollback()
