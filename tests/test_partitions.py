@@ -417,6 +417,65 @@ def test_a_table_whose_delete_does_more_than_a_drop_takes_the_row_path(
         db.execute("DROP TABLE app.deletion_journal")
 
 
+@pytest.mark.parametrize("more", ["a guard trigger", "a journal trigger"])
+def test_a_delete_trigger_added_while_a_partition_is_archived_keeps_it(
+    partitioned, s3, storage, policy, source_dsn, more
+):
+    """A DBA adds the trigger while April is archived (step 1): CREATE TRIGGER waits for the
+    partition's SHARE lock, so step 2's re-check cannot see it; it commits just after step 2,
+    before the detach. Step 4 reads the catalog again: April is attached again and its rows take
+    the row path, where the trigger runs (the guard refuses its message; the journal has every
+    row deleted from then on). Found by a review, with this test."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    guarded = made["2026-04"][1]
+    db.execute("CREATE TABLE app.deletion_journal (message_id bigint)")
+    set_up, undo = DELETE_DOES_MORE[more]
+    engine = engine_for(policy, source_dsn, s3, storage)
+    archive = engine._archive_partition
+    dba = []
+
+    def archive_while_the_dba_adds_the_trigger(control, intents, reader, rule, ctx, partition, batch):
+        archived = archive(control, intents, reader, rule, ctx, partition, batch)
+        if partition.name == "chat_messages_2026_04":
+            dba.append(InThread(lambda: as_the_dba(source_dsn, set_up.format(guarded=guarded))))
+            waits = "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE NOT granted"
+            deadline = time.monotonic() + 10
+            while not db.execute(f"{waits} AND application_name = 'dba'").fetchone()[0]:
+                assert time.monotonic() < deadline, "the DDL never waited for the partition"
+                time.sleep(0.05)
+        return archived
+
+    engine._archive_partition = archive_while_the_dba_adds_the_trigger
+    try:
+        ctx = RunContext("subscriber_services", "trigger-added", D)
+        if more == "a guard trigger":
+            with pytest.raises(RetentionError, match="deleted .* rows, expected"):
+                engine.archive_and_delete(ctx)
+        else:
+            engine.archive_and_delete(ctx)
+        dba[0].join(30)
+        assert partitions_left(db, "chat_messages") == ["2026_04", "2026_05", "2026_06", "2026_07"]
+        states = db.execute("SELECT partition_name, state FROM retention.partition_retirements ORDER BY id").fetchall()
+        assert ("chat_messages_2026_04", "kept") in states
+        if more == "a guard trigger":
+            assert guarded in f.ids(db, "chat_messages")
+        else:
+            journal = sorted(i for (i,) in db.execute("SELECT message_id FROM app.deletion_journal"))
+            assert journal == sorted(made["2026-04"] + made["2026-05"])
+            assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+    finally:
+        db.execute(undo)
+        db.execute("DROP TABLE app.deletion_journal")
+
+
+def as_the_dba(dsn: str, statements: str) -> None:
+    """A DBA's DDL, from its own session (named 'dba')."""
+    with psycopg.connect(dsn, autocommit=True, application_name="dba") as conn:
+        conn.execute(statements)
+
+
 def test_a_partition_in_another_schema_is_never_retired_whole(partitioned, s3, storage, policy, source_dsn):
     """January 2019's partition lives in schema app_old, and app holds an unrelated table of the
     same name (a DBA's copy): the engine, which names partitions in the table's schema, would

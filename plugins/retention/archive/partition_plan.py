@@ -158,6 +158,12 @@ class PartitionPlanning:
             return "another owner than this role"  # DETACH and DROP need the table's owner
         return None
 
+    def _delete_does_more(self, control, table: str, detached: str) -> str | None:
+        """Step 4's catalog test: what a DELETE would do that a DROP does not (row_path_reasons),
+        on the table or on the detached partition itself. Why, or None."""
+        reasons = {*row_path_reasons(control, self.schema, table), *row_path_reasons(control, self.schema, detached)}
+        return ", ".join(sorted(reasons)) or None
+
     def _changed_since_the_listing(self, control, rule: Rule, partition: str) -> str | None:
         """The listing's catalog tests made again for one partition, in the caller's transaction
         (step 2, the partition locked): a DELETE trigger, row-level security, a publication, a

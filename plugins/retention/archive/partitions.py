@@ -512,6 +512,18 @@ class PartitionRetirement(PartitionPlanning):
                 )
                 self._attach_again(control, retirement_id, table, partition, bound)
                 return False
+            # What a DELETE would do that a DROP does not, added since step 2 (a DBA's DDL that
+            # waited for the partition's lock of step 1, or came after it): attached again.
+            reasons = self._delete_does_more(control, table, partition)
+            if reasons:
+                log.warning(
+                    "partition %s of %s stays: since it was checked, %s; attached again, its rows take the row path",
+                    partition,
+                    table,
+                    reasons,
+                )
+                self._attach_again(control, retirement_id, table, partition, bound)
+                return False
             control.execute("SAVEPOINT before_the_drop")
             try:
                 self._commit_retirement(control, ctx, rule, partition, manifest_ids, row_count)
