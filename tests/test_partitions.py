@@ -21,6 +21,7 @@ from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RetentionError, RunContext, plan_units
 from retention.archive.store import ArchiveStore
+from retention.rights import access as rights_access
 from retention.rights import erase as rights_erase
 from retention.rights import find as rights_find
 from retention.rights.retirements import RetirementInTheWayError
@@ -806,9 +807,11 @@ class Crash(Exception):
     """The worker dies here (the process would: nothing after this point runs)."""
 
 
-def crash_after_detaching(engine, partition: str) -> None:
-    """The worker dies once ``partition`` is detached, before its drop (earlier ones go through)."""
-    finish = engine._finish_detached
+def a_run_crashes_after_detaching(policy, source_dsn, s3, storage, partition: str) -> None:
+    """A run (id 'crashed') whose worker dies once ``partition`` is detached, before its drop
+    (the partitions before it go through)."""
+    crashing = engine_for(policy, source_dsn, s3, storage)
+    finish = crashing._finish_detached
 
     def crash(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
         (name,) = control.execute(
@@ -818,7 +821,9 @@ def crash_after_detaching(engine, partition: str) -> None:
             raise Crash(f"killed after detaching {partition}")
         return finish(control, retirement_id, lock_timeout)
 
-    engine._finish_detached = crash
+    crashing._finish_detached = crash
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
 
 
 def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
@@ -827,10 +832,7 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
-    crashing = engine_for(policy, source_dsn, s3, storage)
-    crash_after_detaching(crashing, "chat_messages_2019_01")
-    with pytest.raises(Crash):
-        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2019_01")
     # 2019's partition is detached (a table of its own), not dropped; its rows are not yet deleted
     # as far as the manifest and the audit say.
     assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "detached"
@@ -901,6 +903,76 @@ def test_a_subject_request_waits_for_a_partition_retired_while_it_searches(
     assert "chat_messages" not in report["found"]["live"]
 
 
+def test_a_subject_request_waits_for_a_retirement_finished_while_it_searches(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A crash left May detached; the purpose's next run finishes it while an access searches:
+    the archive read before the drop's commit, the table after it. The retirement was open when
+    the search began: the request searches again and finds the messages, archived."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_05")
+    real_expand = rights_find.expand
+    searches = []
+
+    def expand_while_the_next_run_finishes_it(ctx, conn, roots, objects):
+        searches.append(len(searches))
+        if len(searches) == 1:
+            engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "next", D))
+        return real_expand(ctx, conn, roots, objects)
+
+    monkeypatch.setattr(rights_find, "expand", expand_while_the_next_run_finishes_it)
+    report = subject_rights(policy, source_dsn, s3, storage).handle(
+        subject_request("access", "open-before", kind="customer", subject_id=customers["2026-05"], preview=True)
+    )
+    assert len(searches) == 2
+    assert report["found"]["probative"] == {"chat_messages": len(made["2026-05"])}
+
+
+def test_an_access_export_holds_every_row_it_reports(partitioned, s3, storage, policy, source_dsn, monkeypatch):
+    """The access reads the rows again for its export after the search: a partition detached in
+    between (a crashed run leaves it so) would leave them out of the export while the report
+    counts them. Those reads are in the settled search: the request stops, nothing exported."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    messages(db, customers)
+    real_classify = rights_access.classify_live
+
+    def classify_then_a_run_detaches(ctx, conn, live):
+        monkeypatch.setattr(rights_access, "classify_live", real_classify)
+        decisions = real_classify(ctx, conn, live)
+        a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
+        return decisions
+
+    monkeypatch.setattr(rights_access, "classify_live", classify_then_a_run_detaches)
+    with pytest.raises(RetirementInTheWayError, match="chat_messages_2026_03"):
+        subject_rights(policy, source_dsn, s3, storage).handle(
+            subject_request("access", "after-the-check", kind="customer", subject_id=customers["2026-03"])
+        )
+    assert not s3.list_objects_v2(Bucket=storage.archive_bucket, Prefix="exports/after-the-check/").get("Contents")
+
+
+def test_a_retirement_stops_only_the_requests_whose_rows_may_be_in_its_table(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """A partition of chat_messages (a customer's) left detached does not stop a request for a
+    prospect: its rows cannot be in that table."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    messages(db, customers)
+    prospect = f.prospect(db, last_contact="2026-05-01")
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
+    report = subject_rights(policy, source_dsn, s3, storage).handle(
+        subject_request("access", "a-prospect", kind="prospect", subject_id=prospect, preview=True)
+    )
+    assert report["found"]["live"] == {"prospects": 1}
+    with pytest.raises(RetirementInTheWayError, match="chat_messages_2026_03"):
+        subject_rights(policy, source_dsn, s3, storage).handle(
+            subject_request("access", "a-customer", kind="customer", subject_id=customers["2026-07"], preview=True)
+        )
+
+
 def test_an_erasure_stops_at_a_partition_an_interrupted_run_left_detached(
     partitioned, s3, storage, policy, source_dsn, monkeypatch
 ):
@@ -917,10 +989,7 @@ def test_an_erasure_stops_at_a_partition_an_interrupted_run_left_detached(
 
     def expand_after_a_crash(ctx, conn, roots, objects):
         monkeypatch.setattr(rights_erase, "expand", real_expand)
-        crashing = engine_for(policy, source_dsn, s3, storage)
-        crash_after_detaching(crashing, "chat_messages_2026_03")
-        with pytest.raises(Crash):
-            crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+        a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
         return real_expand(ctx, conn, roots, objects)
 
     monkeypatch.setattr(rights_erase, "expand", expand_after_a_crash)

@@ -13,6 +13,7 @@ import io
 import json
 import zipfile
 from collections import defaultdict
+from dataclasses import dataclass
 from decimal import Decimal
 
 import pyarrow as pa
@@ -33,8 +34,18 @@ EXPORT_PREFIX = "exports"
 EXPORT_URL_SECONDS = 3600
 
 
-def access(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: dict) -> None:
-    """Index (source, purpose, legal basis, kept until) always; the export unless preview."""
+@dataclass
+class Gathered:
+    """The subject's rows as the export holds them, per path, and the files to add."""
+
+    parts: dict[str, list[dict]]
+    files: list[tuple[str, str, str]]  # (bucket, key, name in the export)
+
+
+def gather(ctx: RequestContext, conn, found: Found, report: dict) -> Gathered:
+    """Every row found read (live from the tables, archived from the objects read back), and the
+    index (source, purpose, legal basis, kept until) written into the report: the request's last
+    reads, made inside its settled search (retention.rights.retirements)."""
     live_decisions = classify_live(ctx, conn, found.live)
     parts: dict[str, list[dict]] = defaultdict(list)  # path -> rows
     index: dict[tuple, dict] = {}
@@ -85,9 +96,14 @@ def access(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report:
         index.values(), key=lambda e: (e["path"], e["purpose"] or "", e["rule"] or "", e["kept_until"] or "")
     )
     report["files"] = {"found": len({name for _, _, name in files})}
+    return Gathered(dict(parts), files)
+
+
+def export(ctx: RequestContext, conn, req: SubjectRequest, gathered: Gathered, report: dict) -> None:
+    """The export of what was gathered, unless preview."""
     if req.preview:
         return
-    report["export"] = write_export(ctx, req, parts, files, report["index"])
+    report["export"] = write_export(ctx, req, gathered.parts, gathered.files, report["index"])
     exports.record_produced(conn, ctx.policy, req.request_id, report["export"])  # deleted kept_for later
 
 

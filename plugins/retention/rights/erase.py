@@ -67,7 +67,7 @@ def erase_live(ctx: RequestContext, req: SubjectRequest, report: dict) -> set[st
     children first (a row a kept row references stays), queue their files, record the
     objection. Returns the purposes whose files were queued. Done again when a partition's
     retirement moved while the rows were found (retention.rights.retirements)."""
-    return settled(ctx, lambda check: _erase_live(ctx, req, report, check))
+    return settled(ctx, req, lambda check: _erase_live(ctx, req, report, check))
 
 
 def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -> set[str]:
@@ -114,6 +114,8 @@ def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -
                 audited[(d.purpose, d.rule, table)].append(rid)
                 purposes.add(d.purpose)
                 disposals += [(d.purpose, table, rid, k) for k in (row if key_cols else ()) if k]
+        # Again before the commit: a partition detached meanwhile hid rows from the deletes.
+        check()
         for (table, _), d in sorted(decisions.items()):
             if not d.erase:
                 add_kept(ctx.policy, report, "live", table, d)

@@ -68,11 +68,11 @@ class Found:
     identifiers_not_recorded: int = 0  # by e-mail: committed objects without identifier hashes
 
 
-def resolve(ctx: RequestContext, conn, req: SubjectRequest) -> dict[str, set[int]]:
-    """The subject's own rows: the id given, or every row whose `email` matches."""
+def root_tables(ctx: RequestContext, conn, req: SubjectRequest) -> list[str]:
+    """Where the subject's own rows are: its table (by id), or every table with an `email` column."""
     if req.kind != "email":
-        return {SUBJECT_TABLES[req.kind]: {req.subject_id}}
-    tables = [
+        return [SUBJECT_TABLES[req.kind]]
+    return [
         r[0]
         for r in conn.execute(
             "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = 'email'"
@@ -80,9 +80,26 @@ def resolve(ctx: RequestContext, conn, req: SubjectRequest) -> dict[str, set[int
             (ctx.schema,),
         )
     ]
+
+
+def subject_tables(ctx: RequestContext, conn, req: SubjectRequest) -> set[str]:
+    """Every table the subject's rows may be in: the root tables and those below them in the
+    coverage graph (a row is the subject's through its parent's)."""
+    tables = set(root_tables(ctx, conn, req))
+    while below := {
+        child for child, edges in ctx.parents.items() if child not in tables and any(p in tables for p, _ in edges)
+    }:
+        tables |= below
+    return tables
+
+
+def resolve(ctx: RequestContext, conn, req: SubjectRequest) -> dict[str, set[int]]:
+    """The subject's own rows: the id given, or every row whose `email` matches."""
+    if req.kind != "email":
+        return {SUBJECT_TABLES[req.kind]: {req.subject_id}}
     address = suppression.normalise_email(req.email)
     roots: dict[str, set[int]] = {}
-    for table in tables:
+    for table in root_tables(ctx, conn, req):
         ids = {
             r[0]
             for r in conn.execute(f'SELECT id FROM "{ctx.schema}"."{table}" WHERE lower(btrim(email)) = %s', (address,))

@@ -4,8 +4,9 @@ From its detach to its drop, a partition retired whole (retention.archive.partit
 neither place a request looks: a query of its table no longer reads it, and its archive objects
 are committed only with the drop. A subject's rows in it would be missed: an access would not
 report them, an erasure would not erase them (and the drop would then commit them to the
-archive). So a search counts only when no retirement was open, began or ended while it ran
-(``retention.partition_retirements``, read before and after); otherwise the request waits for the
+archive). So a search counts only when no retirement of a table the subject's rows may be in
+was open, began or ended while it ran (``retention.partition_retirements``, read before and
+after the search's last read); otherwise the request waits for the
 purpose's run (its advisory lock) and searches again. A retirement still open when no run holds
 the lock was left by an interrupted run: the purpose's next run finishes it, and the request stops
 with an error that says so, having changed nothing.
@@ -19,7 +20,7 @@ from typing import TypeVar
 
 from retention.archive.locks import acquire_purpose_lock, release_purpose_lock
 from retention.rights.context import RequestContext
-from retention.rights.find import Found, find
+from retention.rights.find import Found, find, subject_tables
 from retention.rights.requests import SubjectRequest
 
 T = TypeVar("T")
@@ -51,27 +52,33 @@ class _Moved(Exception):
 
 
 class _Watch:
-    """The retirements as they stood before a search, compared with them after it."""
+    """The retirements of the subject's tables as they stood before a search, compared with them
+    after it: one open before (it may close during the search), open after, or new is in the way."""
 
-    def __init__(self, conn):
+    def __init__(self, conn, tables: set[str]):
         self.conn = conn
-        self.before = _retirements(conn)
+        self.tables = tables
+        self.before = self._retirements()
+
+    def _retirements(self) -> dict[int, Retirement]:
+        return {i: r for i, r in _retirements(self.conn).items() if r.table in self.tables}
 
     def check(self) -> None:
-        after = _retirements(self.conn)
-        moved = [r for r in after.values() if r.open or r.id not in self.before]
-        moved += [r for r in self.before.values() if r.open and r.id not in after]  # pruned since
+        after = self._retirements()
+        moved = {i: r for i, r in after.items() if r.open or i not in self.before}
+        moved.update((i, r) for i, r in self.before.items() if r.open)
         if moved:
-            raise _Moved(moved)
+            raise _Moved(list(moved.values()))
 
 
-def settled(ctx: RequestContext, search: Callable[[Callable[[], None]], T]) -> T:
-    """``search(check)``, repeated until no retirement moved while it ran. ``search`` calls
-    ``check()`` after its last read (inside its transaction, before any write it commits): it
-    raises when a retirement moved, which rolls that transaction back before the wait."""
+def settled(ctx: RequestContext, req: SubjectRequest, search: Callable[[Callable[[], None]], T]) -> T:
+    """``search(check)``, repeated until no retirement of a table the subject's rows may be in
+    moved while it ran. ``search`` calls ``check()`` after its last read (inside its transaction,
+    before any write it commits): it raises when one moved, which rolls that transaction back
+    before the wait."""
     for _ in range(SEARCHES):
         with ctx.connect() as conn:
-            watch = _Watch(conn)
+            watch = _Watch(conn, subject_tables(ctx, conn, req))
             try:
                 return search(watch.check)
             except _Moved as moved:
@@ -90,7 +97,7 @@ def find_settled(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str,
         check()
         return found
 
-    return settled(ctx, search)
+    return settled(ctx, req, search)
 
 
 def _retirements(conn) -> dict[int, Retirement]:

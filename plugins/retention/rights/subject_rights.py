@@ -31,13 +31,14 @@ import logging
 
 from retention.archive.store import ArchiveStore
 from retention.policy import Policy
-from retention.rights.access import access
+from retention.rights.access import Gathered, export, gather
 from retention.rights.context import PURPOSE_LOCK_TIMEOUT, RequestContext
 from retention.rights.erase import erase
 from retention.rights.evidence import record_end, record_start
+from retention.rights.find import Found, find
 from retention.rights.report import new_report, report_found, report_objects_read
 from retention.rights.requests import SubjectRequest
-from retention.rights.retirements import find_settled
+from retention.rights.retirements import find_settled, settled
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,12 @@ class SubjectRights:
         with ctx.connect() as conn:
             if not req.preview:
                 record_start(conn, req, report)
-            found = find_settled(ctx, conn, req)
+            # The search, and for an access every read of the export, settled against partitions
+            # being retired (an erasure settles its own steps: retention.rights.erase).
+            if req.action == "access":
+                found, gathered = settled(ctx, req, lambda check: self._gathered(ctx, conn, req, report, check))
+            else:
+                found = find_settled(ctx, conn, req)
             report_found(report, found)
             if req.kind == "email":
                 # An address resolves to every row holding it, which may be several people (a
@@ -73,7 +79,7 @@ class SubjectRights:
                 report["subject"]["matched_archived"] = found.matched_archived
                 report["identifiers_not_recorded"] = found.identifiers_not_recorded
             if req.action == "access":
-                access(ctx, conn, req, found, report)
+                export(ctx, conn, req, gathered, report)
             else:
                 erase(ctx, conn, req, found, report)
             report_objects_read(report, found, ctx.objects_read)  # every object read, in the evidence
@@ -96,3 +102,10 @@ class SubjectRights:
             req.preview,
         )
         return report
+
+    @staticmethod
+    def _gathered(ctx: RequestContext, conn, req: SubjectRequest, report: dict, check) -> tuple[Found, Gathered]:
+        found = find(ctx, conn, req)
+        gathered = gather(ctx, conn, found, report)
+        check()
+        return found, gathered
