@@ -209,7 +209,7 @@ def test_the_watch_of_every_purpose_alarms_when_the_housekeeping_stopped(
 def test_alarm_rules():
     from types import SimpleNamespace as NS
 
-    from retention.alerts import alarms, stale_alarm
+    from retention.alerts import alarms, open_retirement_alarms, stale_alarm
 
     now = dt.datetime(2026, 11, 29, 7, tzinfo=dt.UTC)
     fresh = NS(purpose="a", overdue=0, rules=[], waiting_past_end=[])
@@ -235,6 +235,18 @@ def test_alarm_rules():
     assert str(stale_alarm("housekeeping", now - dt.timedelta(hours=49), now, stale)) == (
         "housekeeping: no_success: last success 49 h ago (2026-11-27T06:00:00+00:00)"
     )
+    [left] = open_retirement_alarms(
+        [
+            {
+                "purpose": "chat",
+                "table": "chat_messages",
+                "partition": "chat_messages_2026_03",
+                "run_id": "r",
+                "hours": 30,
+            }
+        ]
+    )
+    assert str(left).startswith("chat: open_retirement: partition chat_messages_2026_03 of chat_messages has been")
 
 
 # A failing run of each kind of DAG, triggered without a logical date (REST `"logical_date":
@@ -340,6 +352,48 @@ def test_watch_and_retention_page_flag_a_future_run(airflow_db, db, s3, storage,
     finally:
         with create_session() as session:
             session.query(DagRun).filter(DagRun.id == run.id).delete()
+
+
+@pytest.mark.integration
+def test_watch_and_retention_page_flag_a_partition_left_between_its_table_and_the_archive(
+    airflow_db, db, s3, storage, inbox
+):
+    """A run interrupted between a partition's detach and its drop leaves its record open
+    (tests/test_partitions.py makes one for real; here the record alone, which is what the watch
+    and the page read): one open for 7 hours is an alarm, one open for a minute (a run going on)
+    is not."""
+    from retention_ui.render import render_page
+    from retention_ui.summary import summary
+
+    now = dt.datetime.now(dt.UTC)
+    left, going_on = (
+        db.execute(
+            "INSERT INTO retention.partition_retirements (run_id, logical_date, purpose, rule, table_name,"
+            " partition_name, partition_bound, row_count, state, created_at)"
+            " VALUES (%s, %s, 'quotes', 'unconverted_quotes', 'quotes', %s, 'FOR VALUES FROM (1) TO (2)', 3,"
+            " 'detaching', %s) RETURNING id",
+            (run_id, now, partition, now - age),
+        ).fetchone()[0]
+        for run_id, partition, age in (
+            ("scheduled__crashed", "quotes_2019_01", dt.timedelta(hours=7)),
+            ("scheduled__going-on", "quotes_2019_02", dt.timedelta(minutes=1)),
+        )
+    )
+    try:
+        dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=24 * 365 * 20)
+        assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
+        body = _text(inbox.messages[0])
+        assert "quotes: open_retirement: partition quotes_2019_01 of quotes has been detached for 7 h" in body
+        assert "run scheduled__crashed" in body and "quotes_2019_02" not in body
+
+        page = summary()
+        assert [(r["partition"], r["run_id"]) for r in page["open_retirements"]] == [
+            ("quotes_2019_01", "scheduled__crashed")
+        ]
+        html = render_page(page)
+        assert 'data-testid="open-retirements"' in html and "quotes_2019_01 of quotes" in html
+    finally:
+        db.execute("DELETE FROM retention.partition_retirements WHERE id IN (%s, %s)", (left, going_on))
 
 
 @pytest.mark.integration

@@ -26,6 +26,10 @@ ALERT_CONN_ID = "smtp_default"
 DEFAULT_TO = "dpo@localhost"
 DEFAULT_FROM = "airflow-retention@localhost"
 STALE_AFTER = dt.timedelta(days=2)
+# How long a partition may stay between its table and the archive (a retirement's detach done,
+# its drop not: seconds in a run, up to RETENTION_DETACH_WAIT behind a backup) before it is an
+# alarm: a run interrupted there, not finished since (retention.status.open_retirements).
+OPEN_RETIREMENT_AFTER = dt.timedelta(hours=6)
 # Days a record may stay past its due date before the watch (and the Retention page) calls it
 # overdue. Here, not in retention.status, so that the watch DAG's file does not import the status
 # and planner modules at parse time for one number.
@@ -197,7 +201,7 @@ def late_notifier():
 @dataclass(frozen=True)
 class Alarm:
     purpose: str
-    kind: str  # "overdue" | "waiting" | "no_success" | "future_run"
+    kind: str  # "overdue" | "waiting" | "no_success" | "future_run" | "open_retirement"
     detail: str
 
     def __str__(self) -> str:
@@ -268,4 +272,20 @@ def future_run_alarms(future_runs: dict[str, list[tuple[str, dt.datetime]]]) -> 
         )
         for dag_id, runs in sorted(future_runs.items())
         for run_id, logical_date in runs
+    ]
+
+
+def open_retirement_alarms(retirements: list[dict]) -> list[Alarm]:
+    """Alarms for partitions left between their table and the archive (retention.status.
+    open_retirements): their rows are hidden from the application, and the subject requests that
+    may concern that table stop, until a run of the purpose, in enforce mode, finishes them."""
+    return [
+        Alarm(
+            r["purpose"],
+            "open_retirement",
+            f"partition {r['partition']} of {r['table']} has been detached for {r['hours']} h (run {r['run_id']}, "
+            f"interrupted before its drop): its rows are in neither the table nor the archive, and subject "
+            "requests that may concern that table stop, until the purpose's next enforced run finishes it",
+        )
+        for r in retirements
     ]

@@ -223,6 +223,28 @@ def legal_holds(conn, now: dt.datetime) -> list[dict]:
     ]
 
 
+def open_retirements(conn, now: dt.datetime, older_than: dt.timedelta) -> list[dict]:
+    """Partitions between their table and the archive for longer than ``older_than``: a run was
+    interrupted between a partition's detach and its drop (retention.archive.partitions) and no
+    run of the purpose has finished it since. Names, ids and dates only."""
+    rows = conn.execute(
+        "SELECT purpose, table_name, partition_name, run_id, created_at FROM retention.partition_retirements"
+        " WHERE state = 'detaching' AND created_at < %s ORDER BY created_at, id",
+        (now - older_than,),
+    ).fetchall()
+    return [
+        {
+            "purpose": purpose,
+            "table": table,
+            "partition": partition,
+            "run_id": run_id,
+            "since": since.isoformat(),
+            "hours": int((now - since).total_seconds() // 3600),
+        }
+        for purpose, table, partition, run_id, since in rows
+    ]
+
+
 def access_exports(conn, now: dt.datetime, recent_days: int = 60) -> list[dict]:
     """Exports of access requests still held (when each goes), then those deleted in the last
     ``recent_days`` days (when, how many versions): request ids, keys and dates only."""

@@ -134,9 +134,10 @@ def run_watch(context: dict) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
-    from retention.alerts import alarms, future_run_alarms, stale_alarm
+    from retention.alerts import OPEN_RETIREMENT_AFTER, alarms, future_run_alarms, open_retirement_alarms, stale_alarm
     from retention.housekeeping_dag import HOUSEKEEPING_DAG_ID
     from retention.policy import default_policy
+    from retention.status import open_retirements
     from retention.status_counts import count_and_store
     from retention.tasks import source_dsn
 
@@ -152,6 +153,7 @@ def run_watch(context: dict) -> dict:
         conn.execute("SET TIME ZONE 'UTC'")
         # Counted live, and kept for the Retention page (which then need not count them again).
         statuses = count_and_store(conn, policy, now, overdue_days, names=wanted, counted_by="watch", best_effort=True)
+        left_open = [r for r in open_retirements(conn, now, OPEN_RETIREMENT_AFTER) if r["purpose"] in wanted]
     stale_after = dt.timedelta(hours=int(params["stale_after_hours"]))
     last = {s.purpose: last_success_end(dag_id_for(s.purpose), now) for s in statuses}
     found = alarms(statuses, last, now, overdue_days, stale_after)
@@ -164,6 +166,7 @@ def run_watch(context: dict) -> dict:
         watched_dags.append(HOUSEKEEPING_DAG_ID)
     future = {dag_id: runs for dag_id in watched_dags if (runs := future_runs(dag_id, now))}
     found += future_run_alarms(future)
+    found += open_retirement_alarms(left_open)
     paris = ZoneInfo(policy.timezone)
     summary = {
         "checked_at": now.astimezone(paris).isoformat(),
@@ -183,6 +186,7 @@ def run_watch(context: dict) -> dict:
         "future_runs": {
             d: [{"run_id": r, "logical_date": at.isoformat()} for r, at in runs] for d, runs in future.items()
         },
+        "open_retirements": left_open,
         "alarms": [str(a) for a in found],
     }
     for line in summary["alarms"]:

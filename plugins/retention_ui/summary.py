@@ -44,6 +44,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
     stored (each with its freshness), the rest read live."""
     from retention import audit, housekeeping, status
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID, dag_id_for
+    from retention.alerts import OPEN_RETIREMENT_AFTER
     from retention.policy import default_policy
 
     policy = default_policy()
@@ -59,6 +60,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
         holds = status.legal_holds(conn, now)
         runs = status.runs(conn)
         exports = status.access_exports(conn, now)
+        retirements_left_open = status.open_retirements(conn, now, OPEN_RETIREMENT_AFTER)
         verification = audit.last_verification(conn)
         cleaned = housekeeping.last_run(conn)
     # Airflow's records of runs before the last enforced housekeeping's cut are gone (the
@@ -108,6 +110,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
                 "runs",
                 "future_runs",
                 "access_exports",
+                "open_retirements",
             ],
         },
         "purposes": purposes,
@@ -118,6 +121,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
         "future_runs": future_runs(now),
         "queued_on_paused_dags": paused_queue,
         "access_exports": exports,
+        "open_retirements": retirements_left_open,
         # The audit chain's last verification (docs/audit.md).
         "audit_verification": verification and verification | {"checked_at": verification["checked_at"].isoformat()},
         # The last housekeeping (docs/housekeeping.md): its mode, when, and Airflow's cut.
