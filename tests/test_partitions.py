@@ -16,7 +16,7 @@ import time
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-from retention.archive import partition_drops, partition_plan, vacuum
+from retention.archive import partition_detach, partition_drops, partition_plan, vacuum
 from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RetentionError, RunContext, plan_units
@@ -1260,7 +1260,7 @@ def test_a_detach_kept_waiting_stops_the_run_and_the_next_run_finishes_it(
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
-    monkeypatch.setenv(partition_path.DETACH_WAIT_ENV, "1s")
+    monkeypatch.setenv(partition_detach.DETACH_WAIT_ENV, "1s")
     backup = psycopg.connect(source_dsn, application_name="pg_dump")
     backup.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     backup.execute("SELECT count(*) FROM app.chat_messages")  # a transaction that stays open
@@ -1299,7 +1299,7 @@ def test_a_wrong_detach_wait_stops_the_run_before_anything_is_archived(
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
-    monkeypatch.setenv(partition_path.DETACH_WAIT_ENV, "forever")
+    monkeypatch.setenv(partition_detach.DETACH_WAIT_ENV, "forever")
     with pytest.raises(ValueError, match="RETENTION_DETACH_WAIT must be"):
         engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "wrong", D))
     assert f.ids(db, "chat_messages") == {i for ids in made.values() for i in ids}
@@ -1308,11 +1308,11 @@ def test_a_wrong_detach_wait_stops_the_run_before_anything_is_archived(
 
 
 def test_the_detach_wait_is_a_postgresql_interval():
-    assert partition_path.detach_wait({}) == "30min"
-    assert partition_path.detach_wait({partition_path.DETACH_WAIT_ENV: " 90s "}) == "90s"
+    assert partition_detach.detach_wait({}) == "30min"
+    assert partition_detach.detach_wait({partition_detach.DETACH_WAIT_ENV: " 90s "}) == "90s"
     for wrong in ("0s", "soon", "10", "1 day", "5min; DROP TABLE x"):
         with pytest.raises(ValueError, match="RETENTION_DETACH_WAIT"):
-            partition_path.detach_wait({partition_path.DETACH_WAIT_ENV: wrong})
+            partition_detach.detach_wait({partition_detach.DETACH_WAIT_ENV: wrong})
 
 
 def test_a_hold_placed_just_before_the_detach_attaches_the_partition_again(

@@ -30,22 +30,22 @@ A crash leaves a 'detaching' record: the next run finishes it before anything el
 a detach left pending is finalized (``DETACH PARTITION ... FINALIZE``), the detached table goes
 through step 4; a partition never detached is kept and its uploads removed as orphans.
 
-``PartitionRetirement`` is one part of ``retention.archive.engine.RetentionEngine``; step 4 beside
-the next partition's archive is scheduled by ``retention.archive.partition_drops``.
+``PartitionRetirement`` is one part of ``retention.archive.engine.RetentionEngine``; step 3 and its
+bounded wait are ``retention.archive.partition_detach``; step 4 beside the next partition's archive
+is scheduled by ``retention.archive.partition_drops``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
+from retention.archive import partition_detach
 from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.archive.parquet import typed
@@ -59,22 +59,6 @@ log = logging.getLogger(__name__)
 
 # Rows of a partition read and uploaded at a time (one object per end day, as in the row path).
 READ_ROWS = 200_000
-
-# How long DETACH ... CONCURRENTLY (and its FINALIZE at recovery) may wait for the transactions
-# that use the table: one that never ends (a nightly pg_dump holds one for hours) would hold the
-# run, and the purpose's lock, as long. Past it the run stops, naming the sessions waited for; a
-# detach stopped in its second half leaves the partition pending, which the next run finishes.
-DETACH_WAIT_ENV = "RETENTION_DETACH_WAIT"
-DEFAULT_DETACH_WAIT = "30min"
-_INTERVAL = re.compile(r"[1-9][0-9]*\s*(ms|s|min|h)")
-
-
-def detach_wait(environ: dict | None = None) -> str:
-    """The configured wait, as PostgreSQL reads it (``90s``, ``30min``, ``2h``)."""
-    value = (environ if environ is not None else os.environ).get(DETACH_WAIT_ENV, "").strip() or DEFAULT_DETACH_WAIT
-    if not _INTERVAL.fullmatch(value):
-        raise ValueError(f"{DETACH_WAIT_ENV} must be a positive number of ms, s, min or h (e.g. 30min), got {value!r}")
-    return value
 
 
 @dataclass
@@ -116,7 +100,7 @@ class PartitionRetirement(PartitionPlanning):
         step 1 reads one of them (a hold check through a parent), the partitions are dropped one
         after the other."""
         done = PartitionsDone()
-        detach_wait()  # a wrong setting stops the run here, before anything is archived
+        partition_detach.detach_wait()  # a wrong setting stops the run here, before anything is archived
         candidates = self._partition_candidates(
             control, rule, self._statements[rule.name].params[f"cutoff__{rule.name}"]
         )
@@ -414,51 +398,8 @@ class PartitionRetirement(PartitionPlanning):
         return typed(table)
 
     def _detach(self, autocommit_conn, table: str, partition: str) -> None:
-        """``DETACH PARTITION ... CONCURRENTLY``: the table stays readable and writable; the
-        statement waits for every transaction that uses the table to end. One at a time a table:
-        PostgreSQL refuses a second while one of its partitions is pending detach (units side by
-        side wait for each other here, holding no lock on the table meanwhile)."""
-        turn = ("SELECT pg_advisory_lock(hashtext(%s))", "SELECT pg_advisory_unlock(hashtext(%s))")
-        key = (f"retention:detach:{self.schema}.{table}",)
-        autocommit_conn.execute(turn[0], key)
-        try:
-            self._waited_detach(autocommit_conn, table, partition, "CONCURRENTLY")
-        finally:
-            with contextlib.suppress(psycopg.OperationalError):  # a broken session released it
-                autocommit_conn.execute(turn[1], key)
-
-    def _waited_detach(self, autocommit_conn, table: str, partition: str, how: str) -> None:
-        """``DETACH PARTITION ... CONCURRENTLY`` or ``... FINALIZE``, waiting at most detach_wait()
-        for the transactions that use the table; past it a RetentionError names those sessions
-        (pid, user, application: no query text). The write-ahead record stays open for the next
-        run: a partition still attached is kept, one left pending is finalized."""
-        wait = detach_wait()
-        autocommit_conn.execute(f"SET statement_timeout = '{wait}'")
-        try:
-            autocommit_conn.execute(
-                sql.SQL("ALTER TABLE {} DETACH PARTITION {} " + how).format(
-                    sql.Identifier(self.schema, table), sql.Identifier(self.schema, partition)
-                )
-            )
-        except psycopg.errors.QueryCanceled:
-            sessions = autocommit_conn.execute(
-                "SELECT DISTINCT a.pid, a.usename, a.application_name FROM pg_locks AS l"
-                " JOIN pg_stat_activity AS a USING (pid)"
-                " WHERE l.relation = %s::regclass AND l.granted AND l.pid <> pg_backend_pid() ORDER BY a.pid",
-                (self._qualified(table),),
-            ).fetchall()
-            where = attached_state(autocommit_conn, self.schema, table, partition)
-            named = ", ".join(
-                f"pid {pid} ({user or '?'}, {app or 'no application name'})" for pid, user, app in sessions
-            )
-            raise RetentionError(
-                f"the detach of partition {partition} of {table} waited {wait} ({DETACH_WAIT_ENV}) for the"
-                f" transactions using the table to end: {named or 'they ended just after'}; the partition is"
-                f" {where}, its rows kept (archived objects not committed yet); the next run finishes or keeps it"
-            ) from None
-        finally:
-            with contextlib.suppress(psycopg.OperationalError):
-                autocommit_conn.execute("RESET statement_timeout")
+        """Step 3 (retention.archive.partition_detach.detach)."""
+        partition_detach.detach(autocommit_conn, self.schema, table, partition)
 
     def _abandon_uploads(self, control, ctx: RunContext, rule: Rule, batch: Batch) -> None:
         """The objects of a partition that stays: removed now (nothing is committed, no Object
@@ -633,7 +574,7 @@ class PartitionRetirement(PartitionPlanning):
                 )
             if where == "pending":
                 with psycopg.connect(self.dsn, autocommit=True) as finalizer:
-                    self._waited_detach(finalizer, table, partition, "FINALIZE")
+                    partition_detach.finalize(finalizer, self.schema, table, partition)
             self._finish_detached(control, retirement_id)
             log.warning("finished the retirement of partition %s of %s left by an interrupted run", partition, table)
         return len(open_retirements)

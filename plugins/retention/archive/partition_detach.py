@@ -1,0 +1,80 @@
+"""Step 3 of a partition's retirement (retention.archive.partitions): ``DETACH PARTITION ...
+CONCURRENTLY``, and at recovery ``... FINALIZE`` for a detach left pending, each waiting a bounded
+time for the transactions that use the table.
+
+The statement waits for every transaction that uses the table to end; one that never ends (a
+nightly ``pg_dump`` holds one for hours) would hold the run, and the purpose's lock, as long. So it
+waits at most ``RETENTION_DETACH_WAIT`` (default 30min); past it the run stops, naming the
+sessions waited for (pid, user, application: never their query). The write-ahead record stays
+open for the next run: a partition still attached is kept, one left pending is finalized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+
+import psycopg
+from psycopg import sql
+
+from retention.archive.partition_plan import attached_state
+from retention.archive.run import RetentionError
+
+DETACH_WAIT_ENV = "RETENTION_DETACH_WAIT"
+DEFAULT_DETACH_WAIT = "30min"
+_INTERVAL = re.compile(r"[1-9][0-9]*\s*(ms|s|min|h)")
+
+
+def detach_wait(environ: dict | None = None) -> str:
+    """The configured wait, as PostgreSQL reads it (``90s``, ``30min``, ``2h``)."""
+    value = (environ if environ is not None else os.environ).get(DETACH_WAIT_ENV, "").strip() or DEFAULT_DETACH_WAIT
+    if not _INTERVAL.fullmatch(value):
+        raise ValueError(f"{DETACH_WAIT_ENV} must be a positive number of ms, s, min or h (e.g. 30min), got {value!r}")
+    return value
+
+
+def detach(autocommit_conn, schema: str, table: str, partition: str) -> None:
+    """``DETACH PARTITION ... CONCURRENTLY``: the table stays readable and writable. One at a time
+    a table: PostgreSQL refuses a second while one of its partitions is pending detach (units side
+    by side wait for each other here, holding no lock on the table meanwhile)."""
+    key = (f"retention:detach:{schema}.{table}",)
+    autocommit_conn.execute("SELECT pg_advisory_lock(hashtext(%s))", key)
+    try:
+        _waited(autocommit_conn, schema, table, partition, "CONCURRENTLY")
+    finally:
+        with contextlib.suppress(psycopg.OperationalError):  # a broken session released it
+            autocommit_conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", key)
+
+
+def finalize(autocommit_conn, schema: str, table: str, partition: str) -> None:
+    """``DETACH PARTITION ... FINALIZE``: a detach an interrupted run left pending, finished."""
+    _waited(autocommit_conn, schema, table, partition, "FINALIZE")
+
+
+def _waited(autocommit_conn, schema: str, table: str, partition: str, how: str) -> None:
+    wait = detach_wait()
+    autocommit_conn.execute(f"SET statement_timeout = '{wait}'")
+    try:
+        autocommit_conn.execute(
+            sql.SQL("ALTER TABLE {} DETACH PARTITION {} " + how).format(
+                sql.Identifier(schema, table), sql.Identifier(schema, partition)
+            )
+        )
+    except psycopg.errors.QueryCanceled:
+        sessions = autocommit_conn.execute(
+            "SELECT DISTINCT a.pid, a.usename, a.application_name FROM pg_locks AS l"
+            " JOIN pg_stat_activity AS a USING (pid)"
+            " WHERE l.relation = %s::regclass AND l.granted AND l.pid <> pg_backend_pid() ORDER BY a.pid",
+            (sql.Identifier(schema, table).as_string(autocommit_conn),),
+        ).fetchall()
+        where = attached_state(autocommit_conn, schema, table, partition)
+        named = ", ".join(f"pid {pid} ({user or '?'}, {app or 'no application name'})" for pid, user, app in sessions)
+        raise RetentionError(
+            f"the detach of partition {partition} of {table} waited {wait} ({DETACH_WAIT_ENV}) for the"
+            f" transactions using the table to end: {named or 'they ended just after'}; the partition is"
+            f" {where}, its rows kept (archived objects not committed yet); the next run finishes or keeps it"
+        ) from None
+    finally:
+        with contextlib.suppress(psycopg.OperationalError):
+            autocommit_conn.execute("RESET statement_timeout")
