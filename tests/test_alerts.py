@@ -383,7 +383,7 @@ def test_watch_and_retention_page_flag_a_partition_left_between_its_table_and_th
         dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=24 * 365 * 20)
         assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
         body = _text(inbox.messages[0])
-        assert "quotes: open_retirement: partition quotes_2019_01 of quotes has been detached for 7 h" in body
+        assert "quotes: open_retirement: partition quotes_2019_01 of quotes has been in retirement for 7 h" in body
         assert "run scheduled__crashed" in body and "quotes_2019_02" not in body
 
         page = summary()

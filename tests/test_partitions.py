@@ -930,27 +930,69 @@ def test_a_subject_request_waits_for_a_retirement_finished_while_it_searches(
     assert report["found"]["probative"] == {"chat_messages": len(made["2026-05"])}
 
 
-def test_an_access_export_holds_every_row_it_reports(partitioned, s3, storage, policy, source_dsn, monkeypatch):
-    """The access reads the rows again for its export after the search: a partition detached in
-    between (a crashed run leaves it so) would leave them out of the export while the report
-    counts them. Those reads are in the settled search: the request stops, nothing exported."""
+def a_crash_while_deciding(monkeypatch, module, services) -> None:
+    """When the request decides its rows (``module.classify_live``, after its search), a run has
+    just detached March's partition and crashed (``services``: policy, dsn, s3, storage)."""
+    classify = module.classify_live
+
+    def classify_after_a_detach(ctx, conn, live):
+        monkeypatch.setattr(module, "classify_live", classify)
+        a_run_crashes_after_detaching(*services(), "chat_messages_2026_03")
+        return classify(ctx, conn, live)
+
+    monkeypatch.setattr(module, "classify_live", classify_after_a_detach)
+
+
+@pytest.mark.parametrize("action", ["access", "erasure preview"])
+def test_a_request_decides_and_reads_its_rows_inside_its_settled_search(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch, action
+):
+    """After its search, an access decides and reads its rows again for the export, a preview
+    decides each row (erased or kept, and why): a partition detached in between (a crashed run
+    leaves it so) left its rows out of the export while the report counted them, or had them
+    reported kept for 'no rule'. Those reads are inside the settled search: the request stops,
+    having changed nothing, no export written."""
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     messages(db, customers)
-    real_classify = rights_access.classify_live
-
-    def classify_then_a_run_detaches(ctx, conn, live):
-        monkeypatch.setattr(rights_access, "classify_live", real_classify)
-        decisions = real_classify(ctx, conn, live)
-        a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
-        return decisions
-
-    monkeypatch.setattr(rights_access, "classify_live", classify_then_a_run_detaches)
-    with pytest.raises(RetirementInTheWayError, match="chat_messages_2026_03"):
+    a_crash_while_deciding(
+        monkeypatch, rights_access if action == "access" else rights_erase, lambda: (policy, source_dsn, s3, storage)
+    )
+    with pytest.raises(RetirementInTheWayError, match="chat_messages_2026_03.*nothing was changed"):
         subject_rights(policy, source_dsn, s3, storage).handle(
-            subject_request("access", "after-the-check", kind="customer", subject_id=customers["2026-03"])
+            subject_request(
+                action.split()[0],
+                "decided",
+                kind="customer",
+                subject_id=customers["2026-03"],
+                preview=action != "access",
+            )
         )
-    assert not s3.list_objects_v2(Bucket=storage.archive_bucket, Prefix="exports/after-the-check/").get("Contents")
+    assert not s3.list_objects_v2(Bucket=storage.archive_bucket, Prefix="exports/decided/").get("Contents")
+
+
+def test_an_erasure_stopped_after_its_live_deletes_says_so(partitioned, s3, storage, policy, source_dsn, monkeypatch):
+    """A crash leaves a partition detached between the erasure's live deletes (committed) and its
+    search of the archive: the request stops saying what it has done, not 'nothing was changed'."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    messages(db, customers)
+    subject = customers["2026-03"]
+    contact = fp.marketing_contact(db, channel="email", last_contact="2026-05-01", customer_id=subject)
+    search = rights_erase.find_settled
+
+    def a_crash_then_the_search(*args, **kwargs):
+        a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(rights_erase, "find_settled", a_crash_then_the_search)
+    with pytest.raises(RetirementInTheWayError) as stopped:
+        subject_rights(policy, source_dsn, s3, storage).handle(
+            subject_request("erasure", "second-search", kind="customer", subject_id=subject)
+        )
+    assert "live rows that could go are erased (audited), its archived ones not yet" in str(stopped.value)
+    assert "nothing was changed" not in str(stopped.value)
+    assert contact not in f.ids(db, "marketing_contacts")
 
 
 def test_a_retirement_stops_only_the_requests_whose_rows_may_be_in_its_table(
@@ -1307,10 +1349,36 @@ def test_a_wrong_detach_wait_stops_the_run_before_anything_is_archived(
     assert db.execute("SELECT count(*) FROM retention.partition_retirements").fetchone() == (0,)
 
 
+def test_a_retirement_is_dated_from_its_write_ahead_record_not_from_its_archive(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """The watch alarms on a retirement open for hours: its age starts when its record is
+    committed (step 2), not when step 1's transaction began (the archive's whole duration)."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    archive = engine._archive_partition
+    archived_at = {}
+
+    def a_slow_archive(control, intents, reader, rule, ctx, partition, batch):
+        done = archive(control, intents, reader, rule, ctx, partition, batch)
+        time.sleep(1)
+        archived_at[partition.name] = db.execute("SELECT clock_timestamp()").fetchone()[0]
+        return done
+
+    engine._archive_partition = a_slow_archive
+    engine.archive_and_delete(RunContext("subscriber_services", "dated", D))
+    dated = dict(db.execute("SELECT partition_name, created_at FROM retention.partition_retirements").fetchall())
+    assert dated.keys() == archived_at.keys() and len(dated) == 4
+    assert all(dated[name] >= archived_at[name] for name in dated)
+
+
 def test_the_detach_wait_is_a_postgresql_interval():
     assert partition_detach.detach_wait({}) == "30min"
     assert partition_detach.detach_wait({partition_detach.DETACH_WAIT_ENV: " 90s "}) == "90s"
-    for wrong in ("0s", "soon", "10", "1 day", "5min; DROP TABLE x"):
+    assert partition_detach.detach_wait({partition_detach.DETACH_WAIT_ENV: "4h"}) == "4h"
+    for wrong in ("0s", "soon", "10", "1 day", "5min; DROP TABLE x", "5h", "241min"):
         with pytest.raises(ValueError, match="RETENTION_DETACH_WAIT"):
             partition_detach.detach_wait({partition_detach.DETACH_WAIT_ENV: wrong})
 

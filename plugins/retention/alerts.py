@@ -26,8 +26,8 @@ ALERT_CONN_ID = "smtp_default"
 DEFAULT_TO = "dpo@localhost"
 DEFAULT_FROM = "airflow-retention@localhost"
 STALE_AFTER = dt.timedelta(days=2)
-# How long a partition may stay between its table and the archive (a retirement's detach done,
-# its drop not: seconds in a run, up to RETENTION_DETACH_WAIT behind a backup) before it is an
+# How long a partition's retirement may stay open (its write-ahead record committed, its drop not:
+# seconds in a run, up to RETENTION_DETACH_WAIT, at most 4h, behind a backup) before it is an
 # alarm: a run interrupted there, not finished since (retention.status.open_retirements).
 OPEN_RETIREMENT_AFTER = dt.timedelta(hours=6)
 # Days a record may stay past its due date before the watch (and the Retention page) calls it
@@ -283,9 +283,10 @@ def open_retirement_alarms(retirements: list[dict]) -> list[Alarm]:
         Alarm(
             r["purpose"],
             "open_retirement",
-            f"partition {r['partition']} of {r['table']} has been detached for {r['hours']} h (run {r['run_id']}, "
-            f"interrupted before its drop): its rows are in neither the table nor the archive, and subject "
-            "requests that may concern that table stop, until the purpose's next enforced run finishes it",
+            f"partition {r['partition']} of {r['table']} has been in retirement for {r['hours']} h (run "
+            f"{r['run_id']}, interrupted between its write-ahead record and its drop): once detached, its rows "
+            "are in neither the table nor the archive, and subject requests that may concern that table stop, "
+            "until the purpose's next enforced run finishes it",
         )
         for r in retirements
     ]

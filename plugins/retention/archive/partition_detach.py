@@ -23,14 +23,20 @@ from retention.archive.run import RetentionError
 
 DETACH_WAIT_ENV = "RETENTION_DETACH_WAIT"
 DEFAULT_DETACH_WAIT = "30min"
-_INTERVAL = re.compile(r"[1-9][0-9]*\s*(ms|s|min|h)")
+# At most this long: the watch alarms on a retirement open longer (retention.alerts).
+LONGEST_DETACH_WAIT_S = 4 * 3600
+_INTERVAL = re.compile(r"([1-9][0-9]*)\s*(ms|s|min|h)")
+_SECONDS = {"ms": 0.001, "s": 1, "min": 60, "h": 3600}
 
 
 def detach_wait(environ: dict | None = None) -> str:
-    """The configured wait, as PostgreSQL reads it (``90s``, ``30min``, ``2h``)."""
+    """The configured wait, as PostgreSQL reads it (``90s``, ``30min``, ``2h``; at most 4h)."""
     value = (environ if environ is not None else os.environ).get(DETACH_WAIT_ENV, "").strip() or DEFAULT_DETACH_WAIT
-    if not _INTERVAL.fullmatch(value):
-        raise ValueError(f"{DETACH_WAIT_ENV} must be a positive number of ms, s, min or h (e.g. 30min), got {value!r}")
+    interval = _INTERVAL.fullmatch(value)
+    if not interval or int(interval[1]) * _SECONDS[interval[2]] > LONGEST_DETACH_WAIT_S:
+        raise ValueError(
+            f"{DETACH_WAIT_ENV} must be a positive number of ms, s, min or h up to 4h (e.g. 30min), got {value!r}"
+        )
     return value
 
 

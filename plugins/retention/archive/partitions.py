@@ -288,9 +288,11 @@ class PartitionRetirement(PartitionPlanning):
                         (verified.size, verified.sha256_hex, verified.version_id, manifest_id),
                     )
                 retirement_id = cur.execute(
+                    # created_at: now, not the transaction's start (step 1: the archive's duration).
                     "INSERT INTO retention.partition_retirements (run_id, logical_date, purpose, rule, table_name,"
-                    " partition_name, partition_bound, row_count, rows_checksum, manifest_ids, state)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], 'detaching') RETURNING id",
+                    " partition_name, partition_bound, row_count, rows_checksum, manifest_ids, state, created_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], 'detaching', clock_timestamp())"
+                    " RETURNING id",
                     (
                         ctx.run_id,
                         ctx.logical_date,

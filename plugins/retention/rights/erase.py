@@ -58,7 +58,13 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
         with connect(ctx.dsn, f"retention:{purpose}") as control:
             report["erased"]["files_kept_shared"] += dispose_documents(control, ctx.store, ctx.schema, purpose)
     # Searched again after the live rows went: an object the engine committed meanwhile is seen.
-    fresh = find_settled(ctx, conn, req, seed=found.ids)
+    fresh = find_settled(
+        ctx,
+        conn,
+        req,
+        seed=found.ids,
+        done="its live rows that could go are erased (audited), its archived ones not yet",
+    )
     erase_archived(ctx, conn, req, fresh, report, preview=False)
 
 

@@ -28,6 +28,7 @@ T = TypeVar("T")
 # Searches made before giving up when retirements keep moving under them (each wait lets the
 # purpose's run end first, so a second search is normally the last).
 SEARCHES = 4
+NOTHING_DONE = "nothing was changed"
 
 
 class RetirementInTheWayError(RuntimeError):
@@ -71,25 +72,29 @@ class _Watch:
             raise _Moved(list(moved.values()))
 
 
-def settled(ctx: RequestContext, req: SubjectRequest, search: Callable[[Callable[[], None]], T]) -> T:
+def settled(
+    ctx: RequestContext, req: SubjectRequest, search: Callable[[Callable[[], None]], T], done: str = NOTHING_DONE
+) -> T:
     """``search(check)``, repeated until no retirement of a table the subject's rows may be in
     moved while it ran. ``search`` calls ``check()`` after its last read (inside its transaction,
     before any write it commits): it raises when one moved, which rolls that transaction back
-    before the wait."""
+    before the wait. ``done``: what the request has changed so far, for the error if it stops."""
     for _ in range(SEARCHES):
         with ctx.connect() as conn:
             watch = _Watch(conn, subject_tables(ctx, conn, req))
             try:
                 return search(watch.check)
             except _Moved as moved:
-                _wait_for_runs(ctx, moved.retirements)
+                _wait_for_runs(ctx, moved.retirements, done)
     raise RetirementInTheWayError(
-        f"partitions kept being retired while the request searched ({SEARCHES} searches): nothing was changed; "
+        f"partitions kept being retired while the request searched ({SEARCHES} searches): {done}; "
         "retry the request when the retention runs are over"
     )
 
 
-def find_settled(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int]] | None = None) -> Found:
+def find_settled(
+    ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int]] | None = None, done: str = NOTHING_DONE
+) -> Found:
     """retention.rights.find.find, settled against partitions being retired."""
 
     def search(check: Callable[[], None]) -> Found:
@@ -97,7 +102,7 @@ def find_settled(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str,
         check()
         return found
 
-    return settled(ctx, req, search)
+    return settled(ctx, req, search, done)
 
 
 def _retirements(conn) -> dict[int, Retirement]:
@@ -111,7 +116,7 @@ def _retirements(conn) -> dict[int, Retirement]:
     }
 
 
-def _wait_for_runs(ctx: RequestContext, moved: list[Retirement]) -> None:
+def _wait_for_runs(ctx: RequestContext, moved: list[Retirement], done: str) -> None:
     """Each moved retirement's purpose: its run waited for (the lock taken, then released). One
     still open under the lock was left by an interrupted run: stop."""
     for purpose in sorted({r.purpose for r in moved}):
@@ -121,7 +126,7 @@ def _wait_for_runs(ctx: RequestContext, moved: list[Retirement]) -> None:
                 purpose,
                 ctx.lock_timeout,
                 on_timeout=f"a run of purpose {purpose!r} is retiring partitions whose rows the request must see "
-                f"(waited {ctx.lock_timeout:.0f}s): nothing was changed; retry the request after the run",
+                f"(waited {ctx.lock_timeout:.0f}s): {done}; retry the request after the run",
             )
             try:
                 ids = [r.id for r in moved if r.purpose == purpose]
@@ -137,5 +142,5 @@ def _wait_for_runs(ctx: RequestContext, moved: list[Retirement]) -> None:
             raise RetirementInTheWayError(
                 f"partition {partition} of {table} was left detached by an interrupted run of purpose {purpose!r} "
                 f"(run {run_id}): its rows are neither in the table nor in the archive until the purpose's next "
-                "run finishes its retirement; nothing was changed: retry the request after that run"
+                f"run finishes its retirement; {done}: retry the request after that run"
             )

@@ -64,10 +64,13 @@ class SubjectRights:
         with ctx.connect() as conn:
             if not req.preview:
                 record_start(conn, req, report)
-            # The search, and for an access every read of the export, settled against partitions
-            # being retired (an erasure settles its own steps: retention.rights.erase).
+            # The search, and for an access every read of the export (for an erasure's preview,
+            # of its decisions), settled against partitions being retired (an erasure settles its
+            # own steps: retention.rights.erase).
             if req.action == "access":
                 found, gathered = settled(ctx, req, lambda check: self._gathered(ctx, conn, req, report, check))
+            elif req.preview:
+                found = settled(ctx, req, lambda check: self._previewed(ctx, conn, req, report, check))
             else:
                 found = find_settled(ctx, conn, req)
             report_found(report, found)
@@ -80,7 +83,7 @@ class SubjectRights:
                 report["identifiers_not_recorded"] = found.identifiers_not_recorded
             if req.action == "access":
                 export(ctx, conn, req, gathered, report)
-            else:
+            elif not req.preview:
                 erase(ctx, conn, req, found, report)
             report_objects_read(report, found, ctx.objects_read)  # every object read, in the evidence
             if not req.preview:
@@ -102,6 +105,16 @@ class SubjectRights:
             req.preview,
         )
         return report
+
+    @staticmethod
+    def _previewed(ctx: RequestContext, conn, req: SubjectRequest, report: dict, check) -> Found:
+        """An erasure's preview: the search and the reads of its decisions, settled together
+        (each search decides afresh: what an earlier one reported is dropped)."""
+        report["kept"], report["objects"] = [], []
+        found = find(ctx, conn, req)
+        erase(ctx, conn, req, found, report)  # preview: decides and reports, changes nothing
+        check()
+        return found
 
     @staticmethod
     def _gathered(ctx: RequestContext, conn, req: SubjectRequest, report: dict, check) -> tuple[Found, Gathered]:
