@@ -157,6 +157,19 @@ def committed_ids(db) -> list[int]:
     ]
 
 
+def a_hold_just_before_detaching(engine, dsn: str, partition: str, customer: int) -> None:
+    """A DPO holds ``customer`` (from another connection) just before ``partition``'s detach: after
+    the step-2 re-check, before step 4's."""
+    detach = engine._detach
+
+    def hold_then_detach(autocommit_conn, table, detached):
+        if detached == partition:
+            place_hold(dsn, "customers", customer).join(10)
+        detach(autocommit_conn, table, detached)
+
+    engine._detach = hold_then_detach
+
+
 def merged_after_the_listing(engine, dsn: str, into: str, merged: str, until: str) -> None:
     """A DBA merges ``merged``'s partition into ``into``'s, its bound widened to ``until`` (all
     YYYY-MM), right after the engine listed chat_messages' partitions and their bounds."""
@@ -627,14 +640,7 @@ def test_a_partition_merged_during_the_run_is_attached_again_with_its_new_bound(
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
     merged_after_the_listing(engine, source_dsn, "2026-03", "2026-04", until="2026-05")
-    detach = engine._detach
-
-    def hold_then_detach(autocommit_conn, table, partition):
-        if partition == "chat_messages_2026_03":
-            place_hold(source_dsn, "customers", customers["2026-04"]).join(10)
-        detach(autocommit_conn, table, partition)
-
-    engine._detach = hold_then_detach
+    a_hold_just_before_detaching(engine, source_dsn, "chat_messages_2026_03", customers["2026-04"])
     engine.archive_and_delete(RunContext("subscriber_services", "merged-and-held", D))
     assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "attached"
     assert set(made["2026-04"]) <= f.ids(db, "chat_messages"), "the held rows"
@@ -930,14 +936,14 @@ def test_a_subject_request_waits_for_a_retirement_finished_while_it_searches(
     assert report["found"]["probative"] == {"chat_messages": len(made["2026-05"])}
 
 
-def a_crash_while_deciding(monkeypatch, module, services) -> None:
+def a_crash_while_deciding(monkeypatch, module, services: tuple) -> None:
     """When the request decides its rows (``module.classify_live``, after its search), a run has
     just detached March's partition and crashed (``services``: policy, dsn, s3, storage)."""
     classify = module.classify_live
 
     def classify_after_a_detach(ctx, conn, live):
         monkeypatch.setattr(module, "classify_live", classify)
-        a_run_crashes_after_detaching(*services(), "chat_messages_2026_03")
+        a_run_crashes_after_detaching(*services, "chat_messages_2026_03")
         return classify(ctx, conn, live)
 
     monkeypatch.setattr(module, "classify_live", classify_after_a_detach)
@@ -956,7 +962,7 @@ def test_a_request_decides_and_reads_its_rows_inside_its_settled_search(
     customers = {month: f.customer(db) for month in MONTHS}
     messages(db, customers)
     a_crash_while_deciding(
-        monkeypatch, rights_access if action == "access" else rights_erase, lambda: (policy, source_dsn, s3, storage)
+        monkeypatch, rights_access if action == "access" else rights_erase, (policy, source_dsn, s3, storage)
     )
     with pytest.raises(RetirementInTheWayError, match="chat_messages_2026_03.*nothing was changed"):
         subject_rights(policy, source_dsn, s3, storage).handle(
@@ -1393,14 +1399,7 @@ def test_a_hold_placed_just_before_the_detach_attaches_the_partition_again(
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
-    detach = engine._detach
-
-    def hold_then_detach(autocommit_conn, table, partition):
-        if partition == "chat_messages_2026_04":
-            place_hold(source_dsn, "customers", customers["2026-04"]).join(10)
-        detach(autocommit_conn, table, partition)
-
-    engine._detach = hold_then_detach
+    a_hold_just_before_detaching(engine, source_dsn, "chat_messages_2026_04", customers["2026-04"])
     (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "late_hold", D))
     assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
     assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
