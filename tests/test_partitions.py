@@ -1001,6 +1001,49 @@ def test_an_erasure_stopped_after_its_live_deletes_says_so(partitioned, s3, stor
     assert contact not in f.ids(db, "marketing_contacts")
 
 
+@pytest.mark.parametrize("step", ["archive_and_delete", "recover_before_units"])
+def test_a_purpose_put_in_preview_after_a_crash_attaches_its_detached_partition_again(
+    partitioned, s3, storage, policy, source_dsn, step
+):
+    """A crash leaves March detached; the purpose is then put in preview mode (the team looks
+    into it). An enforced run's recovery would drop March; a preview deletes nothing, so its run
+    attaches March again (either first step of the archive: one task, or the units' recovery),
+    and the customers' requests go on. A dry run of the enforced purpose leaves it to the next
+    enforced run, which retires March whole, each row archived once."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
+    engine_for(policy, source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "a-dry-run", D, dry_run=True)
+    )
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "detached"
+
+    previewing = engine_for(policy.with_mode("preview"), source_dsn, s3, storage)
+    ctx = RunContext("subscriber_services", "in-preview", D, mode="preview", dry_run=True)
+    if step == "recover_before_units":
+        previewing.recover_before_units(ctx, previewing.make_plan(ctx))
+    else:
+        previewing.archive_and_delete(ctx)
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "attached"
+    assert set(made["2026-03"]) <= f.ids(db, "chat_messages")
+    assert db.execute("SELECT partition_name, state FROM retention.partition_retirements ORDER BY id").fetchall() == [
+        ("chat_messages_2019_01", "dropped"),
+        ("chat_messages_2026_03", "kept"),
+    ]
+    report = subject_rights(policy, source_dsn, s3, storage).handle(
+        subject_request("access", "after-the-preview", kind="customer", subject_id=customers["2026-03"], preview=True)
+    )
+    assert report["found"]["live"]["chat_messages"] == len(made["2026-03"])
+    uploads = "SELECT count(*) FROM retention.archive_manifest WHERE run_id = 'crashed' AND state = 'uploading'"
+    assert db.execute(uploads).fetchone()[0] > 0  # a preview sends no request to S3: the next enforced run removes them
+
+    engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "enforced", D))
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "gone"
+    assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+    assert db.execute(uploads).fetchone() == (0,)
+
+
 def test_a_retirement_stops_only_the_requests_whose_rows_may_be_in_its_table(
     partitioned, s3, storage, policy, source_dsn
 ):
@@ -1339,6 +1382,30 @@ def test_a_detach_kept_waiting_stops_the_run_and_the_next_run_finishes_it(
     assert outcome.partitions["dropped"] == 3
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
     assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+
+
+def test_a_preview_finalizes_a_detach_left_pending_then_attaches_the_partition_again(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A backup kept 2019's detach pending; the purpose is then put in preview mode: once the
+    backup is over, its run finalizes the detach and attaches the partition again, rows and all."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    monkeypatch.setenv(partition_detach.DETACH_WAIT_ENV, "1s")
+    with psycopg.connect(source_dsn, application_name="pg_dump") as backup:
+        backup.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        backup.execute("SELECT count(*) FROM app.chat_messages")
+        with pytest.raises(RetentionError, match="the partition is pending"):
+            engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "kept", D))
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "pending"
+
+    engine_for(policy.with_mode("preview"), source_dsn, s3, storage).archive_and_delete(
+        RunContext("subscriber_services", "in-preview", D, mode="preview", dry_run=True)
+    )
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "attached"
+    assert f.ids(db, "chat_messages") == {i for ids in made.values() for i in ids}
+    assert db.execute("SELECT state FROM retention.partition_retirements").fetchall() == [("kept",)]
 
 
 def test_a_wrong_detach_wait_stops_the_run_before_anything_is_archived(

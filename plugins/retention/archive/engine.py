@@ -188,7 +188,8 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
     def archive_and_delete(
         self, ctx: RunContext, plan: Plan | None = None, unit: Unit | None = None
     ) -> list[RuleOutcome]:
-        """Archive then delete the due rows of the purpose (nothing at all in preview), at most
+        """Archive then delete the due rows of the purpose (in preview mode nothing, but the
+        partitions an interrupted run left detached attached again: put_back_in_preview), at most
         what the approved ``plan`` counted per rule (rows found beyond it stay for the next run,
         reported as ``beyond_plan``); without a plan (a direct call) the run plans first, under
         its lock. With a ``unit``, only that rule and id range, under the purpose's lock in
@@ -199,6 +200,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         if self.previews(ctx):
             if unit is not None:  # the plan's counts are the run's (retention.tasks.merge_units)
                 return []
+            self.put_back_in_preview(ctx)
             return plan.rules if plan is not None else self.plan(ctx)
         if unit is not None and plan is None:
             raise ValueError("a unit is a share of an approved plan: pass the plan")
@@ -268,6 +270,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         refuse_future(ctx.logical_date)
         self.check_plan(plan, ctx)
         if self.previews(ctx):
+            self.put_back_in_preview(ctx)
             return {"orphans_removed": 0, "locks_applied": 0}
         self.store.preflight()
         with self._connect() as control:

@@ -47,7 +47,7 @@ from psycopg import sql
 
 from retention.archive import partition_detach
 from retention.archive.batch import BATCH_WORK_MEM, Batch, split_rows
-from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
+from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS, release_purpose_lock
 from retention.archive.parquet import typed
 from retention.archive.partition_drops import DetachedPartition, PartitionDrops, PartitionsDone
 from retention.archive.partition_plan import Partition, PartitionPlanning, attached_state, foreign_key_neighbours
@@ -552,16 +552,14 @@ class PartitionRetirement(PartitionPlanning):
             (state, retirement_id),
         )
 
-    def _finish_partition_retirements(self, control) -> int:
+    def _finish_partition_retirements(self, control, *, put_back: bool = False) -> int:
         """What a crash left between the write-ahead record and the drop, finished (recover):
         a detach left pending finalized, then the detached table re-checked and dropped (or
-        attached again); a partition never detached kept (its uploads are orphans)."""
-        open_retirements = control.execute(
-            "SELECT id, table_name, partition_name FROM retention.partition_retirements"
-            " WHERE purpose = %s AND state = 'detaching' ORDER BY id",
-            (self.purpose_name,),
-        ).fetchall()
-        control.commit()
+        attached again); a partition never detached kept (its uploads are orphans). With
+        ``put_back`` (a purpose in preview mode: it deletes nothing) the detached table is
+        attached again instead, its record 'kept' (its uploads stay orphans for the next
+        enforced run's recovery)."""
+        open_retirements = self._open_retirements(control)
         for retirement_id, table, partition in open_retirements:
             where = attached_state(control, self.schema, table, partition)
             control.commit()
@@ -577,6 +575,55 @@ class PartitionRetirement(PartitionPlanning):
             if where == "pending":
                 with psycopg.connect(self.dsn, autocommit=True) as finalizer:
                     partition_detach.finalize(finalizer, self.schema, table, partition)
+            if put_back:
+                self._put_back(control, retirement_id, table, partition)
+                continue
             self._finish_detached(control, retirement_id)
             log.warning("finished the retirement of partition %s of %s left by an interrupted run", partition, table)
         return len(open_retirements)
+
+    def _open_retirements(self, control) -> list[tuple[int, str, str]]:
+        """(id, table, partition) of the purpose's retirements still 'detaching'; committed."""
+        open_retirements = control.execute(
+            "SELECT id, table_name, partition_name FROM retention.partition_retirements"
+            " WHERE purpose = %s AND state = 'detaching' ORDER BY id",
+            (self.purpose_name,),
+        ).fetchall()
+        control.commit()
+        return open_retirements
+
+    def _put_back(self, control, retirement_id: int, table: str, partition: str) -> None:
+        """A detached partition attached again with the bound it had, nothing deleted."""
+        (bound,) = control.execute(
+            "SELECT partition_bound FROM retention.partition_retirements WHERE id = %s", (retirement_id,)
+        ).fetchone()
+        try:
+            control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+            self._attach_again(control, retirement_id, table, partition, bound)
+        except BaseException:
+            control.rollback()
+            raise
+        log.warning(
+            "preview mode: partition %s of %s, left detached by an interrupted enforced run, attached again "
+            "(nothing deleted; its uploads are removed by the next enforced run)",
+            partition,
+            table,
+        )
+
+    def put_back_in_preview(self, ctx: RunContext) -> int:
+        """The one change a run of a purpose in preview mode makes: the partitions an interrupted
+        enforced run left detached (their rows in neither the table nor the archive, the
+        subject requests of their table stopped) are attached again, under the purpose's lock;
+        an enforced run's recovery would drop them, which a preview never does. A dry run of an
+        enforced purpose leaves them to that purpose's next run. Returns how many were open."""
+        if self.purpose.enforced:
+            return 0
+        with self._connect() as control:
+            if not self._open_retirements(control):
+                return 0  # the usual case: no lock taken
+            self._acquire_purpose_lock(control)
+            try:
+                return self._finish_partition_retirements(control, put_back=True)
+            finally:
+                control.rollback()
+                release_purpose_lock(control, self.purpose_name)
