@@ -278,7 +278,8 @@ def future_run_alarms(future_runs: dict[str, list[tuple[str, dt.datetime]]]) -> 
 def open_retirement_alarms(retirements: list[dict]) -> list[Alarm]:
     """Alarms for partitions left between their table and the archive (retention.status.
     open_retirements): their rows are hidden from the application, and the subject requests that
-    may concern that table stop, until a run of the purpose, in enforce mode, finishes them."""
+    may concern that table stop, until a run of the purpose finishes them (enforce mode) or
+    attaches them again (preview mode)."""
     return [
         Alarm(
             r["purpose"],
@@ -286,7 +287,7 @@ def open_retirement_alarms(retirements: list[dict]) -> list[Alarm]:
             f"partition {r['partition']} of {r['table']} has been in retirement for {r['hours']} h (run "
             f"{r['run_id']}, interrupted between its write-ahead record and its drop): once detached, its rows "
             "are in neither the table nor the archive, and subject requests that may concern that table stop, "
-            "until the purpose's next enforced run finishes it",
+            "until the purpose's next enforced run finishes it (in preview mode, its next run attaches it again)",
         )
         for r in retirements
     ]

@@ -142,5 +142,6 @@ def _wait_for_runs(ctx: RequestContext, moved: list[Retirement], done: str) -> N
             raise RetirementInTheWayError(
                 f"partition {partition} of {table} was left detached by an interrupted run of purpose {purpose!r} "
                 f"(run {run_id}): its rows are neither in the table nor in the archive until the purpose's next "
-                f"run finishes its retirement; {done}: retry the request after that run"
+                f"run finishes its retirement (in preview mode: attaches it again); {done}: retry the request after "
+                "that run"
             )
