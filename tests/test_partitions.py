@@ -431,15 +431,18 @@ def test_a_table_whose_delete_does_more_than_a_drop_takes_the_row_path(
         db.execute("DROP TABLE app.deletion_journal")
 
 
+@pytest.mark.parametrize("when", ["while it is archived", "while it is re-checked"])
 @pytest.mark.parametrize("more", ["a guard trigger", "a journal trigger"])
-def test_a_delete_trigger_added_while_a_partition_is_archived_keeps_it(
-    partitioned, s3, storage, policy, source_dsn, more
+def test_a_delete_trigger_added_while_a_partition_is_retired_keeps_it(
+    partitioned, s3, storage, policy, source_dsn, more, when
 ):
-    """A DBA adds the trigger while April is archived (step 1): CREATE TRIGGER waits for the
-    partition's SHARE lock, so step 2's re-check cannot see it; it commits just after step 2,
-    before the detach. Step 4 reads the catalog again: April is attached again and its rows take
-    the row path, where the trigger runs (the guard refuses its message; the journal has every
-    row deleted from then on). Found by a review, with this test."""
+    """A DBA adds the trigger while April is retired. While it is archived (step 1, which does
+    not block the table), CREATE TRIGGER commits at once: step 2's catalog re-check sees it. While
+    it is re-checked (step 2, the partition in SHARE mode), CREATE TRIGGER waits for that lock, so
+    step 2 cannot see it; it commits just after, before the detach: step 4 reads the catalog
+    again (found by a review, with this test). Either way April is attached again and its rows
+    take the row path, where the trigger runs (the guard refuses its message; the journal has
+    every row deleted from then on)."""
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
@@ -447,21 +450,29 @@ def test_a_delete_trigger_added_while_a_partition_is_archived_keeps_it(
     db.execute("CREATE TABLE app.deletion_journal (message_id bigint)")
     set_up, undo = DELETE_DOES_MORE[more]
     engine = engine_for(policy, source_dsn, s3, storage)
-    archive = engine._archive_partition
+    archive, recheck_the_catalog = engine._archive_partition, engine._changed_since_the_listing
     dba = []
 
     def archive_while_the_dba_adds_the_trigger(control, intents, reader, rule, ctx, partition, batch):
         archived = archive(control, intents, reader, rule, ctx, partition, batch)
-        if partition.name == "chat_messages_2026_04":
+        if partition.name == "chat_messages_2026_04" and when == "while it is archived":
+            dba.append(InThread(lambda: as_the_dba(source_dsn, set_up.format(guarded=guarded))))
+            dba[0].join(10)  # not kept waiting by the archive
+        return archived
+
+    def recheck_while_the_dba_adds_the_trigger(control, rule, partition):
+        changed = recheck_the_catalog(control, rule, partition)
+        if partition == "chat_messages_2026_04" and when == "while it is re-checked":
             dba.append(InThread(lambda: as_the_dba(source_dsn, set_up.format(guarded=guarded))))
             waits = "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE NOT granted"
             deadline = time.monotonic() + 10
             while not db.execute(f"{waits} AND application_name = 'dba'").fetchone()[0]:
                 assert time.monotonic() < deadline, "the DDL never waited for the partition"
                 time.sleep(0.05)
-        return archived
+        return changed
 
     engine._archive_partition = archive_while_the_dba_adds_the_trigger
+    engine._changed_since_the_listing = recheck_while_the_dba_adds_the_trigger
     try:
         ctx = RunContext("subscriber_services", "trigger-added", D)
         if more == "a guard trigger":
@@ -472,7 +483,10 @@ def test_a_delete_trigger_added_while_a_partition_is_archived_keeps_it(
         dba[0].join(30)
         assert partitions_left(db, "chat_messages") == ["2026_04", "2026_05", "2026_06", "2026_07"]
         states = db.execute("SELECT partition_name, state FROM retention.partition_retirements ORDER BY id").fetchall()
-        assert ("chat_messages_2026_04", "kept") in states
+        if when == "while it is re-checked":
+            assert ("chat_messages_2026_04", "kept") in states  # its record written, then attached again
+        else:
+            assert "chat_messages_2026_04" not in {name for name, _ in states}  # kept at step 2: never recorded
         if more == "a guard trigger":
             assert guarded in f.ids(db, "chat_messages")
         else:
@@ -1149,42 +1163,113 @@ def test_a_partition_is_dropped_while_the_next_one_is_archived(
     ).fetchone() == (0,), "every object locked, its lock recorded"
 
 
-def test_an_application_transaction_waiting_for_the_next_partition_is_not_kept_waiting_by_the_drop(
-    partitioned, s3, storage, policy, source_dsn, monkeypatch
+@pytest.mark.parametrize("write", ["an update", "an insert"])
+def test_an_application_write_while_a_partition_is_archived_goes_through_and_keeps_it(
+    partitioned, s3, storage, policy, source_dsn, write
 ):
-    """An ordinary application transaction reads a customer, then updates that customer's chat
-    messages (every partition: no pruning on customer_id), so it waits for the SHARE lock the
-    next partition's archive holds; meanwhile the drop beside that archive needs customers in
-    ACCESS EXCLUSIVE (the detached partition's foreign-key triggers), which waits for the
-    application. The database sees no deadlock (the run waits for the drop in Python): the drop
-    gives up within OVERLAPPED_DROP_LOCK_TIMEOUT and is done after the last partition, the
-    application goes on in about that time, the run ends green and every retirement is closed."""
-    monkeypatch.setattr(partition_drops, "BATCH_LOCK_TIMEOUT", "20s")  # what a drop waited before
+    """While March is archived (step 1) and 2019's drop runs beside it (its foreign-key triggers
+    lock customers), an ordinary application transaction reads a customer, then edits that
+    customer's messages (every partition: no pruning on customer_id) or files a late March
+    message. Step 1 blocks no write: it goes through at once (it used to wait for the whole
+    archive). March's rows changed after they were read: step 2 finds it (their fingerprint,
+    their count), so March stays, its uploads are removed and its rows go by the row path as
+    they are now (the edited text archived); the late message, beyond the approved plan, stays."""
     db = partitioned
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
+    archive = engine._archive_partition
+    waited: list[float] = []
+    late = []
+
+    def archive_then_the_application_writes(control, intents, reader, rule, ctx, partition, batch):
+        archived = archive(control, intents, reader, rule, ctx, partition, batch)
+        if partition.name == "chat_messages_2026_03":  # step 1, its transaction still open
+            with psycopg.connect(source_dsn, application_name="app") as app:
+                app.execute("SET lock_timeout = '5s'")
+                app.execute("SELECT id FROM app.customers WHERE id = %s", (customers["2026-03"],))
+                started = time.monotonic()
+                if write == "an update":
+                    app.execute(
+                        "UPDATE app.chat_messages SET body = body || ' (edited)' WHERE customer_id = %s",
+                        (customers["2026-03"],),
+                    )
+                else:
+                    late.append(fp.chat_message(app, customers["2026-03"], transmitted=f.paris("2026-03-20", 10)))
+                app.commit()
+                waited.append(time.monotonic() - started)
+        return archived
+
+    engine._archive_partition = archive_then_the_application_writes
+    (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "application", D))
+    assert waited and waited[0] < 2, f"the application waited {waited} s"
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert "2026_03" in partitions_left(db, "chat_messages")
+    assert db.execute("SELECT state FROM retention.partition_retirements WHERE state <> 'dropped'").fetchall() == []
+    assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"], *late}
+    states = dict(
+        db.execute(
+            "SELECT state, count(*) FROM retention.archive_manifest WHERE record_ids && %s::bigint[] GROUP BY 1",
+            (made["2026-03"],),
+        ).fetchall()
+    )
+    assert states == {"abandoned": 3, "committed": 3}  # the partition's uploads, then the row path's
+    archived_bodies = [
+        row["body"]
+        for (key,) in db.execute(
+            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND record_ids && %s::bigint[]",
+            (made["2026-03"],),
+        ).fetchall()
+        for row in pq.read_table(
+            io.BytesIO(s3.get_object(Bucket=storage.archive_bucket, Key=key)["Body"].read())
+        ).to_pylist()
+    ]
+    assert len(archived_bodies) == 3
+    assert all(body.endswith(" (edited)") for body in archived_bodies) == (write == "an update")
+
+
+def test_an_application_transaction_waiting_for_a_tier_none_partition_is_not_kept_waiting_by_the_drop(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Tier none holds the next partition in SHARE mode from its check to its step 2 (nothing to
+    archive in between). An ordinary application transaction reads a customer, then updates that
+    customer's cookie choices (every partition: no pruning on customer_id), so it waits for that
+    lock; meanwhile the drop beside it needs customers in ACCESS EXCLUSIVE (the detached
+    partition's foreign-key triggers), which waits for the application. The database sees no
+    deadlock (the run waits for the drop in Python): the drop gives up within
+    OVERLAPPED_DROP_LOCK_TIMEOUT and is done after the last partition, the application goes on in
+    about that time, the run ends green and every retirement is closed."""
+    monkeypatch.setattr(partition_drops, "BATCH_LOCK_TIMEOUT", "20s")  # what a drop waited before
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    choices = {
+        month: [fp.cookie_consent(db, recorded=f"{month}-{day:02d}", customer_id=customers[month]) for day in (3, 17)]
+        for month in MONTHS
+    }
+    engine = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents")
     drop, archive = engine._drop_detached, engine._archive_partition
     app_waits = threading.Event()
     waited: list[float] = []
     app = psycopg.connect(source_dsn)
 
     def drop_once_the_application_waits(conn, rule, ctx, detached, lock_timeout):
-        if detached.name == "chat_messages_2019_01":
+        if detached.name == "cookie_consents_2019_01":
             assert app_waits.wait(20), "the application never waited for the next partition"
         return drop(conn, rule, ctx, detached, lock_timeout)
 
-    def archive_beside_the_application(control, intents, reader, rule, ctx, partition, batch):
-        if partition.name == "chat_messages_2026_03":  # step 1: the run holds it in SHARE mode
+    def check_beside_the_application(control, intents, reader, rule, ctx, partition, batch):
+        if partition.name == "cookie_consents_2026_03":  # its check done: the run holds it in SHARE mode
             app.execute("SELECT id FROM app.customers WHERE id = %s", (customers["2026-03"],))
 
-            def update_the_customers_messages():
+            def update_the_customers_choices():
                 started = time.monotonic()
-                app.execute("UPDATE app.chat_messages SET body = body WHERE customer_id = %s", (customers["2026-03"],))
+                app.execute(
+                    "UPDATE app.cookie_consents SET choice = choice WHERE customer_id = %s", (customers["2026-03"],)
+                )
                 app.commit()
                 waited.append(time.monotonic() - started)
 
-            threading.Thread(target=update_the_customers_messages, daemon=True).start()
+            threading.Thread(target=update_the_customers_choices, daemon=True).start()
             for _ in range(200):
                 if db.execute(
                     "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", (app.info.backend_pid,)
@@ -1195,22 +1280,21 @@ def test_an_application_transaction_waiting_for_the_next_partition_is_not_kept_w
             time.sleep(0.5)  # the drop asks for customers meanwhile
         return archive(control, intents, reader, rule, ctx, partition, batch)
 
-    engine._drop_detached, engine._archive_partition = drop_once_the_application_waits, archive_beside_the_application
+    engine._drop_detached, engine._archive_partition = drop_once_the_application_waits, check_beside_the_application
     try:
-        (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "application", D))
+        # Cookie choices: 6 months from the choice; on 2026-12-01, choices before 2026-06-01 are due.
+        (outcome,) = engine.archive_and_delete(RunContext("cookie_consents", "application", f.midnight("2026-12-01")))
     finally:
         app.close()
     assert waited and waited[0] < 10, f"the application waited {waited} s"
-    # 2026_03's rows were written by the application after its archive: that partition stays (its rows
-    # go by the row path); 2019_01's drop, given up beside the archive, came last.
-    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert outcome.partitions == {"dropped": 4, "rows": 8, "kept": 0}
     assert db.execute(
         "SELECT partition_name, state FROM retention.partition_retirements ORDER BY finished_at"
-    ).fetchall()[-1] == ("chat_messages_2019_01", "dropped")
+    ).fetchall()[-1] == ("cookie_consents_2019_01", "dropped")  # given up beside the next check, done last
     assert db.execute("SELECT count(*) FROM retention.partition_retirements WHERE state = 'detaching'").fetchone() == (
         0,
     )
-    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    assert f.ids(db, "cookie_consents") == set(choices["2026-06"] + choices["2026-07"])
 
 
 def test_a_drop_still_locked_after_the_last_partition_fails_the_run_and_keeps_the_rows(

@@ -63,7 +63,9 @@ class PartitionDrops:
 
     A drop beside the next archive waits at most OVERLAPPED_DROP_LOCK_TIMEOUT for its locks: an
     application transaction can hold one of them (it read a customer) while it waits for the
-    next partition's lock, a wait the database cannot see as a deadlock. Such a drop is left
+    next partition's lock (tier none holds it in SHARE mode from its check; an archived
+    partition's step 1 holds ACCESS SHARE only), a wait the database cannot see as a deadlock.
+    Such a drop is left
     for later (``deferred``: the partition stays detached under its 'detaching' record) and done
     again after the rule's last partition, when no transaction of the run holds anything."""
 

@@ -11,13 +11,16 @@ which then deletes the partition's deletable rows and leaves the partition in pl
 
 One partition, under the purpose's lock:
 
-1. archive: in a transaction holding the partition in SHARE mode (the application's writes to
-   it wait), the rows checked and their versions' fingerprint taken (one scan), then the rows
-   read, grouped per end day, recorded as 'uploading' intents in the manifest, uploaded and
-   read back: the row path's own steps;
-2. re-check with the hold table locked (a hold placed during step 1 is seen: the partition is
-   kept, its uploads removed), then the write-ahead record 'detaching' committed
-   (retention.partition_retirements, with the objects' verified size, checksum and version);
+1. archive: in one snapshot (REPEATABLE READ, shared with the reader; the application writes
+   on), the rows checked and their versions' fingerprint taken (one scan), then the rows read,
+   grouped per end day, recorded as 'uploading' intents in the manifest, uploaded and read
+   back: the row path's own steps;
+2. the partition locked in SHARE mode (the application's writes wait from here) and the hold
+   table too, the rows re-checked and their fingerprint taken again: a hold placed or a row
+   written during step 1 keeps the partition, its uploads removed; then the write-ahead record
+   'detaching' committed (retention.partition_retirements, with the objects' verified size,
+   checksum and version). Tier none reads nothing: its step 1 holds the SHARE lock and step 2
+   follows in the same transaction;
 3. ``DETACH PARTITION ... CONCURRENTLY`` (autocommit: it cannot run in a transaction block),
    waiting at most ``RETENTION_DETACH_WAIT`` for the transactions that use the table;
 4. in one transaction, the hold table and the detached table locked: the rows re-checked
@@ -213,15 +216,17 @@ class PartitionRetirement(PartitionPlanning):
         when it stays (a row held, waiting or not the rule's, or a hold that reached it while it
         was archived); None when it is not this run's (outside the unit's ids, beyond the
         approved count). Whether a detached one is dropped is known when ``drops`` settles."""
-        # Step 1: the partition's rows, frozen for the archive (writers wait), checked, archived.
-        control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
-        control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
+        # Step 1: the partition's rows checked and archived as one snapshot shows them, with their
+        # fingerprint; the application writes on meanwhile (step 2 finds what it wrote). Tier none
+        # has nothing to read: its step 2 follows at once, in the same transaction and lock.
+        archived = rule.archived
+        if archived:
+            control.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         try:
-            control.execute(f"LOCK TABLE {self._qualified(partition.name)} IN SHARE MODE")
+            self._lock_partition(control, partition.name, "ACCESS SHARE" if archived else "SHARE")
         except psycopg.errors.UndefinedTable:
             control.rollback()
             return None  # dropped meanwhile by another rule's unit on the same table
-        archived = rule.archived
         check = self._check_partition(control, rule, partition.name, fingerprint=archived)
         allowance = self._allowances[rule.name]
         if check.rows and not allowance.covers(check.min_id, check.max_id):
@@ -246,8 +251,26 @@ class PartitionRetirement(PartitionPlanning):
             unarchived_days = self._archive_partition(control, intents, reader, rule, ctx, partition, batch)
             # The partition before this one dropped (or kept) first: one write-ahead record at a time.
             drops.before_step_2(control)
-            # Step 2: the holds locked, the rule re-checked on the frozen rows (after an archive:
-            # holds may have come meanwhile; tier none went straight here).
+            if archived:
+                # Step 1 ends (its snapshot let go); the application's writes wait from here to
+                # the end of step 2: a re-check, not an archive.
+                control.commit()
+                reader.commit()
+                try:
+                    self._lock_partition(control, partition.name, "SHARE")
+                except psycopg.errors.UndefinedTable:
+                    control.rollback()
+                    log.warning(
+                        "rule %s: partition %s was dropped by another session while it was archived; its uploads "
+                        "removed",
+                        rule.name,
+                        partition.name,
+                    )
+                    self._abandon_uploads(control, ctx, rule, batch)
+                    return None
+            # Step 2: the holds locked, the rule re-checked and the rows' fingerprint taken again
+            # (after an archive: a hold or a write may have come meanwhile; tier none went
+            # straight here, its rows held in SHARE mode since its check).
             control.execute(LOCK_HOLDS)
             changed = self._changed_since_the_listing(control, rule, partition.name)
             if changed:
@@ -260,16 +283,20 @@ class PartitionRetirement(PartitionPlanning):
                 )
                 self._abandon_uploads(control, ctx, rule, batch)
                 return _KEPT
-            recheck = self._check_partition(control, rule, partition.name) if archived else check
-            if not recheck.whole or recheck.rows != check.rows:
+            recheck = self._check_partition(control, rule, partition.name, fingerprint=True) if archived else check
+            same_rows = recheck.rows == check.rows and recheck.fingerprint == check.fingerprint
+            if not (recheck.whole and same_rows):
                 control.rollback()
                 log.warning(
-                    "rule %s: partition %s stays: held=%d waiting=%d found at the re-check; its deletable rows "
-                    "take the row path",
+                    "rule %s: partition %s stays: held=%d waiting=%d, rows %d -> %d%s found at the re-check; its "
+                    "deletable rows take the row path",
                     rule.name,
                     partition.name,
                     recheck.held,
                     recheck.waiting,
+                    check.rows,
+                    recheck.rows,
+                    "" if same_rows else " (written since they were archived)",
                 )
                 self._abandon_uploads(control, ctx, rule, batch)
                 return _KEPT
@@ -316,6 +343,12 @@ class PartitionRetirement(PartitionPlanning):
         drops.submit(DetachedPartition(partition.name, retirement_id, check, batch, unarchived_days))
         return check
 
+    def _lock_partition(self, control, partition: str, mode: str) -> None:
+        """The partition locked in ``mode`` in ``control``'s transaction, waiting at most a batch's wait."""
+        control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+        control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
+        control.execute(f"LOCK TABLE {self._qualified(partition)} IN {mode} MODE")
+
     def _drop_detached(self, conn, rule: Rule, ctx: RunContext, detached: DetachedPartition, lock_timeout: str) -> bool:
         """Step 4 (the drop thread): True when dropped; False when attached again, its uploads removed."""
         if self._finish_detached(conn, detached.retirement_id, lock_timeout):
@@ -329,6 +362,12 @@ class PartitionRetirement(PartitionPlanning):
         number of end days already over at the logical date (deleted without archive)."""
         if not rule.archived:
             return 0
+        # The reader reads in control's snapshot: the rows checked and grouped, whatever was written since.
+        (snapshot,) = control.execute("SELECT pg_export_snapshot()").fetchone()
+        reader.commit()
+        with reader.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
         groups = self._partition_groups(control, rule, partition.name)
         to_archive = [g for g in groups if rule.archived and g[2] > ctx.logical_date]
         for purge_day, ids, _ in to_archive:
