@@ -1049,13 +1049,19 @@ def test_a_purpose_put_in_preview_after_a_crash_attaches_its_detached_partition_
         subject_request("access", "after-the-preview", kind="customer", subject_id=customers["2026-03"], preview=True)
     )
     assert report["found"]["live"]["chat_messages"] == len(made["2026-03"])
-    uploads = "SELECT count(*) FROM retention.archive_manifest WHERE run_id = 'crashed' AND state = 'uploading'"
-    assert db.execute(uploads).fetchone()[0] > 0  # a preview sends no request to S3: the next enforced run removes them
+    # Its uploads, copies of rows back in the table, are removed (an erasure must not leave copies behind).
+    uploads = db.execute(
+        "SELECT state, object_key FROM retention.archive_manifest WHERE run_id = 'crashed' AND record_ids && %s::bigint[]",
+        (made["2026-03"],),
+    ).fetchall()
+    assert uploads and {state for state, _ in uploads} == {"abandoned"}
+    for _, key in uploads:
+        assert not s3.list_object_versions(Bucket=storage.archive_bucket, Prefix=key).get("Versions")
 
     engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "enforced", D))
     assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "gone"
     assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
-    assert db.execute(uploads).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone() == (0,)
 
 
 def test_a_retirement_stops_only_the_requests_whose_rows_may_be_in_its_table(

@@ -31,7 +31,8 @@ One partition, under the purpose's lock:
 
 A crash leaves a 'detaching' record: the next run finishes it before anything else (recover):
 a detach left pending is finalized (``DETACH PARTITION ... FINALIZE``), the detached table goes
-through step 4; a partition never detached is kept and its uploads removed as orphans.
+through step 4; a partition never detached is kept and its uploads removed as orphans. A run of
+the purpose in preview mode attaches the detached table again instead (put_back_in_preview).
 
 ``PartitionRetirement`` is one part of ``retention.archive.engine.RetentionEngine``; step 3 and its
 bounded wait are ``retention.archive.partition_detach``; step 4 beside the next partition's archive
@@ -591,13 +592,12 @@ class PartitionRetirement(PartitionPlanning):
             (state, retirement_id),
         )
 
-    def _finish_partition_retirements(self, control, *, put_back: bool = False) -> int:
+    def _finish_partition_retirements(self, control, *, put_back: RunContext | None = None) -> int:
         """What a crash left between the write-ahead record and the drop, finished (recover):
         a detach left pending finalized, then the detached table re-checked and dropped (or
         attached again); a partition never detached kept (its uploads are orphans). With
-        ``put_back`` (a purpose in preview mode: it deletes nothing) the detached table is
-        attached again instead, its record 'kept' (its uploads stay orphans for the next
-        enforced run's recovery)."""
+        ``put_back`` (the run of a purpose in preview mode: it deletes no record) the detached
+        table is attached again instead, its record 'kept', its uploads removed."""
         open_retirements = self._open_retirements(control)
         for retirement_id, table, partition in open_retirements:
             where = attached_state(control, self.schema, table, partition)
@@ -614,8 +614,8 @@ class PartitionRetirement(PartitionPlanning):
             if where == "pending":
                 with psycopg.connect(self.dsn, autocommit=True) as finalizer:
                     partition_detach.finalize(finalizer, self.schema, table, partition)
-            if put_back:
-                self._put_back(control, retirement_id, table, partition)
+            if put_back is not None:
+                self._put_back(control, put_back, retirement_id, table, partition)
                 continue
             self._finish_detached(control, retirement_id)
             log.warning("finished the retirement of partition %s of %s left by an interrupted run", partition, table)
@@ -631,10 +631,13 @@ class PartitionRetirement(PartitionPlanning):
         control.commit()
         return open_retirements
 
-    def _put_back(self, control, retirement_id: int, table: str, partition: str) -> None:
-        """A detached partition attached again with the bound it had, nothing deleted."""
-        (bound,) = control.execute(
-            "SELECT partition_bound FROM retention.partition_retirements WHERE id = %s", (retirement_id,)
+    def _put_back(self, control, ctx: RunContext, retirement_id: int, table: str, partition: str) -> None:
+        """A detached partition attached again with the bound it had, no row deleted; then its
+        uploads, copies of rows back in the table, removed as a crashed batch's are (recover):
+        an erasure of those rows must not leave copies in the bucket."""
+        (bound, manifest_ids) = control.execute(
+            "SELECT partition_bound, manifest_ids FROM retention.partition_retirements WHERE id = %s",
+            (retirement_id,),
         ).fetchone()
         try:
             control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
@@ -642,11 +645,19 @@ class PartitionRetirement(PartitionPlanning):
         except BaseException:
             control.rollback()
             raise
+        uploads = control.execute(
+            "SELECT id, rule, table_name, object_key, document_keys, record_ids FROM retention.archive_manifest"
+            " WHERE id = ANY(%s::bigint[]) AND state = 'uploading' ORDER BY id",
+            (id_array(manifest_ids),),
+        ).fetchall()
+        control.commit()
+        self._remove_orphans(control, ctx, uploads)
         log.warning(
             "preview mode: partition %s of %s, left detached by an interrupted enforced run, attached again "
-            "(nothing deleted; its uploads are removed by the next enforced run)",
+            "(no row deleted); its %d uploads removed",
             partition,
             table,
+            len(uploads),
         )
 
     def put_back_in_preview(self, ctx: RunContext) -> int:
@@ -662,7 +673,7 @@ class PartitionRetirement(PartitionPlanning):
                 return 0  # the usual case: no lock taken
             self._acquire_purpose_lock(control)
             try:
-                return self._finish_partition_retirements(control, put_back=True)
+                return self._finish_partition_retirements(control, put_back=ctx)
             finally:
                 control.rollback()
                 release_purpose_lock(control, self.purpose_name)

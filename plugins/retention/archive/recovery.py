@@ -35,13 +35,7 @@ class Recovery:
             (self.purpose_name, self.store.archive_bucket),
         ).fetchall()
         control.commit()
-        for manifest_id, rule_name, table, key, doc_keys, record_ids in orphans:
-            self.store.delete_all_versions([key, *doc_keys])
-            with control.transaction():
-                control.execute(
-                    "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s", (manifest_id,)
-                )
-                self._audit(control, ctx, rule_name, table, "orphan_removed", len(record_ids), key=key)
+        self._remove_orphans(control, ctx, orphans)
         unlocked = control.execute(
             "SELECT object_key, version_id, document_keys, document_version_ids, purge_after"
             " FROM retention.archive_manifest"
@@ -60,6 +54,18 @@ class Recovery:
         if orphans:
             log.warning("removed %d orphan archive objects left by an interrupted run", len(orphans))
         return {"orphans_removed": len(orphans), "locks_applied": len(lockable)}
+
+    def _remove_orphans(self, control, ctx: RunContext, orphans: list[tuple]) -> None:
+        """Uploads that were never committed (their rows are still in the source) removed, every
+        version, their manifest rows 'abandoned' and audited, one at a time.
+        ``orphans``: (manifest id, rule, table, object key, document keys, record ids)."""
+        for manifest_id, rule_name, table, key, doc_keys, record_ids in orphans:
+            self.store.delete_all_versions([key, *doc_keys])
+            with control.transaction():
+                control.execute(
+                    "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s", (manifest_id,)
+                )
+                self._audit(control, ctx, rule_name, table, "orphan_removed", len(record_ids), key=key)
 
     def _finish_interrupted_rewrites(self, control) -> None:
         """Object rewrites of a subject erasure (retention.rights.subject_rights) that a crash left in
