@@ -1064,6 +1064,30 @@ def test_a_purpose_put_in_preview_after_a_crash_attaches_its_detached_partition_
     assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone() == (0,)
 
 
+def test_a_preview_that_cannot_attach_a_detached_partition_again_says_so_and_deletes_nothing(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """While March lay detached, a DBA made a new partition for its month: the preview cannot put
+    March back. It stops with a message naming the partition; March's rows stay in its table,
+    its record open."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
+    db.execute(
+        "CREATE TABLE app.chat_messages_2026_03_new PARTITION OF app.chat_messages"
+        " FOR VALUES FROM ('2026-03-01 00:00 Europe/Paris') TO ('2026-04-01 00:00 Europe/Paris')"
+    )
+    with pytest.raises(RetentionError, match="chat_messages_2026_03 of chat_messages.*could not be attached again"):
+        engine_for(policy.with_mode("preview"), source_dsn, s3, storage).archive_and_delete(
+            RunContext("subscriber_services", "in-preview", D, mode="preview", dry_run=True)
+        )
+    assert sorted(i for (i,) in db.execute("SELECT id FROM app.chat_messages_2026_03")) == sorted(made["2026-03"])
+    assert db.execute(
+        "SELECT state FROM retention.partition_retirements WHERE partition_name = 'chat_messages_2026_03'"
+    ).fetchall() == [("detaching",)]
+
+
 def test_a_retirement_stops_only_the_requests_whose_rows_may_be_in_its_table(
     partitioned, s3, storage, policy, source_dsn
 ):

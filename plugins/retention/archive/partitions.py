@@ -642,6 +642,13 @@ class PartitionRetirement(PartitionPlanning):
         try:
             control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
             self._attach_again(control, retirement_id, table, partition, bound)
+        except psycopg.Error as refused:
+            control.rollback()
+            raise RetentionError(
+                f"partition {partition} of {table}, left detached by an interrupted run, could not be attached "
+                f"again ({refused.diag.message_primary or type(refused).__name__}); no row was deleted: attach it "
+                "by hand or enforce the purpose, whose next run finishes its retirement"
+            ) from refused
         except BaseException:
             control.rollback()
             raise
