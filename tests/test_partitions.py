@@ -846,6 +846,88 @@ def a_run_crashes_after_detaching(policy, source_dsn, s3, storage, partition: st
         crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
 
 
+def test_a_write_left_open_past_the_lock_wait_keeps_the_partition_and_the_run_goes_on(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An application transaction edits a March message while March is archived and stays open
+    longer than step 2 waits for the partition's lock: March stays (its uploads removed, its
+    rows to the row path), the run goes on with the next partitions and ends green; every row
+    that left the table is in a committed object (2019's archive period is over)."""
+    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "1s")
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    archive = engine._archive_partition
+    app = psycopg.connect(source_dsn, application_name="app")
+
+    def archive_then_a_long_edit(control, intents, reader, rule, ctx, partition, batch):
+        archived = archive(control, intents, reader, rule, ctx, partition, batch)
+        if partition.name == "chat_messages_2026_03":
+            # By id and clock: pruned to March (by id alone it would lock every partition, April's too).
+            app.execute(
+                "UPDATE app.chat_messages SET body = body || ' (edited)' WHERE id = %s AND transmitted_at < %s",
+                (made["2026-03"][0], f.paris("2026-04-01", 0)),
+            )
+            threading.Timer(3, app.commit).start()
+        return archived
+
+    engine._archive_partition = archive_then_a_long_edit
+    try:
+        (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "long-edit", D))
+    finally:
+        time.sleep(3)
+        app.close()
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert "2026_03" in partitions_left(db, "chat_messages")
+    left = f.ids(db, "chat_messages")
+    assert {*made["2026-06"], *made["2026-07"]} <= left <= {*made["2026-03"], *made["2026-06"], *made["2026-07"]}
+    archived = set(committed_ids(db))
+    assert set(made["2026-03"]) - left <= archived and {*made["2026-04"], *made["2026-05"]} <= archived
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone() == (0,)
+
+
+def test_a_hold_committed_while_step_2_waits_for_the_hold_table_is_seen_whatever_the_default_isolation(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """The database defaults to REPEATABLE READ (a DBA's choice). A DPO's hold on a March message,
+    begun while March is archived, commits while step 2 waits for the hold table: the engine's
+    own connections are READ COMMITTED, so the re-check after that lock sees it and March stays.
+    The engine's locks assume each statement's own snapshot: without the setting, this run fails
+    (a batch of the row path reads its manifest rows in a stale snapshot: checked), and a re-check
+    after the hold table's lock would read a snapshot taken before the lock was granted."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    held = made["2026-03"][0]
+    (database,) = db.execute("SELECT current_database()").fetchone()
+    db.execute(f"ALTER DATABASE {database} SET default_transaction_isolation = 'repeatable read'")
+    engine = engine_for(policy, source_dsn, s3, storage)
+    archive = engine._archive_partition
+    dpo = psycopg.connect(source_dsn, application_name="dpo")
+
+    def archive_while_a_hold_is_placed(control, intents, reader, rule, ctx, partition, batch):
+        archived = archive(control, intents, reader, rule, ctx, partition, batch)
+        if partition.name == "chat_messages_2026_03":
+            dpo.execute(
+                "INSERT INTO retention.legal_holds (table_name, record_id, reason) VALUES ('chat_messages', %s, 'x')",
+                (held,),
+            )
+            threading.Timer(1.5, dpo.commit).start()
+        return archived
+
+    engine._archive_partition = archive_while_a_hold_is_placed
+    try:
+        (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "isolation", D))
+    finally:
+        db.execute(f"ALTER DATABASE {database} RESET default_transaction_isolation")
+        time.sleep(1.5)
+        dpo.close()
+    assert held in f.ids(db, "chat_messages")
+    assert "2026_03" in partitions_left(db, "chat_messages")
+    assert outcome.partitions["kept"] == 1
+
+
 def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     partitioned, s3, storage, policy, source_dsn
 ):

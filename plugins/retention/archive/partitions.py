@@ -269,6 +269,18 @@ class PartitionRetirement(PartitionPlanning):
                     )
                     self._abandon_uploads(control, ctx, rule, batch)
                     return None
+                except psycopg.errors.LockNotAvailable:
+                    # A transaction that wrote it during the archive is still open: its rows changed.
+                    control.rollback()
+                    log.warning(
+                        "rule %s: partition %s stays: a transaction that writes it kept it locked for %s after its "
+                        "archive; its deletable rows take the row path",
+                        rule.name,
+                        partition.name,
+                        BATCH_LOCK_TIMEOUT,
+                    )
+                    self._abandon_uploads(control, ctx, rule, batch)
+                    return _KEPT
             # Step 2: the holds locked, the rule re-checked and the rows' fingerprint taken again
             # (after an archive: a hold or a write may have come meanwhile; tier none went
             # straight here, its rows held in SHARE mode since its check).
