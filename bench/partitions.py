@@ -142,6 +142,9 @@ def run_one(stack, kind: str, path: str, rows: int, logical_date: dt.datetime, b
     engine = RetentionEngine(policy, purpose, dsn, ArchiveStore(stack.s3_client(), policy.storage_settings()))
     engine.partition_path = path.startswith("partition")
     in_units = path.endswith("units")
+    share_held: list[float] = []
+    if engine.partition_path and not in_units:
+        _time_share_locks(engine, share_held)
     ctx = RunContext(purpose, f"bench__{tag}", logical_date, batch_size=batch_size)
     # The plan task's, as in a DAG run: not the archive step's time.
     plan = engine.make_plan(ctx, range_rows=max(1, rows // UNITS)) if in_units else engine.make_plan(ctx)
@@ -173,6 +176,8 @@ def run_one(stack, kind: str, path: str, rows: int, logical_date: dt.datetime, b
         "partitions": outcome.partitions,
         "units": units,
         "vacuum": outcome.vacuum,
+        # The longest time a partition was held in SHARE mode (the application's writes to it wait).
+        "share_lock_max_ms": round(max(share_held) * 1000) if share_held else None,
         **figures,
         "ok": outcome.deleted == rows and figures["rows_left"] == 0 and audited == rows,
     }
@@ -182,6 +187,25 @@ def run_one(stack, kind: str, path: str, rows: int, logical_date: dt.datetime, b
         f"{'' if result['ok'] else ' CHECK FAILED'}"
     )
     return result
+
+
+def _time_share_locks(engine, held: list[float]) -> None:
+    """Per partition, how long the engine holds it in SHARE mode (the application's writes to it
+    wait): from that lock (step 2; tier none: its check) to the detach that follows its commit."""
+    lock, detach = engine._lock_partition, engine._detach
+    started: dict[str, float] = {}
+
+    def timed_lock(control, partition, mode):
+        if mode == "SHARE":
+            started[partition] = time.perf_counter()
+        return lock(control, partition, mode)
+
+    def timed_detach(conn, table, partition):
+        if partition in started:
+            held.append(time.perf_counter() - started.pop(partition))
+        return detach(conn, table, partition)
+
+    engine._lock_partition, engine._detach = timed_lock, timed_detach
 
 
 def _run_units(planned_by, stack, ctx, plan, table: str):
@@ -277,8 +301,9 @@ def markdown(report: dict) -> list[str]:
         "",
         "PostgreSQL with its default durability (fsync, synchronous commit, full-page writes on).",
         "",
-        "| table (tier) | path | wall s | rows/s | WAL MiB | table + indexes after MiB | dead tuples after | partitions |",
-        "|---|---|---|---|---|---|---|---|",
+        "| table (tier) | path | wall s | rows/s | WAL MiB | table + indexes after MiB | dead tuples after | partitions "
+        "| longest SHARE lock ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         parts = r["partitions"]
@@ -287,7 +312,7 @@ def markdown(report: dict) -> list[str]:
             f"| {TABLES[r['kind']][1]} ({'probative' if r['kind'] == 'archive' else 'none'}) | {r['path']} "
             f"| {r['wall_s']:.1f} | {r['rows_per_s']:,} | {r['wal_bytes'] / 2**20:.1f} "
             f"| {r['bytes_after'] / 2**20:.1f} | {r['dead_tuples_after']:,} "
-            f"| {parts.get('dropped', 0)} dropped{by_units} |"
+            f"| {parts.get('dropped', 0)} dropped{by_units} | {r.get('share_lock_max_ms') or '-'} |"
         )
     s = report["summary"]
     lines += [

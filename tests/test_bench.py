@@ -122,6 +122,8 @@ def test_the_partition_path_and_the_row_path_did_the_same_job(report):
     months = TABLES["archive"][4]
     assert by_units["units"] == months and by_units["partitions"]["dropped"] == months
     assert whole["partitions"]["dropped"] == months + 2 and by_units["objects"] == whole["objects"]
+    # How long the application's writes waited for a partition (its step 2), measured on the partition path.
+    assert whole["share_lock_max_ms"] > 0 and runs[("none", "partition")]["share_lock_max_ms"] > 0
     from bench.run import markdown
 
     assert "row path vs partition path" in markdown(report)
