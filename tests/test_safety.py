@@ -611,3 +611,47 @@ def test_owners_of_objects_archived_before_they_were_recorded_are_backfilled(db,
     assert dict(db.execute("SELECT table_name, owner_ids FROM retention.archive_manifest").fetchall()) == recorded
     f.legal_hold(db, "customers", customer)
     assert engine.purge_archives(RunContext("contracts", "purge2", f.midnight("2024-01-02")))["held_objects"] == 4
+
+
+def test_each_batch_archives_its_rows_as_locked_whatever_the_default_isolation(db, s3, storage, policy, source_dsn):
+    """The database defaults to REPEATABLE READ (a DBA's choice). Chat messages go in batches of
+    two; once the first batch is read, the application edits a message of the second. The
+    second batch archives the edited text, the one it deletes: the engine's reader is READ
+    COMMITTED too, so each batch reads its rows as its lock found them (at REPEATABLE READ the
+    reader's transaction, one for the whole run, kept its first snapshot: the old text was
+    archived and the edit lost)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from tests import factories_policy as fp
+
+    customer = f.customer(db)
+    ids = [fp.chat_message(db, customer, transmitted=f.paris(f"2026-03-0{day}", 10)) for day in (1, 2, 3, 4)]
+    (database,) = db.execute("SELECT current_database()").fetchone()
+    db.execute(f"ALTER DATABASE {database} SET default_transaction_isolation = 'repeatable read'")
+    engine = engine_for(policy, "subscriber_services", source_dsn, s3, storage)
+    read = engine._read_rows
+
+    def read_then_the_application_edits(reader, rule, batch_ids):
+        rows = read(reader, rule, batch_ids)
+        if rule.table == "chat_messages" and ids[0] in batch_ids:
+            with psycopg.connect(source_dsn, autocommit=True) as app:
+                app.execute("SET lock_timeout = '5s'")
+                app.execute("UPDATE app.chat_messages SET body = 'edited' WHERE id = %s", (ids[-1],))
+        return rows
+
+    engine._read_rows = read_then_the_application_edits
+    try:
+        engine.archive_and_delete(
+            RunContext("subscriber_services", "isolation", f.midnight("2026-06-01"), batch_size=2)
+        )
+    finally:
+        db.execute(f"ALTER DATABASE {database} RESET default_transaction_isolation")
+    assert not set(ids) & f.ids(db, "chat_messages")
+    (key,) = db.execute(
+        "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND %s = ANY(record_ids)",
+        (ids[-1],),
+    ).fetchone()
+    rows = pq.read_table(io.BytesIO(s3.get_object(Bucket=storage.archive_bucket, Key=key)["Body"].read())).to_pylist()
+    assert next(r["body"] for r in rows if r["id"] == ids[-1]) == "edited"

@@ -24,3 +24,16 @@ def connect(dsn: str, application_name: str, autocommit: bool = False) -> psycop
     if not autocommit:
         conn.commit()
     return conn
+
+
+def connect_reader(dsn: str):
+    """The engine's Arrow reader (ADBC), READ COMMITTED like the others: its one transaction
+    spans a run's batches, so at REPEATABLE READ every batch would read its rows as the first
+    one found them (an edit made since archived stale, the row deleted as it is now)."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    reader = adbc.connect(dsn)
+    with reader.cursor() as cur:
+        cur.execute("SET default_transaction_isolation = 'read committed'")
+    reader.commit()
+    return reader

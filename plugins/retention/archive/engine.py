@@ -13,7 +13,7 @@ approved plan) and is made of the protocol's parts, one module each:
 
 Below them: ``run`` (the run's context, units, errors), ``locks``, ``batch`` (the batch value),
 ``documents`` (file disposal), ``store`` (S3), ``parquet``, ``rewrite`` (an object rewritten
-without some rows), ``db``. Heavy imports (pyarrow, psycopg, adbc) happen here, never at
+without some rows), ``db``. Heavy imports (pyarrow, psycopg; adbc when a run opens its reader) happen here, never at
 DAG-parse time.
 """
 
@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import logging
 
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 from psycopg import sql
 
 from retention.archive.batch import _Allowance
-from retention.archive.db import connect
+from retention.archive.db import connect, connect_reader
 from retention.archive.documents import dispose_documents
 from retention.archive.locks import acquire_purpose_lock, purpose_lock_name, release_purpose_lock
 from retention.archive.partitions import PartitionRetirement
@@ -210,7 +209,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             self._connect() as control,
             self._connect() as second,
             self._connect(autocommit=True) as intents,
-            adbc.connect(self.dsn) as reader,
+            connect_reader(self.dsn) as reader,
         ):
             if shared:
                 acquire_purpose_lock(control, self.purpose_name, self.lock_timeout, shared=True)
