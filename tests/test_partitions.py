@@ -887,6 +887,43 @@ def test_a_write_left_open_past_the_lock_wait_keeps_the_partition_and_the_run_go
     assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone() == (0,)
 
 
+def test_a_partition_dropped_by_a_dba_while_it_is_archived_stops_the_run_and_keeps_the_copies(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """A DBA drops March while it is archived (the DROP waits for step 1's ACCESS SHARE, then goes
+    before step 2's lock). Its rows are gone, not by the run: the run stops with a message, and
+    March's verified uploads, maybe their only copy, stay in the bucket under their intents."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    archive = engine._archive_partition
+    dba = []
+
+    def archive_while_the_dba_drops_it(control, intents, reader, rule, ctx, partition, batch):
+        archived = archive(control, intents, reader, rule, ctx, partition, batch)
+        if partition.name == "chat_messages_2026_03":
+            dba.append(InThread(lambda: as_the_dba(source_dsn, "DROP TABLE app.chat_messages_2026_03")))
+            waits = "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE NOT granted"
+            deadline = time.monotonic() + 10
+            while not db.execute(f"{waits} AND application_name = 'dba'").fetchone()[0]:
+                assert time.monotonic() < deadline, "the DROP never waited for the archive"
+                time.sleep(0.05)
+        return archived
+
+    engine._archive_partition = archive_while_the_dba_drops_it
+    with pytest.raises(RetentionError, match="chat_messages_2026_03 of chat_messages was dropped by another session"):
+        engine.archive_and_delete(RunContext("subscriber_services", "dropped", D))
+    dba[0].join(10)
+    uploads = db.execute(
+        "SELECT state, object_key FROM retention.archive_manifest WHERE record_ids && %s::bigint[]",
+        (made["2026-03"],),
+    ).fetchall()
+    assert len(uploads) == 3 and {state for state, _ in uploads} == {"uploading"}
+    for _, key in uploads:
+        assert s3.list_object_versions(Bucket=storage.archive_bucket, Prefix=key).get("Versions")
+
+
 def test_a_hold_committed_while_step_2_waits_for_the_hold_table_is_seen_whatever_the_default_isolation(
     partitioned, s3, storage, policy, source_dsn
 ):

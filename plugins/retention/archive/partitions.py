@@ -259,16 +259,18 @@ class PartitionRetirement(PartitionPlanning):
                 reader.commit()
                 try:
                     self._lock_partition(control, partition.name, "SHARE")
-                except psycopg.errors.UndefinedTable:
+                except psycopg.errors.UndefinedTable as dropped:
+                    # Its rows are gone, not by this run: the uploads may be their only copy.
+                    # Kept (as 'uploading' intents) for a person to look at before the next run
+                    # removes them as orphans; the run stops loudly.
                     control.rollback()
-                    log.warning(
-                        "rule %s: partition %s was dropped by another session while it was archived; its uploads "
-                        "removed",
-                        rule.name,
-                        partition.name,
-                    )
-                    self._abandon_uploads(control, ctx, rule, batch)
-                    return None
+                    raise RetentionError(
+                        f"rule {rule.name}: partition {partition.name} of {rule.table} was dropped by another session "
+                        f"while this run archived it: its rows were deleted outside the retention, not audited. Their "
+                        f"verified copies are still in the archive bucket (retention.archive_manifest ids "
+                        f"{[group.manifest_id for group in batch.groups]}, state 'uploading'): copy them now if the "
+                        "drop was a mistake; the purpose's next run removes them as orphans"
+                    ) from dropped
                 except psycopg.errors.LockNotAvailable:
                     # A transaction that wrote it during the archive is still open: its rows changed.
                     control.rollback()
