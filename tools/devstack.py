@@ -116,6 +116,12 @@ def _port_open(port: int) -> bool:
     return False
 
 
+# The demo's fixed ports, below Linux's ephemeral range (32768-60999), which the kernel hands to
+# client sockets: a fresh clone's `make demo` once failed to bind the Stripe stand-in on 55600
+# ("Address already in use") with nothing listening there, most likely a client's port.
+DEMO_PORTS = {"pg": 25433, "s3": 25500, "stripe": 25600}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -472,7 +478,7 @@ class StackConfig:
     jwt_secret: str
     api_secret_key: str
     fernet_key: str
-    stripe_port: int = 55600  # the local stand-in for the payment processor's API
+    stripe_port: int = DEMO_PORTS["stripe"]  # the local stand-in for the payment processor's API
     # Key of the archived identifiers' hashes (retention.identifiers); a demo created before it
     # existed gets one at its next `make demo` (its older objects: retention.archive.backfill_owners).
     identifier_key: str = ""
@@ -519,8 +525,8 @@ class StackConfig:
 
         config = cls(
             state=state,
-            pg_port=pg_port or 55433,
-            s3_port=s3_port or 55500,
+            pg_port=pg_port or DEMO_PORTS["pg"],
+            s3_port=s3_port or DEMO_PORTS["s3"],
             api_port=api_port or 8080,
             pg_password=secrets.token_urlsafe(16),
             airflow_db_password=secrets.token_urlsafe(16),
@@ -530,7 +536,7 @@ class StackConfig:
             jwt_secret=secrets.token_urlsafe(64),
             api_secret_key=secrets.token_urlsafe(32),
             fernet_key=Fernet.generate_key().decode(),
-            stripe_port=stripe_port or 55600,
+            stripe_port=stripe_port or DEMO_PORTS["stripe"],
             identifier_key=secrets.token_urlsafe(32),
             role_passwords=new_role_passwords(),
             reporter_password=secrets.token_urlsafe(32),

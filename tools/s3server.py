@@ -6,7 +6,7 @@ them back, atomically, on SIGTERM/SIGINT (what `make down` sends) and every `--s
 seconds when something changed, so that after `make down` and `make demo` buckets, objects,
 version ids, checksums and locks are what they were. Loopback only.
 
-    python -m tools.s3server --port 55500 --state .local/s3/state.pickle
+    python -m tools.s3server --port 25500 --state .local/s3/state.pickle
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 stands in for S3): answers the two calls the processor erasure makes, records every request,
 and fails, stalls or holds on demand. Never a way to reach the real Stripe: demo and tests only.
 
-    python -m tools.stripe_stub --port 55600
+    python -m tools.stripe_stub --port 25600
 
     POST   /v1/payment_methods/{pm}/detach   200 the payment method (customer null); 400 when
                                              already detached; 404 resource_missing when unknown
