@@ -273,48 +273,34 @@ class PartitionRetirement(PartitionPlanning):
                     ) from dropped
                 except psycopg.errors.LockNotAvailable:
                     # A transaction that wrote it during the archive is still open: its rows changed.
-                    control.rollback()
-                    log.warning(
-                        "rule %s: partition %s stays: a transaction that writes it kept it locked for %s after its "
-                        "archive; its deletable rows take the row path",
-                        rule.name,
+                    return self._stays(
+                        control,
+                        ctx,
+                        rule,
                         partition.name,
-                        BATCH_LOCK_TIMEOUT,
+                        batch,
+                        f"a transaction that writes it kept it locked for {BATCH_LOCK_TIMEOUT} after its archive",
                     )
-                    self._abandon_uploads(control, ctx, rule, batch)
-                    return _KEPT
             # Step 2: the holds locked, the rule re-checked and the rows' fingerprint taken again
             # (after an archive: a hold or a write may have come meanwhile; tier none went
             # straight here, its rows held in SHARE mode since its check).
             control.execute(LOCK_HOLDS)
             changed = self._changed_since_the_listing(control, rule, partition.name)
             if changed:
-                control.rollback()
-                log.warning(
-                    "rule %s: partition %s stays: since the listing, %s; its deletable rows take the row path",
-                    rule.name,
-                    partition.name,
-                    changed,
-                )
-                self._abandon_uploads(control, ctx, rule, batch)
-                return _KEPT
+                return self._stays(control, ctx, rule, partition.name, batch, f"since the listing, {changed}")
             recheck = self._check_partition(control, rule, partition.name, fingerprint=True) if archived else check
             same_rows = recheck.rows == check.rows and recheck.fingerprint == check.fingerprint
             if not (recheck.whole and same_rows):
-                control.rollback()
-                log.warning(
-                    "rule %s: partition %s stays: held=%d waiting=%d, rows %d -> %d%s found at the re-check; its "
-                    "deletable rows take the row path",
-                    rule.name,
+                written = "" if same_rows else " (written since they were archived)"
+                return self._stays(
+                    control,
+                    ctx,
+                    rule,
                     partition.name,
-                    recheck.held,
-                    recheck.waiting,
-                    check.rows,
-                    recheck.rows,
-                    "" if same_rows else " (written since they were archived)",
+                    batch,
+                    f"held={recheck.held} waiting={recheck.waiting}, rows {check.rows} -> {recheck.rows}{written} "
+                    "found at the re-check",
                 )
-                self._abandon_uploads(control, ctx, rule, batch)
-                return _KEPT
             manifest_ids = [group.manifest_id for group in batch.groups]
             # The bound as it stands under the lock (the listed one may be stale: a DBA may have
             # merged partitions since), for attaching the partition again if it must stay.
@@ -357,6 +343,14 @@ class PartitionRetirement(PartitionPlanning):
         self._detach(intents, rule.table, partition.name)
         drops.submit(DetachedPartition(partition.name, retirement_id, check, batch, unarchived_days))
         return check
+
+    def _stays(self, control, ctx: RunContext, rule: Rule, partition: str, batch: Batch, why: str) -> PartitionCheck:
+        """A partition found at step 2 to stay: its transaction rolled back, why logged (counts and
+        names only), its uploads removed; its deletable rows take the row path."""
+        control.rollback()
+        log.warning("rule %s: partition %s stays: %s; its deletable rows take the row path", rule.name, partition, why)
+        self._abandon_uploads(control, ctx, rule, batch)
+        return _KEPT
 
     def _lock_partition(self, control, partition: str, mode: str) -> None:
         """The partition locked in ``mode`` in ``control``'s transaction, waiting at most a batch's wait."""
