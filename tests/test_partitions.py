@@ -450,28 +450,25 @@ def test_a_delete_trigger_added_while_a_partition_is_retired_keeps_it(
     db.execute("CREATE TABLE app.deletion_journal (message_id bigint)")
     set_up, undo = DELETE_DOES_MORE[more]
     engine = engine_for(policy, source_dsn, s3, storage)
-    archive, recheck_the_catalog = engine._archive_partition, engine._changed_since_the_listing
+    recheck_the_catalog = engine._changed_since_the_listing
     dba = []
 
-    def archive_while_the_dba_adds_the_trigger(control, intents, reader, rule, ctx, partition, batch):
-        archived = archive(control, intents, reader, rule, ctx, partition, batch)
-        if partition.name == "chat_messages_2026_04" and when == "while it is archived":
+    def the_dba_adds_the_trigger():
+        if when == "while it is archived":
             dba.append(InThread(lambda: as_the_dba(source_dsn, set_up.format(guarded=guarded))))
             dba[0].join(10)  # not kept waiting by the archive
-        return archived
 
     def recheck_while_the_dba_adds_the_trigger(control, rule, partition):
         changed = recheck_the_catalog(control, rule, partition)
         if partition == "chat_messages_2026_04" and when == "while it is re-checked":
-            dba.append(InThread(lambda: as_the_dba(source_dsn, set_up.format(guarded=guarded))))
-            waits = "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE NOT granted"
-            deadline = time.monotonic() + 10
-            while not db.execute(f"{waits} AND application_name = 'dba'").fetchone()[0]:
-                assert time.monotonic() < deadline, "the DDL never waited for the partition"
-                time.sleep(0.05)
+            dba.append(
+                a_dba_kept_waiting(
+                    db, source_dsn, set_up.format(guarded=guarded), "the DDL never waited for the partition"
+                )
+            )
         return changed
 
-    engine._archive_partition = archive_while_the_dba_adds_the_trigger
+    once_archived(engine, "chat_messages_2026_04", the_dba_adds_the_trigger)
     engine._changed_since_the_listing = recheck_while_the_dba_adds_the_trigger
     try:
         ctx = RunContext("subscriber_services", "trigger-added", D)
@@ -502,6 +499,31 @@ def as_the_dba(dsn: str, statements: str) -> None:
     """A DBA's DDL, from its own session (named 'dba')."""
     with psycopg.connect(dsn, autocommit=True, application_name="dba") as conn:
         conn.execute(statements)
+
+
+def a_dba_kept_waiting(db, dsn: str, statements: str, never_waited: str) -> InThread:
+    """The DBA's ``statements`` started (as_the_dba), returned once they wait for a lock."""
+    dba = InThread(lambda: as_the_dba(dsn, statements))
+    waits = "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE NOT granted"
+    deadline = time.monotonic() + 10
+    while not db.execute(f"{waits} AND application_name = 'dba'").fetchone()[0]:
+        assert time.monotonic() < deadline, never_waited
+        time.sleep(0.05)
+    return dba
+
+
+def once_archived(engine, partition: str, then) -> None:
+    """``then()`` runs once ``partition``'s rows are archived and uploaded, its step 1 still open
+    (the engine's _archive_partition wrapped)."""
+    archive = engine._archive_partition
+
+    def archive_then(control, intents, reader, rule, ctx, archived_partition, batch):
+        archived = archive(control, intents, reader, rule, ctx, archived_partition, batch)
+        if archived_partition.name == partition:
+            then()
+        return archived
+
+    engine._archive_partition = archive_then
 
 
 def test_a_partition_in_another_schema_is_never_retired_whole(partitioned, s3, storage, policy, source_dsn):
@@ -782,16 +804,12 @@ def test_a_hold_placed_while_the_partition_is_archived_keeps_it(partitioned, s3,
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
     archived, release = threading.Event(), threading.Event()
-    original = engine._archive_partition
 
-    def archive_then_wait(control, intents, reader, rule, ctx, partition, batch):
-        result = original(control, intents, reader, rule, ctx, partition, batch)
-        if partition.name == "chat_messages_2026_03":
-            archived.set()
-            assert release.wait(60)
-        return result
+    def tell_then_wait():
+        archived.set()
+        assert release.wait(60)
 
-    engine._archive_partition = archive_then_wait
+    once_archived(engine, "chat_messages_2026_03", tell_then_wait)
     run = InThread(lambda: engine.archive_and_delete(RunContext("subscriber_services", "mid", D)))
     assert archived.wait(60)
     uploaded = db.execute(
@@ -858,21 +876,17 @@ def test_a_write_left_open_past_the_lock_wait_keeps_the_partition_and_the_run_go
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
-    archive = engine._archive_partition
     app = psycopg.connect(source_dsn, application_name="app")
 
-    def archive_then_a_long_edit(control, intents, reader, rule, ctx, partition, batch):
-        archived = archive(control, intents, reader, rule, ctx, partition, batch)
-        if partition.name == "chat_messages_2026_03":
-            # By id and clock: pruned to March (by id alone it would lock every partition, April's too).
-            app.execute(
-                "UPDATE app.chat_messages SET body = body || ' (edited)' WHERE id = %s AND transmitted_at < %s",
-                (made["2026-03"][0], f.paris("2026-04-01", 0)),
-            )
-            threading.Timer(3, app.commit).start()
-        return archived
+    def a_long_edit():
+        # By id and clock: pruned to March (by id alone it would lock every partition, April's too).
+        app.execute(
+            "UPDATE app.chat_messages SET body = body || ' (edited)' WHERE id = %s AND transmitted_at < %s",
+            (made["2026-03"][0], f.paris("2026-04-01", 0)),
+        )
+        threading.Timer(3, app.commit).start()
 
-    engine._archive_partition = archive_then_a_long_edit
+    once_archived(engine, "chat_messages_2026_03", a_long_edit)
     try:
         (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "long-edit", D))
     finally:
@@ -897,21 +911,16 @@ def test_a_partition_dropped_by_a_dba_while_it_is_archived_stops_the_run_and_kee
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
-    archive = engine._archive_partition
     dba = []
-
-    def archive_while_the_dba_drops_it(control, intents, reader, rule, ctx, partition, batch):
-        archived = archive(control, intents, reader, rule, ctx, partition, batch)
-        if partition.name == "chat_messages_2026_03":
-            dba.append(InThread(lambda: as_the_dba(source_dsn, "DROP TABLE app.chat_messages_2026_03")))
-            waits = "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE NOT granted"
-            deadline = time.monotonic() + 10
-            while not db.execute(f"{waits} AND application_name = 'dba'").fetchone()[0]:
-                assert time.monotonic() < deadline, "the DROP never waited for the archive"
-                time.sleep(0.05)
-        return archived
-
-    engine._archive_partition = archive_while_the_dba_drops_it
+    once_archived(
+        engine,
+        "chat_messages_2026_03",
+        lambda: dba.append(
+            a_dba_kept_waiting(
+                db, source_dsn, "DROP TABLE app.chat_messages_2026_03", "the DROP never waited for the archive"
+            )
+        ),
+    )
     with pytest.raises(RetentionError, match="chat_messages_2026_03 of chat_messages was dropped by another session"):
         engine.archive_and_delete(RunContext("subscriber_services", "dropped", D))
     dba[0].join(10)
@@ -940,20 +949,16 @@ def test_a_hold_committed_while_step_2_waits_for_the_hold_table_is_seen_whatever
     (database,) = db.execute("SELECT current_database()").fetchone()
     db.execute(f"ALTER DATABASE {database} SET default_transaction_isolation = 'repeatable read'")
     engine = engine_for(policy, source_dsn, s3, storage)
-    archive = engine._archive_partition
     dpo = psycopg.connect(source_dsn, application_name="dpo")
 
-    def archive_while_a_hold_is_placed(control, intents, reader, rule, ctx, partition, batch):
-        archived = archive(control, intents, reader, rule, ctx, partition, batch)
-        if partition.name == "chat_messages_2026_03":
-            dpo.execute(
-                "INSERT INTO retention.legal_holds (table_name, record_id, reason) VALUES ('chat_messages', %s, 'x')",
-                (held,),
-            )
-            threading.Timer(1.5, dpo.commit).start()
-        return archived
+    def a_hold_placed():
+        dpo.execute(
+            "INSERT INTO retention.legal_holds (table_name, record_id, reason) VALUES ('chat_messages', %s, 'x')",
+            (held,),
+        )
+        threading.Timer(1.5, dpo.commit).start()
 
-    engine._archive_partition = archive_while_a_hold_is_placed
+    once_archived(engine, "chat_messages_2026_03", a_hold_placed)
     try:
         (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "isolation", D))
     finally:
@@ -1327,29 +1332,25 @@ def test_an_application_write_while_a_partition_is_archived_goes_through_and_kee
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     engine = engine_for(policy, source_dsn, s3, storage)
-    archive = engine._archive_partition
     waited: list[float] = []
     late = []
 
-    def archive_then_the_application_writes(control, intents, reader, rule, ctx, partition, batch):
-        archived = archive(control, intents, reader, rule, ctx, partition, batch)
-        if partition.name == "chat_messages_2026_03":  # step 1, its transaction still open
-            with psycopg.connect(source_dsn, application_name="app") as app:
-                app.execute("SET lock_timeout = '5s'")
-                app.execute("SELECT id FROM app.customers WHERE id = %s", (customers["2026-03"],))
-                started = time.monotonic()
-                if write == "an update":
-                    app.execute(
-                        "UPDATE app.chat_messages SET body = body || ' (edited)' WHERE customer_id = %s",
-                        (customers["2026-03"],),
-                    )
-                else:
-                    late.append(fp.chat_message(app, customers["2026-03"], transmitted=f.paris("2026-03-20", 10)))
-                app.commit()
-                waited.append(time.monotonic() - started)
-        return archived
+    def the_application_writes():
+        with psycopg.connect(source_dsn, application_name="app") as app:
+            app.execute("SET lock_timeout = '5s'")
+            app.execute("SELECT id FROM app.customers WHERE id = %s", (customers["2026-03"],))
+            started = time.monotonic()
+            if write == "an update":
+                app.execute(
+                    "UPDATE app.chat_messages SET body = body || ' (edited)' WHERE customer_id = %s",
+                    (customers["2026-03"],),
+                )
+            else:
+                late.append(fp.chat_message(app, customers["2026-03"], transmitted=f.paris("2026-03-20", 10)))
+            app.commit()
+            waited.append(time.monotonic() - started)
 
-    engine._archive_partition = archive_then_the_application_writes
+    once_archived(engine, "chat_messages_2026_03", the_application_writes)  # its step 1 still open
     (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "application", D))
     assert waited and waited[0] < 2, f"the application waited {waited} s"
     assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
