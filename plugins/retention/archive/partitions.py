@@ -455,14 +455,11 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
 
     def _abandon_uploads(self, control, ctx: RunContext, rule: Rule, batch: Batch) -> None:
         """The objects of a partition that stays: removed now (nothing is committed, no Object
-        Lock applied yet), their intents 'abandoned'. A crash here leaves them to recover()."""
-        for group in batch.groups:
-            keys = [group.key, *(target for _, target in group.doc_pairs)]
-            self.store.delete_all_versions(keys)
-            with control.transaction():
-                control.execute(
-                    "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s AND state = 'uploading'",
-                    (group.manifest_id,),
-                )
-                self._audit(control, ctx, rule.name, rule.table, "orphan_removed", len(group.ids), key=group.key)
+        Lock applied yet), their intents 'abandoned', as recover() removes a crash's orphans. A
+        crash here leaves them to recover()."""
+        uploads = [
+            (group.manifest_id, rule.name, rule.table, group.key, [t for _, t in group.doc_pairs], group.ids)
+            for group in batch.groups
+        ]
+        self._remove_orphans(control, ctx, uploads)
         control.commit()

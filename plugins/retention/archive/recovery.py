@@ -57,13 +57,14 @@ class Recovery:
 
     def _remove_orphans(self, control, ctx: RunContext, orphans: list[tuple]) -> None:
         """Uploads that were never committed (their rows are still in the source) removed, every
-        version, their manifest rows 'abandoned' and audited, one at a time.
+        version, their manifest rows 'abandoned' (from 'uploading' only) and audited, one at a time.
         ``orphans``: (manifest id, rule, table, object key, document keys, record ids)."""
         for manifest_id, rule_name, table, key, doc_keys, record_ids in orphans:
             self.store.delete_all_versions([key, *doc_keys])
             with control.transaction():
                 control.execute(
-                    "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s", (manifest_id,)
+                    "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s AND state = 'uploading'",
+                    (manifest_id,),
                 )
                 self._audit(control, ctx, rule_name, table, "orphan_removed", len(record_ids), key=key)
 
