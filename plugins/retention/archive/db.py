@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import psycopg
 
+# Each statement its own snapshot, whatever the role or database defaults to: a hold committed
+# while LOCK_HOLDS waited is seen by the next statement only so (a REPEATABLE READ transaction
+# takes its snapshot at that SELECT, before the lock is granted).
+READ_COMMITTED = "SET default_transaction_isolation = 'read committed'"
+
 
 def connect(dsn: str, application_name: str, autocommit: bool = False) -> psycopg.Connection:
     conn = psycopg.connect(dsn, autocommit=autocommit, application_name=application_name)
@@ -17,10 +22,7 @@ def connect(dsn: str, application_name: str, autocommit: bool = False) -> psycop
     # linearly for every row (a 50,000-row batch of a partitioned table: 6 s instead of 0.25 s).
     # Custom plans each time: the parse is still saved.
     conn.execute("SET plan_cache_mode = force_custom_plan")
-    # Each statement its own snapshot, whatever the role or database defaults to: a hold
-    # committed while LOCK_HOLDS waited is seen by the next statement only so (a REPEATABLE
-    # READ transaction takes its snapshot at that SELECT, before the lock is granted).
-    conn.execute("SET default_transaction_isolation = 'read committed'")
+    conn.execute(READ_COMMITTED)
     if not autocommit:
         conn.commit()
     return conn
@@ -34,6 +36,6 @@ def connect_reader(dsn: str):
 
     reader = adbc.connect(dsn)
     with reader.cursor() as cur:
-        cur.execute("SET default_transaction_isolation = 'read committed'")
+        cur.execute(READ_COMMITTED)
     reader.commit()
     return reader

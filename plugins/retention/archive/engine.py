@@ -13,8 +13,8 @@ approved plan) and is made of the protocol's parts, one module each:
 
 Below them: ``run`` (the run's context, units, errors), ``locks``, ``batch`` (the batch value),
 ``documents`` (file disposal), ``store`` (S3), ``parquet``, ``rewrite`` (an object rewritten
-without some rows), ``db``. Heavy imports (pyarrow, psycopg; adbc when a run opens its reader) happen here, never at
-DAG-parse time.
+without some rows), ``db``. Heavy imports (pyarrow, psycopg; adbc when a run opens its
+reader) happen here, never at DAG-parse time.
 """
 
 from __future__ import annotations
