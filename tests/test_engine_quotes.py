@@ -69,3 +69,28 @@ def test_rows_past_their_archive_period_are_deleted_without_archive(db, s3, stor
     assert o.deleted == 1 and o.objects == 0
     assert f.ids(db, "quotes") == set()
     assert db.execute("SELECT action, record_ids FROM retention.audit_log").fetchall() == [("deleted", [old])]
+
+
+def test_rows_that_fit_in_one_batch_are_cut_into_batches_that_overlap(db, s3, storage, policy, source_dsn):
+    """25,000 due quotes, all ending their archive period on one day, under a batch size of
+    100,000: a single batch would overlap nothing (retention.archive.batch.PIPELINED_BATCHES), so
+    the rule goes in batches of 10,000; every row is archived once and deleted."""
+    from retention.archive.batch import PIPELINED_BATCH_MIN
+
+    db.execute(
+        "INSERT INTO app.quotes (email, species, formula, monthly_premium, issued_at)"
+        " SELECT 'lea.dubois@example.fr', 'cat', 'confort', 24.50, %s FROM generate_series(1, 25000)",
+        (f.paris("2024-02-01"),),
+    )
+    db.commit()
+    eng = make_engine(policy, "quotes", source_dsn, s3, storage)
+    (o,) = eng.archive_and_delete(
+        RunContext("quotes", "manual__pipelined", f.midnight("2025-02-28"), batch_size=100_000)
+    )
+    assert o.deleted == 25_000 and f.ids(db, "quotes") == set()
+    counts = [r[0] for r in db.execute("SELECT row_count FROM retention.archive_manifest ORDER BY id")]
+    assert counts == [PIPELINED_BATCH_MIN, PIPELINED_BATCH_MIN, 5_000]
+    archived = db.execute(
+        "SELECT count(DISTINCT i) FROM retention.archive_manifest, unnest(record_ids) AS i"
+    ).fetchone()
+    assert archived == (25_000,)

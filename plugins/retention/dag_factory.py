@@ -58,7 +58,7 @@ are kept and reported; parents whose children are still kept wait and are report
 |---|---|---|---|---|---|---|
 {rows}
 
-**Params**: `dry_run` (count and report only), `batch_size` (rows per transaction and per
+**Params**: `dry_run` (count and report only), `batch_size` (most rows per transaction and per
 archive object), `max_delete_fraction` (mass-deletion guard: a run that would delete a larger
 share of a table waits, before deleting anything, for an approver shown its plan's figures
 (task `approve_deletion`, under Browse > Required Actions); rejected or unanswered in
@@ -101,7 +101,7 @@ def build_retention_dag(purpose_name: str, policy: Policy | None = None) -> DAG:
                 type="integer",
                 minimum=1,
                 maximum=1_000_000,
-                description="Rows per transaction and per archive object.",
+                description="Most rows per transaction and per archive object.",
             ),
             "max_delete_fraction": Param(
                 purpose.max_delete_fraction,

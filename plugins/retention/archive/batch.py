@@ -18,6 +18,11 @@ from retention.archive.run import MAX_ID
 
 # Larger sorts of a batch (its ids by purge day) stay in memory: 4 MB (the default) spills.
 BATCH_WORK_MEM = "64MB"
+# Rows that fit in fewer batches are cut into this many (of at least PIPELINED_BATCH_MIN rows):
+# a batch is locked and read while the one before is uploaded and deleted, and a single batch
+# overlaps nothing (100,000 rows of one day: 0.90 s in one batch, 0.74 s in four; docs/benchmark.md).
+PIPELINED_BATCHES = 4
+PIPELINED_BATCH_MIN = 10_000
 
 
 @dataclass
@@ -31,6 +36,15 @@ class _Allowance:
     # Deletable rows a batch found once the count was used up, and the last id locked so far.
     cut: int = 0
     reached_id: int = 0
+    approved: int = field(init=False)  # rows_left at the start
+
+    def __post_init__(self) -> None:
+        self.approved = self.rows_left
+
+    def batch_rows(self, batch_size: int) -> int:
+        """The rows a batch locks at most: the run's batch size, or less when the approved rows
+        fit in fewer than PIPELINED_BATCHES batches (never less than PIPELINED_BATCH_MIN)."""
+        return min(batch_size, max(PIPELINED_BATCH_MIN, -(-self.approved // PIPELINED_BATCHES)))
 
     def covers(self, first_id: int, last_id: int) -> bool:
         """Whether ids ``first_id..last_id`` all lie in the allowed range."""

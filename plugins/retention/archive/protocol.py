@@ -222,7 +222,7 @@ class BatchProtocol:
         """The next batch, within what the plan approved: the rule's (or unit's) id range, and
         no more rows in all than the approved count (the rest is left for the next run)."""
         allowance = self._allowances[rule.name]
-        limit = min(ctx.batch_size, allowance.rows_left)
+        limit = min(allowance.batch_rows(ctx.batch_size), allowance.rows_left)
         if limit <= 0:
             return []
         statements = self._statements[rule.name]
