@@ -171,18 +171,22 @@ def _lines(rng: random.Random, pools: dict, first_id: int, stamps: list[int], pr
         )
 
 
-def build_template(dsn: str, rows: int, cutoff: dt.datetime, logical_date: dt.datetime, seed: int = 42) -> Dataset:
-    """(Re)create bench.quotes_template with `rows` due quotes plus held and recent ones."""
+def build_template(
+    dsn: str, rows: int, cutoff: dt.datetime, logical_date: dt.datetime, seed: int = 42, due_days: int = 364
+) -> Dataset:
+    """(Re)create bench.quotes_template with `rows` due quotes plus held and recent ones; the due
+    ones issued over the `due_days` days before the cutoff (364: a backlog, whose archive periods
+    end on 364 days; 1: what a daily run finds, all ending on one day)."""
     started = time.perf_counter()
     rng = random.Random(seed)
     pools = _pools(seed)
     held = max(3, rows // 10_000)
     recent = max(10, rows // 20)
     prospects = max(1, rows // 2)
-    # Due quotes were issued over the year before the cutoff: all of them are still inside their
+    # Due quotes were issued over the days before the cutoff: all of them are still inside their
     # archive period at the logical date (the engine deletes without archiving a backlog row whose
     # archive period is already over, and the three contestants must do the same job).
-    span = 364 * 86400
+    span = due_days * 86400
     end = int(cutoff.timestamp())
     due_aged = sorted(rng.randrange(end - span, end) for _ in range(rows + held))
     recent_stamps = sorted(rng.randrange(end + 86400, int(logical_date.timestamp())) for _ in range(recent))

@@ -15,6 +15,7 @@ from bench.partitions import TABLES
 pytestmark = pytest.mark.bench
 
 ROWS = 5000
+DAILY_ROWS = 3000
 DOCUMENT_FILES = 40
 PAGE_CUSTOMERS = 300
 PARTITION_ROWS = 3000
@@ -28,14 +29,14 @@ def report(tmp_path_factory):
     result = main(
         ["--rows", str(ROWS), "--repeat", "1", "--skip-full-run", "--skip-parse"]
         + ["--documents-files", str(DOCUMENT_FILES), "--page-customers", str(PAGE_CUSTOMERS), "--out", str(out)]
-        + ["--partition-rows", str(PARTITION_ROWS)]
+        + ["--partition-rows", str(PARTITION_ROWS), "--daily-rows", str(DAILY_ROWS)]
     )
     assert json.loads(out.read_text())["runs"], "the bench wrote no runs to its JSON report"
     return result
 
 
 def test_each_contestant_archived_and_deleted_exactly_the_due_rows(report):
-    runs = {r["contestant"]: r for r in report["runs"]}
+    runs = {r["contestant"]: r for r in report["runs"] if r["size"] == str(ROWS)}
     assert set(runs) == {"limit", "pandas", "engine"}
     expected = report["datasets"][str(ROWS)]["due_ids_sha256"]
     for name, run in runs.items():
@@ -48,13 +49,28 @@ def test_each_contestant_archived_and_deleted_exactly_the_due_rows(report):
 
 
 def test_all_three_did_the_same_ids(report):
-    archived = {r["checks"]["archived_ids_sha256"] for r in report["runs"]}
-    deleted = {r["checks"]["deleted_ids_sha256"] for r in report["runs"]}
-    assert len(archived) == 1 and archived == deleted
+    for size in (str(ROWS), f"{DAILY_ROWS}-daily"):
+        archived = {r["checks"]["archived_ids_sha256"] for r in report["runs"] if r["size"] == size}
+        deleted = {r["checks"]["deleted_ids_sha256"] for r in report["runs"] if r["size"] == size}
+        assert len(archived) == 1 and archived == deleted, size
+
+
+def test_a_daily_runs_shape_is_measured_beside_the_backlog(report):
+    """--daily-rows: the same job on rows all due since one day; their archive periods end on one
+    day, so the engine writes a handful of objects where the backlog's rows end on 364 days."""
+    daily = [r for r in report["runs"] if r["size"] == f"{DAILY_ROWS}-daily"]
+    assert {r["contestant"] for r in daily} == {"limit", "pandas", "engine"}
+    assert all(r["checks"]["ok"] and r["deleted"] == DAILY_ROWS for r in daily)
+    engine = {r["size"]: r for r in report["runs"] if r["contestant"] == "engine"}
+    assert engine[f"{DAILY_ROWS}-daily"]["objects"] <= 3 < 300 < engine[str(ROWS)]["objects"]
+    assert "engine_vs_limit_daily" in report["summary"]["targets"]
+    from bench.run import markdown
+
+    assert "3,000 (daily run: one day due)" in markdown(report)
 
 
 def test_the_engine_kept_its_bookkeeping(report):
-    engine = next(r for r in report["runs"] if r["contestant"] == "engine")
+    engine = next(r for r in report["runs"] if r["contestant"] == "engine" and r["size"] == str(ROWS))
     assert engine["objects"] >= 1 and engine["archive_bytes"] > 0
     assert sum(rule["deleted"] for rule in engine["rules"]) == ROWS
     assert all(rule["held"] == report["datasets"][str(ROWS)]["held"] for rule in engine["rules"])
