@@ -277,6 +277,39 @@ def test_recheck_under_lock_drops_rows_no_longer_due(db, s3, storage, policy, so
     assert archived_rows_by_table(db, s3, storage, "quotes") == {"quotes": [due]}
 
 
+def test_a_hold_left_uncommitted_past_the_batch_lock_wait_stops_the_run_naming_its_session(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A DPO's session inserts a legal hold and leaves its transaction open: the batch waits for
+    the hold table (BATCH_LOCK_TIMEOUT, 1 s here), gives up, and the run stops with a message
+    naming that session (pid, user, application); nothing deleted, nothing archived. Once the
+    hold is committed, the next run archives the rest and keeps the held quote."""
+    from retention.archive import protocol
+
+    monkeypatch.setattr(protocol, "BATCH_LOCK_TIMEOUT", "1s")
+    D = f.midnight("2025-06-01")
+    quotes = [f.quote(db, issued="2024-01-01") for _ in range(3)]
+    dpo = psycopg.connect(source_dsn, application_name="dpo-console")
+    dpo.execute(
+        "INSERT INTO retention.legal_holds (table_name, record_id, reason) VALUES ('quotes', %s, 'litigation')",
+        (quotes[0],),
+    )
+    engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+    try:
+        with pytest.raises(RetentionError) as stopped:
+            engine.archive_and_delete(RunContext("quotes", "hold-left-open", D))
+        message = str(stopped.value)
+        assert "waited 1s for its locks and gave up; it changed nothing" in message
+        assert f"pid {dpo.info.backend_pid} (" in message and "dpo-console)" in message
+        assert f.ids(db, "quotes") == set(quotes)
+        assert db.execute("SELECT count(*) FROM retention.archive_manifest").fetchone() == (0,)
+    finally:
+        dpo.commit()
+        dpo.close()
+    engine.archive_and_delete(RunContext("quotes", "hold-committed", D))
+    assert f.ids(db, "quotes") == {quotes[0]}
+
+
 def test_dry_run_changes_nothing(db, s3, storage, policy, source_dsn):
     scenario = scenarios.contracts(db, s3, storage)
     tables = ["contracts", "claims", "reimbursements", "payment_methods", "quotes"]

@@ -63,6 +63,20 @@ def release_purpose_lock(conn: psycopg.Connection, purpose: str, *, shared: bool
         conn.commit()
 
 
+def lock_holders(conn, tables: list[str], *, readers: bool = False) -> str:
+    """The other sessions holding a lock on these tables now, as "pid 123 (alice, psql), ...": a
+    lock wait that ran out names whom it most likely waited for. Only writers' and lockers' locks
+    unless ``readers`` (a detach waits for readers too). Never their query: pid, user and
+    application name are what any role sees of another session."""
+    rows = conn.execute(
+        "SELECT DISTINCT a.pid, a.usename, a.application_name FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid)"
+        " WHERE l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t) AND l.granted"
+        " AND l.pid <> pg_backend_pid() AND (%s OR l.mode <> 'AccessShareLock') ORDER BY a.pid",
+        (tables, readers),
+    ).fetchall()
+    return ", ".join(f"pid {pid} ({user or '?'}, {app or 'no application name'})" for pid, user, app in rows)
+
+
 def has_waiters(conn, backend_pid: int) -> bool:
     """Whether a session waits for a lock that the backend ``backend_pid`` holds (pg_locks is
     visible to every role, unlike other sessions' wait events in pg_stat_activity)."""

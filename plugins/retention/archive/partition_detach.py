@@ -18,6 +18,7 @@ import re
 import psycopg
 from psycopg import sql
 
+from retention.archive.locks import lock_holders
 from retention.archive.partition_plan import attached_state
 from retention.archive.run import RetentionError
 
@@ -68,14 +69,8 @@ def _waited(autocommit_conn, schema: str, table: str, partition: str, how: str) 
             )
         )
     except psycopg.errors.QueryCanceled:
-        sessions = autocommit_conn.execute(
-            "SELECT DISTINCT a.pid, a.usename, a.application_name FROM pg_locks AS l"
-            " JOIN pg_stat_activity AS a USING (pid)"
-            " WHERE l.relation = %s::regclass AND l.granted AND l.pid <> pg_backend_pid() ORDER BY a.pid",
-            (sql.Identifier(schema, table).as_string(autocommit_conn),),
-        ).fetchall()
+        named = lock_holders(autocommit_conn, [sql.Identifier(schema, table).as_string(autocommit_conn)], readers=True)
         where = attached_state(autocommit_conn, schema, table, partition)
-        named = ", ".join(f"pid {pid} ({user or '?'}, {app or 'no application name'})" for pid, user, app in sessions)
         raise RetentionError(
             f"the detach of partition {partition} of {table} waited {wait} ({DETACH_WAIT_ENV}) for the"
             f" transactions using the table to end: {named or 'they ended just after'}; the partition is"

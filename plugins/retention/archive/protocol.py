@@ -39,6 +39,7 @@ from retention.archive.locks import (
     LOCK_HOLDS,
     PIPELINED_LOCK_TIMEOUT,
     has_waiters,
+    lock_holders,
 )
 from retention.archive.parquet import document_keys, parquet_bytes, parquet_row_count, typed
 from retention.archive.run import CommittedBatchError, RetentionError, RunContext
@@ -46,7 +47,7 @@ from retention.archive.store import UPLOAD_THREADS, document_archive_key, object
 from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
 from retention.planner import RuleOutcome
-from retention.policy import Rule
+from retention.policy import Rule, rule_filter
 from retention.policy.coverage import owners_of_row_sets, parents_of
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,11 @@ class BatchProtocol:
             # A hold placed from now on waits for this commit; one committed before is seen below.
             control.execute(LOCK_HOLDS)
             locked = self._lock_batch(control, rule, ctx, after_id)
-        except psycopg.errors.LockNotAvailable:
+        except psycopg.errors.LockNotAvailable as timed_out:
             control.rollback()
             if pipelined:
                 raise _LockBusy() from None
-            raise
+            raise self._gave_up_waiting(control, rule) from timed_out
         if not locked:
             control.rollback()
             return None
@@ -192,6 +193,22 @@ class BatchProtocol:
                 self._dispose_unarchived(control, rule, ids, batch)
             batch.ids += ids
         return batch
+
+    def _gave_up_waiting(self, control, rule: Rule) -> RetentionError:
+        """A batch's locks not granted within BATCH_LOCK_TIMEOUT (it changed nothing): what it
+        locks, and who holds locks on those tables now, for the operator to look at."""
+        joined = rule_filter(self.policy, self.purpose_name, rule).joined_tables
+        tables = [("retention", "legal_holds"), *((self.schema, t) for t in (rule.table, *joined))]
+        holders = lock_holders(control, [sql.Identifier(*t).as_string(control) for t in tables])
+        control.rollback()
+        return RetentionError(
+            f"rule {rule.name}: a batch waited {BATCH_LOCK_TIMEOUT} for its locks and gave up; it changed nothing, "
+            "and the rows it did not reach stay for a retry or the next run. It locks the hold table (a legal hold "
+            f"placed or released in a transaction still open blocks it) and the due rows of {rule.table}"
+            + (f" and the rows of {', '.join(joined)} they depend on" if joined else "")
+            + f" (an application transaction still open that writes them). Sessions writing to or locking these "
+            f"tables now: {holders or 'none any more'}"
+        )
 
     def _upload_and_commit(self, rule: Rule, ctx: RunContext, batch: Batch, stopping: threading.Event) -> Batch:
         """Steps 2-4 (worker thread, the batch's own connection): upload and verify the batch's
