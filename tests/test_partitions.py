@@ -901,6 +901,80 @@ def test_a_write_left_open_past_the_lock_wait_keeps_the_partition_and_the_run_go
     assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone() == (0,)
 
 
+def test_a_hold_left_uncommitted_at_step_2_keeps_the_partition_and_the_run_goes_on(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A DPO's session inserts a hold (on another table's record) while March is archived and
+    leaves it uncommitted past step 2's wait for the hold table: March stays (its uploads
+    removed), the DPO commits, and the run goes on: the next partitions are retired, March's
+    rows take the row path, every row that left the table is in a committed object."""
+    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "1s")
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    engine = engine_for(policy, source_dsn, s3, storage)
+    dpo = psycopg.connect(source_dsn, application_name="dpo-console")
+    once_archived(
+        engine,
+        "chat_messages_2026_03",
+        lambda: dpo.execute(
+            "INSERT INTO retention.legal_holds (table_name, record_id, reason) VALUES ('quotes', 424242, 'litigation')"
+        ),
+    )
+    stays = engine._stays
+
+    def stays_then_the_dpo_commits(control, ctx, rule, partition, batch, why):
+        kept = stays(control, ctx, rule, partition, batch, why)
+        assert "hold table" in why, why
+        dpo.commit()
+        return kept
+
+    engine._stays = stays_then_the_dpo_commits
+    try:
+        (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "hold-open", D))
+    finally:
+        dpo.close()
+    assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+    assert "2026_03" in partitions_left(db, "chat_messages")
+    assert f.ids(db, "chat_messages") == {*made["2026-06"], *made["2026-07"]}
+    assert {*made["2026-03"], *made["2026-04"], *made["2026-05"]} <= set(committed_ids(db))
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state = 'uploading'").fetchone() == (0,)
+
+
+def test_a_write_left_open_on_a_tier_none_partition_keeps_it_and_the_run_goes_on(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Tier none locks a partition in SHARE mode for its check. The application edits a March
+    cookie choice just then and keeps its transaction open past the wait: March stays (nothing
+    was done to it), the run goes on with April and May, and once the application commits,
+    March's rows take the row path; the run ends green."""
+    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "1s")
+    db = partitioned
+    choices = {month: [fp.cookie_consent(db, recorded=f"{month}-{day:02d}") for day in (3, 17)] for month in MONTHS}
+    engine = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents")
+    app = psycopg.connect(source_dsn, application_name="app")
+    lock = engine._lock_partition
+
+    def lock_once_the_application_writes(control, partition, mode):
+        if partition == "cookie_consents_2026_03":
+            app.execute(
+                "UPDATE app.cookie_consents SET choice = choice WHERE id = %s AND recorded_at < %s",
+                (choices["2026-03"][0], f.paris("2026-04-01", 0)),
+            )
+            threading.Timer(3, app.commit).start()
+        return lock(control, partition, mode)
+
+    engine._lock_partition = lock_once_the_application_writes
+    try:
+        (outcome,) = engine.archive_and_delete(RunContext("cookie_consents", "write-open", f.midnight("2026-12-01")))
+    finally:
+        time.sleep(3)
+        app.close()
+    assert outcome.partitions == {"dropped": 3, "rows": 6, "kept": 1}
+    assert "2026_03" in partitions_left(db, "cookie_consents")
+    assert f.ids(db, "cookie_consents") == {*choices["2026-06"], *choices["2026-07"]}
+
+
 def test_a_partition_dropped_by_a_dba_while_it_is_archived_stops_the_run_and_keeps_the_copies(
     partitioned, s3, storage, policy, source_dsn
 ):

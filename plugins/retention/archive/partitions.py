@@ -230,6 +230,17 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
         except psycopg.errors.UndefinedTable:
             control.rollback()
             return None  # dropped meanwhile by another rule's unit on the same table
+        except psycopg.errors.LockNotAvailable:
+            # Tier none's SHARE lock: a transaction that writes the partition is still open (or, in
+            # either mode, a DBA's ALTER or DROP). Nothing done yet: the partition stays.
+            control.rollback()
+            log.warning(
+                "rule %s: partition %s stays: a transaction kept it locked for %s; its deletable rows take the row path",
+                rule.name,
+                partition.name,
+                BATCH_LOCK_TIMEOUT,
+            )
+            return _KEPT
         check = self._check_partition(control, rule, partition.name, fingerprint=archived)
         allowance = self._allowances[rule.name]
         if check.rows and not allowance.covers(check.min_id, check.max_id):
@@ -286,7 +297,18 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
             # Step 2: the holds locked, the rule re-checked and the rows' fingerprint taken again
             # (after an archive: a hold or a write may have come meanwhile; tier none went
             # straight here, its rows held in SHARE mode since its check).
-            control.execute(LOCK_HOLDS)
+            try:
+                control.execute(LOCK_HOLDS)
+            except psycopg.errors.LockNotAvailable:
+                return self._stays(
+                    control,
+                    ctx,
+                    rule,
+                    partition.name,
+                    batch,
+                    f"a transaction on the hold table (a hold placed or released, not committed) kept it locked for "
+                    f"{BATCH_LOCK_TIMEOUT}",
+                )
             changed = self._changed_since_the_listing(control, rule, partition.name)
             if changed:
                 return self._stays(control, ctx, rule, partition.name, batch, f"since the listing, {changed}")
