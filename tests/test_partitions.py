@@ -2017,3 +2017,34 @@ def test_batch_statements_are_planned_for_their_ids_on_every_execution(partition
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%id + 0 = ANY%'"
         ).fetchone()
     assert (generic, custom) == (0, 10)
+
+
+def test_the_run_report_says_how_many_partitions_were_retired_whole_or_kept_and_where_to_read_why():
+    """The report task's line for a partitioned rule: retired whole, kept, and where the reason is
+    (a partition is kept for a held or waiting row, and also for a write, a hold or a DBA's change
+    in the way while it was retired)."""
+    from retention.policy import default_policy
+    from retention.tasks import report
+
+    purpose = default_policy().with_mode("enforce").purpose("subscriber_services")
+    rule = {
+        "rule": "chat_messages",
+        "table": "chat_messages",
+        "tier": "probative",
+        "due": 12,
+        "deleted": 12,
+        "held": 0,
+        "waiting": {},
+        "objects": 4,
+        "archive_bytes": 100,
+        "documents": 0,
+        "partitions": {"dropped": 3, "rows": 9, "kept": 1},
+    }
+    context = {"logical_date": D, "params": {}, "run_id": "partitioned"}
+    purged = {"purged_objects": 0, "purged_records": 0, "held_objects": 0}
+    text = report(purpose, context, {}, {"rules": [rule]}, purged, {}, {})
+    assert (
+        "partitions (chat_messages): 3 retired whole (9 rows, detached and dropped), 1 kept for the row path"
+        " (a row held, waiting or not due, or a write, a hold or a DBA's change in the way while it was retired:"
+        " the task log says which)" in text
+    )

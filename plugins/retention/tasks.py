@@ -423,7 +423,8 @@ def report(
             p = r["partitions"]
             lines.append(
                 f"partitions ({r['rule']}): {p['dropped']} retired whole ({p['rows']} rows, detached and dropped), "
-                f"{p['kept']} kept for the row path (a row held, waiting or not due)"
+                f"{p['kept']} kept for the row path (a row held, waiting or not due, or a write, a hold or a DBA's "
+                "change in the way while it was retired: the task log says which)"
             )
         if r.get("vacuum"):
             v = r["vacuum"]
