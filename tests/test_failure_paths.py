@@ -4,6 +4,7 @@ legal holds on archives, dry runs and backfills."""
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
@@ -308,6 +309,40 @@ def test_a_hold_left_uncommitted_past_the_batch_lock_wait_stops_the_run_naming_i
         dpo.close()
     engine.archive_and_delete(RunContext("quotes", "hold-committed", D))
     assert f.ids(db, "quotes") == {quotes[0]}
+
+
+def test_a_lock_wait_names_the_sessions_queued_ahead_and_the_readers_they_wait_for(db, source_dsn):
+    """A report reads the hold table in a transaction left open; a DBA's migration asks for the
+    table in ACCESS EXCLUSIVE mode and waits for the report; a batch asking for SHARE mode then
+    queues behind the DBA. Both are named when the batch gives up (found by a review: only the
+    granted locks of writers were named, so the message said no one was in the way)."""
+    from retention.archive.locks import lock_holders
+
+    report = psycopg.connect(source_dsn, application_name="monthly-report")
+    report.execute("SELECT count(*) FROM retention.legal_holds")
+    dba = psycopg.connect(source_dsn, application_name="dba-migration")
+    migration = threading.Thread(
+        target=lambda: dba.execute("LOCK TABLE retention.legal_holds IN ACCESS EXCLUSIVE MODE"), daemon=True
+    )
+    migration.start()
+    try:
+        for _ in range(100):
+            if db.execute(
+                "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", (dba.info.backend_pid,)
+            ).fetchone()[0]:
+                break
+            time.sleep(0.05)
+        named = lock_holders(db, ["retention.legal_holds"])
+        assert f"pid {report.info.backend_pid} (" in named and "monthly-report)" in named
+        assert f"pid {dba.info.backend_pid} (" in named and "dba-migration, waiting)" in named
+        report.rollback()
+        migration.join(10)
+        assert "monthly-report" not in lock_holders(db, ["retention.legal_holds"])  # a reader alone is in no one's way
+        assert "dba-migration)" in lock_holders(db, ["retention.legal_holds"])
+    finally:
+        report.close()
+        dba.rollback()
+        dba.close()
 
 
 def test_dry_run_changes_nothing(db, s3, storage, policy, source_dsn):

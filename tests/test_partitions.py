@@ -975,6 +975,22 @@ def test_a_write_left_open_on_a_tier_none_partition_keeps_it_and_the_run_goes_on
     assert f.ids(db, "cookie_consents") == {*choices["2026-06"], *choices["2026-07"]}
 
 
+def test_a_lock_on_one_partition_is_named_as_in_the_way_of_its_table(partitioned, source_dsn):
+    """A DBA holds March in ACCESS EXCLUSIVE mode (a rewrite): a batch over chat_messages waits
+    for it, so a lock wait on the table names that session (found by a review: only the table's
+    own locks were looked at)."""
+    from retention.archive.locks import lock_holders
+
+    dba = psycopg.connect(source_dsn, application_name="dba-rewrite")
+    dba.execute("LOCK TABLE app.chat_messages_2026_03 IN ACCESS EXCLUSIVE MODE")
+    try:
+        assert f"pid {dba.info.backend_pid} (" in lock_holders(partitioned, ['"app"."chat_messages"'])
+        assert "dba-rewrite" not in lock_holders(partitioned, ['"app"."chat_messages"'], partitions=False)
+    finally:
+        dba.rollback()
+        dba.close()
+
+
 def test_a_partition_dropped_by_a_dba_while_it_is_archived_stops_the_run_and_keeps_the_copies(
     partitioned, s3, storage, policy, source_dsn
 ):

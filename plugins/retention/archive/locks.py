@@ -63,18 +63,34 @@ def release_purpose_lock(conn: psycopg.Connection, purpose: str, *, shared: bool
         conn.commit()
 
 
-def lock_holders(conn, tables: list[str], *, readers: bool = False) -> str:
-    """The other sessions holding a lock on these tables now, as "pid 123 (alice, psql), ...": a
-    lock wait that ran out names whom it most likely waited for. Only writers' and lockers' locks
-    unless ``readers`` (a detach waits for readers too). Never their query: pid, user and
-    application name are what any role sees of another session."""
+def lock_holders(conn, tables: list[str], *, readers: bool = False, partitions: bool = True) -> str:
+    """The other sessions of this database with a lock on these tables (and, with ``partitions``,
+    on their partitions) now, as "pid 123 (alice, psql), pid 124 (dba, psql, waiting)": a lock
+    wait that ran out names whom it most likely waited for. A reader's lock blocks only a
+    DBA's ALTER or DROP, so readers are named when someone waits on these tables (a request
+    queued behind a reader blocks every request after it) or with ``readers`` (a detach waits
+    for them). Never their query: pid, user and application name are what any role sees of
+    another session."""
+    # The partitions from the catalog (pg_partition_tree would wait for the very lock in the way).
+    tree = (
+        " UNION SELECT i.inhrelid FROM tables JOIN pg_inherits AS i ON i.inhparent = tables.oid" if partitions else ""
+    )
     rows = conn.execute(
-        "SELECT DISTINCT a.pid, a.usename, a.application_name FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid)"
-        " WHERE l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t) AND l.granted"
-        " AND l.pid <> pg_backend_pid() AND (%s OR l.mode <> 'AccessShareLock') ORDER BY a.pid",
-        (tables, readers),
+        "WITH RECURSIVE named AS (SELECT to_regclass(t) AS oid FROM unnest(%(tables)s::text[]) AS t),"
+        f" tables AS (SELECT oid FROM named{tree}),"
+        " locks AS (SELECT l.pid, l.mode, l.granted FROM pg_locks AS l"
+        "  WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "  AND l.relation IN (SELECT oid FROM tables) AND l.pid <> pg_backend_pid())"
+        " SELECT a.pid, a.usename, a.application_name, bool_or(NOT l.granted) FROM locks AS l"
+        " JOIN pg_stat_activity AS a USING (pid)"
+        " WHERE %(readers)s OR l.mode <> 'AccessShareLock' OR EXISTS (SELECT FROM locks WHERE NOT granted)"
+        " GROUP BY 1, 2, 3 ORDER BY a.pid",
+        {"tables": tables, "readers": readers},
     ).fetchall()
-    return ", ".join(f"pid {pid} ({user or '?'}, {app or 'no application name'})" for pid, user, app in rows)
+    return ", ".join(
+        f"pid {pid} ({user or '?'}, {app or 'no application name'}{', waiting' if waits else ''})"
+        for pid, user, app, waits in rows
+    )
 
 
 def has_waiters(conn, backend_pid: int) -> bool:

@@ -69,7 +69,9 @@ def _waited(autocommit_conn, schema: str, table: str, partition: str, how: str) 
             )
         )
     except psycopg.errors.QueryCanceled:
-        named = lock_holders(autocommit_conn, [sql.Identifier(schema, table).as_string(autocommit_conn)], readers=True)
+        # DETACH ... CONCURRENTLY waits for the transactions that locked the table itself.
+        parent = [sql.Identifier(schema, table).as_string(autocommit_conn)]
+        named = lock_holders(autocommit_conn, parent, readers=True, partitions=False)
         where = attached_state(autocommit_conn, schema, table, partition)
         raise RetentionError(
             f"the detach of partition {partition} of {table} waited {wait} ({DETACH_WAIT_ENV}) for the"
