@@ -36,15 +36,15 @@ class _Allowance:
     # Deletable rows a batch found once the count was used up, and the last id locked so far.
     cut: int = 0
     reached_id: int = 0
-    approved: int = field(init=False)  # rows_left at the start
-
-    def __post_init__(self) -> None:
-        self.approved = self.rows_left
+    _batch_rows: int | None = field(default=None, init=False)
 
     def batch_rows(self, batch_size: int) -> int:
-        """The rows a batch locks at most: the run's batch size, or less when the approved rows
-        fit in fewer than PIPELINED_BATCHES batches (never less than PIPELINED_BATCH_MIN)."""
-        return min(batch_size, max(PIPELINED_BATCH_MIN, -(-self.approved // PIPELINED_BATCHES)))
+        """The rows a batch locks at most: the run's batch size, or less when the rows left at
+        the row path's first batch (whole partitions went before it) fit in fewer than
+        PIPELINED_BATCHES batches (never less than PIPELINED_BATCH_MIN)."""
+        if self._batch_rows is None:
+            self._batch_rows = min(batch_size, max(PIPELINED_BATCH_MIN, -(-self.rows_left // PIPELINED_BATCHES)))
+        return self._batch_rows
 
     def covers(self, first_id: int, last_id: int) -> bool:
         """Whether ids ``first_id..last_id`` all lie in the allowed range."""
