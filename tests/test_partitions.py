@@ -16,6 +16,7 @@ import time
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from retention import run_report
 from retention.archive import partition_detach, partition_drops, partition_plan, vacuum
 from retention.archive import partitions as partition_path
 from retention.archive.engine import RetentionEngine
@@ -1082,6 +1083,10 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     assert db.execute(
         "SELECT run_id, record_ids FROM retention.audit_log WHERE action = 'deleted' ORDER BY id"
     ).fetchall() == [("crashed", made["2019-01"])]
+    # The next run's report says it finished what the crashed run left; its own three are not listed.
+    assert run_report.finished_retirements(db, "subscriber_services", "next") == [
+        ("chat_messages", "chat_messages_2019_01", "dropped", "crashed")
+    ]
     assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 0}
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
     assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
@@ -1254,6 +1259,10 @@ def test_a_purpose_put_in_preview_after_a_crash_attaches_its_detached_partition_
     else:
         previewing.archive_and_delete(ctx)
     assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "attached"
+    # The preview run's report says it (retention.run_report).
+    assert run_report.finished_retirements(db, "subscriber_services", "in-preview") == [
+        ("chat_messages", "chat_messages_2026_03", "kept", "crashed")
+    ]
     assert set(made["2026-03"]) <= f.ids(db, "chat_messages")
     assert db.execute("SELECT partition_name, state FROM retention.partition_retirements ORDER BY id").fetchall() == [
         ("chat_messages_2019_01", "dropped"),

@@ -57,6 +57,26 @@ def test_an_enforced_and_a_failed_note():
     assert "gates 12/12, upstream_failed" in note and "- left unchanged: rows stay." in note
 
 
+def test_a_note_says_which_partitions_left_by_an_interrupted_run_this_run_finished():
+    """A crash between a partition's detach and its drop: the next run drops it (or, in preview
+    mode, attaches it again); its note says so, with the run that left it."""
+    from retention.run_note import note_text
+
+    summary = SUMMARY | {
+        "finished_retirements": [
+            {"table": "chat_messages", "partition": "chat_messages_2026_03", "state": "kept", "left_by": "crashed"},
+            {"table": "chat_messages", "partition": "chat_messages_2026_04", "state": "dropped", "left_by": "crashed"},
+        ]
+    }
+    note = note_text(summary, EVIDENCE)
+    assert "- partition chat_messages_2026_03, left detached by the interrupted run crashed: attached again" in note
+    assert (
+        "- partition chat_messages_2026_04, left detached by the interrupted run crashed: dropped (rows archived,"
+        " audited under that run)" in note
+    )
+    assert "left detached" not in note_text(SUMMARY, EVIDENCE)
+
+
 def test_a_note_someone_wrote_is_kept_above_the_report():
     from retention.run_note import NOTE_MAX_CHARS, merged_with, note_text
 

@@ -82,6 +82,9 @@ def note_text(summary: dict, evidence: str) -> str:
             f"{purge.get('purged_objects', 0):,} objects ({purge.get('purged_records', 0):,} records)"
         )
     lines.append(f"- quality gates: before {gates['before']}; after {gates['after']}")
+    for r in summary.get("finished_retirements", []):
+        done = "dropped (rows archived, audited under that run)" if r["state"] == "dropped" else "attached again"
+        lines.append(f"- partition {r['partition']}, left detached by the interrupted run {r['left_by']}: {done}")
     return "\n".join(lines)
 
 

@@ -171,6 +171,30 @@ def _base_url() -> str:
     return conf.get("api", "base_url", fallback="") or ""
 
 
+def finished_retirements(conn, purpose: str, run_id: str) -> list[tuple[str, str, str, str]]:
+    """(table, partition, state, run that left it) of the partition retirements an interrupted
+    run left open that this run finished (retention.archive.partition_finish): 'dropped' (its
+    rows archived and audited under that run) or 'kept' (attached again, no row deleted)."""
+    return conn.execute(
+        "SELECT table_name, partition_name, state, run_id FROM retention.partition_retirements"
+        " WHERE purpose = %s AND finished_by = %s AND run_id <> finished_by ORDER BY id",
+        (purpose, run_id),
+    ).fetchall()
+
+
+def finished_retirements_text(finished: list[tuple[str, str, str, str]]) -> str:
+    """The report's lines for ``finished_retirements`` ('' when there are none)."""
+    return "\n".join(
+        f"partition {partition} of {table}, left detached by the interrupted run {left_by}: "
+        + (
+            "dropped by this run (its rows archived and audited under that run)"
+            if state == "dropped"
+            else "attached again by this run, no row deleted (its rows are in the table)"
+        )
+        for table, partition, state, left_by in finished
+    )
+
+
 def failure_table(purpose: str, context: dict, states: dict, committed: list[dict]) -> str:
     from retention import tasks
 
@@ -229,7 +253,20 @@ def report(purpose, context: dict) -> dict:
         table = failure_table(purpose, context, states, committed)
         rules = committed
         log.info("%s", table)
-    summary = summary_dict(purpose, context, pulled, states, table, rules)
+    import psycopg
+
+    with psycopg.connect(tasks.source_dsn(), autocommit=True) as conn:
+        finished = finished_retirements(conn, purpose, context["run_id"])
+    if finished:
+        text = finished_retirements_text(finished)
+        log.info("%s", text)
+        table += "\n\n" + text
+    summary = summary_dict(purpose, context, pulled, states, table, rules) | {
+        "finished_retirements": [
+            {"table": table_name, "partition": partition, "state": state, "left_by": left_by}
+            for table_name, partition, state, left_by in finished
+        ]
+    }
     ti.xcom_push(key="summary", value=summary)
     write_note(context, summary)
     if failed:

@@ -25,8 +25,11 @@ CREATE TABLE IF NOT EXISTS retention.partition_retirements (
     manifest_ids    bigint[]    NOT NULL DEFAULT '{}',
     state           text        NOT NULL CHECK (state IN ('detaching', 'dropped', 'kept')),
     created_at      timestamptz NOT NULL DEFAULT now(),
-    finished_at     timestamptz
+    finished_at     timestamptz,
+    -- the run that closed it: its own, or the next one, which finished what a crash left
+    finished_by     text
 );
+ALTER TABLE retention.partition_retirements ADD COLUMN IF NOT EXISTS finished_by text;
 CREATE UNIQUE INDEX IF NOT EXISTS partition_retirements_open_idx
     ON retention.partition_retirements (table_name, partition_name) WHERE state = 'detaching';
 CREATE INDEX IF NOT EXISTS partition_retirements_purpose_idx

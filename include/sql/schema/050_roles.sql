@@ -139,5 +139,5 @@ GRANT retention_reader TO retention_counter;
 -- The partition path's write-ahead records (050_partitions.sql): the engine writes and closes
 -- them (its recovery reads them on every run); the page may show them.
 GRANT SELECT, INSERT ON retention.partition_retirements TO retention_engine;
-GRANT UPDATE (state, finished_at) ON retention.partition_retirements TO retention_engine;
+GRANT UPDATE (state, finished_at, finished_by) ON retention.partition_retirements TO retention_engine;
 GRANT SELECT ON retention.partition_retirements TO retention_reader;

@@ -28,12 +28,15 @@ log = logging.getLogger(__name__)
 class PartitionFinishing:
     """Step 4, recovery and the preview's put-back of partition retirements (a part of RetentionEngine)."""
 
-    def _finish_detached(self, control, retirement_id: int, lock_timeout: str = BATCH_LOCK_TIMEOUT) -> bool:
+    def _finish_detached(
+        self, control, retirement_id: int, lock_timeout: str = BATCH_LOCK_TIMEOUT, finished_by: str | None = None
+    ) -> bool:
         """Step 4 for a detached partition: re-checked and compared under lock, then dropped with
         the manifest committed and the audit written, in one transaction; or attached again
         ('kept') when a hold or a write reached its rows since they were archived, or when
         PostgreSQL refuses the drop (an object that depends on the partition: a foreign key to it,
-        a sequence it owns that the table uses, a function's body)."""
+        a sequence it owns that the table uses, a function's body). ``finished_by``: the run
+        that finishes what an interrupted run left (its record says so); else the record's own."""
         (run_id, logical_date, rule_name, table, partition, bound, row_count, checksum, manifest_ids) = control.execute(
             "SELECT run_id, logical_date, rule, table_name, partition_name, partition_bound, row_count,"
             " rows_checksum, manifest_ids FROM retention.partition_retirements WHERE id = %s AND state = 'detaching'",
@@ -62,7 +65,7 @@ class PartitionFinishing:
                     check.rows,
                     "" if same_rows else " (rows changed)",
                 )
-                self._attach_again(control, retirement_id, table, partition, bound)
+                self._attach_again(control, retirement_id, table, partition, bound, finished_by)
                 return False
             # What a DELETE would do that a DROP does not, added since step 2 (a DBA's DDL that
             # waited for the partition's lock of step 1, or came after it): attached again.
@@ -74,7 +77,7 @@ class PartitionFinishing:
                     table,
                     reasons,
                 )
-                self._attach_again(control, retirement_id, table, partition, bound)
+                self._attach_again(control, retirement_id, table, partition, bound, finished_by)
                 return False
             control.execute("SAVEPOINT before_the_drop")
             try:
@@ -89,16 +92,18 @@ class PartitionFinishing:
                     table,
                     refused.diag.message_detail or refused.diag.message_primary,
                 )
-                self._attach_again(control, retirement_id, table, partition, bound)
+                self._attach_again(control, retirement_id, table, partition, bound, finished_by)
                 return False
-            self._close_retirement(control, retirement_id, "dropped")
+            self._close_retirement(control, retirement_id, "dropped", finished_by)
             control.commit()
         except BaseException:
             control.rollback()
             raise
         return True
 
-    def _attach_again(self, control, retirement_id: int, table: str, partition: str, bound: str) -> None:
+    def _attach_again(
+        self, control, retirement_id: int, table: str, partition: str, bound: str, finished_by: str | None = None
+    ) -> None:
         """The detached partition attached again with its bound, its record 'kept'; committed."""
         control.execute(
             sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(
@@ -106,7 +111,7 @@ class PartitionFinishing:
             )
             + sql.SQL(bound)
         )
-        self._close_retirement(control, retirement_id, "kept")
+        self._close_retirement(control, retirement_id, "kept", finished_by)
         control.commit()
 
     def _commit_retirement(
@@ -155,25 +160,28 @@ class PartitionFinishing:
             )
 
     @staticmethod
-    def _close_retirement(control, retirement_id: int, state: str) -> None:
+    def _close_retirement(control, retirement_id: int, state: str, finished_by: str | None = None) -> None:
+        """The record closed, with the run that closed it (its own run unless ``finished_by``)."""
         control.execute(
-            "UPDATE retention.partition_retirements SET state = %s, finished_at = now() WHERE id = %s",
-            (state, retirement_id),
+            "UPDATE retention.partition_retirements SET state = %s, finished_at = now(),"
+            " finished_by = coalesce(%s, run_id) WHERE id = %s",
+            (state, finished_by, retirement_id),
         )
 
-    def _finish_partition_retirements(self, control, *, put_back: RunContext | None = None) -> int:
-        """What a crash left between the write-ahead record and the drop, finished (recover):
-        a detach left pending finalized, then the detached table re-checked and dropped (or
-        attached again); a partition never detached kept (its uploads are orphans). With
-        ``put_back`` (the run of a purpose in preview mode: it deletes no record) the detached
-        table is attached again instead, its record 'kept', its uploads removed."""
+    def _finish_partition_retirements(self, control, ctx: RunContext, *, put_back: bool = False) -> int:
+        """What a crash left between the write-ahead record and the drop, finished by the run
+        ``ctx`` (recover; each record names it: the run's report lists them): a detach left
+        pending finalized, then the detached table re-checked and dropped (or attached again); a
+        partition never detached kept (its uploads are orphans). With ``put_back`` (the run of a
+        purpose in preview mode: it deletes no record) the detached table is attached again
+        instead, its record 'kept', its uploads removed."""
         open_retirements = self._open_retirements(control)
         for retirement_id, table, partition in open_retirements:
             where = attached_state(control, self.schema, table, partition)
             control.commit()
             if where == "attached":
                 with control.transaction():
-                    self._close_retirement(control, retirement_id, "kept")
+                    self._close_retirement(control, retirement_id, "kept", ctx.run_id)
                 continue
             if where == "gone":
                 raise RetentionError(
@@ -183,10 +191,10 @@ class PartitionFinishing:
             if where == "pending":
                 with psycopg.connect(self.dsn, autocommit=True) as finalizer:
                     partition_detach.finalize(finalizer, self.schema, table, partition)
-            if put_back is not None:
-                self._put_back(control, put_back, retirement_id, table, partition)
+            if put_back:
+                self._put_back(control, ctx, retirement_id, table, partition)
                 continue
-            self._finish_detached(control, retirement_id)
+            self._finish_detached(control, retirement_id, finished_by=ctx.run_id)
             log.warning("finished the retirement of partition %s of %s left by an interrupted run", partition, table)
         return len(open_retirements)
 
@@ -210,7 +218,7 @@ class PartitionFinishing:
         ).fetchone()
         try:
             control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
-            self._attach_again(control, retirement_id, table, partition, bound)
+            self._attach_again(control, retirement_id, table, partition, bound, ctx.run_id)
         except psycopg.Error as refused:
             control.rollback()
             raise RetentionError(
@@ -249,7 +257,7 @@ class PartitionFinishing:
                 return 0  # the usual case: no lock taken
             self._acquire_purpose_lock(control)
             try:
-                return self._finish_partition_retirements(control, put_back=ctx)
+                return self._finish_partition_retirements(control, ctx, put_back=True)
             finally:
                 control.rollback()
                 release_purpose_lock(control, self.purpose_name)

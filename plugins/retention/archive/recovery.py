@@ -28,7 +28,7 @@ class Recovery:
         self._finish_interrupted_rewrites(control)
         # Then partitions a crash left between their write-ahead record and their drop: one
         # never detached leaves its uploads as the orphans removed below.
-        self._finish_partition_retirements(control)
+        self._finish_partition_retirements(control, ctx)
         orphans = control.execute(
             "SELECT id, rule, table_name, object_key, document_keys, record_ids FROM retention.archive_manifest"
             " WHERE purpose = %s AND state = 'uploading' AND bucket = %s ORDER BY id",
