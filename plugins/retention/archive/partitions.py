@@ -46,6 +46,7 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import psycopg
 from psycopg import sql
@@ -261,6 +262,7 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
             )
             return _KEPT
         batch = Batch(conn=control, last_id=check.max_id or 0)
+        stays = partial(self._stays, control, ctx, rule, partition.name, batch)  # stays(why): kept, uploads removed
         try:
             unarchived_days = self._archive_partition(control, intents, reader, rule, ctx, partition, batch)
             # The partition before this one dropped (or kept) first: one write-ahead record at a time.
@@ -286,12 +288,7 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
                     ) from dropped
                 except psycopg.errors.LockNotAvailable:
                     # A transaction that wrote it during the archive is still open: its rows changed.
-                    return self._stays(
-                        control,
-                        ctx,
-                        rule,
-                        partition.name,
-                        batch,
+                    return stays(
                         f"a transaction that writes it kept it locked for {BATCH_LOCK_TIMEOUT} after its archive",
                     )
             # Step 2: the holds locked, the rule re-checked and the rows' fingerprint taken again
@@ -300,28 +297,18 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
             try:
                 control.execute(LOCK_HOLDS)
             except psycopg.errors.LockNotAvailable:
-                return self._stays(
-                    control,
-                    ctx,
-                    rule,
-                    partition.name,
-                    batch,
+                return stays(
                     f"a transaction on the hold table (a hold placed or released, not committed) kept it locked for "
                     f"{BATCH_LOCK_TIMEOUT}",
                 )
             changed = self._changed_since_the_listing(control, rule, partition.name)
             if changed:
-                return self._stays(control, ctx, rule, partition.name, batch, f"since the listing, {changed}")
+                return stays(f"since the listing, {changed}")
             recheck = self._check_partition(control, rule, partition.name, fingerprint=True) if archived else check
             same_rows = recheck.rows == check.rows and recheck.fingerprint == check.fingerprint
             if not (recheck.whole and same_rows):
                 written = "" if same_rows else " (written since they were archived)"
-                return self._stays(
-                    control,
-                    ctx,
-                    rule,
-                    partition.name,
-                    batch,
+                return stays(
                     f"held={recheck.held} waiting={recheck.waiting}, rows {check.rows} -> {recheck.rows}{written} "
                     "found at the re-check",
                 )
