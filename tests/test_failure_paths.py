@@ -4,7 +4,6 @@ legal holds on archives, dry runs and backfills."""
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 import pytest
@@ -15,6 +14,7 @@ from retention.archive.store import ArchiveStorageError, ArchiveStore
 from tests import factories as f
 from tests import scenarios
 from tests.outcome import archived_rows_by_table, assert_scenario_outcome
+from tests.test_safety import waits_for_a_lock
 
 pytestmark = pytest.mark.integration
 
@@ -326,12 +326,7 @@ def test_a_lock_wait_names_the_sessions_queued_ahead_and_the_readers_they_wait_f
     )
     migration.start()
     try:
-        for _ in range(100):
-            if db.execute(
-                "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", (dba.info.backend_pid,)
-            ).fetchone()[0]:
-                break
-            time.sleep(0.05)
+        assert waits_for_a_lock(db, dba.info.backend_pid), "the migration never waited for the report"
         named = lock_holders(db, ["retention.legal_holds"])
         assert f"pid {report.info.backend_pid} (" in named and "monthly-report)" in named
         assert f"pid {dba.info.backend_pid} (" in named and "dba-migration, waiting)" in named

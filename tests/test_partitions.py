@@ -29,7 +29,7 @@ from retention.rights.retirements import RetirementInTheWayError
 
 from tests import factories as f
 from tests import factories_policy as fp
-from tests.test_safety import InThread, place_hold
+from tests.test_safety import InThread, place_hold, waits_for_a_lock
 from tests.test_subject_rights import request as subject_request
 from tests.test_subject_rights import rights as subject_rights
 from tools import devstack
@@ -1519,12 +1519,7 @@ def test_an_application_transaction_waiting_for_a_tier_none_partition_is_not_kep
                 waited.append(time.monotonic() - started)
 
             threading.Thread(target=update_the_customers_choices, daemon=True).start()
-            for _ in range(200):
-                if db.execute(
-                    "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", (app.info.backend_pid,)
-                ).fetchone()[0]:
-                    break
-                time.sleep(0.05)
+            waits_for_a_lock(db, app.info.backend_pid)
             app_waits.set()
             time.sleep(0.5)  # the drop asks for customers meanwhile
         return archive(control, intents, reader, rule, ctx, partition, batch)

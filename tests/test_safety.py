@@ -90,6 +90,16 @@ class InThread:
         return self.result
 
 
+def waits_for_a_lock(db, pid: int, timeout: float = 10) -> bool:
+    """Whether the session ``pid`` waits for a lock, once it does or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not db.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", (pid,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def place_hold(dsn: str, table: str, record_id: int) -> InThread:
     """A data-protection officer places a hold from another connection."""
 
