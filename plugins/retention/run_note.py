@@ -82,10 +82,15 @@ def note_text(summary: dict, evidence: str) -> str:
             f"{purge.get('purged_objects', 0):,} objects ({purge.get('purged_records', 0):,} records)"
         )
     lines.append(f"- quality gates: before {gates['before']}; after {gates['after']}")
-    for r in summary.get("finished_retirements", []):
-        done = "dropped (rows archived, audited under that run)" if r["state"] == "dropped" else "attached again"
-        lines.append(f"- partition {r['partition']}, left detached by the interrupted run {r['left_by']}: {done}")
+    lines += [f"- {finished_retirement_text(r)}" for r in summary.get("finished_retirements", [])]
     return "\n".join(lines)
+
+
+def finished_retirement_text(finished: dict) -> str:
+    """A partition an interrupted run left detached that this run finished (the report's summary
+    ``finished_retirements``: table, partition, state, left_by), as the note and the report say it."""
+    done = "dropped (rows archived, audited under that run)" if finished["state"] == "dropped" else "attached again"
+    return f"partition {finished['partition']}, left detached by the interrupted run {finished['left_by']}: {done}"
 
 
 def merged_with(existing: str | None, ours: str) -> str | None:

@@ -182,19 +182,6 @@ def finished_retirements(conn, purpose: str, run_id: str) -> list[tuple[str, str
     ).fetchall()
 
 
-def finished_retirements_text(finished: list[tuple[str, str, str, str]]) -> str:
-    """The report's lines for ``finished_retirements`` ('' when there are none)."""
-    return "\n".join(
-        f"partition {partition} of {table}, left detached by the interrupted run {left_by}: "
-        + (
-            "dropped by this run (its rows archived and audited under that run)"
-            if state == "dropped"
-            else "attached again by this run, no row deleted (its rows are in the table)"
-        )
-        for table, partition, state, left_by in finished
-    )
-
-
 def failure_table(purpose: str, context: dict, states: dict, committed: list[dict]) -> str:
     from retention import tasks
 
@@ -255,18 +242,18 @@ def report(purpose, context: dict) -> dict:
         log.info("%s", table)
     import psycopg
 
+    from retention.run_note import finished_retirement_text
+
     with psycopg.connect(tasks.source_dsn(), autocommit=True) as conn:
-        finished = finished_retirements(conn, purpose, context["run_id"])
+        finished = [
+            {"table": table_name, "partition": partition, "state": state, "left_by": left_by}
+            for table_name, partition, state, left_by in finished_retirements(conn, purpose, context["run_id"])
+        ]
     if finished:
-        text = finished_retirements_text(finished)
+        text = "\n".join(finished_retirement_text(r) for r in finished)
         log.info("%s", text)
         table += "\n\n" + text
-    summary = summary_dict(purpose, context, pulled, states, table, rules) | {
-        "finished_retirements": [
-            {"table": table_name, "partition": partition, "state": state, "left_by": left_by}
-            for table_name, partition, state, left_by in finished
-        ]
-    }
+    summary = summary_dict(purpose, context, pulled, states, table, rules) | {"finished_retirements": finished}
     ti.xcom_push(key="summary", value=summary)
     write_note(context, summary)
     if failed:
