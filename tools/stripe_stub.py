@@ -116,18 +116,23 @@ class _Handler(BaseHTTPRequestHandler):
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            self._respond(method, stall or state.latency, held, failure)
+            status, body = self._respond(method, stall or state.latency, held, failure)
         finally:
+            # Out of flight before the answer is sent: a client calling one at a time sends its
+            # next request as soon as it has the answer, maybe before this thread runs again.
             with state.lock:
                 state.in_flight -= 1
+        self._send(status, body)
 
-    def _respond(self, method: str, stall: float, held: Hold | None, failure: int | None) -> None:
+    def _respond(self, method: str, stall: float, held: Hold | None, failure: int | None) -> tuple[int, dict]:
         if stall:
             time.sleep(stall)
         if held:
             held.reached.set()
             held.release.wait(60)
-        status, body = self._route(method, failure)
+        return self._route(method, failure)
+
+    def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
