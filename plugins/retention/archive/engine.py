@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from retention.archive.batch import _Allowance
-from retention.archive.db import connect, connect_reader
+from retention.archive.db import connect, reader_opened_meanwhile
 from retention.archive.documents import dispose_documents
 from retention.archive.locks import acquire_purpose_lock, purpose_lock_name, release_purpose_lock
 from retention.archive.partitions import PartitionRetirement
@@ -206,10 +206,10 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         self.store.preflight()
         shared = unit is not None
         with (
+            reader_opened_meanwhile(self.dsn) as opened_reader,  # first: it opens while the rest goes on
             self._connect() as control,
             self._connect() as second,
             self._connect(autocommit=True) as intents,
-            connect_reader(self.dsn) as reader,
         ):
             if shared:
                 acquire_purpose_lock(control, self.purpose_name, self.lock_timeout, shared=True)
@@ -223,6 +223,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
                     plan, exceptions = self._make_plan(control, ctx, None, sizes=False)
                     self._audit_exceptions(control, ctx, exceptions)
                 self._plan = plan
+                reader = opened_reader()
                 rules = [r for r in self.purpose.rules if unit is None or r.name == unit.rule]
                 outcomes = []
                 for rule in rules:
