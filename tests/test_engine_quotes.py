@@ -94,3 +94,30 @@ def test_rows_that_fit_in_one_batch_are_cut_into_batches_that_overlap(db, s3, st
         "SELECT count(DISTINCT i) FROM retention.archive_manifest, unnest(record_ids) AS i"
     ).fetchone()
     assert archived == (25_000,)
+
+
+def test_the_rows_held_rows_push_past_the_last_full_batch_go_with_it(db, s3, storage, policy, source_dsn):
+    """30,000 due quotes, three of them held (one in each 10,000), in batches of 10,000: the
+    re-checks keep a row per batch, so after two batches 9,999 rows are left, one past the next
+    10,000 locked. The last batch takes them all with a margin of the rows kept so far
+    (_Allowance.lock_limit) rather than leaving one row to a fourth batch (its own lock, read,
+    object and commit); the held rows stay."""
+    ids = [
+        r[0]
+        for r in db.execute(
+            "INSERT INTO app.quotes (email, species, formula, monthly_premium, issued_at)"
+            " SELECT 'lea.dubois@example.fr', 'cat', 'confort', 24.50, %s FROM generate_series(1, 30000) RETURNING id",
+            (f.paris("2024-02-01"),),
+        )
+    ]
+    held = {ids[4_999], ids[14_999], ids[24_999]}
+    for record in held:
+        f.legal_hold(db, "quotes", record)
+    db.commit()
+    eng = make_engine(policy, "quotes", source_dsn, s3, storage)
+    (o,) = eng.archive_and_delete(
+        RunContext("quotes", "manual__last_batch", f.midnight("2025-02-28"), batch_size=10_000)
+    )
+    assert o.deleted == 29_997 and o.beyond_plan == 0 and f.ids(db, "quotes") == held
+    counts = [r[0] for r in db.execute("SELECT row_count FROM retention.archive_manifest ORDER BY id")]
+    assert counts == [9_999, 9_999, 9_999]

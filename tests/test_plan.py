@@ -57,6 +57,25 @@ def test_more_rows_due_at_execution_than_approved_stay_for_the_next_run(db, s3, 
     assert next_outcome.deleted == 1 and f.ids(db, "quotes") == set()
 
 
+def test_rows_the_last_batch_locks_beyond_the_approved_count_are_left(db, s3, storage, policy, source_dsn):
+    """The last batch locks the rows left plus a margin of the rows re-checks kept so far
+    (_Allowance.lock_limit): rows that became due after the plan and fall in that margin are
+    locked with it, then cut (counted beyond the plan), never deleted."""
+    approved = [f.quote(db, issued="2023-01-01") for _ in range(15)]
+    f.legal_hold(db, "quotes", approved[2])
+    ctx = RunContext("quotes", "manual__margin", D, batch_size=10)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx)
+    late = [f.quote(db, issued="2023-01-01") for _ in range(2)]
+    db.commit()
+    (outcome,) = engine.archive_and_delete(ctx, plan)
+    assert outcome.deleted == 14 and outcome.beyond_plan == 2
+    assert f.ids(db, "quotes") == {approved[2], *late}
+    # Two batches (past their archive period, these rows are deleted without an object): the
+    # second locked 6 rows, the 5 left and one late row, cut.
+    assert [n for action, n in audit_actions(db, "manual__margin") if action == "deleted"] == [9, 5]
+
+
 def test_the_after_gate_accepts_the_rows_left_beyond_the_plan_and_shows_them(db, s3, storage, policy, source_dsn):
     f.quote(db, issued="2023-01-01")
     f.quote(db, issued="2024-12-01")

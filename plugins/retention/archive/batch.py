@@ -36,6 +36,8 @@ class _Allowance:
     # Deletable rows a batch found once the count was used up, and the last id locked so far.
     cut: int = 0
     reached_id: int = 0
+    # Rows the batches locked and their re-checks kept (held, waiting, clock moved).
+    kept: int = 0
     _batch_rows: int | None = field(default=None, init=False)
 
     def batch_rows(self, batch_size: int) -> int:
@@ -45,6 +47,18 @@ class _Allowance:
         if self._batch_rows is None:
             self._batch_rows = min(batch_size, max(PIPELINED_BATCH_MIN, -(-self.rows_left // PIPELINED_BATCHES)))
         return self._batch_rows
+
+    def lock_limit(self, batch_size: int) -> int:
+        """The rows the next batch locks: a batch's rows (batch_rows), at most the rows left;
+        but when what is left is about one batch (a tenth more at most), all of it, plus as many
+        rows as the re-checks kept so far: the rows they keep push the last few deletable rows
+        past the last full batch, and a batch of their own would cost a lock, a read, an object
+        and a commit (the margin is capped at a tenth of a batch). Rows found beyond the count
+        are cut by _within_allowance, never deleted."""
+        rows = self.batch_rows(batch_size)
+        if self.rows_left <= rows + rows // 10:
+            return self.rows_left + min(self.kept, rows // 10)
+        return min(rows, self.rows_left)
 
     def covers(self, first_id: int, last_id: int) -> bool:
         """Whether ids ``first_id..last_id`` all lie in the allowed range."""

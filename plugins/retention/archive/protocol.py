@@ -174,7 +174,7 @@ class BatchProtocol:
             raise _LockBusy()
         control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
         batch = Batch(conn=control, last_id=locked[-1])
-        groups = self._within_allowance(rule, self._recheck(control, rule, ctx, locked))
+        groups = self._within_allowance(rule, self._recheck(control, rule, ctx, locked), len(locked))
         if rule.erase_at_processor:  # issue 9: only the rows the processor confirmed erased go
             groups = processor.erase_before_delete(control, self.schema, ctx, groups, outcome)
         # A backlog row whose archive period is already over at D is not archived only to be
@@ -239,9 +239,9 @@ class BatchProtocol:
         """The next batch, within what the plan approved: the rule's (or unit's) id range, and
         no more rows in all than the approved count (the rest is left for the next run)."""
         allowance = self._allowances[rule.name]
-        limit = min(allowance.batch_rows(ctx.batch_size), allowance.rows_left)
-        if limit <= 0:
+        if allowance.rows_left <= 0:
             return []
+        limit = allowance.lock_limit(ctx.batch_size)
         statements = self._statements[rule.name]
         params = statements.params | {
             "after_id": max(after_id, allowance.first_id - 1),
@@ -253,19 +253,20 @@ class BatchProtocol:
             allowance.reached_id = max(allowance.reached_id, locked[-1])
         return locked
 
-    def _within_allowance(self, rule: Rule, groups: list[tuple[str, list[int], dt.datetime]]) -> list:
-        """The re-checked rows of a batch, cut to what is left of the approved count (counted
-        here, not at the lock: the lock also picks rows the re-check keeps)."""
+    def _within_allowance(self, rule: Rule, groups: list[tuple[str, list[int], dt.datetime]], locked: int) -> list:
+        """The re-checked rows of a batch (of ``locked`` rows locked), cut to what is left of the
+        approved count (counted here, not at the lock: the lock also picks rows the re-check keeps)."""
         allowance = self._allowances[rule.name]
-        kept = []
+        allowance.kept += locked - sum(len(ids) for _, ids, _ in groups)
+        within = []
         for day, ids, purge_after in groups:
             taken = ids[: max(allowance.rows_left, 0)]
             allowance.cut += len(ids) - len(taken)
             ids = taken
             allowance.rows_left -= len(ids)
             if ids:
-                kept.append((day, ids, purge_after))
-        return kept
+                within.append((day, ids, purge_after))
+        return within
 
     def _recheck(
         self, conn, rule: Rule, ctx: RunContext, locked: list[int]
