@@ -113,3 +113,50 @@ def test_the_archive_client_has_a_connection_for_each_request_in_flight(services
     finally:
         logging.getLogger("urllib3.connectionpool").removeHandler(handler)
     assert not dropped, f"{len(dropped)} connections dropped"
+
+
+def _other_sessions(conn) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'"
+    ).fetchone()[0]
+
+
+def _settles_at(conn, expected: int) -> bool:
+    for _ in range(100):  # a closed connection's backend exits a moment later
+        if _other_sessions(conn) == expected:
+            return True
+        threading.Event().wait(0.05)
+    return False
+
+
+def test_the_reader_opened_meanwhile_is_closed_when_the_run_fails_before_asking_for_it(source_dsn):
+    """The engine opens its Arrow reader on a thread while it locks and plans; a run that fails
+    before it reads (purpose lock taken, plan refused) must not leave that connection open."""
+    from retention.archive.db import reader_opened_meanwhile
+
+    with psycopg.connect(source_dsn, autocommit=True) as watcher:
+        before = _other_sessions(watcher)
+        with pytest.raises(RuntimeError, match="the run failed"), reader_opened_meanwhile(source_dsn):
+            raise RuntimeError("the run failed before reading")
+        assert _settles_at(watcher, before), "the reader's connection was left open"
+        with reader_opened_meanwhile(source_dsn) as opened:
+            with opened().cursor() as cur:
+                cur.execute("SELECT current_setting('default_transaction_isolation')")
+                assert cur.fetchone() == ("read committed",)
+            assert _other_sessions(watcher) == before + 1
+        assert _settles_at(watcher, before)
+
+
+def test_a_reader_that_cannot_connect_fails_where_it_is_asked_for(services, source_dsn):
+    """A refused connection is raised to the run when it asks for the reader, not swallowed; a
+    run that failed first keeps its own error."""
+    from retention.archive.db import reader_opened_meanwhile
+
+    wrong = source_dsn.replace(services["pg"].password, "not-the-password")
+    assert wrong != source_dsn
+    with pytest.raises(Exception, match="password authentication failed"):
+        with reader_opened_meanwhile(wrong) as opened:
+            opened()
+    with pytest.raises(RuntimeError, match="its own error"), reader_opened_meanwhile(wrong):
+        raise RuntimeError("its own error")
