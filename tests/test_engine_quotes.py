@@ -121,3 +121,17 @@ def test_the_rows_held_rows_push_past_the_last_full_batch_go_with_it(db, s3, sto
     assert o.deleted == 29_997 and o.beyond_plan == 0 and f.ids(db, "quotes") == held
     counts = [r[0] for r in db.execute("SELECT row_count FROM retention.archive_manifest ORDER BY id")]
     assert counts == [9_999, 9_999, 9_999]
+
+
+def test_no_batch_takes_more_rows_than_the_batch_size(db, s3, storage, policy, source_dsn):
+    """``batch_size`` is the most rows of a transaction and of an object, also for the last
+    batch that takes the rows left (11 due quotes in batches of 10: 10, then 1)."""
+    for _ in range(11):
+        f.quote(db, issued="2024-02-01")
+    f.legal_hold(db, "quotes", f.quote(db, issued="2024-02-01"))
+    db.commit()
+    eng = make_engine(policy, "quotes", source_dsn, s3, storage)
+    (o,) = eng.archive_and_delete(RunContext("quotes", "manual__cap", f.midnight("2025-02-28"), batch_size=10))
+    assert o.deleted == 11
+    counts = [r[0] for r in db.execute("SELECT row_count FROM retention.archive_manifest ORDER BY id")]
+    assert counts == [10, 1]

@@ -76,6 +76,24 @@ def test_rows_the_last_batch_locks_beyond_the_approved_count_are_left(db, s3, st
     assert [n for action, n in audit_actions(db, "manual__margin") if action == "deleted"] == [9, 5]
 
 
+def test_rows_beyond_the_count_in_the_last_batch_are_the_highest_ids_whatever_their_end_day(
+    db, s3, storage, policy, source_dsn
+):
+    """Late rows in the last batch's margin whose archive period ends earlier than the approved
+    rows' are still the ones left: the count is cut by id, as batches take rows, not by end day
+    (a reviewer's case: cut per end day, an approved row was left and a late one deleted)."""
+    approved = [f.quote(db, issued="2023-01-01") for _ in range(15)]
+    f.legal_hold(db, "quotes", approved[2])
+    ctx = RunContext("quotes", "manual__margin_early", D, batch_size=10)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx)
+    late = [f.quote(db, issued="2022-06-01") for _ in range(2)]  # an earlier end day
+    db.commit()
+    (outcome,) = engine.archive_and_delete(ctx, plan)
+    assert outcome.deleted == 14 and outcome.beyond_plan == 2
+    assert f.ids(db, "quotes") == {approved[2], *late}
+
+
 def test_the_after_gate_accepts_the_rows_left_beyond_the_plan_and_shows_them(db, s3, storage, policy, source_dsn):
     f.quote(db, issued="2023-01-01")
     f.quote(db, issued="2024-12-01")

@@ -51,13 +51,14 @@ class _Allowance:
     def lock_limit(self, batch_size: int) -> int:
         """The rows the next batch locks: a batch's rows (batch_rows), at most the rows left;
         but when what is left is about one batch (a tenth more at most), all of it, plus as many
-        rows as the re-checks kept so far: the rows they keep push the last few deletable rows
-        past the last full batch, and a batch of their own would cost a lock, a read, an object
-        and a commit (the margin is capped at a tenth of a batch). Rows found beyond the count
+        rows as the re-checks kept so far (at most a tenth of a batch): the rows they keep push
+        the last few deletable rows past the last full batch, and a batch of their own would
+        cost a lock, a read, an object and a commit. Never more than ``batch_size``, the most
+        rows of a transaction and of an object (the DAG's param). Rows found beyond the count
         are cut by _within_allowance, never deleted."""
         rows = self.batch_rows(batch_size)
         if self.rows_left <= rows + rows // 10:
-            return self.rows_left + min(self.kept, rows // 10)
+            return min(batch_size, self.rows_left + min(self.kept, rows // 10))
         return min(rows, self.rows_left)
 
     def covers(self, first_id: int, last_id: int) -> bool:

@@ -174,6 +174,9 @@ class BatchProtocol:
             raise _LockBusy()
         control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
         batch = Batch(conn=control, last_id=locked[-1])
+        # Only now: a batch that backed off is locked again, maybe up to a lower id.
+        allowance = self._allowances[rule.name]
+        allowance.reached_id = max(allowance.reached_id, batch.last_id)
         groups = self._within_allowance(rule, self._recheck(control, rule, ctx, locked), len(locked))
         if rule.erase_at_processor:  # issue 9: only the rows the processor confirmed erased go
             groups = processor.erase_before_delete(control, self.schema, ctx, groups, outcome)
@@ -248,25 +251,24 @@ class BatchProtocol:
             "until_id": allowance.last_id,
             "batch_size": limit,
         }
-        locked = [row[0] for row in conn.execute(statements.lock_batch, params).fetchall()]
-        if locked:
-            allowance.reached_id = max(allowance.reached_id, locked[-1])
-        return locked
+        return [row[0] for row in conn.execute(statements.lock_batch, params).fetchall()]
 
     def _within_allowance(self, rule: Rule, groups: list[tuple[str, list[int], dt.datetime]], locked: int) -> list:
         """The re-checked rows of a batch (of ``locked`` rows locked), cut to what is left of the
-        approved count (counted here, not at the lock: the lock also picks rows the re-check keeps)."""
+        approved count (counted here, not at the lock: the lock also picks rows the re-check keeps):
+        the lowest ids are taken, as batches take them, whatever day their archive period ends; the
+        others are left for the next run (_note_beyond_plan counts them)."""
         allowance = self._allowances[rule.name]
-        allowance.kept += locked - sum(len(ids) for _, ids, _ in groups)
-        within = []
-        for day, ids, purge_after in groups:
-            taken = ids[: max(allowance.rows_left, 0)]
-            allowance.cut += len(ids) - len(taken)
-            ids = taken
-            allowance.rows_left -= len(ids)
-            if ids:
-                within.append((day, ids, purge_after))
-        return within
+        found = sum(len(ids) for _, ids, _ in groups)
+        allowance.kept += locked - found
+        room = max(allowance.rows_left, 0)
+        if found > room:
+            last_taken = sorted(i for _, ids, _ in groups for i in ids)[room - 1] if room else 0
+            groups = [(day, [i for i in ids if i <= last_taken], purge_after) for day, ids, purge_after in groups]
+            allowance.cut += found - room
+            found = room
+        allowance.rows_left -= found
+        return [group for group in groups if group[1]]
 
     def _recheck(
         self, conn, rule: Rule, ctx: RunContext, locked: list[int]
