@@ -4,7 +4,7 @@ COMMITTED)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import psycopg
@@ -39,9 +39,13 @@ def connect_reader(dsn: str):
     import adbc_driver_postgresql.dbapi as adbc
 
     reader = adbc.connect(dsn)
-    with reader.cursor() as cur:
-        cur.execute(READ_COMMITTED)
-    reader.commit()
+    try:
+        with reader.cursor() as cur:
+            cur.execute(READ_COMMITTED)
+        reader.commit()
+    except BaseException:
+        reader.close()
+        raise
     return reader
 
 
@@ -50,12 +54,18 @@ def reader_opened_meanwhile(dsn: str) -> Iterator[Callable[[], object]]:
     """The Arrow reader, opened on a thread while the caller goes on; yields a function that
     waits for it. ADBC reads the server's type catalog when it connects (35-40 ms, a fifth of a
     daily run's fixed cost): a run takes its lock, recovers and plans meanwhile. Closed at exit,
-    also when the caller never asked for it or failed before it did."""
+    also when the caller never asked for it or failed before it did: at once if it is open, or
+    by the opener thread when its connect ends (nothing waits for it then, so a SIGTERM that
+    stops the run cannot skip the close)."""
     opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retention-reader")
     opening = opener.submit(connect_reader, dsn)
     opener.shutdown(wait=False)  # its thread ends with the connect
     try:
         yield opening.result
     finally:
-        if opening.exception() is None:  # waits for the connect to end
-            opening.result().close()
+        opening.add_done_callback(_close_if_opened)
+
+
+def _close_if_opened(opening: Future) -> None:
+    if opening.exception() is None:
+        opening.result().close()
