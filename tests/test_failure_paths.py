@@ -429,3 +429,30 @@ def test_a_hold_on_a_customer_keeps_their_contract_file_and_recordings(db, s3, s
     assert f.ids(db, "contracts") == {contract}
     assert f.ids(db, "claims") == {claim}
     assert f.ids(db, "call_recordings") == {recording}
+
+
+def test_a_database_timeout_on_idle_transactions_does_not_end_a_batch_while_it_uploads(
+    db, s3, storage, policy, source_dsn
+):
+    """A batch's transaction holds its locks, idle, while its objects upload (by design), and
+    the Arrow reader's transaction spans the run. A DBA's ``idle_in_transaction_session_timeout``
+    shorter than an upload would end them mid-batch and fail the run (nothing lost, but nothing
+    done): the engine's sessions turn it off for themselves."""
+    quotes = {f.quote(db, issued="2024-01-01") for _ in range(3)}
+    db.commit()
+    database = db.execute("SELECT current_database()").fetchone()[0]
+    engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+    real_upload = engine._upload_batch
+
+    def slow_upload(batch):
+        threading.Event().wait(1.0)  # an upload longer than the database's timeout
+        real_upload(batch)
+
+    engine._upload_batch = slow_upload
+    with psycopg.connect(source_dsn, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = 300')
+        try:
+            (outcome,) = engine.archive_and_delete(RunContext("quotes", "r1", f.midnight("2025-06-01"), batch_size=1))
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" RESET idle_in_transaction_session_timeout')
+    assert outcome.deleted == 3 and f.ids(db, "quotes") & quotes == set()

@@ -13,6 +13,11 @@ import psycopg
 # while LOCK_HOLDS waited is seen by the next statement only so (a REPEATABLE READ transaction
 # takes its snapshot at that SELECT, before the lock is granted).
 READ_COMMITTED = "SET default_transaction_isolation = 'read committed'"
+# A batch's transaction holds its locks, idle, while its objects upload and are read back, and
+# the reader's transaction spans the run: a database-wide idle_in_transaction_session_timeout
+# shorter than that would end them mid-batch (nothing lost, the run failed). Off for these
+# sessions, as in PostgreSQL's defaults; a dead run's sessions end with its process.
+NO_IDLE_TIMEOUT = "SET idle_in_transaction_session_timeout = 0"
 
 
 def connect(dsn: str, application_name: str, autocommit: bool = False) -> psycopg.Connection:
@@ -27,6 +32,7 @@ def connect(dsn: str, application_name: str, autocommit: bool = False) -> psycop
     # Custom plans each time: the parse is still saved.
     conn.execute("SET plan_cache_mode = force_custom_plan")
     conn.execute(READ_COMMITTED)
+    conn.execute(NO_IDLE_TIMEOUT)
     if not autocommit:
         conn.commit()
     return conn
@@ -42,6 +48,7 @@ def connect_reader(dsn: str):
     try:
         with reader.cursor() as cur:
             cur.execute(READ_COMMITTED)
+            cur.execute(NO_IDLE_TIMEOUT)
         reader.commit()
     except BaseException:
         reader.close()
