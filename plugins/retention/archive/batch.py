@@ -59,7 +59,7 @@ class _Allowance:
         rows = self.batch_rows(batch_size)
         if self.rows_left <= rows + rows // 10:
             return min(batch_size, self.rows_left + min(self.kept, rows // 10))
-        return min(rows, self.rows_left)
+        return rows  # more than a batch is left
 
     def covers(self, first_id: int, last_id: int) -> bool:
         """Whether ids ``first_id..last_id`` all lie in the allowed range."""
