@@ -1668,6 +1668,103 @@ def test_partitions_of_a_table_with_foreign_keys_are_dropped_one_after_the_other
     assert db.execute("SELECT DISTINCT state FROM retention.partition_retirements").fetchall() == [("dropped",)]
 
 
+DETACH_MARCH = "ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_03 CONCURRENTLY"
+
+
+def detaches_running(db) -> int:
+    return db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = %s", (DETACH_MARCH,)
+    ).fetchone()[0]
+
+
+def a_worker_is_killed_while_detaching_march(policy, source_dsn, s3, storage, db, vacuum) -> None:
+    """A run whose worker dies (SIGKILL, out of memory, Airflow's timeout) while its DETACH of
+    March waits for ``vacuum`` (a session holding SHARE UPDATE EXCLUSIVE on March, as a VACUUM
+    does). What partition_detach.detach sends is sent on a session of its own, whose socket is
+    then closed without a word: the server cannot tell it from a dead process, and its backend
+    goes on with the statement until it ends."""
+    crashing = engine_for(policy, source_dsn, s3, storage)
+    detach = crashing._detach
+
+    def killed_while_detaching(autocommit_conn, table, partition):
+        if partition != "chat_messages_2026_03":
+            return detach(autocommit_conn, table, partition)
+        vacuum.execute("LOCK TABLE app.chat_messages_2026_03 IN SHARE UPDATE EXCLUSIVE MODE")
+        worker = psycopg.connect(source_dsn, autocommit=True, application_name="retention:subscriber_services")
+        worker.execute("SELECT pg_advisory_lock(hashtext(%s))", ("retention:detach:app.chat_messages",))
+        worker.execute("SET statement_timeout = '30min'")
+        worker.pgconn.send_query(DETACH_MARCH.encode())
+        deadline = time.monotonic() + 10
+        while not detaches_running(db) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker.pgconn.finish()
+        raise Crash("killed while detaching March")
+
+    crashing._detach = killed_while_detaching
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+    assert detaches_running(db) == 1  # the dead worker's statement still waits for the VACUUM
+
+
+def test_a_detach_still_running_for_a_killed_worker_is_waited_for_by_the_next_run(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The next run's recovery finds March still attached while the dead worker's DETACH waits;
+    closing its retirement 'kept' then (and removing its uploads) left March detached for good
+    once the VACUUM ended: its rows neither in the table nor in the archive, no open record for a
+    run to finish or a subject request to wait for. Recovery waits for that detach to end first,
+    then finishes the retirement: March archived once and dropped."""
+    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "1s")
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    with psycopg.connect(source_dsn, application_name="vacuum") as vacuum:
+        a_worker_is_killed_while_detaching_march(policy, source_dsn, s3, storage, db, vacuum)
+        ends = threading.Timer(3, vacuum.commit)  # the VACUUM ends 3 s into the next run
+        ends.start()
+        try:
+            engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "next", D))
+        finally:
+            ends.cancel()
+            ends.join()
+    assert detaches_running(db) == 0
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "gone"
+    assert run_report.finished_retirements(db, "subscriber_services", "next") == [
+        ("chat_messages", "chat_messages_2026_03", "dropped", "crashed")
+    ]
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+
+
+def test_a_detach_of_a_killed_worker_running_past_the_detach_wait_stops_the_next_run_and_keeps_the_record(
+    partitioned, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The wait for a dead worker's detach is bounded by RETENTION_DETACH_WAIT: past it the run
+    stops with the retirement still open and March's rows where they are; the run after the
+    VACUUM finishes the retirement."""
+    monkeypatch.setattr(partition_path, "BATCH_LOCK_TIMEOUT", "1s")
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    with psycopg.connect(source_dsn, application_name="vacuum") as vacuum:
+        a_worker_is_killed_while_detaching_march(policy, source_dsn, s3, storage, db, vacuum)
+        monkeypatch.setenv(partition_detach.DETACH_WAIT_ENV, "1s")
+        with pytest.raises(RetentionError, match="a detach of a partition of chat_messages still ran after 1s"):
+            engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "next", D))
+        assert db.execute(
+            "SELECT run_id, state FROM retention.partition_retirements WHERE partition_name = 'chat_messages_2026_03'"
+        ).fetchall() == [("crashed", "detaching")]
+        assert set(made["2026-03"]) <= f.ids(db, "chat_messages")
+        vacuum.commit()
+    deadline = time.monotonic() + 10
+    while detaches_running(db) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "after", D))
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "gone"
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+    assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
+
+
 def test_a_detach_kept_waiting_stops_the_run_and_the_next_run_finishes_it(
     partitioned, s3, storage, policy, source_dsn, monkeypatch
 ):

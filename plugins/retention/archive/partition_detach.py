@@ -41,17 +41,50 @@ def detach_wait(environ: dict | None = None) -> str:
     return value
 
 
+def _detach_lock(schema: str, table: str) -> tuple[str]:
+    """The advisory lock a session holds from before its detach of one of the table's partitions
+    until the statement ends (retention:detach:<schema>.<table>, hashed)."""
+    return (f"retention:detach:{schema}.{table}",)
+
+
+def _lock_detaches(autocommit_conn, schema: str, table: str, partition: str) -> None:
+    """The table's detach lock, waited for at most ``RETENTION_DETACH_WAIT``: its holder is a unit
+    beside this one, or the backend of a worker killed during its detach. PostgreSQL notices a
+    closed socket only when the statement ends, so that backend goes on detaching (up to its own
+    wait) after its process is gone."""
+    wait = detach_wait()
+    autocommit_conn.execute(f"SET lock_timeout = '{wait}'")
+    try:
+        autocommit_conn.execute("SELECT pg_advisory_lock(hashtext(%s))", _detach_lock(schema, table))
+    except psycopg.errors.LockNotAvailable:
+        raise RetentionError(
+            f"a detach of a partition of {table} still ran after {wait} ({DETACH_WAIT_ENV}), maybe for an "
+            f"interrupted run: partition {partition} and its rows stay as they are; the next run finishes or keeps it"
+        ) from None
+    finally:
+        with contextlib.suppress(psycopg.OperationalError):
+            autocommit_conn.execute("RESET lock_timeout")
+
+
 def detach(autocommit_conn, schema: str, table: str, partition: str) -> None:
     """``DETACH PARTITION ... CONCURRENTLY``: the table stays readable and writable. One at a time
     a table: PostgreSQL refuses a second while one of its partitions is pending detach (units side
     by side wait for each other here, holding no lock on the table meanwhile)."""
-    key = (f"retention:detach:{schema}.{table}",)
-    autocommit_conn.execute("SELECT pg_advisory_lock(hashtext(%s))", key)
+    _lock_detaches(autocommit_conn, schema, table, partition)
     try:
         _waited(autocommit_conn, schema, table, partition, "CONCURRENTLY")
     finally:
         with contextlib.suppress(psycopg.OperationalError):  # a broken session released it
-            autocommit_conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", key)
+            autocommit_conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", _detach_lock(schema, table))
+
+
+def wait_for_detach_in_flight(autocommit_conn, schema: str, table: str, partition: str) -> None:
+    """Wait until no session is detaching a partition of the table (_lock_detaches): recovery
+    must look at the partition of an interrupted retirement once the dead worker's detach has
+    ended, or it would keep a partition that statement then detaches, out of every later run's
+    reach (its rows neither in the table nor archived, no open record)."""
+    _lock_detaches(autocommit_conn, schema, table, partition)
+    autocommit_conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", _detach_lock(schema, table))
 
 
 def finalize(autocommit_conn, schema: str, table: str, partition: str) -> None:

@@ -177,6 +177,9 @@ class PartitionFinishing:
         instead, its record 'kept', its uploads removed."""
         open_retirements = self._open_retirements(control)
         for retirement_id, table, partition in open_retirements:
+            # The interrupted run's detach may still be running in its backend: where it ends counts.
+            with psycopg.connect(self.dsn, autocommit=True) as waiter:
+                partition_detach.wait_for_detach_in_flight(waiter, self.schema, table, partition)
             where = attached_state(control, self.schema, table, partition)
             control.commit()
             if where == "attached":
