@@ -284,3 +284,35 @@ def test_rows_whose_end_changed_with_the_policy_are_kept_to_the_object_date(
     result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
     assert (result["rows_purged"], result["rows_kept_to_object_date"]) == (0, 2)
     assert committed(db)[key][2] == f.midnight("2025-10-28"), "decided once: goes whole on its date"
+
+
+@pytest.mark.parametrize(
+    "clocks",
+    [
+        pytest.param(
+            ["2026-03-10T00:00:00+01:00", "2026-03-10T12:00:00+01:00", "2026-03-10T23:59:59+01:00"], id="one day"
+        ),
+        pytest.param(["2026-03-29T00:30:00+01:00", "2026-03-29T23:30:00+02:00"], id="clocks go forward that day"),
+        pytest.param(["2026-10-25T00:30:00+02:00", "2026-10-25T23:30:00+01:00"], id="clocks go back that day"),
+        pytest.param(["2026-03-10T23:59:59+01:00", "2026-03-11T00:00:00+01:00"], id="two days a second apart"),
+        pytest.param(
+            ["2026-03-28T23:30:00+01:00", "2026-03-29T00:30:00+01:00", "2026-03-30T00:00:00+02:00"], id="three days"
+        ),
+    ],
+)
+def test_a_batch_is_grouped_by_the_paris_day_its_rows_end_on(db, s3, storage, policy, source_dsn, clocks):
+    """The re-check's grouping (one statement when the batch's first and last clocks share a
+    Paris day and a UTC offset, else a day per row) gives each row the day of its own clock,
+    plus the rule's periods, starting at that day's Paris midnight."""
+    from retention.policy.periods import local_date, local_midnight
+
+    engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+    rule = policy.purposes["quotes"].rules[0]
+    instants = [dt.datetime.fromisoformat(c) for c in clocks]
+    rows = " UNION ALL ".join(f"SELECT {n}::bigint AS id, timestamptz '{c}' AS clock" for n, c in enumerate(clocks, 1))
+    with engine._connect() as conn:
+        groups = engine._grouped_by_end_day(conn, rule, rows, {})
+    expected: dict[dt.date, list[int]] = {}
+    for n, instant in enumerate(instants, 1):
+        expected.setdefault(rule.gone_after.add_to(local_date(instant, engine.tz)), []).append(n)
+    assert groups == [(day.isoformat(), ids, local_midnight(day, engine.tz)) for day, ids in sorted(expected.items())]
