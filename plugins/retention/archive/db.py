@@ -18,6 +18,11 @@ READ_COMMITTED = "SET default_transaction_isolation = 'read committed'"
 # shorter than that would end them mid-batch (nothing lost, the run failed). Off for these
 # sessions, as in PostgreSQL's defaults; a dead run's sessions end with its process.
 NO_IDLE_TIMEOUT = "SET idle_in_transaction_session_timeout = 0"
+# The same for a session idle outside a transaction (PostgreSQL 14+): the purpose's advisory lock
+# lives on the run's control session, idle while the other connection's batch uploads; ended by a
+# database-wide idle_session_timeout, the lock went while the upload went on, and a recovery
+# could remove the object the batch then committed (found by a review).
+NO_IDLE_SESSION_TIMEOUT = "SET idle_session_timeout = 0"
 
 
 def connect(dsn: str, application_name: str, autocommit: bool = False) -> psycopg.Connection:
@@ -33,6 +38,8 @@ def connect(dsn: str, application_name: str, autocommit: bool = False) -> psycop
     conn.execute("SET plan_cache_mode = force_custom_plan")
     conn.execute(READ_COMMITTED)
     conn.execute(NO_IDLE_TIMEOUT)
+    if conn.info.server_version >= 140000:
+        conn.execute(NO_IDLE_SESSION_TIMEOUT)
     if not autocommit:
         conn.commit()
     return conn

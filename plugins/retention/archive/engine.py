@@ -205,6 +205,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             raise ValueError("a unit is a share of an approved plan: pass the plan")
         self.store.preflight()
         shared = unit is not None
+        plan_given = plan is not None
         with (
             reader_opened_meanwhile(self.dsn) as opened_reader,  # first: it opens while the rest goes on
             self._connect() as control,
@@ -213,6 +214,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         ):
             if shared:
                 acquire_purpose_lock(control, self.purpose_name, self.lock_timeout, shared=True)
+                self._acquire_unit_lock(control, ctx, unit)
             else:
                 self._acquire_purpose_lock(control)
             try:
@@ -228,11 +230,11 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
                 outcomes = []
                 for rule in rules:
                     approved = plan.rule(rule.name)
-                    self._allowances[rule.name] = (
-                        _Allowance(unit.first_id, unit.last_id, approved.deletable if unit.rows is None else unit.rows)
-                        if unit is not None
-                        else _Allowance(1, MAX_ID, approved.deletable)
-                    )
+                    first_id, last_id = (unit.first_id, unit.last_id) if unit is not None else (1, MAX_ID)
+                    count = approved.deletable if unit is None or unit.rows is None else unit.rows
+                    if plan_given:  # approved before this try: an earlier try of the run may have spent some
+                        count -= self._deleted_by_the_run(control, ctx, rule.name, first_id, last_id)
+                    self._allowances[rule.name] = _Allowance(first_id, last_id, max(count, 0))
                     # The rule's statements, built once: the batches only execute them.
                     self._statements[rule.name] = self._planner.statements(rule, ctx.logical_date)
                     # Whole partitions first (a partitioned table only), then the row path for the rest.
@@ -245,10 +247,45 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             finally:
                 second.rollback()
                 control.rollback()
+                if shared:
+                    release_purpose_lock(control, self._unit_lock_name(ctx, unit))
                 release_purpose_lock(control, self.purpose_name, shared=shared)
                 self._allowances.clear()
                 self._statements.clear()
         return outcomes
+
+    @staticmethod
+    def _unit_lock_name(ctx: RunContext, unit: Unit) -> str:
+        return f"unit:{ctx.purpose}:{ctx.run_id}:{unit.rule}:{unit.first_id}"
+
+    def _acquire_unit_lock(self, control, ctx: RunContext, unit: Unit) -> None:
+        """One try of a unit at a time: a try Airflow gave up on (its heartbeat lost) may still
+        run beside its retry, each with the unit's whole count. The retry waits for it, then fails
+        (Airflow tries again later); the purpose's shared lock is let go with it."""
+        try:
+            acquire_purpose_lock(
+                control,
+                self._unit_lock_name(ctx, unit),
+                self.lock_timeout,
+                on_timeout=f"an earlier try of unit {unit.as_dict()} of run {ctx.run_id} still runs; nothing was "
+                "changed by this try",
+            )
+        except BaseException:
+            release_purpose_lock(control, self.purpose_name, shared=True)
+            raise
+
+    def _deleted_by_the_run(self, control, ctx: RunContext, rule_name: str, first_id: int, last_id: int) -> int:
+        """Rows of the rule with ids in ``first_id..last_id`` that the run's earlier tries deleted
+        (their audit rows, written in each batch's transaction): spent from the approved count, so
+        a retried try never deletes more than the plan approved, rows due since then included."""
+        (deleted,) = control.execute(
+            "SELECT count(*) FROM retention.audit_log AS a CROSS JOIN LATERAL unnest(a.record_ids) AS i(id)"
+            " WHERE a.run_id = %s AND a.purpose = %s AND a.rule = %s"
+            " AND a.action IN ('archived_and_deleted', 'deleted') AND i.id BETWEEN %s AND %s",
+            (ctx.run_id, self.purpose_name, rule_name, first_id, last_id),
+        ).fetchone()
+        control.commit()
+        return deleted
 
     def _vacuum_after_deletes(self, connections, reader, outcomes: list[RuleOutcome]) -> None:
         """VACUUM (ANALYZE) the tables the row path deleted from, when their dead share passes
