@@ -316,3 +316,68 @@ def test_a_batch_is_grouped_by_the_paris_day_its_rows_end_on(db, s3, storage, po
     for n, instant in enumerate(instants, 1):
         expected.setdefault(rule.gone_after.add_to(local_date(instant, engine.tz)), []).append(n)
     assert groups == [(day.isoformat(), ids, local_midnight(day, engine.tz)) for day, ids in sorted(expected.items())]
+
+
+def test_a_hold_placed_before_an_interrupted_rewrite_is_finished_keeps_the_held_rows_bytes(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The purge rewrites an object written per month without the row ending on the 1st; S3 fails
+    while the old object's versions are deleted (after the rewrite's commit). A hold is then placed
+    on that row (litigation). The old object is now the only copy of the held row: the next run
+    must not delete it (an interrupted whole-object purge is decided afresh for the same reason)."""
+    policy = analyses_archived(policy)
+    ids = analyses_ending_1st_and_28th(db, s3, storage)
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [old_key] = committed(db)
+
+    def unreachable(self, keys):
+        raise RuntimeError("S3 unreachable")
+
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="S3 unreachable"):
+        patched.setattr(ArchiveStore, "delete_all_versions", unreachable)
+        engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert old_key in versions(s3, storage.archive_bucket), "the held row's only copy is still stored"
+
+    hold = f.legal_hold(db, "call_analyses", ids["01"])  # committed: litigation about that analysis
+
+    engine.purge_archives(RunContext("call_recordings", "p2", f.midnight("2025-10-02")))
+    assert old_key in versions(s3, storage.archive_bucket), (
+        "the only stored copy of a row under an active legal hold was deleted by the next purge"
+    )
+    assert db.execute("SELECT state FROM retention.object_rewrites").fetchall() == [("committed",)]
+
+    db.execute("UPDATE retention.legal_holds SET released_at = now() WHERE id = %s", (hold,))
+    db.commit()
+    engine.purge_archives(RunContext("call_recordings", "p3", f.midnight("2025-10-03")))
+    assert old_key not in versions(s3, storage.archive_bucket), "the hold released, the rewrite is finished"
+    assert db.execute("SELECT state FROM retention.object_rewrites").fetchall() == [("done",)]
+
+
+def test_a_hold_committed_between_a_rewrites_commit_and_its_delete_keeps_the_old_object(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """No crash: the hold is committed once the rewrite has committed (step 3, hold table locked),
+    just before the old object's versions are deleted (step 4): a whole-object purge in the same
+    place holds the hold table while it deletes, the rewrite deletes without looking."""
+    import psycopg
+    from retention.archive import rewrite
+
+    policy = analyses_archived(policy)
+    ids = analyses_ending_1st_and_28th(db, s3, storage)
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [old_key] = committed(db)
+    finish = rewrite._finish
+
+    def hold_then_finish(*args, **kwargs):
+        with psycopg.connect(source_dsn, autocommit=True) as other:
+            f.legal_hold(other, "call_analyses", ids["01"])
+        return finish(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rewrite, "_finish", hold_then_finish)
+        engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert old_key in versions(s3, storage.archive_bucket), (
+        "a hold committed before the old object's delete did not keep the held row's bytes"
+    )

@@ -862,3 +862,35 @@ def test_without_the_identifier_key_objects_record_no_hashes_and_a_request_by_em
                 request("erasure", "req-no-key", email=ALONE, preview=preview)
             )
     assert everything(db, s3, storage) == before
+
+
+def test_a_hold_placed_after_an_erasure_rewrite_crashed_keeps_the_subjects_only_copy(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An erasure request rewrites the quotes object without the customer's rows and crashes after
+    its commit, the old object (the customer's only archived copy) still stored. Litigation: a hold
+    on the customer is placed. The quotes run's recovery deletes the old object anyway."""
+    from retention.archive import rewrite as object_rewrite
+
+    from tests.test_exact_day import versions
+
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    svc = rights(policy, source_dsn, s3, storage)
+    [old_key] = [
+        k for (k,) in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'committed'")
+    ]
+
+    def crash(*args, **kwargs):
+        raise Crash("after_commit")
+
+    req = request("erasure", "req-crash-hold", kind="customer", subject_id=w["customer"])
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(object_rewrite, "_finish", crash)
+        svc.handle(req)
+    assert old_key in versions(s3, storage.archive_bucket)
+
+    f.legal_hold(db, "customers", w["customer"])
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))  # its recovery finishes the rewrite
+    assert old_key in versions(s3, storage.archive_bucket), (
+        "the held customer's only archived rows were deleted after the hold was placed"
+    )

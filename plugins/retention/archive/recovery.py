@@ -73,7 +73,7 @@ class Recovery:
         this purpose, finished under the purpose's lock, so that none waits for a new request:
         'uploading' -> the new object is removed (the old one holds every row), 'committed' ->
         the old object's versions are deleted."""
-        object_rewrite.recover_rewrites(self.store, control, self.purpose_name)
+        object_rewrite.recover_rewrites(self.policy, self.store, control, self.purpose_name)
 
     def _apply_locks(self, control, pending: list[tuple[list[tuple[str, str | None]], dt.datetime]]) -> None:
         """Lock after the commit, so that an orphan of a crashed batch can still be removed; on

@@ -12,7 +12,10 @@ The protocol (``retention.object_rewrites``):
 2. upload the new object (SHA-256, SSE) and read it back (size, checksum, row count);
 3. in one transaction holding the hold table in SHARE mode: re-check the old object is still
    committed and not held, mark the new one 'committed', the old one 'rewritten';
-4. delete every version of the old object and of the removed rows' document copies.
+4. under the hold table's SHARE lock again, unless a hold placed since 3 covers the old object
+   (it may be the only copy of the removed rows): delete every version of the old object and of
+   the removed rows' document copies. A held one stays, its rewrite 'committed', until a run
+   after the hold's release finishes it (as an interrupted whole-object purge is decided again).
 
 A crash before 3 leaves the old object whole (the new one is an orphan); after 3, the old
 object's versions are still to delete. Either is finished by ``recover_rewrites``, which the
@@ -177,7 +180,7 @@ def rewrite_without(
     if not proceed:  # held (or changed) meanwhile: the old object stays whole
         _abandon(store, control, rewrite_id, new_id, new_key if new_id is not None else None)
         return {"action": "kept" if row else "changed_meanwhile", "held": bool(row and row[0])}
-    _finish(store, control, rewrite_id, obj.key, removed_docs)
+    _finish(policy, store, control, rewrite_id, obj.manifest_id, obj.key, removed_docs)
     return {
         "action": "rewritten",
         "removed_rows": len(removed),
@@ -201,19 +204,36 @@ def _abandon(store: ArchiveStore, control, rewrite_id: int, new_id: int | None, 
         control.execute("UPDATE retention.object_rewrites SET state = 'abandoned' WHERE id = %s", (rewrite_id,))
 
 
-def _finish(store: ArchiveStore, control, rewrite_id: int, old_key: str, removed_docs: list[str]) -> None:
-    """Step 4: the old object goes last (delete_all_versions), after the removed document copies."""
-    store.delete_all_versions([old_key, *removed_docs])
-    control.execute("UPDATE retention.object_rewrites SET state = 'done', done_at = now() WHERE id = %s", (rewrite_id,))
-    control.commit()
+def _finish(
+    policy: Policy, store: ArchiveStore, control, rewrite_id: int, old_id: int, old_key: str, removed_docs: list[str]
+) -> None:
+    """Step 4: the old object goes last (delete_all_versions), after the removed document copies,
+    under the hold table's SHARE lock, as a purge's delete: a hold placed since step 3 on a row
+    the old object still stores keeps its bytes (the rewrite stays 'committed', finished by a
+    later run once the hold is released); one placed meanwhile waits for the delete."""
+    with control.transaction():
+        control.execute(f"SET LOCAL lock_timeout = '{REWRITE_LOCK_TIMEOUT}'")
+        control.execute(LOCK_HOLDS)
+        held = control.execute(
+            f"WITH covered AS ({covered_records_sql(policy)})"
+            f" SELECT {object_held('m')} FROM retention.archive_manifest AS m WHERE m.id = %s",
+            (old_id,),
+        ).fetchone()[0]
+        if held:
+            log.warning("%s: held since its rewrite was committed; its versions are kept", old_key)
+            return
+        store.delete_all_versions([old_key, *removed_docs])
+        control.execute(
+            "UPDATE retention.object_rewrites SET state = 'done', done_at = now() WHERE id = %s", (rewrite_id,)
+        )
 
 
-def recover_rewrites(store: ArchiveStore, control, purpose: str) -> dict[str, int]:
+def recover_rewrites(policy: Policy, store: ArchiveStore, control, purpose: str) -> dict[str, int]:
     """Finish what a crashed rewrite of the purpose left (under the purpose's lock):
     'uploading' -> remove the new object (the old one still holds every row), abandon;
     'committed' -> delete the old object's versions, done."""
     rows = control.execute(
-        "SELECT r.id, r.state, r.new_manifest_id, n.object_key, o.object_key, r.removed_document_keys"
+        "SELECT r.id, r.state, r.new_manifest_id, n.object_key, o.id, o.object_key, r.removed_document_keys"
         " FROM retention.object_rewrites AS r JOIN retention.archive_manifest AS o ON o.id = r.old_manifest_id"
         " LEFT JOIN retention.archive_manifest AS n ON n.id = r.new_manifest_id"
         " WHERE o.purpose = %s AND o.bucket = %s AND r.state IN ('uploading', 'committed') ORDER BY r.id",
@@ -221,11 +241,11 @@ def recover_rewrites(store: ArchiveStore, control, purpose: str) -> dict[str, in
     ).fetchall()
     control.commit()
     done = Counter()
-    for rewrite_id, state, new_id, new_key, old_key, removed_docs in rows:
+    for rewrite_id, state, new_id, new_key, old_id, old_key, removed_docs in rows:
         if state == "uploading":
             _abandon(store, control, rewrite_id, new_id, new_key)
         else:
-            _finish(store, control, rewrite_id, old_key, list(removed_docs))
+            _finish(policy, store, control, rewrite_id, old_id, old_key, list(removed_docs))
         done[state] += 1
     if rows:
         log.warning("finished %d object rewrites interrupted earlier", len(rows))

@@ -57,7 +57,7 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
         with ctx.connect(autocommit=False) as control, ctx.connect() as intents:
             lock_purpose(ctx, control, purpose)
             try:
-                object_rewrite.recover_rewrites(ctx.store, control, purpose)
+                object_rewrite.recover_rewrites(ctx.policy, ctx.store, control, purpose)
                 for obj in objects:
                     result = _rewrite(ctx, control, intents, req, obj, found.ids)
                     entry = next(e for e in report["objects"] if e["key"] == obj.key)
