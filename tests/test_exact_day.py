@@ -381,3 +381,46 @@ def test_a_hold_committed_between_a_rewrites_commit_and_its_delete_keeps_the_old
     assert old_key in versions(s3, storage.archive_bucket), (
         "a hold committed before the old object's delete did not keep the held row's bytes"
     )
+
+
+def quotes_archive_period(policy, tmp_path, period: str):
+    """The shipped policy file with the quotes' archive period (12 months) changed to ``period``,
+    loaded as the DAGs load it."""
+    from retention.paths import POLICY_FILE
+    from retention.policy import load_policy
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    old = "        live: 12 months\n        tier: intermediate\n        archive: 12 months"
+    assert text.count(old) == 1
+    path = tmp_path / f"policy-{period.replace(' ', '-')}.yaml"
+    path.write_text(text.replace(old, old.replace("archive: 12 months", f"archive: {period}")), encoding="utf-8")
+    return load_policy(path).with_mode("enforce")
+
+
+@pytest.mark.parametrize(("period", "purged"), [("5 years", 0), ("12 months", 1), ("6 months", 1)])
+def test_an_archive_period_lengthened_since_the_archive_keeps_the_object_past_its_recorded_date(
+    tmp_path, db, s3, storage, policy, source_dsn, period, purged
+):
+    """Quotes: 12 months live, 12 months archive. The archive period is then corrected to 5 years
+    (a typo, or the law changed): the object archived before must not go on its old date (a
+    review's test purged it); it is kept, reported, and the after gate counts it as kept, not
+    overdue. The same period, or a shorter one, lets it go on its recorded date, as before."""
+    from retention.gates.sql_checks import kept_beyond_purge
+
+    quote = f.quote(db, issued="2021-02-10")
+    engine_for(policy.with_mode("enforce"), "quotes", source_dsn, s3, storage).archive_and_delete(
+        RunContext("quotes", "archive", f.midnight("2022-04-01"))
+    )
+    assert quote not in f.ids(db, "quotes")
+    assert db.execute("SELECT gone_after FROM retention.archive_manifest").fetchall() == [("2 years",)]
+
+    edited = quotes_archive_period(policy, tmp_path, period)
+    engine = engine_for(edited, "quotes", source_dsn, s3, storage)
+    # 2023-03-01: past the recorded purge date (2023-02-10), before the new one (2026-02-10).
+    ctx = RunContext("quotes", "purge", f.midnight("2023-03-01"))
+    report = engine.purge_archives(ctx)
+    assert (report["purged_objects"], report["kept_policy_longer"]) == (purged, 1 - purged)
+    states = db.execute("SELECT state FROM retention.archive_manifest").fetchall()
+    assert states == [("purged",) if purged else ("committed",)]
+    gate = kept_beyond_purge(db, edited, engine.store, ctx, "quotes", dry_run=False)
+    assert gate["success"] and gate["observed"].get("kept_as_the_policy_now_keeps_longer", 0) == 1 - purged, gate

@@ -411,6 +411,44 @@ def test_a_rule_file_that_selects_is_rejected(tmp_path, monkeypatch):
         load_policy(POLICY_FILE)
 
 
+def _quotes_rule_file(tmp_path, monkeypatch, text: str) -> None:
+    """The shipped rule files, with the quotes rule's replaced by ``text``."""
+    from retention.policy import loading as policy_module
+
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "quotes").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "quotes":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    (sql_dir / "quotes" / "unconverted_quotes.sql").write_text(text, encoding="utf-8")
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+
+
+@pytest.mark.parametrize(
+    ("where", "refused_for"),
+    [
+        ("WHERE quotes.contract_id IS NULL) OR (quotes.id > 0", "closes a parenthesis it never opened"),
+        ("WHERE (quotes.contract_id IS NULL", "leaves a parenthesis open"),
+        ("WHERE quotes.contract_id IS NULL /* ( */) OR (quotes.id > 0 /* ) */", "a block comment"),
+        ("WHERE quotes.contract_id IS NULL AND quotes.id::text <> E'\\\\'') OR (quotes.id > 0 OR ''('", "prefixed"),
+    ],
+    ids=["breaks out", "left open", "hidden in a block comment", "hidden in an escape string"],
+)
+def test_a_rule_file_escaping_the_planners_parenthesis_is_rejected(tmp_path, monkeypatch, where, refused_for):
+    """The planner writes `<clock> < <cutoff> AND (<where>)`: a WHERE closing that parenthesis
+    (`a) OR (b`) selected rows whatever their clock (a review's test deleted a quote not due and
+    one of a running contract). Unbalanced parentheses, block comments, dollar quotes, backslashes
+    and prefixed strings (which could hide one from the count) are refused at load."""
+    _quotes_rule_file(tmp_path, monkeypatch, where + "\n")
+    with pytest.raises(PolicyError, match=refused_for):
+        load_policy(POLICY_FILE)
+
+
+def test_a_rule_file_with_balanced_parentheses_and_strings_still_loads(tmp_path, monkeypatch):
+    _quotes_rule_file(tmp_path, monkeypatch, "WHERE (quotes.contract_id IS NULL AND quotes.formula <> 'a ) b')\n")
+    assert load_policy(POLICY_FILE).purposes["quotes"].rules[0].name == "unconverted_quotes"
+
+
 def test_a_duplicated_key_is_rejected_with_its_line_numbers(tmp_path):
     path = _policy_variant(tmp_path, "        live: 12 months\n", "        live: 12 months\n        live: 1 day\n")
     with pytest.raises(PolicyError, match=r"found the key 'live' twice \(first on line \d+, again on line \d+\)"):

@@ -300,10 +300,11 @@ def purge_archives(purpose: Purpose, context: dict) -> dict:
     ctx = run_context(purpose, context)
     result = engine(purpose).purge_archives(ctx)
     log.info(
-        "purge: %d objects (%d records) purged, %d kept under legal hold",
+        "purge: %d objects (%d records) purged, %d kept under legal hold, %d kept as the policy now keeps longer",
         result["purged_objects"],
         result["purged_records"],
         result["held_objects"],
+        result.get("kept_policy_longer", 0),
     )
     return result
 
@@ -399,6 +400,12 @@ def report(
         + (
             f", {purged['rows_kept_to_object_date']} records kept to their object's date (own end unknown)"
             if purged.get("rows_kept_to_object_date")
+            else ""
+        )
+        + (
+            f", {purged['kept_policy_longer']} objects kept past their date: the policy now keeps their rule"
+            " longer than when they were archived (re-date them: docs/operating.md)"
+            if purged.get("kept_policy_longer")
             else ""
         )
     )

@@ -87,6 +87,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS archive_manifest_live_key_idx
 -- document_version_ids: the version of each archive copy in document_keys (what gets locked).
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS owner_ids jsonb;
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS document_version_ids text[];
+-- gone_after: the rule's live + archive period the object's purge date was computed with ("5 years");
+--   the purge keeps and reports an object whose rule now says longer (NULL: archived before).
+ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS gone_after text;
 -- earliest_purge_after: the earliest day a row of the object ends (its archive period is over).
 --   Objects are written per end day, so it equals purge_after, and the object goes whole on
 --   that day. Objects written per month before hold rows ending on different days: NULL until

@@ -26,13 +26,27 @@ from retention.archive.locks import (
 from retention.archive.run import RunContext, refuse_future
 from retention.planner import MAX_IDS_IN_LOG
 from retention.policy.coverage import covered_records_sql, object_held
-from retention.policy.periods import local_date, local_midnight
+from retention.policy.model import Purpose, covers
+from retention.policy.periods import Period, local_date, local_midnight
 
 log = logging.getLogger(__name__)
 
 
 # The suffix of an object rewritten by a purge (retention.archive.rewrite), replaced at the next.
 _PURGE_SUFFIX = re.compile(r"\.purged-\d{4}-\d{2}-\d{2}$")
+
+
+def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None) -> bool:
+    """Whether the policy now keeps the rows of an object of ``rule_name`` longer than the period
+    (live + archive) its purge date was computed with, recorded as ``gone_after`` (a period
+    corrected or lengthened since it was archived, found by a review): its recorded date is then
+    too early for some of its rows, and it is kept and reported for someone to re-date. Unknown
+    for an object archived before the period was recorded (NULL), or of a rule no longer in
+    the policy: its recorded date holds, as before."""
+    rule = next((r for r in purpose.rules if r.name == rule_name), None)
+    if gone_after is None or rule is None:
+        return False
+    return not covers(Period.parse(gone_after), rule.gone_after)
 
 
 class ArchivePurge:
@@ -65,6 +79,10 @@ class ArchivePurge:
             # Rows of such objects whose own end cannot be told (their clock is not among the
             # archived columns, or the policy changed since): kept to the object's date.
             "rows_kept_to_object_date": 0,
+            # Objects whose rule the policy now keeps longer than the period they were archived
+            # with (an edited policy): kept past their recorded date, for someone to re-date.
+            "kept_policy_longer": 0,
+            "kept_policy_longer_keys": [],
         }
         by_table: Counter = Counter()
         with self._connect() as control:
@@ -92,6 +110,7 @@ class ArchivePurge:
                     release_purpose_lock(control, self.purpose_name)
         report["by_table"] = dict(by_table)
         report["held_keys"] = report["held_keys"][:MAX_IDS_IN_LOG]
+        report["kept_policy_longer_keys"] = report["kept_policy_longer_keys"][:MAX_IDS_IN_LOG]
         return report
 
     def _purge_one(
@@ -104,7 +123,7 @@ class ArchivePurge:
             row = control.execute(
                 f"WITH covered AS ({covered_records_sql(self.policy)})"
                 " SELECT m.rule, m.table_name, m.object_key, m.document_keys, m.row_count,"
-                f" {object_held('m')} AS held, m.owner_ids IS NULL"
+                f" {object_held('m')} AS held, m.owner_ids IS NULL, m.gone_after"
                 " FROM retention.archive_manifest AS m WHERE m.id = %s AND m.state = 'committed'"
                 # NO KEY UPDATE: two purges of the object serialize, while the purge intent's
                 # foreign key (KEY SHARE on this row, from the intents connection) goes through.
@@ -113,7 +132,11 @@ class ArchivePurge:
             ).fetchone()
             if row is None:  # purged meanwhile by another run
                 return
-            rule_name, table, key, doc_keys, row_count, held, owners_unknown = row
+            rule_name, table, key, doc_keys, row_count, held, owners_unknown, gone_after = row
+            if policy_keeps_longer(self.purpose, rule_name, gone_after):
+                report["kept_policy_longer"] += 1
+                report["kept_policy_longer_keys"].append(key)
+                return
             if held:
                 report["held_objects"] += 1
                 report["owners_not_recorded"] += owners_unknown

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from retention.archive.purge import policy_keeps_longer
 from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.gates.results import MAX_LISTED, gate_result
@@ -72,6 +73,21 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
     if dry_run:
         return gate_result("no_archive_kept_beyond_purge_date", "retention.archive_manifest", None, skipped="dry run")
     unlocked = [name for name, tier in store.storage.tiers.items() if not tier.object_lock]
+    # Objects the purge keeps because the policy now keeps their rule longer than when they were
+    # archived (retention.archive.purge.policy_keeps_longer): reported, not overdue.
+    periods = conn.execute(
+        "SELECT DISTINCT rule, gone_after FROM retention.archive_manifest"
+        " WHERE purpose = %s AND state = 'committed' AND purge_after <= %s AND gone_after IS NOT NULL",
+        (purpose, ctx.logical_date),
+    ).fetchall()
+    longer = [(r, g) for r, g in periods if policy_keeps_longer(policy.purposes[purpose], r, g)]
+    kept_longer = 0
+    if longer:
+        (kept_longer,) = conn.execute(
+            "SELECT count(*) FROM retention.archive_manifest WHERE purpose = %s AND state = 'committed'"
+            " AND purge_after <= %s AND (rule, gone_after) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            (purpose, ctx.logical_date, [r for r, _ in longer], [g for _, g in longer]),
+        ).fetchone()
     overdue, held, keys, unknown = conn.execute(
         f"WITH covered AS ({covered_records_sql(policy)})"
         " SELECT count(*) FILTER (WHERE NOT held), count(*) FILTER (WHERE held),"
@@ -80,11 +96,21 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
         f" FROM (SELECT m.object_key, m.purge_after, {object_covered('m')} AS held,"
         "              m.owner_ids IS NULL AS owners_unknown"
         "       FROM retention.archive_manifest AS m"
-        "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND (m.purge_after <= %(date)s"
+        "       WHERE m.purpose = %(purpose)s AND m.state = 'committed'"
+        "         AND NOT coalesce((m.rule, m.gone_after) IN (SELECT * FROM unnest(%(lr)s::text[], %(lg)s::text[])), false)"
+        "         AND (m.purge_after <= %(date)s"
         "         OR (m.tier = ANY(%(unlocked)s) AND m.earliest_purge_after IS DISTINCT FROM m.purge_after"
         "             AND coalesce(m.earliest_purge_after, date_trunc('month', m.purge_after AT TIME ZONE %(tz)s)"
         "                 AT TIME ZONE %(tz)s) <= %(date)s))) AS x",
-        {"purpose": purpose, "date": ctx.logical_date, "n": MAX_LISTED, "unlocked": unlocked, "tz": policy.timezone},
+        {
+            "purpose": purpose,
+            "date": ctx.logical_date,
+            "n": MAX_LISTED,
+            "unlocked": unlocked,
+            "tz": policy.timezone,
+            "lr": [r for r, _ in longer],
+            "lg": [g for _, g in longer],
+        },
     ).fetchone()
     return gate_result(
         "no_archive_kept_beyond_purge_date",
@@ -93,5 +119,6 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
         overdue_objects=overdue,
         kept_under_legal_hold=held,
         overdue_keys=keys or [],
+        **({"kept_as_the_policy_now_keeps_longer": kept_longer} if kept_longer else {}),
         **({"owners_not_recorded": unknown, "fix": "python -m retention.archive.backfill_owners"} if unknown else {}),
     )

@@ -68,6 +68,7 @@ def parse_rule_filter(text: str, *, schema: str, table: str, clock: str) -> Rule
         )
     if _OUTER.search(code):
         raise RuleFileError(f"uses {_OUTER.search(code).group(1).upper()}: only inner JOINs (rows and parents locked)")
+    _check_parentheses(code)
     where_at = _WHERE.search(code)
     joins_code = code[: where_at.start()] if where_at else code
     joined = _parse_joins(joins_code, schema)
@@ -83,6 +84,24 @@ def parse_rule_filter(text: str, *, schema: str, table: str, clock: str) -> Rule
             f"{table!r} nor joined by the file (joined: {sorted(joined) or 'none'})"
         )
     return RuleFilter(joins=joins, where=where, joined_tables=tuple(joined))
+
+
+def _check_parentheses(code: str) -> None:
+    """Parentheses balanced, none closed before it opens (string literals masked): the planner
+    writes ``<clock> < %(cutoff)s AND (<where>)``, and a WHERE that closes that parenthesis
+    (``a) OR (b``) would select rows whatever their clock."""
+    for token, why in (("/*", "a block comment"), ("$", "dollar quoting"), ("\\", "a backslash escape")):
+        if token in code:
+            raise RuleFileError(f"uses {why} ({token!r}) outside a plain string: only `--` comments and '...' strings")
+    if re.search(r"\b[eEuUbBxX]&?'", code):
+        raise RuleFileError("uses a prefixed string literal (E'...', U&'...'): only plain '...' strings")
+    depth = 0
+    for char in code:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            raise RuleFileError("closes a parenthesis it never opened: it would escape the planner's conditions")
+    if depth:
+        raise RuleFileError("leaves a parenthesis open")
 
 
 def _parse_joins(code: str, schema: str) -> list[str]:
