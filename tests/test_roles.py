@@ -203,6 +203,16 @@ def test_a_purpose_dag_and_a_subject_request_run_as_their_roles(airflow_db, db, 
     assert deleted[0] > 0
 
     candidate = f.job_application(db, last_contact="2024-02-01")
+    access = run_subject_request(
+        {
+            "request_id": "req-access-as-rights",
+            "action": "access",
+            "subject_kind": "candidate",
+            "subject_id": candidate,
+            "preview": False,
+        }
+    )
+    assert set(task_states(access).values()) == {"success"}, task_states(access)
     request = run_subject_request(
         {
             "request_id": "req-as-rights",
@@ -217,6 +227,10 @@ def test_a_purpose_dag_and_a_subject_request_run_as_their_roles(airflow_db, db, 
         "done",
     )
     assert candidate not in f.ids(db, "job_applications")  # deleted as retention_rights
+    # The erasure deleted the access's export too, as retention_rights (its grants).
+    assert db.execute(
+        "SELECT outcome FROM retention.access_exports WHERE request_id = 'req-access-as-rights'"
+    ).fetchall() == [("deleted",)]
 
     assert "user=retention_reader_user" in page_dsn()
     summary = page_summary()
@@ -226,7 +240,7 @@ def test_a_purpose_dag_and_a_subject_request_run_as_their_roles(airflow_db, db, 
 
     with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
         result = audit.verify(conn)
-        assert result.intact and result.chains["subject_requests"].links == 1, result.message
+        assert result.intact and result.chains["subject_requests"].links == 2, result.message
         audit.record_verification(conn, result)
     # The page, as retention_reader, shows the last verification.
     shown = page_summary()["audit_verification"]

@@ -894,3 +894,40 @@ def test_a_hold_placed_after_an_erasure_rewrite_crashed_keeps_the_subjects_only_
     assert old_key in versions(s3, storage.archive_bucket), (
         "the held customer's only archived rows were deleted after the hold was placed"
     )
+
+
+@pytest.mark.parametrize(
+    "stored", ["camille.sujet@example.fr\t", "\u00a0camille.sujet@example.fr", "Élodie.Sujet@example.fr"]
+)
+def test_a_live_email_stored_with_other_whitespace_or_case_is_found(stored, db, s3, storage, policy, source_dsn):
+    """The request's address and the archived rows' identifiers are normalised in Python (NFKC,
+    strip(), lower()); the live rows are matched under the same normalisation (a tab or a
+    non-breaking space kept a live row out of a request that found its archived copy: a review)."""
+    f.customer(db, email=stored)
+    svc = rights(policy, source_dsn, s3, storage)
+    asked = " " + stored.strip().upper() + " "
+    report = svc.handle(request("access", "rev-email-ws", email=asked, preview=True))
+    assert report["subject"]["matched"] == {"customers": 1}, (stored, report["subject"])
+
+
+def exported_ids(s3, storage, report, path) -> set[int]:
+    """The ids of one part (``live/quotes.json``...) of the access export a report names."""
+    body = s3.get_object(Bucket=storage.archive_bucket, Key=report["export"]["key"])["Body"].read()
+    zf = zipfile.ZipFile(io.BytesIO(body))
+    return {r["id"] for r in json.loads(zf.read(path))} if path in zf.namelist() else set()
+
+
+def test_an_erasure_deletes_the_subjects_access_exports(db, s3, storage, policy, source_dsn):
+    """An access, then an erasure of the same person: the zip of the access (every row the erasure
+    erases, in clear) stayed in the archive bucket for its 30 days while the erasure said done (a
+    review). The erasure deletes it, every version, and counts it."""
+    c = f.customer(db, email="camille.sujet@example.fr")
+    q = f.quote(db, issued="2024-05-01", customer_id=c, email="camille.sujet@example.fr")
+    svc = rights(policy, source_dsn, s3, storage)
+    access = svc.handle(request("access", "rev-exp-access", kind="customer", subject_id=c))
+    assert exported_ids(s3, storage, access, "live/quotes.json") == {q}
+    erasure = svc.handle(request("erasure", "rev-exp-erase", kind="customer", subject_id=c))
+    assert erasure["erased"]["live"].get("quotes") == 1 and q not in f.ids(db, "quotes")
+    left = s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/rev-exp-access/")
+    assert not left.get("Versions"), "the erased person's access export is still in S3"
+    assert erasure["erased"]["access_exports"] == 1

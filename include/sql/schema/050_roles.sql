@@ -101,7 +101,9 @@ GRANT UPDATE (state, byte_size, sha256, version_id, document_version_ids, commit
     ON retention.archive_manifest TO retention_rights;
 GRANT UPDATE (disposed_at, outcome) ON retention.document_disposals TO retention_rights;
 GRANT UPDATE (state, committed_at, done_at) ON retention.object_rewrites TO retention_rights;
-GRANT UPDATE (produced_at, delete_after) ON retention.access_exports TO retention_rights;
+-- An erasure deletes the subject's earlier access exports (retention.rights.exports.delete_subject_exports).
+GRANT UPDATE (produced_at, delete_after, deleted_at, outcome, versions_deleted, deleted_by)
+    ON retention.access_exports TO retention_rights;
 -- A running request's evidence (a done one is final: retention.refuse_final_evidence_update).
 GRANT UPDATE (run_id, reports, state, finished_at) ON retention.subject_requests TO retention_rights;
 -- The inbox's address replaced by its keyed hash once the request is done.

@@ -18,7 +18,7 @@ import psycopg
 from retention.archive.db import connect
 from retention.archive.documents import dispose_documents, key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
-from retention.rights import suppression
+from retention.rights import exports, suppression
 from retention.rights.context import RequestContext
 from retention.rights.decide import Decision, classify_live
 from retention.rights.erase_archived import erase_archived
@@ -66,6 +66,10 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
         done="its live rows that could go are erased (audited), its archived ones not yet",
     )
     erase_archived(ctx, conn, req, fresh, report, preview=False)
+    # The subject's access exports are copies of what was just erased.
+    report["erased"]["access_exports"] = exports.delete_subject_exports(
+        conn, ctx.store, req.kind, req.subject_refs, req.audit_run_id
+    )
 
 
 def erase_live(ctx: RequestContext, req: SubjectRequest, report: dict) -> set[str]:

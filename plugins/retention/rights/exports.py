@@ -184,3 +184,21 @@ def _record_deleted(conn, row_id: int, export: tuple, versions: int, now: dt.dat
             " deleted_at, outcome, versions_deleted, deleted_by) VALUES (%s, %s, %s, %s, %s, %s, 'deleted', %s, %s)",
             (request_id, bucket, key, produced_at, due_at, now, versions, run_id),
         )
+
+
+def delete_subject_exports(conn, store: ArchiveStore, subject_kind: str, subject_refs: set[str], run_id: str) -> int:
+    """An erasure's last step: every export still held of an access request of the same subject
+    (a full copy of the rows just erased), deleted, every version, and recorded. Returns how many."""
+    rows = conn.execute(
+        "SELECT e.id, e.request_id, e.bucket, e.object_key, e.produced_at, e.delete_after"
+        " FROM retention.access_exports AS e JOIN retention.subject_requests AS r ON r.request_id = e.request_id"
+        " WHERE r.action = 'access' AND r.subject_kind = %s AND r.subject_ref = ANY(%s) AND e.bucket = %s"
+        " AND e.deleted_at IS NULL ORDER BY e.id",
+        (subject_kind, sorted(subject_refs), store.archive_bucket),
+    ).fetchall()
+    now = dt.datetime.now(dt.UTC)
+    for row_id, request_id, bucket, key, produced_at, due_at in rows:
+        versions = store.list_versions(key).get(key, [])
+        store.delete_versions(versions)
+        _record_deleted(conn, row_id, (request_id, bucket, key, produced_at, due_at), len(versions), now, run_id)
+    return len(rows)

@@ -29,6 +29,8 @@ from retention.rights.requests import SubjectRequest, SubjectRequestError
 # The subject's own table for a request by id; "email" resolves to every row whose `email`
 # column holds the address, in every table that has one, live or archived.
 SUBJECT_TABLES = {"customer": "customers", "prospect": "prospects", "candidate": "job_applications"}
+# The characters str.strip() removes that NFKC does not map to a space.
+_STRIP = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u1680\u2028\u2029"
 
 
 @dataclass
@@ -100,9 +102,14 @@ def resolve(ctx: RequestContext, conn, req: SubjectRequest) -> dict[str, set[int
     address = suppression.normalise_email(req.email)
     roots: dict[str, set[int]] = {}
     for table in root_tables(ctx, conn, req):
+        # The same normalisation as retention.identifiers.normalise_email (NFKC, str.strip()'s
+        # whitespace, lower case), so a live row matches exactly when its archived copy would.
         ids = {
             r[0]
-            for r in conn.execute(f'SELECT id FROM "{ctx.schema}"."{table}" WHERE lower(btrim(email)) = %s', (address,))
+            for r in conn.execute(
+                f'SELECT id FROM "{ctx.schema}"."{table}" WHERE lower(btrim(normalize(email, NFKC), %s)) = %s',
+                (_STRIP, address),
+            )
         }
         if ids:
             roots[table] = ids
