@@ -468,6 +468,17 @@ def test_an_error_in_one_rule_field_is_reported_alone(tmp_path):
     assert "at least 1 item" not in str(error.value) and len(str(error.value).splitlines()) == 2
 
 
+@pytest.mark.parametrize("zero", ["0 days", "0 months", "0 years"])
+def test_an_archived_tier_with_a_zero_archive_period_is_rejected(tmp_path, zero):
+    """Rows whose archive period is already over are deleted without an archive: a zero period on
+    an archived tier would delete them unarchived, as tier 'none' (a review)."""
+    path = _policy_variant(
+        tmp_path, "tier: intermediate\n        archive: 12 months", f"tier: intermediate\n        archive: {zero}"
+    )
+    with pytest.raises(PolicyError, match=r"needs an 'archive' period longer than 0"):
+        load_policy(path)
+
+
 def test_a_purpose_without_mode_is_rejected(tmp_path):
     path = _policy_variant(tmp_path, "    mode: preview\n", "")
     with pytest.raises(PolicyError, match=r"purpose 'quotes', field 'mode': Field required"):

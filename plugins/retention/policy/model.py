@@ -85,6 +85,10 @@ class Rule(_Strict):
             raise ValueError("tier 'none' keeps no archive: remove 'archive'")
         if self.tier != "none" and self.archive is None:
             raise ValueError(f"tier {self.tier!r} needs an 'archive' period")
+        if self.tier != "none" and not (self.archive.months or self.archive.days):
+            # Rows whose archive period is over when archived are deleted unarchived (as tier
+            # 'none'): a zero period would delete, say, AML evidence without keeping it (a review).
+            raise ValueError(f"tier {self.tier!r} needs an 'archive' period longer than 0 (or tier 'none')")
         if self.archive is not None:
             self.live + self.archive  # noqa: B018 - raises on mixed units
         if self.erase_at_processor and self.tier != "none":
