@@ -1092,6 +1092,23 @@ def test_a_crash_between_the_detach_and_the_drop_is_finished_by_the_next_run(
     assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])  # each once
 
 
+def count_searches(monkeypatch) -> list:
+    """The request's searches, one a list item (its calls of ``retention.rights.find.find``, each
+    reading the manifest and the live rows until nothing new turns up)."""
+    from retention.rights import retirements
+    from retention.rights import subject_rights as requests
+
+    calls = []
+    for module in (retirements, requests):
+
+        def find(*args, _real=module.find, **kwargs):
+            calls.append(len(calls))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "find", find)
+    return calls
+
+
 def test_a_subject_request_waits_for_a_partition_retired_while_it_searches(
     partitioned, s3, storage, policy, source_dsn, monkeypatch
 ):
@@ -1102,11 +1119,11 @@ def test_a_subject_request_waits_for_a_partition_retired_while_it_searches(
     customers = {month: f.customer(db) for month in MONTHS}
     made = messages(db, customers)
     real_expand = rights_find.expand
-    searches = []
+    expanded = []
 
     def expand_during_a_retirement(ctx, conn, roots, objects):
-        searches.append(len(searches))
-        if len(searches) > 1:
+        expanded.append(len(expanded))
+        if len(expanded) > 1:
             return real_expand(ctx, conn, roots, objects)
         # The run detaches March's partition, then the search reads the table, then the run
         # drops the partition and commits its objects.
@@ -1134,6 +1151,7 @@ def test_a_subject_request_waits_for_a_partition_retired_while_it_searches(
         return found
 
     monkeypatch.setattr(rights_find, "expand", expand_during_a_retirement)
+    searches = count_searches(monkeypatch)
     report = subject_rights(policy, source_dsn, s3, storage).handle(
         subject_request("access", "during-a-retirement", kind="customer", subject_id=customers["2026-03"])
     )
@@ -1153,15 +1171,16 @@ def test_a_subject_request_waits_for_a_retirement_finished_while_it_searches(
     made = messages(db, customers)
     a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_05")
     real_expand = rights_find.expand
-    searches = []
+    expanded = []
 
     def expand_while_the_next_run_finishes_it(ctx, conn, roots, objects):
-        searches.append(len(searches))
-        if len(searches) == 1:
+        expanded.append(len(expanded))
+        if len(expanded) == 1:
             engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "next", D))
         return real_expand(ctx, conn, roots, objects)
 
     monkeypatch.setattr(rights_find, "expand", expand_while_the_next_run_finishes_it)
+    searches = count_searches(monkeypatch)
     report = subject_rights(policy, source_dsn, s3, storage).handle(
         subject_request("access", "open-before", kind="customer", subject_id=customers["2026-05"], preview=True)
     )

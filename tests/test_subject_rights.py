@@ -22,6 +22,7 @@ from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.rights import erase as rights_erase
 from retention.rights import erase_archived
+from retention.rights import find as rights_find
 from retention.rights.access import json_default
 from retention.rights.requests import SubjectRequest, SubjectRequestError
 from retention.rights.subject_rights import SubjectRights
@@ -931,3 +932,80 @@ def test_an_erasure_deletes_the_subjects_access_exports(db, s3, storage, policy,
     left = s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/rev-exp-access/")
     assert not left.get("Versions"), "the erased person's access export is still in S3"
     assert erasure["erased"]["access_exports"] == 1
+
+
+def test_an_access_finds_the_archived_quote_of_a_prospect_who_became_a_customer_since(
+    db, s3, storage, policy, source_dsn
+):
+    """A prospect's quote archived while the prospect was not yet a customer; the prospect then
+    becomes a customer. An access by the customer's id reaches the prospect (covers:
+    prospects.customer_id), and through it the prospect's archived quote, whose object names only
+    the prospect as owner (a review: the quote was missed; the manifest is now searched again from
+    the rows found)."""
+    p = f.prospect(db, last_contact="2024-05-01", email="hugo.sujet@example.fr")
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email="hugo.sujet@example.fr")
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    assert q not in f.ids(db, "quotes")
+    c = f.customer(db, email="hugo.sujet@example.fr")
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    svc = rights(policy, source_dsn, s3, storage)
+    report = svc.handle(request("access", "prospect-became-customer", kind="customer", subject_id=c))
+    assert report["found"]["live"].get("prospects") == 1
+    assert exported_ids(s3, storage, report, "intermediate/quotes.json") == {q}
+
+
+def test_a_batch_archived_between_the_archive_search_and_the_live_read_is_found(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A retention run commits a batch (rows deleted, object committed) after the request looked
+    in the manifest but before it read the live rows: the rows are found, in the archive (a review:
+    they were in neither)."""
+    c = f.customer(db, email="camille.sujet@example.fr")
+    q = f.quote(db, issued="2023-01-10", customer_id=c, email="camille.sujet@example.fr")
+    real_expand = rights_find.expand
+    fired = []
+
+    def expand(ctx, conn, roots, objects):
+        if not fired:
+            fired.append(1)
+            archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))  # another run commits now
+        return real_expand(ctx, conn, roots, objects)
+
+    monkeypatch.setattr(rights_find, "expand", expand)
+    svc = rights(policy, source_dsn, s3, storage)
+    report = svc.handle(request("access", "archived-meanwhile", kind="customer", subject_id=c))
+    assert fired and q not in f.ids(db, "quotes")
+    found_q = exported_ids(s3, storage, report, "live/quotes.json") | exported_ids(
+        s3, storage, report, "intermediate/quotes.json"
+    )
+    assert found_q == {q}, report["found"]
+
+
+def test_a_batch_archived_between_the_search_and_the_export_read_is_found(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The same, the batch committed after the whole search but before the export read the rows:
+    the request searches again."""
+    from retention.rights import access as rights_access
+
+    c = f.customer(db, email="camille.sujet@example.fr")
+    q = f.quote(db, issued="2023-01-10", customer_id=c, email="camille.sujet@example.fr")
+    real_gather = rights_access.gather
+    fired = []
+
+    def gather(ctx, conn, found, report):
+        if not fired:
+            fired.append(1)
+            archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+        return real_gather(ctx, conn, found, report)
+
+    monkeypatch.setattr("retention.rights.subject_rights.gather", gather)
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("access", "archived-before-the-export", kind="customer", subject_id=c)
+    )
+    assert fired and q not in f.ids(db, "quotes")
+    found_q = exported_ids(s3, storage, report, "live/quotes.json") | exported_ids(
+        s3, storage, report, "intermediate/quotes.json"
+    )
+    assert found_q == {q}, report["found"]

@@ -124,8 +124,21 @@ def find(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int
     archived, not_recorded = _archived_by_address(ctx, conn, req) if req.kind == "email" else ({}, 0)
     for table, ids in [*archived.items(), *(seed or {}).items()]:
         roots.setdefault(table, set()).update(ids)
-    objects, unknown = _candidate_objects(ctx, conn, roots)
-    found = expand(ctx, conn, roots, objects)
+    # The manifest is searched again after each read of the live rows, until nothing new: from
+    # the rows found (owners are recorded when an object is written: a link made later, such as
+    # a prospect who became a customer, is only seen from the rows), and so that a batch the
+    # engine committed after a search but before the live read (rows gone, object committed) is
+    # seen (both found by a review).
+    search = {t: set(v) for t, v in roots.items()}
+    seen: set[int] | None = None
+    while True:
+        objects, unknown = _candidate_objects(ctx, conn, search)
+        found = expand(ctx, conn, roots, objects)
+        wider = {t: search.get(t, set()) | found.ids.get(t, set()) for t in {*search, *found.ids}}
+        now = {o.manifest_id for o in objects}
+        if wider == search and now == seen:
+            break
+        search, seen = wider, now
     found.owners_not_recorded = unknown
     found.matched = matched
     found.matched_archived = {t: len(v) for t, v in sorted(archived.items())}

@@ -118,7 +118,11 @@ class SubjectRights:
 
     @staticmethod
     def _gathered(ctx: RequestContext, conn, req: SubjectRequest, report: dict, check) -> tuple[Found, Gathered]:
-        found = find(ctx, conn, req)
-        gathered = gather(ctx, conn, found, report)
+        while True:  # a live row archived between the search and its read: search again
+            found = find(ctx, conn, req)
+            gathered = gather(ctx, conn, found, report)
+            read = sum(len(rows) for path, rows in gathered.parts.items() if path.startswith("live/"))
+            if read == sum(len(ids) for ids in found.live.values()):
+                break
         check()
         return found, gathered
