@@ -1009,3 +1009,28 @@ def test_a_batch_archived_between_the_search_and_the_export_read_is_found(
         s3, storage, report, "intermediate/quotes.json"
     )
     assert found_q == {q}, report["found"]
+
+
+def test_an_access_whose_rows_keep_leaving_their_tables_stops_after_a_few_searches(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The access searches again while a row it found live is gone by the export's read, a few
+    times at most: then it stops, saying so, and writes no export."""
+    from retention.rights import subject_rights as requests
+    from retention.rights.requests import SubjectRequestError
+
+    c = f.customer(db)
+    real_gather, reads = requests.gather, []
+
+    def gather_as_if_the_rows_had_gone(ctx, conn, found, report):
+        reads.append(1)
+        gathered = real_gather(ctx, conn, found, report)
+        for path in [p for p in gathered.parts if p.startswith("live/")]:
+            gathered.parts[path] = []
+        return gathered
+
+    monkeypatch.setattr(requests, "gather", gather_as_if_the_rows_had_gone)
+    with pytest.raises(SubjectRequestError, match="kept leaving their tables"):
+        rights(policy, source_dsn, s3, storage).handle(request("access", "moving", kind="customer", subject_id=c))
+    assert len(reads) == requests.SEARCHES_FOR_MOVING_ROWS
+    assert not s3.list_objects_v2(Bucket=storage.archive_bucket, Prefix="exports/moving/").get("Contents")

@@ -37,10 +37,14 @@ from retention.rights.erase import erase
 from retention.rights.evidence import record_end, record_start
 from retention.rights.find import Found, find
 from retention.rights.report import new_report, report_found, report_objects_read
-from retention.rights.requests import SubjectRequest
+from retention.rights.requests import SubjectRequest, SubjectRequestError
 from retention.rights.retirements import find_settled, settled
 
 log = logging.getLogger(__name__)
+
+# An access searches again when a row it found live is gone by the export's read (archived
+# meanwhile), at most this many times.
+SEARCHES_FOR_MOVING_ROWS = 5
 
 
 class IncompleteRequestError(RuntimeError):
@@ -118,11 +122,16 @@ class SubjectRights:
 
     @staticmethod
     def _gathered(ctx: RequestContext, conn, req: SubjectRequest, report: dict, check) -> tuple[Found, Gathered]:
-        while True:  # a live row archived between the search and its read: search again
+        for _ in range(SEARCHES_FOR_MOVING_ROWS):  # a live row archived between the search and its read
             found = find(ctx, conn, req)
             gathered = gather(ctx, conn, found, report)
             read = sum(len(rows) for path, rows in gathered.parts.items() if path.startswith("live/"))
             if read == sum(len(ids) for ids in found.live.values()):
                 break
+        else:
+            raise SubjectRequestError(
+                f"the subject's rows kept leaving their tables while the request read them ({SEARCHES_FOR_MOVING_ROWS} "
+                "searches): nothing was changed; retry the request"
+            )
         check()
         return found, gathered
