@@ -1034,3 +1034,27 @@ def test_an_access_whose_rows_keep_leaving_their_tables_stops_after_a_few_search
         rights(policy, source_dsn, s3, storage).handle(request("access", "moving", kind="customer", subject_id=c))
     assert len(reads) == requests.SEARCHES_FOR_MOVING_ROWS
     assert not s3.list_objects_v2(Bucket=storage.archive_bucket, Prefix="exports/moving/").get("Contents")
+
+
+@pytest.mark.parametrize(
+    ("access_by", "erasure_by"), [("email", "customer"), ("customer", "email"), ("prospect", "customer")]
+)
+def test_an_erasure_deletes_the_persons_access_exports_whatever_they_were_asked_by(
+    db, s3, storage, policy, source_dsn, access_by, erasure_by
+):
+    """The same person asked for access by one reference and for erasure by another (their
+    address then their customer id, or the prospect they were): the export is theirs all the
+    same, and goes with the erasure. Someone else's export stays."""
+    address = "camille.sujet@example.fr"
+    c = f.customer(db, email=address)
+    p = f.prospect(db, last_contact="2024-05-01", email=address, customer_id=c)
+    other = f.customer(db, email="someone.else@example.fr")
+    svc = rights(policy, source_dsn, s3, storage)
+    by = {"email": {"email": address}, "customer": {"kind": "customer", "subject_id": c}}
+    by["prospect"] = {"kind": "prospect", "subject_id": p}
+    svc.handle(request("access", "theirs", **by[access_by]))
+    svc.handle(request("access", "someone-else", kind="customer", subject_id=other))
+    erasure = svc.handle(request("erasure", "erase-them", **by[erasure_by]))
+    assert erasure["erased"]["access_exports"] == 1
+    assert not s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/theirs/").get("Versions")
+    assert s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/someone-else/").get("Versions")

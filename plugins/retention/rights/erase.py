@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 
 import psycopg
 
+from retention import identifiers
 from retention.archive.db import connect
 from retention.archive.documents import dispose_documents, key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
@@ -22,7 +23,7 @@ from retention.rights import exports, suppression
 from retention.rights.context import RequestContext
 from retention.rights.decide import Decision, classify_live
 from retention.rights.erase_archived import erase_archived
-from retention.rights.find import Found, expand, resolve, tables_in_order
+from retention.rights.find import SUBJECT_TABLES, Found, expand, resolve, tables_in_order
 from retention.rights.report import add_kept
 from retention.rights.requests import SubjectRequest
 from retention.rights.retirements import find_settled, settled
@@ -44,6 +45,7 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
             report["marketing_objection"] = "would_record"
         erase_archived(ctx, conn, req, found, report, preview=True)
         return
+    references = subject_references(ctx, conn, req, found)  # read before the live rows go
     purposes = erase_live(ctx, req, report)
     # With the files a crashed run of this request left queued (a purpose in preview mode
     # runs no engine recovery that would finish them).
@@ -67,9 +69,30 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
     )
     erase_archived(ctx, conn, req, fresh, report, preview=False)
     # The subject's access exports are copies of what was just erased.
-    report["erased"]["access_exports"] = exports.delete_subject_exports(
-        conn, ctx.store, req.kind, req.subject_refs, req.audit_run_id
-    )
+    report["erased"]["access_exports"] = exports.delete_subject_exports(conn, ctx.store, references, req.audit_run_id)
+
+
+def subject_references(ctx: RequestContext, conn, req: SubjectRequest, found: Found) -> set[tuple[str, str]]:
+    """Every (kind, reference) an access request of the person may have been made under: the
+    erasure's own, the ids of the person's own rows found (a customer, the prospect they were,
+    a candidate), and the keyed hashes of those rows' addresses (an access by e-mail, then an
+    erasure by id: the export is the same person's)."""
+    references = {(req.kind, ref) for ref in req.subject_refs}
+    for kind, table in SUBJECT_TABLES.items():
+        ids = found.live.get(table, set()) | found.ids.get(table, set())
+        references |= {(kind, str(i)) for i in ids}
+        live = sorted(found.live.get(table, set()))
+        if not live:
+            continue
+        for (email,) in conn.execute(
+            f'SELECT DISTINCT email FROM "{ctx.schema}"."{table}" WHERE id = ANY(%s) AND email IS NOT NULL', (live,)
+        ):
+            try:
+                references.add(("email", identifiers.email_ref(email)))
+            except identifiers.IdentifierKeyError:
+                break  # no key: no request by e-mail could be made either
+            references.add(("email", f"sha256:{suppression.email_hash(email)}"))
+    return references
 
 
 def erase_live(ctx: RequestContext, req: SubjectRequest, report: dict) -> set[str]:

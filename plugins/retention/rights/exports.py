@@ -186,15 +186,18 @@ def _record_deleted(conn, row_id: int, export: tuple, versions: int, now: dt.dat
         )
 
 
-def delete_subject_exports(conn, store: ArchiveStore, subject_kind: str, subject_refs: set[str], run_id: str) -> int:
-    """An erasure's last step: every export still held of an access request of the same subject
-    (a full copy of the rows just erased), deleted, every version, and recorded. Returns how many."""
+def delete_subject_exports(conn, store: ArchiveStore, references: set[tuple[str, str]], run_id: str) -> int:
+    """An erasure's last step: every export still held of an access request made under any of
+    the subject's ``references`` ((kind, reference) pairs: an id, or an address's keyed hash; see
+    retention.rights.erase.subject_references) is a full copy of the rows just erased: deleted,
+    every version, and recorded. Returns how many."""
+    kinds, refs = [k for k, _ in sorted(references)], [r for _, r in sorted(references)]
     rows = conn.execute(
         "SELECT e.id, e.request_id, e.bucket, e.object_key, e.produced_at, e.delete_after"
         " FROM retention.access_exports AS e JOIN retention.subject_requests AS r ON r.request_id = e.request_id"
-        " WHERE r.action = 'access' AND r.subject_kind = %s AND r.subject_ref = ANY(%s) AND e.bucket = %s"
-        " AND e.deleted_at IS NULL ORDER BY e.id",
-        (subject_kind, sorted(subject_refs), store.archive_bucket),
+        " WHERE r.action = 'access' AND (r.subject_kind, r.subject_ref) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+        " AND e.bucket = %s AND e.deleted_at IS NULL ORDER BY e.id",
+        (kinds, refs, store.archive_bucket),
     ).fetchall()
     now = dt.datetime.now(dt.UTC)
     for row_id, request_id, bucket, key, produced_at, due_at in rows:
