@@ -309,19 +309,18 @@ class BatchProtocol:
         purge_after, ids = conn.execute(on_one_day, params, binary=True).fetchone()
         if ids is None:
             return []
-        if purge_after is not None:
-            return [(purge_after.astimezone(self.tz).date().isoformat(), sorted(ids), purge_after)]
-        # Grouped by the clock's local day first: the purge date is computed once per day, not
-        # for every row (time-zone arithmetic: half the statement's time at 100,000 rows).
-        # Several clock days may end on one day (month ends: Jan 29-31 + 1 month = Feb 28/29).
-        query = (
-            f"SELECT {end_of} AS purge_after, ids"
-            " FROM (SELECT (d.clock AT TIME ZONE %(tz)s)::date AS day, array_agg(d.id) AS ids"
-            f"  FROM ({rows_sql}) AS d GROUP BY 1) AS x"
-        )
-        per_end_day: dict[dt.datetime, list[int]] = {}
-        for purge_after, ids in conn.execute(query, params, binary=True):
-            per_end_day.setdefault(purge_after, []).extend(ids)
+        per_end_day: dict[dt.datetime, list[int]] = {purge_after: ids} if purge_after is not None else {}
+        if not per_end_day:
+            # Grouped by the clock's local day first: the purge date is computed once per day, not
+            # for every row (time-zone arithmetic: half the statement's time at 100,000 rows).
+            # Several clock days may end on one day (month ends: Jan 29-31 + 1 month = Feb 28/29).
+            query = (
+                f"SELECT {end_of} AS purge_after, ids"
+                " FROM (SELECT (d.clock AT TIME ZONE %(tz)s)::date AS day, array_agg(d.id) AS ids"
+                f"  FROM ({rows_sql}) AS d GROUP BY 1) AS x"
+            )
+            for purge_after, ids in conn.execute(query, params, binary=True):
+                per_end_day.setdefault(purge_after, []).extend(ids)
         return [
             (purge_after.astimezone(self.tz).date().isoformat(), sorted(ids), purge_after)
             for purge_after, ids in sorted(per_end_day.items())

@@ -81,24 +81,19 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
         (purpose, ctx.logical_date),
     ).fetchall()
     longer = [(r, g) for r, g in periods if policy_keeps_longer(policy.purposes[purpose], r, g)]
-    kept_longer = 0
-    if longer:
-        (kept_longer,) = conn.execute(
-            "SELECT count(*) FROM retention.archive_manifest WHERE purpose = %s AND state = 'committed'"
-            " AND purge_after <= %s AND (rule, gone_after) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-            (purpose, ctx.logical_date, [r for r, _ in longer], [g for _, g in longer]),
-        ).fetchone()
-    overdue, held, keys, unknown = conn.execute(
+    overdue, held, keys, unknown, kept_longer = conn.execute(
         f"WITH covered AS ({covered_records_sql(policy)})"
-        " SELECT count(*) FILTER (WHERE NOT held), count(*) FILTER (WHERE held),"
-        "       (array_agg(object_key ORDER BY purge_after) FILTER (WHERE NOT held))[1:%(n)s],"
-        "       count(*) FILTER (WHERE NOT held AND owners_unknown)"
+        " SELECT count(*) FILTER (WHERE NOT held AND NOT kept_longer),"
+        "       count(*) FILTER (WHERE held AND NOT kept_longer),"
+        "       (array_agg(object_key ORDER BY purge_after) FILTER (WHERE NOT held AND NOT kept_longer))[1:%(n)s],"
+        "       count(*) FILTER (WHERE NOT held AND NOT kept_longer AND owners_unknown),"
+        "       count(*) FILTER (WHERE kept_longer AND purge_after <= %(date)s)"
         f" FROM (SELECT m.object_key, m.purge_after, {object_covered('m')} AS held,"
-        "              m.owner_ids IS NULL AS owners_unknown"
+        "              m.owner_ids IS NULL AS owners_unknown,"
+        "              coalesce((m.rule, m.gone_after) IN (SELECT * FROM unnest(%(lr)s::text[], %(lg)s::text[])), false)"
+        "                AS kept_longer"
         "       FROM retention.archive_manifest AS m"
-        "       WHERE m.purpose = %(purpose)s AND m.state = 'committed'"
-        "         AND NOT coalesce((m.rule, m.gone_after) IN (SELECT * FROM unnest(%(lr)s::text[], %(lg)s::text[])), false)"
-        "         AND (m.purge_after <= %(date)s"
+        "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND (m.purge_after <= %(date)s"
         "         OR (m.tier = ANY(%(unlocked)s) AND m.earliest_purge_after IS DISTINCT FROM m.purge_after"
         "             AND coalesce(m.earliest_purge_after, date_trunc('month', m.purge_after AT TIME ZONE %(tz)s)"
         "                 AT TIME ZONE %(tz)s) <= %(date)s))) AS x",

@@ -79,8 +79,7 @@ def subject_references(ctx: RequestContext, conn, req: SubjectRequest, found: Fo
     erasure by id: the export is the same person's)."""
     references = {(req.kind, ref) for ref in req.subject_refs}
     for kind, table in SUBJECT_TABLES.items():
-        ids = found.live.get(table, set()) | found.ids.get(table, set())
-        references |= {(kind, str(i)) for i in ids}
+        references |= {(kind, str(i)) for i in found.ids.get(table, set())}
         live = sorted(found.live.get(table, set()))
         if not live:
             continue
