@@ -221,11 +221,10 @@ def test_a_hold_placed_during_the_rewrite_keeps_the_object_whole(db, s3, storage
     assert states == [("abandoned",)]
 
 
-def test_a_rewrite_cut_off_after_its_upload_is_finished_by_the_next_purge(
-    db, s3, storage, policy, source_dsn, monkeypatch
-):
-    """S3 fails while the old object's versions are deleted (after the commit): the next purge
-    finishes the rewrite; the row past its end is gone, the other kept, nothing lost."""
+def a_rewrite_cut_off_after_its_commit(db, s3, storage, policy, source_dsn, monkeypatch):
+    """Analyses ending on the 1st and the 28th, archived in one object per month; the purge on the
+    1st rewrites it without the first, and S3 fails while the old object's versions are deleted
+    (after the rewrite's commit). Returns the engine, the two ids and the old object's key."""
     policy = analyses_archived(policy)
     ids = analyses_ending_1st_and_28th(db, s3, storage)
     engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
@@ -238,6 +237,15 @@ def test_a_rewrite_cut_off_after_its_upload_is_finished_by_the_next_purge(
     with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="S3 unreachable"):
         patched.setattr(ArchiveStore, "delete_all_versions", unreachable)
         engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    return engine, ids, old_key
+
+
+def test_a_rewrite_cut_off_after_its_upload_is_finished_by_the_next_purge(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """S3 fails while the old object's versions are deleted (after the commit): the next purge
+    finishes the rewrite; the row past its end is gone, the other kept, nothing lost."""
+    engine, ids, old_key = a_rewrite_cut_off_after_its_commit(db, s3, storage, policy, source_dsn, monkeypatch)
     assert [v[0] for v in committed(db).values()] == [[ids["28"]]]
     assert old_key in versions(s3, storage.archive_bucket), "the old object's bytes are still there"
     engine.purge_archives(RunContext("call_recordings", "p2", f.midnight("2025-10-02")))
@@ -325,18 +333,7 @@ def test_a_hold_placed_before_an_interrupted_rewrite_is_finished_keeps_the_held_
     while the old object's versions are deleted (after the rewrite's commit). A hold is then placed
     on that row (litigation). The old object is now the only copy of the held row: the next run
     must not delete it (an interrupted whole-object purge is decided afresh for the same reason)."""
-    policy = analyses_archived(policy)
-    ids = analyses_ending_1st_and_28th(db, s3, storage)
-    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
-    archive_monthly(engine, monkeypatch, "2024-11-01")
-    [old_key] = committed(db)
-
-    def unreachable(self, keys):
-        raise RuntimeError("S3 unreachable")
-
-    with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="S3 unreachable"):
-        patched.setattr(ArchiveStore, "delete_all_versions", unreachable)
-        engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    engine, ids, old_key = a_rewrite_cut_off_after_its_commit(db, s3, storage, policy, source_dsn, monkeypatch)
     assert old_key in versions(s3, storage.archive_bucket), "the held row's only copy is still stored"
 
     hold = f.legal_hold(db, "call_analyses", ids["01"])  # committed: litigation about that analysis

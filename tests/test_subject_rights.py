@@ -918,6 +918,13 @@ def exported_ids(s3, storage, report, path) -> set[int]:
     return {r["id"] for r in json.loads(zf.read(path))} if path in zf.namelist() else set()
 
 
+def exported_quotes(s3, storage, report) -> set[int]:
+    """The quotes' ids in an access export, live or archived (intermediate tier)."""
+    return exported_ids(s3, storage, report, "live/quotes.json") | exported_ids(
+        s3, storage, report, "intermediate/quotes.json"
+    )
+
+
 def test_an_erasure_deletes_the_subjects_access_exports(db, s3, storage, policy, source_dsn):
     """An access, then an erasure of the same person: the zip of the access (every row the erasure
     erases, in clear) stayed in the archive bucket for its 30 days while the erasure said done (a
@@ -976,10 +983,7 @@ def test_a_batch_archived_between_the_archive_search_and_the_live_read_is_found(
     svc = rights(policy, source_dsn, s3, storage)
     report = svc.handle(request("access", "archived-meanwhile", kind="customer", subject_id=c))
     assert fired and q not in f.ids(db, "quotes")
-    found_q = exported_ids(s3, storage, report, "live/quotes.json") | exported_ids(
-        s3, storage, report, "intermediate/quotes.json"
-    )
-    assert found_q == {q}, report["found"]
+    assert exported_quotes(s3, storage, report) == {q}, report["found"]
 
 
 def test_a_batch_archived_between_the_search_and_the_export_read_is_found(
@@ -1005,10 +1009,7 @@ def test_a_batch_archived_between_the_search_and_the_export_read_is_found(
         request("access", "archived-before-the-export", kind="customer", subject_id=c)
     )
     assert fired and q not in f.ids(db, "quotes")
-    found_q = exported_ids(s3, storage, report, "live/quotes.json") | exported_ids(
-        s3, storage, report, "intermediate/quotes.json"
-    )
-    assert found_q == {q}, report["found"]
+    assert exported_quotes(s3, storage, report) == {q}, report["found"]
 
 
 def test_an_access_whose_rows_keep_leaving_their_tables_stops_after_a_few_searches(
