@@ -53,6 +53,9 @@ class RuleOutcome:
     documents_kept_shared: int = 0
     held_ids: list[int] = field(default_factory=list)
     waiting_ids: list[int] = field(default_factory=list)
+    # Due rows another rule (``purpose.rule``) on the table selects too: kept, the policy overlaps
+    # (Planner._claimed_by); the before-gate fails on them.
+    claimed: dict[str, int] = field(default_factory=dict)
     # Deletable rows found at execution beyond the count the plan approved: left for the next run.
     beyond_plan: int = 0
     # Rows archived per day their archive period ends (Paris date, ISO): each goes on its own day.
@@ -67,7 +70,7 @@ class RuleOutcome:
 
     @property
     def deletable(self) -> int:
-        return self.due - self.held - sum(self.waiting.values())
+        return self.due - self.held - sum(self.waiting.values()) - sum(self.claimed.values())
 
     def as_dict(self) -> dict:
         return {
@@ -78,6 +81,7 @@ class RuleOutcome:
             "deleted": self.deleted,
             "held": self.held,
             "waiting": dict(self.waiting),
+            "claimed": dict(self.claimed),
             "objects": self.objects,
             "archive_bytes": self.archive_bytes,
             "documents": self.documents,
@@ -101,6 +105,7 @@ class RuleOutcome:
             due=self.due,
             held=self.held,
             waiting=dict(self.waiting),
+            claimed=dict(self.claimed),
             held_ids=list(self.held_ids),
             waiting_ids=list(self.waiting_ids),
         )
@@ -109,7 +114,9 @@ class RuleOutcome:
     def from_dict(cls, d: dict) -> RuleOutcome:
         return cls(
             **{
-                k: (dict(v) if k in ("waiting", "archived_until", "processor", "partitions", "vacuum") else v)
+                k: (
+                    dict(v) if k in ("waiting", "claimed", "archived_until", "processor", "partitions", "vacuum") else v
+                )
                 for k, v in d.items()
                 if k in _OUTCOME_FIELDS
             }
@@ -254,9 +261,26 @@ class Planner:
         return (
             f"WITH {', '.join(held_ctes(self.policy, [t]))} "
             f'SELECT "{t}".id AS id, {rule.clock} AS clock, {held_test(t, t)} AS held, '
-            f"{self._waiting(rule, projected)} AS waiting_for "
+            f"{self._waiting(rule, projected)} AS waiting_for, {self._claimed_by(rule)} AS claimed_by "
             f'FROM "{self.schema}"."{t}" AS "{t}" {filt.joins} WHERE {where}'
         )
+
+    def _claimed_by(self, rule: Rule) -> str:
+        """The first other rule (``purpose.rule``, any purpose) that selects the row too, by its
+        joins and conditions whatever its clock; NULL when none does. Rules on one table must not
+        overlap: a row two of them select is kept by both until the policy is mended (the
+        before-gate fails on it), for each would delete it on its own period and the shorter
+        would win (an edit that drops a WHERE would give a running contract's quotes to the
+        quotes purpose). Rules written in the file only: a rule generated from a `go_with_parent`
+        decision takes its parent's children whatever their own rule says (Policy.dependents)."""
+        if rule.with_parent is not None:
+            return "NULL::text"
+        cases = [
+            f"WHEN {rule_filter(self.policy, purpose, other).selects_row(rule.table)} THEN '{purpose}.{other.name}'"
+            for purpose, other in self.policy.written_rules_on(rule.table)
+            if (purpose, other.name) != (self.purpose_name, rule.name)
+        ]
+        return f"CASE {' '.join(cases)} END" if cases else "NULL::text"
 
     def _waiting(self, rule: Rule, projected: bool) -> str:
         blockers = self.blockers.get(rule.table, ())
@@ -273,7 +297,7 @@ class Planner:
                         # row (49 s for contracts at 100,000 customers, 0.1 s this way).
                         leaving += (
                             f" AND blocker.id NOT IN (SELECT gone.id FROM ({self.select(earlier, projected=True)})"
-                            " AS gone WHERE NOT gone.held AND gone.waiting_for IS NULL)"
+                            " AS gone WHERE NOT gone.held AND gone.waiting_for IS NULL AND gone.claimed_by IS NULL)"
                         )
             cases.append(
                 f'WHEN EXISTS (SELECT 1 FROM "{b.schema}"."{b.table}" AS blocker'
@@ -289,7 +313,7 @@ class Planner:
         """The rows of the rule that would go now: due, not held, not waiting."""
         return (
             f"SELECT due.id, due.clock FROM ({self.select(rule)}) AS due"
-            f" WHERE NOT due.held AND due.waiting_for IS NULL{id_filter}"
+            f" WHERE NOT due.held AND due.waiting_for IS NULL AND due.claimed_by IS NULL{id_filter}"
         )
 
     def statements(self, rule: Rule, logical_date: dt.datetime) -> RuleStatements:
@@ -325,15 +349,17 @@ class Planner:
         """One pass of the rule: its counts, and the ids of the rows kept (held or waiting)
         for the audit log; the due ids themselves are never aggregated."""
         query = (
-            "SELECT due.held, due.waiting_for, count(*), "
+            "SELECT due.held, due.waiting_for, due.claimed_by, count(*), "
             "array_agg(due.id ORDER BY due.id) FILTER (WHERE due.held OR due.waiting_for IS NOT NULL) "
-            f"FROM ({self.select(rule, projected=projected)}) AS due GROUP BY 1, 2"
+            f"FROM ({self.select(rule, projected=projected)}) AS due GROUP BY 1, 2, 3"
         )
         outcome = RuleOutcome(rule.name, rule.table, rule.tier)
         exceptions: list[tuple[bool, list[int]]] = []
-        for held, waiting_for, n, ids in conn.execute(query, self.params(logical_date)):
+        for held, waiting_for, claimed_by, n, ids in conn.execute(query, self.params(logical_date)):
             outcome.due += n
-            if held:
+            if claimed_by and not held and not waiting_for:
+                outcome.claimed[claimed_by] = outcome.claimed.get(claimed_by, 0) + n
+            elif held:
                 outcome.held += n
                 outcome.held_ids += ids[:MAX_IDS_IN_LOG]
                 exceptions.append((True, ids))
@@ -358,7 +384,7 @@ class Planner:
             " (row_number() OVER (PARTITION BY seg ORDER BY id) - 1) / %(rows_per_range)s AS part"
             " FROM (SELECT due.id, width_bucket(due.id, %(bounds)s::bigint[]) AS seg"
             f" FROM ({self.select(rule, projected=True)}) AS due"
-            " WHERE NOT due.held AND due.waiting_for IS NULL) AS d) AS x"
+            " WHERE NOT due.held AND due.waiting_for IS NULL AND due.claimed_by IS NULL) AS d) AS x"
             " GROUP BY seg, CASE WHEN seg %% 2 = 1 THEN 0 ELSE part END ORDER BY min(id)"
         )
         params = self.params(logical_date) | {"rows_per_range": rows_per_range, "bounds": list(bounds or [])}

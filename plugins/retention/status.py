@@ -95,7 +95,9 @@ def rule_now(
     tz = planner.policy.tz
     query = (
         "SELECT due.held, due.waiting_for, count(*), count(*) FILTER (WHERE due.clock < %(grace_cutoff)s),"
-        f" min(due.clock) FROM ({planner.select(rule, projected=True)}) AS due GROUP BY 1, 2 ORDER BY 1, 2"
+        f" min(due.clock) FROM ({planner.select(rule, projected=True)}) AS due"
+        # A row another rule selects too is kept (the before-gate fails on it): not deletable.
+        " WHERE due.held OR due.waiting_for IS NOT NULL OR due.claimed_by IS NULL GROUP BY 1, 2 ORDER BY 1, 2"
     )
     grace = cutoff(now - dt.timedelta(days=overdue_days), rule.live, tz)
     deletable = held = waiting = 0

@@ -70,7 +70,8 @@ READ_ROWS = 200_000
 
 @dataclass
 class PartitionCheck:
-    """A partition's rows as the rule sees them: all, due (clock and conditions), held, waiting."""
+    """A partition's rows as the rule sees them: all, due (clock and conditions), held, waiting
+    (for a child row, or selected by another rule too)."""
 
     rows: int
     due: int
@@ -150,13 +151,15 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
         none held, none waiting. With ``fingerprint``, the same scan also takes the rows'."""
         statements = self._statements[rule.name]
         conditions = rule_filter(self.policy, self.purpose_name, rule)
-        if not conditions.joins.strip() and not conditions.where.strip():
+        shared = len(self.policy.written_rules_on(rule.table)) > 1  # another rule's rows: tested row by row
+        if not conditions.joins.strip() and not conditions.where.strip() and not shared:
             return self._check_unfiltered(conn, rule, partition, statements.params, fingerprint)
         query = (
             "SELECT part.n, due.n, due.held, due.waiting, part.min_id, part.max_id, part.fingerprint"
             f" FROM {self._part_counts(partition, fingerprint)},"
             " (SELECT count(*) AS n, count(*) FILTER (WHERE due.held) AS held,"
-            " count(*) FILTER (WHERE NOT due.held AND due.waiting_for IS NOT NULL) AS waiting"
+            " count(*) FILTER (WHERE NOT due.held AND (due.waiting_for IS NOT NULL OR due.claimed_by IS NOT NULL))"
+            " AS waiting"
             f" FROM ({self._select_over(rule, partition)}) AS due) AS due"
         )
         return PartitionCheck(*conn.execute(query, statements.params).fetchone())

@@ -1,5 +1,6 @@
-"""The before-gate's mass-deletion guard: a run that would delete more than ``max_delete_fraction``
-of a table fails the gate, so nothing is deleted (reported, not enforced, on a dry run).
+"""The before-gate's checks on the run's plan: the mass-deletion guard (a run that would delete
+more than ``max_delete_fraction`` of a table fails the gate, so nothing is deleted; reported, not
+enforced, on a dry run) and the rules' overlap (a due row that another rule selects too).
 """
 
 from __future__ import annotations
@@ -59,6 +60,28 @@ def deletion_share_results(
         if ctx.dry_run:
             result["enforced"] = False
         results.append(result)
+    return results + overlap_results(policy, purpose, outcomes)
+
+
+def overlap_results(policy: Policy, purpose: Purpose, outcomes) -> list[dict]:
+    """One failed result per pair of rules that select the same due rows (``RuleOutcome.claimed``):
+    each rule would delete them on its own period, the shorter first. The planner keeps them
+    from both; the policy must be mended. Enforced on a dry run too: a preview shows it."""
+    results = []
+    for outcome in outcomes:
+        for other, rows in sorted(outcome.claimed.items()):
+            qualified = f"{policy.source_schema}.{outcome.table}"
+            result = gate_result(
+                "rules_select_disjoint_rows", qualified, False, rule=outcome.rule, other_rule=other, rows=rows
+            )
+            other_purpose, other_rule = other.split(".", 1)
+            result["message"] = (
+                f"{rows:,} due rows of {qualified} that rule {purpose.name}.{outcome.rule} selects are selected by "
+                f"rule {other} too: two rules must never select the same row (each would delete it on its own "
+                f"period). Both keep them; mend include/sql/{purpose.name}/{outcome.rule}.sql or "
+                f"include/sql/{other_purpose}/{other_rule}.sql"
+            )
+            results.append(result)
     return results
 
 
@@ -70,7 +93,12 @@ def awaiting_approval(results: list[dict]) -> list[dict]:
     """In a DAG run, a share over the guard is a question for a person, not a failed gate: the run's
     approve_deletion step asks it (the archive step deletes nothing without the answer)."""
     for result in results:
-        if result["success"] is False and result.get("enforced", True) and "error" not in result["observed"]:
+        if (
+            result["expectation"] == "mass_deletion_guard"
+            and result["success"] is False
+            and result.get("enforced", True)
+            and "error" not in result["observed"]
+        ):
             result["enforced"] = False
             result["awaiting_approval"] = True
             result["message"] = result["message"].replace(

@@ -519,6 +519,16 @@ class Policy(_Strict):
         except KeyError:
             raise PolicyError(f"no purpose {name!r} in the policy; known: {sorted(self.purposes)}") from None
 
+    def written_rules_on(self, table: str) -> list[tuple[str, Rule]]:
+        """(purpose name, rule) of every rule written in the file on the table (without those
+        generated from `dependents`: a child going with its parent is the policy's decision)."""
+        return [
+            (name, rule)
+            for name, purpose in self.purposes.items()
+            for rule in purpose.schedule_rules
+            if rule.table == table
+        ]
+
     def storage_settings(self) -> Storage:
         return self.storage.with_env_overrides(dict(os.environ))
 

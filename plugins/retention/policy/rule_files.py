@@ -47,6 +47,19 @@ class RuleFilter:
     joins: str
     where: str
     joined_tables: tuple[str, ...]
+    # Each JOIN as (``schema.table``, its ON condition): the same filter written as a correlated
+    # EXISTS (retention.planner: another rule on the table selects the row).
+    join_conditions: tuple[tuple[str, str], ...] = ()
+
+    def selects_row(self, table: str) -> str:
+        """A condition on the row of ``table`` (its alias in the enclosing statement): true when
+        this filter selects it, whatever the clock."""
+        where = f"({self.where})" if self.where else "true"
+        if not self.join_conditions:
+            return where
+        tables = ", ".join(f"{qualified} AS {qualified.split('.', 1)[1]}" for qualified, _ in self.join_conditions)
+        on = " AND ".join(f"({condition})" for _, condition in self.join_conditions)
+        return f"EXISTS (SELECT FROM {tables} WHERE {on} AND {where})"
 
 
 def _strip(text: str) -> str:
@@ -71,7 +84,8 @@ def parse_rule_filter(text: str, *, schema: str, table: str, clock: str) -> Rule
     _check_parentheses(code)
     where_at = _WHERE.search(code)
     joins_code = code[: where_at.start()] if where_at else code
-    joined = _parse_joins(joins_code, schema)
+    join_conditions = _parse_joins(joins_code, body, schema)
+    joined = [qualified.split(".", 1)[1] for qualified, _ in join_conditions]
     joins = body[: where_at.start()].strip() if where_at else body
     where = body[where_at.end() :].strip() if where_at else ""
     if where_at and not where:
@@ -83,7 +97,7 @@ def parse_rule_filter(text: str, *, schema: str, table: str, clock: str) -> Rule
             f"the rule's clock {clock!r} is on table {clock_table!r}, which is neither the rule's table "
             f"{table!r} nor joined by the file (joined: {sorted(joined) or 'none'})"
         )
-    return RuleFilter(joins=joins, where=where, joined_tables=tuple(joined))
+    return RuleFilter(joins=joins, where=where, joined_tables=tuple(joined), join_conditions=tuple(join_conditions))
 
 
 def _check_parentheses(code: str) -> None:
@@ -104,14 +118,16 @@ def _check_parentheses(code: str) -> None:
         raise RuleFileError("leaves a parenthesis open")
 
 
-def _parse_joins(code: str, schema: str) -> list[str]:
-    """The JOIN part: a sequence of ``JOIN <schema>.<t> AS <t> ON ...`` and nothing else."""
+def _parse_joins(code: str, body: str, schema: str) -> list[tuple[str, str]]:
+    """The JOIN part: a sequence of ``JOIN <schema>.<t> AS <t> ON ...`` and nothing else; each
+    as (``schema.table``, its ON condition read from ``body``, the text with its strings)."""
     starts = [m.start() for m in re.finditer(r"\bJOIN\b", code, re.I)]
     if code.strip() and (not starts or code[: starts[0]].strip()):
         raise RuleFileError(f"text before the first JOIN or WHERE: {code[: starts[0] if starts else 60].strip()!r}")
     joined = []
     for i, start in enumerate(starts):
-        clause = code[start : starts[i + 1] if i + 1 < len(starts) else len(code)]
+        end = starts[i + 1] if i + 1 < len(starts) else len(code)
+        clause = code[start:end]
         match = _TOP_JOIN.match(clause)
         if not match:
             raise RuleFileError(f"JOIN clause not of the form `JOIN {schema}.<table> AS <table> ON ...`: {clause!r}")
@@ -120,7 +136,7 @@ def _parse_joins(code: str, schema: str) -> list[str]:
             raise RuleFileError(f"joins {join_schema}.{join_table}, but the policy's source_schema is {schema!r}")
         if alias != join_table:
             raise RuleFileError(f"joins {join_schema}.{join_table} AS {alias}: the alias must be the table name")
-        joined.append(join_table)
+        joined.append((f"{join_schema}.{join_table}", body[start + match.end() : end].strip()))
     return joined
 
 
