@@ -7,12 +7,17 @@ review; each test failed before its fix."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
+import psycopg
 import pytest
 from retention.archive.engine import RetentionEngine
-from retention.archive.run import RunContext, plan_units
+from retention.archive.run import PurposeLockedError, RunContext, plan_units
 from retention.archive.store import ArchiveStore
 
 from tests import factories as f
+from tests.test_safety import InThread
 
 pytestmark = pytest.mark.integration
 
@@ -112,19 +117,41 @@ def test_a_retried_archive_step_without_units_deletes_no_more_than_the_plan_appr
     assert late in f.ids(db, "quotes")
 
 
-def test_a_database_idle_session_timeout_does_not_let_a_recovery_remove_a_units_upload(
-    db, s3, storage, policy, source_dsn
+@contextlib.contextmanager
+def an_idle_session_timeout(admin, database: str):
+    """A DBA's database-wide ``idle_session_timeout`` (PostgreSQL 14+): ``control`` sits idle
+    outside any transaction while the other connection's batch uploads, and is ended."""
+    admin.execute(f'ALTER DATABASE "{database}" SET idle_session_timeout = 1500')
+    try:
+        yield lambda: threading.Event().wait(3.0)  # longer than the database timeout
+    finally:
+        admin.execute(f'ALTER DATABASE "{database}" RESET idle_session_timeout')
+
+
+@contextlib.contextmanager
+def a_dba_ending_the_control_session(admin, database: str):
+    """A DBA ends the session that holds the purpose's lock (``pg_terminate_backend``)."""
+
+    def end() -> None:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND ((classid::bigint << 32) | objid::bigint) = hashtext('retention:quotes')::bigint"
+        ).fetchall()
+        assert ended == [(True,)], ended
+        threading.Event().wait(0.5)
+
+    yield end
+
+
+@pytest.mark.parametrize("session_ended_by", [an_idle_session_timeout, a_dba_ending_the_control_session])
+def test_a_unit_that_loses_its_purpose_lock_while_uploading_keeps_its_upload_from_a_recovery(
+    db, s3, storage, policy, source_dsn, session_ended_by
 ):
-    """The unit's purpose lock lives on its ``control`` session. While the last batch (on the
-    other connection) uploads, ``control`` sits idle outside any transaction: a DBA's
-    database-wide ``idle_session_timeout`` (PostgreSQL 14+) ends it, and with it the lock, while
-    the upload goes on. A recovery (exclusive) then gets the lock and removes the batch's upload,
-    which the unit commits anyway: the rows are deleted, their object is gone."""
-    import threading
-
-    import psycopg
-    from retention.archive.run import PurposeLockedError
-
+    """The unit's purpose lock lives on its ``control`` session, while its last batch uploads on
+    the other connection. That session ends (a database's idle timeout, a DBA) and the lock with
+    it: a recovery (exclusive) then got the lock and removed the batch's upload, which the unit
+    committed anyway: the rows deleted, their object gone. The batch's own transaction now holds
+    the purpose's batches lock, which the recovery waits for."""
     quotes = [f.quote(db, issued="2023-06-01") for _ in range(2)]  # archived until 2025-06
     db.commit()
     database = db.execute("SELECT current_database()").fetchone()[0]
@@ -153,29 +180,23 @@ def test_a_database_idle_session_timeout_does_not_let_a_recovery_remove_a_units_
         assert commit_now.wait(60)
 
     recovery.store.delete_all_versions = delete_then_wait
-    from tests.test_safety import InThread
-
-    with psycopg.connect(source_dsn, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{database}" SET idle_session_timeout = 1500')
+    with psycopg.connect(source_dsn, autocommit=True) as admin, session_ended_by(admin, database) as end_session:
+        run = InThread(lambda: unit_engine.archive_and_delete(ctx, plan, unit))
+        assert uploaded.wait(30), (run.done.wait(5), repr(run.error), len(calls))
+        end_session()
+        recovering = InThread(lambda: recovery.recover_before_units(ctx, plan))
+        got_in = removed.wait(5)
+        go_on.set()  # the unit deletes and commits
+        threading.Event().wait(1.0)
+        commit_now.set()
         try:
-            run = InThread(lambda: unit_engine.archive_and_delete(ctx, plan, unit))
-            assert uploaded.wait(30), (run.done.wait(5), repr(run.error), len(calls))
-            threading.Event().wait(3.0)  # longer than the database timeout
-            recovering = InThread(lambda: recovery.recover_before_units(ctx, plan))
-            got_in = removed.wait(5)
-            go_on.set()  # the unit deletes and commits
-            threading.Event().wait(1.0)
-            commit_now.set()
-            try:
-                recovering.join()
-            except PurposeLockedError:
-                pass
-            try:
-                run.join()
-            except Exception:  # noqa: BLE001 - the unit's control session is gone
-                pass
-        finally:
-            admin.execute(f'ALTER DATABASE "{database}" RESET idle_session_timeout')
+            recovering.join()
+        except PurposeLockedError:
+            pass
+        try:
+            run.join()
+        except Exception:  # noqa: BLE001 - the unit's control session is gone
+            pass
     committed = db.execute(
         "SELECT object_key FROM retention.archive_manifest WHERE run_id = %s AND state = 'committed'", (ctx.run_id,)
     ).fetchall()
@@ -195,7 +216,7 @@ def test_a_unit_retried_while_its_killed_try_still_runs_deletes_no_more_than_app
 ):
     """A zombie: Airflow gave up on try 1 (heartbeats lost) and started try 2, but try 1's
     process still runs. Together they must not delete more than the unit's approved count."""
-    from tests.test_safety import InThread, Pause
+    from tests.test_safety import Pause
 
     [f.quote(db, issued="2023-06-01") for _ in range(5)]
     ctx = RunContext("quotes", "zombie", D, batch_size=1)

@@ -26,6 +26,14 @@ OVERLAPPED_DROP_LOCK_TIMEOUT = "1s"
 # LOCK TABLE ... IN SHARE MODE through a function (include/sql/schema/050_roles.sql): the mode
 # needs a privilege that would let the caller release holds.
 LOCK_HOLDS = "SELECT retention.lock_legal_holds()"
+# A batch's transaction holds its purpose's batches lock (shared) from its row locks to its
+# commit, on the connection that commits it; a recovery takes it exclusively before it reads
+# the 'uploading' intents. The purpose lock alone lives on the run's control session: a DBA who
+# ends that session frees it while the other connection's batch uploads, and a recovery would
+# remove the upload that batch then commits (rows deleted, their object gone).
+LOCK_HOLDS_AND_BATCHES = "SELECT retention.lock_legal_holds(), pg_advisory_xact_lock_shared(hashtext(%s))"
+# How long a recovery waits for such a batch to commit or roll back.
+BATCHES_LOCK_TIMEOUT = "60s"
 
 
 def purpose_lock_name(purpose: str) -> str:
@@ -54,6 +62,25 @@ def acquire_purpose_lock(
                 "nothing was changed by this run"
             )
         time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+
+
+def batches_lock_name(purpose: str) -> str:
+    return f"retention:{purpose}:batches"
+
+
+def wait_for_batches_in_flight(conn: psycopg.Connection, purpose: str) -> None:
+    """In the caller's transaction (its commit lets go): wait, at most BATCHES_LOCK_TIMEOUT, for
+    the purpose's batches still open on other sessions, then PurposeLockedError."""
+    conn.execute(f"SET LOCAL lock_timeout = '{BATCHES_LOCK_TIMEOUT}'")
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (batches_lock_name(purpose),))
+    except psycopg.errors.LockNotAvailable:
+        conn.rollback()
+        raise PurposeLockedError(
+            f"a batch of purpose {purpose!r} is still open on another session after {BATCHES_LOCK_TIMEOUT} (its run "
+            "lost its purpose lock: its control session ended); no orphan was removed, try again"
+        ) from None
+    conn.execute("SET LOCAL lock_timeout = 0")
 
 
 def release_purpose_lock(conn: psycopg.Connection, purpose: str, *, shared: bool = False) -> None:

@@ -36,8 +36,9 @@ from retention.archive.batch import BATCH_WORK_MEM, ArchiveGroup, Batch, _LockBu
 from retention.archive.documents import key_columns
 from retention.archive.locks import (
     BATCH_LOCK_TIMEOUT,
-    LOCK_HOLDS,
+    LOCK_HOLDS_AND_BATCHES,
     PIPELINED_LOCK_TIMEOUT,
+    batches_lock_name,
     has_waiters,
     lock_holders,
 )
@@ -159,7 +160,8 @@ class BatchProtocol:
             control.execute(f"SET LOCAL lock_timeout = '{PIPELINED_LOCK_TIMEOUT if pipelined else BATCH_LOCK_TIMEOUT}'")
             control.execute(f"SET LOCAL work_mem = '{BATCH_WORK_MEM}'")
             # A hold placed from now on waits for this commit; one committed before is seen below.
-            control.execute(LOCK_HOLDS)
+            # With the batches lock (locks.LOCK_HOLDS_AND_BATCHES): no recovery until this commits.
+            control.execute(LOCK_HOLDS_AND_BATCHES, (batches_lock_name(self.purpose_name),))
             locked = self._lock_batch(control, rule, ctx, after_id)
         except psycopg.errors.LockNotAvailable as timed_out:
             control.rollback()

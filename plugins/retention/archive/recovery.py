@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 
 from retention.archive import rewrite as object_rewrite
+from retention.archive.locks import wait_for_batches_in_flight
 from retention.archive.run import RunContext
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ class Recovery:
         # Then partitions a crash left between their write-ahead record and their drop: one
         # never detached leaves its uploads as the orphans removed below.
         self._finish_partition_retirements(control, ctx)
+        # A batch of a run whose control session was ended (the purpose lock with it) may still
+        # be open: it commits or rolls back before the intents are read.
+        wait_for_batches_in_flight(control, self.purpose_name)
         orphans = control.execute(
             "SELECT id, rule, table_name, object_key, document_keys, record_ids FROM retention.archive_manifest"
             " WHERE purpose = %s AND state = 'uploading' AND bucket = %s ORDER BY id",
