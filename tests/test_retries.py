@@ -77,6 +77,33 @@ def test_a_retried_whole_rule_unit_deletes_no_more_than_the_plan_approved(db, s3
     assert late in left and not set(approved) & left, "the approved rows are gone, the late one is left"
 
 
+def test_the_runs_report_counts_what_every_try_of_a_unit_archived(db, s3, storage, policy, source_dsn):
+    """A unit's result (its XCom) is its last try's: the report merged from it counted only the
+    retry's rows archived per end day. Recounted from the manifest and the audit log, it counts
+    the killed try's committed batches too, once."""
+    from retention.tasks import merge_units, recount_from_records
+
+    days = ["2023-06-01", "2023-06-02", "2023-06-02", "2023-06-03", "2023-06-03"]
+    for day in days:
+        f.quote(db, issued=day)
+    ctx = RunContext("quotes", "recount", D, batch_size=1)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx)
+    ((unit,),) = plan_units(plan)
+    first = make_engine(policy, source_dsn, s3, storage)
+    die_at_batch(first, 3)
+    with pytest.raises(Killed):
+        first.archive_and_delete(ctx, plan, unit)
+    retry = RunContext("quotes", "recount", D, batch_size=1, attempt=2)
+    (last_try,) = make_engine(policy, source_dsn, s3, storage).archive_and_delete(retry, plan, unit)
+    assert sum(last_try.archived_until.values()) == 3  # the killed try's 2 rows are not in its result
+
+    outcomes = merge_units(plan, [{"unit": unit.as_dict(), "outcome": last_try.as_dict()}])
+    recount_from_records(db, outcomes, "quotes", ctx.run_id, policy.timezone)
+    (outcome,) = outcomes
+    assert outcome.deleted == 5 and outcome.objects == 5
+    assert outcome.archived_until == {"2025-06-01": 1, "2025-06-02": 2, "2025-06-03": 2}
+
+
 def test_a_retried_range_unit_deletes_no_more_than_its_range_count(db, s3, storage, policy, source_dsn):
     """Units of a split rule: a row held at planning (inside unit 0's range) is released between
     the killed try and its retry; the unit may still delete only the 3 rows it was approved."""

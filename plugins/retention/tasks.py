@@ -212,18 +212,31 @@ def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
     return list(merged.values())
 
 
-def committed_per_rule(purpose: str, run_id: str) -> dict[str, tuple[int, int, int]]:
-    """Per rule, what the run committed (the audit log): rows deleted, objects, archive bytes."""
-    import psycopg
-
-    with psycopg.connect(source_dsn(), autocommit=True) as conn:
-        rows = conn.execute(
+def recount_from_records(conn, outcomes: list[RuleOutcome], purpose: str, run_id: str, tz: str) -> None:
+    """Per rule, what the run committed, from its records rather than its units' results (a unit's
+    result is its last try's: a try killed after some of its batches committed, its worker lost,
+    left them uncounted there): rows deleted, objects and archive bytes from the audit log, rows
+    archived per end day from the manifest, both written in each batch's transaction."""
+    audited = {
+        rule: (int(d), int(o), int(b))
+        for rule, d, o, b in conn.execute(
             "SELECT rule, coalesce(sum(record_count), 0), count(object_key), coalesce(sum(byte_count), 0)"
             " FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
             " AND action IN ('archived_and_deleted', 'deleted') GROUP BY rule",
             (run_id, purpose),
-        ).fetchall()
-    return {rule: (int(d), int(o), int(b)) for rule, d, o, b in rows}
+        )
+    }
+    archived: dict[str, dict[str, int]] = {}
+    for rule, day, rows in conn.execute(
+        "SELECT rule, to_char(purge_after AT TIME ZONE %s, 'YYYY-MM-DD'), sum(row_count)"
+        " FROM retention.archive_manifest WHERE run_id = %s AND purpose = %s AND state = 'committed'"
+        " GROUP BY 1, 2 ORDER BY 1, 2",
+        (tz, run_id, purpose),
+    ):
+        archived.setdefault(rule, {})[day] = int(rows)
+    for outcome in outcomes:
+        outcome.deleted, outcome.objects, outcome.archive_bytes = audited.get(outcome.rule, (0, 0, 0))
+        outcome.archived_until = archived.get(outcome.rule, {})
 
 
 def archive_and_delete_units(purpose: Purpose, context: dict, planned: dict, unit_results: list) -> dict:
@@ -233,12 +246,10 @@ def archive_and_delete_units(purpose: Purpose, context: dict, planned: dict, uni
     results = [r for per_rule in unit_results for r in (per_rule or [])]
     outcomes = merge_units(Plan.from_dict(planned), results)
     if not ctx.dry_run:
-        # A unit's result is its last try's: a try killed after some of its batches committed
-        # (its worker lost) left them uncounted there. The audit log, written in each batch's
-        # transaction, counts every committed row of the run once.
-        committed = committed_per_rule(as_purpose(purpose).name, ctx.run_id)
-        for outcome in outcomes:
-            outcome.deleted, outcome.objects, outcome.archive_bytes = committed.get(outcome.rule, (0, 0, 0))
+        import psycopg
+
+        with psycopg.connect(source_dsn(), autocommit=True) as conn:
+            recount_from_records(conn, outcomes, as_purpose(purpose).name, ctx.run_id, default_policy().timezone)
     emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "units": len(results), "rules": [o.as_dict() for o in outcomes]}
 
