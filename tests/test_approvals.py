@@ -327,7 +327,7 @@ def test_an_approval_covers_only_the_plan_it_showed(db, source_dsn):
     approve(replanned, "run-1")
     approve(planned, "run-2")
     approve(planned, "run-1", "rejected")
-    with pytest.raises(ap.ApprovalMissingError, match="no approval of its plan"):
+    with pytest.raises(ap.ApprovalMissingError, match="the last answer on its plan is 'rejected'"):
         ap.require_deletion_approval(source_dsn, "quotes", "run-1", planned, 0.5)
     approve(planned, "run-1")
     assert ap.require_deletion_approval(source_dsn, "quotes", "run-1", planned, 0.5)["decided_by"] == "approver"

@@ -35,6 +35,16 @@ from retention.policy.model import Approvals
 log = logging.getLogger(__name__)
 
 
+# The XCom key of the figures an approval step showed (and their hash).
+ASKED = "asked"
+
+
+def gate_table_rows(context) -> dict | None:
+    """The before gate's row count per table (its report, XCom of ``check_before``)."""
+    report = context["ti"].xcom_pull(task_ids="check_before")
+    return report.get("table_rows") if isinstance(report, dict) else None
+
+
 class _Approval(ApprovalOperator):
     """What both approvals share: approvers and wait from the policy, the answer recorded, a
     rejection or a wait run out failing the task without retry."""
@@ -64,14 +74,21 @@ class _Approval(ApprovalOperator):
             log.info("no approval needed: %s", result["reason"])
             return result
         self.subject, self.body = asked["subject"], asked["body"]
+        # What the approver is shown, kept with the task (a resumed task keeps its XComs; a new
+        # try starts without them and asks again): the answer is about these figures.
+        context["ti"].xcom_push(key=ASKED, value={k: v for k, v in asked.items() if k not in ("subject", "body")})
         log.info("asking for approval (figures SHA-256 %s): %s", asked["sha256"][:12], self.subject)
         return super().execute(context)  # parks the task until someone answers
 
     def execute_complete(self, context, event):
         from airflow.sdk.exceptions import AirflowFailException
 
-        # The same XComs as when it asked: the same figures, the same hash.
-        asked = self.question(context)
+        # The answer is recorded for what was shown. The XComs the question is made of may have
+        # changed while it waited (an upstream task cleared and run again): the run then stops,
+        # its approval bound to the figures shown, which it will not delete.
+        shown = context["ti"].xcom_pull(task_ids=self.task_id, key=ASKED)
+        now = self.question(context)
+        asked = shown or now
         try:
             answer = super().execute_complete(context=context, event=event)
         except HITLTimeoutError as exc:
@@ -87,6 +104,12 @@ class _Approval(ApprovalOperator):
         by = answer["responded_by_user"]["id"]
         at = answer["responded_at"]
         self._record(context, asked, "approved", by, at)
+        if shown is not None and (now is None or now["sha256"] != shown["sha256"]):
+            raise AirflowFailException(
+                f"approved by {by}, but the figures changed while the question waited (SHA-256 "
+                f"{shown['sha256'][:12]} shown, {now['sha256'][:12] if now else 'nothing to approve'} now): "
+                f"{self.stopped}. Clear this task to ask again on the figures as they are"
+            )
         log.info("approved by %s at %s", by, at.isoformat())
         return {"decision": "approved", "decided_by": by, "decided_at": at.isoformat(), "sha256": asked["sha256"]}
 
@@ -131,9 +154,10 @@ class ApproveDeletion(_Approval):
 
         planned = context["ti"].xcom_pull(task_ids="plan")
         max_fraction = float(context["params"]["max_delete_fraction"])
-        if not planned or not approvals.over_guard(planned, max_fraction):
+        gate_rows = gate_table_rows(context)
+        if not planned or not approvals.over_guard(planned, max_fraction, gate_rows):
             return None
-        figures = approvals.deletion_figures(planned, max_fraction)
+        figures = approvals.deletion_figures(planned, max_fraction, gate_rows)
         digest = approvals.sha256_of(planned)
         subject, body = approvals.deletion_question(context["ti"].dag_id, context["run_id"], figures, digest)
         return {

@@ -55,16 +55,29 @@ def share(count: int, rows: int) -> float:
     return count / rows if rows else float(count > 0)
 
 
-def over_guard(planned: dict, max_fraction: float) -> dict[str, dict]:
+def table_rows(planned: dict, gate_rows: dict | None = None) -> dict[str, int]:
+    """Each table's rows as the guard counts them: the plan's count, or the before gate's (taken
+    later: ``gate_rows``, its report's ``table_rows``) when smaller. A table the application
+    emptied meanwhile makes the same deletion a larger share: the gate says so, and the approval
+    and archive steps must judge it as the gate did."""
+    rows = dict(planned.get("table_rows", {}))
+    for table, count in (gate_rows or {}).items():
+        if table in rows:
+            rows[table] = min(rows[table], count)
+    return rows
+
+
+def over_guard(planned: dict, max_fraction: float, gate_rows: dict | None = None) -> dict[str, dict]:
     """The tables the plan would delete more of than ``max_fraction``: would delete, rows, share.
     Empty for a dry run or a preview (nothing is deleted). The approval step and the archive step
-    both decide from the plan's own figures, so they agree."""
+    both decide from the plan's figures and the before gate's row counts (``table_rows``), so they
+    agree with each other and with the gate."""
     if planned.get("dry_run"):
         return {}
     by_table: dict[str, int] = {}
     for rule in planned["rules"]:
         by_table[rule["table"]] = by_table.get(rule["table"], 0) + deletable(rule)
-    rows = planned.get("table_rows", {})
+    rows = table_rows(planned, gate_rows)
     over = {}
     for table, count in sorted(by_table.items()):
         fraction = share(count, rows.get(table, 0))
@@ -73,9 +86,9 @@ def over_guard(planned: dict, max_fraction: float) -> dict[str, dict]:
     return over
 
 
-def deletion_figures(planned: dict, max_fraction: float) -> dict:
+def deletion_figures(planned: dict, max_fraction: float, gate_rows: dict | None = None) -> dict:
     """What the approver is shown of a run's plan, and what the evidence keeps: counts only."""
-    rows = planned.get("table_rows", {})
+    rows = table_rows(planned, gate_rows)
     by_table: dict[str, int] = {}
     for rule in planned["rules"]:
         by_table[rule["table"]] = by_table.get(rule["table"], 0) + deletable(rule)
@@ -100,7 +113,7 @@ def deletion_figures(planned: dict, max_fraction: float) -> dict:
             t: {"would_delete": n, "table_rows": rows.get(t, 0), "share": round(share(n, rows.get(t, 0)), 4)}
             for t, n in sorted(by_table.items())
         },
-        "over_guard": sorted(over_guard(planned, max_fraction)),
+        "over_guard": sorted(over_guard(planned, max_fraction, gate_rows)),
     }
 
 
@@ -151,11 +164,14 @@ def deletion_question(dag_id: str, run_id: str, figures: dict, plan_sha256: str)
     return subject, "\n".join(lines)
 
 
-def require_deletion_approval(dsn: str, purpose: str, run_id: str, planned: dict, max_fraction: float) -> dict | None:
+def require_deletion_approval(
+    dsn: str, purpose: str, run_id: str, planned: dict, max_fraction: float, gate_rows: dict | None = None
+) -> dict | None:
     """Before a unit of the archive step deletes: a plan over the guard needs an approval of this
-    very plan (its hash) recorded for this run; without one, ``ApprovalMissingError`` (nothing is
+    very plan (its hash) recorded for this run, and no later answer on it (a rejection after an
+    approval, the question asked again); without one, ``ApprovalMissingError`` (nothing is
     deleted). Returns the approval (None when the plan is within the guard or deletes nothing)."""
-    over = over_guard(planned, max_fraction)
+    over = over_guard(planned, max_fraction, gate_rows)
     if not over:
         return None
     import psycopg
@@ -163,15 +179,18 @@ def require_deletion_approval(dsn: str, purpose: str, run_id: str, planned: dict
     digest = sha256_of(planned)
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT decided_by, decided_at FROM retention.approvals WHERE kind = 'deletion' AND purpose = %s"
-            " AND run_id = %s AND plan_sha256 = %s AND decision = 'approved' ORDER BY id DESC LIMIT 1",
+            "SELECT decided_by, decided_at, decision FROM retention.approvals WHERE kind = 'deletion'"
+            " AND purpose = %s AND run_id = %s AND plan_sha256 = %s ORDER BY id DESC LIMIT 1",
             (purpose, run_id, digest),
         ).fetchone()
-    if row is None:
+    if row is None or row[2] != "approved":
+        answer = (
+            "no approval of its plan" if row is None else f"the last answer on its plan is {row[2]!r} (by {row[0]})"
+        )
         raise ApprovalMissingError(
             f"run {run_id!r} of {purpose!r} would delete more than max_delete_fraction={max_fraction} of "
-            f"{', '.join(sorted(over))}, and no approval of its plan (SHA-256 {digest[:12]}) is recorded: nothing "
-            "was deleted. Its approve_deletion task asks for one; an approval given for another plan does not count."
+            f"{', '.join(sorted(over))}, and {answer} (SHA-256 {digest[:12]}): nothing was deleted. Its "
+            "approve_deletion task asks for one; an approval given for another plan does not count."
         )
     return {"decided_by": row[0], "decided_at": row[1].isoformat(), "plan_sha256": digest}
 

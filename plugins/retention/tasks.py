@@ -151,13 +151,19 @@ def archive_and_delete(purpose: Purpose, context: dict, planned: dict) -> dict:
 def require_approval(purpose: Purpose, context: dict, ctx: RunContext, planned: dict) -> None:
     """Nothing is deleted by a run over the mass-deletion guard without an approval of its own plan
     (retention.approvals), whatever the state of its approve_deletion task; refused without retry."""
+    from retention.approval_tasks import gate_table_rows
     from retention.approvals import ApprovalMissingError, require_deletion_approval
 
     if ctx.dry_run:
         return
     with _no_retry_on(ApprovalMissingError):
         approved = require_deletion_approval(
-            source_dsn(), as_purpose(purpose).name, ctx.run_id, planned, float(context["params"]["max_delete_fraction"])
+            source_dsn(),
+            as_purpose(purpose).name,
+            ctx.run_id,
+            planned,
+            float(context["params"]["max_delete_fraction"]),
+            gate_table_rows(context),
         )
     if approved:
         log.info("plan approved by %s at %s", approved["decided_by"], approved["decided_at"])
