@@ -5,7 +5,8 @@ contract's end) share app.quotes; the two call-recordings rules (2 years, 6 mont
 app.call_recordings. An edit that drops a rule file's WHERE makes its rule select the other's
 rows, on its own, shorter period: a running contract's quote, a contracting recording before its
 2 years. A row another written rule selects too is kept by both (``Planner._claimed_by``), on
-the row path and the partition path, and the before-gate fails naming both rules.
+the row path and the partition path, and the before-gate fails naming both rules. And a rule
+file's WHERE is its top-level one, never a subquery's (the clock test would land inside it).
 """
 
 from __future__ import annotations
@@ -164,3 +165,32 @@ def test_a_partition_with_rows_another_rule_selects_is_not_retired_whole(
     left = [p.name for p in partition_plan.range_partitions(db, "app", "quotes", "issued_at")]
     assert "quotes_2019_01" in left and "quotes_2019_02" not in left
     assert report[0].partitions == {"dropped": 1, "rows": 2, "kept": 1}, report[0].partitions
+
+
+# A natural rule file: converted quotes of contracts without a fraud alert, the subquery in the
+# JOIN's ON clause. Its WHERE is the subquery's: taken as the file's, the planner's clock test
+# went inside the NOT EXISTS and a running contract's quote was selected (found by a review).
+SUBQUERY_IN_ON = (
+    "JOIN app.contracts AS contracts ON contracts.id = quotes.contract_id\n"
+    "  AND NOT EXISTS (SELECT 1 FROM app.fraud_alerts AS fraud_alerts WHERE fraud_alerts.contract_id = contracts.id)\n"
+)
+
+
+def test_a_where_inside_a_subquery_is_not_the_files_where():
+    parsed = parse_rule_filter(SUBQUERY_IN_ON, schema="app", table="quotes", clock="contracts.ended_at")
+    assert parsed.where == "" and parsed.joined_tables == ("contracts",)
+    with_where = parse_rule_filter(
+        SUBQUERY_IN_ON + "WHERE quotes.formula <> 'x'", schema="app", table="quotes", clock="contracts.ended_at"
+    )
+    assert with_where.where == "quotes.formula <> 'x'" and "NOT EXISTS" in with_where.joins
+
+
+def test_a_subquery_in_an_on_clause_keeps_the_clock(tmp_path, monkeypatch, db, s3, storage, source_dsn):
+    edited = policy_with_rule_file(tmp_path, monkeypatch, "contracts", "converted_quotes", SUBQUERY_IN_ON)
+    of_running = f.quote(db, issued="2020-01-01", contract_id=f.contract(db, ended=None))
+    of_ended = f.quote(db, issued="2019-01-01", contract_id=f.contract(db, ended="2020-01-01"))
+    engine_for(edited, "contracts", source_dsn, s3, storage).archive_and_delete(
+        RunContext("contracts", "r", f.midnight("2025-06-01"))
+    )
+    assert of_ended not in f.ids(db, "quotes")
+    assert of_running in f.ids(db, "quotes"), "a running contract's quote was deleted"

@@ -82,7 +82,10 @@ def parse_rule_filter(text: str, *, schema: str, table: str, clock: str) -> Rule
     if _OUTER.search(code):
         raise RuleFileError(f"uses {_OUTER.search(code).group(1).upper()}: only inner JOINs (rows and parents locked)")
     _check_parentheses(code)
-    where_at = _WHERE.search(code)
+    # Only the clauses at the top level: a WHERE or JOIN inside a subquery (an ON clause's NOT
+    # EXISTS) is that subquery's. Taken as the file's WHERE, the planner's `<clock> < cutoff AND`
+    # would land inside the subquery, and its rows would be selected whatever their clock.
+    where_at = next(iter(_top_level(_WHERE, code)), None)
     joins_code = code[: where_at.start()] if where_at else code
     join_conditions = _parse_joins(joins_code, body, schema)
     joined = [qualified.split(".", 1)[1] for qualified, _ in join_conditions]
@@ -118,10 +121,20 @@ def _check_parentheses(code: str) -> None:
         raise RuleFileError("leaves a parenthesis open")
 
 
+def _top_level(pattern: re.Pattern, code: str) -> list[re.Match]:
+    """The matches of ``pattern`` outside every parenthesis (string literals already masked)."""
+    depth_at = []
+    depth = 0
+    for char in code:
+        depth_at.append(depth)
+        depth += {"(": 1, ")": -1}.get(char, 0)
+    return [m for m in pattern.finditer(code) if depth_at[m.start()] == 0]
+
+
 def _parse_joins(code: str, body: str, schema: str) -> list[tuple[str, str]]:
     """The JOIN part: a sequence of ``JOIN <schema>.<t> AS <t> ON ...`` and nothing else; each
     as (``schema.table``, its ON condition read from ``body``, the text with its strings)."""
-    starts = [m.start() for m in re.finditer(r"\bJOIN\b", code, re.I)]
+    starts = [m.start() for m in _top_level(re.compile(r"\bJOIN\b", re.I), code)]
     if code.strip() and (not starts or code[: starts[0]].strip()):
         raise RuleFileError(f"text before the first JOIN or WHERE: {code[: starts[0] if starts else 60].strip()!r}")
     joined = []
