@@ -88,6 +88,10 @@ def test_the_shipped_policy_sends_what_never_reaches_its_clock_with_the_person()
             lambda d: d["dependents"]["contracts"].update({"fraud_alerts.contract_id": "go_with_parent"}),
             r"rule 'unqualified_alerts' of purpose 'fraud' keeps 'fraud_alerts' for a legal reason",
         ),
+        (  # found by a review: the generated rule deleted the card reference without the processor
+            lambda d: d["dependents"]["contracts"].update({"payment_methods.contract_id": "go_with_parent"}),
+            r"rule 'payment_references' of purpose 'contracts' erases 'payment_methods' at the payment processor",
+        ),
         (
             lambda d: d["dependents"]["pets"].update({"contracts.pet_id": "go_with_parent"}),
             r"pets -> contracts\.pet_id: go_with_parent needs the same link in legal_holds\.covers\.pets",
@@ -120,6 +124,7 @@ def test_the_shipped_policy_sends_what_never_reaches_its_clock_with_the_person()
         "legal-obligation",
         "aml",
         "overriding-grounds",
+        "erased-at-the-processor",
         "not-covered-by-holds",
         "parent-without-rule",
         "not-a-column",

@@ -414,6 +414,13 @@ class Policy(_Strict):
                     raise ValueError(f"{where}: no rule of the policy describes {table!r} (its legal basis is unknown)")
                 for purpose_name, rule in by_table[table]:
                     purpose = self.purposes[purpose_name]
+                    if rule.erase_at_processor:
+                        raise ValueError(
+                            f"{where}: rule {rule.name!r} of purpose {purpose_name!r} erases {table!r} at the payment "
+                            f"processor ({rule.erase_at_processor}) before its rows go: a rule going with the parent "
+                            "would delete them without the processor's confirmation; decide keep_parent or "
+                            "keep_parent_and_alert"
+                        )
                     basis = set((rule.legal_basis or purpose.legal_basis).split("_and_"))
                     if basis & set(KEPT_FOR_A_LEGAL_REASON) or purpose.on_erasure_request == "keep":
                         raise ValueError(
