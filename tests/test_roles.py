@@ -259,3 +259,42 @@ def run_subject_request(conf: dict):
     for task in module.dag.tasks:
         task.retries = 0
     return module.dag.test(run_conf=conf)
+
+
+def test_a_file_a_table_the_engine_may_not_read_names_is_kept(db, s3, storage, policy, role_dsn, source_dsn):
+    """A table outside the policy names the same CV as an unsuccessful job application. The
+    engine's role could not see that column (information_schema lists only what a role may read),
+    so the CV went with the application (found by a review). Until `make schema` grants it the
+    column, the disposal stops and keeps the file; then the file is kept as shared."""
+    from retention.archive.engine import RetentionEngine
+    from retention.archive.run import RunContext
+    from retention.archive.store import ArchiveStore
+    from retention.roles import grant_statements
+
+    shared = "cv/manon-petit.pdf"
+    f.put_document(s3, storage.documents_bucket, shared)
+    db.execute("CREATE TABLE app.employee_files (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, cv_key text)")
+    try:
+        db.execute("INSERT INTO app.employee_files (cv_key) VALUES (%s)", (shared,))  # hired later: the CV kept
+        f.job_application(db, last_contact="2020-01-01", cv_key=shared)  # the first, unsuccessful application
+        db.commit()
+
+        def engine() -> RetentionEngine:
+            return RetentionEngine(
+                policy.with_mode("enforce"), "job_applications", role_dsn("retention_engine"), ArchiveStore(s3, storage)
+            )
+
+        with pytest.raises(Exception, match=r"may not read the file keys of app\.employee_files\.cv_key"):
+            engine().archive_and_delete(RunContext("job_applications", "r1", f.midnight("2025-01-01")))
+        s3.head_object(Bucket=storage.documents_bucket, Key=shared)  # still there
+
+        for statement in grant_statements(db, policy):
+            db.execute(statement)
+        db.commit()
+        engine().archive_and_delete(RunContext("job_applications", "r2", f.midnight("2025-01-01")))
+        s3.head_object(Bucket=storage.documents_bucket, Key=shared)
+        outcome = db.execute("SELECT outcome FROM retention.document_disposals WHERE source_key = %s", (shared,))
+        assert outcome.fetchall() == [("kept_shared",)]
+    finally:
+        db.execute("DROP TABLE app.employee_files")
+        db.commit()

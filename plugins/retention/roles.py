@@ -9,7 +9,8 @@ policy manages, so it is derived here and applied by ``retention.schema`` after 
   PostgreSQL asks for an UPDATE privilege to lock a row (FOR UPDATE, FOR SHARE), with a trigger
   that refuses any UPDATE they make; INSERT into ``marketing_objections`` for the subject
   requests (an objection recorded with an erasure). SELECT on the id and the foreign key of any
-  other table referencing a managed one (a row waits for its children);
+  other table referencing a managed one (a row waits for its children); SELECT on every ``*_key``
+  column of the source schema (a file is deleted only once no row names it);
 - ``retention_reader``: SELECT on the columns the rules read (ids, clocks, the rule files'
   conditions, foreign keys), not on names, addresses or documents: the page shows counts.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from retention.archive.documents import key_columns
 from retention.policy import Policy, rule_filter
 
 WRITERS = ("retention_engine", "retention_rights")
@@ -104,5 +106,10 @@ def grant_statements(conn, policy: Policy) -> list[str]:
         }
         column_list = ", ".join(f'"{c}"' for c in sorted(columns & present))
         statements.append(f'GRANT SELECT ({column_list}) ON "{child_schema}"."{child}" TO {writers}, {reader}')
+    # Every file key of the source schema, for the writers alone: a file is deleted only once no
+    # row names it any more (retention.archive.documents.keys_still_named).
+    for table, column in key_columns(conn, schema):
+        if table not in managed:
+            statements.append(f'GRANT SELECT ("{column}") ON "{schema}"."{table}" TO {writers}')
     statements.append(f"GRANT SELECT ON retention.covered_records TO {writers}, {reader}")
     return statements

@@ -8,27 +8,54 @@ from __future__ import annotations
 
 import logging
 
+from retention.archive.run import RetentionError
 from retention.archive.store import ArchiveStore
 from retention.id_sets import id_array
 
 log = logging.getLogger(__name__)
 
 
+# From the catalog, which every role reads whole: information_schema lists only the columns the
+# role has a privilege on, and a file a table the engine may not read still names was deleted.
+# Tables, partitioned tables (not their partitions: the parent reads them), views, foreign tables.
+_KEY_COLUMNS_SQL = """
+SELECT c.relname, a.attname, has_column_privilege(c.oid, a.attnum, 'SELECT')
+FROM pg_attribute AS a
+JOIN pg_class AS c ON c.oid = a.attrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND (%s::text IS NULL OR c.relname = %s)
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+  AND a.attnum > 0 AND NOT a.attisdropped AND a.attname LIKE '%%\\_key'
+ORDER BY c.relname, a.attnum
+"""
+
+
+class UnreadableFileKeysError(RetentionError):
+    """A ``*_key`` column the role may not read: whether a row still names a file is unknown."""
+
+
 def key_columns(conn, schema: str, table: str | None = None) -> list:
     """The ``*_key`` columns (file keys) of one table, or (table, column) of every table."""
-    rows = conn.execute(
-        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s"
-        " AND (%s::text IS NULL OR table_name = %s) AND column_name LIKE '%%\\_key'"
-        " ORDER BY table_name, ordinal_position",
-        (schema, table, table),
-    ).fetchall()
-    return [r[1] for r in rows] if table else [tuple(r) for r in rows]
+    rows = conn.execute(_KEY_COLUMNS_SQL, (schema, table, table)).fetchall()
+    return [r[1] for r in rows] if table else [(r[0], r[1]) for r in rows]
 
 
 def keys_still_named(conn, schema: str, keys: list[str]) -> set[str]:
-    """The file keys that some row of the source, in any ``*_key`` column, still names."""
-    columns = key_columns(conn, schema)
-    if not columns or not keys:
+    """The file keys that some row of the source, in any ``*_key`` column, still names. A column
+    the session may not read stops here (UnreadableFileKeysError): no file is deleted unknowing."""
+    if not keys:
+        return set()
+    rows = conn.execute(_KEY_COLUMNS_SQL, (schema, None, None)).fetchall()
+    unreadable = [f"{schema}.{table}.{column}" for table, column, readable in rows if not readable]
+    if unreadable:
+        raise UnreadableFileKeysError(
+            f"this role may not read the file keys of {', '.join(unreadable)}: whether a row there still names a "
+            "file to delete is unknown, so the files stay pending (retention.document_disposals) and nothing "
+            "more is deleted; `make schema` grants the engine and the subject requests SELECT on every *_key "
+            "column of the source schema"
+        )
+    columns = [(table, column) for table, column, _ in rows]
+    if not columns:
         return set()
     named = " OR ".join(
         f'EXISTS (SELECT 1 FROM "{schema}"."{table}" AS t WHERE t."{column}" = k)' for table, column in columns
