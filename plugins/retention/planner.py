@@ -208,6 +208,21 @@ ORDER BY child.relname, a.attname
 """
 
 
+# The foreign keys into the source schema whose delete clears the child's link (SET NULL or
+# SET DEFAULT): (parent table, child schema, child table, child column).
+_CLEARED_LINKS_SQL = """
+SELECT parent.relname, cn.nspname, child.relname, a.attname
+FROM pg_constraint AS con
+JOIN pg_class AS parent ON parent.oid = con.confrelid
+JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
+JOIN pg_class AS child ON child.oid = con.conrelid
+JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
+JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+WHERE con.contype = 'f' AND pn.nspname = %s AND con.confdeltype IN ('n', 'd')
+ORDER BY parent.relname, child.relname, a.attname
+"""
+
+
 def _attention(policy: Policy, parent: str, blocker: Blocker) -> tuple[int, str, str]:
     """A row waiting on several tables is reported on one (``waiting_for``): the one whose wait
     most needs someone's attention (undecided, then keep_parent_and_alert: what the watch alarms
@@ -220,12 +235,21 @@ def _attention(policy: Policy, parent: str, blocker: Blocker) -> tuple[int, str,
 class Planner:
     """The statements and counts of one purpose (read-only; build with ``Planner.load``)."""
 
-    def __init__(self, policy: Policy, purpose: Purpose | str, blockers: dict[str, tuple[Blocker, ...]]):
+    def __init__(
+        self,
+        policy: Policy,
+        purpose: Purpose | str,
+        blockers: dict[str, tuple[Blocker, ...]],
+        cleared_links: tuple[tuple[str, Blocker], ...] = (),
+    ):
         self.policy = policy
         self.purpose: Purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
         self.purpose_name = self.purpose.name
         self.schema = policy.source_schema
         self.blockers = blockers
+        # (parent table, child link) of the links a delete clears that a hold follows
+        # (legal_holds.covers): the engine records who the child belonged to before (detached_owners).
+        self.cleared_links = cleared_links
 
     @classmethod
     def load(cls, conn, policy: Policy, purpose: Purpose | str) -> Planner:
@@ -242,7 +266,21 @@ class Planner:
             )
             for table in sorted(tables)
         }
-        return cls(policy, purpose, blockers)
+        covers = policy.legal_holds.covers
+        cleared = tuple(
+            (parent, Blocker(child_schema, child, column))
+            for parent, child_schema, child, column in conn.execute(_CLEARED_LINKS_SQL, (schema,))
+            if child_schema == schema and f"{child}.{column}" in covers.get(parent, ())
+        )
+        return cls(policy, purpose, blockers, cleared)
+
+    def links_cleared_by_deleting(self, table: str) -> list[Blocker]:
+        """The child links (that a hold follows) a delete of the table's rows clears."""
+        return [link for parent, link in self.cleared_links if parent == table]
+
+    def may_be_detached(self, table: str) -> bool:
+        """Whether rows of the table may have lost a link that way (detached_owners rows)."""
+        return any(link.table == table for _, link in self.cleared_links)
 
     # ------------------------------------------------------------------ statements
 

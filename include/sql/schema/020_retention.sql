@@ -47,6 +47,23 @@ CREATE OR REPLACE VIEW retention.active_holds AS
     FROM retention.legal_holds
     WHERE released_at IS NULL;
 
+-- A row whose link to a record was cleared when the engine deleted that record (a foreign key
+-- ON DELETE SET NULL or SET DEFAULT, listed in the policy's legal_holds.covers): the records it
+-- belonged to then, {"<table>": [ids]} (the deleted record and that record's own owners), so that
+-- a hold placed afterwards on any of them still covers the row (retention.policy.coverage). Ids
+-- only; removed with the row.
+CREATE TABLE IF NOT EXISTS retention.detached_owners (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_name  text        NOT NULL,
+    record_id   bigint      NOT NULL,
+    owner_ids   jsonb       NOT NULL,
+    run_id      text        NOT NULL,
+    detached_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS detached_owners_record_idx ON retention.detached_owners (table_name, record_id);
+CREATE INDEX IF NOT EXISTS detached_owners_owner_ids_idx
+    ON retention.detached_owners USING gin (owner_ids jsonb_path_ops);
+
 -- One row per archive object. An object is written in two steps (write-ahead intent):
 -- 'uploading' is committed before the upload, 'committed' in the same transaction as the
 -- delete of its rows. An 'uploading' row left by a crash marks an orphan object, which the

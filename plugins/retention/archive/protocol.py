@@ -471,9 +471,15 @@ class BatchProtocol:
         if not batch.ids:
             return
         where, params = _ids_predicate("id", batch.ids)
+        self._record_detached_owners(control, rule, ctx, batch.ids)
         deleted = control.execute(f'DELETE FROM "{self.schema}"."{rule.table}" WHERE {where}', params).rowcount
         if deleted != len(batch.ids):
             raise RetentionError(f"{rule.table}: deleted {deleted} rows, expected {len(batch.ids)}; rolled back")
+        if self._planner.may_be_detached(rule.table):
+            control.execute(
+                "DELETE FROM retention.detached_owners WHERE table_name = %s AND record_id = ANY(%s::bigint[])",
+                (rule.table, _id_array(batch.ids)),
+            )
         with control.cursor() as cur:
             # One statement per object, sent at once (pipeline): a batch ending on 365 days has
             # 365 objects. Each UPDATE names one manifest row: all were still 'uploading' exactly
@@ -523,6 +529,39 @@ class BatchProtocol:
                     ],
                 )
         batch.deleted = deleted
+
+    def _record_detached_owners(self, control, rule: Rule, ctx: RunContext, ids: list[int]) -> None:
+        """Before the delete clears their link (ON DELETE SET NULL), who the rows of other tables
+        that point to the deleted ones belonged to: the deleted record and its own owners, in the
+        batch's transaction. A hold placed later on any of them still covers those rows (found
+        by a review: a recording's analysis, a customer's marketing objection went on their own
+        date under a hold placed after the recording, the customer, had gone)."""
+        links = self._planner.links_cleared_by_deleting(rule.table)
+        if not links:
+            return
+        detached: list[tuple[str, int, int]] = []  # (child table, child id, deleted parent id)
+        for link in links:
+            rows = control.execute(
+                sql.SQL("SELECT id, {column} FROM {table} WHERE {column} = ANY(%s::bigint[])").format(
+                    column=sql.Identifier(link.column), table=sql.Identifier(link.schema, link.table)
+                ),
+                (_id_array(ids),),
+            ).fetchall()
+            detached += [(link.table, child_id, parent_id) for child_id, parent_id in rows]
+        if not detached:
+            return
+        parents = sorted({parent_id for _, _, parent_id in detached})
+        found = owners_of_row_sets(control, self.policy, rule.table, [[p] for p in parents])
+        owners = dict(zip(parents, found, strict=True))
+        with control.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO retention.detached_owners (table_name, record_id, owner_ids, run_id)"
+                " VALUES (%s, %s, %s::jsonb, %s)",
+                [
+                    (child, child_id, json.dumps({rule.table: [parent_id]} | owners[parent_id]), ctx.run_id)
+                    for child, child_id, parent_id in detached
+                ],
+            )
 
     def _finish_commit(self, control, rule: Rule, batch: Batch) -> None:
         """Lock the probative versions and delete the source files; a failure here is reported

@@ -6,7 +6,8 @@ contracts, so their contracts' claims, so those claims' reimbursements. From it 
 
 - ``held_ctes``: for the tables a statement needs, the ids covered by an active hold, as
   ``held_<table>`` CTEs (the hold itself, plus the rows whose parent is covered, parents
-  first). The rule selects, the batch re-check and the after-gates test ``held_<table>``;
+  first, plus the rows whose link the delete of a covered record cleared: ``detached_owners``).
+  The rule selects, the batch re-check and the after-gates test ``held_<table>``;
 - ``owners_of_rows``: for a batch about to be archived, the ids of every record it belongs
   to (its contract, that contract's customer...), stored in the manifest (``owner_ids``) so
   that a hold placed after the live rows are gone still finds their archive objects;
@@ -25,6 +26,7 @@ from retention.id_sets import ids_predicate
 from retention.policy import Policy
 
 ACTIVE_HOLDS = "retention.active_holds"
+DETACHED = "retention.detached_owners"
 
 
 def parents_of(policy: Policy) -> dict[str, list[tuple[str, str]]]:
@@ -65,6 +67,15 @@ def held_ctes(policy: Policy, tables: Iterable[str]) -> list[str]:
             f'SELECT c.id FROM "{schema}"."{table}" AS c WHERE c."{column}" IN (SELECT id FROM held_{parent})'
             for parent, column in parents.get(table, [])
         ]
+        if table in parents:
+            # Rows whose link a delete cleared: the records they belonged to, recorded then. The
+            # first test (one index probe) skips the rest for a table none of whose rows was detached.
+            parts.append(
+                f"SELECT d.record_id FROM {DETACHED} AS d JOIN {ACTIVE_HOLDS} AS h ON d.owner_ids @>"
+                " jsonb_build_object(h.table_name, jsonb_build_array(h.record_id))"
+                f" WHERE d.table_name = '{table}'"
+                f" AND EXISTS (SELECT FROM {DETACHED} AS any_row WHERE any_row.table_name = '{table}')"
+            )
         ctes.append(f"held_{table} AS MATERIALIZED ({' UNION '.join(parts)})")
     return ctes
 

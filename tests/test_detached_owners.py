@@ -1,0 +1,84 @@
+"""A hold placed after a record went still covers the rows whose link to it the delete cleared
+(a foreign key ON DELETE SET NULL: a recording's analysis outlives the recording, a marketing
+objection the customer). Found by a review: the hold coverage followed live links only, and
+those rows went on their own date under the hold. The engine now records who they belonged to
+(retention.detached_owners) in the delete's transaction."""
+
+from __future__ import annotations
+
+import pytest
+from retention.archive.engine import RetentionEngine
+from retention.archive.run import RunContext
+from retention.archive.store import ArchiveStore
+
+from tests import factories as f
+
+pytestmark = pytest.mark.integration
+
+
+def run(policy, purpose, source_dsn, s3, storage, day: str, run_id: str):
+    return RetentionEngine(policy, purpose, source_dsn, ArchiveStore(s3, storage), lock_timeout=5).archive_and_delete(
+        RunContext(purpose, run_id, f.midnight(day))
+    )
+
+
+@pytest.mark.parametrize("held", ["customers", "call_recordings"])
+def test_hold_placed_after_the_recording_went_still_covers_its_analysis(held, db, s3, storage, policy, source_dsn):
+    """A quality recording goes at 6 months (tier none), its analysis lives 1 year. Deleting the
+    recording clears call_analyses.call_recording_id (ON DELETE SET NULL). A hold then placed on
+    the customer (or on the recording itself: a dispute about that call) must still cover the
+    analysis of their call; the coverage follows live foreign keys only, so it is deleted."""
+    customer = f.customer(db)
+    recording = f.call_recording(db, reason="quality", started="2024-01-10", customer_id=customer)
+    analysis = f.call_analysis(db, recording_id=recording, created="2024-01-10")
+
+    run(policy, "call_recordings", source_dsn, s3, storage, "2024-08-01", "r1")
+    assert f.ids(db, "call_recordings") == set(), "the recording's own 6 months are over"
+    assert f.ids(db, "call_analyses") == {analysis}, "the analysis' year is not"
+
+    f.legal_hold(db, held, customer if held == "customers" else recording)
+    run(policy, "call_recordings", source_dsn, s3, storage, "2025-02-01", "r2")
+    assert f.ids(db, "call_analyses") == {analysis}, (
+        f"the analysis of a call of the held {held} record was deleted: its link was cleared when the "
+        "recording went, and the hold coverage only follows live foreign keys"
+    )
+
+
+def test_customer_hold_placed_after_the_customer_went_covers_their_marketing_objection(
+    db, s3, storage, policy, source_dsn
+):
+    """The former customer's identity goes (archived) 3 years after the relationship ended; their
+    marketing objection, received later, outlives it (customer_id ON DELETE SET NULL). A hold then
+    placed on that customer (litigation: protects the archived copies, and 'all their records in
+    every table') must keep the objection; it is deleted on its own date."""
+    customer = f.customer(db, ended="2019-01-01")
+    objection = db.execute(
+        "INSERT INTO app.marketing_objections (customer_id, channel, email_sha256, source, received_at)"
+        " VALUES (%s, 'email', repeat('a', 64), 'rights_request', %s) RETURNING id",
+        (customer, f.paris("2021-06-01")),
+    ).fetchone()[0]
+    run(policy, "prospects", source_dsn, s3, storage, "2022-02-01", "r1")
+    assert f.ids(db, "customers") == set(), "the customer is archived and deleted"
+    assert f.ids(db, "marketing_objections") == {objection}
+
+    f.legal_hold(db, "customers", customer)
+    run(policy, "rights_requests", source_dsn, s3, storage, "2024-07-01", "r2")
+    assert f.ids(db, "marketing_objections") == {objection}, (
+        "the held customer's marketing objection was deleted: its customer_id was cleared when the "
+        "customer was archived, so the hold no longer reaches it"
+    )
+
+
+def test_a_detached_row_goes_once_the_hold_is_released_and_its_record_with_it(db, s3, storage, policy, source_dsn):
+    customer = f.customer(db)
+    recording = f.call_recording(db, reason="quality", started="2024-01-10", customer_id=customer)
+    analysis = f.call_analysis(db, recording_id=recording, created="2024-01-10")
+    run(policy, "call_recordings", source_dsn, s3, storage, "2024-08-01", "r1")
+    recorded = db.execute("SELECT table_name, record_id, owner_ids FROM retention.detached_owners").fetchall()
+    assert recorded == [("call_analyses", analysis, {"call_recordings": [recording], "customers": [customer]})]
+
+    hold = f.legal_hold(db, "customers", customer)
+    db.execute("UPDATE retention.legal_holds SET released_at = now() WHERE id = %s", (hold,))
+    run(policy, "call_recordings", source_dsn, s3, storage, "2025-02-01", "r2")
+    assert f.ids(db, "call_analyses") == set()
+    assert db.execute("SELECT count(*) FROM retention.detached_owners").fetchone()[0] == 0
