@@ -87,6 +87,7 @@ class Selected:
     clock: dt.datetime
     held: bool
     waiting_for: str | None
+    claimed_by: str | None  # another rule selecting the row too (never, in the shipped policy)
 
 
 def select_due(dsn: str, purpose: str, rule: Rule, day: dt.date) -> list[Selected]:
