@@ -25,6 +25,11 @@ REFUSED = [
     ("retention_engine", "SELECT retention.prune_audit(now())", "permission denied for function prune_audit"),
     ("retention_engine", "SELECT retention.forget_audit_ids(now())", "permission denied for function forget_audit_ids"),
     (
+        "retention_housekeeping",
+        "SELECT retention.forget_audit_ids(now())",
+        "permission denied for function forget_audit_ids",
+    ),
+    (
         "retention_engine",
         "UPDATE retention.legal_holds SET released_at = now()",
         "permission denied for table legal_holds",
@@ -171,7 +176,10 @@ def test_what_each_role_may_do_it_does(one_of_each, role_dsn):
         assert conn.execute("SELECT count(*) FROM retention.audit_log").fetchone()[0] == 1
         assert conn.execute("SELECT id, issued_at FROM app.quotes").fetchall()
     with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
-        assert conn.execute("SELECT retention.forget_audit_ids(now())").fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT retention.forget_audit_ids_past_archive(now() - interval '30 days')").fetchone()[0]
+            == 0
+        )
     with psycopg.connect(role_dsn("retention_counter")) as conn:
         assert conn.execute("SELECT id, issued_at FROM app.quotes").fetchall()
         conn.execute(

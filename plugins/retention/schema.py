@@ -20,6 +20,7 @@ def apply_schema(dsn: str) -> list[str]:
     holds cover and grant the roles their privileges on the application's tables (both from the
     policy: retention.roles), in one transaction."""
     import psycopg
+    from psycopg import sql
 
     from retention.policy import default_policy
     from retention.policy.coverage import covered_records_sql
@@ -43,6 +44,20 @@ def apply_schema(dsn: str) -> list[str]:
         for statement in grant_statements(conn, default_policy()):
             conn.execute(statement)
         applied.append("the roles' privileges on the application's tables")
+        # The least time each own record is kept, which every removal function checks its cut against.
+        policy = default_policy()
+        cases = sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}::interval").format(sql.Literal(name), sql.Literal(str(policy.own_period(name))))
+            for name, own in sorted(policy.own_records.items())
+            if own.period
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION retention.own_record_period(record text) RETURNS interval"
+                " LANGUAGE sql IMMUTABLE AS $body$ SELECT CASE record {} END $body$"
+            ).format(cases)
+        )
+        applied.append("the own records' periods (retention.own_record_period)")
     return applied
 
 

@@ -119,6 +119,11 @@ $$
 BEGIN
     NEW.record_ids_sha256 := CASE WHEN NEW.record_ids IS NULL THEN NULL
                                   ELSE sha256(convert_to(NEW.record_ids::text, 'UTF8')) END;
+    -- When the row was written, not when its writer says (found by a review: a back-dated row
+    -- lost its ids to the next housekeeping). retention.is_retention_writer: 050_roles.sql.
+    IF retention.is_retention_writer() THEN
+        NEW.at := now();
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -249,6 +254,33 @@ CREATE OR REPLACE TRIGGER subject_requests_final
     BEFORE UPDATE ON retention.subject_requests
     FOR EACH ROW WHEN (OLD.state = 'done') EXECUTE FUNCTION retention.refuse_final_evidence_update();
 
+-- The least time each of the project's own records is kept: the policy's own_records periods,
+-- written into this function by `make schema` (retention.schema, as the owner, right after these
+-- files; a function, so that no tool emptying the bookkeeping tables removes it). Every removal
+-- function refuses a cut later than now minus that period, whatever cut its caller asks (found
+-- by a review: the housekeeping role could prune today's audit and evidence).
+DROP TABLE IF EXISTS retention.own_record_periods;
+CREATE OR REPLACE FUNCTION retention.own_record_period(record text) RETURNS interval
+    LANGUAGE sql IMMUTABLE AS $$ SELECT NULL::interval $$;
+
+CREATE OR REPLACE FUNCTION retention.check_cut(record text, cut_before timestamptz) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    kept interval;
+BEGIN
+    kept := retention.own_record_period(record);
+    IF kept IS NULL THEN
+        RAISE EXCEPTION 'no period recorded for %: run `make schema` (retention.schema)', record;
+    END IF;
+    IF cut_before IS NULL OR cut_before > now() - kept + interval '1 day' THEN
+        RAISE EXCEPTION 'the cut (%) removes % younger than its period (%)', cut_before, record, kept
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION retention.check_cut(text, timestamptz) FROM PUBLIC;
+
 -- Pruning (docs/audit.md): the links written before `cut_before`, and their rows, are removed,
 -- and a checkpoint records the hash at the cut, how many links and rows went and the dates they
 -- covered, so that what remains still verifies. Only the housekeeping role may call it
@@ -265,6 +297,7 @@ DECLARE
     first_at   timestamptz;
     last_at    timestamptz;
     checkpoint retention.audit_checkpoints;
+    still_needed bigint;
 BEGIN
     IF chain IS NULL OR chain NOT IN ('audit_log', 'subject_requests') THEN
         RAISE EXCEPTION 'prune_audit: no chain %', chain;
@@ -272,11 +305,24 @@ BEGIN
     IF cut_before IS NULL OR cut_before > now() THEN
         RAISE EXCEPTION 'prune_audit: the cut (%) must be a time in the past', cut_before;
     END IF;
+    PERFORM retention.check_cut(CASE chain WHEN 'audit_log' THEN 'audit_log' ELSE 'subject_request_evidence' END,
+                                cut_before);
     -- No link is written while the chain is cut.
     PERFORM pg_advisory_xact_lock(hashtext('retention:audit_chain'), 0);
+    -- The audit of an object still in the archive (a hold, a lengthened period kept it past the
+    -- audit's period) stays, and every link after it: the cut stops before it.
+    IF chain = 'audit_log' THEN
+        SELECT min(c.seq) INTO still_needed
+          FROM retention.audit_chain AS c
+          JOIN retention.audit_log AS a ON a.id = c.row_key::bigint
+         WHERE c.chain = 'audit_log' AND c.chained_at < cut_before AND a.object_key IS NOT NULL
+           AND EXISTS (SELECT 1 FROM retention.archive_manifest AS m
+                        WHERE m.object_key = a.object_key AND m.state IN ('uploading', 'committed'));
+    END IF;
     SELECT c.seq, c.chain_hash INTO last_link
       FROM retention.audit_chain AS c
      WHERE c.chain = prune_audit.chain AND c.chained_at < cut_before
+       AND (still_needed IS NULL OR c.seq < still_needed)
      ORDER BY c.seq DESC LIMIT 1;
     IF NOT FOUND THEN
         RETURN NULL;

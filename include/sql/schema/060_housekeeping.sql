@@ -28,6 +28,10 @@ BEGIN
     IF cut_before IS NULL OR cut_before > now() THEN
         RAISE EXCEPTION 'prune_own_records: the cut (%) must be a time in the past', cut_before;
     END IF;
+    IF record NOT IN ('manifest_purged', 'document_disposals') THEN
+        RAISE EXCEPTION 'prune_own_records: no record %', record;
+    END IF;
+    PERFORM retention.check_cut(record, cut_before);
     IF record = 'manifest_purged' THEN
         DELETE FROM retention.archive_manifest AS m
          WHERE m.state = 'purged' AND m.purged_at < cut_before
@@ -62,6 +66,7 @@ BEGIN
     IF before IS NULL OR before > now() THEN
         RAISE EXCEPTION 'forget_audit_ids_past_archive: the cut (%) must be a time in the past', before;
     END IF;
+    PERFORM retention.check_cut('audit_ids_without_archive', before);
     UPDATE retention.audit_log AS a SET record_ids = NULL
      WHERE a.record_ids IS NOT NULL
        AND CASE WHEN a.object_key IS NULL THEN a.at < before
