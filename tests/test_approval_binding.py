@@ -97,7 +97,7 @@ def test_an_approval_is_bound_to_the_plan_shown_not_to_the_plan_found_when_answe
     with pytest.raises(AirflowFailException, match="the figures changed while the question waited"):
         op.execute_complete(context(run_id, ti=ti), approve_event())
     recorded = db.execute("SELECT plan_sha256, decision FROM retention.approvals WHERE run_id = %s", (run_id,))
-    assert recorded.fetchall() == [(approvals.sha256_of(plan_a), "approved")]
+    assert recorded.fetchall() == [(approvals.deletion_digest(plan_a), "approved")]
 
     with pytest.raises(Exception, match="no approval of its plan"):
         run_units(purpose, context(run_id, {"plan": plan_b}), plan_b)
@@ -118,7 +118,7 @@ def test_a_rejection_of_the_plan_revokes_an_earlier_approval_of_the_same_plan(db
     kept = {f.quote(db, issued="2024-12-01") for _ in range(4)}
     run_id = "manual__rejected"
     planned = tasks.plan(purpose, context(run_id))
-    digest = approvals.sha256_of(planned)
+    digest = approvals.deletion_digest(planned)
     figures = approvals.deletion_figures(planned, 0.5)
     common = dict(kind="deletion", dag_id="retention_quotes", run_id=run_id, plan_sha256=digest, figures=figures)
     now = dt.datetime.now(dt.UTC)
@@ -168,3 +168,35 @@ def test_what_the_before_gate_sends_for_approval_is_asked_or_not_deleted(db, s3,
         f"the before gate sent the run for approval ({guard['observed']}), no one was asked, "
         f"and {len(deleted)} of {len(due) + 3} quotes were deleted"
     )
+
+
+def test_an_approval_is_bound_to_the_table_sizes_shown_not_only_to_the_plan(db, s3, storage, policy, monkeypatch):
+    """approve_deletion shows 6 of 10 quotes (60%: the before gate's count) and waits. Meanwhile
+    the application removes the 4 other quotes and check_before is run again: 6 of 6 (100%). The
+    approval binds the plan and the sizes shown: the step fails, and the archive step, judging the
+    new counts, finds no approval of them (found by a review of the fix above)."""
+    from retention import tasks
+    from retention.approval_tasks import ApproveDeletion
+
+    monkeypatch.setattr(ApprovalOperator, "execute", lambda self, context: None)
+    purpose = policy.purpose("quotes")
+    due = {f.quote(db, issued="2023-06-01") for _ in range(6)}
+    others = [f.quote(db, issued="2024-12-01") for _ in range(4)]
+    run_id = "manual__sizes"
+    planned = tasks.plan(purpose, context(run_id))
+    before = tasks.check_before(purpose, context(run_id), planned)
+    op = ApproveDeletion(task_id="approve_deletion", approvals=policy.approvals)
+    ti = FakeTI({"plan": planned, "check_before": before})
+    op.execute(context(run_id, ti=ti))
+    assert "| 6 | 10 | 60% |" in op.body
+
+    db.execute("DELETE FROM app.quotes WHERE id = ANY(%s)", (others,))  # the application, meanwhile
+    before_again = tasks.check_before(purpose, context(run_id), planned)
+    ti.xcoms[("check_before", "return_value")] = before_again
+    assert "100%" in op.question(context(run_id, ti=ti))["body"]
+
+    with pytest.raises(AirflowFailException, match="the figures changed while the question waited"):
+        op.execute_complete(context(run_id, ti=ti), approve_event())
+    with pytest.raises(Exception, match="no approval of its plan"):
+        run_units(purpose, context(run_id, {"plan": planned, "check_before": before_again}), planned)
+    assert due <= f.ids(db, "quotes"), "the table was emptied at a share no one was shown"

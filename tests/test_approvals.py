@@ -149,7 +149,7 @@ def approvals(db) -> list[dict]:
 
 
 def test_a_run_over_the_guard_waits_for_its_approver_then_deletes(api, approvers_policy, db, s3, storage):
-    from retention.approvals import sha256_of
+    from retention.approvals import deletion_digest
 
     quotes = over_the_guard(db)
     dag = load_dag("quotes")
@@ -189,7 +189,8 @@ def test_a_run_over_the_guard_waits_for_its_approver_then_deletes(api, approvers
     [recorded] = approvals(db)
     assert recorded["decision"] == "approved" and recorded["decided_by"] == "approver"
     assert recorded["kind"] == "deletion" and recorded["purpose"] == "quotes"
-    assert recorded["run_id"] == dag_run.run_id and recorded["plan_sha256"] == sha256_of(planned)
+    gate_rows = xcoms(dag_run)["check_before"]["table_rows"]
+    assert recorded["run_id"] == dag_run.run_id and recorded["plan_sha256"] == deletion_digest(planned, gate_rows)
     assert recorded["figures"]["tables"] == {"quotes": {"would_delete": 6, "table_rows": 10, "share": 0.6}}
     assert xcoms(dag_run)["approve_deletion"]["decided_by"] == "approver"
     before = xcoms(dag_run)["check_before"]
@@ -314,7 +315,7 @@ def test_an_approval_covers_only_the_plan_it_showed(db, source_dsn):
             kind="deletion",
             dag_id="retention_quotes",
             run_id=run_id,
-            plan_sha256=ap.sha256_of(plan),
+            plan_sha256=ap.deletion_digest(plan),
             figures=figures,
             decision=decision,
             decided_by="approver",

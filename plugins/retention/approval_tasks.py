@@ -158,7 +158,7 @@ class ApproveDeletion(_Approval):
         if not planned or not approvals.over_guard(planned, max_fraction, gate_rows):
             return None
         figures = approvals.deletion_figures(planned, max_fraction, gate_rows)
-        digest = approvals.sha256_of(planned)
+        digest = approvals.deletion_digest(planned, gate_rows)
         subject, body = approvals.deletion_question(context["ti"].dag_id, context["run_id"], figures, digest)
         return {
             "subject": subject,

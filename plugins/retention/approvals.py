@@ -67,6 +67,13 @@ def table_rows(planned: dict, gate_rows: dict | None = None) -> dict[str, int]:
     return rows
 
 
+def deletion_digest(planned: dict, gate_rows: dict | None = None) -> str:
+    """What an approval of a deletion binds: the plan and the table sizes the guard was judged
+    on (found by a review: with the plan's hash alone, a table emptied while the question waited
+    went at a share no one was shown)."""
+    return sha256_of({"plan": planned, "table_rows": table_rows(planned, gate_rows)})
+
+
 def over_guard(planned: dict, max_fraction: float, gate_rows: dict | None = None) -> dict[str, dict]:
     """The tables the plan would delete more of than ``max_fraction``: would delete, rows, share.
     Empty for a dry run or a preview (nothing is deleted). The approval step and the archive step
@@ -176,7 +183,7 @@ def require_deletion_approval(
         return None
     import psycopg
 
-    digest = sha256_of(planned)
+    digest = deletion_digest(planned, gate_rows)
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT decided_by, decided_at, decision FROM retention.approvals WHERE kind = 'deletion'"
