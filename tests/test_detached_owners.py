@@ -82,3 +82,47 @@ def test_a_detached_row_goes_once_the_hold_is_released_and_its_record_with_it(db
     run(policy, "call_recordings", source_dsn, s3, storage, "2025-02-01", "r2")
     assert f.ids(db, "call_analyses") == set()
     assert db.execute("SELECT count(*) FROM retention.detached_owners").fetchone()[0] == 0
+
+
+def analyses_archived_policy(tmp_path):
+    """The shipped policy with the call analyses archived (intermediate tier, 12 months) instead
+    of deleted outright: a DPO's ordinary change."""
+    from retention.paths import POLICY_FILE
+    from retention.policy import load_policy
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    old = "        clock: call_analyses.created_at\n        live: 1 year\n        tier: none\n"
+    assert text.count(old) == 1
+    new = "        clock: call_analyses.created_at\n        live: 1 year\n        tier: intermediate\n        archive: 12 months\n"
+    path = tmp_path / "policy-analyses-archived.yaml"
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return load_policy(path).with_mode("enforce")
+
+
+def test_a_hold_placed_after_a_detached_row_was_archived_keeps_its_archive_object(
+    db, s3, storage, source_dsn, tmp_path
+):
+    """Once the detached analysis is archived (a policy archiving analyses), its entry goes with
+    the row: the archive object's owners carry the detached ones, so a hold placed afterwards on
+    the customer keeps the object (found by a review: its owners came from the live links only)."""
+    policy = analyses_archived_policy(tmp_path)
+    customer = f.customer(db)
+    recording = f.call_recording(db, reason="quality", started="2024-01-10", customer_id=customer)
+    analysis = f.call_analysis(db, recording_id=recording, created="2024-01-10")
+    run(policy, "call_recordings", source_dsn, s3, storage, "2024-08-01", "r1")
+    assert f.ids(db, "call_analyses") == {analysis}
+    run(policy, "call_recordings", source_dsn, s3, storage, "2025-02-01", "r2")
+    assert f.ids(db, "call_analyses") == set()
+    owners = db.execute(
+        "SELECT owner_ids FROM retention.archive_manifest WHERE table_name = 'call_analyses' AND state = 'committed'"
+    ).fetchall()
+    assert owners == [({"call_recordings": [recording], "customers": [customer]},)]
+
+    f.legal_hold(db, "customers", customer)
+    engine = RetentionEngine(policy, "call_recordings", source_dsn, ArchiveStore(s3, storage), lock_timeout=5)
+    report = engine.purge_archives(RunContext("call_recordings", "purge", f.midnight("2026-03-01")))
+    states = db.execute("SELECT state FROM retention.archive_manifest WHERE table_name = 'call_analyses'").fetchall()
+    assert report["purged_objects"] == 0 and states == [("committed",)], (
+        f"the held customer's call analysis was purged from the archive (owner_ids {owners[0][0]}): "
+        "the detached owners recorded for the live row were not carried into the archive object's owners"
+    )

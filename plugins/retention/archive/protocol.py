@@ -49,7 +49,7 @@ from retention.id_sets import id_array as _id_array
 from retention.id_sets import ids_predicate as _ids_predicate
 from retention.planner import RuleOutcome
 from retention.policy import Rule, rule_filter
-from retention.policy.coverage import owners_of_row_sets, parents_of
+from retention.policy.coverage import owners_of_row_sets, parents_of, with_detached_owners
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +368,8 @@ class BatchProtocol:
             [ids for _, ids, _ in groups],
             [{c: pc.unique(table.column(c).drop_null()).to_pylist() for c in parent_columns} for table in tables],
         )
+        if self._planner.may_be_detached(rule.table):
+            owners = with_detached_owners(control, rule.table, [ids for _, ids, _ in groups], owners)
         intents_rows = []
         for (purge_day, ids, purge_after), table, owned in zip(groups, tables, owners, strict=True):
             key = object_key(
@@ -552,6 +554,8 @@ class BatchProtocol:
             return
         parents = sorted({parent_id for _, _, parent_id in detached})
         found = owners_of_row_sets(control, self.policy, rule.table, [[p] for p in parents])
+        if self._planner.may_be_detached(rule.table):
+            found = with_detached_owners(control, rule.table, [[p] for p in parents], found)
         owners = dict(zip(parents, found, strict=True))
         with control.cursor() as cur:
             cur.executemany(

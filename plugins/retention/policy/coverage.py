@@ -172,3 +172,27 @@ def owners_of_row_sets(
                         next_frontiers[n].setdefault(parent, set()).update(found)
         frontiers, first_level = next_frontiers, False
     return [{t: sorted(v) for t, v in sorted(found.items())} for found in owners]
+
+
+def with_detached_owners(
+    conn, table: str, id_sets: list[list[int]], owners: list[dict[str, list[int]]]
+) -> list[dict[str, list[int]]]:
+    """``owners`` (one per id set) with the owners the rows had before a delete cleared their link
+    (``retention.detached_owners``): an object of such rows must name them too, or a hold placed on
+    them later would not keep it (found by a review)."""
+    wanted = sorted({i for ids in id_sets for i in ids})
+    recorded: dict[int, list[dict]] = {}
+    for record_id, owned in conn.execute(
+        f"SELECT record_id, owner_ids FROM {DETACHED} WHERE table_name = %s AND record_id = ANY(%s::bigint[])",
+        (table, wanted),
+    ):
+        recorded.setdefault(record_id, []).append(owned)
+    merged_sets = []
+    for ids, found in zip(id_sets, owners, strict=True):
+        merged = {t: set(v) for t, v in found.items()}
+        for record_id in ids:
+            for owned in recorded.get(record_id, ()):
+                for t, v in owned.items():
+                    merged.setdefault(t, set()).update(v)
+        merged_sets.append({t: sorted(v) for t, v in sorted(merged.items())})
+    return merged_sets
