@@ -237,3 +237,27 @@ def test_a_prune_past_the_period_stops_before_the_audit_of_an_object_still_archi
     left = [r for (r,) in db.execute("SELECT id FROM retention.audit_log ORDER BY id")]
     assert first not in left and kept in left and len(left) == 2
     assert verified(source_dsn).intact
+
+
+def test_a_checkpoint_written_without_its_prune_is_named_by_verify(db, s3, storage, role_dsn, source_dsn):
+    """The owner changes row 1 and adds a checkpoint at seq 1 copying link 1's hash, as a prune
+    would, without pruning: verify started after the checkpoint and said intact (found by a
+    review); the links left at or before it are named."""
+    store = ArchiveStore(s3, storage)
+    with psycopg.connect(role_dsn("retention_engine")) as conn:
+        for _ in range(3):
+            engine_audit_row(conn)
+            conn.commit()
+    with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
+        audit.write_chain_head(store, conn)
+    assert verified(source_dsn, store).intact
+
+    db.execute("UPDATE retention.audit_log SET record_count = 0 WHERE id = 1")
+    db.execute(
+        "INSERT INTO retention.audit_checkpoints (chain, seq, chain_hash, first_seq, links_removed, rows_removed,"
+        " cut_before) SELECT 'audit_log', seq, chain_hash, 1, 1, 1, now() FROM retention.audit_chain"
+        " WHERE chain = 'audit_log' AND seq = 1"
+    )
+    assert db.execute("SELECT record_count FROM retention.audit_log WHERE id = 1").fetchone()[0] == 0
+    result = verified(source_dsn, store)
+    assert not result.intact, f"row id 1 changed and still in the audit; verify says: {result.message}"

@@ -219,6 +219,22 @@ def _verify_chain(conn, chain: str, heads: list[dict]) -> ChainReport:
         }
     else:
         start_seq, previous = 0, genesis(chain)
+    # A prune removes every link up to its checkpoint: one still there means a checkpoint written
+    # without its prune, which would hide the rows before it from this verification (found by a
+    # review: a changed row kept in the audit behind a forged checkpoint verified).
+    for seq, key in conn.execute(
+        "SELECT seq, row_key FROM retention.audit_chain WHERE chain = %s AND seq <= %s ORDER BY seq LIMIT 5",
+        (chain, start_seq),
+    ):
+        problems.append(
+            Problem(
+                chain,
+                key,
+                seq,
+                f"{_row_name(chain, key)} (seq {seq}) is still chained at or before the checkpoint (seq {start_seq}): "
+                "a checkpoint was written without its prune",
+            )
+        )
     # The heads stored in the archive: which link each names, and with which hash.
     wanted: dict[int, list[dict]] = {}
     for head in heads:
