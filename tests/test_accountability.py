@@ -11,7 +11,7 @@ import datetime as dt
 
 import psycopg
 import pytest
-from retention import audit
+from retention import audit, housekeeping
 from retention.archive.store import ArchiveStore
 
 pytestmark = pytest.mark.integration
@@ -261,3 +261,102 @@ def test_a_checkpoint_written_without_its_prune_is_named_by_verify(db, s3, stora
     assert db.execute("SELECT record_count FROM retention.audit_log WHERE id = 1").fetchone()[0] == 0
     result = verified(source_dsn, store)
     assert not result.intact, f"row id 1 changed and still in the audit; verify says: {result.message}"
+
+
+# ------------------------------------------------------------------ found by the review of the fixes above
+OLD_KEY = "intermediate/quotes/2019-01-10/held.parquet"
+NEW_KEY = "intermediate/quotes/2019-01-10/held.erasure-req-1.parquet"
+
+
+def rewrite_manifest_row(db, key: str, state: str) -> int:
+    return db.execute(
+        "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
+        " object_key, state, purge_month, purge_after, row_count, record_ids, committed_at)"
+        " VALUES ('manual__review', now(), 'quotes', 'unconverted_quotes', 'quotes', 'intermediate', 'b', %s,"
+        " %s, '2030-01', '2030-01-10', 3, '{1,2,3}', now()) RETURNING id",
+        (key, state),
+    ).fetchone()[0]
+
+
+def test_a_prune_keeps_the_audit_of_an_object_kept_by_a_hold_after_its_rewrite_committed(db, role_dsn, source_dsn):
+    """rewrite._finish: a hold placed between step 3 and 4 keeps the old object's versions (state
+    'rewritten', its rewrite 'committed'); the new object (committed) holds the other rows and no
+    audit row names it. prune_audit's 'still needed' stop only looks at uploading/committed: it
+    removes the audit of the object still in the archive."""
+    old_id = rewrite_manifest_row(db, OLD_KEY, "rewritten")
+    new_id = rewrite_manifest_row(db, NEW_KEY, "committed")
+    db.execute(
+        "INSERT INTO retention.object_rewrites (request_id, old_manifest_id, new_manifest_id, removed_ids, state,"
+        " committed_at) VALUES ('req-1', %s, %s, '{1}', 'committed', now())",
+        (old_id, new_id),
+    )
+    with psycopg.connect(role_dsn("retention_engine")) as conn:
+        archived = engine_audit_row(conn, object_key=OLD_KEY)
+        conn.commit()
+        engine_audit_row(conn)
+        conn.commit()
+    db.execute("UPDATE retention.audit_chain SET chained_at = '2015-01-01' WHERE chain = 'audit_log'")
+    with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
+        conn.execute("SELECT retention.prune_audit('2016-01-01')")
+    left = [r for (r,) in db.execute("SELECT id FROM retention.audit_log")]
+    assert archived in left, "the audit of an object still archived (held, rewrite pending) was pruned"
+
+
+def test_the_rights_role_cannot_mark_an_object_rewritten_that_no_rewrite_names(db, role_dsn, source_dsn):
+    """The trigger lets the subject-requests role move any committed object to 'rewritten' (no
+    rewrite names it): the object stays in the bucket, is never purged (purge reads 'committed'),
+    and the housekeeping's prune removes its audit as if nothing were archived."""
+    rewrite_manifest_row(db, OLD_KEY, "committed")
+    with psycopg.connect(role_dsn("retention_engine")) as conn:
+        archived = engine_audit_row(conn, object_key=OLD_KEY)
+        conn.commit()
+        engine_audit_row(conn)
+        conn.commit()
+    db.execute("UPDATE retention.audit_chain SET chained_at = '2015-01-01' WHERE chain = 'audit_log'")
+    with psycopg.connect(role_dsn("retention_rights"), autocommit=True) as conn:
+        try:
+            conn.execute("UPDATE retention.archive_manifest SET state = 'rewritten' WHERE object_key = %s", (OLD_KEY,))
+        except psycopg.Error:
+            pass
+    with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
+        conn.execute("SELECT retention.prune_audit('2016-01-01')")
+    left = [r for (r,) in db.execute("SELECT id FROM retention.audit_log")]
+    state = db.execute("SELECT state FROM retention.archive_manifest WHERE object_key = %s", (OLD_KEY,)).fetchone()[0]
+    assert archived in left, f"retention_rights moved a live object to {state!r} with no rewrite; its audit was pruned"
+
+
+@pytest.mark.parametrize("role", ["retention_rights", "retention_engine"])
+def test_a_disposal_is_dated_when_recorded_whatever_the_writer_says(db, policy, role_dsn, role):
+    """disposed_at is the writer's (UPDATE granted, no stamping trigger): a disposal recorded today,
+    dated 2015, is removed by the housekeeping's own daily cut (5 years), whatever check_cut says."""
+    with psycopg.connect(role_dsn(role)) as conn:
+        (row,) = conn.execute(
+            "INSERT INTO retention.document_disposals (run_id, purpose, table_name, record_id, bucket, source_key)"
+            " VALUES ('manual__review', 'quotes', 'quotes', 1, 'docs', 'k/1.pdf') RETURNING id"
+        ).fetchone()
+        conn.execute(
+            "UPDATE retention.document_disposals SET disposed_at = '2015-01-01', outcome = 'deleted' WHERE id = %s",
+            (row,),
+        )
+        conn.commit()
+    now = dt.datetime.now(dt.UTC)
+    with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
+        housekeeping.prune_own_rows(conn, policy, now, enforce=True)
+    left = db.execute("SELECT count(*) FROM retention.document_disposals WHERE id = %s", (row,)).fetchone()[0]
+    assert left == 1, f"{role} back-dated a disposal recorded today; the housekeeping removed it"
+
+
+def test_a_purge_is_dated_when_recorded_whatever_the_engine_says(db, policy, role_dsn):
+    """purged_at is the engine's (UPDATE granted): an object purged today, dated 2015, loses its
+    manifest row (the proof of the purge) to today's housekeeping, 5 years early."""
+    rewrite_manifest_row(db, OLD_KEY, "committed")
+    with psycopg.connect(role_dsn("retention_engine")) as conn:
+        conn.execute(
+            "UPDATE retention.archive_manifest SET state = 'purged', purged_at = '2015-01-01' WHERE object_key = %s",
+            (OLD_KEY,),
+        )
+        conn.commit()
+    with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
+        housekeeping.prune_own_rows(conn, policy, dt.datetime.now(dt.UTC), enforce=True)
+    left = db.execute("SELECT count(*) FROM retention.archive_manifest WHERE object_key = %s", (OLD_KEY,)).fetchone()[0]
+    assert left == 1, "a purge done today, back-dated by the engine, lost its manifest row to today's housekeeping"

@@ -273,13 +273,33 @@ BEGIN
     IF kept IS NULL THEN
         RAISE EXCEPTION 'no period recorded for %: run `make schema` (retention.schema)', record;
     END IF;
-    IF cut_before IS NULL OR cut_before > now() - kept + interval '1 day' THEN
+    -- Four days' slack: the housekeeping's cut is the Paris midnight of the latest day whose
+    -- records are over, by calendar arithmetic (a month after Jan 31 is Feb 28: three days).
+    IF cut_before IS NULL OR cut_before > now() - kept + interval '4 days' THEN
         RAISE EXCEPTION 'the cut (%) removes % younger than its period (%)', cut_before, record, kept
             USING ERRCODE = 'insufficient_privilege';
     END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION retention.check_cut(text, timestamptz) FROM PUBLIC;
+
+-- Whether an archive object's rows are still in the archive under that key or a rewrite of it:
+-- the object itself, or a new object a rewrite made of it (an erasure's, a purge's of some of
+-- its rows), or an old object a hold kept after its rewrite committed. Its audit stays while so.
+CREATE OR REPLACE FUNCTION retention.object_still_archived(key text) RETURNS boolean
+    LANGUAGE sql STABLE AS
+$$
+WITH RECURSIVE versions(id, state) AS (
+    SELECT m.id, m.state FROM retention.archive_manifest AS m WHERE m.object_key = key
+    UNION
+    SELECT n.id, n.state FROM versions AS v
+    JOIN retention.object_rewrites AS r ON r.old_manifest_id = v.id
+    JOIN retention.archive_manifest AS n ON n.id = r.new_manifest_id
+)
+SELECT EXISTS (SELECT 1 FROM versions WHERE state IN ('uploading', 'committed'))
+    OR EXISTS (SELECT 1 FROM versions AS v JOIN retention.object_rewrites AS r ON r.old_manifest_id = v.id
+               WHERE v.state = 'rewritten' AND r.state IN ('uploading', 'committed'))
+$$;
 
 -- Pruning (docs/audit.md): the links written before `cut_before`, and their rows, are removed,
 -- and a checkpoint records the hash at the cut, how many links and rows went and the dates they
@@ -316,8 +336,7 @@ BEGIN
           FROM retention.audit_chain AS c
           JOIN retention.audit_log AS a ON a.id = c.row_key::bigint
          WHERE c.chain = 'audit_log' AND c.chained_at < cut_before AND a.object_key IS NOT NULL
-           AND EXISTS (SELECT 1 FROM retention.archive_manifest AS m
-                        WHERE m.object_key = a.object_key AND m.state IN ('uploading', 'committed'));
+           AND retention.object_still_archived(a.object_key);
     END IF;
     SELECT c.seq, c.chain_hash INTO last_link
       FROM retention.audit_chain AS c

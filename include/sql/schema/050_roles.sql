@@ -193,16 +193,55 @@ CREATE OR REPLACE FUNCTION retention.refuse_rights_manifest_state() RETURNS trig
     LANGUAGE plpgsql AS
 $$
 BEGIN
-    IF NEW.state IS DISTINCT FROM OLD.state
-       AND (OLD.state, NEW.state) NOT IN (('uploading', 'committed'), ('uploading', 'abandoned'),
-                                          ('committed', 'rewritten')) THEN
-        RAISE EXCEPTION 'permission denied: % may not move an archive object from % to %', current_user, OLD.state,
-            NEW.state USING ERRCODE = 'insufficient_privilege';
+    IF NEW.state IS NOT DISTINCT FROM OLD.state THEN
+        RETURN NEW;
     END IF;
-    RETURN NEW;
+    -- Only the moves of a rewrite, on the objects its row names.
+    IF (OLD.state, NEW.state) IN (('uploading', 'committed'), ('uploading', 'abandoned'))
+       AND EXISTS (SELECT 1 FROM retention.object_rewrites AS r WHERE r.new_manifest_id = OLD.id) THEN
+        RETURN NEW;
+    END IF;
+    IF (OLD.state, NEW.state) = ('committed', 'rewritten')
+       AND EXISTS (SELECT 1 FROM retention.object_rewrites AS r
+                    WHERE r.old_manifest_id = OLD.id AND r.state = 'uploading') THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'permission denied: % may not move archive object % from % to %', current_user, OLD.id,
+        OLD.state, NEW.state USING ERRCODE = 'insufficient_privilege';
 END
 $$;
 CREATE OR REPLACE TRIGGER archive_manifest_rights_state
     BEFORE UPDATE OF state ON retention.archive_manifest
     FOR EACH ROW WHEN (retention.acts_as('retention_rights') AND NOT retention.acts_as('retention_engine'))
     EXECUTE FUNCTION retention.refuse_rights_manifest_state();
+
+-- The times the housekeeping cuts by are the database's too: a disposal's disposed_at, a purge's
+-- purged_at (found by a review: a writer back-dating them had today's housekeeping remove the
+-- proof of a disposal or a purge five years early).
+CREATE OR REPLACE FUNCTION retention.stamp_disposed_at() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF NEW.disposed_at IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.disposed_at IS DISTINCT FROM NEW.disposed_at) THEN
+        NEW.disposed_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER document_disposals_stamp_disposed_at
+    BEFORE INSERT OR UPDATE OF disposed_at ON retention.document_disposals
+    FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_disposed_at();
+
+CREATE OR REPLACE FUNCTION retention.stamp_purged_at() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF NEW.purged_at IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.purged_at IS DISTINCT FROM NEW.purged_at) THEN
+        NEW.purged_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER archive_manifest_stamp_purged_at
+    BEFORE INSERT OR UPDATE OF purged_at ON retention.archive_manifest
+    FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_purged_at();
