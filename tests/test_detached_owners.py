@@ -6,10 +6,14 @@ those rows went on their own date under the hold. The engine now records who the
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
+from retention.rights.requests import SubjectRequest
+from retention.rights.subject_rights import SubjectRights
 
 from tests import factories as f
 
@@ -126,3 +130,64 @@ def test_a_hold_placed_after_a_detached_row_was_archived_keeps_its_archive_objec
         f"the held customer's call analysis was purged from the archive (owner_ids {owners[0][0]}): "
         "the detached owners recorded for the live row were not carried into the archive object's owners"
     )
+
+
+RECEIVED = dt.datetime(2024, 9, 3, 10, tzinfo=dt.UTC)
+
+
+def subject_rights(policy, dsn, s3, storage) -> SubjectRights:
+    return SubjectRights(policy, dsn, ArchiveStore(s3, storage), lock_timeout=2)
+
+
+def request(action: str, request_id: str, **kw) -> SubjectRequest:
+    kw.setdefault("run_id", f"manual__{request_id}")
+    return SubjectRequest(request_id=request_id, action=action, received_at=RECEIVED, preview=False, **kw)
+
+
+def detached_analysis(db, s3, storage, policy, source_dsn):
+    """A customer's quality recording went (6 months, tier none); its analysis (1 year) stays,
+    its link cleared, its owners recorded in retention.detached_owners."""
+    customer = f.customer(db, ended="2024-01-01")
+    recording = f.call_recording(db, reason="quality", started="2024-01-10", customer_id=customer)
+    analysis = f.call_analysis(db, recording_id=recording, created="2024-01-10")
+    run(policy, "call_recordings", source_dsn, s3, storage, "2024-08-01", "r1")
+    assert f.ids(db, "call_recordings") == set() and f.ids(db, "call_analyses") == {analysis}
+    owners = db.execute(
+        "SELECT owner_ids FROM retention.detached_owners WHERE table_name = 'call_analyses' AND record_id = %s",
+        (analysis,),
+    ).fetchone()[0]
+    assert owners == {"call_recordings": [recording], "customers": [customer]}
+    return customer, recording, analysis
+
+
+def test_access_finds_the_customers_detached_call_analysis(db, s3, storage, policy, source_dsn):
+    """An access by the customer lists the analysis of their call (their record, kept 1 year): the
+    engine recorded it as theirs (detached_owners); the search followed live links only (found by
+    a review)."""
+    customer, _, analysis = detached_analysis(db, s3, storage, policy, source_dsn)
+    report = subject_rights(policy, source_dsn, s3, storage).handle(
+        request("access", "rev-access-detached", kind="customer", subject_id=customer)
+    )
+    assert report["found"]["live"].get("call_analyses") == 1, (
+        f"the access did not find the customer's call analysis {analysis} (link cleared, owners in "
+        f"retention.detached_owners): found {report['found']['live']}"
+    )
+
+
+def test_erasure_erases_or_reports_the_detached_analysis(db, s3, storage, policy, source_dsn):
+    """An erasure by the customer erases the analysis (legitimate interest) and its entry: it was
+    neither erased nor reported kept (found by a review)."""
+    customer, _, analysis = detached_analysis(db, s3, storage, policy, source_dsn)
+    report = subject_rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-erase-detached", kind="customer", subject_id=customer)
+    )
+    kept_tables = {k.get("table") for k in report.get("kept", [])}
+    naming = db.execute(
+        "SELECT table_name, record_id, owner_ids FROM retention.detached_owners WHERE owner_ids @> %s::jsonb",
+        (f'{{"customers": [{customer}]}}',),
+    ).fetchall()
+    problems = []
+    if analysis in f.ids(db, "call_analyses") and "call_analyses" not in kept_tables:
+        problems.append(f"call analysis {analysis} neither erased nor reported kept (erased {report['erased']})")
+    assert not problems, problems
+    assert naming == [], "the erased analysis' entry of who it belonged to stayed"

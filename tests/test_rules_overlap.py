@@ -194,3 +194,28 @@ def test_a_subquery_in_an_on_clause_keeps_the_clock(tmp_path, monkeypatch, db, s
     )
     assert of_ended not in f.ids(db, "quotes")
     assert of_running in f.ids(db, "quotes"), "a running contract's quote was deleted"
+
+
+def test_the_run_summary_never_counts_claimed_rows_as_deletable(tmp_path, monkeypatch, db, source_dsn):
+    """docs/run_reports.md: the note never shows a claimed row as deletable (the summary recomputed
+    deletable as due - held - waiting; found by a review)."""
+    from retention import run_report
+    from retention.planner import Planner
+
+    broken = policy_with_rule_file(tmp_path, monkeypatch, "quotes", "unconverted_quotes", LOST_WHERE)
+    running = f.contract(db, ended=None)
+    f.quote(db, issued="2020-01-01", contract_id=running)
+    ended = f.contract(db, ended="2025-01-01")
+    f.quote(db, issued="2020-01-01", contract_id=ended)
+    f.quote(db, issued="2020-01-01")
+    outcome = Planner.load(db, broken, "quotes").plan(db, f.midnight("2025-06-01"))[0]
+    assert outcome.claimed == {"contracts.converted_quotes": 2} and outcome.deletable == 1
+
+    monkeypatch.setattr(run_report, "_base_url", lambda: "")
+    context = {"params": {"dry_run": True}, "run_id": "r", "logical_date": f.midnight("2025-06-01")}
+    states = dict.fromkeys(run_report.UPSTREAM, "success")
+    summary = run_report.summary_dict("quotes", context, {}, states, "", [outcome.as_dict()])
+    assert summary["rules"][0]["deletable"] == 1 and summary["totals"]["deletable"] == 1, (
+        f"the run's summary shows {summary['totals']['deletable']} deletable (would archive / delete) for a rule whose "
+        f"2 claimed rows are kept: {summary['rules'][0]}"
+    )

@@ -124,7 +124,7 @@ def summary_dict(purpose: str, context: dict, pulled: dict, states: dict, table:
     rules = [{k: v for k, v in r.items() if k not in ("held_ids", "waiting_ids")} for r in rules]
     for r in rules:
         if "due" in r:  # the run's outcome; the audit log (a failed run) counts what was committed
-            r["deletable"] = r["due"] - r["held"] - _count(r["waiting"])
+            r["deletable"] = r["due"] - r["held"] - _count(r["waiting"]) - _count(r.get("claimed", {}))
     failed = [t for t in UPSTREAM if states.get(t) == "failed"]
     not_run = [t for t in UPSTREAM if states.get(t) == "upstream_failed"]
     first = (failed or not_run or [None])[0]

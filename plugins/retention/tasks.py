@@ -398,7 +398,7 @@ def report(
     for r in archived["rules"]:
         waiting = sum(r["waiting"].values())
         if would:
-            deletable = r["due"] - r["held"] - waiting
+            deletable = r["due"] - r["held"] - waiting - sum(r.get("claimed", {}).values())
             lines.append(
                 f"| {r['rule']} | {r['table']} | {r['tier']} | {r['due']} | {deletable} | {r['held']} | {waiting} |"
             )

@@ -142,6 +142,10 @@ def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -
                     continue
                 if row is None:
                     continue
+                # Its entry of who it belonged to, if a delete had cleared its link, goes with it.
+                conn.execute(
+                    "DELETE FROM retention.detached_owners WHERE table_name = %s AND record_id = %s", (table, rid)
+                )
                 erased[table] += 1
                 audited[(d.purpose, d.rule, table)].append(rid)
                 purposes.add(d.purpose)
