@@ -194,31 +194,18 @@ class Plan:
 
 _OUTCOME_FIELDS = set(RuleOutcome.__dataclass_fields__)
 
-_BLOCKERS_SQL = """
-SELECT cn.nspname, child.relname, a.attname
+# Every foreign key into the source schema, one catalog query for a planner: (parent table,
+# child schema, child table, child column, whether a delete of the parent clears the child's
+# link: ON DELETE SET NULL / SET DEFAULT, the child outlives it).
+_FOREIGN_KEYS_SQL = """
+SELECT parent.relname, cn.nspname, child.relname, a.attname, con.confdeltype IN ('n', 'd')
 FROM pg_constraint AS con
 JOIN pg_class AS parent ON parent.oid = con.confrelid
 JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
 JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
 JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
-WHERE con.contype = 'f' AND pn.nspname = %s AND parent.relname = %s
-  AND con.confdeltype NOT IN ('n', 'd')  -- ON DELETE SET NULL / SET DEFAULT: the child outlives it
-ORDER BY child.relname, a.attname
-"""
-
-
-# The foreign keys into the source schema whose delete clears the child's link (SET NULL or
-# SET DEFAULT): (parent table, child schema, child table, child column).
-_CLEARED_LINKS_SQL = """
-SELECT parent.relname, cn.nspname, child.relname, a.attname
-FROM pg_constraint AS con
-JOIN pg_class AS parent ON parent.oid = con.confrelid
-JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
-JOIN pg_class AS child ON child.oid = con.conrelid
-JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
-JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
-WHERE con.contype = 'f' AND pn.nspname = %s AND con.confdeltype IN ('n', 'd')
+WHERE con.contype = 'f' AND pn.nspname = %s
 ORDER BY parent.relname, child.relname, a.attname
 """
 
@@ -253,26 +240,26 @@ class Planner:
 
     @classmethod
     def load(cls, conn, policy: Policy, purpose: Purpose | str) -> Planner:
-        """Read the foreign keys that reference the purpose's tables (one catalog query each)."""
+        """Read the foreign keys into the source schema (one catalog query): those that keep a
+        rule's row waiting, and those whose delete clears a link a hold follows."""
         schema = policy.source_schema
         purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
         tables = {rule.table for rule in purpose.rules}
+        covers = policy.legal_holds.covers
+        waiting: dict[str, list[Blocker]] = {table: [] for table in tables}
+        cleared = []
+        for parent, child_schema, child, column, clears in conn.execute(_FOREIGN_KEYS_SQL, (schema,)):
+            link = Blocker(child_schema, child, column)
+            if not clears:
+                if parent in waiting:
+                    waiting[parent].append(link)
+            elif child_schema == schema and f"{child}.{column}" in covers.get(parent, ()):
+                cleared.append((parent, link))
         blockers = {
-            table: tuple(
-                sorted(
-                    (Blocker(*row) for row in conn.execute(_BLOCKERS_SQL, (schema, table)).fetchall()),
-                    key=lambda b, parent=table: _attention(policy, parent, b),
-                )
-            )
+            table: tuple(sorted(waiting[table], key=lambda b, parent=table: _attention(policy, parent, b)))
             for table in sorted(tables)
         }
-        covers = policy.legal_holds.covers
-        cleared = tuple(
-            (parent, Blocker(child_schema, child, column))
-            for parent, child_schema, child, column in conn.execute(_CLEARED_LINKS_SQL, (schema,))
-            if child_schema == schema and f"{child}.{column}" in covers.get(parent, ())
-        )
-        return cls(policy, purpose, blockers, cleared)
+        return cls(policy, purpose, blockers, tuple(cleared))
 
     def links_cleared_by_deleting(self, table: str) -> list[Blocker]:
         """The child links (that a hold follows) a delete of the table's rows clears."""
