@@ -160,32 +160,38 @@ GRANT SELECT ON retention.partition_retirements TO retention_reader;
 
 -- Times the evidence states are the database's, not the writer's (found by a review): a request
 -- answered late recorded as answered in time, a verification dated 2100 hiding every later
--- broken one. The owner (make schema, tests' set-up) may still write them.
-CREATE OR REPLACE FUNCTION retention.stamp_finished_at() RETURNS trigger
+-- broken one, a disposal or a purge back-dated so that today's housekeeping removed its proof.
+-- The owner (make schema, tests' set-up) may still write them. One function for every such
+-- time: the column is the trigger's argument; set to now() whenever the writer sets or changes it.
+CREATE OR REPLACE FUNCTION retention.stamp_now() RETURNS trigger
     LANGUAGE plpgsql AS
 $$
+DECLARE
+    col text := TG_ARGV[0];
+    given jsonb := to_jsonb(NEW) -> col;
 BEGIN
-    IF NEW.finished_at IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.finished_at IS DISTINCT FROM NEW.finished_at) THEN
-        NEW.finished_at := now();
+    IF given <> 'null'::jsonb AND (TG_OP = 'INSERT' OR given IS DISTINCT FROM to_jsonb(OLD) -> col) THEN
+        NEW := jsonb_populate_record(NEW, jsonb_build_object(col, now()));
     END IF;
     RETURN NEW;
 END
 $$;
+DROP FUNCTION IF EXISTS retention.stamp_finished_at() CASCADE;
+DROP FUNCTION IF EXISTS retention.stamp_checked_at() CASCADE;
+DROP FUNCTION IF EXISTS retention.stamp_disposed_at() CASCADE;
+DROP FUNCTION IF EXISTS retention.stamp_purged_at() CASCADE;
 CREATE OR REPLACE TRIGGER subject_requests_stamp_finished_at
     BEFORE INSERT OR UPDATE OF finished_at ON retention.subject_requests
-    FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_finished_at();
-
-CREATE OR REPLACE FUNCTION retention.stamp_checked_at() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-BEGIN
-    NEW.checked_at := now();
-    RETURN NEW;
-END
-$$;
+    FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_now('finished_at');
 CREATE OR REPLACE TRIGGER audit_verifications_stamp_checked_at
     BEFORE INSERT ON retention.audit_verifications
-    FOR EACH ROW WHEN (retention.acts_as('retention_housekeeping')) EXECUTE FUNCTION retention.stamp_checked_at();
+    FOR EACH ROW WHEN (retention.acts_as('retention_housekeeping')) EXECUTE FUNCTION retention.stamp_now('checked_at');
+CREATE OR REPLACE TRIGGER document_disposals_stamp_disposed_at
+    BEFORE INSERT OR UPDATE OF disposed_at ON retention.document_disposals
+    FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_now('disposed_at');
+CREATE OR REPLACE TRIGGER archive_manifest_stamp_purged_at
+    BEFORE INSERT OR UPDATE OF purged_at ON retention.archive_manifest
+    FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_now('purged_at');
 
 -- The subject requests move an archive object only as a rewrite does (uploading -> committed or
 -- abandoned, committed -> rewritten): purging is the engine's (found by a review: the role could
@@ -215,34 +221,3 @@ CREATE OR REPLACE TRIGGER archive_manifest_rights_state
     BEFORE UPDATE OF state ON retention.archive_manifest
     FOR EACH ROW WHEN (retention.acts_as('retention_rights') AND NOT retention.acts_as('retention_engine'))
     EXECUTE FUNCTION retention.refuse_rights_manifest_state();
-
--- The times the housekeeping cuts by are the database's too: a disposal's disposed_at, a purge's
--- purged_at (found by a review: a writer back-dating them had today's housekeeping remove the
--- proof of a disposal or a purge five years early).
-CREATE OR REPLACE FUNCTION retention.stamp_disposed_at() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-BEGIN
-    IF NEW.disposed_at IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.disposed_at IS DISTINCT FROM NEW.disposed_at) THEN
-        NEW.disposed_at := now();
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE OR REPLACE TRIGGER document_disposals_stamp_disposed_at
-    BEFORE INSERT OR UPDATE OF disposed_at ON retention.document_disposals
-    FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_disposed_at();
-
-CREATE OR REPLACE FUNCTION retention.stamp_purged_at() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-BEGIN
-    IF NEW.purged_at IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.purged_at IS DISTINCT FROM NEW.purged_at) THEN
-        NEW.purged_at := now();
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE OR REPLACE TRIGGER archive_manifest_stamp_purged_at
-    BEFORE INSERT OR UPDATE OF purged_at ON retention.archive_manifest
-    FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_purged_at();
