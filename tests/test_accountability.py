@@ -14,6 +14,8 @@ import pytest
 from retention import audit, housekeeping
 from retention.archive.store import ArchiveStore
 
+from tests.test_audit import finished_request, verified
+
 pytestmark = pytest.mark.integration
 
 LIVE_KEY = "intermediate/quotes/2025-01-10/live.parquet"
@@ -28,37 +30,27 @@ def engine_audit_row(conn, *, object_key=None, ids=(1, 2, 3), at=None, run_id="m
     ).fetchone()[0]
 
 
-def live_manifest_row(db, key: str = LIVE_KEY) -> None:
-    """An archive object still committed (its archive period runs until 2030)."""
-    db.execute(
+def manifest_row(db, key: str = LIVE_KEY, state: str = "committed") -> int:
+    """An archive object (its archive period runs until 2030), committed unless said otherwise."""
+    return db.execute(
         "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
         " object_key, state, purge_month, purge_after, row_count, record_ids, committed_at)"
         " VALUES ('manual__review', now(), 'quotes', 'unconverted_quotes', 'quotes', 'intermediate', 'b', %s,"
-        " 'committed', '2030-01', '2030-01-10', 3, '{1,2,3}', now())",
-        (key,),
-    )
+        " %s, '2030-01', '2030-01-10', 3, '{1,2,3}', now()) RETURNING id",
+        (key, state),
+    ).fetchone()[0]
 
 
-def finished_request(conn, request_id: str) -> None:
-    conn.execute(
-        "INSERT INTO retention.subject_requests (request_id, action, subject_kind, subject_ref, received_at,"
-        " respond_by, state, run_id) VALUES (%s, 'erasure', 'customer', 'customers:7', now(), now() + interval"
-        " '1 month', 'running', 'manual__request')",
-        (request_id,),
-    )
-    conn.execute(
-        "UPDATE retention.subject_requests SET reports = '[{\"erased\": 1}]', state = 'done', finished_at = now()"
-        " WHERE request_id = %s",
-        (request_id,),
-    )
-
-
-def verified(dsn: str, store=None) -> audit.Verification:
-    with psycopg.connect(dsn) as conn:
-        return audit.verify(conn, store)
-
-
-# ------------------------------------------------------------------ housekeeping: cuts bounded by the periods
+def audit_rows_chained_long_ago(db, role_dsn, *object_keys: str | None) -> list[int]:
+    """One engine audit row per object key (None: no object), each in its own transaction, their
+    links dated 2015 (chained_at is not hashed): past the audit's period."""
+    with psycopg.connect(role_dsn("retention_engine")) as conn:
+        rows = []
+        for key in object_keys:
+            rows.append(engine_audit_row(conn, object_key=key))
+            conn.commit()
+    db.execute("UPDATE retention.audit_chain SET chained_at = '2015-01-01' WHERE chain = 'audit_log'")
+    return rows
 
 
 def test_the_housekeeping_cannot_prune_the_audit_or_the_evidence_younger_than_their_period(
@@ -68,7 +60,7 @@ def test_the_housekeeping_cannot_prune_the_audit_or_the_evidence_younger_than_th
     object still in the archive (and a request answered today), 5 years early, and verify,
     even against the heads stored under Object Lock, reports the chain intact."""
     store = ArchiveStore(s3, storage)
-    live_manifest_row(db)
+    manifest_row(db)
     with psycopg.connect(role_dsn("retention_engine")) as conn:
         kept = engine_audit_row(conn, object_key=LIVE_KEY)
         conn.commit()
@@ -100,7 +92,7 @@ def test_the_housekeeping_cannot_prune_the_audit_or_the_evidence_younger_than_th
 def test_the_housekeeping_cannot_forget_the_ids_of_an_object_still_archived(db, role_dsn, source_dsn):
     """docs/housekeeping.md: never removes 'an audit row's ids while any manifest row of its
     object is not purged'. forget_audit_ids (granted to the role) ignores the manifest."""
-    live_manifest_row(db)
+    manifest_row(db)
     with psycopg.connect(role_dsn("retention_engine")) as conn:
         row = engine_audit_row(conn, object_key=LIVE_KEY)
         conn.commit()
@@ -208,7 +200,7 @@ def test_the_subject_requests_role_cannot_mark_an_archive_object_purged(db, role
     """Purging is the engine's job; the subject requests' role may set any manifest state. An
     object marked 'purged' (still in the bucket) then loses its audit ids and its manifest row
     to the housekeeping."""
-    live_manifest_row(db)
+    manifest_row(db)
     with psycopg.connect(role_dsn("retention_rights"), autocommit=True) as conn:
         try:
             changed = conn.execute(
@@ -222,15 +214,8 @@ def test_the_subject_requests_role_cannot_mark_an_archive_object_purged(db, role
 def test_a_prune_past_the_period_stops_before_the_audit_of_an_object_still_archived(db, role_dsn, source_dsn):
     """Three audit rows chained long ago; the second names an object a hold kept in the archive
     past the audit's period: the cut removes the first only, and what remains verifies."""
-    live_manifest_row(db)
-    with psycopg.connect(role_dsn("retention_engine")) as conn:
-        first = engine_audit_row(conn)
-        conn.commit()
-        kept = engine_audit_row(conn, object_key=LIVE_KEY)
-        conn.commit()
-        engine_audit_row(conn)
-        conn.commit()
-    db.execute("UPDATE retention.audit_chain SET chained_at = '2015-01-01' WHERE chain = 'audit_log'")
+    manifest_row(db)
+    first, kept, _ = audit_rows_chained_long_ago(db, role_dsn, None, LIVE_KEY, None)
     with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
         checkpoint = conn.execute("SELECT seq, rows_removed FROM retention.prune_audit('2016-01-01')").fetchone()
     assert checkpoint == (1, 1)
@@ -268,34 +253,19 @@ OLD_KEY = "intermediate/quotes/2019-01-10/held.parquet"
 NEW_KEY = "intermediate/quotes/2019-01-10/held.erasure-req-1.parquet"
 
 
-def rewrite_manifest_row(db, key: str, state: str) -> int:
-    return db.execute(
-        "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
-        " object_key, state, purge_month, purge_after, row_count, record_ids, committed_at)"
-        " VALUES ('manual__review', now(), 'quotes', 'unconverted_quotes', 'quotes', 'intermediate', 'b', %s,"
-        " %s, '2030-01', '2030-01-10', 3, '{1,2,3}', now()) RETURNING id",
-        (key, state),
-    ).fetchone()[0]
-
-
 def test_a_prune_keeps_the_audit_of_an_object_kept_by_a_hold_after_its_rewrite_committed(db, role_dsn, source_dsn):
     """rewrite._finish: a hold placed between step 3 and 4 keeps the old object's versions (state
     'rewritten', its rewrite 'committed'); the new object (committed) holds the other rows and no
     audit row names it. prune_audit's 'still needed' stop only looks at uploading/committed: it
     removes the audit of the object still in the archive."""
-    old_id = rewrite_manifest_row(db, OLD_KEY, "rewritten")
-    new_id = rewrite_manifest_row(db, NEW_KEY, "committed")
+    old_id = manifest_row(db, OLD_KEY, "rewritten")
+    new_id = manifest_row(db, NEW_KEY, "committed")
     db.execute(
         "INSERT INTO retention.object_rewrites (request_id, old_manifest_id, new_manifest_id, removed_ids, state,"
         " committed_at) VALUES ('req-1', %s, %s, '{1}', 'committed', now())",
         (old_id, new_id),
     )
-    with psycopg.connect(role_dsn("retention_engine")) as conn:
-        archived = engine_audit_row(conn, object_key=OLD_KEY)
-        conn.commit()
-        engine_audit_row(conn)
-        conn.commit()
-    db.execute("UPDATE retention.audit_chain SET chained_at = '2015-01-01' WHERE chain = 'audit_log'")
+    archived, _ = audit_rows_chained_long_ago(db, role_dsn, OLD_KEY, None)
     with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
         conn.execute("SELECT retention.prune_audit('2016-01-01')")
     left = [r for (r,) in db.execute("SELECT id FROM retention.audit_log")]
@@ -306,13 +276,8 @@ def test_the_rights_role_cannot_mark_an_object_rewritten_that_no_rewrite_names(d
     """The trigger lets the subject-requests role move any committed object to 'rewritten' (no
     rewrite names it): the object stays in the bucket, is never purged (purge reads 'committed'),
     and the housekeeping's prune removes its audit as if nothing were archived."""
-    rewrite_manifest_row(db, OLD_KEY, "committed")
-    with psycopg.connect(role_dsn("retention_engine")) as conn:
-        archived = engine_audit_row(conn, object_key=OLD_KEY)
-        conn.commit()
-        engine_audit_row(conn)
-        conn.commit()
-    db.execute("UPDATE retention.audit_chain SET chained_at = '2015-01-01' WHERE chain = 'audit_log'")
+    manifest_row(db, OLD_KEY, "committed")
+    archived, _ = audit_rows_chained_long_ago(db, role_dsn, OLD_KEY, None)
     with psycopg.connect(role_dsn("retention_rights"), autocommit=True) as conn:
         try:
             conn.execute("UPDATE retention.archive_manifest SET state = 'rewritten' WHERE object_key = %s", (OLD_KEY,))
@@ -349,7 +314,7 @@ def test_a_disposal_is_dated_when_recorded_whatever_the_writer_says(db, policy, 
 def test_a_purge_is_dated_when_recorded_whatever_the_engine_says(db, policy, role_dsn):
     """purged_at is the engine's (UPDATE granted): an object purged today, dated 2015, loses its
     manifest row (the proof of the purge) to today's housekeeping, 5 years early."""
-    rewrite_manifest_row(db, OLD_KEY, "committed")
+    manifest_row(db, OLD_KEY, "committed")
     with psycopg.connect(role_dsn("retention_engine")) as conn:
         conn.execute(
             "UPDATE retention.archive_manifest SET state = 'purged', purged_at = '2015-01-01' WHERE object_key = %s",

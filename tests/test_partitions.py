@@ -9,6 +9,7 @@ run. The row path's VACUUM after a mass delete is here too (a table that is not 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -87,10 +88,13 @@ def restore_table(conn, table: str) -> None:
     conn.execute(f"ALTER TABLE app.{table}_plain RENAME TO {table}")
 
 
-@pytest.fixture
-def partitioned(db):
-    partition_by_month(db, "chat_messages", "transmitted_at")
-    partition_by_month(db, "cookie_consents", "recorded_at")
+@contextlib.contextmanager
+def monthly_partitioned(db, **clocks: str):
+    """The tables (``table=clock``) partitioned by month for the block (partition_by_month), then
+    their plain tables back, once every other session is ended (one a failed test left may hold
+    a lock on them)."""
+    for table, clock in clocks.items():
+        partition_by_month(db, table, clock)
     try:
         yield db
     finally:
@@ -98,8 +102,14 @@ def partitioned(db):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-        restore_table(db, "chat_messages")
-        restore_table(db, "cookie_consents")
+        for table in clocks:
+            restore_table(db, table)
+
+
+@pytest.fixture
+def partitioned(db):
+    with monthly_partitioned(db, chat_messages="transmitted_at", cookie_consents="recorded_at"):
+        yield db
 
 
 def engine_for(policy, source_dsn, s3, storage, purpose="subscriber_services", **kwargs) -> RetentionEngine:
@@ -1626,15 +1636,8 @@ def test_a_drop_still_locked_after_the_last_partition_fails_the_run_and_keeps_th
 @pytest.fixture
 def vet_partitioned(db):
     """app.vet_consultations monthly-partitioned, with its foreign keys to pets and customers."""
-    partition_by_month(db, "vet_consultations", "transmitted_at")
-    try:
+    with monthly_partitioned(db, vet_consultations="transmitted_at"):
         yield db
-    finally:
-        db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        restore_table(db, "vet_consultations")
 
 
 @pytest.mark.parametrize("declared_on", ["table", "partitions"])

@@ -24,7 +24,7 @@ from retention.policy import load_policy
 from retention.policy.rule_files import parse_rule_filter
 
 from tests import factories as f
-from tests.test_partitions import partition_by_month, restore_table
+from tests.test_partitions import monthly_partitioned
 
 pytestmark = pytest.mark.integration
 
@@ -131,15 +131,8 @@ def test_a_rule_that_lost_its_where_keeps_the_rows_another_rule_selects_and_the_
 
 @pytest.fixture
 def quotes_partitioned(db):
-    partition_by_month(db, "quotes", "issued_at")
-    try:
+    with monthly_partitioned(db, quotes="issued_at"):
         yield db
-    finally:
-        db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        restore_table(db, "quotes")
 
 
 def test_a_partition_with_rows_another_rule_selects_is_not_retired_whole(
