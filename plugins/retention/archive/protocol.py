@@ -361,15 +361,12 @@ class BatchProtocol:
         # parent columns are in the batch read: only their parents' parents are queried, once
         # for every object of the batch.
         parent_columns = [column for _, column in parents_of(self.policy).get(rule.table, [])]
-        owners = owners_of_row_sets(
+        owners = self._owners(
             control,
-            self.policy,
             rule.table,
             [ids for _, ids, _ in groups],
             [{c: pc.unique(table.column(c).drop_null()).to_pylist() for c in parent_columns} for table in tables],
         )
-        if self._planner.may_be_detached(rule.table):
-            owners = with_detached_owners(control, rule.table, [ids for _, ids, _ in groups], owners)
         intents_rows = []
         for (purge_day, ids, purge_after), table, owned in zip(groups, tables, owners, strict=True):
             key = object_key(
@@ -532,6 +529,14 @@ class BatchProtocol:
                 )
         batch.deleted = deleted
 
+    def _owners(self, control, table: str, id_sets: list[list[int]], parent_ids=None) -> list[dict[str, list[int]]]:
+        """Whose rows each id set holds (retention.policy.coverage): through their live parents,
+        and, for a table whose links a delete may have cleared, the owners recorded then."""
+        owners = owners_of_row_sets(control, self.policy, table, id_sets, parent_ids)
+        if self._planner.may_be_detached(table):
+            owners = with_detached_owners(control, table, id_sets, owners)
+        return owners
+
     def _record_detached_owners(self, control, rule: Rule, ctx: RunContext, ids: list[int]) -> None:
         """Before the delete clears their link (ON DELETE SET NULL), who the rows of other tables
         that point to the deleted ones belonged to: the deleted record and its own owners, in the
@@ -553,10 +558,7 @@ class BatchProtocol:
         if not detached:
             return
         parents = sorted({parent_id for _, _, parent_id in detached})
-        found = owners_of_row_sets(control, self.policy, rule.table, [[p] for p in parents])
-        if self._planner.may_be_detached(rule.table):
-            found = with_detached_owners(control, rule.table, [[p] for p in parents], found)
-        owners = dict(zip(parents, found, strict=True))
+        owners = dict(zip(parents, self._owners(control, rule.table, [[p] for p in parents]), strict=True))
         with control.cursor() as cur:
             cur.executemany(
                 "INSERT INTO retention.detached_owners (table_name, record_id, owner_ids, run_id)"
