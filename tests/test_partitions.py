@@ -2187,3 +2187,45 @@ def test_the_run_report_says_how_many_partitions_were_retired_whole_or_kept_and_
         " (a row held, waiting or not due, or a write, a hold or a DBA's change in the way while it was retired:"
         " the task log says which)" in text
     )
+
+
+def test_a_customer_deleted_while_a_partition_is_detached_leaves_its_rows_covered_by_a_later_hold(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """A cookie choice's customer_id is cleared when its customer is deleted (ON DELETE SET NULL):
+    the delete records who the choice belonged to (retention.detached_owners), so that a hold
+    placed afterwards on the customer still covers it. The choice's partition was detached by a
+    cookie run that crashed before its drop; the former customer goes meanwhile (the prospects
+    purpose, 3 years after the relationship ended): its delete read the choices through the
+    table, which no longer shows the detached partition, so recorded nobody, while the foreign
+    key, kept by the detached table, cleared the choice's link all the same. A hold then placed on
+    the customer must keep the choice, as it does when the choice is in the table; the next cookie
+    run dropped it."""
+    db = partitioned
+    customer = f.customer(db, ended="2019-01-01")
+    choice = fp.cookie_consent(db, recorded="2019-01-05", customer_id=customer)
+    crashing = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents")
+
+    def crash(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
+        raise Crash("killed after detaching cookie_consents_2019_01")
+
+    crashing._finish_detached = crash
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(RunContext("cookie_consents", "crashed", D))
+    assert partition_plan.attached_state(db, "app", "cookie_consents", "cookie_consents_2019_01") == "detached"
+
+    engine_for(policy, source_dsn, s3, storage, purpose="prospects").archive_and_delete(
+        RunContext("prospects", "customers", D)
+    )
+    assert customer not in f.ids(db, "customers"), "the former customer is archived and deleted"
+    assert db.execute("SELECT customer_id FROM app.cookie_consents_2019_01").fetchall() == [(None,)]
+
+    f.legal_hold(db, "customers", customer)
+    engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "next", D)
+    )
+    assert choice in f.ids(db, "cookie_consents"), (
+        "the held customer's cookie choice was dropped with its partition: its link was cleared while the "
+        "partition was detached, and who it belonged to was never recorded"
+    )
+    assert partition_plan.attached_state(db, "app", "cookie_consents", "cookie_consents_2019_01") == "attached"

@@ -548,13 +548,26 @@ class BatchProtocol:
             return
         detached: list[tuple[str, int, int]] = []  # (child table, child id, deleted parent id)
         for link in links:
+            select = "SELECT id, {column} FROM {table} WHERE {column} = ANY(%s::bigint[])"
             rows = control.execute(
-                sql.SQL("SELECT id, {column} FROM {table} WHERE {column} = ANY(%s::bigint[])").format(
+                sql.SQL(select).format(
                     column=sql.Identifier(link.column), table=sql.Identifier(link.schema, link.table)
                 ),
                 (_id_array(ids),),
             ).fetchall()
-            detached += [(link.table, child_id, parent_id) for child_id, parent_id in rows]
+            # Read after the table: a partition whose detach began since is named by then.
+            for partition in self._retired_partitions(control, link):
+                try:
+                    with control.transaction():  # a savepoint: dropped meanwhile, its rows are gone
+                        rows += control.execute(
+                            sql.SQL("SELECT id, {column} FROM ONLY {table} WHERE {column} = ANY(%s::bigint[])").format(
+                                column=sql.Identifier(link.column), table=sql.Identifier(link.schema, partition)
+                            ),
+                            (_id_array(ids),),
+                        ).fetchall()
+                except psycopg.errors.UndefinedTable:
+                    continue
+            detached += [(link.table, child_id, parent_id) for child_id, parent_id in sorted(set(rows))]
         if not detached:
             return
         parents = sorted({parent_id for _, _, parent_id in detached})
@@ -568,6 +581,22 @@ class BatchProtocol:
                     for child, child_id, parent_id in detached
                 ],
             )
+
+    @staticmethod
+    def _retired_partitions(control, link) -> list[str]:
+        """The partitions of the link's table a retirement took out of it and has not dropped
+        yet (pending detach or detached: retention.archive.partitions): a query of the table no
+        longer reads their rows, but the foreign key, which the detached table keeps, still clears
+        their links."""
+        return [
+            name
+            for (name,) in control.execute(
+                "SELECT partition_name FROM retention.partition_retirements"
+                " WHERE table_name = %s AND state = 'detaching'"
+                " AND to_regclass(format('%%I.%%I', %s::text, partition_name)) IS NOT NULL ORDER BY id",
+                (link.table, link.schema),
+            )
+        ]
 
     def _finish_commit(self, control, rule: Rule, batch: Batch) -> None:
         """Lock the probative versions and delete the source files; a failure here is reported
