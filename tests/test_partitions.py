@@ -2229,3 +2229,102 @@ def test_a_customer_deleted_while_a_partition_is_detached_leaves_its_rows_covere
         "partition was detached, and who it belonged to was never recorded"
     )
     assert partition_plan.attached_state(db, "app", "cookie_consents", "cookie_consents_2019_01") == "attached"
+
+
+def test_a_detached_partition_is_not_dropped_unarchived_when_the_policy_now_archives_its_rows(
+    partitioned, s3, storage, policy, source_dsn, tmp_path
+):
+    """A cookie run (tier none) crashes between a detach and its drop; before the next run the
+    DPO changes the schedule: cookie choices are now archived 5 years as evidence (probative).
+    The row path's crashed batch would have left the rows in the table, and the next run would
+    archive them; the next run's recovery dropped the detached partition as the old tier said,
+    its rows deleted without any copy."""
+    from retention.paths import POLICY_FILE
+    from retention.policy import load_policy
+
+    db = partitioned
+    old = [fp.cookie_consent(db, recorded=day) for day in ("2026-03-05", "2026-03-20")]
+    later = f.midnight("2026-11-01")  # March's choices are due (6 months), their 5 years of archive are not over
+    crashing = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents")
+    finish = crashing._finish_detached
+
+    def crash(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
+        (name,) = control.execute(
+            "SELECT partition_name FROM retention.partition_retirements WHERE id = %s", (retirement_id,)
+        ).fetchone()
+        if name == "cookie_consents_2026_03":
+            raise Crash("killed after detaching cookie_consents_2026_03")
+        return finish(control, retirement_id, lock_timeout)
+
+    crashing._finish_detached = crash
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(RunContext("cookie_consents", "crashed", later))
+    assert partition_plan.attached_state(db, "app", "cookie_consents", "cookie_consents_2026_03") == "detached"
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    tier_none = "        clock: cookie_consents.recorded_at\n        live: 6 months\n        tier: none\n"
+    assert text.count(tier_none) == 1
+    path = tmp_path / "policy-cookies-archived.yaml"
+    path.write_text(
+        text.replace(tier_none, tier_none.replace("tier: none", "tier: probative\n        archive: 5 years")),
+        encoding="utf-8",
+    )
+    archived = load_policy(path).with_mode("enforce")
+    engine_for(archived, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "next", later)
+    )
+    kept = f.ids(db, "cookie_consents") | set(committed_ids(db))
+    assert set(old) <= kept, (
+        f"cookie choices {sorted(set(old) - kept)} were deleted without archive by the recovery of a retirement "
+        "begun under the old tier, though the policy now archives them"
+    )
+
+
+def test_a_crash_after_detaching_an_archived_partition_is_dropped_by_the_next_run_with_its_objects(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """The policy unchanged, the next run's recovery finds the crashed run's objects as the rule
+    asks for them (one per end day, its tier) and drops the partition, its rows in them once."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "detached"
+    engine_for(policy, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "next", D))
+    assert run_report.finished_retirements(db, "subscriber_services", "next") == [
+        ("chat_messages", "chat_messages_2026_03", "dropped", "crashed")
+    ]
+    assert sorted(committed_ids(db)) == sorted(made["2026-03"] + made["2026-04"] + made["2026-05"])
+
+
+def test_a_detached_partition_is_not_dropped_with_objects_purged_before_the_policys_new_archive_period(
+    partitioned, s3, storage, policy, source_dsn, tmp_path
+):
+    """A chat run crashes between a detach and its drop; before the next run the DPO lengthens
+    the chat messages' archive period from 5 to 10 years. The next run's recovery committed the
+    crashed run's objects, made for 5 years: March's messages would be purged from the archive
+    (and their Object Lock end) 5 years before the policy's end."""
+    from retention.paths import POLICY_FILE
+    from retention.policy import load_policy
+
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    five_years = "        clock: chat_messages.transmitted_at\n        live: 0 months\n        tier: probative\n        archive: 5 years\n"
+    assert text.count(five_years) == 1
+    path = tmp_path / "policy-chat-10-years.yaml"
+    # The engine's own records that prove the archive must outlive it too.
+    head, own_records = text.split("\nown_records:\n")
+    text = head + "\nown_records:\n" + own_records.replace("period: 5 years", "period: 10 years")
+    path.write_text(text.replace(five_years, five_years.replace("5 years", "10 years")), encoding="utf-8")
+    longer = load_policy(path).with_mode("enforce")
+    engine_for(longer, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "next", D))
+    purged = db.execute(
+        "SELECT min(purge_after) FROM retention.archive_manifest WHERE state = 'committed' AND record_ids && %s::bigint[]",
+        (made["2026-03"],),
+    ).fetchone()[0]
+    assert purged is not None and purged >= f.midnight("2036-03-01"), (
+        f"March's messages are committed in objects purged from {purged}, not 10 years after their transmission"
+    )

@@ -67,6 +67,17 @@ class PartitionFinishing:
                 )
                 self._attach_again(control, retirement_id, table, partition, bound, finished_by)
                 return False
+            if finished_by is not None and not self._archived_as_the_rule_says(
+                control, rule, partition, manifest_ids, logical_date
+            ):
+                log.warning(
+                    "partition %s of %s stays: the policy changed the rule's tier or archive period since an"
+                    " interrupted run archived it; attached again, its rows take the row path",
+                    partition,
+                    table,
+                )
+                self._attach_again(control, retirement_id, table, partition, bound, finished_by)
+                return False
             # What a DELETE would do that a DROP does not, added since step 2 (a DBA's DDL that
             # waited for the partition's lock of step 1, or came after it): attached again.
             reasons = self._delete_does_more(control, table, partition)
@@ -100,6 +111,20 @@ class PartitionFinishing:
             control.rollback()
             raise
         return True
+
+    def _archived_as_the_rule_says(self, control, rule: Rule, partition: str, manifest_ids, logical_date) -> bool:
+        """Whether the retirement's objects are those the rule asks for now: one per day its rows'
+        archive period ends (the days not over at the logical date), in the rule's tier; none for
+        tier none. An interrupted run archived them under the policy of its day: a tier made
+        probative since, or an archive period lengthened, would drop rows with no copy, or with
+        one purged too early, where the row path's crashed batch leaves them to the next run."""
+        groups = self._partition_groups(control, rule, partition) if rule.archived else []
+        wanted = sorted((purge_after, ids) for _, ids, purge_after in groups if purge_after > logical_date)
+        made = control.execute(
+            "SELECT purge_after, record_ids, tier FROM retention.archive_manifest WHERE id = ANY(%s::bigint[])",
+            (id_array(manifest_ids),),
+        ).fetchall()
+        return all(tier == rule.tier for *_, tier in made) and sorted((p, sorted(ids)) for p, ids, _ in made) == wanted
 
     def _attach_again(
         self, control, retirement_id: int, table: str, partition: str, bound: str, finished_by: str | None = None
