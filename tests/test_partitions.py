@@ -2328,3 +2328,52 @@ def test_a_detached_partition_is_not_dropped_with_objects_purged_before_the_poli
     assert purged is not None and purged >= f.midnight("2036-03-01"), (
         f"March's messages are committed in objects purged from {purged}, not 10 years after their transmission"
     )
+
+
+def test_a_row_referenced_just_before_the_detach_keeps_the_partition_and_the_run_goes_on(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """Between the write-ahead record (the partition's lock released) and the detach, the
+    application reports an April message (a new row of another table referencing it). PostgreSQL
+    refuses to detach a partition rows of another table still refer to: the partition stays,
+    like one written to meanwhile, its uploads removed, and the run goes on with the next
+    partitions and the row path (the referenced message waits). The run failed at the detach."""
+    db = partitioned
+    db.execute("ALTER TABLE app.chat_messages ADD UNIQUE (id, transmitted_at)")
+    db.execute(
+        "CREATE TABLE app.message_reports (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " message_id bigint NOT NULL, message_transmitted_at timestamptz NOT NULL,"
+        " FOREIGN KEY (message_id, message_transmitted_at) REFERENCES app.chat_messages (id, transmitted_at))"
+    )
+    try:
+        customers = {month: f.customer(db) for month in MONTHS}
+        made = messages(db, customers)
+        engine = engine_for(policy, source_dsn, s3, storage)
+        detach = engine._detach
+        reported = made["2026-04"][1]
+
+        def report_then_detach(autocommit_conn, table, partition):
+            if partition == "chat_messages_2026_04":
+                with psycopg.connect(source_dsn, autocommit=True) as app:
+                    app.execute(
+                        "INSERT INTO app.message_reports (message_id, message_transmitted_at)"
+                        " SELECT id, transmitted_at FROM app.chat_messages WHERE id = %s",
+                        (reported,),
+                    )
+            detach(autocommit_conn, table, partition)
+
+        engine._detach = report_then_detach
+        (outcome, _) = engine.archive_and_delete(RunContext("subscriber_services", "reported", D))
+        assert outcome.partitions == {"dropped": 3, "rows": 9, "kept": 1}
+        assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_04") == "attached"
+        assert db.execute(
+            "SELECT state, count(*) FROM retention.partition_retirements GROUP BY 1 ORDER BY 1"
+        ).fetchall() == [("dropped", 3), ("kept", 1)]
+        assert f.ids(db, "chat_messages") == {reported, *made["2026-06"], *made["2026-07"]}
+        assert db.execute(
+            "SELECT state, count(*) FROM retention.archive_manifest WHERE record_ids && %s::bigint[]"
+            " GROUP BY 1 ORDER BY 1",
+            (made["2026-04"],),
+        ).fetchall() == [("abandoned", 3), ("committed", 2)]
+    finally:
+        db.execute("DROP TABLE IF EXISTS app.message_reports")

@@ -57,7 +57,7 @@ from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.archive.parquet import typed
 from retention.archive.partition_drops import DetachedPartition, PartitionDrops, PartitionsDone
 from retention.archive.partition_finish import PartitionFinishing
-from retention.archive.partition_plan import Partition, PartitionPlanning, foreign_key_neighbours
+from retention.archive.partition_plan import Partition, PartitionPlanning, attached_state, foreign_key_neighbours
 from retention.archive.run import RetentionError, RunContext
 from retention.id_sets import id_array
 from retention.policy import Rule, rule_filter
@@ -354,7 +354,16 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
             raise
         # Step 3: no transaction of ours may hold a lock on the table now (the detach waits for them).
         reader.commit()
-        self._detach(intents, rule.table, partition.name)
+        try:
+            self._detach(intents, rule.table, partition.name)
+        except psycopg.errors.ForeignKeyViolation:
+            # A row of another table refers to one of its rows since step 2: PostgreSQL refuses the
+            # detach before it begins (the partition still attached). It stays, as a written one.
+            if attached_state(control, self.schema, rule.table, partition.name) != "attached":
+                raise
+            self._close_retirement(control, retirement_id, "kept")
+            control.commit()
+            return stays("a row of another table refers to one of its rows since its re-check (the detach was refused)")
         drops.submit(DetachedPartition(partition.name, retirement_id, check, batch, unarchived_days))
         return check
 
