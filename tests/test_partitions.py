@@ -2377,3 +2377,26 @@ def test_a_row_referenced_just_before_the_detach_keeps_the_partition_and_the_run
         ).fetchall() == [("abandoned", 3), ("committed", 2)]
     finally:
         db.execute("DROP TABLE IF EXISTS app.message_reports")
+
+
+def test_the_recorded_owners_of_a_partitions_rows_go_with_the_dropped_partition(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """A cookie choice whose customer went (its link cleared, who it belonged to recorded in
+    retention.detached_owners) goes with its partition once due: its entry must go with it, as
+    the row path deletes a row's entry with the row (the customer's id stays linked to a row
+    that no longer exists, for ever)."""
+    db = partitioned
+    customer = f.customer(db, ended="2019-01-01")
+    choice = fp.cookie_consent(db, recorded="2019-01-05", customer_id=customer)
+    engine_for(policy, source_dsn, s3, storage, purpose="prospects").archive_and_delete(
+        RunContext("prospects", "customers", D)
+    )
+    assert db.execute("SELECT record_id FROM retention.detached_owners").fetchall() == [(choice,)]
+    (outcome,) = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents").archive_and_delete(
+        RunContext("cookie_consents", "choices", D)
+    )
+    assert outcome.partitions["dropped"] == 1 and choice not in f.ids(db, "cookie_consents")
+    assert db.execute("SELECT count(*) FROM retention.detached_owners").fetchone() == (0,), (
+        "the dropped cookie choice's entry of who it belonged to stayed"
+    )

@@ -147,6 +147,14 @@ class PartitionFinishing:
         The object's ids go from the manifest row to its audit row inside the server."""
         audit_row = (ctx.run_id, ctx.logical_date, self.purpose_name, rule.name, rule.table)
         with control.cursor() as cur:
+            if self._planner.may_be_detached(rule.table):
+                # Who its rows belonged to before a delete cleared their link goes with them, as a
+                # row path delete's entries do.
+                cur.execute(
+                    "DELETE FROM retention.detached_owners WHERE table_name = %s"
+                    f" AND record_id IN (SELECT id FROM ONLY {self._qualified(partition)})",
+                    (rule.table,),
+                )
             committed = cur.execute(
                 "UPDATE retention.archive_manifest SET state = 'committed', committed_at = now()"
                 " WHERE id = ANY(%s::bigint[]) AND state = 'uploading' RETURNING cardinality(record_ids)",
