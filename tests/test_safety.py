@@ -14,6 +14,7 @@ import pytest
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import CommittedBatchError, FutureLogicalDateError, RunContext
 from retention.archive.store import ArchiveStore
+from retention.gates.sql_checks import kept_beyond_purge
 from retention.paths import POLICY_FILE
 from retention.policy import PolicyError, load_policy
 
@@ -333,6 +334,45 @@ def test_two_purges_of_a_purpose_at_once_purge_and_audit_each_object_once(db, s3
 
 
 # ----------------------------------------------------------------- 3. future logical dates
+
+
+def test_the_archived_claims_of_a_contract_set_back_to_running_are_not_purged(db, s3, storage, policy, source_dsn):
+    """A contract ended and waited for its AML record (the AML purpose's); its claims, on the
+    contract's clock, were archived. Then the contract runs again (set back to running, as the
+    application may: its end was a mistake, or a dispute reinstated it): the claims' clock is
+    NULL again, so the date computed from the old end no longer holds and their only copy, the
+    archive object, is kept and reported, not purged while the contract runs."""
+    contract = f.contract(db, ended="2019-06-01")
+    claim = f.claim(db, contract, submitted="2019-03-01")
+    f.aml_record(db, contract)  # the contract waits for the AML purpose's run
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    assert claim not in f.ids(db, "claims") and contract in f.ids(db, "contracts")
+    [(table, state, key)] = manifest(db, "contracts")
+    assert (table, state) == ("claims", "committed")
+
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    report = engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-06-01")))
+    assert report["purged_objects"] == 0, "a running contract's claims purged on their old date"
+    assert manifest(db, "contracts") == [("claims", "committed", key)]
+    assert s3.list_object_versions(Bucket=storage.archive_bucket, Prefix=key).get("Versions")
+    assert report["kept_clock_not_due"] == 1 and report["kept_clock_not_due_keys"] == [key]
+    gate = kept_beyond_purge(
+        db,
+        policy,
+        ArchiveStore(s3, storage),
+        RunContext("contracts", "purge", f.midnight("2024-06-01")),
+        "contracts",
+        False,
+    )
+    assert gate["success"] and gate["observed"]["kept_as_their_clock_record_is_not_due"] == 1, gate
+
+    # Ended again later: kept until the new end + 5 years, then purged.
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2021-03-15"), contract)
+    )
+    assert engine.purge_archives(RunContext("contracts", "purge2", f.midnight("2026-03-14")))["purged_objects"] == 0
+    assert engine.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-15")))["purged_objects"] == 1
 
 
 def test_a_logical_date_in_the_future_is_refused_before_any_change(db, s3, storage, policy, source_dsn):

@@ -425,6 +425,12 @@ def report(
             if purged.get("kept_policy_longer")
             else ""
         )
+        + (
+            f", {purged['kept_clock_not_due']} objects kept past their date: the record their clock is read"
+            " from (a contract) runs again or ends later"
+            if purged.get("kept_clock_not_due")
+            else ""
+        )
     )
     lines.append("")
     if would:

@@ -25,9 +25,10 @@ from retention.archive.locks import (
 )
 from retention.archive.run import RunContext, refuse_future
 from retention.planner import MAX_IDS_IN_LOG
+from retention.policy import Policy
 from retention.policy.coverage import covered_records_sql, object_held
 from retention.policy.model import Purpose, covers
-from retention.policy.periods import Period, local_date, local_midnight
+from retention.policy.periods import Period, cutoff, local_date, local_midnight
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,27 @@ def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None
     if gone_after is None or rule is None:
         return False
     return not covers(Period.parse(gone_after), rule.gone_after)
+
+
+def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, alias: str = "m") -> str:
+    """SQL, true for the manifest row ``alias`` of a rule whose clock is a parent's column (a
+    claim's contract end) when one of the rows' clock records (their owners in that table) is
+    still live with its clock unset or not yet due at ``logical_date``: a contract set back to
+    running, or its end moved later, after its claims were archived (found by a review: their
+    only copy was purged on the date computed from the old end). The object is then kept and
+    reported; its recorded date holds again once those records have gone."""
+    arms = []
+    for rule in purpose.rules:
+        if not rule.archived or rule.clock_table == rule.table:
+            continue  # a clock among the archived columns cannot move any more
+        limit = cutoff(logical_date, rule.gone_after, policy.tz).isoformat()
+        clock = f'p."{rule.clock_column}"'
+        arms.append(
+            f'({alias}.rule = \'{rule.name}\' AND EXISTS (SELECT 1 FROM "{policy.source_schema}"."{rule.clock_table}"'
+            f" AS p WHERE p.id IN (SELECT o::bigint FROM jsonb_array_elements_text({alias}.owner_ids"
+            f" -> '{rule.clock_table}') AS o) AND ({clock} IS NULL OR {clock} >= '{limit}'::timestamptz)))"
+        )
+    return f"({' OR '.join(arms)})" if arms else "false"
 
 
 class ArchivePurge:
@@ -83,6 +105,10 @@ class ArchivePurge:
             # with (an edited policy): kept past their recorded date, for someone to re-date.
             "kept_policy_longer": 0,
             "kept_policy_longer_keys": [],
+            # Objects whose rows' clock is a parent's that is live again with its clock unset or
+            # not yet due (a contract set back to running): kept past their recorded date.
+            "kept_clock_not_due": 0,
+            "kept_clock_not_due_keys": [],
         }
         by_table: Counter = Counter()
         with self._connect() as control:
@@ -111,6 +137,7 @@ class ArchivePurge:
         report["by_table"] = dict(by_table)
         report["held_keys"] = report["held_keys"][:MAX_IDS_IN_LOG]
         report["kept_policy_longer_keys"] = report["kept_policy_longer_keys"][:MAX_IDS_IN_LOG]
+        report["kept_clock_not_due_keys"] = report["kept_clock_not_due_keys"][:MAX_IDS_IN_LOG]
         return report
 
     def _purge_one(
@@ -123,7 +150,7 @@ class ArchivePurge:
             row = control.execute(
                 f"WITH covered AS ({covered_records_sql(self.policy)})"
                 " SELECT m.rule, m.table_name, m.object_key, m.document_keys, m.row_count,"
-                f" {object_held('m')} AS held, m.owner_ids IS NULL, m.gone_after"
+                f" {object_held('m')} AS held, m.owner_ids IS NULL, m.gone_after, m.owner_ids"
                 " FROM retention.archive_manifest AS m WHERE m.id = %s AND m.state = 'committed'"
                 # NO KEY UPDATE: two purges of the object serialize, while the purge intent's
                 # foreign key (KEY SHARE on this row, from the intents connection) goes through.
@@ -132,10 +159,14 @@ class ArchivePurge:
             ).fetchone()
             if row is None:  # purged meanwhile by another run
                 return
-            rule_name, table, key, doc_keys, row_count, held, owners_unknown, gone_after = row
+            rule_name, table, key, doc_keys, row_count, held, owners_unknown, gone_after, owners = row
             if policy_keeps_longer(self.purpose, rule_name, gone_after):
                 report["kept_policy_longer"] += 1
                 report["kept_policy_longer_keys"].append(key)
+                return
+            if self._clock_not_due(control, ctx, manifest_id, rule_name, owners, lock=not preview):
+                report["kept_clock_not_due"] += 1
+                report["kept_clock_not_due_keys"].append(key)
                 return
             if held:
                 report["held_objects"] += 1
@@ -159,6 +190,28 @@ class ArchivePurge:
             )
             self.store.delete_all_versions([key, *doc_keys])
             self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
+
+    def _clock_not_due(self, control, ctx: RunContext, manifest_id: int, rule_name: str, owners, *, lock: bool) -> bool:
+        """Whether the object's rows' clock records (a parent's clock) keep it (clock_not_due). With
+        ``lock``, those records are locked first (FOR SHARE, as a batch locks the parents it
+        reads): the application setting one back to running waits for this object's delete, or
+        went before and is seen by the test, a new statement."""
+        rule = next((r for r in self.purpose.rules if r.name == rule_name), None)
+        if rule is None or not rule.archived or rule.clock_table == rule.table:
+            return False
+        parents = (owners or {}).get(rule.clock_table)
+        if not parents:
+            return False
+        if lock:
+            control.execute(
+                f'SELECT 1 FROM "{self.schema}"."{rule.clock_table}" WHERE id = ANY(%s::bigint[]) FOR SHARE',
+                (parents,),
+            )
+        return control.execute(
+            f"SELECT {clock_not_due(self.policy, self.purpose, ctx.logical_date)}"
+            " FROM retention.archive_manifest AS m WHERE m.id = %s",
+            (manifest_id,),
+        ).fetchone()[0]
 
     def _purge_rows_past_their_end(self, control, intents, ctx: RunContext, preview: bool, report: dict, by_table):
         """The rows whose own end date has come in an unlocked object that also holds rows

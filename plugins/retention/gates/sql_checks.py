@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from retention.archive.purge import policy_keeps_longer
+from retention.archive.purge import clock_not_due, policy_keeps_longer
 from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
 from retention.gates.results import MAX_LISTED, gate_result
@@ -81,17 +81,22 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
         (purpose, ctx.logical_date),
     ).fetchall()
     longer = [(r, g) for r, g in periods if policy_keeps_longer(policy.purposes[purpose], r, g)]
-    overdue, held, keys, unknown, kept_longer = conn.execute(
+    # Objects whose rows' clock record (a parent's clock: a contract set back to running) is live
+    # and not due (retention.archive.purge.clock_not_due): kept by the purge, reported, not overdue.
+    clock_kept = clock_not_due(policy, policy.purposes[purpose], ctx.logical_date)
+    overdue, held, keys, unknown, kept_longer, kept_clock = conn.execute(
         f"WITH covered AS ({covered_records_sql(policy)})"
-        " SELECT count(*) FILTER (WHERE NOT held AND NOT kept_longer),"
-        "       count(*) FILTER (WHERE held AND NOT kept_longer),"
-        "       (array_agg(object_key ORDER BY purge_after) FILTER (WHERE NOT held AND NOT kept_longer))[1:%(n)s],"
-        "       count(*) FILTER (WHERE NOT held AND NOT kept_longer AND owners_unknown),"
-        "       count(*) FILTER (WHERE kept_longer AND purge_after <= %(date)s)"
+        " SELECT count(*) FILTER (WHERE NOT held AND NOT kept_longer AND NOT clock_kept),"
+        "       count(*) FILTER (WHERE held AND NOT kept_longer AND NOT clock_kept),"
+        "       (array_agg(object_key ORDER BY purge_after)"
+        "        FILTER (WHERE NOT held AND NOT kept_longer AND NOT clock_kept))[1:%(n)s],"
+        "       count(*) FILTER (WHERE NOT held AND NOT kept_longer AND NOT clock_kept AND owners_unknown),"
+        "       count(*) FILTER (WHERE kept_longer AND purge_after <= %(date)s),"
+        "       count(*) FILTER (WHERE clock_kept AND NOT kept_longer AND purge_after <= %(date)s)"
         f" FROM (SELECT m.object_key, m.purge_after, {object_covered('m')} AS held,"
         "              m.owner_ids IS NULL AS owners_unknown,"
         "              coalesce((m.rule, m.gone_after) IN (SELECT * FROM unnest(%(lr)s::text[], %(lg)s::text[])), false)"
-        "                AS kept_longer"
+        f"                AS kept_longer, coalesce({clock_kept}, false) AS clock_kept"
         "       FROM retention.archive_manifest AS m"
         "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND (m.purge_after <= %(date)s"
         "         OR (m.tier = ANY(%(unlocked)s) AND m.earliest_purge_after IS DISTINCT FROM m.purge_after"
@@ -115,5 +120,6 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
         kept_under_legal_hold=held,
         overdue_keys=keys or [],
         **({"kept_as_the_policy_now_keeps_longer": kept_longer} if kept_longer else {}),
+        **({"kept_as_their_clock_record_is_not_due": kept_clock} if kept_clock else {}),
         **({"owners_not_recorded": unknown, "fix": "python -m retention.archive.backfill_owners"} if unknown else {}),
     )
