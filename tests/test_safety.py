@@ -375,6 +375,31 @@ def test_the_archived_claims_of_a_contract_set_back_to_running_are_not_purged(db
     assert engine.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-15")))["purged_objects"] == 1
 
 
+def test_the_archived_claims_of_a_contract_that_ran_again_go_with_its_new_end(db, s3, storage, policy, source_dsn):
+    """The same contract set back to running after its claims were archived, then ended again
+    later and archived itself (its AML record gone): the claims' copy is kept to the new end
+    + 5 years, the contract's own object's date, not purged on the date of the old end."""
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    aml = f.aml_record(db, contract)
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    [(_, _, claims_key)] = manifest(db, "contracts")
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2021-03-15"), contract)
+    )
+    db.execute("DELETE FROM app.aml_records WHERE id = %s", (aml,))  # as the AML purpose would
+    engine.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2021-03-16")))
+    assert contract not in f.ids(db, "contracts")
+
+    report = engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-06-01")))
+    assert report["purged_objects"] == 0, "the claims of a contract that ended in 2021 purged in 2024"
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts")
+    report = engine.purge_archives(RunContext("contracts", "purge2", f.midnight("2026-03-15")))
+    assert report["purged_objects"] == 2 and {s for _, s, _ in manifest(db, "contracts")} == {"purged"}
+
+
 def test_a_logical_date_in_the_future_is_refused_before_any_change(db, s3, storage, policy, source_dsn):
     recent = f.quote(db, issued=dt.date.today() - dt.timedelta(days=30))
     engine, *_ = _two_purgeable_quote_objects(db, s3, storage, policy, source_dsn)

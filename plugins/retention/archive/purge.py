@@ -53,21 +53,39 @@ def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None
 def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, alias: str = "m") -> str:
     """SQL, true for the manifest row ``alias`` of a rule whose clock is a parent's column (a
     claim's contract end) when one of the rows' clock records (their owners in that table) is
-    still live with its clock unset or not yet due at ``logical_date``: a contract set back to
+    still live with its clock unset or not yet due at ``logical_date``, or was archived since by
+    a rule on the same clock and periods with a later purge date: a contract set back to
     running, or its end moved later, after its claims were archived (found by a review: their
     only copy was purged on the date computed from the old end). The object is then kept and
-    reported; its recorded date holds again once those records have gone."""
+    reported; once those records are gone everywhere, its recorded date holds."""
     arms = []
     for rule in purpose.rules:
         if not rule.archived or rule.clock_table == rule.table:
             continue  # a clock among the archived columns cannot move any more
         limit = cutoff(logical_date, rule.gone_after, policy.tz).isoformat()
         clock = f'p."{rule.clock_column}"'
-        arms.append(
-            f'({alias}.rule = \'{rule.name}\' AND EXISTS (SELECT 1 FROM "{policy.source_schema}"."{rule.clock_table}"'
-            f" AS p WHERE p.id IN (SELECT o::bigint FROM jsonb_array_elements_text({alias}.owner_ids"
-            f" -> '{rule.clock_table}') AS o) AND ({clock} IS NULL OR {clock} >= '{limit}'::timestamptz)))"
+        parents = f"SELECT o::bigint FROM jsonb_array_elements_text({alias}.owner_ids -> '{rule.clock_table}') AS o"
+        live = (
+            f'EXISTS (SELECT 1 FROM "{policy.source_schema}"."{rule.clock_table}" AS p WHERE p.id IN ({parents})'
+            f" AND ({clock} IS NULL OR {clock} >= '{limit}'::timestamptz))"
         )
+        # The clock records archived since, on the same clock and periods: their object's date is
+        # the one these rows' clock gives now.
+        same = [
+            f"('{name}', '{r.name}')"
+            for name, p in policy.purposes.items()
+            for r in p.rules
+            if r.table == rule.clock_table and r.clock == rule.clock and r.gone_after == rule.gone_after
+        ]
+        archived = (
+            " OR EXISTS (SELECT 1 FROM retention.archive_manifest AS pm WHERE pm.state = 'committed'"
+            f" AND pm.table_name = '{rule.clock_table}' AND (pm.purpose, pm.rule) IN ({', '.join(same)})"
+            f" AND pm.purge_after > '{logical_date.isoformat()}'::timestamptz"
+            f" AND pm.record_ids && ARRAY({parents}))"
+            if same
+            else ""
+        )
+        arms.append(f"({alias}.rule = '{rule.name}' AND ({live}{archived}))")
     return f"({' OR '.join(arms)})" if arms else "false"
 
 
