@@ -375,6 +375,28 @@ def test_the_archived_claims_of_a_contract_set_back_to_running_are_not_purged(db
     assert engine.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-15")))["purged_objects"] == 1
 
 
+def test_a_contract_set_back_to_running_during_its_claims_purge_waits_for_it(db, s3, storage, policy, source_dsn):
+    """The purge decided the claims' object (their contract ended, still waiting for its AML
+    record) and is about to delete it when the application sets the contract back to running:
+    the UPDATE waits for the delete's commit (it comes after the purge), it does not slip in
+    between the decision and the delete."""
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    f.aml_record(db, contract)
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    pause = Pause(engine.store, "delete_all_versions", before=True)
+    purge = InThread(lambda: engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-06-01"))))
+    assert pause.reached.wait(30)
+    update = run_statement(
+        source_dsn, "UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,)
+    )
+    assert not update.done.wait(BLOCKED_FOR), "the contract went back to running between the decision and the delete"
+    pause.release.set()
+    assert purge.join()["purged_objects"] == 1
+    update.join()
+
+
 def test_the_archived_claims_of_a_contract_that_ran_again_go_with_its_new_end(db, s3, storage, policy, source_dsn):
     """The same contract set back to running after its claims were archived, then ended again
     later and archived itself (its AML record gone): the claims' copy is kept to the new end
