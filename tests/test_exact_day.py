@@ -421,3 +421,23 @@ def test_an_archive_period_lengthened_since_the_archive_keeps_the_object_past_it
     assert states == [("purged",) if purged else ("committed",)]
     gate = kept_beyond_purge(db, edited, engine.store, ctx, "quotes", dry_run=False)
     assert gate["success"] and gate["observed"].get("kept_as_the_policy_now_keeps_longer", 0) == 1 - purged, gate
+
+
+def test_a_clock_without_time_zone_is_refused_before_anything_is_selected(db, s3, storage, policy, source_dsn):
+    """A `timestamp without time zone` clock is compared with the cutoff as UTC but its end day is
+    read in Paris time: a quote stamped 2024-02-28 23:30 (UTC) would be dated a day early. The
+    planner refuses the purpose with a clear error, and nothing is planned, archived or deleted."""
+    from retention.policy import PolicyError
+
+    due = f.quote(db, issued="2023-01-01")
+    db.execute("ALTER TABLE app.quotes ALTER COLUMN issued_at TYPE timestamp USING issued_at AT TIME ZONE 'UTC'")
+    try:
+        engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+        ctx = RunContext("quotes", "manual__naive_clock", f.midnight("2025-02-28"))
+        for step in (engine.make_plan, engine.archive_and_delete):
+            with pytest.raises(PolicyError, match=r"app\.quotes\.issued_at is timestamp without time zone"):
+                step(ctx)
+    finally:
+        db.execute("ALTER TABLE app.quotes ALTER COLUMN issued_at TYPE timestamptz USING issued_at AT TIME ZONE 'UTC'")
+    assert db.execute("SELECT array_agg(id) FROM app.quotes").fetchone()[0] == [due]
+    assert db.execute("SELECT count(*) FROM retention.archive_manifest").fetchone()[0] == 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from retention.policy import DECISION_ATTENTION, Policy, Purpose, Rule, rule_filter
+from retention.policy import DECISION_ATTENTION, Policy, PolicyError, Purpose, Rule, rule_filter
 from retention.policy.coverage import held_ctes, held_test
 from retention.policy.periods import cutoff
 
@@ -210,6 +210,40 @@ ORDER BY parent.relname, child.relname, a.attname
 """
 
 
+# The type of each rule's clock column (a domain: its base type), NULL where there is no such
+# column (the gates report that one: expect_column_to_exist).
+_CLOCK_TYPES_SQL = """
+SELECT t.clock_table, t.clock_column, format_type(coalesce(nullif(ty.typbasetype, 0), ty.oid), NULL)
+FROM unnest(%s::text[], %s::text[]) AS t(clock_table, clock_column)
+JOIN pg_attribute AS a
+  ON a.attrelid = to_regclass(format('%%I.%%I', %s::text, t.clock_table)) AND a.attname = t.clock_column
+ AND NOT a.attisdropped
+JOIN pg_type AS ty ON ty.oid = a.atttypid
+"""
+# A clock is a day (date) or an instant (timestamptz). A timestamp without time zone is neither:
+# the cutoff compares it as UTC (the session's zone) while its day is read as Paris time, and the
+# two disagree by a day for the first hours of every day: refused, not guessed.
+CLOCK_TYPES = ("date", "timestamp with time zone")
+
+
+def check_clock_types(conn, policy: Policy, purpose: Purpose) -> None:
+    """Raise PolicyError when a rule's clock column is neither a date nor a timestamptz."""
+    clocks = sorted({(rule.clock_table, rule.clock_column) for rule in purpose.rules})
+    rows = conn.execute(
+        _CLOCK_TYPES_SQL, ([t for t, _ in clocks], [c for _, c in clocks], policy.source_schema)
+    ).fetchall()
+    wrong = [
+        f"{policy.source_schema}.{table}.{column} is {kind}" for table, column, kind in rows if kind not in CLOCK_TYPES
+    ]
+    if wrong:
+        raise PolicyError(
+            f"purpose {purpose.name!r}: a rule's clock must be a date or a timestamp with time zone, and "
+            f"{', '.join(wrong)}: the day its period starts is ambiguous (UTC or Europe/Paris), so nothing of "
+            "the purpose is selected. Convert the column (ALTER TABLE ... TYPE timestamptz USING ... AT TIME "
+            "ZONE '<the zone it was written in>') or point the rule at another clock."
+        )
+
+
 def _attention(policy: Policy, parent: str, blocker: Blocker) -> tuple[int, str, str]:
     """A row waiting on several tables is reported on one (``waiting_for``): the one whose wait
     most needs someone's attention (undecided, then keep_parent_and_alert: what the watch alarms
@@ -240,10 +274,12 @@ class Planner:
 
     @classmethod
     def load(cls, conn, policy: Policy, purpose: Purpose | str) -> Planner:
-        """Read the foreign keys into the source schema (one catalog query): those that keep a
-        rule's row waiting, and those whose delete clears a link a hold follows."""
+        """Check the rules' clock types (check_clock_types), then read the foreign keys into the
+        source schema (one catalog query): those that keep a rule's row waiting, and those whose
+        delete clears a link a hold follows."""
         schema = policy.source_schema
         purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
+        check_clock_types(conn, policy, purpose)
         tables = {rule.table for rule in purpose.rules}
         covers = policy.legal_holds.covers
         waiting: dict[str, list[Blocker]] = {table: [] for table in tables}
