@@ -1059,3 +1059,36 @@ def test_an_erasure_deletes_the_persons_access_exports_whatever_they_were_asked_
     assert erasure["erased"]["access_exports"] == 1
     assert not s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/theirs/").get("Versions")
     assert s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/someone-else/").get("Versions")
+
+
+def test_a_hold_placed_after_the_rewrite_commit_is_reported_kept_not_erased(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Another connection places a hold on the subject after the rewrite's commit, before the old
+    object's versions are deleted: the old object (the only copy of the subject's archived quotes)
+    stays stored, as it must. The report and the evidence said those rows were erased (counted
+    under erased.intermediate, the object 'rewritten'), and listed nothing kept (a review)."""
+    from tests.test_exact_day import versions
+
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    [old_key] = [
+        k for (k,) in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'committed'")
+    ]
+    real_finish = object_rewrite._finish
+
+    def hold_then_finish(*args, **kwargs):
+        f.legal_hold(db, "customers", w["customer"])  # db: another connection, committed at once
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(object_rewrite, "_finish", hold_then_finish)
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "req-held-after-commit", kind="customer", subject_id=w["customer"])
+    )
+    assert old_key in versions(s3, storage.archive_bucket), "the held subject's only archived copy is kept"
+    (evidence,) = db.execute(
+        "SELECT reports FROM retention.subject_requests WHERE request_id = 'req-held-after-commit'"
+    ).fetchone()[0]
+    for said in (report, evidence):
+        assert said["erased"]["intermediate"] == {}, f"rows still stored reported erased: {said['erased']}"
+        held = [k for k in said["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
+        assert {k["reason"] for k in held} == {"legal_hold"} and sum(k["records"] for k in held) == 2, said["kept"]

@@ -180,9 +180,12 @@ def rewrite_without(
     if not proceed:  # held (or changed) meanwhile: the old object stays whole
         _abandon(store, control, rewrite_id, new_id, new_key if new_id is not None else None)
         return {"action": "kept" if row else "changed_meanwhile", "held": bool(row and row[0])}
-    _finish(policy, store, control, rewrite_id, obj.manifest_id, obj.key, removed_docs)
+    finished = _finish(policy, store, control, rewrite_id, obj.manifest_id, obj.key, removed_docs)
     return {
         "action": "rewritten",
+        # A hold placed since the commit keeps the old object, the only copy of the removed rows:
+        # they are still stored (until a run after the hold's release finishes the rewrite).
+        "old_object_kept": not finished,
         "removed_rows": len(removed),
         "removed_ids": removed,
         "new_key": new_key if new_id is not None else None,
@@ -206,11 +209,12 @@ def _abandon(store: ArchiveStore, control, rewrite_id: int, new_id: int | None, 
 
 def _finish(
     policy: Policy, store: ArchiveStore, control, rewrite_id: int, old_id: int, old_key: str, removed_docs: list[str]
-) -> None:
+) -> bool:
     """Step 4: the old object goes last (delete_all_versions), after the removed document copies,
     under the hold table's SHARE lock, as a purge's delete: a hold placed since step 3 on a row
     the old object still stores keeps its bytes (the rewrite stays 'committed', finished by a
-    later run once the hold is released); one placed meanwhile waits for the delete."""
+    later run once the hold is released); one placed meanwhile waits for the delete. Returns
+    whether the old object went (False: held, its versions kept)."""
     with control.transaction():
         control.execute(f"SET LOCAL lock_timeout = '{REWRITE_LOCK_TIMEOUT}'")
         control.execute(LOCK_HOLDS)
@@ -221,11 +225,12 @@ def _finish(
         ).fetchone()[0]
         if held:
             log.warning("%s: held since its rewrite was committed; its versions are kept", old_key)
-            return
+            return False
         store.delete_all_versions([old_key, *removed_docs])
         control.execute(
             "UPDATE retention.object_rewrites SET state = 'done', done_at = now() WHERE id = %s", (rewrite_id,)
         )
+    return True
 
 
 def recover_rewrites(policy: Policy, store: ArchiveStore, control, purpose: str) -> dict[str, int]:

@@ -62,10 +62,12 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
                     result = _rewrite(ctx, control, intents, req, obj, found.ids)
                     entry = next(e for e in report["objects"] if e["key"] == obj.key)
                     entry.update(result)
-                    if result["action"] == "rewritten":
+                    if result["action"] == "rewritten" and not result["old_object_kept"]:
                         counts = report["erased"]["intermediate"]
                         counts[obj.table] = counts.get(obj.table, 0) + result["removed_rows"]
-                    elif result.get("held"):  # a hold placed meanwhile: kept whole
+                    elif result.get("held") or result.get("old_object_kept"):
+                        # A hold placed meanwhile: kept whole, or, placed after the rewrite's
+                        # commit, the old object (the subject's rows' only copy) kept stored.
                         obj.held = True
                         add_kept_archived(ctx.policy, report, obj, classify_object(ctx, obj))
                     else:  # purged or rewritten since it was read: a re-run decides afresh
