@@ -1092,3 +1092,31 @@ def test_a_hold_placed_after_the_rewrite_commit_is_reported_kept_not_erased(
         assert said["erased"]["intermediate"] == {}, f"rows still stored reported erased: {said['erased']}"
         held = [k for k in said["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
         assert {k["reason"] for k in held} == {"legal_hold"} and sum(k["records"] for k in held) == 2, said["kept"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "someone_else"),
+    [
+        # Python's lower() gives a final sigma (ς) at the end of a word, PostgreSQL's gives σ
+        ("ΟΔΥΣΣΕΑΣ@example.gr", "ΟΔΥΣΣΕΑσ@example.gr"),
+        # Python's lower() of the dotted capital I is i + U+0307, PostgreSQL's a plain i
+        ("İlker.Sujet@example.com.tr", "ilker.sujet@example.com.tr"),
+    ],
+)
+def test_a_live_email_is_matched_as_its_archived_copy_is(stored, someone_else, db, s3, storage, policy, source_dsn):
+    """The archived rows are matched on the address as retention.identifiers normalises it
+    (Python's NFKC, strip(), lower()); the live rows were matched under PostgreSQL's lower(),
+    which differs from Python's for some letters: the request by exactly the stored address
+    missed the live row while it found the archived copy, and matched instead a live row of
+    another address (found by a review)."""
+    mine = f.customer(db, email=stored)
+    f.quote(db, issued="2023-01-10", email=stored)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    f.customer(db, email=someone_else)
+    from retention.identifiers import normalise_email
+
+    assert normalise_email(stored) != normalise_email(someone_else)
+    report = rights(policy, source_dsn, s3, storage).handle(request("access", "rev-email-case", email=stored))
+    assert report["subject"]["matched_archived"] == {"quotes": 1}
+    assert report["subject"]["matched"] == {"customers": 1}, report["subject"]
+    assert exported_ids(s3, storage, report, "live/customers.json") == {mine}
