@@ -191,3 +191,32 @@ def test_erasure_erases_or_reports_the_detached_analysis(db, s3, storage, policy
         problems.append(f"call analysis {analysis} neither erased nor reported kept (erased {report['erased']})")
     assert not problems, problems
     assert naming == [], "the erased analysis' entry of who it belonged to stayed"
+
+
+def test_an_analysis_an_erasure_keeps_stays_its_customers_after_the_erasure_deletes_its_recording(
+    db, s3, storage, policy, source_dsn
+):
+    """A hold on a call analysis (a dispute about that call); its customer asks for erasure: the
+    quality recording is erased, the held analysis kept (reported). Deleting the recording clears
+    the analysis' link (ON DELETE SET NULL), and the erasure recorded no detached owners: a later
+    access by the customer did not list the analysis (their record, kept), and a hold then placed
+    on the customer did not cover it, so once the first hold was released the analysis went on its
+    own date under the customer's hold (found by a review)."""
+    customer = f.customer(db)
+    recording = f.call_recording(db, reason="quality", started="2024-05-02", customer_id=customer)
+    analysis = f.call_analysis(db, recording_id=recording, created="2024-05-02")
+    dispute = f.legal_hold(db, "call_analyses", analysis)
+    svc = subject_rights(policy, source_dsn, s3, storage)
+    erasure = svc.handle(request("erasure", "rev-erase-held-analysis", kind="customer", subject_id=customer))
+    assert erasure["erased"]["live"].get("call_recordings") == 1 and recording not in f.ids(db, "call_recordings")
+    assert any(k["table"] == "call_analyses" and k["reason"] == "legal_hold" for k in erasure["kept"])
+
+    access = svc.handle(request("access", "rev-access-after-erasure", kind="customer", subject_id=customer))
+    assert access["found"]["live"].get("call_analyses") == 1, (
+        f"the access missed the customer's kept call analysis: found {access['found']['live']}"
+    )
+
+    f.legal_hold(db, "customers", customer)
+    db.execute("UPDATE retention.legal_holds SET released_at = now() WHERE id = %s", (dispute,))
+    run(policy, "call_recordings", source_dsn, s3, storage, "2025-06-01", "r1")
+    assert f.ids(db, "call_analyses") == {analysis}, "the held customer's call analysis was deleted"

@@ -253,6 +253,24 @@ def _attention(policy: Policy, parent: str, blocker: Blocker) -> tuple[int, str,
     return (rank, blocker.table, blocker.column)
 
 
+def _hold_follows(policy: Policy, parent: str, link: Blocker) -> bool:
+    return link.schema == policy.source_schema and f"{link.table}.{link.column}" in policy.legal_holds.covers.get(
+        parent, ()
+    )
+
+
+def links_cleared_by_deletes(conn, policy: Policy) -> dict[str, list[Blocker]]:
+    """parent table -> the child links (that a hold follows) a delete of its rows clears (ON
+    DELETE SET NULL or SET DEFAULT), for every table: ``Planner.links_cleared_by_deleting``
+    beyond one purpose (a subject erasure deletes rows of any)."""
+    cleared: dict[str, list[Blocker]] = {}
+    for parent, child_schema, child, column, clears in conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)):
+        link = Blocker(child_schema, child, column)
+        if clears and _hold_follows(policy, parent, link):
+            cleared.setdefault(parent, []).append(link)
+    return cleared
+
+
 class Planner:
     """The statements and counts of one purpose (read-only; build with ``Planner.load``)."""
 
@@ -281,7 +299,6 @@ class Planner:
         purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
         check_clock_types(conn, policy, purpose)
         tables = {rule.table for rule in purpose.rules}
-        covers = policy.legal_holds.covers
         waiting: dict[str, list[Blocker]] = {table: [] for table in tables}
         cleared = []
         for parent, child_schema, child, column, clears in conn.execute(_FOREIGN_KEYS_SQL, (schema,)):
@@ -289,7 +306,7 @@ class Planner:
             if not clears:
                 if parent in waiting:
                     waiting[parent].append(link)
-            elif child_schema == schema and f"{child}.{column}" in covers.get(parent, ()):
+            elif _hold_follows(policy, parent, link):
                 cleared.append((parent, link))
         blockers = {
             table: tuple(sorted(waiting[table], key=lambda b, parent=table: _attention(policy, parent, b)))

@@ -87,7 +87,8 @@ GRANT INSERT ON retention.archive_manifest, retention.purge_intents, retention.d
 GRANT DELETE ON retention.purge_intents TO retention_engine;
 -- Who a row belonged to before the engine's delete of that record cleared its link.
 GRANT SELECT, INSERT, DELETE ON retention.detached_owners TO retention_engine;
-GRANT SELECT, DELETE ON retention.detached_owners TO retention_rights;
+-- An erasure records it too for the rows it keeps under a record it deletes.
+GRANT SELECT, INSERT, DELETE ON retention.detached_owners TO retention_rights;
 GRANT SELECT ON retention.detached_owners TO retention_reader;
 GRANT UPDATE (state, byte_size, sha256, version_id, document_version_ids, committed_at, locked_until, owner_ids,
               identifier_hashes, earliest_purge_after, purged_at, purge_run_id)

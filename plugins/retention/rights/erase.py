@@ -11,14 +11,18 @@ the suppression list (hashes only) in the live rows' transaction.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 
 import psycopg
+from psycopg import sql
 
 from retention import identifiers
 from retention.archive.db import connect
 from retention.archive.documents import dispose_documents, key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
+from retention.planner import Blocker, links_cleared_by_deletes
+from retention.policy.coverage import owners_of_rows, with_detached_owners
 from retention.rights import exports, suppression
 from retention.rights.context import RequestContext
 from retention.rights.decide import Decision, classify_live
@@ -123,6 +127,7 @@ def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -
         erased: Counter = Counter()
         audited: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         disposals = []
+        cleared = links_cleared_by_deletes(conn, ctx.policy)
         for table in reversed(tables_in_order(ctx, found.live)):
             ids = sorted(i for (t, i), d in decisions.items() if t == table and d.erase)
             if not ids:
@@ -132,6 +137,7 @@ def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -
                 d = decisions[(table, rid)]
                 try:
                     with conn.transaction():  # a savepoint: a referenced row stays
+                        record_detached_owners(ctx, conn, req, table, rid, cleared.get(table, []))
                         row = conn.execute(
                             f'DELETE FROM "{ctx.schema}"."{table}" WHERE id = %s RETURNING '
                             + (", ".join(f'"{c}"' for c in key_cols) or "NULL"),
@@ -173,6 +179,35 @@ def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -
     report["erased"]["live"] = dict(sorted(erased.items()))
     report["erased"]["files"] = len(disposals)
     return purposes
+
+
+def record_detached_owners(
+    ctx: RequestContext, conn, req: SubjectRequest, table: str, rid: int, links: list[Blocker]
+) -> None:
+    """Before the delete of ``rid`` clears their link (ON DELETE SET NULL), who the rows still
+    pointing to it belonged to (the row and its owners), as the engine's batches record it. The
+    erased rows under it went first (children first): these are rows the erasure keeps (a held
+    call analysis), still the person's; without it an access missed them and a hold placed
+    later on the person did not cover them (found by a review)."""
+    children = []
+    for link in links:
+        children += [
+            (link.table, r[0])
+            for r in conn.execute(
+                sql.SQL("SELECT id FROM {} WHERE {} = %s").format(
+                    sql.Identifier(link.schema, link.table), sql.Identifier(link.column)
+                ),
+                (rid,),
+            )
+        ]
+    if not children:
+        return
+    [owners] = with_detached_owners(conn, table, [[rid]], [owners_of_rows(conn, ctx.policy, table, [rid])])
+    owned = json.dumps({table: [rid]} | owners)
+    conn.cursor().executemany(
+        "INSERT INTO retention.detached_owners (table_name, record_id, owner_ids, run_id) VALUES (%s, %s, %s::jsonb, %s)",
+        [(child, child_id, owned, req.audit_run_id) for child, child_id in children],
+    )
 
 
 def record_objection(ctx: RequestContext, conn, req: SubjectRequest, found: Found) -> str:
