@@ -1120,3 +1120,22 @@ def test_a_live_email_is_matched_as_its_archived_copy_is(stored, someone_else, d
     assert report["subject"]["matched_archived"] == {"quotes": 1}
     assert report["subject"]["matched"] == {"customers": 1}, report["subject"]
     assert exported_ids(s3, storage, report, "live/customers.json") == {mine}
+
+
+def test_an_erasure_deletes_the_access_export_a_former_customer_asked_for_by_email(db, s3, storage, policy, source_dsn):
+    """A former customer whose customer record is archived (probative) asks for access by e-mail,
+    then for erasure by their customer id. The export (their archived quote among the rest) is
+    theirs: the erasure looked for exports under the addresses of their live records only, and
+    left it in the bucket (found by a review)."""
+    c = f.customer(db, ended="2021-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", customer_id=c, email=EMAIL)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes", "prospects"))
+    assert c not in f.ids(db, "customers") and q not in f.ids(db, "quotes"), "both archived"
+    svc = rights(policy, source_dsn, s3, storage)
+    access = svc.handle(request("access", "rev-former-access", email=EMAIL))
+    assert exported_quotes(s3, storage, access) == {q}
+    erasure = svc.handle(request("erasure", "rev-former-erase", kind="customer", subject_id=c))
+    assert erasure["erased"]["intermediate"] == {"quotes": 1}
+    left = s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/rev-former-access/")
+    assert not left.get("Versions"), "the erased person's access export is still in S3"
+    assert erasure["erased"]["access_exports"] == 1

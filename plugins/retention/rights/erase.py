@@ -82,19 +82,31 @@ def subject_references(ctx: RequestContext, conn, req: SubjectRequest, found: Fo
     a candidate), and the keyed hashes of those rows' addresses (an access by e-mail, then an
     erasure by id: the export is the same person's)."""
     references = {(req.kind, ref) for ref in req.subject_refs}
+    addresses: set[str] = set()
     for kind, table in SUBJECT_TABLES.items():
         references |= {(kind, str(i)) for i in found.ids.get(table, set())}
         live = sorted(found.live.get(table, set()))
-        if not live:
-            continue
-        for (email,) in conn.execute(
-            f'SELECT DISTINCT email FROM "{ctx.schema}"."{table}" WHERE id = ANY(%s) AND email IS NOT NULL', (live,)
-        ):
-            try:
-                references.add(("email", identifiers.email_ref(email)))
-            except identifiers.IdentifierKeyError:
-                break  # no key: no request by e-mail could be made either
-            references.add(("email", f"sha256:{suppression.email_hash(email)}"))
+        if live:
+            addresses |= {
+                email
+                for (email,) in conn.execute(
+                    f'SELECT DISTINCT email FROM "{ctx.schema}"."{table}" WHERE id = ANY(%s) AND email IS NOT NULL',
+                    (live,),
+                )
+            }
+    # And of those rows archived (a former customer's record): an access by that address is
+    # theirs too (found by a review: only the live rows' addresses were looked at).
+    for obj in found.objects:
+        if obj.table in SUBJECT_TABLES.values() and "email" in obj.rows.column_names:
+            mine = set(obj.subject_ids)
+            rows = zip(obj.rows.column("id").to_pylist(), obj.rows.column("email").to_pylist(), strict=True)
+            addresses |= {email for i, email in rows if i in mine and email}
+    for email in sorted(addresses):
+        try:
+            references.add(("email", identifiers.email_ref(email)))
+        except identifiers.IdentifierKeyError:
+            break  # no key: no request by e-mail could be made either
+        references.add(("email", f"sha256:{suppression.email_hash(email)}"))
     return references
 
 
