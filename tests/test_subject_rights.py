@@ -1139,3 +1139,50 @@ def test_an_erasure_deletes_the_access_export_a_former_customer_asked_for_by_ema
     left = s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/rev-former-access/")
     assert not left.get("Versions"), "the erased person's access export is still in S3"
     assert erasure["erased"]["access_exports"] == 1
+
+
+@pytest.mark.parametrize("placed", ["before the request", "during the rewrite"])
+def test_a_hold_on_the_customer_keeps_the_archived_quote_of_the_prospect_they_were(
+    placed, db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A prospect's quote is archived (its object's owners: the prospect); the prospect then
+    becomes a customer, and the prospect record is archived with the former customer's identity.
+    A hold is placed on the customer (litigation: all their records). Their erasure found the
+    quote through the archived prospect record, but its object's owners name only the prospect,
+    which the hold coverage reaches through live rows only: the quote was erased from the
+    archive under the customer's hold (found by a review)."""
+    from tests.test_exact_day import versions
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    c = f.customer(db, ended="2021-01-01", email=EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    [quotes_key] = [
+        k
+        for (k,) in db.execute(
+            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
+        )
+    ]
+    svc = rights(policy, source_dsn, s3, storage)
+    if placed == "before the request":
+        f.legal_hold(db, "customers", c)
+    else:  # by another connection once the new object is uploaded, before the rewrite's commit
+        original = svc.store.put_verified
+
+        def upload_then_hold(*args, **kwargs):
+            verified = original(*args, **kwargs)
+            f.legal_hold(db, "customers", c)
+            return verified
+
+        monkeypatch.setattr(svc.store, "put_verified", upload_then_hold)
+
+    report = svc.handle(request("erasure", "rev-held-prospect-quote", kind="customer", subject_id=c))
+    assert report["found"]["intermediate"] == {"quotes": 1}, "the quote is the customer's"
+    assert report["erased"]["intermediate"] == {}, "the held customer's archived quote was erased"
+    assert quotes_key in versions(s3, storage.archive_bucket)
+    kept = [k for k in report["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
+    assert [k["reason"] for k in kept] == ["legal_hold"]

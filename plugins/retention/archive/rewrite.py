@@ -88,6 +88,7 @@ def rewrite_without(
     run_id: str | None = None,
     earliest_purge_after: dt.datetime | None = None,
     on_commit: Callable[[Any, list[int]], None] | None = None,
+    held: Callable[[Any], bool] | None = None,
 ) -> dict:
     """Rewrite ``obj`` without the rows whose id is in ``remove`` (the protocol above).
 
@@ -95,7 +96,8 @@ def rewrite_without(
     object holding the rows that remain, ``run_id`` its manifest run (None: the old object's),
     ``earliest_purge_after`` the earliest end date of a remaining row (None: the old object's);
     ``on_commit(conn, removed ids)`` writes the caller's record (an audit row) in the
-    transaction of step 3, so that it is there exactly when the rewrite is.
+    transaction of step 3, so that it is there exactly when the rewrite is. ``held(conn)``: the
+    caller's own hold test, run with the manifest's at steps 3 and 4 under the hold table's lock.
     Returns what was done: ``rewritten``, or ``kept`` (a hold placed meanwhile keeps the old
     object whole) or ``changed_meanwhile`` (purged or rewritten since it was read)."""
     ids = obj.rows.column("id").to_pylist()
@@ -158,7 +160,8 @@ def rewrite_without(
             " WHERE m.id = %s AND m.state = 'committed' FOR NO KEY UPDATE OF m",
             (obj.manifest_id,),
         ).fetchone()
-        proceed = row is not None and not row[0]
+        held_now = bool(row and (row[0] or (held is not None and held(control))))
+        proceed = row is not None and not held_now
         if proceed:
             if new_id is not None:
                 control.execute(
@@ -179,8 +182,8 @@ def rewrite_without(
                 on_commit(control, removed)
     if not proceed:  # held (or changed) meanwhile: the old object stays whole
         _abandon(store, control, rewrite_id, new_id, new_key if new_id is not None else None)
-        return {"action": "kept" if row else "changed_meanwhile", "held": bool(row and row[0])}
-    finished = _finish(policy, store, control, rewrite_id, obj.manifest_id, obj.key, removed_docs)
+        return {"action": "kept" if row else "changed_meanwhile", "held": held_now}
+    finished = _finish(policy, store, control, rewrite_id, obj.manifest_id, obj.key, removed_docs, held)
     return {
         "action": "rewritten",
         # A hold placed since the commit keeps the old object, the only copy of the removed rows:
@@ -208,7 +211,14 @@ def _abandon(store: ArchiveStore, control, rewrite_id: int, new_id: int | None, 
 
 
 def _finish(
-    policy: Policy, store: ArchiveStore, control, rewrite_id: int, old_id: int, old_key: str, removed_docs: list[str]
+    policy: Policy,
+    store: ArchiveStore,
+    control,
+    rewrite_id: int,
+    old_id: int,
+    old_key: str,
+    removed_docs: list[str],
+    held: Callable[[Any], bool] | None = None,
 ) -> bool:
     """Step 4: the old object goes last (delete_all_versions), after the removed document copies,
     under the hold table's SHARE lock, as a purge's delete: a hold placed since step 3 on a row
@@ -218,12 +228,12 @@ def _finish(
     with control.transaction():
         control.execute(f"SET LOCAL lock_timeout = '{REWRITE_LOCK_TIMEOUT}'")
         control.execute(LOCK_HOLDS)
-        held = control.execute(
+        kept = control.execute(
             f"WITH covered AS ({covered_records_sql(policy)})"
             f" SELECT {object_held('m')} FROM retention.archive_manifest AS m WHERE m.id = %s",
             (old_id,),
-        ).fetchone()[0]
-        if held:
+        ).fetchone()[0] or (held is not None and held(control))
+        if kept:
             log.warning("%s: held since its rewrite was committed; its versions are kept", old_key)
             return False
         store.delete_all_versions([old_key, *removed_docs])

@@ -16,7 +16,7 @@ from retention.archive.locks import acquire_purpose_lock, release_purpose_lock
 from retention.rights.context import RequestContext
 from retention.rights.decide import classify_object
 from retention.rights.ends import row_ends
-from retention.rights.find import ArchivedObject, Found
+from retention.rights.find import ArchivedObject, Found, held_through_parents
 from retention.rights.report import add_kept_archived
 from retention.rights.requests import SubjectRequest
 
@@ -59,7 +59,7 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
             try:
                 object_rewrite.recover_rewrites(ctx.policy, ctx.store, control, purpose)
                 for obj in objects:
-                    result = _rewrite(ctx, control, intents, req, obj, found.ids)
+                    result = _rewrite(ctx, control, intents, req, obj, found)
                     entry = next(e for e in report["objects"] if e["key"] == obj.key)
                     entry.update(result)
                     if result["action"] == "rewritten" and not result["old_object_kept"]:
@@ -94,21 +94,22 @@ def lock_purpose(ctx: RequestContext, conn, purpose: str) -> None:
     )
 
 
-def _rewrite(
-    ctx: RequestContext, control, intents, req: SubjectRequest, obj: ArchivedObject, ids: dict[str, set[int]]
-) -> dict:
+def _rewrite(ctx: RequestContext, control, intents, req: SubjectRequest, obj: ArchivedObject, found: Found) -> dict:
     """Rewrite one intermediate object without the subject's rows: the write-ahead protocol of
-    retention.archive.rewrite, whose recovery the purpose's next run, purge or request runs."""
+    retention.archive.rewrite, whose recovery the purpose's next run, purge or request runs. Its
+    hold checks (under the hold table's lock) also follow the subject's rows to the object
+    (retention.rights.find.held_through_parents)."""
     result = object_rewrite.rewrite_without(
         ctx.policy,
         ctx.store,
         control,
         intents,
         obj,
-        ids.get(obj.table, set()),
+        found.ids.get(obj.table, set()),
         origin=req.request_id,
         new_key=f"{obj.key.removesuffix('.parquet')}.erasure-{req.request_id}.parquet",
         run_id=req.audit_run_id,
+        held=lambda conn: obj.manifest_id in held_through_parents(ctx, conn, found),
     )
     result.pop("removed_ids", None)  # the report holds counts
     return result

@@ -145,11 +145,47 @@ def find(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int
         if wider == search and now == seen:
             break
         search, seen = wider, now
+    held = held_through_parents(ctx, conn, found)
+    for obj in found.objects:
+        obj.held = obj.held or obj.manifest_id in held
     found.owners_not_recorded = unknown
     found.matched = matched
     found.matched_archived = {t: len(v) for t, v in sorted(archived.items())}
     found.identifiers_not_recorded = not_recorded
     return found
+
+
+def held_through_parents(ctx: RequestContext, conn, found: Found) -> set[int]:
+    """The objects holding a row of the subject whose parent, live or archived, is under a hold,
+    down the subject's rows found (parents first). The hold coverage (``covered_records_sql``,
+    ``object_covered``) follows the live links and the owners an object recorded when it was
+    written: a link made afterwards to a record since archived (a prospect who became a
+    customer, then archived with the customer's identity) is seen only through the rows found
+    here, and the object of the prospect's quote was erased under a hold on the customer
+    (found by a review)."""
+    if not found.objects:
+        return set()
+    covered = set(
+        conn.execute(
+            f"WITH covered AS ({covered_records_sql(ctx.policy)}) SELECT table_name, record_id FROM covered"
+        ).fetchall()
+    )
+    held_rows: dict[str, set[int]] = {}
+    objects: set[int] = set()
+    for table in tables_in_order(ctx, found.ids):
+        rows = {i for i in found.ids.get(table, ()) if (table, i) in covered}
+        mine = [o for o in found.objects if o.table == table]
+        for obj in mine:
+            subject = set(obj.subject_ids)
+            ids = obj.rows.column("id").to_pylist()
+            for parent, col in ctx.parents.get(table, []):
+                if held_rows.get(parent) and col in obj.rows.column_names:
+                    values = obj.rows.column(col).to_pylist()
+                    rows |= {i for i, v in zip(ids, values, strict=True) if i in subject and v in held_rows[parent]}
+        objects |= {o.manifest_id for o in mine if rows.intersection(o.subject_ids)}
+        if rows:
+            held_rows[table] = rows
+    return objects
 
 
 def _archived_by_address(ctx: RequestContext, conn, req: SubjectRequest) -> tuple[dict[str, set[int]], int]:
