@@ -451,8 +451,9 @@ def test_crash_at_each_step_of_the_rewrite_then_rerun(step, db, s3, storage, pol
 
     report = rights(policy, source_dsn, s3, storage).handle(req)  # the re-run finishes
     assert_nothing_lost(db, s3, storage, w, finished=True)
-    rewritten = step in ("after_commit", "after_old_deleted")  # committed before the crash
-    assert report["erased"]["intermediate"] == ({} if rewritten else {"quotes": 2})
+    # Committed before the crash and the old object deleted: nothing of theirs left to erase; only
+    # committed, the old object (the rows' only copy) is deleted by the re-run, which says so.
+    assert report["erased"]["intermediate"] == ({} if step == "after_old_deleted" else {"quotes": 2})
     assert w["recording"] not in f.ids(db, "call_recordings")
     assert "Contents" not in s3.list_objects_v2(Bucket=storage.documents_bucket), "the recording's file is gone"
 
@@ -1186,3 +1187,36 @@ def test_a_hold_on_the_customer_keeps_the_archived_quote_of_the_prospect_they_we
     assert quotes_key in versions(s3, storage.archive_bucket)
     kept = [k for k in report["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
     assert [k["reason"] for k in kept] == ["legal_hold"]
+
+
+def test_an_access_lists_the_archived_rows_a_hold_kept_after_their_erasure_was_committed(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An erasure's rewrite commits, then a hold on the customer keeps the old object (the only
+    copy of their archived quotes) until the hold is released. The customer then asks for access:
+    those quotes are still stored, theirs, and must be in the export; the search read committed
+    objects only, and the old one is 'rewritten' (found by a review)."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    real_finish = object_rewrite._finish
+
+    def hold_then_finish(*args, **kwargs):
+        f.legal_hold(db, "customers", w["customer"])
+        return real_finish(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(object_rewrite, "_finish", hold_then_finish)
+        rights(policy, source_dsn, s3, storage).handle(
+            request("erasure", "rev-held-erase", kind="customer", subject_id=w["customer"])
+        )
+    access = rights(policy, source_dsn, s3, storage).handle(
+        request("access", "rev-held-access", kind="customer", subject_id=w["customer"])
+    )
+    assert exported_quotes(s3, storage, access) == w["mine"], access["found"]
+    assert access["found"]["intermediate"] == {"quotes": 2}
+    # the hold released, a new erasure deletes that old object and says so
+    db.execute("UPDATE retention.legal_holds SET released_at = now()")
+    erasure = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-held-erase-again", kind="customer", subject_id=w["customer"])
+    )
+    assert erasure["erased"]["intermediate"] == {"quotes": 2}
+    assert_nothing_lost(db, s3, storage, w, finished=True)

@@ -26,6 +26,7 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
     end dates); unless preview, the erasable ones rewritten, purpose by purpose under the
     purpose's lock, after what a crashed request left is finished."""
     by_purpose: dict[str, list[ArchivedObject]] = defaultdict(list)
+    superseded: dict[str, list[ArchivedObject]] = defaultdict(list)
     for obj in found.objects:
         d = classify_object(ctx, obj)
         row_ends(ctx, conn, obj, found.objects)
@@ -37,7 +38,15 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
             "subject_rows": len(obj.subject_ids),
             "other_rows": obj.rows.num_rows - len(obj.subject_ids),
         }
-        if d.erase:
+        if d.erase and obj.superseded:
+            # An earlier rewrite's old object, its hold since released: the recovery of the
+            # purpose's rewrites below deletes it, with the rows it alone still stores.
+            entry["action"] = "would_delete" if preview else "delete"
+            superseded[obj.purpose].append(obj)
+            if preview:
+                counts = report["erased"]["intermediate"]
+                counts[obj.table] = counts.get(obj.table, 0) + len(obj.subject_ids)
+        elif d.erase:
             entry["action"] = "would_rewrite" if preview else "rewrite"
             by_purpose[obj.purpose].append(obj)
             if preview:
@@ -58,6 +67,21 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
             lock_purpose(ctx, control, purpose)
             try:
                 object_rewrite.recover_rewrites(ctx.policy, ctx.store, control, purpose)
+                for obj in superseded.get(purpose, []):
+                    entry = next(e for e in report["objects"] if e["key"] == obj.key)
+                    done = intents.execute(
+                        "SELECT EXISTS (SELECT 1 FROM retention.object_rewrites WHERE old_manifest_id = %s"
+                        " AND state = 'done')",
+                        (obj.manifest_id,),
+                    ).fetchone()[0]
+                    if done:
+                        entry["action"] = "deleted"
+                        counts = report["erased"]["intermediate"]
+                        counts[obj.table] = counts.get(obj.table, 0) + len(obj.subject_ids)
+                    else:  # held again meanwhile: still stored
+                        entry["action"] = "kept"
+                        obj.held = True
+                        add_kept_archived(ctx.policy, report, obj, classify_object(ctx, obj))
                 for obj in objects:
                     result = _rewrite(ctx, control, intents, req, obj, found)
                     entry = next(e for e in report["objects"] if e["key"] == obj.key)

@@ -19,8 +19,10 @@ import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from retention import identifiers
+from retention.archive.store import ArchiveStorageError
 from retention.policy.coverage import ancestors_first, covered_records_sql, object_covered
 from retention.rights import suppression
 from retention.rights.context import RequestContext
@@ -55,6 +57,10 @@ class ArchivedObject:
     until: dict[int, str] = field(
         default_factory=dict
     )  # the subject's rows' own end dates (retention.rights.ends.row_ends)
+    # The old object of a rewrite a hold kept since its commit ('rewritten', its rewrite
+    # 'committed'): still stored, the only copy of the rows the rewrite removed, which alone
+    # ``rows`` holds (the others are in the new object).
+    superseded: bool = False
 
 
 @dataclass
@@ -199,12 +205,15 @@ def _archived_by_address(ctx: RequestContext, conn, req: SubjectRequest) -> tupl
         raise SubjectRequestError(f"a request by e-mail cannot search the archive: {exc}") from exc
     address = suppression.normalise_email(req.email)
     rows: dict[str, set[int]] = {}
-    for table, key, version, sha in conn.execute(
-        "SELECT table_name, object_key, version_id, sha256 FROM retention.archive_manifest"
-        " WHERE state = 'committed' AND bucket = %s AND identifier_hashes @> ARRAY[%s]::bigint[] ORDER BY id",
+    for table, key, version, sha, state in conn.execute(
+        "SELECT m.table_name, m.object_key, m.version_id, m.sha256, m.state FROM retention.archive_manifest AS m"
+        f" WHERE {STORED.format(m='m')} AND m.bucket = %s AND m.identifier_hashes @> ARRAY[%s]::bigint[]"
+        " ORDER BY m.id",
         (ctx.store.archive_bucket, locator),
     ).fetchall():
-        data = ctx.read_object(key, version, sha)
+        data = _read_stored(ctx, key, version, sha, superseded=state != "committed")
+        if data is None:
+            continue
         for column in identifiers.EMAIL_COLUMNS & set(data.column_names):
             for i, value in zip(data.column("id").to_pylist(), data.column(column).to_pylist(), strict=True):
                 if value is not None and suppression.normalise_email(value) == address:
@@ -215,6 +224,27 @@ def _archived_by_address(ctx: RequestContext, conn, req: SubjectRequest) -> tupl
         (ctx.store.archive_bucket,),
     ).fetchone()[0]
     return rows, not_recorded
+
+
+# An object still stored: committed, or the old object of a rewrite a hold kept since its commit
+# (its rewrite 'committed', not 'done': retention.archive.rewrite), the only copy of the rows the
+# rewrite removed (found by a review: an access missed them).
+STORED = (
+    "({m}.state = 'committed' OR ({m}.state = 'rewritten' AND EXISTS (SELECT 1 FROM retention.object_rewrites"
+    " AS r WHERE r.old_manifest_id = {m}.id AND r.state = 'committed')))"
+)
+
+
+def _read_stored(ctx: RequestContext, key: str, version: str | None, sha: str, superseded: bool) -> pa.Table | None:
+    """An object's rows; None for a superseded old object whose versions are gone already (its
+    rewrite's delete done, not yet marked: the recovery marks it)."""
+    try:
+        return ctx.read_object(key, version, sha)
+    except ArchiveStorageError as exc:
+        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
+        if superseded and code in ("NoSuchKey", "NoSuchVersion", "404"):
+            return None
+        raise
 
 
 def tables_in_order(ctx: RequestContext, roots: dict[str, set[int]]) -> list[str]:
@@ -304,13 +334,35 @@ def _candidate_objects(ctx: RequestContext, conn, roots: dict[str, set[int]]) ->
     rows = conn.execute(
         f"WITH covered AS ({covered_records_sql(ctx.policy)})"
         " SELECT m.id, m.purpose, m.rule, m.table_name, m.tier, m.object_key, m.version_id, m.sha256,"
-        f" m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, {object_covered('m')}"
-        " FROM retention.archive_manifest AS m WHERE m.state = 'committed' AND m.bucket = %s"
+        f" m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, {object_covered('m')},"
+        " (SELECT r.removed_ids FROM retention.object_rewrites AS r WHERE r.old_manifest_id = m.id"
+        "  AND r.state = 'committed' AND m.state = 'rewritten')"
+        f" FROM retention.archive_manifest AS m WHERE {STORED.format(m='m')} AND m.bucket = %s"
         f" AND ({' OR '.join(conds)}) ORDER BY m.id",
         [ctx.store.archive_bucket, *params],
     ).fetchall()
     objects = []
-    for mid, purpose, rule, table, tier, key, version, sha, purge_after, docs, doc_versions, owners, held in rows:
+    for (
+        mid,
+        purpose,
+        rule,
+        table,
+        tier,
+        key,
+        version,
+        sha,
+        purge_after,
+        docs,
+        doc_versions,
+        owners,
+        held,
+        removed,
+    ) in rows:
+        data = _read_stored(ctx, key, version, sha, superseded=removed is not None)
+        if data is None:
+            continue
+        if removed is not None:  # the rows only this old object still stores
+            data = data.filter(pc.is_in(data.column("id"), value_set=pa.array(removed, pa.int64())))
         objects.append(
             ArchivedObject(
                 mid,
@@ -326,7 +378,8 @@ def _candidate_objects(ctx: RequestContext, conn, roots: dict[str, set[int]]) ->
                 list(doc_versions or [None] * len(docs or [])),
                 owners,
                 held,
-                ctx.read_object(key, version, sha),
+                data,
+                superseded=removed is not None,
             )
         )
     return objects, unknown
