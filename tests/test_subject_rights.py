@@ -1220,3 +1220,32 @@ def test_an_access_lists_the_archived_rows_a_hold_kept_after_their_erasure_was_c
     )
     assert erasure["erased"]["intermediate"] == {"quotes": 2}
     assert_nothing_lost(db, s3, storage, w, finished=True)
+
+
+def test_a_row_archived_while_the_erasure_locks_its_rows_is_not_reported_kept_live(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A retention run commits a batch (the subject's due quote archived, deleted live) after the
+    erasure's transaction found the rows but before it locked them: the erasure erases the quote
+    from its archive object, and reported it also as kept live, 'no rule of the retention policy
+    describes this record: decide by hand', a row that was nowhere live (found by a review)."""
+    c = f.customer(db, email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", customer_id=c, email=EMAIL)
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    real_expand = rights_erase.expand
+    fired = []
+
+    def expand(ctx, conn, roots, objects):
+        found = real_expand(ctx, conn, roots, objects)
+        if not fired:
+            fired.append(1)
+            archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))  # another run commits now
+        return found
+
+    monkeypatch.setattr(rights_erase, "expand", expand)
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-archived-while-locking", kind="customer", subject_id=c)
+    )
+    assert fired and q not in f.ids(db, "quotes")
+    assert report["erased"]["intermediate"] == {"quotes": 1}
+    assert [k for k in report["kept"] if k["source"] == "live" and k["table"] == "quotes"] == [], report["kept"]

@@ -128,12 +128,18 @@ def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -
         # reads (a quote converted, a contract set back to running) cannot change under it.
         # The parents a rule joins are in practice the subject's rows too (their contract,
         # their marketing contact); fraud cases are not, and fraud is kept whole.
+        # A row a retention batch deleted meanwhile (archived: the archive step below erases it
+        # there) is not locked: it is no longer live, and not reported kept live (found by a review).
         for table in tables_in_order(ctx, found.live):
             if found.live.get(table):
-                conn.execute(
-                    f'SELECT id FROM "{ctx.schema}"."{table}" WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE',
-                    (sorted(found.live[table]),),
-                )
+                found.live[table] = {
+                    r[0]
+                    for r in conn.execute(
+                        f'SELECT id FROM "{ctx.schema}"."{table}" WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE',
+                        (sorted(found.live[table]),),
+                    )
+                }
+        found.live = {t: ids for t, ids in found.live.items() if ids}
         decisions = classify_live(ctx, conn, found.live)
         check()  # no partition went out of sight while the rows were found (else rolled back, again)
         erased: Counter = Counter()
