@@ -422,6 +422,49 @@ def test_the_archived_claims_of_a_contract_that_ran_again_go_with_its_new_end(db
     assert report["purged_objects"] == 2 and {s for _, s, _ in manifest(db, "contracts")} == {"purged"}
 
 
+def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_when_claims_are_kept_shorter(
+    tmp_path, db, s3, storage, policy, source_dsn
+):
+    """As above, with claims archived for less time than their contract (3 years, the contract
+    5): the contract ran again and ended again in 2021, so its claims' clock now gives 2024; their
+    copy archived on the old end (dated 2022) must not go in 2023 because the contract's own
+    object has other periods than theirs (its date, 2026, still tells the contract's new end)."""
+    from retention.paths import POLICY_FILE
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    start = text.index("      - name: claims\n")
+    end = text.index("archive: 5 years", start) + len("archive: 5 years")
+    path = tmp_path / "policy-claims-3-years.yaml"
+    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
+    edited = load_policy(path).with_mode("enforce")
+    assert next(r for r in edited.purposes["contracts"].rules if r.name == "claims").archive.months == 36
+
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    aml = f.aml_record(db, contract)
+    engine = engine_for(edited, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    [(_, _, claims_key)] = manifest(db, "contracts")
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2021-03-15"), contract)
+    )
+    db.execute("DELETE FROM app.aml_records WHERE id = %s", (aml,))
+    engine.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2021-03-16")))
+    assert contract not in f.ids(db, "contracts")
+
+    ctx = RunContext("contracts", "purge", f.midnight("2023-06-01"))
+    report = engine.purge_archives(ctx)
+    assert report["purged_objects"] == 0, "the claims of a contract that ended in 2021 purged in 2023"
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts")
+    gate = kept_beyond_purge(db, edited, ArchiveStore(s3, storage), ctx, "contracts", False)
+    assert gate["success"] and gate["observed"]["kept_as_their_clock_record_is_not_due"] == 1, gate
+    assert engine.purge_archives(RunContext("contracts", "purge2", f.midnight("2024-03-14")))["purged_objects"] == 0
+    report = engine.purge_archives(RunContext("contracts", "purge3", f.midnight("2024-03-15")))
+    assert report["purged_objects"] == 1
+    assert ("claims", "purged", claims_key) in manifest(db, "contracts")
+
+
 def test_a_logical_date_in_the_future_is_refused_before_any_change(db, s3, storage, policy, source_dsn):
     recent = f.quote(db, issued=dt.date.today() - dt.timedelta(days=30))
     engine, *_ = _two_purgeable_quote_objects(db, s3, storage, policy, source_dsn)

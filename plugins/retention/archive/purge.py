@@ -54,7 +54,7 @@ def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, a
     """SQL, true for the manifest row ``alias`` of a rule whose clock is a parent's column (a
     claim's contract end) when one of the rows' clock records (their owners in that table) is
     still live with its clock unset or not yet due at ``logical_date``, or was archived since by
-    a rule on the same clock and periods with a later purge date: a contract set back to
+    a rule on the same clock with a date that tells such a clock: a contract set back to
     running, or its end moved later, after its claims were archived (found by a review: their
     only copy was purged on the date computed from the old end). The object is then kept and
     reported; once those records are gone everywhere, its recorded date holds."""
@@ -69,20 +69,25 @@ def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, a
             f'EXISTS (SELECT 1 FROM "{policy.source_schema}"."{rule.clock_table}" AS p WHERE p.id IN ({parents})'
             f" AND ({clock} IS NULL OR {clock} >= '{limit}'::timestamptz))"
         )
-        # The clock records archived since, on the same clock and periods: their object's date is
-        # the one these rows' clock gives now.
-        same = [
-            f"('{name}', '{r.name}')"
+        # The clock records archived since, on the same clock: their object's date is their clock's
+        # day + their rule's periods, which may not be these rows' (found by a review: claims kept
+        # 3 years, their contract 5, were purged on their old date). A clock on or after the day
+        # after the last one these rows are due on gives a date on or after ``kept_from`` (the
+        # periods' arithmetic never decreases); a date there that a month end clips keeps more.
+        last_due = rule.gone_after.latest_start(local_date(logical_date, policy.tz))
+        later = [
+            f"(pm.purpose = '{name}' AND pm.rule = '{r.name}' AND pm.purge_after >= '{kept_from.isoformat()}'"
+            "::timestamptz)"
             for name, p in policy.purposes.items()
             for r in p.rules
-            if r.table == rule.clock_table and r.clock == rule.clock and r.gone_after == rule.gone_after
+            if r.archived and r.table == rule.clock_table and r.clock == rule.clock
+            for kept_from in [local_midnight(r.gone_after.add_to(last_due + dt.timedelta(days=1)), policy.tz)]
         ]
         archived = (
             " OR EXISTS (SELECT 1 FROM retention.archive_manifest AS pm WHERE pm.state = 'committed'"
-            f" AND pm.table_name = '{rule.clock_table}' AND (pm.purpose, pm.rule) IN ({', '.join(same)})"
-            f" AND pm.purge_after > '{logical_date.isoformat()}'::timestamptz"
+            f" AND pm.table_name = '{rule.clock_table}' AND ({' OR '.join(later)})"
             f" AND pm.record_ids && ARRAY({parents}))"
-            if same
+            if later
             else ""
         )
         arms.append(f"({alias}.rule = '{rule.name}' AND ({live}{archived}))")
