@@ -465,6 +465,49 @@ def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_when_
     assert ("claims", "purged", claims_key) in manifest(db, "contracts")
 
 
+def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_after_its_own_object_is_purged(
+    tmp_path, db, s3, storage, policy, source_dsn
+):
+    """Claims kept longer than their contract (5 years, the contract 3): the contract ran again
+    and ended again in 2021, so its claims' clock gives 2026. Its own object goes in 2024, before
+    the claims' copy archived on the old end (dated 2024-06-01): that copy must not go then, the
+    purged object's manifest row still tells the contract's new end."""
+    from retention.paths import POLICY_FILE
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    start = text.index("      - name: ended_contracts\n")
+    end = text.index("archive: 5 years", start) + len("archive: 5 years")
+    path = tmp_path / "policy-contracts-3-years.yaml"
+    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
+    edited = load_policy(path).with_mode("enforce")
+
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    aml = f.aml_record(db, contract)
+    engine = engine_for(edited, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    [(_, _, claims_key)] = manifest(db, "contracts")
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2021-03-15"), contract)
+    )
+    db.execute("DELETE FROM app.aml_records WHERE id = %s", (aml,))
+    engine.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2021-03-16")))
+    assert contract not in f.ids(db, "contracts")
+    assert engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-03-15")))["purged_objects"] == 1
+    assert ("contracts", "purged") in {(t, s) for t, s, _ in manifest(db, "contracts")}
+
+    ctx = RunContext("contracts", "purge2", f.midnight("2024-06-01"))
+    report = engine.purge_archives(ctx)
+    assert report["purged_objects"] == 0, "the claims of a contract that ended in 2021 purged in 2024"
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts")
+    gate = kept_beyond_purge(db, edited, ArchiveStore(s3, storage), ctx, "contracts", False)
+    assert gate["success"] and gate["observed"]["kept_as_their_clock_record_is_not_due"] == 1, gate
+    assert engine.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-14")))["purged_objects"] == 0
+    assert engine.purge_archives(RunContext("contracts", "purge4", f.midnight("2026-03-15")))["purged_objects"] == 1
+    assert ("claims", "purged", claims_key) in manifest(db, "contracts")
+
+
 def test_a_logical_date_in_the_future_is_refused_before_any_change(db, s3, storage, policy, source_dsn):
     recent = f.quote(db, issued=dt.date.today() - dt.timedelta(days=30))
     engine, *_ = _two_purgeable_quote_objects(db, s3, storage, policy, source_dsn)

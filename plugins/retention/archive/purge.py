@@ -74,6 +74,8 @@ def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, a
         # 3 years, their contract 5, were purged on their old date). A clock on or after the day
         # after the last one these rows are due on gives a date on or after ``kept_from`` (the
         # periods' arithmetic never decreases); a date there that a month end clips keeps more.
+        # An object of theirs purged already tells it too (found by a review: claims kept 5 years,
+        # their contract 3, went on their old date once the contract's object had gone).
         last_due = rule.gone_after.latest_start(local_date(logical_date, policy.tz))
         later = [
             f"(pm.purpose = '{name}' AND pm.rule = '{r.name}' AND pm.purge_after >= '{kept_from.isoformat()}'"
@@ -84,7 +86,7 @@ def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, a
             for kept_from in [local_midnight(r.gone_after.add_to(last_due + dt.timedelta(days=1)), policy.tz)]
         ]
         archived = (
-            " OR EXISTS (SELECT 1 FROM retention.archive_manifest AS pm WHERE pm.state = 'committed'"
+            " OR EXISTS (SELECT 1 FROM retention.archive_manifest AS pm WHERE pm.state IN ('committed', 'purged')"
             f" AND pm.table_name = '{rule.clock_table}' AND ({' OR '.join(later)})"
             f" AND pm.record_ids && ARRAY({parents}))"
             if later
