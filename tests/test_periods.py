@@ -98,3 +98,18 @@ def test_due_date_agrees_with_cutoff(period, clock):
     first = due_date(clock, period, PARIS)
     assert clock < cutoff(first, period, PARIS)
     assert not clock < cutoff(first - dt.timedelta(microseconds=1), period, PARIS)
+
+
+def test_own_end_of_a_zero_period_is_the_clocks_paris_day_whatever_its_time_zone():
+    """The end date told to a data subject for a record of a zero period whose clock the database
+    returns in UTC (the engine's sessions): 23:30 UTC on Mar 10 is 00:30 on Mar 11 in Paris, the
+    day the record is due, not Mar 10."""
+    from retention.policy import default_policy
+    from retention.rights.ends import own_end
+
+    policy = default_policy()
+    rule = next(r for r in policy.purpose("contracts").rules if r.name == "payment_references")
+    assert rule.gone_after == Period()
+    clock = dt.datetime(2024, 3, 10, 23, 30, tzinfo=dt.UTC)
+    assert due_date(clock, rule.gone_after, PARIS) == clock
+    assert own_end(rule, clock, PARIS) == "2024-03-11"

@@ -32,7 +32,8 @@ def own_end(rule: Rule, clock: dt.datetime | None, tz: dt.tzinfo) -> str:
     its clock has not started the policy's words for it, e.g. "while the contract runs, then
     5 years"."""
     if clock is not None:
-        return due_date(clock, rule.gone_after, tz).date().isoformat()
+        # The Paris day: a zero period's end is the clock itself, in the time zone it was read in.
+        return due_date(clock, rule.gone_after, tz).astimezone(tz).date().isoformat()
     words = CLOCK_NOT_STARTED.get(rule.clock, f"until {rule.clock} is set")
     return words if rule.gone_after == Period() else f"{words}, then {rule.gone_after}"
 
