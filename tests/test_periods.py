@@ -113,3 +113,21 @@ def test_own_end_of_a_zero_period_is_the_clocks_paris_day_whatever_its_time_zone
     clock = dt.datetime(2024, 3, 10, 23, 30, tzinfo=dt.UTC)
     assert due_date(clock, rule.gone_after, PARIS) == clock
     assert own_end(rule, clock, PARIS) == "2024-03-11"
+
+
+@pytest.mark.parametrize(
+    ("period", "told"),
+    [(Period(months=12), "2025-02-28"), (Period(days=0), "2024-02-29"), (Period(months=60), "2029-02-28")],
+)
+def test_own_end_of_a_record_whose_clock_is_a_date(period, told):
+    """A clock column may be a date (retention.planner.CLOCK_TYPES): the database returns a
+    datetime.date, whose end is told from that day (the engine's sessions compare it with a
+    cutoff as the start of that day in UTC: the same Paris day)."""
+    from retention.policy import default_policy
+    from retention.rights.ends import own_end
+
+    rule = next(r for r in default_policy().purpose("contracts").rules if r.name == "payment_references")
+    rule = rule.model_copy(update={"live": period})
+    clock = dt.date(2024, 2, 29)
+    assert due_date(clock, period, PARIS).astimezone(PARIS).date().isoformat() == told
+    assert own_end(rule, clock, PARIS) == told

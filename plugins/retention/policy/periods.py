@@ -96,7 +96,12 @@ def cutoff(logical_date: dt.datetime, period: Period, tz: ZoneInfo) -> dt.dateti
     return min(local_midnight(last_due_day + dt.timedelta(days=1), tz), logical_date + _RESOLUTION)
 
 
-def due_date(clock: dt.datetime, period: Period, tz: ZoneInfo) -> dt.datetime:
+def due_date(clock: dt.datetime | dt.date, period: Period, tz: ZoneInfo) -> dt.datetime:
     """The first logical date at which a record with this clock is due, consistent with
-    :func:`cutoff`: Paris midnight of clock's date + period, never before the clock itself."""
+    :func:`cutoff`: Paris midnight of clock's date + period, never before the clock itself.
+
+    A clock column of type date is read as a ``datetime.date``: the start of that day in UTC,
+    as the engine's sessions (UTC) compare it with a cutoff (the same day in Paris)."""
+    if not isinstance(clock, dt.datetime):
+        clock = dt.datetime.combine(clock, dt.time(0), tzinfo=dt.UTC)
     return max(local_midnight(period.add_to(local_date(clock, tz)), tz), clock)
