@@ -60,6 +60,12 @@ def test_api_refuses_a_trigger_dated_in_the_future(api_server):
             url, "POST", "/api/v2/dags/retention_quotes/dagRuns", {"logical_date": paris.isoformat()}, token
         )
         assert status == 400 and paris.isoformat() in body["detail"], body
+        # As Unix time (a number, or a string of digits), which Airflow takes too: still refused.
+        for unix_time in (int(tomorrow.timestamp()), str(int(tomorrow.timestamp()))):
+            status, body = _call(
+                url, "POST", "/api/v2/dags/retention_quotes/dagRuns", {"logical_date": unix_time}, token
+            )
+            assert status == 400 and tomorrow.isoformat() in body["detail"], (unix_time, status, body)
 
         # A past date and no date go through (the run waits for a scheduler; removed below).
         past = dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
@@ -151,3 +157,29 @@ def test_guard_on_the_execution_api_answers_in_its_shape():
     body = {"logical_date": "2024-01-01T00:00:00+00:00", "conf": {"k": "v" * 70_000}}
     assert client.post("/execution/dag-runs/retention_quotes/r2", json=body).json() == {"received": body}
     assert client.post("/execution/dag-runs/other/r3", json={"logical_date": future}).status_code == 200
+
+
+def test_guard_reads_a_logical_date_given_as_unix_time_as_airflow_does():
+    """Airflow's bodies are pydantic models: a logical date may be given as Unix time, a number or
+    a string of digits (it makes 2100-01-01 of 4102444800). The guard reads it the same way and
+    refuses it, where it used to let it through as unreadable."""
+    from airflow.api_fastapi.core_api.datamodels.dag_run import TriggerDAGRunPostBody
+    from fastapi.testclient import TestClient
+    from retention_ui.future_guard import FutureRunGuard, requested_logical_date
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    year_2100 = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+    for body in (b'{"logical_date": 4102444800}', b'{"logical_date": "4102444800"}'):
+        assert TriggerDAGRunPostBody.model_validate_json(body).logical_date == year_2100  # what Airflow creates
+        assert requested_logical_date(body) == year_2100
+
+    async def trigger(request):
+        return JSONResponse({"received": await request.json()})
+
+    app = Starlette(routes=[Route("/api/v2/dags/{dag_id}/dagRuns", trigger, methods=["POST"])])
+    app.add_middleware(FutureRunGuard)
+    client = TestClient(app)
+    assert client.post("/api/v2/dags/retention_quotes/dagRuns", json={"logical_date": 4102444800}).status_code == 400
+    assert client.post("/api/v2/dags/retention_quotes/dagRuns", json={"logical_date": 1704067200}).status_code == 200

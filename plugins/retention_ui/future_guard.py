@@ -26,7 +26,12 @@ import datetime as dt
 import json
 import re
 
+from pydantic import TypeAdapter
 from retention.future_dates import guarded, is_future, refusal
+
+# Airflow's bodies are pydantic models: its logical date is read by the same parser (ISO 8601
+# text, or Unix time as a number or a string of digits: 4102444800 is 2100-01-01).
+_DATETIME = TypeAdapter(dt.datetime)
 
 # The path may carry the api-server's base path in front (a base_url with a path).
 _TRIGGER_ROUTES = (
@@ -47,13 +52,13 @@ def guarded_dag_id(method: str, path: str) -> str | None:
 
 
 def requested_logical_date(body: bytes) -> dt.datetime | None:
-    """The body's logical date; None when there is none (null: the run acts as of its start) or
-    when it cannot be read (Airflow's own validation answers). A date without a time zone is
-    taken as UTC, as the execution API does."""
+    """The body's logical date, read as Airflow reads it; None when there is none (null: the run
+    acts as of its start) or when it cannot be read (Airflow's own validation answers). A date
+    without a time zone is taken as UTC, as the execution API does."""
     try:
         value = json.loads(body or b"{}").get("logical_date")
-        when = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
-    except (ValueError, AttributeError):
+        when = None if value is None else _DATETIME.validate_python(value)
+    except (ValueError, AttributeError):  # pydantic's ValidationError is a ValueError
         return None
     if when is not None and when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
