@@ -131,3 +131,23 @@ def test_own_end_of_a_record_whose_clock_is_a_date(period, told):
     clock = dt.date(2024, 2, 29)
     assert due_date(clock, period, PARIS).astimezone(PARIS).date().isoformat() == told
     assert own_end(rule, clock, PARIS) == told
+
+
+def test_a_rules_whole_period_recorded_in_the_manifest_is_read_back():
+    """The manifest records each object's live + archive as text (``gone_after``), read back by
+    every purge and after-gate (retention.archive.purge.policy_keeps_longer). Two periods the
+    policy accepts, say 500 + 600 days, add up to 1100 days: that text must parse too, or the
+    purge of the purpose fails at every run and its objects stay past their date."""
+    from retention.archive.purge import policy_keeps_longer
+    from retention.policy import default_policy
+
+    quotes = default_policy().purpose("quotes")
+    rule = quotes.rules[0].model_copy(update={"live": Period.parse("500 days"), "archive": Period.parse("600 days")})
+    purpose = quotes.model_copy(update={"rules": (rule,)})
+    assert str(rule.gone_after) == "1100 days"
+    assert not policy_keeps_longer(purpose, rule.name, str(rule.gone_after))
+    assert policy_keeps_longer(purpose, rule.name, "1099 days")
+    for longest in (Period(days=999) + Period(days=999), Period(months=999) + Period(months=998)):
+        assert Period.parse(str(longest), written=False) == longest
+    with pytest.raises(ValueError, match="is not a period"):
+        Period.parse("1100 days")  # written in the policy: three digits at most, as before

@@ -47,7 +47,7 @@ def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None
     rule = next((r for r in purpose.rules if r.name == rule_name), None)
     if gone_after is None or rule is None:
         return False
-    return not covers(Period.parse(gone_after), rule.gone_after)
+    return not covers(Period.parse(gone_after, written=False), rule.gone_after)
 
 
 def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, alias: str = "m") -> str:

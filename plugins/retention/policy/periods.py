@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 _RESOLUTION = dt.timedelta(microseconds=1)  # of timestamptz
-_PERIOD_RE = re.compile(r"^\s*(\d{1,3})\s+(day|days|month|months|year|years)\s*$")
+_PERIOD_RE = re.compile(r"^\s*(\d+)\s+(day|days|month|months|year|years)\s*$")
+# A period written in the policy has three digits at most; a sum of two (a rule's live + archive,
+# which the manifest records as ``gone_after``) may have more, and is read back with written=False.
+_WRITTEN_DIGITS = 3
 
 
 @dataclass(frozen=True, order=True)
@@ -27,9 +30,9 @@ class Period:
     days: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> Period:
+    def parse(cls, text: str, *, written: bool = True) -> Period:
         match = _PERIOD_RE.match(str(text))
-        if not match:
+        if not match or (written and len(match.group(1)) > _WRITTEN_DIGITS):
             raise ValueError(f"{text!r} is not a period like '12 months', '5 years' or '0 days'")
         n, unit = int(match.group(1)), match.group(2)
         if unit.startswith("day"):
