@@ -66,6 +66,20 @@ def test_api_refuses_a_trigger_dated_in_the_future(api_server):
                 url, "POST", "/api/v2/dags/retention_quotes/dagRuns", {"logical_date": unix_time}, token
             )
             assert status == 400 and tomorrow.isoformat() in body["detail"], (unix_time, status, body)
+        # Without a logical date, to run after tomorrow: the run waits, queued, until then, and a
+        # queued run counts against max_active_runs (no daily run is created meanwhile). Refused.
+        for logical_date in (None, dt.datetime(2021, 3, 4, tzinfo=dt.UTC).isoformat()):
+            status, body = _call(
+                url,
+                "POST",
+                "/api/v2/dags/retention_quotes/dagRuns",
+                {"logical_date": logical_date, "run_after": tomorrow.isoformat(), "note": "test_future_runs"},
+                token,
+            )
+            if status == 200:
+                created.append(body["dag_run_id"])
+            assert status == 400, (logical_date, status, body)
+            assert body["detail"].startswith(f"retention_quotes: run_after {tomorrow.isoformat()} is in the future")
 
         # A past date and no date go through (the run waits for a scheduler; removed below).
         past = dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.UTC)

@@ -42,3 +42,14 @@ def refusal(dag_id: str, logical_date: dt.datetime, now: dt.datetime) -> str:
         "before that date while the run holds the DAG's only active-run slot. Trigger with a "
         "logical date in the past, or none (the run then acts as of the moment it starts)."
     )
+
+
+def run_after_refusal(dag_id: str, run_after: dt.datetime, now: dt.datetime) -> str:
+    """Why a trigger of a retention DAG to run after a future instant is refused (the API's 400)."""
+    minutes = int(FUTURE_TOLERANCE.total_seconds() // 60)
+    return (
+        f"{dag_id}: run_after {run_after.isoformat()} is in the future "
+        f"(now {now.isoformat(timespec='seconds')}; {minutes} minutes of clock skew allowed). "
+        "Airflow keeps the run queued until then, and a queued run holds the DAG's only active-run "
+        "slot: no daily run is created meanwhile. Trigger without run_after (the run starts now)."
+    )

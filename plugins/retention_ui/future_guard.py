@@ -27,7 +27,7 @@ import json
 import re
 
 from pydantic import TypeAdapter
-from retention.future_dates import guarded, is_future, refusal
+from retention.future_dates import guarded, is_future, refusal, run_after_refusal
 
 # Airflow's bodies are pydantic models: its logical date is read by the same parser (ISO 8601
 # text, or Unix time as a number or a string of digits: 4102444800 is 2100-01-01).
@@ -51,12 +51,13 @@ def guarded_dag_id(method: str, path: str) -> str | None:
     return None
 
 
-def requested_logical_date(body: bytes) -> dt.datetime | None:
-    """The body's logical date, read as Airflow reads it; None when there is none (null: the run
-    acts as of its start) or when it cannot be read (Airflow's own validation answers). A date
-    without a time zone is taken as UTC, as the execution API does."""
+def requested_logical_date(body: bytes, field: str = "logical_date") -> dt.datetime | None:
+    """The body's logical date (or ``field``: run_after), read as Airflow reads it; None when there
+    is none (a null logical date: the run acts as of its start) or when it cannot be read
+    (Airflow's own validation answers). A date without a time zone is taken as UTC, as the
+    execution API does."""
     try:
-        value = json.loads(body or b"{}").get("logical_date")
+        value = json.loads(body or b"{}").get(field)
         when = None if value is None else _DATETIME.validate_python(value)
     except (ValueError, AttributeError):  # pydantic's ValidationError is a ValueError
         return None
@@ -67,7 +68,7 @@ def requested_logical_date(body: bytes) -> dt.datetime | None:
 
 class FutureRunGuard:
     """Answers 400, naming the date and the rule, to a trigger of a ``retention_*`` DAG whose
-    logical date is in the future; every other request passes untouched."""
+    logical date, or run_after, is in the future; every other request passes untouched."""
 
     def __init__(self, app):
         self.app = app
@@ -90,6 +91,12 @@ class FutureRunGuard:
         logical_date = requested_logical_date(body)
         if is_future(logical_date, now):
             await self._refuse(scope, send, refusal(dag_id, logical_date, now))
+            return
+        # A run to start after a future instant waits queued, and a queued run counts against
+        # max_active_runs: the DAG's daily runs are not created until it has run.
+        run_after = requested_logical_date(body, "run_after")
+        if is_future(run_after, now):
+            await self._refuse(scope, send, run_after_refusal(dag_id, run_after, now))
             return
 
         async def replay():
