@@ -306,3 +306,26 @@ def test_a_file_a_table_the_engine_may_not_read_names_is_kept(db, s3, storage, p
     finally:
         db.execute("DROP TABLE app.employee_files")
         db.commit()
+
+
+def test_the_rights_role_may_add_owners_to_an_archive_object_never_remove_one(db, role_dsn):
+    """An erasure names a held subject's records among an object's owners (a hold on them then
+    keeps it at every later check); removing one would let a purge delete a held object."""
+    manifest = db.execute(
+        "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
+        " object_key, state, purge_month, purge_after, row_count, record_ids, committed_at, owner_ids)"
+        " VALUES ('manual__roles', now(), 'quotes', 'unconverted_quotes', 'quotes', 'intermediate', 'b', 'k',"
+        " 'committed', '2030-01', '2030-01-10', 1, '{1}', now(), '{\"prospects\": [7]}') RETURNING id"
+    ).fetchone()[0]
+    with psycopg.connect(role_dsn("retention_rights")) as conn:
+        conn.execute(
+            'UPDATE retention.archive_manifest SET owner_ids = \'{"prospects": [7], "customers": [3]}\' WHERE id = %s',
+            (manifest,),
+        )
+        conn.commit()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not remove owners"):
+            conn.execute(
+                "UPDATE retention.archive_manifest SET owner_ids = '{\"customers\": [3]}' WHERE id = %s", (manifest,)
+            )
+    (owners,) = db.execute("SELECT owner_ids FROM retention.archive_manifest WHERE id = %s", (manifest,)).fetchone()
+    assert owners == {"prospects": [7], "customers": [3]}

@@ -1249,3 +1249,50 @@ def test_a_row_archived_while_the_erasure_locks_its_rows_is_not_reported_kept_li
     assert fired and q not in f.ids(db, "quotes")
     assert report["erased"]["intermediate"] == {"quotes": 1}
     assert [k for k in report["kept"] if k["source"] == "live" and k["table"] == "quotes"] == [], report["kept"]
+
+
+def test_a_hold_through_the_prospect_they_were_keeps_the_old_object_after_the_request_too(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The held quote of the prospect the customer was (its object names the prospect only), a
+    hold placed on the customer after the erasure's rewrite committed: the request's own check
+    (held_through_parents) keeps the old object, the quote's only copy. The rewrite stays
+    'committed'; the next request of anyone else (or the quotes run) finishes it through
+    recover_rewrites, whose check sees only the object's owners: the held quote was deleted."""
+    from tests.test_exact_day import versions
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    c = f.customer(db, ended="2021-01-01", email=EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    [quotes_key] = [
+        k
+        for (k,) in db.execute(
+            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
+        )
+    ]
+    real_finish = object_rewrite._finish
+
+    def hold_then_finish(*args, **kwargs):
+        f.legal_hold(db, "customers", c)  # another connection, after the rewrite's commit
+        return real_finish(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(object_rewrite, "_finish", hold_then_finish)
+        report = rights(policy, source_dsn, s3, storage).handle(
+            request("erasure", "rev-held-after-commit-prospect", kind="customer", subject_id=c)
+        )
+    assert report["erased"]["intermediate"] == {}, report["erased"]
+    assert quotes_key in versions(s3, storage.archive_bucket), "kept by the request itself"
+
+    someone = f.customer(db, email=OTHER_EMAIL)
+    rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-someone-else", kind="customer", subject_id=someone)
+    )
+    assert quotes_key in versions(s3, storage.archive_bucket), (
+        "the held customer's only archived quote was deleted by the next request's recovery"
+    )

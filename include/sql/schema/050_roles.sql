@@ -110,7 +110,9 @@ GRANT SELECT ON retention.partition_retirements TO retention_rights;
 GRANT INSERT ON retention.archive_manifest, retention.document_disposals, retention.object_rewrites,
     retention.audit_log, retention.access_exports, retention.subject_requests, retention.subject_request_inbox
     TO retention_rights;
-GRANT UPDATE (state, byte_size, sha256, version_id, document_version_ids, committed_at)
+-- owner_ids: an erasure names the subject's records among the owners of an object a hold on
+-- them keeps through their rows (retention.rights.erase_archived).
+GRANT UPDATE (state, byte_size, sha256, version_id, document_version_ids, committed_at, owner_ids)
     ON retention.archive_manifest TO retention_rights;
 GRANT UPDATE (disposed_at, outcome) ON retention.document_disposals TO retention_rights;
 GRANT UPDATE (state, committed_at, done_at) ON retention.object_rewrites TO retention_rights;
@@ -222,3 +224,20 @@ CREATE OR REPLACE TRIGGER archive_manifest_rights_state
     BEFORE UPDATE OF state ON retention.archive_manifest
     FOR EACH ROW WHEN (retention.acts_as('retention_rights') AND NOT retention.acts_as('retention_engine'))
     EXECUTE FUNCTION retention.refuse_rights_manifest_state();
+
+-- An erasure may only add owners to an object (a hold on them keeps it), never remove one.
+CREATE OR REPLACE FUNCTION retention.refuse_rights_fewer_owners() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF OLD.owner_ids IS NOT NULL AND (NEW.owner_ids IS NULL OR NOT NEW.owner_ids @> OLD.owner_ids) THEN
+        RAISE EXCEPTION 'permission denied: % may not remove owners of archive object %', current_user, OLD.id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER archive_manifest_rights_owners
+    BEFORE UPDATE OF owner_ids ON retention.archive_manifest
+    FOR EACH ROW WHEN (retention.acts_as('retention_rights') AND NOT retention.acts_as('retention_engine'))
+    EXECUTE FUNCTION retention.refuse_rights_fewer_owners();

@@ -9,10 +9,12 @@ incomplete: a retry reads it again.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 from retention.archive import rewrite as object_rewrite
 from retention.archive.locks import acquire_purpose_lock, release_purpose_lock
+from retention.policy.coverage import ancestors_first
 from retention.rights.context import RequestContext
 from retention.rights.decide import classify_object
 from retention.rights.ends import row_ends
@@ -133,7 +135,26 @@ def _rewrite(ctx: RequestContext, control, intents, req: SubjectRequest, obj: Ar
         origin=req.request_id,
         new_key=f"{obj.key.removesuffix('.parquet')}.erasure-{req.request_id}.parquet",
         run_id=req.audit_run_id,
-        held=lambda conn: obj.manifest_id in held_through_parents(ctx, conn, found),
+        held=lambda conn: _held_through_parents(ctx, conn, obj, found),
     )
     result.pop("removed_ids", None)  # the report holds counts
     return result
+
+
+def _held_through_parents(ctx: RequestContext, conn, obj: ArchivedObject, found: Found) -> bool:
+    """The rewrite's own hold test (held_through_parents); a held object is then named its
+    subject's records above its table among its owners, in the hold check's transaction: kept
+    whole, or its rewrite left 'committed', every later check (the next run's or request's
+    recover_rewrites, the purge) sees only the manifest's owners, and deleted the held object
+    (found by a review). A superset of owners only keeps more."""
+    if obj.manifest_id not in held_through_parents(ctx, conn, found):
+        return False
+    owners = {t: set(v) for t, v in (obj.owner_ids or {}).items()}
+    for table in ancestors_first(ctx.policy, [obj.table]):
+        if table != obj.table and found.ids.get(table):
+            owners.setdefault(table, set()).update(found.ids[table])
+    conn.execute(
+        "UPDATE retention.archive_manifest SET owner_ids = %s::jsonb WHERE id = %s AND owner_ids IS NOT NULL",
+        (json.dumps({t: sorted(v) for t, v in sorted(owners.items())}), obj.manifest_id),
+    )
+    return True
