@@ -1296,3 +1296,41 @@ def test_a_hold_through_the_prospect_they_were_keeps_the_old_object_after_the_re
     assert quotes_key in versions(s3, storage.archive_bucket), (
         "the held customer's only archived quote was deleted by the next request's recovery"
     )
+
+
+def test_a_rerun_after_a_crash_past_the_commit_keeps_the_old_object_a_hold_through_the_prospect_keeps(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An erasure of the customer crashes after its rewrite of the quote of the prospect they were
+    committed (the old object, the quote's only copy, still stored); a hold is then placed on the
+    customer. The re-run finds the old object held (through the prospect) and reports it kept,
+    but first finishes the purpose's pending rewrites (recover_rewrites), whose check reads only
+    the old object's owners (the prospect): the held quote was deleted (found by a review)."""
+    from tests.test_exact_day import versions
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    c = f.customer(db, ended="2021-01-01", email=EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    [quotes_key] = [
+        k
+        for (k,) in db.execute(
+            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
+        )
+    ]
+
+    def crash(*args, **kwargs):
+        raise Crash("after_commit")
+
+    req = request("erasure", "rev-crash-then-hold", kind="customer", subject_id=c)
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(object_rewrite, "_finish", crash)
+        rights(policy, source_dsn, s3, storage).handle(req)
+    f.legal_hold(db, "customers", c)
+    report = rights(policy, source_dsn, s3, storage).handle(req)
+    assert report["erased"]["intermediate"] == {}, report["erased"]
+    assert quotes_key in versions(s3, storage.archive_bucket), "the held customer's only archived quote was deleted"

@@ -60,6 +60,14 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
         report["objects"].append(entry)
     if preview:
         return
+    # An old object of the subject's earlier rewrite (kept by a hold, or left by a crash past the
+    # commit): the only copy of their rows. Named their records among its owners before any
+    # recovery finishes that rewrite, whose check reads the owners alone: a hold reaching it only
+    # through the subject's rows (the prospect they were) did not keep it (found by a review).
+    with ctx.connect() as owners_conn:
+        for obj in found.objects:
+            if obj.superseded:
+                _name_subject_owners(ctx, owners_conn, obj, found)
     # Rewrites a crashed request left are finished first, even when no object is to be
     # rewritten now (after a crash past the commit, the subject is no longer found in any).
     pending = _pending_rewrites(ctx)
@@ -149,12 +157,24 @@ def _held_through_parents(ctx: RequestContext, conn, obj: ArchivedObject, found:
     (found by a review). A superset of owners only keeps more."""
     if obj.manifest_id not in held_through_parents(ctx, conn, found):
         return False
-    owners = {t: set(v) for t, v in (obj.owner_ids or {}).items()}
-    for table in ancestors_first(ctx.policy, [obj.table]):
-        if table != obj.table and found.ids.get(table):
-            owners.setdefault(table, set()).update(found.ids[table])
-    conn.execute(
-        "UPDATE retention.archive_manifest SET owner_ids = %s::jsonb WHERE id = %s AND owner_ids IS NOT NULL",
-        (json.dumps({t: sorted(v) for t, v in sorted(owners.items())}), obj.manifest_id),
-    )
+    _name_subject_owners(ctx, conn, obj, found)
     return True
+
+
+def _name_subject_owners(ctx: RequestContext, conn, obj: ArchivedObject, found: Found) -> None:
+    """Add the subject's records of the tables above the object's to its owners (those recorded
+    now, read under the row's lock, and more: never fewer)."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT owner_ids FROM retention.archive_manifest WHERE id = %s FOR NO KEY UPDATE", (obj.manifest_id,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return
+        owners = {t: set(v) for t, v in row[0].items()}
+        for table in ancestors_first(ctx.policy, [obj.table]):
+            if table != obj.table and found.ids.get(table):
+                owners.setdefault(table, set()).update(found.ids[table])
+        conn.execute(
+            "UPDATE retention.archive_manifest SET owner_ids = %s::jsonb WHERE id = %s",
+            (json.dumps({t: sorted(v) for t, v in sorted(owners.items())}), obj.manifest_id),
+        )
