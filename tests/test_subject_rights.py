@@ -1334,3 +1334,38 @@ def test_a_rerun_after_a_crash_past_the_commit_keeps_the_old_object_a_hold_throu
     report = rights(policy, source_dsn, s3, storage).handle(req)
     assert report["erased"]["intermediate"] == {}, report["erased"]
     assert quotes_key in versions(s3, storage.archive_bucket), "the held customer's only archived quote was deleted"
+
+
+def test_the_archived_quote_an_erasure_reports_kept_under_the_customers_hold_is_not_purged_meanwhile(
+    db, s3, storage, policy, source_dsn
+):
+    """A hold on the customer; their erasure reports the archived quote of the prospect they were
+    kept under that hold (found through the archived prospect record: held_through_parents). The
+    quote's object names only the prospect among its owners, and the purge's hold check reads the
+    owners alone: the quotes purge on the object's date deleted the quote the evidence says is
+    kept under a hold still active (found by a review)."""
+    from tests.test_exact_day import versions
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    c = f.customer(db, ended="2021-01-01", email=EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    [(quotes_key, purge_after)] = db.execute(
+        "SELECT object_key, purge_after FROM retention.archive_manifest WHERE state = 'committed'"
+        " AND table_name = 'quotes'"
+    ).fetchall()
+    f.legal_hold(db, "customers", c)
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-held-then-purge", kind="customer", subject_id=c)
+    )
+    kept = [k for k in report["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
+    assert [k["reason"] for k in kept] == ["legal_hold"]
+
+    day = (purge_after + dt.timedelta(days=2)).date().isoformat()
+    engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    engine.purge_archives(RunContext("quotes", "purge-after-erasure", f.midnight(day)))
+    assert quotes_key in versions(s3, storage.archive_bucket), "the quote kept under the customer's hold was purged"

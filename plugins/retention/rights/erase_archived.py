@@ -63,10 +63,13 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
     # An old object of the subject's earlier rewrite (kept by a hold, or left by a crash past the
     # commit): the only copy of their rows. Named their records among its owners before any
     # recovery finishes that rewrite, whose check reads the owners alone: a hold reaching it only
-    # through the subject's rows (the prospect they were) did not keep it (found by a review).
+    # through the subject's rows (the prospect they were) did not keep it. So is an object such a
+    # hold keeps now: the purge's check reads the owners alone too, and purged on its date the
+    # rows this request reports kept under the hold (both found by a review).
     with ctx.connect() as owners_conn:
+        through = held_through_parents(ctx, owners_conn, found)
         for obj in found.objects:
-            if obj.superseded:
+            if obj.superseded or obj.manifest_id in through:
                 _name_subject_owners(ctx, owners_conn, obj, found)
     # Rewrites a crashed request left are finished first, even when no object is to be
     # rewritten now (after a crash past the commit, the subject is no longer found in any).
