@@ -1369,3 +1369,39 @@ def test_the_archived_quote_an_erasure_reports_kept_under_the_customers_hold_is_
     engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
     engine.purge_archives(RunContext("quotes", "purge-after-erasure", f.midnight(day)))
     assert quotes_key in versions(s3, storage.archive_bucket), "the quote kept under the customer's hold was purged"
+
+
+def test_an_old_object_the_quotes_run_deleted_meanwhile_is_reported_deleted(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An erasure's rewrite committed, a hold then kept its old object (the subject's quotes' only
+    copy). Once the hold is released the subject asks again: the request finds the old object and
+    says it deletes it, but the quotes run finishes that rewrite first (its recovery), after the
+    request's search: no rewrite is pending any more, the request never looked at the purpose
+    again, and its evidence said 'delete' with nothing erased, of rows that are gone (a review)."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    real_finish = object_rewrite._finish
+
+    def hold_then_finish(*args, **kwargs):
+        f.legal_hold(db, "customers", w["customer"])
+        return real_finish(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(object_rewrite, "_finish", hold_then_finish)
+        rights(policy, source_dsn, s3, storage).handle(
+            request("erasure", "rev-held-first", kind="customer", subject_id=w["customer"])
+        )
+    db.execute("UPDATE retention.legal_holds SET released_at = now()")
+    real_pending = erase_archived._pending_rewrites
+
+    def quotes_run_first(ctx):
+        archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))  # its recovery finishes the rewrite
+        return real_pending(ctx)
+
+    monkeypatch.setattr(erase_archived, "_pending_rewrites", quotes_run_first)
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-again-after-run", kind="customer", subject_id=w["customer"])
+    )
+    assert_nothing_lost(db, s3, storage, w, finished=True)
+    assert [o["action"] for o in report["objects"] if o.get("table") == "quotes"] == ["deleted"], report["objects"]
+    assert report["erased"]["intermediate"] == {"quotes": 2}

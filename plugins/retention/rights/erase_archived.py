@@ -73,8 +73,10 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
                 _name_subject_owners(ctx, owners_conn, obj, found)
     # Rewrites a crashed request left are finished first, even when no object is to be
     # rewritten now (after a crash past the commit, the subject is no longer found in any).
+    # And the purposes of the old objects found to delete: a run may have finished their rewrite
+    # since the search (then no longer pending), which the request still reports (a review).
     pending = _pending_rewrites(ctx)
-    for purpose in sorted(pending | set(by_purpose)):
+    for purpose in sorted(pending | set(by_purpose) | set(superseded)):
         objects = by_purpose.get(purpose, [])
         with ctx.connect(autocommit=False) as control, ctx.connect() as intents:
             lock_purpose(ctx, control, purpose)
