@@ -268,3 +268,51 @@ def test_a_unit_retried_while_its_killed_try_still_runs_deletes_no_more_than_app
         pass
     assert committed_rows(db, ctx.run_id) <= 5, "the run's two tries deleted more than the plan approved"
     assert late in f.ids(db, "quotes")
+
+
+def test_a_zombie_unit_whose_control_session_ended_does_not_delete_beside_its_retry(
+    db, s3, storage, policy, source_dsn
+):
+    """The unit's own lock (one try at a time) lives on the try's ``control`` session, while its
+    last batch uploads on the other connection. A zombie try (Airflow gave up on it, it runs on)
+    whose control session a DBA ends loses that lock: its retry took it, counted what the run had
+    committed (not the zombie's batch in flight), skipped the zombie's locked rows and deleted a
+    row due since the plan in their place; the zombie then committed its batch: the run deleted
+    more than the plan approved."""
+    approved = [f.quote(db, issued="2023-06-01") for _ in range(2)]
+    db.commit()
+    ctx = RunContext("quotes", "zombie_ended", D, batch_size=1)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx)
+    ((unit,),) = plan_units(plan)
+    assert unit.rows == 2
+    zombie = make_engine(policy, source_dsn, s3, storage)
+    uploaded, go_on = threading.Event(), threading.Event()
+    real_upload, calls = zombie._upload_batch, []
+
+    def upload_then_wait(batch):
+        real_upload(batch)
+        calls.append(batch)
+        if len(calls) == 2:  # the last batch, on the second connection
+            uploaded.set()
+            assert go_on.wait(60)
+
+    zombie._upload_batch = upload_then_wait
+    late = f.quote(db, issued="2023-06-01")
+    db.commit()
+    with psycopg.connect(source_dsn, autocommit=True) as admin:
+        first = InThread(lambda: zombie.archive_and_delete(ctx, plan, unit))
+        assert uploaded.wait(30), (first.done.wait(5), repr(first.error), len(calls))
+        with a_dba_ending_the_control_session(admin, "") as end_session:
+            end_session()
+        retry = RunContext("quotes", "zombie_ended", D, batch_size=1, attempt=2)
+        second = InThread(lambda: make_engine(policy, source_dsn, s3, storage).archive_and_delete(retry, plan, unit))
+        second.done.wait(10)  # a fix may make it wait for the zombie's batch, then give up
+        go_on.set()  # the zombie deletes and commits its batch
+        for run in (first, second):
+            try:
+                run.join()
+            except Exception:  # noqa: BLE001 - the zombie's control session is gone; the retry may give up
+                pass
+    assert committed_rows(db, ctx.run_id) <= 2, "the zombie and its retry deleted more than the plan approved"
+    assert late in f.ids(db, "quotes")
+    assert not set(approved) & f.ids(db, "quotes") or committed_rows(db, ctx.run_id) < 2

@@ -27,7 +27,13 @@ from psycopg import sql
 from retention.archive.batch import _Allowance
 from retention.archive.db import connect, reader_opened_meanwhile
 from retention.archive.documents import dispose_documents
-from retention.archive.locks import acquire_purpose_lock, purpose_lock_name, release_purpose_lock
+from retention.archive.locks import (
+    acquire_purpose_lock,
+    purpose_lock_name,
+    release_purpose_lock,
+    unit_batches_lock_name,
+    wait_for_unit_batches,
+)
 from retention.archive.partitions import PartitionRetirement
 from retention.archive.protocol import BatchProtocol
 from retention.archive.purge import ArchivePurge
@@ -69,6 +75,8 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         self._plan: Plan | None = None
         self._allowances: dict[str, _Allowance] = {}
         self._statements: dict[str, RuleStatements] = {}
+        # A unit's try: its batches' transactions hold this lock shared (retention.archive.locks).
+        self._unit_batches: str | None = None
 
     def _connect(self, autocommit: bool = False) -> psycopg.Connection:
         return connect(self.dsn, f"retention:{self.purpose_name}", autocommit)
@@ -215,6 +223,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             if shared:
                 acquire_purpose_lock(control, self.purpose_name, self.lock_timeout, shared=True)
                 self._acquire_unit_lock(control, ctx, unit)
+                self._unit_batches = unit_batches_lock_name(self._unit_lock_name(ctx, unit))
             else:
                 self._acquire_purpose_lock(control)
             try:
@@ -233,6 +242,8 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
                     first_id, last_id = (unit.first_id, unit.last_id) if unit is not None else (1, MAX_ID)
                     count = approved.deletable if unit is None or unit.rows is None else unit.rows
                     if plan_given:  # approved before this try: an earlier try of the run may have spent some
+                        if shared:  # an earlier try's batch still open (its control session ended) first
+                            wait_for_unit_batches(control, self._unit_lock_name(ctx, unit))
                         count -= self._deleted_by_the_run(control, ctx, rule.name, first_id, last_id)
                     self._allowances[rule.name] = _Allowance(first_id, last_id, max(count, 0))
                     # The rule's statements, built once: the batches only execute them.
@@ -252,6 +263,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
                 release_purpose_lock(control, self.purpose_name, shared=shared)
                 self._allowances.clear()
                 self._statements.clear()
+                self._unit_batches = None
         return outcomes
 
     @staticmethod

@@ -83,6 +83,32 @@ def wait_for_batches_in_flight(conn: psycopg.Connection, purpose: str) -> None:
     conn.execute("SET LOCAL lock_timeout = 0")
 
 
+def unit_batches_lock_name(unit_lock: str) -> str:
+    """Held (shared) by each batch transaction of a unit's try, from its row locks to its commit,
+    on the connection that commits it; a later try of the unit takes it exclusively before it
+    counts what the run deleted (wait_for_unit_batches)."""
+    return f"{unit_lock}:batches"
+
+
+def wait_for_unit_batches(conn: psycopg.Connection, unit_lock: str) -> None:
+    """In the caller's transaction (its commit lets go): wait, at most BATCHES_LOCK_TIMEOUT, for
+    the batches an earlier try of the unit still has open on another session, then
+    PurposeLockedError. The unit's own lock lives on that try's control session: ended (a DBA,
+    a network cut), it frees the lock while the try's batch on its other connection may still
+    commit, and a retry that counted the run's deletions before that commit would take the
+    batch's rows' place in the approved count with rows beyond it."""
+    conn.execute(f"SET LOCAL lock_timeout = '{BATCHES_LOCK_TIMEOUT}'")
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (unit_batches_lock_name(unit_lock),))
+    except psycopg.errors.LockNotAvailable:
+        conn.rollback()
+        raise PurposeLockedError(
+            f"a batch of an earlier try of {unit_lock} is still open on another session after {BATCHES_LOCK_TIMEOUT} "
+            "(that try lost its control session); nothing was changed by this try, try again"
+        ) from None
+    conn.execute("SET LOCAL lock_timeout = 0")
+
+
 def release_purpose_lock(conn: psycopg.Connection, purpose: str, *, shared: bool = False) -> None:
     unlock = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
     conn.execute(f"SELECT {unlock}(hashtext(%s))", (purpose_lock_name(purpose),))

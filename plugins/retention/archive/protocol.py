@@ -162,6 +162,9 @@ class BatchProtocol:
             # A hold placed from now on waits for this commit; one committed before is seen below.
             # With the batches lock (locks.LOCK_HOLDS_AND_BATCHES): no recovery until this commits.
             control.execute(LOCK_HOLDS_AND_BATCHES, (batches_lock_name(self.purpose_name),))
+            if self._unit_batches is not None:
+                # And the unit's: a later try of the unit waits for this commit before it counts.
+                control.execute("SELECT pg_advisory_xact_lock_shared(hashtext(%s))", (self._unit_batches,))
             locked = self._lock_batch(control, rule, ctx, after_id)
         except psycopg.errors.LockNotAvailable as timed_out:
             control.rollback()
