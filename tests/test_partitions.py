@@ -2400,3 +2400,48 @@ def test_the_recorded_owners_of_a_partitions_rows_go_with_the_dropped_partition(
     assert db.execute("SELECT count(*) FROM retention.detached_owners").fetchone() == (0,), (
         "the dropped cookie choice's entry of who it belonged to stayed"
     )
+
+
+def test_a_retried_unit_spends_the_rows_of_a_partition_its_killed_try_detached(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """A unit's try is killed once 2019's partition is detached, before its drop; its retry runs
+    no recovery (the run's prepare_units did), so the partition stays detached, its rows out of the
+    table and not yet audited. The retry counted only the audited rows as spent: with 2019's three
+    rows still in its count it retired May's partition with a message due since the plan, and the
+    next run's recovery dropped 2019's under the run: 13 rows for a plan of 12."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    ctx = RunContext("subscriber_services", "retried", D)
+    plan = engine_for(policy, source_dsn, s3, storage).make_plan(ctx)
+    unit = next(u for (u, *_) in plan_units(plan) if u.rule == "chat_messages")
+    assert unit.rows == 12
+    crashing = engine_for(policy, source_dsn, s3, storage)
+    finish = crashing._finish_detached
+
+    def crash(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
+        (name,) = control.execute(
+            "SELECT partition_name FROM retention.partition_retirements WHERE id = %s", (retirement_id,)
+        ).fetchone()
+        if name == "chat_messages_2019_01":
+            raise Crash("killed after detaching 2019")
+        return finish(control, retirement_id, lock_timeout)
+
+    crashing._finish_detached = crash
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(ctx, plan, unit)
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "detached"
+    late = fp.chat_message(db, customers["2026-05"], transmitted=f.paris("2026-05-20", 10))  # due since the plan
+    db.commit()
+    retry = RunContext("subscriber_services", "retried", D, attempt=2)
+    engine_for(policy, source_dsn, s3, storage).archive_and_delete(retry, plan, unit)
+    # The next recovery finishes the retirement the killed try left, under this run.
+    engine_for(policy, source_dsn, s3, storage).recover_before_units(ctx, plan)
+    (deleted,) = db.execute(
+        "SELECT coalesce(sum(record_count), 0) FROM retention.audit_log WHERE run_id = %s AND rule = 'chat_messages'"
+        " AND action IN ('archived_and_deleted', 'deleted')",
+        (ctx.run_id,),
+    ).fetchone()
+    assert deleted <= 12, "the run deleted more chat messages than its approved plan counted"
+    assert f.ids(db, "chat_messages") == {late, *made["2026-06"], *made["2026-07"]}

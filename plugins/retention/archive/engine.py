@@ -28,12 +28,14 @@ from retention.archive.batch import _Allowance
 from retention.archive.db import connect, reader_opened_meanwhile
 from retention.archive.documents import dispose_documents
 from retention.archive.locks import (
+    BATCH_LOCK_TIMEOUT,
     acquire_purpose_lock,
     purpose_lock_name,
     release_purpose_lock,
     unit_batches_lock_name,
     wait_for_unit_batches,
 )
+from retention.archive.partition_plan import attached_state
 from retention.archive.partitions import PartitionRetirement
 from retention.archive.protocol import BatchProtocol
 from retention.archive.purge import ArchivePurge
@@ -43,6 +45,7 @@ from retention.archive.run import (
     MAX_UNITS_PER_RULE,
     RANGE_ROWS,
     PlanMismatchError,
+    PurposeLockedError,
     RetentionError,
     RunContext,
     Unit,
@@ -289,7 +292,12 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
     def _deleted_by_the_run(self, control, ctx: RunContext, rule_name: str, first_id: int, last_id: int) -> int:
         """Rows of the rule with ids in ``first_id..last_id`` that the run's earlier tries deleted
         (their audit rows, written in each batch's transaction): spent from the approved count, so
-        a retried try never deletes more than the plan approved, rows due since then included."""
+        a retried try never deletes more than the plan approved, rows due since then included.
+        Read after them, the rows of partitions an earlier try detached and did not drop (its
+        retirement still 'detaching': a unit's retry runs no recovery): out of the table, not yet
+        audited, they go when a recovery finishes the retirement, under this run."""
+        # A first try has no earlier try's partitions to spend: it leaves the other units' alone.
+        detached = self._detached_by_the_run(control, ctx, rule_name, first_id, last_id) if ctx.attempt > 1 else 0
         (deleted,) = control.execute(
             "SELECT count(*) FROM retention.audit_log AS a CROSS JOIN LATERAL unnest(a.record_ids) AS i(id)"
             " WHERE a.run_id = %s AND a.purpose = %s AND a.rule = %s"
@@ -297,7 +305,40 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             (ctx.run_id, self.purpose_name, rule_name, first_id, last_id),
         ).fetchone()
         control.commit()
-        return deleted
+        return deleted + detached
+
+    def _detached_by_the_run(self, control, ctx: RunContext, rule_name: str, first_id: int, last_id: int) -> int:
+        """Rows with ids in ``first_id..last_id`` of the partitions of the rule that the run took
+        out of its table (detach pending or done) and has not dropped yet, in the caller's
+        transaction. One being dropped by another unit of the run is waited for (its drop is
+        audited, read after this); one whose lock is not granted in time fails the try (nothing
+        changed): its rows could be this unit's."""
+        retirements = control.execute(
+            "SELECT table_name, partition_name FROM retention.partition_retirements"
+            " WHERE run_id = %s AND purpose = %s AND rule = %s AND state = 'detaching' ORDER BY id",
+            (ctx.run_id, self.purpose_name, rule_name),
+        ).fetchall()
+        rows = 0
+        for table, partition in retirements:
+            if attached_state(control, self.schema, table, partition) not in ("pending", "detached"):
+                continue  # still attached: its rows are in the table, for the batches
+            try:
+                with control.transaction():  # a savepoint: dropped meanwhile, its rows are audited
+                    control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+                    (n,) = control.execute(
+                        f"SELECT count(*) FROM ONLY {self._qualified(partition)} WHERE id BETWEEN %s AND %s",
+                        (first_id, last_id),
+                    ).fetchone()
+                rows += n
+            except psycopg.errors.UndefinedTable:
+                continue
+            except psycopg.errors.LockNotAvailable:
+                control.rollback()
+                raise PurposeLockedError(
+                    f"partition {partition} of {table}, detached by run {ctx.run_id} and not dropped, stayed locked "
+                    f"for {BATCH_LOCK_TIMEOUT}: its rows may be this unit's; nothing was changed by this try"
+                ) from None
+        return rows
 
     def _vacuum_after_deletes(self, connections, reader, outcomes: list[RuleOutcome]) -> None:
         """VACUUM (ANALYZE) the tables the row path deleted from, when their dead share passes
