@@ -220,3 +220,37 @@ def test_the_plan_projects_parents_whose_children_an_earlier_rule_deletes(db, s3
     planner = Planner.load(db, policy, "contracts")
     live, _ = planner.count(db, planner.purpose.rules[-1], f.midnight("2025-01-01"))
     assert live.waiting == {"claims": 2, "aml_records": 1}
+
+
+def test_the_units_of_a_plan_delete_no_more_than_its_counts_when_a_hold_is_released_while_it_is_made(
+    db, s3, storage, policy, source_dsn
+):
+    """The plan counts a rule's deletable rows, then cuts its id ranges with another statement:
+    a hold released in between (or any row due meanwhile) was in the ranges and not in the count.
+    The units, each allowed its range's rows, then deleted more than the count the before-gate,
+    the mass-deletion guard and the approver judged."""
+    q = [f.quote(db, issued="2023-06-01") for _ in range(6)]
+    hold = f.legal_hold(db, "quotes", q[2])
+    db.commit()
+    ctx = RunContext("quotes", "manual__released", D, batch_size=1)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    real_ranges = engine._unit_ranges
+
+    def released_then_ranges(*args, **kwargs):
+        db.execute("UPDATE retention.legal_holds SET released_at = now() WHERE id = %s", (hold,))
+        db.commit()
+        return real_ranges(*args, **kwargs)
+
+    engine._unit_ranges = released_then_ranges
+    plan = engine.make_plan(ctx, range_rows=3)
+    approved = plan.rule("unconverted_quotes").deletable
+    assert approved == 5
+    (units,) = plan_units(plan)
+    for unit in units:
+        make_engine(policy, source_dsn, s3, storage).archive_and_delete(ctx, plan, unit)
+    (deleted,) = db.execute(
+        "SELECT coalesce(sum(record_count), 0) FROM retention.audit_log WHERE run_id = %s"
+        " AND action IN ('archived_and_deleted', 'deleted')",
+        (ctx.run_id,),
+    ).fetchone()
+    assert deleted <= approved, f"the units deleted {deleted} rows, the plan approved {approved}"

@@ -147,6 +147,9 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             for rule, o in zip(self.purpose.rules, outcomes, strict=True)
             if range_rows is not None and o.deletable > range_rows
         }
+        for o in outcomes:
+            if o.rule in ranges:
+                ranges[o.rule] = _within_count(o.rule, ranges[o.rule], o.deletable)
         if not conn.autocommit:
             conn.commit()
         plan = Plan(
@@ -426,6 +429,28 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             key,
             _id_array(ids) if ids is not None else None,
         )
+
+
+def _within_count(rule: str, ranges: list[IdRange], count: int) -> list[IdRange]:
+    """A rule's ranges, their rows adding up to at most the rule's planned ``count``: the ranges
+    are cut by another statement than the count, and a row due between the two (a hold released,
+    a row written with an old clock) was in the ranges only; each unit may delete its range's
+    rows, so the units would delete more than the count the gate, the guard and the approver
+    judged. The last ranges give up the difference (what they then find is left for the next run)."""
+    left, within = count, []
+    for r in ranges:
+        rows = min(r.rows, max(left, 0))
+        within.append(IdRange(r.first_id, r.last_id, rows))
+        left -= rows
+    if sum(r.rows for r in ranges) > count:
+        log.warning(
+            "rule %s: its ranges counted %d rows, its plan %d (rows due while the plan was made): the units"
+            " delete at most the plan's",
+            rule,
+            sum(r.rows for r in ranges),
+            count,
+        )
+    return within
 
 
 _AUDIT_INSERT = (
