@@ -254,3 +254,23 @@ def test_the_units_of_a_plan_delete_no_more_than_its_counts_when_a_hold_is_relea
         (ctx.run_id,),
     ).fetchone()
     assert deleted <= approved, f"the units deleted {deleted} rows, the plan approved {approved}"
+
+
+def test_the_after_gate_counts_only_the_deleted_rows_its_before_snapshot_counted(db, s3, storage, policy, source_dsn):
+    """The row count check compares the rows of the before-snapshot (ids up to its largest) with
+    what the run deleted. A quote written after the snapshot with an old date (an import) is due,
+    and the run deletes it in the place of an approved quote held meanwhile: the check counted it
+    as deleted from the snapshot's rows and failed a run that kept exactly what it had to."""
+    held, going = f.quote(db, issued="2023-01-01"), f.quote(db, issued="2023-01-01")
+    ctx = RunContext("quotes", "manual__late_import", D)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx)
+    before = gates.run_before_gates(policy, policy.purpose("quotes"), source_dsn, ctx, 1.0, plan=plan)
+    f.legal_hold(db, "quotes", held)
+    imported = f.quote(db, issued="2023-01-01")
+    db.commit()
+    archived = {"rules": [o.as_dict() for o in engine.archive_and_delete(ctx, plan)]}
+    assert f.ids(db, "quotes") == {held}, (going, imported)
+    report = gates.run_after_gates(policy, "quotes", source_dsn, ArchiveStore(s3, storage), ctx, before, archived)
+    (rows,) = [r for r in report["results"] if r["table"] == "app.quotes" and "row_count" in r["expectation"]]
+    assert rows["success"], rows

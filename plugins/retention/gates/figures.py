@@ -52,28 +52,49 @@ def table_snapshot(conn, schema: str, tables: list[str]) -> dict:
     return {"table_rows": rows, "table_max_id": max_ids, "checked_at": checked_at.isoformat()}
 
 
-def deleted_by_table(conn, ctx: RunContext, purpose: str) -> dict[str, int]:
+# Rows an audit row deleted among those of the before-snapshot: its ids up to the table's largest
+# id at the snapshot (a row written since, with an old clock, may be due and deleted too: it was
+# not in the snapshot's count); an audit row without ids counts whole.
+_SNAPSHOT_ROWS = (
+    "sum(CASE WHEN a.record_ids IS NULL OR m.max_id IS NULL THEN a.record_count"
+    " ELSE (SELECT count(*) FROM unnest(a.record_ids) AS i(id) WHERE i.id <= m.max_id) END)"
+)
+
+
+def _max_ids(table_max_id: dict | None) -> tuple[list[str], list[int]]:
+    tables = sorted(table_max_id or {})
+    return tables, [int(table_max_id[t]) for t in tables]
+
+
+def deleted_by_table(conn, ctx: RunContext, purpose: str, table_max_id: dict | None = None) -> dict[str, int]:
     """Rows this run deleted, per table, from the audit log: it covers every attempt of a
-    retried task (the task's XCom only covers the last one)."""
+    retried task (the task's XCom only covers the last one). With ``table_max_id`` (the
+    before-snapshot's), only the rows the snapshot counted: ids up to its largest."""
+    tables, max_ids = _max_ids(table_max_id)
     rows = conn.execute(
-        "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
-        " AND action IN ('archived_and_deleted', 'deleted') GROUP BY 1",
-        (ctx.run_id, purpose),
+        f"SELECT a.table_name, {_SNAPSHOT_ROWS} FROM retention.audit_log AS a"
+        " LEFT JOIN unnest(%s::text[], %s::bigint[]) AS m(table_name, max_id) USING (table_name)"
+        " WHERE a.run_id = %s AND a.purpose = %s AND a.action IN ('archived_and_deleted', 'deleted') GROUP BY 1",
+        (tables, max_ids, ctx.run_id, purpose),
     ).fetchall()
     return {table: int(count) for table, count in rows}
 
 
-def deleted_by_other_runs(conn, ctx: RunContext, tables: list[str], checked_at: str | None) -> dict[str, int]:
-    """Rows other runs deleted from these tables since the before-snapshot. A run is its purpose
-    and run id together: the quotes and contracts DAGs share the id 'scheduled__<date>' and both
-    delete from app.quotes."""
+def deleted_by_other_runs(
+    conn, ctx: RunContext, tables: list[str], checked_at: str | None, table_max_id: dict | None = None
+) -> dict[str, int]:
+    """Rows other runs deleted from these tables since the before-snapshot (with ``table_max_id``,
+    only the rows the snapshot counted). A run is its purpose and run id together: the quotes and
+    contracts DAGs share the id 'scheduled__<date>' and both delete from app.quotes."""
     if checked_at is None:
         return {}
+    known, max_ids = _max_ids(table_max_id)
     rows = conn.execute(
-        "SELECT table_name, sum(record_count) FROM retention.audit_log"
-        " WHERE NOT (run_id = %s AND purpose = %s) AND table_name = ANY(%s)"
-        " AND action IN ('archived_and_deleted', 'deleted') AND at >= %s::timestamptz - %s GROUP BY 1",
-        (ctx.run_id, ctx.purpose, tables, checked_at, CONCURRENT_DELETE_SLACK),
+        f"SELECT a.table_name, {_SNAPSHOT_ROWS} FROM retention.audit_log AS a"
+        " LEFT JOIN unnest(%s::text[], %s::bigint[]) AS m(table_name, max_id) USING (table_name)"
+        " WHERE NOT (a.run_id = %s AND a.purpose = %s) AND a.table_name = ANY(%s)"
+        " AND a.action IN ('archived_and_deleted', 'deleted') AND a.at >= %s::timestamptz - %s GROUP BY 1",
+        (known, max_ids, ctx.run_id, ctx.purpose, tables, checked_at, CONCURRENT_DELETE_SLACK),
     ).fetchall()
     return {table: int(count) for table, count in rows}
 

@@ -94,8 +94,10 @@ def run_after_gates(
     runs = CheckpointRuns()  # the gate's Checkpoint runs, for one Data Docs update at its end
     with connect(dsn) as conn, gx_sources(dsn) as (context, source):
         results = due_left_results(Planner.load(conn, policy, purpose_obj), conn, ctx, dry_run, archived)
-        deleted = deleted_by_table(conn, ctx, purpose)
-        elsewhere = deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"))
+        # Counted among the rows of the before-snapshot only (ids up to its largest), as the check counts.
+        max_ids = before.get("table_max_id")
+        deleted = deleted_by_table(conn, ctx, purpose, max_ids)
+        elsewhere = deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"), max_ids)
         counts = row_count_checks(schema, before["table_rows"], before.get("table_max_id", {}), deleted, elsewhere)
         results += with_task_figures(validate_tables(context, source, f"{purpose}.after", counts, runs), archived)
         read_back, locks = archive_object_results(conn, context, store, ctx, purpose, runs)
