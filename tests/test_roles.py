@@ -329,3 +329,21 @@ def test_the_rights_role_may_add_owners_to_an_archive_object_never_remove_one(db
             )
     (owners,) = db.execute("SELECT owner_ids FROM retention.archive_manifest WHERE id = %s", (manifest,)).fetchone()
     assert owners == {"prospects": [7], "customers": [3]}
+
+
+def test_the_rights_role_may_not_record_owners_of_an_object_whose_owners_are_unknown(db, role_dsn):
+    """An object archived before owners were recorded (owner_ids NULL) is kept by every purge
+    (``object_held``: whose rows it holds is unknown) until the backfill reads them from its rows.
+    The rights role setting them (to ``{}``, or to a subject's records alone) would make the purge
+    test only those, and delete an object a hold on a record of its rows keeps."""
+    manifest = db.execute(
+        "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
+        " object_key, state, purge_month, purge_after, row_count, record_ids, committed_at, owner_ids)"
+        " VALUES ('manual__roles', now(), 'quotes', 'unconverted_quotes', 'quotes', 'intermediate', 'b', 'k2',"
+        " 'committed', '2030-01', '2030-01-10', 1, '{1}', now(), NULL) RETURNING id"
+    ).fetchone()[0]
+    with psycopg.connect(role_dsn("retention_rights")) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not remove owners"):
+            conn.execute("UPDATE retention.archive_manifest SET owner_ids = '{}' WHERE id = %s", (manifest,))
+    (owners,) = db.execute("SELECT owner_ids FROM retention.archive_manifest WHERE id = %s", (manifest,)).fetchone()
+    assert owners is None

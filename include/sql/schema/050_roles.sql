@@ -225,12 +225,14 @@ CREATE OR REPLACE TRIGGER archive_manifest_rights_state
     FOR EACH ROW WHEN (retention.acts_as('retention_rights') AND NOT retention.acts_as('retention_engine'))
     EXECUTE FUNCTION retention.refuse_rights_manifest_state();
 
--- An erasure may only add owners to an object (a hold on them keeps it), never remove one.
+-- An erasure may only add owners to an object (a hold on them keeps it), never remove one. Nor
+-- record any of an object whose owners are unknown (NULL: every purge keeps it, object_held, until
+-- the backfill reads them from its rows): a value there makes the purge test only those.
 CREATE OR REPLACE FUNCTION retention.refuse_rights_fewer_owners() RETURNS trigger
     LANGUAGE plpgsql AS
 $$
 BEGIN
-    IF OLD.owner_ids IS NOT NULL AND (NEW.owner_ids IS NULL OR NOT NEW.owner_ids @> OLD.owner_ids) THEN
+    IF OLD.owner_ids IS NULL OR NEW.owner_ids IS NULL OR NOT NEW.owner_ids @> OLD.owner_ids THEN
         RAISE EXCEPTION 'permission denied: % may not remove owners of archive object %', current_user, OLD.id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
