@@ -25,7 +25,7 @@ from retention.rights import erase_archived
 from retention.rights import find as rights_find
 from retention.rights.access import json_default
 from retention.rights.requests import SubjectRequest, SubjectRequestError
-from retention.rights.subject_rights import SubjectRights
+from retention.rights.subject_rights import IncompleteRequestError, SubjectRights
 from retention.rights.suppression import is_suppressed
 
 from tests import factories as f
@@ -1405,3 +1405,57 @@ def test_an_old_object_the_quotes_run_deleted_meanwhile_is_reported_deleted(
     assert_nothing_lost(db, s3, storage, w, finished=True)
     assert [o["action"] for o in report["objects"] if o.get("table") == "quotes"] == ["deleted"], report["objects"]
     assert report["erased"]["intermediate"] == {"quotes": 2}
+
+
+def test_a_held_quote_the_purge_rewrote_since_the_search_is_not_left_unnamed_in_the_new_object(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A hold on the customer keeps the archived quote of the prospect they were (its object names
+    the prospect only: held_through_parents). Between the erasure's search and its naming of the
+    customer among the object's owners, the quotes purge rewrites the object (written per month)
+    without a neighbour's quote past its end: the subject's quote is now in the new object, whose
+    owners are the old ones (the prospect only). The erasure named the customer on the old,
+    rewritten object and reported the quote kept under the hold, complete: the new object was
+    purged on its date, the held quote with it. A request that finds an object changed since its
+    search is incomplete (a retry names the owners of the object the rows are in now)."""
+    from tests.test_exact_day import archive_monthly, versions
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    f.quote(db, issued="2023-01-03")  # someone else's, ends first, same monthly object
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    quotes_engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    archive_monthly(quotes_engine, monkeypatch, "2024-06-01")
+    c = f.customer(db, ended="2021-01-01", email=EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    f.legal_hold(db, "customers", c)
+
+    real_through = erase_archived.held_through_parents
+    fired = []
+
+    def purge_first(*args, **kwargs):
+        if not fired:
+            fired.append(True)
+            result = quotes_engine.purge_archives(RunContext("quotes", "purge-early", f.midnight("2025-01-04")))
+            assert result["rewritten_objects"] == 1, result
+        return real_through(*args, **kwargs)
+
+    req = request("erasure", "rev-held-rewritten-meanwhile", kind="customer", subject_id=c)
+    with monkeypatch.context() as patched:
+        patched.setattr(erase_archived, "held_through_parents", purge_first)
+        try:
+            rights(policy, source_dsn, s3, storage).handle(req)
+        except IncompleteRequestError:  # the DAG's retry
+            rights(policy, source_dsn, s3, storage).handle(req)
+    assert fired
+
+    quotes_engine.purge_archives(RunContext("quotes", "purge-late", f.midnight("2025-01-12")))
+    stored = db.execute(
+        "SELECT object_key FROM retention.archive_manifest WHERE table_name = 'quotes' AND %s = ANY(record_ids)"
+        " AND state = 'committed'",
+        (q,),
+    ).fetchall()
+    assert stored and stored[0][0] in versions(s3, storage.archive_bucket), (
+        "the quote kept under the customer's hold was purged"
+    )

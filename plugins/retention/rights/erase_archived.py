@@ -66,11 +66,17 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
     # through the subject's rows (the prospect they were) did not keep it. So is an object such a
     # hold keeps now: the purge's check reads the owners alone too, and purged on its date the
     # rows this request reports kept under the hold (both found by a review).
+    # Not under the purpose's lock: the purge may have purged or rewritten the object since the
+    # search (its rows, the subject's among them, then in a new object with the old owners): the
+    # request is incomplete, and a retry names the owners of the object the rows are in now
+    # (found by a review). Named before, the purge's check (the row's lock) sees them.
     with ctx.connect() as owners_conn:
         through = held_through_parents(ctx, owners_conn, found)
         for obj in found.objects:
             if obj.superseded or obj.manifest_id in through:
-                _name_subject_owners(ctx, owners_conn, obj, found)
+                state = _name_subject_owners(ctx, owners_conn, obj, found)
+                if state != ("rewritten" if obj.superseded else "committed"):
+                    report["incomplete"] = True
     # Rewrites a crashed request left are finished first, even when no object is to be
     # rewritten now (after a crash past the commit, the subject is no longer found in any).
     # And the purposes of the old objects found to delete: a run may have finished their rewrite
@@ -166,15 +172,16 @@ def _held_through_parents(ctx: RequestContext, conn, obj: ArchivedObject, found:
     return True
 
 
-def _name_subject_owners(ctx: RequestContext, conn, obj: ArchivedObject, found: Found) -> None:
+def _name_subject_owners(ctx: RequestContext, conn, obj: ArchivedObject, found: Found) -> str | None:
     """Add the subject's records of the tables above the object's to its owners (those recorded
-    now, read under the row's lock, and more: never fewer)."""
+    now, read under the row's lock, and more: never fewer). Returns the object's state then."""
     with conn.transaction():
         row = conn.execute(
-            "SELECT owner_ids FROM retention.archive_manifest WHERE id = %s FOR NO KEY UPDATE", (obj.manifest_id,)
+            "SELECT owner_ids, state FROM retention.archive_manifest WHERE id = %s FOR NO KEY UPDATE",
+            (obj.manifest_id,),
         ).fetchone()
         if row is None or row[0] is None:
-            return
+            return row and row[1]
         owners = {t: set(v) for t, v in row[0].items()}
         for table in ancestors_first(ctx.policy, [obj.table]):
             if table != obj.table and found.ids.get(table):
@@ -183,3 +190,4 @@ def _name_subject_owners(ctx: RequestContext, conn, obj: ArchivedObject, found: 
             "UPDATE retention.archive_manifest SET owner_ids = %s::jsonb WHERE id = %s",
             (json.dumps({t: sorted(v) for t, v in sorted(owners.items())}), obj.manifest_id),
         )
+        return row[1]
