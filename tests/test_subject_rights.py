@@ -1459,3 +1459,40 @@ def test_a_held_quote_the_purge_rewrote_since_the_search_is_not_left_unnamed_in_
     assert stored and stored[0][0] in versions(s3, storage.archive_bucket), (
         "the quote kept under the customer's hold was purged"
     )
+
+
+def test_a_hold_on_the_customer_a_prospect_became_keeps_the_prospects_archived_quote_at_their_request(
+    db, s3, storage, policy, source_dsn
+):
+    """The prospect asks for erasure; they became a customer since, now under a hold, and both
+    the prospect record and its quote are archived (the quote's object names the prospect only,
+    the prospect's object names the customer). The hold covers the prospect, so the quote: the
+    request, which finds no customer of its own, followed the hold down its rows only from a
+    held record of the subject's, rewrote the quote out of the archive, and the purge's check
+    (the owners alone) would have deleted it on its date."""
+    from tests.test_exact_day import versions
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    c = f.customer(db, ended="2021-01-01", email=OTHER_EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    [(quotes_key, purge_after)] = db.execute(
+        "SELECT object_key, purge_after FROM retention.archive_manifest WHERE state = 'committed'"
+        " AND table_name = 'quotes'"
+    ).fetchall()
+    f.legal_hold(db, "customers", c)
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-prospect-held-customer", kind="prospect", subject_id=p)
+    )
+    assert report["erased"]["intermediate"] == {}, report["erased"]
+    kept = [k for k in report["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
+    assert [k["reason"] for k in kept] == ["legal_hold"]
+
+    day = (purge_after + dt.timedelta(days=2)).date().isoformat()
+    engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    engine.purge_archives(RunContext("quotes", "purge-after-prospect-erasure", f.midnight(day)))
+    assert quotes_key in versions(s3, storage.archive_bucket), "the quote kept under the customer's hold was purged"

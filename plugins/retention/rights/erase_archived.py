@@ -71,10 +71,11 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
     # request is incomplete, and a retry names the owners of the object the rows are in now
     # (found by a review). Named before, the purge's check (the row's lock) sees them.
     with ctx.connect() as owners_conn:
-        through = held_through_parents(ctx, owners_conn, found)
+        reached: dict[str, set[int]] = {}
+        through = held_through_parents(ctx, owners_conn, found, reached)
         for obj in found.objects:
             if obj.superseded or obj.manifest_id in through:
-                state = _name_subject_owners(ctx, owners_conn, obj, found)
+                state = _name_subject_owners(ctx, owners_conn, obj, found, reached)
                 if state != ("rewritten" if obj.superseded else "committed"):
                     report["incomplete"] = True
     # Rewrites a crashed request left are finished first, even when no object is to be
@@ -166,15 +167,19 @@ def _held_through_parents(ctx: RequestContext, conn, obj: ArchivedObject, found:
     whole, or its rewrite left 'committed', every later check (the next run's or request's
     recover_rewrites, the purge) sees only the manifest's owners, and deleted the held object
     (found by a review). A superset of owners only keeps more."""
-    if obj.manifest_id not in held_through_parents(ctx, conn, found):
+    reached: dict[str, set[int]] = {}
+    if obj.manifest_id not in held_through_parents(ctx, conn, found, reached):
         return False
-    _name_subject_owners(ctx, conn, obj, found)
+    _name_subject_owners(ctx, conn, obj, found, reached)
     return True
 
 
-def _name_subject_owners(ctx: RequestContext, conn, obj: ArchivedObject, found: Found) -> str | None:
-    """Add the subject's records of the tables above the object's to its owners (those recorded
-    now, read under the row's lock, and more: never fewer). Returns the object's state then."""
+def _name_subject_owners(
+    ctx: RequestContext, conn, obj: ArchivedObject, found: Found, reached: dict[str, set[int]] | None = None
+) -> str | None:
+    """Add the subject's records of the tables above the object's to its owners, and the held
+    records the hold reached them through (``reached``, held_through_parents): those recorded
+    now, read under the row's lock, and more: never fewer. Returns the object's state then."""
     with conn.transaction():
         row = conn.execute(
             "SELECT owner_ids, state FROM retention.archive_manifest WHERE id = %s FOR NO KEY UPDATE",
@@ -184,8 +189,9 @@ def _name_subject_owners(ctx: RequestContext, conn, obj: ArchivedObject, found: 
             return row and row[1]
         owners = {t: set(v) for t, v in row[0].items()}
         for table in ancestors_first(ctx.policy, [obj.table]):
-            if table != obj.table and found.ids.get(table):
-                owners.setdefault(table, set()).update(found.ids[table])
+            ids = found.ids.get(table, set()) | (reached or {}).get(table, set())
+            if table != obj.table and ids:
+                owners.setdefault(table, set()).update(ids)
         conn.execute(
             "UPDATE retention.archive_manifest SET owner_ids = %s::jsonb WHERE id = %s",
             (json.dumps({t: sorted(v) for t, v in sorted(owners.items())}), obj.manifest_id),

@@ -161,14 +161,18 @@ def find(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int
     return found
 
 
-def held_through_parents(ctx: RequestContext, conn, found: Found) -> set[int]:
+def held_through_parents(
+    ctx: RequestContext, conn, found: Found, reached: dict[str, set[int]] | None = None
+) -> set[int]:
     """The objects holding a row of the subject whose parent, live or archived, is under a hold,
     down the subject's rows found (parents first). The hold coverage (``covered_records_sql``,
     ``object_covered``) follows the live links and the owners an object recorded when it was
     written: a link made afterwards to a record since archived (a prospect who became a
     customer, then archived with the customer's identity) is seen only through the rows found
     here, and the object of the prospect's quote was erased under a hold on the customer
-    (found by a review)."""
+    (found by a review). The parent may also be a covered record that is not the subject's (the
+    customer the prospect asking became): then added to ``reached`` (``{table: ids}``), which
+    the erasure names among the held objects' owners (found by a review)."""
     if not found.objects:
         return set()
     covered = set(
@@ -185,9 +189,17 @@ def held_through_parents(ctx: RequestContext, conn, found: Found) -> set[int]:
             subject = set(obj.subject_ids)
             ids = obj.rows.column("id").to_pylist()
             for parent, col in ctx.parents.get(table, []):
-                if held_rows.get(parent) and col in obj.rows.column_names:
-                    values = obj.rows.column(col).to_pylist()
-                    rows |= {i for i, v in zip(ids, values, strict=True) if i in subject and v in held_rows[parent]}
+                if col not in obj.rows.column_names:
+                    continue
+                for i, v in zip(ids, obj.rows.column(col).to_pylist(), strict=True):
+                    if i not in subject or v is None:
+                        continue
+                    if v in held_rows.get(parent, ()):
+                        rows.add(i)
+                    elif (parent, v) in covered:
+                        rows.add(i)
+                        if reached is not None:
+                            reached.setdefault(parent, set()).add(v)
         objects |= {o.manifest_id for o in mine if rows.intersection(o.subject_ids)}
         if rows:
             held_rows[table] = rows
