@@ -156,6 +156,11 @@ def _rewrite(ctx: RequestContext, control, intents, req: SubjectRequest, obj: Ar
         new_key=f"{obj.key.removesuffix('.parquet')}.erasure-{req.request_id}.parquet",
         run_id=req.audit_run_id,
         held=lambda conn: _held_through_parents(ctx, conn, obj, found),
+        # The old object, the only copy of the subject's rows until its versions are deleted,
+        # named their records among its owners with the commit: after a crash past it, a hold
+        # placed on them since keeps it at the recovery of whichever run comes first (the
+        # purpose's own run reads the owners alone; found by a review).
+        on_commit=lambda conn, _removed: _name_subject_owners(ctx, conn, obj, found),
     )
     result.pop("removed_ids", None)  # the report holds counts
     return result
