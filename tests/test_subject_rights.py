@@ -1544,3 +1544,42 @@ def test_a_run_after_a_crash_past_the_commit_keeps_the_old_object_a_hold_through
     assert quotes_key in versions(s3, storage.archive_bucket), "the held customer's only archived quote was deleted"
     report = rights(policy, source_dsn, s3, storage).handle(req)
     assert report["erased"]["intermediate"] == {}, report["erased"]
+
+
+def test_a_run_after_a_prospects_erasure_crashed_past_the_commit_keeps_the_quote_a_hold_on_their_customer_keeps(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The prospect asks for erasure; they became a customer since, and both the prospect record
+    and its quote are archived (the quote's object names the prospect only). The erasure crashes
+    after its rewrite of the quote committed; a hold is then placed on the customer, which covers
+    the prospect, so the quote. The quotes run comes first: its recovery reads only the old
+    object's owners (the prospect, named by the erasure: the customer is not the subject's) and
+    deleted the held quote's only copy. The rewrite names the records the subject's archived
+    rows name above them too."""
+    from tests.test_exact_day import versions
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    c = f.customer(db, ended="2021-01-01", email=OTHER_EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    [quotes_key] = [
+        k
+        for (k,) in db.execute(
+            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
+        )
+    ]
+
+    def crash(*args, **kwargs):
+        raise Crash("after_commit")
+
+    req = request("erasure", "rev-prospect-crash-then-hold", kind="prospect", subject_id=p)
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(object_rewrite, "_finish", crash)
+        rights(policy, source_dsn, s3, storage).handle(req)
+    f.legal_hold(db, "customers", c)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))  # its recovery finishes the rewrite
+    assert quotes_key in versions(s3, storage.archive_bucket), "the held customer's archived quote was deleted"

@@ -71,11 +71,10 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
     # request is incomplete, and a retry names the owners of the object the rows are in now
     # (found by a review). Named before, the purge's check (the row's lock) sees them.
     with ctx.connect() as owners_conn:
-        reached: dict[str, set[int]] = {}
-        through = held_through_parents(ctx, owners_conn, found, reached)
+        through = held_through_parents(ctx, owners_conn, found)
         for obj in found.objects:
             if obj.superseded or obj.manifest_id in through:
-                state = _name_subject_owners(ctx, owners_conn, obj, found, reached)
+                state = _name_subject_owners(ctx, owners_conn, obj, found)
                 if state != ("rewritten" if obj.superseded else "committed"):
                     report["incomplete"] = True
     # Rewrites a crashed request left are finished first, even when no object is to be
@@ -172,19 +171,45 @@ def _held_through_parents(ctx: RequestContext, conn, obj: ArchivedObject, found:
     whole, or its rewrite left 'committed', every later check (the next run's or request's
     recover_rewrites, the purge) sees only the manifest's owners, and deleted the held object
     (found by a review). A superset of owners only keeps more."""
-    reached: dict[str, set[int]] = {}
-    if obj.manifest_id not in held_through_parents(ctx, conn, found, reached):
+    if obj.manifest_id not in held_through_parents(ctx, conn, found):
         return False
-    _name_subject_owners(ctx, conn, obj, found, reached)
+    _name_subject_owners(ctx, conn, obj, found)
     return True
 
 
-def _name_subject_owners(
-    ctx: RequestContext, conn, obj: ArchivedObject, found: Found, reached: dict[str, set[int]] | None = None
-) -> str | None:
-    """Add the subject's records of the tables above the object's to its owners, and the held
-    records the hold reached them through (``reached``, held_through_parents): those recorded
-    now, read under the row's lock, and more: never fewer. Returns the object's state then."""
+def _named_above(ctx: RequestContext, obj: ArchivedObject, found: Found) -> dict[str, set[int]]:
+    """The records the subject's rows in ``obj`` name above them, up the parent columns of the
+    subject's archived rows found: a hold on one covers them, which the manifest's owners may not
+    say (a link made after the object was written: the customer the prospect asking became, not
+    the subject's own record; found by a review). Live rows' links the hold coverage follows."""
+    index: dict[tuple[str, int], dict[str, int | None]] = {}
+    for o in found.objects:
+        cols = [c for _, c in ctx.parents.get(o.table, []) if c in o.rows.column_names]
+        subject = set(o.subject_ids)
+        values = {c: o.rows.column(c).to_pylist() for c in cols}
+        for n, i in enumerate(o.rows.column("id").to_pylist()):
+            if i in subject:
+                index[(o.table, i)] = {c: values[c][n] for c in cols}
+    named: dict[str, set[int]] = {}
+    frontier = [(obj.table, i) for i in obj.subject_ids]
+    seen: set[tuple[str, int]] = set()
+    while frontier:
+        key = frontier.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        row = index.get(key, {})
+        for parent, col in ctx.parents.get(key[0], []):
+            if row.get(col) is not None:
+                named.setdefault(parent, set()).add(row[col])
+                frontier.append((parent, row[col]))
+    return named
+
+
+def _name_subject_owners(ctx: RequestContext, conn, obj: ArchivedObject, found: Found) -> str | None:
+    """Add the subject's records of the tables above the object's to its owners, and the records
+    the subject's archived rows name above it (_named_above): those recorded now, read under the
+    row's lock, and more: never fewer. Returns the object's state then."""
     with conn.transaction():
         row = conn.execute(
             "SELECT owner_ids, state FROM retention.archive_manifest WHERE id = %s FOR NO KEY UPDATE",
@@ -193,8 +218,9 @@ def _name_subject_owners(
         if row is None or row[0] is None:
             return row and row[1]
         owners = {t: set(v) for t, v in row[0].items()}
+        above = _named_above(ctx, obj, found)
         for table in ancestors_first(ctx.policy, [obj.table]):
-            ids = found.ids.get(table, set()) | (reached or {}).get(table, set())
+            ids = found.ids.get(table, set()) | above.get(table, set())
             if table != obj.table and ids:
                 owners.setdefault(table, set()).update(ids)
         conn.execute(

@@ -161,9 +161,7 @@ def find(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int
     return found
 
 
-def held_through_parents(
-    ctx: RequestContext, conn, found: Found, reached: dict[str, set[int]] | None = None
-) -> set[int]:
+def held_through_parents(ctx: RequestContext, conn, found: Found) -> set[int]:
     """The objects holding a row of the subject whose parent, live or archived, is under a hold,
     down the subject's rows found (parents first). The hold coverage (``covered_records_sql``,
     ``object_covered``) follows the live links and the owners an object recorded when it was
@@ -171,8 +169,7 @@ def held_through_parents(
     customer, then archived with the customer's identity) is seen only through the rows found
     here, and the object of the prospect's quote was erased under a hold on the customer
     (found by a review). The parent may also be a covered record that is not the subject's (the
-    customer the prospect asking became): then added to ``reached`` (``{table: ids}``), which
-    the erasure names among the held objects' owners (found by a review)."""
+    customer the prospect asking became; found by a review)."""
     if not found.objects:
         return set()
     covered = set(
@@ -194,12 +191,8 @@ def held_through_parents(
                 for i, v in zip(ids, obj.rows.column(col).to_pylist(), strict=True):
                     if i not in subject or v is None:
                         continue
-                    if v in held_rows.get(parent, ()):
+                    if v in held_rows.get(parent, ()) or (parent, v) in covered:
                         rows.add(i)
-                    elif (parent, v) in covered:
-                        rows.add(i)
-                        if reached is not None:
-                            reached.setdefault(parent, set()).add(v)
         objects |= {o.manifest_id for o in mine if rows.intersection(o.subject_ids)}
         if rows:
             held_rows[table] = rows
