@@ -1583,3 +1583,48 @@ def test_a_run_after_a_prospects_erasure_crashed_past_the_commit_keeps_the_quote
     f.legal_hold(db, "customers", c)
     archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))  # its recovery finishes the rewrite
     assert quotes_key in versions(s3, storage.archive_bucket), "the held customer's archived quote was deleted"
+
+
+def test_a_held_quote_the_purge_purged_since_the_search_is_not_reported_kept(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """As above, but the purge purged the held quote's object (its owners name the prospect only)
+    between the erasure's search and its naming of the customer among the owners: the request is
+    incomplete, and its report (the evidence) must not say the quote is kept under the hold, nor
+    list the object as kept: it is no longer stored."""
+    from tests.test_exact_day import archive_monthly
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    f.quote(db, issued="2023-01-03")  # someone else's, same monthly object
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    quotes_engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    archive_monthly(quotes_engine, monkeypatch, "2024-06-01")
+    c = f.customer(db, ended="2021-01-01", email=EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    f.legal_hold(db, "customers", c)
+
+    real_through = erase_archived.held_through_parents
+    fired = []
+
+    def purge_first(*args, **kwargs):
+        if not fired:
+            fired.append(True)
+            result = quotes_engine.purge_archives(RunContext("quotes", "purge-early", f.midnight("2025-01-12")))
+            assert result["purged_objects"] == 1, result
+        return real_through(*args, **kwargs)
+
+    req = request("erasure", "rev-held-purged-meanwhile", kind="customer", subject_id=c)
+    with monkeypatch.context() as patched, pytest.raises(IncompleteRequestError):
+        patched.setattr(erase_archived, "held_through_parents", purge_first)
+        rights(policy, source_dsn, s3, storage).handle(req)
+    assert fired
+    [(reports,)] = db.execute(
+        "SELECT reports FROM retention.subject_requests WHERE request_id = %s", (req.request_id,)
+    ).fetchall()
+    report = reports[-1]
+    assert report["incomplete"]
+    quotes = [o for o in report["objects"] if o.get("table") == "quotes"]
+    assert [o["action"] for o in quotes] == ["changed_meanwhile"], quotes
+    assert not [k for k in report["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")], report["kept"]

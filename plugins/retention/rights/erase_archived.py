@@ -29,6 +29,25 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
     purpose's lock, after what a crashed request left is finished."""
     by_purpose: dict[str, list[ArchivedObject]] = defaultdict(list)
     superseded: dict[str, list[ArchivedObject]] = defaultdict(list)
+    # An old object of the subject's earlier rewrite (kept by a hold, or left by a crash past the
+    # commit): the only copy of their rows. Named their records among its owners before any
+    # recovery finishes that rewrite, whose check reads the owners alone: a hold reaching it only
+    # through the subject's rows (the prospect they were) did not keep it. So is an object such a
+    # hold keeps now: the purge's check reads the owners alone too, and purged on its date the
+    # rows this request reports kept under the hold (both found by a review).
+    # Not under the purpose's lock: the purge may have purged or rewritten the object since the
+    # search (its rows, the subject's among them, then in a new object with the old owners): the
+    # request is incomplete, and a retry names the owners of the object the rows are in now
+    # (found by a review). Named before, the purge's check (the row's lock) sees them.
+    changed: set[int] = set()  # purged or rewritten since the search: not reported kept
+    if not preview:
+        with ctx.connect() as owners_conn:
+            through = held_through_parents(ctx, owners_conn, found)
+            for obj in found.objects:
+                if obj.superseded or obj.manifest_id in through:
+                    state = _name_subject_owners(ctx, owners_conn, obj, found)
+                    if state != ("rewritten" if obj.superseded else "committed"):
+                        changed.add(obj.manifest_id)
     for obj in found.objects:
         d = classify_object(ctx, obj)
         row_ends(ctx, conn, obj, found.objects)
@@ -40,7 +59,11 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
             "subject_rows": len(obj.subject_ids),
             "other_rows": obj.rows.num_rows - len(obj.subject_ids),
         }
-        if d.erase and obj.superseded:
+        if obj.manifest_id in changed:
+            # The request is incomplete: a retry finds the rows where they are now (if stored).
+            entry["action"] = "changed_meanwhile"
+            report["incomplete"] = True
+        elif d.erase and obj.superseded:
             # An earlier rewrite's old object, its hold since released: the recovery of the
             # purpose's rewrites below deletes it, with the rows it alone still stores.
             entry["action"] = "would_delete" if preview else "delete"
@@ -60,23 +83,6 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
         report["objects"].append(entry)
     if preview:
         return
-    # An old object of the subject's earlier rewrite (kept by a hold, or left by a crash past the
-    # commit): the only copy of their rows. Named their records among its owners before any
-    # recovery finishes that rewrite, whose check reads the owners alone: a hold reaching it only
-    # through the subject's rows (the prospect they were) did not keep it. So is an object such a
-    # hold keeps now: the purge's check reads the owners alone too, and purged on its date the
-    # rows this request reports kept under the hold (both found by a review).
-    # Not under the purpose's lock: the purge may have purged or rewritten the object since the
-    # search (its rows, the subject's among them, then in a new object with the old owners): the
-    # request is incomplete, and a retry names the owners of the object the rows are in now
-    # (found by a review). Named before, the purge's check (the row's lock) sees them.
-    with ctx.connect() as owners_conn:
-        through = held_through_parents(ctx, owners_conn, found)
-        for obj in found.objects:
-            if obj.superseded or obj.manifest_id in through:
-                state = _name_subject_owners(ctx, owners_conn, obj, found)
-                if state != ("rewritten" if obj.superseded else "committed"):
-                    report["incomplete"] = True
     # Rewrites a crashed request left are finished first, even when no object is to be
     # rewritten now (after a crash past the commit, the subject is no longer found in any).
     # And the purposes of the old objects found to delete: a run may have finished their rewrite
