@@ -2445,3 +2445,56 @@ def test_a_retried_unit_spends_the_rows_of_a_partition_its_killed_try_detached(
     ).fetchone()
     assert deleted <= 12, "the run deleted more chat messages than its approved plan counted"
     assert f.ids(db, "chat_messages") == {late, *made["2026-06"], *made["2026-07"]}
+
+
+def test_a_retried_unit_spends_the_rows_of_a_partition_its_zombie_try_detaches_after_the_count(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """A unit's try records 2019's retirement ('detaching', step 2), then waits in its detach
+    (step 3, on its own autocommit connection); a DBA ends its control session, so Airflow's retry
+    takes the unit's lock while that detach is still under way. The retry reads 2019 as still
+    attached ("its rows are in the table, for the batches") and keeps its three rows in its count;
+    the zombie's detach then takes them out of the table: the retry spends its whole count on the
+    rows left and a message due since the plan, and the detached partition's rows go too."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    ctx = RunContext("subscriber_services", "zombie_detach", D)
+    plan = engine_for(policy, source_dsn, s3, storage).make_plan(ctx)
+    unit = next(u for (u, *_) in plan_units(plan) if u.rule == "chat_messages")
+    assert unit.rows == 12
+    zombie = engine_for(policy, source_dsn, s3, storage)
+    real_detach = zombie._detach
+
+    def control_ended_while_detaching(autocommit_conn, table, partition):
+        if partition == "chat_messages_2019_01":  # its detach is still waiting: the worker is a zombie
+            raise Crash("the control session ended while 2019's detach waits")
+        return real_detach(autocommit_conn, table, partition)
+
+    zombie._detach = control_ended_while_detaching
+    with pytest.raises(Crash):
+        zombie.archive_and_delete(ctx, plan, unit)
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "attached"
+    late = fp.chat_message(db, customers["2026-05"], transmitted=f.paris("2026-05-20", 10))  # due since the plan
+    db.commit()
+    retry = RunContext("subscriber_services", "zombie_detach", D, attempt=2)
+    retrying = engine_for(policy, source_dsn, s3, storage)
+    real_count = retrying._deleted_by_the_run
+
+    def then_the_zombies_detach_completes(*args, **kwargs):
+        spent = real_count(*args, **kwargs)
+        with psycopg.connect(source_dsn, autocommit=True) as zombies:
+            partition_detach.detach(zombies, "app", "chat_messages", "chat_messages_2019_01")
+        return spent
+
+    retrying._deleted_by_the_run = then_the_zombies_detach_completes
+    retrying.archive_and_delete(retry, plan, unit)
+    # The next recovery finishes the retirement the zombie left, under this run.
+    engine_for(policy, source_dsn, s3, storage).recover_before_units(ctx, plan)
+    (deleted,) = db.execute(
+        "SELECT coalesce(sum(record_count), 0) FROM retention.audit_log WHERE run_id = %s AND rule = 'chat_messages'"
+        " AND action IN ('archived_and_deleted', 'deleted')",
+        (ctx.run_id,),
+    ).fetchone()
+    assert deleted <= 12, f"the run deleted {deleted} chat messages, its approved plan counted 12"
+    assert {late, *made["2026-06"], *made["2026-07"]} <= f.ids(db, "chat_messages")

@@ -311,11 +311,13 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         return deleted + detached
 
     def _detached_by_the_run(self, control, ctx: RunContext, rule_name: str, first_id: int, last_id: int) -> int:
-        """Rows with ids in ``first_id..last_id`` of the partitions of the rule that the run took
-        out of its table (detach pending or done) and has not dropped yet, in the caller's
-        transaction. One being dropped by another unit of the run is waited for (its drop is
-        audited, read after this); one whose lock is not granted in time fails the try (nothing
-        changed): its rows could be this unit's."""
+        """Rows with ids in ``first_id..last_id`` of the partitions of the rule that the run began
+        to retire (step 2 recorded, 'detaching') and has not dropped yet, in the caller's
+        transaction: detached, detach pending, or still attached (a zombie try's detach may still
+        be under way and take them out of the table after this count; if it does not, this try
+        leaves them for the next run). One being dropped by another unit of the run is waited for
+        (its drop is audited, read after this); one whose lock is not granted in time fails the
+        try (nothing changed): its rows could be this unit's."""
         retirements = control.execute(
             "SELECT table_name, partition_name FROM retention.partition_retirements"
             " WHERE run_id = %s AND purpose = %s AND rule = %s AND state = 'detaching' ORDER BY id",
@@ -323,8 +325,8 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         ).fetchall()
         rows = 0
         for table, partition in retirements:
-            if attached_state(control, self.schema, table, partition) not in ("pending", "detached"):
-                continue  # still attached: its rows are in the table, for the batches
+            if attached_state(control, self.schema, table, partition) == "gone":
+                continue  # dropped: its rows are audited
             try:
                 with control.transaction():  # a savepoint: dropped meanwhile, its rows are audited
                     control.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
