@@ -2498,3 +2498,45 @@ def test_a_retried_unit_spends_the_rows_of_a_partition_its_zombie_try_detaches_a
     ).fetchone()
     assert deleted <= 12, f"the run deleted {deleted} chat messages, its approved plan counted 12"
     assert {late, *made["2026-06"], *made["2026-07"]} <= f.ids(db, "chat_messages")
+
+
+def test_a_retried_unit_goes_on_beside_the_retirement_its_killed_try_recorded_before_the_detach(
+    partitioned, s3, storage, policy, source_dsn
+):
+    """A unit's try is killed once 2019's retirement is recorded ('detaching', step 2), before
+    its detach: the partition is still attached, its record open. The retry (no recovery) failed on
+    the record's unique index at every try (found by a review): now the partition stays for the
+    next recovery, the retry goes on, the run deletes no more than its plan counted, and the
+    recovery then undoes the retirement (its rows changed since it was recorded: attached)."""
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    ctx = RunContext("subscriber_services", "killed_before_detach", D)
+    plan = engine_for(policy, source_dsn, s3, storage).make_plan(ctx)
+    unit = next(u for (u, *_) in plan_units(plan) if u.rule == "chat_messages")
+    assert unit.rows == 12
+    crashing = engine_for(policy, source_dsn, s3, storage)
+    detach = crashing._detach
+
+    def crash(conn, table, partition):
+        if partition == "chat_messages_2019_01":
+            raise Crash("killed before detaching 2019")
+        return detach(conn, table, partition)
+
+    crashing._detach = crash
+    with pytest.raises(Crash):
+        crashing.archive_and_delete(ctx, plan, unit)
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "attached"
+    retry = RunContext("subscriber_services", "killed_before_detach", D, attempt=2)
+    engine_for(policy, source_dsn, s3, storage).archive_and_delete(retry, plan, unit)
+    engine_for(policy, source_dsn, s3, storage).recover_before_units(ctx, plan)
+    (deleted,) = db.execute(
+        "SELECT coalesce(sum(record_count), 0) FROM retention.audit_log WHERE run_id = %s AND rule = 'chat_messages'"
+        " AND action IN ('archived_and_deleted', 'deleted')",
+        (ctx.run_id,),
+    ).fetchone()
+    assert deleted <= 12, "the run deleted more chat messages than its approved plan counted"
+    assert f.ids(db, "chat_messages") >= {*made["2026-06"], *made["2026-07"]}, "a row not yet due was deleted"
+    assert not db.execute("SELECT 1 FROM retention.partition_retirements WHERE state = 'detaching'").fetchall(), (
+        "the recovery left the retirement open"
+    )

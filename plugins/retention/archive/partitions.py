@@ -223,6 +223,24 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
         when it stays (a row held, waiting or not the rule's, or a hold that reached it while it
         was archived); None when it is not this run's (outside the unit's ids, beyond the
         approved count). Whether a detached one is dropped is known when ``drops`` settles."""
+        # A retirement of the partition still open: a try of this run killed between its record
+        # and its detach (a unit's retry runs no recovery; found by a review: every retry failed on
+        # the record's unique index). The partition stays, for the recovery that finishes or undoes
+        # that retirement (the next run's); its deletable rows take the row path meanwhile.
+        (open_retirement,) = control.execute(
+            "SELECT EXISTS (SELECT 1 FROM retention.partition_retirements"
+            " WHERE table_name = %s AND partition_name = %s AND state = 'detaching')",
+            (rule.table, partition.name),
+        ).fetchone()
+        control.commit()
+        if open_retirement:
+            log.warning(
+                "rule %s: partition %s stays: a retirement of it is still open (an interrupted try); its deletable"
+                " rows take the row path",
+                rule.name,
+                partition.name,
+            )
+            return _KEPT
         # Step 1: the partition's rows checked and archived as one snapshot shows them, with their
         # fingerprint; the application writes on meanwhile (step 2 finds what it wrote). Tier none
         # has nothing to read: its step 2 follows at once, in the same transaction and lock.
