@@ -154,8 +154,18 @@ def test_retention_page_on_the_stack(stack):
     token = Api(stack.api_url).call(
         "POST", "/auth/token", {"username": devstack.DEMO_USER, "password": stack.demo_password}
     )["access_token"]
-    summary = Api(stack.api_url, token).call("GET", "/retention/api/summary")
-    purposes = {p["dag_id"]: p for p in summary["purposes"]}
+    # The page shows each purpose's latest run: the scheduler may have started a scheduled one
+    # since (the DAGs are unpaused; at midnight in Paris each gets its daily run: a CI run across
+    # it saw them 'running'). Read it once every run of theirs has ended.
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        summary = Api(stack.api_url, token).call("GET", "/retention/api/summary")
+        purposes = {p["dag_id"]: p for p in summary["purposes"]}
+        if time.monotonic() > deadline or not [
+            d for d in DAG_IDS if purposes[d]["airflow"]["last"]["state"] in ("queued", "running")
+        ]:
+            break
+        time.sleep(5)
     from retention.policy import default_policy
 
     assert set(purposes) == {f"retention_{name}" for name in default_policy().purposes}
