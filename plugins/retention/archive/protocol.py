@@ -33,6 +33,7 @@ from psycopg import sql
 
 from retention import identifiers, processor
 from retention.archive.batch import BATCH_WORK_MEM, ArchiveGroup, Batch, _LockBusy, split_rows
+from retention.archive.detached_owners import record_detached_owners
 from retention.archive.documents import key_columns
 from retention.archive.locks import (
     BATCH_LOCK_TIMEOUT,
@@ -542,64 +543,21 @@ class BatchProtocol:
 
     def _record_detached_owners(self, control, rule: Rule, ctx: RunContext, ids: list[int]) -> None:
         """Before the delete clears their link (ON DELETE SET NULL), who the rows of other tables
-        that point to the deleted ones belonged to: the deleted record and its own owners, in the
-        batch's transaction. A hold placed later on any of them still covers those rows (found
-        by a review: a recording's analysis, a customer's marketing objection went on their own
-        date under a hold placed after the recording, the customer, had gone)."""
+        that point to the deleted ones belonged to, in the batch's transaction
+        (retention.archive.detached_owners). A hold placed later on any of them still covers those
+        rows (found by a review: a recording's analysis, a customer's marketing objection went on
+        their own date under a hold placed after the recording, the customer, had gone)."""
         links = self._planner.links_cleared_by_deleting(rule.table)
-        if not links:
-            return
-        detached: list[tuple[str, int, int]] = []  # (child table, child id, deleted parent id)
-        for link in links:
-            select = "SELECT id, {column} FROM {table} WHERE {column} = ANY(%s::bigint[])"
-            rows = control.execute(
-                sql.SQL(select).format(
-                    column=sql.Identifier(link.column), table=sql.Identifier(link.schema, link.table)
-                ),
-                (_id_array(ids),),
-            ).fetchall()
-            # Read after the table: a partition whose detach began since is named by then.
-            for partition in self._retired_partitions(control, link):
-                try:
-                    with control.transaction():  # a savepoint: dropped meanwhile, its rows are gone
-                        rows += control.execute(
-                            sql.SQL("SELECT id, {column} FROM ONLY {table} WHERE {column} = ANY(%s::bigint[])").format(
-                                column=sql.Identifier(link.column), table=sql.Identifier(link.schema, partition)
-                            ),
-                            (_id_array(ids),),
-                        ).fetchall()
-                except psycopg.errors.UndefinedTable:
-                    continue
-            detached += [(link.table, child_id, parent_id) for child_id, parent_id in sorted(set(rows))]
-        if not detached:
-            return
-        parents = sorted({parent_id for _, _, parent_id in detached})
-        owners = dict(zip(parents, self._owners(control, rule.table, [[p] for p in parents]), strict=True))
-        with control.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO retention.detached_owners (table_name, record_id, owner_ids, run_id)"
-                " VALUES (%s, %s, %s::jsonb, %s)",
-                [
-                    (child, child_id, json.dumps({rule.table: [parent_id]} | owners[parent_id]), ctx.run_id)
-                    for child, child_id, parent_id in detached
-                ],
+        if links:
+            record_detached_owners(
+                control,
+                rule.table,
+                ids,
+                links,
+                ctx.run_id,
+                lambda id_sets: self._owners(control, rule.table, id_sets),
+                retired_partitions=True,
             )
-
-    @staticmethod
-    def _retired_partitions(control, link) -> list[str]:
-        """The partitions of the link's table a retirement took out of it and has not dropped
-        yet (pending detach or detached: retention.archive.partitions): a query of the table no
-        longer reads their rows, but the foreign key, which the detached table keeps, still clears
-        their links."""
-        return [
-            name
-            for (name,) in control.execute(
-                "SELECT partition_name FROM retention.partition_retirements"
-                " WHERE table_name = %s AND state = 'detaching'"
-                " AND to_regclass(format('%%I.%%I', %s::text, partition_name)) IS NOT NULL ORDER BY id",
-                (link.table, link.schema),
-            )
-        ]
 
     def _finish_commit(self, control, rule: Rule, batch: Batch) -> None:
         """Lock the probative versions and delete the source files; a failure here is reported

@@ -11,18 +11,17 @@ the suppression list (hashes only) in the live rows' transaction.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 
 import psycopg
-from psycopg import sql
 
 from retention import identifiers
 from retention.archive.db import connect
+from retention.archive.detached_owners import record_detached_owners as record_detached_owners_of
 from retention.archive.documents import dispose_documents, key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.planner import Blocker, links_cleared_by_deletes
-from retention.policy.coverage import owners_of_rows, with_detached_owners
+from retention.policy.coverage import owners_of_row_sets, with_detached_owners
 from retention.rights import exports, suppression
 from retention.rights.context import RequestContext
 from retention.rights.decide import Decision, classify_live
@@ -203,28 +202,20 @@ def record_detached_owners(
     ctx: RequestContext, conn, req: SubjectRequest, table: str, rid: int, links: list[Blocker]
 ) -> None:
     """Before the delete of ``rid`` clears their link (ON DELETE SET NULL), who the rows still
-    pointing to it belonged to (the row and its owners), as the engine's batches record it. The
-    erased rows under it went first (children first): these are rows the erasure keeps (a held
-    call analysis), still the person's; without it an access missed them and a hold placed
-    later on the person did not cover them (found by a review)."""
-    children = []
-    for link in links:
-        children += [
-            (link.table, r[0])
-            for r in conn.execute(
-                sql.SQL("SELECT id FROM {} WHERE {} = %s").format(
-                    sql.Identifier(link.schema, link.table), sql.Identifier(link.column)
-                ),
-                (rid,),
-            )
-        ]
-    if not children:
-        return
-    [owners] = with_detached_owners(conn, table, [[rid]], [owners_of_rows(conn, ctx.policy, table, [rid])])
-    owned = json.dumps({table: [rid]} | owners)
-    conn.cursor().executemany(
-        "INSERT INTO retention.detached_owners (table_name, record_id, owner_ids, run_id) VALUES (%s, %s, %s::jsonb, %s)",
-        [(child, child_id, owned, req.audit_run_id) for child, child_id in children],
+    pointing to it belonged to (the row and its owners), as the engine's batches record it
+    (retention.archive.detached_owners). The erased rows under it went first (children first):
+    these are rows the erasure keeps (a held call analysis), still the person's; without it an
+    access missed them and a hold placed later on the person did not cover them (found by a
+    review)."""
+    record_detached_owners_of(
+        conn,
+        table,
+        [rid],
+        links,
+        req.audit_run_id,
+        lambda id_sets: with_detached_owners(
+            conn, table, id_sets, owners_of_row_sets(conn, ctx.policy, table, id_sets)
+        ),
     )
 
 
