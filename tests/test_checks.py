@@ -395,6 +395,35 @@ def test_row_count_gate_allows_for_another_purpose_deleting_from_the_same_table(
     assert report["after"].endswith("expectations passed")
 
 
+def test_a_run_cleared_whole_after_its_first_execution_deleted_some_passes_its_gates(
+    db, s3, storage, policy, source_dsn
+):
+    """A run whose first execution died after two of its five batches, cleared whole in the UI:
+    it plans and checks again (the three rows left), deletes them, and its after gate's row count
+    leaves out the first execution's deletions, gone before its before-snapshot. It counted them
+    too and failed the run: a cleared run stayed red whatever it did."""
+    from tests.test_retries import Killed, die_at_batch
+
+    [f.quote(db, issued="2023-06-01") for _ in range(5)]
+    not_due = some_quotes(db, due=0)
+    ctx = quotes_ctx("manual__cleared", batch_size=1)
+    engine = make_engine(policy, "quotes", source_dsn, s3, storage)
+    plan = engine.make_plan(ctx)
+    gates.run_before_gates(policy, "quotes", source_dsn, ctx, 1.0, plan)
+    die_at_batch(engine, 3)
+    with pytest.raises(Killed):
+        engine.archive_and_delete(ctx, plan)
+
+    cleared = quotes_ctx("manual__cleared", batch_size=1, attempt=2)
+    engine = make_engine(policy, "quotes", source_dsn, s3, storage)
+    plan = engine.make_plan(cleared)
+    before = gates.run_before_gates(policy, "quotes", source_dsn, cleared, 1.0, plan)
+    archived = {"dry_run": False, "rules": [o.as_dict() for o in engine.archive_and_delete(cleared, plan)]}
+    report = after(policy, "quotes", source_dsn, s3, storage, cleared, before, archived)
+    assert report["after"].endswith("expectations passed")
+    assert f.ids(db, "quotes") == set(not_due)
+
+
 # ------------------------------------------------------------------------------ Data Docs
 
 

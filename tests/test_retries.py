@@ -144,6 +144,48 @@ def test_a_retried_archive_step_without_units_deletes_no_more_than_the_plan_appr
     assert late in f.ids(db, "quotes")
 
 
+def test_a_run_cleared_whole_plans_again_and_deletes_what_its_new_plan_approved(db, s3, storage, policy, source_dsn):
+    """A run cleared whole in the UI after its first execution died: the plan task plans again
+    (the rows left, a quote due since then among them) and the archive step may delete what that
+    plan approved. It subtracted the first execution's deletions from the new plan too, deleted
+    less than approved and left due rows behind. A retry of the new execution still spends what
+    the new plan's earlier tries deleted."""
+    first_approved = [f.quote(db, issued="2023-06-01") for _ in range(5)]
+    ctx = RunContext("quotes", "cleared", D, batch_size=1)
+    first_plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx)
+    first = make_engine(policy, source_dsn, s3, storage)
+    die_at_batch(first, 3)
+    with pytest.raises(Killed):
+        first.archive_and_delete(ctx, first_plan)
+    assert committed_rows(db, ctx.run_id) == 2
+    late = f.quote(db, issued="2023-06-01")
+    db.commit()
+
+    cleared = RunContext("quotes", "cleared", D, batch_size=1, attempt=2)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(cleared)
+    assert plan.rule("unconverted_quotes").deletable == 4 and len(plan.audited_before) == 2
+    second = make_engine(policy, source_dsn, s3, storage)
+    die_at_batch(second, 2)
+    with pytest.raises(Killed):
+        second.archive_and_delete(cleared, plan)
+    retry = RunContext("quotes", "cleared", D, batch_size=1, attempt=3)
+    make_engine(policy, source_dsn, s3, storage).archive_and_delete(retry, plan)
+    assert not (set(first_approved) | {late}) & f.ids(db, "quotes"), "due rows the new plan approved were left"
+    assert committed_rows(db, ctx.run_id) == 6
+
+    from retention.tasks import merge_units, recount_from_records
+
+    (outcome,) = merge_units(plan, [])
+    recount_from_records(db, [outcome], "quotes", ctx.run_id, policy.timezone, plan.audited_before)
+    assert (outcome.deleted, outcome.objects) == (4, 4), "the report counts what the new plan's execution did"
+
+    f.quote(db, issued="2023-06-01")  # due after the new plan: not approved by it
+    db.commit()
+    again = RunContext("quotes", "cleared", D, batch_size=1, attempt=4)
+    make_engine(policy, source_dsn, s3, storage).archive_and_delete(again, plan)
+    assert committed_rows(db, ctx.run_id) == 6, "a try deleted more than the new plan approved"
+
+
 @contextlib.contextmanager
 def an_idle_session_timeout(admin, database: str):
     """A DBA's database-wide ``idle_session_timeout`` (PostgreSQL 14+): ``control`` sits idle

@@ -152,7 +152,11 @@ class Plan:
     """What a run of a purpose at a logical date is approved to do, evaluated once (``plan``
     task) and handed on through XCom: counts per rule (projected), table sizes, the deletable
     ids of large rules split into ranges, and the fingerprint of the policy it was made with
-    (retention.policy.fingerprint). Counts, ids and keys only."""
+    (retention.policy.fingerprint). Counts, ids and keys only.
+
+    ``audited_before``: the audit rows of the run's own deletions already committed when the plan
+    was made (a run cleared whole in the UI plans again after its first execution deleted some):
+    the plan's counts are of the rows left, so its tries spend only deletions audited after it."""
 
     purpose: str
     logical_date: dt.datetime
@@ -160,6 +164,7 @@ class Plan:
     rules: list[RuleOutcome]
     table_rows: dict[str, int] = field(default_factory=dict)
     ranges: dict[str, list[IdRange]] = field(default_factory=dict)
+    audited_before: list[int] = field(default_factory=list)
 
     def rule(self, name: str) -> RuleOutcome:
         return next(o for o in self.rules if o.rule == name)
@@ -178,6 +183,7 @@ class Plan:
             "rules": [o.as_dict() for o in self.rules],
             "table_rows": dict(self.table_rows),
             "ranges": {r: [[x.first_id, x.last_id, x.rows] for x in xs] for r, xs in self.ranges.items()},
+            "audited_before": list(self.audited_before),
         }
 
     @classmethod
@@ -189,6 +195,7 @@ class Plan:
             rules=[RuleOutcome.from_dict(r) for r in d["rules"]],
             table_rows=dict(d.get("table_rows", {})),
             ranges={r: [IdRange(*x) for x in xs] for r, xs in d.get("ranges", {}).items()},
+            audited_before=list(d.get("audited_before", [])),
         )
 
 

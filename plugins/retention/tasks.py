@@ -218,26 +218,33 @@ def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
     return list(merged.values())
 
 
-def recount_from_records(conn, outcomes: list[RuleOutcome], purpose: str, run_id: str, tz: str) -> None:
-    """Per rule, what the run committed, from its records rather than its units' results (a unit's
-    result is its last try's: a try killed after some of its batches committed, its worker lost,
-    left them uncounted there): rows deleted, objects and archive bytes from the audit log, rows
-    archived per end day from the manifest, both written in each batch's transaction."""
+def recount_from_records(
+    conn, outcomes: list[RuleOutcome], purpose: str, run_id: str, tz: str, audited_before: list[int] = ()
+) -> None:
+    """Per rule, what the run committed since its plan, from its records rather than its units'
+    results (a unit's result is its last try's: a try killed after some of its batches committed,
+    its worker lost, left them uncounted there): rows deleted, objects and archive bytes from the
+    audit log, rows archived per end day from the manifest, both written in each batch's
+    transaction. The audit rows committed before the plan (``Plan.audited_before``: a run
+    cleared whole) and their objects are the first execution's, not counted by this plan."""
+    before = list(audited_before)
     audited = {
         rule: (int(d), int(o), int(b))
         for rule, d, o, b in conn.execute(
             "SELECT rule, coalesce(sum(record_count), 0), count(object_key), coalesce(sum(byte_count), 0)"
             " FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
-            " AND action IN ('archived_and_deleted', 'deleted') GROUP BY rule",
-            (run_id, purpose),
+            " AND action IN ('archived_and_deleted', 'deleted') AND id <> ALL(%s::bigint[]) GROUP BY rule",
+            (run_id, purpose, before),
         )
     }
     archived: dict[str, dict[str, int]] = {}
     for rule, day, rows in conn.execute(
         "SELECT rule, to_char(purge_after AT TIME ZONE %s, 'YYYY-MM-DD'), sum(row_count)"
         " FROM retention.archive_manifest WHERE run_id = %s AND purpose = %s AND state = 'committed'"
+        " AND object_key NOT IN (SELECT object_key FROM retention.audit_log"
+        "  WHERE id = ANY(%s::bigint[]) AND object_key IS NOT NULL)"
         " GROUP BY 1, 2 ORDER BY 1, 2",
-        (tz, run_id, purpose),
+        (tz, run_id, purpose, before),
     ):
         archived.setdefault(rule, {})[day] = int(rows)
     for outcome in outcomes:
@@ -250,12 +257,15 @@ def archive_and_delete_units(purpose: Purpose, context: dict, planned: dict, uni
     tier the run wrote to (the manifest covers every unit)."""
     ctx = run_context(purpose, context)
     results = [r for per_rule in unit_results for r in (per_rule or [])]
-    outcomes = merge_units(Plan.from_dict(planned), results)
+    plan = Plan.from_dict(planned)
+    outcomes = merge_units(plan, results)
     if not ctx.dry_run:
         import psycopg
 
         with psycopg.connect(source_dsn(), autocommit=True) as conn:
-            recount_from_records(conn, outcomes, as_purpose(purpose).name, ctx.run_id, default_policy().timezone)
+            recount_from_records(
+                conn, outcomes, as_purpose(purpose).name, ctx.run_id, default_policy().timezone, plan.audited_before
+            )
     emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "units": len(results), "rules": [o.as_dict() for o in outcomes]}
 

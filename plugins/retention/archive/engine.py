@@ -122,11 +122,24 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         once per run of the purpose."""
         refuse_future(ctx.logical_date)
         with self._connect(autocommit=True) as conn:
+            # Read before the counts: a batch committed in between is spent again (the safe side).
+            audited_before = self._deletions_audited(conn, ctx)
             plan, exceptions = self._make_plan(conn, ctx, range_rows)
+            plan.audited_before = audited_before
         if audit and not self.previews(ctx):
             with self._connect() as conn:
                 self._audit_exceptions(conn, ctx, exceptions)
         return plan
+
+    def _deletions_audited(self, conn, ctx: RunContext) -> list[int]:
+        """The ids of the audit rows of the run's deletions committed so far (none on its first
+        plan; some when the run is cleared whole and plans again)."""
+        rows = conn.execute(
+            "SELECT id FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
+            " AND action IN ('archived_and_deleted', 'deleted') ORDER BY id",
+            (ctx.run_id, self.purpose_name),
+        ).fetchall()
+        return [i for (i,) in rows]
 
     def _make_plan(self, conn, ctx: RunContext, range_rows: int | None = RANGE_ROWS, *, sizes: bool = True):
         """(the plan, per rule the held and waiting ids found). A direct run's own plan skips
@@ -250,7 +263,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
                     if plan_given:  # approved before this try: an earlier try of the run may have spent some
                         if shared:  # an earlier try's batch still open (its control session ended) first
                             wait_for_unit_batches(control, self._unit_lock_name(ctx, unit))
-                        count -= self._deleted_by_the_run(control, ctx, rule.name, first_id, last_id)
+                        count -= self._deleted_by_the_run(control, ctx, plan, rule.name, first_id, last_id)
                     self._allowances[rule.name] = _Allowance(first_id, last_id, max(count, 0))
                     # The rule's statements, built once: the batches only execute them.
                     self._statements[rule.name] = self._planner.statements(rule, ctx.logical_date)
@@ -292,10 +305,14 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             release_purpose_lock(control, self.purpose_name, shared=True)
             raise
 
-    def _deleted_by_the_run(self, control, ctx: RunContext, rule_name: str, first_id: int, last_id: int) -> int:
+    def _deleted_by_the_run(
+        self, control, ctx: RunContext, plan: Plan, rule_name: str, first_id: int, last_id: int
+    ) -> int:
         """Rows of the rule with ids in ``first_id..last_id`` that the run's earlier tries deleted
-        (their audit rows, written in each batch's transaction): spent from the approved count, so
-        a retried try never deletes more than the plan approved, rows due since then included.
+        since the plan was made (their audit rows, written in each batch's transaction; those
+        committed before it are the plan's ``audited_before``: it counted the rows left): spent
+        from the approved count, so a retried try never deletes more than the plan approved, rows
+        due since then included.
         Read after them, the rows of partitions an earlier try detached and did not drop (its
         retirement still 'detaching': a unit's retry runs no recovery): out of the table, not yet
         audited, they go when a recovery finishes the retirement, under this run."""
@@ -304,8 +321,9 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         (deleted,) = control.execute(
             "SELECT count(*) FROM retention.audit_log AS a CROSS JOIN LATERAL unnest(a.record_ids) AS i(id)"
             " WHERE a.run_id = %s AND a.purpose = %s AND a.rule = %s"
-            " AND a.action IN ('archived_and_deleted', 'deleted') AND i.id BETWEEN %s AND %s",
-            (ctx.run_id, self.purpose_name, rule_name, first_id, last_id),
+            " AND a.action IN ('archived_and_deleted', 'deleted') AND i.id BETWEEN %s AND %s"
+            " AND a.id <> ALL(%s::bigint[])",
+            (ctx.run_id, self.purpose_name, rule_name, first_id, last_id, plan.audited_before),
         ).fetchone()
         control.commit()
         return deleted + detached

@@ -40,8 +40,11 @@ def text_columns(conn, schema: str, table: str) -> tuple[str, ...]:
     return tuple(row[0] for row in rows)
 
 
-def table_snapshot(conn, schema: str, tables: list[str]) -> dict:
-    """Row count and largest id of each table, all at one instant (one repeatable-read snapshot)."""
+def table_snapshot(conn, schema: str, tables: list[str], ctx: RunContext, purpose: str) -> dict:
+    """Row count and largest id of each table, all at one instant (one repeatable-read snapshot),
+    and the audit rows of the run's deletions already committed then (``audited_before``: a run
+    cleared whole in the UI checks again after its first execution deleted some; the after gate
+    leaves their rows out, the snapshot did not count them)."""
     rows, max_ids = {}, {}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -49,7 +52,17 @@ def table_snapshot(conn, schema: str, tables: list[str]) -> dict:
         for table in tables:
             query = sql.SQL("SELECT count(*), coalesce(max(id), 0) FROM {}").format(sql.Identifier(schema, table))
             rows[table], max_ids[table] = conn.execute(query).fetchone()
-    return {"table_rows": rows, "table_max_id": max_ids, "checked_at": checked_at.isoformat()}
+        audited = conn.execute(
+            "SELECT id FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
+            " AND action IN ('archived_and_deleted', 'deleted') ORDER BY id",
+            (ctx.run_id, purpose),
+        ).fetchall()
+    return {
+        "table_rows": rows,
+        "table_max_id": max_ids,
+        "checked_at": checked_at.isoformat(),
+        "audited_before": [i for (i,) in audited],
+    }
 
 
 # Rows an audit row deleted among those of the before-snapshot: its ids up to the table's largest
@@ -66,16 +79,20 @@ def _max_ids(table_max_id: dict | None) -> tuple[list[str], list[int]]:
     return tables, [int(table_max_id[t]) for t in tables]
 
 
-def deleted_by_table(conn, ctx: RunContext, purpose: str, table_max_id: dict | None = None) -> dict[str, int]:
+def deleted_by_table(
+    conn, ctx: RunContext, purpose: str, table_max_id: dict | None = None, audited_before: list[int] = ()
+) -> dict[str, int]:
     """Rows this run deleted, per table, from the audit log: it covers every attempt of a
     retried task (the task's XCom only covers the last one). With ``table_max_id`` (the
-    before-snapshot's), only the rows the snapshot counted: ids up to its largest."""
+    before-snapshot's), only the rows the snapshot counted: ids up to its largest, and none of
+    the audit rows ``audited_before`` it (their rows were gone already)."""
     tables, max_ids = _max_ids(table_max_id)
     rows = conn.execute(
         f"SELECT a.table_name, {_SNAPSHOT_ROWS} FROM retention.audit_log AS a"
         " LEFT JOIN unnest(%s::text[], %s::bigint[]) AS m(table_name, max_id) USING (table_name)"
-        " WHERE a.run_id = %s AND a.purpose = %s AND a.action IN ('archived_and_deleted', 'deleted') GROUP BY 1",
-        (tables, max_ids, ctx.run_id, purpose),
+        " WHERE a.run_id = %s AND a.purpose = %s AND a.action IN ('archived_and_deleted', 'deleted')"
+        " AND a.id <> ALL(%s::bigint[]) GROUP BY 1",
+        (tables, max_ids, ctx.run_id, purpose, list(audited_before)),
     ).fetchall()
     return {table: int(count) for table, count in rows}
 

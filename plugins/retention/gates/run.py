@@ -69,10 +69,10 @@ def run_before_gates(
     with gx_sources(dsn) as (context, source):
         results = validate_tables(context, source, f"{purpose.name}.before", checks, runs)
         update_data_docs(context, runs.run_results)
-    snapshot = {"table_rows": {}, "table_max_id": {}, "checked_at": None}
+    snapshot = {"table_rows": {}, "table_max_id": {}, "checked_at": None, "audited_before": []}
     try:
         with connect(dsn) as conn:
-            snapshot = table_snapshot(conn, schema, tables)
+            snapshot = table_snapshot(conn, schema, tables, ctx, purpose.name)
         guard = deletion_share_results(policy, purpose, dsn, ctx, snapshot["table_rows"], max_delete_fraction, plan)
         results += awaiting_approval(guard) if ask_approval else guard
     except psycopg.Error as exc:
@@ -96,7 +96,7 @@ def run_after_gates(
         results = due_left_results(Planner.load(conn, policy, purpose_obj), conn, ctx, dry_run, archived)
         # Counted among the rows of the before-snapshot only (ids up to its largest), as the check counts.
         max_ids = before.get("table_max_id")
-        deleted = deleted_by_table(conn, ctx, purpose, max_ids)
+        deleted = deleted_by_table(conn, ctx, purpose, max_ids, before.get("audited_before", []))
         elsewhere = deleted_by_other_runs(conn, ctx, list(before["table_rows"]), before.get("checked_at"), max_ids)
         counts = row_count_checks(schema, before["table_rows"], before.get("table_max_id", {}), deleted, elsewhere)
         results += with_task_figures(validate_tables(context, source, f"{purpose}.after", counts, runs), archived)
