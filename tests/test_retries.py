@@ -186,6 +186,31 @@ def test_a_run_cleared_whole_plans_again_and_deletes_what_its_new_plan_approved(
     assert committed_rows(db, ctx.run_id) == 6, "a try deleted more than the new plan approved"
 
 
+def test_a_unit_of_an_earlier_plan_of_the_run_spends_every_deletion_of_the_run(db, s3, storage, policy, source_dsn):
+    """The `plan` task cleared alone while its units were not: a retried unit is still the
+    earlier plan's (its count included the rows its killed try deleted) beside the new plan's
+    figures. It must spend every deletion of the run in its range, not only those after the new
+    plan, or it deletes past what either plan approved (here: a hold released since)."""
+    q = [f.quote(db, issued="2023-06-01") for _ in range(6)]
+    hold = f.legal_hold(db, "quotes", q[2])
+    ctx = RunContext("quotes", "replanned", D, batch_size=1)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx, range_rows=3)
+    (units,) = plan_units(plan)
+    assert [(u.first_id, u.last_id, u.rows) for u in units] == [(q[0], q[3], 3), (q[4], q[5], 2)]
+    first = make_engine(policy, source_dsn, s3, storage)
+    die_at_batch(first, 3)
+    with pytest.raises(Killed):
+        first.archive_and_delete(ctx, plan, units[0])
+    assert committed_rows(db, ctx.run_id) == 2
+    replanned = make_engine(policy, source_dsn, s3, storage).make_plan(ctx, range_rows=3)
+    assert units[0] not in plan_units(replanned)[0]
+    db.execute("UPDATE retention.legal_holds SET released_at = now() WHERE id = %s", (hold,))
+    db.commit()
+    retry = RunContext("quotes", "replanned", D, batch_size=1, attempt=2)
+    make_engine(policy, source_dsn, s3, storage).archive_and_delete(retry, replanned, units[0])
+    assert committed_rows(db, ctx.run_id) == 3, "the earlier plan's unit deleted more than its range count"
+
+
 @contextlib.contextmanager
 def an_idle_session_timeout(admin, database: str):
     """A DBA's database-wide ``idle_session_timeout`` (PostgreSQL 14+): ``control`` sits idle

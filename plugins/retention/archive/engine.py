@@ -49,6 +49,7 @@ from retention.archive.run import (
     RetentionError,
     RunContext,
     Unit,
+    plan_units,
     refuse_future,
 )
 from retention.archive.store import ArchiveStore
@@ -263,7 +264,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
                     if plan_given:  # approved before this try: an earlier try of the run may have spent some
                         if shared:  # an earlier try's batch still open (its control session ended) first
                             wait_for_unit_batches(control, self._unit_lock_name(ctx, unit))
-                        count -= self._deleted_by_the_run(control, ctx, plan, rule.name, first_id, last_id)
+                        count -= self._deleted_by_the_run(control, ctx, plan, unit, rule.name, first_id, last_id)
                     self._allowances[rule.name] = _Allowance(first_id, last_id, max(count, 0))
                     # The rule's statements, built once: the batches only execute them.
                     self._statements[rule.name] = self._planner.statements(rule, ctx.logical_date)
@@ -306,11 +307,12 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             raise
 
     def _deleted_by_the_run(
-        self, control, ctx: RunContext, plan: Plan, rule_name: str, first_id: int, last_id: int
+        self, control, ctx: RunContext, plan: Plan, unit: Unit | None, rule_name: str, first_id: int, last_id: int
     ) -> int:
         """Rows of the rule with ids in ``first_id..last_id`` that the run's earlier tries deleted
         since the plan was made (their audit rows, written in each batch's transaction; those
-        committed before it are the plan's ``audited_before``: it counted the rows left): spent
+        committed before it are the plan's ``audited_before``: it counted the rows left; a unit
+        that is not one of this plan's, from an earlier plan of the run, spends them all): spent
         from the approved count, so a retried try never deletes more than the plan approved, rows
         due since then included.
         Read after them, the rows of partitions an earlier try detached and did not drop (its
@@ -323,10 +325,19 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
             " WHERE a.run_id = %s AND a.purpose = %s AND a.rule = %s"
             " AND a.action IN ('archived_and_deleted', 'deleted') AND i.id BETWEEN %s AND %s"
             " AND a.id <> ALL(%s::bigint[])",
-            (ctx.run_id, self.purpose_name, rule_name, first_id, last_id, plan.audited_before),
+            (ctx.run_id, self.purpose_name, rule_name, first_id, last_id, self._audited_before(plan, unit)),
         ).fetchone()
         control.commit()
         return deleted + detached
+
+    @staticmethod
+    def _audited_before(plan: Plan, unit: Unit | None) -> list[int]:
+        """The deletions the plan counted without (its ``audited_before``), for a unit the plan
+        made; none for one of an earlier plan of the run (its ``plan`` task cleared alone: the
+        units are still the earlier plan's, whose counts included those rows)."""
+        if unit is None or any(unit in units for units in plan_units(plan)):
+            return plan.audited_before
+        return []
 
     def _detached_by_the_run(self, control, ctx: RunContext, rule_name: str, first_id: int, last_id: int) -> int:
         """Rows with ids in ``first_id..last_id`` of the partitions of the rule that the run began
