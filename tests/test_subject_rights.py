@@ -122,6 +122,30 @@ def world(db, s3, storage, policy, dsn) -> dict:
     return w
 
 
+def a_prospect_who_became_a_customer(db, s3, storage, policy, source_dsn, *, customer_email: str = EMAIL):
+    """A prospect's quote archived beside someone else's (its object names the prospect alone
+    among its owners); the prospect then became a customer, whose relationship ended in 2021, and
+    the prospect record was archived too. Returns (prospect, quote, customer, the quotes object's
+    key, its purge date)."""
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    f.quote(db, issued="2023-01-10")  # someone else's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    c = f.customer(db, ended="2021-01-01", email=customer_email)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    [(quotes_key, purge_after)] = db.execute(
+        "SELECT object_key, purge_after FROM retention.archive_manifest WHERE state = 'committed'"
+        " AND table_name = 'quotes'"
+    ).fetchall()
+    return p, q, c, quotes_key, purge_after
+
+
+def crash_after_commit(*args, **kwargs):
+    raise Crash("after_commit")
+
+
 def rights(policy, dsn, s3, storage) -> SubjectRights:
     return SubjectRights(policy, dsn, ArchiveStore(s3, storage), lock_timeout=2)
 
@@ -890,12 +914,9 @@ def test_a_hold_placed_after_an_erasure_rewrite_crashed_keeps_the_subjects_only_
         k for (k,) in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'committed'")
     ]
 
-    def crash(*args, **kwargs):
-        raise Crash("after_commit")
-
     req = request("erasure", "req-crash-hold", kind="customer", subject_id=w["customer"])
     with monkeypatch.context() as patched, pytest.raises(Crash):
-        patched.setattr(object_rewrite, "_finish", crash)
+        patched.setattr(object_rewrite, "_finish", crash_after_commit)
         svc.handle(req)
     assert old_key in versions(s3, storage.archive_bucket)
 
@@ -1162,20 +1183,7 @@ def test_a_hold_on_the_customer_keeps_the_archived_quote_of_the_prospect_they_we
     archive under the customer's hold (found by a review)."""
     from tests.test_exact_day import versions
 
-    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
-    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
-    f.quote(db, issued="2023-01-10")  # someone else's, same object
-    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
-    c = f.customer(db, ended="2021-01-01", email=EMAIL)
-    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
-    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
-    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
-    [quotes_key] = [
-        k
-        for (k,) in db.execute(
-            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
-        )
-    ]
+    p, q, c, quotes_key, purge_after = a_prospect_who_became_a_customer(db, s3, storage, policy, source_dsn)
     svc = rights(policy, source_dsn, s3, storage)
     if placed == "before the request":
         f.legal_hold(db, "customers", c)
@@ -1269,20 +1277,7 @@ def test_a_hold_through_the_prospect_they_were_keeps_the_old_object_after_the_re
     recover_rewrites, whose check sees only the object's owners: the held quote was deleted."""
     from tests.test_exact_day import versions
 
-    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
-    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
-    f.quote(db, issued="2023-01-10")  # someone else's, same object
-    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
-    c = f.customer(db, ended="2021-01-01", email=EMAIL)
-    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
-    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
-    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
-    [quotes_key] = [
-        k
-        for (k,) in db.execute(
-            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
-        )
-    ]
+    p, q, c, quotes_key, purge_after = a_prospect_who_became_a_customer(db, s3, storage, policy, source_dsn)
     real_finish = object_rewrite._finish
 
     def hold_then_finish(*args, **kwargs):
@@ -1316,27 +1311,11 @@ def test_a_rerun_after_a_crash_past_the_commit_keeps_the_old_object_a_hold_throu
     the old object's owners (the prospect): the held quote was deleted (found by a review)."""
     from tests.test_exact_day import versions
 
-    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
-    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
-    f.quote(db, issued="2023-01-10")  # someone else's, same object
-    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
-    c = f.customer(db, ended="2021-01-01", email=EMAIL)
-    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
-    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
-    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
-    [quotes_key] = [
-        k
-        for (k,) in db.execute(
-            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
-        )
-    ]
-
-    def crash(*args, **kwargs):
-        raise Crash("after_commit")
+    p, q, c, quotes_key, purge_after = a_prospect_who_became_a_customer(db, s3, storage, policy, source_dsn)
 
     req = request("erasure", "rev-crash-then-hold", kind="customer", subject_id=c)
     with monkeypatch.context() as patched, pytest.raises(Crash):
-        patched.setattr(object_rewrite, "_finish", crash)
+        patched.setattr(object_rewrite, "_finish", crash_after_commit)
         rights(policy, source_dsn, s3, storage).handle(req)
     f.legal_hold(db, "customers", c)
     report = rights(policy, source_dsn, s3, storage).handle(req)
@@ -1354,18 +1333,7 @@ def test_the_archived_quote_an_erasure_reports_kept_under_the_customers_hold_is_
     kept under a hold still active (found by a review)."""
     from tests.test_exact_day import versions
 
-    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
-    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
-    f.quote(db, issued="2023-01-10")  # someone else's, same object
-    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
-    c = f.customer(db, ended="2021-01-01", email=EMAIL)
-    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
-    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
-    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
-    [(quotes_key, purge_after)] = db.execute(
-        "SELECT object_key, purge_after FROM retention.archive_manifest WHERE state = 'committed'"
-        " AND table_name = 'quotes'"
-    ).fetchall()
+    p, q, c, quotes_key, purge_after = a_prospect_who_became_a_customer(db, s3, storage, policy, source_dsn)
     f.legal_hold(db, "customers", c)
     report = rights(policy, source_dsn, s3, storage).handle(
         request("erasure", "rev-held-then-purge", kind="customer", subject_id=c)
@@ -1480,18 +1448,9 @@ def test_a_hold_on_the_customer_a_prospect_became_keeps_the_prospects_archived_q
     (the owners alone) would have deleted it on its date."""
     from tests.test_exact_day import versions
 
-    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
-    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
-    f.quote(db, issued="2023-01-10")  # someone else's, same object
-    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
-    c = f.customer(db, ended="2021-01-01", email=OTHER_EMAIL)
-    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
-    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
-    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
-    [(quotes_key, purge_after)] = db.execute(
-        "SELECT object_key, purge_after FROM retention.archive_manifest WHERE state = 'committed'"
-        " AND table_name = 'quotes'"
-    ).fetchall()
+    p, q, c, quotes_key, purge_after = a_prospect_who_became_a_customer(
+        db, s3, storage, policy, source_dsn, customer_email=OTHER_EMAIL
+    )
     f.legal_hold(db, "customers", c)
     report = rights(policy, source_dsn, s3, storage).handle(
         request("erasure", "rev-prospect-held-customer", kind="prospect", subject_id=p)
@@ -1517,27 +1476,11 @@ def test_a_run_after_a_crash_past_the_commit_keeps_the_old_object_a_hold_through
     old object's owners when it commits."""
     from tests.test_exact_day import versions
 
-    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
-    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
-    f.quote(db, issued="2023-01-10")  # someone else's, same object
-    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
-    c = f.customer(db, ended="2021-01-01", email=EMAIL)
-    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
-    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
-    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
-    [quotes_key] = [
-        k
-        for (k,) in db.execute(
-            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
-        )
-    ]
-
-    def crash(*args, **kwargs):
-        raise Crash("after_commit")
+    p, q, c, quotes_key, purge_after = a_prospect_who_became_a_customer(db, s3, storage, policy, source_dsn)
 
     req = request("erasure", "rev-crash-then-hold-then-run", kind="customer", subject_id=c)
     with monkeypatch.context() as patched, pytest.raises(Crash):
-        patched.setattr(object_rewrite, "_finish", crash)
+        patched.setattr(object_rewrite, "_finish", crash_after_commit)
         rights(policy, source_dsn, s3, storage).handle(req)
     f.legal_hold(db, "customers", c)
     archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))  # its recovery finishes the rewrite
@@ -1558,27 +1501,13 @@ def test_a_run_after_a_prospects_erasure_crashed_past_the_commit_keeps_the_quote
     rows name above them too."""
     from tests.test_exact_day import versions
 
-    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
-    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
-    f.quote(db, issued="2023-01-10")  # someone else's, same object
-    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
-    c = f.customer(db, ended="2021-01-01", email=OTHER_EMAIL)
-    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
-    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
-    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
-    [quotes_key] = [
-        k
-        for (k,) in db.execute(
-            "SELECT object_key FROM retention.archive_manifest WHERE state = 'committed' AND table_name = 'quotes'"
-        )
-    ]
-
-    def crash(*args, **kwargs):
-        raise Crash("after_commit")
+    p, q, c, quotes_key, purge_after = a_prospect_who_became_a_customer(
+        db, s3, storage, policy, source_dsn, customer_email=OTHER_EMAIL
+    )
 
     req = request("erasure", "rev-prospect-crash-then-hold", kind="prospect", subject_id=p)
     with monkeypatch.context() as patched, pytest.raises(Crash):
-        patched.setattr(object_rewrite, "_finish", crash)
+        patched.setattr(object_rewrite, "_finish", crash_after_commit)
         rights(policy, source_dsn, s3, storage).handle(req)
     f.legal_hold(db, "customers", c)
     archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))  # its recovery finishes the rewrite
