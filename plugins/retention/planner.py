@@ -215,6 +215,16 @@ JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
 WHERE con.contype = 'f' AND pn.nspname = %s
 ORDER BY parent.relname, child.relname, a.attname
 """
+# The same for the keys into one table (a batch's check that they did not change since the run
+# read them: Planner.keys_changed).
+_FOREIGN_KEYS_INTO_SQL = """
+SELECT cn.nspname, child.relname, a.attname, con.confdeltype IN ('n', 'd')
+FROM pg_constraint AS con
+JOIN pg_class AS child ON child.oid = con.conrelid
+JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
+JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+WHERE con.contype = 'f' AND con.confrelid = format('%%I.%%I', %s::text, %s::text)::regclass
+"""
 
 
 # The type of each rule's clock column (a domain: its base type), NULL where there is no such
@@ -320,6 +330,21 @@ class Planner:
             for table in sorted(tables)
         }
         return cls(policy, purpose, blockers, tuple(cleared))
+
+    def keys_changed(self, conn, table: str) -> bool:
+        """Whether the foreign keys into ``table`` that make its rows wait, or whose delete clears
+        a link a hold follows, are no longer those this planner read (a migration added a child
+        table since the run began). A batch asks under a lock on the table that a new key into it
+        waits for (retention.archive.protocol): its re-check tested the children it knew of, and
+        a key it did not know may cascade into rows that must be kept (found by a review)."""
+        waiting, cleared = set(), set()
+        for child_schema, child, column, clears in conn.execute(_FOREIGN_KEYS_INTO_SQL, (self.schema, table)):
+            link = Blocker(child_schema, child, column)
+            if not clears:
+                waiting.add(link)
+            elif _hold_follows(self.policy, table, link):
+                cleared.add(link)
+        return waiting != set(self.blockers.get(table, ())) or cleared != set(self.links_cleared_by_deleting(table))
 
     def links_cleared_by_deleting(self, table: str) -> list[Blocker]:
         """The child links (that a hold follows) a delete of the table's rows clears."""

@@ -474,6 +474,17 @@ class BatchProtocol:
         if not batch.ids:
             return
         where, params = _ids_predicate("id", batch.ids)
+        # The lock the DELETE takes, taken first: a foreign key into the table added from now on
+        # waits for this commit; one added since the run read them is seen here, and the batch
+        # stops (its re-check did not test those children, and the key may cascade into them).
+        table = sql.Identifier(self.schema, rule.table)
+        control.execute(sql.SQL("LOCK TABLE ONLY {} IN ROW EXCLUSIVE MODE").format(table))
+        if self._planner.keys_changed(control, rule.table):
+            raise RetentionError(
+                f"{rule.table}: a foreign key into it was added or changed since the run read them (a migration); "
+                f"the batch up to id {batch.last_id} is rolled back, nothing of it deleted. The next run reads the "
+                "keys again and keeps the rows their new children reference"
+            )
         self._record_detached_owners(control, rule, ctx, batch.ids)
         deleted = control.execute(f'DELETE FROM "{self.schema}"."{rule.table}" WHERE {where}', params).rowcount
         if deleted != len(batch.ids):
