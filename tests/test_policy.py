@@ -114,6 +114,16 @@ def test_quotes_are_gone_after_24_months():
             lambda d: d["purposes"]["quotes"]["rules"].append(dict(d["purposes"]["quotes"]["rules"][0])),
             "purpose 'quotes', field 'rules'",
         ),
+        # A period written as a mapping reached the dataclass's fields unchecked: -12 months made
+        # every quote due at once (its cutoff: the logical date), archived objects purged at once.
+        (
+            lambda d: d["purposes"]["quotes"]["rules"][0].update(live={"months": -12}),
+            "purpose 'quotes', rule 'unconverted_quotes', field 'live'",
+        ),
+        (
+            lambda d: d["purposes"]["aml"]["rules"][0].update(archive={"months": -60}),
+            "purpose 'aml', rule 'aml_records', field 'archive'",
+        ),
     ],
     ids=[
         "bad-period",
@@ -127,6 +137,8 @@ def test_quotes_are_gone_after_24_months():
         "no-data-categories",
         "bad-timezone",
         "duplicate-rule",
+        "period-as-mapping",
+        "archive-as-mapping",
     ],
 )
 def test_broken_policy_is_rejected_naming_file_purpose_and_field(tmp_path, policy_data, mutate, expected):

@@ -40,6 +40,17 @@ class PolicyError(ValueError):
     """The policy file is invalid; the message names the file, purpose and field."""
 
 
+def written_period(value: object) -> object:
+    """A period as the file writes it (``'12 months'``), or one the code built (a Period; None where
+    there is none). Anything else is refused: a mapping (``{months: -12}``) reached the dataclass's
+    fields unchecked, and a negative period made every row due at once (found by a review)."""
+    if value is None or isinstance(value, Period):
+        return value
+    if isinstance(value, str):
+        return Period.parse(value)
+    raise ValueError(f"{value!r} is not a period like '12 months', '5 years' or '0 days'")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,7 +88,7 @@ class Rule(_Strict):
     @field_validator("live", "archive", mode="before")
     @classmethod
     def _parse_period(cls, value: object) -> object:
-        return Period.parse(value) if isinstance(value, str) else value
+        return written_period(value)
 
     @model_validator(mode="after")
     def _archive_matches_tier(self) -> Rule:
@@ -237,7 +248,7 @@ class AccessExports(_Strict):
     @field_validator("kept_for", mode="before")
     @classmethod
     def _parse_period(cls, value: object) -> object:
-        return Period.parse(value) if isinstance(value, str) else value
+        return written_period(value)
 
     @field_validator("kept_for")
     @classmethod
