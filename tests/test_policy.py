@@ -124,6 +124,12 @@ def test_quotes_are_gone_after_24_months():
             lambda d: d["purposes"]["aml"]["rules"][0].update(archive={"months": -60}),
             "purpose 'aml', rule 'aml_records', field 'archive'",
         ),
+        # YAML's `yes` / `on` / `true` read as 1.0: the mass-deletion guard off, a whole table
+        # deleted without a question.
+        (
+            lambda d: d["purposes"]["contracts"].update(max_delete_fraction=True),
+            "purpose 'contracts', field 'max_delete_fraction'",
+        ),
     ],
     ids=[
         "bad-period",
@@ -139,6 +145,7 @@ def test_quotes_are_gone_after_24_months():
         "duplicate-rule",
         "period-as-mapping",
         "archive-as-mapping",
+        "fraction-boolean",
     ],
 )
 def test_broken_policy_is_rejected_naming_file_purpose_and_field(tmp_path, policy_data, mutate, expected):

@@ -137,7 +137,8 @@ class Purpose(_Strict):
     # "Quelles données collectons-nous ?"): the register of processing activities states them
     # (Art. 30(1)(c), retention.register).
     data_categories_fr: tuple[str, ...] = Field(min_length=1)
-    max_delete_fraction: float = Field(gt=0, le=1)
+    # A number: strict, for YAML reads `yes` / `on` / `true` as 1.0, the mass-deletion guard off.
+    max_delete_fraction: float = Field(gt=0, le=1, strict=True)
     # preview: every run reports exactly what it would do and changes nothing (the default
     # shipped for every purpose); enforce: runs archive, delete and purge.
     mode: Literal["preview", "enforce"]
