@@ -17,6 +17,7 @@ from retention.archive.store import ArchiveStore
 from retention.gates.sql_checks import kept_beyond_purge
 from retention.paths import POLICY_FILE
 from retention.policy import PolicyError, load_policy
+from retention.policy.rule_files import parse_rule_filter
 
 from tests import factories as f
 from tests import scenarios
@@ -660,6 +661,24 @@ def test_a_rule_file_escaping_the_planners_parenthesis_is_rejected(tmp_path, mon
 def test_a_rule_file_with_balanced_parentheses_and_strings_still_loads(tmp_path, monkeypatch):
     _quotes_rule_file(tmp_path, monkeypatch, "WHERE (quotes.contract_id IS NULL AND quotes.formula <> 'a ) b')\n")
     assert load_policy(POLICY_FILE).purposes["quotes"].rules[0].name == "unconverted_quotes"
+
+
+def test_a_double_dash_inside_a_string_is_not_a_comment(tmp_path, monkeypatch):
+    """PostgreSQL reads `'--'` as a string; the comments were stripped before the strings were
+    seen, so two such strings on two lines swallowed the condition between them into one literal
+    (a review: `quotes.contract_id IS NULL` vanished, every quote due after 12 months). A string
+    left open is refused at load, as PostgreSQL would refuse it at the first run."""
+    text = (
+        "-- Quotes never converted (a formula or channel of '--' is a placeholder).\n"
+        "WHERE quotes.formula <> '--'\n"
+        "  AND quotes.contract_id IS NULL\n"
+        "  AND quotes.formula <> '--' -- twice, on purpose\n"
+    )
+    parsed = parse_rule_filter(text, schema="app", table="quotes", clock="quotes.issued_at")
+    assert parsed.where == "quotes.formula <> '--'\n  AND quotes.contract_id IS NULL\n  AND quotes.formula <> '--'"
+    _quotes_rule_file(tmp_path, monkeypatch, "WHERE quotes.contract_id IS NULL AND quotes.formula <> 'it''s\n")
+    with pytest.raises(PolicyError, match="leaves a string open"):
+        load_policy(POLICY_FILE)
 
 
 def test_a_duplicated_key_is_rejected_with_its_line_numbers(tmp_path):

@@ -22,8 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_COMMENT = re.compile(r"--[^\n]*")
 _STRING = re.compile(r"'(?:[^']|'')*'")
+# Left to right, as PostgreSQL reads: a string (whose `--` is text), or a comment (whose `'` is).
+_STRING_OR_COMMENT = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
 _TABLE_REF = re.compile(r"\b(FROM|JOIN)\s+([a-z_][a-z0-9_]*)\.([a-z_][a-z0-9_]*)(?:\s+AS)?\s+([a-z_][a-z0-9_]*)", re.I)
 _QUALIFIED = re.compile(r"\b([a-z_][a-z0-9_]*)\.([a-z_][a-z0-9_]*)\b", re.I)
 _TOP_JOIN = re.compile(r"^\s*JOIN\s+([a-z_][a-z0-9_]*)\.([a-z_][a-z0-9_]*)\s+AS\s+([a-z_][a-z0-9_]*)\s+ON\s+", re.I)
@@ -63,7 +64,9 @@ class RuleFilter:
 
 
 def _strip(text: str) -> str:
-    return _COMMENT.sub(" ", text).strip()
+    """The text without its `--` comments; a `--` inside a string stays (found by a review: two
+    `'--'` strings on two lines swallowed the condition between them into one literal)."""
+    return _STRING_OR_COMMENT.sub(lambda m: m.group() if m.group().startswith("'") else " ", text).strip()
 
 
 def parse_rule_filter(text: str, *, schema: str, table: str, clock: str) -> RuleFilter:
@@ -112,6 +115,8 @@ def _check_parentheses(code: str) -> None:
             raise RuleFileError(f"uses {why} ({token!r}) outside a plain string: only `--` comments and '...' strings")
     if re.search(r"\b[eEuUbBxX]&?'", code):
         raise RuleFileError("uses a prefixed string literal (E'...', U&'...'): only plain '...' strings")
+    if code.count("'") % 2:  # each string masked keeps its two quotes
+        raise RuleFileError("leaves a string open (a quote never closed)")
     depth = 0
     for char in code:
         depth += {"(": 1, ")": -1}.get(char, 0)
