@@ -441,3 +441,54 @@ def test_a_clock_without_time_zone_is_refused_before_anything_is_selected(db, s3
         db.execute("ALTER TABLE app.quotes ALTER COLUMN issued_at TYPE timestamptz USING issued_at AT TIME ZONE 'UTC'")
     assert db.execute("SELECT array_agg(id) FROM app.quotes").fetchone()[0] == [due]
     assert db.execute("SELECT count(*) FROM retention.archive_manifest").fetchone()[0] == 0
+
+
+def test_a_rule_renamed_since_the_archive_keeps_its_objects_past_their_recorded_date(
+    tmp_path, db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Quotes archived by rule `unconverted_quotes` (12 months live, 12 archived). The rule is then
+    renamed and its archive period lengthened to 5 years: its objects, still named by the old rule,
+    went on their old date (the purge read a rule no longer in the policy as "the recorded date
+    holds", and skipped the clock and period checks a review added). Kept and reported instead,
+    until someone names their rule or re-dates them; the after gate counts them as kept."""
+    from retention.gates.sql_checks import kept_beyond_purge
+    from retention.paths import POLICY_FILE
+    from retention.policy import load_policy
+    from retention.policy import loading as policy_module
+
+    quote = f.quote(db, issued="2021-02-10")
+    engine_for(policy.with_mode("enforce"), "quotes", source_dsn, s3, storage).archive_and_delete(
+        RunContext("quotes", "archive", f.midnight("2022-04-01"))
+    )
+    assert quote not in f.ids(db, "quotes")
+
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "quotes").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "quotes":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    shipped = POLICY_FILE.parent / "sql" / "quotes" / "unconverted_quotes.sql"
+    (sql_dir / "quotes" / "quotes_never_converted.sql").write_text(shipped.read_text(encoding="utf-8"))
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    old = "      - name: unconverted_quotes\n"
+    kept = "        live: 12 months\n        tier: intermediate\n        archive: 12 months"
+    assert text.count(old) == 1 and text.count(kept) == 1
+    path = tmp_path / "policy-renamed.yaml"
+    path.write_text(
+        text.replace(old, "      - name: quotes_never_converted\n").replace(
+            kept, kept.replace("archive: 12 months", "archive: 5 years")
+        ),
+        encoding="utf-8",
+    )
+    edited = load_policy(path).with_mode("enforce")
+    assert [r.name for r in edited.purposes["quotes"].rules] == ["quotes_never_converted"]
+
+    engine = engine_for(edited, "quotes", source_dsn, s3, storage)
+    # 2023-03-01: past the recorded purge date (2023-02-10), before the new one (2027-02-10).
+    ctx = RunContext("quotes", "purge", f.midnight("2023-03-01"))
+    report = engine.purge_archives(ctx)
+    assert (report["purged_objects"], report["kept_policy_longer"]) == (0, 1)
+    assert db.execute("SELECT state FROM retention.archive_manifest").fetchall() == [("committed",)]
+    gate = kept_beyond_purge(db, edited, engine.store, ctx, "quotes", dry_run=False)
+    assert gate["success"] and gate["observed"].get("kept_as_the_policy_now_keeps_longer") == 1, gate

@@ -431,7 +431,7 @@ def report(
         )
         + (
             f", {purged['kept_policy_longer']} objects kept past their date: the policy now keeps their rule"
-            " longer than when they were archived (re-date them: docs/operating.md)"
+            " longer than when they were archived, or no longer names it (re-date them: docs/operating.md)"
             if purged.get("kept_policy_longer")
             else ""
         )

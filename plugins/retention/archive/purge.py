@@ -41,12 +41,17 @@ def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None
     """Whether the policy now keeps the rows of an object of ``rule_name`` longer than the period
     (live + archive) its purge date was computed with, recorded as ``gone_after`` (a period
     corrected or lengthened since it was archived, found by a review): its recorded date is then
-    too early for some of its rows, and it is kept and reported for someone to re-date. Unknown
-    for an object archived before the period was recorded (NULL), or of a rule no longer in
-    the policy: its recorded date holds, as before."""
-    rule = next((r for r in purpose.rules if r.name == rule_name), None)
-    if gone_after is None or rule is None:
+    too early for some of its rows, and it is kept and reported for someone to re-date. A rule
+    no longer in the purpose (renamed, moved, removed) cannot tell how long the policy keeps its
+    rows now: kept and reported too, until its objects name the rule that keeps them or are
+    re-dated (found by a review: a rule renamed with a longer period let its objects go on their
+    old date). Unknown for an object archived before the period was recorded (NULL): its
+    recorded date holds, as before."""
+    if gone_after is None:
         return False
+    rule = next((r for r in purpose.rules if r.name == rule_name), None)
+    if rule is None:
+        return True
     return not covers(Period.parse(gone_after, written=False), rule.gone_after)
 
 
