@@ -663,6 +663,85 @@ def test_a_rule_file_with_balanced_parentheses_and_strings_still_loads(tmp_path,
     assert load_policy(POLICY_FILE).purposes["quotes"].rules[0].name == "unconverted_quotes"
 
 
+def _job_applications_rule_file(tmp_path, monkeypatch):
+    """The shipped rule files, with the job applications' own copy (``WHERE NOT hired``) to edit."""
+    from retention.policy import loading as policy_module
+
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "job_applications").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "job_applications":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    rule_file = sql_dir / "job_applications" / "candidates_not_recruited.sql"
+    rule_file.write_text("WHERE NOT job_applications.hired\n", encoding="utf-8")
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+    return rule_file
+
+
+LOST_WHERE = "-- every application: the WHERE lost in an edit\n"
+
+
+def test_a_rule_file_edited_after_the_plan_was_checked_changes_nothing_the_run_deletes(
+    tmp_path, db, s3, storage, source_dsn, monkeypatch
+):
+    """The plan (1 candidate not hired) is checked against the policy's fingerprint, then the run
+    waits for its lock; an edit of the rule file lands meanwhile (a deployment syncing the repo)
+    and drops its WHERE. The run built its statements from the file as it was then: within the
+    approved count, it deleted the hired candidate (lowest id first), whom no plan selected."""
+    from retention.policy.loading import policy_path
+
+    rule_file = _job_applications_rule_file(tmp_path, monkeypatch)
+    policy = load_policy(policy_path())
+    hired = f.job_application(db, last_contact="2020-01-01", hired=True)
+    not_hired = f.job_application(db, last_contact="2020-01-01")
+    engine = RetentionEngine(policy, "job_applications", source_dsn, ArchiveStore(s3, storage), lock_timeout=5)
+    ctx = RunContext("job_applications", "edited", f.midnight("2025-03-01"))
+    plan = engine.make_plan(ctx)
+    assert plan.rule("candidates_not_recruited").deletable == 1
+    preflight = engine.store.preflight
+
+    def edited_meanwhile():
+        rule_file.write_text(LOST_WHERE, encoding="utf-8")
+        preflight()
+
+    monkeypatch.setattr(engine.store, "preflight", edited_meanwhile)
+    engine.archive_and_delete(ctx, plan)
+    assert f.ids(db, "job_applications") == {hired} and not_hired != hired
+
+
+def test_a_rule_file_edited_while_the_plan_counts_is_refused_by_the_run(
+    tmp_path, db, s3, storage, source_dsn, monkeypatch
+):
+    """The rule file is edited while the plan task counts (minutes on a large table): the plan
+    carried the fingerprint of the file as edited, with the counts of the file before, so the next
+    task (a new process, the edited file) took it as approved and deleted the hired candidate.
+    The plan now carries the fingerprint of what it counted: the run refuses it."""
+    from retention.archive.run import PlanMismatchError
+    from retention.planner import Planner
+    from retention.policy.loading import policy_path
+
+    rule_file = _job_applications_rule_file(tmp_path, monkeypatch)
+    hired = f.job_application(db, last_contact="2020-01-01", hired=True)
+    f.job_application(db, last_contact="2020-01-01")
+    count = Planner.count
+
+    def count_then_edited(self, *args, **kwargs):
+        counted = count(self, *args, **kwargs)
+        rule_file.write_text(LOST_WHERE, encoding="utf-8")
+        return counted
+
+    monkeypatch.setattr(Planner, "count", count_then_edited)
+    store = ArchiveStore(s3, storage)
+    ctx = RunContext("job_applications", "edited", f.midnight("2025-03-01"))
+    plan = RetentionEngine(load_policy(policy_path()), "job_applications", source_dsn, store).make_plan(ctx)
+    assert plan.rule("candidates_not_recruited").deletable == 1
+    monkeypatch.setattr(Planner, "count", count)
+    archive_step = RetentionEngine(load_policy(policy_path()), "job_applications", source_dsn, store, lock_timeout=5)
+    with pytest.raises(PlanMismatchError, match="changed since the plan"):
+        archive_step.archive_and_delete(ctx, plan)
+    assert hired in f.ids(db, "job_applications")
+
+
 def test_a_double_dash_inside_a_string_is_not_a_comment(tmp_path, monkeypatch):
     """PostgreSQL reads `'--'` as a string; the comments were stripped before the strings were
     seen, so two such strings on two lines swallowed the condition between them into one literal

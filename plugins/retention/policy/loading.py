@@ -36,7 +36,7 @@ def fingerprint(policy: Policy, purpose: Purpose) -> str:
     ):
         digest.update(part.encode() + b"\0")
     for rule in purpose.schedule_rules:  # a generated rule's filter is its parent rule's file
-        digest.update(rule_sql_path(purpose.name, rule).read_bytes() + b"\0")
+        digest.update(rule_text(policy, purpose.name, rule).encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -44,19 +44,21 @@ def rule_sql_path(purpose: str, rule: Rule) -> Path:
     return SQL_DIR / purpose / f"{rule.name}.sql"
 
 
-@functools.cache
-def _rule_filter(path: Path, mtime_ns: int, schema: str, table: str, clock: str) -> RuleFilter:
-    return parse_rule_filter(path.read_text(encoding="utf-8"), schema=schema, table=table, clock=clock)
+def rule_text(policy: Policy, purpose: str, rule: Rule) -> str:
+    """The text of the rule's file as the policy read it when it was loaded: the one text the
+    statements are built from and the fingerprint hashes, whatever the file becomes while the
+    policy is in use (found by a review: an edit landing while the plan counted, or between the
+    plan's check and the run's statements, had the run delete by a filter no plan counted)."""
+    return policy.rule_file_text(purpose, rule.name, lambda: rule_sql_path(purpose, rule).read_text(encoding="utf-8"))
 
 
 def rule_filter(policy: Policy, purpose: str, rule: Rule) -> RuleFilter:
-    """The rule's file, parsed and checked against the rule (include/sql/README.md). A rule
-    generated from a `go_with_parent` decision has no file: its filter joins the parent row
-    and applies the parent rule's own filter to it."""
+    """The rule's file (as the policy read it: ``rule_text``), parsed and checked against the rule
+    (include/sql/README.md). A rule generated from a `go_with_parent` decision has no file: its
+    filter joins the parent row and applies the parent rule's own filter to it."""
     if rule.with_parent is not None:
         return _child_filter(policy, purpose, rule)
-    path = rule_sql_path(purpose, rule)
-    return _rule_filter(path, path.stat().st_mtime_ns, policy.source_schema, rule.table, rule.clock)
+    return _parsed_filter(rule_text(policy, purpose, rule), policy.source_schema, rule.table, rule.clock)
 
 
 def _child_filter(policy: Policy, purpose: str, rule: Rule) -> RuleFilter:
@@ -178,11 +180,13 @@ def load_policy(path: Path | str = POLICY_FILE) -> Policy:
 
 
 def default_policy() -> Policy:
-    """The deployment's policy file, parsed once per process and file (DAG files share it)."""
+    """The deployment's policy file, parsed once per process and file (DAG files share it), and
+    again once it or a rule file changed (a policy keeps the rule files' text it read)."""
     path = policy_path()
-    return _cached_policy(path, path.stat().st_mtime_ns if path.exists() else 0)
+    rule_files = tuple(sorted((p.name, p.parent.name, p.stat().st_mtime_ns) for p in SQL_DIR.glob("*/*.sql")))
+    return _cached_policy(path, path.stat().st_mtime_ns if path.exists() else 0, SQL_DIR, rule_files)
 
 
 @functools.cache
-def _cached_policy(path: Path, mtime_ns: int) -> Policy:
+def _cached_policy(path: Path, mtime_ns: int, sql_dir: Path, rule_files: tuple) -> Policy:
     return load_policy(path)

@@ -14,7 +14,7 @@ import re
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from retention.policy.periods import Period
 
@@ -357,6 +357,9 @@ class Policy(_Strict):
     approvals: Approvals = Approvals()
     alerts: Alerts = Alerts()
     storage: Storage
+    # The text of each rule file, ``(purpose, rule)``, as this policy first read it (at load):
+    # retention.policy.loading.rule_text.
+    _rule_texts: dict[tuple[str, str], str] = PrivateAttr(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -547,6 +550,14 @@ class Policy(_Strict):
             for rule in purpose.schedule_rules
             if rule.table == table
         ]
+
+    def rule_file_text(self, purpose: str, rule: str, read) -> str:
+        """The text of a rule's file as this policy first read it (``read()``), the same at every
+        later call whatever the file has become (retention.policy.loading.rule_text)."""
+        key = (purpose, rule)
+        if key not in self._rule_texts:
+            self._rule_texts[key] = read()
+        return self._rule_texts[key]
 
     def storage_settings(self) -> Storage:
         return self.storage.with_env_overrides(dict(os.environ))
