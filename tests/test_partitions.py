@@ -2540,3 +2540,45 @@ def test_a_retried_unit_goes_on_beside_the_retirement_its_killed_try_recorded_be
     assert not db.execute("SELECT 1 FROM retention.partition_retirements WHERE state = 'detaching'").fetchall(), (
         "the recovery left the retirement open"
     )
+
+
+def test_a_rule_renamed_after_a_crash_attaches_its_detached_partition_again(
+    partitioned, s3, storage, policy, source_dsn, tmp_path, monkeypatch
+):
+    """A crash leaves March detached by rule `chat_messages`; the policy then renames the rule
+    (its file too). The next run's recovery looked the retirement's rule up by name and stopped on
+    StopIteration, every run after it too, March out of the table. Nothing tells that the renamed
+    rule would retire March whole: it is attached again, its rows take the row path of the rule
+    as the policy now names it."""
+    from retention.paths import POLICY_FILE
+    from retention.policy import load_policy
+    from retention.policy import loading as policy_module
+
+    db = partitioned
+    customers = {month: f.customer(db) for month in MONTHS}
+    made = messages(db, customers)
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2026_03")
+    assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2026_03") == "detached"
+
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "subscriber_services").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "subscriber_services":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    for shipped in POLICY_FILE.parent.joinpath("sql", "subscriber_services").iterdir():
+        name = "transmitted_chat_messages.sql" if shipped.name == "chat_messages.sql" else shipped.name
+        (sql_dir / "subscriber_services" / name).write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+    text = POLICY_FILE.read_text(encoding="utf-8").replace("mode: preview", "mode: enforce")
+    assert text.count("      - name: chat_messages\n") == 1
+    path = tmp_path / "renamed.yaml"
+    path.write_text(text.replace("      - name: chat_messages\n", "      - name: transmitted_chat_messages\n"))
+    renamed = load_policy(path)
+
+    engine_for(renamed, source_dsn, s3, storage).archive_and_delete(RunContext("subscriber_services", "next", D))
+    assert run_report.finished_retirements(db, "subscriber_services", "next") == [
+        ("chat_messages", "chat_messages_2026_03", "kept", "crashed")
+    ]
+    # March attached again, then its rows archived by the renamed rule's run; nothing lost.
+    assert set(made["2026-03"]) <= set(committed_ids(db))
+    assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])

@@ -42,7 +42,25 @@ class PartitionFinishing:
             " rows_checksum, manifest_ids FROM retention.partition_retirements WHERE id = %s AND state = 'detaching'",
             (retirement_id,),
         ).fetchone()
-        rule = next(r for r in self.purpose.rules if r.name == rule_name)
+        rule = next((r for r in self.purpose.rules if r.name == rule_name), None)
+        if rule is None:
+            # The rule that retired it is no longer the purpose's (renamed, removed since): nothing
+            # tells that the policy still lets the partition go whole (found by a review: the
+            # recovery stopped on the lookup, every run after it too, the partition out of the table).
+            log.warning(
+                "partition %s of %s stays: rule %r, which retired it, is no longer in the policy; attached"
+                " again, its rows take the row path",
+                partition,
+                table,
+                rule_name,
+            )
+            try:
+                control.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+                self._attach_again(control, retirement_id, table, partition, bound, finished_by)
+            except BaseException:
+                control.rollback()
+                raise
+            return False
         ctx = RunContext(self.purpose_name, run_id, logical_date)
         if rule.name not in self._statements:
             self._statements[rule.name] = self.planner(control).statements(rule, logical_date)
