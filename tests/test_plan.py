@@ -57,6 +57,29 @@ def test_more_rows_due_at_execution_than_approved_stay_for_the_next_run(db, s3, 
     assert next_outcome.deleted == 1 and f.ids(db, "quotes") == set()
 
 
+def test_an_approved_row_a_hold_keeps_at_execution_is_reported_kept(db, s3, storage, policy, source_dsn):
+    """A hold placed between the plan and the archive step keeps the quote the plan approved (the
+    batch's re-check under lock). The report said due 1, held 0, deleted 0, with nothing on
+    where the row went (found by a review); it now says the row was kept at execution."""
+    from retention.tasks import report
+
+    f.quote(db, issued="2023-01-01")
+    kept = f.quote(db, issued="2023-01-01")
+    ctx = RunContext("quotes", "manual__held_since", D)
+    engine = make_engine(policy, source_dsn, s3, storage)
+    plan = engine.make_plan(ctx)
+    f.legal_hold(db, "quotes", kept)
+    (outcome,) = engine.archive_and_delete(ctx, plan)
+    assert (outcome.deletable, outcome.deleted) == (2, 1) and f.ids(db, "quotes") == {kept}
+    context = {"logical_date": D, "params": {}, "run_id": ctx.run_id}
+    purged = {"purged_objects": 0, "purged_records": 0, "held_objects": 0}
+    text = report(
+        policy.with_mode("enforce").purpose("quotes"), context, {}, {"rules": [outcome.as_dict()]}, purged, {}, {}
+    )
+    assert "kept at execution (approved by the plan, then kept by the re-check under lock" in text
+    assert text.rstrip().endswith("the next run decides again): unconverted_quotes=1"), text
+
+
 def test_rows_the_last_batch_locks_beyond_the_approved_count_are_left(db, s3, storage, policy, source_dsn):
     """The last batch locks the rows left plus a margin of the rows re-checks kept so far
     (_Allowance.lock_limit): rows that became due after the plan and fall in that margin are

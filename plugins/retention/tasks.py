@@ -472,6 +472,16 @@ def report(
                 f"vacuum ({r['table']}): dead tuples {v['dead_tuples_before']} -> {v['dead_tuples_after']}, "
                 f"size {v['bytes_before']} -> {v['bytes_after']} bytes"
             )
+    if not would:
+        # Approved, not deleted: the re-check under lock kept them (a hold placed, a child added, a
+        # clock moved since the plan) or they went meanwhile. No id: the next run's plan audits them.
+        kept = {r["rule"]: n for r in archived["rules"] if (n := RuleOutcome.from_dict(r).deletable - r["deleted"]) > 0}
+        if kept:
+            lines.append(
+                "kept at execution (approved by the plan, then kept by the re-check under lock: a hold placed, a "
+                "child added or the row changed since the plan, or gone meanwhile; the next run decides again): "
+                + ", ".join(f"{rule}={n}" for rule, n in kept.items())
+            )
     beyond = {r["rule"]: r["beyond_plan"] for r in archived["rules"] if r.get("beyond_plan")}
     if beyond:
         lines.append(
