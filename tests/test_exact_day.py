@@ -452,15 +452,31 @@ def test_a_rule_renamed_since_the_archive_keeps_its_objects_past_their_recorded_
     holds", and skipped the clock and period checks a review added). Kept and reported instead,
     until someone names their rule or re-dates them; the after gate counts them as kept."""
     from retention.gates.sql_checks import kept_beyond_purge
-    from retention.paths import POLICY_FILE
-    from retention.policy import load_policy
-    from retention.policy import loading as policy_module
 
     quote = f.quote(db, issued="2021-02-10")
     engine_for(policy.with_mode("enforce"), "quotes", source_dsn, s3, storage).archive_and_delete(
         RunContext("quotes", "archive", f.midnight("2022-04-01"))
     )
     assert quote not in f.ids(db, "quotes")
+    edited = policy_with_the_quotes_rule_renamed(tmp_path, monkeypatch, archive="5 years")
+
+    engine = engine_for(edited, "quotes", source_dsn, s3, storage)
+    # 2023-03-01: past the recorded purge date (2023-02-10), before the new one (2027-02-10).
+    ctx = RunContext("quotes", "purge", f.midnight("2023-03-01"))
+    report = engine.purge_archives(ctx)
+    assert (report["purged_objects"], report["kept_policy_longer"]) == (0, 1)
+    assert db.execute("SELECT state FROM retention.archive_manifest").fetchall() == [("committed",)]
+    gate = kept_beyond_purge(db, edited, engine.store, ctx, "quotes", dry_run=False)
+    assert gate["success"] and gate["observed"].get("kept_as_the_policy_now_keeps_longer") == 1, gate
+
+
+def policy_with_the_quotes_rule_renamed(tmp_path, monkeypatch, archive: str = "12 months"):
+    """The shipped policy (enforced) with rule `unconverted_quotes` renamed `quotes_never_converted`
+    (its file copied under the new name, the loader pointed at a copy of include/sql/) and its
+    archive period set to ``archive``."""
+    from retention.paths import POLICY_FILE
+    from retention.policy import load_policy
+    from retention.policy import loading as policy_module
 
     sql_dir = tmp_path / "sql"
     (sql_dir / "quotes").mkdir(parents=True)
@@ -477,18 +493,10 @@ def test_a_rule_renamed_since_the_archive_keeps_its_objects_past_their_recorded_
     path = tmp_path / "policy-renamed.yaml"
     path.write_text(
         text.replace(old, "      - name: quotes_never_converted\n").replace(
-            kept, kept.replace("archive: 12 months", "archive: 5 years")
+            kept, kept.replace("archive: 12 months", f"archive: {archive}")
         ),
         encoding="utf-8",
     )
     edited = load_policy(path).with_mode("enforce")
     assert [r.name for r in edited.purposes["quotes"].rules] == ["quotes_never_converted"]
-
-    engine = engine_for(edited, "quotes", source_dsn, s3, storage)
-    # 2023-03-01: past the recorded purge date (2023-02-10), before the new one (2027-02-10).
-    ctx = RunContext("quotes", "purge", f.midnight("2023-03-01"))
-    report = engine.purge_archives(ctx)
-    assert (report["purged_objects"], report["kept_policy_longer"]) == (0, 1)
-    assert db.execute("SELECT state FROM retention.archive_manifest").fetchall() == [("committed",)]
-    gate = kept_beyond_purge(db, edited, engine.store, ctx, "quotes", dry_run=False)
-    assert gate["success"] and gate["observed"].get("kept_as_the_policy_now_keeps_longer") == 1, gate
+    return edited

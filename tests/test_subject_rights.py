@@ -1557,3 +1557,25 @@ def test_a_held_quote_the_purge_purged_since_the_search_is_not_reported_kept(
     quotes = [o for o in report["objects"] if o.get("table") == "quotes"]
     assert [o["action"] for o in quotes] == ["changed_meanwhile"], quotes
     assert not [k for k in report["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")], report["kept"]
+
+
+def test_an_access_to_rows_archived_under_a_rule_renamed_since_answers(
+    tmp_path, db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Quotes archived under `unconverted_quotes`, a rule renamed since (the purge keeps such
+    objects past their date until someone names their rule). An access by the customer looked the
+    object's rule up in the policy to tell each row's own end and stopped on it (StopIteration,
+    found by a review): the subject got no answer. The rows are listed, kept until their object's
+    recorded date, which is all the archive knows of them."""
+    from tests.test_exact_day import policy_with_the_quotes_rule_renamed
+
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    edited = policy_with_the_quotes_rule_renamed(tmp_path, monkeypatch, archive="5 years")
+    report = rights(edited, source_dsn, s3, storage).handle(
+        request("access", "rev-renamed-rule", kind="customer", subject_id=w["customer"])
+    )
+    assert exported_ids(s3, storage, report, "intermediate/quotes.json") == w["mine"]
+    body = s3.get_object(Bucket=storage.archive_bucket, Key=report["export"]["key"])["Body"].read()
+    index = json.loads(zipfile.ZipFile(io.BytesIO(body)).read("index.json"))["parts"]
+    archived = [e for e in index if e["path"] == "intermediate/quotes.json"]
+    assert [(e["rule"], e["kept_until"]) for e in archived] == [("unconverted_quotes", "2025-01-10")], archived

@@ -45,7 +45,11 @@ def row_ends(ctx: RequestContext, conn, obj: ArchivedObject, objects: list[Archi
     through the parent link: from the rows found, the live table, or the parent's archive."""
     if obj.until:
         return obj.until
-    rule = next(r for r in ctx.policy.purpose(obj.purpose).rules if r.name == obj.rule)
+    purge_day = obj.purge_after.astimezone(ctx.tz).date().isoformat()
+    rule = next((r for r in ctx.policy.purpose(obj.purpose).rules if r.name == obj.rule), None)
+    if rule is None:  # renamed or removed since: the object's recorded date is all that is known
+        obj.until.update(dict.fromkeys(obj.subject_ids, purge_day))
+        return obj.until
     clock_table, clock_column = rule.clock_table, rule.clock_column
     path = _path_up(ctx.parents, obj.table, clock_table)
     at = {i: i for i in obj.subject_ids}  # subject row -> the id reached in `table`
@@ -57,7 +61,6 @@ def row_ends(ctx: RequestContext, conn, obj: ArchivedObject, objects: list[Archi
     clocks = (
         _column_values(ctx, conn, table, clock_column, set(at.values()) - {None}, objects) if path is not None else {}
     )
-    purge_day = obj.purge_after.astimezone(ctx.tz).date().isoformat()
     for i in obj.subject_ids:
         clock = clocks.get(at[i])
         # An archived row's clock has started (it was due); one that cannot be read back (a
