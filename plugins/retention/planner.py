@@ -201,28 +201,43 @@ class Plan:
 
 _OUTCOME_FIELDS = set(RuleOutcome.__dataclass_fields__)
 
+# The child column a foreign key pairs with the parent's id (a key into a partitioned table also
+# names the partition key: (message_id, message_at) -> (id, transmitted_at)), else its first:
+# the rules' tests read a child's link as the parent's id.
+_CHILD_COLUMN = """
+JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+LEFT JOIN LATERAL (
+    SELECT ca.attname
+    FROM unnest(con.conkey, con.confkey) AS k(child_attnum, parent_attnum)
+    JOIN pg_attribute AS pa ON pa.attrelid = con.confrelid AND pa.attnum = k.parent_attnum
+    JOIN pg_attribute AS ca ON ca.attrelid = con.conrelid AND ca.attnum = k.child_attnum
+    WHERE pa.attname = 'id'
+) AS to_id ON true
+"""
 # Every foreign key into the source schema, one catalog query for a planner: (parent table,
 # child schema, child table, child column, whether a delete of the parent clears the child's
-# link: ON DELETE SET NULL / SET DEFAULT, the child outlives it).
-_FOREIGN_KEYS_SQL = """
-SELECT parent.relname, cn.nspname, child.relname, a.attname, con.confdeltype IN ('n', 'd')
+# link: ON DELETE SET NULL / SET DEFAULT, the child outlives it; whether the key names the
+# parent's id, the only keys the rules' tests follow; its definition).
+_FOREIGN_KEYS_SQL = f"""
+SELECT parent.relname, cn.nspname, child.relname, coalesce(to_id.attname, a.attname),
+       con.confdeltype IN ('n', 'd'), to_id.attname IS NOT NULL, pg_get_constraintdef(con.oid)
 FROM pg_constraint AS con
 JOIN pg_class AS parent ON parent.oid = con.confrelid
 JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
 JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
-JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+{_CHILD_COLUMN}
 WHERE con.contype = 'f' AND pn.nspname = %s
-ORDER BY parent.relname, child.relname, a.attname
+ORDER BY parent.relname, child.relname, 4
 """
 # The same for the keys into one table (a batch's check that they did not change since the run
 # read them: Planner.keys_changed).
-_FOREIGN_KEYS_INTO_SQL = """
-SELECT cn.nspname, child.relname, a.attname, con.confdeltype IN ('n', 'd')
+_FOREIGN_KEYS_INTO_SQL = f"""
+SELECT cn.nspname, child.relname, coalesce(to_id.attname, a.attname), con.confdeltype IN ('n', 'd')
 FROM pg_constraint AS con
 JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
-JOIN pg_attribute AS a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+{_CHILD_COLUMN}
 WHERE con.contype = 'f' AND con.confrelid = format('%%I.%%I', %s::text, %s::text)::regclass
 """
 
@@ -281,7 +296,7 @@ def links_cleared_by_deletes(conn, policy: Policy) -> dict[str, list[Blocker]]:
     DELETE SET NULL or SET DEFAULT), for every table: ``Planner.links_cleared_by_deleting``
     beyond one purpose (a subject erasure deletes rows of any)."""
     cleared: dict[str, list[Blocker]] = {}
-    for parent, child_schema, child, column, clears in conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)):
+    for parent, child_schema, child, column, clears, *_ in conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)):
         link = Blocker(child_schema, child, column)
         if clears and _hold_follows(policy, parent, link):
             cleared.setdefault(parent, []).append(link)
@@ -318,8 +333,19 @@ class Planner:
         tables = {rule.table for rule in purpose.rules}
         waiting: dict[str, list[Blocker]] = {table: [] for table in tables}
         cleared = []
-        for parent, child_schema, child, column, clears in conn.execute(_FOREIGN_KEYS_SQL, (schema,)):
+        for parent, child_schema, child, column, clears, into_id, definition in conn.execute(
+            _FOREIGN_KEYS_SQL, (schema,)
+        ):
             link = Blocker(child_schema, child, column)
+            if parent in tables and not into_id:
+                # The rows' tests read a child's link as the parent's id: a key into another
+                # column would let a parent go while its children need it, and a key that
+                # cascades take them along (found by a review).
+                raise PolicyError(
+                    f"{child_schema}.{child} refers to {schema}.{parent} by {definition}: only a key that names "
+                    f"{parent}.id tells which {parent} rows a child keeps waiting; purpose {purpose.name} is "
+                    "refused, nothing selected or deleted. Refer to the id, or take the table out of the policy"
+                )
             if not clears:
                 if parent in waiting:
                     waiting[parent].append(link)
