@@ -1073,3 +1073,45 @@ def test_each_batch_archives_its_rows_as_locked_whatever_the_default_isolation(d
     ).fetchone()
     rows = pq.read_table(io.BytesIO(s3.get_object(Bucket=storage.archive_bucket, Key=key)["Body"].read())).to_pylist()
     assert next(r["body"] for r in rows if r["id"] == ids[-1]) == "edited"
+
+
+def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_when_it_is_deleted_past_its_own_end(
+    tmp_path, db, s3, storage, policy, source_dsn
+):
+    """Claims kept longer than their contract (5 years, the contract 3), as above: the contract
+    ran again and ended again in 2021, so its claims' clock gives 2026. It then waited past its
+    own end + 3 years (its AML record, a fraud case, a hold): the run that finally takes it finds
+    its archive period over and deletes it without an archive object. The claims' copy archived
+    on the old end (dated 2024-06-01) must not go then: their clock still gives 2026."""
+    from retention.paths import POLICY_FILE
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    start = text.index("      - name: ended_contracts\n")
+    end = text.index("archive: 5 years", start) + len("archive: 5 years")
+    path = tmp_path / "policy-contracts-3-years.yaml"
+    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
+    edited = load_policy(path).with_mode("enforce")
+
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    aml = f.aml_record(db, contract)
+    engine = engine_for(edited, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    [(_, _, claims_key)] = manifest(db, "contracts")
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2021-03-15"), contract)
+    )
+    assert engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-05-01")))["purged_objects"] == 0
+    db.execute("DELETE FROM app.aml_records WHERE id = %s", (aml,))
+    engine.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2024-05-02")))
+    assert contract not in f.ids(db, "contracts")
+
+    # The contract's own period is over: its object (if any) goes; the claims' copy stays.
+    engine.purge_archives(RunContext("contracts", "purge2", f.midnight("2024-06-01")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts"), (
+        "the claims of a contract that ended in 2021 purged in 2024"
+    )
+    assert engine.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-14")))["purged_objects"] == 0
+    assert engine.purge_archives(RunContext("contracts", "purge4", f.midnight("2026-03-15")))["purged_objects"] == 1
+    assert {s for _, s, _ in manifest(db, "contracts")} == {"purged"}

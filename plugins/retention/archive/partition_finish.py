@@ -18,6 +18,7 @@ from retention.archive import partition_detach
 from retention.archive.batch import BATCH_WORK_MEM
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS, release_purpose_lock
 from retention.archive.partition_plan import attached_state
+from retention.archive.purge import archive_split
 from retention.archive.run import RetentionError, RunContext
 from retention.id_sets import id_array
 from retention.policy import Rule
@@ -137,7 +138,8 @@ class PartitionFinishing:
         probative since, or an archive period lengthened, would drop rows with no copy, or with
         one purged too early, where the row path's crashed batch leaves them to the next run."""
         groups = self._partition_groups(control, rule, partition) if rule.archived else []
-        wanted = sorted((purge_after, ids) for _, ids, purge_after in groups if purge_after > logical_date)
+        split = archive_split(control, self.policy, rule, groups, logical_date)
+        wanted = sorted((purge_after, ids) for (_, ids, purge_after), archived in split if archived)
         made = control.execute(
             "SELECT purge_after, record_ids, tier FROM retention.archive_manifest WHERE id = ANY(%s::bigint[])",
             (id_array(manifest_ids),),

@@ -58,6 +58,7 @@ from retention.archive.parquet import typed
 from retention.archive.partition_drops import DetachedPartition, PartitionDrops, PartitionsDone
 from retention.archive.partition_finish import PartitionFinishing
 from retention.archive.partition_plan import Partition, PartitionPlanning, attached_state, foreign_key_neighbours
+from retention.archive.purge import archive_split
 from retention.archive.run import RetentionError, RunContext
 from retention.id_sets import id_array
 from retention.policy import Rule, rule_filter
@@ -418,8 +419,10 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
         with reader.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-        groups = self._partition_groups(control, rule, partition.name)
-        to_archive = [g for g in groups if rule.archived and g[2] > ctx.logical_date]
+        split = archive_split(
+            control, self.policy, rule, self._partition_groups(control, rule, partition.name), ctx.logical_date
+        )
+        to_archive = [g for g, archived in split if archived]
         for purge_day, ids, _ in to_archive:
             batch.archived_until[purge_day] += len(ids)
         chunks, chunk, size = [], [], 0
@@ -451,7 +454,7 @@ class PartitionRetirement(PartitionFinishing, PartitionPlanning):
                 uploading = uploader.submit(self._upload_part, part)
             if uploading is not None:
                 self._add_uploaded(batch, uploading.result())
-        return len(groups) - len(to_archive)
+        return len({day for (day, _, _), archived in split if not archived})
 
     def _upload_part(self, part: Batch) -> Batch:
         self._upload_batch(part)

@@ -44,6 +44,7 @@ from retention.archive.locks import (
     lock_holders,
 )
 from retention.archive.parquet import document_keys, parquet_bytes, parquet_row_count, typed
+from retention.archive.purge import archive_split
 from retention.archive.run import CommittedBatchError, RetentionError, RunContext
 from retention.archive.store import UPLOAD_THREADS, document_archive_key, object_key
 from retention.id_sets import id_array as _id_array
@@ -187,8 +188,10 @@ class BatchProtocol:
         if rule.erase_at_processor:  # issue 9: only the rows the processor confirmed erased go
             groups = processor.erase_before_delete(control, self.schema, ctx, groups, outcome)
         # A backlog row whose archive period is already over at D is not archived only to be
-        # purged: it is deleted like a row of tier 'none'.
-        archived = [rule.archived and purge_after > ctx.logical_date for _, _, purge_after in groups]
+        # purged: it is deleted like a row of tier 'none'; unless an archived object of another
+        # rule reads its clock (a contract's end, for its claims' copy: archive_split).
+        split = archive_split(control, self.policy, rule, groups, ctx.logical_date)
+        groups, archived = [g for g, _ in split], [a for _, a in split]
         # The batch's rows are read once, then split per purge day (the days interleave).
         to_archive = [group for group, archive in zip(groups, archived, strict=True) if archive]
         to_read = sorted(i for _, ids, _ in to_archive for i in ids)

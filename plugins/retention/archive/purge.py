@@ -25,7 +25,7 @@ from retention.archive.locks import (
 )
 from retention.archive.run import RunContext, refuse_future
 from retention.planner import MAX_IDS_IN_LOG
-from retention.policy import Policy
+from retention.policy import Policy, Rule
 from retention.policy.coverage import covered_records_sql, object_held
 from retention.policy.model import Purpose, covers
 from retention.policy.periods import Period, cutoff, local_date, local_midnight
@@ -99,6 +99,52 @@ def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, a
         )
         arms.append(f"({alias}.rule = '{rule.name}' AND ({live}{archived}))")
     return f"({' OR '.join(arms)})" if arms else "false"
+
+
+def clock_records_still_read(conn, policy: Policy, rule: Rule, ids: list[int]) -> set[int]:
+    """The ``ids`` of ``rule``'s table that a committed object of another table's rule on the
+    same clock names among its owners (a claims' copy on its contract's end): their clock is
+    still read by clock_not_due. Such a row is archived even when its own archive period is over
+    (archive_split): deleted without an object, its clock (a contract ended again later) was
+    told nowhere, and the claims' copy went on the date of the old end (found by a review)."""
+    others = [
+        (name, r.name)
+        for name, p in policy.purposes.items()
+        for r in p.rules
+        if r.archived and r.clock == rule.clock and r.table != rule.table
+    ]
+    if not ids or not others or rule.clock_table != rule.table:
+        return set()
+    rows = conn.execute(
+        "SELECT DISTINCT o.id FROM retention.archive_manifest AS m,"
+        " jsonb_array_elements_text(m.owner_ids -> %s) AS o(id)"
+        " WHERE m.state = 'committed' AND (m.purpose, m.rule) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+        " AND o.id::bigint = ANY(%s::bigint[])",
+        (rule.table, [p for p, _ in others], [r for _, r in others], sorted(ids)),
+    ).fetchall()
+    return {int(i) for (i,) in rows}
+
+
+def archive_split(conn, policy: Policy, rule: Rule, groups: list, logical_date: dt.datetime) -> list[tuple]:
+    """``[(group, archived)]`` for the groups ``(day, ids, purge_after)`` of a batch or a
+    partition: a group whose archive period is not over at ``logical_date`` is archived; one
+    whose period is over is deleted without archive (it would only be purged), except its rows
+    whose clock an archived object of another rule still reads (clock_records_still_read),
+    archived on their own (past) date so that the manifest tells their clock to the purge."""
+    if not rule.archived:
+        return [(group, False) for group in groups]
+    past = [i for _, ids, purge_after in groups if purge_after <= logical_date for i in ids]
+    read = clock_records_still_read(conn, policy, rule, past) if past else set()
+    split = []
+    for day, ids, purge_after in groups:
+        if purge_after > logical_date:
+            split.append(((day, ids, purge_after), True))
+            continue
+        kept = [i for i in ids if i in read]
+        rest = [i for i in ids if i not in read]
+        split += [((day, kept, purge_after), True)] if kept else []
+        split += [((day, rest, purge_after), False)] if rest else []
+    return split
 
 
 class ArchivePurge:
