@@ -1579,3 +1579,52 @@ def test_an_access_to_rows_archived_under_a_rule_renamed_since_answers(
     index = json.loads(zipfile.ZipFile(io.BytesIO(body)).read("index.json"))["parts"]
     archived = [e for e in index if e["path"] == "intermediate/quotes.json"]
     assert [(e["rule"], e["kept_until"]) for e in archived] == [("unconverted_quotes", "2025-01-10")], archived
+
+
+def test_another_persons_rows_in_an_old_object_a_hold_keeps_are_not_reported_erased(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The subject's erasure rewrote the object they share with another customer, then a hold on
+    the subject kept the old object (every row it held, the other customer's among them, still
+    stored). The other customer then asks for erasure, then for access: their quote's copy in that
+    old object stays stored under the hold; it must be reported kept and be in the export, not
+    reported erased and left out (found by a review: the old object counted the subject's removed
+    rows only)."""
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    other = db.execute("SELECT id FROM app.customers WHERE email = %s", (OTHER_EMAIL,)).fetchone()[0]
+    real_finish = object_rewrite._finish
+
+    def hold_then_finish(*args, **kwargs):
+        f.legal_hold(db, "quotes", min(w["mine"]))  # on one of the subject's quotes (a dispute)
+        return real_finish(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(object_rewrite, "_finish", hold_then_finish)
+        rights(policy, source_dsn, s3, storage).handle(
+            request("erasure", "rev-held-erase-a", kind="customer", subject_id=w["customer"])
+        )
+    [(old_key, old_rows)] = db.execute(
+        "SELECT object_key, record_ids FROM retention.archive_manifest WHERE state = 'rewritten'"
+    ).fetchall()
+    from tests.test_exact_day import versions
+
+    erasure = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-other-erase", kind="customer", subject_id=other)
+    )
+    assert old_key in versions(s3, storage.archive_bucket), "the old object a hold keeps is stored"
+    kept = [k for k in erasure["kept"] if (k["source"], k["table"]) == ("intermediate", "quotes")]
+    assert sum(k["records"] for k in kept) == 1, (
+        f"their quote, still stored in {old_key} ({old_rows}), reported {erasure['erased']}, kept {erasure['kept']}"
+    )
+    access = rights(policy, source_dsn, s3, storage).handle(
+        request("access", "rev-other-access", kind="customer", subject_id=other)
+    )
+    assert access["found"]["intermediate"] == {"quotes": 1}, access["found"]
+    assert len(exported_ids(s3, storage, access, "intermediate/quotes.json")) == 1
+    # The hold released, their erasure again deletes the old object, their quote's last copy.
+    db.execute("UPDATE retention.legal_holds SET released_at = now()")
+    again = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-other-erase-again", kind="customer", subject_id=other)
+    )
+    assert again["erased"]["intermediate"] == {"quotes": 1}, again
+    assert old_key not in versions(s3, storage.archive_bucket)

@@ -82,7 +82,7 @@ def gather(ctx: RequestContext, conn, found: Found, report: dict) -> Gathered:
         path = f"{obj.tier}/{obj.table}.json"
         d = classify_object(ctx, obj)
         ends = row_ends(ctx, conn, obj, found.objects)
-        wanted = set(obj.subject_ids)
+        wanted = set(obj.subject_ids) - obj.elsewhere  # exported once, from the committed object
         mask = pa.array([i in wanted for i in obj.rows.column("id").to_pylist()])
         for row in obj.rows.filter(mask).to_pylist():
             parts[path].append(row)

@@ -70,7 +70,7 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
             superseded[obj.purpose].append(obj)
             if preview:
                 counts = report["erased"]["intermediate"]
-                counts[obj.table] = counts.get(obj.table, 0) + len(obj.subject_ids)
+                counts[obj.table] = counts.get(obj.table, 0) + len(set(obj.subject_ids) - obj.elsewhere)
         elif d.erase:
             entry["action"] = "would_rewrite" if preview else "rewrite"
             by_purpose[obj.purpose].append(obj)
@@ -104,7 +104,7 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
                     if done:
                         entry["action"] = "deleted"
                         counts = report["erased"]["intermediate"]
-                        counts[obj.table] = counts.get(obj.table, 0) + len(obj.subject_ids)
+                        counts[obj.table] = counts.get(obj.table, 0) + len(set(obj.subject_ids) - obj.elsewhere)
                     else:  # held again meanwhile: still stored
                         entry["action"] = "kept"
                         obj.held = True

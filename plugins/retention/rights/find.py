@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from retention import identifiers
 from retention.archive.store import ArchiveStorageError
@@ -58,9 +57,13 @@ class ArchivedObject:
         default_factory=dict
     )  # the subject's rows' own end dates (retention.rights.ends.row_ends)
     # The old object of a rewrite a hold kept since its commit ('rewritten', its rewrite
-    # 'committed'): still stored, the only copy of the rows the rewrite removed, which alone
-    # ``rows`` holds (the others are in the new object).
+    # 'committed'): still stored, every row it held, the only copy of the rows the rewrite
+    # removed. Its other rows were in the new object, which a later erasure of their owner may
+    # rewrite in turn (found by a review: a second person's erased rows, still stored here, were
+    # reported erased and in no later export): ``rows`` holds them all, and ``elsewhere`` those
+    # of the subject's that a committed object found holds too (counted and exported once).
     superseded: bool = False
+    elsewhere: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -151,6 +154,13 @@ def find(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int
         if wider == search and now == seen:
             break
         search, seen = wider, now
+    stored: dict[str, set[int]] = {}
+    for obj in found.objects:
+        if not obj.superseded:
+            stored.setdefault(obj.table, set()).update(obj.subject_ids)
+    for obj in found.objects:
+        if obj.superseded:
+            obj.elsewhere = set(obj.subject_ids) & stored.get(obj.table, set())
     held = held_through_parents(ctx, conn, found)
     for obj in found.objects:
         obj.held = obj.held or obj.manifest_id in held
@@ -366,8 +376,6 @@ def _candidate_objects(ctx: RequestContext, conn, roots: dict[str, set[int]]) ->
         data = _read_stored(ctx, key, version, sha, superseded=removed is not None)
         if data is None:
             continue
-        if removed is not None:  # the rows only this old object still stores
-            data = data.filter(pc.is_in(data.column("id"), value_set=pa.array(removed, pa.int64())))
         objects.append(
             ArchivedObject(
                 mid,

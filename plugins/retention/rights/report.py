@@ -41,7 +41,7 @@ def report_found(report: dict, found: Found) -> None:
     report["found"]["live"] = {t: len(v) for t, v in sorted(found.live.items())}
     by_tier: dict[str, Counter] = defaultdict(Counter)
     for obj in found.objects:
-        by_tier[obj.tier][obj.table] += len(obj.subject_ids)
+        by_tier[obj.tier][obj.table] += len(set(obj.subject_ids) - obj.elsewhere)
     for tier, counts in by_tier.items():
         report["found"][tier] = dict(sorted(counts.items()))
     report["owners_not_recorded"] = found.owners_not_recorded
