@@ -1115,3 +1115,44 @@ def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_when_
     assert engine.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-14")))["purged_objects"] == 0
     assert engine.purge_archives(RunContext("contracts", "purge4", f.midnight("2026-03-15")))["purged_objects"] == 1
     assert {s for _, s, _ in manifest(db, "contracts")} == {"purged"}
+
+
+def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_after_its_period_is_lengthened(
+    tmp_path, db, s3, storage, policy, source_dsn
+):
+    """Contracts kept 3 years, claims 5: the contract ran again and ended again six months later,
+    then was archived; its object's date, 2022-12-01, tells its claims' new end (2024-12-01). The
+    policy then keeps contracts 5 years (their objects are kept and reported, policy_keeps_longer).
+    The claims' copy archived on the old end (dated 2024-06-01) must still be kept to 2024-12-01:
+    the contract object's date was computed with the period recorded on it, not the rule's new one."""
+    from retention.paths import POLICY_FILE
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    start = text.index("      - name: ended_contracts\n")
+    end = text.index("archive: 5 years", start) + len("archive: 5 years")
+    path = tmp_path / "policy-contracts-3-years.yaml"
+    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
+    three_years = engine_for(load_policy(path).with_mode("enforce"), "contracts", source_dsn, s3, storage)
+
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    aml = f.aml_record(db, contract)
+    three_years.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    [(_, _, claims_key)] = manifest(db, "contracts")
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2019-12-01"), contract)
+    )
+    db.execute("DELETE FROM app.aml_records WHERE id = %s", (aml,))
+    three_years.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2019-12-02")))
+    assert contract not in f.ids(db, "contracts")
+
+    five_years = engine_for(policy.with_mode("enforce"), "contracts", source_dsn, s3, storage)
+    five_years.purge_archives(RunContext("contracts", "purge", f.midnight("2024-06-01")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts"), (
+        "the claims of a contract that ended again in December 2019 purged in June 2024"
+    )
+    five_years.purge_archives(RunContext("contracts", "purge2", f.midnight("2024-11-30")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts")
+    five_years.purge_archives(RunContext("contracts", "purge3", f.midnight("2024-12-01")))
+    assert ("claims", "purged", claims_key) in manifest(db, "contracts")

@@ -77,18 +77,21 @@ def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, a
         # The clock records archived since, on the same clock: their object's date is their clock's
         # day + their rule's periods, which may not be these rows' (found by a review: claims kept
         # 3 years, their contract 5, were purged on their old date). A clock on or after the day
-        # after the last one these rows are due on gives a date on or after ``kept_from`` (the
-        # periods' arithmetic never decreases); a date there that a month end clips keeps more.
+        # after the last one these rows are due on (``first_not_due``) gives a date on or after that
+        # day + the record's periods (the periods' arithmetic never decreases); a date there that a
+        # month end clips keeps more.
         # An object of theirs purged already tells it too (found by a review: claims kept 5 years,
         # their contract 3, went on their old date once the contract's object had gone).
-        last_due = rule.gone_after.latest_start(local_date(logical_date, policy.tz))
+        # Through the periods the record's object was dated with (``gone_after``, recorded on it),
+        # not its rule's now (found by a review: a contract's period lengthened since its object
+        # was written let its claims' copy go on the old end's date); the rule's when not recorded.
+        first_not_due = rule.gone_after.latest_start(local_date(logical_date, policy.tz)) + dt.timedelta(days=1)
         later = [
-            f"(pm.purpose = '{name}' AND pm.rule = '{r.name}' AND pm.purge_after >= '{kept_from.isoformat()}'"
-            "::timestamptz)"
+            f"(pm.purpose = '{name}' AND pm.rule = '{r.name}' AND pm.purge_after >= ((DATE '{first_not_due}'"
+            f" + coalesce(pm.gone_after, '{r.gone_after}')::interval)::timestamp AT TIME ZONE '{policy.timezone}'))"
             for name, p in policy.purposes.items()
             for r in p.rules
             if r.archived and r.table == rule.clock_table and r.clock == rule.clock
-            for kept_from in [local_midnight(r.gone_after.add_to(last_due + dt.timedelta(days=1)), policy.tz)]
         ]
         archived = (
             " OR EXISTS (SELECT 1 FROM retention.archive_manifest AS pm WHERE pm.state IN ('committed', 'purged')"
