@@ -1628,3 +1628,65 @@ def test_another_persons_rows_in_an_old_object_a_hold_keeps_are_not_reported_era
     )
     assert again["erased"]["intermediate"] == {"quotes": 1}, again
     assert old_key not in versions(s3, storage.archive_bucket)
+
+
+def test_an_erasure_rewriting_an_object_keeps_the_owners_another_request_named_meanwhile(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Two requests at once on one object: a customer's erasure has read the object holding their
+    quote and the quote of a prospect who became another customer since (held, the prospect record
+    archived with that customer). Meanwhile the prospect's erasure names that customer among the
+    object's owners (the hold keeps their quote through their rows only). The hold is released,
+    the first erasure rewrites the object, and the hold is placed again: the new object must name
+    that customer too, or the purge deletes the prospect's quote under the hold (found by a
+    review: it was given the owners the first request had read, before the naming)."""
+    import threading
+
+    from tests.test_exact_day import versions
+    from tests.test_safety import InThread
+
+    p = f.prospect(db, last_contact="2023-01-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", prospect_id=p, email=EMAIL)
+    d = f.customer(db, email="third.person@example.fr")
+    f.quote(db, issued="2023-01-10", customer_id=d)  # the other customer's, same object
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+    c = f.customer(db, ended="2021-01-01", email=OTHER_EMAIL)
+    db.execute("UPDATE app.prospects SET customer_id = %s WHERE id = %s", (c, p))
+    archive(db, s3, storage, policy, source_dsn, purposes=("prospects",))
+    assert p not in f.ids(db, "prospects") and q not in f.ids(db, "quotes"), "both archived"
+    f.legal_hold(db, "customers", c)
+
+    reached, release = threading.Event(), threading.Event()
+    real_lock = erase_archived.lock_purpose
+
+    def paused_lock(*args, **kwargs):
+        if not reached.is_set():
+            reached.set()
+            assert release.wait(60)
+        return real_lock(*args, **kwargs)
+
+    monkeypatch.setattr(erase_archived, "lock_purpose", paused_lock)
+    first = InThread(
+        lambda: rights(policy, source_dsn, s3, storage).handle(
+            request("erasure", "rev-race-other", kind="customer", subject_id=d)
+        )
+    )
+    assert reached.wait(30), "the customer's erasure read the object"
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "rev-race-prospect", kind="prospect", subject_id=p)
+    )
+    assert [k["reason"] for k in report["kept"] if k["table"] == "quotes"] == ["legal_hold"]
+    db.execute("UPDATE retention.legal_holds SET released_at = now()")
+    release.set()
+    first.join()
+    f.legal_hold(db, "customers", c)  # placed again
+
+    [(key, owners, purge_after)] = db.execute(
+        "SELECT object_key, owner_ids, purge_after FROM retention.archive_manifest WHERE state = 'committed'"
+        " AND table_name = 'quotes'"
+    ).fetchall()
+    assert c in owners.get("customers", []), f"the rewritten object's owners {owners} lost the customer named"
+    day = (purge_after + dt.timedelta(days=2)).date().isoformat()
+    engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    engine.purge_archives(RunContext("quotes", "purge-after-race", f.midnight(day)))
+    assert key in versions(s3, storage.archive_bucket), "the prospect's quote purged under the customer's hold"

@@ -156,13 +156,22 @@ def rewrite_without(
         control.execute(LOCK_HOLDS)
         row = control.execute(
             f"WITH covered AS ({covered_records_sql(policy)})"
-            f" SELECT {object_held('m')} FROM retention.archive_manifest AS m"
+            f" SELECT {object_held('m')}, m.owner_ids FROM retention.archive_manifest AS m"
             " WHERE m.id = %s AND m.state = 'committed' FOR NO KEY UPDATE OF m",
             (obj.manifest_id,),
         ).fetchone()
         held_now = bool(row and (row[0] or (held is not None and held(control))))
         proceed = row is not None and not held_now
         if proceed:
+            if new_id is not None and owners is not None and row[1] != owners:
+                # The old object's owners now, read under its lock: a request may have named more
+                # since they were read (found by a review: the owners a request named after a
+                # hold reached the object through its rows were lost with the rewrite, and the
+                # hold, released and placed again, no longer kept the new object). Never fewer.
+                control.execute(
+                    "UPDATE retention.archive_manifest SET owner_ids = %s::jsonb WHERE id = %s AND state = 'uploading'",
+                    (json.dumps(row[1]), new_id),
+                )
             if new_id is not None:
                 control.execute(
                     "UPDATE retention.archive_manifest SET state = 'committed', byte_size = %s, sha256 = %s,"
