@@ -383,3 +383,37 @@ def test_a_zombie_unit_whose_control_session_ended_does_not_delete_beside_its_re
     assert committed_rows(db, ctx.run_id) <= 2, "the zombie and its retry deleted more than the plan approved"
     assert late in f.ids(db, "quotes")
     assert not set(approved) & f.ids(db, "quotes") or committed_rows(db, ctx.run_id) < 2
+
+
+def test_a_retry_after_the_runs_objects_were_purged_and_their_audit_ids_forgotten_deletes_no_more_than_approved(
+    db, s3, storage, policy, source_dsn, role_dsn
+):
+    """A backfill run (its logical date long past): its try commits 2 batches, then is killed.
+    Their objects' archive period is already over today: the purpose's purge removes them, and
+    the housekeeping then forgets the ids their audit rows listed (ids naming a purged object
+    go). A retry of the try (cleared the next day) counted what the run had deleted from those
+    ids: none, and deleted the whole approved count again, a row due since the plan with it."""
+    import datetime as dt
+
+    from retention import housekeeping
+
+    approved = [f.quote(db, issued="2023-06-01") for _ in range(5)]  # archived until 2025-06-01
+    ctx = RunContext("quotes", "retry_forgotten", D, batch_size=1)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx)
+    first = make_engine(policy, source_dsn, s3, storage)
+    die_at_batch(first, 3)
+    with pytest.raises(Killed):
+        first.archive_and_delete(ctx, plan)
+    assert committed_rows(db, ctx.run_id) == 2
+    purge = RunContext("quotes", "purge", f.midnight("2025-06-02"))
+    assert make_engine(policy, source_dsn, s3, storage).purge_archives(purge)["purged_objects"] == 2
+    with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
+        done = housekeeping.prune_own_rows(conn, policy, dt.datetime.now(dt.UTC), enforce=True)
+    assert done["audit_record_ids"]["forgotten"] >= 2
+    late = f.quote(db, issued="2023-06-01")
+    db.commit()
+    retry = RunContext("quotes", "retry_forgotten", D, batch_size=1, attempt=2)
+    make_engine(policy, source_dsn, s3, storage).archive_and_delete(retry, plan)
+    assert committed_rows(db, ctx.run_id) <= 5, "the run deleted more rows than its approved plan counted"
+    assert late in f.ids(db, "quotes")
+    assert set(approved) & f.ids(db, "quotes") or committed_rows(db, ctx.run_id) == 5

@@ -317,15 +317,20 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         due since then included.
         Read after them, the rows of partitions an earlier try detached and did not drop (its
         retirement still 'detaching': a unit's retry runs no recovery): out of the table, not yet
-        audited, they go when a recovery finishes the retirement, under this run."""
+        audited, they go when a recovery finishes the retirement, under this run.
+
+        An audit row whose ids the housekeeping forgot (its object purged since, or 30 days
+        past: retention.forget_audit_ids_past_archive) counts all its rows as this range's: a
+        retry then deletes less, never more (found by a review: a backfill's try retried after
+        the purge of its objects counted none of their rows and deleted the whole count again)."""
         # A first try has no earlier try's partitions to spend: it leaves the other units' alone.
         detached = self._detached_by_the_run(control, ctx, rule_name, first_id, last_id) if ctx.attempt > 1 else 0
         (deleted,) = control.execute(
-            "SELECT count(*) FROM retention.audit_log AS a CROSS JOIN LATERAL unnest(a.record_ids) AS i(id)"
-            " WHERE a.run_id = %s AND a.purpose = %s AND a.rule = %s"
-            " AND a.action IN ('archived_and_deleted', 'deleted') AND i.id BETWEEN %s AND %s"
-            " AND a.id <> ALL(%s::bigint[])",
-            (ctx.run_id, self.purpose_name, rule_name, first_id, last_id, self._audited_before(plan, unit)),
+            "SELECT coalesce(sum(CASE WHEN a.record_ids IS NULL THEN a.record_count ELSE"
+            " (SELECT count(*) FROM unnest(a.record_ids) AS i(id) WHERE i.id BETWEEN %s AND %s) END), 0)::bigint"
+            " FROM retention.audit_log AS a WHERE a.run_id = %s AND a.purpose = %s AND a.rule = %s"
+            " AND a.action IN ('archived_and_deleted', 'deleted') AND a.id <> ALL(%s::bigint[])",
+            (first_id, last_id, ctx.run_id, self.purpose_name, rule_name, self._audited_before(plan, unit)),
         ).fetchone()
         control.commit()
         return deleted + detached
