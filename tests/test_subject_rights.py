@@ -1690,3 +1690,52 @@ def test_an_erasure_rewriting_an_object_keeps_the_owners_another_request_named_m
     engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
     engine.purge_archives(RunContext("quotes", "purge-after-race", f.midnight(day)))
     assert key in versions(s3, storage.archive_bucket), "the prospect's quote purged under the customer's hold"
+
+
+def test_an_erasure_removes_the_subjects_rows_from_an_upload_a_crashed_run_left(
+    db, s3, storage, policy, source_dsn, role_dsn, monkeypatch
+):
+    """A quotes run crashed after uploading a batch holding the subject's quote (its intent left
+    'uploading': an orphan, removed by the purpose's next enforced run). The subject's erasure
+    then came first: it erased the live quote and reported the request done, while the orphan
+    upload, a copy of that quote, stayed in the bucket (until a run of the purpose, maybe never
+    if it went back to preview)."""
+    c = f.customer(db, email=EMAIL)
+    mine = f.quote(db, issued="2023-01-10", customer_id=c)
+    engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    original = engine.store.put_verified
+
+    def crash_after_upload(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Crash("after_upload")
+
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(engine.store, "put_verified", crash_after_upload)
+        engine.archive_and_delete(RunContext("quotes", "manual__quotes", D))
+    (orphan,) = db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'uploading'").fetchone()
+    assert s3.list_object_versions(Bucket=storage.archive_bucket, Prefix=orphan).get("Versions")
+    # As the subject requests run: their own role.
+    report = rights(policy, role_dsn("retention_rights"), s3, storage).handle(
+        request("erasure", "req-orphan", kind="customer", subject_id=c)
+    )
+    assert mine not in f.ids(db, "quotes")
+    stored = [
+        (v["Key"], v["VersionId"])
+        for v in s3.list_object_versions(Bucket=storage.archive_bucket).get("Versions", [])
+        if v["Key"].endswith(".parquet")
+    ]
+    copies = [
+        key
+        for key, version in stored
+        if mine
+        in pq.read_table(
+            io.BytesIO(s3.get_object(Bucket=storage.archive_bucket, Key=key, VersionId=version)["Body"].read())
+        )
+        .column("id")
+        .to_pylist()
+    ]
+    assert copies == [] or report.get("incomplete"), "the request says done, a copy of the erased quote is stored"
+    assert db.execute("SELECT state FROM retention.archive_manifest WHERE object_key = %s", (orphan,)).fetchone() == (
+        "abandoned",
+    )
+    assert report["erased"]["orphan_uploads"] == 1

@@ -197,7 +197,7 @@ CREATE OR REPLACE TRIGGER archive_manifest_stamp_purged_at
     FOR EACH ROW WHEN (retention.is_retention_writer()) EXECUTE FUNCTION retention.stamp_now('purged_at');
 
 -- The subject requests move an archive object only as a rewrite does (uploading -> committed or
--- abandoned, committed -> rewritten): purging is the engine's (found by a review: the role could
+-- abandoned, committed -> rewritten), or abandon a crashed run's upload: purging is the engine's (found by a review: the role could
 -- mark a live object purged, and the housekeeping then forgot its audit ids).
 CREATE OR REPLACE FUNCTION retention.refuse_rights_manifest_state() RETURNS trigger
     LANGUAGE plpgsql AS
@@ -209,6 +209,14 @@ BEGIN
     -- Only the moves of a rewrite, on the objects its row names.
     IF (OLD.state, NEW.state) IN (('uploading', 'committed'), ('uploading', 'abandoned'))
        AND EXISTS (SELECT 1 FROM retention.object_rewrites AS r WHERE r.new_manifest_id = OLD.id) THEN
+        RETURN NEW;
+    END IF;
+    -- A crashed run's upload holding the erased person's rows, removed (an orphan: no batch commits
+    -- it any more, retention.rights.erase_archived): abandoned like the run's recovery does, never
+    -- a partition's whose retirement is open (its drop commits them).
+    IF (OLD.state, NEW.state) = ('uploading', 'abandoned')
+       AND NOT EXISTS (SELECT 1 FROM retention.partition_retirements AS p
+                        WHERE p.state = 'detaching' AND OLD.id = ANY(p.manifest_ids)) THEN
         RETURN NEW;
     END IF;
     IF (OLD.state, NEW.state) = ('committed', 'rewritten')

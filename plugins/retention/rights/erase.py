@@ -70,7 +70,7 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
         seed=found.ids,
         done="its live rows that could go are erased (audited), its archived ones not yet",
     )
-    erase_archived(ctx, conn, req, fresh, report, preview=False)
+    erase_archived(ctx, conn, req, fresh, report, preview=False, before=found)
     # The subject's access exports are copies of what was just erased.
     report["erased"]["access_exports"] = exports.delete_subject_exports(conn, ctx.store, references, req.audit_run_id)
 

@@ -13,7 +13,7 @@ import json
 from collections import defaultdict
 
 from retention.archive import rewrite as object_rewrite
-from retention.archive.locks import acquire_purpose_lock, release_purpose_lock
+from retention.archive.locks import acquire_purpose_lock, release_purpose_lock, wait_for_batches_in_flight
 from retention.policy.coverage import ancestors_first
 from retention.rights.context import RequestContext
 from retention.rights.decide import classify_object
@@ -23,7 +23,15 @@ from retention.rights.report import add_kept_archived
 from retention.rights.requests import SubjectRequest
 
 
-def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: dict, preview: bool) -> None:
+def erase_archived(
+    ctx: RequestContext,
+    conn,
+    req: SubjectRequest,
+    found: Found,
+    report: dict,
+    preview: bool,
+    before: Found | None = None,
+) -> None:
     """Each object holding the subject's rows decided and reported (a kept one with its rows' own
     end dates); unless preview, the erasable ones rewritten, purpose by purpose under the
     purpose's lock, after what a crashed request left is finished."""
@@ -88,12 +96,18 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
     # And the purposes of the old objects found to delete: a run may have finished their rewrite
     # since the search (then no longer pending), which the request still reports (a review).
     pending = _pending_rewrites(ctx)
-    for purpose in sorted(pending | set(by_purpose) | set(superseded)):
+    # ``before``: the subject's rows as found before their live rows were erased (no longer found
+    # live, nor in a committed object, they are still in a crashed run's upload).
+    subject = _subject_ids(found, before)
+    orphaned = _purposes_with_orphan_uploads(ctx, subject)
+    for purpose in sorted(pending | set(by_purpose) | set(superseded) | orphaned):
         objects = by_purpose.get(purpose, [])
         with ctx.connect(autocommit=False) as control, ctx.connect() as intents:
             lock_purpose(ctx, control, purpose)
             try:
                 object_rewrite.recover_rewrites(ctx.policy, ctx.store, control, purpose)
+                if purpose in orphaned:
+                    _remove_orphan_uploads(ctx, control, req, purpose, subject, report)
                 for obj in superseded.get(purpose, []):
                     entry = next(e for e in report["objects"] if e["key"] == obj.key)
                     done = intents.execute(
@@ -126,6 +140,62 @@ def erase_archived(ctx: RequestContext, conn, req: SubjectRequest, found: Found,
             finally:
                 control.rollback()
                 release_purpose_lock(control, purpose)
+
+
+def _subject_ids(*founds: Found | None) -> dict[str, set[int]]:
+    ids: dict[str, set[int]] = {}
+    for found in founds:
+        for table, found_ids in [*(found.ids.items() if found else ()), *(found.live.items() if found else ())]:
+            ids.setdefault(table, set()).update(found_ids)
+    return ids
+
+
+def _orphan_uploads(conn, ctx: RequestContext, ids: dict[str, set[int]], purpose: str | None = None) -> list[tuple]:
+    """The 'uploading' intents (of ``purpose``, or every purpose) whose rows include the
+    subject's ``ids`` (per table): (manifest id, purpose, rule, table, key, document keys, record ids)."""
+    rows = conn.execute(
+        "SELECT id, purpose, rule, table_name, object_key, document_keys, record_ids"
+        " FROM retention.archive_manifest AS m"
+        " WHERE state = 'uploading' AND bucket = %s AND (%s::text IS NULL OR purpose = %s)"
+        # A partition's uploads while its retirement is open are the rows' copies the drop commits
+        # (the run's recovery finishes it): not orphans.
+        " AND NOT EXISTS (SELECT 1 FROM retention.partition_retirements AS r"
+        "  WHERE r.state = 'detaching' AND m.id = ANY(r.manifest_ids)) ORDER BY id",
+        (ctx.store.archive_bucket, purpose, purpose),
+    ).fetchall()
+    return [r for r in rows if ids.get(r[3]) and not ids[r[3]].isdisjoint(r[6])]
+
+
+def _purposes_with_orphan_uploads(ctx: RequestContext, ids: dict[str, set[int]]) -> set[str]:
+    with ctx.connect() as conn:
+        return {r[1] for r in _orphan_uploads(conn, ctx, ids)}
+
+
+def _remove_orphan_uploads(
+    ctx: RequestContext, control, req: SubjectRequest, purpose: str, ids: dict[str, set[int]], report: dict
+) -> None:
+    """The uploads a crashed run of the purpose left holding the subject's rows ('uploading'
+    intents: copies of rows that were still live), removed, every version, as the purpose's next
+    run's recovery removes them (retention.archive.recovery), under the purpose's lock and once
+    its batches still open elsewhere are done: a request erasing those rows reported them erased
+    while a copy stayed in the bucket, until that run (never, for a purpose in preview mode;
+    found by a review)."""
+    wait_for_batches_in_flight(control, purpose)
+    orphans = _orphan_uploads(control, ctx, ids, purpose)
+    control.commit()
+    for manifest_id, _, rule, table, key, doc_keys, record_ids in orphans:
+        ctx.store.delete_all_versions([key, *doc_keys])
+        with control.transaction():
+            control.execute(
+                "UPDATE retention.archive_manifest SET state = 'abandoned' WHERE id = %s AND state = 'uploading'",
+                (manifest_id,),
+            )
+            control.execute(
+                "INSERT INTO retention.audit_log (run_id, logical_date, purpose, rule, table_name, action,"
+                " record_count, object_key) VALUES (%s, now(), %s, %s, %s, 'orphan_removed', %s, %s)",
+                (req.audit_run_id, purpose, rule, table, len(record_ids), key),
+            )
+        report["erased"]["orphan_uploads"] = report["erased"].get("orphan_uploads", 0) + 1
 
 
 def _pending_rewrites(ctx: RequestContext) -> set[str]:
