@@ -294,6 +294,48 @@ def test_kill9_during_purge_then_hold_before_rerun(worker, db, s3, storage, poli
     assert audited == 1
 
 
+def test_a_purge_cut_short_after_an_objects_file_copies_then_a_hold_keeps_a_truthful_manifest(
+    db, s3, storage, policy, source_dsn, role_dsn
+):
+    """The purge deletes an object's file copies first, the Parquet object last: S3 failing in
+    between leaves the object stored without its copies. A hold on its owner placed before the
+    next purge keeps it (decided again), and its manifest row went on naming the copies as
+    archived: an access or an erasure then looked for files that are gone. The copies gone are
+    now struck from the row (their versions with them), the object kept with what it stores."""
+    setup = old_archive(db, s3, storage, policy, source_dsn)
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    real_delete = engine.store.delete_all_versions
+    cut: list[str] = []
+
+    def copies_then_fail(keys):
+        if len(keys) > 1 and not cut:
+            real_delete(keys[1:])  # every file copy (keys[1:][0] last), then S3 fails on the object
+            cut.append(keys[0])
+            raise ArchiveStorageError(f"deleting s3://{storage.archive_bucket}/{keys[0]} failed: injected")
+        real_delete(keys)
+
+    engine.store.delete_all_versions = copies_then_fail
+    with pytest.raises(ArchiveStorageError):
+        engine.purge_archives(RunContext("contracts", "p1", PURGE_DATE))
+    (key,) = cut
+    mid, owners = next((m[0], m[3]) for m in setup["objects"] if m[4] == key)
+    for customer in owners["customers"]:
+        f.legal_hold(db, "customers", customer)
+    # As the engine runs: its own role.
+    report = engine_for(policy, "contracts", role_dsn("retention_engine"), s3, storage).purge_archives(
+        RunContext("contracts", "p1", PURGE_DATE)
+    )
+    assert key in report["held_keys"]
+    state, docs, doc_versions = db.execute(
+        "SELECT state, document_keys, document_version_ids FROM retention.archive_manifest WHERE id = %s", (mid,)
+    ).fetchone()
+    assert state == "committed", "the object, still stored, is kept under the hold"
+    s3.head_object(Bucket=storage.archive_bucket, Key=key)
+    stored = [d for d in docs if s3.list_object_versions(Bucket=storage.archive_bucket, Prefix=d).get("Versions")]
+    assert stored == docs, f"the manifest names file copies that are gone: {sorted(set(docs) - set(stored))}"
+    assert len(doc_versions or []) in (0, len(docs))
+
+
 # ---------------------------------------------------------------------- 2. S3 unreachable (TCP proxy)
 
 

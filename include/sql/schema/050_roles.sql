@@ -90,8 +90,9 @@ GRANT SELECT, INSERT, DELETE ON retention.detached_owners TO retention_engine;
 -- An erasure records it too for the rows it keeps under a record it deletes.
 GRANT SELECT, INSERT, DELETE ON retention.detached_owners TO retention_rights;
 GRANT SELECT ON retention.detached_owners TO retention_reader;
-GRANT UPDATE (state, byte_size, sha256, version_id, document_version_ids, committed_at, locked_until, owner_ids,
-              identifier_hashes, earliest_purge_after, purged_at, purge_run_id)
+-- document_keys: the copies an interrupted purge deleted, struck from a row it left committed.
+GRANT UPDATE (state, byte_size, sha256, version_id, document_keys, document_version_ids, committed_at, locked_until,
+              owner_ids, identifier_hashes, earliest_purge_after, purged_at, purge_run_id)
     ON retention.archive_manifest TO retention_engine;
 GRANT UPDATE (disposed_at, outcome) ON retention.document_disposals TO retention_engine;
 GRANT UPDATE (state, committed_at, done_at) ON retention.object_rewrites TO retention_engine;

@@ -424,17 +424,40 @@ class ArchivePurge:
         """A purge that died after deciding an object: if the object is gone (it is deleted
         after its files), record the purge that happened; if it is still there, decide again."""
         rows = control.execute(
-            "SELECT m.id, m.state, m.rule, m.table_name, m.object_key, m.version_id, m.document_keys, m.row_count"
+            "SELECT m.id, m.state, m.rule, m.table_name, m.object_key, m.version_id, m.document_keys,"
+            " m.document_version_ids, m.row_count"
             " FROM retention.purge_intents AS p JOIN retention.archive_manifest AS m ON m.id = p.manifest_id"
             " WHERE m.purpose = %s AND m.bucket = %s ORDER BY m.id",
             (self.purpose_name, self.store.archive_bucket),
         ).fetchall()
         control.commit()
-        for manifest_id, state, rule_name, table, key, version, doc_keys, row_count in rows:
+        for manifest_id, state, rule_name, table, key, version, doc_keys, doc_versions, row_count in rows:
             with control.transaction():
                 if state == "committed" and not self.store.version_exists(key, version):
                     self.store.delete_all_versions([key, *doc_keys])  # the copies a crash may have left
                     self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
                     log.warning("recorded the purge of %s, interrupted by a previous run", key)
                 else:
+                    if state == "committed" and doc_keys:
+                        self._strike_gone_copies(control, manifest_id, key, doc_keys, doc_versions)
                     control.execute("DELETE FROM retention.purge_intents WHERE manifest_id = %s", (manifest_id,))
+
+    def _strike_gone_copies(self, control, manifest_id: int, key: str, doc_keys: list, doc_versions) -> None:
+        """An interrupted purge deletes the file copies first, the object last: one cut short in
+        between left the object stored without some of its copies, decided again now (a hold
+        placed since keeps it). Those copies are struck from its manifest row, so that it names
+        only what is stored (found by a review: a kept object named copies that were gone)."""
+        versions = doc_versions or [None] * len(doc_keys)
+        stored = [(k, v) for k, v in zip(doc_keys, versions, strict=True) if self.store.version_exists(k, v)]
+        if len(stored) == len(doc_keys):
+            return
+        control.execute(
+            "UPDATE retention.archive_manifest SET document_keys = %s, document_version_ids = %s WHERE id = %s",
+            ([k for k, _ in stored], [v for _, v in stored] if doc_versions else doc_versions, manifest_id),
+        )
+        log.warning(
+            "%s: %d of its %d file copies were deleted by an interrupted purge; struck from its manifest row",
+            key,
+            len(doc_keys) - len(stored),
+            len(doc_keys),
+        )

@@ -272,8 +272,9 @@ class ArchiveStore:
 
     def delete_all_versions(self, keys: list[str]) -> None:
         """Really delete archive objects: every version, not just a delete marker. ``keys[0]``
-        (the Parquet object) goes last, after its document copies: a purge cut short leaves
-        the object in place until its files are gone, so an object still there is whole."""
+        (the Parquet object) goes last, after its document copies: an object gone has no copy
+        left; one still there after a purge cut short may have lost some (the next purge strikes
+        them from its manifest row, retention.archive.purge)."""
 
         def delete(key: str) -> None:
             versions = self.client.list_object_versions(Bucket=self.archive_bucket, Prefix=key)
