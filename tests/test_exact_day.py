@@ -294,6 +294,38 @@ def test_rows_whose_end_changed_with_the_policy_are_kept_to_the_object_date(
     assert committed(db)[key][2] == f.midnight("2025-10-28"), "decided once: goes whole on its date"
 
 
+def test_rows_whose_end_a_shorter_policy_moves_earlier_within_their_month_are_not_purged_early(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The same change by a few days (1 year + 12 months written as 365 + 360 days, a mistake): the
+    ends computed now stay within the month the object was written for, so they were taken, and
+    the rewrite purged a row five days before the end it was archived with. An object written
+    under another period than the rule's now keeps its rows to its recorded date, as the purge of
+    a whole object does."""
+    archived = analyses_archived(policy)
+    ids = {}
+    for day in ("10", "28"):
+        doc = f"analyses/2023-10-{day}.pdf"
+        f.put_document(s3, storage.documents_bucket, doc)
+        ids[day] = f.call_analysis(db, created=f"2023-10-{day}", document_key=doc)  # gone 2025-10-10 and -28
+    archive_monthly(engine_for(archived, "call_recordings", source_dsn, s3, storage), monkeypatch, "2024-11-01")
+    [key] = committed(db)
+    purpose = archived.purposes["call_recordings"]
+    shorter = tuple(
+        r.model_copy(update={"live": Period.parse("365 days"), "archive": Period.parse("360 days")})
+        if r.name == "call_analyses"
+        else r
+        for r in purpose.rules
+    )
+    changed = archived.model_copy(
+        update={"purposes": archived.purposes | {"call_recordings": purpose.model_copy(update={"rules": shorter})}}
+    )
+    engine = engine_for(changed, "call_recordings", source_dsn, s3, storage)
+    result = engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-05")))
+    assert result["rows_purged"] == 0, "a row purged before the end it was archived with (2025-10-10)"
+    assert sorted(committed(db)[key][0]) == sorted(ids.values())
+
+
 @pytest.mark.parametrize(
     "clocks",
     [

@@ -304,7 +304,8 @@ class ArchivePurge:
             .execute(
                 f"WITH covered AS ({covered_records_sql(self.policy)})"
                 " SELECT m.id, m.rule, m.table_name, m.tier, m.object_key, m.version_id, m.sha256, m.purge_month,"
-                f" m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, {object_held('m')} AS held"
+                " m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, m.gone_after,"
+                f" {object_held('m')} AS held"
                 " FROM retention.archive_manifest AS m"
                 " WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND m.bucket = %(bucket)s"
                 " AND m.tier = ANY(%(tiers)s) AND m.purge_after > %(date)s"
@@ -344,7 +345,7 @@ class ArchivePurge:
                 m.owner_ids,
                 object_rewrite.read_object(self.store, key, m.version_id, m.sha256),
             )
-            ends = self._row_ends(rule_name, table, obj.rows, m.purge_month, m.purge_after)
+            ends = self._row_ends(rule_name, table, obj.rows, m.purge_month, m.purge_after, m.gone_after)
             if ends is None:
                 report["rows_kept_to_object_date"] += obj.rows.num_rows
                 if not preview:  # told once: the object now goes whole on its date
@@ -382,15 +383,29 @@ class ArchivePurge:
                 report["held_objects"] += result.get("held", False)
                 report["held_keys"] += [key] if result.get("held") else []
 
-    def _row_ends(self, rule_name: str, table: str, rows: pa.Table, purge_month: str, purge_after: dt.datetime):
+    def _row_ends(
+        self,
+        rule_name: str,
+        table: str,
+        rows: pa.Table,
+        purge_month: str,
+        purge_after: dt.datetime,
+        gone_after: str | None = None,
+    ):
         """{row id: the instant its archive period ends}, from the clock among its archived
         columns and its rule's periods (the calendar arithmetic of the re-check); None when that
-        cannot be told: the rule is gone from the policy, its clock is another table's, or an
-        end falls outside the object's purge month (the periods changed since it was written)."""
+        cannot be told: the rule is gone from the policy, its clock is another table's, its
+        periods are not those the object was written with (``gone_after``, recorded: found by a
+        review, a period shortened by a few days purged a row days before its recorded end), or
+        an end falls outside the object's purge month (the periods changed since it was written)."""
         rule = next((r for r in self.purpose.rules if r.name == rule_name), None)
         clock_table, _, clock_column = (rule.clock if rule else "").partition(".")
         if rule is None or clock_table != table or clock_column not in rows.column_names:
             return None
+        if gone_after is not None:
+            written = Period.parse(gone_after, written=False)
+            if (written.months, written.days) != (rule.gone_after.months, rule.gone_after.days):
+                return None
         clock_type = rows.schema.field(clock_column).type
         if not (pa.types.is_timestamp(clock_type) and clock_type.tz):  # an instant, or nothing to tell
             return None
