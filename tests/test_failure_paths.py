@@ -417,6 +417,43 @@ def test_probative_objects_are_locked_until_their_purge_date(db, s3, storage, po
             s3.delete_object(Bucket=storage.archive_bucket, Key=k, VersionId=version)
 
 
+def test_a_failed_object_lock_check_is_not_taken_for_a_bucket_without_object_lock(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The engine asks once whether the bucket has Object Lock. A network error on that request
+    was taken as "no Object Lock" for the rest of the engine's life: every probative object of
+    the run was committed unlocked, and the run succeeded saying nothing. The error now fails the
+    step (the batch is committed; its lock is applied by the next run), and is not remembered."""
+    from botocore.exceptions import EndpointConnectionError
+    from retention.archive.run import CommittedBatchError
+
+    scenario = scenarios.aml(db, s3, storage)
+    real, calls = s3.get_object_lock_configuration, []
+
+    def unreachable_once(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise EndpointConnectionError(endpoint_url=s3.meta.endpoint_url)
+        return real(**kwargs)
+
+    monkeypatch.setattr(s3, "get_object_lock_configuration", unreachable_once)
+    engine = engine_for(policy, "aml", source_dsn, s3, storage)
+    ctx = RunContext("aml", "r", scenario.logical_date)
+    try:
+        engine.archive_and_delete(ctx)
+    except CommittedBatchError as exc:  # said, not hidden: the next run applies the lock
+        assert "Object Lock" in str(exc)
+    else:
+        (locked_until,) = db.execute("SELECT locked_until FROM retention.archive_manifest").fetchone()
+        assert locked_until is not None, "a probative object committed unlocked, and the run said nothing"
+    assert engine.store.lock_supported(), "a network error is not the bucket's answer"
+    engine_for(policy, "aml", source_dsn, s3, storage).archive_and_delete(
+        RunContext("aml", "r2", scenario.logical_date)
+    )
+    (locked_until,) = db.execute("SELECT locked_until FROM retention.archive_manifest").fetchone()
+    assert locked_until is not None
+
+
 def test_a_hold_on_a_customer_keeps_their_contract_file_and_recordings(db, s3, storage, policy, source_dsn):
     customer = f.customer(db)
     contract = f.contract(db, customer_id=customer, ended="2025-01-01")

@@ -92,6 +92,10 @@ class ObjectVersion:
     delete_marker: bool
 
 
+# Error codes of a request S3 did not answer (throttled, timed out): not the bucket's settings.
+_RETRYABLE = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"}
+
+
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -123,13 +127,28 @@ class ArchiveStore:
                 ) from exc
 
     def lock_supported(self) -> bool:
-        """Object Lock needs a bucket created with it; an S3 server may not offer it."""
+        """Object Lock needs a bucket created with it; an S3 server may not offer it. Only the
+        server's answer tells: a request that got none (the network, a server error or throttling)
+        raises ArchiveStorageError and is asked again next time (found by a review: taken as "no
+        Object Lock", it left every probative object of the run unlocked, silently)."""
         if self._lock_supported is None:
+            from botocore.exceptions import ClientError
+
             try:
                 conf = self.client.get_object_lock_configuration(Bucket=self.archive_bucket)
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+                if status >= 500 and status != 501 or exc.response.get("Error", {}).get("Code") in _RETRYABLE:
+                    raise ArchiveStorageError(
+                        f"whether s3://{self.archive_bucket} has Object Lock is unknown: {_describe(exc)}"
+                    ) from exc
+                self._lock_supported = False  # no lock configuration, or a server without the API
+            except Exception as exc:  # botocore raises several unrelated classes
+                raise ArchiveStorageError(
+                    f"whether s3://{self.archive_bucket} has Object Lock is unknown: {_describe(exc)}"
+                ) from exc
+            else:
                 self._lock_supported = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
-            except Exception:
-                self._lock_supported = False
         return self._lock_supported
 
     def put_verified(self, key: str, body: bytes, storage_class: str, expected_rows: int, count_rows) -> VerifiedObject:
