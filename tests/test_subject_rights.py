@@ -1739,3 +1739,57 @@ def test_an_erasure_removes_the_subjects_rows_from_an_upload_a_crashed_run_left(
         "abandoned",
     )
     assert report["erased"]["orphan_uploads"] == 1
+
+
+CASCADING_KEY = (
+    "ALTER TABLE app.marketing_messages DROP CONSTRAINT IF EXISTS marketing_messages_marketing_contact_id_fkey,"
+    " ADD CONSTRAINT marketing_messages_marketing_contact_id_fkey FOREIGN KEY (marketing_contact_id)"
+    " REFERENCES app.marketing_contacts (id){}"
+)
+
+
+@pytest.mark.parametrize("when", ["before the request", "while it decides"])
+def test_an_erasure_keeps_a_parent_a_held_row_references_through_a_cascading_key(
+    when, db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """A DBA makes the key from the marketing messages to their contact ON DELETE CASCADE (before
+    the request, or while the erasure decides: its row locks do not stop the DDL); one of the
+    person's messages is under a legal hold. The erasure kept the held message and deleted its
+    contact (erasable): the cascade took the held message along, unaudited (found by a review: a
+    kept row was only seen when its key refused the parent's delete). The contact is kept,
+    referenced by a kept row, as the engine's row path keeps a parent a child references."""
+    import psycopg
+
+    c = f.customer(db, email=EMAIL)
+    contact = fp.marketing_contact(db, channel="email", last_contact="2024-01-01", customer_id=c, address=EMAIL)
+    held = fp.marketing_message(db, contact)
+    f.legal_hold(db, "marketing_messages", held)
+    if when == "before the request":
+        db.execute(CASCADING_KEY.format(" ON DELETE CASCADE"))
+    else:
+        db.execute("ALTER TABLE app.marketing_messages DROP CONSTRAINT marketing_messages_marketing_contact_id_fkey")
+        decide = rights_erase.classify_live
+
+        def decide_then_migrate(ctx, conn, live):
+            decisions = decide(ctx, conn, live)
+            with psycopg.connect(source_dsn, autocommit=True) as dba:
+                dba.execute("SET lock_timeout = '5s'")
+                dba.execute(
+                    "ALTER TABLE app.marketing_messages ADD CONSTRAINT marketing_messages_marketing_contact_id_fkey"
+                    " FOREIGN KEY (marketing_contact_id) REFERENCES app.marketing_contacts (id) ON DELETE CASCADE"
+                )
+            return decisions
+
+        monkeypatch.setattr(rights_erase, "classify_live", decide_then_migrate)
+    try:
+        report = rights(policy, source_dsn, s3, storage).handle(
+            request("erasure", "req-cascade", kind="customer", subject_id=c)
+        )
+        assert f.ids(db, "marketing_messages") == {held}, "the held message went with its contact"
+        assert f.ids(db, "marketing_contacts") == {contact}
+        kept = {(k["source"], k["table"]): k["reason"] for k in report["kept"]}
+        assert kept[("live", "marketing_messages")] == "legal_hold"
+        assert kept[("live", "marketing_contacts")] == "referenced_by_kept_row"
+        assert "marketing_contacts" not in report["erased"]["live"]
+    finally:
+        db.execute(CASCADING_KEY.format(""))

@@ -303,6 +303,33 @@ def links_cleared_by_deletes(conn, policy: Policy) -> dict[str, list[Blocker]]:
     return cleared
 
 
+# The keys into one table whose delete takes the child rows along (ON DELETE CASCADE): each
+# (child schema, child table, [(child column, parent column)]), for a subject erasure's test that
+# no row is left under a row it deletes (retention.rights.erase).
+_CASCADING_KEYS_INTO_SQL = """
+SELECT cn.nspname, child.relname, array_agg(ca.attname ORDER BY k.n), array_agg(pa.attname ORDER BY k.n)
+FROM pg_constraint AS con
+JOIN pg_class AS child ON child.oid = con.conrelid
+JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
+CROSS JOIN LATERAL unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(child_attnum, parent_attnum, n)
+JOIN pg_attribute AS ca ON ca.attrelid = con.conrelid AND ca.attnum = k.child_attnum
+JOIN pg_attribute AS pa ON pa.attrelid = con.confrelid AND pa.attnum = k.parent_attnum
+WHERE con.contype = 'f' AND con.confdeltype = 'c'
+  AND con.confrelid = format('%%I.%%I', %s::text, %s::text)::regclass
+GROUP BY con.oid, cn.nspname, child.relname
+ORDER BY cn.nspname, child.relname, con.oid
+"""
+
+
+def cascading_keys_into(conn, schema: str, table: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """The keys into ``schema.table`` whose delete cascades into their child rows: (child schema,
+    child table, [(child column, parent column)])."""
+    return [
+        (child_schema, child, list(zip(child_cols, parent_cols, strict=True)))
+        for child_schema, child, child_cols, parent_cols in conn.execute(_CASCADING_KEYS_INTO_SQL, (schema, table))
+    ]
+
+
 class Planner:
     """The statements and counts of one purpose (read-only; build with ``Planner.load``)."""
 

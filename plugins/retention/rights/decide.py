@@ -10,7 +10,8 @@ be kept). Each record is reported with its purpose, its legal basis and its own 
   archive (Art. 17(3)(e): archived on schedule and kept there until its purge date); a payment
   reference (erased at the processor by its purpose's run); an object under Object Lock; a
   live row no rule of the policy describes; a row a kept row references
-  (retention.rights.erase finds that one when its delete fails);
+  (retention.rights.erase finds that one when its delete fails, or before it when a key that
+  cascades would take the kept row along);
 - erased: the rest.
 """
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import psycopg
+from psycopg import sql
 
 from retention import identifiers
 from retention.archive.db import connect
 from retention.archive.detached_owners import record_detached_owners as record_detached_owners_of
 from retention.archive.documents import dispose_documents, key_columns
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
-from retention.planner import Blocker, links_cleared_by_deletes
+from retention.planner import Blocker, cascading_keys_into, links_cleared_by_deletes
 from retention.policy.coverage import owners_of_row_sets, with_detached_owners
 from retention.rights import exports, suppression
 from retention.rights.context import RequestContext
@@ -144,14 +145,27 @@ def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -
         erased: Counter = Counter()
         audited: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         disposals = []
+        # The lock each DELETE takes, taken before the keys are read: a foreign key into these
+        # tables added from now on waits for the commit (as a retention batch's: archive.protocol).
+        erasing = [
+            t
+            for t in reversed(tables_in_order(ctx, found.live))
+            if any(d.erase for (x, _), d in decisions.items() if x == t)
+        ]
+        for table in erasing:
+            conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ROW EXCLUSIVE MODE").format(sql.Identifier(ctx.schema, table)))
         cleared = links_cleared_by_deletes(conn, ctx.policy)
-        for table in reversed(tables_in_order(ctx, found.live)):
+        for table in erasing:
             ids = sorted(i for (t, i), d in decisions.items() if t == table and d.erase)
-            if not ids:
-                continue
             key_cols = key_columns(conn, ctx.schema, table)
+            cascades = cascading_keys_into(conn, ctx.schema, table)
             for rid in ids:
                 d = decisions[(table, rid)]
+                # A key that cascades raises no violation: the row a kept row (or one no rule
+                # describes) references through it would take that row along (found by a review).
+                if _referenced_through(conn, ctx.schema, table, rid, cascades):
+                    decisions[(table, rid)] = Decision(False, "referenced_by_kept_row", d.purpose, d.rule, d.until)
+                    continue
                 try:
                     with conn.transaction():  # a savepoint: a referenced row stays
                         record_detached_owners(ctx, conn, req, table, rid, cleared.get(table, []))
@@ -196,6 +210,22 @@ def _erase_live(ctx: RequestContext, req: SubjectRequest, report: dict, check) -
     report["erased"]["live"] = dict(sorted(erased.items()))
     report["erased"]["files"] = len(disposals)
     return purposes
+
+
+def _referenced_through(conn, schema: str, table: str, rid: int, keys) -> bool:
+    """Whether a row still references ``table``'s row ``rid`` through one of ``keys``
+    (retention.planner.cascading_keys_into). The erasable rows under it went first (children
+    first): one left is kept."""
+    for child_schema, child, pairs in keys:
+        on = sql.SQL(" AND ").join(
+            sql.SQL("c.{} = p.{}").format(sql.Identifier(cc), sql.Identifier(pc)) for cc, pc in pairs
+        )
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS c JOIN {} AS p ON {} WHERE p.id = %s)").format(
+            sql.Identifier(child_schema, child), sql.Identifier(schema, table), on
+        )
+        if conn.execute(query, (rid,)).fetchone()[0]:
+            return True
+    return False
 
 
 def record_detached_owners(
