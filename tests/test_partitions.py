@@ -30,7 +30,7 @@ from retention.rights.retirements import RetirementInTheWayError
 
 from tests import factories as f
 from tests import factories_policy as fp
-from tests.test_safety import InThread, place_hold, waits_for_a_lock
+from tests.test_safety import InThread, Pause, place_hold, waits_for_a_lock
 from tests.test_subject_rights import request as subject_request
 from tests.test_subject_rights import rights as subject_rights
 from tools import devstack
@@ -2582,3 +2582,36 @@ def test_a_rule_renamed_after_a_crash_attaches_its_detached_partition_again(
     # March attached again, then its rows archived by the renamed rule's run; nothing lost.
     assert set(made["2026-03"]) <= set(committed_ids(db))
     assert f.ids(db, "chat_messages") == set(made["2026-06"] + made["2026-07"])
+
+
+def test_a_partition_of_a_child_table_is_not_a_child_table_of_its_own(partitioned, s3, storage, policy, source_dsn):
+    """Chat messages partitioned by month: PostgreSQL copies their key into the customers onto
+    each partition, and the planner read each copy as a child table of its own (a customer
+    "waiting for chat_messages_2026_03", a name the policy has no decision for). A partition
+    dropped while the prospects run deleted former customers (the subscriber services' run
+    retiring it) left the run's statements naming a table gone, or its batch stopped as if a key
+    had changed (found by a review). The table's own key reads its attached partitions."""
+    from retention.planner import Planner
+
+    db = partitioned
+    planner = Planner.load(db, policy, "prospects")
+    db.commit()
+    children = {b.table for b in planner.blockers["customers"]}
+    partitions = {f"chat_messages_{month}" for month in partitions_left(db, "chat_messages")}
+    assert "chat_messages" in children and partitions and not children & partitions, children
+
+    former = f.customer(db, ended="2021-01-01")
+    db.commit()
+    first_month = partitions_left(db, "chat_messages")[0]
+    engine = engine_for(policy, source_dsn, s3, storage, purpose="prospects")
+    pause = Pause(engine, "_audit_exceptions", before=True)
+    run = InThread(lambda: engine.archive_and_delete(RunContext("prospects", "r", f.midnight("2025-06-01"))))
+    try:
+        assert pause.reached.wait(30)
+        db.execute(f"DROP TABLE app.chat_messages_{first_month}")
+        db.commit()
+        pause.release.set()
+        outcomes = run.join()
+        assert former not in f.ids(db, "customers"), outcomes
+    finally:
+        pause.release.set()

@@ -214,6 +214,14 @@ LEFT JOIN LATERAL (
     WHERE pa.attname = 'id'
 ) AS to_id ON true
 """
+# A key's copy on an attached partition of a partitioned child table (PostgreSQL copies the
+# table's key onto each partition): the table's own key reads them all, and a partition dropped
+# during a run (another purpose's retirement) must not leave a statement naming it. Detached and
+# detach-pending partitions keep theirs: their rows are no longer (or soon not) read through the table.
+_NOT_A_PARTITIONS_COPY = """
+NOT (con.conparentid <> 0
+     AND EXISTS (SELECT 1 FROM pg_inherits AS i WHERE i.inhrelid = con.conrelid AND NOT i.inhdetachpending))
+"""
 # Every foreign key into the source schema, one catalog query for a planner: (parent table,
 # child schema, child table, child column, whether a delete of the parent clears the child's
 # link: ON DELETE SET NULL / SET DEFAULT, the child outlives it; whether the key names the
@@ -227,7 +235,7 @@ JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
 JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
 {_CHILD_COLUMN}
-WHERE con.contype = 'f' AND pn.nspname = %s
+WHERE con.contype = 'f' AND pn.nspname = %s AND {_NOT_A_PARTITIONS_COPY}
 ORDER BY parent.relname, child.relname, 4
 """
 # The same for the keys into one table (a batch's check that they did not change since the run
@@ -239,6 +247,7 @@ JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
 {_CHILD_COLUMN}
 WHERE con.contype = 'f' AND con.confrelid = format('%%I.%%I', %s::text, %s::text)::regclass
+  AND {_NOT_A_PARTITIONS_COPY}
 """
 
 
@@ -389,7 +398,10 @@ class Planner:
         a link a hold follows, are no longer those this planner read (a migration added a child
         table since the run began). A batch asks under a lock on the table that a new key into it
         waits for (retention.archive.protocol): its re-check tested the children it knew of, and
-        a key it did not know may cascade into rows that must be kept (found by a review)."""
+        a key it did not know may cascade into rows that must be kept (found by a review). Only
+        keys added count: one gone since (a child table, or a partition of one, dropped: another
+        purpose's run retires partitions of chat messages while the prospects run deletes
+        customers) leaves its parents waiting for nothing, the safe side; it stopped the batch."""
         waiting, cleared = set(), set()
         for child_schema, child, column, clears in conn.execute(_FOREIGN_KEYS_INTO_SQL, (self.schema, table)):
             link = Blocker(child_schema, child, column)
@@ -397,7 +409,9 @@ class Planner:
                 waiting.add(link)
             elif _hold_follows(self.policy, table, link):
                 cleared.add(link)
-        return waiting != set(self.blockers.get(table, ())) or cleared != set(self.links_cleared_by_deleting(table))
+        return bool(waiting - set(self.blockers.get(table, ()))) or bool(
+            cleared - set(self.links_cleared_by_deleting(table))
+        )
 
     def links_cleared_by_deleting(self, table: str) -> list[Blocker]:
         """The child links (that a hold follows) a delete of the table's rows clears."""
