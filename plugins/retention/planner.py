@@ -222,6 +222,13 @@ _NOT_A_PARTITIONS_COPY = """
 NOT (con.conparentid <> 0
      AND EXISTS (SELECT 1 FROM pg_inherits AS i WHERE i.inhrelid = con.conrelid AND NOT i.inhdetachpending))
 """
+# The table a foreign key refers to: a key into one partition is a key into the partitioned table
+# (its rows are the table's, a DELETE on the table cascades through it), one PostgreSQL derived
+# from a key into the table (conparentid set) stays the partition's: the table's own key covers it.
+REFERRED_TABLE = (
+    "CASE WHEN con.conparentid = 0 THEN coalesce(pg_partition_root(con.confrelid), con.confrelid)"
+    " ELSE con.confrelid END"
+)
 # Every foreign key into the source schema, one catalog query for a planner: (parent table,
 # child schema, child table, child column, whether a delete of the parent clears the child's
 # link: ON DELETE SET NULL / SET DEFAULT, the child outlives it; whether the key names the
@@ -230,7 +237,7 @@ _FOREIGN_KEYS_SQL = f"""
 SELECT parent.relname, cn.nspname, child.relname, coalesce(to_id.attname, a.attname),
        con.confdeltype IN ('n', 'd'), to_id.attname IS NOT NULL, pg_get_constraintdef(con.oid)
 FROM pg_constraint AS con
-JOIN pg_class AS parent ON parent.oid = con.confrelid
+JOIN pg_class AS parent ON parent.oid = {REFERRED_TABLE}
 JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
 JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
@@ -246,7 +253,7 @@ FROM pg_constraint AS con
 JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
 {_CHILD_COLUMN}
-WHERE con.contype = 'f' AND con.confrelid = format('%%I.%%I', %s::text, %s::text)::regclass
+WHERE con.contype = 'f' AND {REFERRED_TABLE} = format('%%I.%%I', %s::text, %s::text)::regclass
   AND {_NOT_A_PARTITIONS_COPY}
 """
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 
 from retention.archive.documents import key_columns
+from retention.planner import REFERRED_TABLE
 from retention.policy import Policy, rule_filter
 
 WRITERS = ("retention_engine", "retention_rights")
@@ -27,10 +28,11 @@ READER = "retention_reader"
 _QUALIFIED = re.compile(r"\b([a-z_][a-z0-9_]*)\.([a-z_][a-z0-9_]*)\b", re.I)
 
 # Every foreign key into the source schema: (child schema, child table, child column, parent table).
-_FOREIGN_KEYS_SQL = """
+# A key into one partition of a table is the table's (retention.planner.REFERRED_TABLE).
+_FOREIGN_KEYS_SQL = f"""
 SELECT cn.nspname, child.relname, a.attname, parent.relname
 FROM pg_constraint AS con
-JOIN pg_class AS parent ON parent.oid = con.confrelid
+JOIN pg_class AS parent ON parent.oid = {REFERRED_TABLE}
 JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
 JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
