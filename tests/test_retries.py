@@ -211,6 +211,36 @@ def test_a_unit_of_an_earlier_plan_of_the_run_spends_every_deletion_of_the_run(d
     assert committed_rows(db, ctx.run_id) == 3, "the earlier plan's unit deleted more than its range count"
 
 
+def test_a_unit_of_an_earlier_plan_that_looks_like_one_of_the_new_plan_spends_every_deletion(
+    db, s3, storage, policy, source_dsn
+):
+    """The same, a rule in one unit (Unit(rule, rows=<its count>)): holds released before the
+    `plan` task, cleared alone, plans again give the new plan the earlier plan's count, so its
+    unit is equal to the earlier one, and the earlier plan's unit was taken for the new plan's:
+    it spent none of the deletions of its killed try and deleted its whole count again, two
+    rows more than the only plan the before gate judged (found by a review)."""
+    q = [f.quote(db, issued="2023-06-01") for _ in range(6)]
+    holds = [f.legal_hold(db, "quotes", q[4]), f.legal_hold(db, "quotes", q[5])]
+    ctx = RunContext("quotes", "replanned-alike", D, batch_size=1)
+    plan = make_engine(policy, source_dsn, s3, storage).make_plan(ctx)
+    ((unit,),) = plan_units(plan)
+    assert unit.rows == 4
+    first = make_engine(policy, source_dsn, s3, storage)
+    die_at_batch(first, 3)
+    with pytest.raises(Killed):
+        first.archive_and_delete(ctx, plan, unit)
+    assert committed_rows(db, ctx.run_id) == 2
+    db.execute("UPDATE retention.legal_holds SET released_at = now() WHERE id = ANY(%s)", (holds,))
+    db.commit()
+    replanned = make_engine(policy, source_dsn, s3, storage).make_plan(ctx)
+    ((alike,),) = plan_units(replanned)
+    assert (alike.first_id, alike.last_id, alike.rows) == (unit.first_id, unit.last_id, unit.rows)
+    assert len(replanned.audited_before) == 2
+    retry = RunContext("quotes", "replanned-alike", D, batch_size=1, attempt=2)
+    make_engine(policy, source_dsn, s3, storage).archive_and_delete(retry, replanned, unit)
+    assert committed_rows(db, ctx.run_id) == 4, "the earlier plan's unit deleted more than its count"
+
+
 @contextlib.contextmanager
 def an_idle_session_timeout(admin, database: str):
     """A DBA's database-wide ``idle_session_timeout`` (PostgreSQL 14+): ``control`` sits idle

@@ -49,7 +49,6 @@ from retention.archive.run import (
     RetentionError,
     RunContext,
     Unit,
-    plan_units,
     refuse_future,
 )
 from retention.archive.store import ArchiveStore
@@ -339,8 +338,11 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
     def _audited_before(plan: Plan, unit: Unit | None) -> list[int]:
         """The deletions the plan counted without (its ``audited_before``), for a unit the plan
         made; none for one of an earlier plan of the run (its ``plan`` task cleared alone: the
-        units are still the earlier plan's, whose counts included those rows)."""
-        if unit is None or any(unit in units for units in plan_units(plan)):
+        units are still the earlier plan's, whose counts included those rows). A unit tells which
+        by the number of deletions its own plan counted without (``Unit.audited_before``), not by
+        its figures: an earlier plan's unit may have the new plan's (found by a review: a rule in
+        one unit, holds released before the new plan, spent none of its killed try's deletions)."""
+        if unit is None or unit.audited_before == len(plan.audited_before):
             return plan.audited_before
         return []
 

@@ -86,23 +86,33 @@ class RunContext:
 @dataclass(frozen=True)
 class Unit:
     """A share of a run: one rule, its ids ``first_id..last_id``, at most ``rows`` of them (the
-    plan's count for that range; None: the rule's whole deletable count)."""
+    plan's count for that range; None: the rule's whole deletable count). ``audited_before``: how
+    many of the run's deletions were audited before the plan that made it (``Plan.audited_before``:
+    the run's audit log only grows, so a plan with as many counted without the same ones)."""
 
     rule: str
     first_id: int = 1
     last_id: int = MAX_ID
     rows: int | None = None
+    audited_before: int = 0
 
     def as_dict(self) -> dict:
-        return {"rule": self.rule, "first_id": self.first_id, "last_id": self.last_id, "rows": self.rows}
+        return {
+            "rule": self.rule,
+            "first_id": self.first_id,
+            "last_id": self.last_id,
+            "rows": self.rows,
+            "audited_before": self.audited_before,
+        }
 
 
 def plan_units(plan: Plan) -> list[list[Unit]]:
     """Per rule, in policy order, the units of the plan: one per id range of a large rule
     (``Plan.ranges``), else one for the whole rule. Each rule has at least one unit, so that the
     rules' mapped tasks chain (a rule with nothing to delete has one unit that deletes nothing)."""
+    before = len(plan.audited_before)
     return [
-        [Unit(o.rule, r.first_id, r.last_id, r.rows) for r in plan.ranges.get(o.rule, [])]
-        or [Unit(o.rule, rows=o.deletable)]
+        [Unit(o.rule, r.first_id, r.last_id, r.rows, before) for r in plan.ranges.get(o.rule, [])]
+        or [Unit(o.rule, rows=o.deletable, audited_before=before)]
         for o in plan.rules
     ]
