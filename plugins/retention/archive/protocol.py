@@ -472,6 +472,14 @@ class BatchProtocol:
         for row in rows:
             batch.disposals += [(rule.table, row[0], source_key, None) for source_key in row[1:] if source_key]
 
+    def _stop_if_keys_changed(self, control, rule: Rule, batch: Batch) -> None:
+        if self._planner.keys_changed(control, rule.table):
+            raise RetentionError(
+                f"{rule.table}: a foreign key into it was added or changed since the run read them (a migration); "
+                f"the batch up to id {batch.last_id} is rolled back, nothing of it deleted. The next run reads the "
+                "keys again and keeps the rows their new children reference"
+            )
+
     def _delete_rows(self, control, rule: Rule, ctx: RunContext, batch: Batch) -> None:
         """Delete exactly the batch's rows and record it, in the batch's transaction."""
         if not batch.ids:
@@ -482,14 +490,13 @@ class BatchProtocol:
         # stops (its re-check did not test those children, and the key may cascade into them).
         table = sql.Identifier(self.schema, rule.table)
         control.execute(sql.SQL("LOCK TABLE ONLY {} IN ROW EXCLUSIVE MODE").format(table))
-        if self._planner.keys_changed(control, rule.table):
-            raise RetentionError(
-                f"{rule.table}: a foreign key into it was added or changed since the run read them (a migration); "
-                f"the batch up to id {batch.last_id} is rolled back, nothing of it deleted. The next run reads the "
-                "keys again and keeps the rows their new children reference"
-            )
+        self._stop_if_keys_changed(control, rule, batch)
         self._record_detached_owners(control, rule, ctx, batch.ids)
         deleted = control.execute(f'DELETE FROM "{self.schema}"."{rule.table}" WHERE {where}', params).rowcount
+        # Read again under the DELETE's locks: the lock above is the table's only, and a key into
+        # one of its partitions waits for that partition's (found by a review: a key added into
+        # March's partition between the check and the DELETE cascaded into its notes).
+        self._stop_if_keys_changed(control, rule, batch)
         if deleted != len(batch.ids):
             raise RetentionError(f"{rule.table}: deleted {deleted} rows, expected {len(batch.ids)}; rolled back")
         if self._planner.may_be_detached(rule.table):
