@@ -321,8 +321,9 @@ def links_cleared_by_deletes(conn, policy: Policy) -> dict[str, list[Blocker]]:
 
 # The keys into one table whose delete takes the child rows along (ON DELETE CASCADE): each
 # (child schema, child table, [(child column, parent column)]), for a subject erasure's test that
-# no row is left under a row it deletes (retention.rights.erase).
-_CASCADING_KEYS_INTO_SQL = """
+# no row is left under a row it deletes (retention.rights.erase). A key into one partition of the
+# table is the table's (REFERRED_TABLE), as the planner reads it.
+_CASCADING_KEYS_INTO_SQL = f"""
 SELECT cn.nspname, child.relname, array_agg(ca.attname ORDER BY k.n), array_agg(pa.attname ORDER BY k.n)
 FROM pg_constraint AS con
 JOIN pg_class AS child ON child.oid = con.conrelid
@@ -331,7 +332,7 @@ CROSS JOIN LATERAL unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(child_at
 JOIN pg_attribute AS ca ON ca.attrelid = con.conrelid AND ca.attnum = k.child_attnum
 JOIN pg_attribute AS pa ON pa.attrelid = con.confrelid AND pa.attnum = k.parent_attnum
 WHERE con.contype = 'f' AND con.confdeltype = 'c'
-  AND con.confrelid = format('%%I.%%I', %s::text, %s::text)::regclass
+  AND {REFERRED_TABLE} = format('%%I.%%I', %s::text, %s::text)::regclass AND {_NOT_A_PARTITIONS_COPY}
 GROUP BY con.oid, cn.nspname, child.relname
 ORDER BY cn.nspname, child.relname, con.oid
 """
