@@ -2788,3 +2788,38 @@ def test_a_cascading_key_added_into_one_partition_while_an_erasure_deletes_stops
         db.rollback()
         db.execute("DROP TABLE IF EXISTS app.march_notes")
         db.commit()
+
+
+@pytest.mark.parametrize("referenced", [False, True], ids=["not-referenced", "referenced-by-the-detached-rows"])
+def test_a_partition_of_a_child_table_detached_during_a_run_does_not_stop_its_batches(
+    referenced, partitioned, s3, storage, policy, source_dsn
+):
+    """Two connections: the prospects run deletes a former customer while another purpose
+    retires a partition of the chat messages (detached, not yet dropped). The detached
+    partition's copy of the messages' key into the customers is a key of its own from the detach:
+    the batch read it as a key added during the run and stopped, the run failed for nothing
+    (found by a review). A key that refuses the delete (NO ACTION) takes nothing along: only an
+    added key that cascades, or clears a link a hold follows, stops a batch now. A customer the
+    detached rows still reference stays: the key refuses their delete."""
+    db = partitioned
+    former = f.customer(db, ended="2021-01-01")
+    if referenced:
+        fp.chat_message(db, former, transmitted=f.paris("2019-01-10", 10))
+    db.commit()
+    engine = engine_for(policy, source_dsn, s3, storage, purpose="prospects")
+    pause = Pause(engine, "_audit_exceptions", before=True)
+    run = InThread(lambda: engine.archive_and_delete(RunContext("prospects", "r", f.midnight("2025-06-01"))))
+    try:
+        assert pause.reached.wait(30)
+        db.execute("ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2019_01")
+        db.commit()
+        pause.release.set()
+        if referenced:
+            with pytest.raises(psycopg.errors.ForeignKeyViolation):
+                run.join()
+            assert former in f.ids(db, "customers")
+        else:
+            outcomes = run.join()
+            assert former not in f.ids(db, "customers"), outcomes
+    finally:
+        pause.release.set()

@@ -248,7 +248,8 @@ ORDER BY parent.relname, child.relname, 4
 # The same for the keys into one table (a batch's check that they did not change since the run
 # read them: Planner.keys_changed).
 _FOREIGN_KEYS_INTO_SQL = f"""
-SELECT cn.nspname, child.relname, coalesce(to_id.attname, a.attname), con.confdeltype IN ('n', 'd')
+SELECT cn.nspname, child.relname, coalesce(to_id.attname, a.attname), con.confdeltype IN ('n', 'd'),
+       con.confdeltype = 'c'
 FROM pg_constraint AS con
 JOIN pg_class AS child ON child.oid = con.conrelid
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
@@ -409,13 +410,17 @@ class Planner:
         a key it did not know may cascade into rows that must be kept (found by a review). Only
         keys added count: one gone since (a child table, or a partition of one, dropped: another
         purpose's run retires partitions of chat messages while the prospects run deletes
-        customers) leaves its parents waiting for nothing, the safe side; it stopped the batch."""
+        customers) leaves its parents waiting for nothing, the safe side; it stopped the batch.
+        Nor does one added that refuses the delete (NO ACTION, RESTRICT): the DELETE fails on a
+        row it references, it takes nothing along; a partition of chat messages another purpose
+        detached (its retirement, before the drop) has its copy of their key on its own, and
+        stopped every batch of customers in between (found by a review)."""
         waiting, cleared = set(), set()
-        for child_schema, child, column, clears in conn.execute(_FOREIGN_KEYS_INTO_SQL, (self.schema, table)):
+        for child_schema, child, column, clears, cascades in conn.execute(_FOREIGN_KEYS_INTO_SQL, (self.schema, table)):
             link = Blocker(child_schema, child, column)
-            if not clears:
+            if cascades:
                 waiting.add(link)
-            elif _hold_follows(self.policy, table, link):
+            elif clears and _hold_follows(self.policy, table, link):
                 cleared.add(link)
         return bool(waiting - set(self.blockers.get(table, ()))) or bool(
             cleared - set(self.links_cleared_by_deleting(table))
