@@ -1156,3 +1156,53 @@ def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_after
     assert ("claims", "committed", claims_key) in manifest(db, "contracts")
     five_years.purge_archives(RunContext("contracts", "purge3", f.midnight("2024-12-01")))
     assert ("claims", "purged", claims_key) in manifest(db, "contracts")
+
+
+def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_after_its_rule_is_renamed(
+    tmp_path, monkeypatch, db, s3, storage, policy, source_dsn
+):
+    """As above, contracts and claims both 5 years: the contract ran again and ended again six
+    months later, then was archived; its object's date, 2024-12-01, tells its claims' new end.
+    The policy then renames rule `ended_contracts` `closed_contracts` (its file copied): the
+    contract's object, still named by the old rule, is kept (kept_policy_longer). The claims'
+    copy archived on the old end (dated 2024-06-01) must still be kept to 2024-12-01: the
+    contract's object tells that end whatever its rule is called now."""
+    from retention.policy import loading as policy_module
+
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "contracts").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "contracts":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    for rule_file in POLICY_FILE.parent.joinpath("sql", "contracts").iterdir():
+        name = "closed_contracts.sql" if rule_file.name == "ended_contracts.sql" else rule_file.name
+        (sql_dir / "contracts" / name).write_text(rule_file.read_text(encoding="utf-8"))
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    assert text.count("      - name: ended_contracts\n") == 1
+    path = tmp_path / "policy-renamed.yaml"
+    path.write_text(text.replace("      - name: ended_contracts\n", "      - name: closed_contracts\n"))
+    renamed = engine_for(load_policy(path).with_mode("enforce"), "contracts", source_dsn, s3, storage)
+
+    engine = engine_for(policy.with_mode("enforce"), "contracts", source_dsn, s3, storage)
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    aml = f.aml_record(db, contract)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    [(_, _, claims_key)] = manifest(db, "contracts")
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2019-12-01"), contract)
+    )
+    db.execute("DELETE FROM app.aml_records WHERE id = %s", (aml,))
+    engine.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2019-12-02")))
+    assert contract not in f.ids(db, "contracts")
+
+    renamed.purge_archives(RunContext("contracts", "purge", f.midnight("2024-06-01")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts"), (
+        "the claims of a contract that ended again in December 2019 purged in June 2024"
+    )
+    renamed.purge_archives(RunContext("contracts", "purge2", f.midnight("2024-11-30")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts")
+    renamed.purge_archives(RunContext("contracts", "purge3", f.midnight("2024-12-01")))
+    assert ("claims", "purged", claims_key) in manifest(db, "contracts")

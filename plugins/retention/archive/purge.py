@@ -93,12 +93,24 @@ def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, a
             for r in p.rules
             if r.archived and r.table == rule.clock_table and r.clock == rule.clock
         ]
+        # An object of a rule the policy no longer names (renamed, moved, removed: its clock
+        # unknown) tells such a date too, through the periods recorded on it, none when not
+        # recorded (found by a review: a contracts rule renamed let the claims' copy go on the
+        # date of the contract's old end while the contract's object, kept, told the new one).
+        known = [(name, r.name) for name, p in policy.purposes.items() for r in p.rules if r.table == rule.clock_table]
+        unknown = (
+            "(pm.purpose, pm.rule) NOT IN (" + ", ".join(f"('{n}', '{r}')" for n, r in known) + ") AND "
+            if known
+            else ""
+        )
+        later.append(
+            f"({unknown}pm.purge_after >= ((DATE '{first_not_due}' + coalesce(pm.gone_after, '0 days')::interval)"
+            f"::timestamp AT TIME ZONE '{policy.timezone}'))"
+        )
         archived = (
             " OR EXISTS (SELECT 1 FROM retention.archive_manifest AS pm WHERE pm.state IN ('committed', 'purged')"
             f" AND pm.table_name = '{rule.clock_table}' AND ({' OR '.join(later)})"
             f" AND pm.record_ids && ARRAY({parents}))"
-            if later
-            else ""
         )
         arms.append(f"({alias}.rule = '{rule.name}' AND ({live}{archived}))")
     return f"({' OR '.join(arms)})" if arms else "false"
