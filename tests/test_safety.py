@@ -1206,3 +1206,65 @@ def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_after
     assert ("claims", "committed", claims_key) in manifest(db, "contracts")
     renamed.purge_archives(RunContext("contracts", "purge3", f.midnight("2024-12-01")))
     assert ("claims", "purged", claims_key) in manifest(db, "contracts")
+
+
+def test_a_contract_past_its_own_period_is_archived_for_the_copy_of_its_claims_under_a_rule_renamed_since(
+    tmp_path, monkeypatch, db, s3, storage, source_dsn
+):
+    """Claims kept 5 years, contracts 3, as above; the contract ran again and ended again in 2021,
+    so its claims' clock gives 2026. Rule `claims` is then renamed `contract_claims` (its objects,
+    still named `claims`, kept past their date until named again: docs/operating.md). The run that
+    finally takes the contract, past its own end + 3 years, must still archive it for the claims'
+    copy: named `contract_claims` as the operator is told to, that copy (dated 2024-06-01) must not
+    go before 2026-03-15."""
+    from retention.policy import loading as policy_module
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    start = text.index("      - name: ended_contracts\n")
+    end = text.index("archive: 5 years", start) + len("archive: 5 years")
+    three_years = text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:]
+    path = tmp_path / "policy-contracts-3-years.yaml"
+    path.write_text(three_years)
+    before = engine_for(load_policy(path).with_mode("enforce"), "contracts", source_dsn, s3, storage)
+
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    aml = f.aml_record(db, contract)
+    before.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    [(_, _, claims_key)] = manifest(db, "contracts")
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2021-03-15"), contract)
+    )
+
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "contracts").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "contracts":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    for rule_file in POLICY_FILE.parent.joinpath("sql", "contracts").iterdir():
+        name = "contract_claims.sql" if rule_file.name == "claims.sql" else rule_file.name
+        (sql_dir / "contracts" / name).write_text(rule_file.read_text(encoding="utf-8"))
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+    assert three_years.count("      - name: claims\n") == 1
+    renamed_path = tmp_path / "policy-renamed.yaml"
+    renamed_path.write_text(three_years.replace("      - name: claims\n", "      - name: contract_claims\n"))
+    renamed = engine_for(load_policy(renamed_path).with_mode("enforce"), "contracts", source_dsn, s3, storage)
+
+    db.execute("DELETE FROM app.aml_records WHERE id = %s", (aml,))
+    renamed.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2024-05-02")))
+    assert contract not in f.ids(db, "contracts")
+    # The operator names the rule that keeps the claims' objects now (docs/operating.md).
+    db.execute(
+        "UPDATE retention.archive_manifest SET rule = 'contract_claims'"
+        " WHERE purpose = 'contracts' AND rule = 'claims' AND state = 'committed'"
+    )
+
+    renamed.purge_archives(RunContext("contracts", "purge", f.midnight("2024-06-01")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts"), (
+        "the claims of a contract that ended in 2021 purged in 2024"
+    )
+    renamed.purge_archives(RunContext("contracts", "purge2", f.midnight("2026-03-14")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts")
+    renamed.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-15")))
+    assert ("claims", "purged", claims_key) in manifest(db, "contracts")
