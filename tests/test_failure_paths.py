@@ -454,6 +454,49 @@ def test_a_failed_object_lock_check_is_not_taken_for_a_bucket_without_object_loc
     assert locked_until is not None
 
 
+def test_a_refused_object_lock_check_is_not_taken_for_a_bucket_without_object_lock(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """As above, the engine's credentials refused the question (AccessDenied: a policy without
+    s3:GetBucketObjectLockConfiguration, an expired session): a refusal is not the bucket's answer
+    either. Taken as "no Object Lock", every probative object of the run was committed unlocked,
+    the lock gate skipped as if no tier wanted a lock, the run green."""
+    from botocore.exceptions import ClientError
+    from retention.archive.run import CommittedBatchError
+
+    scenario = scenarios.aml(db, s3, storage)
+    real, calls = s3.get_object_lock_configuration, []
+
+    def refused_once(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise ClientError(
+                {
+                    "Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+                    "ResponseMetadata": {"HTTPStatusCode": 403},
+                },
+                "GetObjectLockConfiguration",
+            )
+        return real(**kwargs)
+
+    monkeypatch.setattr(s3, "get_object_lock_configuration", refused_once)
+    engine = engine_for(policy, "aml", source_dsn, s3, storage)
+    ctx = RunContext("aml", "r", scenario.logical_date)
+    try:
+        engine.archive_and_delete(ctx)
+    except CommittedBatchError as exc:  # said, not hidden: the next run applies the lock
+        assert "Object Lock" in str(exc)
+    else:
+        (locked_until,) = db.execute("SELECT locked_until FROM retention.archive_manifest").fetchone()
+        assert locked_until is not None, "a probative object committed unlocked, and the run said nothing"
+    assert engine.store.lock_supported(), "a refused request is not the bucket's answer"
+    engine_for(policy, "aml", source_dsn, s3, storage).archive_and_delete(
+        RunContext("aml", "r2", scenario.logical_date)
+    )
+    (locked_until,) = db.execute("SELECT locked_until FROM retention.archive_manifest").fetchone()
+    assert locked_until is not None
+
+
 def test_a_hold_on_a_customer_keeps_their_contract_file_and_recordings(db, s3, storage, policy, source_dsn):
     customer = f.customer(db)
     contract = f.contract(db, customer_id=customer, ended="2025-01-01")

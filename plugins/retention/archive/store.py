@@ -92,8 +92,10 @@ class ObjectVersion:
     delete_marker: bool
 
 
-# Error codes of a request S3 did not answer (throttled, timed out): not the bucket's settings.
+# Error codes of a request S3 did not answer (throttled, timed out) or refused to (the engine's
+# credentials: found by a review, an AccessDenied was taken as "no Object Lock"): not the bucket's settings.
 _RETRYABLE = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"}
+_REFUSED = {401, 403}
 
 
 def _describe(exc: Exception) -> str:
@@ -129,7 +131,7 @@ class ArchiveStore:
     def lock_supported(self) -> bool:
         """Object Lock needs a bucket created with it; an S3 server may not offer it. Only the
         server's answer tells: a request that got none (the network, a server error or throttling)
-        raises ArchiveStorageError and is asked again next time (found by a review: taken as "no
+        or was refused (AccessDenied: the engine's credentials, found by a review) raises ArchiveStorageError and is asked again next time (found by a review: taken as "no
         Object Lock", it left every probative object of the run unlocked, silently)."""
         if self._lock_supported is None:
             from botocore.exceptions import ClientError
@@ -138,7 +140,8 @@ class ArchiveStore:
                 conf = self.client.get_object_lock_configuration(Bucket=self.archive_bucket)
             except ClientError as exc:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-                if status >= 500 and status != 501 or exc.response.get("Error", {}).get("Code") in _RETRYABLE:
+                code = exc.response.get("Error", {}).get("Code")
+                if status >= 500 and status != 501 or status in _REFUSED or code in _RETRYABLE:
                     raise ArchiveStorageError(
                         f"whether s3://{self.archive_bucket} has Object Lock is unknown: {_describe(exc)}"
                     ) from exc
