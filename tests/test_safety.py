@@ -1268,3 +1268,45 @@ def test_a_contract_past_its_own_period_is_archived_for_the_copy_of_its_claims_u
     assert ("claims", "committed", claims_key) in manifest(db, "contracts")
     renamed.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-15")))
     assert ("claims", "purged", claims_key) in manifest(db, "contracts")
+
+
+def test_a_contract_past_its_own_period_is_archived_for_the_copy_of_its_claims_archived_before_owners_were_recorded(
+    tmp_path, db, s3, storage, policy, source_dsn
+):
+    """As above (claims 5 years, contracts 3, the contract ended again in 2021), the claims' copy
+    archived before owners were recorded (owner_ids NULL until the backfill reads them from its
+    rows): the run that takes the contract past its own end could not see that copy name it, and
+    deleted it without an object; once the backfill named it, the copy went on the old end's date."""
+    from retention.archive.backfill_owners import backfill_owners
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    start = text.index("      - name: ended_contracts\n")
+    end = text.index("archive: 5 years", start) + len("archive: 5 years")
+    path = tmp_path / "policy-contracts-3-years.yaml"
+    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
+    edited = load_policy(path).with_mode("enforce")
+
+    contract = f.contract(db, ended="2019-06-01")
+    f.claim(db, contract, submitted="2019-03-01")
+    aml = f.aml_record(db, contract)
+    engine = engine_for(edited, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-02")))
+    [(_, _, claims_key)] = manifest(db, "contracts")
+    db.execute("UPDATE retention.archive_manifest SET owner_ids = NULL")  # archived before owners were recorded
+    db.execute("UPDATE app.contracts SET ended_at = NULL, status = 'active' WHERE id = %s", (contract,))
+    db.execute(
+        "UPDATE app.contracts SET ended_at = %s, status = 'ended' WHERE id = %s", (f.paris("2021-03-15"), contract)
+    )
+    db.execute("DELETE FROM app.aml_records WHERE id = %s", (aml,))
+    engine.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2024-05-02")))
+    assert contract not in f.ids(db, "contracts")
+    backfill_owners(db, s3, edited)
+
+    engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-06-01")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts"), (
+        "the claims of a contract that ended in 2021 purged in 2024"
+    )
+    engine.purge_archives(RunContext("contracts", "purge2", f.midnight("2026-03-14")))
+    assert ("claims", "committed", claims_key) in manifest(db, "contracts")
+    engine.purge_archives(RunContext("contracts", "purge3", f.midnight("2026-03-15")))
+    assert ("claims", "purged", claims_key) in manifest(db, "contracts")

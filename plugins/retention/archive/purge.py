@@ -134,21 +134,28 @@ def clock_records_still_read(conn, policy: Policy, rule: Rule, ids: list[int]) -
     known = [(name, r.name) for name, p in policy.purposes.items() for r in p.rules]
     if not ids or rule.clock_table != rule.table:
         return set()
+    such = (
+        "m.state = 'committed' AND ((m.purpose, m.rule) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+        " OR m.table_name <> %s AND (m.purpose, m.rule) NOT IN (SELECT * FROM unnest(%s::text[], %s::text[])))"
+    )
+    such_args = (
+        [p for p, _ in others],
+        [r for _, r in others],
+        rule.table,
+        [p for p, _ in known],
+        [r for _, r in known],
+    )
+    # One whose owners are not recorded yet (archived before: the backfill reads them from its
+    # rows later) may name any of them: all are archived (found by a review: the contract went
+    # without an object, and once the backfill named it the claims' copy went on the old date).
+    if conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM retention.archive_manifest AS m WHERE {such} AND m.owner_ids IS NULL)", such_args
+    ).fetchone()[0]:
+        return set(ids)
     rows = conn.execute(
         "SELECT DISTINCT o.id FROM retention.archive_manifest AS m,"
-        " jsonb_array_elements_text(m.owner_ids -> %s) AS o(id)"
-        " WHERE m.state = 'committed' AND ((m.purpose, m.rule) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
-        " OR m.table_name <> %s AND (m.purpose, m.rule) NOT IN (SELECT * FROM unnest(%s::text[], %s::text[])))"
-        " AND o.id::bigint = ANY(%s::bigint[])",
-        (
-            rule.table,
-            [p for p, _ in others],
-            [r for _, r in others],
-            rule.table,
-            [p for p, _ in known],
-            [r for _, r in known],
-            sorted(ids),
-        ),
+        f" jsonb_array_elements_text(m.owner_ids -> %s) AS o(id) WHERE {such} AND o.id::bigint = ANY(%s::bigint[])",
+        (rule.table, *such_args, sorted(ids)),
     ).fetchall()
     return {int(i) for (i,) in rows}
 
