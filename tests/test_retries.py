@@ -237,8 +237,20 @@ def test_a_unit_of_an_earlier_plan_that_looks_like_one_of_the_new_plan_spends_ev
     assert (alike.first_id, alike.last_id, alike.rows) == (unit.first_id, unit.last_id, unit.rows)
     assert len(replanned.audited_before) == 2
     retry = RunContext("quotes", "replanned-alike", D, batch_size=1, attempt=2)
-    make_engine(policy, source_dsn, s3, storage).archive_and_delete(retry, replanned, unit)
+    (last_try,) = make_engine(policy, source_dsn, s3, storage).archive_and_delete(retry, replanned, unit)
     assert committed_rows(db, ctx.run_id) == 4, "the earlier plan's unit deleted more than its count"
+
+    # The run's report counts what that unit spent: every deletion of the run, not those since
+    # the new plan only (it said 2 deleted of the 4 its unit did).
+    from retention.tasks import audited_before_of_units, merge_units, recount_from_records
+
+    results = [{"unit": unit.as_dict(), "outcome": last_try.as_dict()}]
+    (outcome,) = merge_units(replanned, results)
+    recount_from_records(
+        db, [outcome], "quotes", ctx.run_id, policy.timezone, audited_before_of_units(replanned, results)
+    )
+    assert outcome.deleted == 4
+    assert audited_before_of_units(replanned, [{"unit": alike.as_dict()}]) == replanned.audited_before
 
 
 @contextlib.contextmanager

@@ -218,6 +218,15 @@ def merge_units(plan: Plan, unit_results: list[dict]) -> list[RuleOutcome]:
     return list(merged.values())
 
 
+def audited_before_of_units(plan: Plan, unit_results: list[dict]) -> list[int]:
+    """The deletions the run's report leaves out: the plan's ``audited_before`` when every unit
+    was made by it (a run cleared whole), none when one is an earlier plan's (its ``plan`` task
+    cleared alone: that unit spent every deletion of the run, and the report counts them all)."""
+    before = len(plan.audited_before)
+    units = [r.get("unit") or {} for r in unit_results if r]
+    return plan.audited_before if all(u.get("audited_before", 0) == before for u in units) else []
+
+
 def recount_from_records(
     conn, outcomes: list[RuleOutcome], purpose: str, run_id: str, tz: str, audited_before: list[int] = ()
 ) -> None:
@@ -264,7 +273,12 @@ def archive_and_delete_units(purpose: Purpose, context: dict, planned: dict, uni
 
         with psycopg.connect(source_dsn(), autocommit=True) as conn:
             recount_from_records(
-                conn, outcomes, as_purpose(purpose).name, ctx.run_id, default_policy().timezone, plan.audited_before
+                conn,
+                outcomes,
+                as_purpose(purpose).name,
+                ctx.run_id,
+                default_policy().timezone,
+                audited_before_of_units(plan, results),
             )
     emit_archive_events(purpose, context, ctx)
     return {"mode": ctx.mode, "dry_run": ctx.dry_run, "units": len(results), "rules": [o.as_dict() for o in outcomes]}
