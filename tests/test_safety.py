@@ -425,6 +425,24 @@ def test_two_purges_of_a_purpose_at_once_purge_and_audit_each_object_once(db, s3
 # ----------------------------------------------------------------- 3. future logical dates
 
 
+def contracts_archived_3_years_text() -> str:
+    """The shipped policy's text with ended contracts archived 3 years (their claims keep 5): the
+    shape where a claim's archived copy outlives its contract's."""
+    from retention.paths import POLICY_FILE
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    start = text.index("      - name: ended_contracts\n")
+    end = text.index("archive: 5 years", start) + len("archive: 5 years")
+    return text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:]
+
+
+def contracts_archived_3_years(tmp_path):
+    """That policy, loaded and enforced."""
+    path = tmp_path / "policy-contracts-3-years.yaml"
+    path.write_text(contracts_archived_3_years_text())
+    return load_policy(path).with_mode("enforce")
+
+
 def test_the_archived_claims_of_a_contract_set_back_to_running_are_not_purged(db, s3, storage, policy, source_dsn):
     """A contract ended and waited for its AML record (the AML purpose's); its claims, on the
     contract's clock, were archived. Then the contract runs again (set back to running, as the
@@ -561,14 +579,8 @@ def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_after
     and ended again in 2021, so its claims' clock gives 2026. Its own object goes in 2024, before
     the claims' copy archived on the old end (dated 2024-06-01): that copy must not go then, the
     purged object's manifest row still tells the contract's new end."""
-    from retention.paths import POLICY_FILE
 
-    text = POLICY_FILE.read_text(encoding="utf-8")
-    start = text.index("      - name: ended_contracts\n")
-    end = text.index("archive: 5 years", start) + len("archive: 5 years")
-    path = tmp_path / "policy-contracts-3-years.yaml"
-    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
-    edited = load_policy(path).with_mode("enforce")
+    edited = contracts_archived_3_years(tmp_path)
 
     contract = f.contract(db, ended="2019-06-01")
     f.claim(db, contract, submitted="2019-03-01")
@@ -1083,14 +1095,8 @@ def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_when_
     own end + 3 years (its AML record, a fraud case, a hold): the run that finally takes it finds
     its archive period over and deletes it without an archive object. The claims' copy archived
     on the old end (dated 2024-06-01) must not go then: their clock still gives 2026."""
-    from retention.paths import POLICY_FILE
 
-    text = POLICY_FILE.read_text(encoding="utf-8")
-    start = text.index("      - name: ended_contracts\n")
-    end = text.index("archive: 5 years", start) + len("archive: 5 years")
-    path = tmp_path / "policy-contracts-3-years.yaml"
-    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
-    edited = load_policy(path).with_mode("enforce")
+    edited = contracts_archived_3_years(tmp_path)
 
     contract = f.contract(db, ended="2019-06-01")
     f.claim(db, contract, submitted="2019-03-01")
@@ -1125,14 +1131,8 @@ def test_the_archived_claims_of_a_contract_that_ran_again_keep_its_new_end_after
     policy then keeps contracts 5 years (their objects are kept and reported, policy_keeps_longer).
     The claims' copy archived on the old end (dated 2024-06-01) must still be kept to 2024-12-01:
     the contract object's date was computed with the period recorded on it, not the rule's new one."""
-    from retention.paths import POLICY_FILE
 
-    text = POLICY_FILE.read_text(encoding="utf-8")
-    start = text.index("      - name: ended_contracts\n")
-    end = text.index("archive: 5 years", start) + len("archive: 5 years")
-    path = tmp_path / "policy-contracts-3-years.yaml"
-    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
-    three_years = engine_for(load_policy(path).with_mode("enforce"), "contracts", source_dsn, s3, storage)
+    three_years = engine_for(contracts_archived_3_years(tmp_path), "contracts", source_dsn, s3, storage)
 
     contract = f.contract(db, ended="2019-06-01")
     f.claim(db, contract, submitted="2019-03-01")
@@ -1219,10 +1219,7 @@ def test_a_contract_past_its_own_period_is_archived_for_the_copy_of_its_claims_u
     go before 2026-03-15."""
     from retention.policy import loading as policy_module
 
-    text = POLICY_FILE.read_text(encoding="utf-8")
-    start = text.index("      - name: ended_contracts\n")
-    end = text.index("archive: 5 years", start) + len("archive: 5 years")
-    three_years = text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:]
+    three_years = contracts_archived_3_years_text()
     path = tmp_path / "policy-contracts-3-years.yaml"
     path.write_text(three_years)
     before = engine_for(load_policy(path).with_mode("enforce"), "contracts", source_dsn, s3, storage)
@@ -1279,12 +1276,7 @@ def test_a_contract_past_its_own_period_is_archived_for_the_copy_of_its_claims_a
     deleted it without an object; once the backfill named it, the copy went on the old end's date."""
     from retention.archive.backfill_owners import backfill_owners
 
-    text = POLICY_FILE.read_text(encoding="utf-8")
-    start = text.index("      - name: ended_contracts\n")
-    end = text.index("archive: 5 years", start) + len("archive: 5 years")
-    path = tmp_path / "policy-contracts-3-years.yaml"
-    path.write_text(text[:start] + text[start:end].replace("archive: 5 years", "archive: 3 years") + text[end:])
-    edited = load_policy(path).with_mode("enforce")
+    edited = contracts_archived_3_years(tmp_path)
 
     contract = f.contract(db, ended="2019-06-01")
     f.claim(db, contract, submitted="2019-03-01")
