@@ -49,6 +49,7 @@ from retention.archive.run import (
     RetentionError,
     RunContext,
     Unit,
+    deletions_audited,
     refuse_future,
 )
 from retention.archive.store import ArchiveStore
@@ -123,23 +124,13 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         refuse_future(ctx.logical_date)
         with self._connect(autocommit=True) as conn:
             # Read before the counts: a batch committed in between is spent again (the safe side).
-            audited_before = self._deletions_audited(conn, ctx)
+            audited_before = deletions_audited(conn, ctx.run_id, self.purpose_name)
             plan, exceptions = self._make_plan(conn, ctx, range_rows)
             plan.audited_before = audited_before
         if audit and not self.previews(ctx):
             with self._connect() as conn:
                 self._audit_exceptions(conn, ctx, exceptions)
         return plan
-
-    def _deletions_audited(self, conn, ctx: RunContext) -> list[int]:
-        """The ids of the audit rows of the run's deletions committed so far (none on its first
-        plan; some when the run is cleared whole and plans again)."""
-        rows = conn.execute(
-            "SELECT id FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
-            " AND action IN ('archived_and_deleted', 'deleted') ORDER BY id",
-            (ctx.run_id, self.purpose_name),
-        ).fetchall()
-        return [i for (i,) in rows]
 
     def _make_plan(self, conn, ctx: RunContext, range_rows: int | None = RANGE_ROWS, *, sizes: bool = True):
         """(the plan, per rule the held and waiting ids found). A direct run's own plan skips

@@ -116,3 +116,15 @@ def plan_units(plan: Plan) -> list[list[Unit]]:
         or [Unit(o.rule, rows=o.deletable, audited_before=before)]
         for o in plan.rules
     ]
+
+
+def deletions_audited(conn, run_id: str, purpose: str) -> list[int]:
+    """The ids of the audit rows of a run's deletions committed so far, in the caller's
+    snapshot: none on a run's first plan, some when it is cleared whole and plans and checks again
+    (``Plan.audited_before``, the before gate's ``audited_before``)."""
+    rows = conn.execute(
+        "SELECT id FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
+        " AND action IN ('archived_and_deleted', 'deleted') ORDER BY id",
+        (run_id, purpose),
+    ).fetchall()
+    return [i for (i,) in rows]

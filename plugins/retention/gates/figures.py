@@ -16,7 +16,7 @@ from collections import Counter
 from psycopg import sql
 
 from retention.archive import db
-from retention.archive.run import RunContext
+from retention.archive.run import RunContext, deletions_audited
 
 # Deletions by other retention runs (another purpose sharing a table, e.g. app.quotes) are
 # looked up in the audit log from this long before the before-snapshot (a batch transaction
@@ -52,16 +52,12 @@ def table_snapshot(conn, schema: str, tables: list[str], ctx: RunContext, purpos
         for table in tables:
             query = sql.SQL("SELECT count(*), coalesce(max(id), 0) FROM {}").format(sql.Identifier(schema, table))
             rows[table], max_ids[table] = conn.execute(query).fetchone()
-        audited = conn.execute(
-            "SELECT id FROM retention.audit_log WHERE run_id = %s AND purpose = %s"
-            " AND action IN ('archived_and_deleted', 'deleted') ORDER BY id",
-            (ctx.run_id, purpose),
-        ).fetchall()
+        audited = deletions_audited(conn, ctx.run_id, purpose)
     return {
         "table_rows": rows,
         "table_max_id": max_ids,
         "checked_at": checked_at.isoformat(),
-        "audited_before": [i for (i,) in audited],
+        "audited_before": audited,
     }
 
 
