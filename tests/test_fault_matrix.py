@@ -62,6 +62,25 @@ def engine_for(policy, purpose, dsn, s3, storage, lock_timeout: float = 5) -> Re
     return RetentionEngine(policy, purpose, dsn, ArchiveStore(s3, storage), lock_timeout=lock_timeout)
 
 
+def assert_contracts_invariants(
+    db, s3, storage, policy, due, kept, date, fault: str, run_state: str, recovered=None, **kwargs
+) -> None:
+    """assert_invariants of the contracts purpose, its report recorded as the matrix's row
+    ``fault`` (recovered: the report's own verdict unless given)."""
+    assert_invariants(
+        db,
+        s3,
+        storage,
+        policy,
+        "contracts",
+        due,
+        kept,
+        date,
+        report_to=lambda r: record(fault, r, run_state, r.ok if recovered is None else recovered),
+        **kwargs,
+    )
+
+
 def failure(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"failed: {type(exc).__name__}: {text[:90]}"
@@ -209,16 +228,16 @@ def test_kill9_during_archive_then_rerun(
     engine_for(policy, "contracts", source_dsn, s3, storage).archive_and_delete(
         RunContext("contracts", "r1", scenario.logical_date, batch_size=1)
     )
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         due,
         scenario.kept,
         scenario.logical_date,
-        report_to=lambda r: record(f"kill -9: {label}", r, f"killed (SIGKILL) at {step}", r.ok),
+        f"kill -9: {label}",
+        f"killed (SIGKILL) at {step}",
     )
     assert_scenario_outcome(db, s3, storage, policy, scenario)
 
@@ -232,21 +251,16 @@ def test_kill9_during_purge_after_s3_delete_then_rerun(worker, db, s3, storage, 
     states = dict(db.execute("SELECT state, count(*) FROM retention.archive_manifest GROUP BY state").fetchall())
     assert states.get("purged") == 1, "one object purged, the second deleted from S3 but not recorded"
     engine_for(policy, "contracts", source_dsn, s3, storage).purge_archives(RunContext("contracts", "p1", PURGE_DATE))
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         setup["by_table"],
         {},
         PURGE_DATE,
-        report_to=lambda r: record(
-            "kill -9: purge, S3 delete done, before manifest update",
-            r,
-            "killed (SIGKILL) after delete_all_versions",
-            r.ok,
-        ),
+        "kill -9: purge, S3 delete done, before manifest update",
+        "killed (SIGKILL) after delete_all_versions",
     )
     assert db.execute("SELECT count(*) FROM retention.archive_manifest WHERE state <> 'purged'").fetchone()[0] == 0
 
@@ -270,22 +284,17 @@ def test_kill9_during_purge_then_hold_before_rerun(worker, db, s3, storage, poli
     for t, i in held_records:
         held.setdefault(t, set()).add(i)
     first_state = db.execute("SELECT state FROM retention.archive_manifest WHERE id = %s", (first_id,)).fetchone()[0]
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         setup["by_table"],
         held,
         PURGE_DATE,
+        "kill -9: purge, S3 delete done; hold on the owner placed before the re-run",
+        f"killed (SIGKILL) after delete_all_versions; re-run left the object '{first_state}'",
         archived_before=held_records,
-        report_to=lambda r: record(
-            "kill -9: purge, S3 delete done; hold on the owner placed before the re-run",
-            r,
-            f"killed (SIGKILL) after delete_all_versions; re-run left the object '{first_state}'",
-            r.ok,
-        ),
     )
     assert first_state == "purged", "the interrupted purge is recorded, not reported as kept under the hold"
     audited = db.execute(
@@ -405,16 +414,8 @@ def test_s3_unreachable_mid_run_then_rerun(name, method, label, proxy, db, s3, s
     if method is not None:
         delattr(target, method)
     engine.archive_and_delete(ctx)
-    assert_invariants(
-        db,
-        s3,
-        storage,
-        policy,
-        "contracts",
-        due,
-        scenario.kept,
-        scenario.logical_date,
-        report_to=lambda r: record(f"S3 unreachable {label}", r, state, r.ok),
+    assert_contracts_invariants(
+        db, s3, storage, policy, due, scenario.kept, scenario.logical_date, f"S3 unreachable {label}", state
     )
     assert_scenario_outcome(db, s3, storage, policy, scenario)
 
@@ -428,16 +429,16 @@ def test_s3_unreachable_during_purge_then_rerun(proxy, db, s3, storage, policy, 
     state = failure(err.value)
     proxy.up()
     engine.purge_archives(RunContext("contracts", "p1", PURGE_DATE))
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         setup["by_table"],
         {},
         PURGE_DATE,
-        report_to=lambda r: record("S3 unreachable during purge (after 5 requests)", r, state, r.ok),
+        "S3 unreachable during purge (after 5 requests)",
+        state,
     )
 
 
@@ -486,16 +487,16 @@ def test_postgres_backend_terminated_mid_batch_then_rerun(
     state = failure(err.value)
     delattr(target, method)
     engine.archive_and_delete(RunContext("contracts", "r1", scenario.logical_date, batch_size=1))
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         due,
         scenario.kept,
         scenario.logical_date,
-        report_to=lambda r: record(f"PostgreSQL backends terminated {label}", r, state, r.ok),
+        f"PostgreSQL backends terminated {label}",
+        state,
     )
     assert_scenario_outcome(db, s3, storage, policy, scenario)
 
@@ -530,16 +531,16 @@ def test_object_tampered_between_upload_and_read_back_then_rerun(db, s3, storage
     state = failure(err.value)
     client.put_object = original_put
     engine.archive_and_delete(ctx)
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         due,
         scenario.kept,
         scenario.logical_date,
-        report_to=lambda r: record("object tampered between upload and read-back", r, state, r.ok),
+        "object tampered between upload and read-back",
+        state,
     )
     assert_scenario_outcome(db, s3, storage, policy, scenario)
 
@@ -715,19 +716,18 @@ def test_legal_hold_placed_at_each_step_of_a_batch(
         outcome = f"completed; hold committed {'first' if not inside else 'INSIDE the batch'} (did not wait)"
     else:
         outcome = f"completed; hold insert blocked {racer.done_at - racer.started_at:.1f}s until the batch committed"
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         due,
         held,
         D,
+        f"legal hold on the {target}, placed {name} (claims batch)",
+        outcome,
+        recovered="n/a (race, no failure)",
         archived_before=archived_before,
-        report_to=lambda r: record(
-            f"legal hold on the {target}, placed {name} (claims batch)", r, outcome, "n/a (race, no failure)"
-        ),
     )
     if inside:
         assert blocked and lock_wait, f"the hold insert was not blocked by the batch paused {name}"
@@ -809,19 +809,18 @@ def test_legal_hold_placed_at_each_step_of_the_purge(
     for t, i in held_records:
         held.setdefault(t, set()).add(i)
     due = {t: {i for i in ids if (t, i) not in held_records} for t, ids in setup["by_table"].items()}
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         due,
         held,
         PURGE_DATE,
+        f"legal hold on the {target}, placed {name} (purge)",
+        outcome,
+        recovered="n/a (race, no failure)",
         archived_before=held_records,
-        report_to=lambda r: record(
-            f"legal hold on the {target}, placed {name} (purge)", r, outcome, "n/a (race, no failure)"
-        ),
     )
     assert all(states[m] == "committed" for m in must_stay)
     if inside:
@@ -866,22 +865,18 @@ def test_parent_set_back_to_running_mid_batch(inside, db, s3, storage, policy, s
         outcome = f"completed; UPDATE committed {'first' if not inside else 'INSIDE the batch'}: claims kept"
     else:
         outcome = f"completed; UPDATE blocked {racer.done_at - racer.started_at:.1f}s until the batch committed"
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         due,
         held,
         D,
+        f"contract set back to running {'after the batch lock' if inside else 'before the batch lock'}",
+        outcome,
+        recovered="n/a (race, no failure)",
         archived_before=archived_before,
-        report_to=lambda r: record(
-            f"contract set back to running {'after the batch lock' if inside else 'before the batch lock'}",
-            r,
-            outcome,
-            "n/a (race, no failure)",
-        ),
     )
     if inside:
         assert blocked and lock_wait and not update_first, "the UPDATE of the locked parent must wait for the batch"
@@ -923,21 +918,17 @@ def test_two_purges_of_a_purpose_at_once(bypass_advisory_lock, db, s3, storage, 
     audited = db.execute(
         "SELECT object_key, count(*) FROM retention.audit_log WHERE action = 'object_purged' GROUP BY 1"
     ).fetchall()
-    assert_invariants(
+    assert_contracts_invariants(
         db,
         s3,
         storage,
         policy,
-        "contracts",
         setup["by_table"],
         {},
         PURGE_DATE,
-        report_to=lambda r: record(
-            f"two purges at once ({'advisory lock' if not bypass_advisory_lock else 'advisory lock bypassed, row locks only'})",
-            r,
-            f"completed; objects purged per run {[x['purged_objects'] for x in results]}",
-            "n/a (race, no failure)",
-        ),
+        f"two purges at once ({'advisory lock' if not bypass_advisory_lock else 'advisory lock bypassed, row locks only'})",
+        f"completed; objects purged per run {[x['purged_objects'] for x in results]}",
+        recovered="n/a (race, no failure)",
     )
     assert total == len(setup["objects"]), results
     assert len(audited) == len(setup["objects"]) and all(n == 1 for _, n in audited)
