@@ -856,10 +856,14 @@ class Crash(Exception):
     """The worker dies here (the process would: nothing after this point runs)."""
 
 
-def a_run_crashes_after_detaching(policy, source_dsn, s3, storage, partition: str) -> None:
-    """A run (id 'crashed') whose worker dies once ``partition`` is detached, before its drop
-    (the partitions before it go through)."""
-    crashing = engine_for(policy, source_dsn, s3, storage)
+def a_run_crashes_after_detaching(
+    policy, source_dsn, s3, storage, partition: str, ctx: RunContext | None = None, *plan_and_unit
+) -> None:
+    """A run (``ctx``, by default the chat messages' run 'crashed'; with ``plan_and_unit``, a
+    unit's try) whose worker dies once ``partition`` is detached, before its drop (the partitions
+    before it go through)."""
+    ctx = ctx or RunContext("subscriber_services", "crashed", D)
+    crashing = engine_for(policy, source_dsn, s3, storage, purpose=ctx.purpose)
     finish = crashing._finish_detached
 
     def crash(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
@@ -872,7 +876,7 @@ def a_run_crashes_after_detaching(policy, source_dsn, s3, storage, partition: st
 
     crashing._finish_detached = crash
     with pytest.raises(Crash):
-        crashing.archive_and_delete(RunContext("subscriber_services", "crashed", D))
+        crashing.archive_and_delete(ctx, *plan_and_unit)
 
 
 def test_a_write_left_open_past_the_lock_wait_keeps_the_partition_and_the_run_goes_on(
@@ -2245,20 +2249,9 @@ def test_a_detached_partition_is_not_dropped_unarchived_when_the_policy_now_arch
     db = partitioned
     old = [fp.cookie_consent(db, recorded=day) for day in ("2026-03-05", "2026-03-20")]
     later = f.midnight("2026-11-01")  # March's choices are due (6 months), their 5 years of archive are not over
-    crashing = engine_for(policy, source_dsn, s3, storage, purpose="cookie_consents")
-    finish = crashing._finish_detached
-
-    def crash(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
-        (name,) = control.execute(
-            "SELECT partition_name FROM retention.partition_retirements WHERE id = %s", (retirement_id,)
-        ).fetchone()
-        if name == "cookie_consents_2026_03":
-            raise Crash("killed after detaching cookie_consents_2026_03")
-        return finish(control, retirement_id, lock_timeout)
-
-    crashing._finish_detached = crash
-    with pytest.raises(Crash):
-        crashing.archive_and_delete(RunContext("cookie_consents", "crashed", later))
+    a_run_crashes_after_detaching(
+        policy, source_dsn, s3, storage, "cookie_consents_2026_03", RunContext("cookie_consents", "crashed", later)
+    )
     assert partition_plan.attached_state(db, "app", "cookie_consents", "cookie_consents_2026_03") == "detached"
 
     text = POLICY_FILE.read_text(encoding="utf-8")
@@ -2417,20 +2410,7 @@ def test_a_retried_unit_spends_the_rows_of_a_partition_its_killed_try_detached(
     plan = engine_for(policy, source_dsn, s3, storage).make_plan(ctx)
     unit = next(u for (u, *_) in plan_units(plan) if u.rule == "chat_messages")
     assert unit.rows == 12
-    crashing = engine_for(policy, source_dsn, s3, storage)
-    finish = crashing._finish_detached
-
-    def crash(control, retirement_id, lock_timeout=partition_drops.BATCH_LOCK_TIMEOUT):
-        (name,) = control.execute(
-            "SELECT partition_name FROM retention.partition_retirements WHERE id = %s", (retirement_id,)
-        ).fetchone()
-        if name == "chat_messages_2019_01":
-            raise Crash("killed after detaching 2019")
-        return finish(control, retirement_id, lock_timeout)
-
-    crashing._finish_detached = crash
-    with pytest.raises(Crash):
-        crashing.archive_and_delete(ctx, plan, unit)
+    a_run_crashes_after_detaching(policy, source_dsn, s3, storage, "chat_messages_2019_01", ctx, plan, unit)
     assert partition_plan.attached_state(db, "app", "chat_messages", "chat_messages_2019_01") == "detached"
     late = fp.chat_message(db, customers["2026-05"], transmitted=f.paris("2026-05-20", 10))  # due since the plan
     db.commit()
