@@ -118,6 +118,77 @@ def test_a_failure_while_a_batch_is_in_flight_deletes_nothing_of_it(db, s3, stor
     assert archived == sorted(quotes)
 
 
+@pytest.mark.parametrize("days_without_a_run", [0, 30])
+def test_an_upload_landing_after_a_recovery_removed_its_intent_is_removed_by_the_next_recovery(
+    db, s3, storage, policy, source_dsn, days_without_a_run
+):
+    """A run cut off from the database (a failover, a DBA ending its sessions: its purpose and
+    batches locks go with them) while its batch's PUT is still travelling: the next run's recovery
+    finds the 'uploading' intent, removes what is stored (nothing yet), marks it 'abandoned' and
+    archives the rows itself; then the PUT lands. Nothing named that copy of personal data any
+    more (an erasure finds archives through committed manifest rows) and no later recovery looked
+    at 'abandoned' intents: it stayed in the bucket for good. Found by a review. The next
+    recovery may come weeks later (the DAG paused meanwhile): it still removes it."""
+    from tests.test_safety import InThread, Pause
+
+    quote = f.quote(db, issued="2024-01-01")
+    D = f.midnight("2025-06-01")
+    zombie = engine_for(policy, "quotes", source_dsn, s3, storage)
+    travelling = Pause(zombie.store, "put_verified", before=True)
+    run = InThread(lambda: zombie.archive_and_delete(RunContext("quotes", "zombie", D)))
+    assert travelling.reached.wait(30)
+    (zombie_key,) = db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'uploading'").fetchone()
+    ended = db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    ).fetchall()
+    assert ended and all(ok for (ok,) in ended)
+    threading.Event().wait(0.5)
+    (outcome,) = engine_for(policy, "quotes", source_dsn, s3, storage).archive_and_delete(
+        RunContext("quotes", "next", D)
+    )
+    assert outcome.deleted == 1 and quote not in f.ids(db, "quotes")
+    travelling.release.set()  # the PUT lands; the zombie's delete then fails on its ended session
+    with pytest.raises(Exception):  # noqa: B017 - whatever the dead session raises
+        run.join()
+    assert zombie_key in all_versions(s3, storage.archive_bucket), "the late PUT landed"
+    db.execute(
+        "UPDATE retention.archive_manifest SET created_at = created_at - make_interval(days => %s)",
+        (days_without_a_run,),
+    )
+
+    engine_for(policy, "quotes", source_dsn, s3, storage).archive_and_delete(RunContext("quotes", "later", D))
+    committed = {
+        r[0] for r in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'committed'")
+    }
+    parquet_versions = [k for k in all_versions(s3, storage.archive_bucket) if k.endswith(".parquet")]
+    assert sorted(parquet_versions) == sorted(committed), "an upload no live manifest row names stayed in the bucket"
+    assert db.execute(
+        "SELECT array_agg(r) FROM retention.archive_manifest, unnest(record_ids) r WHERE state = 'committed'"
+    ).fetchone()[0] == [quote]
+
+
+def test_the_recovery_of_late_uploads_never_removes_a_committed_object_that_reuses_the_abandoned_key(
+    db, s3, storage, policy, source_dsn
+):
+    """A batch crashed before its delete and retried with the same run id and try commits under
+    the key its abandoned intent named: a later recovery, looking for uploads landed after their
+    intent was abandoned, leaves it (and its rows' only copy) alone."""
+    quote = f.quote(db, issued="2024-01-01")
+    ctx = RunContext("quotes", "same_key", f.midnight("2025-06-01"))
+    engine = engine_for(policy, "quotes", source_dsn, s3, storage)
+    undo = crash_at(engine, "_delete_rows")
+    with pytest.raises(InjectedFault):
+        engine.archive_and_delete(ctx)
+    undo()
+    engine.archive_and_delete(ctx)
+    states = db.execute("SELECT state, object_key FROM retention.archive_manifest ORDER BY id").fetchall()
+    assert [s for s, _ in states] == ["abandoned", "committed"] and states[0][1] == states[1][1]
+    engine.archive_and_delete(RunContext("quotes", "later", f.midnight("2025-06-01")))
+    assert quote not in f.ids(db, "quotes")
+    assert all_versions(s3, storage.archive_bucket) == [states[1][1]], "the committed object must stay"
+
+
 def test_crash_after_commit_finishes_file_disposal_on_the_next_run(db, s3, storage, policy, source_dsn, monkeypatch):
     scenario = scenarios.job_applications(db, s3, storage)
     engine = engine_for(policy, "job_applications", source_dsn, s3, storage)

@@ -17,6 +17,12 @@ from retention.archive.run import RunContext
 
 log = logging.getLogger(__name__)
 
+# How long after an upload intent was recorded (counted to the purpose's latest intent) each
+# recovery still looks for an object landed at its key once the intent is 'abandoned'
+# (_remove_late_uploads): longer than any upload of a try cut off from the database, and than a
+# stopped worker is left running.
+ABANDONED_RECHECK = dt.timedelta(days=7)
+
 
 class Recovery:
     """Finishing what a crash left (a part of RetentionEngine)."""
@@ -40,6 +46,7 @@ class Recovery:
         ).fetchall()
         control.commit()
         self._remove_orphans(control, ctx, orphans)
+        late = self._remove_late_uploads(control, ctx)
         unlocked = control.execute(
             "SELECT object_key, version_id, document_keys, document_version_ids, purge_after"
             " FROM retention.archive_manifest"
@@ -57,7 +64,7 @@ class Recovery:
         self._dispose_documents(control)
         if orphans:
             log.warning("removed %d orphan archive objects left by an interrupted run", len(orphans))
-        return {"orphans_removed": len(orphans), "locks_applied": len(lockable)}
+        return {"orphans_removed": len(orphans) + late, "locks_applied": len(lockable)}
 
     def _remove_orphans(self, control, ctx: RunContext, orphans: list[tuple]) -> None:
         """Uploads that were never committed (their rows are still in the source) removed, every
@@ -71,6 +78,45 @@ class Recovery:
                     (manifest_id,),
                 )
                 self._audit(control, ctx, rule_name, table, "orphan_removed", len(record_ids), key=key)
+
+    def _remove_late_uploads(self, control, ctx: RunContext) -> int:
+        """Uploads that landed after their intent was 'abandoned': a run cut off from the
+        database (a failover, its sessions ended: its locks with them) while its PUT was still
+        travelling; a recovery removed what was stored then, and the PUT landed afterwards. No
+        live manifest row names such an object (an erasure would not find it): every recovery
+        lists the keys of the abandoned intents recorded less than ABANDONED_RECHECK before the
+        purpose's latest intent (not before now: a purpose whose runs stopped after the crash is
+        still looked at when they resume) and removes what is stored there, its own document
+        copies with it. Never a key a live manifest row names (a
+        later batch of the same run and try that reused it: committed, or uploading), nor a copy
+        outside the key's own ``.documents/`` (a rewrite's intent names its old object's).
+        Returns how many were removed (found by a review)."""
+        abandoned = control.execute(
+            "SELECT a.id, a.rule, a.table_name, a.object_key, a.document_keys, a.record_ids"
+            " FROM retention.archive_manifest AS a"
+            " WHERE a.purpose = %s AND a.bucket = %s AND a.state = 'abandoned'"
+            " AND a.created_at > (SELECT l.created_at FROM retention.archive_manifest AS l"
+            "  WHERE l.purpose = a.purpose AND l.bucket = a.bucket ORDER BY l.id DESC LIMIT 1) - %s"
+            " AND NOT EXISTS (SELECT FROM retention.archive_manifest AS live WHERE live.bucket = a.bucket"
+            "  AND live.object_key = a.object_key AND live.state IN ('uploading', 'committed', 'rewritten'))"
+            " ORDER BY a.id",
+            (self.purpose_name, self.store.archive_bucket, ABANDONED_RECHECK),
+        ).fetchall()
+        control.commit()
+        removed = 0
+        for _, rule_name, table, key, doc_keys, record_ids in abandoned:
+            stem = key.removesuffix(".parquet")
+            own = {key, *(d for d in doc_keys if d.startswith(f"{stem}.documents/"))}
+            stored = [v for k, versions in self.store.list_versions(stem).items() if k in own for v in versions]
+            if not stored:
+                continue
+            self.store.delete_versions(stored)
+            with control.transaction():
+                self._audit(control, ctx, rule_name, table, "orphan_removed", len(record_ids), key=key)
+            removed += 1
+        if removed:
+            log.warning("removed %d archive objects uploaded after their intent was abandoned", removed)
+        return removed
 
     def _finish_interrupted_rewrites(self, control) -> None:
         """Object rewrites of a subject erasure (retention.rights.subject_rights) that a crash left in
