@@ -412,6 +412,52 @@ def test_a_hold_committed_between_a_rewrites_commit_and_its_delete_keeps_the_old
     )
 
 
+def test_the_purge_of_a_rewritten_object_keeps_the_file_copy_a_held_old_object_shares(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """Two analyses (ending on the 1st and the 28th) name the same file. The purge on the 1st
+    rewrites their object written per month without the first; the new object names the old
+    one's copy of the file (the 28th's row keeps it). A hold on the first, committed after the
+    rewrite's commit, keeps the old object: the held row's only copy, its file's too. The purge
+    of the new object on the 28th must not delete that copy under the held row; once the hold is
+    released and the old object goes, nothing is left."""
+    import psycopg
+    from retention.archive import rewrite
+
+    policy = analyses_archived(policy)
+    f.put_document(s3, storage.documents_bucket, "analyses/shared.pdf")
+    ids = {
+        day: f.call_analysis(db, created=f"2023-10-{day}", document_key="analyses/shared.pdf") for day in ("01", "28")
+    }
+    engine = engine_for(policy, "call_recordings", source_dsn, s3, storage)
+    archive_monthly(engine, monkeypatch, "2024-11-01")
+    [old_key] = committed(db)
+    copy = old_key.removesuffix(".parquet") + ".documents/analyses/shared.pdf"
+    assert copy in versions(s3, storage.archive_bucket)
+    finish = rewrite._finish
+    holds = []
+
+    def hold_then_finish(*args, **kwargs):
+        with psycopg.connect(source_dsn, autocommit=True) as other:
+            holds.append(f.legal_hold(other, "call_analyses", ids["01"]))
+        return finish(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rewrite, "_finish", hold_then_finish)
+        engine.purge_archives(RunContext("call_recordings", "p1", f.midnight("2025-10-01")))
+    assert old_key in versions(s3, storage.archive_bucket), "the held row's object is kept"
+
+    result = engine.purge_archives(RunContext("call_recordings", "p2", f.midnight("2025-10-28")))
+    assert result["purged_objects"] == 1, "the new object (the 28th's row, not held) goes on its day"
+    assert copy in versions(s3, storage.archive_bucket), (
+        "the purge of the new object deleted the file copy of a row under an active legal hold"
+    )
+
+    db.execute("UPDATE retention.legal_holds SET released_at = now() WHERE id = %s", (holds[0],))
+    engine.purge_archives(RunContext("call_recordings", "p3", f.midnight("2025-10-29")))
+    assert versions(s3, storage.archive_bucket) == [], "the hold released, no copy is left behind"
+
+
 def quotes_archive_period(policy, tmp_path, period: str):
     """The shipped policy file with the quotes' archive period (12 months) changed to ``period``,
     loaded as the DAGs load it."""

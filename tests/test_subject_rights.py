@@ -588,6 +588,18 @@ def test_retention_runs_finish_an_interrupted_rewrite(db, s3, storage, policy, s
     assert_nothing_lost(db, s3, storage, w, finished=True)
 
 
+def claims_intermediate(tmp_path):
+    """The policy with claims (which name an invoice file) archived in the intermediate tier: no
+    table with files is intermediate in the shipped policy."""
+    import yaml
+    from retention.policy import load_policy, policy_path
+
+    data = yaml.safe_load(policy_path().read_text(encoding="utf-8"))
+    next(r for r in data["purposes"]["contracts"]["rules"] if r["name"] == "claims")["tier"] = "intermediate"
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return load_policy(tmp_path / "policy.yaml")
+
+
 def test_engine_recovery_keeps_the_document_copies_an_interrupted_rewrite_shares(
     db, s3, storage, policy, source_dsn, monkeypatch, tmp_path
 ):
@@ -595,13 +607,7 @@ def test_engine_recovery_keeps_the_document_copies_an_interrupted_rewrite_shares
     A crash before its commit leaves it 'uploading': the engine's recovery must not delete those
     copies as an orphan's (the old object, still committed, owns them). Claims moved to the
     intermediate tier for the test (no table with files is intermediate in the shipped policy)."""
-    import yaml
-    from retention.policy import load_policy, policy_path
-
-    data = yaml.safe_load(policy_path().read_text(encoding="utf-8"))
-    next(r for r in data["purposes"]["contracts"]["rules"] if r["name"] == "claims")["tier"] = "intermediate"
-    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    variant = load_policy(tmp_path / "policy.yaml")
+    variant = claims_intermediate(tmp_path)
     for key in ("invoices/mine.pdf", "invoices/other.pdf"):
         f.put_document(s3, storage.documents_bucket, key)
     c = f.customer(db, ended="2024-03-01")
@@ -629,6 +635,55 @@ def test_engine_recovery_keeps_the_document_copies_an_interrupted_rewrite_shares
     assert report["erased"]["intermediate"] == {"claims": 1}
     assert copies[0] in {k for k, _ in archive_versions(s3, storage)}
     assert not [k for k, _ in archive_versions(s3, storage) if k.endswith(".documents/invoices/mine.pdf")]
+
+
+def test_an_erasure_keeps_the_file_copy_an_old_object_a_hold_keeps_shares_with_the_new_one(
+    db, s3, storage, policy, source_dsn, monkeypatch, tmp_path
+):
+    """Two customers' claims name the same invoice file and share one archive object. The first
+    customer's erasure rewrites it; a hold on their claim, committed after the rewrite's commit,
+    keeps the old object (their claim's only copy). The new object names the old one's copy of
+    the shared file (the other claim keeps it). The other customer's erasure then rewrites the
+    new object without their claim: the copy must stay, the held claim's old object names it
+    (found by a review: it was deleted as the removed claim's). Once the hold is released, the
+    first customer's erasure deletes the old object and the copy with it."""
+    from tests.test_exact_day import versions
+
+    variant = claims_intermediate(tmp_path)
+    f.put_document(s3, storage.documents_bucket, "invoices/shared.pdf")
+    c = f.customer(db, ended="2024-03-01")
+    held_claim = f.claim(db, f.contract(db, customer_id=c, ended="2024-03-01"), invoice_key="invoices/shared.pdf")
+    d = f.customer(db, ended="2024-03-01")
+    f.claim(db, f.contract(db, customer_id=d, ended="2024-03-01"), invoice_key="invoices/shared.pdf")
+    archive(db, s3, storage, variant, source_dsn, purposes=("contracts",))
+    [copy] = {k for k, _ in archive_versions(s3, storage) if k.endswith(".documents/invoices/shared.pdf")}
+    real_finish = object_rewrite._finish
+
+    def hold_then_finish(*args, **kwargs):
+        f.legal_hold(db, "claims", held_claim)  # db: another connection, committed at once
+        return real_finish(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(object_rewrite, "_finish", hold_then_finish)
+        rights(variant, source_dsn, s3, storage).handle(
+            request("erasure", "req-shared-c", kind="customer", subject_id=c)
+        )
+    [old_key] = [
+        k for (k,) in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'rewritten'")
+    ]
+    assert copy.startswith(old_key.removesuffix(".parquet")) and old_key in versions(s3, storage.archive_bucket)
+
+    report = rights(variant, source_dsn, s3, storage).handle(
+        request("erasure", "req-shared-d", kind="customer", subject_id=d)
+    )
+    assert report["erased"]["intermediate"] == {"claims": 1}, report
+    assert copy in versions(s3, storage.archive_bucket), (
+        "the file copy of a claim under an active legal hold was deleted with another customer's erased claim"
+    )
+
+    db.execute("UPDATE retention.legal_holds SET released_at = now()")
+    rights(variant, source_dsn, s3, storage).handle(request("erasure", "req-shared-c-2", kind="customer", subject_id=c))
+    assert not [k for k in versions(s3, storage.archive_bucket) if k.startswith(old_key.removesuffix(".parquet"))]
 
 
 def test_rewritten_object_keeps_every_owner_a_later_hold_needs(db, s3, storage, policy, source_dsn):

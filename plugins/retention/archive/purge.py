@@ -299,7 +299,9 @@ class ArchivePurge:
                 " ON CONFLICT (manifest_id) DO NOTHING",
                 (manifest_id, ctx.run_id),
             )
-            self.store.delete_all_versions([key, *doc_keys])
+            # Not the copies an old object a hold keeps after its rewrite still names (shared).
+            copies = object_rewrite.copies_to_delete(control, self.store.archive_bucket, manifest_id, doc_keys)
+            self.store.delete_all_versions([key, *copies])
             self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
 
     def _clock_not_due(self, control, ctx: RunContext, manifest_id: int, rule_name: str, owners, *, lock: bool) -> bool:
@@ -481,7 +483,9 @@ class ArchivePurge:
         for manifest_id, state, rule_name, table, key, version, doc_keys, doc_versions, row_count in rows:
             with control.transaction():
                 if state == "committed" and not self.store.version_exists(key, version):
-                    self.store.delete_all_versions([key, *doc_keys])  # the copies a crash may have left
+                    # The copies a crash may have left (not those another stored object names).
+                    copies = object_rewrite.copies_to_delete(control, self.store.archive_bucket, manifest_id, doc_keys)
+                    self.store.delete_all_versions([key, *copies])
                     self._mark_purged(control, ctx, manifest_id, rule_name, table, key, row_count)
                     log.warning("recorded the purge of %s, interrupted by a previous run", key)
                 else:

@@ -14,7 +14,8 @@ The protocol (``retention.object_rewrites``):
    committed and not held, mark the new one 'committed', the old one 'rewritten';
 4. under the hold table's SHARE lock again, unless a hold placed since 3 covers the old object
    (it may be the only copy of the removed rows): delete every version of the old object and of
-   the removed rows' document copies. A held one stays, its rewrite 'committed', until a run
+   its document copies that no other stored object names (the new one names those of the rows it
+   keeps; copies_stored_elsewhere). A held one stays, its rewrite 'committed', until a run
    after the hold's release finishes it (as an interrupted whole-object purge is decided again).
 
 A crash before 3 leaves the old object whole (the new one is an orphan); after 3, the old
@@ -68,6 +69,34 @@ class StoredObject:
 def source_of(archive_copy_key: str) -> str:
     """The documents-bucket key an archive copy was made from (archive_store.document_archive_key)."""
     return archive_copy_key.split(".documents/", 1)[1] if ".documents/" in archive_copy_key else ""
+
+
+def copies_stored_elsewhere(conn, bucket: str, manifest_id: int, copies: list[str]) -> set[str]:
+    """The archive copies among ``copies`` (document keys of the manifest row ``manifest_id``)
+    that another object still stored names: a rewrite's new object names the old one's copies of
+    the rows it keeps, and an old object a hold keeps after its rewrite's commit still needs them
+    (found by a review: the purge of the new object deleted the file copy of a held row). They
+    stay until the last object naming them goes. Such objects share the copies' stem (the old
+    object's key without ``.parquet``: a rewrite only appends to it), so only those are read."""
+    stems = sorted({k.split(".documents/", 1)[0] for k in copies if ".documents/" in k})
+    if not stems:
+        return set()
+    rows = conn.execute(
+        "SELECT DISTINCT k FROM retention.archive_manifest AS o, unnest(o.document_keys) AS k"
+        " WHERE o.bucket = %s AND o.id <> %s AND k = ANY(%s::text[])"
+        " AND EXISTS (SELECT 1 FROM unnest(%s::text[]) AS s WHERE starts_with(o.object_key, s))"
+        " AND (o.state IN ('uploading', 'committed') OR o.state = 'rewritten' AND EXISTS"
+        "  (SELECT 1 FROM retention.object_rewrites AS r WHERE r.old_manifest_id = o.id"
+        "   AND r.state IN ('uploading', 'committed')))",
+        (bucket, manifest_id, sorted(set(copies)), stems),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def copies_to_delete(conn, bucket: str, manifest_id: int, copies: list[str]) -> list[str]:
+    """``copies`` without those another stored object names (copies_stored_elsewhere), each once."""
+    shared = copies_stored_elsewhere(conn, bucket, manifest_id, copies)
+    return sorted({k for k in copies if k not in shared})
 
 
 def read_object(store: ArchiveStore, key: str, version: str | None, sha256: str) -> pa.Table:
@@ -192,7 +221,7 @@ def rewrite_without(
     if not proceed:  # held (or changed) meanwhile: the old object stays whole
         _abandon(store, control, rewrite_id, new_id, new_key if new_id is not None else None)
         return {"action": "kept" if row else "changed_meanwhile", "held": held_now}
-    finished = _finish(policy, store, control, rewrite_id, obj.manifest_id, obj.key, removed_docs, held)
+    finished = _finish(policy, store, control, rewrite_id, obj.manifest_id, obj.key, held)
     return {
         "action": "rewritten",
         # A hold placed since the commit keeps the old object, the only copy of the removed rows:
@@ -226,14 +255,14 @@ def _finish(
     rewrite_id: int,
     old_id: int,
     old_key: str,
-    removed_docs: list[str],
     held: Callable[[Any], bool] | None = None,
 ) -> bool:
-    """Step 4: the old object goes last (delete_all_versions), after the removed document copies,
-    under the hold table's SHARE lock, as a purge's delete: a hold placed since step 3 on a row
-    the old object still stores keeps its bytes (the rewrite stays 'committed', finished by a
-    later run once the hold is released); one placed meanwhile waits for the delete. Returns
-    whether the old object went (False: held, its versions kept)."""
+    """Step 4: the old object goes last (delete_all_versions), after its document copies that no
+    other stored object names (the removed rows', and those of a new object purged meanwhile:
+    copies_stored_elsewhere), under the hold table's SHARE lock, as a purge's delete: a hold
+    placed since step 3 on a row the old object still stores keeps its bytes (the rewrite stays
+    'committed', finished by a later run once the hold is released); one placed meanwhile waits
+    for the delete. Returns whether the old object went (False: held, its versions kept)."""
     with control.transaction():
         control.execute(f"SET LOCAL lock_timeout = '{REWRITE_LOCK_TIMEOUT}'")
         control.execute(LOCK_HOLDS)
@@ -245,7 +274,10 @@ def _finish(
         if kept:
             log.warning("%s: held since its rewrite was committed; its versions are kept", old_key)
             return False
-        store.delete_all_versions([old_key, *removed_docs])
+        docs = control.execute(
+            "SELECT document_keys FROM retention.archive_manifest WHERE id = %s", (old_id,)
+        ).fetchone()[0]
+        store.delete_all_versions([old_key, *copies_to_delete(control, store.archive_bucket, old_id, list(docs))])
         control.execute(
             "UPDATE retention.object_rewrites SET state = 'done', done_at = now() WHERE id = %s", (rewrite_id,)
         )
@@ -257,7 +289,7 @@ def recover_rewrites(policy: Policy, store: ArchiveStore, control, purpose: str)
     'uploading' -> remove the new object (the old one still holds every row), abandon;
     'committed' -> delete the old object's versions, done."""
     rows = control.execute(
-        "SELECT r.id, r.state, r.new_manifest_id, n.object_key, o.id, o.object_key, r.removed_document_keys"
+        "SELECT r.id, r.state, r.new_manifest_id, n.object_key, o.id, o.object_key"
         " FROM retention.object_rewrites AS r JOIN retention.archive_manifest AS o ON o.id = r.old_manifest_id"
         " LEFT JOIN retention.archive_manifest AS n ON n.id = r.new_manifest_id"
         " WHERE o.purpose = %s AND o.bucket = %s AND r.state IN ('uploading', 'committed') ORDER BY r.id",
@@ -265,11 +297,11 @@ def recover_rewrites(policy: Policy, store: ArchiveStore, control, purpose: str)
     ).fetchall()
     control.commit()
     done = Counter()
-    for rewrite_id, state, new_id, new_key, old_id, old_key, removed_docs in rows:
+    for rewrite_id, state, new_id, new_key, old_id, old_key in rows:
         if state == "uploading":
             _abandon(store, control, rewrite_id, new_id, new_key)
         else:
-            _finish(policy, store, control, rewrite_id, old_id, old_key, list(removed_docs))
+            _finish(policy, store, control, rewrite_id, old_id, old_key)
         done[state] += 1
     if rows:
         log.warning("finished %d object rewrites interrupted earlier", len(rows))
