@@ -924,6 +924,39 @@ def test_pending_file_disposals_are_counted_by_one_unit_only(db, s3, storage, po
     assert outcomes == [("cv/a.pdf", "deleted"), ("cv/b.pdf", "deleted")]
 
 
+def test_a_file_a_row_being_inserted_names_is_not_deleted_under_it(db, s3, storage, policy, source_dsn):
+    """The application inserts a row naming a file whose rows the retention deleted (a candidate
+    applying again with the CV on file), its transaction still open, while the disposal checks
+    whether a row names the file: the check did not see the uncommitted row and the file was
+    deleted under the row committed a moment later (found by a review). The disposal now waits for
+    the writers of the tables naming files, and sees the row."""
+    reused = "cv/reused.pdf"
+    f.put_document(s3, storage.documents_bucket, reused)
+    db.execute(
+        "INSERT INTO retention.document_disposals (run_id, purpose, table_name, record_id, bucket, source_key)"
+        " VALUES ('r1', 'job_applications', 'job_applications', 1, %s, %s)",
+        (storage.documents_bucket, reused),
+    )
+    engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    with psycopg.connect(source_dsn) as app, engine._connect() as control:
+        f.job_application(app, last_contact="2025-01-01", cv_key=reused)  # not committed yet
+        disposal = threading.Thread(target=engine._dispose_documents, args=(control,))
+        disposal.start()
+        deadline = time.monotonic() + 10
+        while disposal.is_alive() and time.monotonic() < deadline:
+            waiting = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.05)
+        app.commit()
+        disposal.join(30)
+        assert not disposal.is_alive()
+    assert s3.head_object(Bucket=storage.documents_bucket, Key=reused), "the file a committed row names is gone"
+    assert db.execute("SELECT outcome FROM retention.document_disposals").fetchall() == [("kept_shared",)]
+
+
 def test_a_file_named_by_a_kept_or_held_row_stays(db, s3, storage, policy, source_dsn):
     shared = "cv/shared.pdf"
     f.put_document(s3, storage.documents_bucket, shared)

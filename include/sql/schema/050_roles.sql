@@ -48,6 +48,30 @@ $$;
 REVOKE ALL ON FUNCTION retention.lock_legal_holds() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION retention.lock_legal_holds() TO retention_engine, retention_rights;
 
+-- The tables of a schema that name files (a *_key column) in SHARE mode, in name order, while a
+-- file disposal checks that no row names a file and deletes it (retention.archive.documents): a
+-- row being inserted or changed to name it is committed first, and seen, or waits for the delete.
+-- The same privilege question as above: this function takes the locks and nothing else.
+CREATE OR REPLACE FUNCTION retention.lock_file_key_tables(source_schema text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    rel regclass;
+BEGIN
+    FOR rel IN
+        SELECT c.oid::regclass FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = source_schema AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND EXISTS (SELECT 1 FROM pg_attribute AS a WHERE a.attrelid = c.oid AND a.attnum > 0
+                      AND NOT a.attisdropped AND a.attname LIKE '%\_key')
+        ORDER BY c.relname
+    LOOP
+        EXECUTE format('LOCK TABLE %s IN SHARE MODE', rel);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION retention.lock_file_key_tables(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION retention.lock_file_key_tables(text) TO retention_engine, retention_rights;
+
 -- Row locks (FOR UPDATE, FOR SHARE) need an UPDATE privilege on a column of the table. The
 -- writers get it on `id` only (retention.roles) and this trigger refuses any UPDATE they make:
 -- they lock rows, they never change them. ON DELETE SET NULL runs as the table's owner.

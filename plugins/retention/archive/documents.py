@@ -1,13 +1,15 @@
 """Files named by a row's ``*_key`` columns follow their row: archived with it (copied beside
 its object) or deleted with it. The source file is deleted after the row's commit, from the
 pending ``retention.document_disposals``, unless a row still in the source names the same file
-(then it stays, recorded 'kept_shared'). Shared by the engine and the subject erasures.
+(then it stays, recorded 'kept_shared'), the tables naming files locked against writers meanwhile.
+Shared by the engine and the subject erasures.
 """
 
 from __future__ import annotations
 
 import logging
 
+from retention.archive.locks import BATCH_LOCK_TIMEOUT
 from retention.archive.run import RetentionError
 from retention.archive.store import ArchiveStore
 from retention.id_sets import id_array
@@ -64,31 +66,46 @@ def keys_still_named(conn, schema: str, keys: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
+# Files disposed of per transaction: the tables naming files stay locked against writers for
+# one check and one S3 delete request (1,000 keys) at most.
+DISPOSAL_CHUNK = 1000
+
+
 def dispose_documents(conn, store: ArchiveStore, schema: str, purpose: str) -> int:
     """Delete the source files of committed rows of the purpose (idempotent: finishes a crashed
     run's too), except a file that a row still in the source names: it is kept (shared with a
     kept or held row) and recorded as such. Returns the number of files kept that way.
 
-    The pending rows are claimed (``FOR UPDATE SKIP LOCKED``) until they are marked, so that the
-    units of a run disposing side by side each count a file once."""
-    rows = conn.execute(
-        "SELECT id, source_key FROM retention.document_disposals WHERE purpose = %s AND disposed_at IS NULL"
-        " AND bucket = %s ORDER BY id FOR UPDATE SKIP LOCKED",
-        (purpose, store.documents_bucket),
-    ).fetchall()
-    if not rows:
+    Per chunk, in one transaction: the tables naming files are locked in SHARE mode first
+    (``retention.lock_file_key_tables``), so that a row the application is inserting (or changing)
+    to name one of the files is committed and seen by the check, or waits until the file's fate is
+    recorded (found by a review: a row inserted before the check and committed after it named a
+    file deleted under it). The pending rows are claimed (``FOR UPDATE SKIP LOCKED``) until they
+    are marked, so that the units of a run disposing side by side each count a file once."""
+    if not conn.autocommit:
         conn.commit()
-        return 0
-    keys = sorted({key for _, key in rows})
-    shared = keys_still_named(conn, schema, keys)
-    store.delete_documents([k for k in keys if k not in shared])
-    conn.execute(
-        "UPDATE retention.document_disposals SET disposed_at = now(),"
-        " outcome = CASE WHEN source_key = ANY(%s::text[]) THEN 'kept_shared' ELSE 'deleted' END"
-        " WHERE id = ANY(%s::bigint[])",
-        (sorted(shared), id_array([r[0] for r in rows])),
-    )
-    conn.commit()
-    if shared:
-        log.info("%d source files kept: rows still in the source name them", len(shared))
-    return sum(1 for _, key in rows if key in shared)
+    kept = 0
+    while True:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+            conn.execute("SELECT retention.lock_file_key_tables(%s)", (schema,))
+            rows = conn.execute(
+                "SELECT id, source_key FROM retention.document_disposals WHERE purpose = %s AND disposed_at IS NULL"
+                " AND bucket = %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (purpose, store.documents_bucket, DISPOSAL_CHUNK),
+            ).fetchall()
+            if not rows:
+                break
+            keys = sorted({key for _, key in rows})
+            shared = keys_still_named(conn, schema, keys)
+            store.delete_documents([k for k in keys if k not in shared])
+            conn.execute(
+                "UPDATE retention.document_disposals SET disposed_at = now(),"
+                " outcome = CASE WHEN source_key = ANY(%s::text[]) THEN 'kept_shared' ELSE 'deleted' END"
+                " WHERE id = ANY(%s::bigint[])",
+                (sorted(shared), id_array([r[0] for r in rows])),
+            )
+        if shared:
+            log.info("%d source files kept: rows still in the source name them", len(shared))
+        kept += sum(1 for _, key in rows if key in shared)
+    return kept
