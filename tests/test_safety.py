@@ -957,6 +957,39 @@ def test_a_file_a_row_being_inserted_names_is_not_deleted_under_it(db, s3, stora
     assert db.execute("SELECT outcome FROM retention.document_disposals").fetchall() == [("kept_shared",)]
 
 
+def test_a_disposal_kept_waiting_by_an_application_write_leaves_the_file_pending_and_the_run_goes_on(
+    db, s3, storage, policy, source_dsn
+):
+    """The disposal's SHARE locks wait for the application's writers of the tables naming files:
+    an application transaction left open on one of them (another candidate's application being
+    typed in) kept the committed batch's disposal waiting 30 s, the application's next writes
+    queued behind it, then failed the run. It now waits DISPOSAL_LOCK_TIMEOUT and leaves the
+    file pending (never deleted unchecked): the run ends, the next disposal deletes it. A subject
+    erasure's disposal raises instead, as its report would count the file gone."""
+    from retention.archive.documents import DisposalBusyError, dispose_documents
+
+    expired_cv = "cv/expired.pdf"
+    f.put_document(s3, storage.documents_bucket, expired_cv)
+    expired = f.job_application(db, last_contact="2020-01-01", cv_key=expired_cv)
+    db.commit()
+    engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    with psycopg.connect(source_dsn) as app:
+        f.job_application(app, last_contact="2024-12-20")  # not committed: the transaction stays open
+        (outcome,) = engine.archive_and_delete(RunContext("job_applications", "r1", f.midnight("2025-01-01")))
+        assert outcome.deleted == 1 and expired not in f.ids(db, "job_applications")
+        assert s3.head_object(Bucket=storage.documents_bucket, Key=expired_cv)
+        pending = "SELECT source_key, outcome FROM retention.document_disposals WHERE disposed_at IS NULL"
+        assert db.execute(pending).fetchall() == [(expired_cv, None)]
+        with engine._connect() as erasure, pytest.raises(DisposalBusyError, match="trigger again"):
+            dispose_documents(erasure, engine.store, "app", "job_applications", defer_when_busy=False)
+        app.rollback()
+    with engine._connect() as control:
+        assert engine._dispose_documents(control) == 0
+    assert db.execute("SELECT outcome FROM retention.document_disposals").fetchall() == [("deleted",)]
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=storage.documents_bucket, Key=expired_cv)
+
+
 def test_a_file_named_by_a_kept_or_held_row_stays(db, s3, storage, policy, source_dsn):
     shared = "cv/shared.pdf"
     f.put_document(s3, storage.documents_bucket, shared)

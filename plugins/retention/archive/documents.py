@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from retention.archive.locks import BATCH_LOCK_TIMEOUT
+from retention.archive.locks import DISPOSAL_LOCK_TIMEOUT
 from retention.archive.run import RetentionError
 from retention.archive.store import ArchiveStore
 from retention.id_sets import id_array
@@ -70,8 +70,24 @@ def keys_still_named(conn, schema: str, keys: list[str]) -> set[str]:
 # one check and one S3 delete request (1,000 keys) at most.
 DISPOSAL_CHUNK = 1000
 
+_PENDING = "FROM retention.document_disposals WHERE purpose = %s AND disposed_at IS NULL AND bucket = %s"
 
-def dispose_documents(conn, store: ArchiveStore, schema: str, purpose: str) -> int:
+
+def _any_pending(conn, store: ArchiveStore, purpose: str) -> bool:
+    """Whether a file of the purpose is pending, read without a lock; no transaction left open
+    (the disposal's own must be one, not a savepoint in the caller's)."""
+    pending = conn.execute(f"SELECT EXISTS (SELECT 1 {_PENDING})", (purpose, store.documents_bucket)).fetchone()[0]
+    if not conn.autocommit:
+        conn.commit()
+    return pending
+
+
+class DisposalBusyError(RetentionError):
+    """The tables naming files were being written for longer than a disposal waits: its files
+    stay pending, none deleted unchecked."""
+
+
+def dispose_documents(conn, store: ArchiveStore, schema: str, purpose: str, *, defer_when_busy: bool = True) -> int:
     """Delete the source files of committed rows of the purpose (idempotent: finishes a crashed
     run's too), except a file that a row still in the source names: it is kept (shared with a
     kept or held row) and recorded as such. Returns the number of files kept that way.
@@ -81,30 +97,50 @@ def dispose_documents(conn, store: ArchiveStore, schema: str, purpose: str) -> i
     to name one of the files is committed and seen by the check, or waits until the file's fate is
     recorded (found by a review: a row inserted before the check and committed after it named a
     file deleted under it). The pending rows are claimed (``FOR UPDATE SKIP LOCKED``) until they
-    are marked, so that the units of a run disposing side by side each count a file once."""
-    if not conn.autocommit:
-        conn.commit()
+    are marked, so that the units of a run disposing side by side each count a file once.
+
+    Those are the application's busy tables: nothing is locked when no file is pending, and a lock
+    not granted within DISPOSAL_LOCK_TIMEOUT (an application transaction writing one of them stays
+    open; its next writes queue behind the request meanwhile) leaves the files pending for the next
+    batch or run (``defer_when_busy``, the engine: its batch is committed, nothing to fail) or raises
+    DisposalBusyError (a subject erasure, whose report would otherwise count files still stored)."""
+    from psycopg.errors import LockNotAvailable
+
     kept = 0
-    while True:
-        with conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
-            conn.execute("SELECT retention.lock_file_key_tables(%s)", (schema,))
-            rows = conn.execute(
-                "SELECT id, source_key FROM retention.document_disposals WHERE purpose = %s AND disposed_at IS NULL"
-                " AND bucket = %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (purpose, store.documents_bucket, DISPOSAL_CHUNK),
-            ).fetchall()
-            if not rows:
-                break
-            keys = sorted({key for _, key in rows})
-            shared = keys_still_named(conn, schema, keys)
-            store.delete_documents([k for k in keys if k not in shared])
-            conn.execute(
-                "UPDATE retention.document_disposals SET disposed_at = now(),"
-                " outcome = CASE WHEN source_key = ANY(%s::text[]) THEN 'kept_shared' ELSE 'deleted' END"
-                " WHERE id = ANY(%s::bigint[])",
-                (sorted(shared), id_array([r[0] for r in rows])),
+    while _any_pending(conn, store, purpose):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{DISPOSAL_LOCK_TIMEOUT}'")
+                conn.execute("SELECT retention.lock_file_key_tables(%s)", (schema,))
+                rows = conn.execute(
+                    f"SELECT id, source_key {_PENDING} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (purpose, store.documents_bucket, DISPOSAL_CHUNK),
+                ).fetchall()
+                if not rows:
+                    break
+                keys = sorted({key for _, key in rows})
+                shared = keys_still_named(conn, schema, keys)
+                store.delete_documents([k for k in keys if k not in shared])
+                conn.execute(
+                    "UPDATE retention.document_disposals SET disposed_at = now(),"
+                    " outcome = CASE WHEN source_key = ANY(%s::text[]) THEN 'kept_shared' ELSE 'deleted' END"
+                    " WHERE id = ANY(%s::bigint[])",
+                    (sorted(shared), id_array([r[0] for r in rows])),
+                )
+        except LockNotAvailable:
+            if not defer_when_busy:
+                raise DisposalBusyError(
+                    f"purpose {purpose!r}: the tables naming files were being written for longer than "
+                    f"{DISPOSAL_LOCK_TIMEOUT} (an application transaction still open), so the deleted rows' files stay "
+                    "pending, none deleted: trigger again once it has ended"
+                ) from None
+            log.warning(
+                "purpose %s: source files left pending: a table naming files was being written for longer than %s;"
+                " the next batch or run disposes of them",
+                purpose,
+                DISPOSAL_LOCK_TIMEOUT,
             )
+            break
         if shared:
             log.info("%d source files kept: rows still in the source name them", len(shared))
         kept += sum(1 for _, key in rows if key in shared)

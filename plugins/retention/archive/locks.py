@@ -23,6 +23,10 @@ PIPELINED_LOCK_TIMEOUT = "200ms"
 # customer the drop's foreign-key triggers lock): a wait the database cannot see as a deadlock.
 # The drop gives up soon and is done again once the partitions are through.
 OVERLAPPED_DROP_LOCK_TIMEOUT = "1s"
+# A file disposal's SHARE locks on the tables naming files (archive/documents.py): those are the
+# application's busy tables, whose writes queue behind the request while it waits. Past it the
+# files stay pending for the next batch or run.
+DISPOSAL_LOCK_TIMEOUT = "1s"
 # LOCK TABLE ... IN SHARE MODE through a function (include/sql/schema/050_roles.sql): the mode
 # needs a privilege that would let the caller release holds.
 LOCK_HOLDS = "SELECT retention.lock_legal_holds()"

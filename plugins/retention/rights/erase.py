@@ -67,7 +67,9 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
     }
     for purpose in sorted(purposes):  # the files of deleted rows, unless a kept row names them
         with connect(ctx.dsn, f"retention:{purpose}") as control:
-            report["erased"]["files_kept_shared"] += dispose_documents(control, ctx.store, ctx.schema, purpose)
+            report["erased"]["files_kept_shared"] += dispose_documents(
+                control, ctx.store, ctx.schema, purpose, defer_when_busy=False
+            )
     # Searched again after the live rows went: an object the engine committed meanwhile is seen.
     fresh = find_settled(
         ctx,
