@@ -370,3 +370,53 @@ def test_final_evidence_is_chained_once_and_never_rewritten(db, role_dsn, source
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table subject_requests"):
             conn.execute("DELETE FROM retention.subject_requests WHERE request_id = 'req-done'")
     assert verified(source_dsn).intact
+
+
+def test_a_recent_prefix_removed_behind_a_checkpoint_is_caught_by_the_heads(db, s3, storage, role_dsn, source_dsn):
+    """What a database superuser could do: remove the first rows of the audit, written this week,
+    with their links, and write the checkpoint a prune would have written (or shorten
+    retention.own_record_period and call prune_audit). Verify started after the checkpoint, and
+    the heads stored in the archive naming those links were only counted: it said intact. A link
+    a head names was chained when the head says: a prune may have removed it only once the
+    audit's period was over (found by a review)."""
+    store = ArchiveStore(s3, storage)
+    write_rows(role_dsn("retention_engine"), 2)
+    with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
+        audit.write_chain_head(store, conn)  # names seq 2, chained today
+    write_rows(role_dsn("retention_engine"), 2)
+    with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
+        audit.write_chain_head(store, conn)  # names seq 4
+    assert verified(source_dsn, store).intact
+
+    db.execute(
+        "INSERT INTO retention.audit_checkpoints (chain, seq, chain_hash, first_seq, links_removed, rows_removed,"
+        " first_at, last_at, cut_before) SELECT 'audit_log', c.seq, c.chain_hash, 1, 3, 3, now(), now(),"
+        " '2015-01-01' FROM retention.audit_chain AS c WHERE c.chain = 'audit_log' AND c.seq = 3"
+    )
+    db.execute(
+        "DELETE FROM retention.audit_log WHERE id IN (SELECT row_key::bigint FROM retention.audit_chain"
+        " WHERE chain = 'audit_log' AND seq <= 3)"
+    )
+    db.execute("DELETE FROM retention.audit_chain WHERE chain = 'audit_log' AND seq <= 3")
+    assert db.execute("SELECT count(*) FROM retention.audit_log").fetchone()[0] == 1
+    assert verified(source_dsn).intact  # the database alone cannot tell
+    result = verified(source_dsn, store)
+    assert not result.intact, f"rows written today removed behind a checkpoint; verify says: {result.message}"
+    assert "audit_log: the link at seq 2 named by the head stored in the archive on" in result.message, result.message
+
+
+def test_a_prune_past_the_period_of_links_the_heads_named_still_verifies(db, s3, storage, role_dsn, source_dsn):
+    """The other side of the check above: heads naming links chained long ago (dated 2015 with
+    their links; chained_at is not hashed), then the housekeeping's prune of those links: intact."""
+    store = ArchiveStore(s3, storage)
+    write_rows(role_dsn("retention_engine"), 2)
+    db.execute("UPDATE retention.audit_chain SET chained_at = '2015-01-01' WHERE chain = 'audit_log'")
+    db.execute("UPDATE retention.audit_chain_heads SET chained_at = '2015-01-01' WHERE chain = 'audit_log'")
+    with psycopg.connect(role_dsn("retention_housekeeping")) as conn:
+        audit.write_chain_head(store, conn)  # names seq 2, chained in 2015
+    write_rows(role_dsn("retention_engine"), 1)
+    with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
+        checkpoint = conn.execute("SELECT seq FROM retention.prune_audit('2016-01-01')").fetchone()
+    assert checkpoint == (2,)
+    result = verified(source_dsn, store)
+    assert result.intact and result.chains["audit_log"].heads_compared == 1, result.message

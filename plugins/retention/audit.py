@@ -181,24 +181,47 @@ def _row_name(chain: str, key: str | None) -> str:
     return f"{chain} row {'id ' if chain == 'audit_log' else 'request_id '}{key}"
 
 
-def verify(conn, store=None, now: dt.datetime | None = None) -> Verification:
+# The policy's own record whose period each chain is pruned after (retention.prune_audit).
+_CHAIN_RECORDS = {"audit_log": "audit_log", "subject_requests": "subject_request_evidence"}
+# The slack retention.check_cut gives a cut (calendar months), and a day for the time of day.
+_PRUNE_SLACK = dt.timedelta(days=5)
+
+
+def prunable_until(policy, chain: str, now: dt.datetime) -> dt.datetime:
+    """The latest a link may have been chained for a prune to have removed it by ``now``: a cut
+    is at most the chain's period (the policy's ``own_records``) before the prune, give or take
+    retention.check_cut's four days."""
+    period = policy.own_period(_CHAIN_RECORDS[chain])
+    start = period.latest_start(now.astimezone(dt.UTC).date())
+    return dt.datetime.combine(start, dt.time(), dt.UTC) + _PRUNE_SLACK
+
+
+def verify(conn, store=None, now: dt.datetime | None = None, policy=None) -> Verification:
     """Recompute both chains from the rows, in one snapshot; with a ``store``, compare them with
-    the heads stored in the archive bucket. Never raises on a broken chain: the result says."""
+    the heads stored in the archive bucket (a head naming a link a prune removed: that link was
+    past the chain's period in ``policy``, default the shipped one). Never raises on a broken
+    chain: the result says."""
     from psycopg.pq import TransactionStatus
 
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("verify reads one snapshot of its own: pass a connection outside a transaction")
+    now = now or dt.datetime.now(dt.UTC)
     # The stored heads first: every head names links committed before the snapshot below.
     heads = stored_heads(store) if store is not None else {}
+    if heads and policy is None:
+        from retention.policy import default_policy
+
+        policy = default_policy()
     reports = {}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         for chain in CHAINS:
-            reports[chain] = _verify_chain(conn, chain, heads.get(chain, []))
-    return Verification(reports, store is not None, now or dt.datetime.now(dt.UTC))
+            pruned_by = prunable_until(policy, chain, now) if heads.get(chain) else None
+            reports[chain] = _verify_chain(conn, chain, heads.get(chain, []), pruned_by)
+    return Verification(reports, store is not None, now)
 
 
-def _verify_chain(conn, chain: str, heads: list[dict]) -> ChainReport:
+def _verify_chain(conn, chain: str, heads: list[dict], pruned_by: dt.datetime | None = None) -> ChainReport:
     report = ChainReport(chain)
     problems = report.problems
     checkpoints = conn.execute(
@@ -238,6 +261,23 @@ def _verify_chain(conn, chain: str, heads: list[dict]) -> ChainReport:
     # The heads stored in the archive: which link each names, and with which hash.
     wanted: dict[int, list[dict]] = {}
     for head in heads:
+        # A link at or before the checkpoint was removed by a prune: chained past the chain's
+        # period, or the checkpoint hides rows removed early (found by a review: rows written
+        # this week removed with their links behind a checkpoint copying the last one's hash).
+        chained = head.get("chained_at")
+        if checkpoints and 0 < head["seq"] <= start_seq and chained and pruned_by is not None:
+            if dt.datetime.fromisoformat(chained) >= pruned_by:
+                problems.append(
+                    Problem(
+                        chain,
+                        None,
+                        head["seq"],
+                        f"{chain}: the link at seq {head['seq']} named by the head stored in the archive on "
+                        f"{head['written_at']} was chained on {chained}, within the chain's period: no prune may "
+                        f"have removed it, yet the chain starts after the checkpoint at seq {start_seq} (rows "
+                        "removed)",
+                    )
+                )
         if head["seq"] < start_seq:
             report.heads_before_checkpoint += 1
         elif head["seq"] == start_seq:
