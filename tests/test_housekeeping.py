@@ -220,6 +220,33 @@ def test_a_broken_chain_fails_the_run_and_nothing_is_pruned(db, s3, storage, air
     assert not intact and f"audit_log row id {rows['live_key_row']} (seq 3) was changed" in message
 
 
+def test_a_broken_chain_removes_none_of_airflows_records_either(db, s3, storage, airflow_db, services):
+    """The DAG's doc: on a break 'nothing is pruned'. Airflow's run records, its log table (who
+    triggered, cleared or changed what) and the task logs are what one investigates a broken chain
+    with; clean_airflow_metadata and delete_old_files did not wait for verify_audit and removed
+    them on the very run that found the break (found by a review)."""
+    dag = load_dag("housekeeping")
+    first = dag.test()
+    assert set(task_states(first).values()) == {"success"}, task_states(first)
+    aged = NOW - dt.timedelta(days=120)
+    with psycopg.connect(services["pg"].dsn("airflow_tests"), autocommit=True) as meta:
+        meta.execute("UPDATE dag_run SET start_date = %s WHERE run_id = %s", (aged, first.run_id))
+        meta.execute("UPDATE task_instance SET start_date = %s WHERE run_id = %s", (aged, first.run_id))
+        meta.execute("UPDATE xcom SET timestamp = %s WHERE run_id = %s", (aged, first.run_id))
+    rows = own_records(db)
+    db.execute("UPDATE retention.audit_log SET record_count = 9 WHERE id = %s", (rows["live_key_row"],))
+    second = dag.test()
+    states = task_states(second)
+    assert states["verify_audit"] == "failed", states
+    with psycopg.connect(services["pg"].dsn("airflow_tests"), autocommit=True) as meta:
+        left = _metadata_counts(meta, first.run_id)
+    assert left["dag_run"] == 1 and left["task_instance"] == 6, (
+        f"the run that found the broken chain removed Airflow's records of an earlier run: {left}; {states}"
+    )
+    assert states["clean_airflow_metadata"] == "upstream_failed", states
+    assert states["delete_old_files"] == "upstream_failed", states
+
+
 def test_the_page_says_which_runs_lost_their_airflow_record(db, airflow_db):
     """A run older than the last enforced housekeeping's cut keeps its evidence on the page, and
     the page says why its Airflow link is gone (read as retention_reader)."""

@@ -21,7 +21,8 @@ long as the policy's `own_records` say (docs/housekeeping.md). In **preview** (t
 `housekeeping.mode`, shipped) every task reports what would go and removes nothing.
 
 - `verify_audit`: the audit chain recomputed and compared with the heads in the archive; the
-  result shown on the Retention page. A break **fails** the run (e-mail) and nothing is pruned.
+  result shown on the Retention page. A break **fails** the run (e-mail) and nothing is pruned:
+  every task below waits for it, Airflow's records and the log files too.
 - `write_chain_heads`: each chain's head stored under Object Lock for the audit's period.
 - `prune_own_rows`: audit rows and finished requests' evidence (with the chain's checkpoint),
   manifest rows of purged objects, document disposals, the audit's ids whose archive is gone,
@@ -118,7 +119,12 @@ def build_housekeeping_dag() -> DAG:
                 housekeeping.record_run(conn, context["run_id"], enforce=_enforce(), results=results)
             return {"mode": "enforce" if _enforce() else "preview"} | results
 
-        rows = prune_own_rows(write_chain_heads(verify_audit()))
-        record(rows, clean_airflow_metadata(), delete_old_files())
+        # Nothing is removed once the chain is found broken: neither the retention schema's rows
+        # nor Airflow's records and the log files, what the break is investigated with.
+        verified = verify_audit()
+        rows = prune_own_rows(write_chain_heads(verified))
+        metadata, files = clean_airflow_metadata(), delete_old_files()
+        verified >> [metadata, files]
+        record(rows, metadata, files)
 
     return retention_housekeeping()
