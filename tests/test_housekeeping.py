@@ -113,6 +113,35 @@ def test_own_rows_past_their_period_go_through_the_housekeeping_role(db, policy,
     assert result.intact, result.message
 
 
+def test_the_ids_go_once_no_copy_of_their_object_is_archived(db, policy, role_dsn):
+    """docs/housekeeping.md: 'ids naming an archive object go when that object is purged'. They
+    went only when every manifest row of the key was 'purged': an object whose first upload a
+    crash left (abandoned, the retry wrote the same key), or one rewritten (an erasure, a purge of
+    some rows) whose new object was purged since, kept its ids (and so its purged manifest row)
+    until the audit row itself went, years later (found by a review). An object whose rewrite is
+    not finished (the old one kept by a hold) keeps them."""
+    retried = audit_row(db, object_key="intermediate/quotes/retried.parquet", ids=[1, 2])
+    manifest_row(db, "intermediate/quotes/retried.parquet", state="abandoned", purged_at=None)
+    manifest_row(db, "intermediate/quotes/retried.parquet", state="purged", purged_at=RECENT)
+    rewritten = audit_row(db, object_key="intermediate/quotes/rewritten.parquet", ids=[3, 4])
+    old = manifest_row(db, "intermediate/quotes/rewritten.parquet", state="rewritten", purged_at=None)
+    new = manifest_row(db, "intermediate/quotes/rewritten.erasure-r.parquet", state="purged", purged_at=RECENT)
+    pending = audit_row(db, object_key="intermediate/quotes/pending.parquet", ids=[5, 6])
+    held_old = manifest_row(db, "intermediate/quotes/pending.parquet", state="rewritten", purged_at=None)
+    held_new = manifest_row(db, "intermediate/quotes/pending.erasure-r.parquet", state="purged", purged_at=RECENT)
+    db.execute(
+        "INSERT INTO retention.object_rewrites (request_id, old_manifest_id, new_manifest_id, removed_ids, state)"
+        " VALUES ('r', %s, %s, '{3}', 'done'), ('r', %s, %s, '{5}', 'committed')",
+        (old, new, held_old, held_new),
+    )
+    with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
+        housekeeping.prune_own_rows(conn, policy, NOW, enforce=True)
+    ids = dict(db.execute("SELECT id, record_ids FROM retention.audit_log").fetchall())
+    assert ids == {retried: None, rewritten: None, pending: [5, 6]}, ids
+    with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
+        assert audit.verify(conn).intact
+
+
 @pytest.mark.parametrize("role", ["retention_engine", "retention_rights", "retention_reader"])
 def test_only_the_housekeeping_role_may_remove_own_records(db, role_dsn, role):
     with psycopg.connect(role_dsn(role), autocommit=True) as conn:

@@ -3,7 +3,7 @@
 -- The housekeeping DAG (connection source_postgres_housekeeping, role retention_housekeeping)
 -- removes them through these functions only: SECURITY DEFINER, executable by that role alone,
 -- each removing one kind of record, never a row still needed (a manifest row an intent or a
--- rewrite names, an audit id whose archive is still there). The audit and the evidence go
+-- rewrite names, an audit id whose archive, or a rewrite of it, is still there). The audit and the evidence go
 -- through retention.prune_audit (040_audit_chain.sql), which writes the chain's checkpoint.
 
 -- What each housekeeping run did (or, in preview, would do): counts and cut dates only. The
@@ -52,8 +52,9 @@ END
 $$;
 REVOKE ALL ON FUNCTION retention.prune_own_records(text, timestamptz) FROM PUBLIC;
 
--- The ids an audit row lists point to archived personal data: they go once no archive object
--- the row names is left (every manifest row of its key purged), and, for a row naming no
+-- The ids an audit row lists point to archived personal data: they go once no copy of the rows
+-- of the archive object the row names is left (purged, or rewritten and every rewrite of it
+-- purged: retention.object_still_archived), and, for a row naming no
 -- archive object (deleted without archive, held, waiting), once it was written before `before`.
 -- The counts and the ids' digest stay: the chain still verifies. Returns how many rows lost
 -- their ids.
@@ -70,10 +71,13 @@ BEGIN
     UPDATE retention.audit_log AS a SET record_ids = NULL
      WHERE a.record_ids IS NOT NULL
        AND CASE WHEN a.object_key IS NULL THEN a.at < before
+                -- Its object purged or rewritten, and no copy of its rows left: neither the object
+                -- nor a rewrite of it (retention.object_still_archived, prune_audit's test). An
+                -- upload a crash left under the same key ('abandoned'), or a rewritten object whose
+                -- new one was purged since, kept the ids for years (found by a review).
                 ELSE EXISTS (SELECT 1 FROM retention.archive_manifest AS m
-                              WHERE m.object_key = a.object_key AND m.state = 'purged')
-                     AND NOT EXISTS (SELECT 1 FROM retention.archive_manifest AS m
-                                      WHERE m.object_key = a.object_key AND m.state <> 'purged') END;
+                              WHERE m.object_key = a.object_key AND m.state IN ('purged', 'rewritten'))
+                     AND NOT retention.object_still_archived(a.object_key) END;
     GET DIAGNOSTICS forgotten = ROW_COUNT;
     RETURN forgotten;
 END
