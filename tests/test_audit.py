@@ -17,6 +17,7 @@ from retention import audit
 from retention.archive.engine import RetentionEngine
 from retention.archive.run import RunContext
 from retention.archive.store import ArchiveStore
+from retention.policy.periods import Period
 
 from tests import factories as f
 
@@ -321,6 +322,18 @@ def test_a_rewritten_chain_is_caught_by_the_heads_in_the_archive(db, s3, storage
     result = verified(source_dsn, store)
     assert result.intact and result.chains["audit_log"].heads_compared == 1, result.message
 
+    class Lengthened:
+        """The audit's period lengthened since that prune (20 years): the prune, made under the
+        period the heads were locked for, was no less legitimate."""
+
+        @staticmethod
+        def own_period(record):
+            return Period(months=240)
+
+    with psycopg.connect(source_dsn) as conn:
+        result = audit.verify(conn, store, policy=Lengthened())
+    assert result.intact, result.message
+
     rewrite_the_whole_chain(db)
     assert verified(source_dsn).intact  # the database alone cannot tell
     result = verified(source_dsn, store)
@@ -420,3 +433,15 @@ def test_a_prune_past_the_period_of_links_the_heads_named_still_verifies(db, s3,
     assert checkpoint == (2,)
     result = verified(source_dsn, store)
     assert result.intact and result.chains["audit_log"].heads_compared == 1, result.message
+
+    class Lengthened:
+        """The audit's period lengthened since that prune (20 years): the prune, made under the
+        period the heads were locked for, was no less legitimate."""
+
+        @staticmethod
+        def own_period(record):
+            return Period(months=240)
+
+    with psycopg.connect(source_dsn) as conn:
+        result = audit.verify(conn, store, policy=Lengthened())
+    assert result.intact, result.message

@@ -196,6 +196,26 @@ def prunable_until(policy, chain: str, now: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(start, dt.time(), dt.UTC) + _PRUNE_SLACK
 
 
+def _pruned_too_early(store, policy, chain: str, now: dt.datetime):
+    """Whether the link a stored head names, removed by a prune, was chained too recently for
+    any prune to have removed it: within the chain's period in the policy, and within the period
+    in force when the head was written (its own Object Lock runs that long: a period lengthened
+    since does not make an earlier prune look early)."""
+    bound = prunable_until(policy, chain, now)
+
+    def check(head: dict) -> bool:
+        chained = head.get("chained_at")
+        if not chained or dt.datetime.fromisoformat(chained) < bound:
+            return False
+        _, until = store.locked_until(head["key"], head.get("version_id"))
+        if until is None:
+            return True
+        kept = until - dt.datetime.fromisoformat(head["written_at"])
+        return dt.datetime.fromisoformat(chained) >= now - kept + _PRUNE_SLACK + dt.timedelta(days=1)
+
+    return check
+
+
 def verify(conn, store=None, now: dt.datetime | None = None, policy=None) -> Verification:
     """Recompute both chains from the rows, in one snapshot; with a ``store``, compare them with
     the heads stored in the archive bucket (a head naming a link a prune removed: that link was
@@ -216,12 +236,12 @@ def verify(conn, store=None, now: dt.datetime | None = None, policy=None) -> Ver
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         for chain in CHAINS:
-            pruned_by = prunable_until(policy, chain, now) if heads.get(chain) else None
-            reports[chain] = _verify_chain(conn, chain, heads.get(chain, []), pruned_by)
+            too_early = _pruned_too_early(store, policy, chain, now) if heads.get(chain) else None
+            reports[chain] = _verify_chain(conn, chain, heads.get(chain, []), too_early)
     return Verification(reports, store is not None, now)
 
 
-def _verify_chain(conn, chain: str, heads: list[dict], pruned_by: dt.datetime | None = None) -> ChainReport:
+def _verify_chain(conn, chain: str, heads: list[dict], pruned_too_early=None) -> ChainReport:
     report = ChainReport(chain)
     problems = report.problems
     checkpoints = conn.execute(
@@ -264,18 +284,17 @@ def _verify_chain(conn, chain: str, heads: list[dict], pruned_by: dt.datetime | 
         # A link at or before the checkpoint was removed by a prune: chained past the chain's
         # period, or the checkpoint hides rows removed early (found by a review: rows written
         # this week removed with their links behind a checkpoint copying the last one's hash).
-        chained = head.get("chained_at")
-        if checkpoints and 0 < head["seq"] <= start_seq and chained and pruned_by is not None:
-            if dt.datetime.fromisoformat(chained) >= pruned_by:
+        if checkpoints and 0 < head["seq"] <= start_seq and pruned_too_early is not None:
+            if pruned_too_early(head):
                 problems.append(
                     Problem(
                         chain,
                         None,
                         head["seq"],
                         f"{chain}: the link at seq {head['seq']} named by the head stored in the archive on "
-                        f"{head['written_at']} was chained on {chained}, within the chain's period: no prune may "
-                        f"have removed it, yet the chain starts after the checkpoint at seq {start_seq} (rows "
-                        "removed)",
+                        f"{head['written_at']} was chained on {head['chained_at']}, within the chain's period: no "
+                        f"prune may have removed it, yet the chain starts after the checkpoint at seq {start_seq} "
+                        "(rows removed)",
                     )
                 )
         if head["seq"] < start_seq:
@@ -517,7 +536,7 @@ def stored_heads(store) -> dict[str, list[dict]]:
             if version.delete_marker:
                 continue
             body = json.loads(store.read_version(key, version.version_id))
-            found.setdefault(body["chain"], []).append(body | {"key": key})
+            found.setdefault(body["chain"], []).append(body | {"key": key, "version_id": version.version_id})
     for heads in found.values():
         heads.sort(key=lambda h: (h["seq"], h["written_at"]))
     return found
