@@ -142,6 +142,36 @@ def test_the_ids_go_once_no_copy_of_their_object_is_archived(db, policy, role_ds
         assert audit.verify(conn).intact
 
 
+def test_the_inbox_row_of_a_request_goes_with_its_evidence(db, policy, role_dsn):
+    """A request recorded in the inbox (its kind, the customer's id, the keyed hash of an
+    address, who recorded it) lost its evidence to the housekeeping after 5 years, but its inbox
+    row stayed for ever: no period, no function removed it (found by a review). It goes with the
+    evidence; a recent request's stays."""
+    from tests.test_audit import finished_request
+
+    for request_id in ("DSR-old", "DSR-new"):
+        db.execute(
+            "INSERT INTO retention.subject_request_inbox (request_id, action, subject_kind, subject_id, subject_ref,"
+            " received_on, submitted_by, identifiers_cleared_at) VALUES (%s, 'erasure', 'customer', 7,"
+            " 'customers:7', current_date, 'dpo', now())",
+            (request_id,),
+        )
+    with psycopg.connect(role_dsn("retention_rights")) as conn:
+        for request_id in ("DSR-old", "DSR-new"):
+            finished_request(conn, request_id)
+            conn.commit()
+    db.execute(
+        "UPDATE retention.audit_chain SET chained_at = %s WHERE chain = 'subject_requests' AND row_key = 'DSR-old'",
+        (LONG_AGO,),
+    )
+    with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
+        done = housekeeping.prune_own_rows(conn, policy, NOW, enforce=True)
+    assert done["subject_request_evidence"]["removed"] == 1
+    assert [r for (r,) in db.execute("SELECT request_id FROM retention.subject_requests")] == ["DSR-new"]
+    inbox = [r for (r,) in db.execute("SELECT request_id FROM retention.subject_request_inbox ORDER BY 1")]
+    assert inbox == ["DSR-new"], f"the inbox kept a request whose evidence the housekeeping removed: {inbox}"
+
+
 @pytest.mark.parametrize("role", ["retention_engine", "retention_rights", "retention_reader"])
 def test_only_the_housekeeping_role_may_remove_own_records(db, role_dsn, role):
     with psycopg.connect(role_dsn(role), autocommit=True) as conn:

@@ -361,7 +361,12 @@ BEGIN
             DELETE FROM retention.subject_requests AS r
              USING retention.audit_chain AS c
              WHERE c.chain = 'subject_requests' AND c.seq <= last_link.seq AND r.request_id = c.row_key
-            RETURNING r.finished_at
+            RETURNING r.request_id, r.finished_at
+        ),
+        -- The request as received (its kind, the customer's id, the address's keyed hash, who
+        -- recorded it) goes with its evidence: it stayed for ever (found by a review).
+        inbox AS (
+            DELETE FROM retention.subject_request_inbox AS i USING gone WHERE i.request_id = gone.request_id
         )
         SELECT count(*), min(finished_at), max(finished_at) INTO removed, first_at, last_at FROM gone;
     END IF;
