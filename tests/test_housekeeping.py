@@ -172,6 +172,20 @@ def test_the_inbox_row_of_a_request_goes_with_its_evidence(db, policy, role_dsn)
     assert inbox == ["DSR-new"], f"the inbox kept a request whose evidence the housekeeping removed: {inbox}"
 
 
+def test_a_housekeeping_run_is_dated_when_recorded(db, role_dsn):
+    """The Retention page shows the latest housekeeping run by ran_at (its mode, the cut of
+    Airflow's records). The role wrote any ran_at: one row dated 2100 hid every later run, as a
+    verification dated 2100 did (found by a review); the database's time is recorded."""
+    with psycopg.connect(role_dsn("retention_housekeeping"), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO retention.housekeeping_runs (run_id, mode, ran_at, results)"
+            " VALUES ('manual__forged', 'enforce', '2100-01-01', '{}')"
+        )
+        housekeeping.record_run(conn, "scheduled__real", enforce=False, results={})
+        shown = housekeeping.last_run(conn)
+    assert shown["run_id"] == "scheduled__real", f"the page shows: {shown}"
+
+
 @pytest.mark.parametrize("role", ["retention_engine", "retention_rights", "retention_reader"])
 def test_only_the_housekeeping_role_may_remove_own_records(db, role_dsn, role):
     with psycopg.connect(role_dsn(role), autocommit=True) as conn:

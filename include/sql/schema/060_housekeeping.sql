@@ -84,6 +84,12 @@ END
 $$;
 REVOKE ALL ON FUNCTION retention.forget_audit_ids_past_archive(timestamptz) FROM PUBLIC;
 
+-- When the run was recorded, not when its writer says (found by a review: a row dated 2100 hid
+-- every later run on the Retention page, as a verification dated 2100 did). stamp_now: 050_roles.sql.
+CREATE OR REPLACE TRIGGER housekeeping_runs_stamp_ran_at
+    BEFORE INSERT ON retention.housekeeping_runs
+    FOR EACH ROW WHEN (retention.acts_as('retention_housekeeping')) EXECUTE FUNCTION retention.stamp_now('ran_at');
+
 GRANT SELECT ON retention.archive_manifest, retention.document_disposals, retention.housekeeping_runs
     TO retention_housekeeping;
 GRANT INSERT ON retention.housekeeping_runs TO retention_housekeeping;
