@@ -210,6 +210,34 @@ def test_a_hold_on_a_recording_or_a_fraud_case_covers_what_belongs_to_it(db, s3,
     assert f.ids(db, "call_analyses") == {analysis} and f.ids(db, "fraud_alerts") == {alert}
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("    claims: [reimbursements.claim_id]", "    claim: [reimbursements.claim_id]", "claim"),
+        ("    claims: [reimbursements.claim_id]", "    claims: [reimbursement.claim_id]", "claims"),
+    ],
+    ids=["parent-typo", "child-typo"],
+)
+def test_a_hold_coverage_naming_no_foreign_key_is_refused_before_anything_goes(
+    old, new, named, tmp_path, db, s3, storage, source_dsn
+):
+    """A `legal_holds.covers` entry that names no foreign key of the source schema (a typo, a
+    table renamed since) covered nothing, silently: a hold on a contract kept its claims but not
+    their reimbursements, which were archived and deleted (found by a review). The entries are
+    checked against the catalog: the run and the purge refuse, naming the entry."""
+    edited = load_policy(_policy_variant(tmp_path, old, new)).with_mode("enforce")
+    customer, contract = _archived_contract_file(db)
+    reimbursements = f.ids(db, "reimbursements")
+    f.legal_hold(db, "contracts", contract)
+    db.commit()
+    engine = engine_for(edited, "contracts", source_dsn, s3, storage)
+    with pytest.raises(PolicyError, match=rf"legal_holds\.covers\.{named}: .* names no foreign key"):
+        engine.archive_and_delete(RunContext("contracts", "r", f.midnight("2019-06-01")))
+    assert f.ids(db, "reimbursements") == reimbursements and f.ids(db, "contracts") == {contract}
+    with pytest.raises(PolicyError, match=rf"legal_holds\.covers\.{named}: .* names no foreign key"):
+        engine.purge_archives(RunContext("contracts", "p", f.midnight("2025-06-01")))
+
+
 # ----------------------------------------------------------------- 2. what is checked is what is deleted
 
 

@@ -308,6 +308,36 @@ def _hold_follows(policy: Policy, parent: str, link: Blocker) -> bool:
     )
 
 
+def check_hold_coverage(policy: Policy, foreign_keys) -> None:
+    """Raise PolicyError when a ``legal_holds.covers`` entry names no foreign key of the source
+    schema from ``<child>.<column>`` to its parent's id (``foreign_keys``: rows of
+    ``_FOREIGN_KEYS_SQL``). Such an entry (a typo, a table or column renamed since) covered
+    nothing, silently: a hold on a contract kept its claims but let their reimbursements go
+    (found by a review)."""
+    keys = {
+        (parent, child, column)
+        for parent, child_schema, child, column, _, into_id, _ in foreign_keys
+        if child_schema == policy.source_schema and into_id
+    }
+    wrong = [
+        f"legal_holds.covers.{parent}: {entry}"
+        for parent, entries in policy.legal_holds.covers.items()
+        for entry in entries
+        if (parent, *entry.split(".")) not in keys
+    ]
+    if wrong:
+        raise PolicyError(
+            f"{'; '.join(wrong)} names no foreign key of {policy.source_schema} into the parent's id: a hold "
+            "would silently cover nothing through it, so nothing is selected, deleted or purged. Correct the "
+            "entry to the child table and column that refer to the parent (or remove it)"
+        )
+
+
+def check_hold_coverage_in(conn, policy: Policy) -> None:
+    """``check_hold_coverage`` against the source database's catalog (one query)."""
+    check_hold_coverage(policy, conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)).fetchall())
+
+
 def links_cleared_by_deletes(conn, policy: Policy) -> dict[str, list[Blocker]]:
     """parent table -> the child links (that a hold follows) a delete of its rows clears (ON
     DELETE SET NULL or SET DEFAULT), for every table: ``Planner.links_cleared_by_deleting``
@@ -370,17 +400,18 @@ class Planner:
     @classmethod
     def load(cls, conn, policy: Policy, purpose: Purpose | str) -> Planner:
         """Check the rules' clock types (check_clock_types), then read the foreign keys into the
-        source schema (one catalog query): those that keep a rule's row waiting, and those whose
-        delete clears a link a hold follows."""
+        source schema (one catalog query): each entry of the hold coverage must name one
+        (check_hold_coverage); those that keep a rule's row waiting, and those whose delete clears
+        a link a hold follows."""
         schema = policy.source_schema
         purpose = policy.purpose(purpose) if isinstance(purpose, str) else purpose
         check_clock_types(conn, policy, purpose)
         tables = {rule.table for rule in purpose.rules}
         waiting: dict[str, list[Blocker]] = {table: [] for table in tables}
         cleared = []
-        for parent, child_schema, child, column, clears, into_id, definition in conn.execute(
-            _FOREIGN_KEYS_SQL, (schema,)
-        ):
+        foreign_keys = conn.execute(_FOREIGN_KEYS_SQL, (schema,)).fetchall()
+        check_hold_coverage(policy, foreign_keys)
+        for parent, child_schema, child, column, clears, into_id, definition in foreign_keys:
             link = Blocker(child_schema, child, column)
             if parent in tables and not into_id:
                 # The rows' tests read a child's link as the parent's id: a key into another

@@ -24,7 +24,7 @@ from retention.archive.locks import (
     release_purpose_lock,
 )
 from retention.archive.run import RunContext, refuse_future
-from retention.planner import MAX_IDS_IN_LOG
+from retention.planner import MAX_IDS_IN_LOG, check_hold_coverage_in
 from retention.policy import Policy, Rule
 from retention.policy.coverage import covered_records_sql, object_held
 from retention.policy.model import Purpose, covers
@@ -226,6 +226,9 @@ class ArchivePurge:
             if not preview:
                 self._acquire_purpose_lock(control)  # two purges of a purpose never interleave
             try:
+                # A hold coverage naming no foreign key would keep nothing through that entry.
+                check_hold_coverage_in(control, self.policy)
+                control.commit()
                 if not preview:
                     # A rewrite left 'committed' still stores the old object (with the erased
                     # subject's rows), which no purge selects: finished here, under the lock.
