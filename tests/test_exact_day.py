@@ -501,6 +501,52 @@ def test_an_archive_period_lengthened_since_the_archive_keeps_the_object_past_it
     assert gate["success"] and gate["observed"].get("kept_as_the_policy_now_keeps_longer", 0) == 1 - purged, gate
 
 
+def former_customers_clock(policy, tmp_path, clock: str):
+    """The shipped policy file (enforced) with the former customers' clock (the relationship's
+    end) changed to ``clock``, loaded as the DAGs load it."""
+    from retention.paths import POLICY_FILE
+    from retention.policy import load_policy
+
+    text = POLICY_FILE.read_text(encoding="utf-8")
+    old = "        table: customers\n        clock: customers.relationship_ended_at\n"
+    assert text.count(old) == 1
+    path = tmp_path / "policy-former-customers-clock.yaml"
+    path.write_text(text.replace(old, old.replace("relationship_ended_at", clock.split(".")[1])), encoding="utf-8")
+    return load_policy(path).with_mode("enforce")
+
+
+@pytest.mark.parametrize(
+    ("clock", "purged"), [("customers.last_contact_at", 0), ("customers.relationship_ended_at", 1)]
+)
+def test_a_clock_changed_since_the_archive_keeps_the_object_past_its_recorded_date(
+    tmp_path, db, s3, storage, policy, source_dsn, clock, purged
+):
+    """Former customers: 3 years live, 5 archived, from the relationship's end. The rule's clock
+    is then corrected to the last contact (a later date for a customer contacted after the end):
+    the object archived before went on the date computed from the old clock, years before the
+    policy now says (found by a review: the manifest recorded the periods, not the clock). The
+    clock is recorded with the object; one whose rule now counts from another clock is kept,
+    reported, and counted by the after gate as kept, not overdue. The same clock: its date holds."""
+    from retention.gates.sql_checks import kept_beyond_purge
+
+    customer = f.customer(db, ended="2015-01-01", last_contact_at=f.paris("2016-06-01"))
+    engine_for(policy.with_mode("enforce"), "prospects", source_dsn, s3, storage).archive_and_delete(
+        RunContext("prospects", "archive", f.midnight("2018-02-01"))
+    )
+    assert customer not in f.ids(db, "customers")
+
+    edited = former_customers_clock(policy, tmp_path, clock)
+    engine = engine_for(edited, "prospects", source_dsn, s3, storage)
+    # 2023-06-01: past the recorded purge date (2023-01-01), before the new one (2024-06-01).
+    ctx = RunContext("prospects", "purge", f.midnight("2023-06-01"))
+    report = engine.purge_archives(ctx)
+    assert (report["purged_objects"], report["kept_policy_longer"]) == (purged, 1 - purged)
+    states = db.execute("SELECT state FROM retention.archive_manifest").fetchall()
+    assert states == [("purged",) if purged else ("committed",)]
+    gate = kept_beyond_purge(db, edited, engine.store, ctx, "prospects", dry_run=False)
+    assert gate["success"] and gate["observed"].get("kept_as_the_policy_now_keeps_longer", 0) == 1 - purged, gate
+
+
 def test_a_clock_without_time_zone_is_refused_before_anything_is_selected(db, s3, storage, policy, source_dsn):
     """A `timestamp without time zone` clock is compared with the cutoff as UTC but its end day is
     read in Paris time: a quote stamped 2024-02-28 23:30 (UTC) would be dated a day early. The

@@ -107,6 +107,9 @@ ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS document_version
 -- gone_after: the rule's live + archive period the object's purge date was computed with ("5 years");
 --   the purge keeps and reports an object whose rule now says longer (NULL: archived before).
 ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS gone_after text;
+-- clock: the rule's clock the object's purge date was computed from ("customers.relationship_ended_at");
+--   the purge keeps and reports an object whose rule now counts from another clock (NULL: archived before).
+ALTER TABLE retention.archive_manifest ADD COLUMN IF NOT EXISTS clock text;
 -- earliest_purge_after: the earliest day a row of the object ends (its archive period is over).
 --   Objects are written per end day, so it equals purge_after, and the object goes whole on
 --   that day. Objects written per month before hold rows ending on different days: NULL until

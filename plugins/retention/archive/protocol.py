@@ -402,6 +402,8 @@ class BatchProtocol:
                     # Keyed hashes of the rows' e-mails and phones: a request by address finds the object.
                     identifiers.locators_literal(table),
                     str(rule.gone_after),
+                    # The clock it was dated from: a rule counting from another one since keeps it.
+                    rule.clock,
                 )
             )
         # Committed before any upload (write-ahead): an object uploaded by a batch that never
@@ -410,9 +412,9 @@ class BatchProtocol:
             cur.executemany(
                 "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
                 " object_key, state, purge_month, purge_after, earliest_purge_after, row_count, record_ids,"
-                " document_keys, owner_ids, identifier_hashes, gone_after)"
+                " document_keys, owner_ids, identifier_hashes, gone_after, clock)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'uploading', %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb,"
-                " %s::bigint[], %s) RETURNING id",
+                " %s::bigint[], %s, %s) RETURNING id",
                 intents_rows,
                 returning=True,
             )

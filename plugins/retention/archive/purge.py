@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _PURGE_SUFFIX = re.compile(r"\.purged-\d{4}-\d{2}-\d{2}$")
 
 
-def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None) -> bool:
+def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None, clock: str | None = None) -> bool:
     """Whether the policy now keeps the rows of an object of ``rule_name`` longer than the period
     (live + archive) its purge date was computed with, recorded as ``gone_after`` (a period
     corrected or lengthened since it was archived, found by a review): its recorded date is then
@@ -45,11 +45,16 @@ def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None
     no longer in the purpose (renamed, moved, removed) cannot tell how long the policy keeps its
     rows now: kept and reported too, until its objects name the rule that keeps them or are
     re-dated (found by a review: a rule renamed with a longer period let its objects go on their
-    old date). Unknown for an object archived before the period was recorded (NULL): its
-    recorded date holds, as before."""
+    old date). A rule that now counts from another clock than the one recorded (``clock``) cannot
+    tell either: its rows' new end may be later (found by a review: the former customers' clock
+    corrected from the relationship's end to the last contact let their objects go on the old
+    end's date). Unknown for an object archived before the period (or the clock) was recorded
+    (NULL): its recorded date holds, as before."""
+    rule = next((r for r in purpose.rules if r.name == rule_name), None)
+    if clock is not None and (rule is None or rule.clock != clock):
+        return True
     if gone_after is None:
         return False
-    rule = next((r for r in purpose.rules if r.name == rule_name), None)
     if rule is None:
         return True
     return not covers(Period.parse(gone_after, written=False), rule.gone_after)
@@ -264,7 +269,7 @@ class ArchivePurge:
             row = control.execute(
                 f"WITH covered AS ({covered_records_sql(self.policy)})"
                 " SELECT m.rule, m.table_name, m.object_key, m.document_keys, m.row_count,"
-                f" {object_held('m')} AS held, m.owner_ids IS NULL, m.gone_after, m.owner_ids"
+                f" {object_held('m')} AS held, m.owner_ids IS NULL, m.gone_after, m.owner_ids, m.clock"
                 " FROM retention.archive_manifest AS m WHERE m.id = %s AND m.state = 'committed'"
                 # NO KEY UPDATE: two purges of the object serialize, while the purge intent's
                 # foreign key (KEY SHARE on this row, from the intents connection) goes through.
@@ -273,8 +278,8 @@ class ArchivePurge:
             ).fetchone()
             if row is None:  # purged meanwhile by another run
                 return
-            rule_name, table, key, doc_keys, row_count, held, owners_unknown, gone_after, owners = row
-            if policy_keeps_longer(self.purpose, rule_name, gone_after):
+            rule_name, table, key, doc_keys, row_count, held, owners_unknown, gone_after, owners, clock = row
+            if policy_keeps_longer(self.purpose, rule_name, gone_after, clock):
                 report["kept_policy_longer"] += 1
                 report["kept_policy_longer_keys"].append(key)
                 return
@@ -341,7 +346,7 @@ class ArchivePurge:
             .execute(
                 f"WITH covered AS ({covered_records_sql(self.policy)})"
                 " SELECT m.id, m.rule, m.table_name, m.tier, m.object_key, m.version_id, m.sha256, m.purge_month,"
-                " m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, m.gone_after,"
+                " m.purge_after, m.document_keys, m.document_version_ids, m.owner_ids, m.gone_after, m.clock,"
                 f" {object_held('m')} AS held"
                 " FROM retention.archive_manifest AS m"
                 " WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND m.bucket = %(bucket)s"
@@ -382,7 +387,7 @@ class ArchivePurge:
                 m.owner_ids,
                 object_rewrite.read_object(self.store, key, m.version_id, m.sha256),
             )
-            ends = self._row_ends(rule_name, table, obj.rows, m.purge_month, m.purge_after, m.gone_after)
+            ends = self._row_ends(rule_name, table, obj.rows, m.purge_month, m.purge_after, m.gone_after, m.clock)
             if ends is None:
                 report["rows_kept_to_object_date"] += obj.rows.num_rows
                 if not preview:  # told once: the object now goes whole on its date
@@ -428,16 +433,19 @@ class ArchivePurge:
         purge_month: str,
         purge_after: dt.datetime,
         gone_after: str | None = None,
+        clock: str | None = None,
     ):
         """{row id: the instant its archive period ends}, from the clock among its archived
         columns and its rule's periods (the calendar arithmetic of the re-check); None when that
         cannot be told: the rule is gone from the policy, its clock is another table's, its
         periods are not those the object was written with (``gone_after``, recorded: found by a
-        review, a period shortened by a few days purged a row days before its recorded end), or
-        an end falls outside the object's purge month (the periods changed since it was written)."""
+        review, a period shortened by a few days purged a row days before its recorded end), nor
+        its clock (``clock``, recorded), or an end falls outside the object's purge month (the periods changed since it was written)."""
         rule = next((r for r in self.purpose.rules if r.name == rule_name), None)
         clock_table, _, clock_column = (rule.clock if rule else "").partition(".")
         if rule is None or clock_table != table or clock_column not in rows.column_names:
+            return None
+        if clock is not None and clock != rule.clock:  # dated from another clock than the rule's now
             return None
         if gone_after is not None:
             written = Period.parse(gone_after, written=False)

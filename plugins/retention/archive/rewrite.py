@@ -151,10 +151,10 @@ def rewrite_without(
             new_id = intents.execute(
                 "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier,"
                 " bucket, object_key, state, purge_month, purge_after, earliest_purge_after, row_count, record_ids,"
-                " document_keys, owner_ids, identifier_hashes, gone_after)"
+                " document_keys, owner_ids, identifier_hashes, gone_after, clock)"
                 " SELECT coalesce(%s, run_id), logical_date, purpose, rule, table_name, tier, bucket, %s, 'uploading',"
                 " purge_month, purge_after, coalesce(%s, earliest_purge_after), %s, %s::bigint[], %s, %s::jsonb,"
-                " %s::bigint[], gone_after FROM retention.archive_manifest WHERE id = %s RETURNING id",
+                " %s::bigint[], gone_after, clock FROM retention.archive_manifest WHERE id = %s RETURNING id",
                 (
                     run_id,
                     new_key,

@@ -76,11 +76,12 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
     # Objects the purge keeps because the policy now keeps their rule longer than when they were
     # archived (retention.archive.purge.policy_keeps_longer): reported, not overdue.
     periods = conn.execute(
-        "SELECT DISTINCT rule, gone_after FROM retention.archive_manifest"
-        " WHERE purpose = %s AND state = 'committed' AND purge_after <= %s AND gone_after IS NOT NULL",
+        "SELECT DISTINCT rule, gone_after, clock FROM retention.archive_manifest"
+        " WHERE purpose = %s AND state = 'committed' AND purge_after <= %s"
+        " AND (gone_after IS NOT NULL OR clock IS NOT NULL)",
         (purpose, ctx.logical_date),
     ).fetchall()
-    longer = [(r, g) for r, g in periods if policy_keeps_longer(policy.purposes[purpose], r, g)]
+    longer = [(r, g, c) for r, g, c in periods if policy_keeps_longer(policy.purposes[purpose], r, g, c)]
     # Objects whose rows' clock record (a parent's clock: a contract set back to running) is live
     # and not due (retention.archive.purge.clock_not_due): kept by the purge, reported, not overdue.
     clock_kept = clock_not_due(policy, policy.purposes[purpose], ctx.logical_date)
@@ -95,7 +96,9 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
         "       count(*) FILTER (WHERE clock_kept AND NOT kept_longer AND purge_after <= %(date)s)"
         f" FROM (SELECT m.object_key, m.purge_after, {object_covered('m')} AS held,"
         "              m.owner_ids IS NULL AS owners_unknown,"
-        "              coalesce((m.rule, m.gone_after) IN (SELECT * FROM unnest(%(lr)s::text[], %(lg)s::text[])), false)"
+        "              EXISTS (SELECT 1 FROM unnest(%(lr)s::text[], %(lg)s::text[], %(lc)s::text[]) AS l(r, g, c)"
+        "                WHERE l.r = m.rule AND l.g IS NOT DISTINCT FROM m.gone_after"
+        "                AND l.c IS NOT DISTINCT FROM m.clock)"
         f"                AS kept_longer, coalesce({clock_kept}, false) AS clock_kept"
         "       FROM retention.archive_manifest AS m"
         "       WHERE m.purpose = %(purpose)s AND m.state = 'committed' AND (m.purge_after <= %(date)s"
@@ -108,8 +111,9 @@ def kept_beyond_purge(conn, policy: Policy, store: ArchiveStore, ctx: RunContext
             "n": MAX_LISTED,
             "unlocked": unlocked,
             "tz": policy.timezone,
-            "lr": [r for r, _ in longer],
-            "lg": [g for _, g in longer],
+            "lr": [r for r, _, _ in longer],
+            "lg": [g for _, g, _ in longer],
+            "lc": [c for _, _, c in longer],
         },
     ).fetchone()
     return gate_result(
