@@ -93,7 +93,10 @@ def test_the_shipped_policy_sends_what_never_reaches_its_clock_with_the_person()
             r"rule 'payment_references' of purpose 'contracts' erases 'payment_methods' at the payment processor",
         ),
         (
-            lambda d: d["dependents"]["pets"].update({"contracts.pet_id": "go_with_parent"}),
+            lambda d: (
+                d["dependents"]["pets"].update({"contracts.pet_id": "go_with_parent"}),
+                d["legal_holds"]["covers"]["pets"].remove("contracts.pet_id"),
+            ),
             r"pets -> contracts\.pet_id: go_with_parent needs the same link in legal_holds\.covers\.pets",
         ),
         (

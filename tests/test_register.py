@@ -148,7 +148,9 @@ def test_cli_counts_equal_the_audit_and_the_schedule_is_the_policys(ran, source_
             )
             assert row["legal_basis_fr"] == spec["legal_basis_fr"]
             assert row["data_categories_fr"] == "; ".join(spec["data_categories_fr"])
-    assert schedule[("contracts", "claims")]["held_by"] == "a hold on the claims row or on its customers, contracts"
+    assert (
+        schedule[("contracts", "claims")]["held_by"] == "a hold on the claims row or on its customers, pets, contracts"
+    )
     waits = schedule[("prospects", "former_customers")]["waits_for"]
     assert "identity_documents.customer_id (alarmed)" in waits and "contracts.customer_id" in waits
     assert "chat_messages" not in waits  # go_with_parent: they go with the customer

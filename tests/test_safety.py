@@ -210,6 +210,57 @@ def test_a_hold_on_a_recording_or_a_fraud_case_covers_what_belongs_to_it(db, s3,
     assert f.ids(db, "call_analyses") == {analysis} and f.ids(db, "fraud_alerts") == {alert}
 
 
+def test_a_hold_on_a_pet_keeps_the_contract_that_insures_it_and_its_claims(db, s3, storage, policy, source_dsn):
+    """'pets' is a table a hold may name (a dispute about an animal's care), and a contract
+    insures one pet (contracts.pet_id): the hold covered the pet's vet consultations but not its
+    contract, so the ended contract, its claims and their reimbursements were archived and
+    deleted, and their objects purged at their date (found by a review). The hold now covers the
+    contract and what is under it, in the source and in the archive."""
+    customer, contract = _archived_contract_file(db)
+    pet = db.execute("SELECT pet_id FROM app.contracts WHERE id = %s", (contract,)).fetchone()[0]
+    claims, reimbursements = f.ids(db, "claims"), f.ids(db, "reimbursements")
+    f.legal_hold(db, "pets", pet)
+    engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+    engine.archive_and_delete(RunContext("contracts", "archive", f.midnight("2019-06-01")))
+    assert (f.ids(db, "contracts"), f.ids(db, "claims"), f.ids(db, "reimbursements")) == (
+        {contract},
+        claims,
+        reimbursements,
+    )
+
+    # The hold released, the file is archived; a new hold on the pet keeps every object of it.
+    db.execute("UPDATE retention.legal_holds SET released_at = now()")
+    engine.archive_and_delete(RunContext("contracts", "archive2", f.midnight("2019-06-02")))
+    assert f.ids(db, "contracts") == set()
+    f.legal_hold(db, "pets", pet)
+    report = engine.purge_archives(RunContext("contracts", "purge", f.midnight("2024-01-02")))
+    assert report["purged_objects"] == 0 and report["held_objects"] == 4
+
+
+def test_a_foreign_key_of_a_purposes_table_left_out_of_the_hold_coverage_is_refused(
+    tmp_path, db, s3, storage, source_dsn
+):
+    """The coverage without `contracts.pet_id` (as shipped before): the contracts purpose, whose
+    contracts belong to the pet they insure, refuses to run or purge, naming the key, instead of
+    letting a hold on the pet keep nothing of them."""
+    edited = load_policy(
+        _policy_variant(
+            tmp_path, "    pets: [vet_consultations.pet_id, contracts.pet_id]", "    pets: [vet_consultations.pet_id]"
+        )
+    ).with_mode("enforce")
+    customer, contract = _archived_contract_file(db)
+    pet = db.execute("SELECT pet_id FROM app.contracts WHERE id = %s", (contract,)).fetchone()[0]
+    f.legal_hold(db, "pets", pet)
+    db.commit()
+    engine = engine_for(edited, "contracts", source_dsn, s3, storage)
+    refused = r"foreign keys contracts\.pet_id -> pets of app are not in legal_holds\.covers"
+    with pytest.raises(PolicyError, match=refused):
+        engine.archive_and_delete(RunContext("contracts", "r", f.midnight("2019-06-01")))
+    assert f.ids(db, "contracts") == {contract}
+    with pytest.raises(PolicyError, match=refused):
+        engine.purge_archives(RunContext("contracts", "p", f.midnight("2025-06-01")))
+
+
 @pytest.mark.parametrize(
     ("old", "new", "named"),
     [
@@ -1125,6 +1176,7 @@ def test_owners_of_objects_archived_before_they_were_recorded_are_backfilled(db,
         "claims": recorded["reimbursements"]["claims"],
         "contracts": [contract],
         "customers": [customer],
+        "pets": recorded["reimbursements"]["pets"],
     }
     db.execute("UPDATE retention.archive_manifest SET owner_ids = NULL")  # as archived by an older release
 

@@ -18,6 +18,7 @@ The engine's batches use the *live* form, evaluated under lock at that moment.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from retention.policy import DECISION_ATTENTION, Policy, PolicyError, Purpose, Rule, rule_filter
@@ -308,12 +309,15 @@ def _hold_follows(policy: Policy, parent: str, link: Blocker) -> bool:
     )
 
 
-def check_hold_coverage(policy: Policy, foreign_keys) -> None:
+def check_hold_coverage(policy: Policy, foreign_keys, tables: Iterable[str] = ()) -> None:
     """Raise PolicyError when a ``legal_holds.covers`` entry names no foreign key of the source
     schema from ``<child>.<column>`` to its parent's id (``foreign_keys``: rows of
     ``_FOREIGN_KEYS_SQL``). Such an entry (a typo, a table or column renamed since) covered
     nothing, silently: a hold on a contract kept its claims but let their reimbursements go
-    (found by a review)."""
+    (found by a review). And when a foreign key from one of ``tables`` (the tables a purpose
+    deletes and archives) into an id of the source schema is not in the coverage: a row of theirs
+    belongs to the record it refers to, and a hold on that record would not keep it (found by a
+    review: a hold on a pet let the contract insuring it go, with its claims)."""
     keys = {
         (parent, child, column)
         for parent, child_schema, child, column, _, into_id, _ in foreign_keys
@@ -331,11 +335,23 @@ def check_hold_coverage(policy: Policy, foreign_keys) -> None:
             "would silently cover nothing through it, so nothing is selected, deleted or purged. Correct the "
             "entry to the child table and column that refer to the parent (or remove it)"
         )
+    wanted = set(tables)
+    missing = sorted(
+        f"{child}.{column} -> {parent}"
+        for parent, child, column in keys
+        if child in wanted and f"{child}.{column}" not in policy.legal_holds.covers.get(parent, ())
+    )
+    if missing:
+        raise PolicyError(
+            f"the foreign keys {', '.join(missing)} of {policy.source_schema} are not in legal_holds.covers: a hold "
+            "on the record they refer to would not keep the rows that belong to it, so nothing of their tables is "
+            "selected, deleted or purged. Add each as `<parent>: [<child>.<column>]`"
+        )
 
 
-def check_hold_coverage_in(conn, policy: Policy) -> None:
+def check_hold_coverage_in(conn, policy: Policy, tables: Iterable[str] = ()) -> None:
     """``check_hold_coverage`` against the source database's catalog (one query)."""
-    check_hold_coverage(policy, conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)).fetchall())
+    check_hold_coverage(policy, conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)).fetchall(), tables)
 
 
 def links_cleared_by_deletes(conn, policy: Policy) -> dict[str, list[Blocker]]:
@@ -410,7 +426,7 @@ class Planner:
         waiting: dict[str, list[Blocker]] = {table: [] for table in tables}
         cleared = []
         foreign_keys = conn.execute(_FOREIGN_KEYS_SQL, (schema,)).fetchall()
-        check_hold_coverage(policy, foreign_keys)
+        check_hold_coverage(policy, foreign_keys, tables)
         for parent, child_schema, child, column, clears, into_id, definition in foreign_keys:
             link = Blocker(child_schema, child, column)
             if parent in tables and not into_id:

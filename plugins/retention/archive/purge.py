@@ -232,7 +232,7 @@ class ArchivePurge:
                 self._acquire_purpose_lock(control)  # two purges of a purpose never interleave
             try:
                 # A hold coverage naming no foreign key would keep nothing through that entry.
-                check_hold_coverage_in(control, self.policy)
+                check_hold_coverage_in(control, self.policy, {rule.table for rule in self.purpose.rules})
                 control.commit()
                 if not preview:
                     # A rewrite left 'committed' still stores the old object (with the erased
