@@ -176,6 +176,40 @@ def test_an_object_with_one_covered_record_is_kept_whole(db, s3, storage, policy
     assert owners == {"prospects": [prospect]} and theirs < others
 
 
+def test_a_hold_with_a_release_date_still_to_come_keeps_its_records_until_then(db, s3, storage, policy, source_dsn):
+    """A hold entered with the day it ends (released_at in the future: "until the judgment of
+    30 days from now") counted as released from the start: the candidate's row was deleted and
+    the prospect's archived quote purged while the hold was in force (found by a review). A hold
+    is in force until its released_at; from then on, its records go as any other."""
+    application = f.job_application(db, last_contact="2020-01-01")
+    prospect = f.prospect(db, last_contact="2019-01-01")
+    f.quote(db, issued="2022-02-01", prospect_id=prospect)
+    engine_for(policy, "quotes", source_dsn, s3, storage).archive_and_delete(
+        RunContext("quotes", "archive", f.midnight("2023-03-01"))
+    )
+    holds = [
+        db.execute(
+            "INSERT INTO retention.legal_holds (table_name, record_id, reason, released_at)"
+            " VALUES (%s, %s, 'litigation, until the judgment', now() + interval '30 days') RETURNING id",
+            (table, record),
+        ).fetchone()[0]
+        for table, record in (("job_applications", application), ("prospects", prospect))
+    ]
+    db.commit()
+    (outcome,) = engine_for(policy, "job_applications", source_dsn, s3, storage).archive_and_delete(
+        RunContext("job_applications", "r", f.midnight("2025-01-01"))
+    )
+    assert (outcome.deleted, outcome.held) == (0, 1) and f.ids(db, "job_applications") == {application}
+    quotes = engine_for(policy, "quotes", source_dsn, s3, storage)
+    report = quotes.purge_archives(RunContext("quotes", "purge", f.midnight("2024-03-01")))
+    assert (report["purged_objects"], report["held_objects"]) == (0, 1)
+
+    db.execute("UPDATE retention.legal_holds SET released_at = now() WHERE id = ANY(%s)", (holds,))
+    db.commit()
+    report = quotes.purge_archives(RunContext("quotes", "purge2", f.midnight("2024-03-01")))
+    assert report["purged_objects"] == 1
+
+
 def test_a_customers_hold_covers_their_rows_in_every_table(db, s3, storage, policy, source_dsn):
     """Rows reached only through another record of the customer: a quote made as a prospect,
     a fraud alert on their contract, the analysis of their call."""

@@ -210,7 +210,7 @@ def legal_holds(conn, now: dt.datetime) -> list[dict]:
     """Holds in force: what they cover (table, record id), why, since when."""
     rows = conn.execute(
         "SELECT id, table_name, record_id, reason, placed_at FROM retention.legal_holds "
-        "WHERE released_at IS NULL ORDER BY placed_at, id"
+        "WHERE released_at IS NULL OR released_at > now() ORDER BY placed_at, id"
     ).fetchall()
     return [
         {

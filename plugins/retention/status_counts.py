@@ -47,7 +47,7 @@ SELECT
   (SELECT coalesce(max(id), 0) FROM retention.audit_log),
   (SELECT coalesce(sum(n_tup_del), 0) FROM pg_stat_user_tables WHERE schemaname = %(schema)s),
   (SELECT md5(coalesce(string_agg(id || ':' || table_name || ':' || record_id, ',' ORDER BY id), ''))
-     FROM retention.legal_holds WHERE released_at IS NULL),
+     FROM retention.legal_holds WHERE released_at IS NULL OR released_at > now()),
   (SELECT md5(coalesce(string_agg(c.oid || ':' || c.relfilenode, ',' ORDER BY c.oid), ''))
      FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
      WHERE n.nspname IN (%(schema)s, 'retention') AND c.relkind = 'r')
