@@ -210,6 +210,48 @@ def test_a_hold_with_a_release_date_still_to_come_keeps_its_records_until_then(d
     assert report["purged_objects"] == 1
 
 
+def test_a_hold_naming_a_table_renamed_since_is_refused_before_anything_goes(
+    tmp_path, db, s3, storage, source_dsn, monkeypatch
+):
+    """A hold placed on a candidate, then the table renamed by a migration (job_applications ->
+    candidates) and the policy and rule file following it: the hold still names
+    'job_applications', so it covered nothing, silently, and the candidate was deleted (found by a
+    review). An active hold naming no table of the source schema refuses every run and purge,
+    naming the table, until the hold is corrected."""
+    from retention.policy import loading as policy_module
+
+    application = f.job_application(db, last_contact="2020-01-01")
+    f.legal_hold(db, "job_applications", application)
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "job_applications").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "job_applications":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    (sql_dir / "job_applications" / "candidates_not_recruited.sql").write_text("WHERE NOT candidates.hired\n")
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+    renamed = load_policy(
+        _policy_variant(
+            tmp_path,
+            "        table: job_applications\n        clock: job_applications.last_contact_at",
+            "        table: candidates\n        clock: candidates.last_contact_at",
+        )
+    ).with_mode("enforce")
+    db.execute("ALTER TABLE app.job_applications RENAME TO candidates")
+    db.commit()
+    try:
+        engine = engine_for(renamed, "job_applications", source_dsn, s3, storage)
+        refused = r"active legal holds name job_applications, no table of app"
+        with pytest.raises(PolicyError, match=refused):
+            engine.archive_and_delete(RunContext("job_applications", "r", f.midnight("2025-01-01")))
+        assert f.ids(db, "candidates") == {application}
+        with pytest.raises(PolicyError, match=refused):
+            engine.purge_archives(RunContext("job_applications", "p", f.midnight("2025-01-01")))
+    finally:
+        db.rollback()
+        db.execute("ALTER TABLE IF EXISTS app.candidates RENAME TO job_applications")
+        db.commit()
+
+
 def test_a_customers_hold_covers_their_rows_in_every_table(db, s3, storage, policy, source_dsn):
     """Rows reached only through another record of the customer: a quote made as a prospect,
     a fraud alert on their contract, the analysis of their call."""

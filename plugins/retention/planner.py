@@ -349,9 +349,32 @@ def check_hold_coverage(policy: Policy, foreign_keys, tables: Iterable[str] = ()
         )
 
 
+def check_holds_name_tables(conn, policy: Policy) -> None:
+    """Raise PolicyError when an active legal hold names no table of the source schema: a table
+    renamed by a migration since the hold was placed (the policy and rule files following it) left
+    the hold covering nothing, silently, and its record was deleted (found by a review). What it
+    meant to keep cannot be told, so nothing goes until the hold names the table again."""
+    missing = [
+        table
+        for (table,) in conn.execute(
+            "SELECT DISTINCT table_name FROM retention.active_holds"
+            " WHERE to_regclass(format('%%I.%%I', %s::text, table_name)) IS NULL ORDER BY 1",
+            (policy.source_schema,),
+        )
+    ]
+    if missing:
+        raise PolicyError(
+            f"active legal holds name {', '.join(missing)}, no table of {policy.source_schema}: they would keep "
+            "nothing, so nothing is selected, deleted or purged. Set their table_name to the table the record is "
+            "in now (a table renamed since), or release them"
+        )
+
+
 def check_hold_coverage_in(conn, policy: Policy, tables: Iterable[str] = ()) -> None:
-    """``check_hold_coverage`` against the source database's catalog (one query)."""
+    """``check_hold_coverage`` against the source database's catalog (one query), and
+    ``check_holds_name_tables``."""
     check_hold_coverage(policy, conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)).fetchall(), tables)
+    check_holds_name_tables(conn, policy)
 
 
 def links_cleared_by_deletes(conn, policy: Policy) -> dict[str, list[Blocker]]:
@@ -427,6 +450,7 @@ class Planner:
         cleared = []
         foreign_keys = conn.execute(_FOREIGN_KEYS_SQL, (schema,)).fetchall()
         check_hold_coverage(policy, foreign_keys, tables)
+        check_holds_name_tables(conn, policy)
         for parent, child_schema, child, column, clears, into_id, definition in foreign_keys:
             link = Blocker(child_schema, child, column)
             if parent in tables and not into_id:
