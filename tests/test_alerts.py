@@ -397,6 +397,64 @@ def test_watch_and_retention_page_flag_a_partition_left_between_its_table_and_th
 
 
 @pytest.mark.integration
+def test_watch_alarms_on_archive_objects_past_their_purge_date_none_held(
+    airflow_db, db, s3, storage, inbox, monkeypatch
+):
+    """Archive objects stored past their purge date are kept on the safe side, and nobody was
+    told: a purpose removed from the policy (no DAG purges its objects any more), a purge that
+    keeps them for a decision (a period lengthened, a clock changed). The watch of every purpose
+    alarms on those past `overdue_days`; not on one holding a held record, nor on one due since
+    yesterday (its purpose's purge goes tonight)."""
+    from retention import watch
+
+    monkeypatch.setattr(watch, "last_success_end", lambda dag_id, now: now - dt.timedelta(hours=1))
+    held = f.quote(db, issued="2020-01-10")
+    f.legal_hold(db, "quotes", held)
+    now = dt.datetime.now(dt.UTC)
+
+    def archived(purpose: str, rule: str, ids: list[int], days_past: int) -> int:
+        return db.execute(
+            "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
+            " object_key, state, purge_month, purge_after, row_count, record_ids, owner_ids)"
+            " VALUES ('r', now(), %s, %s, %s, 'intermediate', %s, %s, 'committed', '2026-01', %s, %s, %s, '{}')"
+            " RETURNING id",
+            (
+                purpose,
+                rule,
+                purpose,
+                storage.archive_bucket,
+                f"intermediate/{purpose}/{rule}/{ids[0]}.parquet",
+                now - dt.timedelta(days=days_past),
+                len(ids),
+                ids,
+            ),
+        ).fetchone()[0]
+
+    made = [
+        archived("pet_photos", "old_photos", [1, 2], 40),  # a purpose the policy no longer names
+        archived("quotes", "unconverted_quotes", [10**9], 40),  # past its date, no hold
+        archived("quotes", "unconverted_quotes", [held], 400),  # held
+        archived("quotes", "unconverted_quotes", [10**9 + 1], 1),  # due since yesterday
+    ]
+    db.commit()
+    try:
+        dag_run = _run_watch(overdue_days=3, stale_after_hours=48)
+        assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
+        body = _text(inbox.messages[0])
+        assert (
+            "pet_photos: archive_past_end: 1 archive objects of rule old_photos stored more than 3 days past their "
+            "purge date" in body
+        )
+        assert "the policy no longer names this rule" in body
+        quotes = "quotes: archive_past_end: 1 archive objects of rule unconverted_quotes stored more than 3 days"
+        assert quotes in body and "its purge keeps them" in body, "the held object, or the recent one, was counted"
+        assert body.count("archive_past_end") == 2
+    finally:
+        db.execute("DELETE FROM retention.archive_manifest WHERE id = ANY(%s)", (made,))
+        db.commit()
+
+
+@pytest.mark.integration
 def test_watch_alarms_on_a_record_waiting_past_its_end_without_a_decision_to_wait(airflow_db, db, s3, storage, inbox):
     """A former customer kept by a pending identity check (keep_parent_and_alert in the policy)."""
     from tests import factories_policy as fp

@@ -201,7 +201,7 @@ def late_notifier():
 @dataclass(frozen=True)
 class Alarm:
     purpose: str
-    kind: str  # "overdue" | "waiting" | "no_success" | "future_run" | "open_retirement"
+    kind: str  # "overdue" | "waiting" | "no_success" | "future_run" | "open_retirement" | "archive_past_end"
     detail: str
 
     def __str__(self) -> str:
@@ -291,3 +291,34 @@ def open_retirement_alarms(retirements: list[dict]) -> list[Alarm]:
         )
         for r in retirements
     ]
+
+
+def archive_past_end_alarms(archives: list[dict], overdue_days: int) -> list[Alarm]:
+    """Alarms for archive objects stored past their purge date (retention.status.
+    archives_past_their_end), per purpose and rule: kept on the safe side, but longer than the
+    policy promised, and nobody is told otherwise when the purge of their purpose no longer runs
+    (a purpose removed from the policy) or keeps them for a decision (a period lengthened, a
+    clock changed since)."""
+    found = []
+    for a in archives:
+        why = (
+            "its purge keeps them (a period lengthened or a clock changed since they were archived: "
+            "re-date them) or does not run (the purpose in preview, or failing)"
+            if a["in_policy"]
+            else "the policy no longer names this rule, so no purge decides them: move them to the rule that "
+            "keeps them now, or purge them by hand"
+        )
+        if a["owners_not_recorded"]:
+            why += (
+                f"; {a['owners_not_recorded']} of them archived before owners were recorded, kept as if held until "
+                "`python -m retention.archive.backfill_owners` records them"
+            )
+        found.append(
+            Alarm(
+                a["purpose"],
+                "archive_past_end",
+                f"{a['objects']} archive objects of rule {a['rule']} stored more than {overdue_days} days past "
+                f"their purge date (the oldest due on {a['oldest_purge_date']}), none under a legal hold: {why}",
+            )
+        )
+    return found

@@ -35,6 +35,11 @@ through `smtp_default` (Variable `retention_alert_to`), when a purpose
 - (when it watches every purpose, as scheduled) the **housekeeping** DAG has no successful run
   in the last `stale_after_hours` hours: the audit chain is then neither verified nor anchored
   under Object Lock, and the own records and Airflow's metadata are no longer pruned, or
+- has **archive objects past their purge date** for more than `overdue_days` days, none of their
+  records under a legal hold: its purge keeps them for a decision (a period lengthened or a clock
+  changed since they were archived) or does not run (preview, failing); when it watches every
+  purpose, also the objects of a purpose or rule the policy no longer names, which no purge
+  decides any more, or
 - has a **run dated in the future** (queued or running; also the subject requests' DAG):
   Airflow does not start it before its date and the DAG runs nothing else meanwhile. The API
   refuses such a trigger; one made otherwise (the CLI, an older trigger) is to be marked failed.
@@ -134,10 +139,17 @@ def run_watch(context: dict) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
-    from retention.alerts import OPEN_RETIREMENT_AFTER, alarms, future_run_alarms, open_retirement_alarms, stale_alarm
+    from retention.alerts import (
+        OPEN_RETIREMENT_AFTER,
+        alarms,
+        archive_past_end_alarms,
+        future_run_alarms,
+        open_retirement_alarms,
+        stale_alarm,
+    )
     from retention.housekeeping_dag import HOUSEKEEPING_DAG_ID
     from retention.policy import default_policy
-    from retention.status import open_retirements
+    from retention.status import archives_past_their_end, open_retirements
     from retention.status_counts import count_and_store
     from retention.tasks import source_dsn
 
@@ -154,6 +166,10 @@ def run_watch(context: dict) -> dict:
         # Counted live, and kept for the Retention page (which then need not count them again).
         statuses = count_and_store(conn, policy, now, overdue_days, names=wanted, counted_by="watch", best_effort=True)
         left_open = [r for r in open_retirements(conn, now, OPEN_RETIREMENT_AFTER) if r["purpose"] in wanted]
+        # Every purpose of the manifest when all are watched: those the policy no longer names too.
+        past_end = archives_past_their_end(
+            conn, policy, now, overdue_days, purposes=wanted if params.get("purposes") else None
+        )
     stale_after = dt.timedelta(hours=int(params["stale_after_hours"]))
     last = {s.purpose: last_success_end(dag_id_for(s.purpose), now) for s in statuses}
     found = alarms(statuses, last, now, overdue_days, stale_after)
@@ -167,6 +183,7 @@ def run_watch(context: dict) -> dict:
     future = {dag_id: runs for dag_id in watched_dags if (runs := future_runs(dag_id, now))}
     found += future_run_alarms(future)
     found += open_retirement_alarms(left_open)
+    found += archive_past_end_alarms(past_end, overdue_days)
     paris = ZoneInfo(policy.timezone)
     summary = {
         "checked_at": now.astimezone(paris).isoformat(),
@@ -187,6 +204,7 @@ def run_watch(context: dict) -> dict:
             d: [{"run_id": r, "logical_date": at.isoformat()} for r, at in runs] for d, runs in future.items()
         },
         "open_retirements": left_open,
+        "archives_past_end": past_end,
         "alarms": [str(a) for a in found],
     }
     for line in summary["alarms"]:
