@@ -449,6 +449,17 @@ def test_watch_alarms_on_archive_objects_past_their_purge_date_none_held(
         quotes = "quotes: archive_past_end: 1 archive objects of rule unconverted_quotes stored more than 3 days"
         assert quotes in body and "its purge keeps them" in body, "the held object, or the recent one, was counted"
         assert body.count("archive_past_end") == 2
+
+        from retention_ui.render import render_page
+        from retention_ui.summary import summary
+
+        page = summary(overdue_days=3)
+        assert [(a["purpose"], a["rule"], a["objects"], a["in_policy"]) for a in page["archives_past_end"]] == [
+            ("pet_photos", "old_photos", 1, False),
+            ("quotes", "unconverted_quotes", 1, True),
+        ]
+        html = render_page(page)
+        assert 'data-testid="archives-past-end"' in html and "(rule no longer in the policy)" in html
     finally:
         db.execute("DELETE FROM retention.archive_manifest WHERE id = ANY(%s)", (made,))
         db.commit()

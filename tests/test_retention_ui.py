@@ -539,6 +539,7 @@ def test_empty_charts_say_so_and_bytes_take_the_unit_of_the_data():
         "queued_on_paused_dags": [],
         "access_exports": [],
         "open_retirements": [],
+        "archives_past_end": [],
         "audit_verification": None,
         "housekeeping": None,
         "freshness": {"recounting": False, "counts_ttl_s": 60, "counts_max_age_s": 900, "recount_error": None},

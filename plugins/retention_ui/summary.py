@@ -61,6 +61,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
         runs = status.runs(conn)
         exports = status.access_exports(conn, now)
         retirements_left_open = status.open_retirements(conn, now, OPEN_RETIREMENT_AFTER)
+        past_end = status.archives_past_their_end(conn, policy, now, overdue_days)
         verification = audit.last_verification(conn)
         cleaned = housekeeping.last_run(conn)
     # Airflow's records of runs before the last enforced housekeeping's cut are gone (the
@@ -111,6 +112,7 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
                 "future_runs",
                 "access_exports",
                 "open_retirements",
+                "archives_past_end",
             ],
         },
         "purposes": purposes,
@@ -122,6 +124,8 @@ def summary(overdue_days: int | None = None, now: dt.datetime | None = None, fre
         "queued_on_paused_dags": paused_queue,
         "access_exports": exports,
         "open_retirements": retirements_left_open,
+        # Archive objects stored past their purge date, none held (the watch's archive_past_end).
+        "archives_past_end": past_end,
         # The audit chain's last verification (docs/audit.md).
         "audit_verification": verification and verification | {"checked_at": verification["checked_at"].isoformat()},
         # The last housekeeping (docs/housekeeping.md): its mode, when, and Airflow's cut.
