@@ -200,3 +200,50 @@ def test_an_approval_is_bound_to_the_table_sizes_shown_not_only_to_the_plan(db, 
     with pytest.raises(Exception, match="no approval of its plan"):
         run_units(purpose, context(run_id, {"plan": planned, "check_before": before_again}), planned)
     assert due <= f.ids(db, "quotes"), "the table was emptied at a share no one was shown"
+
+
+def test_a_run_planned_in_preview_purges_nothing_when_its_purpose_is_enforced_before_its_purge(
+    db, s3, storage, policy, source_dsn, monkeypatch, tmp_path
+):
+    """A purpose in preview: its run plans, gates and previews (nothing deleted, no approval asked,
+    a preview asks none). Before the run's purge_archives task starts, the purpose is set to
+    enforce (the one-line switch, made early, while a run is under way). The purge of that run
+    read the mode from the policy of the moment and purged an archive object for good, in a run
+    whose every other step was a preview (found by a review). It previews, as its plan did."""
+    import os
+    from pathlib import Path
+
+    from retention import tasks
+    from retention.archive.engine import RetentionEngine
+    from retention.archive.run import RunContext
+    from retention.archive.store import ArchiveStore
+    from retention.policy import default_policy
+
+    old = f.quote(db, issued="2022-06-01")  # archived in 2023, its archive period ended in 2024
+    db.commit()
+    RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage)).archive_and_delete(
+        RunContext("quotes", "earlier", f.midnight("2023-07-01"))
+    )
+    (key,) = db.execute(
+        "SELECT object_key FROM retention.archive_manifest WHERE run_id = 'earlier' AND state = 'committed'"
+    ).fetchone()
+    assert old not in f.ids(db, "quotes")
+
+    enforced_file = os.environ["RETENTION_POLICY_FILE"]
+    preview_file = tmp_path / "retention_policy.preview.yaml"
+    preview_file.write_text(
+        Path(enforced_file).read_text(encoding="utf-8").replace("mode: enforce", "mode: preview"), encoding="utf-8"
+    )
+    monkeypatch.setenv("RETENTION_POLICY_FILE", str(preview_file))
+    in_preview = default_policy().purpose("quotes")
+    run_id = "scheduled__preview_then_enforce"
+    ctx = context(run_id)
+    planned = tasks.plan(in_preview, ctx)
+    assert planned["dry_run"] and planned["mode"] == "preview"
+    ctx["ti"].xcoms[("plan", "return_value")] = planned
+
+    monkeypatch.setenv("RETENTION_POLICY_FILE", enforced_file)  # set to enforce meanwhile
+    purged = tasks.purge_archives(default_policy().purpose("quotes"), ctx)
+    (state,) = db.execute("SELECT state FROM retention.archive_manifest WHERE object_key = %s", (key,)).fetchone()
+    assert state == "committed", f"a run planned in preview purged its archive object ({purged})"
+    assert purged["dry_run"]

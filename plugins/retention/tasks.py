@@ -11,6 +11,7 @@ handed on: the before-gate judges it, the archive step executes it (retention.ar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 
@@ -338,7 +339,13 @@ def emit_archive_events(purpose: Purpose | str, context: dict, ctx: RunContext) 
 
 
 def purge_archives(purpose: Purpose, context: dict) -> dict:
+    """The archive purge of the run: a preview when the run's plan was one (a preview or a dry
+    run), even if the purpose was set to enforce since, as when the policy says preview now
+    (retention.archive.engine). ``dry_run`` in the result: whether it previewed."""
     ctx = run_context(purpose, context)
+    planned = context["ti"].xcom_pull(task_ids="plan")
+    if isinstance(planned, dict) and planned.get("dry_run") and not ctx.dry_run:
+        ctx = dataclasses.replace(ctx, dry_run=True, mode=planned.get("mode", ctx.mode))
     result = engine(purpose).purge_archives(ctx)
     log.info(
         "purge: %d objects (%d records) purged, %d kept under legal hold, %d kept as the policy now keeps longer",
@@ -347,7 +354,7 @@ def purge_archives(purpose: Purpose, context: dict) -> dict:
         result["held_objects"],
         result.get("kept_policy_longer", 0),
     )
-    return result
+    return result | {"dry_run": ctx.dry_run}
 
 
 def check_after(purpose: Purpose, context: dict, before: dict, archived: dict) -> dict:
