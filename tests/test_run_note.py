@@ -181,3 +181,53 @@ def test_a_refused_note_never_fails_the_run(api_server, airflow_db, db, s3, stor
     assert publish("retention_quotes", dag_run.run_id, "x") == (
         "not set: no connection 'retention_airflow_api' (see docs/run_reports.md)"
     )
+
+
+@pytest.mark.integration
+def test_a_run_that_deleted_is_reported_so_when_the_purpose_is_set_to_preview_before_its_report(
+    db, s3, storage, policy, monkeypatch, tmp_path
+):
+    """An enforced run's units delete 3 quotes; the DPO then sets the purpose to preview (the
+    dag-processor re-parses, the remaining tasks of the run read the new mode). The run's archive
+    step, purge and report must say what it did: it deleted 3 quotes. The report took the mode of
+    the policy at the time it ran: 'PREVIEW mode: ... nothing changed', 'would archive / delete',
+    previewed in the summary (the run's note and evidence): deleted rows recorded as not deleted
+    (found by a review)."""
+    import os
+    from pathlib import Path
+
+    from retention import run_report, tasks
+    from retention.policy import default_policy
+
+    from tests.test_approval_binding import context
+
+    purpose = policy.purpose("quotes")
+    due = {f.quote(db, issued="2023-06-01") for _ in range(3)}
+    kept = {f.quote(db, issued="2024-12-01") for _ in range(7)}
+    run_id = "manual__then_preview"
+    ctx = context(run_id, logical_date=f.midnight("2025-03-01"))
+    planned = tasks.plan(purpose, ctx)
+    ctx["ti"].xcoms[("plan", "return_value")] = planned
+    units = tasks.prepare_units(purpose, ctx, planned)
+    results = [tasks.archive_unit(purpose, ctx, planned, u) for rule_units in units.values() for u in rule_units]
+    assert f.ids(db, "quotes") == kept, "the enforced units deleted the due quotes"
+
+    # The purpose set to preview while the run goes on: its next tasks parse the new policy.
+    text = Path(os.environ["RETENTION_POLICY_FILE"]).read_text(encoding="utf-8")
+    preview_file = tmp_path / "retention_policy.preview.yaml"
+    preview_file.write_text(text.replace("mode: enforce", "mode: preview"), encoding="utf-8")
+    monkeypatch.setenv("RETENTION_POLICY_FILE", str(preview_file))
+    now_preview = default_policy().purpose("quotes")
+    assert now_preview.mode == "preview"
+
+    archived = tasks.archive_and_delete_units(now_preview, ctx, planned, [results])
+    purged = tasks.purge_archives(now_preview, ctx)
+    table = tasks.report(now_preview, ctx, planned, archived, purged, {"before": "ok"}, {"after": "ok"})
+    pulled = {"plan": planned, "archive_and_delete": archived, "purge_archives": purged}
+    summary = run_report.summary_dict("quotes", ctx, pulled, {}, table, archived["rules"])
+    assert sum(r["deleted"] for r in archived["rules"]) == len(due), archived
+    assert "nothing changed" not in table and "would archive / delete" not in table.split("\n", 3)[2], table
+    assert "| unconverted_quotes | quotes | intermediate | 3 | 3 | 0 | 0 | 1 |" in table, table
+    assert not summary["previewed"] and summary["mode"] == "enforce", (summary["mode"], summary["previewed"])
+    # The purge, after the switch, previewed (the policy says preview): the report says so.
+    assert purged["dry_run"] and "archive purge it would do" in table

@@ -77,8 +77,9 @@ def note_text(summary: dict, evidence: str) -> str:
             f"({purge.get('purged_records', 0):,} records)"
         )
     else:
+        purged = "would purge (the purpose is in preview now)" if purge.get("dry_run") else "purged"
         lines.append(
-            f"- archived: {totals['objects']:,} objects, {totals['archive_bytes']:,} bytes; purged "
+            f"- archived: {totals['objects']:,} objects, {totals['archive_bytes']:,} bytes; {purged} "
             f"{purge.get('purged_objects', 0):,} objects ({purge.get('purged_records', 0):,} records)"
         )
     lines.append(f"- quality gates: before {gates['before']}; after {gates['after']}")

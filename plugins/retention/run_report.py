@@ -119,7 +119,12 @@ def summary_dict(purpose: str, context: dict, pulled: dict, states: dict, table:
     from retention.status import purpose_mode
 
     policy = default_policy()
-    mode = purpose_mode(policy.purpose(purpose))
+    # The mode the run planned and deleted in (its plan's: retention.tasks.executed_as), not the
+    # policy's when the report runs: a purpose set to preview after its run deleted is reported
+    # as what the run did.
+    planned = pulled.get("plan") if isinstance(pulled.get("plan"), dict) else {}
+    mode = planned.get("mode") if planned.get("mode") in ("preview", "enforce") else None
+    mode = mode or purpose_mode(policy.purpose(purpose))
     dry_run = bool(context["params"].get("dry_run", False))
     rules = [{k: v for k, v in r.items() if k not in ("held_ids", "waiting_ids")} for r in rules]
     for r in rules:

@@ -95,6 +95,18 @@ def run_context(purpose: Purpose | str, context: dict) -> RunContext:
     )
 
 
+def executed_as(purpose: Purpose | str, context: dict, planned: dict | None) -> RunContext:
+    """The run's context as its archive step executed it: the mode and dry run its plan recorded.
+    A unit deletes only when the policy it runs with has the plan's fingerprint, which holds the
+    mode (retention.archive.engine.check_plan), so the plan's mode is the one the run deleted in,
+    whatever the policy says when a later task runs (found by a review: a purpose set to preview
+    after its run's units deleted had the run reported as a preview that changed nothing)."""
+    ctx = run_context(purpose, context)
+    if not planned or "dry_run" not in planned or planned.get("mode") not in ("preview", "enforce"):
+        return ctx
+    return dataclasses.replace(ctx, mode=planned["mode"], dry_run=bool(planned["dry_run"]))
+
+
 def check_before(purpose: Purpose, context: dict, planned: dict | None = None) -> dict:
     """A failed gate fails the task without retry: the data won't fix itself in 5 minutes. The
     mass-deletion guard judges the run's plan (``planned``, the plan task's XCom); over it, the
@@ -264,8 +276,9 @@ def recount_from_records(
 
 def archive_and_delete_units(purpose: Purpose, context: dict, planned: dict, unit_results: list) -> dict:
     """After every unit succeeded: their counts merged per rule, and one Asset event per archive
-    tier the run wrote to (the manifest covers every unit)."""
-    ctx = run_context(purpose, context)
+    tier the run wrote to (the manifest covers every unit). In the mode the units ran in (the
+    plan's: ``executed_as``)."""
+    ctx = executed_as(purpose, context, planned)
     results = [r for per_rule in unit_results for r in (per_rule or [])]
     plan = Plan.from_dict(planned)
     outcomes = merge_units(plan, results)
@@ -399,9 +412,10 @@ def report(
     One vocabulary (as on the Retention page): *due* = past the schedule; of which held, waiting,
     and the rest archived and deleted, or in a preview or dry run, what a run *would archive /
     delete* (nothing was written, so no object, byte or file column)."""
-    ctx = run_context(purpose, context)
+    ctx = executed_as(purpose, context, planned)  # the mode the run deleted in, not the policy's now
     purpose = as_purpose(purpose).name
     would = ctx.dry_run  # a preview is a dry run: the figures say what an enforced run would do
+    purge_would = would or bool(purged.get("dry_run"))
     if ctx.mode == "preview":
         title = "PREVIEW mode: what an enforced run would do; nothing changed"
     else:
@@ -471,7 +485,9 @@ def report(
             "bytes per tier: "
             + (", ".join(f"{t}={b}" for t, b in sorted(bytes_by_tier.items()) if t != "none") or "none"),
             f"share of each table deleted: {shares}",
-            f"archive purge: {purge}",
+            f"archive purge it would do (the purpose is in preview now): {purge}"
+            if purge_would
+            else f"archive purge: {purge}",
         ]
     lines.append(f"quality gates: before {before.get('before', 'n/a')}, after {after.get('after', 'n/a')}")
     for r in archived["rules"]:
