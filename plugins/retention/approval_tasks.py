@@ -226,9 +226,17 @@ def erase_approved(context, approval: dict) -> dict:
     again = approvals.erasure_figures(tasks.subject_request(context, preview=True))
     digest = approvals.sha256_of(again)
     if digest != approval["sha256"]:
+        # On a retry the change may be this task's own earlier try, stopped part way (found by a
+        # review: the message said nothing was erased).
+        earlier = (
+            ": nothing was erased"
+            if context["ti"].try_number <= 1
+            else " (an earlier try of this task may have erased part of it: the request's evidence and that try's "
+            "log say what): this try erased nothing"
+        )
         error = approvals.FiguresChangedError(
             f"the request's preview changed since it was approved (figures SHA-256 {approval['sha256'][:12]} "
-            f"approved, {digest[:12]} now): nothing was erased; trigger the request again to preview and approve"
+            f"approved, {digest[:12]} now){earlier}; trigger the request again to preview and approve"
         )
         raise AirflowFailException(str(error)) from error
     report = tasks.subject_request(context, preview=False)
