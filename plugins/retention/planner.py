@@ -309,54 +309,31 @@ def _hold_follows(policy: Policy, parent: str, link: Blocker) -> bool:
     )
 
 
-# The columns of the tables a hold coverage names (check_hold_coverage): tables and partitioned
-# tables of the source schema, not their partitions.
-_COLUMNS_OF_SQL = """
-SELECT c.relname, a.attname
-FROM pg_class AS c
-JOIN pg_namespace AS n ON n.oid = c.relnamespace
-JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-WHERE n.nspname = %s AND c.relname = ANY(%s::text[]) AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-"""
-
-
-def coverage_columns(conn, policy: Policy) -> set[tuple[str, str]]:
-    """(table, column) of the tables ``legal_holds.covers`` names, as the catalog has them."""
-    covers = policy.legal_holds.covers
-    tables = sorted(set(covers) | {entry.split(".")[0] for entries in covers.values() for entry in entries})
-    return {(t, c) for t, c in conn.execute(_COLUMNS_OF_SQL, (policy.source_schema, tables))}
-
-
-def check_hold_coverage(policy: Policy, foreign_keys, tables: Iterable[str] = (), columns=None) -> None:
-    """Raise PolicyError when a ``legal_holds.covers`` entry names a parent table or a child
-    column the source schema does not have (``columns``: coverage_columns), unless a foreign key
-    of ``foreign_keys`` (rows of ``_FOREIGN_KEYS_SQL``) names it. Such an entry (a typo, a table
-    or column renamed since) covered nothing, silently: a hold on a contract kept its claims but
-    let their reimbursements go (found by a review). A link without a declared foreign key is
-    followed all the same (a large partitioned table often has none: the bench's had none, and
-    a first version of this check, asking for a key, refused every purpose). And when a foreign
-    key from one of ``tables`` (the tables a purpose deletes and archives) into an id of the
-    source schema is not in the coverage: a row of theirs belongs to the record it refers to, and
-    a hold on that record would not keep it (found by a review: a hold on a pet let the contract
-    insuring it go, with its claims)."""
+def check_hold_coverage(policy: Policy, foreign_keys, tables: Iterable[str] = ()) -> None:
+    """Raise PolicyError when a ``legal_holds.covers`` entry names no foreign key of the source
+    schema from ``<child>.<column>`` to its parent's id (``foreign_keys``: rows of
+    ``_FOREIGN_KEYS_SQL``). Such an entry (a typo, a table or column renamed since) covered
+    nothing, silently: a hold on a contract kept its claims but let their reimbursements go
+    (found by a review). And when a foreign key from one of ``tables`` (the tables a purpose
+    deletes and archives) into an id of the source schema is not in the coverage: a row of theirs
+    belongs to the record it refers to, and a hold on that record would not keep it (found by a
+    review: a hold on a pet let the contract insuring it go, with its claims)."""
     keys = {
         (parent, child, column)
         for parent, child_schema, child, column, _, into_id, _ in foreign_keys
         if child_schema == policy.source_schema and into_id
     }
-    existing = columns if columns is not None else set()
     wrong = [
         f"legal_holds.covers.{parent}: {entry}"
         for parent, entries in policy.legal_holds.covers.items()
         for entry in entries
         if (parent, *entry.split(".")) not in keys
-        and not ((parent, "id") in existing and tuple(entry.split(".")) in existing)
     ]
     if wrong:
         raise PolicyError(
-            f"{'; '.join(wrong)} names a table or column {policy.source_schema} does not have (and no foreign key "
-            "into the parent's id): a hold would silently cover nothing through it, so nothing is selected, deleted "
-            "or purged. Correct the entry to the child table and column that refer to the parent (or remove it)"
+            f"{'; '.join(wrong)} names no foreign key of {policy.source_schema} into the parent's id: a hold "
+            "would silently cover nothing through it, so nothing is selected, deleted or purged. Correct the "
+            "entry to the child table and column that refer to the parent (or remove it)"
         )
     wanted = set(tables)
     missing = sorted(
@@ -396,12 +373,7 @@ def check_holds_name_tables(conn, policy: Policy) -> None:
 def check_hold_coverage_in(conn, policy: Policy, tables: Iterable[str] = ()) -> None:
     """``check_hold_coverage`` against the source database's catalog (one query), and
     ``check_holds_name_tables``."""
-    check_hold_coverage(
-        policy,
-        conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)).fetchall(),
-        tables,
-        coverage_columns(conn, policy),
-    )
+    check_hold_coverage(policy, conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)).fetchall(), tables)
     check_holds_name_tables(conn, policy)
 
 
@@ -477,7 +449,7 @@ class Planner:
         waiting: dict[str, list[Blocker]] = {table: [] for table in tables}
         cleared = []
         foreign_keys = conn.execute(_FOREIGN_KEYS_SQL, (schema,)).fetchall()
-        check_hold_coverage(policy, foreign_keys, tables, coverage_columns(conn, policy))
+        check_hold_coverage(policy, foreign_keys, tables)
         check_holds_name_tables(conn, policy)
         for parent, child_schema, child, column, clears, into_id, definition in foreign_keys:
             link = Blocker(child_schema, child, column)
