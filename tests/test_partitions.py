@@ -1694,6 +1694,50 @@ def test_partitions_of_a_table_with_foreign_keys_are_dropped_one_after_the_other
     assert db.execute("SELECT DISTINCT state FROM retention.partition_retirements").fetchall() == [("dropped",)]
 
 
+def test_a_purposes_table_keyed_into_a_partitioned_table_is_not_refused_for_its_partitions(
+    db, s3, storage, policy, source_dsn
+):
+    """The DBA partitions call_recordings by month and, as PostgreSQL requires, keys the analyses
+    into it by (id, started_at). PostgreSQL derives a copy of that key for each partition of the
+    referenced table (on call_analyses, into call_recordings_2019_01...), and the check that every
+    foreign key of a purpose's tables is in legal_holds.covers took each copy for a key into
+    another table: the purpose was refused ("call_analyses.call_recording_id ->
+    call_recordings_2019_01 ... are not in legal_holds.covers") although the coverage lists the
+    key (found by a review). The table's own key is what the coverage names: the run goes on."""
+    keys = db.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'app.call_analyses'::regclass AND contype = 'f'"
+    ).fetchall()
+    try:
+        with monthly_partitioned(db, call_recordings="started_at"):
+            try:
+                db.execute("ALTER TABLE app.call_recordings ADD UNIQUE (id, started_at)")
+                for name, _ in keys:
+                    db.execute(f'ALTER TABLE app.call_analyses DROP CONSTRAINT "{name}"')
+                db.execute(
+                    "ALTER TABLE app.call_analyses ADD COLUMN call_recording_started_at timestamptz,"
+                    " ADD FOREIGN KEY (call_recording_id, call_recording_started_at)"
+                    " REFERENCES app.call_recordings (id, started_at) ON DELETE SET NULL"
+                )
+                started = f.paris("2019-01-15")
+                recording = f.call_recording(db, reason="quality", started=started)
+                analysis = f.call_analysis(
+                    db, recording_id=recording, created="2019-01-20", call_recording_started_at=started
+                )
+                engine = RetentionEngine(
+                    policy, "call_recordings", source_dsn, ArchiveStore(s3, storage), lock_timeout=2
+                )
+                outcomes = engine.archive_and_delete(RunContext("call_recordings", "keyed", D))
+                assert sum(o.deleted for o in outcomes) == 2
+                assert recording not in f.ids(db, "call_recordings") and analysis not in f.ids(db, "call_analyses")
+            finally:
+                db.execute("ALTER TABLE app.call_analyses DROP COLUMN IF EXISTS call_recording_started_at")
+    finally:
+        db.execute("DELETE FROM app.call_analyses")  # the plain recordings table is back, empty
+        for name, definition in keys:
+            db.execute(f'ALTER TABLE app.call_analyses ADD CONSTRAINT "{name}" {definition}')
+
+
 DETACH_MARCH = "ALTER TABLE app.chat_messages DETACH PARTITION app.chat_messages_2026_03 CONCURRENTLY"
 
 
