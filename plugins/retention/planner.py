@@ -234,15 +234,18 @@ REFERRED_TABLE = (
 # child schema, child table, child column, whether a delete of the parent clears the child's
 # link: ON DELETE SET NULL / SET DEFAULT, the child outlives it; whether the key names the
 # parent's id, the only keys the rules' tests follow; its definition; whether it is PostgreSQL's
-# copy of a key into a partitioned table, for one of its partitions: the table's own key names it).
+# copy of a key into a partitioned table, for one of its partitions: the table's own key names it;
+# the child's partitioned table when the child is a partition, a key declared on each partition
+# alone: the table the policy names).
 _FOREIGN_KEYS_SQL = f"""
 SELECT parent.relname, cn.nspname, child.relname, coalesce(to_id.attname, a.attname),
        con.confdeltype IN ('n', 'd'), to_id.attname IS NOT NULL, pg_get_constraintdef(con.oid),
-       con.conparentid <> 0
+       con.conparentid <> 0, child_table.relname
 FROM pg_constraint AS con
 JOIN pg_class AS parent ON parent.oid = {REFERRED_TABLE}
 JOIN pg_namespace AS pn ON pn.oid = parent.relnamespace
 JOIN pg_class AS child ON child.oid = con.conrelid
+JOIN pg_class AS child_table ON child_table.oid = coalesce(pg_partition_root(con.conrelid), con.conrelid)
 JOIN pg_namespace AS cn ON cn.oid = child.relnamespace
 {_CHILD_COLUMN}
 WHERE con.contype = 'f' AND pn.nspname = %s AND {_NOT_A_PARTITIONS_COPY}
@@ -261,6 +264,16 @@ WHERE con.contype = 'f' AND {REFERRED_TABLE} = format('%%I.%%I', %s::text, %s::t
   AND {_NOT_A_PARTITIONS_COPY}
 """
 
+
+# The columns of the source schema's tables (a partitioned table's, not its partitions'): what a
+# hold coverage entry without a foreign key must still name (check_hold_coverage).
+_TABLE_COLUMNS_SQL = """
+SELECT c.relname, a.attname
+FROM pg_attribute AS a
+JOIN pg_class AS c ON c.oid = a.attrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
+"""
 
 # The type of each rule's clock column (a domain: its base type), NULL where there is no such
 # column (the gates report that one: expect_column_to_exist).
@@ -311,21 +324,28 @@ def _hold_follows(policy: Policy, parent: str, link: Blocker) -> bool:
     )
 
 
-def check_hold_coverage(policy: Policy, foreign_keys, tables: Iterable[str] = ()) -> None:
+def check_hold_coverage(policy: Policy, foreign_keys, tables: Iterable[str] = (), columns=None) -> None:
     """Raise PolicyError when a ``legal_holds.covers`` entry names no foreign key of the source
     schema from ``<child>.<column>`` to its parent's id (``foreign_keys``: rows of
-    ``_FOREIGN_KEYS_SQL``). Such an entry (a typo, a table or column renamed since) covered
-    nothing, silently: a hold on a contract kept its claims but let their reimbursements go
-    (found by a review). And when a foreign key from one of ``tables`` (the tables a purpose
-    deletes and archives) into an id of the source schema is not in the coverage: a row of theirs
-    belongs to the record it refers to, and a hold on that record would not keep it (found by a
-    review: a hold on a pet let the contract insuring it go, with its claims). PostgreSQL's copies
+    ``_FOREIGN_KEYS_SQL``) and, with ``columns`` ((table, column) of the source schema's tables:
+    _TABLE_COLUMNS_SQL), no such column and no such parent id either. Such an entry (a typo, a
+    table or column renamed since) covered nothing, silently: a hold on a contract kept its claims
+    but let their reimbursements go (found by a review). A link without a foreign key (a large
+    partitioned table whose key the DBA dropped) is followed all the same by the coverage: it is
+    accepted while its column and the parent's id exist (found by a review: such a table, and one
+    keyed on each partition alone, was refused). And when a foreign key from one of ``tables``
+    (the tables a purpose deletes and archives) into an id of the source schema is not in the
+    coverage: a row of theirs belongs to the record it refers to, and a hold on that record would
+    not keep it (found by a review: a hold on a pet let the contract insuring it go, with its
+    claims). PostgreSQL's copies
     of a key into a partitioned table, one per partition, are not asked for: the coverage names
     the table's own key (found by a review: a purpose keyed into call_recordings once the DBA had
-    partitioned it was refused for each of its partitions)."""
+    partitioned it was refused for each of its partitions). A key declared on each partition of a
+    partitioned child alone is the partitioned table's (found by a review: the coverage of
+    vet_consultations, so keyed, was refused as naming no foreign key)."""
     keys = {
         (parent, child, column, copy)
-        for parent, child_schema, child, column, _, into_id, _, copy in foreign_keys
+        for parent, child_schema, _, column, _, into_id, _, copy, child in foreign_keys
         if child_schema == policy.source_schema and into_id
     }
     wrong = [
@@ -333,10 +353,12 @@ def check_hold_coverage(policy: Policy, foreign_keys, tables: Iterable[str] = ()
         for parent, entries in policy.legal_holds.covers.items()
         for entry in entries
         if (parent, *entry.split(".")) not in {key[:3] for key in keys}
+        and (columns is None or tuple(entry.split(".")) not in columns or (parent, "id") not in columns)
     ]
     if wrong:
         raise PolicyError(
-            f"{'; '.join(wrong)} names no foreign key of {policy.source_schema} into the parent's id: a hold "
+            f"{'; '.join(wrong)} names no foreign key of {policy.source_schema} into the parent's id (nor an "
+            "existing column and parent): a hold "
             "would silently cover nothing through it, so nothing is selected, deleted or purged. Correct the "
             "entry to the child table and column that refer to the parent (or remove it)"
         )
@@ -378,7 +400,9 @@ def check_holds_name_tables(conn, policy: Policy) -> None:
 def check_hold_coverage_in(conn, policy: Policy, tables: Iterable[str] = ()) -> None:
     """``check_hold_coverage`` against the source database's catalog (one query), and
     ``check_holds_name_tables``."""
-    check_hold_coverage(policy, conn.execute(_FOREIGN_KEYS_SQL, (policy.source_schema,)).fetchall(), tables)
+    schema = policy.source_schema
+    columns = set(conn.execute(_TABLE_COLUMNS_SQL, (schema,)).fetchall())
+    check_hold_coverage(policy, conn.execute(_FOREIGN_KEYS_SQL, (schema,)).fetchall(), tables, columns)
     check_holds_name_tables(conn, policy)
 
 
@@ -454,9 +478,9 @@ class Planner:
         waiting: dict[str, list[Blocker]] = {table: [] for table in tables}
         cleared = []
         foreign_keys = conn.execute(_FOREIGN_KEYS_SQL, (schema,)).fetchall()
-        check_hold_coverage(policy, foreign_keys, tables)
+        check_hold_coverage(policy, foreign_keys, tables, set(conn.execute(_TABLE_COLUMNS_SQL, (schema,)).fetchall()))
         check_holds_name_tables(conn, policy)
-        for parent, child_schema, child, column, clears, into_id, definition, _ in foreign_keys:
+        for parent, child_schema, child, column, clears, into_id, definition, *_ in foreign_keys:
             link = Blocker(child_schema, child, column)
             if parent in tables and not into_id:
                 # The rows' tests read a child's link as the parent's id: a key into another
