@@ -1145,6 +1145,52 @@ def test_a_disposal_kept_waiting_by_an_application_write_leaves_the_file_pending
         s3.head_object(Bucket=storage.documents_bucket, Key=expired_cv)
 
 
+@pytest.mark.parametrize("deadlock_timeout", ["1s", "200ms"])
+def test_a_disposal_caught_in_a_deadlock_with_an_application_transaction_leaves_the_file_pending(
+    db, s3, storage, policy, source_dsn, deadlock_timeout
+):
+    """The disposal takes the tables naming files in SHARE mode one after the other, in name order;
+    an application transaction writes them in its own order (a candidate's application, then a
+    claim). The disposal holds claims and waits for job_applications, the application holds
+    job_applications and waits for claims: PostgreSQL breaks the deadlock by failing the
+    disposal, whose batch is committed; the run must go on, the file left pending (never deleted
+    unchecked), as when the lock is merely slow to come. Which error the disposal gets depends on
+    the server's deadlock_timeout: at the default (1 s, the disposal's lock wait) the lock timeout;
+    below it, the deadlock (DeadlockDetected), which failed the run."""
+    db.execute(f"ALTER DATABASE {db.info.dbname} SET deadlock_timeout = '{deadlock_timeout}'")
+    try:
+        _deadlock_with_the_application(db, s3, storage, policy, source_dsn)
+    finally:
+        db.execute(f"ALTER DATABASE {db.info.dbname} RESET deadlock_timeout")
+
+
+def _deadlock_with_the_application(db, s3, storage, policy, source_dsn):
+    expired_cv = "cv/expired.pdf"
+    f.put_document(s3, storage.documents_bucket, expired_cv)
+    expired = f.job_application(db, last_contact="2020-01-01", cv_key=expired_cv)
+    contract = f.contract(db)
+    engine = engine_for(policy, "job_applications", source_dsn, s3, storage)
+    with psycopg.connect(source_dsn) as app:
+        f.job_application(app, last_contact="2024-12-20")  # the application's transaction, open
+        run = InThread(
+            lambda: engine.archive_and_delete(RunContext("job_applications", "r1", f.midnight("2025-01-01")))
+        )
+        waiting = "SELECT pid FROM pg_locks WHERE NOT granted AND pid <> %s"
+        deadline = time.monotonic() + 10
+        while not db.execute(waiting, (app.info.backend_pid,)).fetchall() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert db.execute(waiting, (app.info.backend_pid,)).fetchall(), "the disposal never waited"
+        writer = InThread(lambda: f.claim(app, contract))  # the application goes on: a claim
+        (outcome,) = run.join()
+        writer.join()
+        app.rollback()
+    assert outcome.deleted == 1 and expired not in f.ids(db, "job_applications")
+    assert s3.head_object(Bucket=storage.documents_bucket, Key=expired_cv), "deleted unchecked"
+    with engine._connect() as control:
+        engine._dispose_documents(control)
+    assert db.execute("SELECT outcome FROM retention.document_disposals").fetchall() == [("deleted",)]
+
+
 def test_a_file_named_by_a_kept_or_held_row_stays(db, s3, storage, policy, source_dsn):
     shared = "cv/shared.pdf"
     f.put_document(s3, storage.documents_bucket, shared)

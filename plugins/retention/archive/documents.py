@@ -103,8 +103,12 @@ def dispose_documents(conn, store: ArchiveStore, schema: str, purpose: str, *, d
     not granted within DISPOSAL_LOCK_TIMEOUT (an application transaction writing one of them stays
     open; its next writes queue behind the request meanwhile) leaves the files pending for the next
     batch or run (``defer_when_busy``, the engine: its batch is committed, nothing to fail) or raises
-    DisposalBusyError (a subject erasure, whose report would otherwise count files still stored)."""
-    from psycopg.errors import LockNotAvailable
+    DisposalBusyError (a subject erasure, whose report would otherwise count files still stored).
+    So does a deadlock PostgreSQL breaks by failing the disposal: the tables are taken one after
+    the other, and an application transaction writing two of them in another order waits for the
+    disposal while the disposal waits for it (found by a review: under a deadlock_timeout below
+    DISPOSAL_LOCK_TIMEOUT the DeadlockDetected failed the run whose batch was committed)."""
+    from psycopg.errors import DeadlockDetected, LockNotAvailable
 
     kept = 0
     while _any_pending(conn, store, purpose):
@@ -127,15 +131,16 @@ def dispose_documents(conn, store: ArchiveStore, schema: str, purpose: str, *, d
                     " WHERE id = ANY(%s::bigint[])",
                     (sorted(shared), id_array([r[0] for r in rows])),
                 )
-        except LockNotAvailable:
+        except (LockNotAvailable, DeadlockDetected):  # only while the tables' locks are taken
             if not defer_when_busy:
                 raise DisposalBusyError(
                     f"purpose {purpose!r}: the tables naming files were being written for longer than "
-                    f"{DISPOSAL_LOCK_TIMEOUT} (an application transaction still open), so the deleted rows' files stay "
-                    "pending, none deleted: trigger again once it has ended"
+                    f"{DISPOSAL_LOCK_TIMEOUT} or in a deadlock with it (an application transaction still open), so the "
+                    "deleted rows' files stay pending, none deleted: trigger again once it has ended"
                 ) from None
             log.warning(
-                "purpose %s: source files left pending: a table naming files was being written for longer than %s;"
+                "purpose %s: source files left pending: a table naming files was being written for longer than %s"
+                " (or in a deadlock with the disposal);"
                 " the next batch or run disposes of them",
                 purpose,
                 DISPOSAL_LOCK_TIMEOUT,
