@@ -337,6 +337,33 @@ def test_a_foreign_key_of_a_purposes_table_left_out_of_the_hold_coverage_is_refu
         engine.purge_archives(RunContext("contracts", "p", f.midnight("2025-06-01")))
 
 
+def test_a_purposes_table_referring_to_itself_is_not_refused_for_a_coverage_the_policy_may_not_hold(
+    tmp_path, db, s3, storage, policy, source_dsn
+):
+    """The application keys a renewed contract to the one it replaces (contracts.replaces_contract_id,
+    a key of contracts into contracts). The check that every key of a purpose's tables is in
+    legal_holds.covers asked for `contracts: [contracts.replaces_contract_id]`, which the policy
+    refuses (the coverage must not loop back on itself): the contracts purpose was refused for
+    good, whatever the DPO wrote (found by a review). A key the coverage may not hold is not asked for."""
+    with pytest.raises(PolicyError, match="must not loop back on itself"):
+        load_policy(
+            _policy_variant(
+                tmp_path,
+                "    contracts: [claims.contract_id,",
+                "    contracts: [contracts.replaces_contract_id, claims.contract_id,",
+            )
+        )
+    db.execute("ALTER TABLE app.contracts ADD COLUMN replaces_contract_id bigint REFERENCES app.contracts (id)")
+    try:
+        customer, contract = _archived_contract_file(db)
+        engine = engine_for(policy, "contracts", source_dsn, s3, storage)
+        outcomes = engine.archive_and_delete(RunContext("contracts", "r", f.midnight("2025-06-01")))
+        assert contract not in f.ids(db, "contracts") and sum(o.deleted for o in outcomes) >= 4
+    finally:
+        db.execute("DELETE FROM app.contracts WHERE replaces_contract_id IS NOT NULL")
+        db.execute("ALTER TABLE app.contracts DROP COLUMN IF EXISTS replaces_contract_id")
+
+
 @pytest.mark.parametrize(
     ("old", "new", "named"),
     [
