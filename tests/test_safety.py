@@ -392,6 +392,35 @@ def test_a_hold_coverage_naming_no_foreign_key_is_refused_before_anything_goes(
         engine.purge_archives(RunContext("contracts", "p", f.midnight("2025-06-01")))
 
 
+def test_a_hold_coverage_entry_without_a_declared_foreign_key_is_followed(db, s3, storage, policy, source_dsn):
+    """A large table often has no declared foreign key (chat messages partitioned by month, as in
+    the bench): its `legal_holds.covers` entry names a real column all the same, and a hold on the
+    customer keeps the message. The first version of the coverage check asked for a key and
+    refused every purpose (the bench's runs all failed: test_bench errored in a fresh CI run)."""
+    from tests import factories_policy as fp
+
+    customer = f.customer(db)
+    message = fp.chat_message(db, customer, transmitted=f.paris("2026-03-10", 10))
+    f.legal_hold(db, "customers", customer)
+    (name, definition) = db.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'app.chat_messages'::regclass AND contype = 'f' AND pg_get_constraintdef(oid) LIKE"
+        " '%%(customer_id)%%'"
+    ).fetchone()
+    db.execute(f'ALTER TABLE app.chat_messages DROP CONSTRAINT "{name}"')
+    db.commit()
+    try:
+        outcomes = engine_for(policy, "subscriber_services", source_dsn, s3, storage).archive_and_delete(
+            RunContext("subscriber_services", "r", f.midnight("2026-06-01"))
+        )
+        (chat,) = [o for o in outcomes if o.table == "chat_messages"]
+        assert message in f.ids(db, "chat_messages") and chat.held == 1 and chat.deleted == 0
+    finally:
+        db.rollback()
+        db.execute(f'ALTER TABLE app.chat_messages ADD CONSTRAINT "{name}" {definition}')
+        db.commit()
+
+
 # ----------------------------------------------------------------- 2. what is checked is what is deleted
 
 
