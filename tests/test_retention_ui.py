@@ -412,6 +412,26 @@ def test_counts_say_how_fresh_they_are_and_are_withheld_when_outdated_but_the_al
     assert (again["due"], again["overdue"], again["held"], again["counts"]["state"]) == (4, 2, 1, "fresh")
 
 
+def test_a_policy_the_database_refuses_is_named_on_the_page(api, ran_quotes):
+    """A legal hold naming a table renamed since refuses every count (a hold that would keep
+    nothing: retention.planner.check_holds_name_tables). The page said "Counting failed
+    (PolicyError, in the api-server's log)"; it now gives the error's own words (tables and
+    columns only) and what to correct, where the DPO looks (found by a review)."""
+    import psycopg
+
+    with psycopg.connect(ran_quotes["dsn"], autocommit=True) as conn:
+        hold = f.legal_hold(conn, "job_applications", 1, reason="ui-test")
+        conn.execute("ALTER TABLE app.job_applications RENAME TO candidates")
+        try:
+            summary = _get(api, "/retention/api/summary", fresh="true").json()
+            page = _get(api, "/retention/").text
+        finally:
+            conn.execute("ALTER TABLE app.candidates RENAME TO job_applications")
+            conn.execute("DELETE FROM retention.legal_holds WHERE id = %s", (hold,))
+    assert summary["freshness"]["recount_error"].startswith("PolicyError: active legal holds name job_applications")
+    assert "Set their table_name to the table the record is in now" in page
+
+
 def _row_cells(html: str, attribute: str, value: str) -> list[str]:
     """The text of each cell of the table row with ``attribute="value"``."""
     from html.parser import HTMLParser

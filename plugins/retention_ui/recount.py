@@ -86,7 +86,12 @@ class Recounter:
                 if names:
                     status_counts.count_and_store(conn, policy, now, job.overdue_days, names=names, counted_by="page")
         except Exception as exc:  # shown on the page; the next request tries again
-            job.error = type(exc).__name__
+            from retention.policy import PolicyError
+
+            # A policy the database refuses (a hold naming a table renamed since, a coverage
+            # entry naming no column): its message names tables and columns only, and says what
+            # to correct, where the DPO looks; other errors by their class (their text may quote data).
+            job.error = f"PolicyError: {exc}" if isinstance(exc, PolicyError) else type(exc).__name__
             log.warning("recounting the Retention page's figures failed", exc_info=True)
         finally:
             job.done.set()
