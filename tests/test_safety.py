@@ -252,6 +252,55 @@ def test_a_hold_naming_a_table_renamed_since_is_refused_before_anything_goes(
         db.commit()
 
 
+def test_an_erasure_under_a_hold_naming_a_table_renamed_since_is_refused_before_anything_goes(
+    tmp_path, db, s3, storage, source_dsn, monkeypatch
+):
+    """The run and the purge refuse an active hold naming no table of the source schema
+    (test_a_hold_naming_a_table_renamed_since_is_refused_before_anything_goes); a subject erasure
+    did not check it: the held candidate's application, the table renamed candidates since, was
+    erased under the hold (found by a review cross-checking that fix on every path that deletes).
+    The erasure refuses too, naming the table, before anything is erased."""
+    from retention.policy import loading as policy_module
+    from retention.rights.requests import SubjectRequest
+    from retention.rights.subject_rights import SubjectRights
+
+    application = f.job_application(db, last_contact="2024-01-01", email="held.candidate@example.fr")
+    f.legal_hold(db, "job_applications", application)
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "job_applications").mkdir(parents=True)
+    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
+        if purpose_dir.is_dir() and purpose_dir.name != "job_applications":
+            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
+    (sql_dir / "job_applications" / "candidates_not_recruited.sql").write_text("WHERE NOT candidates.hired\n")
+    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
+    renamed = load_policy(
+        _policy_variant(
+            tmp_path,
+            "        table: job_applications\n        clock: job_applications.last_contact_at",
+            "        table: candidates\n        clock: candidates.last_contact_at",
+        )
+    ).with_mode("enforce")
+    db.execute("ALTER TABLE app.job_applications RENAME TO candidates")
+    db.commit()
+    try:
+        erasure = SubjectRequest(
+            request_id="req-renamed-hold",
+            action="erasure",
+            received_at=f.paris("2025-01-02", 9),
+            kind="email",
+            email="held.candidate@example.fr",
+            run_id="manual__req-renamed-hold",
+            preview=False,
+        )
+        with pytest.raises(PolicyError, match=r"active legal holds name job_applications, no table of app"):
+            SubjectRights(renamed, source_dsn, ArchiveStore(s3, storage), lock_timeout=2).handle(erasure)
+        assert f.ids(db, "candidates") == {application}, "the held candidate was erased"
+    finally:
+        db.rollback()
+        db.execute("ALTER TABLE IF EXISTS app.candidates RENAME TO job_applications")
+        db.commit()
+
+
 def test_a_customers_hold_covers_their_rows_in_every_table(db, s3, storage, policy, source_dsn):
     """Rows reached only through another record of the customer: a quote made as a prospect,
     a fraud alert on their contract, the analysis of their call."""

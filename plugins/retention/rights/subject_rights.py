@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 
 from retention.archive.store import ArchiveStore
+from retention.planner import check_hold_coverage_in
 from retention.policy import Policy
 from retention.rights.access import Gathered, export, gather
 from retention.rights.context import PURPOSE_LOCK_TIMEOUT, RequestContext
@@ -66,6 +67,12 @@ class SubjectRights:
         report = new_report(req, self.policy.tz)
         ctx = RequestContext(self.policy, self.dsn, self.store, self.lock_timeout)  # nothing read back yet
         with ctx.connect() as conn:
+            if req.action == "erasure":
+                # As every run and purge (Planner.load, ArchivePurge): a hold naming a table renamed
+                # since, or a coverage entry naming no link, would keep nothing, silently (found by
+                # a review: a held candidate was erased). Refused before anything is read or erased.
+                tables = {rule.table for purpose in self.policy.purposes.values() for rule in purpose.rules}
+                check_hold_coverage_in(conn, self.policy, tables)
             if not req.preview:
                 record_start(conn, req, report)
             # The search, and for an access every read of the export (for an erasure's preview,
