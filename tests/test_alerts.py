@@ -546,3 +546,53 @@ def test_a_run_finished_before_its_deadline_sends_no_late_email(inbox):
 
     notify_late_run(context={"dag_run": {"dag_id": "retention_quotes", "state": "failed", "end_date": "2025-03-01"}})
     assert inbox.messages == []
+
+
+@pytest.mark.integration
+def test_the_watch_does_not_alarm_on_archive_objects_their_purge_keeps_because_their_clock_runs_again(
+    airflow_db, db, s3, storage, inbox, monkeypatch
+):
+    """A claims' copy is dated from its contract's end; the contract set back to running (its end
+    cleared) keeps the copy past that date, rightly: the purge keeps it (kept_clock_not_due) until
+    the contract ends again and its periods pass. Nothing to decide, nothing to re-date: the
+    watch does not call it stored past its end (found by a review: it alarmed every day, 'its
+    purge keeps them ... re-date them'). A copy whose contract is gone still does."""
+    from retention import watch
+
+    monkeypatch.setattr(watch, "last_success_end", lambda dag_id, now: now - dt.timedelta(hours=1))
+    running = f.contract(db, ended=None)
+    now = dt.datetime.now(dt.UTC)
+
+    def archived(claim_id: int, contract_id: int) -> int:
+        return db.execute(
+            "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
+            " object_key, state, purge_month, purge_after, row_count, record_ids, owner_ids, clock)"
+            " VALUES ('r', now(), 'contracts', 'claims', 'claims', 'probative', %s, %s, 'committed', '2026-01', %s,"
+            " 1, %s, %s::jsonb, 'contracts.ended_at') RETURNING id",
+            (
+                storage.archive_bucket,
+                f"probative/contracts/claims/{claim_id}.parquet",
+                now - dt.timedelta(days=40),
+                [claim_id],
+                json.dumps({"contracts": [contract_id]}),
+            ),
+        ).fetchone()[0]
+
+    made = [archived(10**9, running), archived(10**9 + 1, 10**9 + 2)]  # the second one's contract is gone
+    db.commit()
+    try:
+        _run_watch(purposes=["contracts"], overdue_days=3, stale_after_hours=24 * 365 * 20)
+        body = "".join(_text(m) for m in inbox.messages)
+        assert "contracts: archive_past_end: 1 archive objects of rule claims stored more than 3 days past" in body, (
+            "the copy whose contract is running again was counted (or the other one was not)"
+        )
+
+        from retention_ui.summary import summary
+
+        page = summary(overdue_days=3)
+        assert [(a["purpose"], a["rule"], a["objects"]) for a in page["archives_past_end"]] == [
+            ("contracts", "claims", 1)
+        ]
+    finally:
+        db.execute("DELETE FROM retention.archive_manifest WHERE id = ANY(%s)", (made,))
+        db.commit()

@@ -60,7 +60,9 @@ def policy_keeps_longer(purpose: Purpose, rule_name: str, gone_after: str | None
     return not covers(Period.parse(gone_after, written=False), rule.gone_after)
 
 
-def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, alias: str = "m") -> str:
+def clock_not_due(
+    policy: Policy, purpose: Purpose, logical_date: dt.datetime, alias: str = "m", archived_since: bool = True
+) -> str:
     """SQL, true for the manifest row ``alias`` of a rule whose clock is a parent's column (a
     claim's contract end) when one of the rows' clock records (their owners in that table) is
     still live with its clock unset or not yet due at ``logical_date``, or was archived since by
@@ -117,7 +119,9 @@ def clock_not_due(policy: Policy, purpose: Purpose, logical_date: dt.datetime, a
             f" AND pm.table_name = '{rule.clock_table}' AND ({' OR '.join(later)})"
             f" AND pm.record_ids && ARRAY({parents}))"
         )
-        arms.append(f"({alias}.rule = '{rule.name}' AND ({live}{archived}))")
+        # Without ``archived_since``: the live records only (the watch and the Retention page, for
+        # every object past its date: that arm reads the whole manifest once per object).
+        arms.append(f"({alias}.rule = '{rule.name}' AND ({live}{archived if archived_since else ''}))")
     return f"({' OR '.join(arms)})" if arms else "false"
 
 
