@@ -596,3 +596,49 @@ def test_the_watch_does_not_alarm_on_archive_objects_their_purge_keeps_because_t
     finally:
         db.execute("DELETE FROM retention.archive_manifest WHERE id = ANY(%s)", (made,))
         db.commit()
+
+
+@pytest.mark.integration
+def test_the_watch_does_not_say_no_purge_decides_the_objects_of_a_rule_renamed_in_a_purpose_still_purged(
+    airflow_db, db, s3, storage, inbox, monkeypatch
+):
+    """A rule renamed in a purpose the policy still names (unconverted_quotes become stale_quotes,
+    say, kept longer): its objects' purge reads their rule as unknown and keeps them past their
+    recorded date (kept_policy_longer), for someone to re-date. The alarm said 'no purge decides
+    them: ... or purge them by hand', false, and the way to delete records the renamed rule now
+    keeps (found by a review). Of a purpose the policy no longer names, it still says so."""
+    from retention import watch
+
+    monkeypatch.setattr(watch, "last_success_end", lambda dag_id, now: now - dt.timedelta(hours=1))
+    now = dt.datetime.now(dt.UTC)
+    made = [
+        db.execute(
+            "INSERT INTO retention.archive_manifest (run_id, logical_date, purpose, rule, table_name, tier, bucket,"
+            " object_key, state, purge_month, purge_after, row_count, record_ids, owner_ids, gone_after)"
+            " VALUES ('r', now(), %s, %s, %s, 'intermediate', %s, %s, 'committed', '2026-01', %s, 1, %s, '{}',"
+            " '12 months') RETURNING id",
+            (purpose, rule, table, storage.archive_bucket, f"intermediate/{purpose}/{rule}/1.parquet", when, [10**9]),
+        ).fetchone()[0]
+        for purpose, rule, table, when in (
+            ("quotes", "renamed_quotes", "quotes", now - dt.timedelta(days=40)),
+            ("pet_photos", "old_photos", "pet_photos", now - dt.timedelta(days=40)),
+        )
+    ]
+    db.commit()
+    try:
+        _run_watch(overdue_days=3, stale_after_hours=24 * 365 * 20)
+        body = _text(inbox.messages[0])
+
+        def alarm_of(rule: str) -> str:  # up to the next alarm (the message joins them on one line)
+            start = body.index(f"archive objects of rule {rule} ")
+            ends = [i for i in (body.find("archive_past_end", start), body.find("</li>", start)) if i >= 0]
+            return body[start : min(ends, default=len(body))]
+
+        renamed, removed = alarm_of("renamed_quotes"), alarm_of("old_photos")
+        assert "quotes: archive_past_end: 1 archive objects of rule renamed_quotes" in body
+        assert "no purge decides them" not in renamed and "by hand" not in renamed, renamed
+        assert "re-date them" in renamed
+        assert "no purge decides them" in removed and "by hand" in removed, removed
+    finally:
+        db.execute("DELETE FROM retention.archive_manifest WHERE id = ANY(%s)", (made,))
+        db.commit()

@@ -301,13 +301,23 @@ def archive_past_end_alarms(archives: list[dict], overdue_days: int) -> list[Ala
     clock changed since)."""
     found = []
     for a in archives:
-        why = (
-            "its purge keeps them (a period lengthened or a clock changed since they were archived: "
-            "re-date them) or does not run (the purpose in preview, or failing)"
-            if a["in_policy"]
-            else "the policy no longer names this rule, so no purge decides them: move them to the rule that "
-            "keeps them now, or purge them by hand"
-        )
+        if a["in_policy"]:
+            why = (
+                "its purge keeps them (a period lengthened or a clock changed since they were archived: "
+                "re-date them) or does not run (the purpose in preview, or failing)"
+            )
+        elif a.get("purpose_in_policy"):
+            # Not 'purge them by hand' (found by a review): a rule renamed may keep them longer now.
+            why = (
+                "the policy no longer names this rule (renamed or removed), so its purpose's purge keeps them, their "
+                "period unknown, or does not run (the purpose in preview, or failing): re-date them to the rule "
+                "that keeps them now (docs/operating.md)"
+            )
+        else:
+            why = (
+                "the policy no longer names this rule, so no purge decides them: move them to the rule that "
+                "keeps them now, or purge them by hand"
+            )
         if a["owners_not_recorded"]:
             why += (
                 f"; {a['owners_not_recorded']} of them archived before owners were recorded, kept as if held until "

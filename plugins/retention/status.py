@@ -292,6 +292,9 @@ def archives_past_their_end(
                 "objects": objects,
                 "oldest_purge_date": oldest.astimezone(policy.tz).date().isoformat(),
                 "in_policy": named is not None and any(r.name == rule_name for r in named.rules),
+                # Its purpose's purge still decides them (keeps them: their rule unknown), the rule
+                # renamed or removed; none does when the purpose itself is no longer named.
+                "purpose_in_policy": named is not None,
                 # Archived before owners were recorded: the purge keeps them as if held until
                 # `python -m retention.archive.backfill_owners` fills them in.
                 "owners_not_recorded": owners_unknown,
