@@ -982,6 +982,45 @@ def test_a_hold_placed_after_an_erasure_rewrite_crashed_keeps_the_subjects_only_
     )
 
 
+def test_the_recovery_before_the_units_refuses_a_hold_naming_a_table_renamed_since(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An erasure rewrites the quotes object without the customer's quotes and crashes after its
+    commit, the old object still stored. The quotes run is planned and approved; then a hold is
+    placed on a candidate and the job_applications table renamed candidates by a migration. Every
+    run, purge and erasure refuses an active hold naming no table of the source schema, before
+    anything is deleted (check_holds_name_tables: what it meant to keep cannot be told); the run's
+    first archive task (prepare_units: recover_before_units) did not check it, and its recovery
+    deleted the old object (found by a review of the order of the checks). It now refuses first."""
+    from retention.policy import PolicyError
+
+    from tests.test_exact_day import versions
+
+    w = quotes_world(db, s3, storage, policy, source_dsn)
+    [old_key] = [
+        k for (k,) in db.execute("SELECT object_key FROM retention.archive_manifest WHERE state = 'committed'")
+    ]
+    req = request("erasure", "req-crash-renamed", kind="customer", subject_id=w["customer"])
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(object_rewrite, "_finish", crash_after_commit)
+        rights(policy, source_dsn, s3, storage).handle(req)
+    ctx = RunContext("quotes", "manual__units_after_hold", D)
+    plan = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2).make_plan(ctx)
+
+    f.legal_hold(db, "job_applications", f.job_application(db, last_contact="2020-01-01"))
+    db.execute("ALTER TABLE app.job_applications RENAME TO candidates")
+    db.commit()
+    try:
+        recovery = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+        with pytest.raises(PolicyError, match=r"active legal holds name job_applications, no table of app"):
+            recovery.recover_before_units(ctx, plan)
+        assert old_key in versions(s3, storage.archive_bucket), "deleted by a recovery the checks refuse"
+    finally:
+        db.rollback()
+        db.execute("ALTER TABLE IF EXISTS app.candidates RENAME TO job_applications")
+        db.commit()
+
+
 @pytest.mark.parametrize(
     "stored", ["camille.sujet@example.fr\t", "\u00a0camille.sujet@example.fr", "Élodie.Sujet@example.fr"]
 )

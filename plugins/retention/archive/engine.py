@@ -388,7 +388,10 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
     def recover_before_units(self, ctx: RunContext, plan: Plan) -> dict[str, int]:
         """The first task of a run spread over units: under the purpose's lock held exclusively,
         finish what a crashed run left (orphan uploads, locks, source files); the units then
-        hold the lock in shared mode, so no recovery runs while one of them uploads."""
+        hold the lock in shared mode, so no recovery runs while one of them uploads. The policy's
+        checks first (Planner.load: a hold naming a table renamed since, a coverage entry naming no
+        link), as archive_and_delete does: the recovery deletes (a rewrite's old object, a detached
+        partition), and ran before any of them (found by a review)."""
         refuse_future(ctx.logical_date)
         self.check_plan(plan, ctx)
         if self.previews(ctx):
@@ -398,6 +401,7 @@ class RetentionEngine(BatchProtocol, PartitionRetirement, Recovery, ArchivePurge
         with self._connect() as control:
             self._acquire_purpose_lock(control)
             try:
+                self.planner(control)
                 return self.recover(control, ctx)
             finally:
                 control.rollback()
