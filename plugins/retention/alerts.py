@@ -201,7 +201,9 @@ def late_notifier():
 @dataclass(frozen=True)
 class Alarm:
     purpose: str
-    kind: str  # "overdue" | "waiting" | "no_success" | "future_run" | "open_retirement" | "archive_past_end"
+    # "overdue" | "waiting" | "no_success" | "future_run" | "open_retirement" | "archive_past_end"
+    # | "policy_refused"
+    kind: str
     detail: str
 
     def __str__(self) -> str:

@@ -134,6 +134,30 @@ def future_runs(dag_id: str, now: dt.datetime) -> list[tuple[str, dt.datetime]]:
     return found
 
 
+def _count(conn, policy, now: dt.datetime, overdue_days: int, wanted: set[str], count_and_store) -> tuple[list, list]:
+    """The purposes' counts (stored for the Retention page), and a ``policy_refused`` alarm for each
+    purpose whose policy the database refuses (Planner.load: a legal hold naming a table renamed
+    since, a hold coverage entry naming no link): that PolicyError failed the whole watch, and its
+    other alarms went unsent for as long as the policy stayed refused (found by a review). Counted
+    together first; purpose by purpose only once one is refused."""
+    from retention.alerts import Alarm
+    from retention.policy import PolicyError
+
+    def counted(names):
+        return count_and_store(conn, policy, now, overdue_days, names=names, counted_by="watch", best_effort=True)
+
+    try:
+        return counted(wanted), []
+    except PolicyError:
+        statuses, refused = [], []
+        for name in (n for n in policy.purposes if n in wanted):
+            try:
+                statuses += counted({name})
+            except PolicyError as exc:
+                refused.append(Alarm(name, "policy_refused", f"{exc}"))
+        return statuses, refused
+
+
 def run_watch(context: dict) -> dict:
     import psycopg
     from airflow.sdk.exceptions import AirflowFailException
@@ -164,16 +188,18 @@ def run_watch(context: dict) -> dict:
     with psycopg.connect(source_dsn(), autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")
         # Counted live, and kept for the Retention page (which then need not count them again).
-        statuses = count_and_store(conn, policy, now, overdue_days, names=wanted, counted_by="watch", best_effort=True)
+        statuses, refused = _count(conn, policy, now, overdue_days, wanted, count_and_store)
         left_open = [r for r in open_retirements(conn, now, OPEN_RETIREMENT_AFTER) if r["purpose"] in wanted]
         # Every purpose of the manifest when all are watched: those the policy no longer names too.
         past_end = archives_past_their_end(
             conn, policy, now, overdue_days, purposes=wanted if params.get("purposes") else None
         )
     stale_after = dt.timedelta(hours=int(params["stale_after_hours"]))
-    last = {s.purpose: last_success_end(dag_id_for(s.purpose), now) for s in statuses}
-    found = alarms(statuses, last, now, overdue_days, stale_after)
-    watched_dags = [dag_id_for(s.purpose) for s in statuses] + [SUBJECT_REQUESTS_DAG_ID]
+    watched = [s.purpose for s in statuses] + [a.purpose for a in refused]
+    last = {name: last_success_end(dag_id_for(name), now) for name in watched}
+    found = refused + alarms(statuses, last, now, overdue_days, stale_after)
+    found += [s for r in refused if (s := stale_alarm(r.purpose, last[r.purpose], now, stale_after))]
+    watched_dags = [dag_id_for(name) for name in watched] + [SUBJECT_REQUESTS_DAG_ID]
     housekeeping = None
     if not params.get("purposes"):  # every purpose watched: the housekeeping too
         housekeeping = last_success_end(HOUSEKEEPING_DAG_ID, now)
