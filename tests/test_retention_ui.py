@@ -432,6 +432,27 @@ def test_a_policy_the_database_refuses_is_named_on_the_page(api, ran_quotes):
     assert "Set their table_name to the table the record is in now" in page
 
 
+def test_a_clock_table_renamed_since_is_named_on_the_page_not_a_server_error(api, ran_quotes):
+    """customers (a clock table and a parent of the hold coverage) renamed clients by a migration,
+    the policy not following: the counts are refused (PolicyError, named), but the page's live look
+    at the archives past their end read app.customers and failed with UndefinedTable: the summary
+    and the page answered 500 (found by a review of who calls Planner.load). That look now runs the
+    purge's checks first, and the page names their refusal instead."""
+    import psycopg
+
+    with psycopg.connect(ran_quotes["dsn"], autocommit=True) as conn:
+        conn.execute("ALTER TABLE app.customers RENAME TO clients")
+        try:
+            summary = _get(api, "/retention/api/summary", fresh="true")
+            page = _get(api, "/retention/")
+        finally:
+            conn.execute("ALTER TABLE app.clients RENAME TO customers")
+    assert (summary.status_code, page.status_code) == (200, 200)
+    refused = "PolicyError: legal_holds.covers.customers: prospects.customer_id"
+    assert summary.json()["freshness"]["archives_past_end_error"].startswith(refused)
+    assert 'data-testid="archives-past-end-refused"' in page.text and "legal_holds.covers.customers" in page.text
+
+
 def _row_cells(html: str, attribute: str, value: str) -> list[str]:
     """The text of each cell of the table row with ``attribute="value"``."""
     from html.parser import HTMLParser

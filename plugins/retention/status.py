@@ -255,9 +255,17 @@ def archives_past_their_end(
     every purpose of the manifest, those the policy no longer names too). Either the purge did
     not run (a purpose removed from the policy, or in preview, or failing) or it keeps them for
     someone to decide (a period lengthened or a clock changed since they were archived): kept
-    on the safe side, but past the end the policy promised. Counts, names and dates only."""
+    on the safe side, but past the end the policy promised. Counts, names and dates only.
+
+    Raises PolicyError when the purge's checks refuse the policy (check_hold_coverage_in: a table
+    of the hold coverage renamed since, a hold naming one): the coverage's and the clocks' SQL
+    below read those tables, and failed with UndefinedTable, failing the watch and the Retention
+    page with it (found by a review: customers renamed)."""
     from retention.archive.purge import clock_not_due
+    from retention.planner import check_hold_coverage_in
     from retention.policy.coverage import covered_records_sql, object_covered
+
+    check_hold_coverage_in(conn, policy)
 
     # Not an object its purge keeps because the record its clock is read from runs again (a
     # contract set back to running: kept_clock_not_due): kept rightly, until that clock is due,

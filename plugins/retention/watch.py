@@ -165,6 +165,7 @@ def run_watch(context: dict) -> dict:
     from retention.airflow_names import SUBJECT_REQUESTS_DAG_ID
     from retention.alerts import (
         OPEN_RETIREMENT_AFTER,
+        Alarm,
         alarms,
         archive_past_end_alarms,
         future_run_alarms,
@@ -172,7 +173,7 @@ def run_watch(context: dict) -> dict:
         stale_alarm,
     )
     from retention.housekeeping_dag import HOUSEKEEPING_DAG_ID
-    from retention.policy import default_policy
+    from retention.policy import PolicyError, default_policy
     from retention.status import archives_past_their_end, open_retirements
     from retention.status_counts import count_and_store
     from retention.tasks import source_dsn
@@ -189,11 +190,17 @@ def run_watch(context: dict) -> dict:
         conn.execute("SET TIME ZONE 'UTC'")
         # Counted live, and kept for the Retention page (which then need not count them again).
         statuses, refused = _count(conn, policy, now, overdue_days, wanted, count_and_store)
+        unread = []
         left_open = [r for r in open_retirements(conn, now, OPEN_RETIREMENT_AFTER) if r["purpose"] in wanted]
         # Every purpose of the manifest when all are watched: those the policy no longer names too.
-        past_end = archives_past_their_end(
-            conn, policy, now, overdue_days, purposes=wanted if params.get("purposes") else None
-        )
+        try:
+            past_end = archives_past_their_end(
+                conn, policy, now, overdue_days, purposes=wanted if params.get("purposes") else None
+            )
+        except PolicyError as exc:  # refused as the purge refuses it: reported, the other alarms sent
+            past_end = []
+            if not refused:  # the counts' alarms say it already
+                unread = [Alarm("archives", "policy_refused", f"{exc}")]
     stale_after = dt.timedelta(hours=int(params["stale_after_hours"]))
     watched = [s.purpose for s in statuses] + [a.purpose for a in refused]
     last = {name: last_success_end(dag_id_for(name), now) for name in watched}
@@ -209,7 +216,7 @@ def run_watch(context: dict) -> dict:
     future = {dag_id: runs for dag_id in watched_dags if (runs := future_runs(dag_id, now))}
     found += future_run_alarms(future)
     found += open_retirement_alarms(left_open)
-    found += archive_past_end_alarms(past_end, overdue_days)
+    found += archive_past_end_alarms(past_end, overdue_days) + unread
     paris = ZoneInfo(policy.timezone)
     summary = {
         "checked_at": now.astimezone(paris).isoformat(),
