@@ -1887,3 +1887,20 @@ def test_an_erasure_keeps_a_parent_a_held_row_references_through_a_cascading_key
         assert "marketing_contacts" not in report["erased"]["live"]
     finally:
         db.execute(CASCADING_KEY.format(""))
+
+
+def test_an_erasure_does_not_count_erased_a_file_another_row_still_names(db, s3, storage, policy, source_dsn):
+    """The subject's application names a file another person's live application names too: the
+    file stays (kept_shared), and the report counted it among the files erased as well."""
+    cv = "cv/shared.pdf"
+    f.put_document(s3, storage.documents_bucket, cv)
+    cand = f.job_application(db, last_contact="2020-01-01", cv_key=cv)
+    f.job_application(db, last_contact="2024-12-20", cv_key=cv)
+    db.commit()
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("erasure", "req-shared-file", kind="candidate", subject_id=cand)
+    )
+    assert s3.head_object(Bucket=storage.documents_bucket, Key=cv), "the other row's file stays"
+    assert report["erased"]["live"] == {"job_applications": 1}
+    assert report["erased"]["files_kept_shared"] == 1
+    assert report["erased"]["files"] == 0

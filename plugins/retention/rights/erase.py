@@ -67,9 +67,8 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
     }
     for purpose in sorted(purposes):  # the files of deleted rows, unless a kept row names them
         with connect(ctx.dsn, f"retention:{purpose}") as control:
-            report["erased"]["files_kept_shared"] += dispose_documents(
-                control, ctx.store, ctx.schema, purpose, defer_when_busy=False
-            )
+            dispose_documents(control, ctx.store, ctx.schema, purpose, defer_when_busy=False)
+    erased_by_request(conn, req, report)
     # Searched again after the live rows went: an object the engine committed meanwhile is seen.
     fresh = find_settled(
         ctx,
@@ -81,6 +80,21 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
     erase_archived(ctx, conn, req, fresh, report, preview=False, before=found)
     # The subject's access exports are copies of what was just erased.
     report["erased"]["access_exports"] = exports.delete_subject_exports(conn, ctx.store, references, req.audit_run_id)
+
+
+def erased_by_request(conn, req: SubjectRequest, report: dict) -> None:
+    """The files the request's deleted rows named, counted from its file disposals once done:
+    deleted, or kept because another row still names them (a file kept that way was counted
+    among the files erased as well, while it stays; found by a review)."""
+    outcomes = dict(
+        conn.execute(
+            "SELECT outcome, count(*) FROM retention.document_disposals WHERE run_id = %s AND disposed_at IS NOT NULL"
+            " GROUP BY 1",
+            (req.audit_run_id,),
+        ).fetchall()
+    )
+    report["erased"]["files"] = outcomes.get("deleted", 0)
+    report["erased"]["files_kept_shared"] = outcomes.get("kept_shared", 0)
 
 
 def subject_references(ctx: RequestContext, conn, req: SubjectRequest, found: Found) -> set[tuple[str, str]]:
