@@ -1889,6 +1889,40 @@ def test_an_erasure_keeps_a_parent_a_held_row_references_through_a_cascading_key
         db.execute(CASCADING_KEY.format(""))
 
 
+def test_an_erasure_retriggered_after_its_files_were_busy_reports_what_its_first_run_erased(
+    db, s3, storage, policy, source_dsn
+):
+    """An erasure's live rows are committed, then the disposal of their files finds the tables
+    naming files written by an application transaction still open (DisposalBusyError: 'trigger
+    again'). The re-triggered request finds nothing live any more: its report, the request's only
+    evidence (the first run wrote none), said nothing was erased and no file (found by a review)."""
+    import psycopg
+    from retention.archive.documents import DisposalBusyError
+
+    cv = "cv/subject-candidate.pdf"
+    f.put_document(s3, storage.documents_bucket, cv)
+    cand = f.job_application(db, last_contact="2020-01-01", cv_key=cv)
+    db.commit()
+    svc = rights(policy, source_dsn, s3, storage)
+    req = request("erasure", "req-busy-files", kind="candidate", subject_id=cand)
+    with psycopg.connect(source_dsn) as app:
+        f.job_application(app, last_contact="2024-12-20")  # not committed: the transaction stays open
+        with pytest.raises(DisposalBusyError, match="trigger again"):
+            svc.handle(req)
+        app.rollback()
+    assert cand not in f.ids(db, "job_applications")
+    assert s3.head_object(Bucket=storage.documents_bucket, Key=cv), "still pending"
+    report = svc.handle(req)
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=storage.documents_bucket, Key=cv)
+    assert report["erased"]["live"] == {"job_applications": 1}
+    assert report["erased"]["files"] == 1
+    (evidence,) = db.execute(
+        "SELECT reports FROM retention.subject_requests WHERE request_id = 'req-busy-files'"
+    ).fetchone()
+    assert [r["erased"]["live"] for r in evidence] == [{"job_applications": 1}]
+
+
 def test_an_erasure_does_not_count_erased_a_file_another_row_still_names(db, s3, storage, policy, source_dsn):
     """The subject's application names a file another person's live application names too: the
     file stays (kept_shared), and the report counted it among the files erased as well."""

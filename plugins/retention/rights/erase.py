@@ -83,9 +83,19 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
 
 
 def erased_by_request(conn, req: SubjectRequest, report: dict) -> None:
-    """The files the request's deleted rows named, counted from its file disposals once done:
-    deleted, or kept because another row still names them (a file kept that way was counted
-    among the files erased as well, while it stays; found by a review)."""
+    """The live rows and files the request erased, every run of it: read from its audit log and
+    file disposals. A run stopped after its live rows' commit (DisposalBusyError, a crash) wrote
+    no report; re-triggered, it finds nothing live left, and its report, the request's evidence,
+    said nothing was erased (found by a review). The files: deleted, or kept because another
+    row still names them (a file kept that way was counted erased too; found by a review)."""
+    report["erased"]["live"] = {
+        table: int(n)
+        for table, n in conn.execute(
+            "SELECT table_name, sum(record_count) FROM retention.audit_log WHERE run_id = %s AND action = 'deleted'"
+            " GROUP BY 1 ORDER BY 1",
+            (req.audit_run_id,),
+        )
+    }
     outcomes = dict(
         conn.execute(
             "SELECT outcome, count(*) FROM retention.document_disposals WHERE run_id = %s AND disposed_at IS NOT NULL"
