@@ -1938,3 +1938,21 @@ def test_an_erasure_does_not_count_erased_a_file_another_row_still_names(db, s3,
     assert report["erased"]["live"] == {"job_applications": 1}
     assert report["erased"]["files_kept_shared"] == 1
     assert report["erased"]["files"] == 0
+
+
+def test_an_erasures_preview_counts_the_files_the_erasure_deletes_and_keeps(db, s3, storage, policy, source_dsn):
+    """The preview reported 0 files erased and 0 kept whatever the rows erased named, while the
+    erasure itself deleted one file and kept another (named by another person's row)."""
+    own, shared = "cv/own.pdf", "cv/shared-with-other.pdf"
+    for key in (own, shared):
+        f.put_document(s3, storage.documents_bucket, key)
+    cand = f.job_application(db, last_contact="2020-01-01", cv_key=own, email=EMAIL)
+    f.job_application(db, last_contact="2020-02-01", cv_key=shared, email=EMAIL)
+    f.job_application(db, last_contact="2024-12-20", cv_key=shared)  # someone else's, kept
+    db.commit()
+    svc = rights(policy, source_dsn, s3, storage)
+    preview = svc.handle(request("erasure", "req-preview-files", preview=True))
+    report = svc.handle(request("erasure", "req-preview-files"))
+    assert cand not in f.ids(db, "job_applications")
+    assert (report["erased"]["files"], report["erased"]["files_kept_shared"]) == (1, 1)
+    assert (preview["erased"]["files"], preview["erased"]["files_kept_shared"]) == (1, 1)

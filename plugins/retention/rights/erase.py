@@ -50,6 +50,7 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
                 report["erased"]["live"][table] = report["erased"]["live"].get(table, 0) + 1
             else:
                 add_kept(ctx.policy, report, "live", table, d)
+        preview_files(ctx, conn, decisions, report)
         if req.marketing_objection:
             report["marketing_objection"] = "would_record"
         erase_archived(ctx, conn, req, found, report, preview=True)
@@ -80,6 +81,40 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
     erase_archived(ctx, conn, req, fresh, report, preview=False, before=found)
     # The subject's access exports are copies of what was just erased.
     report["erased"]["access_exports"] = exports.delete_subject_exports(conn, ctx.store, references, req.audit_run_id)
+
+
+def preview_files(ctx: RequestContext, conn, decisions: dict[tuple[str, int], Decision], report: dict) -> None:
+    """The preview's files, counted as the erasure counts them (one per erasable row and file it
+    names): kept when a row the erasure keeps, or another person's, names it too, deleted
+    otherwise. The preview reported none either way (found by a review)."""
+    erasable: dict[str, list[int]] = defaultdict(list)
+    for (table, rid), d in decisions.items():
+        if d.erase:
+            erasable[table].append(rid)
+    named: list[str] = []
+    for table, ids in sorted(erasable.items()):
+        for col in key_columns(conn, ctx.schema, table):
+            named += [
+                k
+                for (k,) in conn.execute(
+                    sql.SQL("SELECT {} FROM {} WHERE id = ANY(%s)").format(
+                        sql.Identifier(col), sql.Identifier(ctx.schema, table)
+                    ),
+                    (sorted(ids),),
+                )
+                if k
+            ]
+    if not named:
+        return
+    others = " OR ".join(
+        f'EXISTS (SELECT 1 FROM "{ctx.schema}"."{t}" AS r WHERE r."{c}" = k'
+        + (" AND NOT r.id = ANY(%s::bigint[]))" if t in erasable else ")")
+        for t, c in key_columns(conn, ctx.schema)
+    )
+    params = [sorted(erasable[t]) for t, _ in key_columns(conn, ctx.schema) if t in erasable]
+    shared = {k for (k,) in conn.execute(f"SELECT k FROM unnest(%s::text[]) AS k WHERE {others}", [named, *params])}
+    report["erased"]["files_kept_shared"] = sum(1 for k in named if k in shared)
+    report["erased"]["files"] = len(named) - report["erased"]["files_kept_shared"]
 
 
 def erased_by_request(conn, req: SubjectRequest, report: dict) -> None:
