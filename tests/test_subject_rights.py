@@ -1956,3 +1956,33 @@ def test_an_erasures_preview_counts_the_files_the_erasure_deletes_and_keeps(db, 
     assert cand not in f.ids(db, "job_applications")
     assert (report["erased"]["files"], report["erased"]["files_kept_shared"]) == (1, 1)
     assert (preview["erased"]["files"], preview["erased"]["files_kept_shared"]) == (1, 1)
+
+
+def test_an_access_finds_a_row_a_batch_archives_between_the_last_manifest_search_and_the_live_read(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """The search reads the manifest, then the live rows, and stops when a search finds nothing
+    new. A quotes batch committed between the last search's manifest read and its live read
+    (the quote gone from its table, its object not seen) left the quote in neither: not found,
+    not exported, and no row 'gone' for the export's read to search again."""
+    c = f.customer(db, ended="2024-03-01", email=EMAIL)
+    q = f.quote(db, issued="2023-01-10", customer_id=c, email=EMAIL)
+    db.commit()
+    calls = []
+    candidates = rights_find._candidate_objects
+
+    def batch_committed_after_the_second_search(*args, **kwargs):
+        result = candidates(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            archive(db, s3, storage, policy, source_dsn, purposes=("quotes",))
+            assert q not in f.ids(db, "quotes"), "archived"
+        return result
+
+    monkeypatch.setattr(rights_find, "_candidate_objects", batch_committed_after_the_second_search)
+    report = rights(policy, source_dsn, s3, storage).handle(
+        request("access", "req-moving-quote", kind="customer", subject_id=c)
+    )
+    assert len(calls) >= 2
+    assert sum(tier.get("quotes", 0) for tier in report["found"].values()) == 1
+    assert [e for e in report["index"] if e["path"].endswith("/quotes.json")]

@@ -144,16 +144,20 @@ def find(ctx: RequestContext, conn, req: SubjectRequest, seed: dict[str, set[int
     # a prospect who became a customer, is only seen from the rows), and so that a batch the
     # engine committed after a search but before the live read (rows gone, object committed) is
     # seen (both found by a review).
+    # A search also ends only when it found the same rows as the one before: a batch committed
+    # between a search's manifest read and its live read leaves a row found before in neither
+    # (found by a review: the last search then lost it, in no export).
     search = {t: set(v) for t, v in roots.items()}
     seen: set[int] | None = None
+    before: dict[str, set[int]] | None = None
     while True:
         objects, unknown = _candidate_objects(ctx, conn, search)
         found = expand(ctx, conn, roots, objects)
         wider = {t: search.get(t, set()) | found.ids.get(t, set()) for t in {*search, *found.ids}}
         now = {o.manifest_id for o in objects}
-        if wider == search and now == seen:
+        if wider == search and now == seen and found.ids == before:
             break
-        search, seen = wider, now
+        search, seen, before = wider, now, found.ids
     stored: dict[str, set[int]] = {}
     for obj in found.objects:
         if not obj.superseded:
