@@ -1986,3 +1986,36 @@ def test_an_access_finds_a_row_a_batch_archives_between_the_last_manifest_search
     assert len(calls) >= 2
     assert sum(tier.get("quotes", 0) for tier in report["found"].values()) == 1
     assert [e for e in report["index"] if e["path"].endswith("/quotes.json")]
+
+
+def test_an_erasure_retriggered_after_a_crash_among_the_exports_counts_every_export_it_deleted(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An erasure deletes the person's two access exports, then crashes before the second is
+    recorded deleted. Re-triggered, it finishes, and its report, the request's only one,
+    counted the second export alone: the first, deleted by the same request, was lost."""
+    from retention.rights import exports
+
+    c = f.customer(db, ended="2021-01-01", email=EMAIL)
+    f.quote(db, issued="2023-01-10", customer_id=c, email=EMAIL)
+    archive(db, s3, storage, policy, source_dsn, purposes=("quotes", "prospects"))
+    svc = rights(policy, source_dsn, s3, storage)
+    svc.handle(request("access", "rev-crash-access-1", email=EMAIL))
+    svc.handle(request("access", "rev-crash-access-2", kind="customer", subject_id=c))
+    recorded = exports._record_deleted
+    calls = []
+
+    def crash_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Crash("between the second export's deletion and its record")
+        return recorded(*args, **kwargs)
+
+    monkeypatch.setattr(exports, "_record_deleted", crash_at_the_second)
+    req = request("erasure", "rev-crash-erase", kind="customer", subject_id=c)
+    with pytest.raises(Crash):
+        svc.handle(req)
+    monkeypatch.setattr(exports, "_record_deleted", recorded)
+    erasure = svc.handle(req)
+    assert not s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/").get("Versions")
+    assert erasure["erased"]["access_exports"] == 2

@@ -190,7 +190,7 @@ def delete_subject_exports(conn, store: ArchiveStore, references: set[tuple[str,
     """An erasure's last step: every export still held of an access request made under any of
     the subject's ``references`` ((kind, reference) pairs: an id, or an address's keyed hash; see
     retention.rights.erase.subject_references) is a full copy of the rows just erased: deleted,
-    every version, and recorded. Returns how many."""
+    every version, and recorded. Returns how many this erasure deleted, every run of it."""
     kinds, refs = [k for k, _ in sorted(references)], [r for _, r in sorted(references)]
     rows = conn.execute(
         "SELECT e.id, e.request_id, e.bucket, e.object_key, e.produced_at, e.delete_after"
@@ -204,4 +204,8 @@ def delete_subject_exports(conn, store: ArchiveStore, references: set[tuple[str,
         versions = store.list_versions(key).get(key, [])
         store.delete_versions(versions)
         _record_deleted(conn, row_id, (request_id, bucket, key, produced_at, due_at), len(versions), now, run_id)
-    return len(rows)
+    # Counted from the records of every run of the erasure: a run stopped among them (a crash, S3)
+    # deleted some, and the re-triggered one counted only those left (found by a review).
+    return conn.execute(
+        "SELECT count(*) FROM retention.access_exports WHERE deleted_by = %s AND outcome = 'deleted'", (run_id,)
+    ).fetchone()[0]
