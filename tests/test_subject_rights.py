@@ -2019,3 +2019,35 @@ def test_an_erasure_retriggered_after_a_crash_among_the_exports_counts_every_exp
     erasure = svc.handle(req)
     assert not s3.list_object_versions(Bucket=storage.archive_bucket, Prefix="exports/").get("Versions")
     assert erasure["erased"]["access_exports"] == 2
+
+
+def test_an_erasure_retriggered_after_a_crash_reports_the_orphan_upload_its_first_run_removed(
+    db, s3, storage, policy, source_dsn, monkeypatch
+):
+    """An erasure removes the upload a crashed quotes run left holding the subject's quote, then
+    crashes before its report. Re-triggered, it finds no orphan left, and its report, the
+    request's only one, said none was removed (no erased.orphan_uploads)."""
+    c = f.customer(db, email=EMAIL)
+    f.quote(db, issued="2023-01-10", customer_id=c)
+    engine = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
+    original = engine.store.put_verified
+
+    def crash_after_upload(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Crash("after_upload")
+
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(engine.store, "put_verified", crash_after_upload)
+        engine.archive_and_delete(RunContext("quotes", "manual__quotes", D))
+    svc = rights(policy, source_dsn, s3, storage)
+    req = request("erasure", "req-orphan-crash", kind="customer", subject_id=c)
+
+    def crash(*args, **kwargs):
+        raise Crash("before the report")
+
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(rights_erase.exports, "delete_subject_exports", crash)
+        svc.handle(req)
+    assert db.execute("SELECT state FROM retention.archive_manifest WHERE state = 'uploading'").fetchone() is None
+    report = svc.handle(req)
+    assert report["erased"].get("orphan_uploads") == 1

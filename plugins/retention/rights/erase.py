@@ -79,6 +79,14 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
         done="its live rows that could go are erased (audited), its archived ones not yet",
     )
     erase_archived(ctx, conn, req, fresh, report, preview=False, before=found)
+    # Counted from the audit log, every run of the request: a run stopped after removing one
+    # wrote no report, and the re-triggered one found none left (found by a review).
+    (orphans,) = conn.execute(
+        "SELECT count(*) FROM retention.audit_log WHERE run_id = %s AND action = 'orphan_removed'",
+        (req.audit_run_id,),
+    ).fetchone()
+    if orphans:
+        report["erased"]["orphan_uploads"] = orphans
     # The subject's access exports are copies of what was just erased.
     report["erased"]["access_exports"] = exports.delete_subject_exports(conn, ctx.store, references, req.audit_run_id)
 
