@@ -26,7 +26,7 @@ from retention.policy.coverage import owners_of_row_sets, with_detached_owners
 from retention.rights import exports, suppression
 from retention.rights.context import RequestContext
 from retention.rights.decide import Decision, classify_live
-from retention.rights.erase_archived import erase_archived
+from retention.rights.erase_archived import ERASED_IDS, erase_archived
 from retention.rights.find import SUBJECT_TABLES, Found, expand, resolve, tables_in_order
 from retention.rights.report import add_kept
 from retention.rights.requests import SubjectRequest
@@ -79,6 +79,17 @@ def erase(ctx: RequestContext, conn, req: SubjectRequest, found: Found, report: 
         done="its live rows that could go are erased (audited), its archived ones not yet",
     )
     erase_archived(ctx, conn, req, fresh, report, preview=False, before=found)
+    # The archived rows erased, with those of the request's earlier runs (its rewrites done): a
+    # run stopped after a rewrite wrote no report, and the re-triggered one found the rows
+    # nowhere (found by a review).
+    ids = report.pop(ERASED_IDS, {})
+    for table, removed in conn.execute(
+        "SELECT m.table_name, w.removed_ids FROM retention.object_rewrites AS w"
+        " JOIN retention.archive_manifest AS m ON m.id = w.old_manifest_id WHERE w.request_id = %s AND w.state = 'done'",
+        (req.request_id,),
+    ):
+        ids.setdefault(table, set()).update(removed)
+    report["erased"]["intermediate"] = {t: len(v) for t, v in sorted(ids.items()) if v}
     # Counted from the audit log, every run of the request: a run stopped after removing one
     # wrote no report, and the re-triggered one found none left (found by a review).
     (orphans,) = conn.execute(

@@ -117,19 +117,18 @@ def erase_archived(
                     ).fetchone()[0]
                     if done:
                         entry["action"] = "deleted"
-                        counts = report["erased"]["intermediate"]
-                        counts[obj.table] = counts.get(obj.table, 0) + len(set(obj.subject_ids) - obj.elsewhere)
+                        erased_ids(report, obj.table).update(set(obj.subject_ids) - obj.elsewhere)
                     else:  # held again meanwhile: still stored
                         entry["action"] = "kept"
                         obj.held = True
                         add_kept_archived(ctx.policy, report, obj, classify_object(ctx, obj))
                 for obj in objects:
                     result = _rewrite(ctx, control, intents, req, obj, found)
+                    removed = result.pop("removed_ids", None) or ()  # the report holds counts
                     entry = next(e for e in report["objects"] if e["key"] == obj.key)
                     entry.update(result)
                     if result["action"] == "rewritten" and not result["old_object_kept"]:
-                        counts = report["erased"]["intermediate"]
-                        counts[obj.table] = counts.get(obj.table, 0) + result["removed_rows"]
+                        erased_ids(report, obj.table).update(removed)
                     elif result.get("held") or result.get("old_object_kept"):
                         # A hold placed meanwhile: kept whole, or, placed after the rewrite's
                         # commit, the old object (the subject's rows' only copy) kept stored.
@@ -140,6 +139,15 @@ def erase_archived(
             finally:
                 control.rollback()
                 release_purpose_lock(control, purpose)
+
+
+def erased_ids(report: dict, table: str) -> set[int]:
+    """The archived rows of ``table`` this run erased (ids, counted by retention.rights.erase
+    with those earlier runs of the request erased; never in the evidence)."""
+    return report.setdefault(ERASED_IDS, {}).setdefault(table, set())
+
+
+ERASED_IDS = "_erased_ids"
 
 
 def _subject_ids(*founds: Found | None) -> dict[str, set[int]]:
@@ -237,7 +245,6 @@ def _rewrite(ctx: RequestContext, control, intents, req: SubjectRequest, obj: Ar
         # purpose's own run reads the owners alone; found by a review).
         on_commit=lambda conn, _removed: _name_subject_owners(ctx, conn, obj, found),
     )
-    result.pop("removed_ids", None)  # the report holds counts
     return result
 
 
