@@ -583,7 +583,13 @@ def test_empty_charts_say_so_and_bytes_take_the_unit_of_the_data():
         "archives_past_end": [],
         "audit_verification": None,
         "housekeeping": None,
-        "freshness": {"recounting": False, "counts_ttl_s": 60, "counts_max_age_s": 900, "recount_error": None},
+        "freshness": {
+            "recounting": False,
+            "counts_ttl_s": 60,
+            "counts_max_age_s": 900,
+            "recount_error": None,
+            "archives_past_end_error": None,
+        },
     }
     html = render_page(empty)
     assert 'data-testid="per-day-empty"' in html and 'data-testid="by-month-empty"' in html
