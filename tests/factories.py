@@ -5,6 +5,7 @@ Dates are given as Paris calendar dates (or datetimes) and stored as timestamptz
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from zoneinfo import ZoneInfo
 
@@ -284,6 +285,20 @@ def job_application(
             **extra,
         },
     )
+
+
+@contextlib.contextmanager
+def table_renamed(conn, table: str, new_name: str):
+    """``app.<table>`` renamed ``new_name`` for the block, as by a migration (committed), then
+    renamed back whatever the block did."""
+    conn.execute(f"ALTER TABLE app.{table} RENAME TO {new_name}")
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.execute(f"ALTER TABLE IF EXISTS app.{new_name} RENAME TO {table}")
+        conn.commit()
 
 
 def legal_hold(conn, table: str, record_id: int, *, released: bool = False, reason: str = "litigation") -> int:

@@ -396,6 +396,17 @@ def test_watch_and_retention_page_flag_a_partition_left_between_its_table_and_th
         db.execute("DELETE FROM retention.partition_retirements WHERE id IN (%s, %s)", (left, going_on))
 
 
+def _a_retirement_left_open_7_hours(db) -> int:
+    """The record of a partition's retirement a crashed run left open 7 hours ago (the watch's
+    open_retirement alarm); its id."""
+    return db.execute(
+        "INSERT INTO retention.partition_retirements (run_id, logical_date, purpose, rule, table_name,"
+        " partition_name, partition_bound, row_count, state, created_at)"
+        " VALUES ('scheduled__crashed', now(), 'quotes', 'unconverted_quotes', 'quotes', 'quotes_2019_01',"
+        " 'FOR VALUES FROM (1) TO (2)', 3, 'detaching', now() - interval '7 hours') RETURNING id"
+    ).fetchone()[0]
+
+
 @pytest.mark.integration
 def test_the_watch_reports_a_policy_the_database_refuses_and_still_sends_its_other_alarms(
     airflow_db, db, s3, storage, inbox
@@ -406,23 +417,16 @@ def test_the_watch_reports_a_policy_the_database_refuses_and_still_sends_its_oth
     archive (its rows in neither), for as long as the policy was refused (found by a review of who
     calls Planner.load). The refusal is now an alarm of its own, beside the others."""
     hold = f.legal_hold(db, "job_applications", f.job_application(db, last_contact="2024-01-01"))
-    left = db.execute(
-        "INSERT INTO retention.partition_retirements (run_id, logical_date, purpose, rule, table_name,"
-        " partition_name, partition_bound, row_count, state, created_at)"
-        " VALUES ('scheduled__crashed', now(), 'quotes', 'unconverted_quotes', 'quotes', 'quotes_2019_01',"
-        " 'FOR VALUES FROM (1) TO (2)', 3, 'detaching', now() - interval '7 hours') RETURNING id"
-    ).fetchone()[0]
-    db.execute("ALTER TABLE app.job_applications RENAME TO candidates")
-    db.commit()
+    left = _a_retirement_left_open_7_hours(db)
     try:
-        dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=24 * 365 * 20)
+        with f.table_renamed(db, "job_applications", "candidates"):
+            dag_run = _run_watch(purposes=["quotes"], overdue_days=3, stale_after_hours=24 * 365 * 20)
         assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
         body = _text(inbox.messages[0])
         assert "quotes: policy_refused: active legal holds name job_applications, no table of app" in body
         assert "quotes: open_retirement: partition quotes_2019_01 of quotes has been in retirement for 7 h" in body
     finally:
         db.rollback()
-        db.execute("ALTER TABLE IF EXISTS app.candidates RENAME TO job_applications")
         db.execute("DELETE FROM retention.partition_retirements WHERE id = %s", (left,))
         db.execute("DELETE FROM retention.legal_holds WHERE id = %s", (hold,))
         db.commit()
@@ -438,23 +442,16 @@ def test_the_watch_reports_a_clock_table_renamed_since_and_still_sends_its_other
     failed the watch with it alone, its other alarms unsent, here a partition left seven hours
     between its table and the archive (found by a review of who calls Planner.load). That look now
     runs the purge's checks first: refused, it is reported as the counts are."""
-    left = db.execute(
-        "INSERT INTO retention.partition_retirements (run_id, logical_date, purpose, rule, table_name,"
-        " partition_name, partition_bound, row_count, state, created_at)"
-        " VALUES ('scheduled__crashed', now(), 'quotes', 'unconverted_quotes', 'quotes', 'quotes_2019_01',"
-        " 'FOR VALUES FROM (1) TO (2)', 3, 'detaching', now() - interval '7 hours') RETURNING id"
-    ).fetchone()[0]
-    db.execute("ALTER TABLE app.customers RENAME TO clients")
-    db.commit()
+    left = _a_retirement_left_open_7_hours(db)
     try:
-        dag_run = _run_watch(overdue_days=3, stale_after_hours=24 * 365 * 20)
+        with f.table_renamed(db, "customers", "clients"):
+            dag_run = _run_watch(overdue_days=3, stale_after_hours=24 * 365 * 20)
         assert task_states(dag_run) == {"watch": "failed", "delete_expired_exports": "success"}
         body = _text(inbox.messages[0])
         assert "quotes: policy_refused: legal_holds.covers.customers: prospects.customer_id" in body
         assert "quotes: open_retirement: partition quotes_2019_01 of quotes has been in retirement for 7 h" in body
     finally:
         db.rollback()
-        db.execute("ALTER TABLE IF EXISTS app.clients RENAME TO customers")
         db.execute("DELETE FROM retention.partition_retirements WHERE id = %s", (left,))
         db.commit()
 

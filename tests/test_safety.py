@@ -210,6 +210,19 @@ def test_a_hold_with_a_release_date_still_to_come_keeps_its_records_until_then(d
     assert report["purged_objects"] == 1
 
 
+def _policy_with_job_applications_renamed_candidates(tmp_path, monkeypatch):
+    """The shipped policy (enforce) after a migration renamed job_applications candidates: the
+    rule and its rule file (_job_applications_rule_file) name the new table."""
+    _job_applications_rule_file(tmp_path, monkeypatch).write_text("WHERE NOT candidates.hired\n", encoding="utf-8")
+    return load_policy(
+        _policy_variant(
+            tmp_path,
+            "        table: job_applications\n        clock: job_applications.last_contact_at",
+            "        table: candidates\n        clock: candidates.last_contact_at",
+        )
+    ).with_mode("enforce")
+
+
 def test_a_hold_naming_a_table_renamed_since_is_refused_before_anything_goes(
     tmp_path, db, s3, storage, source_dsn, monkeypatch
 ):
@@ -218,27 +231,10 @@ def test_a_hold_naming_a_table_renamed_since_is_refused_before_anything_goes(
     'job_applications', so it covered nothing, silently, and the candidate was deleted (found by a
     review). An active hold naming no table of the source schema refuses every run and purge,
     naming the table, until the hold is corrected."""
-    from retention.policy import loading as policy_module
-
     application = f.job_application(db, last_contact="2020-01-01")
     f.legal_hold(db, "job_applications", application)
-    sql_dir = tmp_path / "sql"
-    (sql_dir / "job_applications").mkdir(parents=True)
-    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
-        if purpose_dir.is_dir() and purpose_dir.name != "job_applications":
-            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
-    (sql_dir / "job_applications" / "candidates_not_recruited.sql").write_text("WHERE NOT candidates.hired\n")
-    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
-    renamed = load_policy(
-        _policy_variant(
-            tmp_path,
-            "        table: job_applications\n        clock: job_applications.last_contact_at",
-            "        table: candidates\n        clock: candidates.last_contact_at",
-        )
-    ).with_mode("enforce")
-    db.execute("ALTER TABLE app.job_applications RENAME TO candidates")
-    db.commit()
-    try:
+    renamed = _policy_with_job_applications_renamed_candidates(tmp_path, monkeypatch)
+    with f.table_renamed(db, "job_applications", "candidates"):
         engine = engine_for(renamed, "job_applications", source_dsn, s3, storage)
         refused = r"active legal holds name job_applications, no table of app"
         with pytest.raises(PolicyError, match=refused):
@@ -246,10 +242,6 @@ def test_a_hold_naming_a_table_renamed_since_is_refused_before_anything_goes(
         assert f.ids(db, "candidates") == {application}
         with pytest.raises(PolicyError, match=refused):
             engine.purge_archives(RunContext("job_applications", "p", f.midnight("2025-01-01")))
-    finally:
-        db.rollback()
-        db.execute("ALTER TABLE IF EXISTS app.candidates RENAME TO job_applications")
-        db.commit()
 
 
 def test_an_erasure_under_a_hold_naming_a_table_renamed_since_is_refused_before_anything_goes(
@@ -260,29 +252,13 @@ def test_an_erasure_under_a_hold_naming_a_table_renamed_since_is_refused_before_
     did not check it: the held candidate's application, the table renamed candidates since, was
     erased under the hold (found by a review cross-checking that fix on every path that deletes).
     The erasure refuses too, naming the table, before anything is erased."""
-    from retention.policy import loading as policy_module
     from retention.rights.requests import SubjectRequest
     from retention.rights.subject_rights import SubjectRights
 
     application = f.job_application(db, last_contact="2024-01-01", email="held.candidate@example.fr")
     f.legal_hold(db, "job_applications", application)
-    sql_dir = tmp_path / "sql"
-    (sql_dir / "job_applications").mkdir(parents=True)
-    for purpose_dir in POLICY_FILE.parent.joinpath("sql").iterdir():
-        if purpose_dir.is_dir() and purpose_dir.name != "job_applications":
-            (sql_dir / purpose_dir.name).symlink_to(purpose_dir)
-    (sql_dir / "job_applications" / "candidates_not_recruited.sql").write_text("WHERE NOT candidates.hired\n")
-    monkeypatch.setattr(policy_module, "SQL_DIR", sql_dir)
-    renamed = load_policy(
-        _policy_variant(
-            tmp_path,
-            "        table: job_applications\n        clock: job_applications.last_contact_at",
-            "        table: candidates\n        clock: candidates.last_contact_at",
-        )
-    ).with_mode("enforce")
-    db.execute("ALTER TABLE app.job_applications RENAME TO candidates")
-    db.commit()
-    try:
+    renamed = _policy_with_job_applications_renamed_candidates(tmp_path, monkeypatch)
+    with f.table_renamed(db, "job_applications", "candidates"):
         erasure = SubjectRequest(
             request_id="req-renamed-hold",
             action="erasure",
@@ -295,10 +271,6 @@ def test_an_erasure_under_a_hold_naming_a_table_renamed_since_is_refused_before_
         with pytest.raises(PolicyError, match=r"active legal holds name job_applications, no table of app"):
             SubjectRights(renamed, source_dsn, ArchiveStore(s3, storage), lock_timeout=2).handle(erasure)
         assert f.ids(db, "candidates") == {application}, "the held candidate was erased"
-    finally:
-        db.rollback()
-        db.execute("ALTER TABLE IF EXISTS app.candidates RENAME TO job_applications")
-        db.commit()
 
 
 def test_a_customers_hold_covers_their_rows_in_every_table(db, s3, storage, policy, source_dsn):

@@ -1008,17 +1008,11 @@ def test_the_recovery_before_the_units_refuses_a_hold_naming_a_table_renamed_sin
     plan = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2).make_plan(ctx)
 
     f.legal_hold(db, "job_applications", f.job_application(db, last_contact="2020-01-01"))
-    db.execute("ALTER TABLE app.job_applications RENAME TO candidates")
-    db.commit()
-    try:
+    with f.table_renamed(db, "job_applications", "candidates"):
         recovery = RetentionEngine(policy, "quotes", source_dsn, ArchiveStore(s3, storage), lock_timeout=2)
         with pytest.raises(PolicyError, match=r"active legal holds name job_applications, no table of app"):
             recovery.recover_before_units(ctx, plan)
         assert old_key in versions(s3, storage.archive_bucket), "deleted by a recovery the checks refuse"
-    finally:
-        db.rollback()
-        db.execute("ALTER TABLE IF EXISTS app.candidates RENAME TO job_applications")
-        db.commit()
 
 
 @pytest.mark.parametrize(
