@@ -42,8 +42,9 @@ def key_columns(conn, schema: str, table: str | None = None) -> list:
     return [r[1] for r in rows] if table else [(r[0], r[1]) for r in rows]
 
 
-def keys_still_named(conn, schema: str, keys: list[str]) -> set[str]:
-    """The file keys that some row of the source, in any ``*_key`` column, still names. A column
+def keys_still_named(conn, schema: str, keys: list[str], excluding: dict[str, list[int]] | None = None) -> set[str]:
+    """The file keys that some row of the source, in any ``*_key`` column, still names, the rows
+    of ``excluding`` (table -> ids: those about to go, an erasure's preview) left out. A column
     the session may not read stops here (UnreadableFileKeysError): no file is deleted unknowing."""
     if not keys:
         return set()
@@ -59,10 +60,14 @@ def keys_still_named(conn, schema: str, keys: list[str]) -> set[str]:
     columns = [(table, column) for table, column, _ in rows]
     if not columns:
         return set()
+    excluding = excluding or {}
     named = " OR ".join(
-        f'EXISTS (SELECT 1 FROM "{schema}"."{table}" AS t WHERE t."{column}" = k)' for table, column in columns
+        f'EXISTS (SELECT 1 FROM "{schema}"."{table}" AS t WHERE t."{column}" = k'
+        + (" AND NOT t.id = ANY(%s::bigint[]))" if table in excluding else ")")
+        for table, column in columns
     )
-    rows = conn.execute(f"SELECT k FROM unnest(%s::text[]) AS k WHERE {named}", (keys,)).fetchall()
+    params = [sorted(excluding[table]) for table, _ in columns if table in excluding]
+    rows = conn.execute(f"SELECT k FROM unnest(%s::text[]) AS k WHERE {named}", (keys, *params)).fetchall()
     return {r[0] for r in rows}
 
 

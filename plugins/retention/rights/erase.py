@@ -19,7 +19,7 @@ from psycopg import sql
 from retention import identifiers
 from retention.archive.db import connect
 from retention.archive.detached_owners import record_detached_owners as record_detached_owners_of
-from retention.archive.documents import dispose_documents, key_columns
+from retention.archive.documents import dispose_documents, key_columns, keys_still_named
 from retention.archive.locks import BATCH_LOCK_TIMEOUT, LOCK_HOLDS
 from retention.planner import Blocker, cascading_keys_into, links_cleared_by_deletes
 from retention.policy.coverage import owners_of_row_sets, with_detached_owners
@@ -111,27 +111,21 @@ def preview_files(ctx: RequestContext, conn, decisions: dict[tuple[str, int], De
         if d.erase:
             erasable[table].append(rid)
     named: list[str] = []
-    for table, ids in sorted(erasable.items()):
-        for col in key_columns(conn, ctx.schema, table):
+    for table, col in key_columns(conn, ctx.schema):
+        if table in erasable:
             named += [
                 k
                 for (k,) in conn.execute(
                     sql.SQL("SELECT {} FROM {} WHERE id = ANY(%s)").format(
                         sql.Identifier(col), sql.Identifier(ctx.schema, table)
                     ),
-                    (sorted(ids),),
+                    (sorted(erasable[table]),),
                 )
                 if k
             ]
     if not named:
         return
-    others = " OR ".join(
-        f'EXISTS (SELECT 1 FROM "{ctx.schema}"."{t}" AS r WHERE r."{c}" = k'
-        + (" AND NOT r.id = ANY(%s::bigint[]))" if t in erasable else ")")
-        for t, c in key_columns(conn, ctx.schema)
-    )
-    params = [sorted(erasable[t]) for t, _ in key_columns(conn, ctx.schema) if t in erasable]
-    shared = {k for (k,) in conn.execute(f"SELECT k FROM unnest(%s::text[]) AS k WHERE {others}", [named, *params])}
+    shared = keys_still_named(conn, ctx.schema, named, excluding=erasable)
     report["erased"]["files_kept_shared"] = sum(1 for k in named if k in shared)
     report["erased"]["files"] = len(named) - report["erased"]["files_kept_shared"]
 
